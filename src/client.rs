@@ -1,0 +1,547 @@
+//! The client state machine: opens a session with a handshake on its first
+//! transport and resumes it on every later one.
+//!
+//! Phases of the current transport:
+//!
+//! ```text
+//!            new_transport (no session)           ServerHello ok
+//!   Idle ─────────────────────────────▶ Hello ────────────────────▶ Open
+//!    ▲  new_transport (session)                   ResumeResponse ok  ▲
+//!    ├────────────────────────────────▶ Resume ──────────────────────┘
+//!    │ transport_lost          any error / timeout
+//!    └──────────────── Dead ◀──────────────────────────────── (any phase)
+//! ```
+
+use alloc::collections::VecDeque;
+use rand_core::CryptoRng;
+use zeroize::Zeroize;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::event::{CloseReason, Event};
+use crate::handshake::ClientHandshake;
+use crate::keys::Secret;
+use crate::resume::{reject_mac, request_mac, response_mac, REQUEST_MAC_INPUT, RESPONSE_MAC_INPUT};
+use crate::stream::{Stream, StreamEvent, StreamKeys, StreamLimits};
+use crate::time::Instant;
+use crate::wire::{
+    resume_response_len, server_hello_len, HandshakeStatus, ResumeRequest, ResumeResponse,
+    ResumeStatus, RESUME_REQUEST_LEN, RESUME_RESPONSE_LEN, SERVER_HELLO_LEN, TAG_LEN, VERSION,
+};
+use crate::MIN_TRANSMIT_BUFFER;
+
+/// What the client keeps of an established session.
+struct SessionState {
+    conn_id: u64,
+    resume_key: Secret,
+    /// Server clock at `at` (from the last ServerHello or ResumeResponse).
+    server_time: u64,
+    at: Instant,
+}
+
+enum Phase {
+    /// No transport.
+    Idle,
+    /// The core ended the transport; the driver must drop it.
+    Dead,
+    /// ClientHello sent, waiting for the ServerHello.
+    Hello {
+        hs: ClientHandshake,
+        reply: [u8; SERVER_HELLO_LEN],
+        have: usize,
+        deadline: Instant,
+    },
+    /// ResumeRequest sent, waiting for the response.
+    Resume {
+        request: [u8; RESUME_REQUEST_LEN],
+        reply: [u8; RESUME_RESPONSE_LEN],
+        have: usize,
+        deadline: Instant,
+        counter: u64,
+    },
+    /// Frames flow.
+    Open,
+}
+
+/// A relink client: one session over a succession of transports.
+pub struct Client<R: CryptoRng> {
+    config: Config,
+    rng: R,
+    stream: Stream,
+    session: Option<SessionState>,
+    phase: Phase,
+    /// Handshake or resume bytes not yet handed to `poll_transmit`.
+    control: [u8; RESUME_REQUEST_LEN],
+    control_len: usize,
+    control_sent: usize,
+    events: VecDeque<Event>,
+    closed: Option<CloseReason>,
+    resume_counter: u64,
+    resume_attempts: u32,
+}
+
+impl<R: CryptoRng> core::fmt::Debug for Client<R> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Client")
+            .field("conn_id", &self.conn_id())
+            .field("connected", &self.is_connected())
+            .field("closed", &self.closed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: CryptoRng> Client<R> {
+    /// A client with no transport yet. Call [`Client::new_transport`] once a
+    /// transport to the server is open.
+    pub fn new(config: Config, rng: R) -> Self {
+        let config = config.normalized();
+        Client {
+            stream: Stream::new(StreamLimits::from_config(&config)),
+            config,
+            rng,
+            session: None,
+            phase: Phase::Idle,
+            control: [0; RESUME_REQUEST_LEN],
+            control_len: 0,
+            control_sent: 0,
+            events: VecDeque::new(),
+            closed: None,
+            resume_counter: 0,
+            resume_attempts: 0,
+        }
+    }
+
+    /// A fresh transport to the server is open: the first one starts the
+    /// handshake, later ones resume the session. Any transport still
+    /// attached is considered lost.
+    pub fn new_transport(&mut self, now: Instant) -> Result<(), Error> {
+        if self.closed.is_some() {
+            return Err(Error::Closed);
+        }
+        self.stream.detach();
+        self.control_sent = 0;
+        let deadline = now.saturating_add(self.config.handshake_timeout);
+        let Some(session) = &self.session else {
+            let mut secret = [0u8; 32];
+            self.rng.fill_bytes(&mut secret);
+            let hs = ClientHandshake::new(secret, self.config.pinned_server_key);
+            secret.zeroize();
+            self.set_control(hs.hello());
+            self.phase = Phase::Hello {
+                hs,
+                reply: [0; SERVER_HELLO_LEN],
+                have: 0,
+                deadline,
+            };
+            return Ok(());
+        };
+        self.resume_attempts += 1;
+        if self.resume_attempts > self.config.max_resume_attempts {
+            self.close_for_good(CloseReason::TooManyFailures);
+            return Err(Error::Closed);
+        }
+        self.resume_counter += 1;
+        let elapsed = now.saturating_since(session.at).as_micros();
+        let mut req = ResumeRequest {
+            version: VERSION,
+            conn_id: session.conn_id,
+            counter: self.resume_counter,
+            client_written: self.stream.write_end(),
+            client_read: self.stream.read_count(),
+            time: session.server_time.saturating_add(elapsed),
+            mac: [0; TAG_LEN],
+        };
+        let unsigned = req.encode();
+        req.mac = request_mac(&session.resume_key, &unsigned[..REQUEST_MAC_INPUT]);
+        let request = req.encode();
+        self.set_control(&request);
+        self.phase = Phase::Resume {
+            request,
+            reply: [0; RESUME_RESPONSE_LEN],
+            have: 0,
+            deadline,
+            counter: self.resume_counter,
+        };
+        Ok(())
+    }
+
+    /// The driver lost the transport (error, EOF, it gave up on it). The
+    /// session survives; call [`Client::new_transport`] with a new one.
+    pub fn transport_lost(&mut self, _now: Instant) {
+        self.stream.detach();
+        self.control_len = 0;
+        self.control_sent = 0;
+        self.phase = Phase::Idle;
+    }
+
+    /// Bytes received from the transport. Returns how many were consumed;
+    /// offer the rest again after [`Client::recv`] freed room. `Err` means
+    /// the transport is finished (the event queue says whether the session
+    /// survives): flush `poll_transmit`, then drop it.
+    pub fn handle_input(&mut self, now: Instant, input: &[u8]) -> Result<usize, Error> {
+        let mut consumed = 0;
+        loop {
+            match &mut self.phase {
+                Phase::Idle => return Err(Error::InvalidState),
+                Phase::Dead => return Err(Error::TransportEnded),
+                Phase::Hello { reply, have, .. } => {
+                    let taken = fill_reply(reply, have, &input[consumed..], |v, s| {
+                        server_hello_len(v, s)
+                    });
+                    let taken = match taken {
+                        Ok(t) => t,
+                        Err(e) => return Err(self.fail_transport(e.into())),
+                    };
+                    consumed += taken.0;
+                    if !taken.1 {
+                        return Ok(consumed);
+                    }
+                    self.finish_hello(now)?;
+                }
+                Phase::Resume { reply, have, .. } => {
+                    let taken = fill_reply(reply, have, &input[consumed..], |v, s| {
+                        resume_response_len(v, s)
+                    });
+                    let taken = match taken {
+                        Ok(t) => t,
+                        Err(e) => return Err(self.fail_transport(e.into())),
+                    };
+                    consumed += taken.0;
+                    if !taken.1 {
+                        return Ok(consumed);
+                    }
+                    self.finish_resume(now)?;
+                }
+                Phase::Open => {
+                    let r = self.stream.handle_input(now, &input[consumed..]);
+                    self.drain_stream_events();
+                    return match r {
+                        Ok(n) => Ok(consumed + n),
+                        Err(e) => Err(self.fail_transport(e)),
+                    };
+                }
+            }
+        }
+    }
+
+    fn finish_hello(&mut self, now: Instant) -> Result<(), Error> {
+        let Phase::Hello { hs, reply, .. } = &self.phase else {
+            return Err(Error::InvalidState);
+        };
+        if reply[1] != HandshakeStatus::Ok.to_byte() {
+            let status = HandshakeStatus::from_byte(reply[1]).map_err(Error::from)?;
+            let e = Error::HandshakeRejected(status);
+            if status == HandshakeStatus::Busy {
+                return Err(self.fail_transport(e));
+            }
+            self.close_for_good(CloseReason::Error(e));
+            return Err(e);
+        }
+        let finish = match hs.finish(reply) {
+            Ok(f) => f,
+            Err(e) => return Err(self.fail_transport(e)),
+        };
+        let est = finish.established;
+        self.stream.set_keys(StreamKeys {
+            tx: est.keys.c2s.clone(),
+            rx: est.keys.s2c.clone(),
+        });
+        self.stream.attach(0, now, 0)?;
+        self.session = Some(SessionState {
+            conn_id: est.conn_id,
+            resume_key: est.keys.resume.clone(),
+            server_time: est.server_time,
+            at: now,
+        });
+        self.set_control(&finish.confirm);
+        self.phase = Phase::Open;
+        self.events.push_back(Event::HandshakeDone {
+            conn_id: est.conn_id,
+        });
+        Ok(())
+    }
+
+    fn finish_resume(&mut self, now: Instant) -> Result<(), Error> {
+        let (
+            Phase::Resume {
+                request,
+                reply,
+                have,
+                counter,
+                ..
+            },
+            Some(session),
+        ) = (&self.phase, &mut self.session)
+        else {
+            return Err(Error::InvalidState);
+        };
+        let (request, reply, have, counter) = (*request, *reply, *have, *counter);
+        let status = ResumeStatus::from_byte(reply[1]).map_err(Error::from)?;
+        if status == ResumeStatus::Ok {
+            let resp = ResumeResponse::decode(&reply[..have]).map_err(Error::from)?;
+            let mac = response_mac(&session.resume_key, &request, &reply[..RESPONSE_MAC_INPUT]);
+            if !crate::keys::tags_equal(&mac, &resp.mac) {
+                return Err(self.fail_transport(Error::AuthFailed));
+            }
+            if resp.server_written < self.stream.read_count() {
+                self.close_for_good(CloseReason::DataUnavailable);
+                return Err(Error::ResumeRejected(ResumeStatus::DataUnavailable));
+            }
+            session.server_time = resp.server_time;
+            session.at = now;
+            let (start, end) = match self.stream.attach(counter, now, resp.server_read) {
+                Ok(r) => r,
+                Err(_) => {
+                    self.close_for_good(CloseReason::DataUnavailable);
+                    return Err(Error::ResumeRejected(ResumeStatus::DataUnavailable));
+                }
+            };
+            self.resume_attempts = 0;
+            self.phase = Phase::Open;
+            self.events.push_back(Event::Resumed { counter });
+            self.events.push_back(Event::ResendRange { start, end });
+            return Ok(());
+        }
+        let e = Error::ResumeRejected(status);
+        if status.is_authenticated() {
+            let mac = reject_mac(&session.resume_key, &request, &[reply[0], reply[1]]);
+            let mut got = [0u8; TAG_LEN];
+            got.copy_from_slice(&reply[2..2 + TAG_LEN]);
+            if !crate::keys::tags_equal(&mac, &got) {
+                return Err(self.fail_transport(Error::AuthFailed));
+            }
+            if status == ResumeStatus::DataUnavailable {
+                self.close_for_good(CloseReason::DataUnavailable);
+                return Err(e);
+            }
+            return Err(self.fail_transport(e));
+        }
+        match status {
+            ResumeStatus::UnknownSession => {
+                self.close_for_good(CloseReason::SessionUnknown);
+                Err(e)
+            }
+            ResumeStatus::AuthFailed => {
+                self.events.push_back(Event::AuthFailed { reason: e });
+                Err(self.fail_transport(e))
+            }
+            _ => {
+                self.close_for_good(CloseReason::Error(e));
+                Err(e)
+            }
+        }
+    }
+
+    /// Fill `out` with bytes for the transport. Returns 0 when there is
+    /// nothing to send now. `out` must hold at least
+    /// [`MIN_TRANSMIT_BUFFER`](crate::MIN_TRANSMIT_BUFFER) bytes.
+    pub fn poll_transmit(&mut self, now: Instant, out: &mut [u8]) -> Result<usize, Error> {
+        if out.len() < MIN_TRANSMIT_BUFFER {
+            return Err(Error::BufferTooSmall {
+                need: MIN_TRANSMIT_BUFFER,
+            });
+        }
+        if matches!(self.phase, Phase::Idle | Phase::Dead) {
+            return Ok(0);
+        }
+        let pending = &self.control[self.control_sent..self.control_len];
+        let mut n = pending.len();
+        out[..n].copy_from_slice(pending);
+        self.control_sent = self.control_len;
+        if matches!(self.phase, Phase::Open) {
+            n += self.stream.poll_transmit(now, &mut out[n..]);
+        }
+        Ok(n)
+    }
+
+    /// Queue application bytes. Returns how many were accepted (0 when the
+    /// send buffer is full: wait for ACKs). Works before the handshake too.
+    pub fn send(&mut self, data: &[u8]) -> Result<usize, Error> {
+        if self.closed.is_some() {
+            return Err(Error::Closed);
+        }
+        self.stream.send(data)
+    }
+
+    /// Copy received, verified bytes into `out`. `Ok(0)` means the server
+    /// closed its stream and everything was read; `Err(WouldBlock)` means
+    /// nothing is available yet.
+    pub fn recv(&mut self, out: &mut [u8]) -> Result<usize, Error> {
+        match self.stream.recv(out) {
+            Err(Error::WouldBlock) if matches!(self.closed, Some(r) if r != CloseReason::Clean) => {
+                Err(Error::Closed)
+            }
+            r => r,
+        }
+    }
+
+    /// Close the sending side: a CLOSE frame follows the last byte written.
+    /// The session ends cleanly once the server closed too.
+    pub fn close(&mut self) {
+        self.stream.close();
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Client::handle_timeout`] should be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match &self.phase {
+            Phase::Hello { deadline, .. } | Phase::Resume { deadline, .. } => Some(*deadline),
+            Phase::Open => self.stream.poll_timeout(),
+            Phase::Idle | Phase::Dead => None,
+        }
+    }
+
+    /// Advance timers: handshake/resume deadline, idle timeout. Due ACKs and
+    /// keepalives are then written by `poll_transmit`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match &self.phase {
+            Phase::Hello { deadline, .. } | Phase::Resume { deadline, .. } => {
+                if now >= *deadline {
+                    self.fail_transport(Error::TimedOut);
+                }
+            }
+            Phase::Open => {
+                if let Err(e) = self.stream.handle_timeout(now) {
+                    self.fail_transport(e);
+                }
+            }
+            Phase::Idle | Phase::Dead => {}
+        }
+    }
+
+    /// The session's connection id once the handshake completed.
+    pub fn conn_id(&self) -> Option<u64> {
+        self.session.as_ref().map(|s| s.conn_id)
+    }
+
+    /// Whether a transport is attached and frames flow.
+    pub fn is_connected(&self) -> bool {
+        matches!(self.phase, Phase::Open)
+    }
+
+    /// Whether the current transport was ended by the core (drop it, then
+    /// call `new_transport` unless the session is closed).
+    pub fn transport_ended(&self) -> bool {
+        matches!(self.phase, Phase::Dead)
+    }
+
+    /// Why the session ended, once it has.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.closed
+    }
+
+    /// Whether the session ended (cleanly or not).
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_some()
+    }
+
+    /// Whether `poll_transmit` has something to write right now.
+    pub fn wants_transmit(&self, now: Instant) -> bool {
+        match self.phase {
+            Phase::Hello { .. } | Phase::Resume { .. } => self.control_sent < self.control_len,
+            Phase::Open => self.control_sent < self.control_len || self.stream.wants_transmit(now),
+            _ => false,
+        }
+    }
+
+    /// Bytes written but not yet acknowledged by the server.
+    pub fn unacked(&self) -> usize {
+        self.stream.unacked()
+    }
+
+    /// Bytes received and verified but not yet read.
+    pub fn readable(&self) -> usize {
+        self.stream.readable()
+    }
+
+    /// Total application bytes accepted by `send`.
+    pub fn bytes_written(&self) -> u64 {
+        self.stream.written()
+    }
+
+    /// Heap bytes held by this session's buffers.
+    pub fn buffer_memory(&self) -> usize {
+        self.stream.memory()
+    }
+
+    fn set_control(&mut self, bytes: &[u8]) {
+        self.control[..bytes.len()].copy_from_slice(bytes);
+        self.control_len = bytes.len();
+        self.control_sent = 0;
+    }
+
+    /// End the current transport; the session survives unless too many
+    /// authentication failures happened in a row. Returns `e`.
+    fn fail_transport(&mut self, e: Error) -> Error {
+        let was_open = matches!(self.phase, Phase::Open);
+        self.stream.detach();
+        self.control_len = 0;
+        self.control_sent = 0;
+        self.phase = Phase::Dead;
+        if e == Error::AuthFailed {
+            self.events.push_back(Event::AuthFailed { reason: e });
+            if was_open {
+                self.stream.note_auth_failure();
+            }
+        }
+        if self.closed.is_none() {
+            self.events
+                .push_back(Event::TransportLost { error: Some(e) });
+            if self.stream.auth_failures() >= self.config.max_auth_failures {
+                self.close_for_good(CloseReason::TooManyFailures);
+            }
+        }
+        e
+    }
+
+    fn close_for_good(&mut self, reason: CloseReason) {
+        if self.closed.is_some() {
+            return;
+        }
+        self.closed = Some(reason);
+        if reason != CloseReason::Clean {
+            self.stream.detach();
+            self.phase = Phase::Dead;
+        }
+        self.events.push_back(Event::Closed { reason });
+    }
+
+    fn drain_stream_events(&mut self) {
+        while let Some(e) = self.stream.take_event() {
+            match e {
+                StreamEvent::PeerClosed => self.events.push_back(Event::PeerClosed),
+                StreamEvent::CleanClose => self.close_for_good(CloseReason::Clean),
+            }
+        }
+    }
+}
+
+/// Copy bytes of a reply into `reply`: first its two leading bytes, then as
+/// many as `len_of(version, status)` says. Returns (bytes taken, complete).
+fn fill_reply<const N: usize>(
+    reply: &mut [u8; N],
+    have: &mut usize,
+    input: &[u8],
+    len_of: impl Fn(u8, u8) -> Result<usize, crate::ProtocolError>,
+) -> Result<(usize, bool), crate::ProtocolError> {
+    let mut taken = 0;
+    if *have < 2 {
+        let t = (2 - *have).min(input.len());
+        reply[*have..*have + t].copy_from_slice(&input[..t]);
+        *have += t;
+        taken += t;
+        if *have < 2 {
+            return Ok((taken, false));
+        }
+    }
+    let len = len_of(reply[0], reply[1])?.min(N);
+    let t = (len - *have).min(input.len() - taken);
+    reply[*have..*have + t].copy_from_slice(&input[taken..taken + t]);
+    *have += t;
+    taken += t;
+    Ok((taken, *have == len))
+}

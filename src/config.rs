@@ -1,0 +1,118 @@
+//! Configuration shared by clients and servers: every buffer, table and timer
+//! is bounded by a value here.
+
+use crate::keys::StaticKeypair;
+use crate::time::Duration;
+use crate::wire::MAX_FRAME_PAYLOAD;
+
+/// Limits and timers of a relink endpoint. `Config::default()` suits most
+/// applications; every field bounds memory or time, nothing grows beyond it.
+#[derive(Clone)]
+pub struct Config {
+    /// Largest payload of a DATA frame this side sends (1..=16384).
+    pub max_frame_payload: usize,
+    /// Cap on sent-but-unacknowledged bytes kept for resending. `send`
+    /// accepts no more once this many bytes are unacknowledged.
+    pub send_buffer: usize,
+    /// Size of the receive buffer (verified bytes not yet read by the
+    /// application, plus one partial frame). At least one maximum frame.
+    pub recv_buffer: usize,
+    /// Send an ACK once this many verified bytes have not been acknowledged.
+    pub ack_threshold: usize,
+    /// Send an ACK at most this long after unacknowledged data arrived.
+    pub ack_delay: Duration,
+    /// Send a PING when nothing was sent on the transport for this long.
+    pub keepalive_interval: Duration,
+    /// Declare the transport dead when nothing arrived for this long.
+    pub idle_timeout: Duration,
+    /// A handshake or resume must complete within this time.
+    pub handshake_timeout: Duration,
+    /// Server: how long a session without transport waits to be resumed.
+    pub resume_timeout: Duration,
+    /// Server: accepted resume requests' time may differ from the server's
+    /// clock by at most this much.
+    pub resume_window: Duration,
+    /// Client: consecutive failed resume attempts before giving up.
+    pub max_resume_attempts: u32,
+    /// Consecutive transports ended by an authentication failure before the
+    /// session is closed.
+    pub max_auth_failures: u32,
+    /// Server: most sessions at once.
+    pub max_sessions: usize,
+    /// Server: most transports that have not yet completed a handshake or resume.
+    pub max_pending_transports: usize,
+    /// Bytes sent under one key before the session refuses to send more
+    /// (rekeying is not implemented yet; the stream closes with
+    /// [`crate::Error::KeyLimitReached`]).
+    pub key_byte_limit: u64,
+    /// Server: its static key pair, if clients pin it. Client: unused.
+    pub server_static: Option<StaticKeypair>,
+    /// Client: the server's pinned public key. Without it the handshake is
+    /// anonymous and open to an active man in the middle.
+    pub pinned_server_key: Option<[u8; 32]>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_frame_payload: MAX_FRAME_PAYLOAD,
+            send_buffer: 1 << 20,
+            recv_buffer: 1 << 20,
+            ack_threshold: 64 * 1024,
+            ack_delay: Duration::from_millis(20),
+            keepalive_interval: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(15),
+            handshake_timeout: Duration::from_secs(10),
+            resume_timeout: Duration::from_secs(120),
+            resume_window: Duration::from_secs(60),
+            max_resume_attempts: 16,
+            max_auth_failures: 8,
+            max_sessions: 10_000,
+            max_pending_transports: 1_000,
+            key_byte_limit: 1 << 60,
+            server_static: None,
+            pinned_server_key: None,
+        }
+    }
+}
+
+impl Config {
+    /// Clamp fields to the ranges the protocol supports.
+    pub(crate) fn normalized(mut self) -> Config {
+        self.max_frame_payload = self.max_frame_payload.clamp(1, MAX_FRAME_PAYLOAD);
+        let min_recv = crate::wire::FRAME_OVERHEAD + MAX_FRAME_PAYLOAD;
+        self.recv_buffer = self.recv_buffer.max(min_recv);
+        self.send_buffer = self.send_buffer.max(1);
+        self.ack_threshold = self.ack_threshold.clamp(1, self.recv_buffer);
+        self.max_resume_attempts = self.max_resume_attempts.max(1);
+        self.max_auth_failures = self.max_auth_failures.max(1);
+        self
+    }
+}
+
+impl core::fmt::Debug for Config {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Config")
+            .field("max_frame_payload", &self.max_frame_payload)
+            .field("send_buffer", &self.send_buffer)
+            .field("recv_buffer", &self.recv_buffer)
+            .field("ack_threshold", &self.ack_threshold)
+            .field("ack_delay", &self.ack_delay)
+            .field("keepalive_interval", &self.keepalive_interval)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("resume_timeout", &self.resume_timeout)
+            .field("resume_window", &self.resume_window)
+            .field("max_resume_attempts", &self.max_resume_attempts)
+            .field("max_auth_failures", &self.max_auth_failures)
+            .field("max_sessions", &self.max_sessions)
+            .field("max_pending_transports", &self.max_pending_transports)
+            .field("key_byte_limit", &self.key_byte_limit)
+            .field(
+                "server_static",
+                &self.server_static.as_ref().map(|_| "<set>"),
+            )
+            .field("pinned_server_key", &self.pinned_server_key.is_some())
+            .finish()
+    }
+}

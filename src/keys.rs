@@ -1,0 +1,321 @@
+//! Key schedule and the per-direction record protection.
+//!
+//! Owns every secret of a session: derivation of all keys from the X25519
+//! secrets and the handshake transcript (BLAKE3 `derive_key`, one context
+//! string per key), the ChaCha20 keystream addressed by stream offset, and
+//! the BLAKE3 keyed MAC over frames. Secrets are zeroized on drop and never
+//! appear in `Debug` output.
+
+use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
+use chacha20::ChaCha20;
+use core::fmt;
+use rand_core::CryptoRng;
+use x25519_dalek::{PublicKey, StaticSecret};
+use zeroize::Zeroize;
+
+use crate::wire::{FRAME_HEADER_LEN, TAG_LEN};
+
+/// BLAKE3 `derive_key` context strings, one per derived value.
+pub mod context {
+    /// Handshake secret from the DH outputs and transcript hash 1.
+    pub const HANDSHAKE: &str = "relink v1 2026-11 handshake secret";
+    /// Mask that encrypts the connection id in the ServerHello.
+    pub const CONN_ID_MASK: &str = "relink v1 2026-11 connection id mask";
+    /// Server key-confirmation MAC key.
+    pub const SERVER_CONFIRM: &str = "relink v1 2026-11 server confirm";
+    /// Client key-confirmation MAC key.
+    pub const CLIENT_CONFIRM: &str = "relink v1 2026-11 client confirm";
+    /// Session master secret from the handshake secret and transcript hash 3.
+    pub const MASTER: &str = "relink v1 2026-11 session master";
+    /// Client-to-server ChaCha20 key.
+    pub const C2S_ENC: &str = "relink v1 2026-11 c2s encryption";
+    /// Client-to-server MAC key.
+    pub const C2S_MAC: &str = "relink v1 2026-11 c2s mac";
+    /// Server-to-client ChaCha20 key.
+    pub const S2C_ENC: &str = "relink v1 2026-11 s2c encryption";
+    /// Server-to-client MAC key.
+    pub const S2C_MAC: &str = "relink v1 2026-11 s2c mac";
+    /// Resume MAC key.
+    pub const RESUME: &str = "relink v1 2026-11 resume";
+}
+
+/// Direction byte mixed into every frame MAC.
+pub(crate) const DIR_C2S: u8 = 0x01;
+/// Direction byte mixed into every frame MAC.
+pub(crate) const DIR_S2C: u8 = 0x02;
+
+/// log2 of the bytes one ChaCha20 nonce covers here (the IETF 32-bit block
+/// counter would allow 2^38; 2^32 stays clear of the counter's end).
+const SEGMENT_BITS: u32 = 32;
+
+/// A server's long-term X25519 key pair, for clients that pin its public key.
+#[derive(Clone)]
+pub struct StaticKeypair {
+    secret: StaticSecret,
+    public: [u8; 32],
+}
+
+impl StaticKeypair {
+    /// Generate a key pair from the caller's CSPRNG.
+    pub fn generate<R: CryptoRng + ?Sized>(rng: &mut R) -> Self {
+        let mut bytes = [0u8; 32];
+        rng.fill_bytes(&mut bytes);
+        let kp = Self::from_secret_bytes(bytes);
+        bytes.zeroize();
+        kp
+    }
+    /// Rebuild a key pair from its 32 secret bytes.
+    pub fn from_secret_bytes(bytes: [u8; 32]) -> Self {
+        let secret = StaticSecret::from(bytes);
+        let public = PublicKey::from(&secret).to_bytes();
+        StaticKeypair { secret, public }
+    }
+    /// The public key clients pin.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.public
+    }
+    /// The secret bytes, for storing in a key file.
+    pub fn secret_bytes(&self) -> [u8; 32] {
+        self.secret.to_bytes()
+    }
+    pub(crate) fn diffie_hellman(&self, peer: &[u8; 32]) -> [u8; 32] {
+        self.secret
+            .diffie_hellman(&PublicKey::from(*peer))
+            .to_bytes()
+    }
+}
+
+impl fmt::Debug for StaticKeypair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StaticKeypair")
+            .field("public", &self.public)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A 32-byte secret that is zeroized when dropped and redacted in `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Secret(pub(crate) [u8; 32]);
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl Secret {
+    pub(crate) fn derive(context: &str, material: &[&[u8]]) -> Secret {
+        let mut h = blake3::Hasher::new_derive_key(context);
+        for m in material {
+            h.update(m);
+        }
+        Secret(*h.finalize().as_bytes())
+    }
+    /// Truncated keyed BLAKE3 over the concatenation of `parts`.
+    pub(crate) fn mac(&self, parts: &[&[u8]]) -> [u8; TAG_LEN] {
+        let mut h = blake3::Hasher::new_keyed(&self.0);
+        for p in parts {
+            h.update(p);
+        }
+        truncate(&h.finalize())
+    }
+}
+
+pub(crate) fn truncate(h: &blake3::Hash) -> [u8; TAG_LEN] {
+    let mut t = [0u8; TAG_LEN];
+    t.copy_from_slice(&h.as_bytes()[..TAG_LEN]);
+    t
+}
+
+/// Constant-time tag comparison.
+pub(crate) fn tags_equal(a: &[u8; TAG_LEN], b: &[u8; TAG_LEN]) -> bool {
+    constant_time_eq::constant_time_eq_16(a, b)
+}
+
+/// Encryption and MAC keys of one direction.
+#[derive(Clone, Debug)]
+pub(crate) struct DirectionKeys {
+    enc: Secret,
+    mac: Secret,
+    dir: u8,
+}
+
+/// Fixed part of the frame MAC input: direction, key epoch, transport
+/// generation, frame sequence number, stream offset, frame header.
+pub(crate) struct FrameAad {
+    pub(crate) generation: u64,
+    pub(crate) sequence: u64,
+    pub(crate) offset: u64,
+    pub(crate) header: [u8; FRAME_HEADER_LEN],
+}
+
+impl DirectionKeys {
+    /// ChaCha20 keystream at stream offset `offset` XORed into `buf`.
+    ///
+    /// Byte `o` of a direction's stream is always encrypted with keystream
+    /// byte `o mod 2^32` of nonce `o >> 32`, so a keystream byte is only
+    /// ever reused for the very same plaintext byte (a resend).
+    pub(crate) fn apply_keystream(&self, offset: u64, buf: &mut [u8]) {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let off = offset.wrapping_add(done as u64);
+            let (mut cipher, room) = self.cipher_at(off);
+            let n = core::cmp::min(room, (buf.len() - done) as u64) as usize;
+            cipher.apply_keystream(&mut buf[done..done + n]);
+            done += n;
+        }
+    }
+
+    /// Like [`Self::apply_keystream`] but reads `input` and writes `output`
+    /// (same length) in one pass.
+    pub(crate) fn apply_keystream_b2b(&self, offset: u64, input: &[u8], output: &mut [u8]) {
+        debug_assert_eq!(input.len(), output.len());
+        let len = input.len().min(output.len());
+        let mut done = 0usize;
+        while done < len {
+            let off = offset.wrapping_add(done as u64);
+            let (mut cipher, room) = self.cipher_at(off);
+            let n = core::cmp::min(room, (len - done) as u64) as usize;
+            cipher.apply_keystream_b2b(&input[done..done + n], &mut output[done..done + n]);
+            done += n;
+        }
+    }
+
+    /// A cipher positioned at `offset` and how many bytes remain in its segment.
+    fn cipher_at(&self, offset: u64) -> (ChaCha20, u64) {
+        let segment = offset >> SEGMENT_BITS;
+        let pos = offset & ((1u64 << SEGMENT_BITS) - 1);
+        let mut nonce = [0u8; 12];
+        nonce[..8].copy_from_slice(&segment.to_le_bytes());
+        let mut cipher = ChaCha20::new((&self.enc.0).into(), (&nonce).into());
+        cipher.seek(pos);
+        (cipher, (1u64 << SEGMENT_BITS) - pos)
+    }
+
+    /// The frame tag over the fixed fields and `body` (ciphertext).
+    pub(crate) fn frame_tag(&self, aad: &FrameAad, body: &[u8]) -> [u8; TAG_LEN] {
+        let mut prefix = [0u8; 1 + 4 + 8 + 8 + 8 + FRAME_HEADER_LEN];
+        prefix[0] = self.dir;
+        // bytes 1..5: key epoch, always 0 until rekeying exists.
+        prefix[5..13].copy_from_slice(&aad.generation.to_le_bytes());
+        prefix[13..21].copy_from_slice(&aad.sequence.to_le_bytes());
+        prefix[21..29].copy_from_slice(&aad.offset.to_le_bytes());
+        prefix[29..33].copy_from_slice(&aad.header);
+        let mut h = blake3::Hasher::new_keyed(&self.mac.0);
+        h.update(&prefix);
+        h.update(body);
+        truncate(&h.finalize())
+    }
+}
+
+/// All keys of an established session.
+#[derive(Clone, Debug)]
+pub(crate) struct SessionKeys {
+    pub(crate) c2s: DirectionKeys,
+    pub(crate) s2c: DirectionKeys,
+    pub(crate) resume: Secret,
+}
+
+impl SessionKeys {
+    /// Derive the session keys from the session master secret.
+    pub(crate) fn from_master(master: &Secret) -> Self {
+        let d = |ctx| Secret::derive(ctx, &[&master.0]);
+        SessionKeys {
+            c2s: DirectionKeys {
+                enc: d(context::C2S_ENC),
+                mac: d(context::C2S_MAC),
+                dir: DIR_C2S,
+            },
+            s2c: DirectionKeys {
+                enc: d(context::S2C_ENC),
+                mac: d(context::S2C_MAC),
+                dir: DIR_S2C,
+            },
+            resume: d(context::RESUME),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> SessionKeys {
+        SessionKeys::from_master(&Secret([7u8; 32]))
+    }
+
+    #[test]
+    fn directions_have_different_keystreams() {
+        let k = keys();
+        let mut a = [0u8; 256];
+        let mut b = [0u8; 256];
+        k.c2s.apply_keystream(0, &mut a);
+        k.s2c.apply_keystream(0, &mut b);
+        assert_ne!(a, b);
+        assert_ne!(a, [0u8; 256]);
+    }
+
+    #[test]
+    fn keystream_is_addressed_by_offset() {
+        let k = keys();
+        let mut whole = [0u8; 300];
+        k.c2s.apply_keystream(1000, &mut whole);
+        let mut part = [0u8; 100];
+        k.c2s.apply_keystream(1150, &mut part);
+        assert_eq!(&whole[150..250], &part[..]);
+    }
+
+    #[test]
+    fn keystream_crosses_segment_boundary_consistently() {
+        let k = keys();
+        let base = (1u64 << SEGMENT_BITS) - 10;
+        let mut whole = [0u8; 40];
+        k.s2c.apply_keystream(base, &mut whole);
+        let mut tail = [0u8; 30];
+        k.s2c.apply_keystream(base + 10, &mut tail);
+        assert_eq!(&whole[10..], &tail[..]);
+        // the next segment uses a new nonce, not the start of segment 0
+        let mut seg0 = [0u8; 30];
+        k.s2c.apply_keystream(0, &mut seg0);
+        assert_ne!(tail, seg0);
+        let mut out = [0u8; 40];
+        k.s2c.apply_keystream_b2b(base, &[0u8; 40], &mut out);
+        assert_eq!(out, whole);
+    }
+
+    #[test]
+    fn frame_tag_covers_every_field() {
+        let k = keys();
+        let aad = |g, s, o, h| FrameAad {
+            generation: g,
+            sequence: s,
+            offset: o,
+            header: h,
+        };
+        let base = k.c2s.frame_tag(&aad(1, 2, 3, [1, 0, 5, 0]), b"hello");
+        assert_ne!(base, k.c2s.frame_tag(&aad(2, 2, 3, [1, 0, 5, 0]), b"hello"));
+        assert_ne!(base, k.c2s.frame_tag(&aad(1, 3, 3, [1, 0, 5, 0]), b"hello"));
+        assert_ne!(base, k.c2s.frame_tag(&aad(1, 2, 4, [1, 0, 5, 0]), b"hello"));
+        assert_ne!(base, k.c2s.frame_tag(&aad(1, 2, 3, [2, 0, 5, 0]), b"hello"));
+        assert_ne!(base, k.c2s.frame_tag(&aad(1, 2, 3, [1, 0, 5, 0]), b"hellp"));
+        assert_ne!(base, k.s2c.frame_tag(&aad(1, 2, 3, [1, 0, 5, 0]), b"hello"));
+    }
+
+    #[test]
+    fn debug_output_has_no_key_material() {
+        let k = keys();
+        let s = alloc::format!("{k:?}");
+        assert!(s.contains("redacted"));
+        let first = alloc::format!("{}", k.c2s.enc.0[0]);
+        assert!(!s.contains(&alloc::format!("[{first}, ")));
+        let kp = StaticKeypair::from_secret_bytes([9u8; 32]);
+        let s = alloc::format!("{kp:?}");
+        assert!(!s.contains("9, 9, 9"));
+    }
+}

@@ -1,0 +1,53 @@
+//! relink: long-lived encrypted byte streams that survive broken connections.
+//!
+//! The crate is a *sans-IO* core: [`Client`] and [`Server`] are pure state
+//! machines. They consume bytes received from a transport, produce bytes to
+//! write to it, report [`Event`]s, and never touch sockets, clocks or OS
+//! randomness: the caller passes the current [`Instant`] into every call and
+//! hands a `rand_core` CSPRNG to the constructor.
+//!
+//! # Run loop
+//! A driver repeats, for each transport:
+//! 1. feed received bytes with `handle_input` (it returns how many it took;
+//!    keep the rest and offer it again after the application read data),
+//! 2. write what `poll_transmit` fills into its buffer until it returns 0,
+//! 3. drain `poll_event`,
+//! 4. sleep until `poll_timeout` (or new input) and then call `handle_timeout`.
+//!
+//! When a transport dies the driver says so (`transport_lost`); the client
+//! then opens a new transport and calls [`Client::new_transport`], and the
+//! session resumes: both sides resend exactly the bytes the other is missing.
+//!
+//! The wire protocol is specified in `docs/PROTOCOL.md`.
+#![no_std]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
+
+mod client;
+mod config;
+mod error;
+mod event;
+mod handshake;
+mod keys;
+mod resume;
+mod server;
+mod stream;
+mod time;
+pub mod wire;
+
+pub use client::Client;
+pub use config::Config;
+pub use error::{Error, ProtocolError};
+pub use event::{CloseReason, Event, ServerEvent};
+pub use keys::StaticKeypair;
+pub use server::{Server, SessionId, TransportId};
+pub use time::{Duration, Instant};
+pub use wire::{HandshakeStatus, ResumeStatus};
+
+/// The smallest buffer `poll_transmit` accepts: room for the largest
+/// handshake or resume message and a small frame.
+pub const MIN_TRANSMIT_BUFFER: usize = 128;

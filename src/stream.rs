@@ -1,0 +1,694 @@
+//! The established byte stream of one session, shared by client and server.
+//!
+//! Owns the send history (bytes written but not yet acknowledged, kept for
+//! resending), the receive buffer (verified bytes the application has not
+//! read), the byte counters of both directions, and the per-transport frame
+//! state ([`Link`]): sequence numbers, the partial incoming frame, ACK and
+//! keepalive timers. Frames are sealed and opened here (encrypt-then-MAC,
+//! see `keys.rs`); nothing is appended to the receive buffer before its tag
+//! verified.
+//!
+//! Counters. Data byte `o` of a direction has stream offset `o`. A CLOSE
+//! frame occupies one virtual offset right after the last data byte (like
+//! TCP's FIN), so an acknowledgement can cover it. The *read count* a side
+//! reports (in ACK frames and resume messages) is the number of data bytes it
+//! verified, plus one once it received the peer's CLOSE. It only ever covers
+//! whole verified frames, so a resend always starts on a frame boundary.
+
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
+
+use crate::config::Config;
+use crate::error::{Error, ProtocolError};
+use crate::keys::{tags_equal, DirectionKeys, FrameAad};
+use crate::time::{earliest, Duration, Instant};
+use crate::wire::{
+    FrameHeader, FrameType, FRAME_HEADER_LEN, FRAME_OVERHEAD, MAX_FRAME_PAYLOAD, TAG_LEN,
+};
+
+/// The limits of [`Config`] the stream needs.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StreamLimits {
+    max_frame_payload: usize,
+    send_buffer: usize,
+    recv_buffer: usize,
+    ack_threshold: u64,
+    ack_delay: Duration,
+    keepalive_interval: Duration,
+    idle_timeout: Duration,
+    key_byte_limit: u64,
+}
+
+impl StreamLimits {
+    pub(crate) fn from_config(c: &Config) -> Self {
+        StreamLimits {
+            max_frame_payload: c.max_frame_payload,
+            send_buffer: c.send_buffer,
+            recv_buffer: c.recv_buffer,
+            ack_threshold: c.ack_threshold as u64,
+            ack_delay: c.ack_delay,
+            keepalive_interval: c.keepalive_interval,
+            idle_timeout: c.idle_timeout,
+            key_byte_limit: c.key_byte_limit,
+        }
+    }
+}
+
+/// Keys of the two directions as seen from this side.
+#[derive(Clone, Debug)]
+pub(crate) struct StreamKeys {
+    pub(crate) tx: DirectionKeys,
+    pub(crate) rx: DirectionKeys,
+}
+
+/// Per-transport frame state. Reset by every resume.
+#[derive(Debug)]
+struct Link {
+    /// Resume counter of this transport (0 for the first one); in every MAC.
+    generation: u64,
+    tx_seq: u64,
+    rx_seq: u64,
+    /// An incoming frame not yet complete (at most one maximum frame).
+    partial: Vec<u8>,
+    last_rx: Instant,
+    last_tx: Instant,
+    /// When the pending ACK must go out at the latest.
+    ack_due: Option<Instant>,
+    /// Read count the peer last heard from us (ACK or resume message).
+    acked_sent: u64,
+    /// Our CLOSE went out on this transport (or the peer had it already).
+    close_sent: bool,
+}
+
+/// Stream-level happenings the client or server turns into events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StreamEvent {
+    /// The peer's CLOSE arrived.
+    PeerClosed,
+    /// Both directions are closed and our CLOSE was acknowledged.
+    CleanClose,
+}
+
+/// The session's stream. See the module docs.
+#[derive(Debug)]
+pub(crate) struct Stream {
+    limits: StreamLimits,
+    keys: Option<StreamKeys>,
+    /// Bytes `[tx_base(), tx_written)` of the outgoing stream.
+    tx: VecDeque<u8>,
+    /// Highest read count the peer confirmed (may include our CLOSE).
+    tx_acked: u64,
+    tx_written: u64,
+    /// Next data offset to put in a frame on the current link.
+    tx_next: u64,
+    /// The application closed its sending side.
+    closing: bool,
+    /// Verified bytes not yet read by the application.
+    rx: VecDeque<u8>,
+    /// Data bytes verified.
+    rx_data: u64,
+    peer_closed: bool,
+    link: Option<Link>,
+    /// Kept between links so steady operation does not allocate.
+    spare_partial: Vec<u8>,
+    /// Transports ended by an authentication failure since the last
+    /// verified frame.
+    auth_failures: u32,
+    events: [Option<StreamEvent>; 2],
+    clean_reported: bool,
+}
+
+impl Stream {
+    pub(crate) fn new(limits: StreamLimits) -> Self {
+        Stream {
+            limits,
+            keys: None,
+            tx: VecDeque::new(),
+            tx_acked: 0,
+            tx_written: 0,
+            tx_next: 0,
+            closing: false,
+            rx: VecDeque::new(),
+            rx_data: 0,
+            peer_closed: false,
+            link: None,
+            spare_partial: Vec::new(),
+            auth_failures: 0,
+            events: [None, None],
+            clean_reported: false,
+        }
+    }
+
+    pub(crate) fn set_keys(&mut self, keys: StreamKeys) {
+        self.keys = Some(keys);
+    }
+
+    // ----- counters -------------------------------------------------------
+
+    /// Our read count: verified data bytes, plus one for the peer's CLOSE.
+    pub(crate) fn read_count(&self) -> u64 {
+        self.rx_data + self.peer_closed as u64
+    }
+
+    /// End of our stream: data written, plus one once we closed.
+    pub(crate) fn write_end(&self) -> u64 {
+        self.tx_written + self.closing as u64
+    }
+
+    /// Highest read count the peer confirmed of our stream.
+    pub(crate) fn acked(&self) -> u64 {
+        self.tx_acked
+    }
+
+    /// Bytes written by the application so far.
+    pub(crate) fn written(&self) -> u64 {
+        self.tx_written
+    }
+
+    /// Stream offset of the first byte held in `tx`.
+    fn tx_base(&self) -> u64 {
+        self.tx_acked.min(self.tx_written)
+    }
+
+    /// Bytes held for resending.
+    pub(crate) fn unacked(&self) -> usize {
+        (self.tx_written - self.tx_base()) as usize
+    }
+
+    /// Bytes verified but not yet read by the application.
+    pub(crate) fn readable(&self) -> usize {
+        self.rx.len()
+    }
+
+    /// Heap bytes this stream holds right now.
+    pub(crate) fn memory(&self) -> usize {
+        self.tx.capacity()
+            + self.rx.capacity()
+            + self.spare_partial.capacity()
+            + self.link.as_ref().map_or(0, |l| l.partial.capacity())
+    }
+
+    /// Both sides closed and our CLOSE was acknowledged.
+    pub(crate) fn is_clean_closed(&self) -> bool {
+        self.closing && self.peer_closed && self.tx_acked == self.write_end()
+    }
+
+    /// The consecutive authentication failures so far.
+    pub(crate) fn auth_failures(&self) -> u32 {
+        self.auth_failures
+    }
+
+    pub(crate) fn note_auth_failure(&mut self) {
+        self.auth_failures = self.auth_failures.saturating_add(1);
+    }
+
+    pub(crate) fn take_event(&mut self) -> Option<StreamEvent> {
+        if let Some(e) = self.events[0].take() {
+            self.events[0] = self.events[1].take();
+            return Some(e);
+        }
+        None
+    }
+
+    fn push_event(&mut self, e: StreamEvent) {
+        if self.events[0].is_none() {
+            self.events[0] = Some(e);
+        } else {
+            self.events[1] = Some(e);
+        }
+    }
+
+    // ----- application side -----------------------------------------------
+
+    /// Accept up to `data.len()` bytes for sending; fewer when the history
+    /// cap is reached. `Ok(0)` means "full, try again after ACKs arrive".
+    pub(crate) fn send(&mut self, data: &[u8]) -> Result<usize, Error> {
+        if self.closing {
+            return Err(Error::Closed);
+        }
+        let room = self.limits.send_buffer.saturating_sub(self.unacked());
+        let key_room = self.limits.key_byte_limit.saturating_sub(self.tx_written);
+        if key_room == 0 && !data.is_empty() {
+            return Err(Error::KeyLimitReached);
+        }
+        let n = data
+            .len()
+            .min(room)
+            .min(usize::try_from(key_room).unwrap_or(usize::MAX));
+        if n == 0 {
+            return Ok(0);
+        }
+        reserve_bounded(&mut self.tx, n, self.limits.send_buffer);
+        self.tx.extend(data[..n].iter());
+        self.tx_written += n as u64;
+        Ok(n)
+    }
+
+    /// Copy verified bytes into `out`. `Ok(0)` only at the end of the
+    /// stream (peer closed, everything read); `Err(WouldBlock)` when empty.
+    pub(crate) fn recv(&mut self, out: &mut [u8]) -> Result<usize, Error> {
+        if self.rx.is_empty() {
+            return if self.peer_closed || out.is_empty() {
+                Ok(0)
+            } else {
+                Err(Error::WouldBlock)
+            };
+        }
+        let (a, b) = self.rx.as_slices();
+        let n1 = a.len().min(out.len());
+        out[..n1].copy_from_slice(&a[..n1]);
+        let n2 = b.len().min(out.len() - n1);
+        out[n1..n1 + n2].copy_from_slice(&b[..n2]);
+        self.rx.drain(..n1 + n2);
+        Ok(n1 + n2)
+    }
+
+    /// The application closes its sending side: a CLOSE frame follows the
+    /// last data byte.
+    pub(crate) fn close(&mut self) {
+        self.closing = true;
+    }
+
+    /// Give back memory of empty buffers (called when idle, not per frame).
+    pub(crate) fn trim(&mut self) {
+        if self.tx.is_empty() {
+            self.tx = VecDeque::new();
+        }
+        if self.rx.is_empty() {
+            self.rx = VecDeque::new();
+        }
+        self.spare_partial = Vec::new();
+        if let Some(l) = &mut self.link {
+            if l.partial.is_empty() {
+                l.partial = Vec::new();
+            }
+        }
+    }
+
+    // ----- links ------------------------------------------------------------
+
+    /// Start a link (a transport) whose peer has read `peer_read` bytes of
+    /// our stream. Returns the range this side resends, `[start, end)` in
+    /// data offsets. `Err(DataUnavailable-ish)` when `peer_read` lies
+    /// outside what we still hold: the caller ends the session.
+    pub(crate) fn attach(
+        &mut self,
+        generation: u64,
+        now: Instant,
+        peer_read: u64,
+    ) -> Result<(u64, u64), Error> {
+        if peer_read < self.tx_acked || peer_read > self.write_end() {
+            return Err(ProtocolError::BadAck.into());
+        }
+        self.detach();
+        self.ack_to(peer_read);
+        self.tx_next = peer_read.min(self.tx_written);
+        let mut partial = core::mem::take(&mut self.spare_partial);
+        partial.clear();
+        self.link = Some(Link {
+            generation,
+            tx_seq: 0,
+            rx_seq: 0,
+            partial,
+            last_rx: now,
+            last_tx: now,
+            ack_due: None,
+            acked_sent: self.read_count(),
+            close_sent: peer_read > self.tx_written,
+        });
+        Ok((self.tx_next, self.tx_written))
+    }
+
+    /// The transport is gone: forget its frame state, keep the stream.
+    pub(crate) fn detach(&mut self) {
+        if let Some(link) = self.link.take() {
+            self.spare_partial = link.partial;
+            self.spare_partial.clear();
+        }
+    }
+
+    /// Free history the peer confirmed.
+    fn ack_to(&mut self, v: u64) {
+        let old_base = self.tx_base();
+        self.tx_acked = v;
+        let freed = (self.tx_base() - old_base) as usize;
+        self.tx.drain(..freed);
+        if self.is_clean_closed() && !self.clean_reported {
+            self.clean_reported = true;
+            self.push_event(StreamEvent::CleanClose);
+        }
+    }
+
+    // ----- input ----------------------------------------------------------
+
+    /// Consume frames from `input`. Returns the bytes taken; fewer than
+    /// given when the receive buffer is full (offer the rest again after
+    /// `recv`). An `Err` ends the link: nothing of the failing frame was
+    /// delivered.
+    pub(crate) fn handle_input(&mut self, now: Instant, input: &[u8]) -> Result<usize, Error> {
+        let mut consumed = 0;
+        loop {
+            let Some(link) = self.link.as_mut() else {
+                return Err(Error::TransportEnded);
+            };
+            let rest = &input[consumed..];
+            if link.partial.is_empty() {
+                if rest.len() >= FRAME_HEADER_LEN {
+                    let hdr = FrameHeader::decode(&arr4(rest))?;
+                    if !self.has_room(&hdr) {
+                        break;
+                    }
+                    let total = hdr.wire_len();
+                    if rest.len() >= total {
+                        self.open_frame(now, &hdr, &rest[..total])?;
+                        consumed += total;
+                        continue;
+                    }
+                }
+                if rest.is_empty() {
+                    break;
+                }
+                let link = self.link.as_mut().ok_or(Error::TransportEnded)?;
+                if link.partial.capacity() == 0 {
+                    link.partial
+                        .reserve_exact(FRAME_OVERHEAD + MAX_FRAME_PAYLOAD);
+                }
+                link.partial.extend_from_slice(rest);
+                consumed += rest.len();
+                break;
+            }
+            // Continue a partial frame.
+            if link.partial.len() < FRAME_HEADER_LEN {
+                let take = (FRAME_HEADER_LEN - link.partial.len()).min(rest.len());
+                link.partial.extend_from_slice(&rest[..take]);
+                consumed += take;
+                if link.partial.len() < FRAME_HEADER_LEN {
+                    break;
+                }
+            }
+            let hdr = FrameHeader::decode(&arr4(&link.partial))?;
+            if !self.has_room(&hdr) {
+                break;
+            }
+            let link = self.link.as_mut().ok_or(Error::TransportEnded)?;
+            let total = hdr.wire_len();
+            let rest = &input[consumed..];
+            let take = (total - link.partial.len()).min(rest.len());
+            link.partial.extend_from_slice(&rest[..take]);
+            consumed += take;
+            if link.partial.len() < total {
+                break;
+            }
+            let frame = core::mem::take(&mut link.partial);
+            let result = self.open_frame(now, &hdr, &frame);
+            if let Some(link) = self.link.as_mut() {
+                link.partial = frame;
+                link.partial.clear();
+            }
+            result?;
+        }
+        Ok(consumed)
+    }
+
+    /// Whether a frame with this header fits the receive buffer now.
+    fn has_room(&self, hdr: &FrameHeader) -> bool {
+        hdr.frame_type != FrameType::Data || self.rx.len() + hdr.len <= self.limits.recv_buffer
+    }
+
+    /// Verify one whole frame and apply it.
+    fn open_frame(&mut self, now: Instant, hdr: &FrameHeader, frame: &[u8]) -> Result<(), Error> {
+        let keys = self.keys.as_ref().ok_or(Error::InvalidState)?;
+        let link = self.link.as_mut().ok_or(Error::TransportEnded)?;
+        let header = arr4(frame);
+        let body = &frame[FRAME_HEADER_LEN..FRAME_HEADER_LEN + hdr.len];
+        let tag = arr16(&frame[FRAME_HEADER_LEN + hdr.len..]);
+        let aad = FrameAad {
+            generation: link.generation,
+            sequence: link.rx_seq,
+            offset: self.rx_data,
+            header,
+        };
+        if !tags_equal(&keys.rx.frame_tag(&aad, body), &tag) {
+            return Err(Error::AuthFailed);
+        }
+        link.rx_seq += 1;
+        link.last_rx = now;
+        self.auth_failures = 0;
+        match hdr.frame_type {
+            FrameType::Data => {
+                if self.peer_closed {
+                    return Err(ProtocolError::DataAfterClose.into());
+                }
+                let end =
+                    self.rx_data
+                        .checked_add(hdr.len as u64)
+                        .ok_or(ProtocolError::BadLength {
+                            frame_type: header[0],
+                            len: hdr.len,
+                        })?;
+                reserve_bounded(&mut self.rx, hdr.len, self.limits.recv_buffer);
+                self.rx.extend(body.iter());
+                decrypt_tail(&mut self.rx, hdr.len, &keys.rx, self.rx_data);
+                self.rx_data = end;
+                if link.ack_due.is_none() {
+                    link.ack_due = Some(now.saturating_add(self.limits.ack_delay));
+                }
+            }
+            FrameType::Ack => {
+                let v = u64::from_le_bytes(arr8(body));
+                let sent_end = self.tx_next + link.close_sent as u64;
+                if v < self.tx_acked || v > sent_end {
+                    return Err(ProtocolError::BadAck.into());
+                }
+                self.ack_to(v);
+            }
+            FrameType::Ping => {}
+            FrameType::Close => {
+                if !self.peer_closed {
+                    self.peer_closed = true;
+                    link.ack_due = Some(now);
+                    self.push_event(StreamEvent::PeerClosed);
+                    if self.is_clean_closed() && !self.clean_reported {
+                        self.clean_reported = true;
+                        self.push_event(StreamEvent::CleanClose);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ----- output ---------------------------------------------------------
+
+    /// Write as many frames as fit into `out`: a due ACK, DATA, CLOSE, a
+    /// keepalive PING. Returns the bytes written.
+    pub(crate) fn poll_transmit(&mut self, now: Instant, out: &mut [u8]) -> usize {
+        let Some(keys) = self.keys.as_ref() else {
+            return 0;
+        };
+        let Some(link) = self.link.as_mut() else {
+            return 0;
+        };
+        let mut n = 0;
+        let read_count = self.rx_data + self.peer_closed as u64;
+        let has_data = self.tx_next < self.tx_written;
+        let ack_wanted = read_count > link.acked_sent
+            && (has_data
+                || self.peer_closed
+                || link.ack_due.is_some_and(|d| d <= now)
+                || read_count - link.acked_sent >= self.limits.ack_threshold);
+        if ack_wanted && out.len() >= FRAME_OVERHEAD + 8 {
+            let payload = read_count.to_le_bytes();
+            n += seal_control(link, &keys.tx, self.tx_next, FrameType::Ack, &payload, out);
+            link.acked_sent = read_count;
+            link.ack_due = None;
+        }
+        while self.tx_next < self.tx_written && out.len() - n > FRAME_OVERHEAD {
+            let avail = (self.tx_written - self.tx_next) as usize;
+            let len = avail
+                .min(self.limits.max_frame_payload)
+                .min(out.len() - n - FRAME_OVERHEAD);
+            let frame = &mut out[n..n + FRAME_OVERHEAD + len];
+            let header = FrameHeader {
+                frame_type: FrameType::Data,
+                len,
+            }
+            .encode();
+            frame[..FRAME_HEADER_LEN].copy_from_slice(&header);
+            let start = (self.tx_next - self.tx_acked.min(self.tx_written)) as usize;
+            let (a, b) = self.tx.as_slices();
+            let body = &mut frame[FRAME_HEADER_LEN..FRAME_HEADER_LEN + len];
+            let mut done = 0;
+            if start < a.len() {
+                let k = (a.len() - start).min(len);
+                keys.tx
+                    .apply_keystream_b2b(self.tx_next, &a[start..start + k], &mut body[..k]);
+                done = k;
+            }
+            if done < len {
+                let bstart = start + done - a.len();
+                keys.tx.apply_keystream_b2b(
+                    self.tx_next + done as u64,
+                    &b[bstart..bstart + (len - done)],
+                    &mut body[done..],
+                );
+            }
+            let aad = FrameAad {
+                generation: link.generation,
+                sequence: link.tx_seq,
+                offset: self.tx_next,
+                header,
+            };
+            let tag = keys
+                .tx
+                .frame_tag(&aad, &frame[FRAME_HEADER_LEN..FRAME_HEADER_LEN + len]);
+            frame[FRAME_HEADER_LEN + len..].copy_from_slice(&tag);
+            link.tx_seq += 1;
+            self.tx_next += len as u64;
+            n += FRAME_OVERHEAD + len;
+        }
+        if self.closing
+            && !link.close_sent
+            && self.tx_next == self.tx_written
+            && out.len() - n >= FRAME_OVERHEAD
+        {
+            n += seal_control(
+                link,
+                &keys.tx,
+                self.tx_next,
+                FrameType::Close,
+                &[],
+                &mut out[n..],
+            );
+            link.close_sent = true;
+        }
+        if n == 0
+            && now >= link.last_tx.saturating_add(self.limits.keepalive_interval)
+            && out.len() >= FRAME_OVERHEAD
+        {
+            n += seal_control(link, &keys.tx, self.tx_next, FrameType::Ping, &[], out);
+        }
+        if n > 0 {
+            link.last_tx = now;
+        }
+        n
+    }
+
+    /// Whether `poll_transmit` would write something right now.
+    pub(crate) fn wants_transmit(&self, now: Instant) -> bool {
+        let Some(link) = self.link.as_ref() else {
+            return false;
+        };
+        let rc = self.read_count();
+        self.tx_next < self.tx_written
+            || (self.closing && !link.close_sent && self.tx_next == self.tx_written)
+            || (rc > link.acked_sent
+                && (self.peer_closed
+                    || link.ack_due.is_some_and(|d| d <= now)
+                    || rc - link.acked_sent >= self.limits.ack_threshold))
+            || now >= link.last_tx.saturating_add(self.limits.keepalive_interval)
+    }
+
+    // ----- timers ---------------------------------------------------------
+
+    /// The next instant `handle_timeout` or `poll_transmit` has work.
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        let link = self.link.as_ref()?;
+        let ack = if self.read_count() > link.acked_sent {
+            link.ack_due
+        } else {
+            None
+        };
+        let keepalive = link.last_tx.saturating_add(self.limits.keepalive_interval);
+        let idle = link.last_rx.saturating_add(self.limits.idle_timeout);
+        earliest(earliest(ack, Some(keepalive)), Some(idle))
+    }
+
+    /// `Err(TimedOut)` when nothing arrived within the idle timeout: the
+    /// caller ends the link.
+    pub(crate) fn handle_timeout(&mut self, now: Instant) -> Result<(), Error> {
+        if let Some(link) = &self.link {
+            if now >= link.last_rx.saturating_add(self.limits.idle_timeout) {
+                return Err(Error::TimedOut);
+            }
+            if now >= link.last_tx.saturating_add(self.limits.keepalive_interval)
+                && self.tx.is_empty()
+                && self.rx.is_empty()
+            {
+                self.trim();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Write a control frame (ACK, PING, CLOSE): authenticated, not encrypted
+/// (its payload is a counter the peer knows, or empty).
+fn seal_control(
+    link: &mut Link,
+    keys: &DirectionKeys,
+    offset: u64,
+    frame_type: FrameType,
+    payload: &[u8],
+    out: &mut [u8],
+) -> usize {
+    let header = FrameHeader {
+        frame_type,
+        len: payload.len(),
+    }
+    .encode();
+    let len = FRAME_OVERHEAD + payload.len();
+    out[..FRAME_HEADER_LEN].copy_from_slice(&header);
+    out[FRAME_HEADER_LEN..FRAME_HEADER_LEN + payload.len()].copy_from_slice(payload);
+    let aad = FrameAad {
+        generation: link.generation,
+        sequence: link.tx_seq,
+        offset,
+        header,
+    };
+    let tag = keys.frame_tag(&aad, payload);
+    out[FRAME_HEADER_LEN + payload.len()..len].copy_from_slice(&tag);
+    link.tx_seq += 1;
+    len
+}
+
+/// Grow `dq` to hold `additional` more bytes, doubling but never beyond `cap`.
+fn reserve_bounded(dq: &mut VecDeque<u8>, additional: usize, cap: usize) {
+    let need = dq.len() + additional;
+    if dq.capacity() >= need {
+        return;
+    }
+    let target = (dq.capacity() * 2).max(need).max(4096).min(cap.max(need));
+    dq.reserve_exact(target - dq.len());
+}
+
+/// Decrypt in place the last `n` bytes of `dq`, which start at stream offset `offset`.
+fn decrypt_tail(dq: &mut VecDeque<u8>, n: usize, keys: &DirectionKeys, offset: u64) {
+    let total = dq.len();
+    let (a, b) = dq.as_mut_slices();
+    let start = total - n;
+    if start >= a.len() {
+        let s = start - a.len();
+        keys.apply_keystream(offset, &mut b[s..]);
+    } else {
+        let first = a.len() - start;
+        keys.apply_keystream(offset, &mut a[start..]);
+        keys.apply_keystream(offset + first as u64, b);
+    }
+}
+
+fn arr4(b: &[u8]) -> [u8; 4] {
+    [b[0], b[1], b[2], b[3]]
+}
+
+fn arr8(b: &[u8]) -> [u8; 8] {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    a
+}
+
+fn arr16(b: &[u8]) -> [u8; TAG_LEN] {
+    let mut a = [0u8; TAG_LEN];
+    a.copy_from_slice(&b[..TAG_LEN]);
+    a
+}

@@ -1,0 +1,459 @@
+//! Wire format: byte layouts of every message and frame, encoded and decoded
+//! without any cryptography. This is what the fuzzers hit. Layouts are
+//! specified in `docs/PROTOCOL.md`; every integer is little-endian.
+
+use crate::error::ProtocolError;
+
+/// The only protocol version this crate speaks.
+pub const VERSION: u8 = 1;
+/// First byte of a transport that opens a new session.
+pub const TAG_NEW: u8 = 0x00;
+/// First byte of a transport that resumes a session.
+pub const TAG_RESUME: u8 = 0xFF;
+/// Length of a MAC tag on the wire.
+pub const TAG_LEN: usize = 16;
+/// Largest DATA payload any peer may send.
+pub const MAX_FRAME_PAYLOAD: usize = 16 * 1024;
+/// Frame header: type (1), flags (1), payload length (2).
+pub const FRAME_HEADER_LEN: usize = 4;
+/// Header plus tag.
+pub const FRAME_OVERHEAD: usize = FRAME_HEADER_LEN + TAG_LEN;
+
+/// ClientHello length: tag, version, flags, ephemeral key.
+pub const CLIENT_HELLO_LEN: usize = 1 + 1 + 1 + 32;
+/// ServerHello (accepted) length.
+pub const SERVER_HELLO_LEN: usize = 1 + 1 + 32 + 16 + 8 + 8 + TAG_LEN;
+/// Bytes of the ServerHello covered by the key derivation (everything
+/// before the encrypted connection id).
+pub const SERVER_HELLO_KEYED_PREFIX: usize = 1 + 1 + 32 + 16 + 8;
+/// ClientConfirm length.
+pub const CLIENT_CONFIRM_LEN: usize = TAG_LEN;
+/// ResumeRequest length.
+pub const RESUME_REQUEST_LEN: usize = 1 + 1 + 8 + 8 + 8 + 8 + 8 + TAG_LEN;
+/// ResumeResponse (accepted) length.
+pub const RESUME_RESPONSE_LEN: usize = 1 + 1 + 8 + 8 + 8 + TAG_LEN;
+/// Length of a rejection that carries no MAC (version and status).
+pub const REJECT_LEN: usize = 2;
+/// Length of a rejection that carries a MAC.
+pub const REJECT_AUTH_LEN: usize = 2 + TAG_LEN;
+
+/// ClientHello flag: the client mixes the server's pinned static key.
+pub const FLAG_PINNED: u8 = 0x01;
+
+/// Status byte of a ServerHello.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HandshakeStatus {
+    /// Handshake accepted.
+    Ok,
+    /// The server does not speak the client's version.
+    UnsupportedVersion,
+    /// The client asked for the static key but the server has none.
+    NoStaticKey,
+    /// The server has reached its session limit.
+    Busy,
+    /// The client's hello was malformed.
+    Malformed,
+}
+
+impl HandshakeStatus {
+    /// Wire value.
+    pub fn to_byte(self) -> u8 {
+        match self {
+            HandshakeStatus::Ok => 0,
+            HandshakeStatus::UnsupportedVersion => 1,
+            HandshakeStatus::NoStaticKey => 2,
+            HandshakeStatus::Busy => 3,
+            HandshakeStatus::Malformed => 4,
+        }
+    }
+    /// Parse a wire value.
+    pub fn from_byte(b: u8) -> Result<Self, ProtocolError> {
+        Ok(match b {
+            0 => HandshakeStatus::Ok,
+            1 => HandshakeStatus::UnsupportedVersion,
+            2 => HandshakeStatus::NoStaticKey,
+            3 => HandshakeStatus::Busy,
+            4 => HandshakeStatus::Malformed,
+            _ => return Err(ProtocolError::UnknownStatus(b)),
+        })
+    }
+}
+
+/// Status byte of a ResumeResponse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ResumeStatus {
+    /// Resume accepted.
+    Ok,
+    /// The server does not speak the client's version.
+    UnsupportedVersion,
+    /// No such session (never existed, expired or closed): start a new one.
+    UnknownSession,
+    /// The request's MAC did not verify (maybe corrupted in transit): retry.
+    AuthFailed,
+    /// The request's counter was not greater than the last accepted: a replay.
+    Replayed,
+    /// The request's time is outside the server's window.
+    Stale,
+    /// The byte counts cannot be reconciled: the data is gone. Start a new session.
+    DataUnavailable,
+    /// The request was malformed.
+    Malformed,
+}
+
+impl ResumeStatus {
+    /// Wire value.
+    pub fn to_byte(self) -> u8 {
+        match self {
+            ResumeStatus::Ok => 0,
+            ResumeStatus::UnsupportedVersion => 1,
+            ResumeStatus::UnknownSession => 2,
+            ResumeStatus::AuthFailed => 3,
+            ResumeStatus::Replayed => 4,
+            ResumeStatus::Stale => 5,
+            ResumeStatus::DataUnavailable => 6,
+            ResumeStatus::Malformed => 7,
+        }
+    }
+    /// Parse a wire value.
+    pub fn from_byte(b: u8) -> Result<Self, ProtocolError> {
+        Ok(match b {
+            0 => ResumeStatus::Ok,
+            1 => ResumeStatus::UnsupportedVersion,
+            2 => ResumeStatus::UnknownSession,
+            3 => ResumeStatus::AuthFailed,
+            4 => ResumeStatus::Replayed,
+            5 => ResumeStatus::Stale,
+            6 => ResumeStatus::DataUnavailable,
+            7 => ResumeStatus::Malformed,
+            _ => return Err(ProtocolError::UnknownStatus(b)),
+        })
+    }
+    /// Whether a rejection with this status carries a MAC (the server had
+    /// verified the request before rejecting it).
+    pub fn is_authenticated(self) -> bool {
+        matches!(
+            self,
+            ResumeStatus::Replayed | ResumeStatus::Stale | ResumeStatus::DataUnavailable
+        )
+    }
+    /// Whether the client may retry resuming on a new transport.
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            ResumeStatus::AuthFailed | ResumeStatus::Replayed | ResumeStatus::Stale
+        )
+    }
+}
+
+/// Frame types of the established stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameType {
+    /// Encrypted application bytes.
+    Data,
+    /// The sender's receive count (8 bytes).
+    Ack,
+    /// Keepalive, empty.
+    Ping,
+    /// The sender's stream ends here, empty.
+    Close,
+}
+
+impl FrameType {
+    /// Wire value.
+    pub fn to_byte(self) -> u8 {
+        match self {
+            FrameType::Data => 1,
+            FrameType::Ack => 2,
+            FrameType::Ping => 3,
+            FrameType::Close => 4,
+        }
+    }
+    /// Parse a wire value.
+    pub fn from_byte(b: u8) -> Result<Self, ProtocolError> {
+        Ok(match b {
+            1 => FrameType::Data,
+            2 => FrameType::Ack,
+            3 => FrameType::Ping,
+            4 => FrameType::Close,
+            _ => return Err(ProtocolError::UnknownFrameType(b)),
+        })
+    }
+}
+
+/// A parsed frame header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// Frame type.
+    pub frame_type: FrameType,
+    /// Payload length (excludes header and tag).
+    pub len: usize,
+}
+
+impl FrameHeader {
+    /// Encode into the first [`FRAME_HEADER_LEN`] bytes of `out`.
+    pub fn encode(&self) -> [u8; FRAME_HEADER_LEN] {
+        let len = (self.len as u16).to_le_bytes();
+        [self.frame_type.to_byte(), 0, len[0], len[1]]
+    }
+
+    /// Parse and validate a header: known type, zero flags, a length within
+    /// [`MAX_FRAME_PAYLOAD`] and consistent with the type.
+    pub fn decode(bytes: &[u8; FRAME_HEADER_LEN]) -> Result<Self, ProtocolError> {
+        let frame_type = FrameType::from_byte(bytes[0])?;
+        if bytes[1] != 0 {
+            return Err(ProtocolError::BadFlags(bytes[1]));
+        }
+        let len = u16::from_le_bytes([bytes[2], bytes[3]]) as usize;
+        let ok = match frame_type {
+            FrameType::Data => (1..=MAX_FRAME_PAYLOAD).contains(&len),
+            FrameType::Ack => len == 8,
+            FrameType::Ping | FrameType::Close => len == 0,
+        };
+        if !ok {
+            return Err(ProtocolError::BadLength {
+                frame_type: bytes[0],
+                len,
+            });
+        }
+        Ok(FrameHeader { frame_type, len })
+    }
+
+    /// Total bytes of this frame on the wire.
+    pub fn wire_len(&self) -> usize {
+        FRAME_OVERHEAD + self.len
+    }
+}
+
+/// ClientHello: the first message of a new session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientHello {
+    /// Protocol version.
+    pub version: u8,
+    /// Flags ([`FLAG_PINNED`]).
+    pub flags: u8,
+    /// The client's ephemeral X25519 public key.
+    pub ephemeral: [u8; 32],
+}
+
+impl ClientHello {
+    /// Encode.
+    pub fn encode(&self) -> [u8; CLIENT_HELLO_LEN] {
+        let mut out = [0u8; CLIENT_HELLO_LEN];
+        out[0] = TAG_NEW;
+        out[1] = self.version;
+        out[2] = self.flags;
+        out[3..35].copy_from_slice(&self.ephemeral);
+        out
+    }
+    /// Decode (version must be checked by the caller first so that it can
+    /// answer an unknown version).
+    pub fn decode(b: &[u8]) -> Result<Self, ProtocolError> {
+        let b = exact::<CLIENT_HELLO_LEN>(b)?;
+        if b[0] != TAG_NEW {
+            return Err(ProtocolError::UnknownTag(b[0]));
+        }
+        if b[2] & !FLAG_PINNED != 0 {
+            return Err(ProtocolError::BadFlags(b[2]));
+        }
+        Ok(ClientHello {
+            version: b[1],
+            flags: b[2],
+            ephemeral: arr(&b[3..35]),
+        })
+    }
+}
+
+/// ServerHello with status Ok.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerHello {
+    /// The server's ephemeral public key.
+    pub ephemeral: [u8; 32],
+    /// Random challenge.
+    pub challenge: [u8; 16],
+    /// Server clock (µs) when it answered.
+    pub server_time: u64,
+    /// Connection id XOR the key-derived mask.
+    pub encrypted_conn_id: [u8; 8],
+    /// Server key confirmation.
+    pub confirm: [u8; TAG_LEN],
+}
+
+impl ServerHello {
+    /// Encode.
+    pub fn encode(&self) -> [u8; SERVER_HELLO_LEN] {
+        let mut o = [0u8; SERVER_HELLO_LEN];
+        o[0] = VERSION;
+        o[1] = HandshakeStatus::Ok.to_byte();
+        o[2..34].copy_from_slice(&self.ephemeral);
+        o[34..50].copy_from_slice(&self.challenge);
+        o[50..58].copy_from_slice(&self.server_time.to_le_bytes());
+        o[58..66].copy_from_slice(&self.encrypted_conn_id);
+        o[66..82].copy_from_slice(&self.confirm);
+        o
+    }
+    /// Decode an accepted ServerHello (status already checked to be Ok).
+    pub fn decode(b: &[u8]) -> Result<Self, ProtocolError> {
+        let b = exact::<SERVER_HELLO_LEN>(b)?;
+        if b[0] != VERSION {
+            return Err(ProtocolError::UnsupportedVersion(b[0]));
+        }
+        if b[1] != HandshakeStatus::Ok.to_byte() {
+            return Err(ProtocolError::UnknownStatus(b[1]));
+        }
+        Ok(ServerHello {
+            ephemeral: arr(&b[2..34]),
+            challenge: arr(&b[34..50]),
+            server_time: u64::from_le_bytes(arr(&b[50..58])),
+            encrypted_conn_id: arr(&b[58..66]),
+            confirm: arr(&b[66..82]),
+        })
+    }
+}
+
+/// ResumeRequest: the first message of a transport that resumes a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResumeRequest {
+    /// Protocol version.
+    pub version: u8,
+    /// Session's connection id.
+    pub conn_id: u64,
+    /// Resume counter, greater than every earlier attempt of this session.
+    pub counter: u64,
+    /// Client's bytes written.
+    pub client_written: u64,
+    /// Client's bytes received (verified).
+    pub client_read: u64,
+    /// Client's estimate of the server's clock (µs).
+    pub time: u64,
+    /// MAC under the resume key.
+    pub mac: [u8; TAG_LEN],
+}
+
+impl ResumeRequest {
+    /// Encode.
+    pub fn encode(&self) -> [u8; RESUME_REQUEST_LEN] {
+        let mut o = [0u8; RESUME_REQUEST_LEN];
+        o[0] = TAG_RESUME;
+        o[1] = self.version;
+        o[2..10].copy_from_slice(&self.conn_id.to_le_bytes());
+        o[10..18].copy_from_slice(&self.counter.to_le_bytes());
+        o[18..26].copy_from_slice(&self.client_written.to_le_bytes());
+        o[26..34].copy_from_slice(&self.client_read.to_le_bytes());
+        o[34..42].copy_from_slice(&self.time.to_le_bytes());
+        o[42..58].copy_from_slice(&self.mac);
+        o
+    }
+    /// Decode.
+    pub fn decode(b: &[u8]) -> Result<Self, ProtocolError> {
+        let b = exact::<RESUME_REQUEST_LEN>(b)?;
+        if b[0] != TAG_RESUME {
+            return Err(ProtocolError::UnknownTag(b[0]));
+        }
+        Ok(ResumeRequest {
+            version: b[1],
+            conn_id: u64::from_le_bytes(arr(&b[2..10])),
+            counter: u64::from_le_bytes(arr(&b[10..18])),
+            client_written: u64::from_le_bytes(arr(&b[18..26])),
+            client_read: u64::from_le_bytes(arr(&b[26..34])),
+            time: u64::from_le_bytes(arr(&b[34..42])),
+            mac: arr(&b[42..58]),
+        })
+    }
+}
+
+/// ResumeResponse with status Ok.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResumeResponse {
+    /// Server's bytes written.
+    pub server_written: u64,
+    /// Server's bytes received (verified).
+    pub server_read: u64,
+    /// Server clock (µs).
+    pub server_time: u64,
+    /// MAC over request and response.
+    pub mac: [u8; TAG_LEN],
+}
+
+impl ResumeResponse {
+    /// Encode.
+    pub fn encode(&self) -> [u8; RESUME_RESPONSE_LEN] {
+        let mut o = [0u8; RESUME_RESPONSE_LEN];
+        o[0] = VERSION;
+        o[1] = ResumeStatus::Ok.to_byte();
+        o[2..10].copy_from_slice(&self.server_written.to_le_bytes());
+        o[10..18].copy_from_slice(&self.server_read.to_le_bytes());
+        o[18..26].copy_from_slice(&self.server_time.to_le_bytes());
+        o[26..42].copy_from_slice(&self.mac);
+        o
+    }
+    /// Decode an accepted response (status checked by the caller).
+    pub fn decode(b: &[u8]) -> Result<Self, ProtocolError> {
+        let b = exact::<RESUME_RESPONSE_LEN>(b)?;
+        if b[0] != VERSION {
+            return Err(ProtocolError::UnsupportedVersion(b[0]));
+        }
+        if b[1] != ResumeStatus::Ok.to_byte() {
+            return Err(ProtocolError::UnknownStatus(b[1]));
+        }
+        Ok(ResumeResponse {
+            server_written: u64::from_le_bytes(arr(&b[2..10])),
+            server_read: u64::from_le_bytes(arr(&b[10..18])),
+            server_time: u64::from_le_bytes(arr(&b[18..26])),
+            mac: arr(&b[26..42]),
+        })
+    }
+}
+
+/// How long the server's reply to a hello is, judged from its first two
+/// bytes (version, status). `Err` for an unknown version or status.
+pub fn server_hello_len(version: u8, status: u8) -> Result<usize, ProtocolError> {
+    if version != VERSION {
+        return Err(ProtocolError::UnsupportedVersion(version));
+    }
+    Ok(match HandshakeStatus::from_byte(status)? {
+        HandshakeStatus::Ok => SERVER_HELLO_LEN,
+        _ => REJECT_LEN,
+    })
+}
+
+/// How long the server's reply to a resume request is, judged from its
+/// first two bytes (version, status).
+pub fn resume_response_len(version: u8, status: u8) -> Result<usize, ProtocolError> {
+    if version != VERSION {
+        return Err(ProtocolError::UnsupportedVersion(version));
+    }
+    let s = ResumeStatus::from_byte(status)?;
+    Ok(if s == ResumeStatus::Ok {
+        RESUME_RESPONSE_LEN
+    } else if s.is_authenticated() {
+        REJECT_AUTH_LEN
+    } else {
+        REJECT_LEN
+    })
+}
+
+/// How long the client's first message is, judged from its first two bytes
+/// (tag, version). `Ok(None)` means: unknown version, answer with a rejection.
+pub fn client_first_len(tag: u8, version: u8) -> Result<Option<usize>, ProtocolError> {
+    let len = match tag {
+        TAG_NEW => CLIENT_HELLO_LEN,
+        TAG_RESUME => RESUME_REQUEST_LEN,
+        other => return Err(ProtocolError::UnknownTag(other)),
+    };
+    Ok(if version == VERSION { Some(len) } else { None })
+}
+
+fn exact<const N: usize>(b: &[u8]) -> Result<&[u8; N], ProtocolError> {
+    b.try_into().map_err(|_| ProtocolError::Truncated {
+        need: N,
+        have: b.len(),
+    })
+}
+
+fn arr<const N: usize>(b: &[u8]) -> [u8; N] {
+    let mut a = [0u8; N];
+    a.copy_from_slice(b);
+    a
+}
