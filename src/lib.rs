@@ -33,17 +33,24 @@ mod error;
 mod event;
 mod handshake;
 mod keys;
+mod reconnect;
 mod resume;
 mod server;
 mod stream;
 mod time;
 pub mod wire;
 
+#[cfg(feature = "std")]
+pub mod blocking;
+#[cfg(feature = "tokio")]
+pub mod tokio;
+
 pub use client::Client;
 pub use config::Config;
 pub use error::{Error, ProtocolError};
 pub use event::{CloseReason, Event, ServerEvent};
 pub use keys::StaticKeypair;
+pub use reconnect::Backoff;
 pub use server::{Server, SessionId, TransportId};
 pub use time::{Duration, Instant};
 pub use wire::{HandshakeStatus, ResumeStatus};

@@ -1,0 +1,1 @@
+//! Blocking driver over `std::io` transports (to be written).

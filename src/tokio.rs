@@ -1,0 +1,1 @@
+//! Async driver over tokio (to be written).
