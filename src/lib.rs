@@ -55,6 +55,18 @@ pub use server::{Server, SessionId, TransportId};
 pub use time::{Duration, Instant};
 pub use wire::{HandshakeStatus, ResumeStatus};
 
+/// The operating system's CSPRNG as the `rand_core` RNG the state machines
+/// take (`std` feature). It panics only if the OS cannot provide randomness
+/// at all, where no secure session is possible anyway.
+#[cfg(feature = "std")]
+pub type OsRng = rand_core::UnwrapErr<getrandom::SysRng>;
+
+/// A fresh [`OsRng`].
+#[cfg(feature = "std")]
+pub fn os_rng() -> OsRng {
+    rand_core::UnwrapErr(getrandom::SysRng)
+}
+
 /// The smallest buffer `poll_transmit` accepts: room for the largest
 /// handshake or resume message and a small frame.
 pub const MIN_TRANSMIT_BUFFER: usize = 128;
