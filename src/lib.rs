@@ -42,6 +42,8 @@ pub mod wire;
 
 #[cfg(feature = "std")]
 pub mod blocking;
+#[cfg(feature = "std")]
+pub mod relay;
 #[cfg(feature = "tokio")]
 pub mod tokio;
 

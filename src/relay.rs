@@ -1,0 +1,1 @@
+//! Fault-injecting TCP relay for tests and the demo (to be written).
