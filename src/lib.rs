@@ -57,6 +57,11 @@ pub use server::{Server, SessionId, TransportId};
 pub use time::{Duration, Instant};
 pub use wire::{HandshakeStatus, ResumeStatus};
 
+/// The README's examples, compiled and run as doctests.
+#[cfg(all(doctest, feature = "tokio"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 /// The operating system's CSPRNG as the `rand_core` RNG the state machines
 /// take (`std` feature). It panics only if the OS cannot provide randomness
 /// at all, where no secure session is possible anyway.
