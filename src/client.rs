@@ -181,45 +181,35 @@ impl<R: CryptoRng> Client<R> {
     pub fn handle_input(&mut self, now: Instant, input: &[u8]) -> Result<usize, Error> {
         let mut consumed = 0;
         loop {
-            match &mut self.phase {
+            let rest = &input[consumed..];
+            let filled = match &mut self.phase {
                 Phase::Idle => return Err(Error::InvalidState),
                 Phase::Dead => return Err(Error::TransportEnded),
-                Phase::Hello { reply, have, .. } => {
-                    let taken = fill_reply(reply, have, &input[consumed..], |v, s| {
-                        server_hello_len(v, s)
-                    });
-                    let taken = match taken {
-                        Ok(t) => t,
-                        Err(e) => return Err(self.fail_transport(e.into())),
-                    };
-                    consumed += taken.0;
-                    if !taken.1 {
-                        return Ok(consumed);
-                    }
-                    self.finish_hello(now)?;
-                }
+                Phase::Hello { reply, have, .. } => fill_reply(reply, have, rest, server_hello_len),
                 Phase::Resume { reply, have, .. } => {
-                    let taken = fill_reply(reply, have, &input[consumed..], |v, s| {
-                        resume_response_len(v, s)
-                    });
-                    let taken = match taken {
-                        Ok(t) => t,
-                        Err(e) => return Err(self.fail_transport(e.into())),
-                    };
-                    consumed += taken.0;
-                    if !taken.1 {
-                        return Ok(consumed);
-                    }
-                    self.finish_resume(now)?;
+                    fill_reply(reply, have, rest, resume_response_len)
                 }
                 Phase::Open => {
-                    let r = self.stream.handle_input(now, &input[consumed..]);
+                    let r = self.stream.handle_input(now, rest);
                     self.drain_stream_events();
                     return match r {
                         Ok(n) => Ok(consumed + n),
                         Err(e) => Err(self.fail_transport(e)),
                     };
                 }
+            };
+            let (taken, complete) = match filled {
+                Ok(t) => t,
+                Err(e) => return Err(self.fail_transport(e.into())),
+            };
+            consumed += taken;
+            if !complete {
+                return Ok(consumed);
+            }
+            if matches!(self.phase, Phase::Hello { .. }) {
+                self.finish_hello(now)?;
+            } else {
+                self.finish_resume(now)?;
             }
         }
     }
