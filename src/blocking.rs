@@ -1,1 +1,1632 @@
-//! Blocking driver over `std::io` transports (to be written).
+//! Blocking driver over `std::io` transports (`std` feature).
+//!
+//! [`ClientStream`] and [`ServerStream`] are relink sessions with the
+//! [`std::io::Read`] and [`std::io::Write`] traits (also implemented for
+//! `&ClientStream` / `&ServerStream`, so one thread can read while another
+//! writes). Background threads move the bytes: per transport one reader
+//! (blocking reads, feeds the core) and one writer (waits on a condition
+//! variable until the core has something to send or a timer is due, then
+//! writes without holding the lock). All protocol decisions stay in the
+//! sans-IO core ([`crate::Client`], [`crate::Server`]).
+//!
+//! The client reconnects by itself: when a transport breaks (error, EOF,
+//! idle timeout, a frame that fails authentication) it opens a new one with
+//! the user's connect function, spacing attempts with [`crate::Backoff`], and
+//! resumes the session; `read` and `write` just continue. The first handshake
+//! is retried the same way. When the backoff gives up, or the core ends the
+//! session for good, every call returns an [`io::Error`] whose inner error
+//! is a [`SessionError`].
+//!
+//! Semantics:
+//! - `write` blocks until the core accepted at least one byte (back-pressure:
+//!   the send buffer holds at most `Config::send_buffer` unacknowledged bytes).
+//! - `flush` blocks until every byte written was acknowledged by the peer.
+//! - `read` blocks until data arrives; `Ok(0)` once the peer closed its side.
+//! - `shutdown_write` half-closes (a CLOSE frame follows the last byte);
+//!   `close` half-closes and waits until the session ended cleanly (both
+//!   sides closed, everything acknowledged), discarding unread input.
+//!
+//! Timers: the writer thread of a transport waits on the condition variable
+//! until `poll_timeout`; writes use a short write timeout so that a writer
+//! blocked by a stalled path still notices the idle timeout. The server has
+//! one timer thread for all sessions.
+//!
+//! ```
+//! use std::io::{Read, Write};
+//! use relink::blocking::{connect, Listener};
+//! use relink::Config;
+//!
+//! # fn main() -> std::io::Result<()> {
+//! let listener = Listener::bind("127.0.0.1:0", Config::default())?;
+//! let addr = listener.local_addr();
+//! let t = std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
+//!     let mut session = listener.accept()?;
+//!     let mut got = Vec::new();
+//!     session.read_to_end(&mut got)?; // until the client closed
+//!     session.close()?;
+//!     Ok(got)
+//! });
+//! let mut client = connect(addr, Config::default())?;
+//! client.write_all(b"survives broken connections")?;
+//! client.close()?; // waits for the clean end
+//! assert_eq!(t.join().unwrap()?, b"survives broken connections");
+//! # Ok(()) }
+//! ```
+
+use std::boxed::Box;
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::string::{String, ToString};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration as StdDuration, Instant as StdInstant};
+use std::vec;
+use std::vec::Vec;
+
+use crate::{
+    os_rng, Backoff, Client, CloseReason, Config, Error, Event, Instant, OsRng, Server,
+    ServerEvent, SessionId, TransportId, MIN_TRANSMIT_BUFFER,
+};
+
+/// How long a blocked socket write waits before the writer re-checks the
+/// session (idle timeout, shutdown) and tries again.
+const WRITE_CHECK: StdDuration = StdDuration::from_millis(200);
+/// Bytes the writer collects from the core before one socket write.
+const WRITE_CHUNK: usize = 256 * 1024;
+/// Bytes read from a socket at once.
+const READ_CHUNK: usize = 64 * 1024;
+/// Floor of a timer wait whose deadline already passed (the due work is the
+/// writer's, which is busy): keeps a blocked writer from making us spin.
+const OVERDUE_WAIT: StdDuration = StdDuration::from_millis(20);
+
+/// A byte-stream transport the blocking driver can run relink over.
+///
+/// Implemented for [`TcpStream`] and (on Unix)
+/// [`std::os::unix::net::UnixStream`]; implement it for an in-memory pipe or
+/// any other duplex stream to use [`ClientBuilder::connect_with`].
+pub trait Transport: Read + Write + Send + Sized + 'static {
+    /// A second handle to the same connection (one thread reads, another
+    /// writes).
+    fn try_clone(&self) -> io::Result<Self>;
+    /// Bound how long one `write` may block (`None`: forever). The driver
+    /// sets a short timeout and retries, so that a writer stuck on a stalled
+    /// path still notices timeouts.
+    fn set_write_timeout(&self, timeout: Option<StdDuration>) -> io::Result<()>;
+    /// Shut the connection down both ways: a thread blocked in `read` or
+    /// `write` on any handle must return.
+    fn shutdown(&self) -> io::Result<()>;
+}
+
+impl Transport for TcpStream {
+    fn try_clone(&self) -> io::Result<Self> {
+        TcpStream::try_clone(self)
+    }
+    fn set_write_timeout(&self, timeout: Option<StdDuration>) -> io::Result<()> {
+        TcpStream::set_write_timeout(self, timeout)
+    }
+    fn shutdown(&self) -> io::Result<()> {
+        TcpStream::shutdown(self, Shutdown::Both)
+    }
+}
+
+#[cfg(unix)]
+impl Transport for std::os::unix::net::UnixStream {
+    fn try_clone(&self) -> io::Result<Self> {
+        std::os::unix::net::UnixStream::try_clone(self)
+    }
+    fn set_write_timeout(&self, timeout: Option<StdDuration>) -> io::Result<()> {
+        std::os::unix::net::UnixStream::set_write_timeout(self, timeout)
+    }
+    fn shutdown(&self) -> io::Result<()> {
+        std::os::unix::net::UnixStream::shutdown(self, Shutdown::Both)
+    }
+}
+
+/// Why a session is over for the driver (the inner error of the
+/// [`io::Error`]s its streams return then).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// Opening a transport failed `attempts` times in a row; the backoff
+    /// policy gave up.
+    GaveUp {
+        /// Consecutive failed attempts.
+        attempts: u32,
+        /// The last failure.
+        last_error: String,
+    },
+    /// The core ended the session for good (not cleanly).
+    Closed(CloseReason),
+    /// The server session waited longer than `resume_timeout` for a
+    /// transport and was freed.
+    Expired,
+    /// The stream or listener was shut down by the application.
+    Shutdown,
+}
+
+impl fmt::Display for SessionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SessionError::GaveUp {
+                attempts,
+                last_error,
+            } => write!(
+                f,
+                "relink session lost: gave up reconnecting after {attempts} failed attempts (last error: {last_error})"
+            ),
+            SessionError::Closed(CloseReason::Error(e)) => {
+                write!(f, "relink session closed for good: {e}")
+            }
+            SessionError::Closed(r) => write!(f, "relink session closed for good: {r:?}"),
+            SessionError::Expired => write!(f, "relink session expired waiting for a resume"),
+            SessionError::Shutdown => write!(f, "relink driver shut down"),
+        }
+    }
+}
+
+impl std::error::Error for SessionError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SessionError::Closed(CloseReason::Error(e)) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl SessionError {
+    fn to_io(&self) -> io::Error {
+        let kind = match self {
+            SessionError::GaveUp { .. } => io::ErrorKind::NotConnected,
+            SessionError::Shutdown => io::ErrorKind::NotConnected,
+            _ => io::ErrorKind::ConnectionAborted,
+        };
+        io::Error::new(kind, self.clone())
+    }
+}
+
+/// A core error as an [`io::Error`] (the [`Error`] is its inner error).
+fn core_io(e: Error) -> io::Error {
+    let kind = match e {
+        Error::Closed => io::ErrorKind::BrokenPipe,
+        Error::TimedOut => io::ErrorKind::TimedOut,
+        _ => io::ErrorKind::Other,
+    };
+    io::Error::new(kind, e)
+}
+
+/// Something the driver did or the core reported, for logs and progress
+/// displays (see [`ClientBuilder::on_progress`], [`ListenerBuilder::on_progress`]).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Progress {
+    /// The client opens transport attempt `attempt` (0 = first in a row)
+    /// after waiting `delay`.
+    Connecting {
+        /// Attempt number since the last established transport.
+        attempt: u32,
+        /// Backoff delay waited before it.
+        delay: StdDuration,
+    },
+    /// Opening a transport failed.
+    ConnectFailed {
+        /// Attempt number.
+        attempt: u32,
+        /// The error.
+        error: String,
+    },
+    /// An event of the client core.
+    Client(Event),
+    /// An event of the server core.
+    Server(ServerEvent),
+}
+
+type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
+
+/// Counters of a [`ClientStream`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientStats {
+    /// Transports opened and handed to the core (handshake or resume).
+    pub transports: u64,
+    /// Successful resumes.
+    pub resumes: u64,
+    /// Bytes this side resent after resumes.
+    pub resent_bytes: u64,
+    /// Failed attempts to open a transport.
+    pub connect_failures: u64,
+}
+
+/// Counters of a [`Listener`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    /// Transports accepted.
+    pub transports: u64,
+    /// Sessions established.
+    pub sessions: u64,
+    /// Successful resumes.
+    pub resumes: u64,
+    /// Bytes the server resent after resumes.
+    pub resent_bytes: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn wait<'a, T>(c: &Condvar, g: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
+    c.wait(g).unwrap_or_else(|e| e.into_inner())
+}
+
+fn wait_for<'a, T>(c: &Condvar, g: MutexGuard<'a, T>, d: StdDuration) -> MutexGuard<'a, T> {
+    c.wait_timeout(g, d).unwrap_or_else(|e| e.into_inner()).0
+}
+
+/// Microseconds since `epoch` as the core's [`Instant`].
+fn now_since(epoch: StdInstant) -> Instant {
+    Instant::from_micros(u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX))
+}
+
+/// How long to wait for `deadline` (at least [`OVERDUE_WAIT`] when it is
+/// already due, at most a minute).
+fn until(deadline: Option<Instant>, now: Instant) -> StdDuration {
+    match deadline {
+        Some(d) if d > now => StdDuration::from_micros(d.saturating_since(now).as_micros()),
+        Some(_) => OVERDUE_WAIT,
+        None => StdDuration::from_secs(60),
+    }
+    .min(StdDuration::from_secs(60))
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    )
+}
+
+/// Write `data` fully with write timeouts; after each timeout `alive` says
+/// whether to keep trying.
+fn write_all_checked<T: Write>(
+    t: &mut T,
+    mut data: &[u8],
+    mut alive: impl FnMut() -> bool,
+) -> io::Result<()> {
+    while !data.is_empty() {
+        match t.write(data) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => data = &data[n..],
+            Err(e) if is_timeout(&e) => {
+                if !alive() {
+                    return Err(e);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+// ===========================================================================
+// Client
+// ===========================================================================
+
+/// Connect to a relink server at `addr` over TCP with the default backoff
+/// and wait until the first handshake completed (retried with backoff).
+pub fn connect<A: ToSocketAddrs>(addr: A, config: Config) -> io::Result<ClientStream> {
+    ClientBuilder::new(config).connect(addr)
+}
+
+/// Options of a [`ClientStream`].
+pub struct ClientBuilder {
+    config: Config,
+    backoff: Backoff,
+    progress: Option<ProgressFn>,
+}
+
+impl fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("config", &self.config)
+            .field("backoff", &self.backoff)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientBuilder {
+    /// Options with `config` and the default [`Backoff`].
+    pub fn new(config: Config) -> Self {
+        ClientBuilder {
+            config,
+            backoff: Backoff::default(),
+            progress: None,
+        }
+    }
+
+    /// Reconnect policy: delays between attempts and when to give up.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Call `f` for every driver step and core event (from the driver's
+    /// threads, with the session lock held: keep it short, e.g. a log line).
+    pub fn on_progress(mut self, f: impl Fn(&Progress) + Send + Sync + 'static) -> Self {
+        self.progress = Some(Arc::new(f));
+        self
+    }
+
+    /// Connect over TCP (every address `addr` resolves to is tried in turn)
+    /// and wait for the first handshake.
+    pub fn connect<A: ToSocketAddrs>(self, addr: A) -> io::Result<ClientStream> {
+        let addrs: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
+        if addrs.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "address resolved to nothing",
+            ));
+        }
+        let mut next = 0usize;
+        self.connect_with(move || {
+            let a = addrs[next % addrs.len()];
+            next += 1;
+            let s = TcpStream::connect(a)?;
+            s.set_nodelay(true)?;
+            Ok(s)
+        })
+    }
+
+    /// Open every transport with `connect` (the first for the handshake,
+    /// later ones to resume) and wait for the first handshake.
+    pub fn connect_with<T, F>(self, connect: F) -> io::Result<ClientStream>
+    where
+        T: Transport,
+        F: FnMut() -> io::Result<T> + Send + 'static,
+    {
+        let shared = Arc::new(ClientShared {
+            state: Mutex::new(ClientState {
+                client: Client::new(self.config, os_rng()),
+                lost: false,
+                fatal: None,
+                stopping: false,
+                done: false,
+                established: false,
+                connected_once: false,
+                stats: ClientStats::default(),
+                progress: self.progress,
+                kill: None,
+            }),
+            cond: Condvar::new(),
+            epoch: StdInstant::now(),
+        });
+        let s = shared.clone();
+        let backoff = self.backoff;
+        let driver = thread::Builder::new()
+            .name("relink-client".into())
+            .spawn(move || client_driver(s, connect, backoff))?;
+        let stream = ClientStream {
+            shared,
+            driver: Some(driver),
+        };
+        {
+            let mut st = lock(&stream.shared.state);
+            while !st.connected_once {
+                if let Some(f) = &st.fatal {
+                    return Err(f.to_io());
+                }
+                st = wait(&stream.shared.cond, st);
+            }
+        }
+        Ok(stream)
+    }
+}
+
+struct ClientShared {
+    state: Mutex<ClientState>,
+    cond: Condvar,
+    epoch: StdInstant,
+}
+
+impl ClientShared {
+    fn now(&self) -> Instant {
+        now_since(self.epoch)
+    }
+}
+
+struct ClientState {
+    client: Client<OsRng>,
+    /// The reader reported the current transport broken.
+    lost: bool,
+    fatal: Option<SessionError>,
+    /// The stream was dropped.
+    stopping: bool,
+    /// The driver thread finished (after flushing the clean end).
+    done: bool,
+    /// The current transport completed its handshake or resume.
+    established: bool,
+    connected_once: bool,
+    stats: ClientStats,
+    progress: Option<ProgressFn>,
+    /// Shuts the current transport down.
+    kill: Option<Box<dyn Fn() + Send>>,
+}
+
+impl ClientState {
+    fn report(&self, p: Progress) {
+        if let Some(f) = &self.progress {
+            f(&p);
+        }
+    }
+
+    /// Drain core events into counters, flags and the progress callback.
+    fn drain(&mut self) {
+        while let Some(e) = self.client.poll_event() {
+            match e {
+                Event::HandshakeDone { .. } => {
+                    self.established = true;
+                    self.connected_once = true;
+                }
+                Event::Resumed { .. } => {
+                    self.established = true;
+                    self.stats.resumes += 1;
+                }
+                Event::ResendRange { start, end } => {
+                    self.stats.resent_bytes += end.saturating_sub(start);
+                }
+                Event::Closed { reason } if reason != CloseReason::Clean => {
+                    self.fatal.get_or_insert(SessionError::Closed(reason));
+                }
+                _ => {}
+            }
+            self.report(Progress::Client(e));
+        }
+        if self.fatal.is_none() {
+            if let Some(r) = self
+                .client
+                .close_reason()
+                .filter(|r| *r != CloseReason::Clean)
+            {
+                self.fatal = Some(SessionError::Closed(r));
+            }
+        }
+    }
+}
+
+/// A relink client session over a succession of transports that the driver
+/// opens by itself. Implements [`Read`] and [`Write`] (also for `&ClientStream`).
+///
+/// Dropping it stops the driver and shuts the transport down without a
+/// clean close; call [`ClientStream::close`] first to end the session cleanly.
+pub struct ClientStream {
+    shared: Arc<ClientShared>,
+    driver: Option<JoinHandle<()>>,
+}
+
+impl fmt::Debug for ClientStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let st = lock(&self.shared.state);
+        f.debug_struct("ClientStream")
+            .field("client", &st.client)
+            .field("stats", &st.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientStream {
+    /// The session's connection id.
+    pub fn conn_id(&self) -> Option<u64> {
+        lock(&self.shared.state).client.conn_id()
+    }
+
+    /// Whether a transport is attached and frames flow right now.
+    pub fn is_connected(&self) -> bool {
+        lock(&self.shared.state).client.is_connected()
+    }
+
+    /// Counters: transports, resumes, resent bytes, failed connects.
+    pub fn stats(&self) -> ClientStats {
+        lock(&self.shared.state).stats
+    }
+
+    /// Bytes written but not yet acknowledged by the server.
+    pub fn unacked(&self) -> usize {
+        lock(&self.shared.state).client.unacked()
+    }
+
+    /// Half-close: a CLOSE frame follows the last byte written; the server
+    /// reads EOF after it. Reading continues until the server closes too.
+    pub fn shutdown_write(&self) -> io::Result<()> {
+        let mut st = lock(&self.shared.state);
+        if let Some(f) = &st.fatal {
+            return Err(f.to_io());
+        }
+        st.client.close();
+        drop(st);
+        self.shared.cond.notify_all();
+        Ok(())
+    }
+
+    /// Close the session cleanly: half-close, then wait until the server
+    /// closed its side too and both CLOSEs were acknowledged. Input not read
+    /// yet is discarded. Errors when the session is lost instead.
+    pub fn close(&self) -> io::Result<()> {
+        self.shutdown_write()?;
+        let mut scratch = vec![0u8; READ_CHUNK];
+        let mut st = lock(&self.shared.state);
+        loop {
+            let mut freed = false;
+            while let Ok(n) = st.client.recv(&mut scratch) {
+                if n == 0 {
+                    break;
+                }
+                freed = true;
+            }
+            if freed {
+                self.shared.cond.notify_all();
+            }
+            if st.done && st.client.close_reason() == Some(CloseReason::Clean) {
+                return Ok(());
+            }
+            if let Some(f) = &st.fatal {
+                return Err(f.to_io());
+            }
+            st = wait(&self.shared.cond, st);
+        }
+    }
+
+    fn read_inner(&self, out: &mut [u8]) -> io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        let mut st = lock(&self.shared.state);
+        loop {
+            match st.client.recv(out) {
+                Ok(n) => {
+                    drop(st);
+                    if n > 0 {
+                        self.shared.cond.notify_all();
+                    }
+                    return Ok(n);
+                }
+                Err(Error::WouldBlock) => {}
+                Err(e) => return Err(st.fatal.as_ref().map_or_else(|| core_io(e), |f| f.to_io())),
+            }
+            if let Some(f) = &st.fatal {
+                return Err(f.to_io());
+            }
+            if st.done || st.stopping {
+                return Err(SessionError::Shutdown.to_io());
+            }
+            st = wait(&self.shared.cond, st);
+        }
+    }
+
+    fn write_inner(&self, data: &[u8]) -> io::Result<usize> {
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let mut st = lock(&self.shared.state);
+        loop {
+            if let Some(f) = &st.fatal {
+                return Err(f.to_io());
+            }
+            match st.client.send(data) {
+                Ok(0) => {}
+                Ok(n) => {
+                    drop(st);
+                    self.shared.cond.notify_all();
+                    return Ok(n);
+                }
+                Err(e) => return Err(core_io(e)),
+            }
+            if st.done || st.stopping {
+                return Err(SessionError::Shutdown.to_io());
+            }
+            st = wait(&self.shared.cond, st);
+        }
+    }
+
+    fn flush_inner(&self) -> io::Result<()> {
+        let mut st = lock(&self.shared.state);
+        while st.client.unacked() > 0 {
+            if let Some(f) = &st.fatal {
+                return Err(f.to_io());
+            }
+            if st.done || st.stopping {
+                return Err(SessionError::Shutdown.to_io());
+            }
+            st = wait(&self.shared.cond, st);
+        }
+        Ok(())
+    }
+}
+
+impl Read for ClientStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.read_inner(buf)
+    }
+}
+
+impl Read for &ClientStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.read_inner(buf)
+    }
+}
+
+impl Write for ClientStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_inner(buf)
+    }
+    /// Waits until the server acknowledged every byte written.
+    fn flush(&mut self) -> io::Result<()> {
+        self.flush_inner()
+    }
+}
+
+impl Write for &ClientStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_inner(buf)
+    }
+    /// Waits until the server acknowledged every byte written.
+    fn flush(&mut self) -> io::Result<()> {
+        self.flush_inner()
+    }
+}
+
+impl Drop for ClientStream {
+    fn drop(&mut self) {
+        let mut st = lock(&self.shared.state);
+        st.stopping = true;
+        if let Some(kill) = &st.kill {
+            kill();
+        }
+        let done = st.done;
+        drop(st);
+        self.shared.cond.notify_all();
+        if done {
+            if let Some(h) = self.driver.take() {
+                let _ = h.join();
+            }
+        }
+    }
+}
+
+/// How one transport of the client ended.
+enum Outcome {
+    /// Broken; open another one.
+    Lost,
+    /// The session is over (clean end flushed, closed for good, or dropped).
+    Finished,
+}
+
+fn client_driver<T, F>(shared: Arc<ClientShared>, mut connect: F, backoff: Backoff)
+where
+    T: Transport,
+    F: FnMut() -> io::Result<T>,
+{
+    let mut rng = os_rng();
+    let mut attempt: u32 = 0;
+    let mut last_error = String::from("none");
+    loop {
+        let Some(delay) = backoff.delay(attempt, &mut rng) else {
+            let mut st = lock(&shared.state);
+            st.fatal.get_or_insert(SessionError::GaveUp {
+                attempts: attempt,
+                last_error,
+            });
+            st.done = true;
+            drop(st);
+            shared.cond.notify_all();
+            return;
+        };
+        let delay = StdDuration::from(delay);
+        {
+            let deadline = StdInstant::now() + delay;
+            let mut st = lock(&shared.state);
+            loop {
+                if st.stopping || st.fatal.is_some() {
+                    st.done = true;
+                    drop(st);
+                    shared.cond.notify_all();
+                    return;
+                }
+                let now = StdInstant::now();
+                if now >= deadline {
+                    break;
+                }
+                st = wait_for(&shared.cond, st, deadline - now);
+            }
+            st.report(Progress::Connecting { attempt, delay });
+        }
+        let transport = connect().and_then(|t| {
+            let r = t.try_clone()?;
+            t.set_write_timeout(Some(WRITE_CHECK))?;
+            let k = t.try_clone()?;
+            Ok((t, r, k))
+        });
+        let (mut t, reader, killer) = match transport {
+            Ok(x) => x,
+            Err(e) => {
+                let mut st = lock(&shared.state);
+                st.stats.connect_failures += 1;
+                last_error = e.to_string();
+                st.report(Progress::ConnectFailed {
+                    attempt,
+                    error: last_error.clone(),
+                });
+                attempt += 1;
+                continue;
+            }
+        };
+        {
+            let mut st = lock(&shared.state);
+            let now = shared.now();
+            if st.stopping {
+                let _ = t.shutdown();
+                st.done = true;
+                return;
+            }
+            if st.client.new_transport(now).is_err() {
+                st.drain();
+                st.fatal
+                    .get_or_insert(SessionError::Closed(CloseReason::TooManyFailures));
+                st.done = true;
+                drop(st);
+                let _ = t.shutdown();
+                shared.cond.notify_all();
+                return;
+            }
+            st.drain();
+            st.lost = false;
+            st.established = false;
+            st.stats.transports += 1;
+            st.kill = Some(Box::new(move || {
+                let _ = killer.shutdown();
+            }));
+        }
+        let s = shared.clone();
+        let reader = thread::Builder::new()
+            .name("relink-client-rx".into())
+            .spawn(move || client_reader(s, reader));
+        let outcome = match &reader {
+            Ok(_) => client_writer(&shared, &mut t),
+            Err(_) => Outcome::Lost,
+        };
+        // Stop the reader before the next transport starts.
+        let _ = t.shutdown();
+        lock(&shared.state).lost = true;
+        shared.cond.notify_all();
+        if let Ok(h) = reader {
+            let _ = h.join();
+        }
+        let mut st = lock(&shared.state);
+        st.kill = None;
+        let now = shared.now();
+        match outcome {
+            Outcome::Finished => {
+                st.done = true;
+                drop(st);
+                shared.cond.notify_all();
+                return;
+            }
+            Outcome::Lost => {
+                if !st.client.is_closed() {
+                    st.client.transport_lost(now);
+                }
+                st.drain();
+                if st.established {
+                    attempt = 0;
+                } else {
+                    attempt += 1;
+                    last_error =
+                        String::from("transport broke before the handshake/resume completed");
+                }
+                drop(st);
+                shared.cond.notify_all();
+            }
+        }
+    }
+}
+
+fn client_writer<T: Transport>(shared: &ClientShared, t: &mut T) -> Outcome {
+    let mut buf = vec![0u8; WRITE_CHUNK];
+    let mut st = lock(&shared.state);
+    loop {
+        if st.stopping {
+            return Outcome::Finished;
+        }
+        let now = shared.now();
+        if st.client.poll_timeout().is_some_and(|d| d <= now) {
+            st.client.handle_timeout(now);
+            st.drain();
+        }
+        let mut n = 0;
+        while buf.len() - n >= MIN_TRANSMIT_BUFFER {
+            match st.client.poll_transmit(now, &mut buf[n..]) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => n += k,
+            }
+        }
+        if n > 0 {
+            drop(st);
+            let r = write_all_checked(t, &buf[..n], || {
+                let mut st = lock(&shared.state);
+                let now = shared.now();
+                if st.client.poll_timeout().is_some_and(|d| d <= now) {
+                    st.client.handle_timeout(now);
+                    st.drain();
+                }
+                !(st.stopping || st.lost || st.client.transport_ended())
+            });
+            st = lock(&shared.state);
+            if r.is_err() {
+                drop(st);
+                shared.cond.notify_all();
+                return Outcome::Lost;
+            }
+            continue;
+        }
+        if st.client.is_closed() {
+            // Clean end (its last ACK just went out) or closed for good.
+            return Outcome::Finished;
+        }
+        if st.lost || st.client.transport_ended() {
+            return Outcome::Lost;
+        }
+        let d = until(st.client.poll_timeout(), now);
+        st = wait_for(&shared.cond, st, d);
+    }
+}
+
+fn client_reader<T: Transport>(shared: Arc<ClientShared>, mut t: T) {
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        let r = t.read(&mut buf);
+        let mut st = lock(&shared.state);
+        if st.lost || st.stopping {
+            return;
+        }
+        let n = match r {
+            Ok(n) if n > 0 => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            _ => {
+                st.lost = true;
+                drop(st);
+                shared.cond.notify_all();
+                return;
+            }
+        };
+        let mut off = 0;
+        loop {
+            let now = shared.now();
+            let r = st.client.handle_input(now, &buf[off..n]);
+            st.drain();
+            match r {
+                Ok(k) => off += k,
+                Err(_) => {
+                    st.lost = true;
+                    drop(st);
+                    shared.cond.notify_all();
+                    return;
+                }
+            }
+            shared.cond.notify_all();
+            if off >= n {
+                break;
+            }
+            // Receive buffer full: wait until the application read.
+            st = wait(&shared.cond, st);
+            if st.lost || st.stopping {
+                return;
+            }
+        }
+    }
+}
+
+// ===========================================================================
+// Server
+// ===========================================================================
+
+/// Options of a [`Listener`].
+pub struct ListenerBuilder {
+    config: Config,
+    progress: Option<ProgressFn>,
+}
+
+impl fmt::Debug for ListenerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ListenerBuilder")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ListenerBuilder {
+    /// Options with `config` (set `server_static` for pinned clients).
+    pub fn new(config: Config) -> Self {
+        ListenerBuilder {
+            config,
+            progress: None,
+        }
+    }
+
+    /// Call `f` for every server core event (from the driver's threads, with
+    /// the server lock held: keep it short).
+    pub fn on_progress(mut self, f: impl Fn(&Progress) + Send + Sync + 'static) -> Self {
+        self.progress = Some(Arc::new(f));
+        self
+    }
+
+    /// Bind a TCP listener on `addr` and start accepting transports.
+    pub fn bind<A: ToSocketAddrs>(self, addr: A) -> io::Result<Listener> {
+        let listener = TcpListener::bind(addr)?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(ServerShared {
+            state: Mutex::new(ServerState {
+                server: Server::new(self.config, os_rng()),
+                incoming: VecDeque::new(),
+                sessions: HashMap::new(),
+                transports: HashMap::new(),
+                stopping: false,
+                stats: ServerStats::default(),
+                progress: self.progress,
+            }),
+            cond: Condvar::new(),
+            epoch: StdInstant::now(),
+        });
+        let s = shared.clone();
+        let accept = thread::Builder::new()
+            .name("relink-accept".into())
+            .spawn(move || server_accept(s, listener))?;
+        let s = shared.clone();
+        let timer = thread::Builder::new()
+            .name("relink-timer".into())
+            .spawn(move || server_timer(s))?;
+        Ok(Listener {
+            shared,
+            addr,
+            threads: vec![accept, timer],
+        })
+    }
+}
+
+struct ServerShared {
+    state: Mutex<ServerState>,
+    cond: Condvar,
+    epoch: StdInstant,
+}
+
+impl ServerShared {
+    fn now(&self) -> Instant {
+        now_since(self.epoch)
+    }
+}
+
+#[derive(Default)]
+struct SessionInfo {
+    /// How it ended, once it has.
+    end: Option<SessionEnd>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum SessionEnd {
+    Clean,
+    Expired,
+    Failed(CloseReason),
+}
+
+struct TransportInfo {
+    /// A handle to shut the socket down.
+    socket: TcpStream,
+    /// The reader saw EOF or an error, or the writer failed.
+    lost: bool,
+}
+
+struct ServerState {
+    server: Server<OsRng>,
+    incoming: VecDeque<SessionId>,
+    sessions: HashMap<SessionId, SessionInfo>,
+    transports: HashMap<TransportId, TransportInfo>,
+    stopping: bool,
+    stats: ServerStats,
+    progress: Option<ProgressFn>,
+}
+
+impl ServerState {
+    fn drain(&mut self) {
+        while let Some(e) = self.server.poll_event() {
+            match e {
+                ServerEvent::HandshakeDone { session, .. } => {
+                    self.stats.sessions += 1;
+                    self.sessions.insert(session, SessionInfo::default());
+                    self.incoming.push_back(session);
+                }
+                ServerEvent::Resumed { .. } => self.stats.resumes += 1,
+                ServerEvent::ResendRange { start, end, .. } => {
+                    self.stats.resent_bytes += end.saturating_sub(start)
+                }
+                ServerEvent::Closed { session, reason } => {
+                    if let Some(i) = self.sessions.get_mut(&session) {
+                        i.end.get_or_insert(if reason == CloseReason::Clean {
+                            SessionEnd::Clean
+                        } else {
+                            SessionEnd::Failed(reason)
+                        });
+                    }
+                }
+                ServerEvent::SessionExpired { session } => {
+                    if let Some(i) = self.sessions.get_mut(&session) {
+                        i.end.get_or_insert(SessionEnd::Expired);
+                    }
+                }
+                _ => {}
+            }
+            if let Some(f) = &self.progress {
+                f(&Progress::Server(e));
+            }
+        }
+    }
+
+    fn transport_gone(&self, tid: TransportId) -> bool {
+        self.stopping
+            || self.server.transport_ended(tid)
+            || self.transports.get(&tid).is_none_or(|t| t.lost)
+    }
+
+    fn session_error(&self, sid: SessionId) -> Option<io::Error> {
+        let end = self.sessions.get(&sid).and_then(|i| i.end);
+        match end {
+            Some(SessionEnd::Expired) => Some(SessionError::Expired.to_io()),
+            Some(SessionEnd::Failed(r)) => Some(SessionError::Closed(r).to_io()),
+            _ if self.stopping => Some(SessionError::Shutdown.to_io()),
+            _ => None,
+        }
+    }
+}
+
+/// A relink server: accepts TCP transports, runs handshakes and resumes
+/// (the core routes each resume to its session), and hands the application
+/// one [`ServerStream`] per new session.
+///
+/// Dropping it stops accepting and shuts every transport down; sessions
+/// still held by the application fail from then on.
+pub struct Listener {
+    shared: Arc<ServerShared>,
+    addr: SocketAddr,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl fmt::Debug for Listener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Listener")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Listener {
+    /// Bind on `addr` with `config` (see [`ListenerBuilder`] for options).
+    pub fn bind<A: ToSocketAddrs>(addr: A, config: Config) -> io::Result<Listener> {
+        ListenerBuilder::new(config).bind(addr)
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Wait for the next new session (handshake completed).
+    pub fn accept(&self) -> io::Result<ServerStream> {
+        let mut st = lock(&self.shared.state);
+        loop {
+            if let Some(sid) = st.incoming.pop_front() {
+                return Ok(ServerStream {
+                    shared: self.shared.clone(),
+                    sid,
+                });
+            }
+            if st.stopping {
+                return Err(SessionError::Shutdown.to_io());
+            }
+            st = wait(&self.shared.cond, st);
+        }
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> ServerStats {
+        lock(&self.shared.state).stats
+    }
+
+    /// Sessions registered in the server core.
+    pub fn session_count(&self) -> usize {
+        lock(&self.shared.state).server.session_count()
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let mut st = lock(&self.shared.state);
+        st.stopping = true;
+        for t in st.transports.values() {
+            let _ = t.socket.shutdown(Shutdown::Both);
+        }
+        drop(st);
+        self.shared.cond.notify_all();
+        // Wake the accept loop with a connection of our own.
+        let mut wake = self.addr;
+        if wake.ip().is_unspecified() {
+            wake.set_ip(match wake {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        let _ = TcpStream::connect_timeout(&wake, StdDuration::from_secs(1));
+        for h in self.threads.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+fn server_accept(shared: Arc<ServerShared>, listener: TcpListener) {
+    for incoming in listener.incoming() {
+        if lock(&shared.state).stopping {
+            return;
+        }
+        let sock = match incoming {
+            Ok(s) => s,
+            Err(_) => {
+                // e.g. out of file descriptors: do not spin.
+                thread::sleep(StdDuration::from_millis(10));
+                continue;
+            }
+        };
+        let _ = sock.set_nodelay(true);
+        let handles = (|| {
+            sock.set_write_timeout(Some(WRITE_CHECK))?;
+            Ok::<_, io::Error>((sock.try_clone()?, sock.try_clone()?))
+        })();
+        let Ok((reader, control)) = handles else {
+            continue;
+        };
+        let mut st = lock(&shared.state);
+        if st.stopping {
+            return;
+        }
+        let now = shared.now();
+        let Ok(tid) = st.server.accept(now) else {
+            let _ = sock.shutdown(Shutdown::Both);
+            continue;
+        };
+        st.stats.transports += 1;
+        st.transports.insert(
+            tid,
+            TransportInfo {
+                socket: control,
+                lost: false,
+            },
+        );
+        drop(st);
+        let s = shared.clone();
+        let r = thread::Builder::new()
+            .name("relink-server-rx".into())
+            .spawn(move || server_reader(s, tid, reader));
+        let s = shared.clone();
+        let w = thread::Builder::new()
+            .name("relink-server-tx".into())
+            .spawn(move || server_writer(s, tid, sock));
+        if r.is_err() || w.is_err() {
+            let mut st = lock(&shared.state);
+            if let Some(t) = st.transports.get_mut(&tid) {
+                t.lost = true;
+                let _ = t.socket.shutdown(Shutdown::Both);
+            }
+            drop(st);
+            shared.cond.notify_all();
+        }
+    }
+}
+
+fn server_timer(shared: Arc<ServerShared>) {
+    let mut st = lock(&shared.state);
+    while !st.stopping {
+        let now = shared.now();
+        if st.server.poll_timeout().is_some_and(|d| d <= now) {
+            st.server.handle_timeout(now);
+            st.drain();
+            shared.cond.notify_all();
+        }
+        let d = until(st.server.poll_timeout(), now);
+        st = wait_for(&shared.cond, st, d);
+    }
+}
+
+fn server_reader(shared: Arc<ServerShared>, tid: TransportId, mut t: TcpStream) {
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        let r = t.read(&mut buf);
+        let mut st = lock(&shared.state);
+        if st.transport_gone(tid) {
+            if let Some(i) = st.transports.get_mut(&tid) {
+                i.lost = true;
+            }
+            drop(st);
+            shared.cond.notify_all();
+            return;
+        }
+        let n = match r {
+            Ok(n) if n > 0 => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            _ => {
+                if let Some(i) = st.transports.get_mut(&tid) {
+                    i.lost = true;
+                }
+                drop(st);
+                shared.cond.notify_all();
+                return;
+            }
+        };
+        let mut off = 0;
+        loop {
+            let now = shared.now();
+            let r = st.server.handle_input(tid, now, &buf[off..n]);
+            st.drain();
+            match r {
+                Ok(k) => off += k,
+                Err(_) => {
+                    // The writer flushes any rejection, then closes.
+                    drop(st);
+                    shared.cond.notify_all();
+                    return;
+                }
+            }
+            shared.cond.notify_all();
+            if off >= n {
+                break;
+            }
+            st = wait(&shared.cond, st);
+            if st.transport_gone(tid) {
+                return;
+            }
+        }
+    }
+}
+
+fn server_writer(shared: Arc<ServerShared>, tid: TransportId, mut t: TcpStream) {
+    let mut buf = vec![0u8; WRITE_CHUNK];
+    let mut st = lock(&shared.state);
+    loop {
+        let now = shared.now();
+        let gone = st.transport_gone(tid);
+        let mut n = 0;
+        while buf.len() - n >= MIN_TRANSMIT_BUFFER {
+            match st.server.poll_transmit(tid, now, &mut buf[n..]) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => n += k,
+            }
+        }
+        if n > 0 && !st.stopping && !st.transports.get(&tid).is_none_or(|t| t.lost) {
+            drop(st);
+            let r = write_all_checked(&mut t, &buf[..n], || {
+                !lock(&shared.state).transport_gone(tid)
+            });
+            st = lock(&shared.state);
+            if r.is_err() {
+                if let Some(i) = st.transports.get_mut(&tid) {
+                    i.lost = true;
+                }
+                break;
+            }
+            continue;
+        }
+        if gone {
+            break;
+        }
+        st = wait(&shared.cond, st);
+    }
+    let _ = t.shutdown(Shutdown::Both);
+    let now = shared.now();
+    st.server.transport_lost(tid, now);
+    st.transports.remove(&tid);
+    st.drain();
+    drop(st);
+    shared.cond.notify_all();
+}
+
+/// One server session. Implements [`Read`] and [`Write`] (also for
+/// `&ServerStream`). Dropping it half-closes the session (the client reads
+/// EOF) unless it already ended.
+pub struct ServerStream {
+    shared: Arc<ServerShared>,
+    sid: SessionId,
+}
+
+impl fmt::Debug for ServerStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerStream")
+            .field("session", &self.sid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerStream {
+    /// The core's id of this session.
+    pub fn session_id(&self) -> SessionId {
+        self.sid
+    }
+
+    /// The session's connection id (while the core holds it).
+    pub fn conn_id(&self) -> Option<u64> {
+        lock(&self.shared.state).server.conn_id(self.sid)
+    }
+
+    /// Half-close: a CLOSE frame follows the last byte written.
+    pub fn shutdown_write(&self) -> io::Result<()> {
+        let mut st = lock(&self.shared.state);
+        if let Some(e) = st.session_error(self.sid) {
+            return Err(e);
+        }
+        let r = st.server.close(self.sid);
+        drop(st);
+        self.shared.cond.notify_all();
+        r.or_else(|e| {
+            if e == Error::UnknownSession {
+                Ok(()) // already ended cleanly and freed
+            } else {
+                Err(core_io(e))
+            }
+        })
+    }
+
+    /// Close cleanly: half-close, then wait until the client closed too and
+    /// both CLOSEs were acknowledged. Unread input is discarded.
+    pub fn close(&self) -> io::Result<()> {
+        self.shutdown_write()?;
+        let mut scratch = vec![0u8; READ_CHUNK];
+        let mut st = lock(&self.shared.state);
+        loop {
+            let mut freed = false;
+            while let Ok(n) = st.server.recv(self.sid, &mut scratch) {
+                if n == 0 {
+                    break;
+                }
+                freed = true;
+            }
+            if freed {
+                self.shared.cond.notify_all();
+            }
+            let end = st.sessions.get(&self.sid).and_then(|i| i.end);
+            if end == Some(SessionEnd::Clean) {
+                return Ok(());
+            }
+            if let Some(e) = st.session_error(self.sid) {
+                return Err(e);
+            }
+            st = wait(&self.shared.cond, st);
+        }
+    }
+
+    fn read_inner(&self, out: &mut [u8]) -> io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        let mut st = lock(&self.shared.state);
+        loop {
+            match st.server.recv(self.sid, out) {
+                Ok(n) => {
+                    drop(st);
+                    if n > 0 {
+                        self.shared.cond.notify_all();
+                    }
+                    return Ok(n);
+                }
+                Err(Error::WouldBlock) => {}
+                Err(Error::UnknownSession) => {
+                    let end = st.sessions.get(&self.sid).and_then(|i| i.end);
+                    if end == Some(SessionEnd::Clean) {
+                        return Ok(0);
+                    }
+                    return Err(st
+                        .session_error(self.sid)
+                        .unwrap_or_else(|| core_io(Error::UnknownSession)));
+                }
+                Err(e) => return Err(core_io(e)),
+            }
+            if let Some(e) = st.session_error(self.sid) {
+                return Err(e);
+            }
+            st = wait(&self.shared.cond, st);
+        }
+    }
+
+    fn write_inner(&self, data: &[u8]) -> io::Result<usize> {
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let mut st = lock(&self.shared.state);
+        loop {
+            if let Some(e) = st.session_error(self.sid) {
+                return Err(e);
+            }
+            match st.server.send(self.sid, data) {
+                Ok(0) => {}
+                Ok(n) => {
+                    drop(st);
+                    self.shared.cond.notify_all();
+                    return Ok(n);
+                }
+                Err(e) => return Err(core_io(e)),
+            }
+            st = wait(&self.shared.cond, st);
+        }
+    }
+
+    fn flush_inner(&self) -> io::Result<()> {
+        let mut st = lock(&self.shared.state);
+        while st.server.unacked(self.sid) > 0 {
+            if let Some(e) = st.session_error(self.sid) {
+                return Err(e);
+            }
+            st = wait(&self.shared.cond, st);
+        }
+        Ok(())
+    }
+}
+
+impl Read for ServerStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.read_inner(buf)
+    }
+}
+
+impl Read for &ServerStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.read_inner(buf)
+    }
+}
+
+impl Write for ServerStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_inner(buf)
+    }
+    /// Waits until the client acknowledged every byte written.
+    fn flush(&mut self) -> io::Result<()> {
+        self.flush_inner()
+    }
+}
+
+impl Write for &ServerStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_inner(buf)
+    }
+    /// Waits until the client acknowledged every byte written.
+    fn flush(&mut self) -> io::Result<()> {
+        self.flush_inner()
+    }
+}
+
+impl Drop for ServerStream {
+    fn drop(&mut self) {
+        let mut st = lock(&self.shared.state);
+        let ended = st.sessions.get(&self.sid).and_then(|i| i.end).is_some();
+        if !ended {
+            let _ = st.server.close(self.sid);
+        } else {
+            st.sessions.remove(&self.sid);
+        }
+        drop(st);
+        self.shared.cond.notify_all();
+    }
+}
+
+// ===========================================================================
+// Splicing (port forwarding)
+// ===========================================================================
+
+/// A relink stream that can be spliced to a TCP connection.
+pub trait Session: Send + Sync {
+    /// Read like [`Read::read`].
+    fn session_read(&self, buf: &mut [u8]) -> io::Result<usize>;
+    /// Write all of `buf`.
+    fn session_write_all(&self, buf: &[u8]) -> io::Result<()>;
+    /// Half-close the sending side.
+    fn session_shutdown_write(&self) -> io::Result<()>;
+    /// Close cleanly (both sides closed, everything acknowledged).
+    fn session_close(&self) -> io::Result<()>;
+}
+
+impl Session for ClientStream {
+    fn session_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.read_inner(buf)
+    }
+    fn session_write_all(&self, buf: &[u8]) -> io::Result<()> {
+        let mut me = self;
+        me.write_all(buf)
+    }
+    fn session_shutdown_write(&self) -> io::Result<()> {
+        self.shutdown_write()
+    }
+    fn session_close(&self) -> io::Result<()> {
+        self.close()
+    }
+}
+
+impl Session for ServerStream {
+    fn session_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.read_inner(buf)
+    }
+    fn session_write_all(&self, buf: &[u8]) -> io::Result<()> {
+        let mut me = self;
+        me.write_all(buf)
+    }
+    fn session_shutdown_write(&self) -> io::Result<()> {
+        self.shutdown_write()
+    }
+    fn session_close(&self) -> io::Result<()> {
+        self.close()
+    }
+}
+
+/// Bytes moved by [`splice`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpliceStats {
+    /// Bytes from the TCP connection into the relink session.
+    pub to_session: u64,
+    /// Bytes from the relink session to the TCP connection.
+    pub from_session: u64,
+}
+
+/// Copy bytes both ways between a relink session and a TCP connection until
+/// both directions ended (EOF is passed on as a half-close each way), then
+/// close the session cleanly. This is what `relink forward` and
+/// `relink serve-forward` run per connection.
+pub fn splice<S: Session>(session: &S, tcp: TcpStream) -> io::Result<SpliceStats> {
+    let mut tcp_read = tcp.try_clone()?;
+    let mut tcp_write = tcp;
+    let stats = thread::scope(|scope| {
+        let up = scope.spawn(move || -> io::Result<u64> {
+            let mut buf = vec![0u8; READ_CHUNK];
+            let mut total = 0u64;
+            loop {
+                let n = match tcp_read.read(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => 0, // treat a reset like EOF: end our direction
+                };
+                if n == 0 {
+                    session.session_shutdown_write()?;
+                    return Ok(total);
+                }
+                session.session_write_all(&buf[..n])?;
+                total += n as u64;
+            }
+        });
+        let mut buf = vec![0u8; READ_CHUNK];
+        let mut down = 0u64;
+        let r = loop {
+            match session.session_read(&mut buf) {
+                Ok(0) => break Ok(()),
+                Ok(n) => {
+                    if let Err(e) = tcp_write.write_all(&buf[..n]) {
+                        break Err(e);
+                    }
+                    down += n as u64;
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        let _ = tcp_write.shutdown(Shutdown::Write);
+        if r.is_err() {
+            let _ = tcp_write.shutdown(Shutdown::Both);
+        }
+        let up = up
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("splice thread panicked")));
+        r?;
+        Ok::<_, io::Error>(SpliceStats {
+            to_session: up?,
+            from_session: down,
+        })
+    })?;
+    session.session_close()?;
+    Ok(stats)
+}

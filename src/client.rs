@@ -78,6 +78,12 @@ pub struct Client<R: CryptoRng> {
     closed: Option<CloseReason>,
     resume_counter: u64,
     resume_attempts: u32,
+    /// Unauthenticated final rejections of resume attempts in a row.
+    unauth_rejections: u32,
+    /// The server has shown it registered the session (a frame of it
+    /// verified, or a resume was accepted). Until then an "unknown session"
+    /// answer means the ClientConfirm never arrived: start over.
+    confirmed: bool,
 }
 
 impl<R: CryptoRng> core::fmt::Debug for Client<R> {
@@ -108,6 +114,8 @@ impl<R: CryptoRng> Client<R> {
             closed: None,
             resume_counter: 0,
             resume_attempts: 0,
+            unauth_rejections: 0,
+            confirmed: false,
         }
     }
 
@@ -191,6 +199,9 @@ impl<R: CryptoRng> Client<R> {
                 }
                 Phase::Open => {
                     let r = self.stream.handle_input(now, rest);
+                    if !self.confirmed && self.stream.link_verified_frame() {
+                        self.confirmed = true;
+                    }
                     self.drain_stream_events();
                     return match r {
                         Ok(n) => Ok(consumed + n),
@@ -287,6 +298,8 @@ impl<R: CryptoRng> Client<R> {
                 }
             };
             self.resume_attempts = 0;
+            self.unauth_rejections = 0;
+            self.confirmed = true;
             self.phase = Phase::Open;
             self.events.push_back(Event::Resumed { counter });
             self.events.push_back(Event::ResendRange { start, end });
@@ -306,20 +319,33 @@ impl<R: CryptoRng> Client<R> {
             }
             return Err(self.fail_transport(e));
         }
-        match status {
-            ResumeStatus::UnknownSession => {
-                self.close_for_good(CloseReason::SessionUnknown);
-                Err(e)
-            }
-            ResumeStatus::AuthFailed => {
-                self.events.push_back(Event::AuthFailed { reason: e });
-                Err(self.fail_transport(e))
-            }
-            _ => {
-                self.close_for_good(CloseReason::Error(e));
-                Err(e)
-            }
+        if status == ResumeStatus::AuthFailed {
+            self.events.push_back(Event::AuthFailed { reason: e });
+            return Err(self.fail_transport(e));
         }
+        if status == ResumeStatus::UnknownSession && !self.confirmed {
+            // The server never registered the session (our ClientConfirm was
+            // lost): nothing was acknowledged or received, so a fresh
+            // handshake carries the same bytes from offset 0.
+            self.session = None;
+            self.resume_counter = 0;
+            self.resume_attempts = 0;
+            self.stream.restart();
+            return Err(self.fail_transport(e));
+        }
+        // Unauthenticated, so possibly forged or corrupted: give up only
+        // after several in a row.
+        self.unauth_rejections += 1;
+        if self.unauth_rejections < self.config.max_unauthenticated_rejections {
+            return Err(self.fail_transport(e));
+        }
+        let reason = if status == ResumeStatus::UnknownSession {
+            CloseReason::SessionUnknown
+        } else {
+            CloseReason::Error(e)
+        };
+        self.close_for_good(reason);
+        Err(e)
     }
 
     /// Fill `out` with bytes for the transport. Returns 0 when there is

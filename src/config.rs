@@ -37,6 +37,11 @@ pub struct Config {
     /// Consecutive transports ended by an authentication failure before the
     /// session is closed.
     pub max_auth_failures: u32,
+    /// Client: unauthenticated "unknown session" (or "unsupported version",
+    /// "malformed") answers to resume attempts in a row before the session is
+    /// given up. These answers carry no MAC (the server may not have the key),
+    /// so one forged or corrupted answer must not end a session.
+    pub max_unauthenticated_rejections: u32,
     /// Server: most sessions at once.
     pub max_sessions: usize,
     /// Server: most transports that have not yet completed a handshake or resume.
@@ -67,6 +72,7 @@ impl Default for Config {
             resume_window: Duration::from_secs(60),
             max_resume_attempts: 16,
             max_auth_failures: 8,
+            max_unauthenticated_rejections: 3,
             max_sessions: 10_000,
             max_pending_transports: 1_000,
             key_byte_limit: 1 << 60,
@@ -86,6 +92,7 @@ impl Config {
         self.ack_threshold = self.ack_threshold.clamp(1, self.recv_buffer);
         self.max_resume_attempts = self.max_resume_attempts.max(1);
         self.max_auth_failures = self.max_auth_failures.max(1);
+        self.max_unauthenticated_rejections = self.max_unauthenticated_rejections.max(1);
         self
     }
 }
@@ -105,6 +112,10 @@ impl core::fmt::Debug for Config {
             .field("resume_window", &self.resume_window)
             .field("max_resume_attempts", &self.max_resume_attempts)
             .field("max_auth_failures", &self.max_auth_failures)
+            .field(
+                "max_unauthenticated_rejections",
+                &self.max_unauthenticated_rejections,
+            )
             .field("max_sessions", &self.max_sessions)
             .field("max_pending_transports", &self.max_pending_transports)
             .field("key_byte_limit", &self.key_byte_limit)

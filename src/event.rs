@@ -120,7 +120,9 @@ pub enum ServerEvent {
         /// Why.
         reason: CloseReason,
     },
-    /// `session` waited longer than `resume_timeout` and was freed.
+    /// `session` waited longer than `resume_timeout` for a transport: it can
+    /// no longer be resumed and its memory is freed. Bytes the application
+    /// had not read yet stay readable with `recv` until drained.
     SessionExpired {
         /// The session.
         session: SessionId,

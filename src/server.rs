@@ -90,6 +90,9 @@ struct Session {
     transport: Option<TransportId>,
     detached_since: Option<Instant>,
     closed_clean: bool,
+    /// No longer resumable (expired); kept only until the application has
+    /// read the bytes it was still holding.
+    expired: bool,
 }
 
 /// A relink server endpoint.
@@ -166,7 +169,6 @@ impl<R: CryptoRng> Server<R> {
         }
         if let Phase::Attached(sid) = t.phase {
             self.detach(sid, now);
-            self.reap_if_done(sid);
         }
     }
 
@@ -334,6 +336,9 @@ impl<R: CryptoRng> Server<R> {
             rx: est.keys.c2s.clone(),
         });
         stream.attach(0, now, 0)?;
+        // Tell the client at once that the session is registered: until a
+        // frame from us verifies, it treats the session as unconfirmed.
+        stream.ping_soon();
         self.next_session += 1;
         let sid = SessionId(self.next_session);
         let session = Session {
@@ -344,6 +349,7 @@ impl<R: CryptoRng> Server<R> {
             transport: Some(transport),
             detached_since: None,
             closed_clean: false,
+            expired: false,
         };
         t.phase = Phase::Attached(sid);
         self.pending -= 1;
@@ -420,6 +426,7 @@ impl<R: CryptoRng> Server<R> {
             if let Some(ot) = self.transports.get_mut(&old) {
                 ot.phase = Phase::Ended;
                 ot.control_len = 0;
+                ot.control_sent = 0;
                 self.events.push_back(ServerEvent::CloseTransport {
                     transport: old,
                     error: None,
@@ -508,6 +515,9 @@ impl<R: CryptoRng> Server<R> {
     fn detach(&mut self, sid: SessionId, now: Instant) {
         if let Some(s) = self.sessions.get_mut(&sid) {
             s.stream.detach();
+            if s.closed_clean {
+                s.stream.trim();
+            }
             s.transport = None;
             s.detached_since = Some(now);
         }
@@ -524,20 +534,6 @@ impl<R: CryptoRng> Server<R> {
                 session: sid,
                 reason,
             });
-        }
-    }
-
-    /// Free a cleanly closed session once it has no transport and the
-    /// application read everything.
-    fn reap_if_done(&mut self, sid: SessionId) {
-        let done = self
-            .sessions
-            .get(&sid)
-            .is_some_and(|s| s.closed_clean && s.transport.is_none() && s.stream.readable() == 0);
-        if done {
-            if let Some(s) = self.sessions.remove(&sid) {
-                self.by_conn_id.remove(&s.conn_id);
-            }
         }
     }
 
@@ -617,13 +613,17 @@ impl<R: CryptoRng> Server<R> {
     /// Read verified bytes of `session`. `Ok(0)`: the client closed and
     /// everything was read. `Err(WouldBlock)`: nothing yet.
     pub fn recv(&mut self, session: SessionId, out: &mut [u8]) -> Result<usize, Error> {
-        let r = self
+        let s = self
             .sessions
             .get_mut(&session)
-            .ok_or(Error::UnknownSession)?
-            .stream
-            .recv(out);
-        self.reap_if_done(session);
+            .ok_or(Error::UnknownSession)?;
+        let r = s.stream.recv(out);
+        if s.expired && s.stream.readable() == 0 {
+            self.sessions.remove(&session);
+            if matches!(r, Err(Error::WouldBlock)) {
+                return Err(Error::Closed);
+            }
+        }
         r
     }
 
@@ -688,11 +688,29 @@ impl<R: CryptoRng> Server<R> {
             self.fail_attached(t, sid, now, Error::TimedOut);
         }
         for sid in expired {
-            if let Some(s) = self.sessions.remove(&sid) {
-                self.by_conn_id.remove(&s.conn_id);
-                self.events
-                    .push_back(ServerEvent::SessionExpired { session: sid });
-            }
+            self.expire(sid);
+        }
+    }
+
+    /// A session waited `resume_timeout` without transport: it can no longer
+    /// be resumed. A cleanly closed one goes quietly (its `Closed` event was
+    /// reported); bytes the application has not read yet stay readable.
+    fn expire(&mut self, sid: SessionId) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        self.by_conn_id.remove(&s.conn_id);
+        let clean = s.closed_clean;
+        if s.stream.readable() > 0 {
+            s.expired = true;
+            s.detached_since = None;
+            s.stream.trim();
+        } else {
+            self.sessions.remove(&sid);
+        }
+        if !clean {
+            self.events
+                .push_back(ServerEvent::SessionExpired { session: sid });
         }
     }
 

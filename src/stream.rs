@@ -78,6 +78,13 @@ struct Link {
     acked_sent: u64,
     /// Our CLOSE went out on this transport (or the peer had it already).
     close_sent: bool,
+    /// Send a PING at the next `poll_transmit` even if nothing else is due
+    /// (the server's proof, right after the handshake, that it is attached).
+    ping_now: bool,
+    /// Input is held back because the receive buffer is full: the peer's
+    /// frames (and its keepalives) wait behind a DATA frame, so silence is
+    /// not a sign of a dead transport until the application reads.
+    held_back: bool,
 }
 
 /// Stream-level happenings the client or server turns into events.
@@ -315,8 +322,34 @@ impl Stream {
             ack_due: None,
             acked_sent: self.read_count(),
             close_sent: peer_read > self.tx_written,
+            ping_now: false,
+            held_back: false,
         });
         Ok((self.tx_next, self.tx_written))
+    }
+
+    /// Send a PING on the current link at the next `poll_transmit`.
+    pub(crate) fn ping_soon(&mut self) {
+        if let Some(l) = &mut self.link {
+            l.ping_now = true;
+        }
+    }
+
+    /// Whether a frame from the peer verified on the current link.
+    pub(crate) fn link_verified_frame(&self) -> bool {
+        self.link.as_ref().is_some_and(|l| l.rx_seq > 0)
+    }
+
+    /// Forget the session keys and link, keeping the bytes written: the
+    /// server never accepted the session, so a new handshake starts a new
+    /// stream from offset 0 with the same content. Only valid while nothing
+    /// was ever acknowledged or received.
+    pub(crate) fn restart(&mut self) {
+        debug_assert!(self.tx_acked == 0 && self.rx_data == 0 && !self.peer_closed);
+        self.detach();
+        self.keys = None;
+        self.tx_next = 0;
+        self.auth_failures = 0;
     }
 
     /// The transport is gone: forget its frame state, keep the stream.
@@ -356,6 +389,7 @@ impl Stream {
                 if rest.len() >= FRAME_HEADER_LEN {
                     let hdr = FrameHeader::decode(&arr4(rest))?;
                     if !self.has_room(&hdr) {
+                        self.hold_back();
                         break;
                     }
                     let total = hdr.wire_len();
@@ -388,6 +422,7 @@ impl Stream {
             }
             let hdr = FrameHeader::decode(&arr4(&link.partial))?;
             if !self.has_room(&hdr) {
+                self.hold_back();
                 break;
             }
             let link = self.link.as_mut().ok_or(Error::TransportEnded)?;
@@ -408,6 +443,12 @@ impl Stream {
             result?;
         }
         Ok(consumed)
+    }
+
+    fn hold_back(&mut self) {
+        if let Some(l) = &mut self.link {
+            l.held_back = true;
+        }
     }
 
     /// Whether a frame with this header fits the receive buffer now.
@@ -433,6 +474,7 @@ impl Stream {
         }
         link.rx_seq += 1;
         link.last_rx = now;
+        link.held_back = false;
         self.auth_failures = 0;
         match hdr.frame_type {
             FrameType::Data => {
@@ -563,10 +605,13 @@ impl Stream {
             link.close_sent = true;
         }
         if n == 0
-            && now >= link.last_tx.saturating_add(self.limits.keepalive_interval)
+            && (link.ping_now || now >= link.last_tx.saturating_add(self.limits.keepalive_interval))
             && out.len() >= FRAME_OVERHEAD
         {
             n += seal_control(link, &keys.tx, self.tx_next, FrameType::Ping, &[], out);
+        }
+        if n > 0 {
+            link.ping_now = false;
         }
         if n > 0 {
             link.last_tx = now;
@@ -586,6 +631,7 @@ impl Stream {
                 && (self.peer_closed
                     || link.ack_due.is_some_and(|d| d <= now)
                     || rc - link.acked_sent >= self.limits.ack_threshold))
+            || link.ping_now
             || now >= link.last_tx.saturating_add(self.limits.keepalive_interval)
     }
 
@@ -600,15 +646,15 @@ impl Stream {
             None
         };
         let keepalive = link.last_tx.saturating_add(self.limits.keepalive_interval);
-        let idle = link.last_rx.saturating_add(self.limits.idle_timeout);
-        earliest(earliest(ack, Some(keepalive)), Some(idle))
+        let idle = (!link.held_back).then(|| link.last_rx.saturating_add(self.limits.idle_timeout));
+        earliest(earliest(ack, Some(keepalive)), idle)
     }
 
     /// `Err(TimedOut)` when nothing arrived within the idle timeout: the
     /// caller ends the link.
     pub(crate) fn handle_timeout(&mut self, now: Instant) -> Result<(), Error> {
         if let Some(link) = &self.link {
-            if now >= link.last_rx.saturating_add(self.limits.idle_timeout) {
+            if !link.held_back && now >= link.last_rx.saturating_add(self.limits.idle_timeout) {
                 return Err(Error::TimedOut);
             }
             if now >= link.last_tx.saturating_add(self.limits.keepalive_interval)

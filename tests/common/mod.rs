@@ -1,7 +1,7 @@
 //! In-memory client/server harness: one `Client`, one `Server`, a simulated
 //! transport between them (two byte pipes), injected time and seeded RNGs.
-//! Fault injection: break the transport (optionally losing an in-flight
-//! suffix), flip a bit or inject a byte in flight.
+//! Fault injection: `break_transport` (in-flight bytes are lost); tests
+//! that need finer faults use `tests/support_d.rs`.
 #![allow(dead_code)]
 
 use chacha20::ChaCha20Rng;
@@ -194,8 +194,8 @@ impl Pair {
         self.open_transport();
         for _ in 0..1000 {
             self.step();
-            if self.session.is_some() && self.client.is_connected() {
-                return self.session.unwrap();
+            if let (Some(s), true) = (self.session, self.client.is_connected()) {
+                return s;
             }
         }
         panic!(

@@ -1,0 +1,379 @@
+//! `relink`: command-line tool over the blocking driver.
+//!
+//! ```text
+//! relink keygen --out server.key            # prints the public key to pin
+//! relink listen 0.0.0.0:7000 --key server.key > received.bin
+//! relink connect host:7000 --server-key HEX < file.bin
+//! relink serve-forward 0.0.0.0:7000 127.0.0.1:22   # server side of a tunnel
+//! relink forward 127.0.0.1:2222 host:7000          # client side of a tunnel
+//! ```
+//!
+//! Listening commands print `listening on ADDR` on stderr first (tests and
+//! scripts bind port 0 and read the address from there). `-v` logs
+//! reconnects, resends and throughput on stderr.
+
+use std::fs;
+use std::io::{self, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::thread;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use relink::blocking::{splice, ClientBuilder, ListenerBuilder, Progress};
+use relink::{Backoff, Config, Duration, Event, ServerEvent, StaticKeypair};
+
+/// Long-lived encrypted byte streams that survive broken connections.
+#[derive(Parser, Debug)]
+#[command(name = "relink", version, about, long_about = None)]
+struct Cli {
+    /// Progress and diagnostics on stderr: connects, reconnects, resumes,
+    /// resend ranges, throughput.
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    /// Idle timeout in milliseconds: a transport on which nothing arrived for
+    /// this long is replaced (keepalives are sent at a third of it).
+    #[arg(long, global = true, default_value_t = 15_000)]
+    idle_ms: u64,
+    /// Client: consecutive failed transport attempts before giving up.
+    #[arg(long, global = true, default_value_t = 30)]
+    max_attempts: u32,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Accept sessions on ADDR and write what each one sends to stdout
+    /// (one after the other); exit 0 once the peer closed cleanly.
+    Listen {
+        /// Address to bind, e.g. 0.0.0.0:7000 (port 0 picks a free port).
+        addr: String,
+        /// Server key file (from `relink keygen`) for clients that pin its
+        /// public key; without it the handshake is anonymous.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Sessions to serve before exiting (0 = forever).
+        #[arg(long, default_value_t = 1)]
+        sessions: u64,
+    },
+    /// Send stdin to the server at ADDR until EOF, close cleanly once
+    /// everything is acknowledged and exit 0; the server's data goes to
+    /// stdout. Exits non-zero if the session is lost for good.
+    Connect {
+        /// Server address, e.g. example.com:7000.
+        addr: String,
+        /// The server's public key (64 hex digits from `relink keygen`) to
+        /// pin; without it the handshake is open to a man in the middle.
+        #[arg(long)]
+        server_key: Option<String>,
+    },
+    /// Generate a server static key file and print its public key (hex) to
+    /// pin with `connect --server-key`.
+    Keygen {
+        /// Where to write the key file (mode 0600).
+        #[arg(long, default_value = "relink.key")]
+        out: PathBuf,
+    },
+    /// Client side of a tunnel: accept TCP connections on LOCAL and carry
+    /// each over its own relink session to the `serve-forward` at REMOTE.
+    Forward {
+        /// Local address to accept on, e.g. 127.0.0.1:2222.
+        local: String,
+        /// The relink server (`relink serve-forward`) address.
+        remote: String,
+        /// The server's public key to pin (hex).
+        #[arg(long)]
+        server_key: Option<String>,
+    },
+    /// Server side of a tunnel: accept relink sessions on ADDR and connect
+    /// each to TARGET by TCP.
+    ServeForward {
+        /// Address to bind for relink clients.
+        addr: String,
+        /// TCP service every session is connected to, e.g. 127.0.0.1:22.
+        target: String,
+        /// Server key file (from `relink keygen`).
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match &cli.command {
+        Command::Keygen { out } => keygen(out),
+        Command::Listen {
+            addr,
+            key,
+            sessions,
+        } => listen(&cli, addr, key.as_ref(), *sessions),
+        Command::Connect { addr, server_key } => connect(&cli, addr, server_key.as_deref()),
+        Command::Forward {
+            local,
+            remote,
+            server_key,
+        } => forward(&cli, local, remote, server_key.as_deref()),
+        Command::ServeForward { addr, target, key } => {
+            serve_forward(&cli, addr, target, key.as_ref())
+        }
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("relink: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn config(cli: &Cli) -> Config {
+    let idle = cli.idle_ms.max(3);
+    Config {
+        idle_timeout: Duration::from_millis(idle),
+        keepalive_interval: Duration::from_millis(idle / 3),
+        handshake_timeout: Duration::from_millis(idle.min(10_000)),
+        ..Config::default()
+    }
+}
+
+fn backoff(cli: &Cli) -> Backoff {
+    Backoff {
+        initial: Duration::from_millis(20),
+        max: Duration::from_secs(2),
+        max_attempts: Some(cli.max_attempts.max(1)),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex32(s: &str) -> io::Result<[u8; 32]> {
+    let s = s.trim();
+    let bad = || io::Error::new(io::ErrorKind::InvalidInput, "expected 64 hex digits");
+    if s.len() != 64 || !s.is_ascii() {
+        return Err(bad());
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(out)
+}
+
+fn keygen(out: &PathBuf) -> io::Result<()> {
+    let key = StaticKeypair::generate(&mut relink::os_rng());
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts
+        .open(out)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", out.display())))?;
+    writeln!(f, "{}", hex(&key.secret_bytes()))?;
+    println!("{}", hex(&key.public_key()));
+    eprintln!(
+        "wrote {}; pin the public key above with `relink connect --server-key`",
+        out.display()
+    );
+    Ok(())
+}
+
+fn server_config(cli: &Cli, key: Option<&PathBuf>) -> io::Result<Config> {
+    let mut cfg = config(cli);
+    if let Some(path) = key {
+        let text = fs::read_to_string(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        let secret = unhex32(&text).map_err(|e| {
+            io::Error::new(e.kind(), format!("{}: bad key file: {e}", path.display()))
+        })?;
+        cfg.server_static = Some(StaticKeypair::from_secret_bytes(secret));
+    }
+    Ok(cfg)
+}
+
+fn client_config(cli: &Cli, server_key: Option<&str>) -> io::Result<Config> {
+    let mut cfg = config(cli);
+    if let Some(k) = server_key {
+        cfg.pinned_server_key =
+            Some(unhex32(k).map_err(|e| io::Error::new(e.kind(), format!("--server-key: {e}")))?);
+    }
+    Ok(cfg)
+}
+
+/// A stderr logger for `-v`.
+fn logger(verbose: bool) -> impl Fn(&Progress) + Send + Sync + 'static {
+    move |p: &Progress| {
+        if !verbose {
+            return;
+        }
+        match p {
+            Progress::Connecting { attempt, delay } if *attempt > 0 => {
+                eprintln!("relink: connect attempt {attempt} after {delay:?}")
+            }
+            Progress::ConnectFailed { attempt, error } => {
+                eprintln!("relink: connect attempt {attempt} failed: {error}")
+            }
+            Progress::Client(Event::HandshakeDone { conn_id }) => {
+                eprintln!("relink: session {conn_id:016x} established")
+            }
+            Progress::Client(Event::Resumed { counter }) => {
+                eprintln!("relink: resumed (transport #{counter})")
+            }
+            Progress::Client(Event::ResendRange { start, end }) => {
+                eprintln!("relink: resending [{start}, {end}) ({} bytes)", end - start)
+            }
+            Progress::Client(Event::TransportLost { error }) => {
+                eprintln!("relink: transport lost: {error:?}")
+            }
+            Progress::Client(Event::Closed { reason }) => {
+                eprintln!("relink: session closed: {reason:?}")
+            }
+            Progress::Server(ServerEvent::HandshakeDone { session, .. }) => {
+                eprintln!("relink: new session {}", session.0)
+            }
+            Progress::Server(ServerEvent::Resumed {
+                session, counter, ..
+            }) => eprintln!("relink: session {} resumed (#{counter})", session.0),
+            Progress::Server(ServerEvent::ResendRange {
+                session,
+                start,
+                end,
+            }) => eprintln!(
+                "relink: session {} resending [{start}, {end}) ({} bytes)",
+                session.0,
+                end - start
+            ),
+            Progress::Server(ServerEvent::CloseTransport { error: Some(e), .. }) => {
+                eprintln!("relink: transport closed: {e}")
+            }
+            Progress::Server(ServerEvent::Closed { session, reason }) => {
+                eprintln!("relink: session {} closed: {reason:?}", session.0)
+            }
+            Progress::Server(ServerEvent::SessionExpired { session }) => {
+                eprintln!("relink: session {} expired", session.0)
+            }
+            _ => {}
+        }
+    }
+}
+
+fn throughput(verbose: bool, what: &str, bytes: u64, start: Instant) {
+    if verbose {
+        let s = start.elapsed().as_secs_f64().max(1e-6);
+        eprintln!(
+            "relink: {what} {bytes} bytes in {s:.2} s ({:.1} MiB/s)",
+            bytes as f64 / s / 1_048_576.0
+        );
+    }
+}
+
+fn listen(cli: &Cli, addr: &str, key: Option<&PathBuf>, sessions: u64) -> io::Result<()> {
+    let listener = ListenerBuilder::new(server_config(cli, key)?)
+        .on_progress(logger(cli.verbose))
+        .bind(addr)?;
+    eprintln!("listening on {}", listener.local_addr());
+    let mut served = 0u64;
+    let stdout = io::stdout();
+    while sessions == 0 || served < sessions {
+        let session = listener.accept()?;
+        let start = Instant::now();
+        let mut out = stdout.lock();
+        let n = io::copy(&mut &session, &mut out)?;
+        out.flush()?;
+        drop(out);
+        session.close()?;
+        throughput(cli.verbose, "received", n, start);
+        served += 1;
+    }
+    Ok(())
+}
+
+fn connect(cli: &Cli, addr: &str, server_key: Option<&str>) -> io::Result<()> {
+    let start = Instant::now();
+    let client = ClientBuilder::new(client_config(cli, server_key)?)
+        .backoff(backoff(cli))
+        .on_progress(logger(cli.verbose))
+        .connect(addr)?;
+    let sent = thread::scope(|s| -> io::Result<u64> {
+        let down = s.spawn(|| -> io::Result<u64> {
+            let mut out = io::stdout().lock();
+            let n = io::copy(&mut &client, &mut out)?;
+            out.flush()?;
+            Ok(n)
+        });
+        let n = io::copy(&mut io::stdin().lock(), &mut &client)?;
+        (&client).flush()?; // everything acknowledged
+        client.shutdown_write()?;
+        down.join()
+            .map_err(|_| io::Error::other("reader thread panicked"))??;
+        Ok(n)
+    })?;
+    client.close()?;
+    throughput(cli.verbose, "sent", sent, start);
+    if cli.verbose {
+        eprintln!("relink: {:?}", client.stats());
+    }
+    Ok(())
+}
+
+fn forward(cli: &Cli, local: &str, remote: &str, server_key: Option<&str>) -> io::Result<()> {
+    let cfg = client_config(cli, server_key)?;
+    let listener = TcpListener::bind(local)?;
+    eprintln!("listening on {}", listener.local_addr()?);
+    let remote: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(remote)?.collect();
+    let remote = Arc::new(remote);
+    let verbose = cli.verbose;
+    let backoff = backoff(cli);
+    for conn in listener.incoming() {
+        let conn = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("relink: accept: {e}");
+                continue;
+            }
+        };
+        let (cfg, remote) = (cfg.clone(), remote.clone());
+        thread::spawn(move || {
+            let peer = conn.peer_addr().ok();
+            let r = ClientBuilder::new(cfg)
+                .backoff(backoff)
+                .on_progress(logger(verbose))
+                .connect(&remote[..])
+                .and_then(|session| splice(&session, conn));
+            match r {
+                Ok(s) if verbose => eprintln!("relink: {peer:?} done: {s:?}"),
+                Ok(_) => {}
+                Err(e) => eprintln!("relink: {peer:?}: {e}"),
+            }
+        });
+    }
+    Ok(())
+}
+
+fn serve_forward(cli: &Cli, addr: &str, target: &str, key: Option<&PathBuf>) -> io::Result<()> {
+    let listener = ListenerBuilder::new(server_config(cli, key)?)
+        .on_progress(logger(cli.verbose))
+        .bind(addr)?;
+    eprintln!("listening on {}", listener.local_addr());
+    let target: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(target)?.collect();
+    let verbose = cli.verbose;
+    loop {
+        let session = listener.accept()?;
+        let target = target.clone();
+        thread::spawn(move || {
+            let r = TcpStream::connect(&target[..]).and_then(|tcp| {
+                tcp.set_nodelay(true)?;
+                splice(&session, tcp)
+            });
+            match r {
+                Ok(s) if verbose => eprintln!("relink: session done: {s:?}"),
+                Ok(_) => {}
+                Err(e) => eprintln!("relink: session: {e}"),
+            }
+        });
+    }
+}

@@ -1,0 +1,50 @@
+//! `ClientHello::decode` and `client_first_len` on arbitrary bytes, checked
+//! against the layout (tag 0x00, version, flags, 32-byte key = 35 bytes)
+//! written out here, plus encode/decode round trips.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use relink::wire::{client_first_len, ClientHello, CLIENT_HELLO_LEN, FLAG_PINNED, VERSION};
+
+fuzz_target!(|data: &[u8]| {
+    let expect_ok = data.len() == 35 && data[0] == 0x00 && data[2] & !0x01 == 0;
+    match ClientHello::decode(data) {
+        Ok(h) => {
+            assert!(expect_ok, "accepted invalid hello {data:?}");
+            assert_eq!(&h.encode()[..], data, "encode(decode(x)) != x");
+            assert_eq!(h.version, data[1]);
+            assert_eq!(h.flags & !FLAG_PINNED, 0);
+            assert_eq!(&h.ephemeral[..], &data[3..35]);
+            assert_eq!(
+                client_first_len(data[0], h.version),
+                Ok((h.version == VERSION).then_some(CLIENT_HELLO_LEN))
+            );
+        }
+        Err(_) => assert!(!expect_ok, "rejected valid hello {data:?}"),
+    }
+    if let [tag, version, ..] = *data {
+        let expect = match tag {
+            0x00 => Some(35),
+            0xFF => Some(58),
+            _ => None,
+        };
+        match client_first_len(tag, version) {
+            Ok(len) => {
+                let want = expect.expect("accepted unknown tag");
+                assert_eq!(len, (version == 1).then_some(want));
+            }
+            Err(_) => assert!(expect.is_none(), "rejected known tag {tag}"),
+        }
+        // Build a hello from the input's fields and round-trip it.
+        let mut ephemeral = [0u8; 32];
+        for (i, e) in ephemeral.iter_mut().enumerate() {
+            *e = data.get(2 + i).copied().unwrap_or(i as u8);
+        }
+        let h = ClientHello {
+            version,
+            flags: tag & FLAG_PINNED,
+            ephemeral,
+        };
+        assert_eq!(ClientHello::decode(&h.encode()), Ok(h));
+    }
+});

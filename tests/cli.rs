@@ -1,0 +1,219 @@
+//! The `relink` CLI example as a user runs it: `--help`, `keygen`, and a
+//! random file piped from `connect` to `listen` through a cutting relay
+//! arrives intact (SHA-256), with a pinned server key.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::thread;
+
+use relink::relay::{FaultPlan, Relay};
+use sha2::{Digest, Sha256};
+
+/// Path of the example binary, built once per test process with the same
+/// profile and features as this test (a no-op when `cargo test` built it).
+fn relink_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test exe path");
+        // target/<profile>/deps/cli-<hash>
+        let profile_dir = exe.parent().and_then(Path::parent).expect("profile dir");
+        let target_dir = profile_dir.parent().expect("target dir");
+        let bin = profile_dir
+            .join("examples")
+            .join(format!("relink{}", std::env::consts::EXE_SUFFIX));
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("CARGO_TARGET_DIR", target_dir)
+            .args(["build", "--quiet", "--example", "relink"]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        if cfg!(feature = "tokio") {
+            cmd.args(["--features", "tokio"]);
+        }
+        let status = cmd.status().expect("run cargo build --example relink");
+        assert!(status.success(), "cargo build --example relink failed");
+        assert!(bin.exists(), "{} missing", bin.display());
+        bin
+    })
+}
+
+/// A child process killed when the guard drops (also on test failure).
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Read the `listening on ADDR` line the listening commands print first,
+/// then keep draining stderr (echoed to ours) in a thread.
+fn listening_addr(child: &mut Child) -> SocketAddr {
+    let mut err = BufReader::new(child.stderr.take().expect("stderr piped"));
+    let mut line = String::new();
+    err.read_line(&mut line).expect("read stderr");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first stderr line {line:?}"))
+        .parse()
+        .expect("address");
+    thread::spawn(move || {
+        for l in err.lines().map_while(Result::ok) {
+            eprintln!("[child] {l}");
+        }
+    });
+    addr
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("relink-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn help_explains_every_flag() {
+    let help = |args: &[&str]| {
+        let out = Command::new(relink_bin()).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let top = help(&["--help"]);
+    for s in [
+        "listen",
+        "connect",
+        "keygen",
+        "forward",
+        "serve-forward",
+        "--verbose",
+        "--idle-ms",
+        "--max-attempts",
+    ] {
+        assert!(top.contains(s), "top-level help lacks {s}:\n{top}");
+    }
+    for (sub, flags) in [
+        ("listen", &["--key", "--sessions", "<ADDR>"][..]),
+        ("connect", &["--server-key", "<ADDR>"][..]),
+        ("keygen", &["--out"][..]),
+        ("forward", &["--server-key", "<LOCAL>", "<REMOTE>"][..]),
+        ("serve-forward", &["--key", "<ADDR>", "<TARGET>"][..]),
+    ] {
+        let h = help(&[sub, "--help"]);
+        for f in flags {
+            assert!(h.contains(f), "`{sub} --help` lacks {f}:\n{h}");
+        }
+    }
+}
+
+#[test]
+fn random_file_through_cutting_relay_with_pinned_key_is_identical() {
+    const LEN: usize = 6 * 1024 * 1024 + 4321;
+    let dir = temp_dir("cli");
+    let key = dir.join("server.key");
+    let out = Command::new(relink_bin())
+        .args(["keygen", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "keygen failed");
+    let public = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(public.len(), 64, "public key hex: {public:?}");
+    assert!(public.bytes().all(|b| b.is_ascii_hexdigit()));
+    // keygen refuses to overwrite a key file.
+    let again = Command::new(relink_bin())
+        .args(["keygen", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+
+    let input = random_bytes(LEN, 0x5EED);
+    let received = dir.join("received.bin");
+    let mut listen = Proc(
+        Command::new(relink_bin())
+            .args(["-v", "--idle-ms", "1000", "listen", "127.0.0.1:0", "--key"])
+            .arg(&key)
+            .stdout(std::fs::File::create(&received).unwrap())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let server_addr = listening_addr(&mut listen.0);
+    let plan = FaultPlan {
+        cut_after_bytes: Some((64 * 1024, 512 * 1024)),
+        ..FaultPlan::default()
+    };
+    let relay = Relay::start(server_addr, plan, 77).unwrap();
+    let mut connect = Proc(
+        Command::new(relink_bin())
+            .args(["-v", "--idle-ms", "1000", "connect"])
+            .arg(relay.local_addr().to_string())
+            .args(["--server-key", &public])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stdin = connect.0.stdin.take().unwrap();
+    let feeder = {
+        let input = input.clone();
+        thread::spawn(move || {
+            stdin.write_all(&input).unwrap();
+        }) // dropping stdin is the EOF
+    };
+    feeder.join().unwrap();
+    assert!(connect.0.wait().unwrap().success(), "connect failed");
+    assert!(listen.0.wait().unwrap().success(), "listen failed");
+    let mut got = Vec::new();
+    std::fs::File::open(&received)
+        .unwrap()
+        .read_to_end(&mut got)
+        .unwrap();
+    assert_eq!(got.len(), input.len());
+    assert_eq!(Sha256::digest(&got), Sha256::digest(&input));
+    let rs = relay.stats();
+    assert!(rs.cuts >= 10, "{rs:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn connect_fails_with_a_clear_message_when_the_session_cannot_be_opened() {
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap(); // closed again: nothing listens
+    let out = Command::new(relink_bin())
+        .args(["--max-attempts", "2", "connect", &addr.to_string()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("gave up"), "stderr: {err}");
+    // A malformed pinned key is refused before connecting.
+    let out = Command::new(relink_bin())
+        .args(["connect", &addr.to_string(), "--server-key", "abc"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--server-key"));
+}

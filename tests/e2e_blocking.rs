@@ -1,0 +1,308 @@
+//! End to end over loopback TCP: the blocking driver (`relink::blocking`)
+//! through the fault-injecting relay (`relink::relay`): byte-exact transfers
+//! across forced cuts, corruption and stalls, retried first handshakes, and
+//! the give-up limit.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::thread;
+
+use relink::blocking::{ClientBuilder, ClientStream, Listener, ServerStream, SessionError};
+use relink::relay::{FaultPlan, Relay};
+use relink::{Backoff, Config, Duration, StaticKeypair};
+
+/// Deterministic stream content: byte `i` of stream `salt`.
+fn pattern(salt: u8, offset: u64, out: &mut [u8]) {
+    for (i, b) in out.iter_mut().enumerate() {
+        let x = (offset + i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (salt as u64) << 56;
+        *b = (x >> 29) as u8 ^ (x >> 47) as u8;
+    }
+}
+
+/// Short timers so that dead transports are noticed quickly.
+fn fast_config() -> Config {
+    Config {
+        ack_delay: Duration::from_millis(2),
+        keepalive_interval: Duration::from_millis(50),
+        idle_timeout: Duration::from_millis(400),
+        handshake_timeout: Duration::from_millis(1000),
+        resume_timeout: Duration::from_secs(30),
+        max_resume_attempts: 64,
+        ..Config::default()
+    }
+}
+
+fn fast_backoff(max_attempts: Option<u32>) -> Backoff {
+    Backoff {
+        initial: Duration::from_millis(2),
+        max: Duration::from_millis(50),
+        max_attempts,
+    }
+}
+
+/// Write `total` pattern bytes in writes of varying size (seeded).
+fn write_pattern(mut w: impl Write, salt: u8, total: u64, seed: u64) {
+    let mut buf = vec![0u8; 100_000];
+    let mut x = seed | 1;
+    let mut sent = 0u64;
+    while sent < total {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let len = (1 + x % buf.len() as u64).min(total - sent) as usize;
+        pattern(salt, sent, &mut buf[..len]);
+        w.write_all(&buf[..len]).expect("write");
+        sent += len as u64;
+    }
+}
+
+/// Read exactly `total` pattern bytes (checking each), then expect EOF if asked.
+fn read_pattern(mut r: impl Read, salt: u8, total: u64, expect_eof: bool) -> u64 {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut want = vec![0u8; 64 * 1024];
+    let mut got = 0u64;
+    while got < total {
+        let n = r.read(&mut buf).expect("read");
+        assert!(n > 0, "early EOF at {got} of {total}");
+        assert!(got + n as u64 <= total, "more bytes than sent");
+        pattern(salt, got, &mut want[..n]);
+        if buf[..n] != want[..n] {
+            let i = (0..n).find(|&i| buf[i] != want[i]).unwrap();
+            panic!("stream {salt} differs at offset {}", got + i as u64);
+        }
+        got += n as u64;
+    }
+    if expect_eof {
+        assert_eq!(r.read(&mut buf).expect("read EOF"), 0, "EOF expected");
+    }
+    got
+}
+
+/// Server side of a transfer: read `up` bytes and EOF while writing `down`
+/// bytes, then close cleanly.
+fn serve(session: ServerStream, up: u64, down: u64) {
+    thread::scope(|s| {
+        let w = s.spawn(|| write_pattern(&session, 2, down, 99));
+        read_pattern(&session, 1, up, true);
+        w.join().unwrap();
+    });
+    session.close().expect("server clean close");
+}
+
+/// Client side: write `up` bytes while reading `down` bytes, then close.
+fn run_client(client: &ClientStream, up: u64, down: u64) {
+    thread::scope(|s| {
+        let r = s.spawn(|| read_pattern(client, 2, down, false));
+        write_pattern(client, 1, up, 7);
+        client.shutdown_write().unwrap();
+        assert_eq!(r.join().unwrap(), down);
+    });
+    (&*client).flush().expect("flush");
+    assert_eq!(client.unacked(), 0);
+    client.close().expect("client clean close");
+}
+
+#[test]
+fn sixty_four_mib_across_a_hundred_cuts_byte_exact() {
+    const UP: u64 = 64 * 1024 * 1024 + 777;
+    const DOWN: u64 = 8 * 1024 * 1024 + 333;
+    let listener = Listener::bind("127.0.0.1:0", fast_config()).unwrap();
+    let plan = FaultPlan {
+        cut_after_bytes: Some((64 * 1024, 576 * 1024)),
+        corrupt_probability: 0.05,
+        ..FaultPlan::default()
+    };
+    let relay = Relay::start(listener.local_addr(), plan, 0xC0FFEE).unwrap();
+    let server = thread::spawn(move || {
+        let session = listener.accept().unwrap();
+        serve(session, UP, DOWN);
+        listener.stats()
+    });
+    let client = ClientBuilder::new(fast_config())
+        .backoff(fast_backoff(Some(40)))
+        .connect(relay.local_addr())
+        .expect("connect");
+    run_client(&client, UP, DOWN);
+    let server_stats = server.join().unwrap();
+    let rs = relay.stats();
+    let cs = client.stats();
+    eprintln!("relay {rs:?}\nclient {cs:?}\nserver {server_stats:?}");
+    assert!(rs.cuts >= 100, "only {} cuts", rs.cuts);
+    assert!(rs.bytes >= UP + DOWN, "relay forwarded {} bytes", rs.bytes);
+    // Every cut of the established session forces a resume.
+    assert!(cs.resumes >= 90, "{cs:?}");
+    // A resume response lost in a cut counts on the server only.
+    assert!(server_stats.resumes >= cs.resumes, "{server_stats:?}");
+    assert_eq!(server_stats.sessions, 1);
+}
+
+#[test]
+fn stalled_paths_are_detected_by_the_idle_timeout() {
+    const UP: u64 = 2 * 1024 * 1024;
+    const DOWN: u64 = 512 * 1024;
+    let listener = Listener::bind("127.0.0.1:0", fast_config()).unwrap();
+    // Every connection stalls (no FIN, no RST) after 128..256 KiB.
+    let plan = FaultPlan {
+        cut_after_bytes: Some((128 * 1024, 256 * 1024)),
+        stall_probability: 1.0,
+        ..FaultPlan::default()
+    };
+    let relay = Relay::start(listener.local_addr(), plan, 5).unwrap();
+    let server = thread::spawn(move || {
+        let session = listener.accept().unwrap();
+        serve(session, UP, DOWN);
+    });
+    let client = ClientBuilder::new(fast_config())
+        .backoff(fast_backoff(Some(40)))
+        .connect(relay.local_addr())
+        .expect("connect");
+    run_client(&client, UP, DOWN);
+    server.join().unwrap();
+    let rs = relay.stats();
+    let cs = client.stats();
+    eprintln!("relay {rs:?}\nclient {cs:?}");
+    assert_eq!(rs.cuts, 0);
+    assert!(rs.stalls >= 5, "{rs:?}");
+    // Every stall was noticed (idle timeout) and replaced by a new transport.
+    assert!(cs.transports >= rs.stalls, "{cs:?}");
+    assert!(cs.resumes >= 5, "{cs:?}");
+}
+
+#[test]
+fn first_handshake_is_retried_until_the_path_works() {
+    let listener = Listener::bind("127.0.0.1:0", fast_config()).unwrap();
+    // Cut during the handshake (ClientHello 35 B, ServerHello 82 B).
+    let plan = FaultPlan {
+        cut_after_bytes: Some((10, 60)),
+        ..FaultPlan::default()
+    };
+    let relay = Arc::new(Relay::start(listener.local_addr(), plan, 9).unwrap());
+    let r2 = relay.clone();
+    let healer = thread::spawn(move || {
+        while r2.stats().cuts < 3 {
+            thread::sleep(std::time::Duration::from_millis(2));
+        }
+        r2.set_plan(FaultPlan::default());
+    });
+    let server = thread::spawn(move || {
+        let mut s = listener.accept().unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        s.close().unwrap();
+        got
+    });
+    let mut client = ClientBuilder::new(fast_config())
+        .backoff(fast_backoff(None))
+        .connect(relay.local_addr())
+        .expect("connect");
+    healer.join().unwrap();
+    client.write_all(b"after a few failed handshakes").unwrap();
+    client.close().unwrap();
+    assert_eq!(server.join().unwrap(), b"after a few failed handshakes");
+    assert!(relay.stats().cuts >= 3);
+    assert!(client.stats().transports >= 4, "{:?}", client.stats());
+}
+
+#[test]
+fn gives_up_after_the_backoff_limit() {
+    let addr = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    }; // nothing listens there any more
+    let err = ClientBuilder::new(fast_config())
+        .backoff(fast_backoff(Some(3)))
+        .connect(addr)
+        .expect_err("nothing listens");
+    let inner = err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<SessionError>())
+        .expect("SessionError inside");
+    assert!(
+        matches!(inner, SessionError::GaveUp { attempts: 3, .. }),
+        "{inner:?}"
+    );
+    assert!(err.to_string().contains("gave up"), "{err}");
+}
+
+#[test]
+fn pinned_server_key_accepts_the_right_server_only() {
+    let mut rng = relink::os_rng();
+    let key = StaticKeypair::generate(&mut rng);
+    let other = StaticKeypair::generate(&mut rng);
+    let listener = Listener::bind(
+        "127.0.0.1:0",
+        Config {
+            server_static: Some(key.clone()),
+            ..fast_config()
+        },
+    )
+    .unwrap();
+    let addr = listener.local_addr();
+    let server = thread::spawn(move || {
+        let mut s = listener.accept().unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        s.close().unwrap();
+        got
+    });
+    let wrong = ClientBuilder::new(Config {
+        pinned_server_key: Some(other.public_key()),
+        ..fast_config()
+    })
+    .backoff(fast_backoff(Some(2)))
+    .connect(addr);
+    assert!(
+        wrong.is_err(),
+        "a client pinning another key must not connect"
+    );
+    let mut right = ClientBuilder::new(Config {
+        pinned_server_key: Some(key.public_key()),
+        ..fast_config()
+    })
+    .connect(addr)
+    .expect("pinned connect");
+    right.write_all(b"pinned").unwrap();
+    right.close().unwrap();
+    assert_eq!(server.join().unwrap(), b"pinned");
+}
+
+/// Regression: when a resume replaces a session's transport, the old
+/// transport ends; the flush the driver does on `CloseTransport`
+/// (`poll_transmit`) must return nothing, not panic (it once sliced
+/// `control[82..0]`, seen in the writer threads during cut tests).
+#[test]
+fn flushing_a_transport_replaced_by_resume_sends_nothing() {
+    use chacha20::ChaCha20Rng;
+    use rand_core::SeedableRng;
+    use relink::{Client, Instant, Server};
+    let mut c = Client::new(Config::default(), ChaCha20Rng::seed_from_u64(1));
+    let mut s = Server::new(Config::default(), ChaCha20Rng::seed_from_u64(2));
+    let now = Instant::from_micros(1_000_000);
+    let mut buf = vec![0u8; 4096];
+    let t1 = s.accept(now).unwrap();
+    c.new_transport(now).unwrap();
+    for _ in 0..3 {
+        let n = c.poll_transmit(now, &mut buf).unwrap();
+        s.handle_input(t1, now, &buf[..n]).unwrap();
+        let n = s.poll_transmit(t1, now, &mut buf).unwrap();
+        c.handle_input(now, &buf[..n]).unwrap();
+    }
+    assert!(c.is_connected() && s.session_of(t1).is_some());
+    // The client's path died silently; it resumes on t2 while the server
+    // still has t1 attached.
+    c.transport_lost(now);
+    let t2 = s.accept(now).unwrap();
+    c.new_transport(now).unwrap();
+    let n = c.poll_transmit(now, &mut buf).unwrap();
+    s.handle_input(t2, now, &buf[..n]).unwrap();
+    assert!(s.transport_ended(t1), "t1 replaced");
+    // CloseTransport { t1 }: flush, then close. Must not panic.
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        s.poll_transmit(t1, now, &mut buf)
+    }));
+    assert!(
+        matches!(r, Ok(Ok(0))),
+        "poll_transmit on the replaced transport panicked or failed"
+    );
+}

@@ -1,0 +1,822 @@
+//! Hostile input (issue #2, acceptance 4).
+//!
+//! - Unknown versions, on both sides, for new-session and resume messages:
+//!   a typed error, and the server answers with the documented rejection
+//!   `[VERSION, 1]` (1 = UnsupportedVersion in both status sets).
+//! - Transports that end in the middle of a message leave both endpoints
+//!   consistent: nothing half-established, the session (if any) resumes.
+//! - Frame headers with out-of-range lengths, unknown types or reserved
+//!   flags give `BadLength` / `UnknownFrameType` / `BadFlags` before any
+//!   buffer is allocated for them.
+//! - Property tests feed arbitrary bytes, in arbitrary chunks, to a fresh
+//!   server transport, a client awaiting a ServerHello, a client awaiting a
+//!   ResumeResponse, an established client and an established server: no
+//!   panic, every error is one of the typed outcomes of hostile input, and
+//!   `recv` only ever returns bytes the genuine peer sent.
+
+mod common;
+mod support_c;
+
+use common::{pattern, pump_client_to_server, pump_server_to_client, rng, Flow, Pair};
+use proptest::prelude::*;
+use relink::wire::{
+    CLIENT_CONFIRM_LEN, CLIENT_HELLO_LEN, FRAME_OVERHEAD, MAX_FRAME_PAYLOAD, RESUME_REQUEST_LEN,
+    RESUME_RESPONSE_LEN, SERVER_HELLO_LEN, TAG_NEW, TAG_RESUME, VERSION,
+};
+use relink::{
+    Client, CloseReason, Config, Error, Event, HandshakeStatus, Instant, ProtocolError,
+    ResumeStatus, Server, ServerEvent,
+};
+use support_c::*;
+
+const T0: Instant = Instant::from_micros(1_000_000);
+/// Bytes each way in the scenarios with a live session.
+const TOTAL: u64 = 5_000;
+
+/// The documented answer to an unknown version, for both first messages.
+const VERSION_REJECTION: [u8; 2] = [0x01, 0x01];
+
+#[test]
+fn documented_version_rejection_bytes() {
+    assert_eq!(VERSION, 1);
+    assert_eq!(HandshakeStatus::UnsupportedVersion.to_byte(), 1);
+    assert_eq!(ResumeStatus::UnsupportedVersion.to_byte(), 1);
+}
+
+// ---------------------------------------------------------------------------
+// Versions and tags
+
+#[test]
+fn server_answers_every_unknown_version_with_the_rejection() {
+    let mut server = Server::new(Config::default(), rng(1));
+    for tag in [TAG_NEW, TAG_RESUME] {
+        for v in (0..=255u8).filter(|&v| v != VERSION) {
+            let what = format!("tag {tag:#04x} version {v}");
+            let t = server.accept(T0).unwrap();
+            let e = Error::Protocol(ProtocolError::UnsupportedVersion(v));
+            // The tag alone is not enough to decide.
+            assert_eq!(server.handle_input(t, T0, &[tag]), Ok(1), "{what}");
+            assert!(server_tx(&mut server, t, T0).is_empty(), "{what}");
+            // The version decides; whatever follows is not read.
+            assert_eq!(
+                server.handle_input(t, T0, &[v, 0xAA, 0xBB]),
+                Err(e),
+                "{what}"
+            );
+            assert_eq!(server_tx(&mut server, t, T0), VERSION_REJECTION, "{what}");
+            assert_eq!(
+                server_events(&mut server),
+                vec![ServerEvent::CloseTransport {
+                    transport: t,
+                    error: Some(e)
+                }],
+                "{what}"
+            );
+            assert!(server.transport_ended(t), "{what}");
+            assert_eq!(server.handle_input(t, T0, b"x"), Err(Error::TransportEnded));
+            assert!(
+                server_tx(&mut server, t, T0).is_empty(),
+                "{what}: sent twice"
+            );
+            server.transport_lost(t, T0);
+        }
+    }
+    assert_eq!(server.pending_transports(), 0);
+    assert_eq!(server.session_count(), 0);
+}
+
+#[test]
+fn server_drops_unknown_tags_without_answer() {
+    let mut server = Server::new(Config::default(), rng(2));
+    for tag in (0..=255u8).filter(|&t| t != TAG_NEW && t != TAG_RESUME) {
+        let t = server.accept(T0).unwrap();
+        let e = Error::Protocol(ProtocolError::UnknownTag(tag));
+        assert_eq!(server.handle_input(t, T0, &[tag, VERSION, 0, 0]), Err(e));
+        assert!(server_tx(&mut server, t, T0).is_empty(), "tag {tag}");
+        assert_eq!(
+            server_events(&mut server),
+            vec![ServerEvent::CloseTransport {
+                transport: t,
+                error: Some(e)
+            }]
+        );
+        server.transport_lost(t, T0);
+    }
+    assert_eq!(server.pending_transports(), 0);
+}
+
+#[test]
+fn client_rejects_every_unknown_version_in_a_server_hello() {
+    for v in (0..=255u8).filter(|&v| v != VERSION) {
+        let mut client = Client::new(Config::default(), rng(v as u64));
+        client.new_transport(T0).unwrap();
+        assert_eq!(client_tx(&mut client, T0).len(), CLIENT_HELLO_LEN);
+        let e = Error::Protocol(ProtocolError::UnsupportedVersion(v));
+        // The version byte alone does not decide (the length depends on
+        // version and status); the second byte does.
+        assert_eq!(client.handle_input(T0, &[v]), Ok(1));
+        assert_eq!(
+            client.handle_input(T0, &[0, 1, 2, 3]),
+            Err(e),
+            "version {v}"
+        );
+        assert_eq!(
+            client_events(&mut client),
+            vec![Event::TransportLost { error: Some(e) }]
+        );
+        assert!(client.transport_ended() && !client.is_closed());
+        assert_eq!(client.handle_input(T0, &[0]), Err(Error::TransportEnded));
+        assert_eq!(client.conn_id(), None);
+        assert!(client_tx(&mut client, T0).is_empty());
+    }
+    // The server's genuine rejection is understood as such.
+    let mut client = Client::new(Config::default(), rng(300));
+    client.new_transport(T0).unwrap();
+    client_tx(&mut client, T0);
+    let e = Error::HandshakeRejected(HandshakeStatus::UnsupportedVersion);
+    assert_eq!(client.handle_input(T0, &VERSION_REJECTION), Err(e));
+    assert_eq!(client.close_reason(), Some(CloseReason::Error(e)));
+}
+
+/// A live session with data in flight both ways and its transport broken.
+fn broken_live_session(seed: u64, config: Config) -> (Pair, Flow, Flow) {
+    let mut p = Pair::new(seed, config.clone(), config);
+    p.max_chunk = 800;
+    p.handshake();
+    let (mut up, mut down) = (Flow::default(), Flow::default());
+    let mut buf = vec![0u8; 8192];
+    for _ in 0..5 {
+        pump_client_to_server(&mut p, &mut up, TOTAL, 1200, &mut buf);
+        pump_server_to_client(&mut p, &mut down, TOTAL, 1200, &mut buf);
+        p.step();
+    }
+    p.break_transport();
+    (p, up, down)
+}
+
+#[test]
+fn client_rejects_every_unknown_version_in_a_resume_response() {
+    let config = Config {
+        max_resume_attempts: 1000,
+        ..Config::default()
+    };
+    let (mut p, mut up, mut down) = broken_live_session(3, config);
+    for v in (0..=255u8).filter(|&v| v != VERSION) {
+        let t = p.server.accept(p.now).unwrap();
+        p.client.new_transport(p.now).unwrap();
+        assert_eq!(client_tx(&mut p.client, p.now).len(), RESUME_REQUEST_LEN);
+        let e = Error::Protocol(ProtocolError::UnsupportedVersion(v));
+        assert_eq!(p.client.handle_input(p.now, &[v, 0]), Err(e), "version {v}");
+        assert_eq!(
+            client_events(&mut p.client),
+            vec![Event::TransportLost { error: Some(e) }]
+        );
+        assert!(!p.client.is_closed() && !p.client.is_connected());
+        p.server.transport_lost(t, p.now);
+        p.client.transport_lost(p.now);
+    }
+    p.open_transport();
+    finish_flows(&mut p, &mut up, &mut down, TOTAL, "after 255 bad versions");
+}
+
+// ---------------------------------------------------------------------------
+// Transports ending mid-message
+
+#[test]
+fn client_hello_cut_short_leaves_no_trace() {
+    let mut server = Server::new(Config::default(), rng(4));
+    for cut in 0..CLIENT_HELLO_LEN {
+        let mut client = Client::new(Config::default(), rng(100 + cut as u64));
+        let t = server.accept(T0).unwrap();
+        client.new_transport(T0).unwrap();
+        let hello = client_tx(&mut client, T0);
+        for b in &hello[..cut] {
+            assert_eq!(server.handle_input(t, T0, std::slice::from_ref(b)), Ok(1));
+        }
+        assert!(server_tx(&mut server, t, T0).is_empty(), "cut {cut}");
+        assert!(server_events(&mut server).is_empty(), "cut {cut}");
+        assert_eq!(server.pending_transports(), 1);
+        server.transport_lost(t, T0);
+        assert_eq!(server.pending_transports(), 0);
+        assert!(server_events(&mut server).is_empty());
+        // The client starts over on a new transport.
+        client.transport_lost(T0);
+        handshake_by_hand(&mut client, &mut server, T0);
+        server_events(&mut server);
+    }
+    assert_eq!(server.session_count(), CLIENT_HELLO_LEN);
+}
+
+#[test]
+fn server_hello_cut_short_leaves_no_trace() {
+    let mut server = Server::new(Config::default(), rng(5));
+    for cut in 0..SERVER_HELLO_LEN {
+        let mut client = Client::new(Config::default(), rng(200 + cut as u64));
+        let t = server.accept(T0).unwrap();
+        client.new_transport(T0).unwrap();
+        let hello = client_tx(&mut client, T0);
+        server.handle_input(t, T0, &hello).unwrap();
+        let sh = server_tx(&mut server, t, T0);
+        assert_eq!(client.handle_input(T0, &sh[..cut]), Ok(cut));
+        assert!(client_events(&mut client).is_empty(), "cut {cut}");
+        assert!(!client.is_connected() && client.conn_id().is_none());
+        assert!(client_tx(&mut client, T0).is_empty());
+        client.transport_lost(T0);
+        server.transport_lost(t, T0);
+        assert_eq!(server.pending_transports(), 0);
+        assert_eq!(server.session_count(), cut);
+        // A brand-new handshake (new keys) completes.
+        handshake_by_hand(&mut client, &mut server, T0);
+    }
+}
+
+#[test]
+fn client_confirm_cut_short_creates_no_session() {
+    let mut server = Server::new(Config::default(), rng(6));
+    for cut in 0..CLIENT_CONFIRM_LEN {
+        let mut client = Client::new(Config::default(), rng(300 + cut as u64));
+        let t = server.accept(T0).unwrap();
+        client.new_transport(T0).unwrap();
+        let hello = client_tx(&mut client, T0);
+        server.handle_input(t, T0, &hello).unwrap();
+        let sh = server_tx(&mut server, t, T0);
+        client.handle_input(T0, &sh).unwrap();
+        let out = client_tx(&mut client, T0);
+        assert_eq!(server.handle_input(t, T0, &out[..cut]), Ok(cut));
+        assert!(server_events(&mut server).is_empty());
+        server.transport_lost(t, T0);
+        // Sessions of earlier rounds (completed below) stay registered.
+        assert_eq!(server.session_count(), cut, "cut {cut}");
+        assert_eq!(server.pending_transports(), 0);
+        // The client finished its side; the next transport tells it the
+        // session never came to be. It never saw a frame of the server, so
+        // it starts over with a fresh handshake instead of giving up.
+        client.transport_lost(T0);
+        let t = server.accept(T0).unwrap();
+        client.new_transport(T0).unwrap();
+        let req = client_tx(&mut client, T0);
+        let unknown = Error::ResumeRejected(ResumeStatus::UnknownSession);
+        assert_eq!(server.handle_input(t, T0, &req), Err(unknown));
+        let reply = server_tx(&mut server, t, T0);
+        assert_eq!(client.handle_input(T0, &reply), Err(unknown));
+        assert_eq!(client.close_reason(), None, "cut {cut}");
+        assert_eq!(client.conn_id(), None, "cut {cut}");
+        server.transport_lost(t, T0);
+        client.transport_lost(T0);
+        let (t, _) = handshake_by_hand(&mut client, &mut server, T0);
+        server.transport_lost(t, T0);
+        server_events(&mut server);
+    }
+}
+
+#[test]
+fn resume_request_cut_short_keeps_the_session() {
+    let (mut p, mut up, mut down) = broken_live_session(7, Config::default());
+    let sid = p.session.unwrap();
+    for cut in 0..RESUME_REQUEST_LEN {
+        let t = p.server.accept(p.now).unwrap();
+        p.client.new_transport(p.now).unwrap();
+        let req = client_tx(&mut p.client, p.now);
+        for chunk in req[..cut].chunks(7) {
+            assert_eq!(p.server.handle_input(t, p.now, chunk), Ok(chunk.len()));
+        }
+        assert!(server_tx(&mut p.server, t, p.now).is_empty(), "cut {cut}");
+        assert!(server_events(&mut p.server).is_empty(), "cut {cut}");
+        assert_eq!(p.server.session_of(t), None);
+        p.server.transport_lost(t, p.now);
+        p.client.transport_lost(p.now);
+        assert!(p.server.has_session(sid));
+        // A genuine resume works, then the transport breaks again.
+        reconnect(&mut p);
+        let mut buf = vec![0u8; 4096];
+        pump_client_to_server(&mut p, &mut up, TOTAL, 300, &mut buf);
+        pump_server_to_client(&mut p, &mut down, TOTAL, 300, &mut buf);
+        p.step();
+        p.break_transport();
+    }
+    p.open_transport();
+    finish_flows(&mut p, &mut up, &mut down, TOTAL, "after cut requests");
+}
+
+#[test]
+fn resume_response_cut_short_keeps_the_session() {
+    let (mut p, mut up, mut down) = broken_live_session(8, Config::default());
+    let sid = p.session.unwrap();
+    for cut in 0..RESUME_RESPONSE_LEN {
+        let t = p.server.accept(p.now).unwrap();
+        p.client.new_transport(p.now).unwrap();
+        let req = client_tx(&mut p.client, p.now);
+        assert_eq!(
+            p.server.handle_input(t, p.now, &req),
+            Ok(RESUME_REQUEST_LEN)
+        );
+        assert_eq!(p.server.session_of(t), Some(sid));
+        let out = server_tx(&mut p.server, t, p.now);
+        let readable = p.client.readable();
+        assert_eq!(p.client.handle_input(p.now, &out[..cut]), Ok(cut));
+        assert!(!p.client.is_connected(), "cut {cut}");
+        assert_eq!(p.client.readable(), readable, "cut {cut}");
+        assert!(client_events(&mut p.client).is_empty(), "cut {cut}");
+        p.server.transport_lost(t, p.now);
+        p.client.transport_lost(p.now);
+        server_events(&mut p.server);
+        reconnect(&mut p);
+        let mut buf = vec![0u8; 4096];
+        pump_client_to_server(&mut p, &mut up, TOTAL, 300, &mut buf);
+        pump_server_to_client(&mut p, &mut down, TOTAL, 300, &mut buf);
+        p.step();
+        p.break_transport();
+    }
+    p.open_transport();
+    finish_flows(&mut p, &mut up, &mut down, TOTAL, "after cut responses");
+}
+
+/// A transport that ends inside a frame: only whole verified frames were
+/// delivered; the resume resends from there and the stream is exact.
+#[test]
+fn frame_cut_short_then_resume() {
+    for client_sends in [true, false] {
+        for cut_seed in 0..20u64 {
+            let mut p = Pair::default_pair(cut_seed);
+            p.handshake();
+            p.settle(50);
+            let (now, t, sid) = (p.now, p.transport.unwrap(), p.session.unwrap());
+            let mut data = vec![0u8; 50_000];
+            pattern(9, 0, &mut data);
+            let wire = if client_sends {
+                p.client.send(&data).unwrap();
+                client_tx(&mut p.client, now)
+            } else {
+                p.server.send(sid, &data).unwrap();
+                server_tx(&mut p.server, t, now)
+            };
+            // Frames of 16 KiB + overhead: cut anywhere.
+            let cut = (cut_seed as usize * 2_477 + 13) % wire.len();
+            let whole_frames = cut / (FRAME_OVERHEAD + MAX_FRAME_PAYLOAD);
+            let mut got = Vec::new();
+            if client_sends {
+                assert_eq!(p.server.handle_input(t, now, &wire[..cut]), Ok(cut));
+                got.extend(server_recv_all(&mut p.server, sid));
+            } else {
+                assert_eq!(p.client.handle_input(now, &wire[..cut]), Ok(cut));
+                got.extend(client_recv_all(&mut p.client));
+            }
+            assert_eq!(got.len(), whole_frames * MAX_FRAME_PAYLOAD, "cut {cut}");
+            p.break_transport();
+            p.open_transport();
+            for _ in 0..2000 {
+                p.step();
+                if client_sends {
+                    got.extend(server_recv_all(&mut p.server, sid));
+                } else {
+                    got.extend(client_recv_all(&mut p.client));
+                }
+                if got.len() == data.len() {
+                    break;
+                }
+            }
+            assert!(got == data, "cut {cut}: stream differs");
+            assert!(!p.ended);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Bad frame headers
+
+/// Every malformed header with the error it must give.
+fn bad_headers() -> Vec<([u8; 4], ProtocolError)> {
+    let h = |t: u8, f: u8, len: u16| {
+        let l = len.to_le_bytes();
+        [t, f, l[0], l[1]]
+    };
+    let mut v = Vec::new();
+    for len in [0u16, 16_385, 16_386, 20_000, 32_768, 65_535] {
+        v.push((
+            h(1, 0, len),
+            ProtocolError::BadLength {
+                frame_type: 1,
+                len: len as usize,
+            },
+        ));
+    }
+    for len in [0u16, 1, 7, 9, 16, 16_384, 65_535] {
+        v.push((
+            h(2, 0, len),
+            ProtocolError::BadLength {
+                frame_type: 2,
+                len: len as usize,
+            },
+        ));
+    }
+    for t in [3u8, 4] {
+        for len in [1u16, 8, 16_384, 65_535] {
+            v.push((
+                h(t, 0, len),
+                ProtocolError::BadLength {
+                    frame_type: t,
+                    len: len as usize,
+                },
+            ));
+        }
+    }
+    for t in (0..=255u8).filter(|t| !(1..=4).contains(t)) {
+        v.push((h(t, 0, 0), ProtocolError::UnknownFrameType(t)));
+        v.push((h(t, 0, 8), ProtocolError::UnknownFrameType(t)));
+    }
+    for (t, len) in [(1u8, 10u16), (2, 8), (3, 0), (4, 0)] {
+        for f in 1..=255u8 {
+            v.push((h(t, f, len), ProtocolError::BadFlags(f)));
+        }
+    }
+    v
+}
+
+fn bad_headers_at(server_side: bool) {
+    let mut p = Pair::default_pair(if server_side { 10 } else { 11 });
+    let sid = p.handshake();
+    p.settle(50);
+    let (mut up, mut down) = (Flow::default(), Flow::default());
+    for (i, (header, pe)) in bad_headers().into_iter().enumerate() {
+        let e = Error::Protocol(pe);
+        let what = format!(
+            "header {header:?} at {}",
+            if server_side { "server" } else { "client" }
+        );
+        let (now, t) = (p.now, p.transport.unwrap());
+        // Deliver the header in one piece (followed by bytes that look like
+        // the start of a payload), or byte by byte for some.
+        let mut input = header.to_vec();
+        input.extend_from_slice(&[0x5A; 40]);
+        let one_piece = i % 16 != 0;
+        let before = if server_side {
+            p.server.buffer_memory(sid)
+        } else {
+            p.client.buffer_memory()
+        };
+        let r = if server_side {
+            feed_chunked(
+                &input,
+                || if one_piece { input.len() } else { 1 },
+                |b| p.server.handle_input(t, now, b),
+                || {},
+            )
+        } else {
+            let c = &mut p.client;
+            feed_chunked(
+                &input,
+                || if one_piece { input.len() } else { 1 },
+                |b| c.handle_input(now, b),
+                || {},
+            )
+        };
+        assert_eq!(r, Err(e), "{what}");
+        let after = if server_side {
+            p.server.buffer_memory(sid)
+        } else {
+            p.client.buffer_memory()
+        };
+        if one_piece {
+            assert_eq!(after, before, "{what}: allocated for a bad header");
+        } else {
+            // Byte by byte, at most the one partial-frame buffer.
+            assert!(
+                after <= before + FRAME_OVERHEAD + MAX_FRAME_PAYLOAD,
+                "{what}: {before} -> {after}"
+            );
+        }
+        p.drain_events();
+        if server_side {
+            assert_eq!(
+                p.server_events.last(),
+                Some(&ServerEvent::CloseTransport {
+                    transport: t,
+                    error: Some(e)
+                }),
+                "{what}"
+            );
+            assert!(p.server.has_session(sid));
+        } else {
+            assert_eq!(
+                p.client_events.last(),
+                Some(&Event::TransportLost { error: Some(e) }),
+                "{what}"
+            );
+            assert!(!p.client.is_closed());
+        }
+        assert!(client_recv_all(&mut p.client).is_empty(), "{what}");
+        assert!(server_recv_all(&mut p.server, sid).is_empty(), "{what}");
+        reconnect(&mut p);
+    }
+    finish_flows(&mut p, &mut up, &mut down, TOTAL, "after bad headers");
+}
+
+#[test]
+fn bad_frame_headers_at_the_server() {
+    bad_headers_at(true);
+}
+
+#[test]
+fn bad_frame_headers_at_the_client() {
+    bad_headers_at(false);
+}
+
+// ---------------------------------------------------------------------------
+// Arbitrary bytes
+
+/// Feed `input` in chunks cycling through `chunks`; collect every result.
+fn feed_all(
+    input: &[u8],
+    chunks: &[usize],
+    mut handle: impl FnMut(&[u8]) -> Result<usize, Error>,
+    mut after: impl FnMut(),
+) -> Vec<Result<usize, Error>> {
+    let mut results = Vec::new();
+    let mut pos = 0;
+    let mut i = 0;
+    while pos < input.len() {
+        let end = (pos + chunks[i % chunks.len()]).min(input.len());
+        i += 1;
+        let r = handle(&input[pos..end]);
+        after();
+        results.push(r);
+        match r {
+            Ok(n) => {
+                assert_eq!(n, end - pos, "all of a chunk is taken (no data)");
+                pos += n;
+            }
+            // Offer the rest once more: the transport stays ended.
+            Err(_) => {
+                results.push(handle(&input[end..]));
+                break;
+            }
+        }
+    }
+    results
+}
+
+/// Every error is typed hostile-input fallout; after the first one the
+/// transport stays ended.
+fn check_results(results: &[Result<usize, Error>]) {
+    if let Some(first) = results.iter().position(|r| r.is_err()) {
+        let e = results[first].unwrap_err();
+        assert!(is_hostile_input_error(&e), "{e:?}");
+        assert_ne!(e, Error::TransportEnded, "first error");
+        assert!(results[first + 1..]
+            .iter()
+            .all(|r| *r == Err(Error::TransportEnded)));
+    }
+}
+
+fn chunking() -> impl Strategy<Value = Vec<usize>> {
+    proptest::collection::vec(prop_oneof![1usize..8, 8usize..200], 1..8)
+}
+
+fn garbage() -> impl Strategy<Value = Vec<u8>> {
+    proptest::collection::vec(any::<u8>(), 0..400)
+}
+
+/// A live session: both streams partly delivered and read.
+fn live(seed: u64) -> (Pair, Flow, Flow) {
+    let mut p = Pair::default_pair(seed);
+    p.handshake();
+    let (mut up, mut down) = (Flow::default(), Flow::default());
+    let mut buf = vec![0u8; 8192];
+    for _ in 0..4 {
+        pump_client_to_server(&mut p, &mut up, TOTAL, 1000, &mut buf);
+        pump_server_to_client(&mut p, &mut down, TOTAL, 1000, &mut buf);
+        p.step();
+    }
+    (p, up, down)
+}
+
+/// What `recv` returns must continue the genuine pattern stream.
+fn check_delivered(salt: u8, flow: &mut Flow, got: &[u8]) {
+    assert!(
+        matches_pattern(salt, flow.received, got),
+        "delivered bytes the genuine peer did not send"
+    );
+    flow.received += got.len() as u64;
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// A new transport to a server that holds a live session.
+    #[test]
+    fn garbage_to_a_fresh_server_transport(
+        seed in 0u64..1000,
+        prefix in 0usize..7,
+        body in garbage(),
+        chunks in chunking(),
+    ) {
+        let (mut p, mut up, mut down) = live(seed);
+        let sid = p.session.unwrap();
+        let real = p.transport.unwrap();
+        let conn_id = p.client.conn_id().unwrap().to_le_bytes();
+        let mut input = match prefix {
+            0 => vec![],
+            1 => vec![TAG_NEW],
+            2 => vec![TAG_NEW, VERSION, 0],
+            3 => vec![TAG_NEW, VERSION, 1],
+            4 => vec![TAG_RESUME, VERSION],
+            _ => [&[TAG_RESUME, VERSION][..], &conn_id].concat(),
+        };
+        input.extend(&body);
+        let t = p.server.accept(p.now).unwrap();
+        let now = p.now;
+        let mut replies = Vec::new();
+        let server = &mut p.server;
+        let results = feed_all(
+            &input,
+            &chunks,
+            |b| server.handle_input(t, now, b),
+            || {},
+        );
+        check_results(&results);
+        replies.extend(server_tx(&mut p.server, t, now));
+        // Only a ServerHello or an unauthenticated rejection can come back.
+        prop_assert!(
+            [0, 2, SERVER_HELLO_LEN].contains(&replies.len()),
+            "reply {replies:?}"
+        );
+        prop_assert_eq!(p.server.session_of(t), None);
+        prop_assert_eq!(p.server.session_count(), 1);
+        prop_assert_eq!(p.server.session_of(real), Some(sid));
+        for e in server_events(&mut p.server) {
+            let bad = matches!(
+                e,
+                ServerEvent::HandshakeDone { .. } | ServerEvent::Resumed { .. }
+            );
+            prop_assert!(!bad, "{e:?}");
+        }
+        p.server.transport_lost(t, now);
+        prop_assert_eq!(p.server.pending_transports(), 0);
+        // The real session carries on untouched.
+        finish_flows(&mut p, &mut up, &mut down, TOTAL, "after garbage transport");
+    }
+
+    /// A client whose ClientHello is out, answered by arbitrary bytes.
+    #[test]
+    fn garbage_to_a_client_awaiting_server_hello(
+        seed in 0u64..1000,
+        prefix in 0usize..7,
+        body in garbage(),
+        chunks in chunking(),
+    ) {
+        let mut client = Client::new(Config::default(), rng(seed));
+        client.send(b"early").unwrap();
+        client.new_transport(T0).unwrap();
+        client_tx(&mut client, T0);
+        let mut input = match prefix {
+            0 => vec![],
+            1 => vec![VERSION],
+            2 | 3 => vec![VERSION, 0],
+            4 => vec![VERSION, 1],
+            5 => vec![VERSION, 3],
+            _ => vec![VERSION, 4],
+        };
+        input.extend(&body);
+        let results = feed_all(&input, &chunks, |b| client.handle_input(T0, b), || {});
+        check_results(&results);
+        prop_assert!(!client.is_connected());
+        prop_assert_eq!(client.conn_id(), None);
+        prop_assert!(client_recv_all(&mut client).is_empty());
+        // No ClientConfirm, no data.
+        prop_assert!(client_tx(&mut client, T0).is_empty());
+        for e in client_events(&mut client) {
+            prop_assert!(!matches!(e, Event::HandshakeDone { .. }), "{e:?}");
+        }
+    }
+
+    /// A client whose ResumeRequest is out, answered by arbitrary bytes.
+    #[test]
+    fn garbage_to_a_client_awaiting_resume_response(
+        seed in 0u64..1000,
+        prefix in 0usize..11,
+        body in garbage(),
+        chunks in chunking(),
+    ) {
+        let (mut p, mut up, mut down) = live(seed);
+        p.break_transport();
+        let mut buf = vec![0u8; 8192];
+        pump_server_to_client(&mut p, &mut down, TOTAL, 1, &mut buf);
+        let t = p.server.accept(p.now).unwrap();
+        p.client.new_transport(p.now).unwrap();
+        client_tx(&mut p.client, p.now);
+        let mut input = match prefix {
+            0 => vec![],
+            1 => vec![VERSION],
+            s => vec![VERSION, [0u8, 0, 1, 2, 3, 4, 5, 6, 7][s - 2]],
+        };
+        input.extend(&body);
+        let now = p.now;
+        let client = &mut p.client;
+        let results = feed_all(&input, &chunks, |b| client.handle_input(now, b), || {});
+        check_results(&results);
+        prop_assert!(!p.client.is_connected());
+        let got = client_recv_all(&mut p.client);
+        prop_assert!(got.is_empty(), "{} bytes delivered", got.len());
+        p.server.transport_lost(t, p.now);
+        if let Some(reason) = p.client.close_reason() {
+            // Only an unauthenticated rejection can have ended the session.
+            let ok = matches!(
+                reason,
+                CloseReason::SessionUnknown
+                    | CloseReason::Error(Error::ResumeRejected(
+                        ResumeStatus::UnsupportedVersion | ResumeStatus::Malformed
+                    ))
+            );
+            prop_assert!(ok, "{reason:?}");
+        } else {
+            p.client.transport_lost(p.now);
+            p.open_transport();
+            finish_flows(&mut p, &mut up, &mut down, TOTAL, "after garbage response");
+        }
+    }
+
+    /// An established client receives genuine frames, then arbitrary bytes.
+    #[test]
+    fn garbage_to_an_established_client(
+        seed in 0u64..1000,
+        prefix in 0usize..6,
+        body in garbage(),
+        chunks in chunking(),
+    ) {
+        let (mut p, mut up, mut down) = live(seed);
+        let (sid, t, now) = (p.session.unwrap(), p.transport.unwrap(), p.now);
+        // Genuine data not yet delivered, then the garbage.
+        let mut more = vec![0u8; 700];
+        pattern(2, down.sent, &mut more);
+        down.sent += p.server.send(sid, &more).unwrap() as u64;
+        let mut input = std::mem::take(&mut p.s2c);
+        input.extend(server_tx(&mut p.server, t, now));
+        input.extend(frame_like_prefix(prefix));
+        input.extend(&body);
+        let client = &mut p.client;
+        let mut got = Vec::new();
+        let results = feed_all(
+            &input,
+            &chunks,
+            |b| client.handle_input(now, b),
+            || {},
+        );
+        got.extend(client_recv_all(&mut p.client));
+        check_results(&results);
+        check_delivered(2, &mut down, &got);
+        reconnect_after_garbage(&mut p);
+        finish_flows(&mut p, &mut up, &mut down, TOTAL, "client after garbage");
+    }
+
+    /// An established server receives genuine frames, then arbitrary bytes.
+    #[test]
+    fn garbage_to_an_established_server(
+        seed in 0u64..1000,
+        prefix in 0usize..6,
+        body in garbage(),
+        chunks in chunking(),
+    ) {
+        let (mut p, mut up, mut down) = live(seed);
+        let (sid, t, now) = (p.session.unwrap(), p.transport.unwrap(), p.now);
+        let mut more = vec![0u8; 700];
+        pattern(1, up.sent, &mut more);
+        up.sent += p.client.send(&more).unwrap() as u64;
+        let mut input = std::mem::take(&mut p.c2s);
+        input.extend(client_tx(&mut p.client, now));
+        input.extend(frame_like_prefix(prefix));
+        input.extend(&body);
+        let server = &mut p.server;
+        let results = feed_all(
+            &input,
+            &chunks,
+            |b| server.handle_input(t, now, b),
+            || {},
+        );
+        let got = server_recv_all(&mut p.server, sid);
+        check_results(&results);
+        check_delivered(1, &mut up, &got);
+        prop_assert!(p.server.has_session(sid));
+        reconnect_after_garbage(&mut p);
+        finish_flows(&mut p, &mut up, &mut down, TOTAL, "server after garbage");
+    }
+}
+
+/// Headers of well-formed frames, so that garbage also reaches the MAC.
+fn frame_like_prefix(which: usize) -> Vec<u8> {
+    match which {
+        0 => vec![],
+        1 => vec![1, 0, 10, 0],
+        2 => vec![1, 0, 0, 64],
+        3 => vec![2, 0, 8, 0],
+        4 => vec![3, 0, 0, 0],
+        _ => vec![4, 0, 0, 0],
+    }
+}
+
+/// After garbage the transport may be dead or merely waiting for the rest
+/// of a frame; either way the driver replaces it.
+fn reconnect_after_garbage(p: &mut Pair) {
+    p.c2s.clear();
+    p.s2c.clear();
+    reconnect(p);
+}

@@ -1,0 +1,350 @@
+//! Man in the middle and pinned server keys (issue #2, acceptance 3).
+//!
+//! A relaying man in the middle runs its own `Server` toward the victim
+//! client and its own `Client` toward the real server, and copies the
+//! plaintext between the two sessions. Against a client that pins the real
+//! server's static key it cannot complete the handshake: the client reports
+//! `AuthFailed` and nothing reaches either application. Without pinning the
+//! same relay succeeds and reads everything: the documented limitation of the
+//! anonymous mode. Cruder attacks that substitute ephemeral keys in transit
+//! fail too, and a client pinning a server that has no static key is
+//! refused with `HandshakeRejected(NoStaticKey)`.
+
+mod common;
+mod support_c;
+
+use common::rng;
+use relink::wire::{CLIENT_HELLO_LEN, SERVER_HELLO_LEN, VERSION};
+use relink::{
+    Client, CloseReason, Config, Duration, Error, Event, HandshakeStatus, Instant, Server,
+    ServerEvent, SessionId, StaticKeypair, TransportId,
+};
+use support_c::*;
+
+const T0: Instant = Instant::from_micros(5_000_000);
+const SECRET: &[u8] = b"the victim's secret: 4716-1234-5678-9012";
+const REPLY: &[u8] = b"the real server's answer";
+
+/// The real server's long-term key.
+fn real_key() -> StaticKeypair {
+    StaticKeypair::from_secret_bytes([0x11; 32])
+}
+
+/// The man in the middle's own long-term key.
+fn mitm_key() -> StaticKeypair {
+    StaticKeypair::from_secret_bytes([0x66; 32])
+}
+
+fn server_config(key: Option<StaticKeypair>) -> Config {
+    Config {
+        server_static: key,
+        ..Config::default()
+    }
+}
+
+fn client_config(pinned: Option<[u8; 32]>) -> Config {
+    Config {
+        pinned_server_key: pinned,
+        ..Config::default()
+    }
+}
+
+/// victim ⇄ (mitm_server | mitm_client) ⇄ real server.
+struct Relay {
+    victim: TestClient,
+    mitm_server: TestServer,
+    mitm_client: TestClient,
+    real: TestServer,
+    /// Victim ⇄ MITM.
+    a: TransportId,
+    /// MITM ⇄ real server.
+    b: TransportId,
+    now: Instant,
+    /// What the victim's `handle_input` returned when it failed.
+    victim_error: Option<Error>,
+    victim_events: Vec<Event>,
+    /// The MITM's session with the victim.
+    mitm_session: Option<SessionId>,
+    /// The real server's session (with the MITM's client).
+    real_session: Option<SessionId>,
+    /// Plaintext the MITM read from the victim.
+    mitm_read: Vec<u8>,
+    /// Plaintext the real server's application received.
+    real_read: Vec<u8>,
+    /// Plaintext the victim received.
+    victim_read: Vec<u8>,
+}
+
+impl Relay {
+    fn new(victim_pins: Option<[u8; 32]>, mitm_key: Option<StaticKeypair>) -> Relay {
+        let mut victim = Client::new(client_config(victim_pins), rng(1));
+        let mut mitm_server = Server::new(server_config(mitm_key), rng(2));
+        // The MITM knows the real server's public key and may pin it.
+        let mut mitm_client = Client::new(client_config(Some(real_key().public_key())), rng(3));
+        let mut real = Server::new(server_config(Some(real_key())), rng(4));
+        let a = mitm_server.accept(T0).unwrap();
+        let b = real.accept(T0).unwrap();
+        victim.new_transport(T0).unwrap();
+        mitm_client.new_transport(T0).unwrap();
+        assert_eq!(victim.send(SECRET), Ok(SECRET.len()));
+        Relay {
+            victim,
+            mitm_server,
+            mitm_client,
+            real,
+            a,
+            b,
+            now: T0,
+            victim_error: None,
+            victim_events: Vec::new(),
+            mitm_session: None,
+            real_session: None,
+            mitm_read: Vec::new(),
+            real_read: Vec::new(),
+            victim_read: Vec::new(),
+        }
+    }
+
+    fn step(&mut self) {
+        self.now = self.now.saturating_add(Duration::from_micros(100));
+        let now = self.now;
+        // Victim ⇄ MITM.
+        let up = client_tx(&mut self.victim, now);
+        if !up.is_empty() {
+            let _ = self.mitm_server.handle_input(self.a, now, &up);
+        }
+        let down = server_tx(&mut self.mitm_server, self.a, now);
+        if !down.is_empty() && self.victim_error.is_none() {
+            if let Err(e) = self.victim.handle_input(now, &down) {
+                self.victim_error = Some(e);
+            }
+        }
+        // MITM ⇄ real server.
+        let up = client_tx(&mut self.mitm_client, now);
+        if !up.is_empty() {
+            self.real
+                .handle_input(self.b, now, &up)
+                .expect("real server");
+        }
+        let down = server_tx(&mut self.real, self.b, now);
+        if !down.is_empty() {
+            self.mitm_client
+                .handle_input(now, &down)
+                .expect("mitm client");
+        }
+        // Events.
+        self.victim_events.extend(client_events(&mut self.victim));
+        client_events(&mut self.mitm_client);
+        for e in server_events(&mut self.mitm_server) {
+            if let ServerEvent::HandshakeDone { session, .. } = e {
+                self.mitm_session = Some(session);
+            }
+        }
+        for e in server_events(&mut self.real) {
+            if let ServerEvent::HandshakeDone { session, .. } = e {
+                self.real_session = Some(session);
+                assert_eq!(self.real.send(session, REPLY), Ok(REPLY.len()));
+            }
+        }
+        // The MITM copies plaintext both ways and keeps a copy.
+        if let Some(ms) = self.mitm_session {
+            let up = server_recv_all(&mut self.mitm_server, ms);
+            self.mitm_read.extend_from_slice(&up);
+            if !up.is_empty() {
+                assert_eq!(self.mitm_client.send(&up), Ok(up.len()));
+            }
+            let down = client_recv_all(&mut self.mitm_client);
+            if !down.is_empty() {
+                assert_eq!(self.mitm_server.send(ms, &down), Ok(down.len()));
+            }
+        }
+        if let Some(rs) = self.real_session {
+            self.real_read.extend(server_recv_all(&mut self.real, rs));
+        }
+        self.victim_read.extend(client_recv_all(&mut self.victim));
+    }
+
+    fn run(&mut self, rounds: usize) {
+        for _ in 0..rounds {
+            self.step();
+        }
+    }
+}
+
+/// Without pinning, a relaying man in the middle completes both handshakes
+/// and reads the victim's plaintext: anonymous mode protects only against
+/// passive eavesdroppers. The two sessions have different connection ids.
+#[test]
+fn unpinned_client_is_open_to_a_relaying_mitm() {
+    let mut r = Relay::new(None, None);
+    r.run(50);
+    assert_eq!(r.victim_error, None);
+    assert!(r.victim.is_connected());
+    let victim_id = r.victim.conn_id().expect("victim completed its handshake");
+    assert!(r
+        .victim_events
+        .contains(&Event::HandshakeDone { conn_id: victim_id }));
+    assert_eq!(r.mitm_read, SECRET, "the MITM reads the plaintext");
+    assert_eq!(r.real_read, SECRET, "and relays it unnoticed");
+    assert_eq!(r.victim_read, REPLY, "the answer comes back through it");
+    let real_id = r.real.conn_id(r.real_session.unwrap()).unwrap();
+    let mitm_id = r.mitm_server.conn_id(r.mitm_session.unwrap()).unwrap();
+    assert_eq!(victim_id, mitm_id, "the victim's session is with the MITM");
+    assert_ne!(victim_id, real_id);
+}
+
+/// The same relay against a client that pins the real server's key: the
+/// MITM answers with its own static key, the client's check of the
+/// ServerHello fails, and nothing reaches anyone.
+#[test]
+fn pinned_client_detects_a_relaying_mitm() {
+    let mut r = Relay::new(Some(real_key().public_key()), Some(mitm_key()));
+    r.run(50);
+    assert_eq!(r.victim_error, Some(Error::AuthFailed));
+    assert_eq!(
+        r.victim_events,
+        vec![
+            Event::AuthFailed {
+                reason: Error::AuthFailed
+            },
+            Event::TransportLost {
+                error: Some(Error::AuthFailed)
+            },
+        ]
+    );
+    assert!(r.victim.transport_ended());
+    assert_eq!(r.victim.conn_id(), None);
+    assert!(!r.victim.is_closed(), "the client may retry another path");
+    assert_eq!(r.mitm_session, None, "no ClientConfirm reached the MITM");
+    assert_eq!(r.mitm_server.session_count(), 0);
+    assert!(r.mitm_read.is_empty());
+    assert!(r.real_read.is_empty());
+    assert!(r.victim_read.is_empty());
+    let mut buf = [0u8; 64];
+    assert_eq!(r.victim.recv(&mut buf), Err(Error::WouldBlock));
+    // A retry through the same MITM fails the same way.
+    r.victim.transport_lost(r.now);
+    r.mitm_server.transport_lost(r.a, r.now);
+    r.a = r.mitm_server.accept(r.now).unwrap();
+    r.victim.new_transport(r.now).unwrap();
+    r.victim_error = None;
+    r.run(20);
+    assert_eq!(r.victim_error, Some(Error::AuthFailed));
+    assert_eq!(r.mitm_server.session_count(), 0);
+    assert!(r.mitm_read.is_empty() && r.victim_read.is_empty());
+}
+
+/// A MITM without any static key cannot even answer a pinned hello.
+#[test]
+fn pinned_client_and_keyless_mitm() {
+    let mut r = Relay::new(Some(real_key().public_key()), None);
+    r.run(20);
+    let rejected = Error::HandshakeRejected(HandshakeStatus::NoStaticKey);
+    assert_eq!(r.victim_error, Some(rejected));
+    assert_eq!(r.victim.close_reason(), Some(CloseReason::Error(rejected)));
+    assert_eq!(r.mitm_server.session_count(), 0);
+    assert!(r.mitm_read.is_empty() && r.victim_read.is_empty());
+}
+
+/// Cruder attacks: substituting an ephemeral key in transit (in the
+/// ClientHello toward the real server, or in the ServerHello toward the
+/// client) breaks the transcript; the pinned client fails with AuthFailed
+/// and sends nothing more.
+#[test]
+fn substituted_ephemeral_keys_fail() {
+    let attacker = StaticKeypair::from_secret_bytes([0x77; 32]).public_key();
+    for pinned in [true, false] {
+        for substitute_in_client_hello in [true, false] {
+            let what = format!("pinned {pinned} in client hello {substitute_in_client_hello}");
+            let pin = pinned.then(|| real_key().public_key());
+            let mut victim = Client::new(client_config(pin), rng(10));
+            let mut real = Server::new(server_config(Some(real_key())), rng(11));
+            victim.send(SECRET).unwrap();
+            let t = real.accept(T0).unwrap();
+            victim.new_transport(T0).unwrap();
+            let mut hello = client_tx(&mut victim, T0);
+            assert_eq!(hello.len(), CLIENT_HELLO_LEN);
+            if substitute_in_client_hello {
+                hello[3..35].copy_from_slice(&attacker);
+            }
+            assert_eq!(real.handle_input(t, T0, &hello), Ok(CLIENT_HELLO_LEN));
+            let mut sh = server_tx(&mut real, t, T0);
+            assert_eq!(sh.len(), SERVER_HELLO_LEN);
+            if !substitute_in_client_hello {
+                sh[2..34].copy_from_slice(&attacker);
+            }
+            assert_eq!(
+                victim.handle_input(T0, &sh),
+                Err(Error::AuthFailed),
+                "{what}"
+            );
+            assert_eq!(victim.conn_id(), None, "{what}");
+            assert!(client_tx(&mut victim, T0).is_empty(), "{what}");
+            assert_eq!(real.session_count(), 0, "{what}");
+        }
+    }
+}
+
+/// A client pinning a key while the server has none is refused with the
+/// documented rejection [VERSION, NoStaticKey] and gives up for good.
+#[test]
+fn pinning_a_server_without_static_key_is_rejected() {
+    let mut victim = Client::new(client_config(Some(real_key().public_key())), rng(20));
+    let mut server = Server::new(server_config(None), rng(21));
+    victim.send(SECRET).unwrap();
+    let t = server.accept(T0).unwrap();
+    victim.new_transport(T0).unwrap();
+    let hello = client_tx(&mut victim, T0);
+    assert_eq!(hello[2], relink::wire::FLAG_PINNED);
+    let rejected = Error::HandshakeRejected(HandshakeStatus::NoStaticKey);
+    assert_eq!(server.handle_input(t, T0, &hello), Err(rejected));
+    assert_eq!(
+        server_events(&mut server),
+        vec![ServerEvent::CloseTransport {
+            transport: t,
+            error: Some(rejected)
+        }]
+    );
+    let reply = server_tx(&mut server, t, T0);
+    assert_eq!(reply, [VERSION, HandshakeStatus::NoStaticKey.to_byte()]);
+    assert_eq!(victim.handle_input(T0, &reply), Err(rejected));
+    assert_eq!(victim.close_reason(), Some(CloseReason::Error(rejected)));
+    assert_eq!(
+        client_events(&mut victim),
+        vec![Event::Closed {
+            reason: CloseReason::Error(rejected)
+        }]
+    );
+    assert_eq!(victim.new_transport(T0), Err(Error::Closed));
+    assert_eq!(server.session_count(), 0);
+    assert!(client_recv_all(&mut victim).is_empty());
+}
+
+/// Control: pinning the right key works, pinning a stale key does not.
+#[test]
+fn pinned_client_connects_only_to_the_key_it_pins() {
+    for (pin, ok) in [
+        (real_key().public_key(), true),
+        (mitm_key().public_key(), false),
+    ] {
+        let mut victim = Client::new(client_config(Some(pin)), rng(30));
+        let mut real = Server::new(server_config(Some(real_key())), rng(31));
+        victim.send(SECRET).unwrap();
+        let t = real.accept(T0).unwrap();
+        victim.new_transport(T0).unwrap();
+        let hello = client_tx(&mut victim, T0);
+        real.handle_input(t, T0, &hello).unwrap();
+        let sh = server_tx(&mut real, t, T0);
+        let r = victim.handle_input(T0, &sh);
+        if !ok {
+            assert_eq!(r, Err(Error::AuthFailed));
+            continue;
+        }
+        assert_eq!(r, Ok(SERVER_HELLO_LEN));
+        let out = client_tx(&mut victim, T0);
+        assert_eq!(real.handle_input(t, T0, &out), Ok(out.len()));
+        let sid = real.session_of(t).expect("attached");
+        assert_eq!(real.conn_id(sid), victim.conn_id());
+        assert_eq!(server_recv_all(&mut real, sid), SECRET);
+    }
+}

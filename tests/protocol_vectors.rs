@@ -1,0 +1,1473 @@
+//! Checks the test vectors published in `docs/PROTOCOL.md`.
+//!
+//! The document holds fenced blocks tagged `vectors`, one `name = value` per
+//! line (value: lowercase hex bytes, `u64:<decimal>` or `"text"`). This test
+//! reads the document at run time and checks two things:
+//!
+//! 1. the public API, driven by scripted RNGs that return exactly the
+//!    published random inputs and by the published clock values, produces
+//!    every published message and frame byte for byte ([`run_api`]);
+//! 2. an independent implementation of the specification in this file
+//!    ([`spec`]: X25519 via `x25519-dalek`, BLAKE3 via `blake3`, and a ChaCha20
+//!    block function written here from RFC 8439) rebuilds every intermediate
+//!    value, message and frame from the inputs alone, and opens (verifies
+//!    and decrypts) the published frames.
+//!
+//! Every published value must be checked by one of these, and every context
+//! string quoted anywhere in the document must be one the test uses.
+//!
+//! To regenerate the vectors after a deliberate protocol change, run
+//! `cargo test --test protocol_vectors -- --ignored --nocapture print_vectors`
+//! and replace each `vectors` block of the document with the printed block
+//! of the same section (the printout names the section above each block).
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet};
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::rc::Rc;
+
+use rand_core::{TryCryptoRng, TryRng};
+use relink::{Client, Config, Event, Instant, Server, ServerEvent, StaticKeypair};
+
+// ---------------------------------------------------------------------------
+// Vector file format
+// ---------------------------------------------------------------------------
+
+/// One published value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Val {
+    Bytes(Vec<u8>),
+    Int(u64),
+    Text(String),
+}
+
+impl Val {
+    fn render(&self) -> String {
+        match self {
+            Val::Bytes(b) => hex(b),
+            Val::Int(i) => format!("u64:{i}"),
+            Val::Text(t) => format!("\"{t}\""),
+        }
+    }
+}
+
+/// The published values, with a record of which ones a check looked at.
+#[derive(Clone, Debug, Default)]
+struct Vectors {
+    map: BTreeMap<String, Val>,
+    used: RefCell<BTreeSet<String>>,
+}
+
+impl Vectors {
+    fn parse(doc: &str) -> Vectors {
+        let mut v = Vectors::default();
+        let mut inside = false;
+        let mut blocks = 0;
+        for (n, line) in doc.lines().enumerate() {
+            let t = line.trim();
+            if !inside {
+                if t == "```vectors" {
+                    inside = true;
+                    blocks += 1;
+                }
+                continue;
+            }
+            if t == "```" {
+                inside = false;
+                continue;
+            }
+            if t.is_empty() || t.starts_with('#') {
+                continue;
+            }
+            let (name, value) = t
+                .split_once('=')
+                .unwrap_or_else(|| panic!("line {}: expected `name = value`", n + 1));
+            let (name, value) = (name.trim(), value.trim());
+            let val = if let Some(s) = value.strip_prefix('"') {
+                Val::Text(
+                    s.strip_suffix('"')
+                        .unwrap_or_else(|| panic!("line {}: unterminated string", n + 1))
+                        .to_string(),
+                )
+            } else if let Some(d) = value.strip_prefix("u64:") {
+                Val::Int(
+                    d.parse()
+                        .unwrap_or_else(|_| panic!("line {}: bad integer", n + 1)),
+                )
+            } else {
+                Val::Bytes(unhex(value).unwrap_or_else(|| panic!("line {}: bad hex", n + 1)))
+            };
+            assert!(
+                v.map.insert(name.to_string(), val).is_none(),
+                "line {}: `{name}` published twice",
+                n + 1
+            );
+        }
+        assert!(!inside, "unterminated ```vectors block");
+        assert!(blocks > 0, "no ```vectors block in the document");
+        v
+    }
+
+    fn load() -> Vectors {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/PROTOCOL.md");
+        let doc = std::fs::read_to_string(path).expect("read docs/PROTOCOL.md");
+        Vectors::parse(&doc)
+    }
+
+    fn get(&self, name: &str) -> &Val {
+        self.used.borrow_mut().insert(name.to_string());
+        self.map
+            .get(name)
+            .unwrap_or_else(|| panic!("`{name}` is not published in docs/PROTOCOL.md"))
+    }
+    fn bytes(&self, name: &str) -> Vec<u8> {
+        match self.get(name) {
+            Val::Bytes(b) => b.clone(),
+            Val::Text(t) => t.as_bytes().to_vec(),
+            other => panic!("`{name}` should be hex bytes or text, is {other:?}"),
+        }
+    }
+    fn arr<const N: usize>(&self, name: &str) -> [u8; N] {
+        let b = self.bytes(name);
+        b.as_slice()
+            .try_into()
+            .unwrap_or_else(|_| panic!("`{name}` should be {N} bytes, is {}", b.len()))
+    }
+    fn int(&self, name: &str) -> u64 {
+        match self.get(name) {
+            Val::Int(i) => *i,
+            other => panic!("`{name}` should be u64:<decimal>, is {other:?}"),
+        }
+    }
+    fn text(&self, name: &str) -> String {
+        match self.get(name) {
+            Val::Text(t) => t.clone(),
+            other => panic!("`{name}` should be \"text\", is {other:?}"),
+        }
+    }
+    fn at(&self, name: &str) -> Instant {
+        Instant::from_micros(self.int(name))
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    let mut s = String::with_capacity(b.len() * 2);
+    for x in b {
+        write!(s, "{x:02x}").unwrap();
+    }
+    s
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 || !s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+        .collect()
+}
+
+/// Compare a computed value with the published one.
+fn expect_bytes(v: &Vectors, name: &str, got: &[u8]) -> Result<(), String> {
+    let want = v.bytes(name);
+    if want == got {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` differs\n  published: {}\n  computed:  {}",
+            hex(&want),
+            hex(got)
+        ))
+    }
+}
+
+fn ensure(cond: bool, what: impl FnOnce() -> String) -> Result<(), String> {
+    if cond {
+        Ok(())
+    } else {
+        Err(what())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Scripted RNG
+// ---------------------------------------------------------------------------
+
+/// A `rand_core` 0.10 RNG that hands out a fixed list of bytes in order:
+/// `fill_bytes` takes the next `dst.len()` bytes, `next_u64` / `next_u32` the
+/// next 8 / 4 bytes as a little-endian integer. Running past the end panics:
+/// the code asked for more randomness than the specification says.
+struct ScriptedRng {
+    bytes: Rc<[u8]>,
+    pos: Rc<Cell<usize>>,
+}
+
+impl ScriptedRng {
+    /// The RNG and a handle that tells how many bytes were taken.
+    fn new(bytes: Vec<u8>) -> (ScriptedRng, Rc<Cell<usize>>) {
+        let pos = Rc::new(Cell::new(0));
+        (
+            ScriptedRng {
+                bytes: bytes.into(),
+                pos: pos.clone(),
+            },
+            pos,
+        )
+    }
+    fn take(&mut self, dst: &mut [u8]) {
+        let p = self.pos.get();
+        let end = p + dst.len();
+        assert!(
+            end <= self.bytes.len(),
+            "scripted RNG exhausted: asked for {} bytes at position {p} of {}",
+            dst.len(),
+            self.bytes.len()
+        );
+        dst.copy_from_slice(&self.bytes[p..end]);
+        self.pos.set(end);
+    }
+}
+
+impl TryRng for ScriptedRng {
+    type Error = Infallible;
+    fn try_next_u32(&mut self) -> Result<u32, Infallible> {
+        let mut b = [0u8; 4];
+        self.take(&mut b);
+        Ok(u32::from_le_bytes(b))
+    }
+    fn try_next_u64(&mut self) -> Result<u64, Infallible> {
+        let mut b = [0u8; 8];
+        self.take(&mut b);
+        Ok(u64::from_le_bytes(b))
+    }
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Infallible> {
+        self.take(dst);
+        Ok(())
+    }
+}
+
+impl TryCryptoRng for ScriptedRng {}
+
+// ---------------------------------------------------------------------------
+// The scenario, driven through the public API
+// ---------------------------------------------------------------------------
+
+/// Split the output of one `poll_transmit` into frames by their headers
+/// (type, flags, u16 LE payload length, then a 16-byte tag).
+fn split_frames(mut b: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        assert!(b.len() >= 20, "truncated frame in {}", hex(b));
+        let len = 4 + u16::from_le_bytes([b[2], b[3]]) as usize + 16;
+        assert!(b.len() >= len, "truncated frame in {}", hex(b));
+        out.push(b[..len].to_vec());
+        b = &b[len..];
+    }
+    out
+}
+
+fn cpoll<R: rand_core::CryptoRng>(c: &mut Client<R>, now: Instant) -> Vec<u8> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = c
+        .poll_transmit(now, &mut buf)
+        .expect("client poll_transmit");
+    buf.truncate(n);
+    buf
+}
+
+fn spoll<R: rand_core::CryptoRng>(
+    s: &mut Server<R>,
+    t: relink::TransportId,
+    now: Instant,
+) -> Vec<u8> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = s
+        .poll_transmit(t, now, &mut buf)
+        .expect("server poll_transmit");
+    buf.truncate(n);
+    buf
+}
+
+fn client_events<R: rand_core::CryptoRng>(c: &mut Client<R>) -> Vec<Event> {
+    std::iter::from_fn(|| c.poll_event()).collect()
+}
+
+fn server_events<R: rand_core::CryptoRng>(s: &mut Server<R>) -> Vec<ServerEvent> {
+    std::iter::from_fn(|| s.poll_event()).collect()
+}
+
+/// Run the anonymous-mode scenario of the document through the public API
+/// from the published inputs. Returns every message and frame it produced,
+/// named as in the document, in order.
+fn run_api(v: &Vectors) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut put = |name: &str, b: &[u8]| out.push((name.to_string(), b.to_vec()));
+
+    let (crng, ctaken) = ScriptedRng::new(v.bytes("client_ephemeral_secret"));
+    let mut sbytes = v.bytes("server_ephemeral_secret");
+    sbytes.extend(v.bytes("server_challenge"));
+    sbytes.extend(v.int("server_conn_id").to_le_bytes());
+    let sbytes_len = sbytes.len();
+    let (srng, staken) = ScriptedRng::new(sbytes);
+    let mut client = Client::new(Config::default(), crng);
+    let mut server = Server::new(Config::default(), srng);
+    let (c1, c2) = (v.bytes("c2s_data_1"), v.bytes("c2s_data_2"));
+    let (s1, s2) = (v.bytes("s2c_data_1"), v.bytes("s2c_data_2"));
+    let mut buf = [0u8; 256];
+
+    // Handshake.
+    let tid = server.accept(v.at("t_server_hello")).unwrap();
+    client.new_transport(v.at("t_client_hello")).unwrap();
+    let ch = cpoll(&mut client, v.at("t_client_hello"));
+    put("client_hello", &ch);
+    assert_eq!(
+        server.handle_input(tid, v.at("t_server_hello"), &ch),
+        Ok(ch.len())
+    );
+    let sh = spoll(&mut server, tid, v.at("t_server_hello"));
+    put("server_hello", &sh);
+    assert_eq!(
+        client.handle_input(v.at("t_client_confirm"), &sh),
+        Ok(sh.len())
+    );
+    assert_eq!(
+        client_events(&mut client),
+        vec![Event::HandshakeDone {
+            conn_id: v.int("server_conn_id")
+        }]
+    );
+    let cc = cpoll(&mut client, v.at("t_client_confirm"));
+    put("client_confirm", &cc);
+
+    // First data each way; the server's reply carries an ACK first.
+    assert_eq!(client.send(&c1), Ok(c1.len()));
+    let f = cpoll(&mut client, v.at("t_client_confirm"));
+    put("c2s_frame_0", &f);
+    let mut input = cc.clone();
+    input.extend(&f);
+    assert_eq!(
+        server.handle_input(tid, v.at("t_server_reply"), &input),
+        Ok(input.len())
+    );
+    let sid = match server_events(&mut server).as_slice() {
+        [ServerEvent::HandshakeDone { transport, session }] if *transport == tid => *session,
+        e => panic!("server events after the confirm: {e:?}"),
+    };
+    assert_eq!(server.conn_id(sid), Some(v.int("server_conn_id")));
+    let n = server.recv(sid, &mut buf).unwrap();
+    assert_eq!(&buf[..n], &c1[..]);
+    assert_eq!(server.send(sid, &s1), Ok(s1.len()));
+    let r = spoll(&mut server, tid, v.at("t_server_reply"));
+    let frames = split_frames(&r);
+    assert_eq!(frames.len(), 2, "server reply should be ACK + DATA");
+    put("s2c_frame_0", &frames[0]);
+    put("s2c_frame_1", &frames[1]);
+    assert_eq!(client.handle_input(v.at("t_client_reply"), &r), Ok(r.len()));
+    let n = client.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], &s1[..]);
+    // The client's ACK waits for the ACK delay.
+    assert!(cpoll(&mut client, v.at("t_client_reply")).is_empty());
+    let a = cpoll(&mut client, v.at("t_client_ack"));
+    put("c2s_frame_1", &a);
+    assert_eq!(
+        server.handle_input(tid, v.at("t_server_ack"), &a),
+        Ok(a.len())
+    );
+    assert_eq!(server.unacked(sid), 0);
+
+    // Data sent into a transport that then breaks: never delivered.
+    assert_eq!(client.send(&c2), Ok(c2.len()));
+    put("c2s_frame_2", &cpoll(&mut client, v.at("t_client_send_2")));
+    assert_eq!(server.send(sid, &s2), Ok(s2.len()));
+    put(
+        "s2c_frame_2",
+        &spoll(&mut server, tid, v.at("t_server_send_2")),
+    );
+    client.transport_lost(v.at("t_client_lost"));
+    server.transport_lost(tid, v.at("t_server_lost"));
+    let _ = client_events(&mut client);
+    let _ = server_events(&mut server);
+
+    // Resume on a new transport.
+    let tid2 = server.accept(v.at("t_server_resume")).unwrap();
+    client.new_transport(v.at("t_client_resume")).unwrap();
+    let rq = cpoll(&mut client, v.at("t_client_resume"));
+    put("resume_request", &rq);
+    assert_eq!(
+        server.handle_input(tid2, v.at("t_server_resume"), &rq),
+        Ok(rq.len())
+    );
+    let sr = spoll(&mut server, tid2, v.at("t_server_resume"));
+    assert!(sr.len() > 42, "resume response and resent frame");
+    let (resp, resent) = sr.split_at(42);
+    put("resume_response", resp);
+    let frames = split_frames(resent);
+    assert_eq!(frames.len(), 1, "server resends one frame");
+    put("s2c_resume_frame_0", &frames[0]);
+    let (l1, l2) = ((s1.len()) as u64, (s2.len()) as u64);
+    assert_eq!(
+        server_events(&mut server),
+        vec![
+            ServerEvent::Resumed {
+                transport: tid2,
+                session: sid,
+                counter: 1
+            },
+            ServerEvent::ResendRange {
+                session: sid,
+                start: l1,
+                end: l1 + l2
+            }
+        ]
+    );
+    assert_eq!(
+        client.handle_input(v.at("t_client_resumed"), resp),
+        Ok(resp.len())
+    );
+    let (k1, k2) = ((c1.len()) as u64, (c2.len()) as u64);
+    assert_eq!(
+        client_events(&mut client),
+        vec![
+            Event::Resumed { counter: 1 },
+            Event::ResendRange {
+                start: k1,
+                end: k1 + k2
+            }
+        ]
+    );
+    client.close();
+    let cr = cpoll(&mut client, v.at("t_client_resumed"));
+    let frames = split_frames(&cr);
+    assert_eq!(frames.len(), 2, "client resends DATA then CLOSE");
+    put("c2s_resume_frame_0", &frames[0]);
+    put("c2s_resume_frame_1", &frames[1]);
+
+    // Both sides get exactly the missing bytes, then the client's EOF.
+    assert_eq!(
+        client.handle_input(v.at("t_client_resumed"), resent),
+        Ok(resent.len())
+    );
+    let n = client.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], &s2[..]);
+    assert_eq!(
+        server.handle_input(tid2, v.at("t_server_resumed"), &cr),
+        Ok(cr.len())
+    );
+    let n = server.recv(sid, &mut buf).unwrap();
+    assert_eq!(&buf[..n], &c2[..]);
+    assert_eq!(server.recv(sid, &mut buf), Ok(0), "EOF after CLOSE");
+
+    // The same request replayed on another transport: an authenticated
+    // rejection, and the session survives.
+    let tid3 = server.accept(v.at("t_server_replay")).unwrap();
+    assert_eq!(
+        server.handle_input(tid3, v.at("t_server_replay"), &rq),
+        Err(relink::Error::ResumeRejected(
+            relink::ResumeStatus::Replayed
+        ))
+    );
+    put(
+        "resume_reject_replayed",
+        &spoll(&mut server, tid3, v.at("t_server_replay")),
+    );
+    assert!(server.has_session(sid) && server.session_of(tid2) == Some(sid));
+
+    // The RNGs were asked for exactly the published inputs.
+    assert_eq!(ctaken.get(), 32, "client RNG bytes consumed");
+    assert_eq!(staken.get(), sbytes_len, "server RNG bytes consumed");
+    out
+}
+
+/// The pinned-mode handshake of the document through the public API.
+fn run_api_pinned(v: &Vectors) -> Vec<(String, Vec<u8>)> {
+    let kp = StaticKeypair::from_secret_bytes(v.arr("pinned_server_static_secret"));
+    let (crng, ctaken) = ScriptedRng::new(v.bytes("pinned_client_ephemeral_secret"));
+    let mut sbytes = v.bytes("pinned_server_ephemeral_secret");
+    sbytes.extend(v.bytes("pinned_server_challenge"));
+    sbytes.extend(v.int("pinned_server_conn_id").to_le_bytes());
+    let (srng, staken) = ScriptedRng::new(sbytes);
+    let mut client = Client::new(
+        Config {
+            pinned_server_key: Some(kp.public_key()),
+            ..Config::default()
+        },
+        crng,
+    );
+    let mut server = Server::new(
+        Config {
+            server_static: Some(kp),
+            ..Config::default()
+        },
+        srng,
+    );
+    let now_s = v.at("pinned_t_server_hello");
+    let now_c = v.at("pinned_t_client");
+    let tid = server.accept(now_s).unwrap();
+    client.new_transport(now_c).unwrap();
+    let ch = cpoll(&mut client, now_c);
+    server.handle_input(tid, now_s, &ch).unwrap();
+    let sh = spoll(&mut server, tid, now_s);
+    client.handle_input(now_c, &sh).unwrap();
+    let cc = cpoll(&mut client, now_c);
+    server.handle_input(tid, now_s, &cc).unwrap();
+    assert!(matches!(
+        server_events(&mut server).as_slice(),
+        [ServerEvent::HandshakeDone { .. }]
+    ));
+    assert_eq!(client.conn_id(), Some(v.int("pinned_server_conn_id")));
+    assert_eq!((ctaken.get(), staken.get()), (32, 56));
+    vec![
+        ("pinned_client_hello".into(), ch),
+        ("pinned_server_hello".into(), sh),
+        ("pinned_client_confirm".into(), cc),
+    ]
+}
+
+// ---------------------------------------------------------------------------
+// The specification, implemented independently of the crate
+// ---------------------------------------------------------------------------
+
+mod spec {
+    //! relink v1 as `docs/PROTOCOL.md` describes it, from primitives only.
+
+    /// BLAKE3 `derive_key` contexts: (name in the document, string).
+    pub const CONTEXTS: [(&str, &str); 10] = [
+        ("HANDSHAKE", "relink v1 2026-11 handshake secret"),
+        ("CONN_ID_MASK", "relink v1 2026-11 connection id mask"),
+        ("SERVER_CONFIRM", "relink v1 2026-11 server confirm"),
+        ("CLIENT_CONFIRM", "relink v1 2026-11 client confirm"),
+        ("MASTER", "relink v1 2026-11 session master"),
+        ("C2S_ENC", "relink v1 2026-11 c2s encryption"),
+        ("C2S_MAC", "relink v1 2026-11 c2s mac"),
+        ("S2C_ENC", "relink v1 2026-11 s2c encryption"),
+        ("S2C_MAC", "relink v1 2026-11 s2c mac"),
+        ("RESUME", "relink v1 2026-11 resume"),
+    ];
+
+    fn ctx(name: &str) -> &'static str {
+        CONTEXTS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, s)| *s)
+            .expect("known context")
+    }
+
+    /// `derive_key(context, material)`.
+    pub fn derive(name: &str, material: &[u8]) -> [u8; 32] {
+        blake3::derive_key(ctx(name), material)
+    }
+
+    /// `MAC16(key, input)`: keyed BLAKE3 truncated to 16 bytes.
+    pub fn mac16(key: &[u8; 32], input: &[u8]) -> [u8; 16] {
+        let mut t = [0u8; 16];
+        t.copy_from_slice(&blake3::keyed_hash(key, input).as_bytes()[..16]);
+        t
+    }
+
+    /// `BLAKE3(input)`.
+    pub fn hash(input: &[u8]) -> [u8; 32] {
+        *blake3::hash(input).as_bytes()
+    }
+
+    /// `PUB(secret) = X25519(secret, 9)`.
+    pub fn public(secret: [u8; 32]) -> [u8; 32] {
+        x25519_dalek::x25519(secret, x25519_dalek::X25519_BASEPOINT_BYTES)
+    }
+
+    /// Everything a handshake computes, from its inputs alone.
+    pub struct Handshake {
+        /// Named intermediate values, as published.
+        pub values: Vec<(&'static str, Vec<u8>)>,
+        /// The ClientHello.
+        pub client_hello: [u8; 35],
+        /// The ServerHello.
+        pub server_hello: [u8; 82],
+        /// The ClientConfirm.
+        pub client_confirm: [u8; 16],
+        /// The session keys.
+        pub keys: Keys,
+    }
+
+    /// Session keys.
+    pub struct Keys {
+        /// `c2s_enc_key`.
+        pub c2s_enc: [u8; 32],
+        /// `c2s_mac_key`.
+        pub c2s_mac: [u8; 32],
+        /// `s2c_enc_key`.
+        pub s2c_enc: [u8; 32],
+        /// `s2c_mac_key`.
+        pub s2c_mac: [u8; 32],
+        /// `resume_key`.
+        pub resume: [u8; 32],
+    }
+
+    /// The fixed inputs of a handshake.
+    pub struct HandshakeInputs {
+        /// `client_ephemeral_secret`.
+        pub client_secret: [u8; 32],
+        /// `server_ephemeral_secret`.
+        pub server_secret: [u8; 32],
+        /// The ServerHello challenge.
+        pub challenge: [u8; 16],
+        /// The connection id.
+        pub conn_id: u64,
+        /// The ServerHello `server_time`.
+        pub server_time: u64,
+        /// The server's static secret when the client pins its public key.
+        pub server_static: Option<[u8; 32]>,
+    }
+
+    /// Compute a whole handshake from its inputs.
+    pub fn handshake(i: &HandshakeInputs) -> Handshake {
+        let cpub = public(i.client_secret);
+        let spub = public(i.server_secret);
+        let mut ch = [0u8; 35];
+        ch[0] = 0x00; // tag: new session
+        ch[1] = 1; // version
+        ch[2] = u8::from(i.server_static.is_some()); // FLAG_PINNED
+        ch[3..].copy_from_slice(&cpub);
+        let mut sh = [0u8; 82];
+        sh[0] = 1; // version
+        sh[1] = 0; // status Ok
+        sh[2..34].copy_from_slice(&spub);
+        sh[34..50].copy_from_slice(&i.challenge);
+        sh[50..58].copy_from_slice(&i.server_time.to_le_bytes());
+        let ee = x25519_dalek::x25519(i.client_secret, spub);
+        assert_eq!(ee, x25519_dalek::x25519(i.server_secret, cpub), "DH agrees");
+        assert_ne!(ee, [0u8; 32], "contributory");
+        let th1 = hash(&[&ch[..], &sh[..58]].concat());
+        let mut ikm = ee.to_vec();
+        let mut values: Vec<(&'static str, Vec<u8>)> = vec![
+            ("client_ephemeral_public", cpub.to_vec()),
+            ("server_ephemeral_public", spub.to_vec()),
+            ("ee", ee.to_vec()),
+        ];
+        if let Some(ss) = i.server_static {
+            let static_pub = public(ss);
+            let es = x25519_dalek::x25519(i.client_secret, static_pub);
+            assert_eq!(es, x25519_dalek::x25519(ss, cpub), "static DH agrees");
+            ikm.extend(es);
+            values.push(("server_static_public", static_pub.to_vec()));
+            values.push(("es", es.to_vec()));
+        }
+        ikm.extend(th1);
+        let prk = derive("HANDSHAKE", &ikm);
+        let mask32 = derive("CONN_ID_MASK", &prk);
+        let mask = &mask32[..8];
+        for (k, (o, m)) in i.conn_id.to_le_bytes().iter().zip(mask).enumerate() {
+            sh[58 + k] = o ^ m;
+        }
+        let th2 = hash(&[&ch[..], &sh[..66]].concat());
+        let sconf_key = derive("SERVER_CONFIRM", &prk);
+        let sconf = mac16(&sconf_key, &th2);
+        sh[66..82].copy_from_slice(&sconf);
+        let th3 = hash(&[&ch[..], &sh[..]].concat());
+        let cconf_key = derive("CLIENT_CONFIRM", &prk);
+        let cconf = mac16(&cconf_key, &th3);
+        let master = derive("MASTER", &[&prk[..], &th3[..]].concat());
+        let keys = Keys {
+            c2s_enc: derive("C2S_ENC", &master),
+            c2s_mac: derive("C2S_MAC", &master),
+            s2c_enc: derive("S2C_ENC", &master),
+            s2c_mac: derive("S2C_MAC", &master),
+            resume: derive("RESUME", &master),
+        };
+        values.extend([
+            ("th1", th1.to_vec()),
+            ("prk", prk.to_vec()),
+            ("conn_id_mask", mask.to_vec()),
+            ("th2", th2.to_vec()),
+            ("server_confirm_key", sconf_key.to_vec()),
+            ("server_confirm", sconf.to_vec()),
+            ("th3", th3.to_vec()),
+            ("client_confirm_key", cconf_key.to_vec()),
+            ("master", master.to_vec()),
+            ("c2s_enc_key", keys.c2s_enc.to_vec()),
+            ("c2s_mac_key", keys.c2s_mac.to_vec()),
+            ("s2c_enc_key", keys.s2c_enc.to_vec()),
+            ("s2c_mac_key", keys.s2c_mac.to_vec()),
+            ("resume_key", keys.resume.to_vec()),
+        ]);
+        Handshake {
+            values,
+            client_hello: ch,
+            server_hello: sh,
+            client_confirm: cconf,
+            keys,
+        }
+    }
+
+    // ----- ChaCha20 (RFC 8439), written out -----------------------------
+
+    fn quarter(s: &mut [u32; 16], a: usize, b: usize, c: usize, d: usize) {
+        s[a] = s[a].wrapping_add(s[b]);
+        s[d] = (s[d] ^ s[a]).rotate_left(16);
+        s[c] = s[c].wrapping_add(s[d]);
+        s[b] = (s[b] ^ s[c]).rotate_left(12);
+        s[a] = s[a].wrapping_add(s[b]);
+        s[d] = (s[d] ^ s[a]).rotate_left(8);
+        s[c] = s[c].wrapping_add(s[d]);
+        s[b] = (s[b] ^ s[c]).rotate_left(7);
+    }
+
+    /// One 64-byte ChaCha20 block (RFC 8439 §2.3).
+    pub fn chacha20_block(key: &[u8; 32], counter: u32, nonce: &[u8; 12]) -> [u8; 64] {
+        let w = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        let mut init = [0u32; 16];
+        init[..4].copy_from_slice(&[0x6170_7865, 0x3320_646e, 0x7962_2d32, 0x6b20_6574]);
+        for i in 0..8 {
+            init[4 + i] = w(&key[4 * i..]);
+        }
+        init[12] = counter;
+        for i in 0..3 {
+            init[13 + i] = w(&nonce[4 * i..]);
+        }
+        let mut s = init;
+        for _ in 0..10 {
+            quarter(&mut s, 0, 4, 8, 12);
+            quarter(&mut s, 1, 5, 9, 13);
+            quarter(&mut s, 2, 6, 10, 14);
+            quarter(&mut s, 3, 7, 11, 15);
+            quarter(&mut s, 0, 5, 10, 15);
+            quarter(&mut s, 1, 6, 11, 12);
+            quarter(&mut s, 2, 7, 8, 13);
+            quarter(&mut s, 3, 4, 9, 14);
+        }
+        let mut out = [0u8; 64];
+        for i in 0..16 {
+            out[4 * i..4 * i + 4].copy_from_slice(&s[i].wrapping_add(init[i]).to_le_bytes());
+        }
+        out
+    }
+
+    /// Keystream bytes `[offset, offset + len)` of a direction: byte `o` is
+    /// byte `o mod 64` of block `(o mod 2^32) / 64` under nonce
+    /// `LE64(o >> 32) || 00000000`.
+    pub fn keystream(key: &[u8; 32], offset: u64, len: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len);
+        let mut cached: Option<(u64, u32, [u8; 64])> = None;
+        for i in 0..len as u64 {
+            let o = offset + i;
+            let segment = o >> 32;
+            let block = ((o & 0xffff_ffff) / 64) as u32;
+            let fresh = match cached {
+                Some((s, b, _)) => s != segment || b != block,
+                None => true,
+            };
+            if fresh {
+                let mut nonce = [0u8; 12];
+                nonce[..8].copy_from_slice(&segment.to_le_bytes());
+                cached = Some((segment, block, chacha20_block(key, block, &nonce)));
+            }
+            out.push(cached.as_ref().unwrap().2[(o % 64) as usize]);
+        }
+        out
+    }
+
+    // ----- frames -------------------------------------------------------
+
+    /// Frame type DATA.
+    pub const DATA: u8 = 1;
+    /// Frame type ACK.
+    pub const ACK: u8 = 2;
+    /// Frame type CLOSE.
+    pub const CLOSE: u8 = 4;
+    /// Direction byte client → server.
+    pub const DIR_C2S: u8 = 1;
+    /// Direction byte server → client.
+    pub const DIR_S2C: u8 = 2;
+
+    /// Where a frame sits: direction byte, generation, sequence, offset.
+    #[derive(Clone, Copy, Debug)]
+    pub struct Position {
+        /// Direction byte.
+        pub dir: u8,
+        /// Transport generation (resume counter).
+        pub generation: u64,
+        /// Frame sequence number on the transport.
+        pub sequence: u64,
+        /// The sender's next data offset.
+        pub offset: u64,
+    }
+
+    fn tag(mac_key: &[u8; 32], p: &Position, header: &[u8], body: &[u8]) -> [u8; 16] {
+        let mut input = vec![p.dir];
+        input.extend(0u32.to_le_bytes()); // key epoch
+        input.extend(p.generation.to_le_bytes());
+        input.extend(p.sequence.to_le_bytes());
+        input.extend(p.offset.to_le_bytes());
+        input.extend(header);
+        input.extend(body);
+        mac16(mac_key, &input)
+    }
+
+    /// Build a frame. DATA payloads are plaintext and get encrypted at
+    /// `p.offset`; other payloads go out as they are.
+    pub fn seal(
+        enc: &[u8; 32],
+        mac: &[u8; 32],
+        p: &Position,
+        frame_type: u8,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let header = [
+            frame_type,
+            0,
+            payload.len() as u8,
+            (payload.len() >> 8) as u8,
+        ];
+        let body: Vec<u8> = if frame_type == DATA {
+            let ks = keystream(enc, p.offset, payload.len());
+            payload.iter().zip(ks).map(|(a, b)| a ^ b).collect()
+        } else {
+            payload.to_vec()
+        };
+        let mut f = header.to_vec();
+        f.extend(&body);
+        f.extend(tag(mac, p, &header, &body));
+        f
+    }
+
+    /// Verify a frame and return (type, plaintext payload).
+    pub fn open(
+        enc: &[u8; 32],
+        mac: &[u8; 32],
+        p: &Position,
+        frame: &[u8],
+    ) -> Result<(u8, Vec<u8>), String> {
+        if frame.len() < 20 {
+            return Err("frame shorter than header + tag".into());
+        }
+        let len = u16::from_le_bytes([frame[2], frame[3]]) as usize;
+        if frame.len() != 4 + len + 16 || frame[1] != 0 {
+            return Err("bad frame header".into());
+        }
+        let (header, rest) = frame.split_at(4);
+        let (body, t) = rest.split_at(len);
+        if tag(mac, p, header, body)[..] != t[..] {
+            return Err(format!("tag does not verify at {p:?}"));
+        }
+        let plain = if header[0] == DATA {
+            let ks = keystream(enc, p.offset, len);
+            body.iter().zip(ks).map(|(a, b)| a ^ b).collect()
+        } else {
+            body.to_vec()
+        };
+        Ok((header[0], plain))
+    }
+
+    // ----- resume ---------------------------------------------------------
+
+    /// The fields of a ResumeRequest.
+    pub struct ResumeRequest {
+        /// Connection id.
+        pub conn_id: u64,
+        /// Resume counter.
+        pub counter: u64,
+        /// Client stream end.
+        pub client_written: u64,
+        /// Client read count.
+        pub client_read: u64,
+        /// Estimate of the server clock.
+        pub time: u64,
+    }
+
+    /// Encode and MAC a ResumeRequest.
+    pub fn resume_request(key: &[u8; 32], r: &ResumeRequest) -> [u8; 58] {
+        let mut m = [0u8; 58];
+        m[0] = 0xff;
+        m[1] = 1;
+        m[2..10].copy_from_slice(&r.conn_id.to_le_bytes());
+        m[10..18].copy_from_slice(&r.counter.to_le_bytes());
+        m[18..26].copy_from_slice(&r.client_written.to_le_bytes());
+        m[26..34].copy_from_slice(&r.client_read.to_le_bytes());
+        m[34..42].copy_from_slice(&r.time.to_le_bytes());
+        let mac = mac16(key, &[&[0x01][..], &m[..42]].concat());
+        m[42..].copy_from_slice(&mac);
+        m
+    }
+
+    /// Encode and MAC an accepted ResumeResponse.
+    pub fn resume_response(
+        key: &[u8; 32],
+        request: &[u8; 58],
+        server_written: u64,
+        server_read: u64,
+        server_time: u64,
+    ) -> [u8; 42] {
+        let mut m = [0u8; 42];
+        m[0] = 1;
+        m[1] = 0;
+        m[2..10].copy_from_slice(&server_written.to_le_bytes());
+        m[10..18].copy_from_slice(&server_read.to_le_bytes());
+        m[18..26].copy_from_slice(&server_time.to_le_bytes());
+        let mac = mac16(key, &[&[0x02][..], &request[..], &m[..26]].concat());
+        m[26..].copy_from_slice(&mac);
+        m
+    }
+
+    /// An authenticated resume rejection (statuses 4, 5, 6).
+    pub fn resume_reject(key: &[u8; 32], request: &[u8; 58], status: u8) -> [u8; 18] {
+        let mut m = [0u8; 18];
+        m[0] = 1;
+        m[1] = status;
+        let mac = mac16(key, &[&[0x03][..], &request[..], &m[..2]].concat());
+        m[2..].copy_from_slice(&mac);
+        m
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Independent checks of the published values
+// ---------------------------------------------------------------------------
+
+fn anon_inputs(v: &Vectors) -> spec::HandshakeInputs {
+    spec::HandshakeInputs {
+        client_secret: v.arr("client_ephemeral_secret"),
+        server_secret: v.arr("server_ephemeral_secret"),
+        challenge: v.arr("server_challenge"),
+        conn_id: v.int("server_conn_id"),
+        server_time: v.int("t_server_hello"),
+        server_static: None,
+    }
+}
+
+fn pinned_inputs(v: &Vectors) -> spec::HandshakeInputs {
+    spec::HandshakeInputs {
+        client_secret: v.arr("pinned_client_ephemeral_secret"),
+        server_secret: v.arr("pinned_server_ephemeral_secret"),
+        challenge: v.arr("pinned_server_challenge"),
+        conn_id: v.int("pinned_server_conn_id"),
+        server_time: v.int("pinned_t_server_hello"),
+        server_static: Some(v.arr("pinned_server_static_secret")),
+    }
+}
+
+/// The frames of the anonymous scenario: name, position, type and the
+/// plaintext payload the rules of the document give for it.
+fn frame_table(v: &Vectors) -> Vec<(&'static str, spec::Position, u8, Vec<u8>)> {
+    use spec::{Position, ACK, CLOSE, DATA, DIR_C2S, DIR_S2C};
+    let (c1, c2) = (v.bytes("c2s_data_1"), v.bytes("c2s_data_2"));
+    let (s1, s2) = (v.bytes("s2c_data_1"), v.bytes("s2c_data_2"));
+    let (k1, k2, l1) = (c1.len() as u64, c2.len() as u64, s1.len() as u64);
+    let pos = |dir, generation, sequence, offset| Position {
+        dir,
+        generation,
+        sequence,
+        offset,
+    };
+    vec![
+        ("c2s_frame_0", pos(DIR_C2S, 0, 0, 0), DATA, c1.clone()),
+        (
+            "s2c_frame_0",
+            pos(DIR_S2C, 0, 0, 0),
+            ACK,
+            k1.to_le_bytes().to_vec(),
+        ),
+        ("s2c_frame_1", pos(DIR_S2C, 0, 1, 0), DATA, s1.clone()),
+        (
+            "c2s_frame_1",
+            pos(DIR_C2S, 0, 1, k1),
+            ACK,
+            l1.to_le_bytes().to_vec(),
+        ),
+        ("c2s_frame_2", pos(DIR_C2S, 0, 2, k1), DATA, c2.clone()),
+        ("s2c_frame_2", pos(DIR_S2C, 0, 2, l1), DATA, s2.clone()),
+        // Resume counter 1 = generation 1; sequences restart at 0.
+        ("s2c_resume_frame_0", pos(DIR_S2C, 1, 0, l1), DATA, s2),
+        ("c2s_resume_frame_0", pos(DIR_C2S, 1, 0, k1), DATA, c2),
+        (
+            "c2s_resume_frame_1",
+            pos(DIR_C2S, 1, 1, k1 + k2),
+            CLOSE,
+            vec![],
+        ),
+    ]
+}
+
+/// Recompute the handshake of one mode and compare with the document.
+fn check_handshake(v: &Vectors, prefix: &str, hs: &spec::Handshake) -> Result<(), String> {
+    for (name, value) in &hs.values {
+        expect_bytes(v, &format!("{prefix}{name}"), value)?;
+    }
+    expect_bytes(v, &format!("{prefix}client_hello"), &hs.client_hello)?;
+    expect_bytes(v, &format!("{prefix}server_hello"), &hs.server_hello)?;
+    expect_bytes(v, &format!("{prefix}client_confirm"), &hs.client_confirm)
+}
+
+/// Everything the independent implementation checks. Returns the first
+/// disagreement.
+fn check_spec(v: &Vectors) -> Result<(), String> {
+    // Context strings: the machine-readable list equals the test's.
+    for (name, s) in spec::CONTEXTS {
+        let published = v.text(&format!("context.{name}"));
+        ensure(published == s, || {
+            format!("context {name}: published {published:?}, test uses {s:?}")
+        })?;
+    }
+
+    // Handshakes.
+    let hs = spec::handshake(&anon_inputs(v));
+    check_handshake(v, "", &hs)?;
+    check_handshake(v, "pinned_", &spec::handshake(&pinned_inputs(v)))?;
+    expect_bytes(
+        v,
+        "pinned_server_static_public",
+        &spec::public(v.arr("pinned_server_static_secret")),
+    )?;
+    let k = &hs.keys;
+
+    // Keystream addressing, including a nonce change at 2^32.
+    expect_bytes(v, "c2s_keystream_0", &spec::keystream(&k.c2s_enc, 0, 16))?;
+    let boundary = v.int("keystream_boundary_offset");
+    ensure(boundary == (1 << 32) - 8, || "boundary offset".into())?;
+    expect_bytes(
+        v,
+        "c2s_keystream_at_boundary",
+        &spec::keystream(&k.c2s_enc, boundary, 16),
+    )?;
+
+    // Frames: rebuilt from the rules, and the published ones open.
+    for (name, p, ty, payload) in frame_table(v) {
+        let (enc, mac) = if p.dir == spec::DIR_C2S {
+            (&k.c2s_enc, &k.c2s_mac)
+        } else {
+            (&k.s2c_enc, &k.s2c_mac)
+        };
+        expect_bytes(v, name, &spec::seal(enc, mac, &p, ty, &payload))?;
+        let (got_ty, plain) = spec::open(enc, mac, &p, &v.bytes(name))?;
+        ensure(got_ty == ty && plain == payload, || {
+            format!("{name} opens to type {got_ty} payload {}", hex(&plain))
+        })?;
+        // A frame verifies only at its own position.
+        for wrong in [
+            spec::Position {
+                sequence: p.sequence + 1,
+                ..p
+            },
+            spec::Position {
+                generation: p.generation + 1,
+                ..p
+            },
+            spec::Position {
+                dir: 3 - p.dir,
+                ..p
+            },
+        ] {
+            ensure(
+                spec::open(enc, mac, &wrong, &v.bytes(name)).is_err(),
+                || format!("{name} verifies at {wrong:?}"),
+            )?;
+        }
+    }
+    // A resend re-encrypts the same plaintext at the same offset: same
+    // ciphertext, new tag (new generation and sequence).
+    for (lost, resent) in [
+        ("c2s_frame_2", "c2s_resume_frame_0"),
+        ("s2c_frame_2", "s2c_resume_frame_0"),
+    ] {
+        let (a, b) = (v.bytes(lost), v.bytes(resent));
+        ensure(
+            a.len() == b.len() && a[..a.len() - 16] == b[..b.len() - 16],
+            || format!("{resent} body differs from {lost}"),
+        )?;
+        ensure(a[a.len() - 16..] != b[b.len() - 16..], || {
+            format!("{resent} has the tag of {lost}")
+        })?;
+    }
+
+    // Resume.
+    let (c1, c2) = (v.bytes("c2s_data_1"), v.bytes("c2s_data_2"));
+    let (s1, s2) = (v.bytes("s2c_data_1"), v.bytes("s2c_data_2"));
+    let time = v.int("t_server_hello") + (v.int("t_client_resume") - v.int("t_client_confirm"));
+    let req = spec::resume_request(
+        &k.resume,
+        &spec::ResumeRequest {
+            conn_id: v.int("server_conn_id"),
+            counter: 1,
+            client_written: (c1.len() + c2.len()) as u64,
+            client_read: s1.len() as u64,
+            time,
+        },
+    );
+    expect_bytes(v, "resume_request", &req)?;
+    let resp = spec::resume_response(
+        &k.resume,
+        &req,
+        (s1.len() + s2.len()) as u64,
+        c1.len() as u64,
+        v.int("t_server_resume"),
+    );
+    expect_bytes(v, "resume_response", &resp)?;
+    ensure(
+        v.int("t_server_resume").abs_diff(time) <= 60_000_000,
+        || "the published resume time is outside the default window".into(),
+    )?;
+    expect_bytes(
+        v,
+        "resume_reject_replayed",
+        &spec::resume_reject(&k.resume, &req, 4),
+    )?;
+    Ok(())
+}
+
+/// The public API reproduces every published message and frame.
+fn check_api(v: &Vectors) -> Result<(), String> {
+    let mut seen = BTreeSet::new();
+    for (name, bytes) in run_api(v).into_iter().chain(run_api_pinned(v)) {
+        expect_bytes(v, &name, &bytes)?;
+        seen.insert(name);
+    }
+    ensure(seen.len() == 18, || format!("api produced {seen:?}"))
+}
+
+fn check_all(v: &Vectors) -> Result<(), String> {
+    check_api(v)?;
+    check_spec(v)
+}
+
+#[test]
+fn public_api_reproduces_published_messages() {
+    let v = Vectors::load();
+    if let Err(e) = check_api(&v) {
+        panic!("docs/PROTOCOL.md and the code disagree: {e}");
+    }
+}
+
+#[test]
+fn independent_implementation_matches_published_values() {
+    let v = Vectors::load();
+    if let Err(e) = check_spec(&v) {
+        panic!("docs/PROTOCOL.md and its specification disagree: {e}");
+    }
+}
+
+#[test]
+fn every_published_value_is_checked() {
+    let v = Vectors::load();
+    check_all(&v).unwrap();
+    let used = v.used.borrow();
+    let unchecked: Vec<&String> = v.map.keys().filter(|k| !used.contains(*k)).collect();
+    assert!(unchecked.is_empty(), "never checked: {unchecked:?}");
+}
+
+#[test]
+fn every_context_string_in_the_document_is_known() {
+    // Every `relink v1 2026-11 ...` string the document quotes, in prose
+    // (between backticks) or in a vector block (between double quotes).
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/PROTOCOL.md");
+    let doc = std::fs::read_to_string(path).unwrap();
+    let known: BTreeSet<&str> = spec::CONTEXTS.iter().map(|(_, s)| *s).collect();
+    let mut found = BTreeSet::new();
+    let mut quoted = 0;
+    for (i, _) in doc.match_indices("relink v1 2026-11") {
+        let open = doc[..i].chars().next_back().expect("a delimiter");
+        assert!(
+            open == '`' || open == '"',
+            "unquoted context string at byte {i}"
+        );
+        let end = doc[i..].find(open).expect("closing delimiter");
+        let s = &doc[i..i + end];
+        assert!(known.contains(s), "unknown context string {s:?}");
+        found.insert(s.to_string());
+        quoted += 1;
+    }
+    assert_eq!(found.len(), known.len(), "document quotes {found:?}");
+    assert_eq!(
+        quoted,
+        2 * known.len(),
+        "each string once in the table, once in the block"
+    );
+}
+
+#[test]
+fn changed_values_are_detected() {
+    let v = Vectors::load();
+    check_all(&v).unwrap();
+    let names: Vec<String> = v
+        .map
+        .iter()
+        .filter(|(_, val)| matches!(val, Val::Bytes(_) | Val::Text(_)))
+        .map(|(k, _)| k.clone())
+        .filter(|k| {
+            !k.ends_with("_secret") && !k.starts_with("c2s_data") && !k.starts_with("s2c_data")
+        })
+        .filter(|k| !k.ends_with("_challenge"))
+        .collect();
+    assert!(names.len() > 40, "{names:?}");
+    for name in names {
+        let mut w = v.clone();
+        match w.map.get_mut(&name).unwrap() {
+            Val::Bytes(b) => *b.last_mut().unwrap() ^= 0x01,
+            Val::Text(t) => t.push('x'),
+            Val::Int(_) => unreachable!(),
+        }
+        assert!(check_all(&w).is_err(), "a changed `{name}` went unnoticed");
+    }
+}
+
+#[test]
+fn chacha20_block_matches_rfc8439() {
+    // RFC 8439 §2.3.2: key 00..1f, nonce 000000090000004a00000000, counter 1.
+    let key: [u8; 32] = core::array::from_fn(|i| i as u8);
+    let nonce = [0, 0, 0, 9, 0, 0, 0, 0x4a, 0, 0, 0, 0];
+    let want = unhex(concat!(
+        "10f1e7e4d13b5915500fdd1fa32071c4c7d1f4c733c068030422aa9ac3d46c4e",
+        "d2826446079faa0914c2d705d98b02a2b5129cd1de164eb9cbd083e8a2503c4e"
+    ))
+    .unwrap();
+    assert_eq!(spec::chacha20_block(&key, 1, &nonce).to_vec(), want);
+}
+
+#[test]
+fn vector_format_round_trips() {
+    let v = Vectors::parse(
+        "x\n```vectors\n# c\na = 00ff\nb = u64:18446744073709551615\nc = \"t x\"\n```\n",
+    );
+    assert_eq!(v.map["a"], Val::Bytes(vec![0, 255]));
+    assert_eq!(v.map["b"], Val::Int(u64::MAX));
+    assert_eq!(v.map["c"], Val::Text("t x".into()));
+    assert_eq!(unhex("0A"), None, "uppercase hex is not the format");
+}
+
+// ---------------------------------------------------------------------------
+// Generator
+// ---------------------------------------------------------------------------
+
+/// The fixed inputs. Only the generator knows them; the checks read them
+/// back from the document.
+fn generator_inputs() -> Vectors {
+    let mut v = Vectors::default();
+    let mut b = |name: &str, bytes: Vec<u8>| v.map.insert(name.into(), Val::Bytes(bytes));
+    let seq = |start: u8, n: usize| (0..n).map(|i| start.wrapping_add(i as u8)).collect();
+    b("client_ephemeral_secret", seq(0x00, 32));
+    b("server_ephemeral_secret", seq(0x20, 32));
+    b("server_challenge", seq(0x40, 16));
+    b("pinned_server_static_secret", seq(0x80, 32));
+    b("pinned_client_ephemeral_secret", seq(0xa0, 32));
+    b("pinned_server_ephemeral_secret", seq(0xc0, 32));
+    b("pinned_server_challenge", seq(0xe0, 16));
+    let mut i = |name: &str, x: u64| v.map.insert(name.into(), Val::Int(x));
+    // Server clock: µs since the Unix epoch. Client clock: its own origin.
+    // One-way delay 20 ms; the two clocks differ by a constant.
+    let s0: u64 = 1_790_000_000_000_000;
+    i("server_conn_id", 0x0123_4567_89ab_cdef);
+    i("t_client_hello", 1_000_000);
+    i("t_server_hello", s0 + 20_000);
+    i("t_client_confirm", 1_040_000);
+    i("t_server_reply", s0 + 60_000);
+    i("t_client_reply", 1_080_000);
+    i("t_client_ack", 1_100_000);
+    i("t_server_ack", s0 + 120_000);
+    i("t_client_send_2", 1_500_000);
+    i("t_server_send_2", s0 + 520_000);
+    i("t_client_lost", 2_000_000);
+    i("t_server_lost", s0 + 1_000_000);
+    i("t_client_resume", 3_000_000);
+    i("t_server_resume", s0 + 2_020_000);
+    i("t_client_resumed", 3_040_000);
+    i("t_server_resumed", s0 + 2_060_000);
+    i("t_server_replay", s0 + 2_100_000);
+    i("keystream_boundary_offset", (1 << 32) - 8);
+    i("pinned_server_conn_id", 0xfedc_ba98_7654_3210);
+    i("pinned_t_server_hello", s0);
+    i("pinned_t_client", 7_000_000);
+    for (name, s) in spec::CONTEXTS {
+        v.map
+            .insert(format!("context.{name}"), Val::Text(s.to_string()));
+    }
+    for (name, s) in [
+        ("c2s_data_1", "hello relink"),
+        ("s2c_data_1", "hello client"),
+        ("c2s_data_2", "lost in transit"),
+        ("s2c_data_2", "server bytes lost too"),
+    ] {
+        v.map.insert(name.into(), Val::Text(s.into()));
+    }
+    v
+}
+
+#[test]
+#[ignore = "prints the vector block for docs/PROTOCOL.md"]
+fn print_vectors() {
+    let mut v = generator_inputs();
+    let hs = spec::handshake(&anon_inputs(&v));
+    let pinned = spec::handshake(&pinned_inputs(&v));
+    let mut add = |name: String, b: Vec<u8>| v.map.insert(name, Val::Bytes(b));
+    for (name, value) in &hs.values {
+        add(name.to_string(), value.clone());
+    }
+    for (name, value) in &pinned.values {
+        add(format!("pinned_{name}"), value.clone());
+    }
+    let boundary = (1u64 << 32) - 8;
+    add(
+        "c2s_keystream_0".into(),
+        spec::keystream(&hs.keys.c2s_enc, 0, 16),
+    );
+    add(
+        "c2s_keystream_at_boundary".into(),
+        spec::keystream(&hs.keys.c2s_enc, boundary, 16),
+    );
+    let api: Vec<(String, Vec<u8>)> = run_api(&v).into_iter().chain(run_api_pinned(&v)).collect();
+    for (name, b) in api {
+        v.map.insert(name, Val::Bytes(b));
+    }
+    // One block per section of the document, in its order.
+    let mut printed = BTreeSet::new();
+    for (section, names) in SECTIONS {
+        println!("<!-- {section} -->\n```vectors");
+        for name in *names {
+            if name.starts_with('#') {
+                println!("{name}");
+            } else {
+                let val = v.map.get(*name).unwrap_or_else(|| panic!("{name}"));
+                println!("{name} = {}", val.render());
+                assert!(printed.insert(name.to_string()), "{name} twice");
+            }
+        }
+        println!("```\n");
+    }
+    let missing: Vec<&String> = v.map.keys().filter(|k| !printed.contains(*k)).collect();
+    assert!(missing.is_empty(), "not in SECTIONS: {missing:?}");
+}
+
+/// Which values each vector block of the document holds.
+const SECTIONS: &[(&str, &[&str])] = &[
+    (
+        "4.5 Context strings",
+        &[
+            "context.HANDSHAKE",
+            "context.CONN_ID_MASK",
+            "context.SERVER_CONFIRM",
+            "context.CLIENT_CONFIRM",
+            "context.MASTER",
+            "context.C2S_ENC",
+            "context.C2S_MAC",
+            "context.S2C_ENC",
+            "context.S2C_MAC",
+            "context.RESUME",
+        ],
+    ),
+    (
+        "10.3 Inputs",
+        &[
+            "# random inputs (scripted RNGs)",
+            "client_ephemeral_secret",
+            "server_ephemeral_secret",
+            "server_challenge",
+            "server_conn_id",
+            "# application data",
+            "c2s_data_1",
+            "s2c_data_1",
+            "c2s_data_2",
+            "s2c_data_2",
+            "# clocks: t_client_* on the client's clock, t_server_* on the server's (µs)",
+            "t_client_hello",
+            "t_server_hello",
+            "t_client_confirm",
+            "t_server_reply",
+            "t_client_reply",
+            "t_client_ack",
+            "t_server_ack",
+            "t_client_send_2",
+            "t_server_send_2",
+            "t_client_lost",
+            "t_server_lost",
+            "t_client_resume",
+            "t_server_resume",
+            "t_client_resumed",
+            "t_server_resumed",
+            "t_server_replay",
+        ],
+    ),
+    (
+        "10.4 Handshake",
+        &[
+            "client_ephemeral_public",
+            "client_hello",
+            "server_ephemeral_public",
+            "ee",
+            "th1",
+            "prk",
+            "conn_id_mask",
+            "th2",
+            "server_confirm_key",
+            "server_confirm",
+            "server_hello",
+            "th3",
+            "client_confirm_key",
+            "client_confirm",
+            "master",
+            "c2s_enc_key",
+            "c2s_mac_key",
+            "s2c_enc_key",
+            "s2c_mac_key",
+            "resume_key",
+            "# keystream of the c2s direction at offset 0 and across the first nonce change",
+            "c2s_keystream_0",
+            "keystream_boundary_offset",
+            "c2s_keystream_at_boundary",
+        ],
+    ),
+    (
+        "10.5 Frames on the first transport",
+        &[
+            "# generation 0 (the handshake's transport)",
+            "c2s_frame_0",
+            "s2c_frame_0",
+            "s2c_frame_1",
+            "c2s_frame_1",
+            "c2s_frame_2",
+            "s2c_frame_2",
+        ],
+    ),
+    (
+        "10.6 Resume",
+        &[
+            "resume_request",
+            "resume_response",
+            "s2c_resume_frame_0",
+            "c2s_resume_frame_0",
+            "c2s_resume_frame_1",
+            "resume_reject_replayed",
+        ],
+    ),
+    (
+        "10.7 Pinned handshake",
+        &[
+            "pinned_server_static_secret",
+            "pinned_client_ephemeral_secret",
+            "pinned_server_ephemeral_secret",
+            "pinned_server_challenge",
+            "pinned_server_conn_id",
+            "pinned_t_client",
+            "pinned_t_server_hello",
+            "pinned_server_static_public",
+            "pinned_client_ephemeral_public",
+            "pinned_client_hello",
+            "pinned_server_ephemeral_public",
+            "pinned_ee",
+            "pinned_es",
+            "pinned_th1",
+            "pinned_prk",
+            "pinned_conn_id_mask",
+            "pinned_th2",
+            "pinned_server_confirm_key",
+            "pinned_server_confirm",
+            "pinned_server_hello",
+            "pinned_th3",
+            "pinned_client_confirm_key",
+            "pinned_client_confirm",
+            "pinned_master",
+            "pinned_c2s_enc_key",
+            "pinned_c2s_mac_key",
+            "pinned_s2c_enc_key",
+            "pinned_s2c_mac_key",
+            "pinned_resume_key",
+        ],
+    ),
+];

@@ -1,0 +1,192 @@
+//! Helpers of the security tests (handshake tampering, frame integrity,
+//! hostile input, man in the middle): capture what a state machine
+//! transmits, flip bits, feed bytes in chunks, drain events and received
+//! data, and classify errors.
+//!
+//! Every test file that uses this module also declares `mod common;`.
+#![allow(dead_code)]
+
+use chacha20::ChaCha20Rng;
+use relink::{Client, Error, Event, Instant, Server, ServerEvent, SessionId, TransportId};
+
+/// The client type of the tests.
+pub type TestClient = Client<ChaCha20Rng>;
+/// The server type of the tests.
+pub type TestServer = Server<ChaCha20Rng>;
+
+/// `msg` with bit `bit` flipped (bit 0 is the least significant bit of
+/// byte 0, bit 8 the least significant bit of byte 1, ...).
+pub fn flipped(msg: &[u8], bit: usize) -> Vec<u8> {
+    let mut v = msg.to_vec();
+    v[bit / 8] ^= 1 << (bit % 8);
+    v
+}
+
+/// Everything the client wants to write now.
+pub fn client_tx(c: &mut TestClient, now: Instant) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = c
+            .poll_transmit(now, &mut buf)
+            .expect("client poll_transmit");
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Everything the server wants to write on `t` now (empty once it
+/// forgot the transport).
+pub fn server_tx(s: &mut TestServer, t: TransportId, now: Instant) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match s.poll_transmit(t, now, &mut buf) {
+            Ok(0) | Err(Error::UnknownTransport) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("server poll_transmit: {e:?}"),
+        }
+    }
+}
+
+/// Drain the client's events.
+pub fn client_events(c: &mut TestClient) -> Vec<Event> {
+    std::iter::from_fn(|| c.poll_event()).collect()
+}
+
+/// Drain the server's events.
+pub fn server_events(s: &mut TestServer) -> Vec<ServerEvent> {
+    std::iter::from_fn(|| s.poll_event()).collect()
+}
+
+/// Read everything the client has verified (stops at WouldBlock, EOF or
+/// any error).
+pub fn client_recv_all(c: &mut TestClient) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n @ 1..) = c.recv(&mut buf) {
+        out.extend_from_slice(&buf[..n]);
+    }
+    out
+}
+
+/// Read everything `sid` has verified (empty for an unknown session).
+pub fn server_recv_all(s: &mut TestServer, sid: SessionId) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n @ 1..) = s.recv(sid, &mut buf) {
+        out.extend_from_slice(&buf[..n]);
+    }
+    out
+}
+
+/// Feed `input` to `handle` in chunks whose sizes `next_chunk` chooses,
+/// calling `drain` after every call (it reads received data so that the
+/// receive buffer never blocks). Returns the first error, or `Ok(())` once
+/// everything was consumed.
+pub fn feed_chunked(
+    input: &[u8],
+    mut next_chunk: impl FnMut() -> usize,
+    mut handle: impl FnMut(&[u8]) -> Result<usize, Error>,
+    mut drain: impl FnMut(),
+) -> Result<(), Error> {
+    let mut pos = 0;
+    let mut stalled = 0;
+    while pos < input.len() {
+        let end = (pos + next_chunk().max(1)).min(input.len());
+        let r = handle(&input[pos..end]);
+        drain();
+        let k = r?;
+        assert!(k <= end - pos, "consumed more than offered");
+        pos += k;
+        stalled = if k == 0 { stalled + 1 } else { 0 };
+        assert!(stalled < 3, "handle_input makes no progress at {pos}");
+    }
+    Ok(())
+}
+
+/// The errors a hostile or corrupted transport may cause: a malformed
+/// message, a failed MAC, a (possibly forged) rejection, or the transport
+/// having been ended by an earlier one of these.
+pub fn is_hostile_input_error(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Protocol(_)
+            | Error::AuthFailed
+            | Error::HandshakeRejected(_)
+            | Error::ResumeRejected(_)
+            | Error::TransportEnded
+    )
+}
+
+/// `got` is a prefix of the deterministic stream `pattern(salt, ..)`
+/// starting at offset `start`.
+pub fn matches_pattern(salt: u8, start: u64, got: &[u8]) -> bool {
+    let mut want = vec![0u8; got.len()];
+    crate::common::pattern(salt, start, &mut want);
+    want == got
+}
+
+/// A genuine handshake over captured bytes on a new transport; returns the
+/// transport and the server's session.
+pub fn handshake_by_hand(
+    client: &mut TestClient,
+    server: &mut TestServer,
+    now: Instant,
+) -> (TransportId, SessionId) {
+    let t = server.accept(now).expect("accept");
+    client.new_transport(now).expect("new_transport");
+    let hello = client_tx(client, now);
+    assert_eq!(server.handle_input(t, now, &hello), Ok(hello.len()));
+    let sh = server_tx(server, t, now);
+    assert_eq!(client.handle_input(now, &sh), Ok(sh.len()));
+    assert!(client.is_connected());
+    let out = client_tx(client, now);
+    assert_eq!(server.handle_input(t, now, &out), Ok(out.len()));
+    let sid = server
+        .session_of(t)
+        .expect("server attached the new session");
+    assert_eq!(server.conn_id(sid), client.conn_id());
+    (t, sid)
+}
+
+/// Resume `p`'s session on a new transport and run until both sides are
+/// attached and nothing is in flight.
+pub fn reconnect(p: &mut crate::common::Pair) {
+    p.break_transport();
+    p.open_transport();
+    for _ in 0..200 {
+        p.step();
+        let t = p.transport.expect("transport");
+        if p.client.is_connected() && p.server.session_of(t).is_some() {
+            p.settle(50);
+            assert!(!p.ended, "reconnect failed: {:?}", p.client_events);
+            return;
+        }
+    }
+    panic!("resume did not complete: {:?}", p.client_events);
+}
+
+/// Pump both pattern streams of `p` until `total` bytes arrived each way,
+/// checking every byte (see `common::pump_*`).
+pub fn finish_flows(
+    p: &mut crate::common::Pair,
+    up: &mut crate::common::Flow,
+    down: &mut crate::common::Flow,
+    total: u64,
+    what: &str,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut rounds = 0;
+    while up.received < total || down.received < total {
+        crate::common::pump_client_to_server(p, up, total, 4000, &mut buf);
+        crate::common::pump_server_to_client(p, down, total, 4000, &mut buf);
+        p.step();
+        assert!(!p.ended, "{what}: transport ended: {:?}", p.client_events);
+        rounds += 1;
+        assert!(rounds < 20_000, "{what}: stuck {up:?} {down:?}");
+    }
+    assert_eq!((up.received, down.received), (total, total), "{what}");
+}
