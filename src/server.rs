@@ -99,8 +99,10 @@ struct Session {
 pub struct Server<R: CryptoRng> {
     config: Config,
     rng: R,
-    transports: BTreeMap<TransportId, Transport>,
-    sessions: BTreeMap<SessionId, Session>,
+    transports: BTreeMap<TransportId, Box<Transport>>,
+    /// Boxed: B-tree leaves are half empty on average, and an inline
+    /// session would waste that space several hundred bytes at a time.
+    sessions: BTreeMap<SessionId, Box<Session>>,
     by_conn_id: BTreeMap<u64, SessionId>,
     next_transport: u64,
     next_session: u64,
@@ -143,7 +145,7 @@ impl<R: CryptoRng> Server<R> {
         let id = TransportId(self.next_transport);
         self.transports.insert(
             id,
-            Transport {
+            Box::new(Transport {
                 phase: Phase::First {
                     buf: [0; RESUME_REQUEST_LEN],
                     have: 0,
@@ -152,7 +154,7 @@ impl<R: CryptoRng> Server<R> {
                 control_len: 0,
                 control_sent: 0,
                 deadline: now.saturating_add(self.config.handshake_timeout),
-            },
+            }),
         );
         self.pending += 1;
         Ok(id)
@@ -341,7 +343,7 @@ impl<R: CryptoRng> Server<R> {
         stream.ping_soon();
         self.next_session += 1;
         let sid = SessionId(self.next_session);
-        let session = Session {
+        let session = Box::new(Session {
             conn_id: est.conn_id,
             stream,
             resume_key: est.keys.resume.clone(),
@@ -350,7 +352,7 @@ impl<R: CryptoRng> Server<R> {
             detached_since: None,
             closed_clean: false,
             expired: false,
-        };
+        });
         t.phase = Phase::Attached(sid);
         self.pending -= 1;
         self.by_conn_id.insert(session.conn_id, sid);
