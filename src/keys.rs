@@ -6,6 +6,7 @@
 //! the BLAKE3 keyed MAC over frames. Secrets are zeroized on drop and never
 //! appear in `Debug` output.
 
+use alloc::boxed::Box;
 use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
 use chacha20::ChaCha20;
 use core::fmt;
@@ -144,6 +145,58 @@ pub(crate) struct DirectionKeys {
     enc: Secret,
     mac: Secret,
     dir: u8,
+    /// Keystream generated ahead for small frames (allocated on the first
+    /// small frame, freed by [`DirectionKeys::drop_cache`] when idle).
+    cache: Option<Box<KeystreamCache>>,
+}
+
+/// Bytes of keystream generated at once for small frames.
+const CACHE_LEN: usize = 1024;
+/// Frames up to this size take their keystream from the cache: setting up
+/// ChaCha20 costs as much as generating a few hundred bytes.
+const SMALL_FRAME: usize = 256;
+
+/// Keystream bytes `[start, start + CACHE_LEN)` of a direction. Secret:
+/// zeroized on drop, redacted in `Debug`.
+#[derive(Clone)]
+struct KeystreamCache {
+    start: u64,
+    bytes: [u8; CACHE_LEN],
+}
+
+impl Drop for KeystreamCache {
+    fn drop(&mut self) {
+        self.bytes.zeroize();
+    }
+}
+
+impl fmt::Debug for KeystreamCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeystreamCache(<redacted>)")
+    }
+}
+
+/// XOR the keystream at stream offset `offset` into `buf`.
+fn xor_keystream(enc: &Secret, offset: u64, buf: &mut [u8]) {
+    let mut done = 0usize;
+    while done < buf.len() {
+        let off = offset.wrapping_add(done as u64);
+        let (mut cipher, room) = cipher_at(enc, off);
+        let n = core::cmp::min(room, (buf.len() - done) as u64) as usize;
+        cipher.apply_keystream(&mut buf[done..done + n]);
+        done += n;
+    }
+}
+
+/// A cipher positioned at `offset` and how many bytes remain in its segment.
+fn cipher_at(enc: &Secret, offset: u64) -> (ChaCha20, u64) {
+    let segment = offset >> SEGMENT_BITS;
+    let pos = offset & ((1u64 << SEGMENT_BITS) - 1);
+    let mut nonce = [0u8; 12];
+    nonce[..8].copy_from_slice(&segment.to_le_bytes());
+    let mut cipher = ChaCha20::new((&enc.0).into(), (&nonce).into());
+    cipher.seek(pos);
+    (cipher, (1u64 << SEGMENT_BITS) - pos)
 }
 
 /// Fixed part of the frame MAC input: direction, key epoch, transport
@@ -161,41 +214,63 @@ impl DirectionKeys {
     /// Byte `o` of a direction's stream is always encrypted with keystream
     /// byte `o mod 2^32` of nonce `o >> 32`, so a keystream byte is only
     /// ever reused for the very same plaintext byte (a resend).
-    pub(crate) fn apply_keystream(&self, offset: u64, buf: &mut [u8]) {
-        let mut done = 0usize;
-        while done < buf.len() {
-            let off = offset.wrapping_add(done as u64);
-            let (mut cipher, room) = self.cipher_at(off);
-            let n = core::cmp::min(room, (buf.len() - done) as u64) as usize;
-            cipher.apply_keystream(&mut buf[done..done + n]);
-            done += n;
+    pub(crate) fn apply_keystream(&mut self, offset: u64, buf: &mut [u8]) {
+        match self.cached_keystream(offset, buf.len()) {
+            Some(ks) => buf.iter_mut().zip(ks).for_each(|(b, k)| *b ^= k),
+            None => xor_keystream(&self.enc, offset, buf),
         }
     }
 
     /// Like [`Self::apply_keystream`] but reads `input` and writes `output`
     /// (same length) in one pass.
-    pub(crate) fn apply_keystream_b2b(&self, offset: u64, input: &[u8], output: &mut [u8]) {
+    pub(crate) fn apply_keystream_b2b(&mut self, offset: u64, input: &[u8], output: &mut [u8]) {
         debug_assert_eq!(input.len(), output.len());
         let len = input.len().min(output.len());
+        if let Some(ks) = self.cached_keystream(offset, len) {
+            for ((o, i), k) in output.iter_mut().zip(input).zip(ks) {
+                *o = i ^ k;
+            }
+            return;
+        }
         let mut done = 0usize;
         while done < len {
             let off = offset.wrapping_add(done as u64);
-            let (mut cipher, room) = self.cipher_at(off);
+            let (mut cipher, room) = cipher_at(&self.enc, off);
             let n = core::cmp::min(room, (len - done) as u64) as usize;
             cipher.apply_keystream_b2b(&input[done..done + n], &mut output[done..done + n]);
             done += n;
         }
     }
 
-    /// A cipher positioned at `offset` and how many bytes remain in its segment.
-    fn cipher_at(&self, offset: u64) -> (ChaCha20, u64) {
-        let segment = offset >> SEGMENT_BITS;
-        let pos = offset & ((1u64 << SEGMENT_BITS) - 1);
-        let mut nonce = [0u8; 12];
-        nonce[..8].copy_from_slice(&segment.to_le_bytes());
-        let mut cipher = ChaCha20::new((&self.enc.0).into(), (&nonce).into());
-        cipher.seek(pos);
-        (cipher, (1u64 << SEGMENT_BITS) - pos)
+    /// Keystream bytes `[offset, offset + len)` from the cache, refilled
+    /// from `offset` when they are not in it; `None` for large frames.
+    fn cached_keystream(&mut self, offset: u64, len: usize) -> Option<&[u8]> {
+        if len > SMALL_FRAME {
+            return None;
+        }
+        let end = offset.checked_add(len as u64)?;
+        let hit = self
+            .cache
+            .as_ref()
+            .is_some_and(|c| offset >= c.start && end <= c.start.saturating_add(CACHE_LEN as u64));
+        let cache = self.cache.get_or_insert_with(|| {
+            Box::new(KeystreamCache {
+                start: 0,
+                bytes: [0; CACHE_LEN],
+            })
+        });
+        if !hit {
+            cache.bytes = [0; CACHE_LEN];
+            cache.start = offset;
+            xor_keystream(&self.enc, offset, &mut cache.bytes);
+        }
+        let from = (offset - cache.start) as usize;
+        Some(&cache.bytes[from..from + len])
+    }
+
+    /// Free (and zeroize) the keystream cache.
+    pub(crate) fn drop_cache(&mut self) {
+        self.cache = None;
     }
 
     /// The frame tag over the fixed fields and `body` (ciphertext).
@@ -231,11 +306,13 @@ impl SessionKeys {
                 enc: d(context::C2S_ENC),
                 mac: d(context::C2S_MAC),
                 dir: DIR_C2S,
+                cache: None,
             },
             s2c: DirectionKeys {
                 enc: d(context::S2C_ENC),
                 mac: d(context::S2C_MAC),
                 dir: DIR_S2C,
+                cache: None,
             },
             resume: d(context::RESUME),
         }
@@ -252,7 +329,7 @@ mod tests {
 
     #[test]
     fn directions_have_different_keystreams() {
-        let k = keys();
+        let mut k = keys();
         let mut a = [0u8; 256];
         let mut b = [0u8; 256];
         k.c2s.apply_keystream(0, &mut a);
@@ -263,7 +340,7 @@ mod tests {
 
     #[test]
     fn keystream_is_addressed_by_offset() {
-        let k = keys();
+        let mut k = keys();
         let mut whole = [0u8; 300];
         k.c2s.apply_keystream(1000, &mut whole);
         let mut part = [0u8; 100];
@@ -273,7 +350,7 @@ mod tests {
 
     #[test]
     fn keystream_crosses_segment_boundary_consistently() {
-        let k = keys();
+        let mut k = keys();
         let base = (1u64 << SEGMENT_BITS) - 10;
         let mut whole = [0u8; 40];
         k.s2c.apply_keystream(base, &mut whole);
@@ -287,6 +364,32 @@ mod tests {
         let mut out = [0u8; 40];
         k.s2c.apply_keystream_b2b(base, &[0u8; 40], &mut out);
         assert_eq!(out, whole);
+    }
+
+    proptest::proptest! {
+        /// Small frames take their keystream from the cache: whatever the
+        /// order of offsets (sequential, resends going back, jumps across
+        /// a nonce segment), the bytes equal the directly computed ones.
+        #[test]
+        fn cached_keystream_equals_direct(
+            ops in proptest::collection::vec((0u64..4000, 1usize..=300, proptest::bool::ANY), 1..40),
+            near_segment in proptest::bool::ANY,
+        ) {
+            let mut k = keys();
+            let base = if near_segment { (1u64 << SEGMENT_BITS) - 2000 } else { 0 };
+            for (off, len, b2b) in ops {
+                let offset = base + off;
+                let mut direct = alloc::vec![0u8; len];
+                xor_keystream(&k.c2s.enc, offset, &mut direct);
+                let mut got = alloc::vec![0u8; len];
+                if b2b {
+                    k.c2s.apply_keystream_b2b(offset, &alloc::vec![0u8; len], &mut got);
+                } else {
+                    k.c2s.apply_keystream(offset, &mut got);
+                }
+                proptest::prop_assert_eq!(got, direct);
+            }
+        }
     }
 
     #[test]

@@ -285,6 +285,10 @@ impl Stream {
             self.rx = VecDeque::new();
         }
         self.spare_partial = Vec::new();
+        if let Some(k) = &mut self.keys {
+            k.tx.drop_cache();
+            k.rx.drop_cache();
+        }
         if let Some(l) = &mut self.link {
             if l.partial.is_empty() {
                 l.partial = Vec::new();
@@ -458,7 +462,7 @@ impl Stream {
 
     /// Verify one whole frame and apply it.
     fn open_frame(&mut self, now: Instant, hdr: &FrameHeader, frame: &[u8]) -> Result<(), Error> {
-        let keys = self.keys.as_ref().ok_or(Error::InvalidState)?;
+        let keys = self.keys.as_mut().ok_or(Error::InvalidState)?;
         let link = self.link.as_mut().ok_or(Error::TransportEnded)?;
         let header = arr4(frame);
         let body = &frame[FRAME_HEADER_LEN..FRAME_HEADER_LEN + hdr.len];
@@ -490,7 +494,7 @@ impl Stream {
                         })?;
                 reserve_bounded(&mut self.rx, hdr.len, self.limits.recv_buffer);
                 self.rx.extend(body.iter());
-                decrypt_tail(&mut self.rx, hdr.len, &keys.rx, self.rx_data);
+                decrypt_tail(&mut self.rx, hdr.len, &mut keys.rx, self.rx_data);
                 self.rx_data = end;
                 if link.ack_due.is_none() {
                     link.ack_due = Some(now.saturating_add(self.limits.ack_delay));
@@ -525,7 +529,7 @@ impl Stream {
     /// Write as many frames as fit into `out`: a due ACK, DATA, CLOSE, a
     /// keepalive PING. Returns the bytes written.
     pub(crate) fn poll_transmit(&mut self, now: Instant, out: &mut [u8]) -> usize {
-        let Some(keys) = self.keys.as_ref() else {
+        let Some(keys) = self.keys.as_mut() else {
             return 0;
         };
         let Some(link) = self.link.as_mut() else {
@@ -709,7 +713,7 @@ fn reserve_bounded(dq: &mut VecDeque<u8>, additional: usize, cap: usize) {
 }
 
 /// Decrypt in place the last `n` bytes of `dq`, which start at stream offset `offset`.
-fn decrypt_tail(dq: &mut VecDeque<u8>, n: usize, keys: &DirectionKeys, offset: u64) {
+fn decrypt_tail(dq: &mut VecDeque<u8>, n: usize, keys: &mut DirectionKeys, offset: u64) {
     let total = dq.len();
     let (a, b) = dq.as_mut_slices();
     let start = total - n;
