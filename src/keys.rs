@@ -273,18 +273,20 @@ impl DirectionKeys {
         self.cache = None;
     }
 
-    /// The frame tag over the fixed fields and `body` (ciphertext).
+    /// The frame tag over `body` (ciphertext) followed by the fixed fields.
+    /// The body comes first so that BLAKE3 hashes it in whole chunks (its
+    /// SIMD path); the 33 fixed bytes end the input.
     pub(crate) fn frame_tag(&self, aad: &FrameAad, body: &[u8]) -> [u8; TAG_LEN] {
-        let mut prefix = [0u8; 1 + 4 + 8 + 8 + 8 + FRAME_HEADER_LEN];
-        prefix[0] = self.dir;
+        let mut fixed = [0u8; 1 + 4 + 8 + 8 + 8 + FRAME_HEADER_LEN];
+        fixed[0] = self.dir;
         // bytes 1..5: key epoch, always 0 until rekeying exists.
-        prefix[5..13].copy_from_slice(&aad.generation.to_le_bytes());
-        prefix[13..21].copy_from_slice(&aad.sequence.to_le_bytes());
-        prefix[21..29].copy_from_slice(&aad.offset.to_le_bytes());
-        prefix[29..33].copy_from_slice(&aad.header);
+        fixed[5..13].copy_from_slice(&aad.generation.to_le_bytes());
+        fixed[13..21].copy_from_slice(&aad.sequence.to_le_bytes());
+        fixed[21..29].copy_from_slice(&aad.offset.to_le_bytes());
+        fixed[29..33].copy_from_slice(&aad.header);
         let mut h = blake3::Hasher::new_keyed(&self.mac.0);
-        h.update(&prefix);
         h.update(body);
+        h.update(&fixed);
         truncate(&h.finalize())
     }
 }

@@ -794,13 +794,13 @@ mod spec {
     }
 
     fn tag(mac_key: &[u8; 32], p: &Position, header: &[u8], body: &[u8]) -> [u8; 16] {
-        let mut input = vec![p.dir];
+        let mut input = body.to_vec();
+        input.push(p.dir);
         input.extend(0u32.to_le_bytes()); // key epoch
         input.extend(p.generation.to_le_bytes());
         input.extend(p.sequence.to_le_bytes());
         input.extend(p.offset.to_le_bytes());
         input.extend(header);
-        input.extend(body);
         mac16(mac_key, &input)
     }
 
