@@ -354,7 +354,7 @@ fn main() {
         unit: "GB/s",
         vals: [None, Some(gb(prim[0])), None, None, None],
         ratios: format!(
-            "blake3 {:.2} GB/s (fixed fields after the body: {:.2}), seal (enc+mac) {:.2} GB/s",
+            "blake3 {:.2} GB/s (fixed fields before the body, old layout: {:.2}), seal (enc+mac) {:.2} GB/s",
             gb(prim[1]),
             gb(prim[3]),
             gb(prim[2])

@@ -1,8 +1,8 @@
 //! The bound: exactly the primitives relink uses, without relink around
 //! them. Per frame the sender creates an IETF ChaCha20 at the frame's stream
 //! offset (key + nonce + seek, as `keys.rs` does), encrypts in place and
-//! computes the BLAKE3 keyed MAC (33-byte frame prefix + ciphertext,
-//! truncated to 16 bytes); the receiver recomputes and compares the MAC and
+//! computes the BLAKE3 keyed MAC (ciphertext + the 33 fixed bytes, truncated
+//! to 16 bytes); the receiver recomputes and compares the MAC and
 //! decrypts in place. X25519: x25519-dalek key generation and DH.
 
 use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
@@ -30,8 +30,8 @@ fn mac(seq: u64, offset: u64, body: &[u8]) -> [u8; 16] {
     prefix[21..29].copy_from_slice(&offset.to_le_bytes());
     prefix[29..33].copy_from_slice(&(body.len() as u32).to_le_bytes());
     let mut h = blake3::Hasher::new_keyed(&MAC_KEY);
-    h.update(&prefix);
     h.update(body);
+    h.update(&prefix);
     let mut t = [0u8; 16];
     t.copy_from_slice(&h.finalize().as_bytes()[..16]);
     t
@@ -89,9 +89,9 @@ pub fn blake3_only(len: usize, frames: u64) -> Sample {
     })
 }
 
-/// BLAKE3 keyed MAC with the 33 fixed bytes *after* the body instead of
-/// before it (a protocol variant: the body's 1 KiB chunks then start on
-/// chunk boundaries and all go through the wide SIMD path).
+/// BLAKE3 keyed MAC with the 33 fixed bytes *before* the body (the frame
+/// layout before the change: the body's 1 KiB chunks then straddle chunk
+/// boundaries and part of them misses the wide SIMD path).
 pub fn blake3_aad_last(len: usize, frames: u64) -> Sample {
     let buf = buffer(len);
     let prefix = [0u8; 33];
@@ -99,8 +99,8 @@ pub fn blake3_aad_last(len: usize, frames: u64) -> Sample {
         let mut acc = 0u8;
         for _ in 0..frames {
             let mut h = blake3::Hasher::new_keyed(&MAC_KEY);
-            h.update(black_box(&buf));
             h.update(&prefix);
+            h.update(black_box(&buf));
             acc ^= h.finalize().as_bytes()[0];
         }
         black_box(acc);
