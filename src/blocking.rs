@@ -492,6 +492,41 @@ impl ClientState {
     }
 }
 
+/// `Read` and `Write` for a stream type and for shared references to it
+/// (one thread may read while another writes), from its `read_inner`,
+/// `write_inner` and `flush_inner` (flush waits until the peer acknowledged
+/// every byte written).
+macro_rules! impl_read_write {
+    ($ty:ty) => {
+        impl Read for $ty {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                self.read_inner(buf)
+            }
+        }
+        impl Read for &$ty {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                self.read_inner(buf)
+            }
+        }
+        impl Write for $ty {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                self.write_inner(buf)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                self.flush_inner()
+            }
+        }
+        impl Write for &$ty {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                self.write_inner(buf)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                self.flush_inner()
+            }
+        }
+    };
+}
+
 /// A relink client session over a succession of transports that the driver
 /// opens by itself. Implements [`Read`] and [`Write`] (also for `&ClientStream`).
 ///
@@ -641,37 +676,7 @@ impl ClientStream {
     }
 }
 
-impl Read for ClientStream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.read_inner(buf)
-    }
-}
-
-impl Read for &ClientStream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.read_inner(buf)
-    }
-}
-
-impl Write for ClientStream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.write_inner(buf)
-    }
-    /// Waits until the server acknowledged every byte written.
-    fn flush(&mut self) -> io::Result<()> {
-        self.flush_inner()
-    }
-}
-
-impl Write for &ClientStream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.write_inner(buf)
-    }
-    /// Waits until the server acknowledged every byte written.
-    fn flush(&mut self) -> io::Result<()> {
-        self.flush_inner()
-    }
-}
+impl_read_write!(ClientStream);
 
 impl Drop for ClientStream {
     fn drop(&mut self) {
@@ -1472,37 +1477,7 @@ impl ServerStream {
     }
 }
 
-impl Read for ServerStream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.read_inner(buf)
-    }
-}
-
-impl Read for &ServerStream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.read_inner(buf)
-    }
-}
-
-impl Write for ServerStream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.write_inner(buf)
-    }
-    /// Waits until the client acknowledged every byte written.
-    fn flush(&mut self) -> io::Result<()> {
-        self.flush_inner()
-    }
-}
-
-impl Write for &ServerStream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.write_inner(buf)
-    }
-    /// Waits until the client acknowledged every byte written.
-    fn flush(&mut self) -> io::Result<()> {
-        self.flush_inner()
-    }
-}
+impl_read_write!(ServerStream);
 
 impl Drop for ServerStream {
     fn drop(&mut self) {
