@@ -4,51 +4,15 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::thread;
 
 use relink::relay::{FaultPlan, Relay};
 use sha2::{Digest, Sha256};
 
-/// Path of the example binary, built once per test process with the same
-/// profile and features as this test (a no-op when `cargo test` built it).
-fn relink_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test exe path");
-        // target/<profile>/deps/cli-<hash>
-        let profile_dir = exe.parent().and_then(Path::parent).expect("profile dir");
-        let target_dir = profile_dir.parent().expect("target dir");
-        let bin = profile_dir
-            .join("examples")
-            .join(format!("relink{}", std::env::consts::EXE_SUFFIX));
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("CARGO_TARGET_DIR", target_dir)
-            .args(["build", "--quiet", "--example", "relink"]);
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        if cfg!(feature = "tokio") {
-            cmd.args(["--features", "tokio"]);
-        }
-        let status = cmd.status().expect("run cargo build --example relink");
-        assert!(status.success(), "cargo build --example relink failed");
-        assert!(bin.exists(), "{} missing", bin.display());
-        bin
-    })
-}
-
-/// A child process killed when the guard drops (also on test failure).
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod cli_support;
+use cli_support::{relink_bin, Proc};
 
 /// Read the `listening on ADDR` line the listening commands print first,
 /// then keep draining stderr (echoed to ours) in a thread.

@@ -1,0 +1,44 @@
+//! Shared by the tests that run the CLI example binary: building and
+//! locating it, and a child-process guard.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::OnceLock;
+
+/// Path of the example binary, built once per test process with the same
+/// profile and features as this test (a no-op when `cargo test` built it).
+pub fn relink_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test exe path");
+        let profile_dir = exe.parent().and_then(Path::parent).expect("profile dir");
+        let target_dir = profile_dir.parent().expect("target dir");
+        let bin = profile_dir
+            .join("examples")
+            .join(format!("relink{}", std::env::consts::EXE_SUFFIX));
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("CARGO_TARGET_DIR", target_dir)
+            .args(["build", "--quiet", "--example", "relink"]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        if cfg!(feature = "tokio") {
+            cmd.args(["--features", "tokio"]);
+        }
+        let status = cmd.status().expect("run cargo build --example relink");
+        assert!(status.success(), "cargo build --example relink failed");
+        assert!(bin.exists(), "{} missing", bin.display());
+        bin
+    })
+}
+
+/// A child process killed when the guard drops (also on test failure).
+pub struct Proc(pub Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
