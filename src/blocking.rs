@@ -495,7 +495,7 @@ impl ClientState {
 /// `Read` and `Write` for a stream type and for shared references to it
 /// (one thread may read while another writes), from its `read_inner`,
 /// `write_inner` and `flush_inner` (flush waits until the peer acknowledged
-/// every byte written).
+/// every byte written); and [`Session`] (used by [`splice`]) from the same.
 macro_rules! impl_read_write {
     ($ty:ty) => {
         impl Read for $ty {
@@ -522,6 +522,21 @@ macro_rules! impl_read_write {
             }
             fn flush(&mut self) -> io::Result<()> {
                 self.flush_inner()
+            }
+        }
+        impl Session for $ty {
+            fn session_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+                self.read_inner(buf)
+            }
+            fn session_write_all(&self, buf: &[u8]) -> io::Result<()> {
+                let mut me = self;
+                me.write_all(buf)
+            }
+            fn session_shutdown_write(&self) -> io::Result<()> {
+                self.shutdown_write()
+            }
+            fn session_close(&self) -> io::Result<()> {
+                self.close()
             }
         }
     };
@@ -1507,38 +1522,6 @@ pub trait Session: Send + Sync {
     fn session_shutdown_write(&self) -> io::Result<()>;
     /// Close cleanly (both sides closed, everything acknowledged).
     fn session_close(&self) -> io::Result<()>;
-}
-
-impl Session for ClientStream {
-    fn session_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.read_inner(buf)
-    }
-    fn session_write_all(&self, buf: &[u8]) -> io::Result<()> {
-        let mut me = self;
-        me.write_all(buf)
-    }
-    fn session_shutdown_write(&self) -> io::Result<()> {
-        self.shutdown_write()
-    }
-    fn session_close(&self) -> io::Result<()> {
-        self.close()
-    }
-}
-
-impl Session for ServerStream {
-    fn session_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.read_inner(buf)
-    }
-    fn session_write_all(&self, buf: &[u8]) -> io::Result<()> {
-        let mut me = self;
-        me.write_all(buf)
-    }
-    fn session_shutdown_write(&self) -> io::Result<()> {
-        self.shutdown_write()
-    }
-    fn session_close(&self) -> io::Result<()> {
-        self.close()
-    }
 }
 
 /// Bytes moved by [`splice`].
