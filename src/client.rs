@@ -46,6 +46,8 @@ struct SessionState {
     resume_timeout: Duration,
     /// Last time something authenticated arrived from the server.
     last_contact: Instant,
+    /// Proves an "unknown session" answer genuine (pinned mode only).
+    reset_token: [u8; TAG_LEN],
 }
 
 enum Phase {
@@ -258,6 +260,7 @@ impl<R: CryptoRng> Client<R> {
             at: now,
             resume_timeout: Duration::from_micros(est.resume_timeout),
             last_contact: now,
+            reset_token: est.reset_token,
         });
         self.set_control(&finish.confirm);
         self.phase = Phase::Open;
@@ -287,7 +290,7 @@ impl<R: CryptoRng> Client<R> {
             let resp = ResumeResponse::decode(&reply[..have]).map_err(Error::from)?;
             let mac = response_mac(&session.resume_key, &request, &reply[..RESPONSE_MAC_INPUT]);
             if !crate::keys::tags_equal(&mac, &resp.mac) {
-                return Err(self.fail_transport(Error::AuthFailed));
+                return Err(self.fail_unauthenticated(Error::AuthFailed));
             }
             if resp.server_written < self.stream.read_count() {
                 self.close_for_good(CloseReason::DataUnavailable);
@@ -319,7 +322,7 @@ impl<R: CryptoRng> Client<R> {
             let mut got = [0u8; TAG_LEN];
             got.copy_from_slice(&reply[REJECT_MAC_INPUT..REJECT_MAC_INPUT + TAG_LEN]);
             if !crate::keys::tags_equal(&mac, &got) {
-                return Err(self.fail_answered(Error::AuthFailed));
+                return Err(self.fail_unauthenticated(Error::AuthFailed));
             }
             // Authentic and bound to this request: the server's clock as it
             // answered corrects our estimate (a client whose clock stood still
@@ -335,11 +338,25 @@ impl<R: CryptoRng> Client<R> {
             }
             return Err(self.fail_answered(e));
         }
+        let pinned = self.config.pinned_server_key.is_some();
+        if status == ResumeStatus::UnknownSession && pinned {
+            let mut token = [0u8; TAG_LEN];
+            token.copy_from_slice(&reply[2..2 + TAG_LEN]);
+            if crate::keys::tags_equal(&token, &session.reset_token) {
+                // Only the holder of the server's static key can produce
+                // the token: the server no longer holds the session.
+                self.close_for_good(CloseReason::SessionUnknown);
+                return Err(e);
+            }
+        }
         if status == ResumeStatus::AuthFailed {
             self.events.push_back(Event::AuthFailed { reason: e });
-            return Err(self.fail_answered(e));
         }
-        // Unauthenticated, so possibly forged or corrupted: give up only
+        if pinned || status == ResumeStatus::AuthFailed {
+            return Err(self.fail_unauthenticated(e));
+        }
+        // Anonymous mode: nothing authenticates the server, so an active
+        // attacker could end the session anyway (PROTOCOL.md 9); give up only
         // after several in a row. The client never starts a new session on
         // its own: bytes it wrote may have reached the server application
         // (PROTOCOL.md 7.7), so the application decides.
@@ -502,6 +519,21 @@ impl<R: CryptoRng> Client<R> {
     fn note_contact(&mut self) {
         if let (Some(s), Some(t)) = (&mut self.session, self.stream.last_rx()) {
             s.last_contact = s.last_contact.max(t);
+        }
+    }
+
+    /// An answer to this resume attempt that nothing authenticates (a
+    /// status without MAC, a MAC that failed). With a pinned server key such
+    /// an answer is forged, corrupted, or from a server with another key: it
+    /// costs this transport only, and the session ends by an authenticated
+    /// answer or by the deadline (`give_up_at`). In anonymous mode it counts
+    /// like any answered failure (nothing authenticates the server there,
+    /// PROTOCOL.md 9).
+    fn fail_unauthenticated(&mut self, e: Error) -> Error {
+        if self.config.pinned_server_key.is_some() {
+            self.fail_transport(e)
+        } else {
+            self.fail_answered(e)
         }
     }
 

@@ -39,17 +39,22 @@ pub struct Config {
     /// clock by at most this much.
     pub resume_window: Duration,
     /// Client: consecutive resume attempts that the server answered with a
-    /// rejection (or an answer that failed its MAC) before giving up.
-    /// Attempts that got no answer (refused, cut, timed out) do not count:
-    /// those continue until the server's advertised resume timeout passed.
+    /// rejection before giving up (PROTOCOL.md 7.6). In anonymous mode
+    /// answers that nothing authenticates (no MAC, or a MAC that failed)
+    /// count too; with a pinned server key they only cost their transport.
+    /// Attempts that got no answer (refused, cut, timed out) never count:
+    /// those continue until the server's advertised resume timeout passed
+    /// ([`crate::Client::give_up_at`]).
     pub max_resume_attempts: u32,
     /// Consecutive transports ended by an authentication failure before the
     /// session is closed.
     pub max_auth_failures: u32,
-    /// Client: unauthenticated "unknown session" (or "unsupported version",
-    /// "malformed") answers to resume attempts in a row before the session is
-    /// given up. These answers carry no MAC (the server may not have the key),
-    /// so one forged or corrupted answer must not end a session.
+    /// Client, anonymous mode only: unauthenticated "unknown session" (or
+    /// "unsupported version", "malformed") answers to resume attempts in a
+    /// row before the session is given up. With a pinned server key an
+    /// "unknown session" answer is authenticated by the session's reset
+    /// token (PROTOCOL.md 3.6) and ends the session at once, and answers
+    /// without a valid token only cost their transport.
     pub max_unauthenticated_rejections: u32,
     /// Server: most sessions at once.
     pub max_sessions: usize,

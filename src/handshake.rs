@@ -8,8 +8,8 @@
 //! ```text
 //! th1    = BLAKE3(ClientHello || ServerHello[0..66])
 //! prk    = derive_key(HANDSHAKE, ee || es? || th1)
-//! mask   = derive_key(CONN_ID_MASK, prk)[0..8]
-//! th2    = BLAKE3(ClientHello || ServerHello[0..74])
+//! mask   = derive_key(CONN_ID_MASK, prk)   [0..8] conn id, [8..24] reset token
+//! th2    = BLAKE3(ClientHello || ServerHello[0..90])
 //! sconf  = keyed(derive_key(SERVER_CONFIRM, prk), th2)[0..16]
 //! th3    = BLAKE3(ClientHello || ServerHello)
 //! cconf  = keyed(derive_key(CLIENT_CONFIRM, prk), th3)[0..16]
@@ -33,11 +33,16 @@ pub(crate) struct Established {
     pub(crate) server_time: u64,
     /// How long (µs) the server keeps the session without a transport.
     pub(crate) resume_timeout: u64,
+    /// The session's reset token: an "unknown session" answer that carries
+    /// it comes from the server (PROTOCOL.md 3.6).
+    pub(crate) reset_token: [u8; TAG_LEN],
 }
 
-/// Where the masked connection id sits in the ServerHello; the confirm follows.
+/// Where the masked connection id sits in the ServerHello; the masked reset
+/// token and then the confirm follow.
 const CONN_ID_AT: usize = SERVER_HELLO_KEYED_PREFIX;
-const CONFIRM_AT: usize = CONN_ID_AT + 8;
+const TOKEN_AT: usize = CONN_ID_AT + 8;
+const CONFIRM_AT: usize = TOKEN_AT + TAG_LEN;
 
 /// X25519 with the all-zero (non-contributory) result rejected.
 fn dh(secret: &StaticSecret, peer: &[u8; 32]) -> Result<[u8; 32], Error> {
@@ -99,11 +104,16 @@ fn transcript(ch: &[u8; CLIENT_HELLO_LEN], sh: &[u8; SERVER_HELLO_LEN], prk: Sec
     Transcript { prk, th2, th3 }
 }
 
-fn mask(prk: &Secret) -> [u8; 8] {
+/// XOR the connection id and the reset token with the mask derived from
+/// `prk` (it encrypts on the server and decrypts on the client).
+fn apply_mask(prk: &Secret, conn_id: &mut [u8; 8], token: &mut [u8; TAG_LEN]) {
     let m = Secret::derive(context::CONN_ID_MASK, &[&prk.0]);
-    let mut out = [0u8; 8];
-    out.copy_from_slice(&m.0[..8]);
-    out
+    for (b, k) in conn_id.iter_mut().zip(&m.0[..8]) {
+        *b ^= k;
+    }
+    for (b, k) in token.iter_mut().zip(&m.0[8..8 + TAG_LEN]) {
+        *b ^= k;
+    }
 }
 
 impl Transcript {
@@ -177,17 +187,16 @@ impl ClientHandshake {
         if !tags_equal(&t.server_confirm(), &sh.confirm) {
             return Err(Error::AuthFailed);
         }
-        let m = mask(&t.prk);
         let mut id = sh.encrypted_conn_id;
-        for (b, k) in id.iter_mut().zip(m.iter()) {
-            *b ^= k;
-        }
+        let mut reset_token = sh.encrypted_reset_token;
+        apply_mask(&t.prk, &mut id, &mut reset_token);
         Ok(ClientFinish {
             established: Established {
                 conn_id: u64::from_le_bytes(id),
                 keys: t.session_keys(),
                 server_time: sh.server_time,
                 resume_timeout: sh.resume_timeout,
+                reset_token,
             },
             confirm: t.client_confirm(),
         })
@@ -199,6 +208,9 @@ pub(crate) struct ServerRandom {
     pub(crate) ephemeral_secret: [u8; 32],
     pub(crate) challenge: [u8; 16],
     pub(crate) conn_id: u64,
+    /// The reset token of `conn_id` (all zero when the server has no reset
+    /// secret, i.e. no static key).
+    pub(crate) reset_token: [u8; TAG_LEN],
 }
 
 impl Drop for ServerRandom {
@@ -243,16 +255,16 @@ pub(crate) fn server_respond(
         server_time,
         resume_timeout,
         encrypted_conn_id: [0u8; 8],
+        encrypted_reset_token: [0u8; TAG_LEN],
         confirm: [0u8; TAG_LEN],
     }
     .encode();
     let prk = prk(ch_bytes, &sh[..SERVER_HELLO_KEYED_PREFIX], &ee, es.as_ref());
-    let m = mask(&prk);
     let mut id = random.conn_id.to_le_bytes();
-    for (b, k) in id.iter_mut().zip(m.iter()) {
-        *b ^= k;
-    }
-    sh[CONN_ID_AT..CONFIRM_AT].copy_from_slice(&id);
+    let mut token = random.reset_token;
+    apply_mask(&prk, &mut id, &mut token);
+    sh[CONN_ID_AT..TOKEN_AT].copy_from_slice(&id);
+    sh[TOKEN_AT..CONFIRM_AT].copy_from_slice(&token);
     let th2 = blake3::Hasher::new()
         .update(ch_bytes)
         .update(&sh[..CONFIRM_AT])
@@ -268,6 +280,7 @@ pub(crate) fn server_respond(
             keys: t.session_keys(),
             server_time,
             resume_timeout,
+            reset_token: random.reset_token,
         },
     })
 }
@@ -281,6 +294,7 @@ mod tests {
             ephemeral_secret: [2u8; 32],
             challenge: [3u8; 16],
             conn_id: 0x1122_3344_5566_7788,
+            reset_token: [9u8; TAG_LEN],
         }
     }
 
@@ -292,6 +306,7 @@ mod tests {
         assert_eq!(f.established.conn_id, 0x1122_3344_5566_7788);
         assert_eq!(f.established.server_time, 42);
         assert_eq!(f.established.resume_timeout, 7);
+        assert_eq!(f.established.reset_token, [9u8; TAG_LEN]);
         assert_eq!(f.confirm, s.expected_confirm);
         assert_eq!(f.established.keys.resume, s.established.keys.resume);
     }

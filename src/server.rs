@@ -40,8 +40,8 @@ use crate::stream::{Stream, StreamEvent, StreamKeys, StreamLimits};
 use crate::time::{earliest, Instant};
 use crate::wire::{
     client_first_len, AbortCode, HandshakeStatus, ResumeRequest, ResumeResponse, ResumeStatus,
-    CLIENT_CONFIRM_LEN, CLIENT_HELLO_LEN, REJECT_AUTH_LEN, RESUME_REQUEST_LEN, SERVER_HELLO_LEN,
-    TAG_LEN, TAG_NEW, VERSION,
+    CLIENT_CONFIRM_LEN, CLIENT_HELLO_LEN, REJECT_AUTH_LEN, REJECT_TOKEN_LEN, RESUME_REQUEST_LEN,
+    SERVER_HELLO_LEN, TAG_LEN, TAG_NEW, VERSION,
 };
 use crate::MIN_TRANSMIT_BUFFER;
 
@@ -125,6 +125,8 @@ pub struct Server<R: CryptoRng> {
     next_session: u64,
     pending: usize,
     events: VecDeque<ServerEvent>,
+    /// Key of the reset tokens, from the static key (none without one).
+    reset_secret: Option<Secret>,
 }
 
 impl<R: CryptoRng> core::fmt::Debug for Server<R> {
@@ -140,6 +142,7 @@ impl<R: CryptoRng> Server<R> {
     /// A server with no transports or sessions.
     pub fn new(config: Config, rng: R) -> Self {
         Server {
+            reset_secret: config.server_static.as_ref().map(|kp| kp.reset_secret()),
             config: config.normalized(),
             rng,
             transports: BTreeMap::new(),
@@ -289,10 +292,12 @@ impl<R: CryptoRng> Server<R> {
             ephemeral_secret: [0; 32],
             challenge: [0; 16],
             conn_id: 0,
+            reset_token: [0; TAG_LEN],
         };
         self.rng.fill_bytes(&mut random.ephemeral_secret);
         self.rng.fill_bytes(&mut random.challenge);
         random.conn_id = self.fresh_conn_id();
+        random.reset_token = self.reset_token(random.conn_id);
         let result = server_respond(
             hello,
             &random,
@@ -406,12 +411,14 @@ impl<R: CryptoRng> Server<R> {
         msg: &[u8; RESUME_REQUEST_LEN],
     ) -> Result<(), Error> {
         let req = ResumeRequest::decode(msg).map_err(Error::from)?;
-        let Some(&sid) = self.by_conn_id.get(&req.conn_id) else {
-            return Err(self.reject_resume(transport, ResumeStatus::UnknownSession, None));
+        let Some(session) = self
+            .by_conn_id
+            .get(&req.conn_id)
+            .and_then(|sid| self.sessions.get_mut(sid))
+        else {
+            return Err(self.reject_unknown(transport, req.conn_id));
         };
-        let Some(session) = self.sessions.get_mut(&sid) else {
-            return Err(self.reject_resume(transport, ResumeStatus::UnknownSession, None));
-        };
+        let sid = self.by_conn_id[&req.conn_id];
         if !tags_equal(
             &request_mac(&session.resume_key, &msg[..REQUEST_MAC_INPUT]),
             &req.mac,
@@ -494,6 +501,29 @@ impl<R: CryptoRng> Server<R> {
             end,
         });
         Ok(())
+    }
+
+    /// The reset token of `conn_id` (zero without a static key).
+    fn reset_token(&self, conn_id: u64) -> [u8; TAG_LEN] {
+        self.reset_secret
+            .as_ref()
+            .map_or([0; TAG_LEN], |s| s.reset_token(conn_id))
+    }
+
+    /// Answer "unknown session" with the connection's reset token, which a
+    /// pinning client checks (PROTOCOL.md 3.6), and end the transport.
+    fn reject_unknown(&mut self, transport: TransportId, conn_id: u64) -> Error {
+        let mut reply = [0u8; REJECT_TOKEN_LEN];
+        reply[0] = VERSION;
+        reply[1] = ResumeStatus::UnknownSession.to_byte();
+        reply[2..].copy_from_slice(&self.reset_token(conn_id));
+        if let Some(t) = self.transports.get_mut(&transport) {
+            t.set_control(&reply);
+        }
+        self.end_transport(
+            transport,
+            Error::ResumeRejected(ResumeStatus::UnknownSession),
+        )
     }
 
     /// Answer a resume request with a rejection and end the transport.

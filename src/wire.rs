@@ -22,8 +22,9 @@ pub const FRAME_OVERHEAD: usize = FRAME_HEADER_LEN + TAG_LEN;
 /// ClientHello length: tag, version, flags, ephemeral key.
 pub const CLIENT_HELLO_LEN: usize = 1 + 1 + 1 + 32;
 /// ServerHello (accepted) length: version, status, ephemeral key,
-/// challenge, server time, resume timeout, encrypted connection id, confirm.
-pub const SERVER_HELLO_LEN: usize = 1 + 1 + 32 + 16 + 8 + 8 + 8 + TAG_LEN;
+/// challenge, server time, resume timeout, encrypted connection id,
+/// encrypted reset token, confirm.
+pub const SERVER_HELLO_LEN: usize = 1 + 1 + 32 + 16 + 8 + 8 + 8 + TAG_LEN + TAG_LEN;
 /// Bytes of the ServerHello covered by the key derivation (everything
 /// before the encrypted connection id).
 pub const SERVER_HELLO_KEYED_PREFIX: usize = 1 + 1 + 32 + 16 + 8 + 8;
@@ -36,6 +37,9 @@ pub const RESUME_REQUEST_LEN: usize = 1 + 1 + 8 + 8 + 8 + 8 + 8 + TAG_LEN;
 pub const RESUME_RESPONSE_LEN: usize = 1 + 1 + 8 + 8 + 8 + 8 + TAG_LEN;
 /// Length of a rejection that carries no MAC (version and status).
 pub const REJECT_LEN: usize = 2;
+/// Length of an "unknown session" answer: version, status, the session's
+/// reset token (PROTOCOL.md 3.6).
+pub const REJECT_TOKEN_LEN: usize = 2 + TAG_LEN;
 /// Length of a rejection that carries a MAC: version, status, the server's
 /// clock (µs), MAC.
 pub const REJECT_AUTH_LEN: usize = 2 + 8 + TAG_LEN;
@@ -325,6 +329,8 @@ pub struct ServerHello {
     pub resume_timeout: u64,
     /// Connection id XOR the key-derived mask.
     pub encrypted_conn_id: [u8; 8],
+    /// Reset token XOR the key-derived mask.
+    pub encrypted_reset_token: [u8; TAG_LEN],
     /// Server key confirmation.
     pub confirm: [u8; TAG_LEN],
 }
@@ -340,7 +346,8 @@ impl ServerHello {
         o[50..58].copy_from_slice(&self.server_time.to_le_bytes());
         o[58..66].copy_from_slice(&self.resume_timeout.to_le_bytes());
         o[66..74].copy_from_slice(&self.encrypted_conn_id);
-        o[74..90].copy_from_slice(&self.confirm);
+        o[74..90].copy_from_slice(&self.encrypted_reset_token);
+        o[90..106].copy_from_slice(&self.confirm);
         o
     }
     /// Decode an accepted ServerHello (status already checked to be Ok).
@@ -358,7 +365,8 @@ impl ServerHello {
             server_time: u64::from_le_bytes(arr(&b[50..58])),
             resume_timeout: u64::from_le_bytes(arr(&b[58..66])),
             encrypted_conn_id: arr(&b[66..74]),
-            confirm: arr(&b[74..90]),
+            encrypted_reset_token: arr(&b[74..90]),
+            confirm: arr(&b[90..106]),
         })
     }
 }
@@ -482,6 +490,8 @@ pub fn resume_response_len(version: u8, status: u8) -> Result<usize, ProtocolErr
     let s = ResumeStatus::from_byte(status)?;
     Ok(if s == ResumeStatus::Ok {
         RESUME_RESPONSE_LEN
+    } else if s == ResumeStatus::UnknownSession {
+        REJECT_TOKEN_LEN
     } else if s.is_authenticated() {
         REJECT_AUTH_LEN
     } else {
