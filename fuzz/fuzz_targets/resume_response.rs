@@ -29,10 +29,12 @@ fuzz_target!(|data: &[u8]| {
     if let [version, status, ..] = *data {
         // Statuses 0..=7 exist. Accepted: the full response. Rejections the
         // server authenticated (Replayed 4, Stale 5, DataUnavailable 6)
-        // carry the server's time (8) and a 16-byte MAC; the others are
-        // version and status only.
+        // carry the server's time (8) and a 16-byte MAC; UnknownSession (2)
+        // carries the 16-byte reset token; the others are version and
+        // status only.
         let expect = (version == 1 && status <= 7).then_some(match status {
             0 => 50,
+            2 => 18,
             4..=6 => 26,
             _ => 2,
         });
