@@ -6,10 +6,10 @@
 //! The key schedule:
 //!
 //! ```text
-//! th1    = BLAKE3(ClientHello || ServerHello[0..58])
+//! th1    = BLAKE3(ClientHello || ServerHello[0..66])
 //! prk    = derive_key(HANDSHAKE, ee || es? || th1)
 //! mask   = derive_key(CONN_ID_MASK, prk)[0..8]
-//! th2    = BLAKE3(ClientHello || ServerHello[0..66])
+//! th2    = BLAKE3(ClientHello || ServerHello[0..74])
 //! sconf  = keyed(derive_key(SERVER_CONFIRM, prk), th2)[0..16]
 //! th3    = BLAKE3(ClientHello || ServerHello)
 //! cconf  = keyed(derive_key(CLIENT_CONFIRM, prk), th3)[0..16]
@@ -31,7 +31,13 @@ pub(crate) struct Established {
     pub(crate) conn_id: u64,
     pub(crate) keys: SessionKeys,
     pub(crate) server_time: u64,
+    /// How long (µs) the server keeps the session without a transport.
+    pub(crate) resume_timeout: u64,
 }
+
+/// Where the masked connection id sits in the ServerHello; the confirm follows.
+const CONN_ID_AT: usize = SERVER_HELLO_KEYED_PREFIX;
+const CONFIRM_AT: usize = CONN_ID_AT + 8;
 
 /// X25519 with the all-zero (non-contributory) result rejected.
 fn dh(secret: &StaticSecret, peer: &[u8; 32]) -> Result<[u8; 32], Error> {
@@ -87,7 +93,7 @@ fn prk(
 fn transcript(ch: &[u8; CLIENT_HELLO_LEN], sh: &[u8; SERVER_HELLO_LEN], prk: Secret) -> Transcript {
     let th2 = blake3::Hasher::new()
         .update(ch)
-        .update(&sh[..66])
+        .update(&sh[..CONFIRM_AT])
         .finalize();
     let th3 = blake3::Hasher::new().update(ch).update(sh).finalize();
     Transcript { prk, th2, th3 }
@@ -181,6 +187,7 @@ impl ClientHandshake {
                 conn_id: u64::from_le_bytes(id),
                 keys: t.session_keys(),
                 server_time: sh.server_time,
+                resume_timeout: sh.resume_timeout,
             },
             confirm: t.client_confirm(),
         })
@@ -212,6 +219,7 @@ pub(crate) fn server_respond(
     ch_bytes: &[u8; CLIENT_HELLO_LEN],
     random: &ServerRandom,
     server_time: u64,
+    resume_timeout: u64,
     server_static: Option<&StaticKeypair>,
 ) -> Result<ServerHandshake, Error> {
     let ch = ClientHello::decode(ch_bytes)?;
@@ -233,6 +241,7 @@ pub(crate) fn server_respond(
         ephemeral: PublicKey::from(&eph).to_bytes(),
         challenge: random.challenge,
         server_time,
+        resume_timeout,
         encrypted_conn_id: [0u8; 8],
         confirm: [0u8; TAG_LEN],
     }
@@ -243,13 +252,13 @@ pub(crate) fn server_respond(
     for (b, k) in id.iter_mut().zip(m.iter()) {
         *b ^= k;
     }
-    sh[58..66].copy_from_slice(&id);
+    sh[CONN_ID_AT..CONFIRM_AT].copy_from_slice(&id);
     let th2 = blake3::Hasher::new()
         .update(ch_bytes)
-        .update(&sh[..66])
+        .update(&sh[..CONFIRM_AT])
         .finalize();
     let confirm = Secret::derive(context::SERVER_CONFIRM, &[&prk.0]).mac(&[th2.as_bytes()]);
-    sh[66..82].copy_from_slice(&confirm);
+    sh[CONFIRM_AT..].copy_from_slice(&confirm);
     let t = transcript(ch_bytes, &sh, prk);
     Ok(ServerHandshake {
         reply: sh,
@@ -258,6 +267,7 @@ pub(crate) fn server_respond(
             conn_id: random.conn_id,
             keys: t.session_keys(),
             server_time,
+            resume_timeout,
         },
     })
 }
@@ -277,10 +287,11 @@ mod tests {
     #[test]
     fn both_sides_derive_the_same_keys() {
         let c = ClientHandshake::new([1u8; 32], None);
-        let s = server_respond(c.hello(), &random(), 42, None).unwrap();
+        let s = server_respond(c.hello(), &random(), 42, 7, None).unwrap();
         let f = c.finish(&s.reply).unwrap();
         assert_eq!(f.established.conn_id, 0x1122_3344_5566_7788);
         assert_eq!(f.established.server_time, 42);
+        assert_eq!(f.established.resume_timeout, 7);
         assert_eq!(f.confirm, s.expected_confirm);
         assert_eq!(f.established.keys.resume, s.established.keys.resume);
     }
@@ -290,10 +301,10 @@ mod tests {
         let server_kp = StaticKeypair::from_secret_bytes([5u8; 32]);
         let other = StaticKeypair::from_secret_bytes([6u8; 32]);
         let c = ClientHandshake::new([1u8; 32], Some(other.public_key()));
-        let s = server_respond(c.hello(), &random(), 0, Some(&server_kp)).unwrap();
+        let s = server_respond(c.hello(), &random(), 0, 0, Some(&server_kp)).unwrap();
         assert!(matches!(c.finish(&s.reply), Err(Error::AuthFailed)));
         let c = ClientHandshake::new([1u8; 32], Some(server_kp.public_key()));
-        let s = server_respond(c.hello(), &random(), 0, Some(&server_kp)).unwrap();
+        let s = server_respond(c.hello(), &random(), 0, 0, Some(&server_kp)).unwrap();
         assert!(c.finish(&s.reply).is_ok());
     }
 
@@ -302,7 +313,7 @@ mod tests {
         let mut hello = ClientHandshake::new([1u8; 32], None).hello;
         hello[3..35].copy_from_slice(&[0u8; 32]);
         assert!(matches!(
-            server_respond(&hello, &random(), 0, None),
+            server_respond(&hello, &random(), 0, 0, None),
             Err(Error::Protocol(ProtocolError::WeakKey))
         ));
     }
