@@ -7,10 +7,10 @@
 mod eo;
 
 use eo::*;
-use relink::wire::{ResumeStatus, SERVER_HELLO_LEN};
+use relink::wire::{FrameHeader, FrameType, ResumeStatus, ABORT_PAYLOAD_LEN, SERVER_HELLO_LEN};
 use relink::{
-    Client, CloseReason, Config, Duration, Error, Event, HandshakeStatus, Instant, Server,
-    ServerEvent, StaticKeypair,
+    AbortCode, ByteRange, Client, CloseReason, Config, Duration, Error, Event, HandshakeStatus,
+    Instant, Server, ServerEvent, StaticKeypair,
 };
 
 fn secs(s: u64) -> Duration {
@@ -117,6 +117,14 @@ fn s1a_expired_unconfirmed_session_is_not_sent_again() {
         net.client.close_reason(),
         net.client.is_connected()
     );
+    assert_eq!(
+        net.client.in_doubt(),
+        Some(ByteRange {
+            start: 0,
+            end: 5_000
+        }),
+        "the client reports the bytes whose delivery it cannot know"
+    );
 }
 
 /// §1, on-path attacker, pinned mode: the attacker relays every handshake,
@@ -178,6 +186,45 @@ fn s1b_forged_unknown_session_never_duplicates() {
         "client must end with a typed non-clean close after {forged} forged answers, got {:?}",
         net.client.close_reason()
     );
+    assert_eq!(
+        net.client.in_doubt(),
+        Some(ByteRange {
+            start: 0,
+            end: 5_000
+        })
+    );
+    assert!(net.client.send(b"more").is_err(), "the session is over");
+}
+
+/// §1, what the old restart was for: on a flaky network the ClientConfirm
+/// (and the data behind it) is lost. The young session is not killed: the
+/// client resumes it (the server verifies a ResumeRequest of a session
+/// whose ClientConfirm it never saw) and every byte arrives once.
+#[test]
+fn s1c_lost_client_confirm_does_not_kill_a_young_session() {
+    let mut net = Net::new(0x1C, Config::default(), Config::default());
+    assert_eq!(net.client_write(5_000), 5_000);
+    assert!(net.open());
+    net.transmit(); // ClientHello
+    net.deliver(u64::MAX);
+    net.c2s_blackhole = true; // ClientConfirm and data are lost
+    net.transmit(); // ServerHello
+    net.deliver(u64::MAX);
+    net.transmit();
+    assert!(net.client.is_connected());
+    assert_eq!(net.up_read(), 0);
+    net.brk();
+    net.tick(secs(2));
+    net.timers();
+    assert!(net.connect(), "resume of the young session: {:?}", net.cev);
+    net.settle(2_000);
+    assert!(net.server_write(1_000) == 1_000);
+    net.settle(2_000);
+    assert_eq!(net.up_read(), 5_000);
+    assert_eq!(net.down[&0].read, 1_000);
+    assert_eq!(net.sessions_of_generation(), 1);
+    net.assert_no_violations();
+    assert!(!net.client.is_closed());
 }
 
 // ----- 2. Clock jumps ------------------------------------------------------------
@@ -323,7 +370,15 @@ fn s3_client_outlasts_45s_outage() {
     };
     let mut net = established(0x3A, Config::default(), scfg, 10_000);
     net.client_write(3_000);
+    let broke = net.cnow;
     net.brk();
+    let give_up = net.client.give_up_at().expect("detached: give_up_at");
+    assert!(
+        give_up >= broke.saturating_add(secs(120)) && give_up <= broke.saturating_add(secs(140)),
+        "give_up_at {give_up:?}: the server's advertised 120 s after {broke:?} (plus at most an \
+         idle timeout), not the client's own resume_timeout"
+    );
+    assert!(net.client.poll_timeout().is_some_and(|t| t <= give_up));
     let mut failed = 0;
     for _ in 0..45 {
         net.tick(secs(1));
@@ -459,4 +514,267 @@ fn s5b_lost_final_ack_still_ends_clean() {
     assert!(net.cev.contains(&Event::Closed {
         reason: CloseReason::Clean
     }));
+}
+
+/// §3: the server keeps sessions for an hour (configured): the client keeps
+/// the session through a 50-minute outage (an attempt every 10 s).
+#[test]
+fn s3_client_outlasts_50min_outage_with_1h_server_timeout() {
+    let scfg = Config {
+        resume_timeout: secs(3_600),
+        ..Config::default()
+    };
+    let mut net = established(0x3B, Config::default(), scfg, 10_000);
+    net.client_write(3_000);
+    net.server_write(3_000);
+    net.transmit();
+    net.brk();
+    for _ in 0..300 {
+        net.tick(secs(10));
+        net.timers();
+        assert!(net.failed_connect(), "client gave up: {:?}", net.cev);
+    }
+    assert!(net.connect(), "resume after 50 min: {:?}", net.cev);
+    net.settle(2_000);
+    assert_eq!(net.up_read(), net.up_written());
+    assert_eq!(net.down[&0].read, net.down[&0].written);
+    net.assert_no_violations();
+}
+
+/// §3: once the server's advertised resume timeout passed without contact,
+/// the client ends the session by itself (a timer, even with no attempt in
+/// between), non-cleanly, reporting exactly the unacknowledged bytes.
+#[test]
+fn s3_client_gives_up_when_the_advertised_timeout_passed() {
+    let scfg = Config {
+        resume_timeout: secs(120),
+        ..Config::default()
+    };
+    let mut net = established(0x3C, Config::default(), scfg, 10_000);
+    let acked = net.up_written();
+    net.client_write(3_000);
+    net.transmit(); // lost
+    let broke = net.cnow;
+    net.brk();
+    let give_up = net.client.give_up_at().expect("give_up_at");
+    for _ in 0..200 {
+        if net.client.is_closed() {
+            break;
+        }
+        net.tick(secs(1));
+        net.timers();
+        if !net.client.is_closed() {
+            net.failed_connect();
+        }
+    }
+    assert!(net.client.is_closed());
+    assert!(
+        net.cnow >= give_up && net.cnow <= give_up.saturating_add(secs(1)),
+        "closed at {:?}, give_up_at {give_up:?} (transport lost at {broke:?})",
+        net.cnow
+    );
+    assert!(non_clean(net.client.close_reason()));
+    assert_eq!(
+        net.client.in_doubt(),
+        Some(ByteRange {
+            start: acked,
+            end: acked + 3_000
+        })
+    );
+    assert!(net.client.give_up_at().is_none());
+    // Without any attempt at all: the timer alone ends it.
+    let mut net = established(0x3D, Config::default(), Config::default(), 1_000);
+    net.brk();
+    let give_up = net.client.give_up_at().expect("give_up_at");
+    assert_eq!(net.client.poll_timeout(), Some(give_up));
+    net.tick_client(Duration::from_micros(
+        give_up.as_micros() - net.cnow.as_micros(),
+    ));
+    net.timers();
+    assert!(non_clean(net.client.close_reason()));
+    assert_eq!(
+        net.client.in_doubt(),
+        Some(ByteRange {
+            start: 1_000,
+            end: 1_000
+        })
+    );
+}
+
+// ----- 4. ABORT (core) -----------------------------------------------------------
+
+fn aborted(by_peer: bool, code: AbortCode) -> CloseReason {
+    CloseReason::Aborted { code, by_peer }
+}
+
+/// The client aborts: the server reports `Aborted { by_peer: true }` as soon
+/// as the frame arrives (no timeout), the client `Aborted { by_peer: false }`
+/// once answered; `send` fails with `Aborted` on both sides; data verified
+/// before the ABORT stays readable on the server.
+#[test]
+fn abort_by_client_reaches_the_server_at_once() {
+    let mut net = established(0xA0, Config::default(), Config::default(), 4_000);
+    let sid = net.current_session().unwrap();
+    let code = AbortCode(0x1234);
+    net.server_reads = false;
+    net.client_write(500);
+    net.client.abort(code);
+    assert_eq!(net.client.send(b"x"), Err(Error::Aborted(code)));
+    net.transmit();
+    net.deliver(u64::MAX);
+    assert!(
+        net.sev.contains(&ServerEvent::Closed {
+            session: sid,
+            reason: aborted(true, code)
+        }),
+        "server events after one delivery: {:?}",
+        net.sev
+    );
+    net.settle(100);
+    assert_eq!(net.client.close_reason(), Some(aborted(false, code)));
+    assert_eq!(
+        net.client.in_doubt(),
+        Some(ByteRange {
+            start: 4_000,
+            end: 4_500
+        })
+    );
+    assert!(net.cev.contains(&Event::Closed {
+        reason: aborted(false, code)
+    }));
+    assert_eq!(net.server.send(sid, b"x").map_err(|_| ()), Err(()));
+    net.server_reads = true;
+    net.server_read();
+    assert!(net.up_read() <= 4_500);
+    net.assert_no_violations();
+    let mut buf = [0u8; 16];
+    assert!(net.server.recv(sid, &mut buf).is_err());
+}
+
+/// The server aborts: the client reports `Aborted { by_peer: true }` at
+/// once; its `recv` first returns the data verified before, then fails.
+#[test]
+fn abort_by_server_reaches_the_client_at_once() {
+    let mut net = established(0xA1, Config::default(), Config::default(), 4_000);
+    let sid = net.current_session().unwrap();
+    net.server_write(700);
+    net.transmit();
+    net.server
+        .abort(sid, AbortCode::CANNOT_RECEIVE)
+        .expect("abort");
+    net.transmit();
+    net.deliver(u64::MAX);
+    assert_eq!(
+        net.client.close_reason(),
+        Some(aborted(true, AbortCode::CANNOT_RECEIVE))
+    );
+    assert_eq!(net.down[&0].read, 4_700, "data before the ABORT was read");
+    let mut buf = [0u8; 16];
+    assert_eq!(
+        net.client.recv(&mut buf),
+        Err(Error::Aborted(AbortCode::CANNOT_RECEIVE))
+    );
+    net.settle(100);
+    assert!(net.sev.contains(&ServerEvent::Closed {
+        session: sid,
+        reason: aborted(false, AbortCode::CANNOT_RECEIVE)
+    }));
+    net.assert_no_violations();
+}
+
+/// A garbled ABORT (one bit flipped) and a forged one (right layout, no
+/// key) change nothing: the transport fails authentication, the session
+/// survives and resumes, data flows; the genuine ABORT, resent after the
+/// resume, then ends it.
+#[test]
+fn garbled_or_forged_abort_changes_nothing() {
+    let mut net = established(0xA2, Config::default(), Config::default(), 4_000);
+    let sid = net.current_session().unwrap();
+    // Forged: an ABORT frame with a random tag.
+    let mut forged = vec![0u8; 4];
+    forged[..4].copy_from_slice(
+        &FrameHeader {
+            frame_type: FrameType::Abort,
+            len: ABORT_PAYLOAD_LEN,
+        }
+        .encode(),
+    );
+    forged.extend_from_slice(&AbortCode::APPLICATION.0.to_be_bytes());
+    forged.extend_from_slice(&[0x5A; 16]);
+    net.c2s.extend_from_slice(&forged);
+    net.deliver(u64::MAX);
+    assert!(net.ended, "the forged frame ends the transport");
+    assert!(net.server.has_session(sid));
+    assert!(!net
+        .sev
+        .iter()
+        .any(|e| matches!(e, ServerEvent::Closed { .. })));
+    net.flush_break();
+    assert!(net.connect(), "{:?}", net.cev);
+    net.client_write(1_000);
+    net.settle(500);
+    assert_eq!(net.up_read(), 5_000);
+    // Garbled: the client's genuine ABORT with one bit flipped.
+    net.client.abort(AbortCode::INTERRUPTED);
+    net.transmit();
+    assert!(!net.c2s.is_empty());
+    assert_eq!(
+        net.c2s[0],
+        FrameType::Abort.to_byte(),
+        "the ABORT goes out first"
+    );
+    net.c2s[4 + ABORT_PAYLOAD_LEN + 3] ^= 0x08; // in its tag
+    net.deliver(u64::MAX);
+    assert!(net.ended);
+    assert!(
+        !net.sev
+            .iter()
+            .any(|e| matches!(e, ServerEvent::Closed { .. })),
+        "{:?}",
+        net.sev
+    );
+    assert!(!net.client.is_closed());
+    net.flush_break();
+    // The genuine ABORT goes out again after the resume.
+    net.connect();
+    net.settle(200);
+    assert!(net.sev.contains(&ServerEvent::Closed {
+        session: sid,
+        reason: aborted(true, AbortCode::INTERRUPTED)
+    }));
+    assert_eq!(
+        net.client.close_reason(),
+        Some(aborted(false, AbortCode::INTERRUPTED))
+    );
+    net.assert_no_violations();
+}
+
+/// ABORT across a cut: the frame is lost with the transport; after the
+/// resume the client sends it again and the server reports it.
+#[test]
+fn abort_lost_in_a_cut_is_resent_after_resume() {
+    let mut net = established(0xA3, Config::default(), Config::default(), 4_000);
+    let sid = net.current_session().unwrap();
+    net.client.abort(AbortCode::DROPPED);
+    net.transmit();
+    assert!(!net.c2s.is_empty());
+    net.brk(); // lost
+    assert!(!net.client.is_closed());
+    assert!(net.server.has_session(sid));
+    net.tick(secs(3));
+    net.timers();
+    assert!(net.connect(), "{:?}", net.cev);
+    net.settle(200);
+    assert!(
+        net.sev.contains(&ServerEvent::Closed {
+            session: sid,
+            reason: aborted(true, AbortCode::DROPPED)
+        }),
+        "{:?}",
+        net.sev
+    );
+    assert_eq!(
+        net.client.close_reason(),
+        Some(aborted(false, AbortCode::DROPPED))
+    );
 }
