@@ -785,10 +785,9 @@ fn abort_lost_in_a_cut_is_resent_after_resume() {
 /// until the unconfirmed session expires. Before the change such a
 /// handshake held only a pending-transport slot for `handshake_timeout`.
 /// Expected here: once the flooders' handshakes timed out, a genuine client
-/// gets a session. Ignored until the lead decides (shorter expiry or
-/// eviction of unconfirmed sessions, which no application has seen).
+/// gets a session. Fixed by evicting the oldest unconfirmed session without
+/// transport (no application has seen it) when `max_sessions` is reached.
 #[test]
-#[ignore = "issue 9 follow-up: unconfirmed sessions from abandoned ClientHellos hold max_sessions slots for resume_timeout"]
 fn s5c_abandoned_hellos_do_not_lock_out_clients() {
     let scfg = Config {
         max_sessions: 4,
@@ -828,8 +827,8 @@ fn s5c_abandoned_hellos_do_not_lock_out_clients() {
 /// that drives "until is_closed()" hangs). Expected: the abort completes
 /// (the client closes with `Aborted`, and the server does not claim a clean
 /// end for a session the client aborted, or at least answers the ABORT).
+/// Fixed: a side that ended cleanly still answers a later ABORT.
 #[test]
-#[ignore = "issue 9 follow-up: an ABORT after both CLOSEs crossed a cut is never answered; the client never closes"]
 fn abort_after_both_closes_across_a_cut_completes() {
     let mut net = Net::new(0xA4, Config::default(), Config::default());
     net.client.close();
