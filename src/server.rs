@@ -866,6 +866,9 @@ impl<R: CryptoRng> Server<R> {
         self.unconfirmed.remove(&sid);
         let quiet = s.finished || !s.confirmed;
         let clean = s.stream.all_delivered_but_close_ack();
+        // Our ABORT was never answered (the answer was lost, or the client
+        // never came back): the session still ended by our abort.
+        let aborted = s.stream.abort_unanswered();
         if s.stream.readable() > 0 && s.confirmed {
             s.expired = true;
             s.detached_since = None;
@@ -876,7 +879,15 @@ impl<R: CryptoRng> Server<R> {
         if quiet {
             return;
         }
-        self.events.push_back(if clean {
+        self.events.push_back(if let Some(code) = aborted {
+            ServerEvent::Closed {
+                session: sid,
+                reason: CloseReason::Aborted {
+                    code,
+                    by_peer: false,
+                },
+            }
+        } else if clean {
             ServerEvent::Closed {
                 session: sid,
                 reason: CloseReason::Clean,

@@ -278,6 +278,11 @@ impl Stream {
         }
     }
 
+    /// This side aborted and the peer has not answered yet.
+    pub(crate) fn abort_unanswered(&self) -> Option<AbortCode> {
+        self.abort.filter(|a| !a.by_peer && !a.done).map(|a| a.code)
+    }
+
     /// The session was aborted (by either side): `send` and, once the
     /// buffered bytes are read, `recv` fail with `Error::Aborted`.
     pub(crate) fn aborted(&self) -> Option<AbortCode> {
