@@ -17,7 +17,7 @@
 //! string quoted anywhere in the document must be one the test uses.
 //!
 //! To regenerate the vectors after a deliberate protocol change, run
-//! `cargo test --test protocol_vectors -- --ignored --nocapture print_vectors`
+//! `cargo test --all-features --test protocol_vectors -- --ignored --nocapture print_vectors`
 //! and replace each `vectors` block of the document with the printed block
 //! of the same section (the printout names the section above each block).
 
@@ -311,8 +311,20 @@ fn run_api(v: &Vectors) -> Vec<(String, Vec<u8>)> {
     sbytes.extend(v.int("server_conn_id").to_le_bytes());
     let sbytes_len = sbytes.len();
     let (srng, staken) = ScriptedRng::new(sbytes);
-    let mut client = Client::new(Config::default(), crng);
-    let mut server = Server::new(Config::default(), srng);
+    // The defaults the scenario runs with are the published ones.
+    let config = Config::default();
+    assert_eq!(
+        config.resume_timeout.as_micros(),
+        v.int("resume_timeout"),
+        "Config::default().resume_timeout"
+    );
+    assert_eq!(
+        config.resume_window.as_micros(),
+        v.int("resume_window"),
+        "Config::default().resume_window"
+    );
+    let mut client = Client::new(config.clone(), crng);
+    let mut server = Server::new(config, srng);
     let (c1, c2) = (v.bytes("c2s_data_1"), v.bytes("c2s_data_2"));
     let (s1, s2) = (v.bytes("s2c_data_1"), v.bytes("s2c_data_2"));
     let mut buf = [0u8; 256];
@@ -390,7 +402,31 @@ fn run_api(v: &Vectors) -> Vec<(String, Vec<u8>)> {
     let _ = client_events(&mut client);
     let _ = server_events(&mut server);
 
-    // Resume on a new transport.
+    // The client slept: its clock advanced 1 s while the server's advanced
+    // 91 s. Its first resume attempt carries a server-time estimate 90 s
+    // behind: an authenticated Stale rejection that carries the server's
+    // clock.
+    let tid_stale = server.accept(v.at("t_server_stale")).unwrap();
+    client.new_transport(v.at("t_client_resume_stale")).unwrap();
+    let rq_stale = cpoll(&mut client, v.at("t_client_resume_stale"));
+    put("resume_request_stale", &rq_stale);
+    assert_eq!(
+        server.handle_input(tid_stale, v.at("t_server_stale"), &rq_stale),
+        Err(relink::Error::ResumeRejected(relink::ResumeStatus::Stale))
+    );
+    let rj = spoll(&mut server, tid_stale, v.at("t_server_stale"));
+    put("resume_reject_stale", &rj);
+    server.transport_lost(tid_stale, v.at("t_server_stale"));
+    let _ = server_events(&mut server);
+    assert_eq!(
+        client.handle_input(v.at("t_client_stale"), &rj),
+        Err(relink::Error::ResumeRejected(relink::ResumeStatus::Stale))
+    );
+    assert!(!client.is_closed(), "a Stale answer costs one transport");
+    client.transport_lost(v.at("t_client_stale"));
+    let _ = client_events(&mut client);
+
+    // Resume on a new transport, at once, with the corrected estimate.
     let tid2 = server.accept(v.at("t_server_resume")).unwrap();
     client.new_transport(v.at("t_client_resume")).unwrap();
     let rq = cpoll(&mut client, v.at("t_client_resume"));
@@ -400,8 +436,8 @@ fn run_api(v: &Vectors) -> Vec<(String, Vec<u8>)> {
         Ok(rq.len())
     );
     let sr = spoll(&mut server, tid2, v.at("t_server_resume"));
-    assert!(sr.len() > 42, "resume response and resent frame");
-    let (resp, resent) = sr.split_at(42);
+    assert!(sr.len() > 50, "resume response and resent frame");
+    let (resp, resent) = sr.split_at(50);
     put("resume_response", resp);
     let frames = split_frames(resent);
     assert_eq!(frames.len(), 1, "server resends one frame");
@@ -413,7 +449,7 @@ fn run_api(v: &Vectors) -> Vec<(String, Vec<u8>)> {
             ServerEvent::Resumed {
                 transport: tid2,
                 session: sid,
-                counter: 1
+                counter: 2
             },
             ServerEvent::ResendRange {
                 session: sid,
@@ -430,7 +466,7 @@ fn run_api(v: &Vectors) -> Vec<(String, Vec<u8>)> {
     assert_eq!(
         client_events(&mut client),
         vec![
-            Event::Resumed { counter: 1 },
+            Event::Resumed { counter: 2 },
             Event::ResendRange {
                 start: k1,
                 end: k1 + k2
@@ -458,6 +494,10 @@ fn run_api(v: &Vectors) -> Vec<(String, Vec<u8>)> {
     let n = server.recv(sid, &mut buf).unwrap();
     assert_eq!(&buf[..n], &c2[..]);
     assert_eq!(server.recv(sid, &mut buf), Ok(0), "EOF after CLOSE");
+    assert_eq!(
+        server_events(&mut server),
+        vec![ServerEvent::PeerClosed { session: sid }]
+    );
 
     // The same request replayed on another transport: an authenticated
     // rejection, and the session survives.
@@ -473,6 +513,58 @@ fn run_api(v: &Vectors) -> Vec<(String, Vec<u8>)> {
         &spoll(&mut server, tid3, v.at("t_server_replay")),
     );
     assert!(server.has_session(sid) && server.session_of(tid2) == Some(sid));
+    server.transport_lost(tid3, v.at("t_server_replay"));
+    let _ = server_events(&mut server);
+
+    // The client aborts with an application code before the server's ACK of
+    // its CLOSE arrived; the server answers with its own ABORT.
+    let code = relink::AbortCode(u32::try_from(v.int("abort_code")).unwrap());
+    client.abort(code);
+    let ca = cpoll(&mut client, v.at("t_client_abort"));
+    put("c2s_abort_frame", &ca);
+    assert!(!client.is_closed(), "the abort completes with the answer");
+    assert_eq!(
+        server.handle_input(tid2, v.at("t_server_abort"), &ca),
+        Ok(ca.len())
+    );
+    assert_eq!(
+        server_events(&mut server),
+        vec![ServerEvent::Closed {
+            session: sid,
+            reason: relink::CloseReason::Aborted {
+                code,
+                by_peer: true
+            }
+        }]
+    );
+    assert_eq!(
+        server.recv(sid, &mut buf),
+        Err(relink::Error::Aborted(code))
+    );
+    let sa = spoll(&mut server, tid2, v.at("t_server_abort"));
+    put("s2c_abort_frame", &sa);
+    assert_eq!(
+        client.handle_input(v.at("t_client_abort_done"), &sa),
+        Ok(sa.len())
+    );
+    assert_eq!(
+        client_events(&mut client),
+        vec![Event::Closed {
+            reason: relink::CloseReason::Aborted {
+                code,
+                by_peer: false
+            }
+        }]
+    );
+    // The server never acknowledged the resent bytes and the CLOSE: they
+    // are in doubt for the client (they did arrive, which it cannot know).
+    assert_eq!(
+        client.in_doubt(),
+        Some(relink::ByteRange {
+            start: k1,
+            end: k1 + k2
+        })
+    );
 
     // The RNGs were asked for exactly the published inputs.
     assert_eq!(ctaken.get(), 32, "client RNG bytes consumed");
@@ -583,7 +675,7 @@ mod spec {
         /// The ClientHello.
         pub client_hello: [u8; 35],
         /// The ServerHello.
-        pub server_hello: [u8; 82],
+        pub server_hello: [u8; 90],
         /// The ClientConfirm.
         pub client_confirm: [u8; 16],
         /// The session keys.
@@ -616,6 +708,8 @@ mod spec {
         pub conn_id: u64,
         /// The ServerHello `server_time`.
         pub server_time: u64,
+        /// The ServerHello `resume_timeout` (µs).
+        pub resume_timeout: u64,
         /// The server's static secret when the client pins its public key.
         pub server_static: Option<[u8; 32]>,
     }
@@ -629,16 +723,18 @@ mod spec {
         ch[1] = 1; // version
         ch[2] = u8::from(i.server_static.is_some()); // FLAG_PINNED
         ch[3..].copy_from_slice(&cpub);
-        let mut sh = [0u8; 82];
+        let mut sh = [0u8; 90];
         sh[0] = 1; // version
         sh[1] = 0; // status Ok
         sh[2..34].copy_from_slice(&spub);
         sh[34..50].copy_from_slice(&i.challenge);
         sh[50..58].copy_from_slice(&i.server_time.to_le_bytes());
+        sh[58..66].copy_from_slice(&i.resume_timeout.to_le_bytes());
         let ee = x25519_dalek::x25519(i.client_secret, spub);
         assert_eq!(ee, x25519_dalek::x25519(i.server_secret, cpub), "DH agrees");
         assert_ne!(ee, [0u8; 32], "contributory");
-        let th1 = hash(&[&ch[..], &sh[..58]].concat());
+        // The keyed prefix: everything before the masked connection id.
+        let th1 = hash(&[&ch[..], &sh[..66]].concat());
         let mut ikm = ee.to_vec();
         let mut values: Vec<(&'static str, Vec<u8>)> = vec![
             ("client_ephemeral_public", cpub.to_vec()),
@@ -658,12 +754,12 @@ mod spec {
         let mask32 = derive("CONN_ID_MASK", &prk);
         let mask = &mask32[..8];
         for (k, (o, m)) in i.conn_id.to_le_bytes().iter().zip(mask).enumerate() {
-            sh[58 + k] = o ^ m;
+            sh[66 + k] = o ^ m;
         }
-        let th2 = hash(&[&ch[..], &sh[..66]].concat());
+        let th2 = hash(&[&ch[..], &sh[..74]].concat());
         let sconf_key = derive("SERVER_CONFIRM", &prk);
         let sconf = mac16(&sconf_key, &th2);
-        sh[66..82].copy_from_slice(&sconf);
+        sh[74..90].copy_from_slice(&sconf);
         let th3 = hash(&[&ch[..], &sh[..]].concat());
         let cconf_key = derive("CLIENT_CONFIRM", &prk);
         let cconf = mac16(&cconf_key, &th3);
@@ -775,6 +871,8 @@ mod spec {
     pub const ACK: u8 = 2;
     /// Frame type CLOSE.
     pub const CLOSE: u8 = 4;
+    /// Frame type ABORT.
+    pub const ABORT: u8 = 5;
     /// Direction byte client → server.
     pub const DIR_C2S: u8 = 1;
     /// Direction byte server → client.
@@ -897,25 +995,34 @@ mod spec {
         server_written: u64,
         server_read: u64,
         server_time: u64,
-    ) -> [u8; 42] {
-        let mut m = [0u8; 42];
+        resume_timeout: u64,
+    ) -> [u8; 50] {
+        let mut m = [0u8; 50];
         m[0] = 1;
         m[1] = 0;
         m[2..10].copy_from_slice(&server_written.to_le_bytes());
         m[10..18].copy_from_slice(&server_read.to_le_bytes());
         m[18..26].copy_from_slice(&server_time.to_le_bytes());
-        let mac = mac16(key, &[&[0x02][..], &request[..], &m[..26]].concat());
-        m[26..].copy_from_slice(&mac);
+        m[26..34].copy_from_slice(&resume_timeout.to_le_bytes());
+        let mac = mac16(key, &[&[0x02][..], &request[..], &m[..34]].concat());
+        m[34..].copy_from_slice(&mac);
         m
     }
 
-    /// An authenticated resume rejection (statuses 4, 5, 6).
-    pub fn resume_reject(key: &[u8; 32], request: &[u8; 58], status: u8) -> [u8; 18] {
-        let mut m = [0u8; 18];
+    /// An authenticated resume rejection (statuses 4, 5, 6): version,
+    /// status, the server's clock, MAC.
+    pub fn resume_reject(
+        key: &[u8; 32],
+        request: &[u8; 58],
+        status: u8,
+        server_time: u64,
+    ) -> [u8; 26] {
+        let mut m = [0u8; 26];
         m[0] = 1;
         m[1] = status;
-        let mac = mac16(key, &[&[0x03][..], &request[..], &m[..2]].concat());
-        m[2..].copy_from_slice(&mac);
+        m[2..10].copy_from_slice(&server_time.to_le_bytes());
+        let mac = mac16(key, &[&[0x03][..], &request[..], &m[..10]].concat());
+        m[10..].copy_from_slice(&mac);
         m
     }
 }
@@ -931,6 +1038,7 @@ fn anon_inputs(v: &Vectors) -> spec::HandshakeInputs {
         challenge: v.arr("server_challenge"),
         conn_id: v.int("server_conn_id"),
         server_time: v.int("t_server_hello"),
+        resume_timeout: v.int("resume_timeout"),
         server_static: None,
     }
 }
@@ -942,6 +1050,7 @@ fn pinned_inputs(v: &Vectors) -> spec::HandshakeInputs {
         challenge: v.arr("pinned_server_challenge"),
         conn_id: v.int("pinned_server_conn_id"),
         server_time: v.int("pinned_t_server_hello"),
+        resume_timeout: v.int("resume_timeout"),
         server_static: Some(v.arr("pinned_server_static_secret")),
     }
 }
@@ -949,10 +1058,16 @@ fn pinned_inputs(v: &Vectors) -> spec::HandshakeInputs {
 /// The frames of the anonymous scenario: name, position, type and the
 /// plaintext payload the rules of the document give for it.
 fn frame_table(v: &Vectors) -> Vec<(&'static str, spec::Position, u8, Vec<u8>)> {
-    use spec::{Position, ACK, CLOSE, DATA, DIR_C2S, DIR_S2C};
+    use spec::{Position, ABORT, ACK, CLOSE, DATA, DIR_C2S, DIR_S2C};
     let (c1, c2) = (v.bytes("c2s_data_1"), v.bytes("c2s_data_2"));
     let (s1, s2) = (v.bytes("s2c_data_1"), v.bytes("s2c_data_2"));
-    let (k1, k2, l1) = (c1.len() as u64, c2.len() as u64, s1.len() as u64);
+    let (k1, k2) = (c1.len() as u64, c2.len() as u64);
+    let (l1, l2) = (s1.len() as u64, s2.len() as u64);
+    // ABORT payload: the reason code as a u32, little-endian.
+    let code = u32::try_from(v.int("abort_code"))
+        .expect("abort code fits a u32")
+        .to_le_bytes()
+        .to_vec();
     let pos = |dir, generation, sequence, offset| Position {
         dir,
         generation,
@@ -976,15 +1091,25 @@ fn frame_table(v: &Vectors) -> Vec<(&'static str, spec::Position, u8, Vec<u8>)> 
         ),
         ("c2s_frame_2", pos(DIR_C2S, 0, 2, k1), DATA, c2.clone()),
         ("s2c_frame_2", pos(DIR_S2C, 0, 2, l1), DATA, s2.clone()),
-        // Resume counter 1 = generation 1; sequences restart at 0.
-        ("s2c_resume_frame_0", pos(DIR_S2C, 1, 0, l1), DATA, s2),
-        ("c2s_resume_frame_0", pos(DIR_C2S, 1, 0, k1), DATA, c2),
+        // Accepted resume counter 2 = generation 2 (counter 1 was answered
+        // Stale); sequences restart at 0.
+        ("s2c_resume_frame_0", pos(DIR_S2C, 2, 0, l1), DATA, s2),
+        ("c2s_resume_frame_0", pos(DIR_C2S, 2, 0, k1), DATA, c2),
         (
             "c2s_resume_frame_1",
-            pos(DIR_C2S, 1, 1, k1 + k2),
+            pos(DIR_C2S, 2, 1, k1 + k2),
             CLOSE,
             vec![],
         ),
+        // ABORT: offset = the sender's next data offset (its CLOSE does not
+        // advance it); the answer carries the same code.
+        (
+            "c2s_abort_frame",
+            pos(DIR_C2S, 2, 2, k1 + k2),
+            ABORT,
+            code.clone(),
+        ),
+        ("s2c_abort_frame", pos(DIR_S2C, 2, 1, l1 + l2), ABORT, code),
     ]
 }
 
@@ -1056,6 +1181,11 @@ fn check_spec(v: &Vectors) -> Result<(), String> {
                 dir: 3 - p.dir,
                 ..p
             },
+            // A receiver whose read count differs (a duplicate, a gap).
+            spec::Position {
+                offset: p.offset + 1,
+                ..p
+            },
         ] {
             ensure(
                 spec::open(enc, mac, &wrong, &v.bytes(name)).is_err(),
@@ -1079,37 +1209,73 @@ fn check_spec(v: &Vectors) -> Result<(), String> {
         })?;
     }
 
-    // Resume.
+    // Resume. The defaults the scenario uses.
+    let resume_timeout = v.int("resume_timeout");
+    ensure(resume_timeout == 600_000_000, || {
+        "resume_timeout should be the default, 600 s".into()
+    })?;
+    let window = v.int("resume_window");
+    ensure(window == 60_000_000, || {
+        "resume_window should be the default, 60 s".into()
+    })?;
     let (c1, c2) = (v.bytes("c2s_data_1"), v.bytes("c2s_data_2"));
     let (s1, s2) = (v.bytes("s2c_data_1"), v.bytes("s2c_data_2"));
-    let time = v.int("t_server_hello") + (v.int("t_client_resume") - v.int("t_client_confirm"));
-    let req = spec::resume_request(
+    let client_written = (c1.len() + c2.len()) as u64;
+    // First attempt (counter 1): the estimate from the ServerHello, after
+    // the client's clock stood still for 90 s.
+    let time_stale =
+        v.int("t_server_hello") + (v.int("t_client_resume_stale") - v.int("t_client_confirm"));
+    let req_stale = spec::resume_request(
         &k.resume,
         &spec::ResumeRequest {
             conn_id: v.int("server_conn_id"),
             counter: 1,
-            client_written: (c1.len() + c2.len()) as u64,
+            client_written,
+            client_read: s1.len() as u64,
+            time: time_stale,
+        },
+    );
+    expect_bytes(v, "resume_request_stale", &req_stale)?;
+    ensure(
+        v.int("t_server_stale").abs_diff(time_stale) > window,
+        || "the first published attempt is not stale".into(),
+    )?;
+    expect_bytes(
+        v,
+        "resume_reject_stale",
+        &spec::resume_reject(&k.resume, &req_stale, 5, v.int("t_server_stale")),
+    )?;
+    // Second attempt (counter 2): the estimate from the Stale answer.
+    let time = v.int("t_server_stale") + (v.int("t_client_resume") - v.int("t_client_stale"));
+    let req = spec::resume_request(
+        &k.resume,
+        &spec::ResumeRequest {
+            conn_id: v.int("server_conn_id"),
+            counter: 2,
+            client_written,
             client_read: s1.len() as u64,
             time,
         },
     );
     expect_bytes(v, "resume_request", &req)?;
+    ensure(v.int("t_server_resume").abs_diff(time) <= window, || {
+        "the published resume time is outside the default window".into()
+    })?;
     let resp = spec::resume_response(
         &k.resume,
         &req,
         (s1.len() + s2.len()) as u64,
         c1.len() as u64,
         v.int("t_server_resume"),
+        resume_timeout,
     );
     expect_bytes(v, "resume_response", &resp)?;
-    ensure(
-        v.int("t_server_resume").abs_diff(time) <= 60_000_000,
-        || "the published resume time is outside the default window".into(),
-    )?;
+    // The accepted request replayed: counter 2 is not above the last
+    // accepted counter.
     expect_bytes(
         v,
         "resume_reject_replayed",
-        &spec::resume_reject(&k.resume, &req, 4),
+        &spec::resume_reject(&k.resume, &req, 4, v.int("t_server_replay")),
     )?;
     Ok(())
 }
@@ -1121,7 +1287,7 @@ fn check_api(v: &Vectors) -> Result<(), String> {
         expect_bytes(v, &name, &bytes)?;
         seen.insert(name);
     }
-    ensure(seen.len() == 18, || format!("api produced {seen:?}"))
+    ensure(seen.len() == 22, || format!("api produced {seen:?}"))
 }
 
 fn check_all(v: &Vectors) -> Result<(), String> {
@@ -1266,11 +1432,22 @@ fn generator_inputs() -> Vectors {
     i("t_server_send_2", s0 + 520_000);
     i("t_client_lost", 2_000_000);
     i("t_server_lost", s0 + 1_000_000);
-    i("t_client_resume", 3_000_000);
-    i("t_server_resume", s0 + 2_020_000);
-    i("t_client_resumed", 3_040_000);
-    i("t_server_resumed", s0 + 2_060_000);
-    i("t_server_replay", s0 + 2_100_000);
+    // The client sleeps: from here on its clock is 90 s further behind.
+    i("t_client_resume_stale", 3_000_000);
+    i("t_server_stale", s0 + 92_020_000);
+    i("t_client_stale", 3_040_000);
+    i("t_client_resume", 3_060_000);
+    i("t_server_resume", s0 + 92_080_000);
+    i("t_client_resumed", 3_100_000);
+    i("t_server_resumed", s0 + 92_140_000);
+    i("t_server_replay", s0 + 92_160_000);
+    i("t_client_abort", 3_200_000);
+    i("t_server_abort", s0 + 92_220_000);
+    i("t_client_abort_done", 3_240_000);
+    // Config::default()
+    i("resume_timeout", 600_000_000);
+    i("resume_window", 60_000_000);
+    i("abort_code", 0x100);
     i("keystream_boundary_offset", (1 << 32) - 8);
     i("pinned_server_conn_id", 0xfedc_ba98_7654_3210);
     i("pinned_t_server_hello", s0);
@@ -1377,11 +1554,22 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "t_server_send_2",
             "t_client_lost",
             "t_server_lost",
+            "t_client_resume_stale",
+            "t_server_stale",
+            "t_client_stale",
             "t_client_resume",
             "t_server_resume",
             "t_client_resumed",
             "t_server_resumed",
             "t_server_replay",
+            "t_client_abort",
+            "t_server_abort",
+            "t_client_abort_done",
+            "# Config::default() values the messages carry or depend on (µs)",
+            "resume_timeout",
+            "resume_window",
+            "# the code of the client's ABORT (the first application-defined code)",
+            "abort_code",
         ],
     ),
     (
@@ -1428,16 +1616,22 @@ const SECTIONS: &[(&str, &[&str])] = &[
     (
         "10.6 Resume",
         &[
+            "# first attempt, counter 1: Stale",
+            "resume_request_stale",
+            "resume_reject_stale",
+            "# second attempt, counter 2: accepted; generation 2",
             "resume_request",
             "resume_response",
             "s2c_resume_frame_0",
             "c2s_resume_frame_0",
             "c2s_resume_frame_1",
+            "# the accepted request replayed on another transport",
             "resume_reject_replayed",
         ],
     ),
+    ("10.7 Abort", &["c2s_abort_frame", "s2c_abort_frame"]),
     (
-        "10.7 Pinned handshake",
+        "10.8 Pinned handshake",
         &[
             "pinned_server_static_secret",
             "pinned_client_ephemeral_secret",
