@@ -220,9 +220,8 @@ impl Net {
         self.s2c_pushed = 0;
         self.ended = false;
         self.attempts += 1;
-        if let Err(e) = self.client.new_transport(self.cnow) {
+        if self.client.new_transport(self.cnow).is_err() {
             self.drain();
-            let _ = e;
             return false;
         }
         self.tid = Some(self.server.accept(self.snow).expect("server accept"));
