@@ -196,6 +196,51 @@ fn s1b_forged_unknown_session_never_duplicates() {
     assert!(net.client.send(b"more").is_err(), "the session is over");
 }
 
+/// §1, the same with a server restart instead of an expiry: the server
+/// application read the 5,000 bytes, no acknowledgement reached the client,
+/// the server process restarts (same static key). The new server knows no
+/// session; the client must not send the bytes again in a new session.
+#[test]
+fn s1d_server_restart_after_delivery_is_not_sent_again() {
+    let key = StaticKeypair::from_secret_bytes([0x1D; 32]);
+    let ccfg = Config {
+        pinned_server_key: Some(key.public_key()),
+        ..Config::default()
+    };
+    let scfg = Config {
+        server_static: Some(key),
+        ..Config::default()
+    };
+    let mut net = Net::new(0x1D, ccfg, scfg);
+    assert_eq!(net.client_write(5_000), 5_000);
+    net.s2c_limit = Some(SERVER_HELLO_LEN as u64);
+    assert!(net.open());
+    until_server_read(&mut net, 5_000);
+    assert_eq!(net.up_read(), 5_000);
+    net.restart_server();
+    for _ in 0..100 {
+        if net.client.is_closed() {
+            break;
+        }
+        if net.connect() {
+            net.settle(2_000);
+        }
+        net.tick(secs(1));
+        net.timers();
+    }
+    assert_eq!(net.up_read(), 5_000, "sessions: {:?}", net.sessions);
+    assert_eq!(net.sessions_of_generation(), 1);
+    net.assert_no_violations();
+    assert!(non_clean(net.client.close_reason()));
+    assert_eq!(
+        net.client.in_doubt(),
+        Some(ByteRange {
+            start: 0,
+            end: 5_000
+        })
+    );
+}
+
 /// §1, what the old restart was for: on a flaky network the ClientConfirm
 /// (and the data behind it) is lost. The young session is not killed: the
 /// client resumes it (the server verifies a ResumeRequest of a session

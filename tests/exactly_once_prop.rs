@@ -4,7 +4,9 @@
 //! with the same static key), clock jumps of either side (seconds to hours;
 //! one side's clock runs while the other's stands still, so the client's
 //! estimate of the server clock goes wrong either way), forged
-//! unauthenticated answers to resume attempts, aborts and closes.
+//! unauthenticated answers to resume attempts, half-open transports whose
+//! in-flight bytes reach the server late (after the session moved to a new
+//! transport), aborts and closes.
 //!
 //! After every step:
 //! - every byte an application read is the peer's byte at that offset, over
@@ -68,6 +70,11 @@ enum Op {
     AbortServer(u16),
     CloseClient,
     CloseServer,
+    /// The client's end of the transport dies unnoticed by the server (half
+    /// open); its in-flight bytes stay on the old transport.
+    HalfOpen,
+    /// Half-open transports deliver their late bytes, then close.
+    DeliverStale,
     /// The server application stops (`false`) or resumes reading: its
     /// receive buffer fills and back-pressure reaches the client.
     ServerReads(bool),
@@ -92,6 +99,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::CloseClient),
         1 => Just(Op::CloseServer),
         2 => any::<bool>().prop_map(Op::ServerReads),
+        3 => Just(Op::HalfOpen),
+        3 => Just(Op::DeliverStale),
     ]
 }
 
@@ -241,6 +250,8 @@ fn apply(net: &mut Net, tr: &mut Track, op: &Op) {
             }
         }
         Op::ServerReads(on) => net.server_reads = on,
+        Op::HalfOpen => net.half_open(),
+        Op::DeliverStale => net.deliver_stale(),
     }
 }
 

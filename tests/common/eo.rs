@@ -114,6 +114,10 @@ pub struct Net {
     pub up: BTreeMap<u64, Flow>,
     pub down: BTreeMap<u64, Flow>,
     pub sessions: Vec<SessionLog>,
+    /// Connection id of each client generation's session (server sessions
+    /// are attributed by it: a late ClientConfirm may arrive after a newer
+    /// client started).
+    pub conn_generation: BTreeMap<u64, u64>,
     /// Client events (of the current generation).
     pub cev: Vec<Event>,
     /// Server events (all incarnations).
@@ -124,6 +128,9 @@ pub struct Net {
     pub attempts: u32,
     /// Whether the server application reads.
     pub server_reads: bool,
+    /// Transports the client gave up but the server still holds (half
+    /// open), with the client bytes still in flight on them.
+    pub stale: Vec<(TransportId, Vec<u8>)>,
     /// Broken invariants (duplicates, gaps, foreign bytes).
     pub violations: Vec<String>,
     /// Largest chunk handed to `handle_input` at once.
@@ -158,11 +165,13 @@ impl Net {
             up,
             down,
             sessions: Vec::new(),
+            conn_generation: BTreeMap::new(),
             cev: Vec::new(),
             sev: Vec::new(),
             ended: false,
             attempts: 0,
             server_reads: true,
+            stale: Vec::new(),
             violations: Vec::new(),
             max_chunk: 4096,
             client_seed: seed ^ 0xC11E,
@@ -211,9 +220,8 @@ impl Net {
         self.s2c_pushed = 0;
         self.ended = false;
         self.attempts += 1;
-        if let Err(e) = self.client.new_transport(self.cnow) {
+        if self.client.new_transport(self.cnow).is_err() {
             self.drain();
-            let _ = e;
             return false;
         }
         self.tid = Some(self.server.accept(self.snow).expect("server accept"));
@@ -243,6 +251,37 @@ impl Net {
         self.s2c_limit = None;
         self.c2s_blackhole = false;
         self.drain();
+    }
+
+    /// The client's side of the transport dies, the server does not notice
+    /// (half open): what the client wrote stays in flight towards the
+    /// server, to be delivered late by [`Net::deliver_stale`].
+    pub fn half_open(&mut self) {
+        self.transmit();
+        if let Some(t) = self.tid.take() {
+            let inflight = std::mem::take(&mut self.c2s);
+            self.stale.push((t, inflight));
+        }
+        self.client.transport_lost(self.cnow);
+        self.c2s.clear();
+        self.s2c.clear();
+        self.s2c_limit = None;
+        self.c2s_blackhole = false;
+        self.drain();
+    }
+
+    /// The half-open transports deliver their late bytes to the server,
+    /// then close.
+    pub fn deliver_stale(&mut self) {
+        for (t, bytes) in std::mem::take(&mut self.stale) {
+            if !bytes.is_empty() && !self.server.transport_ended(t) {
+                let _ = self.server.handle_input(t, self.snow, &bytes);
+            }
+            self.drain();
+            self.server_read();
+            self.server.transport_lost(t, self.snow);
+            self.drain();
+        }
     }
 
     /// What drivers do when a core ended the transport: flush what is
@@ -567,15 +606,25 @@ impl Net {
         while let Some(e) = self.client.poll_event() {
             self.cev.push(e);
         }
+        if let Some(c) = self.client.conn_id() {
+            self.conn_generation.insert(c, self.generation);
+        }
         while let Some(e) = self.server.poll_event() {
             match e {
-                ServerEvent::HandshakeDone { session, .. } => self.sessions.push(SessionLog {
-                    incarnation: self.incarnation,
-                    sid: session,
-                    generation: self.generation,
-                    read: 0,
-                    written: 0,
-                }),
+                ServerEvent::HandshakeDone { session, .. } => {
+                    let generation = self
+                        .server
+                        .conn_id(session)
+                        .and_then(|c| self.conn_generation.get(&c).copied())
+                        .unwrap_or(self.generation);
+                    self.sessions.push(SessionLog {
+                        incarnation: self.incarnation,
+                        sid: session,
+                        generation,
+                        read: 0,
+                        written: 0,
+                    })
+                }
                 ServerEvent::CloseTransport { transport, .. } if Some(transport) == self.tid => {
                     self.ended = true;
                 }
@@ -603,6 +652,7 @@ impl Net {
     /// configuration (same static key); every session is gone.
     pub fn restart_server(&mut self) {
         self.tid = None;
+        self.stale.clear();
         self.c2s.clear();
         self.s2c.clear();
         self.client.transport_lost(self.cnow);
