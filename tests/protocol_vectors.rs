@@ -572,9 +572,13 @@ fn run_api(v: &Vectors) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-/// The pinned-mode handshake of the document through the public API.
+/// The pinned-mode scenario of the document through the public API: the
+/// handshake, data that reaches a server which then restarts, a forged
+/// "unknown session" answer that only costs a transport, and the restarted
+/// server's genuine answer, authenticated by the reset token.
 fn run_api_pinned(v: &Vectors) -> Vec<(String, Vec<u8>)> {
-    let kp = StaticKeypair::from_secret_bytes(v.arr("pinned_server_static_secret"));
+    let secret = v.arr("pinned_server_static_secret");
+    let kp = StaticKeypair::from_secret_bytes(secret);
     let (crng, ctaken) = ScriptedRng::new(v.bytes("pinned_client_ephemeral_secret"));
     let mut sbytes = v.bytes("pinned_server_ephemeral_secret");
     sbytes.extend(v.bytes("pinned_server_challenge"));
@@ -594,6 +598,7 @@ fn run_api_pinned(v: &Vectors) -> Vec<(String, Vec<u8>)> {
         },
         srng,
     );
+    let data = v.bytes("pinned_c2s_data");
     let now_s = v.at("pinned_t_server_hello");
     let now_c = v.at("pinned_t_client");
     let tid = server.accept(now_s).unwrap();
@@ -603,17 +608,97 @@ fn run_api_pinned(v: &Vectors) -> Vec<(String, Vec<u8>)> {
     let sh = spoll(&mut server, tid, now_s);
     client.handle_input(now_c, &sh).unwrap();
     let cc = cpoll(&mut client, now_c);
-    server.handle_input(tid, now_s, &cc).unwrap();
-    assert!(matches!(
-        server_events(&mut server).as_slice(),
-        [ServerEvent::HandshakeDone { .. }]
-    ));
+    assert_eq!(client.send(&data), Ok(data.len()));
+    let f = cpoll(&mut client, now_c);
+    let mut input = cc.clone();
+    input.extend(&f);
+    assert_eq!(server.handle_input(tid, now_s, &input), Ok(input.len()));
+    let sid = match server_events(&mut server).as_slice() {
+        [ServerEvent::HandshakeDone { session, .. }] => *session,
+        e => panic!("server events after the confirm: {e:?}"),
+    };
     assert_eq!(client.conn_id(), Some(v.int("pinned_server_conn_id")));
+    // The server application receives the bytes; no ACK reaches the client.
+    let mut buf = [0u8; 256];
+    let n = server.recv(sid, &mut buf).unwrap();
+    assert_eq!(&buf[..n], &data[..]);
     assert_eq!((ctaken.get(), staken.get()), (32, 56));
+
+    // The server restarts (same static key, no sessions); the transport is
+    // gone. The restarted server draws nothing in this scenario.
+    drop(server);
+    client.transport_lost(v.at("pinned_t_client_lost"));
+    let _ = client_events(&mut client);
+    let (srng2, staken2) = ScriptedRng::new(Vec::new());
+    let mut server = Server::new(
+        Config {
+            server_static: Some(StaticKeypair::from_secret_bytes(secret)),
+            ..Config::default()
+        },
+        srng2,
+    );
+
+    // First resume attempt (counter 1): an attacker answers "unknown
+    // session" with a token it had to guess. It costs this transport only.
+    client
+        .new_transport(v.at("pinned_t_client_forged"))
+        .unwrap();
+    let _ = cpoll(&mut client, v.at("pinned_t_client_forged"));
+    let mut forged = vec![0x01, 0x02];
+    forged.extend([0u8; 16]);
+    assert_eq!(
+        client.handle_input(v.at("pinned_t_client_forged"), &forged),
+        Err(relink::Error::ResumeRejected(
+            relink::ResumeStatus::UnknownSession
+        ))
+    );
+    assert!(!client.is_closed(), "a wrong reset token ends no session");
+    client.transport_lost(v.at("pinned_t_client_forged"));
+    let _ = client_events(&mut client);
+
+    // Second attempt (counter 2) reaches the restarted server, which
+    // answers with the reset token of the connection id.
+    let tid = server.accept(v.at("pinned_t_server_restarted")).unwrap();
+    client
+        .new_transport(v.at("pinned_t_client_resume"))
+        .unwrap();
+    let rq = cpoll(&mut client, v.at("pinned_t_client_resume"));
+    assert_eq!(
+        server.handle_input(tid, v.at("pinned_t_server_restarted"), &rq),
+        Err(relink::Error::ResumeRejected(
+            relink::ResumeStatus::UnknownSession
+        ))
+    );
+    let rj = spoll(&mut server, tid, v.at("pinned_t_server_restarted"));
+    assert_eq!(
+        client.handle_input(v.at("pinned_t_client_unknown"), &rj),
+        Err(relink::Error::ResumeRejected(
+            relink::ResumeStatus::UnknownSession
+        ))
+    );
+    assert_eq!(
+        client_events(&mut client),
+        vec![Event::Closed {
+            reason: relink::CloseReason::SessionUnknown
+        }]
+    );
+    // The server application received the bytes, which the client cannot
+    // know: they are in doubt, and relink does not send them again.
+    assert_eq!(
+        client.in_doubt(),
+        Some(relink::ByteRange {
+            start: 0,
+            end: data.len() as u64
+        })
+    );
+    assert_eq!(staken2.get(), 0, "the restarted server drew nothing");
     vec![
         ("pinned_client_hello".into(), ch),
         ("pinned_server_hello".into(), sh),
         ("pinned_client_confirm".into(), cc),
+        ("pinned_c2s_frame_0".into(), f),
+        ("pinned_resume_request".into(), rq),
+        ("resume_reject_unknown".into(), rj),
     ]
 }
 
@@ -625,9 +710,10 @@ mod spec {
     //! relink v1 as `docs/PROTOCOL.md` describes it, from primitives only.
 
     /// BLAKE3 `derive_key` contexts: (name in the document, string).
-    pub const CONTEXTS: [(&str, &str); 10] = [
+    pub const CONTEXTS: [(&str, &str); 11] = [
         ("HANDSHAKE", "relink v1 2026-11 handshake secret"),
         ("CONN_ID_MASK", "relink v1 2026-11 connection id mask"),
+        ("RESET_SECRET", "relink v1 2026-11 reset secret"),
         ("SERVER_CONFIRM", "relink v1 2026-11 server confirm"),
         ("CLIENT_CONFIRM", "relink v1 2026-11 client confirm"),
         ("MASTER", "relink v1 2026-11 session master"),
@@ -675,11 +761,39 @@ mod spec {
         /// The ClientHello.
         pub client_hello: [u8; 35],
         /// The ServerHello.
-        pub server_hello: [u8; 90],
+        pub server_hello: [u8; 106],
         /// The ClientConfirm.
         pub client_confirm: [u8; 16],
         /// The session keys.
         pub keys: Keys,
+        /// The session's reset token (all zero without a static key).
+        pub reset_token: [u8; 16],
+    }
+
+    /// `reset_secret = derive_key(RESET_SECRET, server_static_secret)`.
+    pub fn reset_secret(server_static_secret: &[u8; 32]) -> [u8; 32] {
+        derive("RESET_SECRET", server_static_secret)
+    }
+
+    /// `reset_token(conn_id) = MAC16(reset_secret, LE64(conn_id))`, or 16
+    /// zero bytes for a server without a static key.
+    pub fn reset_token(server_static_secret: Option<&[u8; 32]>, conn_id: u64) -> [u8; 16] {
+        server_static_secret.map_or([0; 16], |ss| {
+            mac16(&reset_secret(ss), &conn_id.to_le_bytes())
+        })
+    }
+
+    /// The "unknown session" answer to a ResumeRequest for `conn_id`:
+    /// version, status 2, the reset token of `conn_id`.
+    pub fn resume_reject_unknown(
+        server_static_secret: Option<&[u8; 32]>,
+        conn_id: u64,
+    ) -> [u8; 18] {
+        let mut m = [0u8; 18];
+        m[0] = 1;
+        m[1] = 2;
+        m[2..].copy_from_slice(&reset_token(server_static_secret, conn_id));
+        m
     }
 
     /// Session keys.
@@ -723,7 +837,7 @@ mod spec {
         ch[1] = 1; // version
         ch[2] = u8::from(i.server_static.is_some()); // FLAG_PINNED
         ch[3..].copy_from_slice(&cpub);
-        let mut sh = [0u8; 90];
+        let mut sh = [0u8; 106];
         sh[0] = 1; // version
         sh[1] = 0; // status Ok
         sh[2..34].copy_from_slice(&spub);
@@ -748,18 +862,23 @@ mod spec {
             ikm.extend(es);
             values.push(("server_static_public", static_pub.to_vec()));
             values.push(("es", es.to_vec()));
+            values.push(("reset_secret", reset_secret(&ss).to_vec()));
         }
+        let token = reset_token(i.server_static.as_ref(), i.conn_id);
         ikm.extend(th1);
         let prk = derive("HANDSHAKE", &ikm);
-        let mask32 = derive("CONN_ID_MASK", &prk);
-        let mask = &mask32[..8];
-        for (k, (o, m)) in i.conn_id.to_le_bytes().iter().zip(mask).enumerate() {
+        // mask[0..8] encrypts the connection id, mask[8..24] the reset token.
+        let mask = derive("CONN_ID_MASK", &prk);
+        for (k, (o, m)) in i.conn_id.to_le_bytes().iter().zip(&mask[..8]).enumerate() {
             sh[66 + k] = o ^ m;
         }
-        let th2 = hash(&[&ch[..], &sh[..74]].concat());
+        for (k, (t, m)) in token.iter().zip(&mask[8..24]).enumerate() {
+            sh[74 + k] = t ^ m;
+        }
+        let th2 = hash(&[&ch[..], &sh[..90]].concat());
         let sconf_key = derive("SERVER_CONFIRM", &prk);
         let sconf = mac16(&sconf_key, &th2);
-        sh[74..90].copy_from_slice(&sconf);
+        sh[90..106].copy_from_slice(&sconf);
         let th3 = hash(&[&ch[..], &sh[..]].concat());
         let cconf_key = derive("CLIENT_CONFIRM", &prk);
         let cconf = mac16(&cconf_key, &th3);
@@ -774,7 +893,8 @@ mod spec {
         values.extend([
             ("th1", th1.to_vec()),
             ("prk", prk.to_vec()),
-            ("conn_id_mask", mask.to_vec()),
+            ("mask", mask.to_vec()),
+            ("reset_token", token.to_vec()),
             ("th2", th2.to_vec()),
             ("server_confirm_key", sconf_key.to_vec()),
             ("server_confirm", sconf.to_vec()),
@@ -793,6 +913,7 @@ mod spec {
             server_hello: sh,
             client_confirm: cconf,
             keys,
+            reset_token: token,
         }
     }
 
@@ -1137,7 +1258,8 @@ fn check_spec(v: &Vectors) -> Result<(), String> {
     // Handshakes.
     let hs = spec::handshake(&anon_inputs(v));
     check_handshake(v, "", &hs)?;
-    check_handshake(v, "pinned_", &spec::handshake(&pinned_inputs(v)))?;
+    let pinned = spec::handshake(&pinned_inputs(v));
+    check_handshake(v, "pinned_", &pinned)?;
     expect_bytes(
         v,
         "pinned_server_static_public",
@@ -1277,7 +1399,76 @@ fn check_spec(v: &Vectors) -> Result<(), String> {
         "resume_reject_replayed",
         &spec::resume_reject(&k.resume, &req, 4, v.int("t_server_replay")),
     )?;
-    Ok(())
+    check_pinned(v, &pinned)
+}
+
+/// The pinned scenario after its handshake: the data frame, the resume
+/// request that reaches the restarted server, and its answer.
+fn check_pinned(v: &Vectors, hs: &spec::Handshake) -> Result<(), String> {
+    let k = &hs.keys;
+    let data = v.bytes("pinned_c2s_data");
+    let p = spec::Position {
+        dir: spec::DIR_C2S,
+        generation: 0,
+        sequence: 0,
+        offset: 0,
+    };
+    expect_bytes(
+        v,
+        "pinned_c2s_frame_0",
+        &spec::seal(&k.c2s_enc, &k.c2s_mac, &p, spec::DATA, &data),
+    )?;
+    let (ty, plain) = spec::open(&k.c2s_enc, &k.c2s_mac, &p, &v.bytes("pinned_c2s_frame_0"))?;
+    ensure(ty == spec::DATA && plain == data, || {
+        "pinned_c2s_frame_0 opens to something else".into()
+    })?;
+    // Counter 1 went to the forged answer; the estimate comes from the
+    // ServerHello, the only authenticated contact.
+    let conn_id = v.int("pinned_server_conn_id");
+    let time = v.int("pinned_t_server_hello")
+        + (v.int("pinned_t_client_resume") - v.int("pinned_t_client"));
+    let req = spec::resume_request(
+        &k.resume,
+        &spec::ResumeRequest {
+            conn_id,
+            counter: 2,
+            client_written: data.len() as u64,
+            client_read: 0,
+            time,
+        },
+    );
+    expect_bytes(v, "pinned_resume_request", &req)?;
+    // The restarted server knows the token from its static key alone.
+    let secret = v.arr("pinned_server_static_secret");
+    let answer = spec::resume_reject_unknown(Some(&secret), conn_id);
+    expect_bytes(v, "resume_reject_unknown", &answer)?;
+    ensure(hs.reset_token[..] == answer[2..], || {
+        "the handshake's reset token is not the one the answer carries".into()
+    })?;
+    // The client compares it with the token it unmasked from the published
+    // ServerHello.
+    let sh = v.bytes("pinned_server_hello");
+    let mask = v.bytes("pinned_mask");
+    let unmasked: Vec<u8> = sh[74..90]
+        .iter()
+        .zip(&mask[8..24])
+        .map(|(a, b)| a ^ b)
+        .collect();
+    ensure(unmasked == answer[2..], || {
+        "the token in pinned_server_hello is not the one resume_reject_unknown carries".into()
+    })?;
+    let id: Vec<u8> = sh[66..74]
+        .iter()
+        .zip(&mask[..8])
+        .map(|(a, b)| a ^ b)
+        .collect();
+    ensure(id == conn_id.to_le_bytes(), || {
+        "pinned_server_hello does not carry pinned_server_conn_id".into()
+    })?;
+    // A server without a static key sends a zero token (anonymous mode).
+    ensure(v.bytes("reset_token") == [0u8; 16], || {
+        "anonymous reset_token is not zero".into()
+    })
 }
 
 /// The public API reproduces every published message and frame.
@@ -1287,7 +1478,7 @@ fn check_api(v: &Vectors) -> Result<(), String> {
         expect_bytes(v, &name, &bytes)?;
         seen.insert(name);
     }
-    ensure(seen.len() == 22, || format!("api produced {seen:?}"))
+    ensure(seen.len() == 25, || format!("api produced {seen:?}"))
 }
 
 fn check_all(v: &Vectors) -> Result<(), String> {
@@ -1359,7 +1550,9 @@ fn changed_values_are_detected() {
         .filter(|(_, val)| matches!(val, Val::Bytes(_) | Val::Text(_)))
         .map(|(k, _)| k.clone())
         .filter(|k| {
-            !k.ends_with("_secret") && !k.starts_with("c2s_data") && !k.starts_with("s2c_data")
+            (!k.ends_with("_secret") || k.ends_with("reset_secret"))
+                && !k.starts_with("c2s_data")
+                && !k.starts_with("s2c_data")
         })
         .filter(|k| !k.ends_with("_challenge"))
         .collect();
@@ -1452,6 +1645,11 @@ fn generator_inputs() -> Vectors {
     i("pinned_server_conn_id", 0xfedc_ba98_7654_3210);
     i("pinned_t_server_hello", s0);
     i("pinned_t_client", 7_000_000);
+    i("pinned_t_client_lost", 8_000_000);
+    i("pinned_t_client_forged", 9_000_000);
+    i("pinned_t_client_resume", 10_000_000);
+    i("pinned_t_server_restarted", s0 + 3_020_000);
+    i("pinned_t_client_unknown", 10_040_000);
     for (name, s) in spec::CONTEXTS {
         v.map
             .insert(format!("context.{name}"), Val::Text(s.to_string()));
@@ -1461,6 +1659,7 @@ fn generator_inputs() -> Vectors {
         ("s2c_data_1", "hello client"),
         ("c2s_data_2", "lost in transit"),
         ("s2c_data_2", "server bytes lost too"),
+        ("pinned_c2s_data", "PAY 100 EUR TO BOB"),
     ] {
         v.map.insert(name.into(), Val::Text(s.into()));
     }
@@ -1519,6 +1718,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
         &[
             "context.HANDSHAKE",
             "context.CONN_ID_MASK",
+            "context.RESET_SECRET",
             "context.SERVER_CONFIRM",
             "context.CLIENT_CONFIRM",
             "context.MASTER",
@@ -1581,7 +1781,9 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "ee",
             "th1",
             "prk",
-            "conn_id_mask",
+            "mask",
+            "# no static key: the reset token is zero",
+            "reset_token",
             "th2",
             "server_confirm_key",
             "server_confirm",
@@ -1641,6 +1843,8 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "pinned_t_client",
             "pinned_t_server_hello",
             "pinned_server_static_public",
+            "pinned_reset_secret",
+            "pinned_reset_token",
             "pinned_client_ephemeral_public",
             "pinned_client_hello",
             "pinned_server_ephemeral_public",
@@ -1648,7 +1852,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "pinned_es",
             "pinned_th1",
             "pinned_prk",
-            "pinned_conn_id_mask",
+            "pinned_mask",
             "pinned_th2",
             "pinned_server_confirm_key",
             "pinned_server_confirm",
@@ -1662,6 +1866,21 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "pinned_s2c_enc_key",
             "pinned_s2c_mac_key",
             "pinned_resume_key",
+        ],
+    ),
+    (
+        "10.9 Reset token",
+        &[
+            "pinned_c2s_data",
+            "pinned_c2s_frame_0",
+            "pinned_t_client_lost",
+            "pinned_t_client_forged",
+            "pinned_t_client_resume",
+            "pinned_t_server_restarted",
+            "pinned_t_client_unknown",
+            "# counter 2 (counter 1 was answered by the forger)",
+            "pinned_resume_request",
+            "resume_reject_unknown",
         ],
     ),
 ];
