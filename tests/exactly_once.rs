@@ -1,7 +1,7 @@
 //! Issue 9, sections 1, 2, 3 (core part) and 5: every scenario of the issue
 //! as a deterministic in-memory test (seeded RNGs, injected time, separate
 //! client and server clocks). Each failed against the core before the fix;
-//! see FAILING_BEFORE.md for how.
+//! see docs/ISSUE9_TESTS.md for how.
 
 #[path = "common/eo.rs"]
 mod eo;
@@ -909,4 +909,62 @@ fn abort_after_both_closes_across_a_cut_completes() {
             by_peer: false
         })
     );
+}
+
+/// §1, unauthenticated (or provoked) answers cost retries only: an on-path
+/// attacker without the key delivers a copy of each of the pinned client's
+/// ResumeRequests to the server first, on a transport of its own, so the
+/// server answers the client's copy with a genuine, authenticated Replayed.
+/// Far more of those than `max_resume_attempts` must not end the session;
+/// once the attacker stops, the next resume delivers everything exactly once.
+#[test]
+fn replayed_races_never_end_a_pinned_session() {
+    let key = StaticKeypair::from_secret_bytes([0x52; 32]);
+    let ccfg = Config {
+        pinned_server_key: Some(key.public_key()),
+        ..Config::default()
+    };
+    let max = ccfg.max_resume_attempts;
+    let scfg = Config {
+        server_static: Some(key),
+        ..Config::default()
+    };
+    let mut net = Net::new(0x2ACE, ccfg, scfg);
+    assert!(net.connect());
+    net.settle(100);
+    net.brk();
+    assert_eq!(net.client_write(3_000), 3_000);
+    let mut buf = vec![0u8; 4096];
+    let mut replayed = 0;
+    for _ in 0..(max + 8) {
+        assert!(net.open_client_only(), "{:?}", net.client.close_reason());
+        let n = net.client.poll_transmit(net.cnow, &mut buf).unwrap();
+        let request = buf[..n].to_vec();
+        // The attacker's copy arrives first and is accepted.
+        let ta = net.server.accept(net.snow).unwrap();
+        net.server.handle_input(ta, net.snow, &request).unwrap();
+        // The client's own copy: Replayed, authenticated.
+        let tc = net.server.accept(net.snow).unwrap();
+        let r = net.server.handle_input(tc, net.snow, &request);
+        assert_eq!(r, Err(Error::ResumeRejected(ResumeStatus::Replayed)));
+        let n = net.server.poll_transmit(tc, net.snow, &mut buf).unwrap();
+        let r = net.client.handle_input(net.cnow, &buf[..n]);
+        assert_eq!(r, Err(Error::ResumeRejected(ResumeStatus::Replayed)));
+        replayed += 1;
+        net.client.transport_lost(net.cnow);
+        net.server.transport_lost(tc, net.snow);
+        net.server.transport_lost(ta, net.snow);
+        net.drain();
+        net.tick(secs(1));
+        net.timers();
+    }
+    assert!(
+        !net.client.is_closed(),
+        "{replayed} provoked Replayed answers ended the session: {:?}",
+        net.client.close_reason()
+    );
+    assert!(net.connect(), "the genuine resume after the attack");
+    until_server_read(&mut net, 3_000);
+    assert_eq!(net.up_read(), 3_000);
+    net.assert_no_violations();
 }
