@@ -13,7 +13,7 @@
 //! reconnects, resends and throughput on stderr.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,7 +22,7 @@ use std::thread;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
-use relink::blocking::{splice, ClientBuilder, ListenerBuilder, Progress};
+use relink::blocking::{splice, ClientBuilder, ListenerBuilder, Progress, ServerStream};
 use relink::{Backoff, Config, Duration, Event, ServerEvent, StaticKeypair};
 
 /// Long-lived encrypted byte streams that survive broken connections.
@@ -37,7 +37,10 @@ struct Cli {
     /// this long is replaced (keepalives are sent at a third of it).
     #[arg(long, global = true, default_value_t = 15_000)]
     idle_ms: u64,
-    /// Client: consecutive failed transport attempts before giving up.
+    /// Client: failed attempts in a row to open the first connection before
+    /// giving up. Once a session exists the client keeps reconnecting (capped
+    /// exponential backoff with jitter) for as long as the server said it
+    /// holds the session.
     #[arg(long, global = true, default_value_t = 30)]
     max_attempts: u32,
     #[command(subcommand)]
@@ -47,7 +50,9 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Accept sessions on ADDR and write what each one sends to stdout
-    /// (one after the other); exit 0 once the peer closed cleanly.
+    /// (one after the other). A session that fails is logged with its cause
+    /// and the client's address and does not stop the listener; after
+    /// `--sessions` sessions ended, exit 0 if all of them ended cleanly.
     Listen {
         /// Address to bind, e.g. 0.0.0.0:7000 (port 0 picks a free port).
         addr: String,
@@ -58,6 +63,8 @@ enum Command {
         /// Sessions to serve before exiting (0 = forever).
         #[arg(long, default_value_t = 1)]
         sessions: u64,
+        #[command(flatten)]
+        resume: ResumeTimeout,
     },
     /// Send stdin to the server at ADDR until EOF, close cleanly once
     /// everything is acknowledged and exit 0; the server's data goes to
@@ -98,7 +105,30 @@ enum Command {
         /// Server key file (from `relink keygen`).
         #[arg(long)]
         key: Option<PathBuf>,
+        #[command(flatten)]
+        resume: ResumeTimeout,
     },
+}
+
+/// How long the server keeps a session whose client is gone.
+#[derive(clap::Args, Debug, Clone, Copy)]
+struct ResumeTimeout {
+    /// Seconds a session without a connection is kept for its client to
+    /// resume (told to clients, which keep reconnecting for that long).
+    /// Default: the library's (minutes, for mobile outages); hours are fine.
+    #[arg(long = "resume-timeout", value_name = "SECS", value_parser = parse_secs)]
+    secs: Option<Duration>,
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !v.is_finite() || v <= 0.0 || v > 1e9 {
+        return Err(format!("{s:?}: expected seconds > 0"));
+    }
+    Ok(Duration::from_micros((v * 1e6) as u64))
 }
 
 fn main() -> ExitCode {
@@ -109,16 +139,20 @@ fn main() -> ExitCode {
             addr,
             key,
             sessions,
-        } => listen(&cli, addr, key.as_ref(), *sessions),
+            resume,
+        } => listen(&cli, addr, key.as_ref(), *sessions, *resume),
         Command::Connect { addr, server_key } => connect(&cli, addr, server_key.as_deref()),
         Command::Forward {
             local,
             remote,
             server_key,
         } => forward(&cli, local, remote, server_key.as_deref()),
-        Command::ServeForward { addr, target, key } => {
-            serve_forward(&cli, addr, target, key.as_ref())
-        }
+        Command::ServeForward {
+            addr,
+            target,
+            key,
+            resume,
+        } => serve_forward(&cli, addr, target, key.as_ref(), *resume),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -182,8 +216,11 @@ fn keygen(out: &PathBuf) -> io::Result<()> {
     Ok(())
 }
 
-fn server_config(cli: &Cli, key: Option<&PathBuf>) -> io::Result<Config> {
+fn server_config(cli: &Cli, key: Option<&PathBuf>, resume: ResumeTimeout) -> io::Result<Config> {
     let mut cfg = config(cli);
+    if let Some(t) = resume.secs {
+        cfg.resume_timeout = t;
+    }
     if let Some(path) = key {
         let text = fs::read_to_string(path)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
@@ -271,23 +308,83 @@ fn throughput(verbose: bool, what: &str, bytes: u64, start: Instant) {
     }
 }
 
-fn listen(cli: &Cli, addr: &str, key: Option<&PathBuf>, sessions: u64) -> io::Result<()> {
-    let listener = ListenerBuilder::new(server_config(cli, key)?)
+/// Where `receive` failed.
+enum RecvError {
+    /// The session failed (its cause).
+    Session(io::Error),
+    /// Writing to stdout failed.
+    Output(io::Error),
+}
+
+/// Copy one session to `out` until the client closed, then close cleanly.
+fn receive(session: &ServerStream, out: &mut impl Write) -> Result<u64, RecvError> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match (&mut &*session).read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(RecvError::Session(e)),
+        };
+        // Flushed at once: what was delivered is out even if the session
+        // fails later.
+        out.write_all(&buf[..n])
+            .and_then(|()| out.flush())
+            .map_err(RecvError::Output)?;
+        total += n as u64;
+    }
+    out.flush().map_err(RecvError::Output)?;
+    session.close().map_err(RecvError::Session)?;
+    Ok(total)
+}
+
+/// The client's address for logs (of the transport that carried the
+/// session last).
+fn peer_of(session: &ServerStream) -> String {
+    session
+        .peer_addr()
+        .map_or_else(|| "an unknown address".to_string(), |a| a.to_string())
+}
+
+fn listen(
+    cli: &Cli,
+    addr: &str,
+    key: Option<&PathBuf>,
+    sessions: u64,
+    resume: ResumeTimeout,
+) -> io::Result<()> {
+    let listener = ListenerBuilder::new(server_config(cli, key, resume)?)
         .on_progress(logger(cli.verbose))
         .bind(addr)?;
     eprintln!("listening on {}", listener.local_addr());
-    let mut served = 0u64;
+    let (mut served, mut failed) = (0u64, 0u64);
     let stdout = io::stdout();
     while sessions == 0 || served < sessions {
         let session = listener.accept()?;
         let start = Instant::now();
-        let mut out = stdout.lock();
-        let n = io::copy(&mut &session, &mut out)?;
-        out.flush()?;
-        drop(out);
-        session.close()?;
-        throughput(cli.verbose, "received", n, start);
+        let r = receive(&session, &mut stdout.lock());
         served += 1;
+        let peer = peer_of(&session);
+        match r {
+            Ok(n) => throughput(cli.verbose, "received", n, start),
+            Err(RecvError::Output(e)) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("writing the session from {peer} to stdout: {e}"),
+                ));
+            }
+            Err(RecvError::Session(e)) => {
+                // One client's failure ends its session, not the listener.
+                failed += 1;
+                eprintln!("relink: session from {peer} failed: {e}");
+            }
+        }
+    }
+    if failed > 0 {
+        return Err(io::Error::other(format!(
+            "{failed} of {served} sessions failed"
+        )));
     }
     Ok(())
 }
@@ -354,8 +451,14 @@ fn forward(cli: &Cli, local: &str, remote: &str, server_key: Option<&str>) -> io
     Ok(())
 }
 
-fn serve_forward(cli: &Cli, addr: &str, target: &str, key: Option<&PathBuf>) -> io::Result<()> {
-    let listener = ListenerBuilder::new(server_config(cli, key)?)
+fn serve_forward(
+    cli: &Cli,
+    addr: &str,
+    target: &str,
+    key: Option<&PathBuf>,
+    resume: ResumeTimeout,
+) -> io::Result<()> {
+    let listener = ListenerBuilder::new(server_config(cli, key, resume)?)
         .on_progress(logger(cli.verbose))
         .bind(addr)?;
     eprintln!("listening on {}", listener.local_addr());
@@ -365,14 +468,17 @@ fn serve_forward(cli: &Cli, addr: &str, target: &str, key: Option<&PathBuf>) -> 
         let session = listener.accept()?;
         let target = target.clone();
         thread::spawn(move || {
-            let r = TcpStream::connect(&target[..]).and_then(|tcp| {
-                tcp.set_nodelay(true)?;
-                splice(&session, tcp)
-            });
+            let r = TcpStream::connect(&target[..])
+                .map_err(|e| io::Error::new(e.kind(), format!("connecting to the target: {e}")))
+                .and_then(|tcp| {
+                    tcp.set_nodelay(true)?;
+                    splice(&session, tcp)
+                });
+            let peer = peer_of(&session);
             match r {
-                Ok(s) if verbose => eprintln!("relink: session done: {s:?}"),
+                Ok(s) if verbose => eprintln!("relink: session from {peer} done: {s:?}"),
                 Ok(_) => {}
-                Err(e) => eprintln!("relink: session: {e}"),
+                Err(e) => eprintln!("relink: session from {peer} failed: {e}"),
             }
         });
     }

@@ -12,10 +12,15 @@
 //! The client reconnects by itself: when a transport breaks (error, EOF,
 //! idle timeout, a frame that fails authentication) it opens a new one with
 //! the user's connect function, spacing attempts with [`crate::Backoff`], and
-//! resumes the session; `read` and `write` just continue. The first handshake
-//! is retried the same way. When the backoff gives up, or the core ends the
-//! session for good, every call returns an [`io::Error`] whose inner error
-//! is a [`SessionError`].
+//! resumes the session; `read` and `write` just continue. It keeps trying
+//! until the core ends the session (the server's advertised resume timeout
+//! passed without contact); only the first handshake gives up after
+//! `Backoff::max_attempts` failures in a row. When the session is over for
+//! good, every call returns an [`io::Error`] whose inner error is a
+//! [`SessionError`].
+//!
+//! The core's clock is `CLOCK_BOOTTIME` on Linux and Android (it keeps
+//! counting while the machine sleeps), std's `Instant` elsewhere.
 //!
 //! Semantics:
 //! - `write` blocks until the core accepted at least one byte (back-pressure:
@@ -56,23 +61,28 @@
 use std::boxed::Box;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::format;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::string::{String, ToString};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration as StdDuration, Instant as StdInstant};
+
+use crate::reconnect::DriverClock;
 use std::vec;
 use std::vec::Vec;
 
 use crate::{
-    os_rng, Backoff, Client, CloseReason, Config, Error, Event, Instant, OsRng, Server,
-    ServerEvent, SessionId, TransportId, MIN_TRANSMIT_BUFFER,
+    os_rng, Backoff, Client, CloseReason, Config, Error, Event, Instant, OsRng, ResumeStatus,
+    Server, ServerEvent, SessionId, TransportId, MIN_TRANSMIT_BUFFER,
 };
 
 /// How long a blocked socket write waits before the writer re-checks the
 /// session (idle timeout, shutdown) and tries again.
 const WRITE_CHECK: StdDuration = StdDuration::from_millis(200);
+/// How long dropping a [`Listener`] waits for answers still being written.
+const LINGER: StdDuration = StdDuration::from_secs(1);
 /// Bytes the writer collects from the core before one socket write.
 const WRITE_CHUNK: usize = 256 * 1024;
 /// Bytes read from a socket at once.
@@ -156,13 +166,28 @@ impl fmt::Display for SessionError {
                 f,
                 "relink session lost: gave up reconnecting after {attempts} failed attempts (last error: {last_error})"
             ),
-            SessionError::Closed(CloseReason::Error(e)) => {
-                write!(f, "relink session closed for good: {e}")
+            SessionError::Closed(r) => {
+                write!(f, "relink session closed for good: {}", close_reason_text(r))
             }
-            SessionError::Closed(r) => write!(f, "relink session closed for good: {r:?}"),
             SessionError::Expired => write!(f, "relink session expired waiting for a resume"),
             SessionError::Shutdown => write!(f, "relink driver shut down"),
         }
+    }
+}
+
+/// A close reason in words (for error messages and logs).
+pub fn close_reason_text(r: &CloseReason) -> String {
+    match r {
+        CloseReason::Clean => "closed cleanly".into(),
+        CloseReason::SessionUnknown => "the server no longer knows the session".into(),
+        CloseReason::DataUnavailable => {
+            "the other side no longer holds data this side still needs".into()
+        }
+        CloseReason::TooManyFailures => "too many failed attempts or forged frames in a row".into(),
+        CloseReason::Expired => "no connection for longer than the resume timeout".into(),
+        CloseReason::Error(e) => e.to_string(),
+        #[allow(unreachable_patterns)]
+        other => std::format!("{other:?}"),
     }
 }
 
@@ -260,11 +285,6 @@ fn wait<'a, T>(c: &Condvar, g: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
 
 fn wait_for<'a, T>(c: &Condvar, g: MutexGuard<'a, T>, d: StdDuration) -> MutexGuard<'a, T> {
     c.wait_timeout(g, d).unwrap_or_else(|e| e.into_inner()).0
-}
-
-/// Microseconds since `epoch` as the core's [`Instant`].
-fn now_since(epoch: StdInstant) -> Instant {
-    Instant::from_micros(u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX))
 }
 
 /// How long to wait for `deadline` (at least [`OVERDUE_WAIT`] when it is
@@ -367,10 +387,14 @@ impl ClientBuilder {
             ));
         }
         let mut next = 0usize;
+        // An unreachable address must not hold the driver for the OS's
+        // minutes-long SYN timeout: the core's deadlines go on meanwhile.
+        let timeout = StdDuration::from(self.config.handshake_timeout).max(StdDuration::from_millis(100));
         self.connect_with(move || {
             let a = addrs[next % addrs.len()];
             next += 1;
-            let s = TcpStream::connect(a)?;
+            let s = TcpStream::connect_timeout(&a, timeout)
+                .map_err(|e| io::Error::new(e.kind(), format!("{a}: {e}")))?;
             s.set_nodelay(true)?;
             Ok(s)
         })
@@ -392,12 +416,13 @@ impl ClientBuilder {
                 done: false,
                 established: false,
                 connected_once: false,
+                retry_now: false,
                 stats: ClientStats::default(),
                 progress: self.progress,
                 kill: None,
             }),
             cond: Condvar::new(),
-            epoch: StdInstant::now(),
+            clock: DriverClock::new(),
         });
         let s = shared.clone();
         let backoff = self.backoff;
@@ -424,12 +449,12 @@ impl ClientBuilder {
 struct ClientShared {
     state: Mutex<ClientState>,
     cond: Condvar,
-    epoch: StdInstant,
+    clock: DriverClock,
 }
 
 impl ClientShared {
     fn now(&self) -> Instant {
-        now_since(self.epoch)
+        self.clock.now()
     }
 }
 
@@ -445,6 +470,9 @@ struct ClientState {
     /// The current transport completed its handshake or resume.
     established: bool,
     connected_once: bool,
+    /// The last transport was refused as Stale: the core corrected its
+    /// estimate of the server clock, try again without waiting.
+    retry_now: bool,
     stats: ClientStats,
     progress: Option<ProgressFn>,
     /// Shuts the current transport down.
@@ -473,6 +501,9 @@ impl ClientState {
                 Event::ResendRange { start, end } => {
                     self.stats.resent_bytes += end.saturating_sub(start);
                 }
+                Event::TransportLost {
+                    error: Some(Error::ResumeRejected(ResumeStatus::Stale)),
+                } => self.retry_now = true,
                 Event::Closed { reason } if reason != CloseReason::Clean => {
                     self.fatal.get_or_insert(SessionError::Closed(reason));
                 }
@@ -727,8 +758,25 @@ where
     let mut rng = os_rng();
     let mut attempt: u32 = 0;
     let mut last_error = String::from("none");
+    let mut immediate_retry = false;
     loop {
-        let Some(delay) = backoff.delay(attempt, &mut rng) else {
+        // Before a session exists the backoff's attempt limit applies; once
+        // there is one, only the core ends it (its give-up deadline, from the
+        // server's advertised resume timeout, is part of `poll_timeout`).
+        let (has_session, retry_now) = {
+            let mut st = lock(&shared.state);
+            let has = st.connected_once || st.client.conn_id().is_some();
+            (has, std::mem::take(&mut st.retry_now))
+        };
+        let policy = if has_session {
+            Backoff {
+                max_attempts: None,
+                ..backoff
+            }
+        } else {
+            backoff
+        };
+        let Some(delay) = policy.delay(attempt, &mut rng) else {
             let mut st = lock(&shared.state);
             st.fatal.get_or_insert(SessionError::GaveUp {
                 attempts: attempt,
@@ -739,22 +787,43 @@ where
             shared.cond.notify_all();
             return;
         };
-        let delay = StdDuration::from(delay);
+        // A Stale refusal corrected the clock estimate: retry at once, but
+        // only once in a row (a server that keeps answering Stale gets the
+        // ordinary backoff).
+        let delay = if retry_now && !immediate_retry {
+            immediate_retry = true;
+            StdDuration::ZERO
+        } else {
+            immediate_retry = false;
+            StdDuration::from(delay)
+        };
         {
             let deadline = StdInstant::now() + delay;
             let mut st = lock(&shared.state);
             loop {
-                if st.stopping || st.fatal.is_some() {
+                if st.stopping || st.fatal.is_some() || st.client.is_closed() {
                     st.done = true;
                     drop(st);
                     shared.cond.notify_all();
                     return;
                 }
-                let now = StdInstant::now();
-                if now >= deadline {
+                // Timers run while detached too: the core closes the session
+                // once the server can no longer hold it.
+                let now = shared.now();
+                if st.client.poll_timeout().is_some_and(|d| d <= now) {
+                    st.client.handle_timeout(now);
+                    st.drain();
+                    continue;
+                }
+                let left = deadline.saturating_duration_since(StdInstant::now());
+                if left.is_zero() {
                     break;
                 }
-                st = wait_for(&shared.cond, st, deadline - now);
+                let core_wait = st
+                    .client
+                    .poll_timeout()
+                    .map_or(left, |d| shared.clock.until(d).max(StdDuration::from_millis(1)));
+                st = wait_for(&shared.cond, st, left.min(core_wait));
             }
             st.report(Progress::Connecting { attempt, delay });
         }
@@ -992,7 +1061,7 @@ impl ListenerBuilder {
                 progress: self.progress,
             }),
             cond: Condvar::new(),
-            epoch: StdInstant::now(),
+            clock: DriverClock::new(),
         });
         let s = shared.clone();
         let accept = thread::Builder::new()
@@ -1013,12 +1082,12 @@ impl ListenerBuilder {
 struct ServerShared {
     state: Mutex<ServerState>,
     cond: Condvar,
-    epoch: StdInstant,
+    clock: DriverClock,
 }
 
 impl ServerShared {
     fn now(&self) -> Instant {
-        now_since(self.epoch)
+        self.clock.now()
     }
 }
 
@@ -1026,6 +1095,8 @@ impl ServerShared {
 struct SessionInfo {
     /// How it ended, once it has.
     end: Option<SessionEnd>,
+    /// Remote address of the transport that last carried it.
+    peer: Option<SocketAddr>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -1038,6 +1109,8 @@ enum SessionEnd {
 struct TransportInfo {
     /// A handle to shut the socket down.
     socket: TcpStream,
+    /// The remote address.
+    peer: Option<SocketAddr>,
     /// The reader saw EOF or an error, or the writer failed.
     lost: bool,
 }
@@ -1056,12 +1129,27 @@ impl ServerState {
     fn drain(&mut self) {
         while let Some(e) = self.server.poll_event() {
             match e {
-                ServerEvent::HandshakeDone { session, .. } => {
+                ServerEvent::HandshakeDone { session, transport } => {
                     self.stats.sessions += 1;
-                    self.sessions.insert(session, SessionInfo::default());
+                    let peer = self.transports.get(&transport).and_then(|t| t.peer);
+                    self.sessions.insert(
+                        session,
+                        SessionInfo {
+                            end: None,
+                            peer,
+                        },
+                    );
                     self.incoming.push_back(session);
                 }
-                ServerEvent::Resumed { .. } => self.stats.resumes += 1,
+                ServerEvent::Resumed {
+                    session, transport, ..
+                } => {
+                    self.stats.resumes += 1;
+                    let peer = self.transports.get(&transport).and_then(|t| t.peer);
+                    if let Some(i) = self.sessions.get_mut(&session) {
+                        i.peer = peer.or(i.peer);
+                    }
+                }
                 ServerEvent::ResendRange { start, end, .. } => {
                     self.stats.resent_bytes += end.saturating_sub(start)
                 }
@@ -1166,6 +1254,21 @@ impl Listener {
 impl Drop for Listener {
     fn drop(&mut self) {
         let mut st = lock(&self.shared.state);
+        // Transports the core already ended may still hold an answer (a
+        // rejection, DataUnavailable): give their writers a moment to send
+        // it before everything is shut down.
+        let grace = StdInstant::now() + LINGER;
+        while st
+            .transports
+            .keys()
+            .any(|&t| st.server.transport_ended(t))
+        {
+            let left = grace.saturating_duration_since(StdInstant::now());
+            if left.is_zero() {
+                break;
+            }
+            st = wait_for(&self.shared.cond, st, left);
+        }
         st.stopping = true;
         for t in st.transports.values() {
             let _ = t.socket.shutdown(Shutdown::Both);
@@ -1201,6 +1304,7 @@ fn server_accept(shared: Arc<ServerShared>, listener: TcpListener) {
             }
         };
         let _ = sock.set_nodelay(true);
+        let peer = sock.peer_addr().ok();
         let handles = (|| {
             sock.set_write_timeout(Some(WRITE_CHECK))?;
             Ok::<_, io::Error>((sock.try_clone()?, sock.try_clone()?))
@@ -1222,6 +1326,7 @@ fn server_accept(shared: Arc<ServerShared>, listener: TcpListener) {
             tid,
             TransportInfo {
                 socket: control,
+                peer,
                 lost: false,
             },
         );
@@ -1324,7 +1429,11 @@ fn server_writer(shared: Arc<ServerShared>, tid: TransportId, mut t: TcpStream) 
                 Ok(k) => n += k,
             }
         }
-        if n > 0 && !st.stopping && !st.transports.get(&tid).is_none_or(|t| t.lost) {
+        // Written even when the reader saw EOF or the core ended the
+        // transport: a rejection or a last answer must reach the peer
+        // before the socket closes (bounded: once the transport is gone, a
+        // write that blocks for WRITE_CHECK gives up).
+        if n > 0 && !st.stopping {
             drop(st);
             let r = write_all_checked(&mut t, &buf[..n], || {
                 !lock(&shared.state).transport_gone(tid)
@@ -1372,6 +1481,15 @@ impl ServerStream {
     /// The core's id of this session.
     pub fn session_id(&self) -> SessionId {
         self.sid
+    }
+
+    /// The remote address of the transport that last carried the session
+    /// (the client's address, for logs).
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        lock(&self.shared.state)
+            .sessions
+            .get(&self.sid)
+            .and_then(|i| i.peer)
     }
 
     /// The session's connection id (while the core holds it).

@@ -13,9 +13,11 @@
 //! pipe). A background task owns the transport: when it breaks, stalls
 //! (idle timeout) or delivers bytes that fail authentication, the task opens
 //! a new one following a [`Backoff`] policy (immediate first retry,
-//! exponential delays with jitter) and the core resumes the session. After
-//! `max_attempts` failures in a row the stream fails with an
-//! [`io::Error`] saying so.
+//! capped exponential delays with jitter) and the core resumes the session.
+//! It keeps trying until the core closes the session (the server's
+//! advertised resume timeout passed without contact); only the very first
+//! connection gives up after `Backoff::max_attempts` failures in a row.
+//! Then the stream fails with an [`io::Error`] saying why.
 //!
 //! # Server
 //! [`Server::bind`] listens on TCP; [`Server::serve_transport`] adds a
@@ -90,6 +92,7 @@ use ::tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use ::tokio::task::JoinHandle;
 use ::tokio::time::{Instant as TokioInstant, Sleep};
 
+use crate::reconnect::DriverClock;
 use crate::{
     Backoff, CloseReason, Config, Duration, Error, Event, Instant, OsRng, ResumeStatus,
     ServerEvent, SessionId, TransportId,
@@ -101,23 +104,25 @@ const IO_BUF: usize = 64 * 1024;
 // ---------------------------------------------------------------------------
 // shared helpers
 
-/// Converts between tokio's clock and the core's microsecond instants.
+/// The core's clock (suspend-aware, see [`DriverClock`]) and the way to
+/// tokio's timer, which runs on another clock: a core deadline becomes a
+/// tokio instant relative to the current reading of both.
 #[derive(Clone, Copy, Debug)]
 struct Clock {
-    origin: TokioInstant,
+    core: DriverClock,
 }
 
 impl Clock {
     fn new() -> Self {
         Clock {
-            origin: TokioInstant::now(),
+            core: DriverClock::new(),
         }
     }
     fn now(&self) -> Instant {
-        Instant::from_micros(u64::try_from(self.origin.elapsed().as_micros()).unwrap_or(u64::MAX))
+        self.core.now()
     }
     fn to_tokio(self, t: Instant) -> TokioInstant {
-        self.origin + std::time::Duration::from_micros(t.as_micros())
+        TokioInstant::now() + self.core.until(t)
     }
 }
 
@@ -212,8 +217,11 @@ struct TransportIo<T> {
     outbuf: Box<[u8]>,
     out_start: usize,
     out_end: usize,
-    /// The transport broke (EOF, I/O error): why.
+    /// The transport broke (I/O error, or writes refused): why.
     lost: Option<String>,
+    /// The peer closed its sending side (read EOF); writing may still work,
+    /// and an answer already queued is written before the transport closes.
+    eof: bool,
     /// The core ended the transport.
     core_ended: bool,
     write_blocked: bool,
@@ -231,6 +239,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> TransportIo<T> {
             out_start: 0,
             out_end: 0,
             lost: None,
+            eof: false,
             core_ended: false,
             write_blocked: false,
             needs_flush: false,
@@ -256,7 +265,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> TransportIo<T> {
     /// Read from the transport when all earlier input was consumed.
     /// Returns whether something happened.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.input_pending() || self.lost.is_some() || self.core_ended {
+        if self.input_pending() || self.lost.is_some() || self.eof || self.core_ended {
             return false;
         }
         self.in_start = 0;
@@ -266,7 +275,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> TransportIo<T> {
             Poll::Ready(Ok(())) => {
                 let n = rb.filled().len();
                 if n == 0 {
-                    self.lost = Some("transport closed by the peer".to_string());
+                    self.eof = true;
                 }
                 self.in_end = n;
                 true
@@ -342,11 +351,18 @@ fn poll_timer(
         return false;
     };
     let target = if d <= now {
-        clock.to_tokio(now) + tick
+        TokioInstant::now() + tick
     } else {
         clock.to_tokio(d)
     };
-    if sleep.deadline() != target {
+    // The target moves by the microseconds between two clock readings:
+    // re-arm only when it really changed.
+    let current = sleep.deadline();
+    let drift = target
+        .checked_duration_since(current)
+        .or_else(|| current.checked_duration_since(target))
+        .unwrap_or_default();
+    if drift > std::time::Duration::from_micros(500) || sleep.is_elapsed() {
         sleep.as_mut().reset(target);
     }
     sleep.as_mut().poll(cx).is_ready()
@@ -410,6 +426,8 @@ struct ClientShared {
     /// The driver holds input the core could not take (receive buffer full).
     input_blocked: bool,
     handshake_done: bool,
+    /// The last transport was refused as Stale (clock estimate corrected).
+    retry_now: bool,
     /// The current transport completed its handshake or resume.
     established: bool,
     close_requested: bool,
@@ -434,7 +452,12 @@ impl ClientShared {
                 Event::ResendRange { start, end } => {
                     self.stats.resend_bytes += end.saturating_sub(start);
                 }
-                Event::TransportLost { error } => self.stats.count_loss(classify(error)),
+                Event::TransportLost { error } => {
+                    if error == Some(Error::ResumeRejected(ResumeStatus::Stale)) {
+                        self.retry_now = true;
+                    }
+                    self.stats.count_loss(classify(error))
+                }
                 Event::PeerClosed => wake(&mut self.read_waker),
                 Event::Closed { reason } => {
                     if reason != CloseReason::Clean && self.failure.is_none() {
@@ -536,6 +559,7 @@ impl ClientStream {
             driver_waker: None,
             input_blocked: false,
             handshake_done: false,
+            retry_now: false,
             established: false,
             close_requested: false,
             failure: None,
@@ -641,26 +665,71 @@ async fn drive_client<F, Fut, T>(
     let mut jitter = crate::os_rng();
     let mut attempt: u32 = 0;
     let mut last_error = String::from("none");
+    let mut immediate_retry = false;
     let mut sleep = Box::pin(::tokio::time::sleep_until(TokioInstant::now()));
     loop {
-        let Some(delay) = backoff.delay(attempt, &mut jitter) else {
+        // Before a session exists the backoff's attempt limit applies; once
+        // there is one, only the core ends it (its give-up deadline, from the
+        // server's advertised resume timeout, is part of `poll_timeout`).
+        let (has_session, retry_now) = {
+            let mut st = lock(&shared);
+            let has = st.handshake_done || st.core.conn_id().is_some();
+            (has, core::mem::take(&mut st.retry_now))
+        };
+        let policy = if has_session {
+            Backoff {
+                max_attempts: None,
+                ..backoff
+            }
+        } else {
+            backoff
+        };
+        let Some(delay) = policy.delay(attempt, &mut jitter) else {
             let mut st = lock(&shared);
             st.fail(Failure {
                 kind: io::ErrorKind::TimedOut,
                 msg: format!(
-                    "relink: gave up reconnecting after {attempt} failed attempts in a row \
+                    "relink: gave up connecting after {attempt} failed attempts in a row \
                      (last error: {last_error})"
                 ),
             });
             return;
         };
-        if delay.as_micros() > 0 {
-            ::tokio::time::sleep(delay.into()).await;
+        // A Stale refusal corrected the clock estimate: once in a row, retry
+        // at once.
+        let delay: std::time::Duration = if retry_now && !immediate_retry {
+            immediate_retry = true;
+            std::time::Duration::ZERO
+        } else {
+            immediate_retry = false;
+            delay.into()
+        };
+        let wake_at = TokioInstant::now() + delay;
+        loop {
+            let until = {
+                let mut st = lock(&shared);
+                let now = clock.now();
+                if st.core.poll_timeout().is_some_and(|d| d <= now) {
+                    st.core.handle_timeout(now);
+                    st.process_events();
+                }
+                if st.core.is_closed() {
+                    let reason = st.core.close_reason().unwrap_or(CloseReason::TooManyFailures);
+                    if reason != CloseReason::Clean {
+                        st.fail(Failure::closed(reason));
+                    }
+                    st.wake_app();
+                    return;
+                }
+                if TokioInstant::now() >= wake_at {
+                    break;
+                }
+                let core_at = st.core.poll_timeout().map(|d| clock.to_tokio(d));
+                core_at.map_or(wake_at, |c| c.min(wake_at))
+            };
+            ::tokio::time::sleep_until(until).await;
         }
         attempt += 1;
-        if lock(&shared).core.is_closed() {
-            return;
-        }
         let t = match ::tokio::time::timeout(connect_timeout, connect()).await {
             Ok(Ok(t)) => t,
             Ok(Err(e)) => {
@@ -741,7 +810,11 @@ fn client_poll<T: AsyncRead + AsyncWrite + Unpin>(
             let core = &mut st.core;
             progress |= io.poll_drain(cx, |buf| core.poll_transmit(now, buf).unwrap_or(0));
         }
-        if let Some(why) = io.lost.take() {
+        let lost = io.lost.take().or_else(|| {
+            io.eof
+                .then(|| "transport closed by the peer".to_string())
+        });
+        if let Some(why) = lost {
             if !st.core.transport_ended() && !st.core.is_closed() {
                 st.stats.count_loss(LossKind::Io);
             }
@@ -1278,9 +1351,14 @@ fn server_transport_poll<T: AsyncRead + AsyncWrite + Unpin>(
             }
             st.nudge_timer(now);
         }
+        // A transport the core ended, or whose peer stopped sending, is
+        // closed once everything queued for it (a rejection, a last answer)
+        // was written, or writing blocks.
         let ended = st.core.transport_ended(tid);
-        if io.lost.is_some() || (ended && (!io.output_pending() || io.write_blocked)) {
-            if io.lost.is_some() && !ended {
+        if io.lost.is_some()
+            || ((ended || io.eof) && (!io.output_pending() || io.write_blocked))
+        {
+            if (io.lost.is_some() || io.eof) && !ended {
                 st.stats.lost_io += 1;
             }
             if io.lost.is_none() {

@@ -8,9 +8,14 @@ use std::sync::OnceLock;
 
 /// Path of the example binary, built once per test process with the same
 /// profile and features as this test (a no-op when `cargo test` built it).
+/// `RELINK_BIN=/path/to/relink` runs the tests against another build (e.g.
+/// an older commit's, to see a test fail before a fix).
 pub fn relink_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("RELINK_BIN") {
+            return PathBuf::from(bin);
+        }
         let exe = std::env::current_exe().expect("test exe path");
         let profile_dir = exe.parent().and_then(Path::parent).expect("profile dir");
         let target_dir = profile_dir.parent().expect("target dir");
@@ -18,6 +23,24 @@ pub fn relink_bin() -> &'static Path {
             .join("examples")
             .join(format!("relink{}", std::env::consts::EXE_SUFFIX));
         let mut cmd = Command::new(env!("CARGO"));
+        // The variables cargo sets for this test process would reach build
+        // scripts (ring's watches CARGO_MANIFEST_DIR) and make every run
+        // rebuild half the dependency tree: not theirs to see.
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy().into_owned();
+            if k == "CARGO_MANIFEST_DIR"
+                || k == "CARGO_MANIFEST_PATH"
+                || k == "CARGO_MANIFEST_LINKS"
+                || k == "CARGO_CRATE_NAME"
+                || k == "CARGO_PRIMARY_PACKAGE"
+                || k == "CARGO_TARGET_TMPDIR"
+                || k == "CARGO_RUSTC_CURRENT_DIR"
+                || k.starts_with("CARGO_PKG_")
+                || k.starts_with("CARGO_BIN_")
+            {
+                cmd.env_remove(k);
+            }
+        }
         cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
             .env("CARGO_TARGET_DIR", target_dir)
             .args(["build", "--quiet", "--example", "relink"]);
