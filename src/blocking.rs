@@ -389,7 +389,8 @@ impl ClientBuilder {
         let mut next = 0usize;
         // An unreachable address must not hold the driver for the OS's
         // minutes-long SYN timeout: the core's deadlines go on meanwhile.
-        let timeout = StdDuration::from(self.config.handshake_timeout).max(StdDuration::from_millis(100));
+        let timeout =
+            StdDuration::from(self.config.handshake_timeout).max(StdDuration::from_millis(100));
         self.connect_with(move || {
             let a = addrs[next % addrs.len()];
             next += 1;
@@ -819,10 +820,9 @@ where
                 if left.is_zero() {
                     break;
                 }
-                let core_wait = st
-                    .client
-                    .poll_timeout()
-                    .map_or(left, |d| shared.clock.until(d).max(StdDuration::from_millis(1)));
+                let core_wait = st.client.poll_timeout().map_or(left, |d| {
+                    shared.clock.until(d).max(StdDuration::from_millis(1))
+                });
                 st = wait_for(&shared.cond, st, left.min(core_wait));
             }
             st.report(Progress::Connecting { attempt, delay });
@@ -1132,13 +1132,8 @@ impl ServerState {
                 ServerEvent::HandshakeDone { session, transport } => {
                     self.stats.sessions += 1;
                     let peer = self.transports.get(&transport).and_then(|t| t.peer);
-                    self.sessions.insert(
-                        session,
-                        SessionInfo {
-                            end: None,
-                            peer,
-                        },
-                    );
+                    self.sessions
+                        .insert(session, SessionInfo { end: None, peer });
                     self.incoming.push_back(session);
                 }
                 ServerEvent::Resumed {
@@ -1258,11 +1253,7 @@ impl Drop for Listener {
         // rejection, DataUnavailable): give their writers a moment to send
         // it before everything is shut down.
         let grace = StdInstant::now() + LINGER;
-        while st
-            .transports
-            .keys()
-            .any(|&t| st.server.transport_ended(t))
-        {
+        while st.transports.keys().any(|&t| st.server.transport_ended(t)) {
             let left = grace.saturating_duration_since(StdInstant::now());
             if left.is_zero() {
                 break;

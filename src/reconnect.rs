@@ -89,7 +89,9 @@ pub(crate) struct DriverClock {
 impl DriverClock {
     /// A clock reading zero now.
     pub(crate) fn new() -> Self {
-        DriverClock { origin: raw_micros() }
+        DriverClock {
+            origin: raw_micros(),
+        }
     }
 
     /// Microseconds since [`DriverClock::new`].

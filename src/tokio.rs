@@ -714,7 +714,10 @@ async fn drive_client<F, Fut, T>(
                     st.process_events();
                 }
                 if st.core.is_closed() {
-                    let reason = st.core.close_reason().unwrap_or(CloseReason::TooManyFailures);
+                    let reason = st
+                        .core
+                        .close_reason()
+                        .unwrap_or(CloseReason::TooManyFailures);
                     if reason != CloseReason::Clean {
                         st.fail(Failure::closed(reason));
                     }
@@ -810,10 +813,10 @@ fn client_poll<T: AsyncRead + AsyncWrite + Unpin>(
             let core = &mut st.core;
             progress |= io.poll_drain(cx, |buf| core.poll_transmit(now, buf).unwrap_or(0));
         }
-        let lost = io.lost.take().or_else(|| {
-            io.eof
-                .then(|| "transport closed by the peer".to_string())
-        });
+        let lost = io
+            .lost
+            .take()
+            .or_else(|| io.eof.then(|| "transport closed by the peer".to_string()));
         if let Some(why) = lost {
             if !st.core.transport_ended() && !st.core.is_closed() {
                 st.stats.count_loss(LossKind::Io);
@@ -1355,9 +1358,7 @@ fn server_transport_poll<T: AsyncRead + AsyncWrite + Unpin>(
         // closed once everything queued for it (a rejection, a last answer)
         // was written, or writing blocks.
         let ended = st.core.transport_ended(tid);
-        if io.lost.is_some()
-            || ((ended || io.eof) && (!io.output_pending() || io.write_blocked))
-        {
+        if io.lost.is_some() || ((ended || io.eof) && (!io.output_pending() || io.write_blocked)) {
             if (io.lost.is_some() || io.eof) && !ended {
                 st.stats.lost_io += 1;
             }

@@ -29,13 +29,18 @@ struct Listening {
 
 impl Listening {
     fn start(name: &str, extra: &[&str]) -> Listening {
-        let out = std::env::temp_dir().join(format!(
-            "relink-clifail-{name}-{}.bin",
-            std::process::id()
-        ));
+        let out =
+            std::env::temp_dir().join(format!("relink-clifail-{name}-{}.bin", std::process::id()));
         let mut child = Proc(
             Command::new(relink_bin())
-                .args(["--idle-ms", "1500", "listen", "127.0.0.1:0", "--sessions", "0"])
+                .args([
+                    "--idle-ms",
+                    "1500",
+                    "listen",
+                    "127.0.0.1:0",
+                    "--sessions",
+                    "0",
+                ])
                 .args(extra)
                 .stdin(Stdio::null())
                 .stdout(std::fs::File::create(&out).unwrap())
@@ -240,7 +245,8 @@ fn listen_forever_survives_hostile_clients_and_a_killed_session() {
 
     // 1. Garbage instead of a handshake: the server may answer, then closes.
     let mut g = TcpStream::connect(l.addr).unwrap();
-    g.write_all(b"GET / HTTP/1.1\r\nHost: relink\r\n\r\n").unwrap();
+    g.write_all(b"GET / HTTP/1.1\r\nHost: relink\r\n\r\n")
+        .unwrap();
     read_to_eof(&mut g);
 
     // 2. Half a ClientHello, then the client disappears.
@@ -275,7 +281,10 @@ fn listen_forever_survives_hostile_clients_and_a_killed_session() {
     }
     let forged_from = forged_from.unwrap().to_string();
     let line = l.wait_log(&["failed", &forged_from], StdDuration::from_secs(3));
-    assert!(!line.contains("Some("), "log line reads like Rust Debug: {line}");
+    assert!(
+        !line.contains("Some("),
+        "log line reads like Rust Debug: {line}"
+    );
     thread::sleep(StdDuration::from_millis(200));
     l.assert_running("after a session was killed by forged frames");
 
@@ -299,7 +308,10 @@ fn listen_forever_survives_hostile_clients_and_a_killed_session() {
             r.shutdown(Shutdown::Write).unwrap();
         }
         let got = read_to_eof(&mut r);
-        assert!(got.len() >= 2, "no answer before EOF (half_close {half_close})");
+        assert!(
+            got.len() >= 2,
+            "no answer before EOF (half_close {half_close})"
+        );
         assert_eq!(got[0], VERSION);
         assert_eq!(
             ResumeStatus::from_byte(got[1]),
