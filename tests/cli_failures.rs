@@ -83,10 +83,12 @@ impl Listening {
         }
     }
 
-    /// Wait up to `within` for a log line containing every one of `parts`.
-    fn wait_log(&self, parts: &[&str], within: StdDuration) -> String {
+    /// Wait up to `within` for a log line containing every one of `parts`
+    /// (failing at once if the process exits meanwhile).
+    fn wait_log(&mut self, parts: &[&str], within: StdDuration) -> String {
         let end = StdInstant::now() + within;
         loop {
+            self.assert_running(&format!("while waiting for a log line with {parts:?}"));
             if let Some(l) = self
                 .log
                 .lock()
