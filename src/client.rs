@@ -18,15 +18,18 @@ use zeroize::Zeroize;
 
 use crate::config::Config;
 use crate::error::Error;
-use crate::event::{CloseReason, Event};
+use crate::event::{ByteRange, CloseReason, Event};
 use crate::handshake::ClientHandshake;
 use crate::keys::Secret;
-use crate::resume::{reject_mac, request_mac, response_mac, REQUEST_MAC_INPUT, RESPONSE_MAC_INPUT};
+use crate::resume::{
+    reject_mac, request_mac, response_mac, REJECT_MAC_INPUT, REQUEST_MAC_INPUT, RESPONSE_MAC_INPUT,
+};
 use crate::stream::{Stream, StreamEvent, StreamKeys, StreamLimits};
-use crate::time::Instant;
+use crate::time::{earliest, Duration, Instant};
 use crate::wire::{
-    resume_response_len, server_hello_len, HandshakeStatus, ResumeRequest, ResumeResponse,
-    ResumeStatus, RESUME_REQUEST_LEN, RESUME_RESPONSE_LEN, SERVER_HELLO_LEN, TAG_LEN, VERSION,
+    resume_response_len, server_hello_len, AbortCode, HandshakeStatus, ResumeRequest,
+    ResumeResponse, ResumeStatus, RESUME_REQUEST_LEN, RESUME_RESPONSE_LEN, SERVER_HELLO_LEN,
+    TAG_LEN, VERSION,
 };
 use crate::MIN_TRANSMIT_BUFFER;
 
@@ -34,9 +37,17 @@ use crate::MIN_TRANSMIT_BUFFER;
 struct SessionState {
     conn_id: u64,
     resume_key: Secret,
-    /// Server clock at `at` (from the last ServerHello or ResumeResponse).
+    /// Server clock at `at` (from the last ServerHello, ResumeResponse or
+    /// authenticated rejection).
     server_time: u64,
     at: Instant,
+    /// How long the server keeps the session without transport (advertised,
+    /// authenticated, in ServerHello and ResumeResponse).
+    resume_timeout: Duration,
+    /// Last time something authenticated arrived from the server.
+    last_contact: Instant,
+    /// Proves an "unknown session" answer genuine (pinned mode only).
+    reset_token: [u8; TAG_LEN],
 }
 
 enum Phase {
@@ -77,13 +88,11 @@ pub struct Client<R: CryptoRng> {
     events: VecDeque<Event>,
     closed: Option<CloseReason>,
     resume_counter: u64,
+    /// Resume attempts in a row that the server answered with a rejection
+    /// (or with an answer whose MAC failed).
     resume_attempts: u32,
     /// Unauthenticated final rejections of resume attempts in a row.
     unauth_rejections: u32,
-    /// The server has shown it registered the session (a frame of it
-    /// verified, or a resume was accepted). Until then an "unknown session"
-    /// answer means the ClientConfirm never arrived: start over.
-    confirmed: bool,
 }
 
 impl<R: CryptoRng> core::fmt::Debug for Client<R> {
@@ -115,7 +124,6 @@ impl<R: CryptoRng> Client<R> {
             resume_counter: 0,
             resume_attempts: 0,
             unauth_rejections: 0,
-            confirmed: false,
         }
     }
 
@@ -143,9 +151,8 @@ impl<R: CryptoRng> Client<R> {
             };
             return Ok(());
         };
-        self.resume_attempts += 1;
-        if self.resume_attempts > self.config.max_resume_attempts {
-            self.close_for_good(CloseReason::TooManyFailures);
+        if self.give_up_at().is_some_and(|g| now >= g) {
+            self.close_for_good(CloseReason::Expired);
             return Err(Error::Closed);
         }
         self.resume_counter += 1;
@@ -199,9 +206,7 @@ impl<R: CryptoRng> Client<R> {
                 }
                 Phase::Open => {
                     let r = self.stream.handle_input(now, rest);
-                    if !self.confirmed && self.stream.link_verified_frame() {
-                        self.confirmed = true;
-                    }
+                    self.note_contact();
                     self.drain_stream_events();
                     return match r {
                         Ok(n) => Ok(consumed + n),
@@ -253,6 +258,9 @@ impl<R: CryptoRng> Client<R> {
             resume_key: est.keys.resume.clone(),
             server_time: est.server_time,
             at: now,
+            resume_timeout: Duration::from_micros(est.resume_timeout),
+            last_contact: now,
+            reset_token: est.reset_token,
         });
         self.set_control(&finish.confirm);
         self.phase = Phase::Open;
@@ -282,7 +290,7 @@ impl<R: CryptoRng> Client<R> {
             let resp = ResumeResponse::decode(&reply[..have]).map_err(Error::from)?;
             let mac = response_mac(&session.resume_key, &request, &reply[..RESPONSE_MAC_INPUT]);
             if !crate::keys::tags_equal(&mac, &resp.mac) {
-                return Err(self.fail_transport(Error::AuthFailed));
+                return Err(self.fail_unauthenticated(Error::AuthFailed));
             }
             if resp.server_written < self.stream.read_count() {
                 self.close_for_good(CloseReason::DataUnavailable);
@@ -290,6 +298,8 @@ impl<R: CryptoRng> Client<R> {
             }
             session.server_time = resp.server_time;
             session.at = now;
+            session.last_contact = now;
+            session.resume_timeout = Duration::from_micros(resp.resume_timeout);
             let (start, end) = match self.stream.attach(counter, now, resp.server_read) {
                 Ok(r) => r,
                 Err(_) => {
@@ -299,7 +309,6 @@ impl<R: CryptoRng> Client<R> {
             };
             self.resume_attempts = 0;
             self.unauth_rejections = 0;
-            self.confirmed = true;
             self.phase = Phase::Open;
             self.events.push_back(Event::Resumed { counter });
             self.events.push_back(Event::ResendRange { start, end });
@@ -307,34 +316,50 @@ impl<R: CryptoRng> Client<R> {
         }
         let e = Error::ResumeRejected(status);
         if status.is_authenticated() {
-            let mac = reject_mac(&session.resume_key, &request, &[reply[0], reply[1]]);
+            let mut prefix = [0u8; REJECT_MAC_INPUT];
+            prefix.copy_from_slice(&reply[..REJECT_MAC_INPUT]);
+            let mac = reject_mac(&session.resume_key, &request, &prefix);
             let mut got = [0u8; TAG_LEN];
-            got.copy_from_slice(&reply[2..2 + TAG_LEN]);
+            got.copy_from_slice(&reply[REJECT_MAC_INPUT..REJECT_MAC_INPUT + TAG_LEN]);
             if !crate::keys::tags_equal(&mac, &got) {
-                return Err(self.fail_transport(Error::AuthFailed));
+                return Err(self.fail_unauthenticated(Error::AuthFailed));
             }
+            // Authentic and bound to this request: the server's clock as it
+            // answered corrects our estimate (a client whose clock stood still
+            // while it slept was Stale; its next attempt is fresh).
+            let mut t = [0u8; 8];
+            t.copy_from_slice(&reply[2..10]);
+            session.server_time = u64::from_le_bytes(t);
+            session.at = now;
+            session.last_contact = now;
             if status == ResumeStatus::DataUnavailable {
                 self.close_for_good(CloseReason::DataUnavailable);
                 return Err(e);
             }
-            return Err(self.fail_transport(e));
+            return Err(self.fail_answered(e));
+        }
+        let pinned = self.config.pinned_server_key.is_some();
+        if status == ResumeStatus::UnknownSession && pinned {
+            let mut token = [0u8; TAG_LEN];
+            token.copy_from_slice(&reply[2..2 + TAG_LEN]);
+            if crate::keys::tags_equal(&token, &session.reset_token) {
+                // Only the holder of the server's static key can produce
+                // the token: the server no longer holds the session.
+                self.close_for_good(CloseReason::SessionUnknown);
+                return Err(e);
+            }
         }
         if status == ResumeStatus::AuthFailed {
             self.events.push_back(Event::AuthFailed { reason: e });
-            return Err(self.fail_transport(e));
         }
-        if status == ResumeStatus::UnknownSession && !self.confirmed {
-            // The server never registered the session (our ClientConfirm was
-            // lost): nothing was acknowledged or received, so a fresh
-            // handshake carries the same bytes from offset 0.
-            self.session = None;
-            self.resume_counter = 0;
-            self.resume_attempts = 0;
-            self.stream.restart();
-            return Err(self.fail_transport(e));
+        if pinned || status == ResumeStatus::AuthFailed {
+            return Err(self.fail_unauthenticated(e));
         }
-        // Unauthenticated, so possibly forged or corrupted: give up only
-        // after several in a row.
+        // Anonymous mode: nothing authenticates the server, so an active
+        // attacker could end the session anyway (PROTOCOL.md 9); give up only
+        // after several in a row. The client never starts a new session on
+        // its own: bytes it wrote may have reached the server application
+        // (PROTOCOL.md 7.7), so the application decides.
         self.unauth_rejections += 1;
         if self.unauth_rejections < self.config.max_unauthenticated_rejections {
             return Err(self.fail_transport(e));
@@ -373,8 +398,10 @@ impl<R: CryptoRng> Client<R> {
     /// Queue application bytes. Returns how many were accepted (0 when the
     /// send buffer is full: wait for ACKs). Works before the handshake too.
     pub fn send(&mut self, data: &[u8]) -> Result<usize, Error> {
-        if self.closed.is_some() {
-            return Err(Error::Closed);
+        match self.closed {
+            Some(CloseReason::Aborted { code, .. }) => return Err(Error::Aborted(code)),
+            Some(_) => return Err(Error::Closed),
+            None => {}
         }
         self.stream.send(data)
     }
@@ -391,6 +418,28 @@ impl<R: CryptoRng> Client<R> {
         }
     }
 
+    /// Abort the session: stop sending data at once and tell the server with
+    /// an authenticated ABORT frame carrying `code` (PROTOCOL.md 6.6). Keep
+    /// driving the client (transports, resumes) until [`Client::is_closed`]:
+    /// the ABORT is resent after a resume until the server answers it, or
+    /// until the session is given up. `send` and `recv` then fail with
+    /// [`Error::Aborted`]. No effect on a closed session.
+    pub fn abort(&mut self, code: AbortCode) {
+        if self.closed.is_some() {
+            return;
+        }
+        if self.session.is_none() {
+            // No server knows this session: nothing to tell anyone.
+            self.stream.abort(code);
+            self.close_for_good(CloseReason::Aborted {
+                code,
+                by_peer: false,
+            });
+            return;
+        }
+        self.stream.abort(code);
+    }
+
     /// Close the sending side: a CLOSE frame follows the last byte written.
     /// The session ends cleanly once the server closed too.
     pub fn close(&mut self) {
@@ -405,15 +454,52 @@ impl<R: CryptoRng> Client<R> {
     /// When [`Client::handle_timeout`] should be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match &self.phase {
-            Phase::Hello { deadline, .. } | Phase::Resume { deadline, .. } => Some(*deadline),
+            Phase::Hello { deadline, .. } => Some(*deadline),
+            Phase::Resume { deadline, .. } => earliest(Some(*deadline), self.give_up_at()),
             Phase::Open => self.stream.poll_timeout(),
-            Phase::Idle | Phase::Dead => None,
+            Phase::Idle | Phase::Dead => self.give_up_at(),
+        }
+    }
+
+    /// While the session has no working transport: the instant after which
+    /// the client gives it up (reason [`CloseReason::Expired`]) because the
+    /// server has surely freed it. It is the last authenticated contact with
+    /// the server plus the server's advertised resume timeout plus this
+    /// side's idle timeout (the server may notice the loss that much later).
+    /// `None` while a transport is open, before the handshake and once
+    /// closed. Drivers keep opening transports until then (PROTOCOL.md 7.6).
+    pub fn give_up_at(&self) -> Option<Instant> {
+        if self.closed.is_some() || matches!(self.phase, Phase::Open) {
+            return None;
+        }
+        let s = self.session.as_ref()?;
+        Some(
+            s.last_contact
+                .saturating_add(s.resume_timeout)
+                .saturating_add(self.config.idle_timeout),
+        )
+    }
+
+    /// The bytes whose delivery is unknown once the session ended other
+    /// than cleanly: data offsets `[acknowledged, written)` of this side's
+    /// stream. The server application may have received any prefix of them.
+    /// relink never resends them in another session; the application
+    /// decides (PROTOCOL.md 7.7). `None` while the session is alive or after
+    /// a clean close.
+    pub fn in_doubt(&self) -> Option<ByteRange> {
+        match self.closed {
+            None | Some(CloseReason::Clean) => None,
+            Some(_) => Some(self.stream.in_doubt()),
         }
     }
 
     /// Advance timers: handshake/resume deadline, idle timeout. Due ACKs and
     /// keepalives are then written by `poll_transmit`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.give_up_at().is_some_and(|g| now >= g) {
+            self.close_for_good(CloseReason::Expired);
+            return;
+        }
         match &self.phase {
             Phase::Hello { deadline, .. } | Phase::Resume { deadline, .. } => {
                 if now >= *deadline {
@@ -427,6 +513,40 @@ impl<R: CryptoRng> Client<R> {
             }
             Phase::Idle | Phase::Dead => {}
         }
+    }
+
+    /// Remember the last frame that verified on the open transport.
+    fn note_contact(&mut self) {
+        if let (Some(s), Some(t)) = (&mut self.session, self.stream.last_rx()) {
+            s.last_contact = s.last_contact.max(t);
+        }
+    }
+
+    /// An answer to this resume attempt that nothing authenticates (a
+    /// status without MAC, a MAC that failed). With a pinned server key such
+    /// an answer is forged, corrupted, or from a server with another key: it
+    /// costs this transport only, and the session ends by an authenticated
+    /// answer or by the deadline (`give_up_at`). In anonymous mode it counts
+    /// like any answered failure (nothing authenticates the server there,
+    /// PROTOCOL.md 9).
+    fn fail_unauthenticated(&mut self, e: Error) -> Error {
+        if self.config.pinned_server_key.is_some() {
+            self.fail_transport(e)
+        } else {
+            self.fail_answered(e)
+        }
+    }
+
+    /// The server answered this resume attempt, but not with Ok: end the
+    /// transport, and the session after `max_resume_attempts` such answers in
+    /// a row.
+    fn fail_answered(&mut self, e: Error) -> Error {
+        self.resume_attempts += 1;
+        let e = self.fail_transport(e);
+        if self.resume_attempts >= self.config.max_resume_attempts {
+            self.close_for_good(CloseReason::TooManyFailures);
+        }
+        e
     }
 
     /// The session's connection id once the handshake completed.
@@ -494,6 +614,9 @@ impl<R: CryptoRng> Client<R> {
     /// authentication failures happened in a row. Returns `e`.
     fn fail_transport(&mut self, e: Error) -> Error {
         let was_open = matches!(self.phase, Phase::Open);
+        if was_open {
+            self.note_contact();
+        }
         self.stream.detach();
         self.control_len = 0;
         self.control_sent = 0;
@@ -519,7 +642,13 @@ impl<R: CryptoRng> Client<R> {
             return;
         }
         self.closed = Some(reason);
-        if reason != CloseReason::Clean {
+        // A clean close and an answer to the server's ABORT still have frames
+        // to flush on the open transport (the last ACK, our ABORT answer).
+        let flush = matches!(
+            reason,
+            CloseReason::Clean | CloseReason::Aborted { by_peer: true, .. }
+        );
+        if !flush {
             self.stream.detach();
             self.phase = Phase::Dead;
         }
@@ -531,6 +660,14 @@ impl<R: CryptoRng> Client<R> {
             match e {
                 StreamEvent::PeerClosed => self.events.push_back(Event::PeerClosed),
                 StreamEvent::CleanClose => self.close_for_good(CloseReason::Clean),
+                StreamEvent::PeerAborted(code) => self.close_for_good(CloseReason::Aborted {
+                    code,
+                    by_peer: true,
+                }),
+                StreamEvent::AbortDone(code) => self.close_for_good(CloseReason::Aborted {
+                    code,
+                    by_peer: false,
+                }),
             }
         }
     }

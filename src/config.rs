@@ -27,20 +27,34 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// A handshake or resume must complete within this time.
     pub handshake_timeout: Duration,
-    /// Server: how long a session without transport waits to be resumed.
+    /// Server: how long a session without transport waits to be resumed
+    /// (default 10 minutes: long enough for the outages a phone meets in a
+    /// lift, a tunnel or an underground ride, and for a laptop lid closed for a
+    /// coffee break; raise it to hours for terminal-like sessions, at the cost
+    /// of holding each detached session's unacknowledged bytes that long).
+    /// The server advertises it to clients (ServerHello, ResumeResponse), and
+    /// clients keep trying to resume for that long.
     pub resume_timeout: Duration,
     /// Server: accepted resume requests' time may differ from the server's
     /// clock by at most this much.
     pub resume_window: Duration,
-    /// Client: consecutive failed resume attempts before giving up.
+    /// Client: consecutive resume attempts that the server answered with a
+    /// rejection before giving up (PROTOCOL.md 7.6). In anonymous mode
+    /// answers that nothing authenticates (no MAC, or a MAC that failed)
+    /// count too; with a pinned server key they only cost their transport.
+    /// Attempts that got no answer (refused, cut, timed out) never count:
+    /// those continue until the server's advertised resume timeout passed
+    /// ([`crate::Client::give_up_at`]).
     pub max_resume_attempts: u32,
     /// Consecutive transports ended by an authentication failure before the
     /// session is closed.
     pub max_auth_failures: u32,
-    /// Client: unauthenticated "unknown session" (or "unsupported version",
-    /// "malformed") answers to resume attempts in a row before the session is
-    /// given up. These answers carry no MAC (the server may not have the key),
-    /// so one forged or corrupted answer must not end a session.
+    /// Client, anonymous mode only: unauthenticated "unknown session" (or
+    /// "unsupported version", "malformed") answers to resume attempts in a
+    /// row before the session is given up. With a pinned server key an
+    /// "unknown session" answer is authenticated by the session's reset
+    /// token (PROTOCOL.md 3.6) and ends the session at once, and answers
+    /// without a valid token only cost their transport.
     pub max_unauthenticated_rejections: u32,
     /// Server: most sessions at once.
     pub max_sessions: usize,
@@ -68,7 +82,7 @@ impl Default for Config {
             keepalive_interval: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(15),
             handshake_timeout: Duration::from_secs(10),
-            resume_timeout: Duration::from_secs(120),
+            resume_timeout: Duration::from_secs(600),
             resume_window: Duration::from_secs(60),
             max_resume_attempts: 16,
             max_auth_failures: 8,

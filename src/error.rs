@@ -1,7 +1,7 @@
 //! Typed errors. Messages name what went wrong, never key material or which
 //! byte of a MAC differed.
 
-use crate::wire::{HandshakeStatus, ResumeStatus};
+use crate::wire::{AbortCode, HandshakeStatus, ResumeStatus};
 use core::fmt;
 
 /// A malformed message or frame.
@@ -80,6 +80,8 @@ pub enum Error {
     TimedOut,
     /// No data is available now (not the end of the stream).
     WouldBlock,
+    /// The session was aborted (by this side or the peer) with this code.
+    Aborted(AbortCode),
 }
 
 impl From<ProtocolError> for Error {
@@ -127,6 +129,7 @@ impl fmt::Display for Error {
             Error::TransportEnded => write!(f, "transport ended"),
             Error::TimedOut => write!(f, "timed out"),
             Error::WouldBlock => write!(f, "no data available yet"),
+            Error::Aborted(code) => write!(f, "session aborted: {code}"),
         }
     }
 }

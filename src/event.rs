@@ -2,6 +2,33 @@
 
 use crate::error::Error;
 use crate::server::{SessionId, TransportId};
+use crate::wire::AbortCode;
+
+/// A range of stream offsets `[start, end)` of one direction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ByteRange {
+    /// First offset in the range.
+    pub start: u64,
+    /// One past the last offset.
+    pub end: u64,
+}
+
+impl ByteRange {
+    /// Number of bytes in the range.
+    pub fn len(&self) -> u64 {
+        self.end.saturating_sub(self.start)
+    }
+    /// Whether the range holds no byte.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl core::fmt::Display for ByteRange {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "[{}, {}) ({} bytes)", self.start, self.end, self.len())
+    }
+}
 
 /// Why a session ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -15,8 +42,17 @@ pub enum CloseReason {
     DataUnavailable,
     /// Too many consecutive authentication failures or resume attempts.
     TooManyFailures,
-    /// The session waited longer than `resume_timeout` for a transport.
+    /// The session waited longer than `resume_timeout` for a transport
+    /// (server), or the server's advertised resume timeout passed without a
+    /// successful resume (client).
     Expired,
+    /// A side aborted the session with an ABORT frame (PROTOCOL.md 6.6).
+    Aborted {
+        /// The reason code it carried.
+        code: AbortCode,
+        /// Whether the peer aborted (else this side did).
+        by_peer: bool,
+    },
     /// A fatal error.
     Error(Error),
 }

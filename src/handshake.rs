@@ -6,10 +6,10 @@
 //! The key schedule:
 //!
 //! ```text
-//! th1    = BLAKE3(ClientHello || ServerHello[0..58])
+//! th1    = BLAKE3(ClientHello || ServerHello[0..66])
 //! prk    = derive_key(HANDSHAKE, ee || es? || th1)
-//! mask   = derive_key(CONN_ID_MASK, prk)[0..8]
-//! th2    = BLAKE3(ClientHello || ServerHello[0..66])
+//! mask   = derive_key(CONN_ID_MASK, prk)   [0..8] conn id, [8..24] reset token
+//! th2    = BLAKE3(ClientHello || ServerHello[0..90])
 //! sconf  = keyed(derive_key(SERVER_CONFIRM, prk), th2)[0..16]
 //! th3    = BLAKE3(ClientHello || ServerHello)
 //! cconf  = keyed(derive_key(CLIENT_CONFIRM, prk), th3)[0..16]
@@ -31,7 +31,18 @@ pub(crate) struct Established {
     pub(crate) conn_id: u64,
     pub(crate) keys: SessionKeys,
     pub(crate) server_time: u64,
+    /// How long (µs) the server keeps the session without a transport.
+    pub(crate) resume_timeout: u64,
+    /// The session's reset token: an "unknown session" answer that carries
+    /// it comes from the server (PROTOCOL.md 3.6).
+    pub(crate) reset_token: [u8; TAG_LEN],
 }
+
+/// Where the masked connection id sits in the ServerHello; the masked reset
+/// token and then the confirm follow.
+const CONN_ID_AT: usize = SERVER_HELLO_KEYED_PREFIX;
+const TOKEN_AT: usize = CONN_ID_AT + 8;
+const CONFIRM_AT: usize = TOKEN_AT + TAG_LEN;
 
 /// X25519 with the all-zero (non-contributory) result rejected.
 fn dh(secret: &StaticSecret, peer: &[u8; 32]) -> Result<[u8; 32], Error> {
@@ -87,17 +98,22 @@ fn prk(
 fn transcript(ch: &[u8; CLIENT_HELLO_LEN], sh: &[u8; SERVER_HELLO_LEN], prk: Secret) -> Transcript {
     let th2 = blake3::Hasher::new()
         .update(ch)
-        .update(&sh[..66])
+        .update(&sh[..CONFIRM_AT])
         .finalize();
     let th3 = blake3::Hasher::new().update(ch).update(sh).finalize();
     Transcript { prk, th2, th3 }
 }
 
-fn mask(prk: &Secret) -> [u8; 8] {
+/// XOR the connection id and the reset token with the mask derived from
+/// `prk` (it encrypts on the server and decrypts on the client).
+fn apply_mask(prk: &Secret, conn_id: &mut [u8; 8], token: &mut [u8; TAG_LEN]) {
     let m = Secret::derive(context::CONN_ID_MASK, &[&prk.0]);
-    let mut out = [0u8; 8];
-    out.copy_from_slice(&m.0[..8]);
-    out
+    for (b, k) in conn_id.iter_mut().zip(&m.0[..8]) {
+        *b ^= k;
+    }
+    for (b, k) in token.iter_mut().zip(&m.0[8..8 + TAG_LEN]) {
+        *b ^= k;
+    }
 }
 
 impl Transcript {
@@ -171,16 +187,16 @@ impl ClientHandshake {
         if !tags_equal(&t.server_confirm(), &sh.confirm) {
             return Err(Error::AuthFailed);
         }
-        let m = mask(&t.prk);
         let mut id = sh.encrypted_conn_id;
-        for (b, k) in id.iter_mut().zip(m.iter()) {
-            *b ^= k;
-        }
+        let mut reset_token = sh.encrypted_reset_token;
+        apply_mask(&t.prk, &mut id, &mut reset_token);
         Ok(ClientFinish {
             established: Established {
                 conn_id: u64::from_le_bytes(id),
                 keys: t.session_keys(),
                 server_time: sh.server_time,
+                resume_timeout: sh.resume_timeout,
+                reset_token,
             },
             confirm: t.client_confirm(),
         })
@@ -192,6 +208,9 @@ pub(crate) struct ServerRandom {
     pub(crate) ephemeral_secret: [u8; 32],
     pub(crate) challenge: [u8; 16],
     pub(crate) conn_id: u64,
+    /// The reset token of `conn_id` (all zero when the server has no reset
+    /// secret, i.e. no static key).
+    pub(crate) reset_token: [u8; TAG_LEN],
 }
 
 impl Drop for ServerRandom {
@@ -212,6 +231,7 @@ pub(crate) fn server_respond(
     ch_bytes: &[u8; CLIENT_HELLO_LEN],
     random: &ServerRandom,
     server_time: u64,
+    resume_timeout: u64,
     server_static: Option<&StaticKeypair>,
 ) -> Result<ServerHandshake, Error> {
     let ch = ClientHello::decode(ch_bytes)?;
@@ -233,23 +253,24 @@ pub(crate) fn server_respond(
         ephemeral: PublicKey::from(&eph).to_bytes(),
         challenge: random.challenge,
         server_time,
+        resume_timeout,
         encrypted_conn_id: [0u8; 8],
+        encrypted_reset_token: [0u8; TAG_LEN],
         confirm: [0u8; TAG_LEN],
     }
     .encode();
     let prk = prk(ch_bytes, &sh[..SERVER_HELLO_KEYED_PREFIX], &ee, es.as_ref());
-    let m = mask(&prk);
     let mut id = random.conn_id.to_le_bytes();
-    for (b, k) in id.iter_mut().zip(m.iter()) {
-        *b ^= k;
-    }
-    sh[58..66].copy_from_slice(&id);
+    let mut token = random.reset_token;
+    apply_mask(&prk, &mut id, &mut token);
+    sh[CONN_ID_AT..TOKEN_AT].copy_from_slice(&id);
+    sh[TOKEN_AT..CONFIRM_AT].copy_from_slice(&token);
     let th2 = blake3::Hasher::new()
         .update(ch_bytes)
-        .update(&sh[..66])
+        .update(&sh[..CONFIRM_AT])
         .finalize();
     let confirm = Secret::derive(context::SERVER_CONFIRM, &[&prk.0]).mac(&[th2.as_bytes()]);
-    sh[66..82].copy_from_slice(&confirm);
+    sh[CONFIRM_AT..].copy_from_slice(&confirm);
     let t = transcript(ch_bytes, &sh, prk);
     Ok(ServerHandshake {
         reply: sh,
@@ -258,6 +279,8 @@ pub(crate) fn server_respond(
             conn_id: random.conn_id,
             keys: t.session_keys(),
             server_time,
+            resume_timeout,
+            reset_token: random.reset_token,
         },
     })
 }
@@ -271,16 +294,19 @@ mod tests {
             ephemeral_secret: [2u8; 32],
             challenge: [3u8; 16],
             conn_id: 0x1122_3344_5566_7788,
+            reset_token: [9u8; TAG_LEN],
         }
     }
 
     #[test]
     fn both_sides_derive_the_same_keys() {
         let c = ClientHandshake::new([1u8; 32], None);
-        let s = server_respond(c.hello(), &random(), 42, None).unwrap();
+        let s = server_respond(c.hello(), &random(), 42, 7, None).unwrap();
         let f = c.finish(&s.reply).unwrap();
         assert_eq!(f.established.conn_id, 0x1122_3344_5566_7788);
         assert_eq!(f.established.server_time, 42);
+        assert_eq!(f.established.resume_timeout, 7);
+        assert_eq!(f.established.reset_token, [9u8; TAG_LEN]);
         assert_eq!(f.confirm, s.expected_confirm);
         assert_eq!(f.established.keys.resume, s.established.keys.resume);
     }
@@ -290,10 +316,10 @@ mod tests {
         let server_kp = StaticKeypair::from_secret_bytes([5u8; 32]);
         let other = StaticKeypair::from_secret_bytes([6u8; 32]);
         let c = ClientHandshake::new([1u8; 32], Some(other.public_key()));
-        let s = server_respond(c.hello(), &random(), 0, Some(&server_kp)).unwrap();
+        let s = server_respond(c.hello(), &random(), 0, 0, Some(&server_kp)).unwrap();
         assert!(matches!(c.finish(&s.reply), Err(Error::AuthFailed)));
         let c = ClientHandshake::new([1u8; 32], Some(server_kp.public_key()));
-        let s = server_respond(c.hello(), &random(), 0, Some(&server_kp)).unwrap();
+        let s = server_respond(c.hello(), &random(), 0, 0, Some(&server_kp)).unwrap();
         assert!(c.finish(&s.reply).is_ok());
     }
 
@@ -302,7 +328,7 @@ mod tests {
         let mut hello = ClientHandshake::new([1u8; 32], None).hello;
         hello[3..35].copy_from_slice(&[0u8; 32]);
         assert!(matches!(
-            server_respond(&hello, &random(), 0, None),
+            server_respond(&hello, &random(), 0, 0, None),
             Err(Error::Protocol(ProtocolError::WeakKey))
         ));
     }

@@ -20,8 +20,12 @@ use crate::wire::{FRAME_HEADER_LEN, TAG_LEN};
 pub mod context {
     /// Handshake secret from the DH outputs and transcript hash 1.
     pub const HANDSHAKE: &str = "relink v1 2026-11 handshake secret";
-    /// Mask that encrypts the connection id in the ServerHello.
+    /// Mask that encrypts the connection id (bytes 0..8) and the reset
+    /// token (bytes 8..24) in the ServerHello.
     pub const CONN_ID_MASK: &str = "relink v1 2026-11 connection id mask";
+    /// The server's reset secret, from its static secret key: the key of
+    /// the reset tokens that authenticate "unknown session" answers.
+    pub const RESET_SECRET: &str = "relink v1 2026-11 reset secret";
     /// Server key-confirmation MAC key.
     pub const SERVER_CONFIRM: &str = "relink v1 2026-11 server confirm";
     /// Client key-confirmation MAC key.
@@ -79,6 +83,15 @@ impl StaticKeypair {
     pub fn secret_bytes(&self) -> [u8; 32] {
         self.secret.to_bytes()
     }
+    /// The reset secret derived from this key pair (PROTOCOL.md 3.6): the
+    /// same after a restart, so a restarted server can still prove that it
+    /// no longer holds a session.
+    pub(crate) fn reset_secret(&self) -> Secret {
+        let mut bytes = self.secret.to_bytes();
+        let s = Secret::derive(context::RESET_SECRET, &[&bytes]);
+        bytes.zeroize();
+        s
+    }
     pub(crate) fn diffie_hellman(&self, peer: &[u8; 32]) -> [u8; 32] {
         self.secret
             .diffie_hellman(&PublicKey::from(*peer))
@@ -117,6 +130,11 @@ impl Secret {
             h.update(m);
         }
         Secret(*h.finalize().as_bytes())
+    }
+    /// The reset token of connection `conn_id` under this reset secret:
+    /// `MAC16(reset_secret, LE64(conn_id))`.
+    pub(crate) fn reset_token(&self, conn_id: u64) -> [u8; TAG_LEN] {
+        self.mac(&[&conn_id.to_le_bytes()])
     }
     /// Truncated keyed BLAKE3 over the concatenation of `parts`.
     pub(crate) fn mac(&self, parts: &[&[u8]]) -> [u8; TAG_LEN] {

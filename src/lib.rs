@@ -50,12 +50,12 @@ pub mod tokio;
 pub use client::Client;
 pub use config::Config;
 pub use error::{Error, ProtocolError};
-pub use event::{CloseReason, Event, ServerEvent};
+pub use event::{ByteRange, CloseReason, Event, ServerEvent};
 pub use keys::StaticKeypair;
 pub use reconnect::Backoff;
 pub use server::{Server, SessionId, TransportId};
 pub use time::{Duration, Instant};
-pub use wire::{HandshakeStatus, ResumeStatus};
+pub use wire::{AbortCode, HandshakeStatus, ResumeStatus};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(all(doctest, feature = "tokio"))]

@@ -7,7 +7,7 @@
 //! ```text
 //! request MAC  = keyed(resume, 0x01 || request[0..42])
 //! response MAC = keyed(resume, 0x02 || request[0..58] || response[0..26])
-//! reject MAC   = keyed(resume, 0x03 || request[0..58] || reject[0..2])
+//! reject MAC   = keyed(resume, 0x03 || request[0..58] || reject[0..10])
 //! ```
 //!
 //! The response MACs cover the request, so a response cannot be replayed
@@ -24,6 +24,9 @@ const LABEL_REJECT: u8 = 0x03;
 pub(crate) const REQUEST_MAC_INPUT: usize = RESUME_REQUEST_LEN - TAG_LEN;
 /// Bytes of an accepted response covered by its MAC (after the request).
 pub(crate) const RESPONSE_MAC_INPUT: usize = crate::wire::RESUME_RESPONSE_LEN - TAG_LEN;
+/// Bytes of an authenticated rejection covered by its MAC (version, status,
+/// server time).
+pub(crate) const REJECT_MAC_INPUT: usize = crate::wire::REJECT_AUTH_LEN - TAG_LEN;
 
 /// MAC of a resume request.
 pub(crate) fn request_mac(key: &Secret, request_prefix: &[u8]) -> [u8; TAG_LEN] {
@@ -39,11 +42,11 @@ pub(crate) fn response_mac(
     key.mac(&[&[LABEL_RESPONSE], request, response_prefix])
 }
 
-/// MAC of an authenticated rejection (version and status bytes).
+/// MAC of an authenticated rejection (version, status and server time).
 pub(crate) fn reject_mac(
     key: &Secret,
     request: &[u8; RESUME_REQUEST_LEN],
-    reject_prefix: &[u8; 2],
+    reject_prefix: &[u8; REJECT_MAC_INPUT],
 ) -> [u8; TAG_LEN] {
     key.mac(&[&[LABEL_REJECT], request, reject_prefix])
 }
@@ -153,7 +156,9 @@ mod tests {
             request[..42].copy_from_slice(&prefix);
             let a = request_mac(&k, &prefix);
             let b = response_mac(&k, &request, &[]);
-            let c = reject_mac(&k, &request, &[prefix[0], prefix[1]]);
+            let mut reject = [0u8; REJECT_MAC_INPUT];
+            reject.copy_from_slice(&prefix[..REJECT_MAC_INPUT]);
+            let c = reject_mac(&k, &request, &reject);
             prop_assert_ne!(a, b);
             prop_assert_ne!(b, c);
         }

@@ -7,6 +7,15 @@
 //! then *attached* to a session ([`SessionId`]). A session whose transport
 //! broke stays registered for `resume_timeout`, then expires.
 //!
+//! A session is registered (and counts against `max_sessions`) as soon as
+//! its ServerHello is sent, *unconfirmed*: the server already holds its keys,
+//! so if the ClientConfirm is lost with its transport, the client's resume
+//! request (which proves the same keys) confirms it. The application hears
+//! of a session (`HandshakeDone`) only once it is confirmed; an unconfirmed
+//! session that expires goes silently. This is what lets the client never
+//! start a second session with bytes the first may have delivered
+//! (PROTOCOL.md 7.7).
+//!
 //! ```text
 //!  accept ─▶ First ──hello──▶ Confirm ──valid confirm──▶ Attached(session)
 //!              │ └─valid resume request─────────────────▶ Attached(session)
@@ -21,18 +30,18 @@ use rand_core::CryptoRng;
 use crate::config::Config;
 use crate::error::{Error, ProtocolError};
 use crate::event::{CloseReason, ServerEvent};
-use crate::handshake::{server_respond, ServerHandshake, ServerRandom};
+use crate::handshake::{server_respond, ServerRandom};
 use crate::keys::{tags_equal, Secret};
 use crate::resume::{
-    check_request, reject_mac, request_mac, response_mac, SessionCounters, REQUEST_MAC_INPUT,
-    RESPONSE_MAC_INPUT,
+    check_request, reject_mac, request_mac, response_mac, SessionCounters, REJECT_MAC_INPUT,
+    REQUEST_MAC_INPUT, RESPONSE_MAC_INPUT,
 };
 use crate::stream::{Stream, StreamEvent, StreamKeys, StreamLimits};
 use crate::time::{earliest, Instant};
 use crate::wire::{
-    client_first_len, HandshakeStatus, ResumeRequest, ResumeResponse, ResumeStatus,
-    CLIENT_CONFIRM_LEN, CLIENT_HELLO_LEN, RESUME_REQUEST_LEN, SERVER_HELLO_LEN, TAG_LEN, TAG_NEW,
-    VERSION,
+    client_first_len, AbortCode, HandshakeStatus, ResumeRequest, ResumeResponse, ResumeStatus,
+    CLIENT_CONFIRM_LEN, CLIENT_HELLO_LEN, REJECT_AUTH_LEN, REJECT_TOKEN_LEN, RESUME_REQUEST_LEN,
+    SERVER_HELLO_LEN, TAG_LEN, TAG_NEW, VERSION,
 };
 use crate::MIN_TRANSMIT_BUFFER;
 
@@ -50,9 +59,11 @@ enum Phase {
         buf: [u8; RESUME_REQUEST_LEN],
         have: usize,
     },
-    /// ServerHello sent, waiting for ClientConfirm.
+    /// ServerHello sent (the unconfirmed session is registered), waiting
+    /// for the ClientConfirm.
     Confirm {
-        hs: Box<ServerHandshake>,
+        session: SessionId,
+        expected: [u8; CLIENT_CONFIRM_LEN],
         got: [u8; CLIENT_CONFIRM_LEN],
         have: usize,
     },
@@ -89,7 +100,13 @@ struct Session {
     last_counter: u64,
     transport: Option<TransportId>,
     detached_since: Option<Instant>,
-    closed_clean: bool,
+    /// The ClientConfirm or a valid resume request proved the client holds
+    /// the keys; the application knows the session.
+    confirmed: bool,
+    /// The session ended (clean close, or an ABORT either way) and its
+    /// `Closed` event was reported; it stays resumable until it expires so
+    /// that the client can complete the ending after a cut.
+    finished: bool,
     /// No longer resumable (expired); kept only until the application has
     /// read the bytes it was still holding.
     expired: bool,
@@ -108,6 +125,8 @@ pub struct Server<R: CryptoRng> {
     next_session: u64,
     pending: usize,
     events: VecDeque<ServerEvent>,
+    /// Key of the reset tokens, from the static key (none without one).
+    reset_secret: Option<Secret>,
 }
 
 impl<R: CryptoRng> core::fmt::Debug for Server<R> {
@@ -123,6 +142,7 @@ impl<R: CryptoRng> Server<R> {
     /// A server with no transports or sessions.
     pub fn new(config: Config, rng: R) -> Self {
         Server {
+            reset_secret: config.server_static.as_ref().map(|kp| kp.reset_secret()),
             config: config.normalized(),
             rng,
             transports: BTreeMap::new(),
@@ -169,7 +189,7 @@ impl<R: CryptoRng> Server<R> {
         if t.is_pending() {
             self.pending -= 1;
         }
-        if let Phase::Attached(sid) = t.phase {
+        if let Phase::Attached(sid) | Phase::Confirm { session: sid, .. } = t.phase {
             self.detach(sid, now);
         }
     }
@@ -264,6 +284,7 @@ impl<R: CryptoRng> Server<R> {
         now: Instant,
         hello: &[u8; CLIENT_HELLO_LEN],
     ) -> Result<(), Error> {
+        // Unconfirmed sessions count: the cap holds at every moment.
         if self.sessions.len() >= self.config.max_sessions {
             return Err(self.reject_hello(transport, HandshakeStatus::Busy));
         }
@@ -271,33 +292,60 @@ impl<R: CryptoRng> Server<R> {
             ephemeral_secret: [0; 32],
             challenge: [0; 16],
             conn_id: 0,
+            reset_token: [0; TAG_LEN],
         };
         self.rng.fill_bytes(&mut random.ephemeral_secret);
         self.rng.fill_bytes(&mut random.challenge);
         random.conn_id = self.fresh_conn_id();
+        random.reset_token = self.reset_token(random.conn_id);
         let result = server_respond(
             hello,
             &random,
             now.as_micros(),
+            self.config.resume_timeout.as_micros(),
             self.config.server_static.as_ref(),
         );
-        match result {
-            Ok(hs) => {
-                let t = self
-                    .transports
-                    .get_mut(&transport)
-                    .ok_or(Error::UnknownTransport)?;
-                t.set_control(&hs.reply);
-                t.phase = Phase::Confirm {
-                    hs: Box::new(hs),
-                    got: [0; CLIENT_CONFIRM_LEN],
-                    have: 0,
-                };
-                Ok(())
-            }
-            Err(Error::HandshakeRejected(s)) => Err(self.reject_hello(transport, s)),
-            Err(_) => Err(self.reject_hello(transport, HandshakeStatus::Malformed)),
-        }
+        let hs = match result {
+            Ok(hs) => hs,
+            Err(Error::HandshakeRejected(s)) => return Err(self.reject_hello(transport, s)),
+            Err(_) => return Err(self.reject_hello(transport, HandshakeStatus::Malformed)),
+        };
+        let t = self
+            .transports
+            .get_mut(&transport)
+            .ok_or(Error::UnknownTransport)?;
+        let est = hs.established;
+        let mut stream = Stream::new(StreamLimits::from_config(&self.config));
+        stream.set_keys(StreamKeys {
+            tx: est.keys.s2c.clone(),
+            rx: est.keys.c2s.clone(),
+        });
+        stream.attach(0, now, 0)?;
+        self.next_session += 1;
+        let sid = SessionId(self.next_session);
+        t.set_control(&hs.reply);
+        t.phase = Phase::Confirm {
+            session: sid,
+            expected: hs.expected_confirm,
+            got: [0; CLIENT_CONFIRM_LEN],
+            have: 0,
+        };
+        self.by_conn_id.insert(est.conn_id, sid);
+        self.sessions.insert(
+            sid,
+            Box::new(Session {
+                conn_id: est.conn_id,
+                stream,
+                resume_key: est.keys.resume.clone(),
+                last_counter: 0,
+                transport: Some(transport),
+                detached_since: None,
+                confirmed: false,
+                finished: false,
+                expired: false,
+            }),
+        );
+        Ok(())
     }
 
     fn reject_hello(&mut self, transport: TransportId, status: HandshakeStatus) -> Error {
@@ -321,42 +369,34 @@ impl<R: CryptoRng> Server<R> {
             .transports
             .get_mut(&transport)
             .ok_or(Error::UnknownTransport)?;
-        let Phase::Confirm { hs, got, .. } = &t.phase else {
+        let Phase::Confirm {
+            session: sid,
+            expected,
+            got,
+            ..
+        } = &t.phase
+        else {
             return Err(Error::InvalidState);
         };
-        if !tags_equal(&hs.expected_confirm, got) {
+        let sid = *sid;
+        if !tags_equal(expected, got) {
+            // The session stays registered, unconfirmed: a corrupted confirm
+            // must not cost a young session; a valid resume confirms it.
             self.events.push_back(ServerEvent::AuthFailed {
                 transport,
                 reason: Error::AuthFailed,
             });
-            return Err(self.end_transport(transport, Error::AuthFailed));
+            let e = self.end_transport(transport, Error::AuthFailed);
+            self.detach(sid, now);
+            return Err(e);
         }
-        let est = &hs.established;
-        let mut stream = Stream::new(StreamLimits::from_config(&self.config));
-        stream.set_keys(StreamKeys {
-            tx: est.keys.s2c.clone(),
-            rx: est.keys.c2s.clone(),
-        });
-        stream.attach(0, now, 0)?;
-        // Tell the client at once that the session is registered: until a
-        // frame from us verifies, it treats the session as unconfirmed.
-        stream.ping_soon();
-        self.next_session += 1;
-        let sid = SessionId(self.next_session);
-        let session = Box::new(Session {
-            conn_id: est.conn_id,
-            stream,
-            resume_key: est.keys.resume.clone(),
-            last_counter: 0,
-            transport: Some(transport),
-            detached_since: None,
-            closed_clean: false,
-            expired: false,
-        });
         t.phase = Phase::Attached(sid);
         self.pending -= 1;
-        self.by_conn_id.insert(session.conn_id, sid);
-        self.sessions.insert(sid, session);
+        let s = self.sessions.get_mut(&sid).ok_or(Error::UnknownSession)?;
+        s.confirmed = true;
+        // Show the client at once that its confirm arrived (a keepalive
+        // it verifies); data flows either way.
+        s.stream.ping_soon();
         self.events.push_back(ServerEvent::HandshakeDone {
             transport,
             session: sid,
@@ -371,12 +411,14 @@ impl<R: CryptoRng> Server<R> {
         msg: &[u8; RESUME_REQUEST_LEN],
     ) -> Result<(), Error> {
         let req = ResumeRequest::decode(msg).map_err(Error::from)?;
-        let Some(&sid) = self.by_conn_id.get(&req.conn_id) else {
-            return Err(self.reject_resume(transport, ResumeStatus::UnknownSession, None));
+        let Some(session) = self
+            .by_conn_id
+            .get(&req.conn_id)
+            .and_then(|sid| self.sessions.get_mut(sid))
+        else {
+            return Err(self.reject_unknown(transport, req.conn_id));
         };
-        let Some(session) = self.sessions.get_mut(&sid) else {
-            return Err(self.reject_resume(transport, ResumeStatus::UnknownSession, None));
-        };
+        let sid = self.by_conn_id[&req.conn_id];
         if !tags_equal(
             &request_mac(&session.resume_key, &msg[..REQUEST_MAC_INPUT]),
             &req.mac,
@@ -395,7 +437,7 @@ impl<R: CryptoRng> Server<R> {
         };
         let window = self.config.resume_window.as_micros();
         if let Err(status) = check_request(&req, &counters, now.as_micros(), window) {
-            let e = self.reject_resume(transport, status, Some((sid, msg)));
+            let e = self.reject_resume(transport, status, Some((sid, msg, now)));
             if status == ResumeStatus::DataUnavailable {
                 self.close_session(sid, CloseReason::DataUnavailable);
             }
@@ -408,10 +450,12 @@ impl<R: CryptoRng> Server<R> {
         let (start, end) = session.stream.attach(req.counter, now, req.client_read)?;
         let old = session.transport.replace(transport);
         session.detached_since = None;
+        let newly_confirmed = !core::mem::replace(&mut session.confirmed, true);
         let mut resp = ResumeResponse {
             server_written,
             server_read,
             server_time: now.as_micros(),
+            resume_timeout: self.config.resume_timeout.as_micros(),
             mac: [0; TAG_LEN],
         }
         .encode();
@@ -426,6 +470,10 @@ impl<R: CryptoRng> Server<R> {
         self.pending -= 1;
         if let Some(old) = old.filter(|&o| o != transport) {
             if let Some(ot) = self.transports.get_mut(&old) {
+                if ot.is_pending() {
+                    // Still waiting for the ClientConfirm of this session.
+                    self.pending -= 1;
+                }
                 ot.phase = Phase::Ended;
                 ot.control_len = 0;
                 ot.control_sent = 0;
@@ -434,6 +482,13 @@ impl<R: CryptoRng> Server<R> {
                     error: None,
                 });
             }
+        }
+        if newly_confirmed {
+            // The ClientConfirm was lost; this request proves the same keys.
+            self.events.push_back(ServerEvent::HandshakeDone {
+                transport,
+                session: sid,
+            });
         }
         self.events.push_back(ServerEvent::Resumed {
             transport,
@@ -448,22 +503,49 @@ impl<R: CryptoRng> Server<R> {
         Ok(())
     }
 
-    /// Answer a resume request with a rejection (with a MAC when the request
-    /// was authenticated) and end the transport.
+    /// The reset token of `conn_id` (zero without a static key).
+    fn reset_token(&self, conn_id: u64) -> [u8; TAG_LEN] {
+        self.reset_secret
+            .as_ref()
+            .map_or([0; TAG_LEN], |s| s.reset_token(conn_id))
+    }
+
+    /// Answer "unknown session" with the connection's reset token, which a
+    /// pinning client checks (PROTOCOL.md 3.6), and end the transport.
+    fn reject_unknown(&mut self, transport: TransportId, conn_id: u64) -> Error {
+        let mut reply = [0u8; REJECT_TOKEN_LEN];
+        reply[0] = VERSION;
+        reply[1] = ResumeStatus::UnknownSession.to_byte();
+        reply[2..].copy_from_slice(&self.reset_token(conn_id));
+        if let Some(t) = self.transports.get_mut(&transport) {
+            t.set_control(&reply);
+        }
+        self.end_transport(
+            transport,
+            Error::ResumeRejected(ResumeStatus::UnknownSession),
+        )
+    }
+
+    /// Answer a resume request with a rejection and end the transport.
+    /// When the request was authenticated the rejection carries the server's
+    /// clock and a MAC (PROTOCOL.md 3.6).
     fn reject_resume(
         &mut self,
         transport: TransportId,
         status: ResumeStatus,
-        authenticated: Option<(SessionId, &[u8; RESUME_REQUEST_LEN])>,
+        authenticated: Option<(SessionId, &[u8; RESUME_REQUEST_LEN], Instant)>,
     ) -> Error {
-        let mut reply = [0u8; 2 + TAG_LEN];
+        let mut reply = [0u8; REJECT_AUTH_LEN];
         reply[0] = VERSION;
         reply[1] = status.to_byte();
         let mut len = 2;
-        if let Some((sid, request)) = authenticated {
+        if let Some((sid, request, now)) = authenticated {
             if let Some(s) = self.sessions.get(&sid) {
-                let mac = reject_mac(&s.resume_key, request, &[reply[0], reply[1]]);
-                reply[2..].copy_from_slice(&mac);
+                reply[2..REJECT_MAC_INPUT].copy_from_slice(&now.as_micros().to_le_bytes());
+                let mut prefix = [0u8; REJECT_MAC_INPUT];
+                prefix.copy_from_slice(&reply[..REJECT_MAC_INPUT]);
+                let mac = reject_mac(&s.resume_key, request, &prefix);
+                reply[REJECT_MAC_INPUT..].copy_from_slice(&mac);
                 len = reply.len();
             }
         }
@@ -517,7 +599,7 @@ impl<R: CryptoRng> Server<R> {
     fn detach(&mut self, sid: SessionId, now: Instant) {
         if let Some(s) = self.sessions.get_mut(&sid) {
             s.stream.detach();
-            if s.closed_clean {
+            if s.finished {
                 s.stream.trim();
             }
             s.transport = None;
@@ -549,10 +631,32 @@ impl<R: CryptoRng> Server<R> {
                     .events
                     .push_back(ServerEvent::PeerClosed { session: sid }),
                 StreamEvent::CleanClose => {
-                    s.closed_clean = true;
+                    s.finished = true;
                     self.events.push_back(ServerEvent::Closed {
                         session: sid,
                         reason: CloseReason::Clean,
+                    });
+                }
+                StreamEvent::PeerAborted(code) => {
+                    // Kept (finished) so that our answer reaches the client
+                    // even across a cut: it resends its ABORT after a resume.
+                    s.finished = true;
+                    self.events.push_back(ServerEvent::Closed {
+                        session: sid,
+                        reason: CloseReason::Aborted {
+                            code,
+                            by_peer: true,
+                        },
+                    });
+                }
+                StreamEvent::AbortDone(code) => {
+                    s.finished = true;
+                    self.events.push_back(ServerEvent::Closed {
+                        session: sid,
+                        reason: CloseReason::Aborted {
+                            code,
+                            by_peer: false,
+                        },
                     });
                 }
             }
@@ -629,6 +733,20 @@ impl<R: CryptoRng> Server<R> {
         r
     }
 
+    /// Abort `session`: stop sending its data at once and tell the client
+    /// with an authenticated ABORT frame carrying `code` (PROTOCOL.md 6.6),
+    /// resent after resumes until the client answers it. The session's
+    /// `Closed { reason: Aborted { by_peer: false, .. } }` event follows the
+    /// answer; until then keep serving its transports.
+    pub fn abort(&mut self, session: SessionId, code: AbortCode) -> Result<(), Error> {
+        self.sessions
+            .get_mut(&session)
+            .ok_or(Error::UnknownSession)?
+            .stream
+            .abort(code);
+        Ok(())
+    }
+
     /// Close the sending side of `session` (a CLOSE frame follows its data).
     pub fn close(&mut self, session: SessionId) -> Result<(), Error> {
         self.sessions
@@ -664,14 +782,20 @@ impl<R: CryptoRng> Server<R> {
     /// Advance timers: handshake deadlines of pending transports, idle
     /// timeouts of attached ones, expiry of sessions without transport.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let late: Vec<TransportId> = self
+        let late: Vec<(TransportId, Option<SessionId>)> = self
             .transports
             .iter()
             .filter(|(_, t)| t.is_pending() && now >= t.deadline)
-            .map(|(id, _)| *id)
+            .map(|(id, t)| match t.phase {
+                Phase::Confirm { session, .. } => (*id, Some(session)),
+                _ => (*id, None),
+            })
             .collect();
-        for id in late {
+        for (id, sid) in late {
             self.end_transport(id, Error::TimedOut);
+            if let Some(sid) = sid {
+                self.detach(sid, now);
+            }
         }
         let mut idle = Vec::new();
         let mut expired = Vec::new();
@@ -695,25 +819,39 @@ impl<R: CryptoRng> Server<R> {
     }
 
     /// A session waited `resume_timeout` without transport: it can no longer
-    /// be resumed. A cleanly closed one goes quietly (its `Closed` event was
-    /// reported); bytes the application has not read yet stay readable.
+    /// be resumed. A finished one goes quietly (its `Closed` event was
+    /// reported), so does an unconfirmed one (the application never saw it);
+    /// bytes the application has not read yet stay readable.
+    ///
+    /// A session whose every data byte was acknowledged both ways and whose
+    /// two CLOSEs were sent and the client's verified ended cleanly even
+    /// though the ACK of our CLOSE never came (the client verified it and
+    /// stopped, PROTOCOL.md 6.4): it is reported `Closed { Clean }`.
     fn expire(&mut self, sid: SessionId) {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
         self.by_conn_id.remove(&s.conn_id);
-        let clean = s.closed_clean;
-        if s.stream.readable() > 0 {
+        let quiet = s.finished || !s.confirmed;
+        let clean = s.stream.all_delivered_but_close_ack();
+        if s.stream.readable() > 0 && s.confirmed {
             s.expired = true;
             s.detached_since = None;
             s.stream.trim();
         } else {
             self.sessions.remove(&sid);
         }
-        if !clean {
-            self.events
-                .push_back(ServerEvent::SessionExpired { session: sid });
+        if quiet {
+            return;
         }
+        self.events.push_back(if clean {
+            ServerEvent::Closed {
+                session: sid,
+                reason: CloseReason::Clean,
+            }
+        } else {
+            ServerEvent::SessionExpired { session: sid }
+        });
     }
 
     /// The session `transport` carries, if attached.

@@ -14,16 +14,24 @@
 //! reports (in ACK frames and resume messages) is the number of data bytes it
 //! verified, plus one once it received the peer's CLOSE. It only ever covers
 //! whole verified frames, so a resend always starts on a frame boundary.
+//!
+//! Abort (PROTOCOL.md 6.6). [`Stream::abort`] stops this side's data at
+//! once: from then on a link carries only an ABORT frame (once per link) and
+//! keepalives, and incoming DATA is verified and counted but discarded. The
+//! peer answers an ABORT with its own ABORT (the acknowledgement), so the
+//! aborting side resends it on every new link until that answer verified.
 
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
 use crate::config::Config;
 use crate::error::{Error, ProtocolError};
+use crate::event::ByteRange;
 use crate::keys::{tags_equal, DirectionKeys, FrameAad};
 use crate::time::{earliest, Duration, Instant};
 use crate::wire::{
-    FrameHeader, FrameType, FRAME_HEADER_LEN, FRAME_OVERHEAD, MAX_FRAME_PAYLOAD, TAG_LEN,
+    AbortCode, FrameHeader, FrameType, ABORT_PAYLOAD_LEN, FRAME_HEADER_LEN, FRAME_OVERHEAD,
+    MAX_FRAME_PAYLOAD, TAG_LEN,
 };
 
 /// The limits of [`Config`] the stream needs.
@@ -78,6 +86,8 @@ struct Link {
     acked_sent: u64,
     /// Our CLOSE went out on this transport (or the peer had it already).
     close_sent: bool,
+    /// Our ABORT went out on this transport.
+    abort_sent: bool,
     /// Send a PING at the next `poll_transmit` even if nothing else is due
     /// (the server's proof, right after the handshake, that it is attached).
     ping_now: bool,
@@ -94,6 +104,20 @@ pub(crate) enum StreamEvent {
     PeerClosed,
     /// Both directions are closed and our CLOSE was acknowledged.
     CleanClose,
+    /// The peer's ABORT verified (we answer it with ours).
+    PeerAborted(AbortCode),
+    /// The peer answered our ABORT: the abort is complete.
+    AbortDone(AbortCode),
+}
+
+/// An abort of the session, by either side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Abort {
+    code: AbortCode,
+    by_peer: bool,
+    /// Our abort was answered by the peer (`by_peer == false`), or our answer
+    /// to the peer's abort was written (`by_peer == true`).
+    done: bool,
 }
 
 /// The session's stream. See the module docs.
@@ -121,8 +145,11 @@ pub(crate) struct Stream {
     /// Transports ended by an authentication failure since the last
     /// verified frame.
     auth_failures: u32,
-    events: [Option<StreamEvent>; 2],
+    events: [Option<StreamEvent>; 3],
     clean_reported: bool,
+    abort: Option<Abort>,
+    /// Our CLOSE was written on some link at least once.
+    close_ever_sent: bool,
 }
 
 impl Stream {
@@ -141,8 +168,10 @@ impl Stream {
             link: None,
             spare_partial: Vec::new(),
             auth_failures: 0,
-            events: [None, None],
+            events: [None, None, None],
             clean_reported: false,
+            abort: None,
+            close_ever_sent: false,
         }
     }
 
@@ -197,7 +226,20 @@ impl Stream {
 
     /// Both sides closed and our CLOSE was acknowledged.
     pub(crate) fn is_clean_closed(&self) -> bool {
-        self.closing && self.peer_closed && self.tx_acked == self.write_end()
+        self.abort.is_none()
+            && self.closing
+            && self.peer_closed
+            && self.tx_acked == self.write_end()
+    }
+
+    /// Both sides closed, the peer's CLOSE verified, all our data was
+    /// acknowledged and our CLOSE was sent; only its acknowledgement is
+    /// missing.
+    pub(crate) fn all_delivered_but_close_ack(&self) -> bool {
+        self.abort.is_none()
+            && self.close_ever_sent
+            && self.peer_closed
+            && self.tx_acked >= self.tx_written
     }
 
     /// The consecutive authentication failures so far.
@@ -210,19 +252,54 @@ impl Stream {
     }
 
     pub(crate) fn take_event(&mut self) -> Option<StreamEvent> {
-        if let Some(e) = self.events[0].take() {
-            self.events[0] = self.events[1].take();
-            return Some(e);
-        }
-        None
+        let e = self.events[0].take()?;
+        self.events.rotate_left(1);
+        Some(e)
     }
 
+    /// At most three events can be pending between two drains (PeerClosed,
+    /// CleanClose, and one abort event); a full queue keeps the oldest.
     fn push_event(&mut self, e: StreamEvent) {
-        if self.events[0].is_none() {
-            self.events[0] = Some(e);
-        } else {
-            self.events[1] = Some(e);
+        if let Some(slot) = self.events.iter_mut().find(|s| s.is_none()) {
+            *slot = Some(e);
         }
+    }
+
+    /// Data offsets this side wrote that the peer has not acknowledged:
+    /// `[acked, written)`. Once the session ended other than cleanly, these
+    /// may or may not have reached the peer's application.
+    pub(crate) fn in_doubt(&self) -> ByteRange {
+        ByteRange {
+            start: self.tx_base(),
+            end: self.tx_written,
+        }
+    }
+
+    /// The session was aborted (by either side): `send` and, once the
+    /// buffered bytes are read, `recv` fail with `Error::Aborted`.
+    pub(crate) fn aborted(&self) -> Option<AbortCode> {
+        self.abort.map(|a| a.code)
+    }
+
+    /// Abort the session: no more DATA or CLOSE from this side; an ABORT
+    /// frame goes out on the current link and on every later one until the
+    /// peer answers it. No effect once the session ended cleanly or was
+    /// aborted already.
+    pub(crate) fn abort(&mut self, code: AbortCode) {
+        if self.abort.is_some() || self.clean_reported {
+            return;
+        }
+        self.abort = Some(Abort {
+            code,
+            by_peer: false,
+            done: false,
+        });
+    }
+
+    /// When the last frame from the peer verified on the current link (or
+    /// the link started).
+    pub(crate) fn last_rx(&self) -> Option<Instant> {
+        self.link.as_ref().map(|l| l.last_rx)
     }
 
     // ----- application side -----------------------------------------------
@@ -230,6 +307,9 @@ impl Stream {
     /// Accept up to `data.len()` bytes for sending; fewer when the history
     /// cap is reached. `Ok(0)` means "full, try again after ACKs arrive".
     pub(crate) fn send(&mut self, data: &[u8]) -> Result<usize, Error> {
+        if let Some(code) = self.aborted() {
+            return Err(Error::Aborted(code));
+        }
         if self.closing {
             return Err(Error::Closed);
         }
@@ -255,6 +335,9 @@ impl Stream {
     /// stream (peer closed, everything read); `Err(WouldBlock)` when empty.
     pub(crate) fn recv(&mut self, out: &mut [u8]) -> Result<usize, Error> {
         if self.rx.is_empty() {
+            if let Some(code) = self.aborted() {
+                return Err(Error::Aborted(code));
+            }
             return if self.peer_closed || out.is_empty() {
                 Ok(0)
             } else {
@@ -326,6 +409,7 @@ impl Stream {
             ack_due: None,
             acked_sent: self.read_count(),
             close_sent: peer_read > self.tx_written,
+            abort_sent: false,
             ping_now: false,
             held_back: false,
         });
@@ -337,23 +421,6 @@ impl Stream {
         if let Some(l) = &mut self.link {
             l.ping_now = true;
         }
-    }
-
-    /// Whether a frame from the peer verified on the current link.
-    pub(crate) fn link_verified_frame(&self) -> bool {
-        self.link.as_ref().is_some_and(|l| l.rx_seq > 0)
-    }
-
-    /// Forget the session keys and link, keeping the bytes written: the
-    /// server never accepted the session, so a new handshake starts a new
-    /// stream from offset 0 with the same content. Only valid while nothing
-    /// was ever acknowledged or received.
-    pub(crate) fn restart(&mut self) {
-        debug_assert!(self.tx_acked == 0 && self.rx_data == 0 && !self.peer_closed);
-        self.detach();
-        self.keys = None;
-        self.tx_next = 0;
-        self.auth_failures = 0;
     }
 
     /// The transport is gone: forget its frame state, keep the stream.
@@ -457,7 +524,15 @@ impl Stream {
 
     /// Whether a frame with this header fits the receive buffer now.
     fn has_room(&self, hdr: &FrameHeader) -> bool {
-        hdr.frame_type != FrameType::Data || self.rx.len() + hdr.len <= self.limits.recv_buffer
+        hdr.frame_type != FrameType::Data
+            || self.discarding()
+            || self.rx.len() + hdr.len <= self.limits.recv_buffer
+    }
+
+    /// After our own abort, incoming data is verified and counted (the
+    /// frame tags depend on the count) but nobody will read it.
+    fn discarding(&self) -> bool {
+        self.abort.is_some_and(|a| !a.by_peer)
     }
 
     /// Verify one whole frame and apply it.
@@ -482,7 +557,7 @@ impl Stream {
         self.auth_failures = 0;
         match hdr.frame_type {
             FrameType::Data => {
-                if self.peer_closed {
+                if self.peer_closed || self.abort.is_some_and(|a| a.by_peer) {
                     return Err(ProtocolError::DataAfterClose.into());
                 }
                 let end =
@@ -492,9 +567,11 @@ impl Stream {
                             frame_type: header[0],
                             len: hdr.len,
                         })?;
-                reserve_bounded(&mut self.rx, hdr.len, self.limits.recv_buffer);
-                self.rx.extend(body.iter());
-                decrypt_tail(&mut self.rx, hdr.len, &mut keys.rx, self.rx_data);
+                if self.abort.is_none() {
+                    reserve_bounded(&mut self.rx, hdr.len, self.limits.recv_buffer);
+                    self.rx.extend(body.iter());
+                    decrypt_tail(&mut self.rx, hdr.len, &mut keys.rx, self.rx_data);
+                }
                 self.rx_data = end;
                 if link.ack_due.is_none() {
                     link.ack_due = Some(now.saturating_add(self.limits.ack_delay));
@@ -509,6 +586,27 @@ impl Stream {
                 self.ack_to(v);
             }
             FrameType::Ping => {}
+            FrameType::Abort => {
+                let code = AbortCode(u32::from_le_bytes([body[0], body[1], body[2], body[3]]));
+                match &mut self.abort {
+                    // Our ABORT, answered (or both sides aborted at once).
+                    Some(a) if !a.by_peer && !a.done => {
+                        a.done = true;
+                        let code = a.code;
+                        self.push_event(StreamEvent::AbortDone(code));
+                    }
+                    Some(_) => {}
+                    None if self.clean_reported => {}
+                    None => {
+                        self.abort = Some(Abort {
+                            code,
+                            by_peer: true,
+                            done: false,
+                        });
+                        self.push_event(StreamEvent::PeerAborted(code));
+                    }
+                }
+            }
             FrameType::Close => {
                 if !self.peer_closed {
                     self.peer_closed = true;
@@ -535,6 +633,9 @@ impl Stream {
         let Some(link) = self.link.as_mut() else {
             return 0;
         };
+        if let Some(abort) = &mut self.abort {
+            return transmit_abort(abort, link, &keys.tx, self.tx_next, &self.limits, now, out);
+        }
         let mut n = 0;
         let read_count = self.rx_data + self.peer_closed as u64;
         let has_data = self.tx_next < self.tx_written;
@@ -607,6 +708,7 @@ impl Stream {
                 &mut out[n..],
             );
             link.close_sent = true;
+            self.close_ever_sent = true;
         }
         if n == 0
             && (link.ping_now || now >= link.last_tx.saturating_add(self.limits.keepalive_interval))
@@ -628,6 +730,10 @@ impl Stream {
         let Some(link) = self.link.as_ref() else {
             return false;
         };
+        if self.abort.is_some() {
+            return !link.abort_sent
+                || now >= link.last_tx.saturating_add(self.limits.keepalive_interval);
+        }
         let rc = self.read_count();
         self.tx_next < self.tx_written
             || (self.closing && !link.close_sent && self.tx_next == self.tx_written)
@@ -644,7 +750,7 @@ impl Stream {
     /// The next instant `handle_timeout` or `poll_transmit` has work.
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         let link = self.link.as_ref()?;
-        let ack = if self.read_count() > link.acked_sent {
+        let ack = if self.read_count() > link.acked_sent && self.abort.is_none() {
             link.ack_due
         } else {
             None
@@ -672,7 +778,41 @@ impl Stream {
     }
 }
 
-/// Write a control frame (ACK, PING, CLOSE): authenticated, not encrypted
+/// What an aborted stream writes: its ABORT (or its answer to the peer's)
+/// once per link, then only keepalive PINGs while it waits for the peer's
+/// answer. The answer is repeated on every link because the aborting peer
+/// resends its ABORT after a resume until it sees one.
+fn transmit_abort(
+    abort: &mut Abort,
+    link: &mut Link,
+    keys: &DirectionKeys,
+    offset: u64,
+    limits: &StreamLimits,
+    now: Instant,
+    out: &mut [u8],
+) -> usize {
+    let n = if !link.abort_sent && out.len() >= FRAME_OVERHEAD + ABORT_PAYLOAD_LEN {
+        link.abort_sent = true;
+        if abort.by_peer {
+            abort.done = true;
+        }
+        let code = abort.code.0.to_le_bytes();
+        seal_control(link, keys, offset, FrameType::Abort, &code, out)
+    } else if now >= link.last_tx.saturating_add(limits.keepalive_interval)
+        && out.len() >= FRAME_OVERHEAD
+    {
+        seal_control(link, keys, offset, FrameType::Ping, &[], out)
+    } else {
+        0
+    };
+    if n > 0 {
+        link.last_tx = now;
+        link.ping_now = false;
+    }
+    n
+}
+
+/// Write a control frame (ACK, PING, CLOSE, ABORT): authenticated, not encrypted
 /// (its payload is a counter the peer knows, or empty).
 fn seal_control(
     link: &mut Link,

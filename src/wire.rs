@@ -21,21 +21,30 @@ pub const FRAME_OVERHEAD: usize = FRAME_HEADER_LEN + TAG_LEN;
 
 /// ClientHello length: tag, version, flags, ephemeral key.
 pub const CLIENT_HELLO_LEN: usize = 1 + 1 + 1 + 32;
-/// ServerHello (accepted) length.
-pub const SERVER_HELLO_LEN: usize = 1 + 1 + 32 + 16 + 8 + 8 + TAG_LEN;
+/// ServerHello (accepted) length: version, status, ephemeral key,
+/// challenge, server time, resume timeout, encrypted connection id,
+/// encrypted reset token, confirm.
+pub const SERVER_HELLO_LEN: usize = 1 + 1 + 32 + 16 + 8 + 8 + 8 + TAG_LEN + TAG_LEN;
 /// Bytes of the ServerHello covered by the key derivation (everything
 /// before the encrypted connection id).
-pub const SERVER_HELLO_KEYED_PREFIX: usize = 1 + 1 + 32 + 16 + 8;
+pub const SERVER_HELLO_KEYED_PREFIX: usize = 1 + 1 + 32 + 16 + 8 + 8;
 /// ClientConfirm length.
 pub const CLIENT_CONFIRM_LEN: usize = TAG_LEN;
 /// ResumeRequest length.
 pub const RESUME_REQUEST_LEN: usize = 1 + 1 + 8 + 8 + 8 + 8 + 8 + TAG_LEN;
-/// ResumeResponse (accepted) length.
-pub const RESUME_RESPONSE_LEN: usize = 1 + 1 + 8 + 8 + 8 + TAG_LEN;
+/// ResumeResponse (accepted) length: version, status, server written,
+/// server read, server time, resume timeout, MAC.
+pub const RESUME_RESPONSE_LEN: usize = 1 + 1 + 8 + 8 + 8 + 8 + TAG_LEN;
 /// Length of a rejection that carries no MAC (version and status).
 pub const REJECT_LEN: usize = 2;
-/// Length of a rejection that carries a MAC.
-pub const REJECT_AUTH_LEN: usize = 2 + TAG_LEN;
+/// Length of an "unknown session" answer: version, status, the session's
+/// reset token (PROTOCOL.md 3.6).
+pub const REJECT_TOKEN_LEN: usize = 2 + TAG_LEN;
+/// Length of a rejection that carries a MAC: version, status, the server's
+/// clock (µs), MAC.
+pub const REJECT_AUTH_LEN: usize = 2 + 8 + TAG_LEN;
+/// Payload length of an ABORT frame (the reason code, `u32`).
+pub const ABORT_PAYLOAD_LEN: usize = 4;
 
 /// ClientHello flag: the client mixes the server's pinned static key.
 pub const FLAG_PINNED: u8 = 0x01;
@@ -147,6 +156,41 @@ impl ResumeStatus {
     }
 }
 
+/// Why a session was aborted: the code an ABORT frame carries
+/// (PROTOCOL.md 6.6). Codes below 0x100 are relink's; the application may
+/// use any value from [`AbortCode::APPLICATION_MIN`] up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AbortCode(pub u32);
+
+impl AbortCode {
+    /// The application aborted without a more specific reason.
+    pub const APPLICATION: AbortCode = AbortCode(0);
+    /// The application dropped its stream without closing it.
+    pub const DROPPED: AbortCode = AbortCode(1);
+    /// The application can take no more data (e.g. its output is a broken pipe).
+    pub const CANNOT_RECEIVE: AbortCode = AbortCode(2);
+    /// The process was interrupted (SIGINT, SIGTERM).
+    pub const INTERRUPTED: AbortCode = AbortCode(3);
+    /// A tunnelled TCP connection was reset.
+    pub const TARGET_RESET: AbortCode = AbortCode(4);
+    /// The first code free for applications.
+    pub const APPLICATION_MIN: u32 = 0x100;
+}
+
+impl core::fmt::Display for AbortCode {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let name = match *self {
+            AbortCode::APPLICATION => "aborted by the application",
+            AbortCode::DROPPED => "stream dropped without close",
+            AbortCode::CANNOT_RECEIVE => "the receiver can take no more data",
+            AbortCode::INTERRUPTED => "interrupted (signal)",
+            AbortCode::TARGET_RESET => "tunnelled connection reset",
+            _ => return write!(f, "application code {}", self.0),
+        };
+        write!(f, "{name} (code {})", self.0)
+    }
+}
+
 /// Frame types of the established stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FrameType {
@@ -158,6 +202,9 @@ pub enum FrameType {
     Ping,
     /// The sender's stream ends here, empty.
     Close,
+    /// The sender abandons the session: a reason code (`u32`), see
+    /// [`crate::AbortCode`].
+    Abort,
 }
 
 impl FrameType {
@@ -168,6 +215,7 @@ impl FrameType {
             FrameType::Ack => 2,
             FrameType::Ping => 3,
             FrameType::Close => 4,
+            FrameType::Abort => 5,
         }
     }
     /// Parse a wire value.
@@ -177,6 +225,7 @@ impl FrameType {
             2 => FrameType::Ack,
             3 => FrameType::Ping,
             4 => FrameType::Close,
+            5 => FrameType::Abort,
             _ => return Err(ProtocolError::UnknownFrameType(b)),
         })
     }
@@ -210,6 +259,7 @@ impl FrameHeader {
             FrameType::Data => (1..=MAX_FRAME_PAYLOAD).contains(&len),
             FrameType::Ack => len == 8,
             FrameType::Ping | FrameType::Close => len == 0,
+            FrameType::Abort => len == ABORT_PAYLOAD_LEN,
         };
         if !ok {
             return Err(ProtocolError::BadLength {
@@ -274,8 +324,13 @@ pub struct ServerHello {
     pub challenge: [u8; 16],
     /// Server clock (µs) when it answered.
     pub server_time: u64,
+    /// How long (µs) the server keeps a session without transport before it
+    /// expires: the client keeps trying to resume for that long.
+    pub resume_timeout: u64,
     /// Connection id XOR the key-derived mask.
     pub encrypted_conn_id: [u8; 8],
+    /// Reset token XOR the key-derived mask.
+    pub encrypted_reset_token: [u8; TAG_LEN],
     /// Server key confirmation.
     pub confirm: [u8; TAG_LEN],
 }
@@ -289,8 +344,10 @@ impl ServerHello {
         o[2..34].copy_from_slice(&self.ephemeral);
         o[34..50].copy_from_slice(&self.challenge);
         o[50..58].copy_from_slice(&self.server_time.to_le_bytes());
-        o[58..66].copy_from_slice(&self.encrypted_conn_id);
-        o[66..82].copy_from_slice(&self.confirm);
+        o[58..66].copy_from_slice(&self.resume_timeout.to_le_bytes());
+        o[66..74].copy_from_slice(&self.encrypted_conn_id);
+        o[74..90].copy_from_slice(&self.encrypted_reset_token);
+        o[90..106].copy_from_slice(&self.confirm);
         o
     }
     /// Decode an accepted ServerHello (status already checked to be Ok).
@@ -306,8 +363,10 @@ impl ServerHello {
             ephemeral: arr(&b[2..34]),
             challenge: arr(&b[34..50]),
             server_time: u64::from_le_bytes(arr(&b[50..58])),
-            encrypted_conn_id: arr(&b[58..66]),
-            confirm: arr(&b[66..82]),
+            resume_timeout: u64::from_le_bytes(arr(&b[58..66])),
+            encrypted_conn_id: arr(&b[66..74]),
+            encrypted_reset_token: arr(&b[74..90]),
+            confirm: arr(&b[90..106]),
         })
     }
 }
@@ -372,6 +431,8 @@ pub struct ResumeResponse {
     pub server_read: u64,
     /// Server clock (µs).
     pub server_time: u64,
+    /// How long (µs) the server keeps the session without transport.
+    pub resume_timeout: u64,
     /// MAC over request and response.
     pub mac: [u8; TAG_LEN],
 }
@@ -385,7 +446,8 @@ impl ResumeResponse {
         o[2..10].copy_from_slice(&self.server_written.to_le_bytes());
         o[10..18].copy_from_slice(&self.server_read.to_le_bytes());
         o[18..26].copy_from_slice(&self.server_time.to_le_bytes());
-        o[26..42].copy_from_slice(&self.mac);
+        o[26..34].copy_from_slice(&self.resume_timeout.to_le_bytes());
+        o[34..50].copy_from_slice(&self.mac);
         o
     }
     /// Decode an accepted response (status checked by the caller).
@@ -401,7 +463,8 @@ impl ResumeResponse {
             server_written: u64::from_le_bytes(arr(&b[2..10])),
             server_read: u64::from_le_bytes(arr(&b[10..18])),
             server_time: u64::from_le_bytes(arr(&b[18..26])),
-            mac: arr(&b[26..42]),
+            resume_timeout: u64::from_le_bytes(arr(&b[26..34])),
+            mac: arr(&b[34..50]),
         })
     }
 }
@@ -427,6 +490,8 @@ pub fn resume_response_len(version: u8, status: u8) -> Result<usize, ProtocolErr
     let s = ResumeStatus::from_byte(status)?;
     Ok(if s == ResumeStatus::Ok {
         RESUME_RESPONSE_LEN
+    } else if s == ResumeStatus::UnknownSession {
+        REJECT_TOKEN_LEN
     } else if s.is_authenticated() {
         REJECT_AUTH_LEN
     } else {

@@ -11,7 +11,10 @@
 //!
 //! The expected error is derived here from the frame layout (type, flags,
 //! little-endian length, body, 16-byte tag) and the length rules of each
-//! frame type, independently of the crate's decoder.
+//! frame type, independently of the crate's decoder. Since issue 9 the type
+//! byte 5 is ABORT (exactly 4 payload bytes), so a type flipped to 5 gives
+//! `BadLength` unless the length happens to be 4, and a DATA frame of 4 bytes
+//! whose type flips to ABORT has a valid header that only the MAC rejects.
 
 mod common;
 mod support_c;
@@ -19,7 +22,7 @@ mod support_c;
 use chacha20::ChaCha20Rng;
 use common::{between, pattern, rng, Pair};
 use proptest::prelude::*;
-use relink::{Error, Event, ProtocolError, ServerEvent};
+use relink::{AbortCode, CloseReason, Error, Event, ProtocolError, ServerEvent};
 use support_c::*;
 
 /// Frame header length, tag length and largest DATA payload, from the
@@ -75,12 +78,13 @@ fn parse_frames(bytes: &[u8]) -> Vec<Frame> {
 }
 
 /// Whether `len` is allowed for frame type `t` (DATA 1..=16384, ACK 8,
-/// PING and CLOSE 0); `None` for an unknown type.
+/// PING and CLOSE 0, ABORT 4); `None` for an unknown type.
 fn len_ok(t: u8, len: usize) -> Option<bool> {
     match t {
         1 => Some((1..=MAX_PAYLOAD).contains(&len)),
         2 => Some(len == 8),
         3 | 4 => Some(len == 0),
+        5 => Some(len == 4),
         _ => None,
     }
 }
@@ -100,7 +104,8 @@ fn expected_error(f: &Frame, bit: usize) -> Error {
                 }
                 .into(),
                 // Another known type with a valid length for it: only the
-                // MAC can tell (no single flip leads here, see the test).
+                // MAC can tell (the one single flip that leads here is a
+                // 4-byte DATA frame turned into an ABORT, see the tests).
                 Some(true) => Error::AuthFailed,
             }
         }
@@ -359,6 +364,17 @@ fn run(case: &Case) {
     }
     assert_eq!(delivered.len(), total, "{what}");
     assert!(delivered == data, "{what}: stream differs after resume");
+    // A corrupted frame never aborts or closes the session (a flip can
+    // make a header look like an ABORT's, see above).
+    p.drain_events();
+    assert_eq!(p.client.close_reason(), None, "{what}");
+    assert!(
+        !p.server_events
+            .iter()
+            .any(|e| matches!(e, ServerEvent::Closed { .. })),
+        "{what}: {:?}",
+        p.server_events
+    );
     let range = (delivered_before as u64, total as u64);
     match case.dir {
         Dir::ClientToServer => assert!(
@@ -469,16 +485,23 @@ fn pick(raw: u64, n: usize) -> usize {
 }
 
 /// No single flip of a type byte turns a genuine frame into another known
-/// type with a valid length, so header flips never need the MAC.
+/// type with a valid length, so header flips never need the MAC, with one
+/// exception since issue 9: DATA (1) of exactly 4 bytes whose bit 2 flips
+/// becomes ABORT (5) with its valid length 4 (and back); the MAC (which
+/// covers the header) rejects it. A CLOSE (4) whose bit 0 flips becomes an ABORT
+/// without payload: `BadLength` (it was `UnknownFrameType(5)` before ABORT
+/// existed).
 #[test]
 fn type_flips_never_yield_a_valid_header() {
     for (t, len) in [
         (1u8, 1usize),
+        (1, 4),
         (1, 10),
         (1, MAX_PAYLOAD),
         (2, 8),
         (3, 0),
         (4, 0),
+        (5, 4),
     ] {
         for bit in 0..8 {
             let f = Frame {
@@ -486,10 +509,184 @@ fn type_flips_never_yield_a_valid_header() {
                 frame_type: t,
                 len,
             };
-            assert_ne!(
-                expected_error(&f, bit),
-                Error::AuthFailed,
-                "{t} {len} {bit}"
+            let e = expected_error(&f, bit);
+            // DATA(4) <-> ABORT(4): the one swap of valid headers.
+            if len == 4 && bit == 2 && (t == 1 || t == 5) {
+                assert_eq!(e, Error::AuthFailed, "{t} {len} {bit}");
+            } else {
+                assert_ne!(e, Error::AuthFailed, "{t} {len} {bit}");
+            }
+        }
+    }
+    let close = Frame {
+        start: 0,
+        frame_type: 4,
+        len: 0,
+    };
+    assert_eq!(
+        expected_error(&close, 0),
+        Error::Protocol(ProtocolError::BadLength {
+            frame_type: 5,
+            len: 0
+        })
+    );
+    let data = Frame {
+        start: 0,
+        frame_type: 1,
+        len: 10,
+    };
+    assert_eq!(
+        expected_error(&data, 2),
+        Error::Protocol(ProtocolError::BadLength {
+            frame_type: 5,
+            len: 10
+        })
+    );
+    // An ABORT whose type flips: to CLOSE (bit 0) a bad length, to DATA
+    // (bit 2) a valid 4-byte DATA header that only the MAC rejects.
+    let abort = Frame {
+        start: 0,
+        frame_type: 5,
+        len: 4,
+    };
+    assert_eq!(
+        expected_error(&abort, 0),
+        Error::Protocol(ProtocolError::BadLength {
+            frame_type: 4,
+            len: 4
+        })
+    );
+    assert_eq!(expected_error(&abort, 2), Error::AuthFailed);
+}
+
+/// Every bit of a 4-byte DATA frame (behind an ACK), both directions: in
+/// particular the type flip that turns it into a well-formed ABORT (type 5,
+/// length 4) is caught by the MAC (`AuthFailed`), nothing of it is
+/// delivered and no abort happens; the stream resumes byte-exactly.
+#[test]
+fn every_bit_of_a_four_byte_data_frame() {
+    for dir in [Dir::ClientToServer, Dir::ServerToClient] {
+        let len = 4;
+        for bit in 0..(HEADER + len + TAG) * 8 {
+            let (region, within) = if bit < HEADER * 8 {
+                (Region::Header, bit)
+            } else if bit < (HEADER + len) * 8 {
+                (Region::Body, bit - HEADER * 8)
+            } else {
+                (Region::Tag, bit - (HEADER + len) * 8)
+            };
+            run(&Case {
+                dir,
+                seed: 7_000 + bit as u64,
+                writes: vec![len],
+                tx_buf: 128,
+                with_ack: true,
+                frame: 1,
+                region,
+                bit: within as u64,
+                max_chunk: if bit % 2 == 0 { 1 } else { 100_000 },
+                layout: Some(vec![(2, 8), (1, len)]),
+            });
+        }
+    }
+}
+
+/// Every bit of a genuine ABORT frame (type 5, the 4-byte reason code; new
+/// in issue 9), both directions: the receiver ends the transport with the
+/// typed error of the flipped field (a DATA header where the type flipped
+/// to 1, which only the MAC rejects), and a corrupted ABORT aborts nothing.
+/// The sender resends its ABORT after the resume; only that genuine one
+/// ends the session, as `Aborted` on both sides.
+#[test]
+fn every_bit_of_an_abort_frame() {
+    let code = AbortCode(0x0102_0304);
+    for dir in [Dir::ClientToServer, Dir::ServerToClient] {
+        for bit in 0..(HEADER + 4 + TAG) * 8 {
+            let what = format!("{dir:?} ABORT bit {bit}");
+            let mut p = Pair::default_pair(9_000 + bit as u64);
+            let sid = p.handshake();
+            p.settle(100);
+            assert!(p.c2s.is_empty() && p.s2c.is_empty() && !p.ended);
+            p.client_events.clear();
+            p.server_events.clear();
+            match dir {
+                Dir::ClientToServer => p.client.abort(code),
+                Dir::ServerToClient => p.server.abort(sid, code).unwrap(),
+            }
+            let mut s = Sides { p: &mut p, dir };
+            let mut wire = s.sender_tx(4096);
+            let frames = parse_frames(&wire);
+            let layout: Vec<_> = frames.iter().map(|f| (f.frame_type, f.len)).collect();
+            assert_eq!(layout, vec![(5, 4)], "{what}");
+            let f = frames[0];
+            wire[bit / 8] ^= 1 << (bit % 8);
+            let expected = expected_error(&f, bit);
+            assert_eq!(s.receiver_input(&wire), Err(expected), "{what}");
+            assert!(s.receiver_recv().is_empty(), "{what}");
+            p.drain_events();
+            // Nothing aborted at the receiver.
+            match dir {
+                Dir::ClientToServer => assert!(
+                    !p.server_events
+                        .iter()
+                        .any(|e| matches!(e, ServerEvent::Closed { .. })),
+                    "{what}: {:?}",
+                    p.server_events
+                ),
+                Dir::ServerToClient => {
+                    assert_eq!(p.client.close_reason(), None, "{what}");
+                    let mut want = vec![Event::TransportLost {
+                        error: Some(expected),
+                    }];
+                    if expected == Error::AuthFailed {
+                        want.insert(0, Event::AuthFailed { reason: expected });
+                    }
+                    assert_eq!(p.client_events, want, "{what}");
+                }
+            }
+            // Resume: the genuine ABORT goes out again and is answered.
+            p.break_transport();
+            p.open_transport();
+            let closed = |p: &Pair| {
+                p.client.is_closed()
+                    && p.server_events
+                        .iter()
+                        .any(|e| matches!(e, ServerEvent::Closed { .. }))
+            };
+            for _ in 0..2000 {
+                p.step();
+                if closed(&p) {
+                    break;
+                }
+            }
+            assert!(closed(&p), "{what}: {:?}", p.client_events);
+            let (client_by_peer, server_by_peer) = match dir {
+                Dir::ClientToServer => (false, true),
+                Dir::ServerToClient => (true, false),
+            };
+            assert_eq!(
+                p.client.close_reason(),
+                Some(CloseReason::Aborted {
+                    code,
+                    by_peer: client_by_peer
+                }),
+                "{what}"
+            );
+            let server_closed: Vec<_> = p
+                .server_events
+                .iter()
+                .filter(|e| matches!(e, ServerEvent::Closed { .. }))
+                .collect();
+            assert_eq!(
+                server_closed,
+                vec![&ServerEvent::Closed {
+                    session: sid,
+                    reason: CloseReason::Aborted {
+                        code,
+                        by_peer: server_by_peer
+                    }
+                }],
+                "{what}"
             );
         }
     }

@@ -4,10 +4,15 @@
 //!   a typed error, and the server answers with the documented rejection
 //!   `[VERSION, 1]` (1 = UnsupportedVersion in both status sets).
 //! - Transports that end in the middle of a message leave both endpoints
-//!   consistent: nothing half-established, the session (if any) resumes.
+//!   consistent: nothing half-established toward the application, the
+//!   session (if any) resumes. Since issue 9 the server registers a session
+//!   when it sends its ServerHello: a handshake cut after that leaves an
+//!   unconfirmed session that the application never sees, that counts
+//!   against `max_sessions`, that a valid resume confirms and that otherwise
+//!   expires silently after `resume_timeout`.
 //! - Frame headers with out-of-range lengths, unknown types or reserved
 //!   flags give `BadLength` / `UnknownFrameType` / `BadFlags` before any
-//!   buffer is allocated for them.
+//!   buffer is allocated for them (type 5 is ABORT, with exactly 4 bytes).
 //! - Property tests feed arbitrary bytes, in arbitrary chunks, to a fresh
 //!   server transport, a client awaiting a ServerHello, a client awaiting a
 //!   ResumeResponse, an established client and an established server: no
@@ -24,7 +29,7 @@ use relink::wire::{
     RESUME_RESPONSE_LEN, SERVER_HELLO_LEN, TAG_NEW, TAG_RESUME, VERSION,
 };
 use relink::{
-    Client, CloseReason, Config, Error, Event, HandshakeStatus, Instant, ProtocolError,
+    Client, CloseReason, Config, Duration, Error, Event, HandshakeStatus, Instant, ProtocolError,
     ResumeStatus, Server, ServerEvent,
 };
 use support_c::*;
@@ -207,6 +212,13 @@ fn client_hello_cut_short_leaves_no_trace() {
     assert_eq!(server.session_count(), CLIENT_HELLO_LEN);
 }
 
+/// The server sent its ServerHello, the client got only part of it. Since
+/// issue 9 the server registered the session when it sent the ServerHello
+/// (changed on purpose: a session whose ClientConfirm is lost must survive),
+/// so each cut leaves one unconfirmed session: counted by `session_count`,
+/// never reported to the application (no `HandshakeDone`), expiring
+/// silently after `resume_timeout`. The client holds nothing and starts a
+/// brand-new handshake.
 #[test]
 fn server_hello_cut_short_leaves_no_trace() {
     let mut server = Server::new(Config::default(), rng(5));
@@ -224,49 +236,231 @@ fn server_hello_cut_short_leaves_no_trace() {
         client.transport_lost(T0);
         server.transport_lost(t, T0);
         assert_eq!(server.pending_transports(), 0);
-        assert_eq!(server.session_count(), cut);
-        // A brand-new handshake (new keys) completes.
-        handshake_by_hand(&mut client, &mut server, T0);
+        // Earlier rounds: one unconfirmed and one completed session each;
+        // this round: one unconfirmed.
+        assert_eq!(server.session_count(), 2 * cut + 1, "cut {cut}");
+        assert!(server_events(&mut server).is_empty(), "cut {cut}");
+        // A brand-new handshake (new keys) completes; the application sees
+        // exactly that session.
+        let (t2, sid) = handshake_by_hand(&mut client, &mut server, T0);
+        assert_eq!(
+            server_events(&mut server),
+            vec![ServerEvent::HandshakeDone {
+                transport: t2,
+                session: sid
+            }],
+            "cut {cut}"
+        );
+    }
+    // The unconfirmed sessions expire silently; the completed ones (still
+    // attached) stay.
+    let rt = Config::default().resume_timeout;
+    server.handle_timeout(T0.saturating_add(rt));
+    assert_eq!(server.session_count(), SERVER_HELLO_LEN);
+    for e in server_events(&mut server) {
+        assert!(
+            matches!(e, ServerEvent::CloseTransport { .. }),
+            "only the idle transports end: {e:?}"
+        );
     }
 }
 
+/// The client's ClientConfirm (and its early data behind it) is cut short.
+/// Changed on purpose in issue 9: the server registered the session when it
+/// sent the ServerHello, so the cut leaves an unconfirmed session that is
+/// counted by `session_count` but NOT visible to the application (no
+/// `HandshakeDone`, nothing readable); the client, which finished its side,
+/// resumes it on the next transport (it never starts a new session on its
+/// own any more), the valid ResumeRequest confirms it (`HandshakeDone`, then
+/// `Resumed`) and the early data arrives exactly once.
 #[test]
-fn client_confirm_cut_short_creates_no_session() {
+fn client_confirm_cut_short_leaves_an_unconfirmed_session() {
+    const EARLY: &[u8] = b"early bytes behind the confirm";
     let mut server = Server::new(Config::default(), rng(6));
+    // Cut anywhere inside the confirm (a complete confirm is not cut).
     for cut in 0..CLIENT_CONFIRM_LEN {
+        let what = format!("cut {cut}");
         let mut client = Client::new(Config::default(), rng(300 + cut as u64));
+        assert_eq!(client.send(EARLY), Ok(EARLY.len()));
         let t = server.accept(T0).unwrap();
         client.new_transport(T0).unwrap();
         let hello = client_tx(&mut client, T0);
         server.handle_input(t, T0, &hello).unwrap();
+        assert_eq!(server.session_count(), cut + 1, "{what}: registered");
         let sh = server_tx(&mut server, t, T0);
         client.handle_input(T0, &sh).unwrap();
+        let conn_id = client.conn_id().expect("client finished its side");
         let out = client_tx(&mut client, T0);
+        assert_eq!(out.len(), CLIENT_CONFIRM_LEN + FRAME_OVERHEAD + EARLY.len());
         assert_eq!(server.handle_input(t, T0, &out[..cut]), Ok(cut));
-        assert!(server_events(&mut server).is_empty());
+        assert!(server_events(&mut server).is_empty(), "{what}");
+        assert_eq!(server.session_of(t), None, "{what}");
         server.transport_lost(t, T0);
-        // Sessions of earlier rounds (completed below) stay registered.
-        assert_eq!(server.session_count(), cut, "cut {cut}");
-        assert_eq!(server.pending_transports(), 0);
-        // The client finished its side; the next transport tells it the
-        // session never came to be. It never saw a frame of the server, so
-        // it starts over with a fresh handshake instead of giving up.
+        // Sessions of earlier rounds (confirmed below) and this round's
+        // unconfirmed one; the application has not heard of the latter.
+        assert_eq!(server.session_count(), cut + 1, "{what}");
+        assert_eq!(server.pending_transports(), 0, "{what}");
+        assert!(server_events(&mut server).is_empty(), "{what}");
+        // The next transport: the client resumes (counter 1), the server
+        // knows the keys and confirms the session now.
         client.transport_lost(T0);
+        client_events(&mut client);
         let t = server.accept(T0).unwrap();
         client.new_transport(T0).unwrap();
         let req = client_tx(&mut client, T0);
-        let unknown = Error::ResumeRejected(ResumeStatus::UnknownSession);
-        assert_eq!(server.handle_input(t, T0, &req), Err(unknown));
+        assert_eq!(req.len(), RESUME_REQUEST_LEN, "{what}");
+        assert_eq!(server.handle_input(t, T0, &req), Ok(RESUME_REQUEST_LEN));
+        let sid = server.session_of(t).expect("attached");
+        assert_eq!(server.conn_id(sid), Some(conn_id), "{what}");
+        assert_eq!(
+            server_events(&mut server),
+            vec![
+                ServerEvent::HandshakeDone {
+                    transport: t,
+                    session: sid
+                },
+                ServerEvent::Resumed {
+                    transport: t,
+                    session: sid,
+                    counter: 1
+                },
+                ServerEvent::ResendRange {
+                    session: sid,
+                    start: 0,
+                    end: 0
+                },
+            ],
+            "{what}"
+        );
+        assert_eq!(server.session_count(), cut + 1, "{what}");
         let reply = server_tx(&mut server, t, T0);
-        assert_eq!(client.handle_input(T0, &reply), Err(unknown));
-        assert_eq!(client.close_reason(), None, "cut {cut}");
-        assert_eq!(client.conn_id(), None, "cut {cut}");
-        server.transport_lost(t, T0);
-        client.transport_lost(T0);
-        let (t, _) = handshake_by_hand(&mut client, &mut server, T0);
-        server.transport_lost(t, T0);
+        assert_eq!(client.handle_input(T0, &reply), Ok(reply.len()), "{what}");
+        assert_eq!(
+            client_events(&mut client),
+            vec![
+                Event::Resumed { counter: 1 },
+                Event::ResendRange {
+                    start: 0,
+                    end: EARLY.len() as u64
+                },
+            ],
+            "{what}"
+        );
+        // The early bytes went out again; the server application gets them
+        // exactly once (none of the cut frame was delivered).
+        let resent = client_tx(&mut client, T0);
+        assert_eq!(server.handle_input(t, T0, &resent), Ok(resent.len()));
+        assert_eq!(server_recv_all(&mut server, sid), EARLY, "{what}");
+        assert_eq!(server.send(sid, b"back"), Ok(4));
+        let back = server_tx(&mut server, t, T0);
+        assert_eq!(client.handle_input(T0, &back), Ok(back.len()));
+        assert_eq!(client_recv_all(&mut client), b"back", "{what}");
+        assert_eq!(client.close_reason(), None, "{what}");
         server_events(&mut server);
     }
+}
+
+/// A session whose ClientConfirm never came (cut, or the client vanished
+/// before sending it) is registered but unconfirmed: it counts against
+/// `max_sessions` at every moment (issue 9, section 5: the cap holds even
+/// while handshakes are half done), it is never reported, and it expires
+/// silently `resume_timeout` after it lost its transport (or after the
+/// handshake deadline passed), which frees its place.
+#[test]
+fn unconfirmed_sessions_count_against_max_sessions_and_expire_silently() {
+    let config = Config {
+        max_sessions: 2,
+        ..Config::default()
+    };
+    let rt = config.resume_timeout;
+    let hs_timeout = config.handshake_timeout;
+    let mut server = Server::new(config, rng(60));
+    // Session 1: the ClientConfirm is cut, the transport lost at T0.
+    let mut c1 = Client::new(Config::default(), rng(61));
+    let t1 = server.accept(T0).unwrap();
+    c1.new_transport(T0).unwrap();
+    let hello = client_tx(&mut c1, T0);
+    assert_eq!(server.handle_input(t1, T0, &hello), Ok(CLIENT_HELLO_LEN));
+    let sh = server_tx(&mut server, t1, T0);
+    assert_eq!(c1.handle_input(T0, &sh), Ok(SERVER_HELLO_LEN));
+    let confirm = client_tx(&mut c1, T0);
+    assert_eq!(server.handle_input(t1, T0, &confirm[..5]), Ok(5));
+    server.transport_lost(t1, T0);
+    // Session 2: the client never answers the ServerHello; its transport
+    // stays open until the handshake deadline.
+    let mut c2 = Client::new(Config::default(), rng(62));
+    let t2 = server.accept(T0).unwrap();
+    c2.new_transport(T0).unwrap();
+    let hello = client_tx(&mut c2, T0);
+    assert_eq!(server.handle_input(t2, T0, &hello), Ok(CLIENT_HELLO_LEN));
+    assert_eq!(server_tx(&mut server, t2, T0).len(), SERVER_HELLO_LEN);
+    assert_eq!(server.session_count(), 2);
+    assert!(server_events(&mut server).is_empty());
+    // A third handshake finds the server full.
+    let busy = |server: &mut TestServer, now: Instant, seed: u64| {
+        let mut c = Client::new(Config::default(), rng(seed));
+        let t = server.accept(now).unwrap();
+        c.new_transport(now).unwrap();
+        let hello = client_tx(&mut c, now);
+        let r = server.handle_input(t, now, &hello);
+        let reply = server_tx(server, t, now);
+        server.transport_lost(t, now);
+        server_events(server);
+        (r, reply)
+    };
+    let rejected = Error::HandshakeRejected(HandshakeStatus::Busy);
+    assert_eq!(
+        busy(&mut server, T0, 63),
+        (
+            Err(rejected),
+            vec![VERSION, HandshakeStatus::Busy.to_byte()]
+        )
+    );
+    // Session 2's handshake deadline: its transport ends, the session is
+    // detached from then on.
+    let deadline = T0.saturating_add(hs_timeout);
+    server.handle_timeout(deadline);
+    assert_eq!(
+        server_events(&mut server),
+        vec![ServerEvent::CloseTransport {
+            transport: t2,
+            error: Some(Error::TimedOut)
+        }]
+    );
+    assert_eq!(server.session_count(), 2);
+    server.transport_lost(t2, deadline);
+    assert_eq!(server.pending_transports(), 0);
+    // Just before session 1's expiry: both still held, still full.
+    let just_before = Instant::from_micros(T0.saturating_add(rt).as_micros() - 1);
+    server.handle_timeout(just_before);
+    assert!(server_events(&mut server).is_empty());
+    assert_eq!(server.session_count(), 2);
+    assert_eq!(busy(&mut server, just_before, 64).0, Err(rejected));
+    // Session 1 expires silently: no event (the application never saw it).
+    let expiry1 = T0.saturating_add(rt);
+    assert_eq!(server.poll_timeout(), Some(expiry1));
+    server.handle_timeout(expiry1);
+    assert!(server_events(&mut server).is_empty());
+    assert_eq!(server.session_count(), 1);
+    // Session 2 expires silently `resume_timeout` after its deadline.
+    let expiry2 = deadline.saturating_add(rt);
+    assert_eq!(server.poll_timeout(), Some(expiry2));
+    server.handle_timeout(expiry2);
+    assert!(server_events(&mut server).is_empty());
+    assert_eq!(server.session_count(), 0);
+    assert_eq!(server.poll_timeout(), None);
+    // And a new handshake gets in now.
+    let mut c3 = Client::new(Config::default(), rng(65));
+    let later = expiry2.saturating_add(Duration::from_secs(1));
+    let (t3, sid) = handshake_by_hand(&mut c3, &mut server, later);
+    assert_eq!(
+        server_events(&mut server),
+        vec![ServerEvent::HandshakeDone {
+            transport: t3,
+            session: sid
+        }]
+    );
+    assert_eq!(server.session_count(), 1);
 }
 
 #[test]
@@ -420,11 +614,23 @@ fn bad_headers() -> Vec<([u8; 4], ProtocolError)> {
             ));
         }
     }
-    for t in (0..=255u8).filter(|t| !(1..=4).contains(t)) {
+    // ABORT (5, since issue 9): exactly 4 payload bytes; other lengths are
+    // BadLength (this type was UnknownFrameType before).
+    for len in [0u16, 1, 3, 5, 8, 16, 16_384, 65_535] {
+        v.push((
+            h(5, 0, len),
+            ProtocolError::BadLength {
+                frame_type: 5,
+                len: len as usize,
+            },
+        ));
+    }
+    for t in (0..=255u8).filter(|t| !(1..=5).contains(t)) {
         v.push((h(t, 0, 0), ProtocolError::UnknownFrameType(t)));
+        v.push((h(t, 0, 4), ProtocolError::UnknownFrameType(t)));
         v.push((h(t, 0, 8), ProtocolError::UnknownFrameType(t)));
     }
-    for (t, len) in [(1u8, 10u16), (2, 8), (3, 0), (4, 0)] {
+    for (t, len) in [(1u8, 10u16), (2, 8), (3, 0), (4, 0), (5, 4)] {
         for f in 1..=255u8 {
             v.push((h(t, f, len), ProtocolError::BadFlags(f)));
         }
@@ -641,7 +847,11 @@ proptest! {
             "reply {replies:?}"
         );
         prop_assert_eq!(p.server.session_of(t), None);
-        prop_assert_eq!(p.server.session_count(), 1);
+        // A ServerHello registered a session (issue 9: unconfirmed, counted,
+        // never reported to the application, see the event check below);
+        // garbage cannot confirm it.
+        let registered = usize::from(replies.len() == SERVER_HELLO_LEN);
+        prop_assert_eq!(p.server.session_count(), 1 + registered);
         prop_assert_eq!(p.server.session_of(real), Some(sid));
         for e in server_events(&mut p.server) {
             let bad = matches!(
@@ -739,7 +949,7 @@ proptest! {
     #[test]
     fn garbage_to_an_established_client(
         seed in 0u64..1000,
-        prefix in 0usize..6,
+        prefix in 0usize..7,
         body in garbage(),
         chunks in chunking(),
     ) {
@@ -764,6 +974,7 @@ proptest! {
         got.extend(client_recv_all(&mut p.client));
         check_results(&results);
         check_delivered(2, &mut down, &got);
+        prop_assert_eq!(p.client.close_reason(), None);
         reconnect_after_garbage(&mut p);
         finish_flows(&mut p, &mut up, &mut down, TOTAL, "client after garbage");
     }
@@ -772,7 +983,7 @@ proptest! {
     #[test]
     fn garbage_to_an_established_server(
         seed in 0u64..1000,
-        prefix in 0usize..6,
+        prefix in 0usize..7,
         body in garbage(),
         chunks in chunking(),
     ) {
@@ -796,6 +1007,12 @@ proptest! {
         check_results(&results);
         check_delivered(1, &mut up, &got);
         prop_assert!(p.server.has_session(sid));
+        p.drain_events();
+        let closed = p
+            .server_events
+            .iter()
+            .any(|e| matches!(e, ServerEvent::Closed { .. }));
+        prop_assert!(!closed, "{:?}", p.server_events);
         reconnect_after_garbage(&mut p);
         finish_flows(&mut p, &mut up, &mut down, TOTAL, "server after garbage");
     }
@@ -809,7 +1026,9 @@ fn frame_like_prefix(which: usize) -> Vec<u8> {
         2 => vec![1, 0, 0, 64],
         3 => vec![2, 0, 8, 0],
         4 => vec![3, 0, 0, 0],
-        _ => vec![4, 0, 0, 0],
+        5 => vec![4, 0, 0, 0],
+        // A well-formed ABORT header: a forged ABORT must not end anything.
+        _ => vec![5, 0, 4, 0],
     }
 }
 

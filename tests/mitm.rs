@@ -9,6 +9,13 @@
 //! anonymous mode. Cruder attacks that substitute ephemeral keys in transit
 //! fail too, and a client pinning a server that has no static key is
 //! refused with `HandshakeRejected(NoStaticKey)`.
+//!
+//! Since issue 9 a server registers a session when it sends its ServerHello
+//! (so that a lost ClientConfirm does not cost a young session). A failed
+//! handshake therefore leaves an unconfirmed session on the server that
+//! answered: counted by `session_count`, never reported to its application
+//! (no `HandshakeDone`, nothing readable), expiring silently after
+//! `resume_timeout`. The tests assert exactly that.
 
 mod common;
 mod support_c;
@@ -216,7 +223,9 @@ fn pinned_client_detects_a_relaying_mitm() {
     assert_eq!(r.victim.conn_id(), None);
     assert!(!r.victim.is_closed(), "the client may retry another path");
     assert_eq!(r.mitm_session, None, "no ClientConfirm reached the MITM");
-    assert_eq!(r.mitm_server.session_count(), 0);
+    // The MITM's server registered the session when it sent its ServerHello
+    // (issue 9); it stays unconfirmed: no HandshakeDone, nothing to read.
+    assert_eq!(r.mitm_server.session_count(), 1);
     assert!(r.mitm_read.is_empty());
     assert!(r.real_read.is_empty());
     assert!(r.victim_read.is_empty());
@@ -230,8 +239,20 @@ fn pinned_client_detects_a_relaying_mitm() {
     r.victim_error = None;
     r.run(20);
     assert_eq!(r.victim_error, Some(Error::AuthFailed));
-    assert_eq!(r.mitm_server.session_count(), 0);
+    assert_eq!(r.mitm_session, None);
+    assert_eq!(r.mitm_server.session_count(), 2, "two unconfirmed sessions");
     assert!(r.mitm_read.is_empty() && r.victim_read.is_empty());
+    // Both expire silently once `resume_timeout` passed without transport.
+    r.mitm_server.transport_lost(r.a, r.now);
+    let expiry = r.now.saturating_add(Config::default().resume_timeout);
+    r.mitm_server.handle_timeout(expiry);
+    assert_eq!(r.mitm_server.session_count(), 0);
+    for e in server_events(&mut r.mitm_server) {
+        assert!(
+            matches!(e, ServerEvent::CloseTransport { .. }),
+            "unconfirmed sessions end silently: {e:?}"
+        );
+    }
 }
 
 /// A MITM without any static key cannot even answer a pinned hello.
@@ -280,7 +301,20 @@ fn substituted_ephemeral_keys_fail() {
             );
             assert_eq!(victim.conn_id(), None, "{what}");
             assert!(client_tx(&mut victim, T0).is_empty(), "{what}");
+            // The real server registered a session with its ServerHello
+            // (issue 9); no ClientConfirm comes, so it stays unconfirmed:
+            // invisible to the application, and it expires silently.
+            assert_eq!(real.session_count(), 1, "{what}");
+            assert_eq!(real.session_of(t), None, "{what}");
+            assert!(server_events(&mut real).is_empty(), "{what}");
+            real.transport_lost(t, T0);
+            let rt = Config::default().resume_timeout;
+            let just_before = Instant::from_micros(T0.saturating_add(rt).as_micros() - 1);
+            real.handle_timeout(just_before);
+            assert_eq!(real.session_count(), 1, "{what}");
+            real.handle_timeout(T0.saturating_add(rt));
             assert_eq!(real.session_count(), 0, "{what}");
+            assert!(server_events(&mut real).is_empty(), "{what}");
         }
     }
 }

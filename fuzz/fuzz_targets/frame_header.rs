@@ -5,8 +5,9 @@
 use libfuzzer_sys::fuzz_target;
 use relink::wire::{FrameHeader, FrameType, FRAME_HEADER_LEN, FRAME_OVERHEAD, MAX_FRAME_PAYLOAD};
 
-/// The header rules: type 1..=4 (DATA, ACK, PING, CLOSE), zero flags, and a
-/// little-endian length of 1..=16384 for DATA, 8 for ACK, 0 for PING/CLOSE.
+/// The header rules: type 1..=5 (DATA, ACK, PING, CLOSE, ABORT), zero flags,
+/// and a little-endian length of 1..=16384 for DATA, 8 for ACK, 0 for
+/// PING/CLOSE, 4 for ABORT.
 fn expected_valid(b: &[u8; 4]) -> bool {
     let len = u16::from_le_bytes([b[2], b[3]]) as usize;
     b[1] == 0
@@ -14,6 +15,7 @@ fn expected_valid(b: &[u8; 4]) -> bool {
             1 => (1..=16 * 1024).contains(&len),
             2 => len == 8,
             3 | 4 => len == 0,
+            5 => len == 4,
             _ => false,
         }
 }
@@ -42,17 +44,19 @@ fuzz_target!(|data: &[u8]| {
     }
     // The other direction: every header built from a valid type and length
     // must survive a round trip.
-    let frame_type = match bytes[0] % 4 {
+    let frame_type = match bytes[0] % 5 {
         0 => FrameType::Data,
         1 => FrameType::Ack,
         2 => FrameType::Ping,
-        _ => FrameType::Close,
+        3 => FrameType::Close,
+        _ => FrameType::Abort,
     };
     let len = match frame_type {
         FrameType::Data => {
             1 + u16::from_le_bytes([bytes[2], bytes[3]]) as usize % MAX_FRAME_PAYLOAD
         }
         FrameType::Ack => 8,
+        FrameType::Abort => 4,
         _ => 0,
     };
     let h = FrameHeader { frame_type, len };

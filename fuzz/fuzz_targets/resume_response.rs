@@ -1,7 +1,7 @@
 //! `ResumeResponse::decode` and `resume_response_len` on arbitrary bytes,
 //! checked against the layout (version 1, status 0, server written, server
-//! read, server time: 8 bytes each, MAC 16 = 42 bytes) and the rejection
-//! lengths written out here, plus round trips.
+//! read, server time, resume timeout: 8 bytes each, MAC 16 = 50 bytes) and the
+//! rejection lengths written out here, plus round trips.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -12,7 +12,7 @@ fn le(b: &[u8], at: usize) -> u64 {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let expect_ok = data.len() == 42 && data[0] == 1 && data[1] == 0;
+    let expect_ok = data.len() == 50 && data[0] == 1 && data[1] == 0;
     match ResumeResponse::decode(data) {
         Ok(r) => {
             assert!(expect_ok, "accepted invalid response {data:?}");
@@ -20,18 +20,22 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(r.server_written, le(data, 2));
             assert_eq!(r.server_read, le(data, 10));
             assert_eq!(r.server_time, le(data, 18));
-            assert_eq!(&r.mac[..], &data[26..42]);
-            assert_eq!(resume_response_len(data[0], data[1]), Ok(42));
+            assert_eq!(r.resume_timeout, le(data, 26));
+            assert_eq!(&r.mac[..], &data[34..50]);
+            assert_eq!(resume_response_len(data[0], data[1]), Ok(50));
         }
         Err(_) => assert!(!expect_ok, "rejected valid response {data:?}"),
     }
     if let [version, status, ..] = *data {
         // Statuses 0..=7 exist. Accepted: the full response. Rejections the
         // server authenticated (Replayed 4, Stale 5, DataUnavailable 6)
-        // carry a 16-byte MAC; the others are version and status only.
+        // carry the server's time (8) and a 16-byte MAC; UnknownSession (2)
+        // carries the 16-byte reset token; the others are version and
+        // status only.
         let expect = (version == 1 && status <= 7).then_some(match status {
-            0 => 42,
-            4..=6 => 18,
+            0 => 50,
+            2 => 18,
+            4..=6 => 26,
             _ => 2,
         });
         assert_eq!(resume_response_len(version, status).ok(), expect);
@@ -41,7 +45,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     // Round-trip a response built from the input's bytes.
-    let mut padded = [0u8; 42];
+    let mut padded = [0u8; 50];
     for (i, p) in padded.iter_mut().enumerate() {
         *p = data.get(i).copied().unwrap_or(0x5A ^ i as u8);
     }
@@ -49,7 +53,8 @@ fuzz_target!(|data: &[u8]| {
         server_written: le(&padded, 2),
         server_read: le(&padded, 10),
         server_time: le(&padded, 18),
-        mac: padded[26..42].try_into().expect("16 bytes"),
+        resume_timeout: le(&padded, 26),
+        mac: padded[34..50].try_into().expect("16 bytes"),
     };
     let enc = r.encode();
     assert_eq!(&enc[..2], &[1, 0]);

@@ -135,9 +135,14 @@ pub fn split_input<'a>(input: &mut Input<'a>) -> Vec<Chunk<'a>> {
 
 /// Configurations exercised by the targets, chosen by `sel`: the default,
 /// tiny frames and buffers with eager ACKs, and a pinned static server key.
+/// All use a 120 s resume timeout (not the 10-minute default) so that a
+/// script of a few hundred steps reaches session expiry.
 pub fn configs(sel: u8) -> (Config, Config) {
     let mut c = Config::default();
     let mut s = Config::default();
+    for cfg in [&mut c, &mut s] {
+        cfg.resume_timeout = Duration::from_secs(120);
+    }
     match sel % 3 {
         0 => {}
         1 => {
@@ -801,6 +806,9 @@ mod tests {
         // 120 s later the server session expires. The 2385 verified,
         // acknowledged bytes must stay readable until the application
         // drained them (they were once dropped with the session).
+        // Since every data byte was acknowledged both ways and both CLOSEs
+        // went out, the server reports that expiry as a clean end, not as
+        // an expiry (issue 9, section 5: only the last ACK was missing).
         // Ops: client writes 1 + 0x95 * 16; client closes; deliver 2041
         // and 2041 more c2s bytes; server closes; then 25.5 s steps.
         let ops = [
@@ -809,7 +817,7 @@ mod tests {
         ];
         let out = script(0x95, 149 / 5, Hostile::Up, &mut Input::new(&ops));
         assert_eq!(out.closed, Some(CloseReason::Clean), "{out:?}");
-        assert_eq!(out.server_closed, Some(CloseReason::Expired), "{out:?}");
+        assert_eq!(out.server_closed, Some(CloseReason::Clean), "{out:?}");
         assert_eq!(out.up, (2385, 2385), "{out:?}");
         assert!(out.delivery_checked);
     }
