@@ -12,18 +12,21 @@
 //! scripts bind port 0 and read the address from there). `-v` logs
 //! reconnects, resends and throughput on stderr.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
-use relink::blocking::{splice, ClientBuilder, ListenerBuilder, Progress, ServerStream};
-use relink::{Backoff, Config, Duration, Event, ServerEvent, StaticKeypair};
+use relink::blocking::{
+    splice, AbortHandle, ClientBuilder, ListenerBuilder, Progress, ServerStream,
+};
+use relink::{AbortCode, Backoff, Config, Duration, Event, ServerEvent, StaticKeypair};
 
 /// Long-lived encrypted byte streams that survive broken connections.
 #[derive(Parser, Debug)]
@@ -308,6 +311,86 @@ fn throughput(verbose: bool, what: &str, bytes: u64, start: Instant) {
     }
 }
 
+/// Sessions to abort when SIGINT or SIGTERM arrives: the signal thread
+/// aborts each with `INTERRUPTED`, waits (at most 0.8 s in all) for the
+/// peers to acknowledge, and exits with status 130.
+#[derive(Clone, Default)]
+struct Interrupts(Arc<Mutex<(u64, HashMap<u64, AbortHandle>)>>);
+
+/// Unregisters its session when dropped.
+struct Registered(Interrupts, u64);
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        lock(&self.0 .0).1.remove(&self.1);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Interrupts {
+    /// Take over SIGINT and SIGTERM (installed before this returns).
+    fn install() -> io::Result<Interrupts> {
+        let me = Interrupts::default();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        #[cfg(unix)]
+        let (mut int, mut term) = {
+            use tokio::signal::unix::{signal, SignalKind};
+            let _guard = rt.enter();
+            (
+                signal(SignalKind::interrupt())?,
+                signal(SignalKind::terminate())?,
+            )
+        };
+        let reg = me.clone();
+        thread::Builder::new()
+            .name("relink-signals".into())
+            .spawn(move || {
+                #[cfg(unix)]
+                let which = rt.block_on(async {
+                    tokio::select! {
+                        _ = int.recv() => "SIGINT",
+                        _ = term.recv() => "SIGTERM",
+                    }
+                });
+                #[cfg(not(unix))]
+                let which = rt.block_on(async {
+                    let _ = tokio::signal::ctrl_c().await;
+                    "Ctrl-C"
+                });
+                let handles: Vec<AbortHandle> = lock(&reg.0).1.values().cloned().collect();
+                for h in &handles {
+                    h.abort(AbortCode::INTERRUPTED);
+                }
+                let end = Instant::now() + std::time::Duration::from_millis(800);
+                let mut acked = 0;
+                for h in &handles {
+                    if h.wait_closed(end.saturating_duration_since(Instant::now())) {
+                        acked += 1;
+                    }
+                }
+                eprintln!(
+                    "relink: {which}: aborted {} session(s) ({acked} acknowledged by the peer)",
+                    handles.len()
+                );
+                std::process::exit(130);
+            })?;
+        Ok(me)
+    }
+
+    fn register(&self, h: AbortHandle) -> Registered {
+        let mut g = lock(&self.0);
+        g.0 += 1;
+        let id = g.0;
+        g.1.insert(id, h);
+        Registered(self.clone(), id)
+    }
+}
+
 /// Where `receive` failed.
 enum RecvError {
     /// The session failed (its cause).
@@ -354,14 +437,17 @@ fn listen(
     sessions: u64,
     resume: ResumeTimeout,
 ) -> io::Result<()> {
+    let interrupts = Interrupts::install()?;
     let listener = ListenerBuilder::new(server_config(cli, key, resume)?)
         .on_progress(logger(cli.verbose))
-        .bind(addr)?;
+        .bind(addr)
+        .map_err(|e| io::Error::new(e.kind(), format!("{addr}: {e}")))?;
     eprintln!("listening on {}", listener.local_addr());
     let (mut served, mut failed) = (0u64, 0u64);
     let stdout = io::stdout();
     while sessions == 0 || served < sessions {
         let session = listener.accept()?;
+        let registered = interrupts.register(session.abort_handle());
         let start = Instant::now();
         let r = receive(&session, &mut stdout.lock());
         served += 1;
@@ -369,9 +455,17 @@ fn listen(
         match r {
             Ok(n) => throughput(cli.verbose, "received", n, start),
             Err(RecvError::Output(e)) => {
+                // Nobody takes the data any more (e.g. `| head`): tell the
+                // client now instead of letting it retry into the void.
+                session.abort(AbortCode::CANNOT_RECEIVE);
+                let acked = session.wait_closed(std::time::Duration::from_secs(1));
+                drop(registered);
                 return Err(io::Error::new(
                     e.kind(),
-                    format!("writing the session from {peer} to stdout: {e}"),
+                    format!(
+                        "writing the session from {peer} to stdout: {e}; session aborted{}",
+                        if acked { "" } else { " (not acknowledged yet)" }
+                    ),
                 ));
             }
             Err(RecvError::Session(e)) => {
@@ -391,15 +485,34 @@ fn listen(
 
 fn connect(cli: &Cli, addr: &str, server_key: Option<&str>) -> io::Result<()> {
     let start = Instant::now();
+    let interrupts = Interrupts::install()?;
     let client = ClientBuilder::new(client_config(cli, server_key)?)
         .backoff(backoff(cli))
         .on_progress(logger(cli.verbose))
-        .connect(addr)?;
+        .connect(addr)
+        .map_err(|e| io::Error::new(e.kind(), format!("{addr}: {e}")))?;
+    let _registered = interrupts.register(client.abort_handle());
     let sent = thread::scope(|s| -> io::Result<u64> {
         let down = s.spawn(|| -> io::Result<u64> {
             let mut out = io::stdout().lock();
-            let n = io::copy(&mut &client, &mut out)?;
-            out.flush()?;
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut n = 0u64;
+            loop {
+                let k = match (&mut &client).read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(k) => k,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        // The server aborted or the session is lost: say so
+                        // and stop now, even if stdin is still open.
+                        let _ = out.flush();
+                        eprintln!("relink: {addr}: {e}");
+                        std::process::exit(1);
+                    }
+                };
+                out.write_all(&buf[..k]).and_then(|()| out.flush())?;
+                n += k as u64;
+            }
             Ok(n)
         });
         let n = io::copy(&mut io::stdin().lock(), &mut &client)?;
@@ -419,7 +532,9 @@ fn connect(cli: &Cli, addr: &str, server_key: Option<&str>) -> io::Result<()> {
 
 fn forward(cli: &Cli, local: &str, remote: &str, server_key: Option<&str>) -> io::Result<()> {
     let cfg = client_config(cli, server_key)?;
-    let listener = TcpListener::bind(local)?;
+    let interrupts = Interrupts::install()?;
+    let listener =
+        TcpListener::bind(local).map_err(|e| io::Error::new(e.kind(), format!("{local}: {e}")))?;
     eprintln!("listening on {}", listener.local_addr()?);
     let remote: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(remote)?.collect();
     let remote = Arc::new(remote);
@@ -433,18 +548,23 @@ fn forward(cli: &Cli, local: &str, remote: &str, server_key: Option<&str>) -> io
                 continue;
             }
         };
-        let (cfg, remote) = (cfg.clone(), remote.clone());
+        let (cfg, remote, interrupts) = (cfg.clone(), remote.clone(), interrupts.clone());
         thread::spawn(move || {
-            let peer = conn.peer_addr().ok();
+            let peer = conn
+                .peer_addr()
+                .map_or_else(|_| "an unknown address".to_string(), |a| a.to_string());
             let r = ClientBuilder::new(cfg)
                 .backoff(backoff)
                 .on_progress(logger(verbose))
                 .connect(&remote[..])
-                .and_then(|session| splice(&session, conn));
+                .and_then(|session| {
+                    let _registered = interrupts.register(session.abort_handle());
+                    splice(&session, conn)
+                });
             match r {
-                Ok(s) if verbose => eprintln!("relink: {peer:?} done: {s:?}"),
+                Ok(s) if verbose => eprintln!("relink: connection from {peer} done: {s:?}"),
                 Ok(_) => {}
-                Err(e) => eprintln!("relink: {peer:?}: {e}"),
+                Err(e) => eprintln!("relink: connection from {peer} failed: {e}"),
             }
         });
     }
@@ -458,18 +578,29 @@ fn serve_forward(
     key: Option<&PathBuf>,
     resume: ResumeTimeout,
 ) -> io::Result<()> {
+    let interrupts = Interrupts::install()?;
     let listener = ListenerBuilder::new(server_config(cli, key, resume)?)
         .on_progress(logger(cli.verbose))
-        .bind(addr)?;
+        .bind(addr)
+        .map_err(|e| io::Error::new(e.kind(), format!("{addr}: {e}")))?;
     eprintln!("listening on {}", listener.local_addr());
-    let target: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(target)?.collect();
+    let target_name = target.to_string();
+    let target: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(target)
+        .map_err(|e| io::Error::new(e.kind(), format!("{target}: {e}")))?
+        .collect();
     let verbose = cli.verbose;
     loop {
         let session = listener.accept()?;
-        let target = target.clone();
+        let (target, target_name, interrupts) =
+            (target.clone(), target_name.clone(), interrupts.clone());
         thread::spawn(move || {
+            let _registered = interrupts.register(session.abort_handle());
             let r = TcpStream::connect(&target[..])
-                .map_err(|e| io::Error::new(e.kind(), format!("connecting to the target: {e}")))
+                .map_err(|e| {
+                    // The client's TCP connection must not look accepted.
+                    session.abort(AbortCode::TARGET_RESET);
+                    io::Error::new(e.kind(), format!("connecting to {target_name}: {e}"))
+                })
                 .and_then(|tcp| {
                     tcp.set_nodelay(true)?;
                     splice(&session, tcp)

@@ -74,8 +74,8 @@ use std::vec;
 use std::vec::Vec;
 
 use crate::{
-    os_rng, Backoff, Client, CloseReason, Config, Error, Event, Instant, OsRng, ResumeStatus,
-    Server, ServerEvent, SessionId, TransportId, MIN_TRANSMIT_BUFFER,
+    os_rng, AbortCode, Backoff, ByteRange, Client, CloseReason, Config, Error, Event, Instant,
+    OsRng, ResumeStatus, Server, ServerEvent, SessionId, TransportId, MIN_TRANSMIT_BUFFER,
 };
 
 /// How long a blocked socket write waits before the writer re-checks the
@@ -149,6 +149,16 @@ pub enum SessionError {
     },
     /// The core ended the session for good (not cleanly).
     Closed(CloseReason),
+    /// The client's session ended other than cleanly: why, and which of the
+    /// bytes written may or may not have reached the server application
+    /// (`[acknowledged, written)`; relink does not resend them in another
+    /// session, the application decides).
+    Ended {
+        /// Why it ended.
+        reason: CloseReason,
+        /// The written-but-unacknowledged data offsets, if the core knows.
+        in_doubt: Option<ByteRange>,
+    },
     /// The server session waited longer than `resume_timeout` for a
     /// transport and was freed.
     Expired,
@@ -169,6 +179,17 @@ impl fmt::Display for SessionError {
             SessionError::Closed(r) => {
                 write!(f, "relink session closed for good: {}", close_reason_text(r))
             }
+            SessionError::Ended { reason, in_doubt } => {
+                write!(f, "relink session ended: {}", close_reason_text(reason))?;
+                match in_doubt {
+                    Some(r) if !r.is_empty() => write!(
+                        f,
+                        "; bytes {r} of what was written may or may not have been delivered"
+                    ),
+                    Some(_) => write!(f, "; everything written was delivered"),
+                    None => Ok(()),
+                }
+            }
             SessionError::Expired => write!(f, "relink session expired waiting for a resume"),
             SessionError::Shutdown => write!(f, "relink driver shut down"),
         }
@@ -185,16 +206,28 @@ pub fn close_reason_text(r: &CloseReason) -> String {
         }
         CloseReason::TooManyFailures => "too many failed attempts or forged frames in a row".into(),
         CloseReason::Expired => "no connection for longer than the resume timeout".into(),
+        CloseReason::Aborted {
+            code,
+            by_peer: true,
+        } => format!("aborted by the peer: {code}"),
+        CloseReason::Aborted {
+            code,
+            by_peer: false,
+        } => format!("aborted by this side: {code}"),
         CloseReason::Error(e) => e.to_string(),
         #[allow(unreachable_patterns)]
-        other => std::format!("{other:?}"),
+        other => format!("{other:?}"),
     }
 }
 
 impl std::error::Error for SessionError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            SessionError::Closed(CloseReason::Error(e)) => Some(e),
+            SessionError::Closed(CloseReason::Error(e))
+            | SessionError::Ended {
+                reason: CloseReason::Error(e),
+                ..
+            } => Some(e),
             _ => None,
         }
     }
@@ -205,9 +238,32 @@ impl SessionError {
         let kind = match self {
             SessionError::GaveUp { .. } => io::ErrorKind::NotConnected,
             SessionError::Shutdown => io::ErrorKind::NotConnected,
+            // The peer aborted: like a TCP reset.
+            SessionError::Closed(CloseReason::Aborted { by_peer: true, .. })
+            | SessionError::Ended {
+                reason: CloseReason::Aborted { by_peer: true, .. },
+                ..
+            } => io::ErrorKind::ConnectionReset,
             _ => io::ErrorKind::ConnectionAborted,
         };
         io::Error::new(kind, self.clone())
+    }
+
+    /// The reason the core gave, if the session ended that way.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        match self {
+            SessionError::Closed(r) | SessionError::Ended { reason: r, .. } => Some(*r),
+            SessionError::Expired => Some(CloseReason::Expired),
+            _ => None,
+        }
+    }
+
+    /// The abort code, if the session was aborted (by either side).
+    pub fn abort_code(&self) -> Option<AbortCode> {
+        match self.close_reason() {
+            Some(CloseReason::Aborted { code, .. }) => Some(code),
+            _ => None,
+        }
     }
 }
 
@@ -215,6 +271,7 @@ impl SessionError {
 fn core_io(e: Error) -> io::Error {
     let kind = match e {
         Error::Closed => io::ErrorKind::BrokenPipe,
+        Error::Aborted(_) => io::ErrorKind::ConnectionAborted,
         Error::TimedOut => io::ErrorKind::TimedOut,
         _ => io::ErrorKind::Other,
     };
@@ -418,6 +475,9 @@ impl ClientBuilder {
                 established: false,
                 connected_once: false,
                 retry_now: false,
+                close_requested: false,
+                peer_closed: false,
+                aborted: false,
                 stats: ClientStats::default(),
                 progress: self.progress,
                 kill: None,
@@ -474,6 +534,12 @@ struct ClientState {
     /// The last transport was refused as Stale: the core corrected its
     /// estimate of the server clock, try again without waiting.
     retry_now: bool,
+    /// The application half-closed (`shutdown_write`).
+    close_requested: bool,
+    /// The server half-closed.
+    peer_closed: bool,
+    /// The application (or the drop) aborted the session.
+    aborted: bool,
     stats: ClientStats,
     progress: Option<ProgressFn>,
     /// Shuts the current transport down.
@@ -505,20 +571,24 @@ impl ClientState {
                 Event::TransportLost {
                     error: Some(Error::ResumeRejected(ResumeStatus::Stale)),
                 } => self.retry_now = true,
+                Event::PeerClosed => self.peer_closed = true,
                 Event::Closed { reason } if reason != CloseReason::Clean => {
-                    self.fatal.get_or_insert(SessionError::Closed(reason));
+                    let in_doubt = self.client.in_doubt();
+                    self.fatal
+                        .get_or_insert(SessionError::Ended { reason, in_doubt });
                 }
                 _ => {}
             }
             self.report(Progress::Client(e));
         }
         if self.fatal.is_none() {
-            if let Some(r) = self
+            if let Some(reason) = self
                 .client
                 .close_reason()
                 .filter(|r| *r != CloseReason::Clean)
             {
-                self.fatal = Some(SessionError::Closed(r));
+                let in_doubt = self.client.in_doubt();
+                self.fatal = Some(SessionError::Ended { reason, in_doubt });
             }
         }
     }
@@ -569,6 +639,9 @@ macro_rules! impl_read_write {
             }
             fn session_close(&self) -> io::Result<()> {
                 self.close()
+            }
+            fn session_abort(&self, code: AbortCode) {
+                self.abort(code)
             }
         }
     };
@@ -623,9 +696,39 @@ impl ClientStream {
             return Err(f.to_io());
         }
         st.client.close();
+        st.close_requested = true;
         drop(st);
         self.shared.cond.notify_all();
         Ok(())
+    }
+
+    /// Abort the session (like a TCP reset): stop sending at once and tell
+    /// the server with an authenticated ABORT carrying `code`; its reads and
+    /// writes fail with [`io::ErrorKind::ConnectionReset`]. Returns at once;
+    /// the driver keeps reconnecting until the server acknowledged the
+    /// ABORT or the session is given up (see [`ClientStream::wait_closed`]),
+    /// also after the stream is dropped. Later calls of this stream fail.
+    pub fn abort(&self, code: AbortCode) {
+        abort_client(&self.shared, code);
+    }
+
+    /// Wait until the session is over (closed cleanly, aborted and
+    /// acknowledged, or lost for good), at most `timeout`. Returns whether
+    /// it is over.
+    pub fn wait_closed(&self, timeout: StdDuration) -> bool {
+        wait_client_closed(&self.shared, timeout)
+    }
+
+    /// A handle that can abort this session from another thread (e.g. a
+    /// signal handler thread) while the stream is in use.
+    pub fn abort_handle(&self) -> AbortHandle {
+        AbortHandle(HandleInner::Client(self.shared.clone()))
+    }
+
+    /// Once the session ended other than cleanly: the written bytes whose
+    /// delivery is unknown, `[acknowledged, written)`.
+    pub fn in_doubt(&self) -> Option<ByteRange> {
+        lock(&self.shared.state).client.in_doubt()
     }
 
     /// Close the session cleanly: half-close, then wait until the server
@@ -699,7 +802,7 @@ impl ClientStream {
                     self.shared.cond.notify_all();
                     return Ok(n);
                 }
-                Err(e) => return Err(core_io(e)),
+                Err(e) => return Err(st.fatal.as_ref().map_or_else(|| core_io(e), |f| f.to_io())),
             }
             if st.done || st.stopping {
                 return Err(SessionError::Shutdown.to_io());
@@ -725,9 +828,51 @@ impl ClientStream {
 
 impl_read_write!(ClientStream);
 
+fn abort_client(shared: &ClientShared, code: AbortCode) {
+    let mut st = lock(&shared.state);
+    if !st.aborted && !st.client.is_closed() {
+        st.aborted = true;
+        st.client.abort(code);
+        st.drain();
+    }
+    drop(st);
+    shared.cond.notify_all();
+}
+
+fn wait_client_closed(shared: &ClientShared, timeout: StdDuration) -> bool {
+    let end = StdInstant::now() + timeout;
+    let mut st = lock(&shared.state);
+    loop {
+        if st.client.is_closed() || st.done {
+            return true;
+        }
+        let left = end.saturating_duration_since(StdInstant::now());
+        if left.is_zero() {
+            return false;
+        }
+        st = wait_for(&shared.cond, st, left);
+    }
+}
+
 impl Drop for ClientStream {
     fn drop(&mut self) {
         let mut st = lock(&self.shared.state);
+        // Dropped while the session lives, and not on its way to a clean end
+        // (both sides half-closed): abort it, and let the driver thread run
+        // until the server acknowledged that.
+        let finishing = st.close_requested && st.peer_closed;
+        if !st.client.is_closed() && st.fatal.is_none() && !st.done {
+            if !st.aborted && !finishing {
+                st.aborted = true;
+                st.client.abort(AbortCode::DROPPED);
+                st.drain();
+            }
+            if !st.client.is_closed() {
+                drop(st);
+                self.shared.cond.notify_all();
+                return; // the driver thread ends by itself
+            }
+        }
         st.stopping = true;
         if let Some(kill) = &st.kill {
             kill();
@@ -1097,6 +1242,14 @@ struct SessionInfo {
     end: Option<SessionEnd>,
     /// Remote address of the transport that last carried it.
     peer: Option<SocketAddr>,
+    /// The application half-closed.
+    close_requested: bool,
+    /// The client half-closed.
+    peer_closed: bool,
+    /// The application (or the drop) aborted it.
+    aborted: bool,
+    /// The application dropped its stream: forget the entry once it ended.
+    dropped: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -1132,8 +1285,13 @@ impl ServerState {
                 ServerEvent::HandshakeDone { session, transport } => {
                     self.stats.sessions += 1;
                     let peer = self.transports.get(&transport).and_then(|t| t.peer);
-                    self.sessions
-                        .insert(session, SessionInfo { end: None, peer });
+                    self.sessions.insert(
+                        session,
+                        SessionInfo {
+                            peer,
+                            ..SessionInfo::default()
+                        },
+                    );
                     self.incoming.push_back(session);
                 }
                 ServerEvent::Resumed {
@@ -1148,6 +1306,11 @@ impl ServerState {
                 ServerEvent::ResendRange { start, end, .. } => {
                     self.stats.resent_bytes += end.saturating_sub(start)
                 }
+                ServerEvent::PeerClosed { session } => {
+                    if let Some(i) = self.sessions.get_mut(&session) {
+                        i.peer_closed = true;
+                    }
+                }
                 ServerEvent::Closed { session, reason } => {
                     if let Some(i) = self.sessions.get_mut(&session) {
                         i.end.get_or_insert(if reason == CloseReason::Clean {
@@ -1155,11 +1318,17 @@ impl ServerState {
                         } else {
                             SessionEnd::Failed(reason)
                         });
+                        if i.dropped {
+                            self.sessions.remove(&session);
+                        }
                     }
                 }
                 ServerEvent::SessionExpired { session } => {
                     if let Some(i) = self.sessions.get_mut(&session) {
                         i.end.get_or_insert(SessionEnd::Expired);
+                        if i.dropped {
+                            self.sessions.remove(&session);
+                        }
                     }
                 }
                 _ => {}
@@ -1474,6 +1643,25 @@ impl ServerStream {
         self.sid
     }
 
+    /// Abort the session (like a TCP reset): stop sending at once and tell
+    /// the client with an authenticated ABORT carrying `code`; the client's
+    /// reads and writes fail with [`io::ErrorKind::ConnectionReset`].
+    /// Returns at once; the listener keeps serving the session until the
+    /// client acknowledged (see [`ServerStream::wait_closed`]).
+    pub fn abort(&self, code: AbortCode) {
+        abort_server(&self.shared, self.sid, code);
+    }
+
+    /// Wait until the session is over, at most `timeout`; whether it is.
+    pub fn wait_closed(&self, timeout: StdDuration) -> bool {
+        wait_server_closed(&self.shared, self.sid, timeout)
+    }
+
+    /// A handle that can abort this session from another thread.
+    pub fn abort_handle(&self) -> AbortHandle {
+        AbortHandle(HandleInner::Server(self.shared.clone(), self.sid))
+    }
+
     /// The remote address of the transport that last carried the session
     /// (the client's address, for logs).
     pub fn peer_addr(&self) -> Option<SocketAddr> {
@@ -1495,6 +1683,9 @@ impl ServerStream {
             return Err(e);
         }
         let r = st.server.close(self.sid);
+        if let Some(i) = st.sessions.get_mut(&self.sid) {
+            i.close_requested = true;
+        }
         drop(st);
         self.shared.cond.notify_all();
         r.or_else(|e| {
@@ -1558,7 +1749,9 @@ impl ServerStream {
                         .session_error(self.sid)
                         .unwrap_or_else(|| core_io(Error::UnknownSession)));
                 }
-                Err(e) => return Err(core_io(e)),
+                Err(e) => {
+                    return Err(st.session_error(self.sid).unwrap_or_else(|| core_io(e)));
+                }
             }
             if let Some(e) = st.session_error(self.sid) {
                 return Err(e);
@@ -1583,7 +1776,9 @@ impl ServerStream {
                     self.shared.cond.notify_all();
                     return Ok(n);
                 }
-                Err(e) => return Err(core_io(e)),
+                Err(e) => {
+                    return Err(st.session_error(self.sid).unwrap_or_else(|| core_io(e)));
+                }
             }
             st = wait(&self.shared.cond, st);
         }
@@ -1606,14 +1801,97 @@ impl_read_write!(ServerStream);
 impl Drop for ServerStream {
     fn drop(&mut self) {
         let mut st = lock(&self.shared.state);
-        let ended = st.sessions.get(&self.sid).and_then(|i| i.end).is_some();
-        if !ended {
-            let _ = st.server.close(self.sid);
-        } else {
-            st.sessions.remove(&self.sid);
+        let sid = self.sid;
+        let alive = st.server.has_session(sid);
+        let st = &mut *st;
+        let Some(info) = st.sessions.get_mut(&sid) else {
+            return;
+        };
+        if info.end.is_some() || !alive {
+            st.sessions.remove(&sid);
+            return;
         }
-        drop(st);
+        // Dropped while the session lives and is not on its way to a clean
+        // end (both sides half-closed): abort it. The server's threads keep
+        // serving it until the client acknowledged the ABORT.
+        info.dropped = true;
+        if !info.aborted && !(info.close_requested && info.peer_closed) {
+            info.aborted = true;
+            let _ = st.server.abort(sid, AbortCode::DROPPED);
+            st.drain();
+        }
         self.shared.cond.notify_all();
+    }
+}
+
+fn abort_server(shared: &ServerShared, sid: SessionId, code: AbortCode) {
+    let mut st = lock(&shared.state);
+    let live = st
+        .sessions
+        .get(&sid)
+        .is_some_and(|i| i.end.is_none() && !i.aborted);
+    if live {
+        if let Some(i) = st.sessions.get_mut(&sid) {
+            i.aborted = true;
+        }
+        let _ = st.server.abort(sid, code);
+        st.drain();
+    }
+    drop(st);
+    shared.cond.notify_all();
+}
+
+fn wait_server_closed(shared: &ServerShared, sid: SessionId, timeout: StdDuration) -> bool {
+    let end = StdInstant::now() + timeout;
+    let mut st = lock(&shared.state);
+    loop {
+        let over = st.stopping
+            || st.sessions.get(&sid).is_none_or(|i| i.end.is_some())
+            || !st.server.has_session(sid);
+        if over {
+            return true;
+        }
+        let left = end.saturating_duration_since(StdInstant::now());
+        if left.is_zero() {
+            return false;
+        }
+        st = wait_for(&shared.cond, st, left);
+    }
+}
+
+/// Aborts a session from another thread than the one using its stream
+/// (see [`ClientStream::abort_handle`], [`ServerStream::abort_handle`]).
+/// It does not keep the stream open.
+#[derive(Clone)]
+pub struct AbortHandle(HandleInner);
+
+#[derive(Clone)]
+enum HandleInner {
+    Client(Arc<ClientShared>),
+    Server(Arc<ServerShared>, SessionId),
+}
+
+impl fmt::Debug for AbortHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AbortHandle").finish_non_exhaustive()
+    }
+}
+
+impl AbortHandle {
+    /// Abort the session with `code`, like the stream's `abort`.
+    pub fn abort(&self, code: AbortCode) {
+        match &self.0 {
+            HandleInner::Client(s) => abort_client(s, code),
+            HandleInner::Server(s, sid) => abort_server(s, *sid, code),
+        }
+    }
+
+    /// Wait until the session is over, at most `timeout`; whether it is.
+    pub fn wait_closed(&self, timeout: StdDuration) -> bool {
+        match &self.0 {
+            HandleInner::Client(s) => wait_client_closed(s, timeout),
+            HandleInner::Server(s, sid) => wait_server_closed(s, *sid, timeout),
+        }
     }
 }
 
@@ -1631,6 +1909,8 @@ pub trait Session: Send + Sync {
     fn session_shutdown_write(&self) -> io::Result<()>;
     /// Close cleanly (both sides closed, everything acknowledged).
     fn session_close(&self) -> io::Result<()>;
+    /// Abort the session with `code`.
+    fn session_abort(&self, code: AbortCode);
 }
 
 /// Bytes moved by [`splice`].
@@ -1646,6 +1926,12 @@ pub struct SpliceStats {
 /// both directions ended (EOF is passed on as a half-close each way), then
 /// close the session cleanly. This is what `relink forward` and
 /// `relink serve-forward` run per connection.
+///
+/// Resets map both ways: a reset (or any read error) of the TCP connection
+/// aborts the session with [`AbortCode::TARGET_RESET`], and a session that
+/// ends other than cleanly (the peer aborted, the session was lost) resets
+/// the TCP connection (`SO_LINGER` 0) instead of ending it with a FIN, so a
+/// truncated transfer never looks complete.
 pub fn splice<S: Session>(session: &S, tcp: TcpStream) -> io::Result<SpliceStats> {
     let mut tcp_read = tcp.try_clone()?;
     let mut tcp_write = tcp;
@@ -1657,7 +1943,15 @@ pub fn splice<S: Session>(session: &S, tcp: TcpStream) -> io::Result<SpliceStats
                 let n = match tcp_read.read(&mut buf) {
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(_) => 0, // treat a reset like EOF: end our direction
+                    Err(e) => {
+                        // A reset (or a broken connection): not an end of
+                        // stream. The peer's TCP client must see a reset too.
+                        session.session_abort(AbortCode::TARGET_RESET);
+                        return Err(io::Error::new(
+                            e.kind(),
+                            format!("tunnelled TCP connection: {e}; session aborted"),
+                        ));
+                    }
                 };
                 if n == 0 {
                     session.session_shutdown_write()?;
@@ -1681,13 +1975,18 @@ pub fn splice<S: Session>(session: &S, tcp: TcpStream) -> io::Result<SpliceStats
                 Err(e) => break Err(e),
             }
         };
-        let _ = tcp_write.shutdown(Shutdown::Write);
         if r.is_err() {
-            let _ = tcp_write.shutdown(Shutdown::Both);
+            // Reset, not FIN: linger 0, wake the reader without sending
+            // anything (SHUT_RD), and the close below sends the RST.
+            let _ = socket2::SockRef::from(&tcp_write).set_linger(Some(StdDuration::ZERO));
+            let _ = tcp_write.shutdown(Shutdown::Read);
+        } else {
+            let _ = tcp_write.shutdown(Shutdown::Write);
         }
         let up = up
             .join()
             .unwrap_or_else(|_| Err(io::Error::other("splice thread panicked")));
+        drop(tcp_write);
         r?;
         Ok::<_, io::Error>(SpliceStats {
             to_session: up?,
