@@ -18,6 +18,7 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Instant;
@@ -160,8 +161,23 @@ fn main() -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            let_the_interrupt_finish();
             eprintln!("relink: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Set once SIGINT or SIGTERM arrived: the signal thread aborts the
+/// sessions and exits the process.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Errors caused by the interrupt's own abort must not end the process
+/// before the peers were told: leave that to the signal thread.
+fn let_the_interrupt_finish() {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        loop {
+            thread::sleep(std::time::Duration::from_secs(1));
         }
     }
 }
@@ -362,6 +378,7 @@ impl Interrupts {
                     let _ = tokio::signal::ctrl_c().await;
                     "Ctrl-C"
                 });
+                INTERRUPTED.store(true, Ordering::SeqCst);
                 let handles: Vec<AbortHandle> = lock(&reg.0).1.values().cloned().collect();
                 for h in &handles {
                     h.abort(AbortCode::INTERRUPTED);
@@ -506,6 +523,10 @@ fn connect(cli: &Cli, addr: &str, server_key: Option<&str>) -> io::Result<()> {
                         // The server aborted or the session is lost: say so
                         // and stop now, even if stdin is still open.
                         let _ = out.flush();
+                        let_the_interrupt_finish();
+                        // Let the driver send what the end still owes the
+                        // server (the answer to its ABORT).
+                        client.wait_closed(std::time::Duration::from_millis(500));
                         eprintln!("relink: {addr}: {e}");
                         std::process::exit(1);
                     }

@@ -843,7 +843,9 @@ fn wait_client_closed(shared: &ClientShared, timeout: StdDuration) -> bool {
     let end = StdInstant::now() + timeout;
     let mut st = lock(&shared.state);
     loop {
-        if st.client.is_closed() || st.done {
+        // `done`: the driver thread also wrote what the end still owed the
+        // peer (the last ACK, the answer to its ABORT).
+        if st.done || (st.fatal.is_some() && !st.client.is_closed()) {
             return true;
         }
         let left = end.saturating_duration_since(StdInstant::now());
@@ -1987,6 +1989,11 @@ pub fn splice<S: Session>(session: &S, tcp: TcpStream) -> io::Result<SpliceStats
             .join()
             .unwrap_or_else(|_| Err(io::Error::other("splice thread panicked")));
         drop(tcp_write);
+        // A reset of the TCP side is the cause; the session's error that
+        // follows from our own abort is not.
+        if let (Err(_), Err(e)) = (&r, &up) {
+            return Err(io::Error::new(e.kind(), e.to_string()));
+        }
         r?;
         Ok::<_, io::Error>(SpliceStats {
             to_session: up?,
