@@ -1817,7 +1817,8 @@ impl Drop for ServerStream {
         // end (both sides half-closed): abort it. The server's threads keep
         // serving it until the client acknowledged the ABORT.
         info.dropped = true;
-        if !info.aborted && !(info.close_requested && info.peer_closed) {
+        let finishing = info.close_requested && info.peer_closed;
+        if !info.aborted && !finishing {
             info.aborted = true;
             let _ = st.server.abort(sid, AbortCode::DROPPED);
             st.drain();
