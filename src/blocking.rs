@@ -234,8 +234,13 @@ impl std::error::Error for SessionError {
 }
 
 impl SessionError {
-    fn to_io(&self) -> io::Error {
-        let kind = match self {
+    pub(crate) fn to_io(&self) -> io::Error {
+        io::Error::new(self.io_kind(), self.clone())
+    }
+
+    /// The [`io::ErrorKind`] of the errors carrying it.
+    pub(crate) fn io_kind(&self) -> io::ErrorKind {
+        match self {
             SessionError::GaveUp { .. } => io::ErrorKind::NotConnected,
             SessionError::Shutdown => io::ErrorKind::NotConnected,
             // The peer aborted: like a TCP reset.
@@ -245,8 +250,7 @@ impl SessionError {
                 ..
             } => io::ErrorKind::ConnectionReset,
             _ => io::ErrorKind::ConnectionAborted,
-        };
-        io::Error::new(kind, self.clone())
+        }
     }
 
     /// The reason the core gave, if the session ended that way.

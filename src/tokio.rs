@@ -92,9 +92,10 @@ use ::tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use ::tokio::task::JoinHandle;
 use ::tokio::time::{Instant as TokioInstant, Sleep};
 
+pub use crate::blocking::SessionError;
 use crate::reconnect::DriverClock;
 use crate::{
-    Backoff, CloseReason, Config, Duration, Error, Event, Instant, OsRng, ResumeStatus,
+    AbortCode, Backoff, ByteRange, CloseReason, Config, Duration, Error, Event, Instant, OsRng, ResumeStatus,
     ServerEvent, SessionId, TransportId,
 };
 
@@ -152,35 +153,41 @@ fn fallback_tick(c: &Config) -> std::time::Duration {
     std::time::Duration::from_micros(d)
 }
 
-/// A sticky failure reported to every later read and write.
+/// A sticky failure reported to every later read and write: an
+/// [`io::Error`] whose inner error is the [`SessionError`].
 #[derive(Clone, Debug)]
 struct Failure {
     kind: io::ErrorKind,
-    msg: String,
+    err: SessionError,
 }
 
 impl Failure {
     fn io(&self) -> io::Error {
-        io::Error::new(self.kind, self.msg.clone())
+        io::Error::new(self.kind, self.err.clone())
     }
-    fn closed(reason: CloseReason) -> Failure {
+    fn of(err: SessionError) -> Failure {
         Failure {
-            kind: io::ErrorKind::ConnectionAborted,
-            msg: format!("relink session ended: {}", describe(reason)),
+            kind: err.io_kind(),
+            err,
         }
     }
-}
-
-fn describe(reason: CloseReason) -> String {
-    match reason {
-        CloseReason::Error(e) => format!("{e}"),
-        r => format!("{r:?}"),
+    /// A server session that ended other than cleanly.
+    fn closed(reason: CloseReason) -> Failure {
+        Failure::of(SessionError::Closed(reason))
+    }
+    /// The client's session ended other than cleanly.
+    fn ended(core: &crate::Client<OsRng>, reason: CloseReason) -> Failure {
+        Failure::of(SessionError::Ended {
+            reason,
+            in_doubt: core.in_doubt(),
+        })
     }
 }
 
 fn core_error(e: Error) -> io::Error {
     let kind = match e {
         Error::Closed => io::ErrorKind::BrokenPipe,
+        Error::Aborted(_) => io::ErrorKind::ConnectionAborted,
         Error::UnknownSession => io::ErrorKind::NotConnected,
         _ => io::ErrorKind::Other,
     };
@@ -428,6 +435,10 @@ struct ClientShared {
     handshake_done: bool,
     /// The last transport was refused as Stale (clock estimate corrected).
     retry_now: bool,
+    /// The server half-closed.
+    peer_closed: bool,
+    /// The application (or the drop) aborted the session.
+    aborted: bool,
     /// The current transport completed its handshake or resume.
     established: bool,
     close_requested: bool,
@@ -458,10 +469,13 @@ impl ClientShared {
                     }
                     self.stats.count_loss(classify(error))
                 }
-                Event::PeerClosed => wake(&mut self.read_waker),
+                Event::PeerClosed => {
+                    self.peer_closed = true;
+                    wake(&mut self.read_waker)
+                }
                 Event::Closed { reason } => {
                     if reason != CloseReason::Clean && self.failure.is_none() {
-                        self.failure = Some(Failure::closed(reason));
+                        self.failure = Some(Failure::ended(&self.core, reason));
                     }
                     self.wake_app();
                 }
@@ -560,6 +574,8 @@ impl ClientStream {
             input_blocked: false,
             handshake_done: false,
             retry_now: false,
+            peer_closed: false,
+            aborted: false,
             established: false,
             close_requested: false,
             failure: None,
@@ -643,8 +659,49 @@ impl ClientMonitor {
     }
 }
 
+impl ClientStream {
+    /// Abort the session (like a TCP reset): stop sending at once and tell
+    /// the server with an authenticated ABORT carrying `code`; reads and
+    /// writes fail from then on. The background task keeps reconnecting
+    /// until the server acknowledged it or the session is given up, also
+    /// after the stream is dropped.
+    pub fn abort(&self, code: AbortCode) {
+        let mut st = lock(&self.shared);
+        if !st.aborted && !st.core.is_closed() {
+            st.aborted = true;
+            st.core.abort(code);
+            st.process_events();
+            wake(&mut st.driver_waker);
+            st.wake_app();
+        }
+    }
+
+    /// Once the session ended other than cleanly: the written bytes whose
+    /// delivery is unknown, `[acknowledged, written)`.
+    pub fn in_doubt(&self) -> Option<ByteRange> {
+        lock(&self.shared).core.in_doubt()
+    }
+}
+
 impl Drop for ClientStream {
     fn drop(&mut self) {
+        let mut st = lock(&self.shared);
+        // Dropped while the session lives and is not on its way to a clean
+        // end (both sides half-closed): abort it; the task runs on until
+        // the server acknowledged.
+        let finishing = st.close_requested && st.peer_closed;
+        if !st.core.is_closed() && st.failure.is_none() {
+            if !st.aborted && !finishing {
+                st.aborted = true;
+                st.core.abort(AbortCode::DROPPED);
+                st.process_events();
+            }
+            if !st.core.is_closed() {
+                wake(&mut st.driver_waker);
+                return;
+            }
+        }
+        drop(st);
         self.task.abort();
     }
 }
@@ -688,10 +745,10 @@ async fn drive_client<F, Fut, T>(
             let mut st = lock(&shared);
             st.fail(Failure {
                 kind: io::ErrorKind::TimedOut,
-                msg: format!(
-                    "relink: gave up connecting after {attempt} failed attempts in a row \
-                     (last error: {last_error})"
-                ),
+                err: SessionError::GaveUp {
+                    attempts: attempt,
+                    last_error,
+                },
             });
             return;
         };
@@ -719,7 +776,8 @@ async fn drive_client<F, Fut, T>(
                         .close_reason()
                         .unwrap_or(CloseReason::TooManyFailures);
                     if reason != CloseReason::Clean {
-                        st.fail(Failure::closed(reason));
+                        let f = Failure::ended(&st.core, reason);
+                        st.fail(f);
                     }
                     st.wake_app();
                     return;
@@ -752,7 +810,8 @@ async fn drive_client<F, Fut, T>(
             if let Err(e) = st.core.new_transport(now) {
                 st.process_events();
                 let reason = st.core.close_reason().unwrap_or(CloseReason::Error(e));
-                st.fail(Failure::closed(reason));
+                let f = Failure::ended(&st.core, reason);
+                st.fail(f);
                 return;
             }
             st.stats.transports += 1;
@@ -829,8 +888,13 @@ fn client_poll<T: AsyncRead + AsyncWrite + Unpin>(
             return Poll::Ready(TransportEnd::Lost(why));
         }
         if st.core.is_closed() {
-            let clean = st.core.close_reason() == Some(CloseReason::Clean);
-            if !clean || (!io.output_pending() && !st.core.wants_transmit(now)) {
+            // A clean end and the answer to the server's ABORT still have
+            // frames to write (the last ACK, the ABORT echo).
+            let flush = matches!(
+                st.core.close_reason(),
+                Some(CloseReason::Clean | CloseReason::Aborted { by_peer: true, .. })
+            );
+            if !flush || (!io.output_pending() && !st.core.wants_transmit(now)) {
                 io.poll_close(cx);
                 return Poll::Ready(TransportEnd::SessionOver);
             }
@@ -922,7 +986,7 @@ impl AsyncWrite for ClientStream {
         }
         match st.core.close_reason() {
             Some(CloseReason::Clean) => Poll::Ready(Ok(())),
-            Some(r) => Poll::Ready(Err(Failure::closed(r).io())),
+            Some(r) => Poll::Ready(Err(Failure::ended(&st.core, r).io())),
             None => {
                 if let Some(f) = &st.failure {
                     return Poll::Ready(Err(f.io()));
@@ -978,6 +1042,8 @@ struct SessionSlot {
     peer_closed: bool,
     closed: Option<CloseReason>,
     close_requested: bool,
+    /// The application (or the drop) aborted the session.
+    aborted: Option<AbortCode>,
     /// The application dropped its stream: discard what arrives.
     dropped: bool,
 }
@@ -1125,9 +1191,15 @@ impl ServerShared {
         if self.stopped {
             return io::Error::new(io::ErrorKind::ConnectionAborted, "relink server dropped");
         }
-        match self.sessions.get(&sid).and_then(|s| s.closed) {
-            Some(r) => Failure::closed(r).io(),
-            None => core_error(Error::UnknownSession),
+        let slot = self.sessions.get(&sid);
+        match (slot.and_then(|s| s.closed), slot.and_then(|s| s.aborted)) {
+            (Some(r), _) => Failure::closed(r).io(),
+            (None, Some(code)) => Failure::closed(CloseReason::Aborted {
+                code,
+                by_peer: false,
+            })
+            .io(),
+            (None, None) => core_error(Error::UnknownSession),
         }
     }
 }
@@ -1461,6 +1533,29 @@ impl ServerStream {
             .get(&self.sid)
             .and_then(|s| s.closed)
     }
+
+    /// Abort the session (like a TCP reset): stop sending at once and tell
+    /// the client with an authenticated ABORT carrying `code`; the client's
+    /// reads and writes fail with [`io::ErrorKind::ConnectionReset`]. The
+    /// server keeps serving the session until the client acknowledged.
+    pub fn abort(&self, code: AbortCode) {
+        let mut guard = lock(&self.shared);
+        let st = &mut *guard;
+        let sid = self.sid;
+        let Some(slot) = st.sessions.get_mut(&sid) else {
+            return;
+        };
+        if slot.aborted.is_some() || slot.closed.is_some() {
+            return;
+        }
+        slot.aborted = Some(code);
+        let _ = st.core.abort(sid, code);
+        st.process_events();
+        if let Some(slot) = st.sessions.get_mut(&sid) {
+            slot.wake_all();
+        }
+        st.wake_transport_of(sid);
+    }
 }
 
 impl Drop for ServerStream {
@@ -1477,7 +1572,15 @@ impl Drop for ServerStream {
             return;
         }
         slot.dropped = true;
-        let _ = st.core.close(sid);
+        // Dropped while the session lives and is not on its way to a clean
+        // end (both sides half-closed): abort it. The transport tasks keep
+        // serving it until the client acknowledged.
+        let finishing = slot.close_requested && slot.peer_closed;
+        if slot.aborted.is_none() && !finishing && slot.closed.is_none() {
+            slot.aborted = Some(AbortCode::DROPPED);
+            let _ = st.core.abort(sid, AbortCode::DROPPED);
+            st.process_events();
+        }
         st.after_io(sid);
         st.wake_transport_of(sid);
     }
@@ -1549,7 +1652,9 @@ impl AsyncWrite for ServerStream {
                 st.wake_transport_of(sid);
                 Poll::Ready(Ok(n))
             }
-            Err(Error::UnknownSession) => Poll::Ready(Err(st.gone(sid))),
+            Err(Error::UnknownSession | Error::Aborted(_)) => {
+                Poll::Ready(Err(st.gone(sid)))
+            }
             Err(e) => Poll::Ready(Err(core_error(e))),
         }
     }
