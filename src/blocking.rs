@@ -30,6 +30,13 @@
 //! - `shutdown_write` half-closes (a CLOSE frame follows the last byte);
 //!   `close` half-closes and waits until the session ended cleanly (both
 //!   sides closed, everything acknowledged), discarding unread input.
+//! - `abort(code)` ends the session at once, like a TCP reset: the peer's
+//!   reads and writes fail with [`io::ErrorKind::ConnectionReset`] and the
+//!   inner [`SessionError`] names the [`AbortCode`]. Dropping a stream that
+//!   was neither closed nor aborted aborts with [`AbortCode::DROPPED`].
+//! - A session that ends other than cleanly fails every call with a
+//!   [`SessionError`] stating why and, on the client, the in-doubt range of
+//!   written bytes (`[acknowledged, written)`) that relink will not resend.
 //!
 //! Timers: the writer thread of a transport waits on the condition variable
 //! until `poll_timeout`; writes use a short write timeout so that a writer
@@ -654,8 +661,11 @@ macro_rules! impl_read_write {
 /// A relink client session over a succession of transports that the driver
 /// opens by itself. Implements [`Read`] and [`Write`] (also for `&ClientStream`).
 ///
-/// Dropping it stops the driver and shuts the transport down without a
-/// clean close; call [`ClientStream::close`] first to end the session cleanly.
+/// Dropping it while the session lives aborts the session with
+/// [`AbortCode::DROPPED`] (unless both sides already half-closed): the
+/// driver thread keeps going until the server acknowledged the ABORT, so
+/// the server learns at once. Call [`ClientStream::close`] first to end
+/// the session cleanly.
 pub struct ClientStream {
     shared: Arc<ClientShared>,
     driver: Option<JoinHandle<()>>,
@@ -1628,8 +1638,9 @@ fn server_writer(shared: Arc<ServerShared>, tid: TransportId, mut t: TcpStream) 
 }
 
 /// One server session. Implements [`Read`] and [`Write`] (also for
-/// `&ServerStream`). Dropping it half-closes the session (the client reads
-/// EOF) unless it already ended.
+/// `&ServerStream`). Dropping it while the session lives aborts it with
+/// [`AbortCode::DROPPED`] (unless both sides already half-closed; the
+/// listener keeps serving it until the client acknowledged).
 pub struct ServerStream {
     shared: Arc<ServerShared>,
     sid: SessionId,

@@ -38,11 +38,15 @@
 //!   may send more than `Config::recv_buffer` bytes before it closes.
 //! - Reads and writes are cancellation safe: dropping a pending
 //!   `read`/`write` future loses nothing.
-//! - Dropping a [`ClientStream`] stops its task and abandons the session
-//!   (the server expires it after `resume_timeout`). Dropping a
-//!   [`ServerStream`] closes its sending side and discards what the client
-//!   still sends. Dropping the [`Server`] ends all its transports and
-//!   sessions.
+//! - `abort(code)` ends a session at once, like a TCP reset: the peer's
+//!   reads and writes fail with [`io::ErrorKind::ConnectionReset`] and the
+//!   inner [`SessionError`] names the [`AbortCode`]. A session that ends
+//!   other than cleanly fails with a [`SessionError`] stating why (and, on
+//!   the client, the in-doubt range of written bytes).
+//! - Dropping a [`ClientStream`] or [`ServerStream`] that was neither
+//!   closed nor aborted aborts the session with [`AbortCode::DROPPED`]; the
+//!   background tasks keep serving it until the peer acknowledged.
+//!   Dropping the [`Server`] ends all its transports and sessions.
 //!
 //! Every function that spawns tasks must be called within a tokio runtime.
 //!
@@ -95,8 +99,8 @@ use ::tokio::time::{Instant as TokioInstant, Sleep};
 pub use crate::blocking::SessionError;
 use crate::reconnect::DriverClock;
 use crate::{
-    AbortCode, Backoff, ByteRange, CloseReason, Config, Duration, Error, Event, Instant, OsRng, ResumeStatus,
-    ServerEvent, SessionId, TransportId,
+    AbortCode, Backoff, ByteRange, CloseReason, Config, Duration, Error, Event, Instant, OsRng,
+    ResumeStatus, ServerEvent, SessionId, TransportId,
 };
 
 /// Bytes read from or written to a transport per system call at most.
@@ -1652,9 +1656,7 @@ impl AsyncWrite for ServerStream {
                 st.wake_transport_of(sid);
                 Poll::Ready(Ok(n))
             }
-            Err(Error::UnknownSession | Error::Aborted(_)) => {
-                Poll::Ready(Err(st.gone(sid)))
-            }
+            Err(Error::UnknownSession | Error::Aborted(_)) => Poll::Ready(Err(st.gone(sid))),
             Err(e) => Poll::Ready(Err(core_error(e))),
         }
     }

@@ -306,3 +306,76 @@ fn flushing_a_transport_replaced_by_resume_sends_nothing() {
         "poll_transmit on the replaced transport panicked or failed"
     );
 }
+
+/// The inner `SessionError` of a driver's `io::Error`.
+fn session_error(e: &std::io::Error) -> &SessionError {
+    e.get_ref()
+        .and_then(|e| e.downcast_ref::<SessionError>())
+        .unwrap_or_else(|| panic!("no SessionError inside {e:?}"))
+}
+
+#[test]
+fn an_abort_reaches_the_peer_at_once_as_a_reset_naming_the_code() {
+    use relink::AbortCode;
+    let listener = Listener::bind("127.0.0.1:0", fast_config()).unwrap();
+    let addr = listener.local_addr();
+    let client = ClientBuilder::new(fast_config()).connect(addr).unwrap();
+    (&client).write_all(b"hello").unwrap();
+    let server = listener.accept().unwrap();
+    let mut got = [0u8; 5];
+    (&server).read_exact(&mut got).unwrap();
+    // The client wrote more that the server will never acknowledge.
+    (&client).write_all(&[7u8; 1000]).unwrap();
+    let start = std::time::Instant::now();
+    server.abort(AbortCode(0x1234));
+    let mut buf = [0u8; 64];
+    let e = loop {
+        match (&client).read(&mut buf) {
+            Ok(0) => panic!("a clean end of stream after an abort"),
+            Ok(_) => {}
+            Err(e) => break e,
+        }
+    };
+    assert!(start.elapsed() < std::time::Duration::from_secs(2));
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+    let inner = session_error(&e);
+    assert_eq!(inner.abort_code(), Some(AbortCode(0x1234)));
+    let text = e.to_string();
+    assert!(text.contains("aborted by the peer"), "{text}");
+    assert!(!text.contains("Aborted {"), "Debug output in {text}");
+    // Writes fail the same way; the in-doubt range is stated.
+    let w = (&client).write(b"more").unwrap_err();
+    assert_eq!(w.kind(), std::io::ErrorKind::ConnectionReset);
+    match session_error(&w) {
+        SessionError::Ended {
+            in_doubt: Some(r), ..
+        } => {
+            assert!(r.end == 1005 && r.start <= r.end, "{r:?}");
+            assert!(
+                w.to_string().contains(&format!("[{}, 1005)", r.start)),
+                "{w}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(client.in_doubt().map(|r| r.end), Some(1005));
+    assert!(server.wait_closed(std::time::Duration::from_secs(2)));
+}
+
+#[test]
+fn a_dropped_client_stream_aborts_with_dropped() {
+    use relink::AbortCode;
+    let listener = Listener::bind("127.0.0.1:0", fast_config()).unwrap();
+    let addr = listener.local_addr();
+    let client = ClientBuilder::new(fast_config()).connect(addr).unwrap();
+    (&client).write_all(b"x").unwrap();
+    let server = listener.accept().unwrap();
+    let mut one = [0u8; 1];
+    (&server).read_exact(&mut one).unwrap();
+    let start = std::time::Instant::now();
+    drop(client); // neither closed nor aborted
+    let e = (&server).read(&mut one).unwrap_err();
+    assert!(start.elapsed() < std::time::Duration::from_secs(2));
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+    assert_eq!(session_error(&e).abort_code(), Some(AbortCode::DROPPED));
+}

@@ -459,3 +459,49 @@ fn poll_transmit_on_a_transport_replaced_by_resume_returns_nothing() {
     assert!(server.transport_ended(old));
     assert_eq!(server.poll_transmit(old, now, &mut wire), Ok(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aborts_reach_the_peer_as_resets_naming_the_code() {
+    use relink::tokio::SessionError;
+    use relink::AbortCode;
+    let server = Server::bind("127.0.0.1:0", fast_config()).await.unwrap();
+    let addr = server.local_addr().unwrap();
+    let mut client = ClientStream::connect(addr, fast_config()).await.unwrap();
+    client.write_all(b"hello").await.unwrap();
+    let mut s = server.accept().await.unwrap();
+    let mut got = [0u8; 5];
+    s.read_exact(&mut got).await.unwrap();
+
+    // The server aborts: the client's reads fail at once with a reset.
+    s.abort(AbortCode(0x777));
+    let mut buf = [0u8; 16];
+    let e = tokio::time::timeout(StdDuration::from_secs(2), client.read(&mut buf))
+        .await
+        .expect("no news of the abort within 2 s")
+        .unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "{e}");
+    let inner = e
+        .get_ref()
+        .and_then(|i| i.downcast_ref::<SessionError>())
+        .expect("SessionError inside");
+    assert_eq!(inner.abort_code(), Some(AbortCode(0x777)));
+    assert!(e.to_string().contains("aborted by the peer"), "{e}");
+
+    // A dropped client stream aborts with DROPPED.
+    let mut c2 = ClientStream::connect(addr, fast_config()).await.unwrap();
+    c2.write_all(b"y").await.unwrap();
+    let mut s2 = server.accept().await.unwrap();
+    let mut one = [0u8; 1];
+    s2.read_exact(&mut one).await.unwrap();
+    drop(c2);
+    let e = tokio::time::timeout(StdDuration::from_secs(2), s2.read(&mut one))
+        .await
+        .expect("no news of the drop within 2 s")
+        .unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "{e}");
+    let inner = e
+        .get_ref()
+        .and_then(|i| i.downcast_ref::<SessionError>())
+        .expect("SessionError inside");
+    assert_eq!(inner.abort_code(), Some(AbortCode::DROPPED));
+}
