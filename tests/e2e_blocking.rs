@@ -379,3 +379,42 @@ fn a_dropped_client_stream_aborts_with_dropped() {
     assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
     assert_eq!(session_error(&e).abort_code(), Some(AbortCode::DROPPED));
 }
+
+/// A 2 s outage in which every connect is refused costs dozens of attempts
+/// (50 ms apart at most); the client keeps trying as long as the server
+/// holds the session (its advertised resume timeout), not for a count of
+/// attempts, and the session resumes.
+#[test]
+fn a_long_outage_does_not_make_the_client_give_up_by_count() {
+    use std::sync::Mutex;
+    let listener = Listener::bind("127.0.0.1:0", fast_config()).unwrap();
+    let relay = Relay::start(listener.local_addr(), FaultPlan::default(), 9).unwrap();
+    let target = Arc::new(Mutex::new(Some(relay.local_addr())));
+    let t = target.clone();
+    let client = ClientBuilder::new(fast_config())
+        .backoff(fast_backoff(Some(3)))
+        .connect_with(move || match *t.lock().unwrap() {
+            Some(a) => std::net::TcpStream::connect(a),
+            None => Err(std::io::ErrorKind::ConnectionRefused.into()),
+        })
+        .unwrap();
+    (&client).write_all(b"before").unwrap();
+    let server = listener.accept().unwrap();
+    let mut got = [0u8; 6];
+    (&server).read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"before");
+
+    *target.lock().unwrap() = None;
+    drop(relay); // cuts the transport; every connect is refused now
+    thread::sleep(std::time::Duration::from_secs(2));
+    let relay = Relay::start(listener.local_addr(), FaultPlan::default(), 10).unwrap();
+    *target.lock().unwrap() = Some(relay.local_addr());
+
+    (&client).write_all(b"after").unwrap();
+    let mut got = [0u8; 5];
+    (&server).read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"after");
+    let stats = client.stats();
+    assert!(stats.connect_failures > 3, "{stats:?}");
+    assert!(stats.resumes >= 1, "{stats:?}");
+}

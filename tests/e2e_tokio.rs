@@ -505,3 +505,53 @@ async fn aborts_reach_the_peer_as_resets_naming_the_code() {
         .expect("SessionError inside");
     assert_eq!(inner.abort_code(), Some(AbortCode::DROPPED));
 }
+
+/// A 2 s outage in which every connect is refused: far more attempts than
+/// `max_attempts`, yet the client keeps going (the server holds the session
+/// for its advertised resume timeout) and the session resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_outage_does_not_make_the_client_give_up_by_count() {
+    use std::sync::Mutex;
+    let server = Server::bind("127.0.0.1:0", fast_config()).await.unwrap();
+    let addr = server.local_addr().unwrap();
+    let relay = Relay::start(addr, FaultPlan::default(), 5).unwrap();
+    let target = Arc::new(Mutex::new(Some(relay.local_addr())));
+    let t = target.clone();
+    let backoff = Backoff {
+        initial: relink::Duration::from_millis(2),
+        max: relink::Duration::from_millis(50),
+        max_attempts: Some(3),
+    };
+    let mut client = ClientStream::connect_with(fast_config(), backoff, move || {
+        let a = *t.lock().unwrap();
+        async move {
+            match a {
+                Some(a) => tokio::net::TcpStream::connect(a).await,
+                None => Err(io::ErrorKind::ConnectionRefused.into()),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    client.write_all(b"before").await.unwrap();
+    let mut s = server.accept().await.unwrap();
+    let mut got = [0u8; 6];
+    s.read_exact(&mut got).await.unwrap();
+
+    *target.lock().unwrap() = None;
+    drop(relay);
+    tokio::time::sleep(StdDuration::from_secs(2)).await;
+    let relay = Relay::start(addr, FaultPlan::default(), 6).unwrap();
+    *target.lock().unwrap() = Some(relay.local_addr());
+
+    client.write_all(b"after").await.unwrap();
+    let mut got = [0u8; 5];
+    tokio::time::timeout(StdDuration::from_secs(5), s.read_exact(&mut got))
+        .await
+        .expect("no resume within 5 s")
+        .unwrap();
+    assert_eq!(&got, b"after");
+    let stats = client.stats();
+    assert!(stats.connect_failures > 3, "{stats:?}");
+    assert!(stats.resumes >= 1, "{stats:?}");
+}
