@@ -336,6 +336,14 @@ impl<R: CryptoRng> Client<R> {
                 self.close_for_good(CloseReason::DataUnavailable);
                 return Err(e);
             }
+            if status == ResumeStatus::Replayed {
+                // Our counters only grow, so a genuine Replayed means someone
+                // delivered a copy of one of our requests first (an on-path
+                // attacker racing us). It proves the server still holds the
+                // session; retrying is all we can do, and it must not count
+                // toward giving up.
+                return Err(self.fail_transport(e));
+            }
             return Err(self.fail_answered(e));
         }
         let pinned = self.config.pinned_server_key.is_some();

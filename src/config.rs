@@ -39,7 +39,8 @@ pub struct Config {
     /// clock by at most this much.
     pub resume_window: Duration,
     /// Client: consecutive resume attempts that the server answered with a
-    /// rejection before giving up (PROTOCOL.md 7.6). In anonymous mode
+    /// rejection before giving up (PROTOCOL.md 7.6); Replayed answers never
+    /// count (only someone racing the client's own requests causes them). In anonymous mode
     /// answers that nothing authenticates (no MAC, or a MAC that failed)
     /// count too; with a pinned server key they only cost their transport.
     /// Attempts that got no answer (refused, cut, timed out) never count:

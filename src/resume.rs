@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! request MAC  = keyed(resume, 0x01 || request[0..42])
-//! response MAC = keyed(resume, 0x02 || request[0..58] || response[0..26])
+//! response MAC = keyed(resume, 0x02 || request[0..58] || response[0..34])
 //! reject MAC   = keyed(resume, 0x03 || request[0..58] || reject[0..10])
 //! ```
 //!

@@ -14,7 +14,9 @@
 //! of a session (`HandshakeDone`) only once it is confirmed; an unconfirmed
 //! session that expires goes silently. This is what lets the client never
 //! start a second session with bytes the first may have delivered
-//! (PROTOCOL.md 7.7).
+//! (PROTOCOL.md 7.7). When `max_sessions` is reached, a new ClientHello
+//! evicts the oldest unconfirmed session that has no transport, so that
+//! abandoned hellos cannot lock clients out for `resume_timeout`.
 //!
 //! ```text
 //!  accept ─▶ First ──hello──▶ Confirm ──valid confirm──▶ Attached(session)
@@ -23,7 +25,7 @@
 //! ```
 
 use alloc::boxed::Box;
-use alloc::collections::{BTreeMap, VecDeque};
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::vec::Vec;
 use rand_core::CryptoRng;
 
@@ -127,6 +129,8 @@ pub struct Server<R: CryptoRng> {
     events: VecDeque<ServerEvent>,
     /// Key of the reset tokens, from the static key (none without one).
     reset_secret: Option<Secret>,
+    /// Sessions not confirmed yet, oldest first (ids only grow).
+    unconfirmed: BTreeSet<SessionId>,
 }
 
 impl<R: CryptoRng> core::fmt::Debug for Server<R> {
@@ -143,6 +147,7 @@ impl<R: CryptoRng> Server<R> {
     pub fn new(config: Config, rng: R) -> Self {
         Server {
             reset_secret: config.server_static.as_ref().map(|kp| kp.reset_secret()),
+            unconfirmed: BTreeSet::new(),
             config: config.normalized(),
             rng,
             transports: BTreeMap::new(),
@@ -285,7 +290,7 @@ impl<R: CryptoRng> Server<R> {
         hello: &[u8; CLIENT_HELLO_LEN],
     ) -> Result<(), Error> {
         // Unconfirmed sessions count: the cap holds at every moment.
-        if self.sessions.len() >= self.config.max_sessions {
+        if self.sessions.len() >= self.config.max_sessions && !self.evict_unconfirmed() {
             return Err(self.reject_hello(transport, HandshakeStatus::Busy));
         }
         let mut random = ServerRandom {
@@ -331,6 +336,7 @@ impl<R: CryptoRng> Server<R> {
             have: 0,
         };
         self.by_conn_id.insert(est.conn_id, sid);
+        self.unconfirmed.insert(sid);
         self.sessions.insert(
             sid,
             Box::new(Session {
@@ -394,6 +400,7 @@ impl<R: CryptoRng> Server<R> {
         self.pending -= 1;
         let s = self.sessions.get_mut(&sid).ok_or(Error::UnknownSession)?;
         s.confirmed = true;
+        self.unconfirmed.remove(&sid);
         // Show the client at once that its confirm arrived (a keepalive
         // it verifies); data flows either way.
         s.stream.ping_soon();
@@ -485,6 +492,7 @@ impl<R: CryptoRng> Server<R> {
         }
         if newly_confirmed {
             // The ClientConfirm was lost; this request proves the same keys.
+            self.unconfirmed.remove(&sid);
             self.events.push_back(ServerEvent::HandshakeDone {
                 transport,
                 session: sid,
@@ -611,14 +619,37 @@ impl<R: CryptoRng> Server<R> {
     fn close_session(&mut self, sid: SessionId, reason: CloseReason) {
         if let Some(s) = self.sessions.remove(&sid) {
             self.by_conn_id.remove(&s.conn_id);
+            self.unconfirmed.remove(&sid);
             if let Some(t) = s.transport {
                 self.end_transport(t, Error::Closed);
             }
-            self.events.push_back(ServerEvent::Closed {
-                session: sid,
-                reason,
-            });
+            if s.confirmed {
+                self.events.push_back(ServerEvent::Closed {
+                    session: sid,
+                    reason,
+                });
+            }
         }
+    }
+
+    /// Free the oldest unconfirmed session that has no transport (no
+    /// application has seen it; its client, if genuine, learns "unknown
+    /// session" on its next resume and reports its in-doubt bytes). Returns
+    /// whether one was freed.
+    fn evict_unconfirmed(&mut self) -> bool {
+        let victim = self.unconfirmed.iter().copied().find(|sid| {
+            self.sessions
+                .get(sid)
+                .is_some_and(|s| s.transport.is_none())
+        });
+        let Some(sid) = victim else {
+            return false;
+        };
+        self.unconfirmed.remove(&sid);
+        if let Some(s) = self.sessions.remove(&sid) {
+            self.by_conn_id.remove(&s.conn_id);
+        }
+        true
     }
 
     fn drain_stream_events(&mut self, sid: SessionId) {
@@ -832,8 +863,12 @@ impl<R: CryptoRng> Server<R> {
             return;
         };
         self.by_conn_id.remove(&s.conn_id);
+        self.unconfirmed.remove(&sid);
         let quiet = s.finished || !s.confirmed;
         let clean = s.stream.all_delivered_but_close_ack();
+        // Our ABORT was never answered (the answer was lost, or the client
+        // never came back): the session still ended by our abort.
+        let aborted = s.stream.abort_unanswered();
         if s.stream.readable() > 0 && s.confirmed {
             s.expired = true;
             s.detached_since = None;
@@ -844,7 +879,15 @@ impl<R: CryptoRng> Server<R> {
         if quiet {
             return;
         }
-        self.events.push_back(if clean {
+        self.events.push_back(if let Some(code) = aborted {
+            ServerEvent::Closed {
+                session: sid,
+                reason: CloseReason::Aborted {
+                    code,
+                    by_peer: false,
+                },
+            }
+        } else if clean {
             ServerEvent::Closed {
                 session: sid,
                 reason: CloseReason::Clean,

@@ -88,6 +88,9 @@ struct Link {
     close_sent: bool,
     /// Our ABORT went out on this transport.
     abort_sent: bool,
+    /// The peer aborted after this side had already ended cleanly: answer
+    /// its ABORT (so that it can finish) without changing our outcome.
+    answer_abort: Option<AbortCode>,
     /// Send a PING at the next `poll_transmit` even if nothing else is due
     /// (the server's proof, right after the handshake, that it is attached).
     ping_now: bool,
@@ -275,6 +278,11 @@ impl Stream {
         }
     }
 
+    /// This side aborted and the peer has not answered yet.
+    pub(crate) fn abort_unanswered(&self) -> Option<AbortCode> {
+        self.abort.filter(|a| !a.by_peer && !a.done).map(|a| a.code)
+    }
+
     /// The session was aborted (by either side): `send` and, once the
     /// buffered bytes are read, `recv` fail with `Error::Aborted`.
     pub(crate) fn aborted(&self) -> Option<AbortCode> {
@@ -410,6 +418,7 @@ impl Stream {
             acked_sent: self.read_count(),
             close_sent: peer_read > self.tx_written,
             abort_sent: false,
+            answer_abort: None,
             ping_now: false,
             held_back: false,
         });
@@ -596,7 +605,10 @@ impl Stream {
                         self.push_event(StreamEvent::AbortDone(code));
                     }
                     Some(_) => {}
-                    None if self.clean_reported => {}
+                    // Everything was delivered both ways before the peer
+                    // gave up: our outcome stays Clean, but the peer waits for
+                    // an answer.
+                    None if self.clean_reported => link.answer_abort = Some(code),
                     None => {
                         self.abort = Some(Abort {
                             code,
@@ -694,6 +706,20 @@ impl Stream {
             self.tx_next += len as u64;
             n += FRAME_OVERHEAD + len;
         }
+        if let Some(code) = link.answer_abort {
+            if out.len() - n >= FRAME_OVERHEAD + ABORT_PAYLOAD_LEN {
+                let payload = code.0.to_le_bytes();
+                n += seal_control(
+                    link,
+                    &keys.tx,
+                    self.tx_next,
+                    FrameType::Abort,
+                    &payload,
+                    &mut out[n..],
+                );
+                link.answer_abort = None;
+            }
+        }
         if self.closing
             && !link.close_sent
             && self.tx_next == self.tx_written
@@ -736,6 +762,7 @@ impl Stream {
         }
         let rc = self.read_count();
         self.tx_next < self.tx_written
+            || link.answer_abort.is_some()
             || (self.closing && !link.close_sent && self.tx_next == self.tx_written)
             || (rc > link.acked_sent
                 && (self.peer_closed

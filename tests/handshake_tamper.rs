@@ -4,8 +4,9 @@
 //! genuine message one side transmits, flip one bit, feed the result to the
 //! other side and check the precise typed outcome for the byte the bit lies
 //! in. Every bit of every message is tried: ClientHello (35 bytes),
-//! ServerHello (90), ClientConfirm (16), ResumeRequest (58), ResumeResponse
-//! (50) and the authenticated resume rejection (26). After each failure the
+//! ServerHello (106), ClientConfirm (16), ResumeRequest (58), ResumeResponse
+//! (50) and the authenticated resume rejection (26), the resume messages
+//! both with an anonymous server and with a pinned static key. After each failure the
 //! tests check that no application byte was delivered or sent, and that the
 //! endpoints recover: a later genuine handshake (or resume) completes and
 //! data continues byte-exactly.
@@ -15,8 +16,11 @@
 //! flags) give a protocol error or a rejection, everything else is covered
 //! by the transcript hash or a MAC and gives `AuthFailed`. That includes
 //! the fields added in issue 9: the resume timeout the server advertises
-//! (ServerHello bytes 58..66, ResumeResponse bytes 26..34) and the server
-//! clock in an authenticated rejection (bytes 2..10).
+//! (ServerHello bytes 58..66, ResumeResponse bytes 26..34), the encrypted
+//! reset token (ServerHello bytes 74..90) and the server clock in an
+//! authenticated rejection (bytes 2..10). A ResumeRequest for a connection
+//! id the server does not know is answered `01 02 || reset_token(conn_id)`
+//! (18 bytes; the token is all zero without a static key).
 //!
 //! Since issue 9 the server registers a session when it sends its
 //! ServerHello: a handshake that fails after that leaves one unconfirmed
@@ -65,6 +69,29 @@ fn configs(keys: Keys) -> (Config, Config) {
         Keys::ServerKeyOnly => s.server_static = Some(kp),
     }
     (c, s)
+}
+
+/// Seeds differ per key setup.
+fn seed_offset(keys: Keys) -> u64 {
+    match keys {
+        Keys::Anonymous => 0,
+        Keys::Pinned => 100_000,
+        Keys::ServerKeyOnly => 200_000,
+    }
+}
+
+/// The reset token a server with the keys of [`configs`] holds for
+/// `conn_id`, computed here from the spec (PROTOCOL.md 3.6), not by the
+/// crate: `MAC16(derive_key("relink v1 2026-11 reset secret", sk),
+/// LE64(conn_id))`, all zero without a static key.
+fn reset_token(keys: Keys, conn_id: u64) -> [u8; 16] {
+    if keys == Keys::Anonymous {
+        return [0; 16];
+    }
+    let secret = blake3::derive_key("relink v1 2026-11 reset secret", &[0x42; 32]);
+    let mut t = [0u8; 16];
+    t.copy_from_slice(&blake3::keyed_hash(&secret, &conn_id.to_le_bytes()).as_bytes()[..16]);
+    t
 }
 
 /// A client and a server with one transport between them, the client's
@@ -187,7 +214,7 @@ fn genuine_handshake(client: &mut TestClient, server: &mut TestServer, now: Inst
 #[derive(Debug, PartialEq, Eq)]
 enum Reply {
     Nothing,
-    /// An accepted ServerHello (90 bytes starting with version, status Ok).
+    /// An accepted ServerHello (106 bytes starting with version, status Ok).
     ServerHello,
     /// Any other bytes, verbatim.
     Bytes(Vec<u8>),
@@ -397,10 +424,15 @@ fn server_hello_expectation(byte: usize, mask: u8) -> (Error, bool) {
         // Advertised resume timeout (new in issue 9): fails the server
         // confirm exactly like the server time.
         58..66 => (Error::AuthFailed, false),
-        // The encrypted connection id: in transcript hash 2 (bytes 0..74).
+        // The encrypted connection id: in transcript hash 2 (bytes 0..90).
         66..74 => (Error::AuthFailed, false),
-        // The server confirm tag itself (bytes 74..90).
+        // The encrypted reset token (new with the reset token): in
+        // transcript hash 2 too, so a flipped bit fails the server confirm
+        // like every other field (a client must never adopt a token that
+        // the server did not send).
         74..90 => (Error::AuthFailed, false),
+        // The server confirm tag itself (bytes 90..106).
+        90..106 => (Error::AuthFailed, false),
         _ => panic!("ServerHello has no byte {byte} (length {SERVER_HELLO_LEN})"),
     }
 }
@@ -695,8 +727,9 @@ struct Broken {
     buf: Vec<u8>,
 }
 
-fn broken_session(seed: u64) -> Broken {
-    let mut p = Pair::default_pair(seed);
+fn broken_session(seed: u64, keys: Keys) -> Broken {
+    let (cc, sc) = configs(keys);
+    let mut p = Pair::new(seed, cc, sc);
     p.max_chunk = 900;
     let sid = p.handshake();
     let (mut up, mut down) = (Flow::default(), Flow::default());
@@ -795,7 +828,11 @@ fn check_client_after_resume_failure(client: &mut TestClient, err: Error, what: 
 
 /// What a flip in `byte` of the ResumeRequest gives at the server: its
 /// error and its exact reply.
-fn resume_request_expectation(byte: usize, mask: u8) -> (Error, Vec<u8>) {
+///
+/// `unknown_token` is the reset token the server holds for the connection
+/// id the flipped request names: a flip in the connection id (bytes 2..10)
+/// is answered `01 02 || token` (18 bytes, issue 9 reset token).
+fn resume_request_expectation(byte: usize, mask: u8, unknown_token: [u8; 16]) -> (Error, Vec<u8>) {
     let reject = |s: ResumeStatus| (Error::ResumeRejected(s), vec![VERSION, s.to_byte()]);
     match byte {
         // Tag 0xFF becomes unknown: no answer.
@@ -804,9 +841,18 @@ fn resume_request_expectation(byte: usize, mask: u8) -> (Error, Vec<u8>) {
             ProtocolError::UnsupportedVersion(VERSION ^ mask).into(),
             vec![VERSION, ResumeStatus::UnsupportedVersion.to_byte()],
         ),
-        // Connection id: no such session (the server cannot authenticate
-        // an answer for a session it does not know).
-        2..10 => reject(ResumeStatus::UnknownSession),
+        // Connection id: no such session. The server cannot MAC an answer
+        // for a session it does not know; it sends the reset token of the
+        // id it was given (not the client's, so a pinning client does not
+        // believe it either).
+        2..10 => (
+            Error::ResumeRejected(ResumeStatus::UnknownSession),
+            [
+                &[VERSION, ResumeStatus::UnknownSession.to_byte()][..],
+                &unknown_token,
+            ]
+            .concat(),
+        ),
         // Counter, counts, time, MAC: the MAC does not verify.
         _ => reject(ResumeStatus::AuthFailed),
     }
@@ -814,14 +860,16 @@ fn resume_request_expectation(byte: usize, mask: u8) -> (Error, Vec<u8>) {
 
 /// One tampered ResumeRequest. Returns whether the client still holds the
 /// session afterwards (and then completed a genuine resume).
-fn resume_request_flip(bit: usize) -> bool {
+fn resume_request_flip(keys: Keys, bit: usize) -> bool {
     let (byte, mask) = (bit / 8, 1u8 << (bit % 8));
-    let what = format!("ResumeRequest byte {byte} mask {mask:#04x}");
-    let mut b = broken_session(20_000 + bit as u64);
+    let what = format!("ResumeRequest byte {byte} mask {mask:#04x} ({keys:?})");
+    let mut b = broken_session(20_000 + bit as u64 + seed_offset(keys), keys);
     let (tid, req) = b.attempt();
     let now = b.p.now;
-    let r = b.p.server.handle_input(tid, now, &flipped(&req, bit));
-    let (err, reply_bytes) = resume_request_expectation(byte, mask);
+    let bad = flipped(&req, bit);
+    let named = u64::from_le_bytes(bad[2..10].try_into().unwrap());
+    let r = b.p.server.handle_input(tid, now, &bad);
+    let (err, reply_bytes) = resume_request_expectation(byte, mask, reset_token(keys, named));
     assert_eq!(r, Err(err), "{what}");
     let reply = server_tx(&mut b.p.server, tid, now);
     assert_eq!(reply, reply_bytes, "{what}");
@@ -883,10 +931,10 @@ fn resume_response_expectation(byte: usize, mask: u8) -> Error {
 
 /// One tampered ResumeResponse. Returns whether the client still holds the
 /// session afterwards (and then completed a genuine resume).
-fn resume_response_flip(bit: usize) -> bool {
+fn resume_response_flip(keys: Keys, bit: usize) -> bool {
     let (byte, mask) = (bit / 8, 1u8 << (bit % 8));
-    let what = format!("ResumeResponse byte {byte} mask {mask:#04x}");
-    let mut b = broken_session(40_000 + bit as u64);
+    let what = format!("ResumeResponse byte {byte} mask {mask:#04x} ({keys:?})");
+    let mut b = broken_session(40_000 + bit as u64 + seed_offset(keys), keys);
     let (tid, req) = b.attempt();
     let now = b.p.now;
     assert_eq!(
@@ -926,10 +974,22 @@ fn resume_response_flip(bit: usize) -> bool {
 fn resume_request_every_bit_flip_is_rejected_typed() {
     let mut survived = 0;
     for bit in 0..RESUME_REQUEST_LEN * 8 {
-        survived += resume_request_flip(bit) as usize;
+        survived += resume_request_flip(Keys::Anonymous, bit) as usize;
     }
     // Every bit leaves the client's session usable (a single
     // unauthenticated rejection, from bytes 1..10, is not believed).
+    assert_eq!(survived, RESUME_REQUEST_LEN * 8);
+}
+
+/// The same with a pinned server key: a flipped connection id is answered
+/// with the reset token of the id the server got, which is not the token
+/// the client holds, so the client loses only that transport.
+#[test]
+fn resume_request_every_bit_flip_is_rejected_typed_pinned() {
+    let mut survived = 0;
+    for bit in 0..RESUME_REQUEST_LEN * 8 {
+        survived += resume_request_flip(Keys::Pinned, bit) as usize;
+    }
     assert_eq!(survived, RESUME_REQUEST_LEN * 8);
 }
 
@@ -939,10 +999,22 @@ fn resume_request_every_bit_flip_is_rejected_typed() {
 fn resume_response_every_bit_flip_is_rejected_typed() {
     let mut survived = 0;
     for bit in 0..RESUME_RESPONSE_LEN * 8 {
-        survived += resume_response_flip(bit) as usize;
+        survived += resume_response_flip(Keys::Anonymous, bit) as usize;
     }
     // Every bit: even the two that forge an unauthenticated rejection
     // (status 1 or 2) are believed only after several in a row.
+    assert_eq!(survived, RESUME_RESPONSE_LEN * 8);
+}
+
+/// The same with a pinned server key: status 2 (UnknownSession) read from
+/// a response carries the response's counts where the reset token belongs,
+/// so it is not believed; nothing unauthenticated counts at all.
+#[test]
+fn resume_response_every_bit_flip_is_rejected_typed_pinned() {
+    let mut survived = 0;
+    for bit in 0..RESUME_RESPONSE_LEN * 8 {
+        survived += resume_response_flip(Keys::Pinned, bit) as usize;
+    }
     assert_eq!(survived, RESUME_RESPONSE_LEN * 8);
 }
 
@@ -955,18 +1027,20 @@ fn resume_response_every_bit_flip_is_rejected_typed() {
 fn resume_bit_flips_never_end_the_session() {
     // (message, byte) -> masks after which the client gave the session up.
     let mut lost: std::collections::BTreeMap<(&str, usize), Vec<u8>> = Default::default();
-    for bit in 8..10 * 8 {
-        if !resume_request_flip(bit) {
-            lost.entry(("request", bit / 8))
-                .or_default()
-                .push(1 << (bit % 8));
+    for keys in [Keys::Anonymous, Keys::Pinned] {
+        for bit in 8..10 * 8 {
+            if !resume_request_flip(keys, bit) {
+                lost.entry(("request", bit / 8))
+                    .or_default()
+                    .push(1 << (bit % 8));
+            }
         }
-    }
-    for bit in [8, 9] {
-        if !resume_response_flip(bit) {
-            lost.entry(("response", bit / 8))
-                .or_default()
-                .push(1 << (bit % 8));
+        for bit in [8, 9] {
+            if !resume_response_flip(keys, bit) {
+                lost.entry(("response", bit / 8))
+                    .or_default()
+                    .push(1 << (bit % 8));
+            }
         }
     }
     let total: usize = lost.values().map(Vec::len).sum();
@@ -983,7 +1057,7 @@ fn resume_bit_flips_never_end_the_session() {
 /// client's MAC check (the response MACs cover the request).
 #[test]
 fn replayed_resume_messages_are_rejected() {
-    let mut b = broken_session(31);
+    let mut b = broken_session(31, Keys::Anonymous);
     let sid = b.sid;
     let (t1, req1) = b.attempt();
     let now = b.p.now;
@@ -1067,10 +1141,10 @@ fn skewed(now: Instant) -> Instant {
 /// take the (possibly forged) server time: its next attempt at the same
 /// skewed clock is Stale again. Then a genuine resume (clock in sync)
 /// completes both streams.
-fn stale_rejection_flip(bit: usize) -> bool {
+fn stale_rejection_flip(keys: Keys, bit: usize) -> bool {
     let (byte, mask) = (bit / 8, 1u8 << (bit % 8));
-    let what = format!("Stale rejection byte {byte} mask {mask:#04x}");
-    let mut b = broken_session(60_000 + bit as u64);
+    let what = format!("Stale rejection byte {byte} mask {mask:#04x} ({keys:?})");
+    let mut b = broken_session(60_000 + bit as u64 + seed_offset(keys), keys);
     let now = b.p.now;
     let client_now = skewed(now);
     let tid = b.p.server.accept(now).unwrap();
@@ -1116,10 +1190,12 @@ fn stale_rejection_flip(bit: usize) -> bool {
 #[test]
 fn stale_rejection_every_bit_flip_is_rejected_typed() {
     let mut survived = 0;
-    for bit in 0..REJECT_AUTH_LEN * 8 {
-        survived += stale_rejection_flip(bit) as usize;
+    for keys in [Keys::Anonymous, Keys::Pinned] {
+        for bit in 0..REJECT_AUTH_LEN * 8 {
+            survived += stale_rejection_flip(keys, bit) as usize;
+        }
     }
-    assert_eq!(survived, REJECT_AUTH_LEN * 8);
+    assert_eq!(survived, 2 * REJECT_AUTH_LEN * 8);
 }
 
 /// The genuine Stale rejection corrects the client's estimate of the server
@@ -1128,7 +1204,7 @@ fn stale_rejection_every_bit_flip_is_rejected_typed() {
 /// same skewed clock, is accepted.
 #[test]
 fn genuine_stale_rejection_corrects_the_clock_estimate() {
-    let mut b = broken_session(71);
+    let mut b = broken_session(71, Keys::Anonymous);
     let now = b.p.now;
     let client_now = skewed(now);
     let tid = b.p.server.accept(now).unwrap();

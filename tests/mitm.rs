@@ -16,6 +16,12 @@
 //! answered: counted by `session_count`, never reported to its application
 //! (no `HandshakeDone`, nothing readable), expiring silently after
 //! `resume_timeout`. The tests assert exactly that.
+//!
+//! Issue 9, section 1: an on-path attacker that cuts a pinned client's
+//! transport and answers its resume with a forged "unknown session" cannot
+//! end the session (the genuine answer carries the session's reset token,
+//! which only the real server's static key yields) and so cannot make the
+//! client send its bytes twice.
 
 mod common;
 mod support_c;
@@ -381,4 +387,131 @@ fn pinned_client_connects_only_to_the_key_it_pins() {
         assert_eq!(real.conn_id(sid), victim.conn_id());
         assert_eq!(server_recv_all(&mut real, sid), SECRET);
     }
+}
+
+/// Issue 9 section 1, pinned mode, at the core level: an on-path attacker
+/// relays the handshake and the victim's request line, drops everything
+/// the real server sends after its ServerHello, cuts the transport and
+/// answers every ResumeRequest itself with a forged "unknown session":
+/// `01 02` and then EOF, or `01 02` and 16 bytes of its choosing (zeros,
+/// random, or the token a server with its own key would send). The
+/// attacker holds no key of the real server, so it cannot produce the
+/// session's reset token: the client never gives the session up, never
+/// starts a new one (no ClientHello, the request line is never sent
+/// again), and its `give_up_at` deadline does not move. When the attacker
+/// stops, the genuine resume completes; the real server's application got
+/// the line exactly once.
+#[test]
+fn forged_unknown_session_cannot_make_a_pinned_client_send_twice() {
+    const LINE: &[u8] = b"PAY 100 EUR TO BOB\n";
+    let mut victim = Client::new(client_config(Some(real_key().public_key())), rng(90));
+    let mut real = Server::new(server_config(Some(real_key())), rng(91));
+    let mut attacker = Server::new(server_config(Some(mitm_key())), rng(92));
+    let mut now = T0;
+    // The handshake and the request line are relayed; the server's
+    // answers after the ServerHello (ACKs) are dropped.
+    let t = real.accept(now).unwrap();
+    victim.new_transport(now).unwrap();
+    let hello = client_tx(&mut victim, now);
+    assert_eq!(hello.len(), CLIENT_HELLO_LEN);
+    assert_eq!(real.handle_input(t, now, &hello), Ok(CLIENT_HELLO_LEN));
+    let sh = server_tx(&mut real, t, now);
+    assert_eq!(victim.handle_input(now, &sh), Ok(SERVER_HELLO_LEN));
+    assert_eq!(victim.send(LINE).unwrap(), LINE.len());
+    let out = client_tx(&mut victim, now);
+    assert_eq!(real.handle_input(t, now, &out), Ok(out.len()));
+    let sid = real.session_of(t).expect("attached");
+    assert_eq!(server_recv_all(&mut real, sid), LINE);
+    now = now.saturating_add(Duration::from_millis(5));
+    let dropped = server_tx(&mut real, t, now);
+    assert!(!dropped.is_empty(), "the server acknowledged");
+    // The cut.
+    real.transport_lost(t, now);
+    victim.transport_lost(now);
+    server_events(&mut real);
+    client_events(&mut victim);
+    assert_eq!(victim.unacked(), LINE.len(), "the victim never saw the ACK");
+    let give_up = victim.give_up_at().expect("detached");
+    let conn_id = victim.conn_id().expect("conn id");
+    let mut rnd = rng(93);
+    let rejected = Error::ResumeRejected(relink::ResumeStatus::UnknownSession);
+    for i in 0..200u32 {
+        now = now.saturating_add(Duration::from_millis(100));
+        victim.new_transport(now).unwrap();
+        let req = client_tx(&mut victim, now);
+        assert_eq!(
+            req.len(),
+            relink::wire::RESUME_REQUEST_LEN,
+            "#{i}: a resume"
+        );
+        assert_eq!(
+            u64::from_le_bytes(req[2..10].try_into().unwrap()),
+            conn_id,
+            "#{i}: the same session"
+        );
+        let answer = match i % 4 {
+            0 => vec![VERSION, 2],
+            1 => [vec![VERSION, 2], vec![0; 16]].concat(),
+            2 => {
+                let mut a = vec![VERSION, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+                for b in &mut a[2..] {
+                    *b = common::between(&mut rnd, 0, 255) as u8;
+                }
+                a
+            }
+            _ => {
+                // A relink server with the attacker's key answers for real.
+                let at = attacker.accept(now).unwrap();
+                assert_eq!(attacker.handle_input(at, now, &req), Err(rejected));
+                let a = server_tx(&mut attacker, at, now);
+                attacker.transport_lost(at, now);
+                server_events(&mut attacker);
+                assert_eq!(a.len(), 18, "#{i}");
+                a
+            }
+        };
+        let r = victim.handle_input(now, &answer);
+        if answer.len() == 2 {
+            // Incomplete (the answer is 18 bytes), then EOF.
+            assert_eq!(r, Ok(2), "#{i}");
+            assert!(client_events(&mut victim).is_empty(), "#{i}");
+        } else {
+            assert_eq!(r, Err(rejected), "#{i}");
+            assert_eq!(
+                client_events(&mut victim),
+                vec![Event::TransportLost {
+                    error: Some(rejected)
+                }],
+                "#{i}"
+            );
+        }
+        victim.transport_lost(now);
+        assert_eq!(victim.close_reason(), None, "#{i}");
+        assert_eq!(victim.in_doubt(), None, "#{i}");
+        assert_eq!(victim.give_up_at(), Some(give_up), "#{i}");
+    }
+    assert!(now < give_up);
+    // The attacker gives up; the genuine resume completes, the line is
+    // not delivered again, the ACK finally arrives.
+    let t = real.accept(now).unwrap();
+    victim.new_transport(now).unwrap();
+    let req = client_tx(&mut victim, now);
+    assert_eq!(
+        real.handle_input(t, now, &req),
+        Ok(relink::wire::RESUME_REQUEST_LEN)
+    );
+    let back = server_tx(&mut real, t, now);
+    assert_eq!(victim.handle_input(now, &back), Ok(back.len()));
+    assert!(victim.is_connected());
+    let out = client_tx(&mut victim, now);
+    assert_eq!(real.handle_input(t, now, &out), Ok(out.len()));
+    assert!(server_recv_all(&mut real, sid).is_empty(), "delivered once");
+    assert_eq!(real.session_count(), 1);
+    let acks = server_tx(&mut real, t, now);
+    victim.handle_input(now, &acks).unwrap();
+    assert_eq!(victim.unacked(), 0);
+    assert_eq!(victim.close_reason(), None);
+    assert!(!server_events(&mut real)
+        .iter()
+        .any(|e| matches!(e, ServerEvent::HandshakeDone { .. })));
 }

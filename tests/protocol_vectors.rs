@@ -17,7 +17,7 @@
 //! string quoted anywhere in the document must be one the test uses.
 //!
 //! To regenerate the vectors after a deliberate protocol change, run
-//! `cargo test --test protocol_vectors -- --ignored --nocapture print_vectors`
+//! `cargo test --all-features --test protocol_vectors -- --ignored --nocapture print_vectors`
 //! and replace each `vectors` block of the document with the printed block
 //! of the same section (the printout names the section above each block).
 
@@ -311,8 +311,20 @@ fn run_api(v: &Vectors) -> Vec<(String, Vec<u8>)> {
     sbytes.extend(v.int("server_conn_id").to_le_bytes());
     let sbytes_len = sbytes.len();
     let (srng, staken) = ScriptedRng::new(sbytes);
-    let mut client = Client::new(Config::default(), crng);
-    let mut server = Server::new(Config::default(), srng);
+    // The defaults the scenario runs with are the published ones.
+    let config = Config::default();
+    assert_eq!(
+        config.resume_timeout.as_micros(),
+        v.int("resume_timeout"),
+        "Config::default().resume_timeout"
+    );
+    assert_eq!(
+        config.resume_window.as_micros(),
+        v.int("resume_window"),
+        "Config::default().resume_window"
+    );
+    let mut client = Client::new(config.clone(), crng);
+    let mut server = Server::new(config, srng);
     let (c1, c2) = (v.bytes("c2s_data_1"), v.bytes("c2s_data_2"));
     let (s1, s2) = (v.bytes("s2c_data_1"), v.bytes("s2c_data_2"));
     let mut buf = [0u8; 256];
@@ -390,7 +402,31 @@ fn run_api(v: &Vectors) -> Vec<(String, Vec<u8>)> {
     let _ = client_events(&mut client);
     let _ = server_events(&mut server);
 
-    // Resume on a new transport.
+    // The client slept: its clock advanced 1 s while the server's advanced
+    // 91 s. Its first resume attempt carries a server-time estimate 90 s
+    // behind: an authenticated Stale rejection that carries the server's
+    // clock.
+    let tid_stale = server.accept(v.at("t_server_stale")).unwrap();
+    client.new_transport(v.at("t_client_resume_stale")).unwrap();
+    let rq_stale = cpoll(&mut client, v.at("t_client_resume_stale"));
+    put("resume_request_stale", &rq_stale);
+    assert_eq!(
+        server.handle_input(tid_stale, v.at("t_server_stale"), &rq_stale),
+        Err(relink::Error::ResumeRejected(relink::ResumeStatus::Stale))
+    );
+    let rj = spoll(&mut server, tid_stale, v.at("t_server_stale"));
+    put("resume_reject_stale", &rj);
+    server.transport_lost(tid_stale, v.at("t_server_stale"));
+    let _ = server_events(&mut server);
+    assert_eq!(
+        client.handle_input(v.at("t_client_stale"), &rj),
+        Err(relink::Error::ResumeRejected(relink::ResumeStatus::Stale))
+    );
+    assert!(!client.is_closed(), "a Stale answer costs one transport");
+    client.transport_lost(v.at("t_client_stale"));
+    let _ = client_events(&mut client);
+
+    // Resume on a new transport, at once, with the corrected estimate.
     let tid2 = server.accept(v.at("t_server_resume")).unwrap();
     client.new_transport(v.at("t_client_resume")).unwrap();
     let rq = cpoll(&mut client, v.at("t_client_resume"));
@@ -400,8 +436,8 @@ fn run_api(v: &Vectors) -> Vec<(String, Vec<u8>)> {
         Ok(rq.len())
     );
     let sr = spoll(&mut server, tid2, v.at("t_server_resume"));
-    assert!(sr.len() > 42, "resume response and resent frame");
-    let (resp, resent) = sr.split_at(42);
+    assert!(sr.len() > 50, "resume response and resent frame");
+    let (resp, resent) = sr.split_at(50);
     put("resume_response", resp);
     let frames = split_frames(resent);
     assert_eq!(frames.len(), 1, "server resends one frame");
@@ -413,7 +449,7 @@ fn run_api(v: &Vectors) -> Vec<(String, Vec<u8>)> {
             ServerEvent::Resumed {
                 transport: tid2,
                 session: sid,
-                counter: 1
+                counter: 2
             },
             ServerEvent::ResendRange {
                 session: sid,
@@ -430,7 +466,7 @@ fn run_api(v: &Vectors) -> Vec<(String, Vec<u8>)> {
     assert_eq!(
         client_events(&mut client),
         vec![
-            Event::Resumed { counter: 1 },
+            Event::Resumed { counter: 2 },
             Event::ResendRange {
                 start: k1,
                 end: k1 + k2
@@ -458,6 +494,10 @@ fn run_api(v: &Vectors) -> Vec<(String, Vec<u8>)> {
     let n = server.recv(sid, &mut buf).unwrap();
     assert_eq!(&buf[..n], &c2[..]);
     assert_eq!(server.recv(sid, &mut buf), Ok(0), "EOF after CLOSE");
+    assert_eq!(
+        server_events(&mut server),
+        vec![ServerEvent::PeerClosed { session: sid }]
+    );
 
     // The same request replayed on another transport: an authenticated
     // rejection, and the session survives.
@@ -473,6 +513,58 @@ fn run_api(v: &Vectors) -> Vec<(String, Vec<u8>)> {
         &spoll(&mut server, tid3, v.at("t_server_replay")),
     );
     assert!(server.has_session(sid) && server.session_of(tid2) == Some(sid));
+    server.transport_lost(tid3, v.at("t_server_replay"));
+    let _ = server_events(&mut server);
+
+    // The client aborts with an application code before the server's ACK of
+    // its CLOSE arrived; the server answers with its own ABORT.
+    let code = relink::AbortCode(u32::try_from(v.int("abort_code")).unwrap());
+    client.abort(code);
+    let ca = cpoll(&mut client, v.at("t_client_abort"));
+    put("c2s_abort_frame", &ca);
+    assert!(!client.is_closed(), "the abort completes with the answer");
+    assert_eq!(
+        server.handle_input(tid2, v.at("t_server_abort"), &ca),
+        Ok(ca.len())
+    );
+    assert_eq!(
+        server_events(&mut server),
+        vec![ServerEvent::Closed {
+            session: sid,
+            reason: relink::CloseReason::Aborted {
+                code,
+                by_peer: true
+            }
+        }]
+    );
+    assert_eq!(
+        server.recv(sid, &mut buf),
+        Err(relink::Error::Aborted(code))
+    );
+    let sa = spoll(&mut server, tid2, v.at("t_server_abort"));
+    put("s2c_abort_frame", &sa);
+    assert_eq!(
+        client.handle_input(v.at("t_client_abort_done"), &sa),
+        Ok(sa.len())
+    );
+    assert_eq!(
+        client_events(&mut client),
+        vec![Event::Closed {
+            reason: relink::CloseReason::Aborted {
+                code,
+                by_peer: false
+            }
+        }]
+    );
+    // The server never acknowledged the resent bytes and the CLOSE: they
+    // are in doubt for the client (they did arrive, which it cannot know).
+    assert_eq!(
+        client.in_doubt(),
+        Some(relink::ByteRange {
+            start: k1,
+            end: k1 + k2
+        })
+    );
 
     // The RNGs were asked for exactly the published inputs.
     assert_eq!(ctaken.get(), 32, "client RNG bytes consumed");
@@ -480,9 +572,13 @@ fn run_api(v: &Vectors) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-/// The pinned-mode handshake of the document through the public API.
+/// The pinned-mode scenario of the document through the public API: the
+/// handshake, data that reaches a server which then restarts, a forged
+/// "unknown session" answer that only costs a transport, and the restarted
+/// server's genuine answer, authenticated by the reset token.
 fn run_api_pinned(v: &Vectors) -> Vec<(String, Vec<u8>)> {
-    let kp = StaticKeypair::from_secret_bytes(v.arr("pinned_server_static_secret"));
+    let secret = v.arr("pinned_server_static_secret");
+    let kp = StaticKeypair::from_secret_bytes(secret);
     let (crng, ctaken) = ScriptedRng::new(v.bytes("pinned_client_ephemeral_secret"));
     let mut sbytes = v.bytes("pinned_server_ephemeral_secret");
     sbytes.extend(v.bytes("pinned_server_challenge"));
@@ -502,6 +598,7 @@ fn run_api_pinned(v: &Vectors) -> Vec<(String, Vec<u8>)> {
         },
         srng,
     );
+    let data = v.bytes("pinned_c2s_data");
     let now_s = v.at("pinned_t_server_hello");
     let now_c = v.at("pinned_t_client");
     let tid = server.accept(now_s).unwrap();
@@ -511,17 +608,97 @@ fn run_api_pinned(v: &Vectors) -> Vec<(String, Vec<u8>)> {
     let sh = spoll(&mut server, tid, now_s);
     client.handle_input(now_c, &sh).unwrap();
     let cc = cpoll(&mut client, now_c);
-    server.handle_input(tid, now_s, &cc).unwrap();
-    assert!(matches!(
-        server_events(&mut server).as_slice(),
-        [ServerEvent::HandshakeDone { .. }]
-    ));
+    assert_eq!(client.send(&data), Ok(data.len()));
+    let f = cpoll(&mut client, now_c);
+    let mut input = cc.clone();
+    input.extend(&f);
+    assert_eq!(server.handle_input(tid, now_s, &input), Ok(input.len()));
+    let sid = match server_events(&mut server).as_slice() {
+        [ServerEvent::HandshakeDone { session, .. }] => *session,
+        e => panic!("server events after the confirm: {e:?}"),
+    };
     assert_eq!(client.conn_id(), Some(v.int("pinned_server_conn_id")));
+    // The server application receives the bytes; no ACK reaches the client.
+    let mut buf = [0u8; 256];
+    let n = server.recv(sid, &mut buf).unwrap();
+    assert_eq!(&buf[..n], &data[..]);
     assert_eq!((ctaken.get(), staken.get()), (32, 56));
+
+    // The server restarts (same static key, no sessions); the transport is
+    // gone. The restarted server draws nothing in this scenario.
+    drop(server);
+    client.transport_lost(v.at("pinned_t_client_lost"));
+    let _ = client_events(&mut client);
+    let (srng2, staken2) = ScriptedRng::new(Vec::new());
+    let mut server = Server::new(
+        Config {
+            server_static: Some(StaticKeypair::from_secret_bytes(secret)),
+            ..Config::default()
+        },
+        srng2,
+    );
+
+    // First resume attempt (counter 1): an attacker answers "unknown
+    // session" with a token it had to guess. It costs this transport only.
+    client
+        .new_transport(v.at("pinned_t_client_forged"))
+        .unwrap();
+    let _ = cpoll(&mut client, v.at("pinned_t_client_forged"));
+    let mut forged = vec![0x01, 0x02];
+    forged.extend([0u8; 16]);
+    assert_eq!(
+        client.handle_input(v.at("pinned_t_client_forged"), &forged),
+        Err(relink::Error::ResumeRejected(
+            relink::ResumeStatus::UnknownSession
+        ))
+    );
+    assert!(!client.is_closed(), "a wrong reset token ends no session");
+    client.transport_lost(v.at("pinned_t_client_forged"));
+    let _ = client_events(&mut client);
+
+    // Second attempt (counter 2) reaches the restarted server, which
+    // answers with the reset token of the connection id.
+    let tid = server.accept(v.at("pinned_t_server_restarted")).unwrap();
+    client
+        .new_transport(v.at("pinned_t_client_resume"))
+        .unwrap();
+    let rq = cpoll(&mut client, v.at("pinned_t_client_resume"));
+    assert_eq!(
+        server.handle_input(tid, v.at("pinned_t_server_restarted"), &rq),
+        Err(relink::Error::ResumeRejected(
+            relink::ResumeStatus::UnknownSession
+        ))
+    );
+    let rj = spoll(&mut server, tid, v.at("pinned_t_server_restarted"));
+    assert_eq!(
+        client.handle_input(v.at("pinned_t_client_unknown"), &rj),
+        Err(relink::Error::ResumeRejected(
+            relink::ResumeStatus::UnknownSession
+        ))
+    );
+    assert_eq!(
+        client_events(&mut client),
+        vec![Event::Closed {
+            reason: relink::CloseReason::SessionUnknown
+        }]
+    );
+    // The server application received the bytes, which the client cannot
+    // know: they are in doubt, and relink does not send them again.
+    assert_eq!(
+        client.in_doubt(),
+        Some(relink::ByteRange {
+            start: 0,
+            end: data.len() as u64
+        })
+    );
+    assert_eq!(staken2.get(), 0, "the restarted server drew nothing");
     vec![
         ("pinned_client_hello".into(), ch),
         ("pinned_server_hello".into(), sh),
         ("pinned_client_confirm".into(), cc),
+        ("pinned_c2s_frame_0".into(), f),
+        ("pinned_resume_request".into(), rq),
+        ("resume_reject_unknown".into(), rj),
     ]
 }
 
@@ -533,9 +710,10 @@ mod spec {
     //! relink v1 as `docs/PROTOCOL.md` describes it, from primitives only.
 
     /// BLAKE3 `derive_key` contexts: (name in the document, string).
-    pub const CONTEXTS: [(&str, &str); 10] = [
+    pub const CONTEXTS: [(&str, &str); 11] = [
         ("HANDSHAKE", "relink v1 2026-11 handshake secret"),
         ("CONN_ID_MASK", "relink v1 2026-11 connection id mask"),
+        ("RESET_SECRET", "relink v1 2026-11 reset secret"),
         ("SERVER_CONFIRM", "relink v1 2026-11 server confirm"),
         ("CLIENT_CONFIRM", "relink v1 2026-11 client confirm"),
         ("MASTER", "relink v1 2026-11 session master"),
@@ -583,11 +761,39 @@ mod spec {
         /// The ClientHello.
         pub client_hello: [u8; 35],
         /// The ServerHello.
-        pub server_hello: [u8; 82],
+        pub server_hello: [u8; 106],
         /// The ClientConfirm.
         pub client_confirm: [u8; 16],
         /// The session keys.
         pub keys: Keys,
+        /// The session's reset token (all zero without a static key).
+        pub reset_token: [u8; 16],
+    }
+
+    /// `reset_secret = derive_key(RESET_SECRET, server_static_secret)`.
+    pub fn reset_secret(server_static_secret: &[u8; 32]) -> [u8; 32] {
+        derive("RESET_SECRET", server_static_secret)
+    }
+
+    /// `reset_token(conn_id) = MAC16(reset_secret, LE64(conn_id))`, or 16
+    /// zero bytes for a server without a static key.
+    pub fn reset_token(server_static_secret: Option<&[u8; 32]>, conn_id: u64) -> [u8; 16] {
+        server_static_secret.map_or([0; 16], |ss| {
+            mac16(&reset_secret(ss), &conn_id.to_le_bytes())
+        })
+    }
+
+    /// The "unknown session" answer to a ResumeRequest for `conn_id`:
+    /// version, status 2, the reset token of `conn_id`.
+    pub fn resume_reject_unknown(
+        server_static_secret: Option<&[u8; 32]>,
+        conn_id: u64,
+    ) -> [u8; 18] {
+        let mut m = [0u8; 18];
+        m[0] = 1;
+        m[1] = 2;
+        m[2..].copy_from_slice(&reset_token(server_static_secret, conn_id));
+        m
     }
 
     /// Session keys.
@@ -616,6 +822,8 @@ mod spec {
         pub conn_id: u64,
         /// The ServerHello `server_time`.
         pub server_time: u64,
+        /// The ServerHello `resume_timeout` (µs).
+        pub resume_timeout: u64,
         /// The server's static secret when the client pins its public key.
         pub server_static: Option<[u8; 32]>,
     }
@@ -629,16 +837,18 @@ mod spec {
         ch[1] = 1; // version
         ch[2] = u8::from(i.server_static.is_some()); // FLAG_PINNED
         ch[3..].copy_from_slice(&cpub);
-        let mut sh = [0u8; 82];
+        let mut sh = [0u8; 106];
         sh[0] = 1; // version
         sh[1] = 0; // status Ok
         sh[2..34].copy_from_slice(&spub);
         sh[34..50].copy_from_slice(&i.challenge);
         sh[50..58].copy_from_slice(&i.server_time.to_le_bytes());
+        sh[58..66].copy_from_slice(&i.resume_timeout.to_le_bytes());
         let ee = x25519_dalek::x25519(i.client_secret, spub);
         assert_eq!(ee, x25519_dalek::x25519(i.server_secret, cpub), "DH agrees");
         assert_ne!(ee, [0u8; 32], "contributory");
-        let th1 = hash(&[&ch[..], &sh[..58]].concat());
+        // The keyed prefix: everything before the masked connection id.
+        let th1 = hash(&[&ch[..], &sh[..66]].concat());
         let mut ikm = ee.to_vec();
         let mut values: Vec<(&'static str, Vec<u8>)> = vec![
             ("client_ephemeral_public", cpub.to_vec()),
@@ -652,18 +862,23 @@ mod spec {
             ikm.extend(es);
             values.push(("server_static_public", static_pub.to_vec()));
             values.push(("es", es.to_vec()));
+            values.push(("reset_secret", reset_secret(&ss).to_vec()));
         }
+        let token = reset_token(i.server_static.as_ref(), i.conn_id);
         ikm.extend(th1);
         let prk = derive("HANDSHAKE", &ikm);
-        let mask32 = derive("CONN_ID_MASK", &prk);
-        let mask = &mask32[..8];
-        for (k, (o, m)) in i.conn_id.to_le_bytes().iter().zip(mask).enumerate() {
-            sh[58 + k] = o ^ m;
+        // mask[0..8] encrypts the connection id, mask[8..24] the reset token.
+        let mask = derive("CONN_ID_MASK", &prk);
+        for (k, (o, m)) in i.conn_id.to_le_bytes().iter().zip(&mask[..8]).enumerate() {
+            sh[66 + k] = o ^ m;
         }
-        let th2 = hash(&[&ch[..], &sh[..66]].concat());
+        for (k, (t, m)) in token.iter().zip(&mask[8..24]).enumerate() {
+            sh[74 + k] = t ^ m;
+        }
+        let th2 = hash(&[&ch[..], &sh[..90]].concat());
         let sconf_key = derive("SERVER_CONFIRM", &prk);
         let sconf = mac16(&sconf_key, &th2);
-        sh[66..82].copy_from_slice(&sconf);
+        sh[90..106].copy_from_slice(&sconf);
         let th3 = hash(&[&ch[..], &sh[..]].concat());
         let cconf_key = derive("CLIENT_CONFIRM", &prk);
         let cconf = mac16(&cconf_key, &th3);
@@ -678,7 +893,8 @@ mod spec {
         values.extend([
             ("th1", th1.to_vec()),
             ("prk", prk.to_vec()),
-            ("conn_id_mask", mask.to_vec()),
+            ("mask", mask.to_vec()),
+            ("reset_token", token.to_vec()),
             ("th2", th2.to_vec()),
             ("server_confirm_key", sconf_key.to_vec()),
             ("server_confirm", sconf.to_vec()),
@@ -697,6 +913,7 @@ mod spec {
             server_hello: sh,
             client_confirm: cconf,
             keys,
+            reset_token: token,
         }
     }
 
@@ -775,6 +992,8 @@ mod spec {
     pub const ACK: u8 = 2;
     /// Frame type CLOSE.
     pub const CLOSE: u8 = 4;
+    /// Frame type ABORT.
+    pub const ABORT: u8 = 5;
     /// Direction byte client → server.
     pub const DIR_C2S: u8 = 1;
     /// Direction byte server → client.
@@ -897,25 +1116,34 @@ mod spec {
         server_written: u64,
         server_read: u64,
         server_time: u64,
-    ) -> [u8; 42] {
-        let mut m = [0u8; 42];
+        resume_timeout: u64,
+    ) -> [u8; 50] {
+        let mut m = [0u8; 50];
         m[0] = 1;
         m[1] = 0;
         m[2..10].copy_from_slice(&server_written.to_le_bytes());
         m[10..18].copy_from_slice(&server_read.to_le_bytes());
         m[18..26].copy_from_slice(&server_time.to_le_bytes());
-        let mac = mac16(key, &[&[0x02][..], &request[..], &m[..26]].concat());
-        m[26..].copy_from_slice(&mac);
+        m[26..34].copy_from_slice(&resume_timeout.to_le_bytes());
+        let mac = mac16(key, &[&[0x02][..], &request[..], &m[..34]].concat());
+        m[34..].copy_from_slice(&mac);
         m
     }
 
-    /// An authenticated resume rejection (statuses 4, 5, 6).
-    pub fn resume_reject(key: &[u8; 32], request: &[u8; 58], status: u8) -> [u8; 18] {
-        let mut m = [0u8; 18];
+    /// An authenticated resume rejection (statuses 4, 5, 6): version,
+    /// status, the server's clock, MAC.
+    pub fn resume_reject(
+        key: &[u8; 32],
+        request: &[u8; 58],
+        status: u8,
+        server_time: u64,
+    ) -> [u8; 26] {
+        let mut m = [0u8; 26];
         m[0] = 1;
         m[1] = status;
-        let mac = mac16(key, &[&[0x03][..], &request[..], &m[..2]].concat());
-        m[2..].copy_from_slice(&mac);
+        m[2..10].copy_from_slice(&server_time.to_le_bytes());
+        let mac = mac16(key, &[&[0x03][..], &request[..], &m[..10]].concat());
+        m[10..].copy_from_slice(&mac);
         m
     }
 }
@@ -931,6 +1159,7 @@ fn anon_inputs(v: &Vectors) -> spec::HandshakeInputs {
         challenge: v.arr("server_challenge"),
         conn_id: v.int("server_conn_id"),
         server_time: v.int("t_server_hello"),
+        resume_timeout: v.int("resume_timeout"),
         server_static: None,
     }
 }
@@ -942,6 +1171,7 @@ fn pinned_inputs(v: &Vectors) -> spec::HandshakeInputs {
         challenge: v.arr("pinned_server_challenge"),
         conn_id: v.int("pinned_server_conn_id"),
         server_time: v.int("pinned_t_server_hello"),
+        resume_timeout: v.int("resume_timeout"),
         server_static: Some(v.arr("pinned_server_static_secret")),
     }
 }
@@ -949,10 +1179,16 @@ fn pinned_inputs(v: &Vectors) -> spec::HandshakeInputs {
 /// The frames of the anonymous scenario: name, position, type and the
 /// plaintext payload the rules of the document give for it.
 fn frame_table(v: &Vectors) -> Vec<(&'static str, spec::Position, u8, Vec<u8>)> {
-    use spec::{Position, ACK, CLOSE, DATA, DIR_C2S, DIR_S2C};
+    use spec::{Position, ABORT, ACK, CLOSE, DATA, DIR_C2S, DIR_S2C};
     let (c1, c2) = (v.bytes("c2s_data_1"), v.bytes("c2s_data_2"));
     let (s1, s2) = (v.bytes("s2c_data_1"), v.bytes("s2c_data_2"));
-    let (k1, k2, l1) = (c1.len() as u64, c2.len() as u64, s1.len() as u64);
+    let (k1, k2) = (c1.len() as u64, c2.len() as u64);
+    let (l1, l2) = (s1.len() as u64, s2.len() as u64);
+    // ABORT payload: the reason code as a u32, little-endian.
+    let code = u32::try_from(v.int("abort_code"))
+        .expect("abort code fits a u32")
+        .to_le_bytes()
+        .to_vec();
     let pos = |dir, generation, sequence, offset| Position {
         dir,
         generation,
@@ -976,15 +1212,25 @@ fn frame_table(v: &Vectors) -> Vec<(&'static str, spec::Position, u8, Vec<u8>)> 
         ),
         ("c2s_frame_2", pos(DIR_C2S, 0, 2, k1), DATA, c2.clone()),
         ("s2c_frame_2", pos(DIR_S2C, 0, 2, l1), DATA, s2.clone()),
-        // Resume counter 1 = generation 1; sequences restart at 0.
-        ("s2c_resume_frame_0", pos(DIR_S2C, 1, 0, l1), DATA, s2),
-        ("c2s_resume_frame_0", pos(DIR_C2S, 1, 0, k1), DATA, c2),
+        // Accepted resume counter 2 = generation 2 (counter 1 was answered
+        // Stale); sequences restart at 0.
+        ("s2c_resume_frame_0", pos(DIR_S2C, 2, 0, l1), DATA, s2),
+        ("c2s_resume_frame_0", pos(DIR_C2S, 2, 0, k1), DATA, c2),
         (
             "c2s_resume_frame_1",
-            pos(DIR_C2S, 1, 1, k1 + k2),
+            pos(DIR_C2S, 2, 1, k1 + k2),
             CLOSE,
             vec![],
         ),
+        // ABORT: offset = the sender's next data offset (its CLOSE does not
+        // advance it); the answer carries the same code.
+        (
+            "c2s_abort_frame",
+            pos(DIR_C2S, 2, 2, k1 + k2),
+            ABORT,
+            code.clone(),
+        ),
+        ("s2c_abort_frame", pos(DIR_S2C, 2, 1, l1 + l2), ABORT, code),
     ]
 }
 
@@ -1012,7 +1258,8 @@ fn check_spec(v: &Vectors) -> Result<(), String> {
     // Handshakes.
     let hs = spec::handshake(&anon_inputs(v));
     check_handshake(v, "", &hs)?;
-    check_handshake(v, "pinned_", &spec::handshake(&pinned_inputs(v)))?;
+    let pinned = spec::handshake(&pinned_inputs(v));
+    check_handshake(v, "pinned_", &pinned)?;
     expect_bytes(
         v,
         "pinned_server_static_public",
@@ -1056,6 +1303,11 @@ fn check_spec(v: &Vectors) -> Result<(), String> {
                 dir: 3 - p.dir,
                 ..p
             },
+            // A receiver whose read count differs (a duplicate, a gap).
+            spec::Position {
+                offset: p.offset + 1,
+                ..p
+            },
         ] {
             ensure(
                 spec::open(enc, mac, &wrong, &v.bytes(name)).is_err(),
@@ -1079,39 +1331,144 @@ fn check_spec(v: &Vectors) -> Result<(), String> {
         })?;
     }
 
-    // Resume.
+    // Resume. The defaults the scenario uses.
+    let resume_timeout = v.int("resume_timeout");
+    ensure(resume_timeout == 600_000_000, || {
+        "resume_timeout should be the default, 600 s".into()
+    })?;
+    let window = v.int("resume_window");
+    ensure(window == 60_000_000, || {
+        "resume_window should be the default, 60 s".into()
+    })?;
     let (c1, c2) = (v.bytes("c2s_data_1"), v.bytes("c2s_data_2"));
     let (s1, s2) = (v.bytes("s2c_data_1"), v.bytes("s2c_data_2"));
-    let time = v.int("t_server_hello") + (v.int("t_client_resume") - v.int("t_client_confirm"));
-    let req = spec::resume_request(
+    let client_written = (c1.len() + c2.len()) as u64;
+    // First attempt (counter 1): the estimate from the ServerHello, after
+    // the client's clock stood still for 90 s.
+    let time_stale =
+        v.int("t_server_hello") + (v.int("t_client_resume_stale") - v.int("t_client_confirm"));
+    let req_stale = spec::resume_request(
         &k.resume,
         &spec::ResumeRequest {
             conn_id: v.int("server_conn_id"),
             counter: 1,
-            client_written: (c1.len() + c2.len()) as u64,
+            client_written,
+            client_read: s1.len() as u64,
+            time: time_stale,
+        },
+    );
+    expect_bytes(v, "resume_request_stale", &req_stale)?;
+    ensure(
+        v.int("t_server_stale").abs_diff(time_stale) > window,
+        || "the first published attempt is not stale".into(),
+    )?;
+    expect_bytes(
+        v,
+        "resume_reject_stale",
+        &spec::resume_reject(&k.resume, &req_stale, 5, v.int("t_server_stale")),
+    )?;
+    // Second attempt (counter 2): the estimate from the Stale answer.
+    let time = v.int("t_server_stale") + (v.int("t_client_resume") - v.int("t_client_stale"));
+    let req = spec::resume_request(
+        &k.resume,
+        &spec::ResumeRequest {
+            conn_id: v.int("server_conn_id"),
+            counter: 2,
+            client_written,
             client_read: s1.len() as u64,
             time,
         },
     );
     expect_bytes(v, "resume_request", &req)?;
+    ensure(v.int("t_server_resume").abs_diff(time) <= window, || {
+        "the published resume time is outside the default window".into()
+    })?;
     let resp = spec::resume_response(
         &k.resume,
         &req,
         (s1.len() + s2.len()) as u64,
         c1.len() as u64,
         v.int("t_server_resume"),
+        resume_timeout,
     );
     expect_bytes(v, "resume_response", &resp)?;
-    ensure(
-        v.int("t_server_resume").abs_diff(time) <= 60_000_000,
-        || "the published resume time is outside the default window".into(),
-    )?;
+    // The accepted request replayed: counter 2 is not above the last
+    // accepted counter.
     expect_bytes(
         v,
         "resume_reject_replayed",
-        &spec::resume_reject(&k.resume, &req, 4),
+        &spec::resume_reject(&k.resume, &req, 4, v.int("t_server_replay")),
     )?;
-    Ok(())
+    check_pinned(v, &pinned)
+}
+
+/// The pinned scenario after its handshake: the data frame, the resume
+/// request that reaches the restarted server, and its answer.
+fn check_pinned(v: &Vectors, hs: &spec::Handshake) -> Result<(), String> {
+    let k = &hs.keys;
+    let data = v.bytes("pinned_c2s_data");
+    let p = spec::Position {
+        dir: spec::DIR_C2S,
+        generation: 0,
+        sequence: 0,
+        offset: 0,
+    };
+    expect_bytes(
+        v,
+        "pinned_c2s_frame_0",
+        &spec::seal(&k.c2s_enc, &k.c2s_mac, &p, spec::DATA, &data),
+    )?;
+    let (ty, plain) = spec::open(&k.c2s_enc, &k.c2s_mac, &p, &v.bytes("pinned_c2s_frame_0"))?;
+    ensure(ty == spec::DATA && plain == data, || {
+        "pinned_c2s_frame_0 opens to something else".into()
+    })?;
+    // Counter 1 went to the forged answer; the estimate comes from the
+    // ServerHello, the only authenticated contact.
+    let conn_id = v.int("pinned_server_conn_id");
+    let time = v.int("pinned_t_server_hello")
+        + (v.int("pinned_t_client_resume") - v.int("pinned_t_client"));
+    let req = spec::resume_request(
+        &k.resume,
+        &spec::ResumeRequest {
+            conn_id,
+            counter: 2,
+            client_written: data.len() as u64,
+            client_read: 0,
+            time,
+        },
+    );
+    expect_bytes(v, "pinned_resume_request", &req)?;
+    // The restarted server knows the token from its static key alone.
+    let secret = v.arr("pinned_server_static_secret");
+    let answer = spec::resume_reject_unknown(Some(&secret), conn_id);
+    expect_bytes(v, "resume_reject_unknown", &answer)?;
+    ensure(hs.reset_token[..] == answer[2..], || {
+        "the handshake's reset token is not the one the answer carries".into()
+    })?;
+    // The client compares it with the token it unmasked from the published
+    // ServerHello.
+    let sh = v.bytes("pinned_server_hello");
+    let mask = v.bytes("pinned_mask");
+    let unmasked: Vec<u8> = sh[74..90]
+        .iter()
+        .zip(&mask[8..24])
+        .map(|(a, b)| a ^ b)
+        .collect();
+    ensure(unmasked == answer[2..], || {
+        "the token in pinned_server_hello is not the one resume_reject_unknown carries".into()
+    })?;
+    let id: Vec<u8> = sh[66..74]
+        .iter()
+        .zip(&mask[..8])
+        .map(|(a, b)| a ^ b)
+        .collect();
+    ensure(id == conn_id.to_le_bytes(), || {
+        "pinned_server_hello does not carry pinned_server_conn_id".into()
+    })?;
+    // A server without a static key sends a zero token (anonymous mode).
+    ensure(v.bytes("reset_token") == [0u8; 16], || {
+        "anonymous reset_token is not zero".into()
+    })
 }
 
 /// The public API reproduces every published message and frame.
@@ -1121,7 +1478,7 @@ fn check_api(v: &Vectors) -> Result<(), String> {
         expect_bytes(v, &name, &bytes)?;
         seen.insert(name);
     }
-    ensure(seen.len() == 18, || format!("api produced {seen:?}"))
+    ensure(seen.len() == 25, || format!("api produced {seen:?}"))
 }
 
 fn check_all(v: &Vectors) -> Result<(), String> {
@@ -1193,7 +1550,9 @@ fn changed_values_are_detected() {
         .filter(|(_, val)| matches!(val, Val::Bytes(_) | Val::Text(_)))
         .map(|(k, _)| k.clone())
         .filter(|k| {
-            !k.ends_with("_secret") && !k.starts_with("c2s_data") && !k.starts_with("s2c_data")
+            (!k.ends_with("_secret") || k.ends_with("reset_secret"))
+                && !k.starts_with("c2s_data")
+                && !k.starts_with("s2c_data")
         })
         .filter(|k| !k.ends_with("_challenge"))
         .collect();
@@ -1266,15 +1625,31 @@ fn generator_inputs() -> Vectors {
     i("t_server_send_2", s0 + 520_000);
     i("t_client_lost", 2_000_000);
     i("t_server_lost", s0 + 1_000_000);
-    i("t_client_resume", 3_000_000);
-    i("t_server_resume", s0 + 2_020_000);
-    i("t_client_resumed", 3_040_000);
-    i("t_server_resumed", s0 + 2_060_000);
-    i("t_server_replay", s0 + 2_100_000);
+    // The client sleeps: from here on its clock is 90 s further behind.
+    i("t_client_resume_stale", 3_000_000);
+    i("t_server_stale", s0 + 92_020_000);
+    i("t_client_stale", 3_040_000);
+    i("t_client_resume", 3_060_000);
+    i("t_server_resume", s0 + 92_080_000);
+    i("t_client_resumed", 3_100_000);
+    i("t_server_resumed", s0 + 92_140_000);
+    i("t_server_replay", s0 + 92_160_000);
+    i("t_client_abort", 3_200_000);
+    i("t_server_abort", s0 + 92_220_000);
+    i("t_client_abort_done", 3_240_000);
+    // Config::default()
+    i("resume_timeout", 600_000_000);
+    i("resume_window", 60_000_000);
+    i("abort_code", 0x100);
     i("keystream_boundary_offset", (1 << 32) - 8);
     i("pinned_server_conn_id", 0xfedc_ba98_7654_3210);
     i("pinned_t_server_hello", s0);
     i("pinned_t_client", 7_000_000);
+    i("pinned_t_client_lost", 8_000_000);
+    i("pinned_t_client_forged", 9_000_000);
+    i("pinned_t_client_resume", 10_000_000);
+    i("pinned_t_server_restarted", s0 + 3_020_000);
+    i("pinned_t_client_unknown", 10_040_000);
     for (name, s) in spec::CONTEXTS {
         v.map
             .insert(format!("context.{name}"), Val::Text(s.to_string()));
@@ -1284,6 +1659,7 @@ fn generator_inputs() -> Vectors {
         ("s2c_data_1", "hello client"),
         ("c2s_data_2", "lost in transit"),
         ("s2c_data_2", "server bytes lost too"),
+        ("pinned_c2s_data", "PAY 100 EUR TO BOB"),
     ] {
         v.map.insert(name.into(), Val::Text(s.into()));
     }
@@ -1342,6 +1718,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
         &[
             "context.HANDSHAKE",
             "context.CONN_ID_MASK",
+            "context.RESET_SECRET",
             "context.SERVER_CONFIRM",
             "context.CLIENT_CONFIRM",
             "context.MASTER",
@@ -1377,11 +1754,22 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "t_server_send_2",
             "t_client_lost",
             "t_server_lost",
+            "t_client_resume_stale",
+            "t_server_stale",
+            "t_client_stale",
             "t_client_resume",
             "t_server_resume",
             "t_client_resumed",
             "t_server_resumed",
             "t_server_replay",
+            "t_client_abort",
+            "t_server_abort",
+            "t_client_abort_done",
+            "# Config::default() values the messages carry or depend on (µs)",
+            "resume_timeout",
+            "resume_window",
+            "# the code of the client's ABORT (the first application-defined code)",
+            "abort_code",
         ],
     ),
     (
@@ -1393,7 +1781,9 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "ee",
             "th1",
             "prk",
-            "conn_id_mask",
+            "mask",
+            "# no static key: the reset token is zero",
+            "reset_token",
             "th2",
             "server_confirm_key",
             "server_confirm",
@@ -1428,16 +1818,22 @@ const SECTIONS: &[(&str, &[&str])] = &[
     (
         "10.6 Resume",
         &[
+            "# first attempt, counter 1: Stale",
+            "resume_request_stale",
+            "resume_reject_stale",
+            "# second attempt, counter 2: accepted; generation 2",
             "resume_request",
             "resume_response",
             "s2c_resume_frame_0",
             "c2s_resume_frame_0",
             "c2s_resume_frame_1",
+            "# the accepted request replayed on another transport",
             "resume_reject_replayed",
         ],
     ),
+    ("10.7 Abort", &["c2s_abort_frame", "s2c_abort_frame"]),
     (
-        "10.7 Pinned handshake",
+        "10.8 Pinned handshake",
         &[
             "pinned_server_static_secret",
             "pinned_client_ephemeral_secret",
@@ -1447,6 +1843,8 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "pinned_t_client",
             "pinned_t_server_hello",
             "pinned_server_static_public",
+            "pinned_reset_secret",
+            "pinned_reset_token",
             "pinned_client_ephemeral_public",
             "pinned_client_hello",
             "pinned_server_ephemeral_public",
@@ -1454,7 +1852,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "pinned_es",
             "pinned_th1",
             "pinned_prk",
-            "pinned_conn_id_mask",
+            "pinned_mask",
             "pinned_th2",
             "pinned_server_confirm_key",
             "pinned_server_confirm",
@@ -1468,6 +1866,21 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "pinned_s2c_enc_key",
             "pinned_s2c_mac_key",
             "pinned_resume_key",
+        ],
+    ),
+    (
+        "10.9 Reset token",
+        &[
+            "pinned_c2s_data",
+            "pinned_c2s_frame_0",
+            "pinned_t_client_lost",
+            "pinned_t_client_forged",
+            "pinned_t_client_resume",
+            "pinned_t_server_restarted",
+            "pinned_t_client_unknown",
+            "# counter 2 (counter 1 was answered by the forger)",
+            "pinned_resume_request",
+            "resume_reject_unknown",
         ],
     ),
 ];

@@ -13,7 +13,8 @@ use relink::wire::{
     RESUME_RESPONSE_LEN, SERVER_HELLO_LEN, VERSION,
 };
 use relink::{
-    Client, CloseReason, Config, Duration, Error, Event, Instant, ServerEvent, TransportId,
+    ByteRange, Client, CloseReason, Config, Duration, Error, Event, Instant, Server, ServerEvent,
+    StaticKeypair, TransportId,
 };
 use support_d::*;
 
@@ -47,6 +48,15 @@ fn more_data(sim: &mut Sim, bytes: u64) {
     let (up, down) = (sim.up.total + bytes, sim.down.total + bytes);
     sim.set_totals(up, down);
     sim.run(1_000_000, |s| assert!(!s.ended, "{:?}", s.tail_events()));
+}
+
+/// The "unknown session" answer: `01 02 || token` (18 bytes).
+fn unknown_answer(token: [u8; 16]) -> Vec<u8> {
+    [
+        &[VERSION, ResumeStatus::UnknownSession.to_byte()][..],
+        &token,
+    ]
+    .concat()
 }
 
 fn rejection(status: ResumeStatus) -> Result<usize, Error> {
@@ -214,8 +224,9 @@ fn resume_with_wrong_mac_is_rejected_and_session_continues() {
 }
 
 /// Criterion 5: a resume request for a connection id the server does not
-/// know gets an unauthenticated `UnknownSession` rejection and touches no
-/// session; the real one carries on.
+/// know gets an unauthenticated `UnknownSession` rejection (18 bytes: the
+/// status and the reset token of the id, zero here: no static key) and
+/// touches no session; the real one carries on.
 #[test]
 fn resume_with_unknown_connection_id_is_rejected() {
     let mut sim = Sim::default_sim(0xC0DE);
@@ -235,7 +246,8 @@ fn resume_with_unknown_connection_id_is_rejected() {
         };
         let (r, reply, _) = attacker_send(&mut sim, &req.encode());
         assert_eq!(r, rejection(ResumeStatus::UnknownSession));
-        assert_eq!(reply, vec![VERSION, ResumeStatus::UnknownSession.to_byte()]);
+        // `01 02 || reset_token(conn_id)`: all zero without a static key.
+        assert_eq!(reply, unknown_answer([0; 16]));
     }
     assert_eq!(sim.server.session_count(), 1);
     assert_eq!(sim.server.session_of(sim.tid.expect("t")), Some(sid));
@@ -458,23 +470,36 @@ fn second_session(sim: &mut Sim) -> (Client<chacha20::ChaCha20Rng>, TransportId)
 /// (possibly after retrying on fresh transports, which a client that does
 /// not trust an unauthenticated answer at once may do).
 fn resume_until_unknown(sim: &mut Sim) {
-    let attempts = sim.ccfg.max_resume_attempts;
-    for _ in 0..attempts {
+    // Anonymous mode (no static key): the answer carries the all-zero
+    // token and nothing authenticates it, so the client believes only
+    // `max_unauthenticated_rejections` of them in a row.
+    assert!(sim.ccfg.pinned_server_key.is_none());
+    let attempts = sim.ccfg.max_unauthenticated_rejections;
+    let conn_id = sim.client.conn_id().expect("conn id");
+    let written = sim.client.bytes_written();
+    let acked = written - sim.client.unacked() as u64;
+    for i in 1..=attempts {
+        assert!(!sim.client.is_closed(), "closed after {} answers", i - 1);
         sim.open();
         sim.transmit();
+        assert_eq!(
+            u64::from_le_bytes(sim.c2s.pending()[2..10].try_into().unwrap()),
+            conn_id
+        );
         sim.deliver_c2s(usize::MAX);
         sim.transmit();
-        assert_eq!(
-            sim.s2c.pending(),
-            &[VERSION, ResumeStatus::UnknownSession.to_byte()]
-        );
+        assert_eq!(sim.s2c.pending(), &unknown_answer([0; 16])[..]);
         sim.deliver_s2c(usize::MAX);
         sim.brk();
-        if sim.client.is_closed() {
-            break;
-        }
     }
     assert_eq!(sim.client.close_reason(), Some(CloseReason::SessionUnknown));
+    assert_eq!(
+        sim.client.in_doubt(),
+        Some(ByteRange {
+            start: acked,
+            end: written
+        })
+    );
     assert!(sim.cev.contains(&Event::Closed {
         reason: CloseReason::SessionUnknown
     }));
@@ -604,4 +629,422 @@ fn irreconcilable_resume_kills_the_session_on_both_sides() {
     // Nothing left to expire later either.
     assert_eq!(sim.server.poll_timeout(), None);
     resume_until_unknown(&mut sim);
+}
+
+// ---------------------------------------------------------------------------
+// Reset tokens: "unknown session" answers with a pinned server key (issue 9)
+
+/// The server's static secret in the pinned tests.
+const SERVER_SECRET: [u8; 32] = [0x5A; 32];
+
+/// Client pinning the key of [`SERVER_SECRET`], server holding it. The
+/// client's retry limits are set as low as they go: in pinned mode no
+/// unauthenticated answer may count toward them.
+fn pinned_configs() -> (Config, Config) {
+    let kp = StaticKeypair::from_secret_bytes(SERVER_SECRET);
+    let ccfg = Config {
+        pinned_server_key: Some(kp.public_key()),
+        max_resume_attempts: 1,
+        max_unauthenticated_rejections: 1,
+        max_auth_failures: 1,
+        ..Config::default()
+    };
+    let scfg = Config {
+        server_static: Some(kp),
+        ..Config::default()
+    };
+    (ccfg, scfg)
+}
+
+/// The reset token of `conn_id` under the server secret `sk`, computed
+/// here from the spec (PROTOCOL.md 3.6), not by the crate:
+/// `MAC16(derive_key("relink v1 2026-11 reset secret", sk), LE64(conn_id))`.
+fn spec_reset_token(sk: &[u8; 32], conn_id: u64) -> [u8; 16] {
+    let secret = blake3::derive_key("relink v1 2026-11 reset secret", sk);
+    let mut t = [0u8; 16];
+    t.copy_from_slice(&blake3::keyed_hash(&secret, &conn_id.to_le_bytes()).as_bytes()[..16]);
+    t
+}
+
+/// A pinned session with data in flight both ways, then cut; the client
+/// application wrote more while detached, so bytes are in doubt. Returns
+/// the sim and the session.
+fn pinned_cut_session(seed: u64) -> (Sim, relink::SessionId) {
+    let (ccfg, scfg) = pinned_configs();
+    let mut sim = Sim::new(seed, ccfg, scfg);
+    sim.max_write = 2000;
+    sim.max_chunk = 1500;
+    sim.set_totals(200_000, 200_000);
+    let sid = sim.handshake();
+    for _ in 0..40 {
+        sim.step();
+    }
+    sim.transmit();
+    sim.cut();
+    sim.app_send();
+    sim.drain_events();
+    assert!(!sim.client.is_closed());
+    assert!(
+        sim.client.unacked() > 0,
+        "bytes in doubt needed: {}",
+        sim.client.bytes_written()
+    );
+    (sim, sid)
+}
+
+/// The client's in-doubt range as it stands: `[acked, written)`.
+fn doubt_now(client: &Client<chacha20::ChaCha20Rng>) -> ByteRange {
+    let written = client.bytes_written();
+    ByteRange {
+        start: written - client.unacked() as u64,
+        end: written,
+    }
+}
+
+/// One resume attempt against whatever server `sim.server` now is; its
+/// answer goes to the client. Checks the answer is the 18-byte
+/// `UnknownSession` with the spec's token for the client's connection id.
+fn resume_gets_genuine_unknown(sim: &mut Sim) {
+    let conn_id = sim.client.conn_id().expect("conn id");
+    sim.open();
+    sim.transmit();
+    assert_eq!(sim.c2s.pending().len(), RESUME_REQUEST_LEN);
+    sim.deliver_c2s(usize::MAX);
+    sim.transmit();
+    assert_eq!(
+        sim.s2c.pending(),
+        &unknown_answer(spec_reset_token(&SERVER_SECRET, conn_id))[..],
+        "the answer carries the session's reset token"
+    );
+    let r = sim.client.handle_input(sim.now, sim.s2c.pending());
+    assert_eq!(r, rejection(ResumeStatus::UnknownSession));
+    sim.drain_events();
+}
+
+/// The client ended the session at once with `SessionUnknown`: one
+/// `Closed` event (no TransportLost before it), the in-doubt range is
+/// exactly what was written and not acknowledged, and nothing is ever
+/// resent: no new transport, no send, nothing to transmit.
+fn assert_ended_unknown(sim: &mut Sim, doubt: ByteRange, cev_before: usize) {
+    assert_eq!(sim.client.close_reason(), Some(CloseReason::SessionUnknown));
+    assert_eq!(
+        &sim.cev[cev_before..],
+        &[Event::Closed {
+            reason: CloseReason::SessionUnknown
+        }]
+    );
+    assert_eq!(sim.client.in_doubt(), Some(doubt));
+    assert!(!doubt.is_empty(), "{doubt:?}");
+    assert_eq!(sim.client.give_up_at(), None);
+    let mut buf = vec![0u8; 64 * 1024];
+    assert_eq!(sim.client.poll_transmit(sim.now, &mut buf), Ok(0));
+    assert_eq!(sim.client.send(b"again"), Err(Error::Closed));
+    sim.brk();
+    assert_eq!(sim.client.new_transport(sim.now), Err(Error::Closed));
+}
+
+/// Issue 9, pinned mode: the server restarted (a fresh `Server` with the
+/// same static key). It does not know the session but proves it with the
+/// session's reset token; the client ends the session at the first such
+/// answer with `SessionUnknown` and reports `[acked, written)` in doubt.
+/// The restarted server registers nothing and reports nothing.
+#[test]
+fn pinned_client_ends_at_once_when_the_restarted_server_proves_unknown_session() {
+    let (mut sim, _) = pinned_cut_session(0x7E5E7);
+    let doubt = doubt_now(&sim.client);
+    sim.server = Server::new(sim.scfg.clone(), rng(0x7E5E7 ^ 0xFFFF));
+    sim.sid = None;
+    let (cev, sev) = (sim.cev.len(), sim.sev.len());
+    resume_gets_genuine_unknown(&mut sim);
+    assert_ended_unknown(&mut sim, doubt, cev);
+    assert_eq!(sim.server.session_count(), 0);
+    assert!(
+        !sim.sev[sev..].iter().any(|e| matches!(
+            e,
+            ServerEvent::HandshakeDone { .. } | ServerEvent::Resumed { .. }
+        )),
+        "{:?}",
+        &sim.sev[sev..]
+    );
+}
+
+/// Issue 9, pinned mode: the session expired on the server (the client
+/// was away longer than `resume_timeout`, but not yet past its own
+/// `give_up_at`). The first resume gets the genuine token and ends the
+/// session at once with `SessionUnknown` and the in-doubt range.
+#[test]
+fn pinned_client_ends_at_once_when_its_expired_session_is_unknown() {
+    let (mut sim, sid) = pinned_cut_session(0xE4B1);
+    let doubt = doubt_now(&sim.client);
+    let give_up = sim.client.give_up_at().expect("detached");
+    let expiry = sim.now.saturating_add(sim.scfg.resume_timeout);
+    assert!(expiry < give_up, "the client still tries after the expiry");
+    sim.now = expiry;
+    sim.server.handle_timeout(sim.now);
+    sim.drain_events();
+    assert!(sim
+        .sev
+        .contains(&ServerEvent::SessionExpired { session: sid }));
+    // (Bytes its application has not read yet stay readable there; the
+    // session can no longer be resumed.)
+    sim.client.handle_timeout(sim.now);
+    assert!(!sim.client.is_closed());
+    let cev = sim.cev.len();
+    resume_gets_genuine_unknown(&mut sim);
+    assert_ended_unknown(&mut sim, doubt, cev);
+}
+
+/// The forged or corrupted answers of the pinned tests.
+#[derive(Clone, Copy, Debug)]
+enum Forged {
+    /// `01 02` and 16 random bytes.
+    UnknownRandomToken,
+    /// `01 02`, then the transport ends (EOF).
+    UnknownCutShort,
+    /// `01 01`.
+    UnsupportedVersion,
+    /// `01 07`.
+    Malformed,
+    /// `01 03`.
+    AuthFailedStatus,
+    /// `01 02` and the session's genuine token with one bit flipped.
+    UnknownFlippedToken,
+    /// An Ok response (50 bytes) whose MAC does not verify.
+    OkBadMac,
+    /// Authenticated rejections (Replayed, Stale, DataUnavailable: 26
+    /// bytes) whose MAC does not verify.
+    AuthenticatedBadMac(ResumeStatus),
+    /// A real relink server with another static key: it does not know the
+    /// session and answers with its own token for the id.
+    OtherServer,
+}
+
+/// Pinned mode: forged or corrupted answers to resume attempts, 50 of
+/// each kind in a row (450 in all, with `max_resume_attempts` and
+/// `max_unauthenticated_rejections` at 1 and `max_auth_failures` at 1),
+/// never end the session, never move its `give_up_at` deadline, never
+/// deliver a byte; each costs exactly its transport. A later genuine
+/// resume succeeds and both streams complete byte-exact.
+#[test]
+fn pinned_client_survives_any_number_of_forged_answers() {
+    let (mut sim, sid) = pinned_cut_session(0xF0463D);
+    let conn_id = sim.client.conn_id().expect("conn id");
+    let genuine = spec_reset_token(&SERVER_SECRET, conn_id);
+    let give_up = sim.client.give_up_at().expect("detached");
+    let doubt = doubt_now(&sim.client);
+    // Verified before the cut, not yet read by the application.
+    let readable = sim.client.readable();
+    let mut other = Server::new(
+        Config {
+            server_static: Some(StaticKeypair::from_secret_bytes([0x77; 32])),
+            ..Config::default()
+        },
+        rng(0x07E4),
+    );
+    let mut rnd = rng(0xF0463D);
+    let mut random = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| between(&mut rnd, 0, 255) as u8)
+            .collect::<Vec<u8>>()
+    };
+    let kinds = [
+        Forged::UnknownRandomToken,
+        Forged::UnknownCutShort,
+        Forged::UnsupportedVersion,
+        Forged::Malformed,
+        Forged::AuthFailedStatus,
+        Forged::UnknownFlippedToken,
+        Forged::OkBadMac,
+        Forged::AuthenticatedBadMac(ResumeStatus::Replayed),
+        Forged::AuthenticatedBadMac(ResumeStatus::Stale),
+        Forged::AuthenticatedBadMac(ResumeStatus::DataUnavailable),
+        Forged::OtherServer,
+    ];
+    let status = |s: ResumeStatus| vec![VERSION, s.to_byte()];
+    let mut buf = vec![0u8; 64 * 1024];
+    for kind in kinds {
+        for i in 0..50usize {
+            let what = format!("{kind:?} #{i}");
+            sim.now = sim.now.saturating_add(Duration::from_millis(50));
+            sim.client.new_transport(sim.now).expect(&what);
+            let n = sim.client.poll_transmit(sim.now, &mut buf).expect(&what);
+            assert_eq!(n, RESUME_REQUEST_LEN, "{what}");
+            let request = buf[..n].to_vec();
+            assert_eq!(
+                u64::from_le_bytes(request[2..10].try_into().unwrap()),
+                conn_id
+            );
+            // The answer and the client's expected verdict (None: the
+            // answer is incomplete, the transport then ends).
+            let (answer, verdict) = match kind {
+                Forged::UnknownRandomToken => (
+                    [status(ResumeStatus::UnknownSession), random(16)].concat(),
+                    Some(rejection(ResumeStatus::UnknownSession)),
+                ),
+                Forged::UnknownCutShort => (status(ResumeStatus::UnknownSession), None),
+                Forged::UnsupportedVersion => (
+                    status(ResumeStatus::UnsupportedVersion),
+                    Some(rejection(ResumeStatus::UnsupportedVersion)),
+                ),
+                Forged::Malformed => (
+                    status(ResumeStatus::Malformed),
+                    Some(rejection(ResumeStatus::Malformed)),
+                ),
+                Forged::AuthFailedStatus => (
+                    status(ResumeStatus::AuthFailed),
+                    Some(rejection(ResumeStatus::AuthFailed)),
+                ),
+                Forged::UnknownFlippedToken => {
+                    let mut t = genuine;
+                    t[(i / 8) % 16] ^= 1 << (i % 8);
+                    (
+                        unknown_answer(t),
+                        Some(rejection(ResumeStatus::UnknownSession)),
+                    )
+                }
+                Forged::OkBadMac => (
+                    [status(ResumeStatus::Ok), random(RESUME_RESPONSE_LEN - 2)].concat(),
+                    Some(Err(Error::AuthFailed)),
+                ),
+                Forged::AuthenticatedBadMac(s) => (
+                    [status(s), random(REJECT_AUTH_LEN - 2)].concat(),
+                    Some(Err(Error::AuthFailed)),
+                ),
+                Forged::OtherServer => {
+                    let t = other.accept(sim.now).expect("accept");
+                    assert_eq!(
+                        other.handle_input(t, sim.now, &request),
+                        rejection(ResumeStatus::UnknownSession),
+                        "{what}"
+                    );
+                    let n = other.poll_transmit(t, sim.now, &mut buf).expect("tx");
+                    let answer = buf[..n].to_vec();
+                    other.transport_lost(t, sim.now);
+                    while other.poll_event().is_some() {}
+                    assert_eq!(
+                        answer,
+                        unknown_answer(spec_reset_token(&[0x77; 32], conn_id)),
+                        "{what}"
+                    );
+                    (answer, Some(rejection(ResumeStatus::UnknownSession)))
+                }
+            };
+            let r = sim.client.handle_input(sim.now, &answer);
+            let events: Vec<Event> = std::iter::from_fn(|| sim.client.poll_event()).collect();
+            match verdict {
+                None => {
+                    assert_eq!(r, Ok(answer.len()), "{what}");
+                    assert!(events.is_empty(), "{what}: {events:?}");
+                    assert!(!sim.client.transport_ended(), "{what}");
+                }
+                Some(v) => {
+                    assert_eq!(r, v, "{what}");
+                    let e = v.unwrap_err();
+                    let mut want = vec![Event::TransportLost { error: Some(e) }];
+                    if matches!(
+                        e,
+                        Error::AuthFailed | Error::ResumeRejected(ResumeStatus::AuthFailed)
+                    ) {
+                        want.insert(0, Event::AuthFailed { reason: e });
+                    }
+                    assert_eq!(events, want, "{what}");
+                    assert!(sim.client.transport_ended(), "{what}");
+                }
+            }
+            assert_eq!(sim.client.close_reason(), None, "{what}");
+            assert_eq!(sim.client.in_doubt(), None, "{what}");
+            assert!(!sim.client.is_connected(), "{what}");
+            assert_eq!(sim.client.readable(), readable, "{what}");
+            sim.client.transport_lost(sim.now);
+            assert_eq!(sim.client.give_up_at(), Some(give_up), "{what}");
+        }
+    }
+    assert!(sim.now < give_up);
+    // Nothing was acknowledged meanwhile.
+    assert_eq!(doubt_now(&sim.client), doubt);
+    // The genuine server still holds the session: the next resume
+    // succeeds and both streams complete byte-exact.
+    assert!(sim.server.has_session(sid));
+    let resumes = sim.stats.server_resumes;
+    sim.open();
+    sim.finish_resume();
+    assert_eq!(sim.stats.server_resumes, resumes + 1);
+    sim.run(1_000_000, |s| assert!(!s.ended, "{:?}", s.tail_events()));
+    assert!(sim.up.done() && sim.down.done());
+    assert_eq!(sim.client.close_reason(), None);
+}
+
+/// Anonymous mode (nothing authenticates the server): forged
+/// `UnknownSession` answers (`01 02` and any 16 bytes) end the session
+/// after `max_unauthenticated_rejections` of them in a row, with
+/// `SessionUnknown` and the in-doubt range; fewer in a row, then a
+/// genuine resume, start the count again.
+#[test]
+fn anonymous_client_gives_up_after_max_unauthenticated_unknown_session_answers() {
+    let ccfg = Config {
+        max_unauthenticated_rejections: 4,
+        ..Config::default()
+    };
+    let max = ccfg.max_unauthenticated_rejections;
+    let mut sim = Sim::new(0xA404, ccfg, Config::default());
+    sim.max_write = 2000;
+    sim.max_chunk = 1500;
+    sim.set_totals(200_000, 200_000);
+    let sid = sim.handshake();
+    for _ in 0..40 {
+        sim.step();
+    }
+    let mut rnd = rng(0xA404);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut forge = |sim: &mut Sim, what: &str| {
+        sim.now = sim.now.saturating_add(Duration::from_millis(50));
+        sim.client.new_transport(sim.now).expect(what);
+        let n = sim.client.poll_transmit(sim.now, &mut buf).expect(what);
+        assert_eq!(n, RESUME_REQUEST_LEN, "{what}");
+        let token: Vec<u8> = (0..16).map(|_| between(&mut rnd, 0, 255) as u8).collect();
+        let answer = unknown_answer(token.try_into().unwrap());
+        assert_eq!(
+            sim.client.handle_input(sim.now, &answer),
+            rejection(ResumeStatus::UnknownSession),
+            "{what}"
+        );
+        sim.drain_events();
+        sim.client.transport_lost(sim.now);
+    };
+    // Round 1: one short of the limit, then a genuine resume.
+    sim.transmit();
+    sim.cut();
+    for i in 1..max {
+        let cev = sim.cev.len();
+        forge(&mut sim, &format!("round 1 #{i}"));
+        assert_eq!(
+            &sim.cev[cev..],
+            &[Event::TransportLost {
+                error: Some(Error::ResumeRejected(ResumeStatus::UnknownSession))
+            }]
+        );
+        assert!(!sim.client.is_closed());
+    }
+    sim.open();
+    sim.finish_resume();
+    for _ in 0..40 {
+        sim.step();
+    }
+    // Round 2: the count started again; the limit-th in a row ends it.
+    sim.transmit();
+    sim.cut();
+    sim.app_send();
+    sim.drain_events();
+    let doubt = doubt_now(&sim.client);
+    assert!(!doubt.is_empty(), "bytes in doubt needed");
+    for i in 1..max {
+        forge(&mut sim, &format!("round 2 #{i}"));
+        assert!(!sim.client.is_closed(), "round 2 #{i}");
+    }
+    let cev = sim.cev.len();
+    forge(&mut sim, "round 2, last");
+    assert_ended_unknown(&mut sim, doubt, cev);
+    // The server still held it: an active attacker can end an anonymous
+    // session (PROTOCOL.md 9), but no byte is duplicated or resent.
+    assert!(sim.server.has_session(sid));
 }
