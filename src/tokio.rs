@@ -1380,15 +1380,21 @@ where
     let shared = shared.clone();
     ::tokio::spawn(async move {
         let mut io = TransportIo::new(transport);
-        poll_fn(|cx| server_transport_poll(&shared, tid, &mut io, cx)).await;
+        let mut linger = None;
+        poll_fn(|cx| server_transport_poll(&shared, tid, &mut io, &mut linger, cx)).await;
     });
     Ok(())
 }
+
+/// How long a transport that is over waits for its last answer (a
+/// rejection, DataUnavailable) to be written when the socket is full.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn server_transport_poll<T: AsyncRead + AsyncWrite + Unpin>(
     shared: &Mutex<ServerShared>,
     tid: TransportId,
     io: &mut TransportIo<T>,
+    linger: &mut Option<Pin<Box<Sleep>>>,
     cx: &mut Context<'_>,
 ) -> Poll<()> {
     let mut guard = lock(shared);
@@ -1434,6 +1440,15 @@ fn server_transport_poll<T: AsyncRead + AsyncWrite + Unpin>(
         // closed once everything queued for it (a rejection, a last answer)
         // was written, or writing blocks.
         let ended = st.core.transport_ended(tid);
+        // An answer still being written when the socket is full: wait for
+        // the socket (its waker is registered) up to LINGER.
+        let lingering = (ended || io.eof) && io.output_pending() && io.write_blocked && {
+            let sleep = linger.get_or_insert_with(|| Box::pin(::tokio::time::sleep(LINGER)));
+            sleep.as_mut().poll(cx).is_pending()
+        };
+        if lingering && io.lost.is_none() {
+            return Poll::Pending;
+        }
         if io.lost.is_some() || ((ended || io.eof) && (!io.output_pending() || io.write_blocked)) {
             if (io.lost.is_some() || io.eof) && !ended {
                 st.stats.lost_io += 1;

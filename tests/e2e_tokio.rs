@@ -555,3 +555,40 @@ async fn a_long_outage_does_not_make_the_client_give_up_by_count() {
     assert!(stats.connect_failures > 3, "{stats:?}");
     assert!(stats.resumes >= 1, "{stats:?}");
 }
+
+/// Every answer the core queued is written before the transport closes,
+/// also when the client already half-closed after its request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_reaches_a_half_closed_client_before_eof() {
+    use relink::wire::{self, ResumeRequest, VERSION};
+    let server = Server::bind("127.0.0.1:0", fast_config()).await.unwrap();
+    let addr = server.local_addr().unwrap();
+    for half_close in [false, true] {
+        let req = ResumeRequest {
+            version: VERSION,
+            conn_id: 42,
+            counter: 1,
+            client_written: 0,
+            client_read: 0,
+            time: 0,
+            mac: [1; wire::TAG_LEN],
+        }
+        .encode();
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(&req).await.unwrap();
+        if half_close {
+            s.shutdown().await.unwrap();
+        }
+        let mut got = Vec::new();
+        tokio::time::timeout(StdDuration::from_secs(3), s.read_to_end(&mut got))
+            .await
+            .expect("no EOF within 3 s")
+            .unwrap();
+        assert!(got.len() >= 2, "no answer (half_close {half_close})");
+        assert_eq!(
+            relink::ResumeStatus::from_byte(got[1]),
+            Ok(relink::ResumeStatus::UnknownSession)
+        );
+        assert_eq!(Ok(got.len()), wire::resume_response_len(got[0], got[1]));
+    }
+}
