@@ -184,3 +184,66 @@ fn a_target_reset_reaches_the_tunnel_client_as_a_reset() {
         ),
     }
 }
+
+#[test]
+fn a_local_client_reset_reaches_the_target_as_a_reset() {
+    // A service that reports how its connection ended.
+    let service = TcpListener::bind("127.0.0.1:0").unwrap();
+    let service_addr = service.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let Ok((mut c, _)) = service.accept() else {
+            return;
+        };
+        c.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+        let mut buf = [0u8; 4096];
+        let mut got = 0usize;
+        let end = loop {
+            match c.read(&mut buf) {
+                Ok(0) => break Ok(got),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => break Err(e.kind()),
+            }
+        };
+        let _ = tx.send(end);
+    });
+    let mut cmd = relink();
+    cmd.args([
+        "--idle-ms",
+        "3000",
+        "serve-forward",
+        "127.0.0.1:0",
+        &service_addr.to_string(),
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null());
+    let (_server, server_addr, _slog) = spawn_listening("serve-forward", cmd);
+    let mut cmd = relink();
+    cmd.args([
+        "--idle-ms",
+        "3000",
+        "forward",
+        "127.0.0.1:0",
+        &server_addr.to_string(),
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null());
+    let (_client, local, _flog) = spawn_listening("forward", cmd);
+
+    let mut conn = TcpStream::connect(local).unwrap();
+    conn.write_all(&[b'q'; 10_000]).unwrap();
+    thread::sleep(Duration::from_millis(300));
+    socket2::SockRef::from(&conn)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(conn); // RST
+    let end = rx
+        .recv_timeout(Duration::from_secs(9))
+        .expect("the service saw nothing");
+    assert_eq!(
+        end,
+        Err(ErrorKind::ConnectionReset),
+        "the service saw {end:?}, not a reset"
+    );
+}
