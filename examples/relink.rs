@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 use relink::blocking::{
-    splice, AbortHandle, ClientBuilder, ListenerBuilder, Progress, ServerStream,
+    close_reason_text, splice, AbortHandle, ClientBuilder, ListenerBuilder, Progress, ServerStream,
 };
 use relink::{AbortCode, Backoff, Config, Duration, Event, ServerEvent, StaticKeypair};
 
@@ -282,11 +282,12 @@ fn logger(verbose: bool) -> impl Fn(&Progress) + Send + Sync + 'static {
             Progress::Client(Event::ResendRange { start, end }) => {
                 eprintln!("relink: resending [{start}, {end}) ({} bytes)", end - start)
             }
-            Progress::Client(Event::TransportLost { error }) => {
-                eprintln!("relink: transport lost: {error:?}")
-            }
+            Progress::Client(Event::TransportLost { error }) => match error {
+                Some(e) => eprintln!("relink: transport lost: {e}"),
+                None => eprintln!("relink: transport lost"),
+            },
             Progress::Client(Event::Closed { reason }) => {
-                eprintln!("relink: session closed: {reason:?}")
+                eprintln!("relink: session closed: {}", close_reason_text(reason))
             }
             Progress::Server(ServerEvent::HandshakeDone { session, .. }) => {
                 eprintln!("relink: new session {}", session.0)
@@ -306,9 +307,11 @@ fn logger(verbose: bool) -> impl Fn(&Progress) + Send + Sync + 'static {
             Progress::Server(ServerEvent::CloseTransport { error: Some(e), .. }) => {
                 eprintln!("relink: transport closed: {e}")
             }
-            Progress::Server(ServerEvent::Closed { session, reason }) => {
-                eprintln!("relink: session {} closed: {reason:?}", session.0)
-            }
+            Progress::Server(ServerEvent::Closed { session, reason }) => eprintln!(
+                "relink: session {} closed: {}",
+                session.0,
+                close_reason_text(reason)
+            ),
             Progress::Server(ServerEvent::SessionExpired { session }) => {
                 eprintln!("relink: session {} expired", session.0)
             }

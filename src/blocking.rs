@@ -1016,10 +1016,12 @@ where
                 st.done = true;
                 return;
             }
-            if st.client.new_transport(now).is_err() {
-                st.drain();
+            if let Err(e) = st.client.new_transport(now) {
+                st.drain(); // sets `fatal` when the core closed the session
+                let reason = st.client.close_reason().unwrap_or(CloseReason::Error(e));
+                let in_doubt = st.client.in_doubt();
                 st.fatal
-                    .get_or_insert(SessionError::Closed(CloseReason::TooManyFailures));
+                    .get_or_insert(SessionError::Ended { reason, in_doubt });
                 st.done = true;
                 drop(st);
                 let _ = t.shutdown();
