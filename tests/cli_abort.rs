@@ -247,3 +247,48 @@ fn a_local_client_reset_reaches_the_target_as_a_reset() {
         "the service saw {end:?}, not a reset"
     );
 }
+
+#[test]
+fn sigterm_on_listen_ends_connect_at_once_with_stdin_still_open() {
+    let mut cmd = relink();
+    cmd.args(["--idle-ms", "3000", "listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    let (mut listen, addr, _llog) = spawn_listening("listen", cmd);
+    let mut out = listen.0.stdout.take().unwrap();
+    let mut connect = Proc(
+        relink()
+            .args(["--idle-ms", "3000", "connect", &addr.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let clog = Log::collect("connect", connect.0.stderr.take().unwrap());
+    let mut stdin = connect.0.stdin.take().unwrap(); // stays open
+    stdin.write_all(b"ping\n").unwrap();
+    let mut got = [0u8; 5];
+    out.read_exact(&mut got).unwrap();
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &listen.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = wait_exit(&mut connect, Duration::from_secs(3)).unwrap_or_else(|| {
+        panic!(
+            "connect still runs 3 s after the server was terminated; its log:\n{}",
+            clog.text()
+        )
+    });
+    assert!(!status.success(), "connect exited {status}");
+    let err = clog.text();
+    assert!(
+        err.contains("aborted by the peer") && err.contains("interrupted"),
+        "connect's message does not name the abort: {err}"
+    );
+    let lstatus = wait_exit(&mut listen, Duration::from_secs(2)).expect("listen still runs");
+    assert!(!lstatus.success());
+    drop(stdin);
+}
