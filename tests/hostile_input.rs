@@ -25,11 +25,11 @@ mod support_c;
 use common::{pattern, pump_client_to_server, pump_server_to_client, rng, Flow, Pair};
 use proptest::prelude::*;
 use relink::wire::{
-    CLIENT_CONFIRM_LEN, CLIENT_HELLO_LEN, FRAME_OVERHEAD, MAX_FRAME_PAYLOAD, RESUME_REQUEST_LEN,
-    RESUME_RESPONSE_LEN, SERVER_HELLO_LEN, TAG_NEW, TAG_RESUME, VERSION,
+    CLIENT_CONFIRM_LEN, CLIENT_HELLO_LEN, FRAME_OVERHEAD, MAX_FRAME_PAYLOAD, REJECT_TOKEN_LEN,
+    RESUME_REQUEST_LEN, RESUME_RESPONSE_LEN, SERVER_HELLO_LEN, TAG_NEW, TAG_RESUME, VERSION,
 };
 use relink::{
-    Client, CloseReason, Config, Duration, Error, Event, HandshakeStatus, Instant, ProtocolError,
+    Client, CloseReason, Config, Error, Event, HandshakeStatus, Instant, ProtocolError,
     ResumeStatus, Server, ServerEvent, StaticKeypair,
 };
 use support_c::*;
@@ -363,11 +363,14 @@ fn client_confirm_cut_short_leaves_an_unconfirmed_session() {
 /// A session whose ClientConfirm never came (cut, or the client vanished
 /// before sending it) is registered but unconfirmed: it counts against
 /// `max_sessions` at every moment (issue 9, section 5: the cap holds even
-/// while handshakes are half done), it is never reported, and it expires
-/// silently `resume_timeout` after it lost its transport (or after the
-/// handshake deadline passed), which frees its place.
+/// while handshakes are half done) and is never reported. When the table is
+/// full, a new ClientHello evicts the oldest unconfirmed session that has no
+/// transport (so abandoned hellos cannot lock clients out for
+/// `resume_timeout`); only when every session is confirmed or still has its
+/// handshake transport is the answer Busy. Unconfirmed sessions expire
+/// silently `resume_timeout` after they lost their transport.
 #[test]
-fn unconfirmed_sessions_count_against_max_sessions_and_expire_silently() {
+fn unconfirmed_sessions_count_against_max_sessions_evict_and_expire_silently() {
     let config = Config {
         max_sessions: 2,
         ..Config::default()
@@ -375,92 +378,118 @@ fn unconfirmed_sessions_count_against_max_sessions_and_expire_silently() {
     let rt = config.resume_timeout;
     let hs_timeout = config.handshake_timeout;
     let mut server = Server::new(config, rng(60));
+    // A client sends its ClientHello; the server answers. Returns the client
+    // and the transport, still open.
+    let hello = |server: &mut TestServer, now: Instant, seed: u64| {
+        let mut c = Client::new(Config::default(), rng(seed));
+        let t = server.accept(now).unwrap();
+        c.new_transport(now).unwrap();
+        let h = client_tx(&mut c, now);
+        let r = server.handle_input(t, now, &h);
+        let reply = server_tx(server, t, now);
+        (c, t, r, reply)
+    };
     // Session 1: the ClientConfirm is cut, the transport lost at T0.
-    let mut c1 = Client::new(Config::default(), rng(61));
-    let t1 = server.accept(T0).unwrap();
-    c1.new_transport(T0).unwrap();
-    let hello = client_tx(&mut c1, T0);
-    assert_eq!(server.handle_input(t1, T0, &hello), Ok(CLIENT_HELLO_LEN));
-    let sh = server_tx(&mut server, t1, T0);
+    let (mut c1, t1, r, sh) = hello(&mut server, T0, 61);
+    assert_eq!((r, sh.len()), (Ok(CLIENT_HELLO_LEN), SERVER_HELLO_LEN));
     assert_eq!(c1.handle_input(T0, &sh), Ok(SERVER_HELLO_LEN));
     let confirm = client_tx(&mut c1, T0);
     assert_eq!(server.handle_input(t1, T0, &confirm[..5]), Ok(5));
     server.transport_lost(t1, T0);
     // Session 2: the client never answers the ServerHello; its transport
     // stays open until the handshake deadline.
-    let mut c2 = Client::new(Config::default(), rng(62));
-    let t2 = server.accept(T0).unwrap();
-    c2.new_transport(T0).unwrap();
-    let hello = client_tx(&mut c2, T0);
-    assert_eq!(server.handle_input(t2, T0, &hello), Ok(CLIENT_HELLO_LEN));
-    assert_eq!(server_tx(&mut server, t2, T0).len(), SERVER_HELLO_LEN);
+    let (_c2, t2, r, sh) = hello(&mut server, T0, 62);
+    assert_eq!((r, sh.len()), (Ok(CLIENT_HELLO_LEN), SERVER_HELLO_LEN));
     assert_eq!(server.session_count(), 2);
     assert!(server_events(&mut server).is_empty());
-    // A third handshake finds the server full.
-    let busy = |server: &mut TestServer, now: Instant, seed: u64| {
-        let mut c = Client::new(Config::default(), rng(seed));
-        let t = server.accept(now).unwrap();
-        c.new_transport(now).unwrap();
-        let hello = client_tx(&mut c, now);
-        let r = server.handle_input(t, now, &hello);
-        let reply = server_tx(server, t, now);
-        server.transport_lost(t, now);
-        server_events(server);
-        (r, reply)
-    };
-    let rejected = Error::HandshakeRejected(HandshakeStatus::Busy);
+    // A third hello finds the table full and evicts session 1 (the only
+    // unconfirmed session without transport), silently.
+    let (_c3, t3, r, sh) = hello(&mut server, T0, 63);
+    assert_eq!((r, sh.len()), (Ok(CLIENT_HELLO_LEN), SERVER_HELLO_LEN));
+    assert_eq!(server.session_count(), 2);
+    assert!(server_events(&mut server).is_empty());
+    // Session 1's client learns it on its resume: "unknown session".
+    let t = server.accept(T0).unwrap();
+    c1.new_transport(T0).unwrap();
+    let req = client_tx(&mut c1, T0);
     assert_eq!(
-        busy(&mut server, T0, 63),
-        (
-            Err(rejected),
-            vec![VERSION, HandshakeStatus::Busy.to_byte()]
-        )
+        server.handle_input(t, T0, &req),
+        Err(Error::ResumeRejected(ResumeStatus::UnknownSession))
     );
+    assert_eq!(server_tx(&mut server, t, T0).len(), REJECT_TOKEN_LEN);
+    server.transport_lost(t, T0);
+    server_events(&mut server);
+    // Sessions 2 and 3 both still have their handshake transport: nothing
+    // can be evicted, a fourth hello gets Busy.
+    let busy = vec![VERSION, HandshakeStatus::Busy.to_byte()];
+    let (_c4, t4, r, reply) = hello(&mut server, T0, 64);
+    assert_eq!(r, Err(Error::HandshakeRejected(HandshakeStatus::Busy)));
+    assert_eq!(reply, busy);
+    server.transport_lost(t4, T0);
+    server_events(&mut server);
     // Session 2's handshake deadline: its transport ends, the session is
-    // detached from then on.
+    // detached from then on (session 3's hello came at the same time).
     let deadline = T0.saturating_add(hs_timeout);
     server.handle_timeout(deadline);
+    let mut ended: Vec<ServerEvent> = server_events(&mut server);
+    ended.sort_by_key(|e| format!("{e:?}"));
     assert_eq!(
-        server_events(&mut server),
-        vec![ServerEvent::CloseTransport {
-            transport: t2,
-            error: Some(Error::TimedOut)
-        }]
+        ended,
+        vec![
+            ServerEvent::CloseTransport {
+                transport: t2,
+                error: Some(Error::TimedOut)
+            },
+            ServerEvent::CloseTransport {
+                transport: t3,
+                error: Some(Error::TimedOut)
+            }
+        ]
     );
-    assert_eq!(server.session_count(), 2);
     server.transport_lost(t2, deadline);
-    assert_eq!(server.pending_transports(), 0);
-    // Just before session 1's expiry: both still held, still full.
-    let just_before = Instant::from_micros(T0.saturating_add(rt).as_micros() - 1);
-    server.handle_timeout(just_before);
-    assert!(server_events(&mut server).is_empty());
+    server.transport_lost(t3, deadline);
     assert_eq!(server.session_count(), 2);
-    assert_eq!(busy(&mut server, just_before, 64).0, Err(rejected));
-    // Session 1 expires silently: no event (the application never saw it).
-    let expiry1 = T0.saturating_add(rt);
-    assert_eq!(server.poll_timeout(), Some(expiry1));
-    server.handle_timeout(expiry1);
-    assert!(server_events(&mut server).is_empty());
-    assert_eq!(server.session_count(), 1);
-    // Session 2 expires silently `resume_timeout` after its deadline.
-    let expiry2 = deadline.saturating_add(rt);
-    assert_eq!(server.poll_timeout(), Some(expiry2));
-    server.handle_timeout(expiry2);
-    assert!(server_events(&mut server).is_empty());
-    assert_eq!(server.session_count(), 0);
-    assert_eq!(server.poll_timeout(), None);
-    // And a new handshake gets in now.
-    let mut c3 = Client::new(Config::default(), rng(65));
-    let later = expiry2.saturating_add(Duration::from_secs(1));
-    let (t3, sid) = handshake_by_hand(&mut c3, &mut server, later);
+    assert_eq!(server.pending_transports(), 0);
+    // A confirmed session is never evicted: a genuine handshake evicts
+    // session 2 (the oldest detached unconfirmed one) and completes.
+    let mut c5 = Client::new(Config::default(), rng(65));
+    let (t5, sid) = handshake_by_hand(&mut c5, &mut server, deadline);
     assert_eq!(
         server_events(&mut server),
         vec![ServerEvent::HandshakeDone {
-            transport: t3,
+            transport: t5,
             session: sid
         }]
     );
-    assert_eq!(server.session_count(), 1);
+    assert_eq!(server.session_count(), 2);
+    // Then a hello evicts session 3; the next one finds only the confirmed
+    // session and that hello's own open handshake: Busy.
+    let (_c6, t6, r, sh) = hello(&mut server, deadline, 66);
+    assert_eq!((r, sh.len()), (Ok(CLIENT_HELLO_LEN), SERVER_HELLO_LEN));
+    let (_c7, _t7, r, reply) = hello(&mut server, deadline, 67);
+    assert_eq!(r, Err(Error::HandshakeRejected(HandshakeStatus::Busy)));
+    assert_eq!(reply, busy);
+    assert!(server.has_session(sid));
+    assert_eq!(server.session_count(), 2);
+    server_events(&mut server);
+    // An unconfirmed session expires silently `resume_timeout` after it
+    // lost its transport.
+    server.transport_lost(t6, deadline);
+    let expiry = deadline.saturating_add(rt);
+    let just_before = Instant::from_micros(expiry.as_micros() - 1);
+    server.handle_timeout(just_before);
+    server_events(&mut server);
+    assert_eq!(server.session_count(), 2);
+    server.handle_timeout(expiry);
+    let evs = server_events(&mut server);
+    assert!(
+        !evs.iter().any(|e| matches!(
+            e,
+            ServerEvent::SessionExpired { .. } | ServerEvent::Closed { .. }
+        )),
+        "{evs:?}"
+    );
+    assert!(server.has_session(sid));
 }
 
 #[test]
