@@ -418,3 +418,50 @@ fn a_long_outage_does_not_make_the_client_give_up_by_count() {
     assert!(stats.connect_failures > 3, "{stats:?}");
     assert!(stats.resumes >= 1, "{stats:?}");
 }
+
+/// When the server's advertised resume timeout passes without contact, the
+/// core gives the session up (not the backoff) and the client's calls fail
+/// with the reason and the in-doubt range of what it wrote.
+#[test]
+fn the_client_gives_up_when_the_server_can_no_longer_hold_the_session() {
+    use std::sync::Mutex;
+    let server_cfg = Config {
+        resume_timeout: Duration::from_millis(800),
+        ..fast_config()
+    };
+    let listener = Listener::bind("127.0.0.1:0", server_cfg).unwrap();
+    let relay = Relay::start(listener.local_addr(), FaultPlan::default(), 11).unwrap();
+    let target = Arc::new(Mutex::new(Some(relay.local_addr())));
+    let t = target.clone();
+    let client = ClientBuilder::new(fast_config())
+        .backoff(fast_backoff(None))
+        .connect_with(move || match *t.lock().unwrap() {
+            Some(a) => std::net::TcpStream::connect(a),
+            None => Err(std::io::ErrorKind::ConnectionRefused.into()),
+        })
+        .unwrap();
+    (&client).write_all(b"acked").unwrap();
+    (&client).flush().unwrap(); // acknowledged
+    let _server = listener.accept().unwrap();
+    *target.lock().unwrap() = None;
+    drop(relay);
+    (&client).write_all(b"in doubt").unwrap();
+    let start = std::time::Instant::now();
+    let mut buf = [0u8; 8];
+    let e = (&client).read(&mut buf).unwrap_err();
+    let waited = start.elapsed();
+    // resume timeout 0.8 s + idle timeout 0.4 s after the last contact.
+    assert!(
+        waited >= std::time::Duration::from_millis(700)
+            && waited < std::time::Duration::from_secs(4),
+        "{waited:?}"
+    );
+    match session_error(&e) {
+        SessionError::Ended {
+            reason: relink::CloseReason::Expired,
+            in_doubt: Some(r),
+        } => assert_eq!((r.start, r.end), (5, 13)),
+        other => panic!("{other:?}"),
+    }
+    assert!(e.to_string().contains("[5, 13)"), "{e}");
+}
