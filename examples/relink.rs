@@ -471,6 +471,12 @@ fn listen(
         let start = Instant::now();
         let r = receive(&session, &mut stdout.lock());
         served += 1;
+        // An error caused by the interrupt's own abort: the signal thread
+        // ends the process once the client was told (the listener must
+        // stay up meanwhile).
+        if r.is_err() {
+            let_the_interrupt_finish();
+        }
         let peer = peer_of(&session);
         match r {
             Ok(n) => throughput(cli.verbose, "received", n, start),

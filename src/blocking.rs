@@ -1437,10 +1437,16 @@ impl Drop for Listener {
     fn drop(&mut self) {
         let mut st = lock(&self.shared.state);
         // Transports the core already ended may still hold an answer (a
-        // rejection, DataUnavailable): give their writers a moment to send
-        // it before everything is shut down.
+        // rejection, DataUnavailable), and aborted sessions their ABORT:
+        // give them a moment to reach the peers before everything is shut
+        // down.
         let grace = StdInstant::now() + LINGER;
-        while st.transports.keys().any(|&t| st.server.transport_ended(t)) {
+        while st.transports.keys().any(|&t| st.server.transport_ended(t))
+            || st
+                .sessions
+                .iter()
+                .any(|(&sid, i)| i.aborted && i.end.is_none() && st.server.has_session(sid))
+        {
             let left = grace.saturating_duration_since(StdInstant::now());
             if left.is_zero() {
                 break;
@@ -1865,11 +1871,13 @@ fn wait_server_closed(shared: &ServerShared, sid: SessionId, timeout: StdDuratio
     let end = StdInstant::now() + timeout;
     let mut st = lock(&shared.state);
     loop {
-        let over = st.stopping
-            || st.sessions.get(&sid).is_none_or(|i| i.end.is_some())
-            || !st.server.has_session(sid);
+        let over =
+            st.sessions.get(&sid).is_none_or(|i| i.end.is_some()) || !st.server.has_session(sid);
         if over {
             return true;
+        }
+        if st.stopping {
+            return false; // shut down before the peer acknowledged
         }
         let left = end.saturating_duration_since(StdInstant::now());
         if left.is_zero() {
