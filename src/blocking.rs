@@ -975,7 +975,9 @@ where
                 if st.client.poll_timeout().is_some_and(|d| d <= now) {
                     st.client.handle_timeout(now);
                     st.drain();
-                    continue;
+                    if st.client.is_closed() || st.fatal.is_some() {
+                        continue;
+                    }
                 }
                 let left = deadline.saturating_duration_since(StdInstant::now());
                 if left.is_zero() {

@@ -789,7 +789,10 @@ async fn drive_client<F, Fut, T>(
                 if TokioInstant::now() >= wake_at {
                     break;
                 }
-                let core_at = st.core.poll_timeout().map(|d| clock.to_tokio(d));
+                // (at least 1 ms: a deadline the core did not move must not
+                // make this loop spin)
+                let floor = TokioInstant::now() + std::time::Duration::from_millis(1);
+                let core_at = st.core.poll_timeout().map(|d| clock.to_tokio(d).max(floor));
                 core_at.map_or(wake_at, |c| c.min(wake_at))
             };
             ::tokio::time::sleep_until(until).await;
