@@ -12,18 +12,22 @@
 //! scripts bind port 0 and read the address from there). `-v` logs
 //! reconnects, resends and throughput on stderr.
 
+use std::collections::HashMap;
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
-use relink::blocking::{splice, ClientBuilder, ListenerBuilder, Progress};
-use relink::{Backoff, Config, Duration, Event, ServerEvent, StaticKeypair};
+use relink::blocking::{
+    close_reason_text, splice, AbortHandle, ClientBuilder, ListenerBuilder, Progress, ServerStream,
+};
+use relink::{AbortCode, Backoff, Config, Duration, Event, ServerEvent, StaticKeypair};
 
 /// Long-lived encrypted byte streams that survive broken connections.
 #[derive(Parser, Debug)]
@@ -37,7 +41,10 @@ struct Cli {
     /// this long is replaced (keepalives are sent at a third of it).
     #[arg(long, global = true, default_value_t = 15_000)]
     idle_ms: u64,
-    /// Client: consecutive failed transport attempts before giving up.
+    /// Client: failed attempts in a row to open the first connection before
+    /// giving up. Once a session exists the client keeps reconnecting (capped
+    /// exponential backoff with jitter) for as long as the server said it
+    /// holds the session.
     #[arg(long, global = true, default_value_t = 30)]
     max_attempts: u32,
     #[command(subcommand)]
@@ -47,7 +54,9 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Accept sessions on ADDR and write what each one sends to stdout
-    /// (one after the other); exit 0 once the peer closed cleanly.
+    /// (one after the other). A session that fails is logged with its cause
+    /// and the client's address and does not stop the listener; after
+    /// `--sessions` sessions ended, exit 0 if all of them ended cleanly.
     Listen {
         /// Address to bind, e.g. 0.0.0.0:7000 (port 0 picks a free port).
         addr: String,
@@ -58,6 +67,8 @@ enum Command {
         /// Sessions to serve before exiting (0 = forever).
         #[arg(long, default_value_t = 1)]
         sessions: u64,
+        #[command(flatten)]
+        resume: ResumeTimeout,
     },
     /// Send stdin to the server at ADDR until EOF, close cleanly once
     /// everything is acknowledged and exit 0; the server's data goes to
@@ -98,7 +109,30 @@ enum Command {
         /// Server key file (from `relink keygen`).
         #[arg(long)]
         key: Option<PathBuf>,
+        #[command(flatten)]
+        resume: ResumeTimeout,
     },
+}
+
+/// How long the server keeps a session whose client is gone.
+#[derive(clap::Args, Debug, Clone, Copy)]
+struct ResumeTimeout {
+    /// Seconds a session without a connection is kept for its client to
+    /// resume (told to clients, which keep reconnecting for that long).
+    /// Default: the library's (minutes, for mobile outages); hours are fine.
+    #[arg(long = "resume-timeout", value_name = "SECS", value_parser = parse_secs)]
+    secs: Option<Duration>,
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !v.is_finite() || v <= 0.0 || v > 1e9 {
+        return Err(format!("{s:?}: expected seconds > 0"));
+    }
+    Ok(Duration::from_micros((v * 1e6) as u64))
 }
 
 fn main() -> ExitCode {
@@ -109,22 +143,41 @@ fn main() -> ExitCode {
             addr,
             key,
             sessions,
-        } => listen(&cli, addr, key.as_ref(), *sessions),
+            resume,
+        } => listen(&cli, addr, key.as_ref(), *sessions, *resume),
         Command::Connect { addr, server_key } => connect(&cli, addr, server_key.as_deref()),
         Command::Forward {
             local,
             remote,
             server_key,
         } => forward(&cli, local, remote, server_key.as_deref()),
-        Command::ServeForward { addr, target, key } => {
-            serve_forward(&cli, addr, target, key.as_ref())
-        }
+        Command::ServeForward {
+            addr,
+            target,
+            key,
+            resume,
+        } => serve_forward(&cli, addr, target, key.as_ref(), *resume),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            let_the_interrupt_finish();
             eprintln!("relink: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Set once SIGINT or SIGTERM arrived: the signal thread aborts the
+/// sessions and exits the process.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Errors caused by the interrupt's own abort must not end the process
+/// before the peers were told: leave that to the signal thread.
+fn let_the_interrupt_finish() {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        loop {
+            thread::sleep(std::time::Duration::from_secs(1));
         }
     }
 }
@@ -182,8 +235,11 @@ fn keygen(out: &PathBuf) -> io::Result<()> {
     Ok(())
 }
 
-fn server_config(cli: &Cli, key: Option<&PathBuf>) -> io::Result<Config> {
+fn server_config(cli: &Cli, key: Option<&PathBuf>, resume: ResumeTimeout) -> io::Result<Config> {
     let mut cfg = config(cli);
+    if let Some(t) = resume.secs {
+        cfg.resume_timeout = t;
+    }
     if let Some(path) = key {
         let text = fs::read_to_string(path)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
@@ -226,11 +282,12 @@ fn logger(verbose: bool) -> impl Fn(&Progress) + Send + Sync + 'static {
             Progress::Client(Event::ResendRange { start, end }) => {
                 eprintln!("relink: resending [{start}, {end}) ({} bytes)", end - start)
             }
-            Progress::Client(Event::TransportLost { error }) => {
-                eprintln!("relink: transport lost: {error:?}")
-            }
+            Progress::Client(Event::TransportLost { error }) => match error {
+                Some(e) => eprintln!("relink: transport lost: {e}"),
+                None => eprintln!("relink: transport lost"),
+            },
             Progress::Client(Event::Closed { reason }) => {
-                eprintln!("relink: session closed: {reason:?}")
+                eprintln!("relink: session closed: {}", close_reason_text(reason))
             }
             Progress::Server(ServerEvent::HandshakeDone { session, .. }) => {
                 eprintln!("relink: new session {}", session.0)
@@ -250,9 +307,11 @@ fn logger(verbose: bool) -> impl Fn(&Progress) + Send + Sync + 'static {
             Progress::Server(ServerEvent::CloseTransport { error: Some(e), .. }) => {
                 eprintln!("relink: transport closed: {e}")
             }
-            Progress::Server(ServerEvent::Closed { session, reason }) => {
-                eprintln!("relink: session {} closed: {reason:?}", session.0)
-            }
+            Progress::Server(ServerEvent::Closed { session, reason }) => eprintln!(
+                "relink: session {} closed: {}",
+                session.0,
+                close_reason_text(reason)
+            ),
             Progress::Server(ServerEvent::SessionExpired { session }) => {
                 eprintln!("relink: session {} expired", session.0)
             }
@@ -271,38 +330,219 @@ fn throughput(verbose: bool, what: &str, bytes: u64, start: Instant) {
     }
 }
 
-fn listen(cli: &Cli, addr: &str, key: Option<&PathBuf>, sessions: u64) -> io::Result<()> {
-    let listener = ListenerBuilder::new(server_config(cli, key)?)
+/// Sessions to abort when SIGINT or SIGTERM arrives: the signal thread
+/// aborts each with `INTERRUPTED`, waits (at most 0.8 s in all) for the
+/// peers to acknowledge, and exits with status 130.
+#[derive(Clone, Default)]
+struct Interrupts(Arc<Mutex<(u64, HashMap<u64, AbortHandle>)>>);
+
+/// Unregisters its session when dropped.
+struct Registered(Interrupts, u64);
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        lock(&self.0 .0).1.remove(&self.1);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Interrupts {
+    /// Take over SIGINT and SIGTERM (installed before this returns).
+    fn install() -> io::Result<Interrupts> {
+        let me = Interrupts::default();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        #[cfg(unix)]
+        let (mut int, mut term) = {
+            use tokio::signal::unix::{signal, SignalKind};
+            let _guard = rt.enter();
+            (
+                signal(SignalKind::interrupt())?,
+                signal(SignalKind::terminate())?,
+            )
+        };
+        let reg = me.clone();
+        thread::Builder::new()
+            .name("relink-signals".into())
+            .spawn(move || {
+                #[cfg(unix)]
+                let which = rt.block_on(async {
+                    tokio::select! {
+                        _ = int.recv() => "SIGINT",
+                        _ = term.recv() => "SIGTERM",
+                    }
+                });
+                #[cfg(not(unix))]
+                let which = rt.block_on(async {
+                    let _ = tokio::signal::ctrl_c().await;
+                    "Ctrl-C"
+                });
+                INTERRUPTED.store(true, Ordering::SeqCst);
+                let handles: Vec<AbortHandle> = lock(&reg.0).1.values().cloned().collect();
+                for h in &handles {
+                    h.abort(AbortCode::INTERRUPTED);
+                }
+                let end = Instant::now() + std::time::Duration::from_millis(800);
+                let mut acked = 0;
+                for h in &handles {
+                    if h.wait_closed(end.saturating_duration_since(Instant::now())) {
+                        acked += 1;
+                    }
+                }
+                eprintln!(
+                    "relink: {which}: aborted {} session(s) ({acked} acknowledged by the peer)",
+                    handles.len()
+                );
+                std::process::exit(130);
+            })?;
+        Ok(me)
+    }
+
+    fn register(&self, h: AbortHandle) -> Registered {
+        let mut g = lock(&self.0);
+        g.0 += 1;
+        let id = g.0;
+        g.1.insert(id, h);
+        Registered(self.clone(), id)
+    }
+}
+
+/// Where `receive` failed.
+enum RecvError {
+    /// The session failed (its cause).
+    Session(io::Error),
+    /// Writing to stdout failed.
+    Output(io::Error),
+}
+
+/// Copy one session to `out` until the client closed, then close cleanly.
+fn receive(session: &ServerStream, out: &mut impl Write) -> Result<u64, RecvError> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match (&mut &*session).read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(RecvError::Session(e)),
+        };
+        // Flushed at once: what was delivered is out even if the session
+        // fails later.
+        out.write_all(&buf[..n])
+            .and_then(|()| out.flush())
+            .map_err(RecvError::Output)?;
+        total += n as u64;
+    }
+    out.flush().map_err(RecvError::Output)?;
+    session.close().map_err(RecvError::Session)?;
+    Ok(total)
+}
+
+/// The client's address for logs (of the transport that carried the
+/// session last).
+fn peer_of(session: &ServerStream) -> String {
+    session
+        .peer_addr()
+        .map_or_else(|| "an unknown address".to_string(), |a| a.to_string())
+}
+
+fn listen(
+    cli: &Cli,
+    addr: &str,
+    key: Option<&PathBuf>,
+    sessions: u64,
+    resume: ResumeTimeout,
+) -> io::Result<()> {
+    let interrupts = Interrupts::install()?;
+    let listener = ListenerBuilder::new(server_config(cli, key, resume)?)
         .on_progress(logger(cli.verbose))
-        .bind(addr)?;
+        .bind(addr)
+        .map_err(|e| io::Error::new(e.kind(), format!("{addr}: {e}")))?;
     eprintln!("listening on {}", listener.local_addr());
-    let mut served = 0u64;
+    let (mut served, mut failed) = (0u64, 0u64);
     let stdout = io::stdout();
     while sessions == 0 || served < sessions {
         let session = listener.accept()?;
+        let registered = interrupts.register(session.abort_handle());
         let start = Instant::now();
-        let mut out = stdout.lock();
-        let n = io::copy(&mut &session, &mut out)?;
-        out.flush()?;
-        drop(out);
-        session.close()?;
-        throughput(cli.verbose, "received", n, start);
+        let r = receive(&session, &mut stdout.lock());
         served += 1;
+        // An error caused by the interrupt's own abort: the signal thread
+        // ends the process once the client was told (the listener must
+        // stay up meanwhile).
+        if r.is_err() {
+            let_the_interrupt_finish();
+        }
+        let peer = peer_of(&session);
+        match r {
+            Ok(n) => throughput(cli.verbose, "received", n, start),
+            Err(RecvError::Output(e)) => {
+                // Nobody takes the data any more (e.g. `| head`): tell the
+                // client now instead of letting it retry into the void.
+                session.abort(AbortCode::CANNOT_RECEIVE);
+                let acked = session.wait_closed(std::time::Duration::from_secs(1));
+                drop(registered);
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!(
+                        "writing the session from {peer} to stdout: {e}; session aborted{}",
+                        if acked { "" } else { " (not acknowledged yet)" }
+                    ),
+                ));
+            }
+            Err(RecvError::Session(e)) => {
+                // One client's failure ends its session, not the listener.
+                failed += 1;
+                eprintln!("relink: session from {peer} failed: {e}");
+            }
+        }
+    }
+    if failed > 0 {
+        return Err(io::Error::other(format!(
+            "{failed} of {served} sessions failed"
+        )));
     }
     Ok(())
 }
 
 fn connect(cli: &Cli, addr: &str, server_key: Option<&str>) -> io::Result<()> {
     let start = Instant::now();
+    let interrupts = Interrupts::install()?;
     let client = ClientBuilder::new(client_config(cli, server_key)?)
         .backoff(backoff(cli))
         .on_progress(logger(cli.verbose))
-        .connect(addr)?;
+        .connect(addr)
+        .map_err(|e| io::Error::new(e.kind(), format!("{addr}: {e}")))?;
+    let _registered = interrupts.register(client.abort_handle());
     let sent = thread::scope(|s| -> io::Result<u64> {
         let down = s.spawn(|| -> io::Result<u64> {
             let mut out = io::stdout().lock();
-            let n = io::copy(&mut &client, &mut out)?;
-            out.flush()?;
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut n = 0u64;
+            loop {
+                let k = match (&mut &client).read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(k) => k,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        // The server aborted or the session is lost: say so
+                        // and stop now, even if stdin is still open.
+                        let _ = out.flush();
+                        let_the_interrupt_finish();
+                        // Let the driver send what the end still owes the
+                        // server (the answer to its ABORT).
+                        client.wait_closed(std::time::Duration::from_millis(500));
+                        eprintln!("relink: {addr}: {e}");
+                        std::process::exit(1);
+                    }
+                };
+                out.write_all(&buf[..k]).and_then(|()| out.flush())?;
+                n += k as u64;
+            }
             Ok(n)
         });
         let n = io::copy(&mut io::stdin().lock(), &mut &client)?;
@@ -322,7 +562,9 @@ fn connect(cli: &Cli, addr: &str, server_key: Option<&str>) -> io::Result<()> {
 
 fn forward(cli: &Cli, local: &str, remote: &str, server_key: Option<&str>) -> io::Result<()> {
     let cfg = client_config(cli, server_key)?;
-    let listener = TcpListener::bind(local)?;
+    let interrupts = Interrupts::install()?;
+    let listener =
+        TcpListener::bind(local).map_err(|e| io::Error::new(e.kind(), format!("{local}: {e}")))?;
     eprintln!("listening on {}", listener.local_addr()?);
     let remote: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(remote)?.collect();
     let remote = Arc::new(remote);
@@ -336,43 +578,68 @@ fn forward(cli: &Cli, local: &str, remote: &str, server_key: Option<&str>) -> io
                 continue;
             }
         };
-        let (cfg, remote) = (cfg.clone(), remote.clone());
+        let (cfg, remote, interrupts) = (cfg.clone(), remote.clone(), interrupts.clone());
         thread::spawn(move || {
-            let peer = conn.peer_addr().ok();
+            let peer = conn
+                .peer_addr()
+                .map_or_else(|_| "an unknown address".to_string(), |a| a.to_string());
             let r = ClientBuilder::new(cfg)
                 .backoff(backoff)
                 .on_progress(logger(verbose))
                 .connect(&remote[..])
-                .and_then(|session| splice(&session, conn));
+                .and_then(|session| {
+                    let _registered = interrupts.register(session.abort_handle());
+                    splice(&session, conn)
+                });
             match r {
-                Ok(s) if verbose => eprintln!("relink: {peer:?} done: {s:?}"),
+                Ok(s) if verbose => eprintln!("relink: connection from {peer} done: {s:?}"),
                 Ok(_) => {}
-                Err(e) => eprintln!("relink: {peer:?}: {e}"),
+                Err(e) => eprintln!("relink: connection from {peer} failed: {e}"),
             }
         });
     }
     Ok(())
 }
 
-fn serve_forward(cli: &Cli, addr: &str, target: &str, key: Option<&PathBuf>) -> io::Result<()> {
-    let listener = ListenerBuilder::new(server_config(cli, key)?)
+fn serve_forward(
+    cli: &Cli,
+    addr: &str,
+    target: &str,
+    key: Option<&PathBuf>,
+    resume: ResumeTimeout,
+) -> io::Result<()> {
+    let interrupts = Interrupts::install()?;
+    let listener = ListenerBuilder::new(server_config(cli, key, resume)?)
         .on_progress(logger(cli.verbose))
-        .bind(addr)?;
+        .bind(addr)
+        .map_err(|e| io::Error::new(e.kind(), format!("{addr}: {e}")))?;
     eprintln!("listening on {}", listener.local_addr());
-    let target: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(target)?.collect();
+    let target_name = target.to_string();
+    let target: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(target)
+        .map_err(|e| io::Error::new(e.kind(), format!("{target}: {e}")))?
+        .collect();
     let verbose = cli.verbose;
     loop {
         let session = listener.accept()?;
-        let target = target.clone();
+        let (target, target_name, interrupts) =
+            (target.clone(), target_name.clone(), interrupts.clone());
         thread::spawn(move || {
-            let r = TcpStream::connect(&target[..]).and_then(|tcp| {
-                tcp.set_nodelay(true)?;
-                splice(&session, tcp)
-            });
+            let _registered = interrupts.register(session.abort_handle());
+            let r = TcpStream::connect(&target[..])
+                .map_err(|e| {
+                    // The client's TCP connection must not look accepted.
+                    session.abort(AbortCode::TARGET_RESET);
+                    io::Error::new(e.kind(), format!("connecting to {target_name}: {e}"))
+                })
+                .and_then(|tcp| {
+                    tcp.set_nodelay(true)?;
+                    splice(&session, tcp)
+                });
+            let peer = peer_of(&session);
             match r {
-                Ok(s) if verbose => eprintln!("relink: session done: {s:?}"),
+                Ok(s) if verbose => eprintln!("relink: session from {peer} done: {s:?}"),
                 Ok(_) => {}
-                Err(e) => eprintln!("relink: session: {e}"),
+                Err(e) => eprintln!("relink: session from {peer} failed: {e}"),
             }
         });
     }

@@ -12,10 +12,15 @@
 //! The client reconnects by itself: when a transport breaks (error, EOF,
 //! idle timeout, a frame that fails authentication) it opens a new one with
 //! the user's connect function, spacing attempts with [`crate::Backoff`], and
-//! resumes the session; `read` and `write` just continue. The first handshake
-//! is retried the same way. When the backoff gives up, or the core ends the
-//! session for good, every call returns an [`io::Error`] whose inner error
-//! is a [`SessionError`].
+//! resumes the session; `read` and `write` just continue. It keeps trying
+//! until the core ends the session (the server's advertised resume timeout
+//! passed without contact); only the first handshake gives up after
+//! `Backoff::max_attempts` failures in a row. When the session is over for
+//! good, every call returns an [`io::Error`] whose inner error is a
+//! [`SessionError`].
+//!
+//! The core's clock is `CLOCK_BOOTTIME` on Linux and Android (it keeps
+//! counting while the machine sleeps), std's `Instant` elsewhere.
 //!
 //! Semantics:
 //! - `write` blocks until the core accepted at least one byte (back-pressure:
@@ -25,6 +30,13 @@
 //! - `shutdown_write` half-closes (a CLOSE frame follows the last byte);
 //!   `close` half-closes and waits until the session ended cleanly (both
 //!   sides closed, everything acknowledged), discarding unread input.
+//! - `abort(code)` ends the session at once, like a TCP reset: the peer's
+//!   reads and writes fail with [`io::ErrorKind::ConnectionReset`] and the
+//!   inner [`SessionError`] names the [`AbortCode`]. Dropping a stream that
+//!   was neither closed nor aborted aborts with [`AbortCode::DROPPED`].
+//! - A session that ends other than cleanly fails every call with a
+//!   [`SessionError`] stating why and, on the client, the in-doubt range of
+//!   written bytes (`[acknowledged, written)`) that relink will not resend.
 //!
 //! Timers: the writer thread of a transport waits on the condition variable
 //! until `poll_timeout`; writes use a short write timeout so that a writer
@@ -56,23 +68,28 @@
 use std::boxed::Box;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::format;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::string::{String, ToString};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration as StdDuration, Instant as StdInstant};
+
+use crate::reconnect::DriverClock;
 use std::vec;
 use std::vec::Vec;
 
 use crate::{
-    os_rng, Backoff, Client, CloseReason, Config, Error, Event, Instant, OsRng, Server,
-    ServerEvent, SessionId, TransportId, MIN_TRANSMIT_BUFFER,
+    os_rng, AbortCode, Backoff, ByteRange, Client, CloseReason, Config, Error, Event, Instant,
+    OsRng, ResumeStatus, Server, ServerEvent, SessionId, TransportId, MIN_TRANSMIT_BUFFER,
 };
 
 /// How long a blocked socket write waits before the writer re-checks the
 /// session (idle timeout, shutdown) and tries again.
 const WRITE_CHECK: StdDuration = StdDuration::from_millis(200);
+/// How long dropping a [`Listener`] waits for answers still being written.
+const LINGER: StdDuration = StdDuration::from_secs(1);
 /// Bytes the writer collects from the core before one socket write.
 const WRITE_CHUNK: usize = 256 * 1024;
 /// Bytes read from a socket at once.
@@ -139,6 +156,16 @@ pub enum SessionError {
     },
     /// The core ended the session for good (not cleanly).
     Closed(CloseReason),
+    /// The client's session ended other than cleanly: why, and which of the
+    /// bytes written may or may not have reached the server application
+    /// (`[acknowledged, written)`; relink does not resend them in another
+    /// session, the application decides).
+    Ended {
+        /// Why it ended.
+        reason: CloseReason,
+        /// The written-but-unacknowledged data offsets, if the core knows.
+        in_doubt: Option<ByteRange>,
+    },
     /// The server session waited longer than `resume_timeout` for a
     /// transport and was freed.
     Expired,
@@ -156,33 +183,98 @@ impl fmt::Display for SessionError {
                 f,
                 "relink session lost: gave up reconnecting after {attempts} failed attempts (last error: {last_error})"
             ),
-            SessionError::Closed(CloseReason::Error(e)) => {
-                write!(f, "relink session closed for good: {e}")
+            SessionError::Closed(r) => {
+                write!(f, "relink session closed for good: {}", close_reason_text(r))
             }
-            SessionError::Closed(r) => write!(f, "relink session closed for good: {r:?}"),
+            SessionError::Ended { reason, in_doubt } => {
+                write!(f, "relink session ended: {}", close_reason_text(reason))?;
+                match in_doubt {
+                    Some(r) if !r.is_empty() => write!(
+                        f,
+                        "; bytes {r} of what was written may or may not have been delivered"
+                    ),
+                    Some(_) => write!(f, "; everything written was delivered"),
+                    None => Ok(()),
+                }
+            }
             SessionError::Expired => write!(f, "relink session expired waiting for a resume"),
             SessionError::Shutdown => write!(f, "relink driver shut down"),
         }
     }
 }
 
+/// A close reason in words (for error messages and logs).
+pub fn close_reason_text(r: &CloseReason) -> String {
+    match r {
+        CloseReason::Clean => "closed cleanly".into(),
+        CloseReason::SessionUnknown => "the server no longer knows the session".into(),
+        CloseReason::DataUnavailable => {
+            "the other side no longer holds data this side still needs".into()
+        }
+        CloseReason::TooManyFailures => "too many failed attempts or forged frames in a row".into(),
+        CloseReason::Expired => "no connection for longer than the resume timeout".into(),
+        CloseReason::Aborted {
+            code,
+            by_peer: true,
+        } => format!("aborted by the peer: {code}"),
+        CloseReason::Aborted {
+            code,
+            by_peer: false,
+        } => format!("aborted by this side: {code}"),
+        CloseReason::Error(e) => e.to_string(),
+        #[allow(unreachable_patterns)]
+        other => format!("{other:?}"),
+    }
+}
+
 impl std::error::Error for SessionError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            SessionError::Closed(CloseReason::Error(e)) => Some(e),
+            SessionError::Closed(CloseReason::Error(e))
+            | SessionError::Ended {
+                reason: CloseReason::Error(e),
+                ..
+            } => Some(e),
             _ => None,
         }
     }
 }
 
 impl SessionError {
-    fn to_io(&self) -> io::Error {
-        let kind = match self {
+    pub(crate) fn to_io(&self) -> io::Error {
+        io::Error::new(self.io_kind(), self.clone())
+    }
+
+    /// The [`io::ErrorKind`] of the errors carrying it.
+    pub(crate) fn io_kind(&self) -> io::ErrorKind {
+        match self {
             SessionError::GaveUp { .. } => io::ErrorKind::NotConnected,
             SessionError::Shutdown => io::ErrorKind::NotConnected,
+            // The peer aborted: like a TCP reset.
+            SessionError::Closed(CloseReason::Aborted { by_peer: true, .. })
+            | SessionError::Ended {
+                reason: CloseReason::Aborted { by_peer: true, .. },
+                ..
+            } => io::ErrorKind::ConnectionReset,
             _ => io::ErrorKind::ConnectionAborted,
-        };
-        io::Error::new(kind, self.clone())
+        }
+    }
+
+    /// The reason the core gave, if the session ended that way.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        match self {
+            SessionError::Closed(r) | SessionError::Ended { reason: r, .. } => Some(*r),
+            SessionError::Expired => Some(CloseReason::Expired),
+            _ => None,
+        }
+    }
+
+    /// The abort code, if the session was aborted (by either side).
+    pub fn abort_code(&self) -> Option<AbortCode> {
+        match self.close_reason() {
+            Some(CloseReason::Aborted { code, .. }) => Some(code),
+            _ => None,
+        }
     }
 }
 
@@ -190,6 +282,7 @@ impl SessionError {
 fn core_io(e: Error) -> io::Error {
     let kind = match e {
         Error::Closed => io::ErrorKind::BrokenPipe,
+        Error::Aborted(_) => io::ErrorKind::ConnectionAborted,
         Error::TimedOut => io::ErrorKind::TimedOut,
         _ => io::ErrorKind::Other,
     };
@@ -260,11 +353,6 @@ fn wait<'a, T>(c: &Condvar, g: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
 
 fn wait_for<'a, T>(c: &Condvar, g: MutexGuard<'a, T>, d: StdDuration) -> MutexGuard<'a, T> {
     c.wait_timeout(g, d).unwrap_or_else(|e| e.into_inner()).0
-}
-
-/// Microseconds since `epoch` as the core's [`Instant`].
-fn now_since(epoch: StdInstant) -> Instant {
-    Instant::from_micros(u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX))
 }
 
 /// How long to wait for `deadline` (at least [`OVERDUE_WAIT`] when it is
@@ -367,10 +455,15 @@ impl ClientBuilder {
             ));
         }
         let mut next = 0usize;
+        // An unreachable address must not hold the driver for the OS's
+        // minutes-long SYN timeout: the core's deadlines go on meanwhile.
+        let timeout =
+            StdDuration::from(self.config.handshake_timeout).max(StdDuration::from_millis(100));
         self.connect_with(move || {
             let a = addrs[next % addrs.len()];
             next += 1;
-            let s = TcpStream::connect(a)?;
+            let s = TcpStream::connect_timeout(&a, timeout)
+                .map_err(|e| io::Error::new(e.kind(), format!("{a}: {e}")))?;
             s.set_nodelay(true)?;
             Ok(s)
         })
@@ -392,12 +485,16 @@ impl ClientBuilder {
                 done: false,
                 established: false,
                 connected_once: false,
+                retry_now: false,
+                close_requested: false,
+                peer_closed: false,
+                aborted: false,
                 stats: ClientStats::default(),
                 progress: self.progress,
                 kill: None,
             }),
             cond: Condvar::new(),
-            epoch: StdInstant::now(),
+            clock: DriverClock::new(),
         });
         let s = shared.clone();
         let backoff = self.backoff;
@@ -424,12 +521,12 @@ impl ClientBuilder {
 struct ClientShared {
     state: Mutex<ClientState>,
     cond: Condvar,
-    epoch: StdInstant,
+    clock: DriverClock,
 }
 
 impl ClientShared {
     fn now(&self) -> Instant {
-        now_since(self.epoch)
+        self.clock.now()
     }
 }
 
@@ -445,6 +542,15 @@ struct ClientState {
     /// The current transport completed its handshake or resume.
     established: bool,
     connected_once: bool,
+    /// The last transport was refused as Stale: the core corrected its
+    /// estimate of the server clock, try again without waiting.
+    retry_now: bool,
+    /// The application half-closed (`shutdown_write`).
+    close_requested: bool,
+    /// The server half-closed.
+    peer_closed: bool,
+    /// The application (or the drop) aborted the session.
+    aborted: bool,
     stats: ClientStats,
     progress: Option<ProgressFn>,
     /// Shuts the current transport down.
@@ -473,20 +579,27 @@ impl ClientState {
                 Event::ResendRange { start, end } => {
                     self.stats.resent_bytes += end.saturating_sub(start);
                 }
+                Event::TransportLost {
+                    error: Some(Error::ResumeRejected(ResumeStatus::Stale)),
+                } => self.retry_now = true,
+                Event::PeerClosed => self.peer_closed = true,
                 Event::Closed { reason } if reason != CloseReason::Clean => {
-                    self.fatal.get_or_insert(SessionError::Closed(reason));
+                    let in_doubt = self.client.in_doubt();
+                    self.fatal
+                        .get_or_insert(SessionError::Ended { reason, in_doubt });
                 }
                 _ => {}
             }
             self.report(Progress::Client(e));
         }
         if self.fatal.is_none() {
-            if let Some(r) = self
+            if let Some(reason) = self
                 .client
                 .close_reason()
                 .filter(|r| *r != CloseReason::Clean)
             {
-                self.fatal = Some(SessionError::Closed(r));
+                let in_doubt = self.client.in_doubt();
+                self.fatal = Some(SessionError::Ended { reason, in_doubt });
             }
         }
     }
@@ -538,6 +651,9 @@ macro_rules! impl_read_write {
             fn session_close(&self) -> io::Result<()> {
                 self.close()
             }
+            fn session_abort(&self, code: AbortCode) {
+                self.abort(code)
+            }
         }
     };
 }
@@ -545,8 +661,11 @@ macro_rules! impl_read_write {
 /// A relink client session over a succession of transports that the driver
 /// opens by itself. Implements [`Read`] and [`Write`] (also for `&ClientStream`).
 ///
-/// Dropping it stops the driver and shuts the transport down without a
-/// clean close; call [`ClientStream::close`] first to end the session cleanly.
+/// Dropping it while the session lives aborts the session with
+/// [`AbortCode::DROPPED`] (unless both sides already half-closed): the
+/// driver thread keeps going until the server acknowledged the ABORT, so
+/// the server learns at once. Call [`ClientStream::close`] first to end
+/// the session cleanly.
 pub struct ClientStream {
     shared: Arc<ClientShared>,
     driver: Option<JoinHandle<()>>,
@@ -591,9 +710,39 @@ impl ClientStream {
             return Err(f.to_io());
         }
         st.client.close();
+        st.close_requested = true;
         drop(st);
         self.shared.cond.notify_all();
         Ok(())
+    }
+
+    /// Abort the session (like a TCP reset): stop sending at once and tell
+    /// the server with an authenticated ABORT carrying `code`; its reads and
+    /// writes fail with [`io::ErrorKind::ConnectionReset`]. Returns at once;
+    /// the driver keeps reconnecting until the server acknowledged the
+    /// ABORT or the session is given up (see [`ClientStream::wait_closed`]),
+    /// also after the stream is dropped. Later calls of this stream fail.
+    pub fn abort(&self, code: AbortCode) {
+        abort_client(&self.shared, code);
+    }
+
+    /// Wait until the session is over (closed cleanly, aborted and
+    /// acknowledged, or lost for good), at most `timeout`. Returns whether
+    /// it is over.
+    pub fn wait_closed(&self, timeout: StdDuration) -> bool {
+        wait_client_closed(&self.shared, timeout)
+    }
+
+    /// A handle that can abort this session from another thread (e.g. a
+    /// signal handler thread) while the stream is in use.
+    pub fn abort_handle(&self) -> AbortHandle {
+        AbortHandle(HandleInner::Client(self.shared.clone()))
+    }
+
+    /// Once the session ended other than cleanly: the written bytes whose
+    /// delivery is unknown, `[acknowledged, written)`.
+    pub fn in_doubt(&self) -> Option<ByteRange> {
+        lock(&self.shared.state).client.in_doubt()
     }
 
     /// Close the session cleanly: half-close, then wait until the server
@@ -667,7 +816,7 @@ impl ClientStream {
                     self.shared.cond.notify_all();
                     return Ok(n);
                 }
-                Err(e) => return Err(core_io(e)),
+                Err(e) => return Err(st.fatal.as_ref().map_or_else(|| core_io(e), |f| f.to_io())),
             }
             if st.done || st.stopping {
                 return Err(SessionError::Shutdown.to_io());
@@ -693,9 +842,53 @@ impl ClientStream {
 
 impl_read_write!(ClientStream);
 
+fn abort_client(shared: &ClientShared, code: AbortCode) {
+    let mut st = lock(&shared.state);
+    if !st.aborted && !st.client.is_closed() {
+        st.aborted = true;
+        st.client.abort(code);
+        st.drain();
+    }
+    drop(st);
+    shared.cond.notify_all();
+}
+
+fn wait_client_closed(shared: &ClientShared, timeout: StdDuration) -> bool {
+    let end = StdInstant::now() + timeout;
+    let mut st = lock(&shared.state);
+    loop {
+        // `done`: the driver thread also wrote what the end still owed the
+        // peer (the last ACK, the answer to its ABORT).
+        if st.done || (st.fatal.is_some() && !st.client.is_closed()) {
+            return true;
+        }
+        let left = end.saturating_duration_since(StdInstant::now());
+        if left.is_zero() {
+            return false;
+        }
+        st = wait_for(&shared.cond, st, left);
+    }
+}
+
 impl Drop for ClientStream {
     fn drop(&mut self) {
         let mut st = lock(&self.shared.state);
+        // Dropped while the session lives, and not on its way to a clean end
+        // (both sides half-closed): abort it, and let the driver thread run
+        // until the server acknowledged that.
+        let finishing = st.close_requested && st.peer_closed;
+        if !st.client.is_closed() && st.fatal.is_none() && !st.done {
+            if !st.aborted && !finishing {
+                st.aborted = true;
+                st.client.abort(AbortCode::DROPPED);
+                st.drain();
+            }
+            if !st.client.is_closed() {
+                drop(st);
+                self.shared.cond.notify_all();
+                return; // the driver thread ends by itself
+            }
+        }
         st.stopping = true;
         if let Some(kill) = &st.kill {
             kill();
@@ -727,8 +920,25 @@ where
     let mut rng = os_rng();
     let mut attempt: u32 = 0;
     let mut last_error = String::from("none");
+    let mut immediate_retry = false;
     loop {
-        let Some(delay) = backoff.delay(attempt, &mut rng) else {
+        // Before a session exists the backoff's attempt limit applies; once
+        // there is one, only the core ends it (its give-up deadline, from the
+        // server's advertised resume timeout, is part of `poll_timeout`).
+        let (has_session, retry_now) = {
+            let mut st = lock(&shared.state);
+            let has = st.connected_once || st.client.conn_id().is_some();
+            (has, std::mem::take(&mut st.retry_now))
+        };
+        let policy = if has_session {
+            Backoff {
+                max_attempts: None,
+                ..backoff
+            }
+        } else {
+            backoff
+        };
+        let Some(delay) = policy.delay(attempt, &mut rng) else {
             let mut st = lock(&shared.state);
             st.fatal.get_or_insert(SessionError::GaveUp {
                 attempts: attempt,
@@ -739,22 +949,44 @@ where
             shared.cond.notify_all();
             return;
         };
-        let delay = StdDuration::from(delay);
+        // A Stale refusal corrected the clock estimate: retry at once, but
+        // only once in a row (a server that keeps answering Stale gets the
+        // ordinary backoff).
+        let delay = if retry_now && !immediate_retry {
+            immediate_retry = true;
+            StdDuration::ZERO
+        } else {
+            immediate_retry = false;
+            StdDuration::from(delay)
+        };
         {
             let deadline = StdInstant::now() + delay;
             let mut st = lock(&shared.state);
             loop {
-                if st.stopping || st.fatal.is_some() {
+                if st.stopping || st.fatal.is_some() || st.client.is_closed() {
                     st.done = true;
                     drop(st);
                     shared.cond.notify_all();
                     return;
                 }
-                let now = StdInstant::now();
-                if now >= deadline {
+                // Timers run while detached too: the core closes the session
+                // once the server can no longer hold it.
+                let now = shared.now();
+                if st.client.poll_timeout().is_some_and(|d| d <= now) {
+                    st.client.handle_timeout(now);
+                    st.drain();
+                    if st.client.is_closed() || st.fatal.is_some() {
+                        continue;
+                    }
+                }
+                let left = deadline.saturating_duration_since(StdInstant::now());
+                if left.is_zero() {
                     break;
                 }
-                st = wait_for(&shared.cond, st, deadline - now);
+                let core_wait = st.client.poll_timeout().map_or(left, |d| {
+                    shared.clock.until(d).max(StdDuration::from_millis(1))
+                });
+                st = wait_for(&shared.cond, st, left.min(core_wait));
             }
             st.report(Progress::Connecting { attempt, delay });
         }
@@ -786,10 +1018,12 @@ where
                 st.done = true;
                 return;
             }
-            if st.client.new_transport(now).is_err() {
-                st.drain();
+            if let Err(e) = st.client.new_transport(now) {
+                st.drain(); // sets `fatal` when the core closed the session
+                let reason = st.client.close_reason().unwrap_or(CloseReason::Error(e));
+                let in_doubt = st.client.in_doubt();
                 st.fatal
-                    .get_or_insert(SessionError::Closed(CloseReason::TooManyFailures));
+                    .get_or_insert(SessionError::Ended { reason, in_doubt });
                 st.done = true;
                 drop(st);
                 let _ = t.shutdown();
@@ -992,7 +1226,7 @@ impl ListenerBuilder {
                 progress: self.progress,
             }),
             cond: Condvar::new(),
-            epoch: StdInstant::now(),
+            clock: DriverClock::new(),
         });
         let s = shared.clone();
         let accept = thread::Builder::new()
@@ -1013,12 +1247,12 @@ impl ListenerBuilder {
 struct ServerShared {
     state: Mutex<ServerState>,
     cond: Condvar,
-    epoch: StdInstant,
+    clock: DriverClock,
 }
 
 impl ServerShared {
     fn now(&self) -> Instant {
-        now_since(self.epoch)
+        self.clock.now()
     }
 }
 
@@ -1026,6 +1260,16 @@ impl ServerShared {
 struct SessionInfo {
     /// How it ended, once it has.
     end: Option<SessionEnd>,
+    /// Remote address of the transport that last carried it.
+    peer: Option<SocketAddr>,
+    /// The application half-closed.
+    close_requested: bool,
+    /// The client half-closed.
+    peer_closed: bool,
+    /// The application (or the drop) aborted it.
+    aborted: bool,
+    /// The application dropped its stream: forget the entry once it ended.
+    dropped: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -1038,6 +1282,8 @@ enum SessionEnd {
 struct TransportInfo {
     /// A handle to shut the socket down.
     socket: TcpStream,
+    /// The remote address.
+    peer: Option<SocketAddr>,
     /// The reader saw EOF or an error, or the writer failed.
     lost: bool,
 }
@@ -1056,14 +1302,34 @@ impl ServerState {
     fn drain(&mut self) {
         while let Some(e) = self.server.poll_event() {
             match e {
-                ServerEvent::HandshakeDone { session, .. } => {
+                ServerEvent::HandshakeDone { session, transport } => {
                     self.stats.sessions += 1;
-                    self.sessions.insert(session, SessionInfo::default());
+                    let peer = self.transports.get(&transport).and_then(|t| t.peer);
+                    self.sessions.insert(
+                        session,
+                        SessionInfo {
+                            peer,
+                            ..SessionInfo::default()
+                        },
+                    );
                     self.incoming.push_back(session);
                 }
-                ServerEvent::Resumed { .. } => self.stats.resumes += 1,
+                ServerEvent::Resumed {
+                    session, transport, ..
+                } => {
+                    self.stats.resumes += 1;
+                    let peer = self.transports.get(&transport).and_then(|t| t.peer);
+                    if let Some(i) = self.sessions.get_mut(&session) {
+                        i.peer = peer.or(i.peer);
+                    }
+                }
                 ServerEvent::ResendRange { start, end, .. } => {
                     self.stats.resent_bytes += end.saturating_sub(start)
+                }
+                ServerEvent::PeerClosed { session } => {
+                    if let Some(i) = self.sessions.get_mut(&session) {
+                        i.peer_closed = true;
+                    }
                 }
                 ServerEvent::Closed { session, reason } => {
                     if let Some(i) = self.sessions.get_mut(&session) {
@@ -1072,11 +1338,17 @@ impl ServerState {
                         } else {
                             SessionEnd::Failed(reason)
                         });
+                        if i.dropped {
+                            self.sessions.remove(&session);
+                        }
                     }
                 }
                 ServerEvent::SessionExpired { session } => {
                     if let Some(i) = self.sessions.get_mut(&session) {
                         i.end.get_or_insert(SessionEnd::Expired);
+                        if i.dropped {
+                            self.sessions.remove(&session);
+                        }
                     }
                 }
                 _ => {}
@@ -1166,6 +1438,23 @@ impl Listener {
 impl Drop for Listener {
     fn drop(&mut self) {
         let mut st = lock(&self.shared.state);
+        // Transports the core already ended may still hold an answer (a
+        // rejection, DataUnavailable), and aborted sessions their ABORT:
+        // give them a moment to reach the peers before everything is shut
+        // down.
+        let grace = StdInstant::now() + LINGER;
+        while st.transports.keys().any(|&t| st.server.transport_ended(t))
+            || st
+                .sessions
+                .iter()
+                .any(|(&sid, i)| i.aborted && i.end.is_none() && st.server.has_session(sid))
+        {
+            let left = grace.saturating_duration_since(StdInstant::now());
+            if left.is_zero() {
+                break;
+            }
+            st = wait_for(&self.shared.cond, st, left);
+        }
         st.stopping = true;
         for t in st.transports.values() {
             let _ = t.socket.shutdown(Shutdown::Both);
@@ -1201,6 +1490,7 @@ fn server_accept(shared: Arc<ServerShared>, listener: TcpListener) {
             }
         };
         let _ = sock.set_nodelay(true);
+        let peer = sock.peer_addr().ok();
         let handles = (|| {
             sock.set_write_timeout(Some(WRITE_CHECK))?;
             Ok::<_, io::Error>((sock.try_clone()?, sock.try_clone()?))
@@ -1222,6 +1512,7 @@ fn server_accept(shared: Arc<ServerShared>, listener: TcpListener) {
             tid,
             TransportInfo {
                 socket: control,
+                peer,
                 lost: false,
             },
         );
@@ -1324,7 +1615,11 @@ fn server_writer(shared: Arc<ServerShared>, tid: TransportId, mut t: TcpStream) 
                 Ok(k) => n += k,
             }
         }
-        if n > 0 && !st.stopping && !st.transports.get(&tid).is_none_or(|t| t.lost) {
+        // Written even when the reader saw EOF or the core ended the
+        // transport: a rejection or a last answer must reach the peer
+        // before the socket closes (bounded: once the transport is gone, a
+        // write that blocks for WRITE_CHECK gives up).
+        if n > 0 && !st.stopping {
             drop(st);
             let r = write_all_checked(&mut t, &buf[..n], || {
                 !lock(&shared.state).transport_gone(tid)
@@ -1353,8 +1648,9 @@ fn server_writer(shared: Arc<ServerShared>, tid: TransportId, mut t: TcpStream) 
 }
 
 /// One server session. Implements [`Read`] and [`Write`] (also for
-/// `&ServerStream`). Dropping it half-closes the session (the client reads
-/// EOF) unless it already ended.
+/// `&ServerStream`). Dropping it while the session lives aborts it with
+/// [`AbortCode::DROPPED`] (unless both sides already half-closed; the
+/// listener keeps serving it until the client acknowledged).
 pub struct ServerStream {
     shared: Arc<ServerShared>,
     sid: SessionId,
@@ -1374,6 +1670,34 @@ impl ServerStream {
         self.sid
     }
 
+    /// Abort the session (like a TCP reset): stop sending at once and tell
+    /// the client with an authenticated ABORT carrying `code`; the client's
+    /// reads and writes fail with [`io::ErrorKind::ConnectionReset`].
+    /// Returns at once; the listener keeps serving the session until the
+    /// client acknowledged (see [`ServerStream::wait_closed`]).
+    pub fn abort(&self, code: AbortCode) {
+        abort_server(&self.shared, self.sid, code);
+    }
+
+    /// Wait until the session is over, at most `timeout`; whether it is.
+    pub fn wait_closed(&self, timeout: StdDuration) -> bool {
+        wait_server_closed(&self.shared, self.sid, timeout)
+    }
+
+    /// A handle that can abort this session from another thread.
+    pub fn abort_handle(&self) -> AbortHandle {
+        AbortHandle(HandleInner::Server(self.shared.clone(), self.sid))
+    }
+
+    /// The remote address of the transport that last carried the session
+    /// (the client's address, for logs).
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        lock(&self.shared.state)
+            .sessions
+            .get(&self.sid)
+            .and_then(|i| i.peer)
+    }
+
     /// The session's connection id (while the core holds it).
     pub fn conn_id(&self) -> Option<u64> {
         lock(&self.shared.state).server.conn_id(self.sid)
@@ -1386,6 +1710,9 @@ impl ServerStream {
             return Err(e);
         }
         let r = st.server.close(self.sid);
+        if let Some(i) = st.sessions.get_mut(&self.sid) {
+            i.close_requested = true;
+        }
         drop(st);
         self.shared.cond.notify_all();
         r.or_else(|e| {
@@ -1449,7 +1776,9 @@ impl ServerStream {
                         .session_error(self.sid)
                         .unwrap_or_else(|| core_io(Error::UnknownSession)));
                 }
-                Err(e) => return Err(core_io(e)),
+                Err(e) => {
+                    return Err(st.session_error(self.sid).unwrap_or_else(|| core_io(e)));
+                }
             }
             if let Some(e) = st.session_error(self.sid) {
                 return Err(e);
@@ -1474,7 +1803,9 @@ impl ServerStream {
                     self.shared.cond.notify_all();
                     return Ok(n);
                 }
-                Err(e) => return Err(core_io(e)),
+                Err(e) => {
+                    return Err(st.session_error(self.sid).unwrap_or_else(|| core_io(e)));
+                }
             }
             st = wait(&self.shared.cond, st);
         }
@@ -1497,14 +1828,100 @@ impl_read_write!(ServerStream);
 impl Drop for ServerStream {
     fn drop(&mut self) {
         let mut st = lock(&self.shared.state);
-        let ended = st.sessions.get(&self.sid).and_then(|i| i.end).is_some();
-        if !ended {
-            let _ = st.server.close(self.sid);
-        } else {
-            st.sessions.remove(&self.sid);
+        let sid = self.sid;
+        let alive = st.server.has_session(sid);
+        let st = &mut *st;
+        let Some(info) = st.sessions.get_mut(&sid) else {
+            return;
+        };
+        if info.end.is_some() || !alive {
+            st.sessions.remove(&sid);
+            return;
         }
-        drop(st);
+        // Dropped while the session lives and is not on its way to a clean
+        // end (both sides half-closed): abort it. The server's threads keep
+        // serving it until the client acknowledged the ABORT.
+        info.dropped = true;
+        let finishing = info.close_requested && info.peer_closed;
+        if !info.aborted && !finishing {
+            info.aborted = true;
+            let _ = st.server.abort(sid, AbortCode::DROPPED);
+            st.drain();
+        }
         self.shared.cond.notify_all();
+    }
+}
+
+fn abort_server(shared: &ServerShared, sid: SessionId, code: AbortCode) {
+    let mut st = lock(&shared.state);
+    let live = st
+        .sessions
+        .get(&sid)
+        .is_some_and(|i| i.end.is_none() && !i.aborted);
+    if live {
+        if let Some(i) = st.sessions.get_mut(&sid) {
+            i.aborted = true;
+        }
+        let _ = st.server.abort(sid, code);
+        st.drain();
+    }
+    drop(st);
+    shared.cond.notify_all();
+}
+
+fn wait_server_closed(shared: &ServerShared, sid: SessionId, timeout: StdDuration) -> bool {
+    let end = StdInstant::now() + timeout;
+    let mut st = lock(&shared.state);
+    loop {
+        let over =
+            st.sessions.get(&sid).is_none_or(|i| i.end.is_some()) || !st.server.has_session(sid);
+        if over {
+            return true;
+        }
+        if st.stopping {
+            return false; // shut down before the peer acknowledged
+        }
+        let left = end.saturating_duration_since(StdInstant::now());
+        if left.is_zero() {
+            return false;
+        }
+        st = wait_for(&shared.cond, st, left);
+    }
+}
+
+/// Aborts a session from another thread than the one using its stream
+/// (see [`ClientStream::abort_handle`], [`ServerStream::abort_handle`]).
+/// It does not keep the stream open.
+#[derive(Clone)]
+pub struct AbortHandle(HandleInner);
+
+#[derive(Clone)]
+enum HandleInner {
+    Client(Arc<ClientShared>),
+    Server(Arc<ServerShared>, SessionId),
+}
+
+impl fmt::Debug for AbortHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AbortHandle").finish_non_exhaustive()
+    }
+}
+
+impl AbortHandle {
+    /// Abort the session with `code`, like the stream's `abort`.
+    pub fn abort(&self, code: AbortCode) {
+        match &self.0 {
+            HandleInner::Client(s) => abort_client(s, code),
+            HandleInner::Server(s, sid) => abort_server(s, *sid, code),
+        }
+    }
+
+    /// Wait until the session is over, at most `timeout`; whether it is.
+    pub fn wait_closed(&self, timeout: StdDuration) -> bool {
+        match &self.0 {
+            HandleInner::Client(s) => wait_client_closed(s, timeout),
+            HandleInner::Server(s, sid) => wait_server_closed(s, *sid, timeout),
+        }
     }
 }
 
@@ -1522,6 +1939,8 @@ pub trait Session: Send + Sync {
     fn session_shutdown_write(&self) -> io::Result<()>;
     /// Close cleanly (both sides closed, everything acknowledged).
     fn session_close(&self) -> io::Result<()>;
+    /// Abort the session with `code`.
+    fn session_abort(&self, code: AbortCode);
 }
 
 /// Bytes moved by [`splice`].
@@ -1537,6 +1956,12 @@ pub struct SpliceStats {
 /// both directions ended (EOF is passed on as a half-close each way), then
 /// close the session cleanly. This is what `relink forward` and
 /// `relink serve-forward` run per connection.
+///
+/// Resets map both ways: a reset (or any read error) of the TCP connection
+/// aborts the session with [`AbortCode::TARGET_RESET`], and a session that
+/// ends other than cleanly (the peer aborted, the session was lost) resets
+/// the TCP connection (`SO_LINGER` 0) instead of ending it with a FIN, so a
+/// truncated transfer never looks complete.
 pub fn splice<S: Session>(session: &S, tcp: TcpStream) -> io::Result<SpliceStats> {
     let mut tcp_read = tcp.try_clone()?;
     let mut tcp_write = tcp;
@@ -1548,7 +1973,15 @@ pub fn splice<S: Session>(session: &S, tcp: TcpStream) -> io::Result<SpliceStats
                 let n = match tcp_read.read(&mut buf) {
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(_) => 0, // treat a reset like EOF: end our direction
+                    Err(e) => {
+                        // A reset (or a broken connection): not an end of
+                        // stream. The peer's TCP client must see a reset too.
+                        session.session_abort(AbortCode::TARGET_RESET);
+                        return Err(io::Error::new(
+                            e.kind(),
+                            format!("tunnelled TCP connection: {e}; session aborted"),
+                        ));
+                    }
                 };
                 if n == 0 {
                     session.session_shutdown_write()?;
@@ -1572,13 +2005,23 @@ pub fn splice<S: Session>(session: &S, tcp: TcpStream) -> io::Result<SpliceStats
                 Err(e) => break Err(e),
             }
         };
-        let _ = tcp_write.shutdown(Shutdown::Write);
         if r.is_err() {
-            let _ = tcp_write.shutdown(Shutdown::Both);
+            // Reset, not FIN: linger 0, wake the reader without sending
+            // anything (SHUT_RD), and the close below sends the RST.
+            let _ = socket2::SockRef::from(&tcp_write).set_linger(Some(StdDuration::ZERO));
+            let _ = tcp_write.shutdown(Shutdown::Read);
+        } else {
+            let _ = tcp_write.shutdown(Shutdown::Write);
         }
         let up = up
             .join()
             .unwrap_or_else(|_| Err(io::Error::other("splice thread panicked")));
+        drop(tcp_write);
+        // A reset of the TCP side is the cause; the session's error that
+        // follows from our own abort is not.
+        if let (Err(_), Err(e)) = (&r, &up) {
+            return Err(io::Error::new(e.kind(), e.to_string()));
+        }
         r?;
         Ok::<_, io::Error>(SpliceStats {
             to_session: up?,

@@ -13,9 +13,11 @@
 //! pipe). A background task owns the transport: when it breaks, stalls
 //! (idle timeout) or delivers bytes that fail authentication, the task opens
 //! a new one following a [`Backoff`] policy (immediate first retry,
-//! exponential delays with jitter) and the core resumes the session. After
-//! `max_attempts` failures in a row the stream fails with an
-//! [`io::Error`] saying so.
+//! capped exponential delays with jitter) and the core resumes the session.
+//! It keeps trying until the core closes the session (the server's
+//! advertised resume timeout passed without contact); only the very first
+//! connection gives up after `Backoff::max_attempts` failures in a row.
+//! Then the stream fails with an [`io::Error`] saying why.
 //!
 //! # Server
 //! [`Server::bind`] listens on TCP; [`Server::serve_transport`] adds a
@@ -36,11 +38,15 @@
 //!   may send more than `Config::recv_buffer` bytes before it closes.
 //! - Reads and writes are cancellation safe: dropping a pending
 //!   `read`/`write` future loses nothing.
-//! - Dropping a [`ClientStream`] stops its task and abandons the session
-//!   (the server expires it after `resume_timeout`). Dropping a
-//!   [`ServerStream`] closes its sending side and discards what the client
-//!   still sends. Dropping the [`Server`] ends all its transports and
-//!   sessions.
+//! - `abort(code)` ends a session at once, like a TCP reset: the peer's
+//!   reads and writes fail with [`io::ErrorKind::ConnectionReset`] and the
+//!   inner [`SessionError`] names the [`AbortCode`]. A session that ends
+//!   other than cleanly fails with a [`SessionError`] stating why (and, on
+//!   the client, the in-doubt range of written bytes).
+//! - Dropping a [`ClientStream`] or [`ServerStream`] that was neither
+//!   closed nor aborted aborts the session with [`AbortCode::DROPPED`]; the
+//!   background tasks keep serving it until the peer acknowledged.
+//!   Dropping the [`Server`] ends all its transports and sessions.
 //!
 //! Every function that spawns tasks must be called within a tokio runtime.
 //!
@@ -90,9 +96,11 @@ use ::tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use ::tokio::task::JoinHandle;
 use ::tokio::time::{Instant as TokioInstant, Sleep};
 
+pub use crate::blocking::SessionError;
+use crate::reconnect::DriverClock;
 use crate::{
-    Backoff, CloseReason, Config, Duration, Error, Event, Instant, OsRng, ResumeStatus,
-    ServerEvent, SessionId, TransportId,
+    AbortCode, Backoff, ByteRange, CloseReason, Config, Duration, Error, Event, Instant, OsRng,
+    ResumeStatus, ServerEvent, SessionId, TransportId,
 };
 
 /// Bytes read from or written to a transport per system call at most.
@@ -101,23 +109,25 @@ const IO_BUF: usize = 64 * 1024;
 // ---------------------------------------------------------------------------
 // shared helpers
 
-/// Converts between tokio's clock and the core's microsecond instants.
+/// The core's clock (suspend-aware, see [`DriverClock`]) and the way to
+/// tokio's timer, which runs on another clock: a core deadline becomes a
+/// tokio instant relative to the current reading of both.
 #[derive(Clone, Copy, Debug)]
 struct Clock {
-    origin: TokioInstant,
+    core: DriverClock,
 }
 
 impl Clock {
     fn new() -> Self {
         Clock {
-            origin: TokioInstant::now(),
+            core: DriverClock::new(),
         }
     }
     fn now(&self) -> Instant {
-        Instant::from_micros(u64::try_from(self.origin.elapsed().as_micros()).unwrap_or(u64::MAX))
+        self.core.now()
     }
     fn to_tokio(self, t: Instant) -> TokioInstant {
-        self.origin + std::time::Duration::from_micros(t.as_micros())
+        TokioInstant::now() + self.core.until(t)
     }
 }
 
@@ -147,35 +157,41 @@ fn fallback_tick(c: &Config) -> std::time::Duration {
     std::time::Duration::from_micros(d)
 }
 
-/// A sticky failure reported to every later read and write.
+/// A sticky failure reported to every later read and write: an
+/// [`io::Error`] whose inner error is the [`SessionError`].
 #[derive(Clone, Debug)]
 struct Failure {
     kind: io::ErrorKind,
-    msg: String,
+    err: SessionError,
 }
 
 impl Failure {
     fn io(&self) -> io::Error {
-        io::Error::new(self.kind, self.msg.clone())
+        io::Error::new(self.kind, self.err.clone())
     }
-    fn closed(reason: CloseReason) -> Failure {
+    fn of(err: SessionError) -> Failure {
         Failure {
-            kind: io::ErrorKind::ConnectionAborted,
-            msg: format!("relink session ended: {}", describe(reason)),
+            kind: err.io_kind(),
+            err,
         }
     }
-}
-
-fn describe(reason: CloseReason) -> String {
-    match reason {
-        CloseReason::Error(e) => format!("{e}"),
-        r => format!("{r:?}"),
+    /// A server session that ended other than cleanly.
+    fn closed(reason: CloseReason) -> Failure {
+        Failure::of(SessionError::Closed(reason))
+    }
+    /// The client's session ended other than cleanly.
+    fn ended(core: &crate::Client<OsRng>, reason: CloseReason) -> Failure {
+        Failure::of(SessionError::Ended {
+            reason,
+            in_doubt: core.in_doubt(),
+        })
     }
 }
 
 fn core_error(e: Error) -> io::Error {
     let kind = match e {
         Error::Closed => io::ErrorKind::BrokenPipe,
+        Error::Aborted(_) => io::ErrorKind::ConnectionAborted,
         Error::UnknownSession => io::ErrorKind::NotConnected,
         _ => io::ErrorKind::Other,
     };
@@ -212,8 +228,11 @@ struct TransportIo<T> {
     outbuf: Box<[u8]>,
     out_start: usize,
     out_end: usize,
-    /// The transport broke (EOF, I/O error): why.
+    /// The transport broke (I/O error, or writes refused): why.
     lost: Option<String>,
+    /// The peer closed its sending side (read EOF); writing may still work,
+    /// and an answer already queued is written before the transport closes.
+    eof: bool,
     /// The core ended the transport.
     core_ended: bool,
     write_blocked: bool,
@@ -231,6 +250,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> TransportIo<T> {
             out_start: 0,
             out_end: 0,
             lost: None,
+            eof: false,
             core_ended: false,
             write_blocked: false,
             needs_flush: false,
@@ -256,7 +276,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> TransportIo<T> {
     /// Read from the transport when all earlier input was consumed.
     /// Returns whether something happened.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.input_pending() || self.lost.is_some() || self.core_ended {
+        if self.input_pending() || self.lost.is_some() || self.eof || self.core_ended {
             return false;
         }
         self.in_start = 0;
@@ -266,7 +286,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> TransportIo<T> {
             Poll::Ready(Ok(())) => {
                 let n = rb.filled().len();
                 if n == 0 {
-                    self.lost = Some("transport closed by the peer".to_string());
+                    self.eof = true;
                 }
                 self.in_end = n;
                 true
@@ -342,11 +362,18 @@ fn poll_timer(
         return false;
     };
     let target = if d <= now {
-        clock.to_tokio(now) + tick
+        TokioInstant::now() + tick
     } else {
         clock.to_tokio(d)
     };
-    if sleep.deadline() != target {
+    // The target moves by the microseconds between two clock readings:
+    // re-arm only when it really changed.
+    let current = sleep.deadline();
+    let drift = target
+        .checked_duration_since(current)
+        .or_else(|| current.checked_duration_since(target))
+        .unwrap_or_default();
+    if drift > std::time::Duration::from_micros(500) || sleep.is_elapsed() {
         sleep.as_mut().reset(target);
     }
     sleep.as_mut().poll(cx).is_ready()
@@ -410,6 +437,12 @@ struct ClientShared {
     /// The driver holds input the core could not take (receive buffer full).
     input_blocked: bool,
     handshake_done: bool,
+    /// The last transport was refused as Stale (clock estimate corrected).
+    retry_now: bool,
+    /// The server half-closed.
+    peer_closed: bool,
+    /// The application (or the drop) aborted the session.
+    aborted: bool,
     /// The current transport completed its handshake or resume.
     established: bool,
     close_requested: bool,
@@ -434,11 +467,19 @@ impl ClientShared {
                 Event::ResendRange { start, end } => {
                     self.stats.resend_bytes += end.saturating_sub(start);
                 }
-                Event::TransportLost { error } => self.stats.count_loss(classify(error)),
-                Event::PeerClosed => wake(&mut self.read_waker),
+                Event::TransportLost { error } => {
+                    if error == Some(Error::ResumeRejected(ResumeStatus::Stale)) {
+                        self.retry_now = true;
+                    }
+                    self.stats.count_loss(classify(error))
+                }
+                Event::PeerClosed => {
+                    self.peer_closed = true;
+                    wake(&mut self.read_waker)
+                }
                 Event::Closed { reason } => {
                     if reason != CloseReason::Clean && self.failure.is_none() {
-                        self.failure = Some(Failure::closed(reason));
+                        self.failure = Some(Failure::ended(&self.core, reason));
                     }
                     self.wake_app();
                 }
@@ -536,6 +577,9 @@ impl ClientStream {
             driver_waker: None,
             input_blocked: false,
             handshake_done: false,
+            retry_now: false,
+            peer_closed: false,
+            aborted: false,
             established: false,
             close_requested: false,
             failure: None,
@@ -619,8 +663,49 @@ impl ClientMonitor {
     }
 }
 
+impl ClientStream {
+    /// Abort the session (like a TCP reset): stop sending at once and tell
+    /// the server with an authenticated ABORT carrying `code`; reads and
+    /// writes fail from then on. The background task keeps reconnecting
+    /// until the server acknowledged it or the session is given up, also
+    /// after the stream is dropped.
+    pub fn abort(&self, code: AbortCode) {
+        let mut st = lock(&self.shared);
+        if !st.aborted && !st.core.is_closed() {
+            st.aborted = true;
+            st.core.abort(code);
+            st.process_events();
+            wake(&mut st.driver_waker);
+            st.wake_app();
+        }
+    }
+
+    /// Once the session ended other than cleanly: the written bytes whose
+    /// delivery is unknown, `[acknowledged, written)`.
+    pub fn in_doubt(&self) -> Option<ByteRange> {
+        lock(&self.shared).core.in_doubt()
+    }
+}
+
 impl Drop for ClientStream {
     fn drop(&mut self) {
+        let mut st = lock(&self.shared);
+        // Dropped while the session lives and is not on its way to a clean
+        // end (both sides half-closed): abort it; the task runs on until
+        // the server acknowledged.
+        let finishing = st.close_requested && st.peer_closed;
+        if !st.core.is_closed() && st.failure.is_none() {
+            if !st.aborted && !finishing {
+                st.aborted = true;
+                st.core.abort(AbortCode::DROPPED);
+                st.process_events();
+            }
+            if !st.core.is_closed() {
+                wake(&mut st.driver_waker);
+                return;
+            }
+        }
+        drop(st);
         self.task.abort();
     }
 }
@@ -641,26 +726,78 @@ async fn drive_client<F, Fut, T>(
     let mut jitter = crate::os_rng();
     let mut attempt: u32 = 0;
     let mut last_error = String::from("none");
+    let mut immediate_retry = false;
     let mut sleep = Box::pin(::tokio::time::sleep_until(TokioInstant::now()));
     loop {
-        let Some(delay) = backoff.delay(attempt, &mut jitter) else {
+        // Before a session exists the backoff's attempt limit applies; once
+        // there is one, only the core ends it (its give-up deadline, from the
+        // server's advertised resume timeout, is part of `poll_timeout`).
+        let (has_session, retry_now) = {
+            let mut st = lock(&shared);
+            let has = st.handshake_done || st.core.conn_id().is_some();
+            (has, core::mem::take(&mut st.retry_now))
+        };
+        let policy = if has_session {
+            Backoff {
+                max_attempts: None,
+                ..backoff
+            }
+        } else {
+            backoff
+        };
+        let Some(delay) = policy.delay(attempt, &mut jitter) else {
             let mut st = lock(&shared);
             st.fail(Failure {
                 kind: io::ErrorKind::TimedOut,
-                msg: format!(
-                    "relink: gave up reconnecting after {attempt} failed attempts in a row \
-                     (last error: {last_error})"
-                ),
+                err: SessionError::GaveUp {
+                    attempts: attempt,
+                    last_error,
+                },
             });
             return;
         };
-        if delay.as_micros() > 0 {
-            ::tokio::time::sleep(delay.into()).await;
+        // A Stale refusal corrected the clock estimate: once in a row, retry
+        // at once.
+        let delay: std::time::Duration = if retry_now && !immediate_retry {
+            immediate_retry = true;
+            std::time::Duration::ZERO
+        } else {
+            immediate_retry = false;
+            delay.into()
+        };
+        let wake_at = TokioInstant::now() + delay;
+        loop {
+            let until = {
+                let mut st = lock(&shared);
+                let now = clock.now();
+                if st.core.poll_timeout().is_some_and(|d| d <= now) {
+                    st.core.handle_timeout(now);
+                    st.process_events();
+                }
+                if st.core.is_closed() {
+                    let reason = st
+                        .core
+                        .close_reason()
+                        .unwrap_or(CloseReason::TooManyFailures);
+                    if reason != CloseReason::Clean {
+                        let f = Failure::ended(&st.core, reason);
+                        st.fail(f);
+                    }
+                    st.wake_app();
+                    return;
+                }
+                if TokioInstant::now() >= wake_at {
+                    break;
+                }
+                // (at least 1 ms: a deadline the core did not move must not
+                // make this loop spin)
+                let floor = TokioInstant::now() + std::time::Duration::from_millis(1);
+                let core_at = st.core.poll_timeout().map(|d| clock.to_tokio(d).max(floor));
+                core_at.map_or(wake_at, |c| c.min(wake_at))
+            };
+            ::tokio::time::sleep_until(until).await;
         }
         attempt += 1;
-        if lock(&shared).core.is_closed() {
-            return;
-        }
         let t = match ::tokio::time::timeout(connect_timeout, connect()).await {
             Ok(Ok(t)) => t,
             Ok(Err(e)) => {
@@ -680,7 +817,8 @@ async fn drive_client<F, Fut, T>(
             if let Err(e) = st.core.new_transport(now) {
                 st.process_events();
                 let reason = st.core.close_reason().unwrap_or(CloseReason::Error(e));
-                st.fail(Failure::closed(reason));
+                let f = Failure::ended(&st.core, reason);
+                st.fail(f);
                 return;
             }
             st.stats.transports += 1;
@@ -741,7 +879,11 @@ fn client_poll<T: AsyncRead + AsyncWrite + Unpin>(
             let core = &mut st.core;
             progress |= io.poll_drain(cx, |buf| core.poll_transmit(now, buf).unwrap_or(0));
         }
-        if let Some(why) = io.lost.take() {
+        let lost = io
+            .lost
+            .take()
+            .or_else(|| io.eof.then(|| "transport closed by the peer".to_string()));
+        if let Some(why) = lost {
             if !st.core.transport_ended() && !st.core.is_closed() {
                 st.stats.count_loss(LossKind::Io);
             }
@@ -753,8 +895,13 @@ fn client_poll<T: AsyncRead + AsyncWrite + Unpin>(
             return Poll::Ready(TransportEnd::Lost(why));
         }
         if st.core.is_closed() {
-            let clean = st.core.close_reason() == Some(CloseReason::Clean);
-            if !clean || (!io.output_pending() && !st.core.wants_transmit(now)) {
+            // A clean end and the answer to the server's ABORT still have
+            // frames to write (the last ACK, the ABORT echo).
+            let flush = matches!(
+                st.core.close_reason(),
+                Some(CloseReason::Clean | CloseReason::Aborted { by_peer: true, .. })
+            );
+            if !flush || (!io.output_pending() && !st.core.wants_transmit(now)) {
                 io.poll_close(cx);
                 return Poll::Ready(TransportEnd::SessionOver);
             }
@@ -846,7 +993,7 @@ impl AsyncWrite for ClientStream {
         }
         match st.core.close_reason() {
             Some(CloseReason::Clean) => Poll::Ready(Ok(())),
-            Some(r) => Poll::Ready(Err(Failure::closed(r).io())),
+            Some(r) => Poll::Ready(Err(Failure::ended(&st.core, r).io())),
             None => {
                 if let Some(f) = &st.failure {
                     return Poll::Ready(Err(f.io()));
@@ -902,6 +1049,8 @@ struct SessionSlot {
     peer_closed: bool,
     closed: Option<CloseReason>,
     close_requested: bool,
+    /// The application (or the drop) aborted the session.
+    aborted: Option<AbortCode>,
     /// The application dropped its stream: discard what arrives.
     dropped: bool,
 }
@@ -1049,9 +1198,15 @@ impl ServerShared {
         if self.stopped {
             return io::Error::new(io::ErrorKind::ConnectionAborted, "relink server dropped");
         }
-        match self.sessions.get(&sid).and_then(|s| s.closed) {
-            Some(r) => Failure::closed(r).io(),
-            None => core_error(Error::UnknownSession),
+        let slot = self.sessions.get(&sid);
+        match (slot.and_then(|s| s.closed), slot.and_then(|s| s.aborted)) {
+            (Some(r), _) => Failure::closed(r).io(),
+            (None, Some(code)) => Failure::closed(CloseReason::Aborted {
+                code,
+                by_peer: false,
+            })
+            .io(),
+            (None, None) => core_error(Error::UnknownSession),
         }
     }
 }
@@ -1228,15 +1383,21 @@ where
     let shared = shared.clone();
     ::tokio::spawn(async move {
         let mut io = TransportIo::new(transport);
-        poll_fn(|cx| server_transport_poll(&shared, tid, &mut io, cx)).await;
+        let mut linger = None;
+        poll_fn(|cx| server_transport_poll(&shared, tid, &mut io, &mut linger, cx)).await;
     });
     Ok(())
 }
+
+/// How long a transport that is over waits for its last answer (a
+/// rejection, DataUnavailable) to be written when the socket is full.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn server_transport_poll<T: AsyncRead + AsyncWrite + Unpin>(
     shared: &Mutex<ServerShared>,
     tid: TransportId,
     io: &mut TransportIo<T>,
+    linger: &mut Option<Pin<Box<Sleep>>>,
     cx: &mut Context<'_>,
 ) -> Poll<()> {
     let mut guard = lock(shared);
@@ -1278,9 +1439,21 @@ fn server_transport_poll<T: AsyncRead + AsyncWrite + Unpin>(
             }
             st.nudge_timer(now);
         }
+        // A transport the core ended, or whose peer stopped sending, is
+        // closed once everything queued for it (a rejection, a last answer)
+        // was written, or writing blocks.
         let ended = st.core.transport_ended(tid);
-        if io.lost.is_some() || (ended && (!io.output_pending() || io.write_blocked)) {
-            if io.lost.is_some() && !ended {
+        // An answer still being written when the socket is full: wait for
+        // the socket (its waker is registered) up to LINGER.
+        let lingering = (ended || io.eof) && io.output_pending() && io.write_blocked && {
+            let sleep = linger.get_or_insert_with(|| Box::pin(::tokio::time::sleep(LINGER)));
+            sleep.as_mut().poll(cx).is_pending()
+        };
+        if lingering && io.lost.is_none() {
+            return Poll::Pending;
+        }
+        if io.lost.is_some() || ((ended || io.eof) && (!io.output_pending() || io.write_blocked)) {
+            if (io.lost.is_some() || io.eof) && !ended {
                 st.stats.lost_io += 1;
             }
             if io.lost.is_none() {
@@ -1382,6 +1555,29 @@ impl ServerStream {
             .get(&self.sid)
             .and_then(|s| s.closed)
     }
+
+    /// Abort the session (like a TCP reset): stop sending at once and tell
+    /// the client with an authenticated ABORT carrying `code`; the client's
+    /// reads and writes fail with [`io::ErrorKind::ConnectionReset`]. The
+    /// server keeps serving the session until the client acknowledged.
+    pub fn abort(&self, code: AbortCode) {
+        let mut guard = lock(&self.shared);
+        let st = &mut *guard;
+        let sid = self.sid;
+        let Some(slot) = st.sessions.get_mut(&sid) else {
+            return;
+        };
+        if slot.aborted.is_some() || slot.closed.is_some() {
+            return;
+        }
+        slot.aborted = Some(code);
+        let _ = st.core.abort(sid, code);
+        st.process_events();
+        if let Some(slot) = st.sessions.get_mut(&sid) {
+            slot.wake_all();
+        }
+        st.wake_transport_of(sid);
+    }
 }
 
 impl Drop for ServerStream {
@@ -1398,7 +1594,15 @@ impl Drop for ServerStream {
             return;
         }
         slot.dropped = true;
-        let _ = st.core.close(sid);
+        // Dropped while the session lives and is not on its way to a clean
+        // end (both sides half-closed): abort it. The transport tasks keep
+        // serving it until the client acknowledged.
+        let finishing = slot.close_requested && slot.peer_closed;
+        if slot.aborted.is_none() && !finishing && slot.closed.is_none() {
+            slot.aborted = Some(AbortCode::DROPPED);
+            let _ = st.core.abort(sid, AbortCode::DROPPED);
+            st.process_events();
+        }
         st.after_io(sid);
         st.wake_transport_of(sid);
     }
@@ -1470,7 +1674,7 @@ impl AsyncWrite for ServerStream {
                 st.wake_transport_of(sid);
                 Poll::Ready(Ok(n))
             }
-            Err(Error::UnknownSession) => Poll::Ready(Err(st.gone(sid))),
+            Err(Error::UnknownSession | Error::Aborted(_)) => Poll::Ready(Err(st.gone(sid))),
             Err(e) => Poll::Ready(Err(core_error(e))),
         }
     }

@@ -74,11 +74,17 @@ fn help_explains_every_flag() {
         assert!(top.contains(s), "top-level help lacks {s}:\n{top}");
     }
     for (sub, flags) in [
-        ("listen", &["--key", "--sessions", "<ADDR>"][..]),
+        (
+            "listen",
+            &["--key", "--sessions", "--resume-timeout", "<ADDR>"][..],
+        ),
         ("connect", &["--server-key", "<ADDR>"][..]),
         ("keygen", &["--out"][..]),
         ("forward", &["--server-key", "<LOCAL>", "<REMOTE>"][..]),
-        ("serve-forward", &["--key", "<ADDR>", "<TARGET>"][..]),
+        (
+            "serve-forward",
+            &["--key", "--resume-timeout", "<ADDR>", "<TARGET>"][..],
+        ),
     ] {
         let h = help(&[sub, "--help"]);
         for f in flags {

@@ -306,3 +306,162 @@ fn flushing_a_transport_replaced_by_resume_sends_nothing() {
         "poll_transmit on the replaced transport panicked or failed"
     );
 }
+
+/// The inner `SessionError` of a driver's `io::Error`.
+fn session_error(e: &std::io::Error) -> &SessionError {
+    e.get_ref()
+        .and_then(|e| e.downcast_ref::<SessionError>())
+        .unwrap_or_else(|| panic!("no SessionError inside {e:?}"))
+}
+
+#[test]
+fn an_abort_reaches_the_peer_at_once_as_a_reset_naming_the_code() {
+    use relink::AbortCode;
+    let listener = Listener::bind("127.0.0.1:0", fast_config()).unwrap();
+    let addr = listener.local_addr();
+    let client = ClientBuilder::new(fast_config()).connect(addr).unwrap();
+    (&client).write_all(b"hello").unwrap();
+    let server = listener.accept().unwrap();
+    let mut got = [0u8; 5];
+    (&server).read_exact(&mut got).unwrap();
+    // The client wrote more that the server will never acknowledge.
+    (&client).write_all(&[7u8; 1000]).unwrap();
+    let start = std::time::Instant::now();
+    server.abort(AbortCode(0x1234));
+    let mut buf = [0u8; 64];
+    let e = loop {
+        match (&client).read(&mut buf) {
+            Ok(0) => panic!("a clean end of stream after an abort"),
+            Ok(_) => {}
+            Err(e) => break e,
+        }
+    };
+    assert!(start.elapsed() < std::time::Duration::from_secs(2));
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+    let inner = session_error(&e);
+    assert_eq!(inner.abort_code(), Some(AbortCode(0x1234)));
+    let text = e.to_string();
+    assert!(text.contains("aborted by the peer"), "{text}");
+    assert!(!text.contains("Aborted {"), "Debug output in {text}");
+    // Writes fail the same way; the in-doubt range is stated.
+    let w = (&client).write(b"more").unwrap_err();
+    assert_eq!(w.kind(), std::io::ErrorKind::ConnectionReset);
+    match session_error(&w) {
+        SessionError::Ended {
+            in_doubt: Some(r), ..
+        } => {
+            assert!(r.end == 1005 && r.start <= r.end, "{r:?}");
+            assert!(
+                w.to_string().contains(&format!("[{}, 1005)", r.start)),
+                "{w}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(client.in_doubt().map(|r| r.end), Some(1005));
+    assert!(server.wait_closed(std::time::Duration::from_secs(2)));
+}
+
+#[test]
+fn a_dropped_client_stream_aborts_with_dropped() {
+    use relink::AbortCode;
+    let listener = Listener::bind("127.0.0.1:0", fast_config()).unwrap();
+    let addr = listener.local_addr();
+    let client = ClientBuilder::new(fast_config()).connect(addr).unwrap();
+    (&client).write_all(b"x").unwrap();
+    let server = listener.accept().unwrap();
+    let mut one = [0u8; 1];
+    (&server).read_exact(&mut one).unwrap();
+    let start = std::time::Instant::now();
+    drop(client); // neither closed nor aborted
+    let e = (&server).read(&mut one).unwrap_err();
+    assert!(start.elapsed() < std::time::Duration::from_secs(2));
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+    assert_eq!(session_error(&e).abort_code(), Some(AbortCode::DROPPED));
+}
+
+/// A 2 s outage in which every connect is refused costs dozens of attempts
+/// (50 ms apart at most); the client keeps trying as long as the server
+/// holds the session (its advertised resume timeout), not for a count of
+/// attempts, and the session resumes.
+#[test]
+fn a_long_outage_does_not_make_the_client_give_up_by_count() {
+    use std::sync::Mutex;
+    let listener = Listener::bind("127.0.0.1:0", fast_config()).unwrap();
+    let relay = Relay::start(listener.local_addr(), FaultPlan::default(), 9).unwrap();
+    let target = Arc::new(Mutex::new(Some(relay.local_addr())));
+    let t = target.clone();
+    let client = ClientBuilder::new(fast_config())
+        .backoff(fast_backoff(Some(3)))
+        .connect_with(move || match *t.lock().unwrap() {
+            Some(a) => std::net::TcpStream::connect(a),
+            None => Err(std::io::ErrorKind::ConnectionRefused.into()),
+        })
+        .unwrap();
+    (&client).write_all(b"before").unwrap();
+    let server = listener.accept().unwrap();
+    let mut got = [0u8; 6];
+    (&server).read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"before");
+
+    *target.lock().unwrap() = None;
+    drop(relay); // cuts the transport; every connect is refused now
+    thread::sleep(std::time::Duration::from_secs(2));
+    let relay = Relay::start(listener.local_addr(), FaultPlan::default(), 10).unwrap();
+    *target.lock().unwrap() = Some(relay.local_addr());
+
+    (&client).write_all(b"after").unwrap();
+    let mut got = [0u8; 5];
+    (&server).read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"after");
+    let stats = client.stats();
+    assert!(stats.connect_failures > 3, "{stats:?}");
+    assert!(stats.resumes >= 1, "{stats:?}");
+}
+
+/// When the server's advertised resume timeout passes without contact, the
+/// core gives the session up (not the backoff) and the client's calls fail
+/// with the reason and the in-doubt range of what it wrote.
+#[test]
+fn the_client_gives_up_when_the_server_can_no_longer_hold_the_session() {
+    use std::sync::Mutex;
+    let server_cfg = Config {
+        resume_timeout: Duration::from_millis(800),
+        ..fast_config()
+    };
+    let listener = Listener::bind("127.0.0.1:0", server_cfg).unwrap();
+    let relay = Relay::start(listener.local_addr(), FaultPlan::default(), 11).unwrap();
+    let target = Arc::new(Mutex::new(Some(relay.local_addr())));
+    let t = target.clone();
+    let client = ClientBuilder::new(fast_config())
+        .backoff(fast_backoff(None))
+        .connect_with(move || match *t.lock().unwrap() {
+            Some(a) => std::net::TcpStream::connect(a),
+            None => Err(std::io::ErrorKind::ConnectionRefused.into()),
+        })
+        .unwrap();
+    (&client).write_all(b"acked").unwrap();
+    (&client).flush().unwrap(); // acknowledged
+    let _server = listener.accept().unwrap();
+    *target.lock().unwrap() = None;
+    drop(relay);
+    (&client).write_all(b"in doubt").unwrap();
+    let start = std::time::Instant::now();
+    let mut buf = [0u8; 8];
+    let e = (&client).read(&mut buf).unwrap_err();
+    let waited = start.elapsed();
+    // resume timeout 0.8 s + idle timeout 0.4 s after the last contact.
+    assert!(
+        waited >= std::time::Duration::from_millis(700)
+            && waited < std::time::Duration::from_secs(4),
+        "{waited:?}"
+    );
+    match session_error(&e) {
+        SessionError::Ended {
+            reason: relink::CloseReason::Expired,
+            in_doubt: Some(r),
+        } => assert_eq!((r.start, r.end), (5, 13)),
+        other => panic!("{other:?}"),
+    }
+    assert!(e.to_string().contains("[5, 13)"), "{e}");
+}

@@ -459,3 +459,136 @@ fn poll_transmit_on_a_transport_replaced_by_resume_returns_nothing() {
     assert!(server.transport_ended(old));
     assert_eq!(server.poll_transmit(old, now, &mut wire), Ok(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aborts_reach_the_peer_as_resets_naming_the_code() {
+    use relink::tokio::SessionError;
+    use relink::AbortCode;
+    let server = Server::bind("127.0.0.1:0", fast_config()).await.unwrap();
+    let addr = server.local_addr().unwrap();
+    let mut client = ClientStream::connect(addr, fast_config()).await.unwrap();
+    client.write_all(b"hello").await.unwrap();
+    let mut s = server.accept().await.unwrap();
+    let mut got = [0u8; 5];
+    s.read_exact(&mut got).await.unwrap();
+
+    // The server aborts: the client's reads fail at once with a reset.
+    s.abort(AbortCode(0x777));
+    let mut buf = [0u8; 16];
+    let e = tokio::time::timeout(StdDuration::from_secs(2), client.read(&mut buf))
+        .await
+        .expect("no news of the abort within 2 s")
+        .unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "{e}");
+    let inner = e
+        .get_ref()
+        .and_then(|i| i.downcast_ref::<SessionError>())
+        .expect("SessionError inside");
+    assert_eq!(inner.abort_code(), Some(AbortCode(0x777)));
+    assert!(e.to_string().contains("aborted by the peer"), "{e}");
+
+    // A dropped client stream aborts with DROPPED.
+    let mut c2 = ClientStream::connect(addr, fast_config()).await.unwrap();
+    c2.write_all(b"y").await.unwrap();
+    let mut s2 = server.accept().await.unwrap();
+    let mut one = [0u8; 1];
+    s2.read_exact(&mut one).await.unwrap();
+    drop(c2);
+    let e = tokio::time::timeout(StdDuration::from_secs(2), s2.read(&mut one))
+        .await
+        .expect("no news of the drop within 2 s")
+        .unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "{e}");
+    let inner = e
+        .get_ref()
+        .and_then(|i| i.downcast_ref::<SessionError>())
+        .expect("SessionError inside");
+    assert_eq!(inner.abort_code(), Some(AbortCode::DROPPED));
+}
+
+/// A 2 s outage in which every connect is refused: far more attempts than
+/// `max_attempts`, yet the client keeps going (the server holds the session
+/// for its advertised resume timeout) and the session resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_outage_does_not_make_the_client_give_up_by_count() {
+    use std::sync::Mutex;
+    let server = Server::bind("127.0.0.1:0", fast_config()).await.unwrap();
+    let addr = server.local_addr().unwrap();
+    let relay = Relay::start(addr, FaultPlan::default(), 5).unwrap();
+    let target = Arc::new(Mutex::new(Some(relay.local_addr())));
+    let t = target.clone();
+    let backoff = Backoff {
+        initial: relink::Duration::from_millis(2),
+        max: relink::Duration::from_millis(50),
+        max_attempts: Some(3),
+    };
+    let mut client = ClientStream::connect_with(fast_config(), backoff, move || {
+        let a = *t.lock().unwrap();
+        async move {
+            match a {
+                Some(a) => tokio::net::TcpStream::connect(a).await,
+                None => Err(io::ErrorKind::ConnectionRefused.into()),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    client.write_all(b"before").await.unwrap();
+    let mut s = server.accept().await.unwrap();
+    let mut got = [0u8; 6];
+    s.read_exact(&mut got).await.unwrap();
+
+    *target.lock().unwrap() = None;
+    drop(relay);
+    tokio::time::sleep(StdDuration::from_secs(2)).await;
+    let relay = Relay::start(addr, FaultPlan::default(), 6).unwrap();
+    *target.lock().unwrap() = Some(relay.local_addr());
+
+    client.write_all(b"after").await.unwrap();
+    let mut got = [0u8; 5];
+    tokio::time::timeout(StdDuration::from_secs(5), s.read_exact(&mut got))
+        .await
+        .expect("no resume within 5 s")
+        .unwrap();
+    assert_eq!(&got, b"after");
+    let stats = client.stats();
+    assert!(stats.connect_failures > 3, "{stats:?}");
+    assert!(stats.resumes >= 1, "{stats:?}");
+}
+
+/// Every answer the core queued is written before the transport closes,
+/// also when the client already half-closed after its request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_reaches_a_half_closed_client_before_eof() {
+    use relink::wire::{self, ResumeRequest, VERSION};
+    let server = Server::bind("127.0.0.1:0", fast_config()).await.unwrap();
+    let addr = server.local_addr().unwrap();
+    for half_close in [false, true] {
+        let req = ResumeRequest {
+            version: VERSION,
+            conn_id: 42,
+            counter: 1,
+            client_written: 0,
+            client_read: 0,
+            time: 0,
+            mac: [1; wire::TAG_LEN],
+        }
+        .encode();
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(&req).await.unwrap();
+        if half_close {
+            s.shutdown().await.unwrap();
+        }
+        let mut got = Vec::new();
+        tokio::time::timeout(StdDuration::from_secs(3), s.read_to_end(&mut got))
+            .await
+            .expect("no EOF within 3 s")
+            .unwrap();
+        assert!(got.len() >= 2, "no answer (half_close {half_close})");
+        assert_eq!(
+            relink::ResumeStatus::from_byte(got[1]),
+            Ok(relink::ResumeStatus::UnknownSession)
+        );
+        assert_eq!(Ok(got.len()), wire::resume_response_len(got[0], got[1]));
+    }
+}

@@ -8,9 +8,14 @@ use std::sync::OnceLock;
 
 /// Path of the example binary, built once per test process with the same
 /// profile and features as this test (a no-op when `cargo test` built it).
+/// `RELINK_BIN=/path/to/relink` runs the tests against another build (e.g.
+/// an older commit's, to see a test fail before a fix).
 pub fn relink_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("RELINK_BIN") {
+            return PathBuf::from(bin);
+        }
         let exe = std::env::current_exe().expect("test exe path");
         let profile_dir = exe.parent().and_then(Path::parent).expect("profile dir");
         let target_dir = profile_dir.parent().expect("target dir");
@@ -18,6 +23,24 @@ pub fn relink_bin() -> &'static Path {
             .join("examples")
             .join(format!("relink{}", std::env::consts::EXE_SUFFIX));
         let mut cmd = Command::new(env!("CARGO"));
+        // The variables cargo sets for this test process would reach build
+        // scripts (ring's watches CARGO_MANIFEST_DIR) and make every run
+        // rebuild half the dependency tree: not theirs to see.
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy().into_owned();
+            if k == "CARGO_MANIFEST_DIR"
+                || k == "CARGO_MANIFEST_PATH"
+                || k == "CARGO_MANIFEST_LINKS"
+                || k == "CARGO_CRATE_NAME"
+                || k == "CARGO_PRIMARY_PACKAGE"
+                || k == "CARGO_TARGET_TMPDIR"
+                || k == "CARGO_RUSTC_CURRENT_DIR"
+                || k.starts_with("CARGO_PKG_")
+                || k.starts_with("CARGO_BIN_")
+            {
+                cmd.env_remove(k);
+            }
+        }
         cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
             .env("CARGO_TARGET_DIR", target_dir)
             .args(["build", "--quiet", "--example", "relink"]);
@@ -40,5 +63,87 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// Lines a child wrote to stderr, collected by a thread.
+#[derive(Clone, Default)]
+pub struct Log(pub std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Log {
+    /// Collect the lines of `r` (echoed to our stderr with `name`).
+    pub fn collect(name: &str, r: impl std::io::Read + Send + 'static) -> Log {
+        use std::io::BufRead;
+        let log = Log::default();
+        let l = log.clone();
+        let name = name.to_string();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(r).lines().map_while(Result::ok) {
+                eprintln!("[{name}] {line}");
+                l.0.lock().unwrap().push(line);
+            }
+        });
+        log
+    }
+
+    /// Everything so far, one line each.
+    pub fn text(&self) -> String {
+        self.0.lock().unwrap().join("\n")
+    }
+
+    /// The first line containing all of `parts`, waiting up to `within`.
+    pub fn wait_for(&self, parts: &[&str], within: std::time::Duration) -> Option<String> {
+        let end = std::time::Instant::now() + within;
+        loop {
+            if let Some(l) = self
+                .0
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| parts.iter().all(|p| l.contains(p)))
+            {
+                return Some(l.clone());
+            }
+            if std::time::Instant::now() >= end {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}
+
+/// Start `cmd` (stderr piped) and read the `listening on ADDR` line it
+/// prints first; the rest of its stderr is collected.
+pub fn spawn_listening(name: &str, mut cmd: Command) -> (Proc, std::net::SocketAddr, Log) {
+    use std::io::BufRead;
+    let mut child = Proc(
+        cmd.stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn relink"),
+    );
+    let mut err = std::io::BufReader::new(child.0.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("{name}: unexpected first stderr line {line:?}"))
+        .parse()
+        .unwrap();
+    let log = Log::collect(name, err);
+    (child, addr, log)
+}
+
+/// Wait up to `within` for the child to exit.
+pub fn wait_exit(p: &mut Proc, within: std::time::Duration) -> Option<std::process::ExitStatus> {
+    let end = std::time::Instant::now() + within;
+    loop {
+        if let Some(s) = p.0.try_wait().unwrap() {
+            return Some(s);
+        }
+        if std::time::Instant::now() >= end {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
