@@ -213,6 +213,8 @@ async fn main() -> ExitCode {
     let backoff = Backoff {
         initial: relink::Duration::from_millis(5),
         max: relink::Duration::from_millis(200),
+        // Only the first connect: once the session exists, the driver keeps
+        // reconnecting until the core gives the session up.
         max_attempts: Some(50),
     };
     let client = match ClientStream::connect_with(config, backoff, move || async move {
