@@ -930,14 +930,7 @@ where
             let has = st.connected_once || st.client.conn_id().is_some();
             (has, std::mem::take(&mut st.retry_now))
         };
-        let policy = if has_session {
-            Backoff {
-                max_attempts: None,
-                ..backoff
-            }
-        } else {
-            backoff
-        };
+        let policy = backoff.with_session(has_session);
         let Some(delay) = policy.delay(attempt, &mut rng) else {
             let mut st = lock(&shared.state);
             st.fatal.get_or_insert(SessionError::GaveUp {

@@ -41,6 +41,21 @@ impl Default for Backoff {
 }
 
 impl Backoff {
+    /// The policy that applies while a session exists (`has_session`): the
+    /// same delays without the attempt limit, because then only the core
+    /// decides that the session is lost (its give-up deadline from the
+    /// server's advertised resume timeout, PROTOCOL.md 7.6). Before, `self`.
+    pub(crate) fn with_session(self, has_session: bool) -> Backoff {
+        if has_session {
+            Backoff {
+                max_attempts: None,
+                ..self
+            }
+        } else {
+            self
+        }
+    }
+
     /// Delay before attempt number `attempt` (0-based; attempt 0 is
     /// immediate), or `None` once the limit is reached. The delay doubles
     /// per attempt up to `max`, then a random jitter picks a value in

@@ -737,14 +737,7 @@ async fn drive_client<F, Fut, T>(
             let has = st.handshake_done || st.core.conn_id().is_some();
             (has, core::mem::take(&mut st.retry_now))
         };
-        let policy = if has_session {
-            Backoff {
-                max_attempts: None,
-                ..backoff
-            }
-        } else {
-            backoff
-        };
+        let policy = backoff.with_session(has_session);
         let Some(delay) = policy.delay(attempt, &mut jitter) else {
             let mut st = lock(&shared);
             st.fail(Failure {
