@@ -1,0 +1,221 @@
+//! Adversarial review of the core after issue 9 (branch `review-break`).
+//!
+//! Each test is one finding: a deterministic sequence (seeded RNGs, injected
+//! clocks, the in-memory harness of `tests/common/eo.rs`) that breaks a
+//! guarantee stated in docs/PROTOCOL.md. They are `#[ignore]`d so that the
+//! suite stays green; run them with
+//! `cargo test --all-features --test break_findings -- --ignored`.
+
+#[path = "common/eo.rs"]
+mod eo;
+
+use eo::*;
+use relink::{CloseReason, Config, Duration, ServerEvent, StaticKeypair};
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+fn pinned() -> (Config, Config) {
+    let key = StaticKeypair::from_secret_bytes([0x42; 32]);
+    let ccfg = Config {
+        pinned_server_key: Some(key.public_key()),
+        ..Config::default()
+    };
+    let scfg = Config {
+        server_static: Some(key),
+        ..Config::default()
+    };
+    (ccfg, scfg)
+}
+
+/// Connect and exchange `bytes` each way, everything acknowledged.
+fn established(seed: u64, ccfg: Config, scfg: Config, bytes: usize) -> Net {
+    let mut net = Net::new(seed, ccfg, scfg);
+    assert!(net.connect(), "handshake: {:?} {:?}", net.cev, net.sev);
+    net.client_write(bytes);
+    net.settle(100);
+    assert_eq!(net.server_write(bytes), bytes);
+    for _ in 0..50 {
+        net.settle(500);
+        net.tick(Duration::from_millis(30));
+        net.timers();
+        if net.client.unacked() == 0
+            && net
+                .current_session()
+                .is_some_and(|s| net.server.unacked(s) == 0)
+        {
+            break;
+        }
+    }
+    assert_eq!(net.up_read(), bytes as u64);
+    assert_eq!(net.down[&0].read, bytes as u64);
+    net
+}
+
+/// Let delayed ACKs go out until the client holds no unacknowledged byte.
+fn until_client_acked(net: &mut Net) {
+    for _ in 0..50 {
+        net.settle(500);
+        net.tick(Duration::from_millis(30));
+        net.timers();
+        if net.client.unacked() == 0 {
+            return;
+        }
+    }
+}
+
+// ----- F1: TooManyFailures on the server drops acknowledged, unread bytes -----
+
+/// **Finding F1 (silent loss of acknowledged bytes).**
+///
+/// Sequence (pinned mode, no key needed by the attacker):
+/// 1. The client writes 5,000 bytes; the server verifies them and
+///    acknowledges them (the client frees them: `unacked() == 0`), but the
+///    server application has not read them yet (it is slow; the bytes sit in
+///    the receive buffer, which is allowed, PROTOCOL.md 6.3).
+/// 2. An on-path attacker flips one bit of the first client frame on
+///    `max_auth_failures` (8) consecutive transports (the client resumes
+///    each time; a resume does not reset the server's count, only a
+///    verified frame does, 5.2).
+/// 3. The server closes the session (`TooManyFailures`) with
+///    `close_session`, which *removes* it, receive buffer included: the
+///    server application can no longer read the 5,000 acknowledged bytes
+///    (`recv` fails `UnknownSession`).
+/// 4. The client's next resume gets a genuine UnknownSession and ends
+///    (`SessionUnknown`); its in-doubt range is `[acked, written)`, which
+///    does **not** include the 5,000 bytes: they were acknowledged.
+///
+/// Violates PROTOCOL.md 7.7 point 3 ("read counts count only verified
+/// bytes, which the receiver keeps readable by its application even after
+/// the session expired"; "a byte it does not receive is never lost
+/// silently") and the README's "nothing is lost". 9 accepts
+/// TooManyFailures as denial of service "with the in-doubt report", but
+/// here the report is wrong. The same `close_session` also runs on
+/// DataUnavailable.
+///
+/// Fix: on TooManyFailures / DataUnavailable keep a confirmed session
+/// whose receive buffer is not empty as `expired` (like `Server::expire`
+/// does), so the application drains it; or never acknowledge bytes the
+/// application has not read (would change flow control).
+#[test]
+#[ignore = "finding F1: server TooManyFailures discards acknowledged bytes the application has not read (silent loss)"]
+fn f1_too_many_failures_drops_acknowledged_unread_bytes() {
+    let (ccfg, scfg) = pinned();
+    let max = scfg.max_auth_failures;
+    let mut net = established(0xF1, ccfg, scfg, 1_000);
+    let sid = net.current_session().expect("session");
+    // The server application is slow: it does not read for a while.
+    net.server_reads = false;
+    net.client_write(5_000);
+    until_client_acked(&mut net);
+    assert_eq!(net.client.unacked(), 0, "the server acknowledged them");
+    assert_eq!(net.server.readable(sid), 5_000, "verified, not read yet");
+    let acked_unread = 5_000u64;
+
+    // The attacker corrupts the first client frame on `max` transports.
+    for i in 0..max {
+        net.brk();
+        assert!(net.connect(), "resume {i}: {:?}", net.cev);
+        net.client_write(10);
+        net.transmit();
+        assert!(!net.c2s.is_empty(), "the client sent a frame");
+        let last = net.c2s.len() - 1;
+        net.c2s[last] ^= 1; // one bit of the tag of its last frame
+        net.deliver(u64::MAX);
+        net.drain();
+    }
+    assert!(
+        net.sev.iter().any(|e| matches!(
+            e,
+            ServerEvent::Closed {
+                reason: CloseReason::TooManyFailures,
+                ..
+            }
+        )),
+        "server events: {:?}",
+        &net.sev[net.sev.len().saturating_sub(5)..]
+    );
+    // The client resumes once more: genuine UnknownSession, it ends.
+    net.brk();
+    net.connect();
+    net.flush_break();
+    assert!(net.client.is_closed(), "{:?}", net.cev);
+    let doubt = net.client.in_doubt().expect("non-clean end");
+
+    // The server application now reads what it still can.
+    net.server_reads = true;
+    net.server_read();
+    let delivered = net.up_read();
+    let written = net.up_written();
+    // Every byte the client wrote either reached the server application or
+    // is in the client's in-doubt range.
+    let missing_outside_doubt = doubt.start.saturating_sub(delivered);
+    assert_eq!(
+        missing_outside_doubt, 0,
+        "silent loss: client wrote {written}, the server application read {delivered}, \
+         the client reports only {doubt:?} in doubt; {acked_unread} acknowledged bytes \
+         vanished with the session (server readable now: {})",
+        net.server.readable(sid)
+    );
+}
+
+// ----- F2: a forward jump of the client's clock gives up a live session -------
+
+/// **Finding F2 (session given up while the server holds it).**
+///
+/// Sequence (default config: `resume_timeout` 10 min, no attacker):
+/// 1. A session with 3,000 unacknowledged client bytes in flight; the
+///    transport is cut.
+/// 2. The client's clock jumps 1 h forward (the server's advanced 1 s): a
+///    laptop whose monotonic clock includes a suspend the server did not see,
+///    a VM whose server was paused, or libfaketime's "+3h" of the issue's CLI
+///    test with the default timeout.
+/// 3. The client's `new_transport` compares its own clock with
+///    `give_up_at = last contact + resume_timeout + idle_timeout` and closes
+///    the session (`Expired`) without sending a single ResumeRequest, though
+///    the server holds the session and would have answered (a Stale answer
+///    would even have corrected the clock, 7.1).
+///
+/// Issue 9 §2 (acceptance): "resume works after any clock jump on either
+/// side, as long as the server holds the session"; README: "the client keeps
+/// trying that long, through clock jumps". `s2_resume_after_server_clock_
+/// falls_behind` only passes because it raises `resume_timeout` to 3 h,
+/// above the 1 h jump. No duplicate and no silent loss (the in-doubt report
+/// is right): a liveness failure, severity medium.
+///
+/// Fix: reaching `give_up_at` on the client's own clock should not end the
+/// session by itself; end it only after at least one ResumeRequest sent at
+/// or after the deadline got no authenticated answer (an authenticated
+/// answer, Stale included, proves the server holds the session and resets
+/// `last_contact`; a pinned genuine UnknownSession ends it at once).
+#[test]
+#[ignore = "finding F2: a forward jump of the client's clock ends a session the server still holds"]
+fn f2_client_clock_jump_forward_gives_up_a_live_session() {
+    let mut net = established(0xF2, Config::default(), Config::default(), 1_000);
+    net.client_write(3_000);
+    net.transmit(); // in flight, lost with the transport
+    net.brk();
+    net.tick(secs(1));
+    net.tick_client(secs(3_600));
+    net.timers();
+    let resumed = net.connect() || net.connect();
+    assert!(
+        net.current_session().is_some(),
+        "the server still holds the session"
+    );
+    assert!(
+        resumed,
+        "the client gave up a session the server holds: close reason {:?}, in doubt {:?}, \
+         {} ResumeRequests sent",
+        net.client.close_reason(),
+        net.client.in_doubt(),
+        net.sev
+            .iter()
+            .filter(|e| matches!(e, ServerEvent::Resumed { .. }))
+            .count()
+    );
+    net.settle(2_000);
+    assert_eq!(net.up_read(), net.up_written());
+    net.assert_no_violations();
+}
