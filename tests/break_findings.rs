@@ -306,3 +306,69 @@ fn f3_last_data_and_close_in_one_flight_final_ack_lost() {
         "every byte both ways was delivered and the client ended Clean, but the server says"
     );
 }
+
+// ----- F4: a pending ClientConfirm makes the server's timer overdue ----------
+
+/// **Finding F4 (server timer busy loop from unauthenticated input).**
+///
+/// Sequence (anyone, no key): send a ClientHello to the server, read the
+/// ServerHello, send nothing more.
+/// 1. The server registers the unconfirmed session and attaches its stream
+///    (`stream.attach(0, ..)`) to the transport, which stays in `Confirm`.
+/// 2. `Server::poll_timeout` includes that stream's keepalive deadline
+///    (`last_tx + keepalive_interval`, 5 s), but neither `handle_timeout` nor
+///    `poll_transmit` ever moves it: `poll_transmit` writes stream frames only
+///    for `Attached` transports, and `wants_transmit` says false.
+/// 3. From 5 s to 10 s (the handshake deadline) `poll_timeout()` returns an
+///    instant in the past after every `handle_timeout`: a driver that follows
+///    the documented contract ("sleep until `poll_timeout()`, then call
+///    `handle_timeout(now)`", README) spins at 100 % CPU. One ClientHello
+///    every 5 s keeps it spinning for ever.
+///
+/// The crate's own drivers paper over it (an `OVERDUE_WAIT` / `tick` floor),
+/// custom sans-IO loops do not. Severity: medium (CPU denial of service by an
+/// unauthenticated peer; the brief's "a driver ... spins").
+///
+/// Fix: leave the stream of an unconfirmed session detached (or exclude
+/// non-`Attached` sessions from the stream part of `poll_timeout`) until the
+/// ClientConfirm verified; more generally, assert in a test that after
+/// `handle_timeout(now)` + `poll_transmit` every `poll_timeout()` is > now.
+#[test]
+#[ignore = "finding F4: an unconfirmed handshake leaves Server::poll_timeout overdue for 5 s (driver spin)"]
+fn f4_pending_confirm_leaves_server_timer_overdue() {
+    use relink::{Client, Instant, Server};
+    let mut client = Client::new(Config::default(), rng(1));
+    let mut server = Server::new(Config::default(), rng(2));
+    let t0 = Instant::from_micros(1_000_000);
+    let t = server.accept(t0).unwrap();
+    client.new_transport(t0).unwrap();
+    let mut buf = vec![0u8; 65_536];
+    let n = client.poll_transmit(t0, &mut buf).unwrap();
+    server.handle_input(t, t0, &buf[..n]).unwrap();
+    let n = server.poll_transmit(t, t0, &mut buf).unwrap();
+    assert_eq!(n, 106, "ServerHello sent; the ClientConfirm never comes");
+    // A driver following the contract, from 6 s on.
+    let mut now = Instant::from_micros(7_000_000);
+    let mut overdue_rounds = 0;
+    for _ in 0..1_000 {
+        let Some(d) = server.poll_timeout() else { break };
+        if d > now {
+            break;
+        }
+        server.handle_timeout(now);
+        while server.poll_event().is_some() {}
+        let _ = server.poll_transmit(t, now, &mut buf);
+        if server.poll_timeout().is_some_and(|d2| d2 <= now) {
+            overdue_rounds += 1;
+        } else {
+            break;
+        }
+        now = now.saturating_add(Duration::from_micros(1)); // a fast loop
+    }
+    assert_eq!(
+        overdue_rounds, 0,
+        "poll_timeout stayed in the past after handle_timeout + poll_transmit for \
+         {overdue_rounds} rounds (deadline {:?}, now {now:?}): a driver spins",
+        server.poll_timeout()
+    );
+}
