@@ -372,3 +372,63 @@ fn f4_pending_confirm_leaves_server_timer_overdue() {
         server.poll_timeout()
     );
 }
+
+// ----- F5: forged frames end a pinned session the server still holds --------
+
+/// **Finding F5 (unauthenticated input ends a pinned session quickly).**
+///
+/// Sequence (pinned mode, attacker without keys, 8 short cuts):
+/// 1. The client resumes; the server's ResumeResponse (authenticated) and
+///    its resend reach the client, except that the attacker flips one bit in
+///    the first frame behind the response.
+/// 2. The client ends the transport with an authentication failure and
+///    counts it (`note_auth_failure`): the authenticated ResumeResponse does
+///    not reset the count, only a verified frame does.
+/// 3. After `max_auth_failures` (8) such transports (seconds, not the
+///    10 minutes of `give_up_at`) the client closes the session
+///    (`TooManyFailures`) while the server holds it, confirmed and healthy.
+///
+/// PROTOCOL.md 7.7 point 5 promises for pinned clients that "forging
+/// answers without the server's key cannot end a session the server still
+/// holds" and 3.6 that unauthenticated answers cost "its transport and
+/// nothing else"; a forged *frame* right behind an authenticated answer is
+/// just as unauthenticated, yet it ends the session. 9 lists the effect as
+/// accepted denial of service "like dropping every packet", but dropping
+/// every packet would keep the session for `give_up_at`; this ends it in 8
+/// round trips. Combined with F1 (the server side of the same counter),
+/// acknowledged bytes are lost. Severity: medium.
+///
+/// Fix: in pinned mode do not close on bad frame tags right after an
+/// authenticated resume (count them like unauthenticated answers, bounded by
+/// `give_up_at`), or reset the count on every authenticated resume answer
+/// and only close after failures on transports where frames had verified
+/// before (a real key desynchronisation).
+#[test]
+#[ignore = "finding F5: 8 forged frames behind authenticated resume answers end a pinned session the server still holds"]
+fn f5_forged_frames_end_a_pinned_session() {
+    let (ccfg, scfg) = pinned();
+    let max = ccfg.max_auth_failures;
+    let mut net = established(0xF5, ccfg, scfg, 1_000);
+    let sid = net.current_session().expect("session");
+    for i in 0..max {
+        assert_eq!(net.server_write(10), 10);
+        net.brk(); // unacknowledged: resent after the resume
+        assert!(net.open(), "attempt {i}: {:?}", net.client.close_reason());
+        net.transmit();
+        net.deliver(u64::MAX); // the ResumeRequest reaches the server
+        net.transmit(); // ResumeResponse + resend
+        assert!(net.s2c.len() > 50, "response and resend: {}", net.s2c.len());
+        let last = net.s2c.len() - 1;
+        net.s2c[last] ^= 1; // the attacker flips one tag bit of the resend
+        net.deliver(u64::MAX);
+        net.drain();
+    }
+    net.brk();
+    assert!(net.server.has_session(sid), "the server holds the session");
+    assert!(
+        !net.client.is_closed(),
+        "forged frames ended a pinned session the server still holds: {:?}, in doubt {:?}",
+        net.client.close_reason(),
+        net.client.in_doubt()
+    );
+}
