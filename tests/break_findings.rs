@@ -531,3 +531,49 @@ fn f6_abort_behind_held_back_data_never_completes() {
         net.client.is_connected()
     );
 }
+
+// ----- F7: the server application cannot learn its in-doubt range -----------
+
+/// **Finding F7 (server-side loss is not reportable; `unacked` lies).**
+///
+/// Sequence (no attacker): the server writes 5,000 bytes; every one is lost
+/// with the transport; the client never comes back; the session expires
+/// (`SessionExpired`).
+///
+/// PROTOCOL.md 7.7 point 3: "(The server application is told that the
+/// session ended ...; its own bytes above the last read count the client
+/// reported are in doubt in the same way.)" But the server API has no
+/// in-doubt report (`Client::in_doubt` has no server counterpart, the
+/// `SessionExpired` event carries no range), and once the session is freed
+/// `Server::unacked(sid)` answers 0 (`map_or(0, ..)`): an application that
+/// checks it concludes that everything was delivered. Same after
+/// `TooManyFailures` / `DataUnavailable` (`close_session`). Severity: low to
+/// medium (the promise "a byte it does not receive is never lost silently"
+/// holds only for the client's bytes).
+///
+/// Fix: carry the in-doubt range in `SessionExpired` / `Closed` (or keep a
+/// `Server::in_doubt(sid)` answerable after the end), and make `unacked` of
+/// an unknown session an error rather than 0.
+#[test]
+#[ignore = "finding F7: after SessionExpired the server application cannot learn which of its bytes are in doubt (unacked() says 0)"]
+fn f7_server_cannot_learn_its_in_doubt_range() {
+    let mut net = established(0xF7, Config::default(), Config::default(), 1_000);
+    let sid = net.current_session().expect("session");
+    assert_eq!(net.server_write(5_000), 5_000);
+    net.transmit();
+    net.brk(); // all lost
+    assert_eq!(net.server.unacked(sid), 5_000);
+    net.tick(secs(601));
+    net.timers();
+    assert!(net
+        .sev
+        .iter()
+        .any(|e| matches!(e, ServerEvent::SessionExpired { session } if *session == sid)));
+    assert_eq!(
+        net.server.unacked(sid),
+        5_000,
+        "after SessionExpired the server reports {} unacknowledged bytes of the 5,000 \
+         the client never received, and has no other in-doubt report",
+        net.server.unacked(sid)
+    );
+}
