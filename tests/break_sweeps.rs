@@ -207,3 +207,61 @@ fn closes_with_cuts_at_every_position() {
         }
     }
 }
+
+/// The client aborts; its ABORT reaches the server on each of five resumed
+/// transports but every answer is lost; the sixth completes the abort.
+/// Also: the server aborts at the same time on the second transport.
+fn abort_answers_lost(server_also: bool) {
+    let mut net = established(0xAB5E);
+    let sid = net.current_session().unwrap();
+    net.client_write(500);
+    net.client.abort(AbortCode(0x300));
+    for i in 0..5 {
+        net.brk();
+        assert!(net.open());
+        net.s2c_limit = Some(50); // the ResumeResponse arrives, nothing after it
+        for _ in 0..6 {
+            net.tick(Duration::from_millis(5));
+            net.transmit();
+            net.deliver(u64::MAX);
+        }
+        assert!(net.client.is_connected() || net.client.transport_ended(), "round {i}");
+        if server_also && i == 1 {
+            let _ = net.server.abort(sid, AbortCode(0x301));
+        }
+        net.drain();
+        assert!(!net.client.is_closed(), "round {i}: {:?}", net.cev);
+    }
+    assert!(
+        matches!(
+            server_ends(&net, sid)[..],
+            [ServerEvent::Closed {
+                reason: CloseReason::Aborted { by_peer: true, .. },
+                ..
+            }]
+        ),
+        "the ABORT reached the server: {:?}",
+        server_ends(&net, sid)
+    );
+    net.brk();
+    drive_until_closed(&mut net, 5);
+    assert_eq!(
+        net.client.close_reason(),
+        Some(CloseReason::Aborted {
+            code: AbortCode(0x300),
+            by_peer: false
+        }),
+        "{:?}",
+        net.cev
+    );
+    expire_server(&mut net);
+    let ends = server_ends(&net, sid);
+    assert_eq!(ends.len(), 1, "{ends:?}");
+    net.assert_no_violations();
+}
+
+#[test]
+fn abort_with_every_answer_lost_several_times() {
+    abort_answers_lost(false);
+    abort_answers_lost(true);
+}
