@@ -152,7 +152,8 @@ fn f1_too_many_failures_drops_acknowledged_unread_bytes() {
     // is in the client's in-doubt range.
     let missing_outside_doubt = doubt.start.saturating_sub(delivered);
     assert_eq!(
-        missing_outside_doubt, 0,
+        missing_outside_doubt,
+        0,
         "silent loss: client wrote {written}, the server application read {delivered}, \
          the client reports only {doubt:?} in doubt; {acked_unread} acknowledged bytes \
          vanished with the session (server readable now: {})",
@@ -275,12 +276,18 @@ fn f3_last_data_and_close_in_one_flight_final_ack_lost() {
     net.transmit();
     net.c2s.clear();
     let s2c = std::mem::take(&mut net.s2c);
-    let n = net.client.handle_input(net.cnow, &s2c).expect("client input");
+    let n = net
+        .client
+        .handle_input(net.cnow, &s2c)
+        .expect("client input");
     assert_eq!(n, s2c.len());
     net.drain();
     net.client_read();
     assert_eq!(net.client.close_reason(), Some(CloseReason::Clean));
-    assert_eq!(net.down[&0].read, net.down[&0].written, "client read it all");
+    assert_eq!(
+        net.down[&0].read, net.down[&0].written,
+        "client read it all"
+    );
     // The transport breaks before the client's final ACK left.
     net.brk();
     net.tick(secs(601));
@@ -351,7 +358,9 @@ fn f4_pending_confirm_leaves_server_timer_overdue() {
     let mut now = Instant::from_micros(7_000_000);
     let mut overdue_rounds = 0;
     for _ in 0..1_000 {
-        let Some(d) = server.poll_timeout() else { break };
+        let Some(d) = server.poll_timeout() else {
+            break;
+        };
         if d > now {
             break;
         }
@@ -366,7 +375,8 @@ fn f4_pending_confirm_leaves_server_timer_overdue() {
         now = now.saturating_add(Duration::from_micros(1)); // a fast loop
     }
     assert_eq!(
-        overdue_rounds, 0,
+        overdue_rounds,
+        0,
         "poll_timeout stayed in the past after handle_timeout + poll_transmit for \
          {overdue_rounds} rounds (deadline {:?}, now {now:?}): a driver spins",
         server.poll_timeout()
@@ -512,7 +522,10 @@ fn f6_abort_behind_held_back_data_never_completes() {
         }
     }
     net.settle(200);
-    assert!(net.server.readable(sid) > 30_000, "the server buffer is full");
+    assert!(
+        net.server.readable(sid) > 30_000,
+        "the server buffer is full"
+    );
     net.client.abort(relink::AbortCode(3)); // INTERRUPTED: Ctrl-C
     run_for(&mut net, 30 * 60);
     let server_knows = net.sev.iter().any(|e| {

@@ -87,10 +87,7 @@ fn abort_case(who: u8, kc: usize, ks: usize) {
     );
     assert!(net.client.is_closed(), "client never closed: {ctx}");
     let cr = net.client.close_reason().unwrap();
-    assert!(
-        matches!(cr, CloseReason::Aborted { .. }),
-        "client: {ctx}"
-    );
+    assert!(matches!(cr, CloseReason::Aborted { .. }), "client: {ctx}");
     expire_server(&mut net);
     let ends = server_ends(&net, sid);
     assert_eq!(ends.len(), 1, "exactly one server ending: {ctx}");
@@ -104,7 +101,9 @@ fn abort_case(who: u8, kc: usize, ks: usize) {
         ),
         "server: {ctx}"
     );
-    if std::env::var_os("SWEEP_LOG").is_some() { eprintln!("{ctx}"); }
+    if std::env::var_os("SWEEP_LOG").is_some() {
+        eprintln!("{ctx}");
+    }
     // Both sides name a code one of them sent.
     if let CloseReason::Aborted { code, by_peer } = cr {
         match who {
@@ -225,7 +224,10 @@ fn abort_answers_lost(server_also: bool) {
             net.transmit();
             net.deliver(u64::MAX);
         }
-        assert!(net.client.is_connected() || net.client.transport_ended(), "round {i}");
+        assert!(
+            net.client.is_connected() || net.client.transport_ended(),
+            "round {i}"
+        );
         if server_also && i == 1 {
             let _ = net.server.abort(sid, AbortCode(0x301));
         }
