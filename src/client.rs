@@ -638,7 +638,12 @@ impl<R: CryptoRng> Client<R> {
         if self.closed.is_none() {
             self.events
                 .push_back(Event::TransportLost { error: Some(e) });
-            if self.stream.auth_failures() >= self.config.max_auth_failures {
+            // With a pinned key a frame that fails its tag is unauthenticated
+            // input like a forged answer: it costs the transport, never the
+            // session (PROTOCOL.md 7.7); in anonymous mode the count bounds it.
+            if self.config.pinned_server_key.is_none()
+                && self.stream.auth_failures() >= self.config.max_auth_failures
+            {
                 self.close_for_good(CloseReason::TooManyFailures);
             }
         }

@@ -47,8 +47,11 @@ pub struct Config {
     /// those continue until the server's advertised resume timeout passed
     /// ([`crate::Client::give_up_at`]).
     pub max_resume_attempts: u32,
-    /// Consecutive transports ended by an authentication failure before the
-    /// session is closed.
+    /// Client, anonymous mode only: consecutive transports ended by a frame
+    /// whose tag failed before the session is closed. A server never ends a
+    /// session for failed frame tags, nor does a client that pins the server
+    /// key: such frames are unauthenticated input and cost only their
+    /// transport (PROTOCOL.md 5.2, 7.7).
     pub max_auth_failures: u32,
     /// Client, anonymous mode only: unauthenticated "unknown session" (or
     /// "unsupported version", "malformed") answers to resume attempts in a

@@ -594,11 +594,12 @@ impl<R: CryptoRng> Server<R> {
                 transport,
                 reason: e,
             });
+            // Counted, but never a reason to end the session: a frame that
+            // fails its tag is unauthenticated input, and the client may pin
+            // our key (PROTOCOL.md 5.2, 7.7). The session ends by its
+            // deadline if the client cannot get through.
             if let Some(s) = self.sessions.get_mut(&sid) {
                 s.stream.note_auth_failure();
-                if s.stream.auth_failures() >= self.config.max_auth_failures {
-                    self.close_session(sid, CloseReason::TooManyFailures);
-                }
             }
         }
         e
@@ -616,19 +617,31 @@ impl<R: CryptoRng> Server<R> {
     }
 
     /// End a session for good and free it.
+    /// Verified bytes the application has not read stay readable, as after
+    /// an expiry (PROTOCOL.md 7.7: acknowledged bytes are never dropped).
     fn close_session(&mut self, sid: SessionId, reason: CloseReason) {
-        if let Some(s) = self.sessions.remove(&sid) {
-            self.by_conn_id.remove(&s.conn_id);
-            self.unconfirmed.remove(&sid);
-            if let Some(t) = s.transport {
-                self.end_transport(t, Error::Closed);
-            }
-            if s.confirmed {
-                self.events.push_back(ServerEvent::Closed {
-                    session: sid,
-                    reason,
-                });
-            }
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let (conn_id, transport, confirmed) = (s.conn_id, s.transport.take(), s.confirmed);
+        if confirmed && s.stream.readable() > 0 {
+            s.stream.detach();
+            s.stream.trim();
+            s.expired = true;
+            s.detached_since = None;
+        } else {
+            self.sessions.remove(&sid);
+        }
+        self.by_conn_id.remove(&conn_id);
+        self.unconfirmed.remove(&sid);
+        if let Some(t) = transport {
+            self.end_transport(t, Error::Closed);
+        }
+        if confirmed {
+            self.events.push_back(ServerEvent::Closed {
+                session: sid,
+                reason,
+            });
         }
     }
 
@@ -802,7 +815,11 @@ impl<R: CryptoRng> Server<R> {
             }
         }
         for s in self.sessions.values() {
-            next = earliest(next, s.stream.poll_timeout());
+            // An unconfirmed session's stream carries no frames yet: its
+            // transport's handshake deadline is its only timer.
+            if s.confirmed {
+                next = earliest(next, s.stream.poll_timeout());
+            }
             if let Some(since) = s.detached_since {
                 next = earliest(next, Some(since.saturating_add(self.config.resume_timeout)));
             }
@@ -835,7 +852,7 @@ impl<R: CryptoRng> Server<R> {
                 if now >= since.saturating_add(self.config.resume_timeout) {
                     expired.push(*sid);
                 }
-            } else if s.stream.handle_timeout(now).is_err() {
+            } else if s.confirmed && s.stream.handle_timeout(now).is_err() {
                 if let Some(t) = s.transport {
                     idle.push((t, *sid));
                 }

@@ -94,12 +94,12 @@ fn until_client_acked(net: &mut Net) {
 /// here the report is wrong. The same `close_session` also runs on
 /// DataUnavailable.
 ///
-/// Fix: on TooManyFailures / DataUnavailable keep a confirmed session
-/// whose receive buffer is not empty as `expired` (like `Server::expire`
-/// does), so the application drains it; or never acknowledge bytes the
-/// application has not read (would change flow control).
+/// Fixed two ways: a frame that fails its tag never ends a session on the
+/// server (nor on a pinning client, F5), and a session the server does end
+/// (DataUnavailable) keeps its verified, unread bytes readable like an
+/// expired one. The test now checks that the session survives the attack
+/// and delivers everything once the attacker stops.
 #[test]
-#[ignore = "finding F1: server TooManyFailures discards acknowledged bytes the application has not read (silent loss)"]
 fn f1_too_many_failures_drops_acknowledged_unread_bytes() {
     let (ccfg, scfg) = pinned();
     let max = scfg.max_auth_failures;
@@ -125,40 +125,25 @@ fn f1_too_many_failures_drops_acknowledged_unread_bytes() {
         net.deliver(u64::MAX);
         net.drain();
     }
+    // Fixed: bad frame tags cost the transport only, on both sides; the
+    // session and its acknowledged, unread bytes survive.
     assert!(
-        net.sev.iter().any(|e| matches!(
-            e,
-            ServerEvent::Closed {
-                reason: CloseReason::TooManyFailures,
-                ..
-            }
-        )),
+        !net.sev
+            .iter()
+            .any(|e| matches!(e, ServerEvent::Closed { .. })),
         "server events: {:?}",
         &net.sev[net.sev.len().saturating_sub(5)..]
     );
-    // The client resumes once more: genuine UnknownSession, it ends.
+    assert!(!net.client.is_closed(), "{:?}", net.client.close_reason());
+    assert_eq!(net.server.readable(sid), acked_unread as usize);
+    // The attacker stops: the next resume delivers everything, once.
     net.brk();
-    net.connect();
-    net.flush_break();
-    assert!(net.client.is_closed(), "{:?}", net.cev);
-    let doubt = net.client.in_doubt().expect("non-clean end");
-
-    // The server application now reads what it still can.
     net.server_reads = true;
+    assert!(net.connect(), "{:?}", net.cev);
+    net.settle(2_000);
     net.server_read();
-    let delivered = net.up_read();
-    let written = net.up_written();
-    // Every byte the client wrote either reached the server application or
-    // is in the client's in-doubt range.
-    let missing_outside_doubt = doubt.start.saturating_sub(delivered);
-    assert_eq!(
-        missing_outside_doubt,
-        0,
-        "silent loss: client wrote {written}, the server application read {delivered}, \
-         the client reports only {doubt:?} in doubt; {acked_unread} acknowledged bytes \
-         vanished with the session (server readable now: {})",
-        net.server.readable(sid)
-    );
+    assert_eq!(net.up_read(), net.up_written(), "every byte delivered once");
+    net.assert_no_violations();
 }
 
 // ----- F2: a forward jump of the client's clock gives up a live session -------
@@ -341,7 +326,6 @@ fn f3_last_data_and_close_in_one_flight_final_ack_lost() {
 /// ClientConfirm verified; more generally, assert in a test that after
 /// `handle_timeout(now)` + `poll_transmit` every `poll_timeout()` is > now.
 #[test]
-#[ignore = "finding F4: an unconfirmed handshake leaves Server::poll_timeout overdue for 5 s (driver spin)"]
 fn f4_pending_confirm_leaves_server_timer_overdue() {
     use relink::{Client, Instant, Server};
     let mut client = Client::new(Config::default(), rng(1));
@@ -414,7 +398,6 @@ fn f4_pending_confirm_leaves_server_timer_overdue() {
 /// and only close after failures on transports where frames had verified
 /// before (a real key desynchronisation).
 #[test]
-#[ignore = "finding F5: 8 forged frames behind authenticated resume answers end a pinned session the server still holds"]
 fn f5_forged_frames_end_a_pinned_session() {
     let (ccfg, scfg) = pinned();
     let max = ccfg.max_auth_failures;
