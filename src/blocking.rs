@@ -994,6 +994,10 @@ where
             Err(e) => {
                 let mut st = lock(&shared.state);
                 st.stats.connect_failures += 1;
+                // Past the give-up deadline this ends the session.
+                let now = shared.now();
+                st.client.connect_failed(now);
+                st.drain();
                 last_error = e.to_string();
                 st.report(Progress::ConnectFailed {
                     attempt,

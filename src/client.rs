@@ -93,6 +93,12 @@ pub struct Client<R: CryptoRng> {
     resume_attempts: u32,
     /// Unauthenticated final rejections of resume attempts in a row.
     unauth_rejections: u32,
+    /// The current transport attempt began after the give-up deadline had
+    /// passed: if it fails without an authenticated answer, the session is
+    /// given up (PROTOCOL.md 7.6).
+    final_attempt: bool,
+    /// A give-up deadline `handle_timeout` saw pass (no longer a timer).
+    deadline_noted: Option<Instant>,
 }
 
 impl<R: CryptoRng> core::fmt::Debug for Client<R> {
@@ -124,6 +130,8 @@ impl<R: CryptoRng> Client<R> {
             resume_counter: 0,
             resume_attempts: 0,
             unauth_rejections: 0,
+            final_attempt: false,
+            deadline_noted: None,
         }
     }
 
@@ -151,10 +159,10 @@ impl<R: CryptoRng> Client<R> {
             };
             return Ok(());
         };
-        if self.give_up_at().is_some_and(|g| now >= g) {
-            self.close_for_good(CloseReason::Expired);
-            return Err(Error::Closed);
-        }
+        // Past the deadline the client still makes its attempts: its clock may
+        // have jumped while the server's did not. Only one that then fails
+        // without an authenticated answer gives the session up.
+        self.final_attempt = self.give_up_at().is_some_and(|g| now >= g);
         self.resume_counter += 1;
         let elapsed = now.saturating_since(session.at).as_micros();
         let mut req = ResumeRequest {
@@ -183,10 +191,30 @@ impl<R: CryptoRng> Client<R> {
     /// The driver lost the transport (error, EOF, it gave up on it). The
     /// session survives; call [`Client::new_transport`] with a new one.
     pub fn transport_lost(&mut self, _now: Instant) {
+        let attempt = matches!(self.phase, Phase::Hello { .. } | Phase::Resume { .. });
+        if matches!(self.phase, Phase::Open) {
+            self.note_contact();
+        }
         self.stream.detach();
         self.control_len = 0;
         self.control_sent = 0;
         self.phase = Phase::Idle;
+        if attempt && self.final_attempt {
+            self.close_for_good(CloseReason::Expired);
+        }
+    }
+
+    /// The driver could not open a transport to the server (refused,
+    /// unreachable, timed out). Once the give-up deadline has passed
+    /// ([`Client::give_up_at`]) this ends the session (reason
+    /// [`CloseReason::Expired`]); before, it changes nothing. Drivers call it
+    /// for every failed connect, so that a client whose server is gone gives
+    /// up, while a client whose clock merely jumped past the deadline gets one
+    /// more real attempt (PROTOCOL.md 7.6).
+    pub fn connect_failed(&mut self, now: Instant) {
+        if self.give_up_at().is_some_and(|g| now >= g) {
+            self.close_for_good(CloseReason::Expired);
+        }
     }
 
     /// Bytes received from the transport. Returns how many were consumed;
@@ -299,6 +327,8 @@ impl<R: CryptoRng> Client<R> {
             session.server_time = resp.server_time;
             session.at = now;
             session.last_contact = now;
+            self.final_attempt = false;
+            self.deadline_noted = None;
             session.resume_timeout = Duration::from_micros(resp.resume_timeout);
             let (start, end) = match self.stream.attach(counter, now, resp.server_read) {
                 Ok(r) => r,
@@ -332,6 +362,9 @@ impl<R: CryptoRng> Client<R> {
             session.server_time = u64::from_le_bytes(t);
             session.at = now;
             session.last_contact = now;
+            // The server holds the session: not a reason to give it up.
+            self.final_attempt = false;
+            self.deadline_noted = None;
             if status == ResumeStatus::DataUnavailable {
                 self.close_for_good(CloseReason::DataUnavailable);
                 return Err(e);
@@ -463,19 +496,32 @@ impl<R: CryptoRng> Client<R> {
     pub fn poll_timeout(&self) -> Option<Instant> {
         match &self.phase {
             Phase::Hello { deadline, .. } => Some(*deadline),
-            Phase::Resume { deadline, .. } => earliest(Some(*deadline), self.give_up_at()),
+            Phase::Resume { deadline, .. } => earliest(Some(*deadline), self.give_up_timer()),
             Phase::Open => self.stream.poll_timeout(),
-            Phase::Idle | Phase::Dead => self.give_up_at(),
+            Phase::Idle | Phase::Dead => self.give_up_timer(),
         }
     }
 
+    /// The give-up deadline as a timer: until `handle_timeout` saw it pass.
+    fn give_up_timer(&self) -> Option<Instant> {
+        self.give_up_at()
+            .filter(|g| self.deadline_noted != Some(*g))
+    }
+
     /// While the session has no working transport: the instant after which
-    /// the client gives it up (reason [`CloseReason::Expired`]) because the
-    /// server has surely freed it. It is the last authenticated contact with
-    /// the server plus the server's advertised resume timeout plus this
-    /// side's idle timeout (the server may notice the loss that much later).
-    /// `None` while a transport is open, before the handshake and once
-    /// closed. Drivers keep opening transports until then (PROTOCOL.md 7.6).
+    /// the server has surely freed the session, by this side's clock. It is
+    /// the last authenticated contact with the server plus the server's
+    /// advertised resume timeout plus this side's idle timeout (the server
+    /// may notice the loss that much later). `None` while a transport is
+    /// open, before the handshake and once closed.
+    ///
+    /// Past it the client gives the session up (reason
+    /// [`CloseReason::Expired`]) as soon as one more attempt fails without an
+    /// authenticated answer: a transport attempt begun after the deadline
+    /// that ends without success, or a failed connect reported with
+    /// [`Client::connect_failed`]. A client whose clock jumped forward (the
+    /// server's did not) thus still resumes. Drivers keep opening transports
+    /// until the session is closed (PROTOCOL.md 7.6).
     pub fn give_up_at(&self) -> Option<Instant> {
         if self.closed.is_some() || matches!(self.phase, Phase::Open) {
             return None;
@@ -504,9 +550,9 @@ impl<R: CryptoRng> Client<R> {
     /// Advance timers: handshake/resume deadline, idle timeout. Due ACKs and
     /// keepalives are then written by `poll_transmit`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.give_up_at().is_some_and(|g| now >= g) {
-            self.close_for_good(CloseReason::Expired);
-            return;
+        if let Some(g) = self.give_up_at().filter(|g| now >= *g) {
+            // No longer a timer; the next failed attempt ends the session.
+            self.deadline_noted = Some(g);
         }
         match &self.phase {
             Phase::Hello { deadline, .. } | Phase::Resume { deadline, .. } => {
@@ -622,6 +668,7 @@ impl<R: CryptoRng> Client<R> {
     /// authentication failures happened in a row. Returns `e`.
     fn fail_transport(&mut self, e: Error) -> Error {
         let was_open = matches!(self.phase, Phase::Open);
+        let attempt = matches!(self.phase, Phase::Hello { .. } | Phase::Resume { .. });
         if was_open {
             self.note_contact();
         }
@@ -645,6 +692,8 @@ impl<R: CryptoRng> Client<R> {
                 && self.stream.auth_failures() >= self.config.max_auth_failures
             {
                 self.close_for_good(CloseReason::TooManyFailures);
+            } else if attempt && self.final_attempt {
+                self.close_for_good(CloseReason::Expired);
             }
         }
         e

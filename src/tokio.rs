@@ -710,6 +710,17 @@ impl Drop for ClientStream {
     }
 }
 
+/// A connect attempt failed: counted, and reported to the core, which ends
+/// the session once its give-up deadline has passed (the driver's wait loop
+/// then sees it closed).
+fn connect_failed(shared: &Mutex<ClientShared>, clock: &Clock) {
+    let mut st = lock(shared);
+    st.stats.connect_failures += 1;
+    let now = clock.now();
+    st.core.connect_failed(now);
+    st.process_events();
+}
+
 async fn drive_client<F, Fut, T>(
     shared: Arc<Mutex<ClientShared>>,
     config: Config,
@@ -794,12 +805,12 @@ async fn drive_client<F, Fut, T>(
         let t = match ::tokio::time::timeout(connect_timeout, connect()).await {
             Ok(Ok(t)) => t,
             Ok(Err(e)) => {
-                lock(&shared).stats.connect_failures += 1;
+                connect_failed(&shared, &clock);
                 last_error = e.to_string();
                 continue;
             }
             Err(_) => {
-                lock(&shared).stats.connect_failures += 1;
+                connect_failed(&shared, &clock);
                 last_error = "connect timed out".to_string();
                 continue;
             }
