@@ -494,12 +494,17 @@ impl<R: CryptoRng> Client<R> {
 
     /// When [`Client::handle_timeout`] should be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match &self.phase {
+        let abort = self.stream.abort_answer_deadline(self.config.idle_timeout);
+        let phase = match &self.phase {
             Phase::Hello { deadline, .. } => Some(*deadline),
             Phase::Resume { deadline, .. } => earliest(Some(*deadline), self.give_up_timer()),
             Phase::Open => self.stream.poll_timeout(),
             Phase::Idle | Phase::Dead => self.give_up_timer(),
+        };
+        if self.closed.is_some() {
+            return phase;
         }
+        earliest(phase, abort)
     }
 
     /// The give-up deadline as a timer: until `handle_timeout` saw it pass.
@@ -550,6 +555,22 @@ impl<R: CryptoRng> Client<R> {
     /// Advance timers: handshake/resume deadline, idle timeout. Due ACKs and
     /// keepalives are then written by `poll_transmit`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.stream.note_time(now);
+        if self
+            .stream
+            .abort_answer_deadline(self.config.idle_timeout)
+            .is_some_and(|d| now >= d)
+        {
+            // The server did not answer our ABORT in time (it may sit behind
+            // data its application does not read): the abort is complete.
+            if let Some(code) = self.stream.abort_unanswered_done() {
+                self.close_for_good(CloseReason::Aborted {
+                    code,
+                    by_peer: false,
+                });
+                return;
+            }
+        }
         if let Some(g) = self.give_up_at().filter(|g| now >= *g) {
             // No longer a timer; the next failed attempt ends the session.
             self.deadline_noted = Some(g);

@@ -819,6 +819,10 @@ impl<R: CryptoRng> Server<R> {
             // transport's handshake deadline is its only timer.
             if s.confirmed {
                 next = earliest(next, s.stream.poll_timeout());
+                next = earliest(
+                    next,
+                    s.stream.abort_answer_deadline(self.config.idle_timeout),
+                );
             }
             if let Some(since) = s.detached_since {
                 next = earliest(next, Some(since.saturating_add(self.config.resume_timeout)));
@@ -848,6 +852,24 @@ impl<R: CryptoRng> Server<R> {
         let mut idle = Vec::new();
         let mut expired = Vec::new();
         for (sid, s) in self.sessions.iter_mut() {
+            s.stream.note_time(now);
+            if s.stream
+                .abort_answer_deadline(self.config.idle_timeout)
+                .is_some_and(|d| now >= d)
+            {
+                // The client did not answer our ABORT in time (it may sit
+                // behind data its application does not read): complete.
+                if let Some(code) = s.stream.abort_unanswered_done() {
+                    s.finished = true;
+                    self.events.push_back(ServerEvent::Closed {
+                        session: *sid,
+                        reason: CloseReason::Aborted {
+                            code,
+                            by_peer: false,
+                        },
+                    });
+                }
+            }
             if let Some(since) = s.detached_since {
                 if now >= since.saturating_add(self.config.resume_timeout) {
                     expired.push(*sid);

@@ -153,6 +153,9 @@ pub(crate) struct Stream {
     abort: Option<Abort>,
     /// Our CLOSE was written on some link at least once.
     close_ever_sent: bool,
+    /// When this side's unanswered abort was first seen by a call that
+    /// knows the time (the answer timeout counts from here).
+    abort_since: Option<Instant>,
 }
 
 impl Stream {
@@ -175,6 +178,7 @@ impl Stream {
             clean_reported: false,
             abort: None,
             close_ever_sent: false,
+            abort_since: None,
         }
     }
 
@@ -281,6 +285,29 @@ impl Stream {
     /// This side aborted and the peer has not answered yet.
     pub(crate) fn abort_unanswered(&self) -> Option<AbortCode> {
         self.abort.filter(|a| !a.by_peer && !a.done).map(|a| a.code)
+    }
+
+    /// Start the answer timeout of our abort, if there is one (every call
+    /// with a `now` does this; `abort` itself has no clock).
+    pub(crate) fn note_time(&mut self, now: Instant) {
+        if self.abort_since.is_none() && self.abort_unanswered().is_some() {
+            self.abort_since = Some(now);
+        }
+    }
+
+    /// When we stop waiting for the peer's answer to our ABORT: `wait`
+    /// after the abort. An ABORT can sit behind data the peer's application
+    /// does not read (PROTOCOL.md 6.6).
+    pub(crate) fn abort_answer_deadline(&self, wait: Duration) -> Option<Instant> {
+        self.abort_unanswered()?;
+        Some(self.abort_since?.saturating_add(wait))
+    }
+
+    /// Stop waiting for the answer to our ABORT: the abort is complete.
+    pub(crate) fn abort_unanswered_done(&mut self) -> Option<AbortCode> {
+        let a = self.abort.as_mut().filter(|a| !a.by_peer && !a.done)?;
+        a.done = true;
+        Some(a.code)
     }
 
     /// The session was aborted (by either side): `send` and, once the
@@ -459,6 +486,7 @@ impl Stream {
     /// `recv`). An `Err` ends the link: nothing of the failing frame was
     /// delivered.
     pub(crate) fn handle_input(&mut self, now: Instant, input: &[u8]) -> Result<usize, Error> {
+        self.note_time(now);
         let mut consumed = 0;
         loop {
             let Some(link) = self.link.as_mut() else {
@@ -639,6 +667,7 @@ impl Stream {
     /// Write as many frames as fit into `out`: a due ACK, DATA, CLOSE, a
     /// keepalive PING. Returns the bytes written.
     pub(crate) fn poll_transmit(&mut self, now: Instant, out: &mut [u8]) -> usize {
+        self.note_time(now);
         let Some(keys) = self.keys.as_mut() else {
             return 0;
         };
@@ -790,6 +819,7 @@ impl Stream {
     /// `Err(TimedOut)` when nothing arrived within the idle timeout: the
     /// caller ends the link.
     pub(crate) fn handle_timeout(&mut self, now: Instant) -> Result<(), Error> {
+        self.note_time(now);
         if let Some(link) = &self.link {
             if !link.held_back && now >= link.last_rx.saturating_add(self.limits.idle_timeout) {
                 return Err(Error::TimedOut);
