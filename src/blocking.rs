@@ -193,7 +193,10 @@ impl fmt::Display for SessionError {
                         f,
                         "; bytes {r} of what was written may or may not have been delivered"
                     ),
-                    Some(_) => write!(f, "; everything written was delivered"),
+                    Some(_) => write!(
+                        f,
+                        "; everything written was acknowledged by the peer's relink endpoint"
+                    ),
                     None => Ok(()),
                 }
             }

@@ -19,7 +19,10 @@ pub struct Backoff {
     pub max_attempts: Option<u32>,
 }
 
-/// Retry forever, 100 ms after the first failure, doubling up to 5 s.
+/// 100 ms after the first failure, doubling up to 5 s; before a session
+/// exists, give up after 8 failed attempts in a row (about 6 to 11 s: a wrong
+/// address or a wrong pinned key must not block `connect` for ever); once a
+/// session exists, never by a count (see below).
 ///
 /// Why these values: the drivers do not decide when a session is lost, the
 /// core does (`Client::give_up_at`, from the resume timeout the server
@@ -35,7 +38,7 @@ impl Default for Backoff {
         Backoff {
             initial: Duration::from_millis(100),
             max: Duration::from_secs(5),
-            max_attempts: None,
+            max_attempts: Some(8),
         }
     }
 }
@@ -146,10 +149,10 @@ mod tests {
 
     proptest! {
         #[test]
-        fn default_never_gives_up_and_stays_within_the_cap(seed in any::<u64>(), attempt in 1u32..u32::MAX) {
-            let b = Backoff::default();
+        fn with_a_session_never_gives_up_and_stays_within_the_cap(seed in any::<u64>(), attempt in 1u32..u32::MAX) {
+            let b = Backoff::default().with_session(true);
             let mut rng = ChaCha20Rng::seed_from_u64(seed);
-            let d = b.delay(attempt, &mut rng).expect("the default never gives up").as_micros();
+            let d = b.delay(attempt, &mut rng).expect("never gives up with a session").as_micros();
             let nominal = (100_000u64.saturating_mul(1 << (attempt - 1).min(32))).min(5_000_000);
             prop_assert!(d >= nominal / 2 && d <= nominal, "{} vs {}", d, nominal);
         }
@@ -164,9 +167,18 @@ mod tests {
 
     #[test]
     fn first_attempt_is_immediate_and_the_default_survives_long_outages() {
-        let b = Backoff::default();
-        assert_eq!(b.max_attempts, None);
+        // Before a session: a bounded first connect (about 6 to 11 s).
+        let first = Backoff::default();
+        assert_eq!(first.max_attempts, Some(8));
         let mut rng = ChaCha20Rng::seed_from_u64(1);
+        let total: u64 = (0..8)
+            .map(|a| first.delay(a, &mut rng).unwrap().as_micros())
+            .sum();
+        assert!((5_000_000..=12_000_000).contains(&total), "{total}");
+        assert_eq!(first.delay(8, &mut rng), None);
+        // With a session: only the core ends it.
+        let b = Backoff::default().with_session(true);
+        assert_eq!(b.max_attempts, None);
         assert_eq!(b.delay(0, &mut rng), Some(Duration::from_micros(0)));
         assert_eq!(
             b.delay(1, &mut rng).map(|d| d.as_micros() <= 100_000),

@@ -465,3 +465,30 @@ fn the_client_gives_up_when_the_server_can_no_longer_hold_the_session() {
     }
     assert!(e.to_string().contains("[5, 13)"), "{e}");
 }
+
+/// A new user's first mistake, a port where nothing listens, with every
+/// default: `connect` fails within seconds with a typed error that says it
+/// gave up, instead of blocking for ever (the default backoff bounds the
+/// attempts before a session exists; after, only the core ends a session).
+#[test]
+fn connect_to_a_dead_port_with_defaults_fails_within_seconds() {
+    let addr = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let started = std::time::Instant::now();
+        let r = relink::blocking::connect(addr, Config::default());
+        let _ = tx.send((r.map(|_| ()), started.elapsed()));
+    });
+    let (r, took) = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("connect to a dead port still blocks after 30 s");
+    let e = r.expect_err("nothing listens there");
+    assert!(
+        matches!(session_error(&e), SessionError::GaveUp { attempts: 8, .. }),
+        "{e}"
+    );
+    assert!(took < std::time::Duration::from_secs(15), "{took:?}");
+}
