@@ -163,4 +163,14 @@ pub enum ServerEvent {
         /// The session.
         session: SessionId,
     },
+    /// Right before `SessionExpired` or a `Closed` that is not clean: the
+    /// data offsets `[acknowledged, written)` of the server's stream of
+    /// `session`, which the client application may or may not have received
+    /// (PROTOCOL.md 7.7). Not reported when that range is empty.
+    InDoubt {
+        /// The session.
+        session: SessionId,
+        /// The range.
+        range: ByteRange,
+    },
 }

@@ -624,6 +624,9 @@ impl<R: CryptoRng> Server<R> {
             return;
         };
         let (conn_id, transport, confirmed) = (s.conn_id, s.transport.take(), s.confirmed);
+        if confirmed && reason != CloseReason::Clean {
+            push_in_doubt(&mut self.events, sid, &s.stream);
+        }
         if confirmed && s.stream.readable() > 0 {
             s.stream.detach();
             s.stream.trim();
@@ -685,6 +688,7 @@ impl<R: CryptoRng> Server<R> {
                     // Kept (finished) so that our answer reaches the client
                     // even across a cut: it resends its ABORT after a resume.
                     s.finished = true;
+                    push_in_doubt(&mut self.events, sid, &s.stream);
                     self.events.push_back(ServerEvent::Closed {
                         session: sid,
                         reason: CloseReason::Aborted {
@@ -695,6 +699,7 @@ impl<R: CryptoRng> Server<R> {
                 }
                 StreamEvent::AbortDone(code) => {
                     s.finished = true;
+                    push_in_doubt(&mut self.events, sid, &s.stream);
                     self.events.push_back(ServerEvent::Closed {
                         session: sid,
                         reason: CloseReason::Aborted {
@@ -861,6 +866,7 @@ impl<R: CryptoRng> Server<R> {
                 // behind data its application does not read): complete.
                 if let Some(code) = s.stream.abort_unanswered_done() {
                     s.finished = true;
+                    push_in_doubt(&mut self.events, *sid, &s.stream);
                     self.events.push_back(ServerEvent::Closed {
                         session: *sid,
                         reason: CloseReason::Aborted {
@@ -908,6 +914,10 @@ impl<R: CryptoRng> Server<R> {
         // Our ABORT was never answered (the answer was lost, or the client
         // never came back): the session still ended by our abort.
         let aborted = s.stream.abort_unanswered();
+        let clean_end = clean && aborted.is_none();
+        if !quiet && !clean_end {
+            push_in_doubt(&mut self.events, sid, &s.stream);
+        }
         if s.stream.readable() > 0 && s.confirmed {
             s.expired = true;
             s.detached_since = None;
@@ -988,5 +998,17 @@ impl<R: CryptoRng> Server<R> {
     /// Heap bytes held by `session`'s buffers.
     pub fn buffer_memory(&self, session: SessionId) -> usize {
         self.sessions.get(&session).map_or(0, |s| s.stream.memory())
+    }
+}
+
+/// Report the server's in-doubt range of `sid` (if not empty) before the
+/// event that ends the session.
+fn push_in_doubt(events: &mut VecDeque<ServerEvent>, sid: SessionId, stream: &Stream) {
+    let range = stream.in_doubt();
+    if !range.is_empty() {
+        events.push_back(ServerEvent::InDoubt {
+            session: sid,
+            range,
+        });
     }
 }

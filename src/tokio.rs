@@ -1134,6 +1134,9 @@ impl ServerShared {
                     self.stats.expired += 1;
                     self.session_over(session, CloseReason::Expired);
                 }
+                // The server stream's own in-doubt range; the driver does
+                // not report it yet (the core event carries it).
+                ServerEvent::InDoubt { .. } => {}
             }
         }
     }

@@ -527,15 +527,24 @@ fn run_api(v: &Vectors) -> Vec<(String, Vec<u8>)> {
         server.handle_input(tid2, v.at("t_server_abort"), &ca),
         Ok(ca.len())
     );
+    // The server's resent bytes [12, 33) were never acknowledged (the
+    // client aborted instead of acknowledging): they are the server's
+    // in-doubt range, reported right before the end.
     assert_eq!(
         server_events(&mut server),
-        vec![ServerEvent::Closed {
-            session: sid,
-            reason: relink::CloseReason::Aborted {
-                code,
-                by_peer: true
+        vec![
+            ServerEvent::InDoubt {
+                session: sid,
+                range: relink::ByteRange { start: 12, end: 33 }
+            },
+            ServerEvent::Closed {
+                session: sid,
+                reason: relink::CloseReason::Aborted {
+                    code,
+                    by_peer: true
+                }
             }
-        }]
+        ]
     );
     assert_eq!(
         server.recv(sid, &mut buf),
