@@ -27,9 +27,9 @@ use crate::resume::{
 use crate::stream::{Stream, StreamEvent, StreamKeys, StreamLimits};
 use crate::time::{earliest, Duration, Instant};
 use crate::wire::{
-    resume_response_len, server_hello_len, AbortCode, HandshakeStatus, ResumeRequest,
-    ResumeResponse, ResumeStatus, RESUME_REQUEST_LEN, RESUME_RESPONSE_LEN, SERVER_HELLO_LEN,
-    TAG_LEN, VERSION,
+    resume_response_len, server_hello_len, AbortCode, AuthenticatedReject, HandshakeStatus,
+    ResumeRequest, ResumeResponse, ResumeStatus, UnknownSessionReject, RESUME_REQUEST_LEN,
+    RESUME_RESPONSE_LEN, SERVER_HELLO_LEN, TAG_LEN, VERSION,
 };
 use crate::MIN_TRANSMIT_BUFFER;
 
@@ -346,20 +346,17 @@ impl<R: CryptoRng> Client<R> {
         }
         let e = Error::ResumeRejected(status);
         if status.is_authenticated() {
+            let rej = AuthenticatedReject::decode(&reply[..have]).map_err(Error::from)?;
             let mut prefix = [0u8; REJECT_MAC_INPUT];
             prefix.copy_from_slice(&reply[..REJECT_MAC_INPUT]);
             let mac = reject_mac(&session.resume_key, &request, &prefix);
-            let mut got = [0u8; TAG_LEN];
-            got.copy_from_slice(&reply[REJECT_MAC_INPUT..REJECT_MAC_INPUT + TAG_LEN]);
-            if !crate::keys::tags_equal(&mac, &got) {
+            if !crate::keys::tags_equal(&mac, &rej.mac) {
                 return Err(self.fail_unauthenticated(Error::AuthFailed));
             }
             // Authentic and bound to this request: the server's clock as it
             // answered corrects our estimate (a client whose clock stood still
             // while it slept was Stale; its next attempt is fresh).
-            let mut t = [0u8; 8];
-            t.copy_from_slice(&reply[2..10]);
-            session.server_time = u64::from_le_bytes(t);
+            session.server_time = rej.server_time;
             session.at = now;
             session.last_contact = now;
             // The server holds the session: not a reason to give it up.
@@ -381,9 +378,8 @@ impl<R: CryptoRng> Client<R> {
         }
         let pinned = self.config.pinned_server_key.is_some();
         if status == ResumeStatus::UnknownSession && pinned {
-            let mut token = [0u8; TAG_LEN];
-            token.copy_from_slice(&reply[2..2 + TAG_LEN]);
-            if crate::keys::tags_equal(&token, &session.reset_token) {
+            let rej = UnknownSessionReject::decode(&reply[..have]).map_err(Error::from)?;
+            if crate::keys::tags_equal(&rej.reset_token, &session.reset_token) {
                 // Only the holder of the server's static key can produce
                 // the token: the server no longer holds the session.
                 self.close_for_good(CloseReason::SessionUnknown);

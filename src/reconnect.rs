@@ -48,6 +48,7 @@ impl Backoff {
     /// same delays without the attempt limit, because then only the core
     /// decides that the session is lost (its give-up deadline from the
     /// server's advertised resume timeout, PROTOCOL.md 7.6). Before, `self`.
+    #[cfg(feature = "std")]
     pub(crate) fn with_session(self, has_session: bool) -> Backoff {
         if has_session {
             Backoff {

@@ -41,9 +41,9 @@ use crate::resume::{
 use crate::stream::{Stream, StreamEvent, StreamKeys, StreamLimits};
 use crate::time::{earliest, Instant};
 use crate::wire::{
-    client_first_len, AbortCode, HandshakeStatus, ResumeRequest, ResumeResponse, ResumeStatus,
-    CLIENT_CONFIRM_LEN, CLIENT_HELLO_LEN, REJECT_AUTH_LEN, REJECT_TOKEN_LEN, RESUME_REQUEST_LEN,
-    SERVER_HELLO_LEN, TAG_LEN, TAG_NEW, VERSION,
+    client_first_len, AbortCode, AuthenticatedReject, HandshakeStatus, ResumeRequest,
+    ResumeResponse, ResumeStatus, UnknownSessionReject, CLIENT_CONFIRM_LEN, CLIENT_HELLO_LEN,
+    REJECT_AUTH_LEN, RESUME_REQUEST_LEN, SERVER_HELLO_LEN, TAG_LEN, TAG_NEW, VERSION,
 };
 use crate::MIN_TRANSMIT_BUFFER;
 
@@ -521,10 +521,10 @@ impl<R: CryptoRng> Server<R> {
     /// Answer "unknown session" with the connection's reset token, which a
     /// pinning client checks (PROTOCOL.md 3.6), and end the transport.
     fn reject_unknown(&mut self, transport: TransportId, conn_id: u64) -> Error {
-        let mut reply = [0u8; REJECT_TOKEN_LEN];
-        reply[0] = VERSION;
-        reply[1] = ResumeStatus::UnknownSession.to_byte();
-        reply[2..].copy_from_slice(&self.reset_token(conn_id));
+        let reply = UnknownSessionReject {
+            reset_token: self.reset_token(conn_id),
+        }
+        .encode();
         if let Some(t) = self.transports.get_mut(&transport) {
             t.set_control(&reply);
         }
@@ -549,11 +549,15 @@ impl<R: CryptoRng> Server<R> {
         let mut len = 2;
         if let Some((sid, request, now)) = authenticated {
             if let Some(s) = self.sessions.get(&sid) {
-                reply[2..REJECT_MAC_INPUT].copy_from_slice(&now.as_micros().to_le_bytes());
+                let mut rej = AuthenticatedReject {
+                    status,
+                    server_time: now.as_micros(),
+                    mac: [0; TAG_LEN],
+                };
                 let mut prefix = [0u8; REJECT_MAC_INPUT];
-                prefix.copy_from_slice(&reply[..REJECT_MAC_INPUT]);
-                let mac = reject_mac(&s.resume_key, request, &prefix);
-                reply[REJECT_MAC_INPUT..].copy_from_slice(&mac);
+                prefix.copy_from_slice(&rej.encode()[..REJECT_MAC_INPUT]);
+                rej.mac = reject_mac(&s.resume_key, request, &prefix);
+                reply = rej.encode();
                 len = reply.len();
             }
         }

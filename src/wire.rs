@@ -469,6 +469,79 @@ impl ResumeResponse {
     }
 }
 
+/// A resume rejection the server authenticated (Replayed, Stale,
+/// DataUnavailable): version, status, the server's clock, MAC
+/// (PROTOCOL.md 3.6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AuthenticatedReject {
+    /// One of the authenticated statuses.
+    pub status: ResumeStatus,
+    /// Server clock (µs) when it answered.
+    pub server_time: u64,
+    /// MAC over the request and the first ten bytes of this message.
+    pub mac: [u8; TAG_LEN],
+}
+
+impl AuthenticatedReject {
+    /// Encode.
+    pub fn encode(&self) -> [u8; REJECT_AUTH_LEN] {
+        let mut o = [0u8; REJECT_AUTH_LEN];
+        o[0] = VERSION;
+        o[1] = self.status.to_byte();
+        o[2..10].copy_from_slice(&self.server_time.to_le_bytes());
+        o[10..26].copy_from_slice(&self.mac);
+        o
+    }
+    /// Decode (version 1, an authenticated status).
+    pub fn decode(b: &[u8]) -> Result<Self, ProtocolError> {
+        let b = exact::<REJECT_AUTH_LEN>(b)?;
+        if b[0] != VERSION {
+            return Err(ProtocolError::UnsupportedVersion(b[0]));
+        }
+        let status = ResumeStatus::from_byte(b[1])?;
+        if !status.is_authenticated() {
+            return Err(ProtocolError::UnknownStatus(b[1]));
+        }
+        Ok(AuthenticatedReject {
+            status,
+            server_time: u64::from_le_bytes(arr(&b[2..10])),
+            mac: arr(&b[10..26]),
+        })
+    }
+}
+
+/// The "unknown session" answer: version, status 2, the connection's reset
+/// token (PROTOCOL.md 3.6, 4.6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnknownSessionReject {
+    /// The reset token of the connection id the request named.
+    pub reset_token: [u8; TAG_LEN],
+}
+
+impl UnknownSessionReject {
+    /// Encode.
+    pub fn encode(&self) -> [u8; REJECT_TOKEN_LEN] {
+        let mut o = [0u8; REJECT_TOKEN_LEN];
+        o[0] = VERSION;
+        o[1] = ResumeStatus::UnknownSession.to_byte();
+        o[2..].copy_from_slice(&self.reset_token);
+        o
+    }
+    /// Decode (version 1, status UnknownSession).
+    pub fn decode(b: &[u8]) -> Result<Self, ProtocolError> {
+        let b = exact::<REJECT_TOKEN_LEN>(b)?;
+        if b[0] != VERSION {
+            return Err(ProtocolError::UnsupportedVersion(b[0]));
+        }
+        if b[1] != ResumeStatus::UnknownSession.to_byte() {
+            return Err(ProtocolError::UnknownStatus(b[1]));
+        }
+        Ok(UnknownSessionReject {
+            reset_token: arr(&b[2..]),
+        })
+    }
+}
+
 /// How long the server's reply to a hello is, judged from its first two
 /// bytes (version, status). `Err` for an unknown version or status.
 pub fn server_hello_len(version: u8, status: u8) -> Result<usize, ProtocolError> {

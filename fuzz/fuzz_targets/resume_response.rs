@@ -5,7 +5,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use relink::wire::{resume_response_len, ResumeResponse, ResumeStatus};
+use relink::wire::{
+    resume_response_len, AuthenticatedReject, ResumeResponse, ResumeStatus, UnknownSessionReject,
+};
 
 fn le(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
@@ -60,4 +62,24 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(&enc[..2], &[1, 0]);
     assert_eq!(&enc[2..], &padded[2..]);
     assert_eq!(ResumeResponse::decode(&enc), Ok(r));
+    // The rejections with a body: decoded exactly when their layout fits
+    // (26 bytes, version 1, status 4..=6; 18 bytes, version 1, status 2),
+    // and encode(decode(x)) == x.
+    let auth_ok = data.len() == 26 && data[0] == 1 && (4..=6).contains(&data[1]);
+    match AuthenticatedReject::decode(data) {
+        Ok(r) => {
+            assert!(auth_ok, "accepted invalid rejection {data:?}");
+            assert_eq!(&r.encode()[..], data);
+            assert_eq!(r.server_time, le(data, 2));
+        }
+        Err(_) => assert!(!auth_ok, "rejected valid rejection {data:?}"),
+    }
+    let unknown_ok = data.len() == 18 && data[0] == 1 && data[1] == 2;
+    match UnknownSessionReject::decode(data) {
+        Ok(r) => {
+            assert!(unknown_ok, "accepted invalid answer {data:?}");
+            assert_eq!(&r.encode()[..], data);
+        }
+        Err(_) => assert!(!unknown_ok, "rejected valid answer {data:?}"),
+    }
 });
