@@ -551,21 +551,14 @@ impl<R: CryptoRng> Client<R> {
     /// Advance timers: handshake/resume deadline, idle timeout. Due ACKs and
     /// keepalives are then written by `poll_transmit`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.stream.note_time(now);
-        if self
-            .stream
-            .abort_answer_deadline(self.config.idle_timeout)
-            .is_some_and(|d| now >= d)
-        {
-            // The server did not answer our ABORT in time (it may sit behind
-            // data its application does not read): the abort is complete.
-            if let Some(code) = self.stream.abort_unanswered_done() {
-                self.close_for_good(CloseReason::Aborted {
-                    code,
-                    by_peer: false,
-                });
-                return;
-            }
+        // The server did not answer our ABORT in time (it may sit behind
+        // data its application does not read): the abort is complete.
+        if let Some(code) = self.stream.abort_timed_out(now, self.config.idle_timeout) {
+            self.close_for_good(CloseReason::Aborted {
+                code,
+                by_peer: false,
+            });
+            return;
         }
         if let Some(g) = self.give_up_at().filter(|g| now >= *g) {
             // No longer a timer; the next failed attempt ends the session.

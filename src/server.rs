@@ -861,24 +861,18 @@ impl<R: CryptoRng> Server<R> {
         let mut idle = Vec::new();
         let mut expired = Vec::new();
         for (sid, s) in self.sessions.iter_mut() {
-            s.stream.note_time(now);
-            if s.stream
-                .abort_answer_deadline(self.config.idle_timeout)
-                .is_some_and(|d| now >= d)
-            {
-                // The client did not answer our ABORT in time (it may sit
-                // behind data its application does not read): complete.
-                if let Some(code) = s.stream.abort_unanswered_done() {
-                    s.finished = true;
-                    push_in_doubt(&mut self.events, *sid, &s.stream);
-                    self.events.push_back(ServerEvent::Closed {
-                        session: *sid,
-                        reason: CloseReason::Aborted {
-                            code,
-                            by_peer: false,
-                        },
-                    });
-                }
+            // The client did not answer our ABORT in time (it may sit behind
+            // data its application does not read): the abort is complete.
+            if let Some(code) = s.stream.abort_timed_out(now, self.config.idle_timeout) {
+                s.finished = true;
+                push_in_doubt(&mut self.events, *sid, &s.stream);
+                self.events.push_back(ServerEvent::Closed {
+                    session: *sid,
+                    reason: CloseReason::Aborted {
+                        code,
+                        by_peer: false,
+                    },
+                });
             }
             if let Some(since) = s.detached_since {
                 if now >= since.saturating_add(self.config.resume_timeout) {

@@ -303,9 +303,14 @@ impl Stream {
         Some(self.abort_since?.saturating_add(wait))
     }
 
-    /// Stop waiting for the answer to our ABORT: the abort is complete.
-    pub(crate) fn abort_unanswered_done(&mut self) -> Option<AbortCode> {
-        let a = self.abort.as_mut().filter(|a| !a.by_peer && !a.done)?;
+    /// Our ABORT waited `wait` without an answer: stop waiting, the abort
+    /// is complete. Returns its code the one time this happens.
+    pub(crate) fn abort_timed_out(&mut self, now: Instant, wait: Duration) -> Option<AbortCode> {
+        self.note_time(now);
+        if self.abort_answer_deadline(wait).is_none_or(|d| now < d) {
+            return None;
+        }
+        let a = self.abort.as_mut()?;
         a.done = true;
         Some(a.code)
     }
