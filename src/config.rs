@@ -1,8 +1,10 @@
 //! Configuration shared by clients and servers: every buffer, table and timer
 //! is bounded by a value here.
 
+use alloc::sync::Arc;
+
 use crate::keys::StaticKeypair;
-use crate::time::Duration;
+use crate::time::{Duration, Instant, UnixTime, WallClock};
 use crate::wire::MAX_FRAME_PAYLOAD;
 
 /// Limits and timers of a relink endpoint. `Config::default()` suits most
@@ -73,6 +75,12 @@ pub struct Config {
     /// Client: the server's pinned public key. Without it the handshake is
     /// anonymous and open to an active man in the middle.
     pub pinned_server_key: Option<[u8; 32]>,
+    /// Server: the wall clock used for freshness (the time announced to
+    /// clients and the window of resume requests). `None`: the monotonic
+    /// `Instant` passed to each call stands in for it (see [`crate::time`]
+    /// module docs). The drivers install [`crate::SystemWallClock`] when this
+    /// is `None`.
+    pub wall_clock: Option<Arc<dyn WallClock>>,
 }
 
 impl Default for Config {
@@ -96,11 +104,20 @@ impl Default for Config {
             key_byte_limit: 1 << 60,
             server_static: None,
             pinned_server_key: None,
+            wall_clock: None,
         }
     }
 }
 
 impl Config {
+    /// The freshness clock's reading: `wall_clock`, else `now` (see
+    /// [`crate::time`]).
+    pub(crate) fn wall_now(&self, now: Instant) -> UnixTime {
+        self.wall_clock
+            .as_ref()
+            .map_or(UnixTime(now.as_micros()), |c| c.now())
+    }
+
     /// Clamp fields to the ranges the protocol supports.
     pub(crate) fn normalized(mut self) -> Config {
         self.max_frame_payload = self.max_frame_payload.clamp(1, MAX_FRAME_PAYLOAD);
@@ -142,6 +159,7 @@ impl core::fmt::Debug for Config {
                 &self.server_static.as_ref().map(|_| "<set>"),
             )
             .field("pinned_server_key", &self.pinned_server_key.is_some())
+            .field("wall_clock", &self.wall_clock.is_some())
             .finish()
     }
 }

@@ -1,7 +1,7 @@
 //! Events the state machines report to their driver.
 
 use crate::error::Error;
-use crate::server::{SessionId, TransportId};
+use crate::ids::{SessionId, TransportId};
 use crate::wire::AbortCode;
 
 /// A range of stream offsets `[start, end)` of one direction.

@@ -29,15 +29,19 @@ extern crate std;
 
 mod client;
 mod config;
+mod connection;
+mod endpoint;
 mod error;
 mod event;
 mod handshake;
+mod ids;
 mod keys;
 mod reconnect;
 mod resume;
 mod server;
 mod stream;
-mod time;
+pub mod time;
+pub mod timer;
 pub mod wire;
 
 #[cfg(feature = "std")]
@@ -49,12 +53,17 @@ pub mod tokio;
 
 pub use client::Client;
 pub use config::Config;
+pub use connection::{Connection, EndpointEvent, Rejection};
+pub use endpoint::{Dispatch, Endpoint};
 pub use error::{Error, ProtocolError};
 pub use event::{ByteRange, CloseReason, Event, ServerEvent};
+pub use ids::{SessionId, TransportId};
 pub use keys::StaticKeypair;
 pub use reconnect::Backoff;
-pub use server::{Server, SessionId, TransportId};
-pub use time::{Duration, Instant};
+pub use server::Server;
+#[cfg(feature = "std")]
+pub use time::SystemWallClock;
+pub use time::{Duration, Instant, UnixTime, WallClock};
 pub use wire::{AbortCode, HandshakeStatus, ResumeStatus};
 
 /// The README's examples, compiled and run as doctests.

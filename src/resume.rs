@@ -14,7 +14,9 @@
 //! to another attempt.
 
 use crate::keys::Secret;
-use crate::wire::{ResumeRequest, ResumeStatus, RESUME_REQUEST_LEN, TAG_LEN};
+use crate::wire::{
+    AuthenticatedReject, ResumeRequest, ResumeStatus, REJECT_AUTH_LEN, RESUME_REQUEST_LEN, TAG_LEN,
+};
 
 const LABEL_REQUEST: u8 = 0x01;
 const LABEL_RESPONSE: u8 = 0x02;
@@ -49,6 +51,25 @@ pub(crate) fn reject_mac(
     reject_prefix: &[u8; REJECT_MAC_INPUT],
 ) -> [u8; TAG_LEN] {
     key.mac(&[&[LABEL_REJECT], request, reject_prefix])
+}
+
+/// The authenticated rejection of `request` with `status`, stamped with
+/// the server's (wall-clock) time (PROTOCOL.md 3.6).
+pub(crate) fn authenticated_reject(
+    key: &Secret,
+    request: &[u8; RESUME_REQUEST_LEN],
+    status: ResumeStatus,
+    server_time: u64,
+) -> [u8; REJECT_AUTH_LEN] {
+    let mut rej = AuthenticatedReject {
+        status,
+        server_time,
+        mac: [0; TAG_LEN],
+    };
+    let mut prefix = [0u8; REJECT_MAC_INPUT];
+    prefix.copy_from_slice(&rej.encode()[..REJECT_MAC_INPUT]);
+    rej.mac = reject_mac(key, request, &prefix);
+    rej.encode()
 }
 
 /// What the server knows of a session when a resume request arrives.

@@ -100,6 +100,14 @@ struct Link {
     held_back: bool,
 }
 
+/// The deadlines of the current link, by timer kind.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct LinkTimers {
+    pub(crate) ack: Option<Instant>,
+    pub(crate) keepalive: Option<Instant>,
+    pub(crate) idle: Option<Instant>,
+}
+
 /// Stream-level happenings the client or server turns into events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum StreamEvent {
@@ -810,15 +818,25 @@ impl Stream {
 
     /// The next instant `handle_timeout` or `poll_transmit` has work.
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
-        let link = self.link.as_ref()?;
+        let t = self.timers();
+        earliest(earliest(t.ack, t.keepalive), t.idle)
+    }
+
+    /// The link's deadlines by kind (all `None` without a link).
+    pub(crate) fn timers(&self) -> LinkTimers {
+        let Some(link) = self.link.as_ref() else {
+            return LinkTimers::default();
+        };
         let ack = if self.read_count() > link.acked_sent && self.abort.is_none() {
             link.ack_due
         } else {
             None
         };
-        let keepalive = link.last_tx.saturating_add(self.limits.keepalive_interval);
-        let idle = (!link.held_back).then(|| link.last_rx.saturating_add(self.limits.idle_timeout));
-        earliest(earliest(ack, Some(keepalive)), idle)
+        LinkTimers {
+            ack,
+            keepalive: Some(link.last_tx.saturating_add(self.limits.keepalive_interval)),
+            idle: (!link.held_back).then(|| link.last_rx.saturating_add(self.limits.idle_timeout)),
+        }
     }
 
     /// `Err(TimedOut)` when nothing arrived within the idle timeout: the

@@ -1,8 +1,17 @@
 //! Injected time: the core never reads a clock.
 //!
-//! [`Instant`] is a point on the caller's monotonic clock, in microseconds
-//! from an origin the caller chooses (process start, the Unix epoch, a test's
-//! zero). Every call that can change state takes one.
+//! Two clocks, passed separately (the models are quinn-proto's
+//! `TimeSource` and rustls's `TimeProvider`):
+//! - [`Instant`], a point on the caller's *monotonic* clock, in microseconds
+//!   from an origin the caller chooses (process start, boot, a test's zero).
+//!   Every call that can change state takes one; it drives every timer.
+//! - [`UnixTime`], the *wall* clock, read through a [`WallClock`] the caller
+//!   puts in `Config::wall_clock`. The server uses it only for freshness:
+//!   the time it announces (ServerHello, ResumeResponse, rejections,
+//!   PROTOCOL.md 3) and the time window of resume requests (7.3). Without a
+//!   wall clock the monotonic `Instant` stands in for it, which is sound
+//!   within one server process (clients extrapolate the server's clock from
+//!   what it announced) but not across restarts or nodes.
 
 /// A point in time on the caller's clock, in microseconds since its origin.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -61,6 +70,45 @@ impl From<std::time::Duration> for Duration {
 impl From<Duration> for std::time::Duration {
     fn from(d: Duration) -> Self {
         std::time::Duration::from_micros(d.0)
+    }
+}
+
+/// A point on the wall clock, in microseconds since the Unix epoch
+/// (1970-01-01T00:00:00Z, leap seconds not counted).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UnixTime(pub u64);
+
+impl UnixTime {
+    /// The time `micros` microseconds after the Unix epoch.
+    pub const fn from_micros(micros: u64) -> Self {
+        UnixTime(micros)
+    }
+    /// Microseconds since the Unix epoch.
+    pub const fn as_micros(self) -> u64 {
+        self.0
+    }
+}
+
+/// A source of wall-clock time (`Config::wall_clock`). Implementations must
+/// be cheap and must not block; the core calls it once per handshake and
+/// resume. Tests inject a manual clock, drivers use [`SystemWallClock`].
+pub trait WallClock: Send + Sync {
+    /// The current wall-clock time.
+    fn now(&self) -> UnixTime;
+}
+
+/// The operating system's wall clock (`std::time::SystemTime`).
+#[cfg(feature = "std")]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemWallClock;
+
+#[cfg(feature = "std")]
+impl WallClock for SystemWallClock {
+    fn now(&self) -> UnixTime {
+        let d = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        UnixTime(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
     }
 }
 

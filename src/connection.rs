@@ -1,0 +1,732 @@
+//! One server-side session: its stream, keys, resume checks, timers and
+//! events, as a value the driver owns and runs on any thread, independently
+//! of every other session (quinn-proto's `Connection` is the model).
+//!
+//! An [`Endpoint`](crate::Endpoint) creates a `Connection` when a handshake
+//! completes and hands it to the driver together with the transport it
+//! arrived on. Later transports reach it through the endpoint's routing: the
+//! endpoint reads a ResumeRequest, names the session, and the driver passes
+//! the request to [`Connection::handle_resume`]. From then on the connection
+//! needs nothing from the endpoint, except that the driver tells the endpoint
+//! when the session can no longer be resumed ([`EndpointEvent`]).
+//!
+//! ```text
+//!          handshake done             transport lost / failed
+//!  (endpoint) ──────────▶ Attached ──────────────────────────▶ Detached
+//!                            ▲        valid resume request         │
+//!                            └─────────────────────────────────────┘
+//!  Attached/Detached ── close, abort, expiry, DataUnavailable ──▶ Ended
+//!  Ended ── application read every byte ──▶ drained (drop it)
+//! ```
+
+use alloc::boxed::Box;
+use alloc::collections::VecDeque;
+use alloc::sync::Arc;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::event::{CloseReason, ServerEvent};
+use crate::ids::{SessionId, TransportId};
+use crate::keys::{tags_equal, Secret, SessionKeys};
+use crate::resume::{
+    authenticated_reject, check_request, request_mac, response_mac, SessionCounters,
+    REQUEST_MAC_INPUT, RESPONSE_MAC_INPUT,
+};
+use crate::stream::{Stream, StreamEvent, StreamKeys, StreamLimits};
+use crate::time::Instant;
+use crate::timer::{Timer, TimerTable};
+use crate::wire::{
+    AbortCode, ResumeRequest, ResumeResponse, ResumeStatus, UnknownSessionReject, REJECT_AUTH_LEN,
+    RESUME_REQUEST_LEN, RESUME_RESPONSE_LEN, TAG_LEN, VERSION,
+};
+use crate::MIN_TRANSMIT_BUFFER;
+
+/// A rejection answer for one transport: write [`Rejection::reply`] to it,
+/// then close it. Returned by [`Connection::handle_resume`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Rejection {
+    error: Error,
+    reply: [u8; REJECT_AUTH_LEN],
+    len: u8,
+}
+
+impl core::fmt::Debug for Rejection {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Rejection")
+            .field("error", &self.error)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl Rejection {
+    pub(crate) fn new(error: Error, reply: &[u8]) -> Self {
+        let mut r = [0u8; REJECT_AUTH_LEN];
+        let len = reply.len().min(REJECT_AUTH_LEN);
+        r[..len].copy_from_slice(&reply[..len]);
+        Rejection {
+            error,
+            reply: r,
+            len: len as u8,
+        }
+    }
+    /// Why the transport was refused.
+    pub fn error(&self) -> Error {
+        self.error
+    }
+    /// The bytes to write to the refused transport before closing it
+    /// (PROTOCOL.md 3.6).
+    pub fn reply(&self) -> &[u8] {
+        &self.reply[..usize::from(self.len)]
+    }
+}
+
+/// What a [`Connection`] asks of the [`Endpoint`](crate::Endpoint) that
+/// routes to it. The driver passes each one to
+/// [`Endpoint::handle_event`](crate::Endpoint::handle_event).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EndpointEvent {
+    /// The session can no longer be resumed: remove its route, and stop
+    /// counting it against `max_sessions`.
+    Unroutable {
+        /// The session.
+        session: SessionId,
+        /// Its connection id.
+        conn_id: u64,
+    },
+}
+
+/// One session of a server endpoint. See the [module docs](self).
+///
+/// # Calling contract
+/// The driver owns the value and calls, for the session's current transport
+/// (the one [`Connection::transport`] names):
+/// - **input**: [`handle_input`](Self::handle_input) with received bytes
+///   (it returns how many it took; offer the rest again after the
+///   application read), [`handle_resume`](Self::handle_resume) with a resume
+///   request the endpoint routed here, [`handle_timeout`](Self::handle_timeout)
+///   once [`poll_timeout`](Self::poll_timeout) has passed, and
+///   [`transport_lost`](Self::transport_lost) when a transport ends (EOF,
+///   error, or the driver closed it after a `CloseTransport` event);
+/// - **output**, after any input: [`poll_transmit`](Self::poll_transmit)
+///   until it returns 0, [`poll_event`](Self::poll_event) and
+///   [`poll_endpoint_event`](Self::poll_endpoint_event) until `None`, then
+///   [`poll_timeout`](Self::poll_timeout) for the next wake-up;
+/// - **application**: [`send`](Self::send), [`recv`](Self::recv),
+///   [`close`](Self::close), [`abort`](Self::abort) at any time (then the
+///   output calls again);
+/// - **getters**: [`session`](Self::session), [`conn_id`](Self::conn_id),
+///   [`transport`](Self::transport), [`unacked`](Self::unacked),
+///   [`readable`](Self::readable), [`is_drained`](Self::is_drained)...
+///
+/// A transport's end is reported one way each direction: the driver calls
+/// `transport_lost`; the connection emits `ServerEvent::CloseTransport` (and
+/// its calls for that transport return `Err(TransportEnded)`).
+/// Once [`is_drained`](Self::is_drained) the value can be dropped.
+pub struct Connection {
+    session: SessionId,
+    conn_id: u64,
+    config: Arc<Config>,
+    stream: Stream,
+    resume_key: Secret,
+    reset_token: [u8; TAG_LEN],
+    last_counter: u64,
+    /// The current transport, while attached.
+    transport: Option<TransportId>,
+    /// The ResumeResponse for the current transport, until transmitted
+    /// (boxed: an idle session carries none).
+    control: Option<Box<[u8; RESUME_RESPONSE_LEN]>>,
+    detached_since: Option<Instant>,
+    /// The session ended (clean close, or an ABORT either way) and its
+    /// `Closed` event was reported; it stays resumable until it expires so
+    /// that the client can complete the ending after a cut.
+    finished: bool,
+    /// No longer resumable; kept only until the application has read the
+    /// bytes it was still holding.
+    unroutable: bool,
+    /// An [`EndpointEvent::Unroutable`] waits for `poll_endpoint_event`.
+    endpoint_event: bool,
+    events: VecDeque<ServerEvent>,
+    timers: TimerTable,
+}
+
+impl core::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Connection")
+            .field("session", &self.session)
+            .field("transport", &self.transport)
+            .field("unroutable", &self.unroutable)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    /// A session whose keys were just proved by the client: attached to
+    /// `transport` when the ClientConfirm arrived on it, detached when a
+    /// resume request is about to attach it (`handle_resume` follows).
+    /// Keys are moved in, never copied.
+    pub(crate) fn new(
+        session: SessionId,
+        conn_id: u64,
+        config: Arc<Config>,
+        keys: SessionKeys,
+        reset_token: [u8; TAG_LEN],
+        transport: Option<TransportId>,
+        now: Instant,
+    ) -> Result<Self, Error> {
+        let SessionKeys { c2s, s2c, resume } = keys;
+        let mut stream = Stream::new(StreamLimits::from_config(&config));
+        stream.set_keys(StreamKeys { tx: s2c, rx: c2s });
+        let mut c = Connection {
+            session,
+            conn_id,
+            config,
+            stream,
+            resume_key: resume,
+            reset_token,
+            last_counter: 0,
+            transport,
+            control: None,
+            detached_since: None,
+            finished: false,
+            unroutable: false,
+            endpoint_event: false,
+            events: VecDeque::new(),
+            timers: TimerTable::default(),
+        };
+        if let Some(t) = transport {
+            c.stream.attach(0, now, 0)?;
+            // Show the client at once that its confirm arrived (a keepalive
+            // it verifies); data flows either way.
+            c.stream.ping_soon();
+            c.events.push_back(ServerEvent::HandshakeDone {
+                transport: t,
+                session,
+            });
+        } else {
+            c.detached_since = Some(now);
+        }
+        c.update_timers();
+        Ok(c)
+    }
+
+    /// Report the session to the application without a transport yet (its
+    /// ClientConfirm was lost; the resume request that follows proves the
+    /// same keys).
+    pub(crate) fn announce(&mut self, transport: TransportId) {
+        self.events.push_back(ServerEvent::HandshakeDone {
+            transport,
+            session: self.session,
+        });
+    }
+
+    // ----- input ----------------------------------------------------------
+
+    /// Bytes received on `transport`, which must be the current one. Returns
+    /// how many were consumed. `Err` means the transport is finished (a
+    /// `CloseTransport` event says so too): flush `poll_transmit`, then close
+    /// it. The session survives a transport's failure.
+    pub fn handle_input(
+        &mut self,
+        transport: TransportId,
+        now: Instant,
+        input: &[u8],
+    ) -> Result<usize, Error> {
+        if self.transport != Some(transport) {
+            return Err(Error::TransportEnded);
+        }
+        let r = self.stream.handle_input(now, input);
+        self.drain_stream_events();
+        let r = match r {
+            Ok(n) => Ok(n),
+            Err(e) => Err(self.fail_attached(transport, now, e)),
+        };
+        self.update_timers();
+        r
+    }
+
+    /// A resume request the endpoint routed to this session, received on
+    /// `transport`. On success `transport` becomes the current one (the
+    /// previous one, if any, gets a `CloseTransport` event) and the
+    /// ResumeResponse waits in `poll_transmit`. On failure write
+    /// [`Rejection::reply`] to `transport` and close it (PROTOCOL.md 7.3).
+    pub fn handle_resume(
+        &mut self,
+        transport: TransportId,
+        now: Instant,
+        request: &[u8; RESUME_REQUEST_LEN],
+    ) -> Result<(), Rejection> {
+        let r = self.resume(transport, now, request);
+        if let Err(rej) = &r {
+            self.events.push_back(ServerEvent::CloseTransport {
+                transport,
+                error: Some(rej.error),
+            });
+        }
+        self.update_timers();
+        r
+    }
+
+    fn resume(
+        &mut self,
+        transport: TransportId,
+        now: Instant,
+        msg: &[u8; RESUME_REQUEST_LEN],
+    ) -> Result<(), Rejection> {
+        let req = ResumeRequest::decode(msg).map_err(|e| {
+            Rejection::new(
+                Error::from(e),
+                &[VERSION, ResumeStatus::Malformed.to_byte()],
+            )
+        })?;
+        if self.unroutable || req.conn_id != self.conn_id {
+            // Raced with the end of the session: the endpoint's route was
+            // still there. Answer as the endpoint would now.
+            let reply = UnknownSessionReject {
+                reset_token: self.reset_token,
+            }
+            .encode();
+            return Err(Rejection::new(
+                Error::ResumeRejected(ResumeStatus::UnknownSession),
+                &reply,
+            ));
+        }
+        if !tags_equal(
+            &request_mac(&self.resume_key, &msg[..REQUEST_MAC_INPUT]),
+            &req.mac,
+        ) {
+            self.events.push_back(ServerEvent::AuthFailed {
+                transport,
+                reason: Error::AuthFailed,
+            });
+            return Err(Rejection::new(
+                Error::ResumeRejected(ResumeStatus::AuthFailed),
+                &[VERSION, ResumeStatus::AuthFailed.to_byte()],
+            ));
+        }
+        let counters = SessionCounters {
+            last_counter: self.last_counter,
+            server_acked: self.stream.acked(),
+            server_end: self.stream.write_end(),
+            server_read: self.stream.read_count(),
+        };
+        let wall = self.config.wall_now(now).as_micros();
+        let window = self.config.resume_window.as_micros();
+        if let Err(status) = check_request(&req, &counters, wall, window) {
+            let reply = authenticated_reject(&self.resume_key, msg, status, wall);
+            let rej = Rejection::new(Error::ResumeRejected(status), &reply);
+            if status == ResumeStatus::DataUnavailable {
+                self.end_session(CloseReason::DataUnavailable);
+            }
+            return Err(rej);
+        }
+        // Authenticated and fresh: this transport takes over the session.
+        self.last_counter = req.counter;
+        let server_written = self.stream.write_end();
+        let server_read = self.stream.read_count();
+        let (start, end) = match self.stream.attach(req.counter, now, req.client_read) {
+            Ok(r) => r,
+            Err(e) => {
+                return Err(Rejection::new(
+                    e,
+                    &[VERSION, ResumeStatus::Malformed.to_byte()],
+                ))
+            }
+        };
+        let old = self.transport.replace(transport);
+        self.detached_since = None;
+        let mut resp = ResumeResponse {
+            server_written,
+            server_read,
+            server_time: wall,
+            resume_timeout: self.config.resume_timeout.as_micros(),
+            mac: [0; TAG_LEN],
+        }
+        .encode();
+        let mac = response_mac(&self.resume_key, msg, &resp[..RESPONSE_MAC_INPUT]);
+        resp[RESPONSE_MAC_INPUT..].copy_from_slice(&mac);
+        self.control = Some(Box::new(resp));
+        if let Some(old) = old.filter(|&o| o != transport) {
+            self.events.push_back(ServerEvent::CloseTransport {
+                transport: old,
+                error: None,
+            });
+        }
+        self.events.push_back(ServerEvent::Resumed {
+            transport,
+            session: self.session,
+            counter: req.counter,
+        });
+        self.events.push_back(ServerEvent::ResendRange {
+            session: self.session,
+            start,
+            end,
+        });
+        Ok(())
+    }
+
+    /// `transport` ended (EOF, error, or the driver closed it). If it was
+    /// the current one, the session waits to be resumed.
+    pub fn transport_lost(&mut self, transport: TransportId, now: Instant) {
+        if self.transport == Some(transport) {
+            self.detach(now);
+            self.update_timers();
+        }
+    }
+
+    /// Advance timers: idle timeout of the transport, expiry of a detached
+    /// session, the wait for the answer to this side's ABORT. Due ACKs and
+    /// keepalives are then written by `poll_transmit`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        // The client did not answer our ABORT in time (it may sit behind
+        // data its application does not read): the abort is complete.
+        if let Some(code) = self.stream.abort_timed_out(now, self.config.idle_timeout) {
+            self.finished = true;
+            self.push_in_doubt();
+            self.events.push_back(ServerEvent::Closed {
+                session: self.session,
+                reason: CloseReason::Aborted {
+                    code,
+                    by_peer: false,
+                },
+            });
+        }
+        if let Some(since) = self.detached_since {
+            if now >= since.saturating_add(self.config.resume_timeout) {
+                self.expire();
+            }
+        } else if let Some(t) = self.transport {
+            if self.stream.handle_timeout(now).is_err() {
+                self.fail_attached(t, now, Error::TimedOut);
+            }
+        }
+        self.update_timers();
+    }
+
+    // ----- output ---------------------------------------------------------
+
+    /// Fill `out` with bytes for `transport`; 0 when nothing is due (or the
+    /// transport is not the current one). `out` must hold at least
+    /// [`MIN_TRANSMIT_BUFFER`] bytes.
+    #[must_use = "the bytes written to `out` must be sent"]
+    pub fn poll_transmit(
+        &mut self,
+        transport: TransportId,
+        now: Instant,
+        out: &mut [u8],
+    ) -> Result<usize, Error> {
+        if out.len() < MIN_TRANSMIT_BUFFER {
+            return Err(Error::BufferTooSmall {
+                need: MIN_TRANSMIT_BUFFER,
+            });
+        }
+        if self.transport != Some(transport) {
+            return Ok(0);
+        }
+        let mut n = 0;
+        if let Some(control) = self.control.take() {
+            n = control.len();
+            out[..n].copy_from_slice(&control[..]);
+        }
+        n += self.stream.poll_transmit(now, &mut out[n..]);
+        self.update_timers();
+        Ok(n)
+    }
+
+    /// Whether `poll_transmit(transport, ..)` would write something now.
+    pub fn wants_transmit(&self, transport: TransportId, now: Instant) -> bool {
+        self.transport == Some(transport)
+            && (self.control.is_some() || self.stream.wants_transmit(now))
+    }
+
+    /// The next event, if any.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<ServerEvent> {
+        let e = self.events.pop_front();
+        if e.is_none() && self.events.capacity() > 0 {
+            // Events are rare (session changes, never per frame): an idle
+            // session keeps no queue allocated.
+            self.events = VecDeque::new();
+        }
+        e
+    }
+
+    /// The next request for the endpoint, if any: pass it to
+    /// [`Endpoint::handle_event`](crate::Endpoint::handle_event).
+    #[must_use]
+    pub fn poll_endpoint_event(&mut self) -> Option<EndpointEvent> {
+        core::mem::take(&mut self.endpoint_event).then_some(EndpointEvent::Unroutable {
+            session: self.session,
+            conn_id: self.conn_id,
+        })
+    }
+
+    /// When [`Connection::handle_timeout`] should be called next: the
+    /// earliest entry of the connection's timer table.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.next()
+    }
+
+    /// The deadline of one timer kind (for inspection and tests).
+    pub fn timer(&self, timer: Timer) -> Option<Instant> {
+        self.timers.get(timer)
+    }
+
+    // ----- application ----------------------------------------------------
+
+    /// Queue bytes for the client. Returns how many were accepted (0 when
+    /// the send buffer is full).
+    pub fn send(&mut self, data: &[u8]) -> Result<usize, Error> {
+        let r = self.stream.send(data);
+        self.update_timers();
+        r
+    }
+
+    /// Read verified bytes. `Ok(0)`: the client closed and everything was
+    /// read. `Err(WouldBlock)`: nothing yet. `Err(Closed)`: the session
+    /// ended and nothing is left to read.
+    pub fn recv(&mut self, out: &mut [u8]) -> Result<usize, Error> {
+        let r = self.stream.recv(out);
+        self.update_timers();
+        if self.unroutable && self.stream.readable() == 0 && matches!(r, Err(Error::WouldBlock)) {
+            return Err(Error::Closed);
+        }
+        r
+    }
+
+    /// Abort the session: stop sending data at once and tell the client
+    /// with an authenticated ABORT frame carrying `code` (PROTOCOL.md 6.6),
+    /// resent after resumes until the client answers it. The
+    /// `Closed { reason: Aborted { by_peer: false, .. } }` event follows the
+    /// answer; until then keep serving the session's transports.
+    pub fn abort(&mut self, code: AbortCode) {
+        self.stream.abort(code);
+        self.update_timers();
+    }
+
+    /// Close the sending side (a CLOSE frame follows the data).
+    pub fn close(&mut self) {
+        self.stream.close();
+        self.update_timers();
+    }
+
+    // ----- getters --------------------------------------------------------
+
+    /// The session's id (unique within its endpoint).
+    pub fn session(&self) -> SessionId {
+        self.session
+    }
+
+    /// The session's connection id (PROTOCOL.md 3.4).
+    pub fn conn_id(&self) -> u64 {
+        self.conn_id
+    }
+
+    /// The current transport, if attached.
+    pub fn transport(&self) -> Option<TransportId> {
+        self.transport
+    }
+
+    /// Bytes not yet acknowledged by the client.
+    pub fn unacked(&self) -> usize {
+        self.stream.unacked()
+    }
+
+    /// Verified bytes not yet read.
+    pub fn readable(&self) -> usize {
+        self.stream.readable()
+    }
+
+    /// Heap bytes held by the session's buffers.
+    pub fn buffer_memory(&self) -> usize {
+        self.stream.memory()
+    }
+
+    /// Whether the session can still be resumed.
+    pub fn is_routable(&self) -> bool {
+        !self.unroutable
+    }
+
+    /// The session ended, the application read every byte and every event
+    /// was polled: drop the value.
+    pub fn is_drained(&self) -> bool {
+        self.unroutable
+            && self.stream.readable() == 0
+            && self.events.is_empty()
+            && !self.endpoint_event
+    }
+
+    // ----- internals ------------------------------------------------------
+
+    fn update_timers(&mut self) {
+        if self.unroutable {
+            self.timers.clear();
+            return;
+        }
+        let link = self.stream.timers();
+        self.timers.set(Timer::Ack, link.ack);
+        self.timers.set(Timer::Keepalive, link.keepalive);
+        self.timers.set(Timer::Idle, link.idle);
+        self.timers.set(
+            Timer::AbortAnswer,
+            self.stream.abort_answer_deadline(self.config.idle_timeout),
+        );
+        self.timers.set(
+            Timer::Expiry,
+            self.detached_since
+                .map(|s| s.saturating_add(self.config.resume_timeout)),
+        );
+    }
+
+    fn detach(&mut self, now: Instant) {
+        self.stream.detach();
+        if self.finished {
+            self.stream.trim();
+        }
+        self.transport = None;
+        self.control = None;
+        if !self.unroutable {
+            self.detached_since = Some(now);
+        }
+    }
+
+    /// The current transport failed: the session loses it but survives.
+    fn fail_attached(&mut self, transport: TransportId, now: Instant, e: Error) -> Error {
+        self.events.push_back(ServerEvent::CloseTransport {
+            transport,
+            error: Some(e),
+        });
+        self.detach(now);
+        if e == Error::AuthFailed {
+            self.events.push_back(ServerEvent::AuthFailed {
+                transport,
+                reason: e,
+            });
+            // Counted, but never a reason to end the session: a frame that
+            // fails its tag is unauthenticated input, and the client may pin
+            // our key (PROTOCOL.md 5.2, 7.7). The session ends by its
+            // deadline if the client cannot get through.
+            self.stream.note_auth_failure();
+        }
+        e
+    }
+
+    fn make_unroutable(&mut self) {
+        if !self.unroutable {
+            self.unroutable = true;
+            self.endpoint_event = true;
+        }
+        self.detached_since = None;
+        self.timers.clear();
+    }
+
+    /// End the session for good. Verified bytes the application has not
+    /// read stay readable (PROTOCOL.md 7.7: acknowledged bytes are never
+    /// dropped).
+    fn end_session(&mut self, reason: CloseReason) {
+        if reason != CloseReason::Clean {
+            self.push_in_doubt();
+        }
+        if let Some(t) = self.transport.take() {
+            self.events.push_back(ServerEvent::CloseTransport {
+                transport: t,
+                error: Some(Error::Closed),
+            });
+        }
+        self.stream.detach();
+        self.stream.trim();
+        self.make_unroutable();
+        self.events.push_back(ServerEvent::Closed {
+            session: self.session,
+            reason,
+        });
+    }
+
+    /// The session waited `resume_timeout` without transport: it can no
+    /// longer be resumed. A finished one goes quietly (its `Closed` event
+    /// was reported); bytes the application has not read yet stay readable.
+    ///
+    /// A session whose every data byte was acknowledged both ways and whose
+    /// two CLOSEs were sent and the client's verified ended cleanly even
+    /// though the ACK of our CLOSE never came (the client verified it and
+    /// stopped, PROTOCOL.md 6.4): it is reported `Closed { Clean }`.
+    fn expire(&mut self) {
+        let quiet = self.finished;
+        let clean = self.stream.all_delivered_but_close_ack();
+        // Our ABORT was never answered (the answer was lost, or the client
+        // never came back): the session still ended by our abort.
+        let aborted = self.stream.abort_unanswered();
+        let clean_end = clean && aborted.is_none();
+        if !quiet && !clean_end {
+            self.push_in_doubt();
+        }
+        self.stream.trim();
+        self.make_unroutable();
+        if quiet {
+            return;
+        }
+        self.events.push_back(if let Some(code) = aborted {
+            ServerEvent::Closed {
+                session: self.session,
+                reason: CloseReason::Aborted {
+                    code,
+                    by_peer: false,
+                },
+            }
+        } else if clean {
+            ServerEvent::Closed {
+                session: self.session,
+                reason: CloseReason::Clean,
+            }
+        } else {
+            ServerEvent::SessionExpired {
+                session: self.session,
+            }
+        });
+    }
+
+    fn drain_stream_events(&mut self) {
+        let sid = self.session;
+        while let Some(e) = self.stream.take_event() {
+            match e {
+                StreamEvent::PeerClosed => self
+                    .events
+                    .push_back(ServerEvent::PeerClosed { session: sid }),
+                StreamEvent::CleanClose => {
+                    self.finished = true;
+                    self.events.push_back(ServerEvent::Closed {
+                        session: sid,
+                        reason: CloseReason::Clean,
+                    });
+                }
+                StreamEvent::PeerAborted(code) | StreamEvent::AbortDone(code) => {
+                    // Kept (finished) so that our answer reaches the client
+                    // even across a cut: it resends its ABORT after a resume.
+                    self.finished = true;
+                    self.push_in_doubt();
+                    self.events.push_back(ServerEvent::Closed {
+                        session: sid,
+                        reason: CloseReason::Aborted {
+                            code,
+                            by_peer: matches!(e, StreamEvent::PeerAborted(_)),
+                        },
+                    });
+                }
+            }
+        }
+    }
+
+    /// Report the server's in-doubt range (if not empty) before the event
+    /// that ends the session.
+    fn push_in_doubt(&mut self) {
+        let range = self.stream.in_doubt();
+        if !range.is_empty() {
+            self.events.push_back(ServerEvent::InDoubt {
+                session: self.session,
+                range,
+            });
+        }
+    }
+}

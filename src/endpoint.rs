@@ -1,0 +1,810 @@
+//! The server endpoint: accepts transports, runs new-session handshakes,
+//! answers what needs no session, and routes resume requests to the session
+//! that owns their connection id (quinn-proto's `Endpoint` is the model).
+//!
+//! The endpoint holds only a routing table (connection id → session) and
+//! the handshakes in progress. Every established session is a
+//! [`Connection`] that the driver owns and runs on its own, on any thread.
+//!
+//! Every accepted transport gets a [`TransportId`]. Its first byte decides
+//! what it is: `0x00` opens a new session (handshake), `0xFF` resumes one.
+//!
+//! A session is registered (routable, and counted against `max_sessions`)
+//! as soon as its ServerHello is sent, *unconfirmed*: the endpoint already
+//! holds its keys, so if the ClientConfirm is lost with its transport, the
+//! client's resume request (which proves the same keys) confirms it. The
+//! driver hears of a session (a [`Connection`]) only once it is confirmed;
+//! an unconfirmed session that expires goes silently. This is what lets the
+//! client never start a second session with bytes the first may have
+//! delivered (PROTOCOL.md 7.7). When `max_sessions` is reached, a new
+//! ClientHello evicts the oldest unconfirmed session that has no transport,
+//! so that abandoned hellos cannot lock clients out for `resume_timeout`.
+//!
+//! ```text
+//!  accept ─▶ First ──hello──▶ Confirm ──valid confirm──▶ Dispatch::NewConnection
+//!              │ └─resume of an unconfirmed session────▶ Dispatch::NewConnection
+//!              ├─resume of a confirmed session─────────▶ Dispatch::Resume
+//!              └─anything else (reject sent)──▶ Ended ◀── error / timeout
+//! ```
+//!
+//! Deadlines (handshake timeouts of transports, expiry of unconfirmed
+//! sessions without transport) sit in an ordered index, so
+//! [`Endpoint::poll_timeout`] is O(log n) and [`Endpoint::handle_timeout`]
+//! touches only what is due.
+
+use alloc::boxed::Box;
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::sync::Arc;
+use rand_core::CryptoRng;
+
+use crate::config::Config;
+use crate::connection::{Connection, EndpointEvent, Rejection};
+use crate::error::{Error, ProtocolError};
+use crate::event::ServerEvent;
+use crate::handshake::{server_respond, ServerRandom};
+use crate::ids::{SessionId, TransportId};
+use crate::keys::{tags_equal, Secret, SessionKeys};
+use crate::resume::{
+    authenticated_reject, check_request, request_mac, SessionCounters, REQUEST_MAC_INPUT,
+};
+use crate::time::Instant;
+use crate::wire::{
+    client_first_len, HandshakeStatus, ResumeRequest, ResumeStatus, UnknownSessionReject,
+    CLIENT_CONFIRM_LEN, CLIENT_HELLO_LEN, RESUME_REQUEST_LEN, SERVER_HELLO_LEN, TAG_LEN, TAG_NEW,
+    VERSION,
+};
+use crate::MIN_TRANSMIT_BUFFER;
+
+/// What the driver does with a transport after
+/// [`Endpoint::handle_input`].
+#[derive(Debug)]
+#[must_use]
+pub enum Dispatch {
+    /// `n` bytes were consumed; the transport still belongs to the
+    /// endpoint (feed it more, flush `poll_transmit`).
+    Pending(usize),
+    /// A session was established on the transport (its ClientConfirm
+    /// verified, or a resume request proved the keys of a session whose
+    /// confirm was lost). The transport now belongs to `connection`: feed
+    /// the bytes after `consumed` and everything later to it.
+    NewConnection {
+        /// Bytes of the input used by the endpoint.
+        consumed: usize,
+        /// The new session, attached to the transport.
+        connection: Box<Connection>,
+    },
+    /// A resume request for `session`: pass `request` to that session's
+    /// [`Connection::handle_resume`] with the same transport. The transport
+    /// no longer belongs to the endpoint.
+    Resume {
+        /// Bytes of the input used by the endpoint.
+        consumed: usize,
+        /// The session that owns the request's connection id.
+        session: SessionId,
+        /// The request.
+        request: [u8; RESUME_REQUEST_LEN],
+    },
+}
+
+enum Phase {
+    /// Waiting for the first message (ClientHello or ResumeRequest).
+    First {
+        buf: [u8; RESUME_REQUEST_LEN],
+        have: usize,
+    },
+    /// ServerHello sent, waiting for the ClientConfirm.
+    Confirm {
+        session: SessionId,
+        got: [u8; CLIENT_CONFIRM_LEN],
+        have: usize,
+    },
+    /// Finished: flush `poll_transmit` (maybe a rejection), then close.
+    Ended,
+}
+
+struct Pending {
+    phase: Phase,
+    control: [u8; SERVER_HELLO_LEN],
+    control_len: usize,
+    control_sent: usize,
+    /// Handshake/resume deadline (in the index while not ended).
+    deadline: Instant,
+}
+
+impl Pending {
+    fn set_control(&mut self, bytes: &[u8]) {
+        self.control[..bytes.len()].copy_from_slice(bytes);
+        self.control_len = bytes.len();
+        self.control_sent = 0;
+    }
+}
+
+/// A session whose ServerHello was sent and whose client has not proved
+/// its keys yet. Consumed into a [`Connection`] when it does.
+struct Handshake {
+    conn_id: u64,
+    keys: SessionKeys,
+    reset_token: [u8; TAG_LEN],
+    expected_confirm: [u8; TAG_LEN],
+    transport: Option<TransportId>,
+    /// Expiry while it has no transport (in the index).
+    expires: Option<Instant>,
+}
+
+impl Handshake {
+    /// The client proved its keys: the handshake state is consumed into the
+    /// session's connection, and the keys move (snow's
+    /// `into_transport_mode(self)`), nothing is copied.
+    fn into_connection(
+        self,
+        sid: SessionId,
+        config: Arc<Config>,
+        transport: Option<TransportId>,
+        now: Instant,
+    ) -> Result<Box<Connection>, Error> {
+        let Handshake {
+            conn_id,
+            keys,
+            reset_token,
+            ..
+        } = self;
+        Connection::new(sid, conn_id, config, keys, reset_token, transport, now).map(Box::new)
+    }
+}
+
+/// An entry of the deadline index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Deadline {
+    Transport(TransportId),
+    Handshake(SessionId),
+}
+
+/// A relink server endpoint. See the [module docs](self).
+///
+/// # Calling contract
+/// - **input**: [`accept`](Self::accept) each new transport, then
+///   [`handle_input`](Self::handle_input) with its bytes until it returns
+///   [`Dispatch::NewConnection`] or [`Dispatch::Resume`] (the transport then
+///   leaves the endpoint) or an error; [`transport_lost`](Self::transport_lost)
+///   when a transport the endpoint still holds ends;
+///   [`handle_timeout`](Self::handle_timeout) once
+///   [`poll_timeout`](Self::poll_timeout) has passed;
+///   [`handle_event`](Self::handle_event) with every [`EndpointEvent`] a
+///   connection produced.
+/// - **output**, after any input: [`poll_transmit`](Self::poll_transmit) for
+///   the transports it holds until 0, [`poll_event`](Self::poll_event) until
+///   `None` (`CloseTransport`, `AuthFailed`), then `poll_timeout`.
+/// - **getters**: [`session_count`](Self::session_count),
+///   [`pending_transports`](Self::pending_transports), ...
+///
+/// The endpoint is small and its calls are short (one X25519 key generation
+/// and two DH per hello at most): a multi-threaded driver keeps it behind
+/// one lock and the connections behind their own.
+pub struct Endpoint<R: CryptoRng> {
+    config: Arc<Config>,
+    rng: R,
+    transports: BTreeMap<TransportId, Box<Pending>>,
+    handshakes: BTreeMap<SessionId, Box<Handshake>>,
+    /// Every resumable session, confirmed or not.
+    routes: BTreeMap<u64, SessionId>,
+    deadlines: BTreeSet<(Instant, Deadline)>,
+    next_transport: u64,
+    next_session: u64,
+    /// Transports not yet ended.
+    pending: usize,
+    events: VecDeque<ServerEvent>,
+    /// Key of the reset tokens, from the static key (none without one).
+    reset_secret: Option<Secret>,
+}
+
+impl<R: CryptoRng> core::fmt::Debug for Endpoint<R> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("transports", &self.transports.len())
+            .field("handshakes", &self.handshakes.len())
+            .field("routes", &self.routes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: CryptoRng> Endpoint<R> {
+    /// An endpoint with no transports or sessions.
+    pub fn new(config: Config, rng: R) -> Self {
+        Endpoint {
+            reset_secret: config.server_static.as_ref().map(|kp| kp.reset_secret()),
+            config: Arc::new(config.normalized()),
+            rng,
+            transports: BTreeMap::new(),
+            handshakes: BTreeMap::new(),
+            routes: BTreeMap::new(),
+            deadlines: BTreeSet::new(),
+            next_transport: 0,
+            next_session: 0,
+            pending: 0,
+            events: VecDeque::new(),
+        }
+    }
+
+    /// The configuration (normalized), shared with every connection.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// Register a newly accepted transport. Fails with
+    /// [`Error::TooManyTransports`] when `max_pending_transports` transports
+    /// are still pending (not yet authenticated): close it then.
+    pub fn accept(&mut self, now: Instant) -> Result<TransportId, Error> {
+        if self.pending >= self.config.max_pending_transports {
+            return Err(Error::TooManyTransports);
+        }
+        self.next_transport += 1;
+        let id = TransportId(self.next_transport);
+        let deadline = now.saturating_add(self.config.handshake_timeout);
+        self.transports.insert(
+            id,
+            Box::new(Pending {
+                phase: Phase::First {
+                    buf: [0; RESUME_REQUEST_LEN],
+                    have: 0,
+                },
+                control: [0; SERVER_HELLO_LEN],
+                control_len: 0,
+                control_sent: 0,
+                deadline,
+            }),
+        );
+        self.deadlines.insert((deadline, Deadline::Transport(id)));
+        self.pending += 1;
+        Ok(id)
+    }
+
+    /// A transport the endpoint holds ended (EOF, error, or the driver
+    /// closed it after a `CloseTransport` event). An unconfirmed session
+    /// waiting on it waits for a resume instead.
+    pub fn transport_lost(&mut self, transport: TransportId, now: Instant) {
+        let Some(t) = self.transports.remove(&transport) else {
+            return;
+        };
+        if !matches!(t.phase, Phase::Ended) {
+            self.pending -= 1;
+            self.deadlines
+                .remove(&(t.deadline, Deadline::Transport(transport)));
+        }
+        if let Phase::Confirm { session, .. } = t.phase {
+            self.detach_handshake(session, now);
+        }
+    }
+
+    /// Bytes received on `transport`. See [`Dispatch`] for what follows.
+    /// `Err` means the transport is finished: flush `poll_transmit` (it may
+    /// hold a rejection), then close it.
+    pub fn handle_input(
+        &mut self,
+        transport: TransportId,
+        now: Instant,
+        input: &[u8],
+    ) -> Result<Dispatch, Error> {
+        let mut consumed = 0;
+        loop {
+            let t = self
+                .transports
+                .get_mut(&transport)
+                .ok_or(Error::UnknownTransport)?;
+            match &mut t.phase {
+                Phase::Ended => return Err(Error::TransportEnded),
+                Phase::First { buf, have } => {
+                    let rest = &input[consumed..];
+                    if *have < 2 {
+                        let n = (2 - *have).min(rest.len());
+                        buf[*have..*have + n].copy_from_slice(&rest[..n]);
+                        *have += n;
+                        consumed += n;
+                        if *have < 2 {
+                            return Ok(Dispatch::Pending(consumed));
+                        }
+                    }
+                    let len = match client_first_len(buf[0], buf[1]) {
+                        Ok(Some(len)) => len,
+                        Ok(None) => {
+                            let version = buf[1];
+                            // Both status sets use 1 for "unsupported version".
+                            t.set_control(&[
+                                VERSION,
+                                HandshakeStatus::UnsupportedVersion.to_byte(),
+                            ]);
+                            let e = ProtocolError::UnsupportedVersion(version).into();
+                            return Err(self.end_transport(transport, e));
+                        }
+                        Err(e) => return Err(self.end_transport(transport, e.into())),
+                    };
+                    let rest = &input[consumed..];
+                    let n = (len - *have).min(rest.len());
+                    buf[*have..*have + n].copy_from_slice(&rest[..n]);
+                    *have += n;
+                    consumed += n;
+                    if *have < len {
+                        return Ok(Dispatch::Pending(consumed));
+                    }
+                    let msg = *buf;
+                    if msg[0] == TAG_NEW {
+                        let mut hello = [0u8; CLIENT_HELLO_LEN];
+                        hello.copy_from_slice(&msg[..CLIENT_HELLO_LEN]);
+                        self.on_client_hello(transport, now, &hello)?;
+                    } else {
+                        return self.on_resume_request(transport, now, consumed, msg);
+                    }
+                }
+                Phase::Confirm { got, have, .. } => {
+                    let rest = &input[consumed..];
+                    let n = (CLIENT_CONFIRM_LEN - *have).min(rest.len());
+                    got[*have..*have + n].copy_from_slice(&rest[..n]);
+                    *have += n;
+                    consumed += n;
+                    if *have < CLIENT_CONFIRM_LEN {
+                        return Ok(Dispatch::Pending(consumed));
+                    }
+                    return self.on_client_confirm(transport, now, consumed);
+                }
+            }
+        }
+    }
+
+    fn on_client_hello(
+        &mut self,
+        transport: TransportId,
+        now: Instant,
+        hello: &[u8; CLIENT_HELLO_LEN],
+    ) -> Result<(), Error> {
+        // Unconfirmed sessions count: the cap holds at every moment.
+        if self.routes.len() >= self.config.max_sessions && !self.evict_unconfirmed() {
+            return Err(self.reject_hello(transport, HandshakeStatus::Busy));
+        }
+        let mut random = ServerRandom {
+            ephemeral_secret: [0; 32],
+            challenge: [0; 16],
+            conn_id: 0,
+            reset_token: [0; TAG_LEN],
+        };
+        self.rng.fill_bytes(&mut random.ephemeral_secret);
+        self.rng.fill_bytes(&mut random.challenge);
+        random.conn_id = self.fresh_conn_id();
+        random.reset_token = self.reset_token(random.conn_id);
+        let result = server_respond(
+            hello,
+            &random,
+            self.config.wall_now(now).as_micros(),
+            self.config.resume_timeout.as_micros(),
+            self.config.server_static.as_ref(),
+        );
+        let hs = match result {
+            Ok(hs) => hs,
+            Err(Error::HandshakeRejected(s)) => return Err(self.reject_hello(transport, s)),
+            Err(_) => return Err(self.reject_hello(transport, HandshakeStatus::Malformed)),
+        };
+        let t = self
+            .transports
+            .get_mut(&transport)
+            .ok_or(Error::UnknownTransport)?;
+        self.next_session += 1;
+        let sid = SessionId(self.next_session);
+        t.set_control(&hs.reply);
+        t.phase = Phase::Confirm {
+            session: sid,
+            got: [0; CLIENT_CONFIRM_LEN],
+            have: 0,
+        };
+        let est = hs.established;
+        self.routes.insert(est.conn_id, sid);
+        self.handshakes.insert(
+            sid,
+            Box::new(Handshake {
+                conn_id: est.conn_id,
+                keys: est.keys,
+                reset_token: est.reset_token,
+                expected_confirm: hs.expected_confirm,
+                transport: Some(transport),
+                expires: None,
+            }),
+        );
+        Ok(())
+    }
+
+    fn reject_hello(&mut self, transport: TransportId, status: HandshakeStatus) -> Error {
+        if let Some(t) = self.transports.get_mut(&transport) {
+            t.set_control(&[VERSION, status.to_byte()]);
+        }
+        self.end_transport(transport, Error::HandshakeRejected(status))
+    }
+
+    fn fresh_conn_id(&mut self) -> u64 {
+        loop {
+            let id = self.rng.next_u64();
+            if id != 0 && !self.routes.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    fn on_client_confirm(
+        &mut self,
+        transport: TransportId,
+        now: Instant,
+        consumed: usize,
+    ) -> Result<Dispatch, Error> {
+        let t = self
+            .transports
+            .get(&transport)
+            .ok_or(Error::UnknownTransport)?;
+        let Phase::Confirm {
+            session: sid, got, ..
+        } = &t.phase
+        else {
+            return Err(Error::InvalidState);
+        };
+        let (sid, got) = (*sid, *got);
+        let Some(hs) = self.handshakes.get(&sid) else {
+            return Err(self.end_transport(transport, Error::UnknownSession));
+        };
+        if !tags_equal(&hs.expected_confirm, &got) {
+            // The session stays registered, unconfirmed: a corrupted confirm
+            // must not cost a young session; a valid resume confirms it.
+            self.events.push_back(ServerEvent::AuthFailed {
+                transport,
+                reason: Error::AuthFailed,
+            });
+            let e = self.end_transport(transport, Error::AuthFailed);
+            self.detach_handshake(sid, now);
+            return Err(e);
+        }
+        self.release_transport(transport);
+        let connection = self.confirm(sid, Some(transport), now)?;
+        Ok(Dispatch::NewConnection {
+            consumed,
+            connection,
+        })
+    }
+
+    /// Take the handshake state of `sid` out of the endpoint and turn it
+    /// into its connection.
+    fn confirm(
+        &mut self,
+        sid: SessionId,
+        transport: Option<TransportId>,
+        now: Instant,
+    ) -> Result<Box<Connection>, Error> {
+        let hs = self.handshakes.remove(&sid).ok_or(Error::UnknownSession)?;
+        if let Some(at) = hs.expires {
+            self.deadlines.remove(&(at, Deadline::Handshake(sid)));
+        }
+        hs.into_connection(sid, self.config.clone(), transport, now)
+    }
+
+    fn on_resume_request(
+        &mut self,
+        transport: TransportId,
+        now: Instant,
+        consumed: usize,
+        msg: [u8; RESUME_REQUEST_LEN],
+    ) -> Result<Dispatch, Error> {
+        let req = match ResumeRequest::decode(&msg) {
+            Ok(r) => r,
+            Err(e) => return Err(self.end_transport(transport, e.into())),
+        };
+        let Some(&sid) = self.routes.get(&req.conn_id) else {
+            return Err(self.reject_unknown(transport, req.conn_id));
+        };
+        let Some(hs) = self.handshakes.get(&sid) else {
+            // A confirmed session: its connection decides.
+            self.release_transport(transport);
+            return Ok(Dispatch::Resume {
+                consumed,
+                session: sid,
+                request: msg,
+            });
+        };
+        // An unconfirmed session: its ClientConfirm was lost, and this
+        // request proves the same keys.
+        let old_transport = hs.transport;
+        if !tags_equal(
+            &request_mac(&hs.keys.resume, &msg[..REQUEST_MAC_INPUT]),
+            &req.mac,
+        ) {
+            self.events.push_back(ServerEvent::AuthFailed {
+                transport,
+                reason: Error::AuthFailed,
+            });
+            let rej = Rejection::new(
+                Error::ResumeRejected(ResumeStatus::AuthFailed),
+                &[VERSION, ResumeStatus::AuthFailed.to_byte()],
+            );
+            return Err(self.reject(transport, rej));
+        }
+        let counters = SessionCounters {
+            last_counter: 0,
+            server_acked: 0,
+            server_end: 0,
+            server_read: 0,
+        };
+        let wall = self.config.wall_now(now).as_micros();
+        let window = self.config.resume_window.as_micros();
+        if let Err(status) = check_request(&req, &counters, wall, window) {
+            let reply = authenticated_reject(&hs.keys.resume, &msg, status, wall);
+            let rej = Rejection::new(Error::ResumeRejected(status), &reply);
+            return Err(self.reject(transport, rej));
+        }
+        // The transport that carried the ServerHello, if still open, is
+        // replaced: closed without error, nothing more written to it.
+        if let Some(old) = old_transport.filter(|&o| o != transport) {
+            if let Some(ot) = self.transports.get_mut(&old) {
+                if !matches!(ot.phase, Phase::Ended) {
+                    self.pending -= 1;
+                    self.deadlines
+                        .remove(&(ot.deadline, Deadline::Transport(old)));
+                }
+                ot.phase = Phase::Ended;
+                ot.control_len = 0;
+                ot.control_sent = 0;
+                self.events.push_back(ServerEvent::CloseTransport {
+                    transport: old,
+                    error: None,
+                });
+            }
+        }
+        self.release_transport(transport);
+        let mut connection = self.confirm(sid, None, now)?;
+        connection.announce(transport);
+        if let Err(rej) = connection.handle_resume(transport, now, &msg) {
+            // Cannot happen (the same checks passed above); the session is
+            // lost to this race, reported as a rejection.
+            return Err(rej.error());
+        }
+        Ok(Dispatch::NewConnection {
+            consumed,
+            connection,
+        })
+    }
+
+    /// The reset token of `conn_id` (zero without a static key).
+    fn reset_token(&self, conn_id: u64) -> [u8; TAG_LEN] {
+        self.reset_secret
+            .as_ref()
+            .map_or([0; TAG_LEN], |s| s.reset_token(conn_id))
+    }
+
+    /// Answer "unknown session" with the connection's reset token, which a
+    /// pinning client checks (PROTOCOL.md 3.6), and end the transport.
+    fn reject_unknown(&mut self, transport: TransportId, conn_id: u64) -> Error {
+        let reply = UnknownSessionReject {
+            reset_token: self.reset_token(conn_id),
+        }
+        .encode();
+        self.reject(
+            transport,
+            Rejection::new(Error::ResumeRejected(ResumeStatus::UnknownSession), &reply),
+        )
+    }
+
+    fn reject(&mut self, transport: TransportId, rej: Rejection) -> Error {
+        if let Some(t) = self.transports.get_mut(&transport) {
+            t.set_control(rej.reply());
+        }
+        self.end_transport(transport, rej.error())
+    }
+
+    /// The transport leaves the endpoint (to a connection).
+    fn release_transport(&mut self, transport: TransportId) {
+        if let Some(t) = self.transports.remove(&transport) {
+            if !matches!(t.phase, Phase::Ended) {
+                self.pending -= 1;
+                self.deadlines
+                    .remove(&(t.deadline, Deadline::Transport(transport)));
+            }
+        }
+    }
+
+    /// Mark a transport finished and tell the driver to close it.
+    fn end_transport(&mut self, transport: TransportId, error: Error) -> Error {
+        if let Some(t) = self.transports.get_mut(&transport) {
+            if !matches!(t.phase, Phase::Ended) {
+                self.pending -= 1;
+                self.deadlines
+                    .remove(&(t.deadline, Deadline::Transport(transport)));
+            }
+            t.phase = Phase::Ended;
+            self.events.push_back(ServerEvent::CloseTransport {
+                transport,
+                error: Some(error),
+            });
+        }
+        error
+    }
+
+    /// An unconfirmed session lost its transport: it waits `resume_timeout`
+    /// for a resume request.
+    fn detach_handshake(&mut self, sid: SessionId, now: Instant) {
+        if let Some(hs) = self.handshakes.get_mut(&sid) {
+            hs.transport = None;
+            if hs.expires.is_none() {
+                let at = now.saturating_add(self.config.resume_timeout);
+                hs.expires = Some(at);
+                self.deadlines.insert((at, Deadline::Handshake(sid)));
+            }
+        }
+    }
+
+    /// Free the oldest unconfirmed session that has no transport (no
+    /// application has seen it; its client, if genuine, learns "unknown
+    /// session" on its next resume and reports its in-doubt bytes). Returns
+    /// whether one was freed.
+    fn evict_unconfirmed(&mut self) -> bool {
+        let victim = self
+            .handshakes
+            .iter()
+            .find(|(_, hs)| hs.transport.is_none())
+            .map(|(sid, _)| *sid);
+        let Some(sid) = victim else {
+            return false;
+        };
+        self.drop_handshake(sid);
+        true
+    }
+
+    fn drop_handshake(&mut self, sid: SessionId) {
+        if let Some(hs) = self.handshakes.remove(&sid) {
+            self.routes.remove(&hs.conn_id);
+            if let Some(at) = hs.expires {
+                self.deadlines.remove(&(at, Deadline::Handshake(sid)));
+            }
+        }
+    }
+
+    /// A request of a connection (see [`EndpointEvent`]).
+    pub fn handle_event(&mut self, event: EndpointEvent) {
+        match event {
+            EndpointEvent::Unroutable { session, conn_id } => {
+                if self.routes.get(&conn_id) == Some(&session) {
+                    self.routes.remove(&conn_id);
+                }
+            }
+        }
+    }
+
+    /// Fill `out` with bytes for `transport` (a ServerHello or a
+    /// rejection); 0 when nothing is due. `out` must hold at least
+    /// [`MIN_TRANSMIT_BUFFER`] bytes.
+    #[must_use = "the bytes written to `out` must be sent"]
+    pub fn poll_transmit(
+        &mut self,
+        transport: TransportId,
+        out: &mut [u8],
+    ) -> Result<usize, Error> {
+        if out.len() < MIN_TRANSMIT_BUFFER {
+            return Err(Error::BufferTooSmall {
+                need: MIN_TRANSMIT_BUFFER,
+            });
+        }
+        let Some(t) = self.transports.get_mut(&transport) else {
+            return Ok(0);
+        };
+        let pending = &t.control[t.control_sent..t.control_len];
+        let n = pending.len();
+        out[..n].copy_from_slice(pending);
+        t.control_sent = t.control_len;
+        Ok(n)
+    }
+
+    /// Whether `poll_transmit(transport, ..)` would write something now.
+    pub fn wants_transmit(&self, transport: TransportId) -> bool {
+        self.transports
+            .get(&transport)
+            .is_some_and(|t| t.control_sent < t.control_len)
+    }
+
+    /// The next event (`CloseTransport`, `AuthFailed`), if any.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<ServerEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`Endpoint::handle_timeout`] should be called next: the first
+    /// entry of the deadline index (O(log n)).
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.deadlines.first().map(|(at, _)| *at)
+    }
+
+    /// Handshake deadlines of transports and expiry of unconfirmed sessions
+    /// that are due at `now`; touches only those entries.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&(at, what)) = self.deadlines.first() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            match what {
+                Deadline::Transport(tid) => {
+                    let session = match self.transports.get(&tid).map(|t| &t.phase) {
+                        Some(Phase::Confirm { session, .. }) => Some(*session),
+                        _ => None,
+                    };
+                    // Already out of the index: end_transport must not
+                    // count it twice.
+                    if let Some(t) = self.transports.get_mut(&tid) {
+                        if !matches!(t.phase, Phase::Ended) {
+                            self.pending -= 1;
+                            t.phase = Phase::Ended;
+                            self.events.push_back(ServerEvent::CloseTransport {
+                                transport: tid,
+                                error: Some(Error::TimedOut),
+                            });
+                        }
+                    }
+                    if let Some(sid) = session {
+                        self.detach_handshake(sid, now);
+                    }
+                }
+                Deadline::Handshake(sid) => {
+                    if let Some(hs) = self.handshakes.get_mut(&sid) {
+                        hs.expires = None;
+                    }
+                    self.drop_handshake(sid);
+                }
+            }
+        }
+    }
+
+    /// Whether the endpoint ended `transport` (or does not hold it).
+    pub fn transport_ended(&self, transport: TransportId) -> bool {
+        self.transports
+            .get(&transport)
+            .is_none_or(|t| matches!(t.phase, Phase::Ended))
+    }
+
+    /// Whether the endpoint holds `transport` (pending or ended, until
+    /// `transport_lost`).
+    pub fn holds_transport(&self, transport: TransportId) -> bool {
+        self.transports.contains_key(&transport)
+    }
+
+    /// Whether `session` is an unconfirmed session of this endpoint.
+    pub fn is_handshaking(&self, session: SessionId) -> bool {
+        self.handshakes.contains_key(&session)
+    }
+
+    /// The connection id of an unconfirmed session.
+    pub fn handshake_conn_id(&self, session: SessionId) -> Option<u64> {
+        self.handshakes.get(&session).map(|h| h.conn_id)
+    }
+
+    /// The session that owns `conn_id`, if routable.
+    pub fn route(&self, conn_id: u64) -> Option<SessionId> {
+        self.routes.get(&conn_id).copied()
+    }
+
+    /// Resumable sessions (confirmed or not): what `max_sessions` bounds.
+    pub fn session_count(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// Unconfirmed sessions (handshakes in progress).
+    pub fn handshake_count(&self) -> usize {
+        self.handshakes.len()
+    }
+
+    /// Transports that have not completed a handshake or resume.
+    pub fn pending_transports(&self) -> usize {
+        self.pending
+    }
+
+    /// A rejection for a resume routed to a session that has since gone
+    /// (the driver found no connection for it): "unknown session" with the
+    /// reset token.
+    pub fn unknown_session(&self, request: &[u8; RESUME_REQUEST_LEN]) -> Rejection {
+        let conn_id = ResumeRequest::decode(request).map_or(0, |r| r.conn_id);
+        let reply = UnknownSessionReject {
+            reset_token: self.reset_token(conn_id),
+        }
+        .encode();
+        Rejection::new(Error::ResumeRejected(ResumeStatus::UnknownSession), &reply)
+    }
+}

@@ -1,0 +1,105 @@
+//! Timers of one connection: one enum of timer kinds and a fixed table of
+//! deadlines (the shape of quinn-proto's `connection/timer.rs`).
+//!
+//! The table holds at most one deadline per kind, so a connection's
+//! `poll_timeout` is the minimum of [`Timer::COUNT`] entries, O(1) in the
+//! number of connections. The endpoint-wide index of deadlines (which
+//! connection is due next) lives in [`crate::Server`] and in the drivers.
+
+use crate::time::Instant;
+
+/// The kinds of timer a connection runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Timer {
+    /// A pending acknowledgement must go out (`Config::ack_delay`).
+    Ack,
+    /// Nothing was sent for `Config::keepalive_interval`: send a PING.
+    Keepalive,
+    /// Nothing arrived for `Config::idle_timeout`: the transport is dead.
+    Idle,
+    /// This side's ABORT was not answered within `Config::idle_timeout`.
+    AbortAnswer,
+    /// The connection waited `Config::resume_timeout` without transport.
+    Expiry,
+}
+
+impl Timer {
+    /// Number of timer kinds.
+    pub const COUNT: usize = 5;
+    /// Every kind, in table order.
+    pub const ALL: [Timer; Timer::COUNT] = [
+        Timer::Ack,
+        Timer::Keepalive,
+        Timer::Idle,
+        Timer::AbortAnswer,
+        Timer::Expiry,
+    ];
+}
+
+/// One optional deadline per [`Timer`]. `Instant(u64::MAX)` marks an unset
+/// entry, which keeps the table at 8 bytes per kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimerTable([Instant; Timer::COUNT]);
+
+const UNSET: Instant = Instant(u64::MAX);
+
+impl Default for TimerTable {
+    fn default() -> Self {
+        TimerTable([UNSET; Timer::COUNT])
+    }
+}
+
+impl TimerTable {
+    /// Set (`Some`) or clear (`None`) the deadline of `timer`.
+    pub fn set(&mut self, timer: Timer, at: Option<Instant>) {
+        self.0[timer as usize] = at.unwrap_or(UNSET);
+    }
+
+    /// The deadline of `timer`, if set.
+    pub fn get(&self, timer: Timer) -> Option<Instant> {
+        let at = self.0[timer as usize];
+        (at != UNSET).then_some(at)
+    }
+
+    /// Whether `timer` is set and due at `now`.
+    pub fn is_due(&self, timer: Timer, now: Instant) -> bool {
+        self.get(timer).is_some_and(|at| at <= now)
+    }
+
+    /// The earliest deadline of all kinds.
+    pub fn next(&self) -> Option<Instant> {
+        let at = self.0.iter().copied().min().unwrap_or(UNSET);
+        (at != UNSET).then_some(at)
+    }
+
+    /// Clear every deadline.
+    pub fn clear(&mut self) {
+        *self = TimerTable::default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// `next` is the minimum of the set entries, and `is_due` agrees
+        /// with `get`.
+        #[test]
+        fn next_is_the_minimum(entries in proptest::collection::vec(proptest::option::of(0u64..1_000_000), Timer::COUNT), now in 0u64..1_000_000) {
+            let mut t = TimerTable::default();
+            for (k, e) in Timer::ALL.iter().zip(&entries) {
+                t.set(*k, e.map(Instant));
+            }
+            let want = entries.iter().flatten().min().copied().map(Instant);
+            prop_assert_eq!(t.next(), want);
+            for (k, e) in Timer::ALL.iter().zip(&entries) {
+                prop_assert_eq!(t.get(*k), e.map(Instant));
+                prop_assert_eq!(t.is_due(*k, Instant(now)), e.is_some_and(|x| x <= now));
+            }
+            t.clear();
+            prop_assert_eq!(t.next(), None);
+        }
+    }
+}
