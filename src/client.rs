@@ -75,6 +75,29 @@ enum Phase {
 }
 
 /// A relink client: one session over a succession of transports.
+///
+/// # Calling contract
+/// - **transports**: [`new_transport`](Self::new_transport) when a transport
+///   to the server is open (the first starts the handshake, later ones
+///   resume); [`transport_lost`](Self::transport_lost) when it ends;
+///   [`connect_failed`](Self::connect_failed) when opening one failed.
+/// - **input**: [`handle_input`](Self::handle_input) with received bytes (it
+///   returns how many it took; offer the rest again after `recv`);
+///   [`handle_timeout`](Self::handle_timeout) once
+///   [`poll_timeout`](Self::poll_timeout) has passed.
+/// - **output**, after any input: [`poll_transmit`](Self::poll_transmit)
+///   until it returns 0, [`poll_event`](Self::poll_event) until `None`, then
+///   `poll_timeout` for the next wake-up.
+/// - **application**: [`send`](Self::send), [`recv`](Self::recv),
+///   [`close`](Self::close), [`abort`](Self::abort) at any time.
+/// - **getters**: [`is_connected`](Self::is_connected),
+///   [`is_closed`](Self::is_closed), [`close_reason`](Self::close_reason),
+///   [`in_doubt`](Self::in_doubt), [`give_up_at`](Self::give_up_at),
+///   [`conn_id`](Self::conn_id), [`unacked`](Self::unacked), ...
+///
+/// A transport's end is reported one way each direction: the driver calls
+/// `transport_lost`; the client ends a transport by returning `Err` from
+/// `handle_input` (then [`transport_ended`](Self::transport_ended) is true).
 pub struct Client<R: CryptoRng> {
     config: Config,
     rng: R,
@@ -413,6 +436,7 @@ impl<R: CryptoRng> Client<R> {
     /// Fill `out` with bytes for the transport. Returns 0 when there is
     /// nothing to send now. `out` must hold at least
     /// [`MIN_TRANSMIT_BUFFER`](crate::MIN_TRANSMIT_BUFFER) bytes.
+    #[must_use = "the bytes written to `out` must be sent"]
     pub fn poll_transmit(&mut self, now: Instant, out: &mut [u8]) -> Result<usize, Error> {
         if out.len() < MIN_TRANSMIT_BUFFER {
             return Err(Error::BufferTooSmall {
@@ -484,11 +508,13 @@ impl<R: CryptoRng> Client<R> {
     }
 
     /// The next event, if any.
+    #[must_use]
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }
 
     /// When [`Client::handle_timeout`] should be called next.
+    #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         let abort = self.stream.abort_answer_deadline(self.config.idle_timeout);
         let phase = match &self.phase {

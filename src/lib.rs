@@ -1,22 +1,57 @@
 //! relink: long-lived encrypted byte streams that survive broken connections.
 //!
-//! The crate is a *sans-IO* core: [`Client`] and [`Server`] are pure state
-//! machines. They consume bytes received from a transport, produce bytes to
-//! write to it, report [`Event`]s, and never touch sockets, clocks or OS
-//! randomness: the caller passes the current [`Instant`] into every call and
-//! hands a `rand_core` CSPRNG to the constructor.
+//! The crate is a *sans-IO* core: [`Client`], [`Endpoint`], [`Connection`]
+//! (and [`Server`], which bundles the last two) are pure state machines.
+//! They consume bytes received from a transport, produce bytes to write to
+//! it, report events, and never touch sockets, clocks or OS randomness: the
+//! caller passes the current monotonic [`Instant`] into every call, an
+//! optional [`WallClock`] in the [`Config`] for freshness, and a `rand_core`
+//! CSPRNG to the constructor.
+//!
+//! # Shape
+//! - [`Client`]: one session over a succession of transports.
+//! - [`Endpoint`]: the server's front door. It accepts transports, runs
+//!   new-session handshakes, answers what needs no session, and routes a
+//!   resume request to the session that owns its connection id. It holds
+//!   only a routing table and handshakes in progress.
+//! - [`Connection`]: one server-side session (stream, keys, resume checks,
+//!   timers, events). The endpoint hands it to the driver when the
+//!   handshake completes; the driver owns it and runs it on any thread,
+//!   independently of every other session (quinn-proto's split).
+//! - [`Server`]: an endpoint plus its connections in one value, for drivers
+//!   that run everything on one thread (tests, custom loops).
 //!
 //! # Run loop
 //! A driver repeats, for each transport:
 //! 1. feed received bytes with `handle_input` (it returns how many it took;
 //!    keep the rest and offer it again after the application read data),
 //! 2. write what `poll_transmit` fills into its buffer until it returns 0,
-//! 3. drain `poll_event`,
+//! 3. drain `poll_event` (and, for a [`Connection`], `poll_endpoint_event`
+//!    into [`Endpoint::handle_event`]),
 //! 4. sleep until `poll_timeout` (or new input) and then call `handle_timeout`.
+//!
+//! On the server a transport starts at the [`Endpoint`]; once
+//! [`Endpoint::handle_input`] returns [`Dispatch::NewConnection`] or
+//! [`Dispatch::Resume`] its bytes go to the session's [`Connection`]. Each
+//! type's documentation lists its calls by kind and in order.
 //!
 //! When a transport dies the driver says so (`transport_lost`); the client
 //! then opens a new transport and calls [`Client::new_transport`], and the
 //! session resumes: both sides resend exactly the bytes the other is missing.
+//!
+//! # Timers
+//! Each [`Connection`] keeps a fixed table of deadlines, one per
+//! [`timer::Timer`] kind; its `poll_timeout` is the earliest. The
+//! [`Endpoint`] and the [`Server`] bundle keep ordered indexes of deadlines,
+//! so their `poll_timeout` is O(log n) and `handle_timeout` touches only
+//! what is due.
+//!
+//! # Errors and panics
+//! Bad input from the network never panics: it is a typed [`Error`] (and
+//! usually costs only its transport). Misuse of the API (a transport id
+//! the state machine does not know, a buffer below
+//! [`MIN_TRANSMIT_BUFFER`]) is an `Err` too. A panic in this crate is a
+//! bug; please report it.
 //!
 //! The wire protocol is specified in `docs/PROTOCOL.md`.
 #![no_std]

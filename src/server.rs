@@ -223,6 +223,7 @@ impl<R: CryptoRng> Server<R> {
     }
 
     /// Fill `out` with bytes for `transport`; 0 when nothing is due.
+    #[must_use = "the bytes written to `out` must be sent"]
     pub fn poll_transmit(
         &mut self,
         transport: TransportId,
