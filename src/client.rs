@@ -299,14 +299,13 @@ impl<R: CryptoRng> Client<R> {
             Err(e) => return Err(self.fail_transport(e)),
         };
         let est = finish.established;
-        self.stream.set_keys(StreamKeys {
-            tx: est.keys.c2s.clone(),
-            rx: est.keys.s2c.clone(),
-        });
+        // The handshake's keys move into the session, nothing is copied.
+        let crate::keys::SessionKeys { c2s, s2c, resume } = est.keys;
+        self.stream.set_keys(StreamKeys { tx: c2s, rx: s2c });
         self.stream.attach(0, now, 0)?;
         self.session = Some(SessionState {
             conn_id: est.conn_id,
-            resume_key: est.keys.resume.clone(),
+            resume_key: resume,
             server_time: est.server_time,
             at: now,
             resume_timeout: Duration::from_micros(est.resume_timeout),

@@ -158,7 +158,7 @@ pub(crate) fn tags_equal(a: &[u8; TAG_LEN], b: &[u8; TAG_LEN]) -> bool {
 }
 
 /// Encryption and MAC keys of one direction.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub(crate) struct DirectionKeys {
     enc: Secret,
     mac: Secret,
@@ -176,7 +176,6 @@ const SMALL_FRAME: usize = 256;
 
 /// Keystream bytes `[start, start + CACHE_LEN)` of a direction. Secret:
 /// zeroized on drop, redacted in `Debug`.
-#[derive(Clone)]
 struct KeystreamCache {
     start: u64,
     bytes: [u8; CACHE_LEN],
@@ -310,7 +309,7 @@ impl DirectionKeys {
 }
 
 /// All keys of an established session.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub(crate) struct SessionKeys {
     pub(crate) c2s: DirectionKeys,
     pub(crate) s2c: DirectionKeys,

@@ -63,7 +63,7 @@ impl StreamLimits {
 }
 
 /// Keys of the two directions as seen from this side.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub(crate) struct StreamKeys {
     pub(crate) tx: DirectionKeys,
     pub(crate) rx: DirectionKeys,
