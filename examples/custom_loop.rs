@@ -1,15 +1,26 @@
-//! Driving `relink::Client` and `relink::Server` by hand: no async runtime,
-//! no sockets, no driver module. The "transport" is an in-memory radio link
-//! that delivers bytes in order in random-sized bursts and breaks now and
-//! then, losing whatever was in flight. The sans-IO API is all it takes:
-//! move bytes, tell the state machines the time, and open a new link when
-//! the old one breaks.
+//! Driving `relink::Client` and the server's `relink::Endpoint` and
+//! `relink::Connection` by hand: no async runtime, no sockets, no driver
+//! module. The "transport" is an in-memory radio link that delivers bytes
+//! in order in random-sized bursts and breaks now and then, losing whatever
+//! was in flight. The sans-IO API is all it takes: move bytes, tell the
+//! state machines the time, and open a new link when the old one breaks.
+//!
+//! On the server a new transport starts at the endpoint; once the endpoint
+//! says which session it belongs to (`Dispatch`), its bytes go to that
+//! session's `Connection`, a value this loop owns (a multi-threaded driver
+//! would run each connection on its own task). `relink::Server` bundles the
+//! two for single-threaded loops; this example shows the parts.
 //!
 //! ```sh
 //! cargo run --example custom_loop
 //! ```
 
-use relink::{os_rng, Client, Config, Duration, Event, Instant, Server, ServerEvent, TransportId};
+use std::collections::BTreeMap;
+
+use relink::{
+    os_rng, Client, Config, Connection, Dispatch, Duration, Endpoint, Event, Instant, ServerEvent,
+    SessionId, TransportId,
+};
 
 /// A tiny deterministic PRNG for the simulated radio (not for crypto).
 struct Dice(u64);
@@ -34,19 +45,24 @@ fn main() -> Result<(), relink::Error> {
     const TOTAL: usize = 2 << 20; // bytes the client sends
     let config = Config::default();
     let mut client = Client::new(config.clone(), os_rng());
-    let mut server = Server::new(config, os_rng());
+    let mut endpoint = Endpoint::new(config, os_rng());
+    // The sessions, owned by this loop. `at` says where the current
+    // transport's bytes go: the endpoint, or a session's connection.
+    let mut sessions: BTreeMap<SessionId, Box<Connection>> = BTreeMap::new();
+    let mut at: Option<SessionId> = None;
     let mut dice = Dice(0x5EED);
     let mut now = Instant::from_micros(0); // simulated clock: 1 ms per round
 
     let message: Vec<u8> = (0..TOTAL).map(|i| (i % 251) as u8).collect();
     let (mut sent, mut received) = (0usize, Vec::with_capacity(TOTAL));
-    let mut session = None;
     let (mut breaks, mut resumes) = (0u32, 0u32);
 
     // Open the first link: the server registers a transport, the client
     // starts its handshake on it.
     let mut link = Link::default();
-    let mut transport: TransportId = server.accept(now)?;
+    let mut transport: TransportId = endpoint.accept(now)?;
+    // A rejection the server must still write, then close the transport.
+    let mut server_ended = false;
     client.new_transport(now)?;
     let mut wire = vec![0u8; 64 * 1024];
 
@@ -59,26 +75,80 @@ fn main() -> Result<(), relink::Error> {
         // 2. Each side fills its outgoing bytes.
         let n = client.poll_transmit(now, &mut wire)?;
         link.up.extend_from_slice(&wire[..n]);
-        let n = server.poll_transmit(transport, now, &mut wire).unwrap_or(0);
+        let n = match at.and_then(|s| sessions.get_mut(&s)) {
+            Some(c) => c.poll_transmit(transport, now, &mut wire)?,
+            None => endpoint.poll_transmit(transport, &mut wire)?,
+        };
         link.down.extend_from_slice(&wire[..n]);
 
         // 3. The radio delivers a random burst each way. `handle_input`
         //    says how much it took; keep the rest for later.
         let burst = (1 + dice.roll(8_000) as usize).min(link.up.len());
-        if let Ok(k) = server.handle_input(transport, now, &link.up[..burst]) {
-            link.up.drain(..k);
+        if !server_ended {
+            match at.and_then(|s| sessions.get_mut(&s)) {
+                Some(c) => match c.handle_input(transport, now, &link.up[..burst]) {
+                    Ok(k) => drop(link.up.drain(..k)),
+                    Err(_) => server_ended = true,
+                },
+                None => match endpoint.handle_input(transport, now, &link.up[..burst]) {
+                    Ok(Dispatch::Pending(k)) => drop(link.up.drain(..k)),
+                    // The handshake completed: the session is ours now.
+                    Ok(Dispatch::NewConnection {
+                        consumed,
+                        connection,
+                    }) => {
+                        link.up.drain(..consumed);
+                        at = Some(connection.session());
+                        sessions.insert(connection.session(), connection);
+                    }
+                    // A resume: the endpoint names the session, which
+                    // checks the request itself.
+                    Ok(Dispatch::Resume {
+                        consumed,
+                        session,
+                        request,
+                    }) => {
+                        link.up.drain(..consumed);
+                        let result = match sessions.get_mut(&session) {
+                            Some(c) => c.handle_resume(transport, now, &request),
+                            None => Err(endpoint.unknown_session(&request)),
+                        };
+                        match result {
+                            Ok(()) => at = Some(session),
+                            Err(rejection) => {
+                                link.down.extend_from_slice(rejection.reply());
+                                server_ended = true;
+                            }
+                        }
+                    }
+                    Err(_) => server_ended = true,
+                },
+            }
         }
         let burst = (1 + dice.roll(8_000) as usize).min(link.down.len());
         if let Ok(k) = client.handle_input(now, &link.down[..burst]) {
             link.down.drain(..k);
         }
 
-        // 4. Events: learn the session id, count resumes.
-        while let Some(e) = server.poll_event() {
-            if let ServerEvent::HandshakeDone { session: s, .. } = e {
-                session = Some(s);
+        // 4. Events. A connection's requests to the endpoint (forget my
+        //    route) go to the endpoint.
+        while let Some(e) = endpoint.poll_event() {
+            if let ServerEvent::CloseTransport { .. } = e {
+                server_ended = true;
             }
         }
+        for c in sessions.values_mut() {
+            while let Some(e) = c.poll_event() {
+                if let ServerEvent::CloseTransport { transport: t, .. } = e {
+                    server_ended |= t == transport;
+                }
+            }
+            while let Some(e) = c.poll_endpoint_event() {
+                endpoint.handle_event(e);
+            }
+        }
+        // A session that ended and was read to the end is dropped.
+        sessions.retain(|_, c| !c.is_drained());
         while let Some(e) = client.poll_event() {
             if let Event::Resumed { .. } = e {
                 resumes += 1;
@@ -86,30 +156,39 @@ fn main() -> Result<(), relink::Error> {
         }
 
         // 5. The application reads what arrived, verified and in order.
-        if let Some(s) = session {
+        for c in sessions.values_mut() {
             let mut buf = [0u8; 32 * 1024];
-            while let Ok(n @ 1..) = server.recv(s, &mut buf) {
+            while let Ok(n @ 1..) = c.recv(&mut buf) {
                 received.extend_from_slice(&buf[..n]);
             }
         }
 
-        // 6. Timers: the core says when it next needs the clock.
+        // 6. Timers: each state machine says when it next needs the clock.
         if client.poll_timeout().is_some_and(|t| t <= now) {
             client.handle_timeout(now);
         }
-        if server.poll_timeout().is_some_and(|t| t <= now) {
-            server.handle_timeout(now);
+        if endpoint.poll_timeout().is_some_and(|t| t <= now) {
+            endpoint.handle_timeout(now);
+        }
+        for c in sessions.values_mut() {
+            if c.poll_timeout().is_some_and(|t| t <= now) {
+                c.handle_timeout(now);
+            }
         }
 
         // 7. Now and then the radio link breaks (bytes in flight are lost),
         //    or a state machine ended it. Both sides are told, a new link
         //    opens, and the client resumes the session on it.
-        if dice.roll(25) == 0 || client.transport_ended() || server.transport_ended(transport) {
+        if dice.roll(25) == 0 || client.transport_ended() || server_ended {
             breaks += 1;
-            server.transport_lost(transport, now);
+            match at.take().and_then(|s| sessions.get_mut(&s)) {
+                Some(c) => c.transport_lost(transport, now),
+                None => endpoint.transport_lost(transport, now),
+            }
             client.transport_lost(now);
             link = Link::default();
-            transport = server.accept(now)?;
+            server_ended = false;
+            transport = endpoint.accept(now)?;
             client.new_transport(now)?;
         }
     }
