@@ -269,3 +269,151 @@ fn two_sessions_of_one_endpoint_run_on_two_threads_at_once() {
         assert_eq!(t.join().expect("thread"), (2 << 20, 2 << 20));
     }
 }
+
+/// Handshake one client through `endpoint` on a fresh transport; returns
+/// the connection.
+fn establish(
+    endpoint: &mut Endpoint<ChaCha20Rng>,
+    client: &mut Client<ChaCha20Rng>,
+    now: Instant,
+) -> (Box<Connection>, TransportId) {
+    let mut wire = vec![0u8; 4096];
+    let tid = endpoint.accept(now).expect("accept");
+    client.new_transport(now).expect("new_transport");
+    let k = client.poll_transmit(now, &mut wire).expect("hello");
+    assert!(matches!(
+        endpoint
+            .handle_input(tid, now, &wire[..k])
+            .expect("hello in"),
+        Dispatch::Pending(_)
+    ));
+    let k = endpoint
+        .poll_transmit(tid, &mut wire)
+        .expect("server hello");
+    client
+        .handle_input(now, &wire[..k])
+        .expect("server hello in");
+    let k = client.poll_transmit(now, &mut wire).expect("confirm");
+    match endpoint
+        .handle_input(tid, now, &wire[..k])
+        .expect("confirm in")
+    {
+        Dispatch::NewConnection { connection, .. } => (connection, tid),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// The client's resume request on a new transport, as the endpoint routes it.
+fn resume_request(
+    endpoint: &mut Endpoint<ChaCha20Rng>,
+    client: &mut Client<ChaCha20Rng>,
+    now: Instant,
+) -> (TransportId, Dispatch) {
+    let mut wire = vec![0u8; 4096];
+    client.transport_lost(now);
+    let tid = endpoint.accept(now).expect("accept");
+    client.new_transport(now).expect("new_transport");
+    let k = client.poll_transmit(now, &mut wire).expect("request");
+    (
+        tid,
+        endpoint.handle_input(tid, now, &wire[..k]).expect("routed"),
+    )
+}
+
+/// A resume goes through the endpoint's routing table to the session's
+/// connection, which takes the transport over; the endpoint keeps nothing
+/// of it.
+#[test]
+fn resume_is_routed_to_the_owning_connection() {
+    let cfg = Config::default();
+    let mut endpoint = Endpoint::new(cfg.clone(), rng(11));
+    let mut client = Client::new(cfg, rng(12));
+    let now = Instant::from_micros(1_000);
+    let (mut conn, first) = establish(&mut endpoint, &mut client, now);
+    assert_eq!(endpoint.route(conn.conn_id()), Some(conn.session()));
+    assert_eq!(endpoint.pending_transports(), 0);
+    let (tid, d) = resume_request(&mut endpoint, &mut client, now);
+    let Dispatch::Resume {
+        session, request, ..
+    } = d
+    else {
+        panic!("expected a resume, got {d:?}");
+    };
+    assert_eq!(session, conn.session());
+    assert!(
+        !endpoint.holds_transport(tid),
+        "the transport left the endpoint"
+    );
+    conn.handle_resume(tid, now, &request).expect("accepted");
+    assert_eq!(conn.transport(), Some(tid));
+    let mut closed_old = false;
+    while let Some(e) = conn.poll_event() {
+        if let ServerEvent::CloseTransport { transport, error } = e {
+            assert_eq!((transport, error), (first, None));
+            closed_old = true;
+        }
+    }
+    assert!(closed_old, "the replaced transport is closed");
+    let mut wire = vec![0u8; 4096];
+    let k = conn.poll_transmit(tid, now, &mut wire).expect("response");
+    client.handle_input(now, &wire[..k]).expect("response in");
+    assert!(client.is_connected());
+}
+
+/// A session that expired tells the endpoint to forget its route; until
+/// the driver passed that on, a resume that still reaches the connection
+/// gets the same "unknown session" answer (with the reset token) that the
+/// endpoint gives afterwards.
+#[test]
+fn an_expired_connection_is_unroutable_before_and_after_the_endpoint_hears_of_it() {
+    let cfg = Config::default();
+    let mut endpoint = Endpoint::new(cfg.clone(), rng(21));
+    let mut client = Client::new(cfg.clone(), rng(22));
+    let t0 = Instant::from_micros(1_000);
+    let (mut conn, first) = establish(&mut endpoint, &mut client, t0);
+    conn.transport_lost(first, t0);
+    assert_eq!(
+        conn.poll_timeout(),
+        Some(t0.saturating_add(cfg.resume_timeout)),
+        "a detached session's only timer is its expiry"
+    );
+    let late = t0.saturating_add(cfg.resume_timeout);
+    conn.handle_timeout(late);
+    assert!(!conn.is_routable());
+    // Race: the endpoint still routes to the connection.
+    let (tid, d) = resume_request(&mut endpoint, &mut client, late);
+    let Dispatch::Resume { request, .. } = d else {
+        panic!("expected a resume, got {d:?}");
+    };
+    let rej = conn
+        .handle_resume(tid, late, &request)
+        .expect_err("unknown");
+    assert_eq!(
+        rej.error(),
+        relink::Error::ResumeRejected(relink::ResumeStatus::UnknownSession)
+    );
+    assert_eq!(rej.reply().len(), 18, "status + reset token");
+    assert_eq!(rej.reply(), &endpoint.unknown_session(&request).reply()[..]);
+    // The driver passes the connection's request on: the route is gone.
+    let mut forwarded = 0;
+    while let Some(e) = conn.poll_endpoint_event() {
+        endpoint.handle_event(e);
+        forwarded += 1;
+    }
+    assert_eq!(forwarded, 1);
+    assert_eq!(endpoint.session_count(), 0);
+    assert_eq!(endpoint.route(conn.conn_id()), None);
+    while conn.poll_event().is_some() {}
+    assert!(conn.is_drained());
+    let mut wire = vec![0u8; 4096];
+    client.transport_lost(late);
+    let tid = endpoint.accept(late).expect("accept");
+    client.new_transport(late).expect("new_transport");
+    let k = client.poll_transmit(late, &mut wire).expect("request");
+    let e = endpoint
+        .handle_input(tid, late, &wire[..k])
+        .expect_err("the endpoint answers itself");
+    assert_eq!(e, rej.error());
+    let k = endpoint.poll_transmit(tid, &mut wire).expect("reply");
+    assert_eq!(&wire[..k], rej.reply(), "the same answer either way");
+}
