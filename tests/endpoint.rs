@@ -393,7 +393,7 @@ fn an_expired_connection_is_unroutable_before_and_after_the_endpoint_hears_of_it
         relink::Error::ResumeRejected(relink::ResumeStatus::UnknownSession)
     );
     assert_eq!(rej.reply().len(), 18, "status + reset token");
-    assert_eq!(rej.reply(), &endpoint.unknown_session(&request).reply()[..]);
+    assert_eq!(rej.reply(), endpoint.unknown_session(&request).reply());
     // The driver passes the connection's request on: the route is gone.
     let mut forwarded = 0;
     while let Some(e) = conn.poll_endpoint_event() {
