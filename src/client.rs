@@ -140,7 +140,7 @@ impl<R: CryptoRng> Client<R> {
     pub fn new(config: Config, rng: R) -> Self {
         let config = config.normalized();
         Client {
-            stream: Stream::new(StreamLimits::from_config(&config)),
+            stream: Stream::new(alloc::sync::Arc::new(StreamLimits::from_config(&config))),
             config,
             rng,
             session: None,

@@ -41,6 +41,24 @@ use crate::wire::{
 };
 use crate::MIN_TRANSMIT_BUFFER;
 
+/// What every connection of an endpoint shares: one allocation each, not
+/// a copy per session.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    pub(crate) config: Arc<Config>,
+    pub(crate) limits: Arc<StreamLimits>,
+}
+
+impl Shared {
+    pub(crate) fn new(config: Config) -> Self {
+        let limits = Arc::new(StreamLimits::from_config(&config));
+        Shared {
+            config: Arc::new(config),
+            limits,
+        }
+    }
+}
+
 /// A rejection answer for one transport: write [`Rejection::reply`] to it,
 /// then close it. Returned by [`Connection::handle_resume`].
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -169,14 +187,15 @@ impl Connection {
     pub(crate) fn new(
         session: SessionId,
         conn_id: u64,
-        config: Arc<Config>,
+        shared: &Shared,
         keys: SessionKeys,
         reset_token: [u8; TAG_LEN],
         transport: Option<TransportId>,
         now: Instant,
     ) -> Result<Self, Error> {
         let SessionKeys { c2s, s2c, resume } = keys;
-        let mut stream = Stream::new(StreamLimits::from_config(&config));
+        let mut stream = Stream::new(shared.limits.clone());
+        let config = shared.config.clone();
         stream.set_keys(StreamKeys { tx: s2c, rx: c2s });
         let mut c = Connection {
             session,

@@ -38,7 +38,7 @@ use alloc::sync::Arc;
 use rand_core::CryptoRng;
 
 use crate::config::Config;
-use crate::connection::{Connection, EndpointEvent, Rejection};
+use crate::connection::{Connection, EndpointEvent, Rejection, Shared};
 use crate::error::{Error, ProtocolError};
 use crate::event::ServerEvent;
 use crate::handshake::{server_respond, ServerRandom};
@@ -138,7 +138,7 @@ impl Handshake {
     fn into_connection(
         self,
         sid: SessionId,
-        config: Arc<Config>,
+        shared: &Shared,
         transport: Option<TransportId>,
         now: Instant,
     ) -> Result<Box<Connection>, Error> {
@@ -148,7 +148,7 @@ impl Handshake {
             reset_token,
             ..
         } = self;
-        Connection::new(sid, conn_id, config, keys, reset_token, transport, now).map(Box::new)
+        Connection::new(sid, conn_id, shared, keys, reset_token, transport, now).map(Box::new)
     }
 }
 
@@ -181,7 +181,7 @@ enum Deadline {
 /// and two DH per hello at most): a multi-threaded driver keeps it behind
 /// one lock and the connections behind their own.
 pub struct Endpoint<R: CryptoRng> {
-    config: Arc<Config>,
+    shared: Shared,
     rng: R,
     transports: BTreeMap<TransportId, Box<Pending>>,
     handshakes: BTreeMap<SessionId, Box<Handshake>>,
@@ -212,7 +212,7 @@ impl<R: CryptoRng> Endpoint<R> {
     pub fn new(config: Config, rng: R) -> Self {
         Endpoint {
             reset_secret: config.server_static.as_ref().map(|kp| kp.reset_secret()),
-            config: Arc::new(config.normalized()),
+            shared: Shared::new(config.normalized()),
             rng,
             transports: BTreeMap::new(),
             handshakes: BTreeMap::new(),
@@ -227,19 +227,19 @@ impl<R: CryptoRng> Endpoint<R> {
 
     /// The configuration (normalized), shared with every connection.
     pub fn config(&self) -> &Arc<Config> {
-        &self.config
+        &self.shared.config
     }
 
     /// Register a newly accepted transport. Fails with
     /// [`Error::TooManyTransports`] when `max_pending_transports` transports
     /// are still pending (not yet authenticated): close it then.
     pub fn accept(&mut self, now: Instant) -> Result<TransportId, Error> {
-        if self.pending >= self.config.max_pending_transports {
+        if self.pending >= self.shared.config.max_pending_transports {
             return Err(Error::TooManyTransports);
         }
         self.next_transport += 1;
         let id = TransportId(self.next_transport);
-        let deadline = now.saturating_add(self.config.handshake_timeout);
+        let deadline = now.saturating_add(self.shared.config.handshake_timeout);
         self.transports.insert(
             id,
             Box::new(Pending {
@@ -356,7 +356,7 @@ impl<R: CryptoRng> Endpoint<R> {
         hello: &[u8; CLIENT_HELLO_LEN],
     ) -> Result<(), Error> {
         // Unconfirmed sessions count: the cap holds at every moment.
-        if self.routes.len() >= self.config.max_sessions && !self.evict_unconfirmed() {
+        if self.routes.len() >= self.shared.config.max_sessions && !self.evict_unconfirmed() {
             return Err(self.reject_hello(transport, HandshakeStatus::Busy));
         }
         let mut random = ServerRandom {
@@ -372,9 +372,9 @@ impl<R: CryptoRng> Endpoint<R> {
         let result = server_respond(
             hello,
             &random,
-            self.config.wall_now(now).as_micros(),
-            self.config.resume_timeout.as_micros(),
-            self.config.server_static.as_ref(),
+            self.shared.config.wall_now(now).as_micros(),
+            self.shared.config.resume_timeout.as_micros(),
+            self.shared.config.server_static.as_ref(),
         );
         let hs = match result {
             Ok(hs) => hs,
@@ -476,7 +476,7 @@ impl<R: CryptoRng> Endpoint<R> {
         if let Some(at) = hs.expires {
             self.deadlines.remove(&(at, Deadline::Handshake(sid)));
         }
-        hs.into_connection(sid, self.config.clone(), transport, now)
+        hs.into_connection(sid, &self.shared, transport, now)
     }
 
     fn on_resume_request(
@@ -525,8 +525,8 @@ impl<R: CryptoRng> Endpoint<R> {
             server_end: 0,
             server_read: 0,
         };
-        let wall = self.config.wall_now(now).as_micros();
-        let window = self.config.resume_window.as_micros();
+        let wall = self.shared.config.wall_now(now).as_micros();
+        let window = self.shared.config.resume_window.as_micros();
         if let Err(status) = check_request(&req, &counters, wall, window) {
             let reply = authenticated_reject(&hs.keys.resume, &msg, status, wall);
             let rej = Rejection::new(Error::ResumeRejected(status), &reply);
@@ -625,7 +625,7 @@ impl<R: CryptoRng> Endpoint<R> {
         if let Some(hs) = self.handshakes.get_mut(&sid) {
             hs.transport = None;
             if hs.expires.is_none() {
-                let at = now.saturating_add(self.config.resume_timeout);
+                let at = now.saturating_add(self.shared.config.resume_timeout);
                 hs.expires = Some(at);
                 self.deadlines.insert((at, Deadline::Handshake(sid)));
             }

@@ -30,9 +30,12 @@ use crate::MIN_TRANSMIT_BUFFER;
 
 struct Slot {
     conn: Box<Connection>,
-    /// The connection's deadline as entered in the index.
-    due: Option<Instant>,
+    /// The connection's deadline as entered in the index (`NEVER`: none).
+    due: Instant,
 }
+
+/// `Slot::due` of a connection without deadline (8 bytes, not 16).
+const NEVER: Instant = Instant(u64::MAX);
 
 /// A relink server endpoint with its sessions, for single-threaded drivers.
 /// See the [module docs](self).
@@ -149,7 +152,7 @@ impl<R: CryptoRng> Server<R> {
                     sid,
                     Slot {
                         conn: connection,
-                        due: None,
+                        due: NEVER,
                     },
                 );
                 (consumed, sid)
@@ -198,19 +201,19 @@ impl<R: CryptoRng> Server<R> {
         while let Some(e) = slot.conn.poll_endpoint_event() {
             self.endpoint.handle_event(e);
         }
-        let next = slot.conn.poll_timeout();
+        let next = slot.conn.poll_timeout().unwrap_or(NEVER);
         if next != slot.due {
-            if let Some(old) = slot.due {
-                self.index.remove(&(old, sid));
+            if slot.due != NEVER {
+                self.index.remove(&(slot.due, sid));
             }
-            if let Some(new) = next {
-                self.index.insert((new, sid));
+            if next != NEVER {
+                self.index.insert((next, sid));
             }
             slot.due = next;
         }
         if slot.conn.is_drained() {
-            if let Some(old) = slot.due {
-                self.index.remove(&(old, sid));
+            if slot.due != NEVER {
+                self.index.remove(&(slot.due, sid));
             }
             self.connections.remove(&sid);
         }

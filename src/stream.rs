@@ -22,6 +22,7 @@
 //! aborting side resends it on every new link until that answer verified.
 
 use alloc::collections::VecDeque;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 use crate::config::Config;
@@ -134,7 +135,9 @@ struct Abort {
 /// The session's stream. See the module docs.
 #[derive(Debug)]
 pub(crate) struct Stream {
-    limits: StreamLimits,
+    /// Shared by every session of an endpoint (one allocation, not 64
+    /// bytes per session).
+    limits: Arc<StreamLimits>,
     keys: Option<StreamKeys>,
     /// Bytes `[tx_base(), tx_written)` of the outgoing stream.
     tx: VecDeque<u8>,
@@ -167,7 +170,7 @@ pub(crate) struct Stream {
 }
 
 impl Stream {
-    pub(crate) fn new(limits: StreamLimits) -> Self {
+    pub(crate) fn new(limits: Arc<StreamLimits>) -> Self {
         Stream {
             limits,
             keys: None,
