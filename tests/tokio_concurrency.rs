@@ -1,0 +1,266 @@
+//! Sessions of one `relink::tokio::Server` progress independently on a
+//! multi-thread runtime: a transport whose `poll_read` or `poll_write`
+//! blocks its worker thread (standing in for slow crypto or a slow socket)
+//! stalls only its own session.
+//!
+//! Session A's server transport is wrapped in a [`Gate`] that, once armed,
+//! blocks the thread inside one `poll_read` (or `poll_write`) until session
+//! B completed an echo round trip, or 10 s passed. The test asserts on the
+//! order of events: B's echo finished *before* A's blocked poll returned.
+//!
+//! Before/after: with the old driver (main at 1125700, one `Mutex` around
+//! the whole core `Server`, held across frame crypto and socket I/O by every
+//! transport task) both tests fail: the worker running session B's transport
+//! task blocks on the shared mutex while A's task holds it inside the gated
+//! poll, so B's echo only completes after the gate gave up waiting (10 s)
+//! ("session B waited for session A's blocked transport"). With one lock per
+//! session and no lock held across socket I/O they pass in well under a
+//! second.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration as StdDuration;
+
+use relink::tokio::{ClientStream, Server};
+use relink::{Backoff, Config};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
+use tokio::sync::mpsc;
+
+/// How long the gate blocks at most when nobody releases it.
+const GATE_TIMEOUT: StdDuration = StdDuration::from_secs(10);
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Side {
+    Read,
+    Write,
+}
+
+/// Shared between the gate (in the server's transport task) and the test.
+#[derive(Default)]
+struct GateState {
+    /// The next `poll_read`/`poll_write` on the gated side blocks.
+    armed: AtomicBool,
+    /// The blocking poll returned.
+    returned: AtomicBool,
+    /// The blocking poll gave up waiting for the release.
+    timed_out: AtomicBool,
+    /// Set by the test to let the blocked poll return.
+    release: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl GateState {
+    fn open(&self) {
+        *self.release.lock().unwrap() = true;
+        self.cv.notify_all();
+    }
+
+    /// Block the calling thread until `open` or the timeout.
+    fn block(&self, entered: &mpsc::UnboundedSender<()>) {
+        let _ = entered.send(());
+        let guard = self.release.lock().unwrap();
+        let (_guard, r) = self
+            .cv
+            .wait_timeout_while(guard, GATE_TIMEOUT, |open| !*open)
+            .unwrap();
+        self.timed_out.store(r.timed_out(), Ordering::SeqCst);
+        self.returned.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A transport whose gated side blocks its thread once when armed.
+struct Gate {
+    inner: DuplexStream,
+    side: Side,
+    state: Arc<GateState>,
+    entered: mpsc::UnboundedSender<()>,
+}
+
+impl Gate {
+    fn maybe_block(&self, side: Side) {
+        if self.side == side && self.state.armed.swap(false, Ordering::SeqCst) {
+            self.state.block(&self.entered);
+        }
+    }
+}
+
+impl AsyncRead for Gate {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.maybe_block(Side::Read);
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Gate {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.maybe_block(Side::Write);
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A client whose transports are in-memory pipes; the server half goes to
+/// `to_server`, tagged with whether it is session A's (gated).
+async fn connect(
+    gated: bool,
+    to_server: mpsc::UnboundedSender<(DuplexStream, bool)>,
+) -> ClientStream {
+    let backoff = Backoff {
+        initial: relink::Duration::from_millis(2),
+        max: relink::Duration::from_millis(50),
+        max_attempts: Some(20),
+    };
+    ClientStream::connect_with(Config::default(), backoff, move || {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let sent = to_server.send((server, gated));
+        async move {
+            sent.map_err(|_| io::Error::other("server gone"))?;
+            Ok(client)
+        }
+    })
+    .await
+    .expect("connect")
+}
+
+async fn round_trip(c: &mut ClientStream, msg: &[u8]) {
+    c.write_all(msg).await.expect("write");
+    let mut got = vec![0u8; msg.len()];
+    c.read_exact(&mut got).await.expect("read echo");
+    assert_eq!(got, msg);
+}
+
+/// What the client side observed.
+struct Observed {
+    /// B's echo completed while A's gated poll was still blocked.
+    b_done_before_gate_returned: bool,
+}
+
+/// The clients, on their own thread and runtime (so that the only thing
+/// blocked is a worker of the server's runtime).
+fn run_clients(
+    to_server: mpsc::UnboundedSender<(DuplexStream, bool)>,
+    gate: Arc<GateState>,
+    mut entered: mpsc::UnboundedReceiver<()>,
+) -> std::thread::JoinHandle<Observed> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut a = connect(true, to_server.clone()).await;
+            let mut b = connect(false, to_server).await;
+            round_trip(&mut a, b"a1: both sessions up").await;
+            round_trip(&mut b, b"b1: both sessions up").await;
+
+            // Make A's server transport block a worker thread inside its
+            // next gated poll: A's bytes (or their echo) get there.
+            gate.armed.store(true, Ordering::SeqCst);
+            a.write_all(b"a2: this one hits the gate").await.unwrap();
+            entered.recv().await.expect("gate entered");
+
+            // Meanwhile B must complete a whole echo round trip.
+            round_trip(&mut b, b"b2: independent of session A").await;
+            let b_done_before_gate_returned = !gate.returned.load(Ordering::SeqCst);
+            gate.open();
+
+            // A goes on once its transport returns.
+            let mut got = vec![0u8; 26];
+            a.read_exact(&mut got).await.expect("a2 echo");
+            assert_eq!(&got, b"a2: this one hits the gate");
+            a.shutdown().await.unwrap();
+            b.shutdown().await.unwrap();
+            Observed {
+                b_done_before_gate_returned,
+            }
+        })
+    })
+}
+
+async fn two_sessions_progress_independently(side: Side) {
+    let server = Arc::new(Server::new(Config::default()));
+    let gate = Arc::new(GateState::default());
+    let (entered_tx, entered_rx) = mpsc::unbounded_channel();
+    let (to_server, mut transports) = mpsc::unbounded_channel::<(DuplexStream, bool)>();
+
+    // Transports from the clients' runtime into the server.
+    let srv = server.clone();
+    let g = gate.clone();
+    tokio::spawn(async move {
+        while let Some((t, gated)) = transports.recv().await {
+            if gated {
+                let gate = Gate {
+                    inner: t,
+                    side,
+                    state: g.clone(),
+                    entered: entered_tx.clone(),
+                };
+                srv.serve_transport(gate).unwrap();
+            } else {
+                srv.serve_transport(t).unwrap();
+            }
+        }
+    });
+    // Echo every session until its client closes.
+    let srv = server.clone();
+    tokio::spawn(async move {
+        while let Ok(mut s) = srv.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+
+    let clients = run_clients(to_server, gate.clone(), entered_rx);
+    let observed = tokio::task::spawn_blocking(move || clients.join().expect("clients"))
+        .await
+        .unwrap();
+    assert!(
+        gate.returned.load(Ordering::SeqCst),
+        "the gate was never hit"
+    );
+    assert!(
+        observed.b_done_before_gate_returned && !gate.timed_out.load(Ordering::SeqCst),
+        "session B waited for session A's blocked transport ({side:?} side)"
+    );
+    assert_eq!(server.stats().handshakes, 2);
+}
+
+/// A's transport blocks its thread inside `poll_read`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_read_does_not_stall_another_session() {
+    two_sessions_progress_independently(Side::Read).await;
+}
+
+/// A's transport blocks its thread inside `poll_write`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_write_does_not_stall_another_session() {
+    two_sessions_progress_independently(Side::Write).await;
+}
