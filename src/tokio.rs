@@ -2,9 +2,10 @@
 //! [`ClientStream`]s and a [`Server`] that yields [`ServerStream`]s, both
 //! implementing [`AsyncRead`] + [`AsyncWrite`].
 //!
-//! All protocol logic stays in the sans-IO core ([`crate::Client`],
-//! [`crate::Server`]); this module only moves bytes, sleeps until the core's
-//! `poll_timeout` and opens new transports.
+//! All protocol logic stays in the sans-IO core ([`crate::Client`] on the
+//! client; [`crate::Endpoint`] and [`crate::Connection`] on the server); this
+//! module only moves bytes, sleeps until the core's `poll_timeout` and opens
+//! new transports.
 //!
 //! # Client
 //! [`ClientStream::connect`] opens TCP connections to an address;
@@ -21,9 +22,39 @@
 //!
 //! # Server
 //! [`Server::bind`] listens on TCP; [`Server::serve_transport`] adds a
-//! transport accepted any other way. One task per transport and one timer
-//! task share the core `Server` behind a mutex; the core routes resumes to
-//! their session. [`Server::accept`] yields each new session once.
+//! transport accepted any other way. [`Server::accept`] yields each new
+//! session once. The structure follows quinn's: the endpoint lock covers
+//! only accept, handshakes and routing; every session has its own lock and
+//! its own timer, so sessions progress in parallel on a multi-thread
+//! runtime.
+//! - **Endpoint state**, behind one mutex: the core [`crate::Endpoint`]
+//!   (accept, handshakes, routing of resume requests, its deadline index),
+//!   the wakers of the transports it still holds, the map of sessions and
+//!   the accept queue.
+//! - **Session state**, one per session behind its own mutex: the session's
+//!   [`crate::Connection`] (all frame encryption and decryption happens in
+//!   it) and its slot data: the stream's wakers, the wakers of the
+//!   transport tasks attached to it, the close reason, abort and drop flags.
+//! - **Tasks**: one per transport. While the endpoint holds the transport
+//!   (first message, handshake) the task locks the endpoint for each core
+//!   call; once the endpoint hands the transport over (a new session, or a
+//!   resume routed to a session) it locks only that session. Socket reads
+//!   and writes run with no lock held: a step under the lock feeds the
+//!   buffered input and fetches the next output, then the task does its
+//!   I/O. One timer task per session runs its timers (ACK delay, keepalive,
+//!   idle timeout while attached; expiry while detached; the wait for the
+//!   answer to an ABORT), with or without a transport, and ends when the
+//!   session is drained. One endpoint timer task runs the handshake
+//!   deadlines and locks only the endpoint.
+//! - [`ServerStats`] are counted with atomics, outside any lock.
+//!
+//! **Lock rule**: the endpoint lock and a session lock are never held at
+//! the same time, and no lock is held across socket I/O. Work on a session
+//! collects what the endpoint must learn (the connection's
+//! [`crate::EndpointEvent`]s, that the session was drained and leaves the
+//! map) under the session lock; it is applied under the endpoint lock once
+//! the session lock was released. A resume routed by the endpoint is passed
+//! to its session after the endpoint lock was released.
 //!
 //! # Semantics
 //! - `poll_write` accepts bytes into the session's send history and returns
