@@ -1839,6 +1839,8 @@ fn server_transport_poll<T: AsyncRead + AsyncWrite + Unpin>(
             },
             Route::Session(sess) => session_step(inner, sess, tid, io, cx),
             Route::Refused(rej, sent) => {
+                // Nothing more is read from a refused transport.
+                io.core_ended = true;
                 let mut progress = false;
                 if !*sent && !io.output_pending() && io.lost.is_none() {
                     *sent = true;

@@ -264,3 +264,193 @@ async fn a_blocked_read_does_not_stall_another_session() {
 async fn a_blocked_write_does_not_stall_another_session() {
     two_sessions_progress_independently(Side::Write).await;
 }
+
+// ---------------------------------------------------------------------------
+// Timers and teardown of the per-session structure.
+
+/// A server-side transport the test can cut (its reads fail from then on).
+struct Cuttable {
+    inner: DuplexStream,
+    cut: Arc<CutSwitch>,
+}
+
+#[derive(Default)]
+struct CutSwitch {
+    cut: AtomicBool,
+    waker: Mutex<Option<std::task::Waker>>,
+}
+
+impl CutSwitch {
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        if let Some(w) = self.waker.lock().unwrap().take() {
+            w.wake();
+        }
+    }
+}
+
+impl AsyncRead for Cuttable {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        *self.cut.waker.lock().unwrap() = Some(cx.waker().clone());
+        if self.cut.cut.load(Ordering::SeqCst) {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Cuttable {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.cut.cut.load(Ordering::SeqCst) {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A session whose transport is cut and never resumed expires by its own
+/// timer (no transport task is left to drive it), is reported as expired
+/// and leaves the server once drained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_detached_session_expires_by_its_own_timer() {
+    let server = Arc::new(Server::new(Config {
+        resume_timeout: relink::Duration::from_millis(300),
+        ..Config::default()
+    }));
+    let switch = Arc::new(CutSwitch::default());
+    let srv = server.clone();
+    let sw = switch.clone();
+    let first = Arc::new(AtomicBool::new(true));
+    let backoff = Backoff {
+        initial: relink::Duration::from_millis(5),
+        max: relink::Duration::from_millis(20),
+        max_attempts: Some(3),
+    };
+    let connect = ClientStream::connect_with(Config::default(), backoff, move || {
+        // The first transport goes to the server; every later one fails.
+        let r = if first.swap(false, Ordering::SeqCst) {
+            let (client, server_half) = tokio::io::duplex(64 * 1024);
+            srv.serve_transport(Cuttable {
+                inner: server_half,
+                cut: sw.clone(),
+            })
+            .map(|()| client)
+        } else {
+            Err(io::Error::other("no more transports"))
+        };
+        async move { r }
+    });
+    let (client, stream) = tokio::join!(connect, server.accept());
+    let mut client = client.expect("connect");
+    let mut stream = stream.expect("accept");
+    round_trip_server(&mut client, &mut stream, b"before the cut").await;
+    assert_eq!(server.session_count(), 1);
+
+    switch.cut();
+    let mut buf = [0u8; 16];
+    let err = tokio::time::timeout(StdDuration::from_secs(10), stream.read(&mut buf))
+        .await
+        .expect("the session expired in time")
+        .expect_err("the session expired");
+    assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted, "{err}");
+    assert_eq!(stream.close_reason(), Some(relink::CloseReason::Expired));
+    let stats = server.stats();
+    assert_eq!(stats.expired, 1, "{stats:?}");
+    assert_eq!(stats.lost_io, 1, "{stats:?}");
+    // Drained (nothing left to read): gone from the server.
+    assert_eq!(server.session_count(), 0);
+    drop(client);
+}
+
+async fn round_trip_server(c: &mut ClientStream, s: &mut relink::tokio::ServerStream, msg: &[u8]) {
+    c.write_all(msg).await.expect("client write");
+    let mut got = vec![0u8; msg.len()];
+    s.read_exact(&mut got).await.expect("server read");
+    s.write_all(&got).await.expect("server write");
+    c.read_exact(&mut got).await.expect("client read");
+    assert_eq!(got, msg);
+}
+
+/// A transport that never sends its first message is ended by the
+/// endpoint's timer and counted as a timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_transport_times_out_by_the_endpoint_timer() {
+    let server = Server::new(Config {
+        handshake_timeout: relink::Duration::from_millis(200),
+        ..Config::default()
+    });
+    let (mut client, server_half) = tokio::io::duplex(1024);
+    server.serve_transport(server_half).unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(StdDuration::from_secs(10), client.read(&mut buf))
+        .await
+        .expect("closed in time")
+        .expect("EOF");
+    assert_eq!(n, 0);
+    let stats = server.stats();
+    assert_eq!((stats.transports, stats.timeouts), (1, 1), "{stats:?}");
+    assert_eq!(server.session_count(), 0);
+}
+
+/// Dropping the server fails its sessions' streams and ends their
+/// transports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_server_ends_its_sessions() {
+    let server = Arc::new(Server::new(Config::default()));
+    let weak = Arc::downgrade(&server);
+    let backoff = Backoff {
+        initial: relink::Duration::from_millis(5),
+        max: relink::Duration::from_millis(20),
+        max_attempts: Some(3),
+    };
+    let connect = ClientStream::connect_with(Config::default(), backoff, move || {
+        let r = match weak.upgrade() {
+            Some(srv) => {
+                let (client, server_half) = tokio::io::duplex(64 * 1024);
+                srv.serve_transport(server_half).map(|()| client)
+            }
+            None => Err(io::Error::other("server dropped")),
+        };
+        async move { r }
+    });
+    let (client, stream) = tokio::join!(connect, server.accept());
+    let mut client = client.expect("connect");
+    let mut stream = stream.expect("accept");
+    round_trip_server(&mut client, &mut stream, b"hello").await;
+
+    drop(Arc::into_inner(server).expect("the only strong reference"));
+    let mut buf = [0u8; 16];
+    let err = tokio::time::timeout(StdDuration::from_secs(10), stream.read(&mut buf))
+        .await
+        .expect("not left pending")
+        .expect_err("the server is gone");
+    assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted, "{err}");
+    let err = stream
+        .write_all(b"x")
+        .await
+        .expect_err("the server is gone");
+    assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted, "{err}");
+    // The server's transport task ended: the client loses its transport
+    // (and cannot open another one).
+    tokio::time::timeout(StdDuration::from_secs(10), async {
+        while client.is_connected() {
+            tokio::time::sleep(StdDuration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the client's transport was closed");
+}
