@@ -2,9 +2,10 @@
 //! [`ClientStream`]s and a [`Server`] that yields [`ServerStream`]s, both
 //! implementing [`AsyncRead`] + [`AsyncWrite`].
 //!
-//! All protocol logic stays in the sans-IO core ([`crate::Client`],
-//! [`crate::Server`]); this module only moves bytes, sleeps until the core's
-//! `poll_timeout` and opens new transports.
+//! All protocol logic stays in the sans-IO core ([`crate::Client`] on the
+//! client; [`crate::Endpoint`] and [`crate::Connection`] on the server); this
+//! module only moves bytes, sleeps until the core's `poll_timeout` and opens
+//! new transports.
 //!
 //! # Client
 //! [`ClientStream::connect`] opens TCP connections to an address;
@@ -21,9 +22,39 @@
 //!
 //! # Server
 //! [`Server::bind`] listens on TCP; [`Server::serve_transport`] adds a
-//! transport accepted any other way. One task per transport and one timer
-//! task share the core `Server` behind a mutex; the core routes resumes to
-//! their session. [`Server::accept`] yields each new session once.
+//! transport accepted any other way. [`Server::accept`] yields each new
+//! session once. The structure follows quinn's: the endpoint lock covers
+//! only accept, handshakes and routing; every session has its own lock and
+//! its own timer, so sessions progress in parallel on a multi-thread
+//! runtime.
+//! - **Endpoint state**, behind one mutex: the core [`crate::Endpoint`]
+//!   (accept, handshakes, routing of resume requests, its deadline index),
+//!   the wakers of the transports it still holds, the map of sessions and
+//!   the accept queue.
+//! - **Session state**, one per session behind its own mutex: the session's
+//!   [`crate::Connection`] (all frame encryption and decryption happens in
+//!   it) and its slot data: the stream's wakers, the wakers of the
+//!   transport tasks attached to it, the close reason, abort and drop flags.
+//! - **Tasks**: one per transport. While the endpoint holds the transport
+//!   (first message, handshake) the task locks the endpoint for each core
+//!   call; once the endpoint hands the transport over (a new session, or a
+//!   resume routed to a session) it locks only that session. Socket reads
+//!   and writes run with no lock held: a step under the lock feeds the
+//!   buffered input and fetches the next output, then the task does its
+//!   I/O. One timer task per session runs its timers (ACK delay, keepalive,
+//!   idle timeout while attached; expiry while detached; the wait for the
+//!   answer to an ABORT), with or without a transport, and ends when the
+//!   session is drained. One endpoint timer task runs the handshake
+//!   deadlines and locks only the endpoint.
+//! - [`ServerStats`] are counted with atomics, outside any lock.
+//!
+//! **Lock rule**: the endpoint lock and a session lock are never held at
+//! the same time, and no lock is held across socket I/O. Work on a session
+//! collects what the endpoint must learn (the connection's
+//! [`crate::EndpointEvent`]s, that the session was drained and leaves the
+//! map) under the session lock; it is applied under the endpoint lock once
+//! the session lock was released. A resume routed by the endpoint is passed
+//! to its session after the endpoint lock was released.
 //!
 //! # Semantics
 //! - `poll_write` accepts bytes into the session's send history and returns
@@ -89,6 +120,7 @@ use std::format;
 use std::io;
 use std::net::SocketAddr;
 use std::string::{String, ToString};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ::tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -98,9 +130,11 @@ use ::tokio::time::{Instant as TokioInstant, Sleep};
 
 pub use crate::blocking::SessionError;
 use crate::reconnect::DriverClock;
+use crate::wire::RESUME_REQUEST_LEN;
 use crate::{
-    AbortCode, Backoff, ByteRange, CloseReason, Config, Duration, Error, Event, Instant, OsRng,
-    ResumeStatus, ServerEvent, SessionId, TransportId,
+    AbortCode, Backoff, ByteRange, CloseReason, Config, Connection, Dispatch, Endpoint,
+    EndpointEvent, Error, Event, Instant, OsRng, Rejection, ResumeStatus, ServerEvent, SessionId,
+    TransportId,
 };
 
 /// Bytes read from or written to a transport per system call at most.
@@ -339,6 +373,18 @@ impl<T: AsyncRead + AsyncWrite + Unpin> TransportIo<T> {
             }
         }
         progress
+    }
+
+    /// Refill the (empty) output buffer with what `fill` writes into it.
+    /// Returns how many bytes it wrote.
+    fn fill_output(&mut self, fill: impl FnOnce(&mut [u8]) -> usize) -> usize {
+        if self.output_pending() {
+            return 0;
+        }
+        let n = fill(&mut self.outbuf);
+        self.out_start = 0;
+        self.out_end = n;
+        n
     }
 
     /// Best effort: signal the end of the transport to the peer.
@@ -1011,6 +1057,21 @@ impl AsyncWrite for ClientStream {
 
 // ---------------------------------------------------------------------------
 // server
+//
+// Structure (quinn's model): `Inner::ep` is the endpoint lock. It guards the
+// core `Endpoint` (accept, handshakes, routing, its deadline index), the
+// wakers of the transports the endpoint still holds, the map of sessions and
+// the accept queue. Each session is an `Arc<SessionShared>` whose own mutex
+// guards its `Connection` and the session's slot data (wakers, flags). A
+// transport task holds the endpoint lock while its transport is pending
+// (handshake, first message) and only its session's lock once attached;
+// socket I/O runs with no lock held. Statistics are atomics.
+//
+// Lock rule: the endpoint lock and a session lock are never held at the same
+// time. Work on a session collects what the endpoint must learn (its
+// `EndpointEvent`s, that it was drained, that it is new) in an `Outcome`
+// under the session lock; the outcome is applied under the endpoint lock
+// after the session lock was released.
 
 /// Counters of a [`Server`], taken from the core's events.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -1038,18 +1099,155 @@ pub struct ServerStats {
     pub expired: u64,
 }
 
+/// [`ServerStats`] counted without a lock.
+#[derive(Default)]
+struct AtomicStats {
+    transports: AtomicU64,
+    transports_refused: AtomicU64,
+    handshakes: AtomicU64,
+    resumes: AtomicU64,
+    resend_bytes: AtomicU64,
+    auth_failures: AtomicU64,
+    lost_protocol: AtomicU64,
+    timeouts: AtomicU64,
+    lost_io: AtomicU64,
+    expired: AtomicU64,
+}
+
+fn count(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+impl AtomicStats {
+    fn snapshot(&self) -> ServerStats {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        ServerStats {
+            transports: g(&self.transports),
+            transports_refused: g(&self.transports_refused),
+            handshakes: g(&self.handshakes),
+            resumes: g(&self.resumes),
+            resend_bytes: g(&self.resend_bytes),
+            auth_failures: g(&self.auth_failures),
+            lost_protocol: g(&self.lost_protocol),
+            timeouts: g(&self.timeouts),
+            lost_io: g(&self.lost_io),
+            expired: g(&self.expired),
+        }
+    }
+
+    /// A `CloseTransport` event with `error`.
+    fn count_close(&self, error: Option<Error>) {
+        match classify(error) {
+            LossKind::Timeout => count(&self.timeouts, 1),
+            LossKind::Protocol => count(&self.lost_protocol, 1),
+            _ => {}
+        }
+    }
+}
+
+/// What every task of a server shares. Only `ep` is a lock.
+struct Inner {
+    ep: Mutex<EndpointState>,
+    clock: Clock,
+    send_cap: usize,
+    tick: std::time::Duration,
+    stats: AtomicStats,
+    stopped: AtomicBool,
+}
+
+impl Inner {
+    fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
+
+    /// Stop every task and fail every stream (the `Server` was dropped).
+    /// The flag is set before any lock is taken: a task that checks it under
+    /// a lock either sees it or registered its waker before the wake below.
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        let sessions = {
+            let mut ep = lock(&self.ep);
+            for w in ep.transports.values_mut() {
+                wake(w);
+            }
+            wake(&mut ep.accept_waker);
+            wake(&mut ep.timer_waker);
+            ep.accept_queue.clear();
+            core::mem::take(&mut ep.sessions)
+        };
+        for s in sessions.into_values() {
+            let mut st = lock(&s.state);
+            st.wake_all();
+            for (_, slot) in st.transports.iter_mut() {
+                wake(&mut slot.waker);
+            }
+            wake(&mut st.timer_waker);
+        }
+    }
+}
+
+/// The endpoint and what routes to the sessions. Behind `Inner::ep`.
+struct EndpointState {
+    endpoint: Endpoint<OsRng>,
+    /// Wakers of the tasks whose transport the endpoint still holds.
+    transports: HashMap<TransportId, Option<Waker>>,
+    /// Sessions until drained (their connection is dropped then).
+    sessions: HashMap<SessionId, Arc<SessionShared>>,
+    accept_queue: VecDeque<Arc<SessionShared>>,
+    accept_waker: Option<Waker>,
+    timer_waker: Option<Waker>,
+    /// The deadline the endpoint timer task sleeps until.
+    timer_armed: Option<Instant>,
+}
+
+impl EndpointState {
+    /// After any endpoint call: count and route its events, and wake the
+    /// endpoint timer if its next deadline moved earlier.
+    fn settle(&mut self, stats: &AtomicStats) {
+        while let Some(e) = self.endpoint.poll_event() {
+            match e {
+                ServerEvent::CloseTransport { transport, error } => {
+                    stats.count_close(error);
+                    if let Some(w) = self.transports.get_mut(&transport) {
+                        wake(w);
+                    }
+                }
+                ServerEvent::AuthFailed { .. } => count(&stats.auth_failures, 1),
+                _ => {}
+            }
+        }
+        if let Some(next) = self.endpoint.poll_timeout() {
+            if self.timer_armed.is_none_or(|a| next < a) {
+                self.timer_armed = Some(next);
+                wake(&mut self.timer_waker);
+            }
+        }
+    }
+}
+
+/// One session: its connection and slot data behind its own lock.
+struct SessionShared {
+    sid: SessionId,
+    state: Mutex<SessionState>,
+}
+
 #[derive(Default)]
 struct TransportSlot {
     waker: Option<Waker>,
     input_blocked: bool,
 }
 
-#[derive(Default)]
-struct SessionSlot {
-    transport: Option<TransportId>,
+struct SessionState {
+    conn: Box<Connection>,
+    /// The tasks of the transports attached to this session (the current
+    /// one, and replaced ones until they closed).
+    transports: std::vec::Vec<(TransportId, TransportSlot)>,
     read_waker: Option<Waker>,
     write_waker: Option<Waker>,
     close_waker: Option<Waker>,
+    timer_waker: Option<Waker>,
+    /// The deadline the session's timer task sleeps until.
+    timer_armed: Option<Instant>,
     peer_closed: bool,
     closed: Option<CloseReason>,
     close_requested: bool,
@@ -1057,156 +1255,178 @@ struct SessionSlot {
     aborted: Option<AbortCode>,
     /// The application dropped its stream: discard what arrives.
     dropped: bool,
+    /// The connection was drained and left the endpoint's map.
+    gone: bool,
 }
 
-impl SessionSlot {
+/// What the endpoint must learn after work on a session, applied under the
+/// endpoint lock once the session lock was released.
+#[derive(Default)]
+#[must_use]
+struct Outcome {
+    endpoint_events: std::vec::Vec<EndpointEvent>,
+    /// The session was just established: queue it for `accept`.
+    accept: bool,
+    /// The connection is drained: remove it from the map.
+    drained: bool,
+}
+
+impl Outcome {
+    fn apply(self, inner: &Inner, sess: &Arc<SessionShared>) {
+        if self.endpoint_events.is_empty() && !self.accept && !self.drained {
+            return;
+        }
+        let mut guard = lock(&inner.ep);
+        let ep = &mut *guard;
+        for e in self.endpoint_events {
+            ep.endpoint.handle_event(e);
+        }
+        if self.accept && !inner.stopped() {
+            ep.accept_queue.push_back(sess.clone());
+            wake(&mut ep.accept_waker);
+        }
+        if self.drained
+            && ep
+                .sessions
+                .get(&sess.sid)
+                .is_some_and(|s| Arc::ptr_eq(s, sess))
+        {
+            ep.sessions.remove(&sess.sid);
+        }
+        ep.settle(&inner.stats);
+    }
+}
+
+impl SessionState {
+    fn new(conn: Box<Connection>) -> Self {
+        SessionState {
+            conn,
+            transports: std::vec::Vec::new(),
+            read_waker: None,
+            write_waker: None,
+            close_waker: None,
+            timer_waker: None,
+            timer_armed: None,
+            peer_closed: false,
+            closed: None,
+            close_requested: false,
+            aborted: None,
+            dropped: false,
+            gone: false,
+        }
+    }
+
     fn wake_all(&mut self) {
         wake(&mut self.read_waker);
         wake(&mut self.write_waker);
         wake(&mut self.close_waker);
     }
-}
 
-struct ServerShared {
-    core: crate::Server<OsRng>,
-    clock: Clock,
-    send_cap: usize,
-    /// The shortest timer of the config: after any core call, the next
-    /// deadline is no earlier than `now + min_timer`, unless it was already.
-    min_timer: Duration,
-    tick: std::time::Duration,
-    transports: HashMap<TransportId, TransportSlot>,
-    sessions: HashMap<SessionId, SessionSlot>,
-    accept_queue: VecDeque<SessionId>,
-    accept_waker: Option<Waker>,
-    timer_waker: Option<Waker>,
-    timer_armed: Option<Instant>,
-    stats: ServerStats,
-    stopped: bool,
-}
+    fn slot_mut(&mut self, tid: TransportId) -> Option<&mut TransportSlot> {
+        self.transports
+            .iter_mut()
+            .find(|(t, _)| *t == tid)
+            .map(|(_, s)| s)
+    }
 
-impl ServerShared {
-    fn process_events(&mut self) {
-        while let Some(e) = self.core.poll_event() {
+    fn wake_slot(&mut self, tid: TransportId) {
+        if let Some(slot) = self.slot_mut(tid) {
+            wake(&mut slot.waker);
+        }
+    }
+
+    fn wake_transport(&mut self) {
+        if let Some(t) = self.conn.transport() {
+            self.wake_slot(t);
+        }
+    }
+
+    /// After any call on the connection: handle its events, pass on its
+    /// endpoint events, notice when it is drained, re-arm its timer.
+    fn settle(&mut self, inner: &Inner, out: &mut Outcome) {
+        let stats = &inner.stats;
+        while let Some(e) = self.conn.poll_event() {
             match e {
-                ServerEvent::HandshakeDone { transport, session } => {
-                    self.stats.handshakes += 1;
-                    self.sessions.insert(
-                        session,
-                        SessionSlot {
-                            transport: Some(transport),
-                            ..SessionSlot::default()
-                        },
-                    );
-                    self.accept_queue.push_back(session);
-                    wake(&mut self.accept_waker);
+                ServerEvent::HandshakeDone { .. } => {
+                    count(&stats.handshakes, 1);
+                    out.accept = true;
                 }
-                ServerEvent::Resumed {
-                    transport, session, ..
-                } => {
-                    self.stats.resumes += 1;
-                    if let Some(s) = self.sessions.get_mut(&session) {
-                        s.transport = Some(transport);
-                    }
-                }
+                ServerEvent::Resumed { .. } => count(&stats.resumes, 1),
                 ServerEvent::ResendRange { start, end, .. } => {
-                    self.stats.resend_bytes += end.saturating_sub(start);
+                    count(&stats.resend_bytes, end.saturating_sub(start));
                 }
                 ServerEvent::CloseTransport { transport, error } => {
-                    match classify(error) {
-                        LossKind::Timeout => self.stats.timeouts += 1,
-                        LossKind::Protocol => self.stats.lost_protocol += 1,
-                        _ => {}
-                    }
-                    if let Some(t) = self.transports.get_mut(&transport) {
-                        wake(&mut t.waker);
-                    }
+                    stats.count_close(error);
+                    self.wake_slot(transport);
                 }
-                ServerEvent::AuthFailed { .. } => self.stats.auth_failures += 1,
-                ServerEvent::PeerClosed { session } => {
-                    if let Some(s) = self.sessions.get_mut(&session) {
-                        s.peer_closed = true;
-                        wake(&mut s.read_waker);
-                    }
+                ServerEvent::AuthFailed { .. } => count(&stats.auth_failures, 1),
+                ServerEvent::PeerClosed { .. } => {
+                    self.peer_closed = true;
+                    wake(&mut self.read_waker);
                 }
-                ServerEvent::Closed { session, reason } => self.session_over(session, reason),
-                ServerEvent::SessionExpired { session } => {
-                    self.stats.expired += 1;
-                    self.session_over(session, CloseReason::Expired);
+                ServerEvent::Closed { reason, .. } => self.session_over(reason),
+                ServerEvent::SessionExpired { .. } => {
+                    count(&stats.expired, 1);
+                    self.session_over(CloseReason::Expired);
                 }
                 // The server stream's own in-doubt range; the driver does
                 // not report it yet (the core event carries it).
                 ServerEvent::InDoubt { .. } => {}
             }
         }
-    }
-
-    fn session_over(&mut self, sid: SessionId, reason: CloseReason) {
-        let Some(s) = self.sessions.get_mut(&sid) else {
-            return;
-        };
-        s.closed = Some(reason);
-        s.wake_all();
-        if s.dropped {
-            self.sessions.remove(&sid);
+        while let Some(e) = self.conn.poll_endpoint_event() {
+            out.endpoint_events.push(e);
         }
-    }
-
-    /// After bytes moved for `sid`: wake its reader and writer if they can
-    /// go on; throw away input of sessions nobody reads any more.
-    fn after_io(&mut self, sid: SessionId) {
-        let Some(s) = self.sessions.get_mut(&sid) else {
-            return;
-        };
-        if s.dropped {
-            let mut scratch = [0u8; 4096];
-            while matches!(self.core.recv(sid, &mut scratch), Ok(n) if n > 0) {}
-            return;
-        }
-        if s.write_waker.is_some() && self.core.unacked(sid) < self.send_cap {
-            wake(&mut s.write_waker);
-        }
-        if s.read_waker.is_some() && self.core.readable(sid) > 0 {
-            wake(&mut s.read_waker);
-        }
-    }
-
-    /// Make sure the timer task looks at the core's deadlines again by
-    /// `now + min_timer`.
-    fn nudge_timer(&mut self, now: Instant) {
-        let hint = now.saturating_add(self.min_timer);
-        if self.timer_armed.is_none_or(|a| hint < a) {
-            self.timer_armed = Some(hint);
+        if !self.gone && self.conn.is_drained() {
+            self.gone = true;
+            out.drained = true;
+            self.wake_all();
             wake(&mut self.timer_waker);
         }
+        self.nudge_timer();
     }
 
-    fn wake_transport_of(&mut self, sid: SessionId) {
-        let t = self.sessions.get(&sid).and_then(|s| s.transport);
-        if let Some(slot) = t.and_then(|t| self.transports.get_mut(&t)) {
-            wake(&mut slot.waker);
+    fn session_over(&mut self, reason: CloseReason) {
+        self.closed = Some(reason);
+        self.wake_all();
+    }
+
+    /// After bytes moved on a transport: wake the reader and writer if they
+    /// can go on; throw away input of a session nobody reads any more.
+    fn after_io(&mut self, send_cap: usize) {
+        if self.gone {
+            return;
+        }
+        if self.dropped {
+            let mut scratch = [0u8; 4096];
+            while matches!(self.conn.recv(&mut scratch), Ok(n) if n > 0) {}
+            return;
+        }
+        if self.write_waker.is_some() && self.conn.unacked() < send_cap {
+            wake(&mut self.write_waker);
+        }
+        if self.read_waker.is_some() && self.conn.readable() > 0 {
+            wake(&mut self.read_waker);
         }
     }
 
-    fn stop(&mut self) {
-        self.stopped = true;
-        for t in self.transports.values_mut() {
-            wake(&mut t.waker);
+    /// Wake the session's timer task if the connection's next deadline is
+    /// earlier than the one it sleeps until.
+    fn nudge_timer(&mut self) {
+        if let Some(next) = self.conn.poll_timeout() {
+            if self.timer_armed.is_none_or(|a| next < a) {
+                self.timer_armed = Some(next);
+                wake(&mut self.timer_waker);
+            }
         }
-        for s in self.sessions.values_mut() {
-            s.wake_all();
-        }
-        wake(&mut self.accept_waker);
-        wake(&mut self.timer_waker);
     }
 
-    /// The error a stream of `sid` reports once its session is gone.
-    fn gone(&self, sid: SessionId) -> io::Error {
-        if self.stopped {
+    /// The error a stream reports once its session is gone.
+    fn gone_error(&self, inner: &Inner) -> io::Error {
+        if inner.stopped() {
             return io::Error::new(io::ErrorKind::ConnectionAborted, "relink server dropped");
         }
-        let slot = self.sessions.get(&sid);
-        match (slot.and_then(|s| s.closed), slot.and_then(|s| s.aborted)) {
+        match (self.closed, self.aborted) {
             (Some(r), _) => Failure::closed(r).io(),
             (None, Some(code)) => Failure::closed(CloseReason::Aborted {
                 code,
@@ -1221,18 +1441,17 @@ impl ServerShared {
 /// A relink server over tokio: accepts transports, lets the core route
 /// handshakes and resumes, and yields each new session as a [`ServerStream`].
 pub struct Server {
-    shared: Arc<Mutex<ServerShared>>,
+    inner: Arc<Inner>,
     local_addr: Option<SocketAddr>,
     tasks: std::vec::Vec<JoinHandle<()>>,
 }
 
 impl core::fmt::Debug for Server {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        let st = lock(&self.shared);
         f.debug_struct("Server")
             .field("local_addr", &self.local_addr)
-            .field("sessions", &st.core.session_count())
-            .field("stats", &st.stats)
+            .field("sessions", &self.session_count())
+            .field("stats", &self.stats())
             .finish()
     }
 }
@@ -1240,38 +1459,31 @@ impl core::fmt::Debug for Server {
 impl Server {
     /// A server without a listener: feed it transports with
     /// [`Server::serve_transport`].
-    pub fn new(config: Config) -> Server {
-        let min_timer = [
-            config.ack_delay,
-            config.keepalive_interval,
-            config.idle_timeout,
-            config.handshake_timeout,
-            config.resume_timeout,
-        ]
-        .into_iter()
-        .min()
-        .unwrap_or(Duration::from_millis(1))
-        .max(Duration::from_millis(1));
-        let shared = Arc::new(Mutex::new(ServerShared {
-            core: crate::Server::new(config.clone(), crate::os_rng()),
+    pub fn new(mut config: Config) -> Server {
+        if config.wall_clock.is_none() {
+            config.wall_clock = Some(Arc::new(crate::SystemWallClock));
+        }
+        let inner = Arc::new(Inner {
             clock: Clock::new(),
             send_cap: config.send_buffer.max(1),
-            min_timer,
             tick: fallback_tick(&config)
                 .min(config.ack_delay.into())
                 .max(std::time::Duration::from_millis(1)),
-            transports: HashMap::new(),
-            sessions: HashMap::new(),
-            accept_queue: VecDeque::new(),
-            accept_waker: None,
-            timer_waker: None,
-            timer_armed: None,
-            stats: ServerStats::default(),
-            stopped: false,
-        }));
-        let timer = ::tokio::spawn(drive_server_timer(shared.clone()));
+            stats: AtomicStats::default(),
+            stopped: AtomicBool::new(false),
+            ep: Mutex::new(EndpointState {
+                endpoint: Endpoint::new(config, crate::os_rng()),
+                transports: HashMap::new(),
+                sessions: HashMap::new(),
+                accept_queue: VecDeque::new(),
+                accept_waker: None,
+                timer_waker: None,
+                timer_armed: None,
+            }),
+        });
+        let timer = ::tokio::spawn(drive_endpoint_timer(inner.clone()));
         Server {
-            shared,
+            inner,
             local_addr: None,
             tasks: std::vec![timer],
         }
@@ -1282,13 +1494,13 @@ impl Server {
         let listener = TcpListener::bind(addr).await?;
         let mut server = Server::new(config);
         server.local_addr = Some(listener.local_addr()?);
-        let shared = server.shared.clone();
+        let inner = server.inner.clone();
         server.tasks.push(::tokio::spawn(async move {
             loop {
                 match listener.accept().await {
                     Ok((sock, _)) => {
                         let _ = sock.set_nodelay(true);
-                        if serve(&shared, sock).is_err() {
+                        if serve(&inner, sock).is_err() {
                             return;
                         }
                     }
@@ -1312,26 +1524,26 @@ impl Server {
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        serve(&self.shared, transport)
+        serve(&self.inner, transport)
     }
 
     /// The next new session. Cancellation safe.
     pub async fn accept(&self) -> io::Result<ServerStream> {
         poll_fn(|cx| {
-            let mut st = lock(&self.shared);
-            if let Some(sid) = st.accept_queue.pop_front() {
+            let mut ep = lock(&self.inner.ep);
+            if let Some(sess) = ep.accept_queue.pop_front() {
                 return Poll::Ready(Ok(ServerStream {
-                    shared: self.shared.clone(),
-                    sid,
+                    inner: self.inner.clone(),
+                    sess,
                 }));
             }
-            if st.stopped {
+            if self.inner.stopped() {
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::ConnectionAborted,
                     "relink server stopped",
                 )));
             }
-            register(&mut st.accept_waker, cx);
+            register(&mut ep.accept_waker, cx);
             Poll::Pending
         })
         .await
@@ -1339,59 +1551,62 @@ impl Server {
 
     /// The counters so far.
     pub fn stats(&self) -> ServerStats {
-        lock(&self.shared).stats
+        self.inner.stats.snapshot()
     }
 
     /// Sessions registered in the core (including ones waiting for a resume).
     pub fn session_count(&self) -> usize {
-        lock(&self.shared).core.session_count()
+        let ep = lock(&self.inner.ep);
+        ep.sessions.len() + ep.endpoint.handshake_count()
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        lock(&self.shared).stop();
+        self.inner.stop();
         for t in &self.tasks {
             t.abort();
         }
     }
 }
 
-/// Register `transport` with the core and spawn its task.
-fn serve<T>(shared: &Arc<Mutex<ServerShared>>, transport: T) -> io::Result<()>
+/// Register `transport` with the endpoint and spawn its task.
+fn serve<T>(inner: &Arc<Inner>, transport: T) -> io::Result<()>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let tid = {
-        let mut st = lock(shared);
-        if st.stopped {
+        let mut ep = lock(&inner.ep);
+        if inner.stopped() {
             return Err(io::Error::new(
                 io::ErrorKind::ConnectionAborted,
                 "relink server stopped",
             ));
         }
-        let now = st.clock.now();
-        match st.core.accept(now) {
+        let now = inner.clock.now();
+        match ep.endpoint.accept(now) {
             Ok(tid) => {
-                st.stats.transports += 1;
-                st.transports.insert(tid, TransportSlot::default());
-                st.nudge_timer(now);
+                count(&inner.stats.transports, 1);
+                ep.transports.insert(tid, None);
+                ep.settle(&inner.stats);
                 tid
             }
-            Err(e) => {
-                st.stats.transports_refused += 1;
+            Err(_) => {
+                count(&inner.stats.transports_refused, 1);
                 // Too many pending transports: refuse this one, keep serving.
+                drop(ep);
                 drop(transport);
-                let _ = e;
                 return Ok(());
             }
         }
     };
-    let shared = shared.clone();
+    let inner = inner.clone();
     ::tokio::spawn(async move {
         let mut io = TransportIo::new(transport);
+        let mut route = Route::Endpoint;
         let mut linger = None;
-        poll_fn(|cx| server_transport_poll(&shared, tid, &mut io, &mut linger, cx)).await;
+        poll_fn(|cx| server_transport_poll(&inner, tid, &mut io, &mut route, &mut linger, cx))
+            .await;
     });
     Ok(())
 }
@@ -1400,56 +1615,257 @@ where
 /// rejection, DataUnavailable) to be written when the socket is full.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
-fn server_transport_poll<T: AsyncRead + AsyncWrite + Unpin>(
-    shared: &Mutex<ServerShared>,
+/// Who a transport's bytes go to.
+enum Route {
+    /// The endpoint holds it (first message, handshake).
+    Endpoint,
+    /// It carries this session.
+    Session(Arc<SessionShared>),
+    /// A resume was refused: write the reply (once), then close.
+    Refused(Rejection, bool),
+}
+
+/// What the endpoint decided about a transport.
+enum Handover {
+    /// A new session on it.
+    Session(Arc<SessionShared>),
+    /// A resume request for a known session, to pass to its connection.
+    Resume(Arc<SessionShared>, [u8; RESUME_REQUEST_LEN]),
+    /// A resume request the driver cannot route (the session is gone).
+    Refused(Rejection),
+}
+
+/// The result of one locked step of a transport task.
+struct Step {
+    /// The core is done with the transport.
+    ended: bool,
+    /// Input was consumed or output produced.
+    progress: bool,
+}
+
+/// One step of a transport the endpoint holds, under the endpoint lock:
+/// feed input, fetch output, register the task's waker.
+fn endpoint_step<T: AsyncRead + AsyncWrite + Unpin>(
+    inner: &Arc<Inner>,
     tid: TransportId,
     io: &mut TransportIo<T>,
+    cx: &Context<'_>,
+) -> Result<Step, Handover> {
+    let mut guard = lock(&inner.ep);
+    let ep = &mut *guard;
+    let now = inner.clock.now();
+    let mut progress = false;
+    let mut handover = None;
+    if io.input_pending() && !io.core_ended {
+        match ep.endpoint.handle_input(tid, now, io.input()) {
+            Ok(Dispatch::Pending(n)) => {
+                io.consume(n);
+                progress |= n > 0;
+            }
+            Ok(Dispatch::NewConnection {
+                consumed,
+                connection,
+            }) => {
+                io.consume(consumed);
+                ep.transports.remove(&tid);
+                let sess = new_session(inner, ep, tid, connection);
+                handover = Some(Handover::Session(sess));
+            }
+            Ok(Dispatch::Resume {
+                consumed,
+                session,
+                request,
+            }) => {
+                io.consume(consumed);
+                ep.transports.remove(&tid);
+                handover = Some(match ep.sessions.get(&session) {
+                    Some(s) => Handover::Resume(s.clone(), request),
+                    None => Handover::Refused(ep.endpoint.unknown_session(&request)),
+                });
+            }
+            Err(_) => io.core_ended = true,
+        }
+    }
+    if handover.is_none() {
+        if !io.output_pending() && io.lost.is_none() {
+            let endpoint = &mut ep.endpoint;
+            progress |= io.fill_output(|buf| endpoint.poll_transmit(tid, buf).unwrap_or(0)) > 0;
+        }
+        if let Some(w) = ep.transports.get_mut(&tid) {
+            register(w, cx);
+        }
+    }
+    ep.settle(&inner.stats);
+    match handover {
+        Some(h) => Err(h),
+        None => Ok(Step {
+            ended: ep.endpoint.transport_ended(tid),
+            progress,
+        }),
+    }
+}
+
+/// A connection the endpoint just produced on `tid`: its session's shared
+/// state (not yet shared: built without its lock), entered in the map and
+/// the accept queue, with its timer task.
+fn new_session(
+    inner: &Arc<Inner>,
+    ep: &mut EndpointState,
+    tid: TransportId,
+    connection: Box<Connection>,
+) -> Arc<SessionShared> {
+    let sid = connection.session();
+    let mut st = SessionState::new(connection);
+    st.transports.push((tid, TransportSlot::default()));
+    let mut out = Outcome::default();
+    st.settle(inner, &mut out);
+    for e in out.endpoint_events {
+        ep.endpoint.handle_event(e);
+    }
+    let sess = Arc::new(SessionShared {
+        sid,
+        state: Mutex::new(st),
+    });
+    if !out.drained {
+        ep.sessions.insert(sid, sess.clone());
+    }
+    if out.accept {
+        ep.accept_queue.push_back(sess.clone());
+        wake(&mut ep.accept_waker);
+    }
+    ::tokio::spawn(drive_session_timer(inner.clone(), sess.clone()));
+    sess
+}
+
+/// Pass a routed resume request to its session (under the session lock
+/// only). Returns the transport's new route.
+fn resume_session(
+    inner: &Inner,
+    tid: TransportId,
+    sess: Arc<SessionShared>,
+    request: &[u8; RESUME_REQUEST_LEN],
+) -> Route {
+    let mut out = Outcome::default();
+    let result = {
+        let mut st = lock(&sess.state);
+        let r = st.conn.handle_resume(tid, inner.clock.now(), request);
+        if r.is_ok() {
+            st.transports.push((tid, TransportSlot::default()));
+        }
+        st.settle(inner, &mut out);
+        r
+    };
+    out.apply(inner, &sess);
+    match result {
+        Ok(()) => Route::Session(sess),
+        Err(rej) => Route::Refused(rej, false),
+    }
+}
+
+/// One step of a transport attached to `sess`, under that session's lock
+/// only: feed input (frame decryption), fetch output (frame encryption),
+/// register the task's waker.
+fn session_step<T: AsyncRead + AsyncWrite + Unpin>(
+    inner: &Inner,
+    sess: &Arc<SessionShared>,
+    tid: TransportId,
+    io: &mut TransportIo<T>,
+    cx: &Context<'_>,
+) -> Step {
+    let mut out = Outcome::default();
+    let step = {
+        let mut guard = lock(&sess.state);
+        let st = &mut *guard;
+        let now = inner.clock.now();
+        let mut progress = false;
+        if io.input_pending() && !io.core_ended {
+            match st.conn.handle_input(tid, now, io.input()) {
+                Ok(n) => {
+                    io.consume(n);
+                    progress |= n > 0;
+                }
+                Err(_) => io.core_ended = true,
+            }
+        }
+        st.after_io(inner.send_cap);
+        if !io.output_pending() && io.lost.is_none() {
+            let conn = &mut st.conn;
+            progress |= io.fill_output(|buf| conn.poll_transmit(tid, now, buf).unwrap_or(0)) > 0;
+        }
+        let ended = st.conn.transport() != Some(tid);
+        let blocked = io.input_pending() && !io.core_ended;
+        if let Some(slot) = st.slot_mut(tid) {
+            slot.input_blocked = blocked;
+            register(&mut slot.waker, cx);
+        }
+        st.settle(inner, &mut out);
+        if progress {
+            st.after_io(inner.send_cap);
+        }
+        Step { ended, progress }
+    };
+    out.apply(inner, sess);
+    step
+}
+
+fn server_transport_poll<T: AsyncRead + AsyncWrite + Unpin>(
+    inner: &Arc<Inner>,
+    tid: TransportId,
+    io: &mut TransportIo<T>,
+    route: &mut Route,
     linger: &mut Option<Pin<Box<Sleep>>>,
     cx: &mut Context<'_>,
 ) -> Poll<()> {
-    let mut guard = lock(shared);
-    let st = &mut *guard;
     loop {
-        if st.stopped {
+        if inner.stopped() {
             return Poll::Ready(());
         }
-        let now = st.clock.now();
-        let mut progress = false;
-        loop {
-            if io.input_pending() && !io.core_ended {
-                match st.core.handle_input(tid, now, io.input()) {
-                    Ok(n) => {
-                        io.consume(n);
-                        progress |= n > 0;
-                    }
-                    Err(_) => io.core_ended = true,
+        // Core work, under one lock: the endpoint's or the session's.
+        let step = match route {
+            Route::Endpoint => match endpoint_step(inner, tid, io, cx) {
+                Ok(step) => step,
+                Err(Handover::Session(sess)) => {
+                    *route = Route::Session(sess);
+                    continue;
                 }
-                if let Some(sid) = st.core.session_of(tid) {
-                    st.after_io(sid);
+                Err(Handover::Resume(sess, request)) => {
+                    *route = resume_session(inner, tid, sess, &request);
+                    continue;
+                }
+                Err(Handover::Refused(rej)) => {
+                    *route = Route::Refused(rej, false);
+                    continue;
+                }
+            },
+            Route::Session(sess) => session_step(inner, sess, tid, io, cx),
+            Route::Refused(rej, sent) => {
+                // Nothing more is read from a refused transport.
+                io.core_ended = true;
+                let mut progress = false;
+                if !*sent && !io.output_pending() && io.lost.is_none() {
+                    *sent = true;
+                    let reply = rej.reply();
+                    progress = io.fill_output(|buf| {
+                        buf[..reply.len()].copy_from_slice(reply);
+                        reply.len()
+                    }) > 0;
+                }
+                Step {
+                    ended: true,
+                    progress,
                 }
             }
-            let blocked = io.input_pending() && !io.core_ended;
-            if let Some(slot) = st.transports.get_mut(&tid) {
-                slot.input_blocked = blocked;
-            }
-            if !io.poll_fill(cx) {
-                break;
-            }
-            progress = true;
-        }
-        st.process_events();
-        let core = &mut st.core;
-        progress |= io.poll_drain(cx, |buf| core.poll_transmit(tid, now, buf).unwrap_or(0));
-        if progress {
-            if let Some(sid) = st.core.session_of(tid) {
-                st.after_io(sid);
-            }
-            st.nudge_timer(now);
+        };
+        let ended = step.ended;
+        let mut progress = step.progress;
+        // Socket I/O, with no lock held.
+        progress |= io.poll_drain(cx, |_| 0);
+        if !io.input_pending() {
+            progress |= io.poll_fill(cx);
         }
         // A transport the core ended, or whose peer stopped sending, is
         // closed once everything queued for it (a rejection, a last answer)
         // was written, or writing blocks.
-        let ended = st.core.transport_ended(tid);
         // An answer still being written when the socket is full: wait for
         // the socket (its waker is registered) up to LINGER.
         let lingering = (ended || io.eof) && io.output_pending() && io.write_blocked && {
@@ -1459,65 +1875,129 @@ fn server_transport_poll<T: AsyncRead + AsyncWrite + Unpin>(
         if lingering && io.lost.is_none() {
             return Poll::Pending;
         }
-        if io.lost.is_some() || ((ended || io.eof) && (!io.output_pending() || io.write_blocked)) {
+        let over = io.lost.is_some()
+            || (!progress && (ended || io.eof) && (!io.output_pending() || io.write_blocked));
+        if over {
             if (io.lost.is_some() || io.eof) && !ended {
-                st.stats.lost_io += 1;
+                count(&inner.stats.lost_io, 1);
             }
             if io.lost.is_none() {
                 io.poll_close(cx);
             }
-            st.core.transport_lost(tid, now);
-            st.transports.remove(&tid);
-            st.process_events();
-            st.nudge_timer(now);
+            release_transport(inner, tid, route);
             return Poll::Ready(());
         }
         if progress {
             continue;
         }
-        if let Some(slot) = st.transports.get_mut(&tid) {
-            register(&mut slot.waker, cx);
+        // Checked again after the waker was registered under a lock: see
+        // `Inner::stop`.
+        if inner.stopped() {
+            return Poll::Ready(());
         }
         return Poll::Pending;
     }
 }
 
-async fn drive_server_timer(shared: Arc<Mutex<ServerShared>>) {
+/// The transport task is over: tell the core.
+fn release_transport(inner: &Inner, tid: TransportId, route: &Route) {
+    let now = inner.clock.now();
+    match route {
+        Route::Endpoint => {
+            let mut ep = lock(&inner.ep);
+            ep.endpoint.transport_lost(tid, now);
+            ep.transports.remove(&tid);
+            ep.settle(&inner.stats);
+        }
+        Route::Session(sess) => {
+            let mut out = Outcome::default();
+            {
+                let mut st = lock(&sess.state);
+                st.conn.transport_lost(tid, now);
+                st.transports.retain(|(t, _)| *t != tid);
+                st.settle(inner, &mut out);
+            }
+            out.apply(inner, sess);
+        }
+        Route::Refused(..) => {}
+    }
+}
+
+/// The endpoint's own deadlines (handshake timeouts, expiry of unconfirmed
+/// sessions). Locks only the endpoint.
+async fn drive_endpoint_timer(inner: Arc<Inner>) {
     let mut sleep = Box::pin(::tokio::time::sleep_until(TokioInstant::now()));
+    let clock = inner.clock;
     poll_fn(|cx| {
-        let mut guard = lock(&shared);
-        let st = &mut *guard;
-        let clock = st.clock;
+        let mut guard = lock(&inner.ep);
+        let ep = &mut *guard;
         loop {
-            if st.stopped {
+            if inner.stopped() {
                 return Poll::Ready(());
             }
             let now = clock.now();
-            if st.core.poll_timeout().is_some_and(|d| d <= now) {
-                st.core.handle_timeout(now);
-                st.process_events();
+            if ep.endpoint.poll_timeout().is_some_and(|d| d <= now) {
+                ep.endpoint.handle_timeout(now);
+                // CloseTransport events wake the transports' tasks.
+                ep.settle(&inner.stats);
+            }
+            let next = ep.endpoint.poll_timeout();
+            ep.timer_armed = next;
+            if poll_timer(&mut sleep, cx, clock, now, next, inner.tick) {
+                continue;
+            }
+            register(&mut ep.timer_waker, cx);
+            return Poll::Pending;
+        }
+    })
+    .await;
+}
+
+/// One session's timers (ACK delay, keepalive, idle timeout while attached;
+/// expiry while detached; the wait for the answer to an ABORT), whether or
+/// not it has a transport. Locks only its session. Ends once the session
+/// is drained or the server stopped.
+async fn drive_session_timer(inner: Arc<Inner>, sess: Arc<SessionShared>) {
+    let mut sleep = Box::pin(::tokio::time::sleep_until(TokioInstant::now()));
+    let clock = inner.clock;
+    poll_fn(|cx| loop {
+        let mut out = Outcome::default();
+        let fired = {
+            let mut guard = lock(&sess.state);
+            let st = &mut *guard;
+            if inner.stopped() || st.gone {
+                return Poll::Ready(());
+            }
+            let now = clock.now();
+            if st.conn.poll_timeout().is_some_and(|d| d <= now) {
+                st.conn.handle_timeout(now);
+                st.settle(&inner, &mut out);
                 // Due ACKs and keepalives are written by the transport tasks.
-                let ServerShared {
-                    core, transports, ..
+                let SessionState {
+                    conn, transports, ..
                 } = st;
                 for (tid, slot) in transports.iter_mut() {
-                    if core.wants_transmit(*tid, now) || core.transport_ended(*tid) {
+                    if conn.wants_transmit(*tid, now) || conn.transport() != Some(*tid) {
                         wake(&mut slot.waker);
                     }
                 }
             }
-            let next = st.core.poll_timeout();
+            let next = st.conn.poll_timeout();
             st.timer_armed = next.map(|d| {
                 if d <= now {
-                    now.saturating_add(st.tick.into())
+                    now.saturating_add(inner.tick.into())
                 } else {
                     d
                 }
             });
-            if poll_timer(&mut sleep, cx, clock, now, next, st.tick) {
-                continue;
+            let fired = poll_timer(&mut sleep, cx, clock, now, next, inner.tick);
+            if !fired {
+                register(&mut st.timer_waker, cx);
             }
-            register(&mut st.timer_waker, cx);
+            fired
+        };
+        out.apply(&inner, &sess);
+        if !fired {
             return Poll::Pending;
         }
     })
@@ -1527,14 +2007,14 @@ async fn drive_server_timer(shared: Arc<Mutex<ServerShared>>) {
 /// The server's end of one session. See the [module docs](self) for the
 /// exact semantics.
 pub struct ServerStream {
-    shared: Arc<Mutex<ServerShared>>,
-    sid: SessionId,
+    inner: Arc<Inner>,
+    sess: Arc<SessionShared>,
 }
 
 impl core::fmt::Debug for ServerStream {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("ServerStream")
-            .field("session", &self.sid)
+            .field("session", &self.sess.sid)
             .finish_non_exhaustive()
     }
 }
@@ -1542,25 +2022,28 @@ impl core::fmt::Debug for ServerStream {
 impl ServerStream {
     /// The core's id of this session.
     pub fn session_id(&self) -> SessionId {
-        self.sid
+        self.sess.sid
     }
 
     /// The session's connection id (while the session is registered).
     pub fn conn_id(&self) -> Option<u64> {
-        lock(&self.shared).core.conn_id(self.sid)
+        let st = lock(&self.sess.state);
+        (!st.gone).then(|| st.conn.conn_id())
     }
 
     /// Bytes written but not yet acknowledged by the client.
     pub fn unacked(&self) -> usize {
-        lock(&self.shared).core.unacked(self.sid)
+        let st = lock(&self.sess.state);
+        if st.gone {
+            0
+        } else {
+            st.conn.unacked()
+        }
     }
 
     /// Why the session ended, once it has.
     pub fn close_reason(&self) -> Option<CloseReason> {
-        lock(&self.shared)
-            .sessions
-            .get(&self.sid)
-            .and_then(|s| s.closed)
+        lock(&self.sess.state).closed
     }
 
     /// Abort the session (like a TCP reset): stop sending at once and tell
@@ -1568,50 +2051,45 @@ impl ServerStream {
     /// reads and writes fail with [`io::ErrorKind::ConnectionReset`]. The
     /// server keeps serving the session until the client acknowledged.
     pub fn abort(&self, code: AbortCode) {
-        let mut guard = lock(&self.shared);
-        let st = &mut *guard;
-        let sid = self.sid;
-        let Some(slot) = st.sessions.get_mut(&sid) else {
-            return;
-        };
-        if slot.aborted.is_some() || slot.closed.is_some() {
-            return;
+        let mut out = Outcome::default();
+        {
+            let mut st = lock(&self.sess.state);
+            if st.aborted.is_some() || st.closed.is_some() {
+                return;
+            }
+            st.aborted = Some(code);
+            if !st.gone {
+                st.conn.abort(code);
+            }
+            st.settle(&self.inner, &mut out);
+            st.wake_all();
+            st.wake_transport();
         }
-        slot.aborted = Some(code);
-        let _ = st.core.abort(sid, code);
-        st.process_events();
-        if let Some(slot) = st.sessions.get_mut(&sid) {
-            slot.wake_all();
-        }
-        st.wake_transport_of(sid);
+        out.apply(&self.inner, &self.sess);
     }
 }
 
 impl Drop for ServerStream {
     fn drop(&mut self) {
-        let mut guard = lock(&self.shared);
-        let st = &mut *guard;
-        let sid = self.sid;
-        let alive = st.core.has_session(sid);
-        let Some(slot) = st.sessions.get_mut(&sid) else {
-            return;
-        };
-        if !alive || slot.closed.is_some_and(|r| r != CloseReason::Clean) {
-            st.sessions.remove(&sid);
-            return;
+        let mut out = Outcome::default();
+        {
+            let mut guard = lock(&self.sess.state);
+            let st = &mut *guard;
+            st.dropped = true;
+            // Dropped while the session lives and is not on its way to a
+            // clean end (both sides half-closed): abort it. The transport
+            // tasks keep serving it until the client acknowledged.
+            let finishing = st.close_requested && st.peer_closed;
+            if !st.gone && st.aborted.is_none() && !finishing && st.closed.is_none() {
+                st.aborted = Some(AbortCode::DROPPED);
+                st.conn.abort(AbortCode::DROPPED);
+            }
+            // Unread bytes are thrown away, so the connection drains.
+            st.after_io(self.inner.send_cap);
+            st.settle(&self.inner, &mut out);
+            st.wake_transport();
         }
-        slot.dropped = true;
-        // Dropped while the session lives and is not on its way to a clean
-        // end (both sides half-closed): abort it. The transport tasks keep
-        // serving it until the client acknowledged.
-        let finishing = slot.close_requested && slot.peer_closed;
-        if slot.aborted.is_none() && !finishing && slot.closed.is_none() {
-            slot.aborted = Some(AbortCode::DROPPED);
-            let _ = st.core.abort(sid, AbortCode::DROPPED);
-            st.process_events();
-        }
-        st.after_io(sid);
-        st.wake_transport_of(sid);
+        out.apply(&self.inner, &self.sess);
     }
 }
 
@@ -1621,39 +2099,46 @@ impl AsyncRead for ServerStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let mut guard = lock(&self.shared);
-        let st = &mut *guard;
-        let sid = self.sid;
-        if st.stopped {
-            return Poll::Ready(Err(st.gone(sid)));
-        }
-        let dst = buf.initialize_unfilled();
-        match st.core.recv(sid, dst) {
-            Ok(n) => {
-                buf.advance(n);
-                if n > 0 {
-                    let t = st.sessions.get(&sid).and_then(|s| s.transport);
-                    if let Some(slot) = t.and_then(|t| st.transports.get_mut(&t)) {
-                        if slot.input_blocked {
-                            wake(&mut slot.waker);
+        let inner = &*self.inner;
+        let mut out = Outcome::default();
+        let r = {
+            let mut guard = lock(&self.sess.state);
+            let st = &mut *guard;
+            if inner.stopped() {
+                return Poll::Ready(Err(st.gone_error(inner)));
+            }
+            if st.gone {
+                // A cleanly closed session is freed once everything was read.
+                return Poll::Ready(if st.peer_closed {
+                    Ok(())
+                } else {
+                    Err(st.gone_error(inner))
+                });
+            }
+            let dst = buf.initialize_unfilled();
+            let r = match st.conn.recv(dst) {
+                Ok(n) => {
+                    buf.advance(n);
+                    if n > 0 {
+                        for (_, slot) in st.transports.iter_mut() {
+                            if slot.input_blocked {
+                                wake(&mut slot.waker);
+                            }
                         }
                     }
+                    Poll::Ready(Ok(()))
                 }
-                Poll::Ready(Ok(()))
-            }
-            Err(Error::WouldBlock) => match st.sessions.get_mut(&sid) {
-                Some(s) if s.closed.is_none_or(|r| r == CloseReason::Clean) => {
-                    register(&mut s.read_waker, cx);
+                Err(Error::WouldBlock) if st.closed.is_none_or(|r| r == CloseReason::Clean) => {
+                    register(&mut st.read_waker, cx);
                     Poll::Pending
                 }
-                _ => Poll::Ready(Err(st.gone(sid))),
-            },
-            Err(Error::UnknownSession) if st.sessions.get(&sid).is_some_and(|s| s.peer_closed) => {
-                // A cleanly closed session is freed once everything was read.
-                Poll::Ready(Ok(()))
-            }
-            Err(_) => Poll::Ready(Err(st.gone(sid))),
-        }
+                Err(_) => Poll::Ready(Err(st.gone_error(inner))),
+            };
+            st.settle(inner, &mut out);
+            r
+        };
+        out.apply(inner, &self.sess);
+        r
     }
 }
 
@@ -1663,58 +2148,67 @@ impl AsyncWrite for ServerStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let mut guard = lock(&self.shared);
-        let st = &mut *guard;
-        let sid = self.sid;
-        if st.stopped {
-            return Poll::Ready(Err(st.gone(sid)));
-        }
-        match st.core.send(sid, buf) {
-            Ok(0) if !buf.is_empty() => match st.sessions.get_mut(&sid) {
-                Some(s) => {
-                    register(&mut s.write_waker, cx);
+        let inner = &*self.inner;
+        let mut out = Outcome::default();
+        let r = {
+            let mut guard = lock(&self.sess.state);
+            let st = &mut *guard;
+            if inner.stopped() || st.gone {
+                return Poll::Ready(Err(st.gone_error(inner)));
+            }
+            let r = match st.conn.send(buf) {
+                Ok(0) if !buf.is_empty() => {
+                    register(&mut st.write_waker, cx);
                     Poll::Pending
                 }
-                None => Poll::Ready(Err(st.gone(sid))),
-            },
-            Ok(n) => {
-                st.wake_transport_of(sid);
-                Poll::Ready(Ok(n))
-            }
-            Err(Error::UnknownSession | Error::Aborted(_)) => Poll::Ready(Err(st.gone(sid))),
-            Err(e) => Poll::Ready(Err(core_error(e))),
-        }
+                Ok(n) => {
+                    st.wake_transport();
+                    Poll::Ready(Ok(n))
+                }
+                Err(Error::UnknownSession | Error::Aborted(_)) => {
+                    Poll::Ready(Err(st.gone_error(inner)))
+                }
+                Err(e) => Poll::Ready(Err(core_error(e))),
+            };
+            st.settle(inner, &mut out);
+            r
+        };
+        out.apply(inner, &self.sess);
+        r
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let st = lock(&self.shared);
-        if st.stopped {
-            return Poll::Ready(Err(st.gone(self.sid)));
+        if self.inner.stopped() {
+            let st = lock(&self.sess.state);
+            return Poll::Ready(Err(st.gone_error(&self.inner)));
         }
         Poll::Ready(Ok(()))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut guard = lock(&self.shared);
-        let st = &mut *guard;
-        let sid = self.sid;
-        if st.stopped {
-            return Poll::Ready(Err(st.gone(sid)));
+        let inner = &*self.inner;
+        let mut out = Outcome::default();
+        {
+            let mut guard = lock(&self.sess.state);
+            let st = &mut *guard;
+            if inner.stopped() {
+                return Poll::Ready(Err(st.gone_error(inner)));
+            }
+            match st.closed {
+                Some(CloseReason::Clean) => return Poll::Ready(Ok(())),
+                Some(_) => return Poll::Ready(Err(st.gone_error(inner))),
+                None if st.gone => return Poll::Ready(Err(st.gone_error(inner))),
+                None => {}
+            }
+            register(&mut st.close_waker, cx);
+            if !st.close_requested {
+                st.close_requested = true;
+                st.conn.close();
+                st.settle(inner, &mut out);
+                st.wake_transport();
+            }
         }
-        let Some(slot) = st.sessions.get_mut(&sid) else {
-            return Poll::Ready(Err(st.gone(sid)));
-        };
-        match slot.closed {
-            Some(CloseReason::Clean) => return Poll::Ready(Ok(())),
-            Some(_) => return Poll::Ready(Err(st.gone(sid))),
-            None => {}
-        }
-        register(&mut slot.close_waker, cx);
-        if !slot.close_requested {
-            slot.close_requested = true;
-            let _ = st.core.close(sid);
-            st.wake_transport_of(sid);
-        }
+        out.apply(inner, &self.sess);
         Poll::Pending
     }
 }
