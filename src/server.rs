@@ -62,6 +62,9 @@ pub struct Server<R: CryptoRng> {
     events: VecDeque<ServerEvent>,
     /// Scratch list of due connections (kept to avoid allocating per call).
     due: Vec<SessionId>,
+    /// Transports with bytes to send after `handle_timeout` (at most one
+    /// entry per connection visited).
+    writable: VecDeque<TransportId>,
     timer_visits: u64,
 }
 
@@ -85,6 +88,7 @@ impl<R: CryptoRng> Server<R> {
             index: BTreeSet::new(),
             events: VecDeque::new(),
             due: Vec::new(),
+            writable: VecDeque::new(),
             timer_visits: 0,
         }
     }
@@ -344,14 +348,30 @@ impl<R: CryptoRng> Server<R> {
                 .take_while(|(at, _)| *at <= now)
                 .map(|(_, sid)| *sid),
         );
+        self.writable.clear();
         for &sid in &due {
             if let Some(slot) = self.connections.get_mut(&sid) {
                 self.timer_visits += 1;
                 slot.conn.handle_timeout(now);
+                if let Some(t) = slot.conn.transport() {
+                    if slot.conn.wants_transmit(t, now) {
+                        self.writable.push_back(t);
+                    }
+                }
                 self.after(sid);
             }
         }
         self.due = due;
+    }
+
+    /// The next transport that has bytes to send because the last
+    /// `handle_timeout` made them due (an ACK delay or a keepalive expired):
+    /// call `poll_transmit` for it. Lets a driver write exactly the due
+    /// transports instead of asking every one (`wants_transmit`). Ended
+    /// transports are reported by `CloseTransport` events instead.
+    #[must_use]
+    pub fn poll_writable(&mut self) -> Option<TransportId> {
+        self.writable.pop_front()
     }
 
     /// How many times `handle_timeout` ran a connection's timers so far (a
