@@ -109,6 +109,7 @@ struct Sizes {
     /// Client sessions of the TCP case.
     tcp_clients: usize,
     /// Bytes each TCP client writes per run.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     tcp_per_client: u64,
     /// TCP runs per worker count (median reported).
     tcp_samples: usize,
