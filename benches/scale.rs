@@ -3,7 +3,7 @@
 //! threads.
 //!
 //! ```text
-//! cargo bench --bench scale --features tokio              # full suite (≈1-2 min)
+//! cargo bench --bench scale --features tokio              # full suite (about 25 s)
 //! cargo bench --bench scale --features tokio -- --quick   # tiny sizes (CI: checks it runs)
 //! RELINK_BENCH_QUICK=1 cargo bench --bench scale --features tokio
 //! ```
@@ -726,13 +726,17 @@ mod tcp {
             };
             let server = relink::tokio::Server::bind("127.0.0.1:0", config).await?;
             let addr = server.local_addr()?;
-            let child = Command::new(exe)
+            let mut child = Command::new(exe)
                 .arg("--tcp-client")
                 .arg(addr.to_string())
                 .arg(clients.to_string())
                 .arg(per_client.to_string())
+                .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .spawn()?;
+            // The client process exits when this pipe closes: if this
+            // process dies, its clients do not keep reconnecting.
+            let lifeline = child.stdin.take();
             let mut readers = tokio::task::JoinSet::new();
             let mut started = None;
             for _ in 0..clients {
@@ -768,6 +772,7 @@ mod tcp {
             let out = tokio::task::spawn_blocking(move || child.wait_with_output())
                 .await
                 .map_err(io::Error::other)??;
+            drop(lifeline);
             if !out.status.success() {
                 return Err(io::Error::other(format!("client process: {}", out.status)));
             }
@@ -797,6 +802,12 @@ mod tcp {
         let addr: std::net::SocketAddr = args[0].parse().map_err(io::Error::other)?;
         let clients: usize = args[1].parse().map_err(io::Error::other)?;
         let per_client: u64 = args[2].parse().map_err(io::Error::other)?;
+        // the parent's lifeline (our stdin): end at once when it closes
+        std::thread::spawn(|| {
+            let mut sink = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+            std::process::exit(2);
+        });
         let t0 = StdInstant::now();
         let cpu0 = process_cpu_secs();
         let rt = tokio::runtime::Builder::new_multi_thread()
