@@ -6,8 +6,9 @@
 //! writes). Background threads move the bytes: per transport one reader
 //! (blocking reads, feeds the core) and one writer (waits on a condition
 //! variable until the core has something to send or a timer is due, then
-//! writes without holding the lock). All protocol decisions stay in the
-//! sans-IO core ([`crate::Client`], [`crate::Server`]).
+//! writes without holding any lock). All protocol decisions stay in the
+//! sans-IO core ([`crate::Client`]; [`crate::Endpoint`] and
+//! [`crate::Connection`] on the server).
 //!
 //! The client reconnects by itself: when a transport breaks (error, EOF,
 //! idle timeout, a frame that fails authentication) it opens a new one with
@@ -38,10 +39,52 @@
 //!   [`SessionError`] stating why and, on the client, the in-doubt range of
 //!   written bytes (`[acknowledged, written)`) that relink will not resend.
 //!
-//! Timers: the writer thread of a transport waits on the condition variable
-//! until `poll_timeout`; writes use a short write timeout so that a writer
-//! blocked by a stalled path still notices the idle timeout. The server has
-//! one timer thread for all sessions.
+//! Timers: the client's writer thread waits on the condition variable until
+//! `poll_timeout`; the server has one timer thread for all sessions (see
+//! below). Writes use a short write timeout so that a writer blocked by a
+//! stalled path still notices the idle timeout.
+//!
+//! # Server structure and locks
+//! A [`Listener`] runs an accept thread, a timer thread, and a reader and a
+//! writer thread per transport. Its state is split by what it serves:
+//! - **the endpoint lock** guards the [`crate::Endpoint`] (handshakes in
+//!   progress, routing table, its deadline index), the transports it still
+//!   holds, the map from session id to session, and the accept queue. It is
+//!   held only to accept, run a handshake step, route a resume request or
+//!   apply what a session asks of the endpoint: never across socket I/O or
+//!   a session's frame processing;
+//! - **one lock per session** guards its [`crate::Connection`] (stream,
+//!   keys, timers) and the driver's data about it (how it ended, peer
+//!   address, half-closes). Once the endpoint handed a transport to a
+//!   session, the transport's reader and writer, the application's
+//!   [`ServerStream`] and the timer thread take that lock only, so no
+//!   session waits for another one's frame processing or progress
+//!   callback (which runs with the session's lock held);
+//! - **the timer index** (a small lock of its own) orders the sessions'
+//!   next deadlines and holds the endpoint's.
+//!
+//! **Rule: a thread never holds the endpoint lock and a session lock at the
+//! same time.** What a session call produces for the endpoint (an
+//! [`crate::EndpointEvent`], a new session for the accept queue, the
+//! removal of a drained session) is collected under the session lock and
+//! applied under the endpoint lock after the session lock is released.
+//! The timer-index lock may be taken while holding either, never the other
+//! way round. Statistics are atomics.
+//!
+//! A transport starts with the endpoint: its reader feeds the endpoint, its
+//! writer sends the endpoint's bytes (ServerHello, rejections). When the
+//! endpoint completes a handshake (`Dispatch::NewConnection`) the new
+//! session takes the transport; when it routes a resume request
+//! (`Dispatch::Resume`) the reader passes it to the session's connection,
+//! which accepts the transport or refuses it (the writer then sends the
+//! refusal and closes).
+//!
+//! The timer thread sleeps until the first deadline of the index. It runs
+//! the endpoint's timers under the endpoint lock, and visits each due
+//! session, and only those, under that session's lock; a session whose lock
+//! is busy is retried shortly after instead of holding up the others (any
+//! thread that holds a session's lock also runs its due timers). A
+//! session's timers run without any transport too (its expiry).
 //!
 //! ```
 //! use std::io::{Read, Write};
@@ -1595,20 +1638,18 @@ fn unlock(shared: &ServerShared, sess: &Arc<SessionShared>, mut st: MutexGuard<'
     pending.apply(shared, sess);
 }
 
-/// Wait for a change of the session. Work pending for the endpoint is
-/// applied first, and then the call returns without waiting (callers loop
-/// and check their condition again).
+/// Wait for a change of the session. If the caller's own calls changed it
+/// (events to announce, work for the endpoint), that is done instead and
+/// the call returns without waiting: callers loop and check their
+/// condition again.
 fn wait_session<'a>(
     shared: &ServerShared,
     sess: &'a Arc<SessionShared>,
-    mut st: MutexGuard<'a, SessionState>,
+    st: MutexGuard<'a, SessionState>,
 ) -> MutexGuard<'a, SessionState> {
-    if st.pending.needs_endpoint() {
+    if st.pending.needs_endpoint() || st.pending.changed {
         unlock(shared, sess, st);
         return sess.lock();
-    }
-    if std::mem::take(&mut st.pending.changed) {
-        sess.cond.notify_all();
     }
     wait(&sess.cond, st)
 }
@@ -2319,7 +2360,6 @@ fn session_writer(
     let mut st = sess.lock();
     loop {
         let now = shared.now();
-        let gone = transport_gone(shared, &st, link);
         let mut n = 0;
         if let Some(conn) = st.conn.as_mut() {
             while buf.len() - n >= MIN_TRANSMIT_BUFFER {
@@ -2330,6 +2370,7 @@ fn session_writer(
             }
         }
         after(shared, sess, &mut st, now, None);
+        let gone = transport_gone(shared, &st, link);
         // Written even when the reader saw EOF or the core ended the
         // transport: a rejection or a last answer must reach the peer
         // before the socket closes (bounded: once the transport is gone, a
@@ -2606,6 +2647,7 @@ fn wait_server_closed(
             return true;
         }
         if shared.stopping() {
+            unlock(shared, sess, st);
             return false; // shut down before the peer acknowledged
         }
         let left = end.saturating_duration_since(StdInstant::now());
@@ -2613,7 +2655,7 @@ fn wait_server_closed(
             unlock(shared, sess, st);
             return false;
         }
-        if st.pending.needs_endpoint() {
+        if st.pending.needs_endpoint() || st.pending.changed {
             unlock(shared, sess, st);
             st = sess.lock();
             continue;
