@@ -1275,7 +1275,6 @@ impl ListenerBuilder {
                 incoming: VecDeque::new(),
             }),
             incoming_cond: Condvar::new(),
-            ep_cond: Condvar::new(),
             timers: Mutex::new(TimerIndex::default()),
             timer_cond: Condvar::new(),
             stopping: AtomicBool::new(false),
@@ -1318,9 +1317,6 @@ struct ServerShared {
     ep: Mutex<EndpointState>,
     /// `Listener::accept` waits here for the accept queue.
     incoming_cond: Condvar,
-    /// Writers of transports the endpoint holds (or is handing over) wait
-    /// here.
-    ep_cond: Condvar,
     timers: Mutex<TimerIndex>,
     timer_cond: Condvar,
     stopping: AtomicBool,
@@ -1388,6 +1384,9 @@ struct Link {
     lost: AtomicBool,
     /// The core ended it (its writer flushes the last bytes and closes).
     ending: AtomicBool,
+    /// The writer waits here (with the endpoint lock) while the endpoint
+    /// serves the transport or hands it over.
+    cond: Condvar,
 }
 
 impl Link {
@@ -1535,13 +1534,13 @@ impl SessionShared {
 /// After any call on a session's connection, with its lock held: run its
 /// due timers, move its events into the session's data (and the progress
 /// callback), queue its requests for the endpoint, re-index its deadline
-/// (not before `floor`), and free the connection once drained.
+/// (at `overdue` if it is still due), and free the connection once drained.
 fn after(
     shared: &ServerShared,
     sess: &Arc<SessionShared>,
     st: &mut SessionState,
     now: Instant,
-    floor: Option<Instant>,
+    overdue: Option<Instant>,
 ) {
     let Some(conn) = st.conn.as_mut() else {
         return;
@@ -1610,7 +1609,10 @@ fn after(
     let Some(next) = conn.poll_timeout() else {
         return; // an entry left in the index finds nothing due
     };
-    let next = floor.map_or(next, |f| next.max(f));
+    let next = match overdue {
+        Some(at) if next <= now => at,
+        _ => next,
+    };
     if st.due.is_some_and(|d| d <= next) {
         return; // the earlier entry's visit re-indexes
     }
@@ -1674,13 +1676,14 @@ fn session_error(shared: &ServerShared, st: &SessionState) -> Option<io::Error> 
 }
 
 /// Move the endpoint's events out (to report once its lock is released),
-/// marking the transports it ended.
+/// marking the transports it ended and waking their writers.
 fn drain_endpoint(ep: &mut EndpointState) -> Vec<ServerEvent> {
     let mut out = Vec::new();
     while let Some(e) = ep.endpoint.poll_event() {
         if let ServerEvent::CloseTransport { transport, .. } = e {
             if let Some(l) = ep.links.get(&transport) {
                 l.link.ending.store(true, Ordering::SeqCst);
+                l.link.cond.notify_all();
             }
         }
         out.push(e);
@@ -1813,11 +1816,11 @@ impl Drop for Listener {
             let ep = lock(&shared.ep);
             for e in ep.links.values() {
                 let _ = e.link.socket.shutdown(Shutdown::Both);
+                e.link.cond.notify_all();
             }
             ep.sessions.values().cloned().collect()
         };
         shared.incoming_cond.notify_all();
-        shared.ep_cond.notify_all();
         // Each waiter checks `stopping` under its session's lock: take it
         // once so that none misses the wake-up.
         for s in sessions {
@@ -1879,6 +1882,7 @@ fn server_accept(shared: Arc<ServerShared>, listener: TcpListener) {
             peer,
             lost: AtomicBool::new(false),
             ending: AtomicBool::new(false),
+            cond: Condvar::new(),
         });
         ep.links.insert(
             tid,
@@ -1912,7 +1916,7 @@ fn server_accept(shared: Arc<ServerShared>, listener: TcpListener) {
             } else {
                 drop(ep);
             }
-            shared.ep_cond.notify_all();
+            link.cond.notify_all();
         }
     }
 }
@@ -1956,7 +1960,6 @@ fn server_timer(shared: Arc<ServerShared>) {
             let events = drain_endpoint(&mut ep);
             sync_endpoint_timer(&shared, &ep);
             drop(ep);
-            shared.ep_cond.notify_all();
             report_all(&shared, events);
         }
         for sess in due.drain(..) {
@@ -1986,8 +1989,8 @@ fn visit(shared: &ServerShared, sess: &Arc<SessionShared>, now: Instant) {
     }
     // A deadline still due after this (work for the writer, which may be
     // busy writing) is visited again after OVERDUE_WAIT, not at once.
-    let floor = now.saturating_add(OVERDUE_WAIT.into());
-    after(shared, sess, &mut st, now, Some(floor));
+    let overdue = now.saturating_add(OVERDUE_WAIT.into());
+    after(shared, sess, &mut st, now, Some(overdue));
     unlock(shared, sess, st);
     // Due ACKs and keepalives are the writer's to send.
     sess.cond.notify_all();
@@ -2087,7 +2090,7 @@ fn endpoint_input(shared: &ServerShared, link: &Arc<Link>, input: &[u8]) -> Endp
     };
     sync_endpoint_timer(shared, &ep);
     drop(ep);
-    shared.ep_cond.notify_all();
+    link.cond.notify_all();
     report_all(shared, events);
     step
 }
@@ -2133,7 +2136,7 @@ fn hand_over(
         };
     }
     drop(ep);
-    shared.ep_cond.notify_all();
+    link.cond.notify_all();
     r.is_ok()
 }
 
@@ -2244,7 +2247,7 @@ fn server_reader(shared: Arc<ServerShared>, link: Arc<Link>, mut t: TcpStream) {
 fn lose(shared: &ServerShared, link: &Link, session: Option<&Arc<SessionShared>>) {
     link.lost.store(true, Ordering::SeqCst);
     drop(lock(&shared.ep));
-    shared.ep_cond.notify_all();
+    link.cond.notify_all();
     if let Some(s) = session {
         drop(s.lock());
         s.cond.notify_all();
@@ -2284,7 +2287,7 @@ fn endpoint_writer(
                 if stopping {
                     break;
                 }
-                ep = wait(&shared.ep_cond, ep);
+                ep = wait(&link.cond, ep);
             }
             Owner::Refused { reply, sent } => {
                 if !*sent && !stopping {
@@ -2326,7 +2329,7 @@ fn endpoint_writer(
                 if gone {
                     break;
                 }
-                ep = wait(&shared.ep_cond, ep);
+                ep = wait(&link.cond, ep);
             }
         }
     }
@@ -2342,7 +2345,6 @@ fn endpoint_writer(
     let events = drain_endpoint(&mut ep);
     sync_endpoint_timer(shared, &ep);
     drop(ep);
-    shared.ep_cond.notify_all();
     report_all(shared, events);
     None
 }
@@ -2399,10 +2401,7 @@ fn session_writer(
     st.links.remove(&tid);
     unlock(shared, sess, st);
     sess.cond.notify_all();
-    let mut ep = lock(&shared.ep);
-    ep.links.remove(&tid);
-    drop(ep);
-    shared.ep_cond.notify_all();
+    lock(&shared.ep).links.remove(&tid);
 }
 
 /// One server session. Implements [`Read`] and [`Write`] (also for
