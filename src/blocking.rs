@@ -1629,15 +1629,17 @@ fn after(
     }
 }
 
-/// Release a session's lock, then wake its waiters and apply its pending
-/// endpoint work (never both locks at once).
+/// Release a session's lock, then apply its pending endpoint work (never
+/// both locks at once) and wake its waiters (who then see the endpoint
+/// updated too, e.g. a freed session no longer counted).
 fn unlock(shared: &ServerShared, sess: &Arc<SessionShared>, mut st: MutexGuard<'_, SessionState>) {
     let pending = std::mem::take(&mut st.pending);
     drop(st);
-    if pending.changed {
+    let changed = pending.changed;
+    pending.apply(shared, sess);
+    if changed {
         sess.cond.notify_all();
     }
-    pending.apply(shared, sess);
 }
 
 /// Wait for a change of the session. If the caller's own calls changed it
@@ -2002,20 +2004,17 @@ enum EndpointStep {
     More,
     /// The transport is finished (its writer flushes any answer, closes).
     Finished,
-    /// The transport now belongs to `session`; feed it the input from
-    /// `consumed` on. `new`: the session was just created.
-    Session {
+    /// A new session took the transport; feed it the input from
+    /// `consumed` on.
+    NewSession {
         session: Arc<SessionShared>,
         consumed: usize,
-        new: bool,
     },
     /// A resume request routed to `session` (handed over by the caller).
     Resume {
         session: Arc<SessionShared>,
         consumed: usize,
         request: [u8; crate::wire::RESUME_REQUEST_LEN],
-        /// The answer if the session no longer exists.
-        unknown: Rejection,
     },
 }
 
@@ -2050,10 +2049,9 @@ fn endpoint_input(shared: &ServerShared, link: &Arc<Link>, input: &[u8]) -> Endp
                 if let Some(e) = ep.links.get_mut(&tid) {
                     e.owner = Owner::Session(session.clone());
                 }
-                break EndpointStep::Session {
+                break EndpointStep::NewSession {
                     session,
                     consumed: off + consumed,
-                    new: true,
                 };
             }
             Ok(Dispatch::Resume {
@@ -2061,8 +2059,8 @@ fn endpoint_input(shared: &ServerShared, link: &Arc<Link>, input: &[u8]) -> Endp
                 session,
                 request,
             }) => {
-                let unknown = ep.endpoint.unknown_session(&request);
                 let Some(session) = ep.sessions.get(&session).cloned() else {
+                    let unknown = ep.endpoint.unknown_session(&request);
                     link.ending.store(true, Ordering::SeqCst);
                     if let Some(e) = ep.links.get_mut(&tid) {
                         e.owner = Owner::Refused {
@@ -2083,7 +2081,6 @@ fn endpoint_input(shared: &ServerShared, link: &Arc<Link>, input: &[u8]) -> Endp
                     session,
                     consumed: off + consumed,
                     request,
-                    unknown,
                 };
             }
         }
@@ -2103,15 +2100,15 @@ fn hand_over(
     link: &Arc<Link>,
     sess: &Arc<SessionShared>,
     request: &[u8; crate::wire::RESUME_REQUEST_LEN],
-    unknown: Rejection,
 ) -> bool {
     let tid = link.id;
     let now = shared.now();
     let mut st = sess.lock();
     st.links.insert(tid, link.clone());
-    let (r, gone) = match st.conn.as_mut() {
-        Some(c) => (c.handle_resume(tid, now, request), false),
-        None => (Err(unknown), true),
+    // `Err(None)`: the session was drained meanwhile.
+    let r = match st.conn.as_mut() {
+        Some(c) => c.handle_resume(tid, now, request).map_err(Some),
+        None => Err(None),
     };
     after(shared, sess, &mut st, now, None);
     if r.is_err() {
@@ -2119,17 +2116,16 @@ fn hand_over(
     }
     unlock(shared, sess, st);
     sess.cond.notify_all();
-    if gone {
-        shared.report(ServerEvent::CloseTransport {
-            transport: tid,
-            error: Some(unknown.error()),
-        });
-    }
     let mut ep = lock(&shared.ep);
+    let r = r.map_err(|rej| {
+        let gone = rej.is_none();
+        let rej = rej.unwrap_or_else(|| ep.endpoint.unknown_session(request));
+        (rej, gone)
+    });
     if let Some(e) = ep.links.get_mut(&tid) {
         e.owner = match r {
             Ok(()) => Owner::Session(sess.clone()),
-            Err(reply) => {
+            Err((reply, _)) => {
                 link.ending.store(true, Ordering::SeqCst);
                 Owner::Refused { reply, sent: false }
             }
@@ -2137,6 +2133,12 @@ fn hand_over(
     }
     drop(ep);
     link.cond.notify_all();
+    if let Err((rej, true)) = r {
+        shared.report(ServerEvent::CloseTransport {
+            transport: tid,
+            error: Some(rej.error()),
+        });
+    }
     r.is_ok()
 }
 
@@ -2208,14 +2210,11 @@ fn server_reader(shared: Arc<ServerShared>, link: Arc<Link>, mut t: TcpStream) {
             match endpoint_input(&shared, &link, &buf[..n]) {
                 EndpointStep::More => continue,
                 EndpointStep::Finished => return,
-                EndpointStep::Session {
+                EndpointStep::NewSession {
                     session: s,
                     consumed,
-                    new,
                 } => {
-                    if new {
-                        kick(&shared, &s);
-                    }
+                    kick(&shared, &s);
                     off = consumed;
                     session = Some(s);
                 }
@@ -2223,9 +2222,8 @@ fn server_reader(shared: Arc<ServerShared>, link: Arc<Link>, mut t: TcpStream) {
                     session: s,
                     consumed,
                     request,
-                    unknown,
                 } => {
-                    if !hand_over(&shared, &link, &s, &request, unknown) {
+                    if !hand_over(&shared, &link, &s, &request) {
                         return;
                     }
                     off = consumed;
