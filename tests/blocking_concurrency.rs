@@ -14,14 +14,15 @@
 //!
 //! Checked against the old driver (main at 1125700, where the whole server
 //! sat behind one `Mutex<ServerState>` and the callback ran with it held):
-//! both tests fail there. B's handshake cannot even start until A's
-//! callback returns, so the log reads `["A released", "B done"]` after the
-//! failsafe. With one lock per session they pass: `["B done", "A released"]`.
+//! both `a_session_stuck_*` tests fail there. B's handshake cannot even
+//! start until A's callback returns, so the log reads
+//! `["A released", "B done"]` after the failsafe. With one lock per session
+//! they pass: `["B done", "A released"]`.
 //!
 //! The other tests guard the per-session structure itself: many sessions
 //! resuming across cuts at once (each resume routed by the endpoint to its
 //! own session while the others run), and the timers of a session that has
-//! no transport (its expiry).
+//! no transport (its expiry). They pass on the old driver too.
 
 use std::io::{Read, Write};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
