@@ -6,8 +6,9 @@
 //! writes). Background threads move the bytes: per transport one reader
 //! (blocking reads, feeds the core) and one writer (waits on a condition
 //! variable until the core has something to send or a timer is due, then
-//! writes without holding the lock). All protocol decisions stay in the
-//! sans-IO core ([`crate::Client`], [`crate::Server`]).
+//! writes without holding any lock). All protocol decisions stay in the
+//! sans-IO core ([`crate::Client`]; [`crate::Endpoint`] and
+//! [`crate::Connection`] on the server).
 //!
 //! The client reconnects by itself: when a transport breaks (error, EOF,
 //! idle timeout, a frame that fails authentication) it opens a new one with
@@ -38,10 +39,52 @@
 //!   [`SessionError`] stating why and, on the client, the in-doubt range of
 //!   written bytes (`[acknowledged, written)`) that relink will not resend.
 //!
-//! Timers: the writer thread of a transport waits on the condition variable
-//! until `poll_timeout`; writes use a short write timeout so that a writer
-//! blocked by a stalled path still notices the idle timeout. The server has
-//! one timer thread for all sessions.
+//! Timers: the client's writer thread waits on the condition variable until
+//! `poll_timeout`; the server has one timer thread for all sessions (see
+//! below). Writes use a short write timeout so that a writer blocked by a
+//! stalled path still notices the idle timeout.
+//!
+//! # Server structure and locks
+//! A [`Listener`] runs an accept thread, a timer thread, and a reader and a
+//! writer thread per transport. Its state is split by what it serves:
+//! - **the endpoint lock** guards the [`crate::Endpoint`] (handshakes in
+//!   progress, routing table, its deadline index), the transports it still
+//!   holds, the map from session id to session, and the accept queue. It is
+//!   held only to accept, run a handshake step, route a resume request or
+//!   apply what a session asks of the endpoint: never across socket I/O or
+//!   a session's frame processing;
+//! - **one lock per session** guards its [`crate::Connection`] (stream,
+//!   keys, timers) and the driver's data about it (how it ended, peer
+//!   address, half-closes). Once the endpoint handed a transport to a
+//!   session, the transport's reader and writer, the application's
+//!   [`ServerStream`] and the timer thread take that lock only, so no
+//!   session waits for another one's frame processing or progress
+//!   callback (which runs with the session's lock held);
+//! - **the timer index** (a small lock of its own) orders the sessions'
+//!   next deadlines and holds the endpoint's.
+//!
+//! **Rule: a thread never holds the endpoint lock and a session lock at the
+//! same time.** What a session call produces for the endpoint (an
+//! [`crate::EndpointEvent`], a new session for the accept queue, the
+//! removal of a drained session) is collected under the session lock and
+//! applied under the endpoint lock after the session lock is released.
+//! The timer-index lock may be taken while holding either, never the other
+//! way round. Statistics are atomics.
+//!
+//! A transport starts with the endpoint: its reader feeds the endpoint, its
+//! writer sends the endpoint's bytes (ServerHello, rejections). When the
+//! endpoint completes a handshake (`Dispatch::NewConnection`) the new
+//! session takes the transport; when it routes a resume request
+//! (`Dispatch::Resume`) the reader passes it to the session's connection,
+//! which accepts the transport or refuses it (the writer then sends the
+//! refusal and closes).
+//!
+//! The timer thread sleeps until the first deadline of the index. It runs
+//! the endpoint's timers under the endpoint lock, and visits each due
+//! session, and only those, under that session's lock; a session whose lock
+//! is busy is retried shortly after instead of holding up the others (any
+//! thread that holds a session's lock also runs its due timers). A
+//! session's timers run without any transport too (its expiry).
 //!
 //! ```
 //! use std::io::{Read, Write};
@@ -66,13 +109,14 @@
 //! ```
 
 use std::boxed::Box;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::format;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::string::{String, ToString};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration as StdDuration, Instant as StdInstant};
 
@@ -81,8 +125,9 @@ use std::vec;
 use std::vec::Vec;
 
 use crate::{
-    os_rng, AbortCode, Backoff, ByteRange, Client, CloseReason, Config, Error, Event, Instant,
-    OsRng, ResumeStatus, Server, ServerEvent, SessionId, TransportId, MIN_TRANSMIT_BUFFER,
+    os_rng, AbortCode, Backoff, ByteRange, Client, CloseReason, Config, Connection, Dispatch,
+    Endpoint, EndpointEvent, Error, Event, Instant, OsRng, Rejection, ResumeStatus, ServerEvent,
+    SessionId, TransportId, MIN_TRANSMIT_BUFFER,
 };
 
 /// How long a blocked socket write waits before the writer re-checks the
@@ -1204,8 +1249,11 @@ impl ListenerBuilder {
         }
     }
 
-    /// Call `f` for every server core event (from the driver's threads, with
-    /// the server lock held: keep it short).
+    /// Call `f` for every server core event, from the driver's threads. A
+    /// session's events are reported in order with that session's lock
+    /// held: keep it short (e.g. a log line), as the session waits for it;
+    /// other sessions do not. Events of transports still in their handshake
+    /// are reported with no lock held.
     pub fn on_progress(mut self, f: impl Fn(&Progress) + Send + Sync + 'static) -> Self {
         self.progress = Some(Arc::new(f));
         self
@@ -1215,17 +1263,23 @@ impl ListenerBuilder {
     pub fn bind<A: ToSocketAddrs>(self, addr: A) -> io::Result<Listener> {
         let listener = TcpListener::bind(addr)?;
         let addr = listener.local_addr()?;
+        let mut config = self.config;
+        if config.wall_clock.is_none() {
+            config.wall_clock = Some(Arc::new(crate::SystemWallClock));
+        }
         let shared = Arc::new(ServerShared {
-            state: Mutex::new(ServerState {
-                server: Server::new(self.config, os_rng()),
-                incoming: VecDeque::new(),
+            ep: Mutex::new(EndpointState {
+                endpoint: Endpoint::new(config, os_rng()),
+                links: HashMap::new(),
                 sessions: HashMap::new(),
-                transports: HashMap::new(),
-                stopping: false,
-                stats: ServerStats::default(),
-                progress: self.progress,
+                incoming: VecDeque::new(),
             }),
-            cond: Condvar::new(),
+            incoming_cond: Condvar::new(),
+            timers: Mutex::new(TimerIndex::default()),
+            timer_cond: Condvar::new(),
+            stopping: AtomicBool::new(false),
+            stats: StatCounters::default(),
+            progress: self.progress,
             clock: DriverClock::new(),
         });
         let s = shared.clone();
@@ -1235,7 +1289,19 @@ impl ListenerBuilder {
         let s = shared.clone();
         let timer = thread::Builder::new()
             .name("relink-timer".into())
-            .spawn(move || server_timer(s))?;
+            .spawn(move || server_timer(s));
+        let timer = match timer {
+            Ok(t) => t,
+            Err(e) => {
+                // Stop the accept thread again (Listener's drop does this).
+                drop(Listener {
+                    shared,
+                    addr,
+                    threads: vec![accept],
+                });
+                return Err(e);
+            }
+        };
         Ok(Listener {
             shared,
             addr,
@@ -1244,9 +1310,18 @@ impl ListenerBuilder {
     }
 }
 
+/// What the listener's threads share. Locks: `ep` (the endpoint), one per
+/// session ([`SessionShared`]), and `timers`; see the module docs for the
+/// rule that orders them.
 struct ServerShared {
-    state: Mutex<ServerState>,
-    cond: Condvar,
+    ep: Mutex<EndpointState>,
+    /// `Listener::accept` waits here for the accept queue.
+    incoming_cond: Condvar,
+    timers: Mutex<TimerIndex>,
+    timer_cond: Condvar,
+    stopping: AtomicBool,
+    stats: StatCounters,
+    progress: Option<ProgressFn>,
     clock: DriverClock,
 }
 
@@ -1254,6 +1329,117 @@ impl ServerShared {
     fn now(&self) -> Instant {
         self.clock.now()
     }
+
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    fn report(&self, e: ServerEvent) {
+        if let Some(f) = &self.progress {
+            f(&Progress::Server(e));
+        }
+    }
+}
+
+/// The endpoint and its routing, behind `ServerShared::ep`. Held only for
+/// accepting, handshakes and routing, never across socket I/O or a
+/// session's frame processing, and never together with a session lock.
+struct EndpointState {
+    endpoint: Endpoint<OsRng>,
+    /// Every transport whose writer thread runs, and who serves it.
+    links: HashMap<TransportId, LinkEntry>,
+    /// Sessions the endpoint routes to (until their connection is drained).
+    sessions: HashMap<SessionId, Arc<SessionShared>>,
+    /// New sessions not yet taken by `Listener::accept`.
+    incoming: VecDeque<Arc<SessionShared>>,
+}
+
+struct LinkEntry {
+    link: Arc<Link>,
+    owner: Owner,
+}
+
+/// Who serves a transport: it starts with the endpoint and moves, once,
+/// to a session or to a refusal.
+enum Owner {
+    /// Handshake, resume request not complete yet, or ended by the endpoint.
+    Endpoint,
+    /// The endpoint routed a resume request; the reader is passing it to the
+    /// session.
+    Handoff,
+    /// The session's connection serves it.
+    Session(Arc<SessionShared>),
+    /// A resume refused after routing: write the reply, then close.
+    Refused { reply: Rejection, sent: bool },
+}
+
+/// One accepted TCP transport.
+struct Link {
+    id: TransportId,
+    /// A handle to shut the socket down.
+    socket: TcpStream,
+    /// The remote address.
+    peer: Option<SocketAddr>,
+    /// The reader saw EOF or an error, or the writer failed.
+    lost: AtomicBool,
+    /// The core ended it (its writer flushes the last bytes and closes).
+    ending: AtomicBool,
+    /// The writer waits here (with the endpoint lock) while the endpoint
+    /// serves the transport or hands it over.
+    cond: Condvar,
+}
+
+impl Link {
+    fn lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+}
+
+/// Counters of [`ServerStats`], updated without a shared lock.
+#[derive(Default)]
+struct StatCounters {
+    transports: AtomicU64,
+    sessions: AtomicU64,
+    resumes: AtomicU64,
+    resent_bytes: AtomicU64,
+}
+
+/// Deadlines of the sessions and of the endpoint, for the timer thread.
+/// A session's entry is at or before its connection's next deadline
+/// (entries are moved earlier at once, later only by the visit they cause).
+#[derive(Default)]
+struct TimerIndex {
+    sessions: BTreeMap<(Instant, SessionId), Arc<SessionShared>>,
+    endpoint: Option<Instant>,
+}
+
+/// One session: its connection and the driver's data about it, behind its
+/// own lock. Every thread serving the session (the reader and writer of
+/// its transports, the application, the timer thread) takes only this lock.
+struct SessionShared {
+    sid: SessionId,
+    state: Mutex<SessionState>,
+    /// Every change of the session (input, output room, events, end).
+    cond: Condvar,
+}
+
+impl SessionShared {
+    fn lock(&self) -> MutexGuard<'_, SessionState> {
+        lock(&self.state)
+    }
+}
+
+struct SessionState {
+    /// `None` once drained (ended, everything read): the endpoint no longer
+    /// routes to it.
+    conn: Option<Box<Connection>>,
+    info: SessionInfo,
+    /// Transports handed to the session, until their writer ends.
+    links: HashMap<TransportId, Arc<Link>>,
+    /// The session's entry in the timer index.
+    due: Option<Instant>,
+    /// Work for the endpoint, applied once the lock is released.
+    pending: Deferred,
 }
 
 #[derive(Default)]
@@ -1268,7 +1454,8 @@ struct SessionInfo {
     peer_closed: bool,
     /// The application (or the drop) aborted it.
     aborted: bool,
-    /// The application dropped its stream: forget the entry once it ended.
+    /// The application dropped its stream: discard unread input once the
+    /// session can no longer be resumed, so that it is freed.
     dropped: bool,
 }
 
@@ -1279,100 +1466,252 @@ enum SessionEnd {
     Failed(CloseReason),
 }
 
-struct TransportInfo {
-    /// A handle to shut the socket down.
-    socket: TcpStream,
-    /// The remote address.
-    peer: Option<SocketAddr>,
-    /// The reader saw EOF or an error, or the writer failed.
-    lost: bool,
+/// What a call on a session owes the endpoint (applied under the endpoint
+/// lock after the session lock is released) and its waiters.
+#[derive(Default)]
+struct Deferred {
+    endpoint_events: Vec<EndpointEvent>,
+    /// A new session for the accept queue.
+    accept: bool,
+    /// The connection was drained: remove the session from the routing map.
+    freed: bool,
+    /// Events changed the session: wake its waiters.
+    changed: bool,
 }
 
-struct ServerState {
-    server: Server<OsRng>,
-    incoming: VecDeque<SessionId>,
-    sessions: HashMap<SessionId, SessionInfo>,
-    transports: HashMap<TransportId, TransportInfo>,
-    stopping: bool,
-    stats: ServerStats,
-    progress: Option<ProgressFn>,
+impl Deferred {
+    fn needs_endpoint(&self) -> bool {
+        !self.endpoint_events.is_empty() || self.accept || self.freed
+    }
+
+    fn apply(self, shared: &ServerShared, sess: &Arc<SessionShared>) {
+        if !self.needs_endpoint() {
+            return;
+        }
+        let mut ep = lock(&shared.ep);
+        for e in self.endpoint_events {
+            ep.endpoint.handle_event(e);
+        }
+        if self.freed
+            && ep
+                .sessions
+                .get(&sess.sid)
+                .is_some_and(|s| Arc::ptr_eq(s, sess))
+        {
+            ep.sessions.remove(&sess.sid);
+        }
+        if self.accept {
+            ep.incoming.push_back(sess.clone());
+        }
+        drop(ep);
+        if self.accept {
+            shared.incoming_cond.notify_one();
+        }
+    }
 }
 
-impl ServerState {
-    fn drain(&mut self) {
-        while let Some(e) = self.server.poll_event() {
-            match e {
-                ServerEvent::HandshakeDone { session, transport } => {
-                    self.stats.sessions += 1;
-                    let peer = self.transports.get(&transport).and_then(|t| t.peer);
-                    self.sessions.insert(
-                        session,
-                        SessionInfo {
-                            peer,
-                            ..SessionInfo::default()
-                        },
-                    );
-                    self.incoming.push_back(session);
-                }
-                ServerEvent::Resumed {
-                    session, transport, ..
-                } => {
-                    self.stats.resumes += 1;
-                    let peer = self.transports.get(&transport).and_then(|t| t.peer);
-                    if let Some(i) = self.sessions.get_mut(&session) {
-                        i.peer = peer.or(i.peer);
-                    }
-                }
-                ServerEvent::ResendRange { start, end, .. } => {
-                    self.stats.resent_bytes += end.saturating_sub(start)
-                }
-                ServerEvent::PeerClosed { session } => {
-                    if let Some(i) = self.sessions.get_mut(&session) {
-                        i.peer_closed = true;
-                    }
-                }
-                ServerEvent::Closed { session, reason } => {
-                    if let Some(i) = self.sessions.get_mut(&session) {
-                        i.end.get_or_insert(if reason == CloseReason::Clean {
-                            SessionEnd::Clean
-                        } else {
-                            SessionEnd::Failed(reason)
-                        });
-                        if i.dropped {
-                            self.sessions.remove(&session);
-                        }
-                    }
-                }
-                ServerEvent::SessionExpired { session } => {
-                    if let Some(i) = self.sessions.get_mut(&session) {
-                        i.end.get_or_insert(SessionEnd::Expired);
-                        if i.dropped {
-                            self.sessions.remove(&session);
-                        }
-                    }
-                }
-                _ => {}
-            }
-            if let Some(f) = &self.progress {
-                f(&Progress::Server(e));
-            }
+impl SessionShared {
+    fn new(connection: Box<Connection>, link: &Arc<Link>) -> Self {
+        let mut links = HashMap::new();
+        links.insert(link.id, link.clone());
+        SessionShared {
+            sid: connection.session(),
+            state: Mutex::new(SessionState {
+                conn: Some(connection),
+                info: SessionInfo {
+                    peer: link.peer,
+                    ..SessionInfo::default()
+                },
+                links,
+                due: None,
+                pending: Deferred::default(),
+            }),
+            cond: Condvar::new(),
         }
     }
+}
 
-    fn transport_gone(&self, tid: TransportId) -> bool {
-        self.stopping
-            || self.server.transport_ended(tid)
-            || self.transports.get(&tid).is_none_or(|t| t.lost)
+/// After any call on a session's connection, with its lock held: run its
+/// due timers, move its events into the session's data (and the progress
+/// callback), queue its requests for the endpoint, re-index its deadline
+/// (at `overdue` if it is still due), and free the connection once drained.
+fn after(
+    shared: &ServerShared,
+    sess: &Arc<SessionShared>,
+    st: &mut SessionState,
+    now: Instant,
+    overdue: Option<Instant>,
+) {
+    let Some(conn) = st.conn.as_mut() else {
+        return;
+    };
+    if conn.poll_timeout().is_some_and(|d| d <= now) {
+        conn.handle_timeout(now);
     }
-
-    fn session_error(&self, sid: SessionId) -> Option<io::Error> {
-        let end = self.sessions.get(&sid).and_then(|i| i.end);
-        match end {
-            Some(SessionEnd::Expired) => Some(SessionError::Expired.to_io()),
-            Some(SessionEnd::Failed(r)) => Some(SessionError::Closed(r).to_io()),
-            _ if self.stopping => Some(SessionError::Shutdown.to_io()),
-            _ => None,
+    if st.info.dropped && !conn.is_routable() && conn.readable() > 0 {
+        // Nobody can read these bytes any more.
+        let mut scratch = [0u8; 4096];
+        while matches!(conn.recv(&mut scratch), Ok(n) if n > 0) {}
+    }
+    while let Some(e) = conn.poll_event() {
+        st.pending.changed = true;
+        let info = &mut st.info;
+        match e {
+            ServerEvent::HandshakeDone { transport, .. } => {
+                shared.stats.sessions.fetch_add(1, Ordering::Relaxed);
+                let peer = st.links.get(&transport).and_then(|l| l.peer);
+                info.peer = peer.or(info.peer);
+                st.pending.accept = true;
+            }
+            ServerEvent::Resumed { transport, .. } => {
+                shared.stats.resumes.fetch_add(1, Ordering::Relaxed);
+                let peer = st.links.get(&transport).and_then(|l| l.peer);
+                info.peer = peer.or(info.peer);
+            }
+            ServerEvent::ResendRange { start, end, .. } => {
+                shared
+                    .stats
+                    .resent_bytes
+                    .fetch_add(end.saturating_sub(start), Ordering::Relaxed);
+            }
+            ServerEvent::CloseTransport { transport, .. } => {
+                if let Some(l) = st.links.get(&transport) {
+                    l.ending.store(true, Ordering::SeqCst);
+                }
+            }
+            ServerEvent::PeerClosed { .. } => info.peer_closed = true,
+            ServerEvent::Closed { reason, .. } => {
+                info.end.get_or_insert(if reason == CloseReason::Clean {
+                    SessionEnd::Clean
+                } else {
+                    SessionEnd::Failed(reason)
+                });
+            }
+            ServerEvent::SessionExpired { .. } => {
+                info.end.get_or_insert(SessionEnd::Expired);
+            }
+            _ => {}
         }
+        shared.report(e);
+    }
+    while let Some(e) = conn.poll_endpoint_event() {
+        st.pending.endpoint_events.push(e);
+    }
+    if conn.is_drained() {
+        if let Some(old) = st.due.take() {
+            lock(&shared.timers).sessions.remove(&(old, sess.sid));
+        }
+        st.conn = None;
+        st.pending.freed = true;
+        st.pending.changed = true;
+        return;
+    }
+    let Some(next) = conn.poll_timeout() else {
+        return; // an entry left in the index finds nothing due
+    };
+    let next = match overdue {
+        Some(at) if next <= now => at,
+        _ => next,
+    };
+    if st.due.is_some_and(|d| d <= next) {
+        return; // the earlier entry's visit re-indexes
+    }
+    let mut t = lock(&shared.timers);
+    if let Some(old) = st.due {
+        t.sessions.remove(&(old, sess.sid));
+    }
+    t.sessions.insert((next, sess.sid), sess.clone());
+    let first = t.sessions.first_key_value().map(|(k, _)| *k) == Some((next, sess.sid));
+    drop(t);
+    st.due = Some(next);
+    if first {
+        shared.timer_cond.notify_one();
+    }
+}
+
+/// Release a session's lock, then apply its pending endpoint work (never
+/// both locks at once) and wake its waiters (who then see the endpoint
+/// updated too, e.g. a freed session no longer counted).
+fn unlock(shared: &ServerShared, sess: &Arc<SessionShared>, mut st: MutexGuard<'_, SessionState>) {
+    let pending = std::mem::take(&mut st.pending);
+    drop(st);
+    let changed = pending.changed;
+    pending.apply(shared, sess);
+    if changed {
+        sess.cond.notify_all();
+    }
+}
+
+/// Wait for a change of the session. If the caller's own calls changed it
+/// (events to announce, work for the endpoint), that is done instead and
+/// the call returns without waiting: callers loop and check their
+/// condition again.
+fn wait_session<'a>(
+    shared: &ServerShared,
+    sess: &'a Arc<SessionShared>,
+    st: MutexGuard<'a, SessionState>,
+) -> MutexGuard<'a, SessionState> {
+    if st.pending.needs_endpoint() || st.pending.changed {
+        unlock(shared, sess, st);
+        return sess.lock();
+    }
+    wait(&sess.cond, st)
+}
+
+/// Whether the session no longer sends on `link`.
+fn transport_gone(shared: &ServerShared, st: &SessionState, link: &Link) -> bool {
+    shared.stopping()
+        || link.lost()
+        || st
+            .conn
+            .as_ref()
+            .is_none_or(|c| c.transport() != Some(link.id))
+}
+
+fn session_error(shared: &ServerShared, st: &SessionState) -> Option<io::Error> {
+    match st.info.end {
+        Some(SessionEnd::Expired) => Some(SessionError::Expired.to_io()),
+        Some(SessionEnd::Failed(r)) => Some(SessionError::Closed(r).to_io()),
+        _ if shared.stopping() => Some(SessionError::Shutdown.to_io()),
+        _ => None,
+    }
+}
+
+/// Move the endpoint's events out (to report once its lock is released),
+/// marking the transports it ended and waking their writers.
+fn drain_endpoint(ep: &mut EndpointState) -> Vec<ServerEvent> {
+    let mut out = Vec::new();
+    while let Some(e) = ep.endpoint.poll_event() {
+        if let ServerEvent::CloseTransport { transport, .. } = e {
+            if let Some(l) = ep.links.get(&transport) {
+                l.link.ending.store(true, Ordering::SeqCst);
+                l.link.cond.notify_all();
+            }
+        }
+        out.push(e);
+    }
+    out
+}
+
+/// After any endpoint call, with its lock held: tell the timer thread the
+/// endpoint's next deadline.
+fn sync_endpoint_timer(shared: &ServerShared, ep: &EndpointState) {
+    let next = ep.endpoint.poll_timeout();
+    let mut t = lock(&shared.timers);
+    if t.endpoint == next {
+        return;
+    }
+    let sooner = next.is_some_and(|n| t.endpoint.is_none_or(|o| n < o));
+    t.endpoint = next;
+    drop(t);
+    if sooner {
+        shared.timer_cond.notify_one();
+    }
+}
+
+fn report_all(shared: &ServerShared, events: Vec<ServerEvent>) {
+    for e in events {
+        shared.report(e);
     }
 }
 
@@ -1409,58 +1748,89 @@ impl Listener {
 
     /// Wait for the next new session (handshake completed).
     pub fn accept(&self) -> io::Result<ServerStream> {
-        let mut st = lock(&self.shared.state);
+        let mut ep = lock(&self.shared.ep);
         loop {
-            if let Some(sid) = st.incoming.pop_front() {
+            if let Some(session) = ep.incoming.pop_front() {
                 return Ok(ServerStream {
                     shared: self.shared.clone(),
-                    sid,
+                    session,
                 });
             }
-            if st.stopping {
+            if self.shared.stopping() {
                 return Err(SessionError::Shutdown.to_io());
             }
-            st = wait(&self.shared.cond, st);
+            ep = wait(&self.shared.incoming_cond, ep);
         }
     }
 
     /// Counters since start.
     pub fn stats(&self) -> ServerStats {
-        lock(&self.shared.state).stats
+        let s = &self.shared.stats;
+        ServerStats {
+            transports: s.transports.load(Ordering::Relaxed),
+            sessions: s.sessions.load(Ordering::Relaxed),
+            resumes: s.resumes.load(Ordering::Relaxed),
+            resent_bytes: s.resent_bytes.load(Ordering::Relaxed),
+        }
     }
 
-    /// Sessions registered in the server core.
+    /// Sessions registered in the server core (unconfirmed ones, and ended
+    /// ones whose bytes were not read yet, included).
     pub fn session_count(&self) -> usize {
-        lock(&self.shared.state).server.session_count()
+        let ep = lock(&self.shared.ep);
+        ep.sessions.len() + ep.endpoint.handshake_count()
     }
 }
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        let mut st = lock(&self.shared.state);
+        let shared = &self.shared;
         // Transports the core already ended may still hold an answer (a
         // rejection, DataUnavailable), and aborted sessions their ABORT:
         // give them a moment to reach the peers before everything is shut
         // down.
         let grace = StdInstant::now() + LINGER;
-        while st.transports.keys().any(|&t| st.server.transport_ended(t))
-            || st
-                .sessions
-                .iter()
-                .any(|(&sid, i)| i.aborted && i.end.is_none() && st.server.has_session(sid))
-        {
+        loop {
+            let (ending, sessions) = {
+                let ep = lock(&shared.ep);
+                let ending = ep
+                    .links
+                    .values()
+                    .any(|e| e.link.ending.load(Ordering::SeqCst));
+                (ending, ep.sessions.values().cloned().collect::<Vec<_>>())
+            };
+            let aborting = !ending
+                && sessions.iter().any(|s| {
+                    let st = s.lock();
+                    st.info.aborted && st.info.end.is_none() && st.conn.is_some()
+                });
+            if !ending && !aborting {
+                break;
+            }
             let left = grace.saturating_duration_since(StdInstant::now());
             if left.is_zero() {
                 break;
             }
-            st = wait_for(&self.shared.cond, st, left);
+            thread::sleep(left.min(StdDuration::from_millis(5)));
         }
-        st.stopping = true;
-        for t in st.transports.values() {
-            let _ = t.socket.shutdown(Shutdown::Both);
+        shared.stopping.store(true, Ordering::SeqCst);
+        let sessions: Vec<_> = {
+            let ep = lock(&shared.ep);
+            for e in ep.links.values() {
+                let _ = e.link.socket.shutdown(Shutdown::Both);
+                e.link.cond.notify_all();
+            }
+            ep.sessions.values().cloned().collect()
+        };
+        shared.incoming_cond.notify_all();
+        // Each waiter checks `stopping` under its session's lock: take it
+        // once so that none misses the wake-up.
+        for s in sessions {
+            drop(s.lock());
+            s.cond.notify_all();
         }
-        drop(st);
-        self.shared.cond.notify_all();
+        drop(lock(&shared.timers));
+        shared.timer_cond.notify_all();
         // Wake the accept loop with a connection of our own.
         let mut wake = self.addr;
         if wake.ip().is_unspecified() {
@@ -1478,7 +1848,7 @@ impl Drop for Listener {
 
 fn server_accept(shared: Arc<ServerShared>, listener: TcpListener) {
     for incoming in listener.incoming() {
-        if lock(&shared.state).stopping {
+        if shared.stopping() {
             return;
         }
         let sock = match incoming {
@@ -1498,137 +1868,519 @@ fn server_accept(shared: Arc<ServerShared>, listener: TcpListener) {
         let Ok((reader, control)) = handles else {
             continue;
         };
-        let mut st = lock(&shared.state);
-        if st.stopping {
+        let mut ep = lock(&shared.ep);
+        if shared.stopping() {
             return;
         }
         let now = shared.now();
-        let Ok(tid) = st.server.accept(now) else {
+        let Ok(tid) = ep.endpoint.accept(now) else {
             let _ = sock.shutdown(Shutdown::Both);
             continue;
         };
-        st.stats.transports += 1;
-        st.transports.insert(
+        shared.stats.transports.fetch_add(1, Ordering::Relaxed);
+        let link = Arc::new(Link {
+            id: tid,
+            socket: control,
+            peer,
+            lost: AtomicBool::new(false),
+            ending: AtomicBool::new(false),
+            cond: Condvar::new(),
+        });
+        ep.links.insert(
             tid,
-            TransportInfo {
-                socket: control,
-                peer,
-                lost: false,
+            LinkEntry {
+                link: link.clone(),
+                owner: Owner::Endpoint,
             },
         );
-        drop(st);
-        let s = shared.clone();
+        sync_endpoint_timer(&shared, &ep);
+        drop(ep);
+        let (s, l) = (shared.clone(), link.clone());
         let r = thread::Builder::new()
             .name("relink-server-rx".into())
-            .spawn(move || server_reader(s, tid, reader));
-        let s = shared.clone();
+            .spawn(move || server_reader(s, l, reader));
+        let (s, l) = (shared.clone(), link.clone());
         let w = thread::Builder::new()
             .name("relink-server-tx".into())
-            .spawn(move || server_writer(s, tid, sock));
+            .spawn(move || server_writer(s, l, sock));
         if r.is_err() || w.is_err() {
-            let mut st = lock(&shared.state);
-            if let Some(t) = st.transports.get_mut(&tid) {
-                t.lost = true;
-                let _ = t.socket.shutdown(Shutdown::Both);
+            link.lost.store(true, Ordering::SeqCst);
+            let _ = link.socket.shutdown(Shutdown::Both);
+            let mut ep = lock(&shared.ep);
+            if w.is_err() {
+                // Nobody else will tell the endpoint.
+                ep.links.remove(&tid);
+                ep.endpoint.transport_lost(tid, shared.now());
+                let events = drain_endpoint(&mut ep);
+                sync_endpoint_timer(&shared, &ep);
+                drop(ep);
+                report_all(&shared, events);
+            } else {
+                drop(ep);
             }
-            drop(st);
-            shared.cond.notify_all();
+            link.cond.notify_all();
         }
     }
 }
 
+/// The timer thread: sleeps until the first deadline of the index (the
+/// endpoint's or a session's), then runs the endpoint's timers under its
+/// lock and visits each due session under that session's lock only.
 fn server_timer(shared: Arc<ServerShared>) {
-    let mut st = lock(&shared.state);
-    while !st.stopping {
-        let now = shared.now();
-        if st.server.poll_timeout().is_some_and(|d| d <= now) {
-            st.server.handle_timeout(now);
-            st.drain();
-            shared.cond.notify_all();
+    let mut due: Vec<Arc<SessionShared>> = Vec::new();
+    loop {
+        let endpoint_due;
+        {
+            let mut t = lock(&shared.timers);
+            loop {
+                if shared.stopping() {
+                    return;
+                }
+                let now = shared.now();
+                while let Some(entry) = t.sessions.first_entry() {
+                    if entry.key().0 > now {
+                        break;
+                    }
+                    due.push(entry.remove());
+                }
+                let ep_due = t.endpoint.is_some_and(|d| d <= now);
+                if ep_due || !due.is_empty() {
+                    endpoint_due = ep_due;
+                    break;
+                }
+                let next = crate::time::earliest(
+                    t.endpoint,
+                    t.sessions.first_key_value().map(|(k, _)| k.0),
+                );
+                t = wait_for(&shared.timer_cond, t, until(next, now));
+            }
         }
-        let d = until(st.server.poll_timeout(), now);
-        st = wait_for(&shared.cond, st, d);
+        let now = shared.now();
+        if endpoint_due {
+            let mut ep = lock(&shared.ep);
+            ep.endpoint.handle_timeout(now);
+            let events = drain_endpoint(&mut ep);
+            sync_endpoint_timer(&shared, &ep);
+            drop(ep);
+            report_all(&shared, events);
+        }
+        for sess in due.drain(..) {
+            visit(&shared, &sess, now);
+        }
     }
 }
 
-fn server_reader(shared: Arc<ServerShared>, tid: TransportId, mut t: TcpStream) {
-    let mut buf = vec![0u8; READ_CHUNK];
-    loop {
-        let r = t.read(&mut buf);
-        let mut st = lock(&shared.state);
-        if st.transport_gone(tid) {
-            if let Some(i) = st.transports.get_mut(&tid) {
-                i.lost = true;
-            }
-            drop(st);
-            shared.cond.notify_all();
+/// Run the timers of one due session. A session whose lock is busy (its
+/// lock holder runs due timers itself; or a slow progress callback holds
+/// it) is retried a little later instead of holding up the others.
+fn visit(shared: &ServerShared, sess: &Arc<SessionShared>, now: Instant) {
+    let mut st = match sess.state.try_lock() {
+        Ok(g) => g,
+        Err(TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(TryLockError::WouldBlock) => {
+            let at = now.saturating_add(OVERDUE_WAIT.into());
+            lock(&shared.timers)
+                .sessions
+                .insert((at, sess.sid), sess.clone());
             return;
         }
-        let n = match r {
-            Ok(n) if n > 0 => n,
+    };
+    // This visit re-indexes the session from scratch.
+    if let Some(old) = st.due.take() {
+        lock(&shared.timers).sessions.remove(&(old, sess.sid));
+    }
+    // A deadline still due after this (work for the writer, which may be
+    // busy writing) is visited again after OVERDUE_WAIT, not at once.
+    let overdue = now.saturating_add(OVERDUE_WAIT.into());
+    after(shared, sess, &mut st, now, Some(overdue));
+    unlock(shared, sess, st);
+    // Due ACKs and keepalives are the writer's to send.
+    sess.cond.notify_all();
+}
+
+/// What the endpoint made of a transport's input.
+enum EndpointStep {
+    /// Everything consumed; the endpoint still holds the transport.
+    More,
+    /// The transport is finished (its writer flushes any answer, closes).
+    Finished,
+    /// A new session took the transport; feed it the input from
+    /// `consumed` on.
+    NewSession {
+        session: Arc<SessionShared>,
+        consumed: usize,
+    },
+    /// A resume request routed to `session` (handed over by the caller).
+    Resume {
+        session: Arc<SessionShared>,
+        consumed: usize,
+        request: [u8; crate::wire::RESUME_REQUEST_LEN],
+    },
+}
+
+/// Feed bytes to the endpoint, under its lock.
+fn endpoint_input(shared: &ServerShared, link: &Arc<Link>, input: &[u8]) -> EndpointStep {
+    let tid = link.id;
+    let mut ep = lock(&shared.ep);
+    let mut events = Vec::new();
+    let mut off = 0;
+    let step = loop {
+        let ours = matches!(ep.links.get(&tid).map(|e| &e.owner), Some(Owner::Endpoint));
+        if !ours || shared.stopping() || link.lost() || ep.endpoint.transport_ended(tid) {
+            break EndpointStep::Finished;
+        }
+        let now = shared.now();
+        let r = ep.endpoint.handle_input(tid, now, &input[off..]);
+        events.append(&mut drain_endpoint(&mut ep));
+        match r {
+            Err(_) => break EndpointStep::Finished,
+            Ok(Dispatch::Pending(n)) => {
+                off += n;
+                if off >= input.len() || n == 0 {
+                    break EndpointStep::More;
+                }
+            }
+            Ok(Dispatch::NewConnection {
+                consumed,
+                connection,
+            }) => {
+                let session = Arc::new(SessionShared::new(connection, link));
+                ep.sessions.insert(session.sid, session.clone());
+                if let Some(e) = ep.links.get_mut(&tid) {
+                    e.owner = Owner::Session(session.clone());
+                }
+                break EndpointStep::NewSession {
+                    session,
+                    consumed: off + consumed,
+                };
+            }
+            Ok(Dispatch::Resume {
+                consumed,
+                session,
+                request,
+            }) => {
+                let Some(session) = ep.sessions.get(&session).cloned() else {
+                    let unknown = ep.endpoint.unknown_session(&request);
+                    link.ending.store(true, Ordering::SeqCst);
+                    if let Some(e) = ep.links.get_mut(&tid) {
+                        e.owner = Owner::Refused {
+                            reply: unknown,
+                            sent: false,
+                        };
+                    }
+                    events.push(ServerEvent::CloseTransport {
+                        transport: tid,
+                        error: Some(unknown.error()),
+                    });
+                    break EndpointStep::Finished;
+                };
+                if let Some(e) = ep.links.get_mut(&tid) {
+                    e.owner = Owner::Handoff;
+                }
+                break EndpointStep::Resume {
+                    session,
+                    consumed: off + consumed,
+                    request,
+                };
+            }
+        }
+    };
+    sync_endpoint_timer(shared, &ep);
+    drop(ep);
+    link.cond.notify_all();
+    report_all(shared, events);
+    step
+}
+
+/// Pass a routed resume request to its session (session lock), then record
+/// the outcome for the transport's writer (endpoint lock). Returns whether
+/// the session took the transport.
+fn hand_over(
+    shared: &ServerShared,
+    link: &Arc<Link>,
+    sess: &Arc<SessionShared>,
+    request: &[u8; crate::wire::RESUME_REQUEST_LEN],
+) -> bool {
+    let tid = link.id;
+    let now = shared.now();
+    let mut st = sess.lock();
+    st.links.insert(tid, link.clone());
+    // `Err(None)`: the session was drained meanwhile.
+    let r = match st.conn.as_mut() {
+        Some(c) => c.handle_resume(tid, now, request).map_err(Some),
+        None => Err(None),
+    };
+    after(shared, sess, &mut st, now, None);
+    if r.is_err() {
+        st.links.remove(&tid);
+    }
+    unlock(shared, sess, st);
+    sess.cond.notify_all();
+    let mut ep = lock(&shared.ep);
+    let r = r.map_err(|rej| {
+        let gone = rej.is_none();
+        let rej = rej.unwrap_or_else(|| ep.endpoint.unknown_session(request));
+        (rej, gone)
+    });
+    if let Some(e) = ep.links.get_mut(&tid) {
+        e.owner = match r {
+            Ok(()) => Owner::Session(sess.clone()),
+            Err((reply, _)) => {
+                link.ending.store(true, Ordering::SeqCst);
+                Owner::Refused { reply, sent: false }
+            }
+        };
+    }
+    drop(ep);
+    link.cond.notify_all();
+    if let Err((rej, true)) = r {
+        shared.report(ServerEvent::CloseTransport {
+            transport: tid,
+            error: Some(rej.error()),
+        });
+    }
+    r.is_ok()
+}
+
+/// Run a new session's first events (HandshakeDone: accept queue, stats,
+/// progress) and its timers.
+fn kick(shared: &ServerShared, sess: &Arc<SessionShared>) {
+    let mut st = sess.lock();
+    after(shared, sess, &mut st, shared.now(), None);
+    unlock(shared, sess, st);
+    sess.cond.notify_all();
+}
+
+/// Feed bytes to a session, under its lock only; waits while its receive
+/// buffer is full. Returns whether the transport is still usable.
+fn session_input(
+    shared: &ServerShared,
+    sess: &Arc<SessionShared>,
+    link: &Link,
+    input: &[u8],
+) -> bool {
+    let mut off = 0;
+    let mut st = sess.lock();
+    loop {
+        if transport_gone(shared, &st, link) {
+            unlock(shared, sess, st);
+            return false;
+        }
+        let now = shared.now();
+        let r = match st.conn.as_mut() {
+            Some(c) => c.handle_input(link.id, now, &input[off..]),
+            None => Err(Error::TransportEnded),
+        };
+        after(shared, sess, &mut st, now, None);
+        match r {
+            Ok(n) => off += n,
+            Err(_) => {
+                // The writer flushes what is left, then closes.
+                unlock(shared, sess, st);
+                sess.cond.notify_all();
+                return false;
+            }
+        }
+        sess.cond.notify_all();
+        if off >= input.len() {
+            unlock(shared, sess, st);
+            return true;
+        }
+        // Receive buffer full: wait until the application read.
+        st = wait_session(shared, sess, st);
+    }
+}
+
+/// The reader of a transport: hands its bytes to the endpoint until the
+/// transport belongs to a session, then to that session.
+fn server_reader(shared: Arc<ServerShared>, link: Arc<Link>, mut t: TcpStream) {
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut session: Option<Arc<SessionShared>> = None;
+    loop {
+        let n = match t.read(&mut buf) {
+            Ok(n) if n > 0 && !shared.stopping() => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             _ => {
-                if let Some(i) = st.transports.get_mut(&tid) {
-                    i.lost = true;
-                }
-                drop(st);
-                shared.cond.notify_all();
+                lose(&shared, &link, session.as_ref());
                 return;
             }
         };
         let mut off = 0;
-        loop {
-            let now = shared.now();
-            let r = st.server.handle_input(tid, now, &buf[off..n]);
-            st.drain();
-            match r {
-                Ok(k) => off += k,
-                Err(_) => {
-                    // The writer flushes any rejection, then closes.
-                    drop(st);
-                    shared.cond.notify_all();
-                    return;
+        if session.is_none() {
+            match endpoint_input(&shared, &link, &buf[..n]) {
+                EndpointStep::More => continue,
+                EndpointStep::Finished => return,
+                EndpointStep::NewSession {
+                    session: s,
+                    consumed,
+                } => {
+                    kick(&shared, &s);
+                    off = consumed;
+                    session = Some(s);
+                }
+                EndpointStep::Resume {
+                    session: s,
+                    consumed,
+                    request,
+                } => {
+                    if !hand_over(&shared, &link, &s, &request) {
+                        return;
+                    }
+                    off = consumed;
+                    session = Some(s);
                 }
             }
-            shared.cond.notify_all();
-            if off >= n {
-                break;
-            }
-            st = wait(&shared.cond, st);
-            if st.transport_gone(tid) {
-                return;
-            }
+        }
+        let Some(sess) = &session else {
+            continue;
+        };
+        if off < n && !session_input(&shared, sess, &link, &buf[off..n]) {
+            return;
         }
     }
 }
 
-fn server_writer(shared: Arc<ServerShared>, tid: TransportId, mut t: TcpStream) {
+/// The reader saw EOF or an error: mark the transport lost and wake its
+/// writer (under the lock it checks the mark with).
+fn lose(shared: &ServerShared, link: &Link, session: Option<&Arc<SessionShared>>) {
+    link.lost.store(true, Ordering::SeqCst);
+    drop(lock(&shared.ep));
+    link.cond.notify_all();
+    if let Some(s) = session {
+        drop(s.lock());
+        s.cond.notify_all();
+    }
+}
+
+/// The writer of a transport: sends what the endpoint has for it (its
+/// ServerHello, a rejection) until a session takes it over, then what the
+/// session has; flushes the last answer and closes.
+fn server_writer(shared: Arc<ServerShared>, link: Arc<Link>, mut t: TcpStream) {
     let mut buf = vec![0u8; WRITE_CHUNK];
-    let mut st = lock(&shared.state);
+    if let Some(sess) = endpoint_writer(&shared, &link, &mut t, &mut buf) {
+        session_writer(&shared, &sess, &link, &mut t, &mut buf);
+    }
+}
+
+/// The writer while the endpoint serves the transport (endpoint lock).
+/// Returns the session that took the transport over, or `None` once the
+/// transport is finished and closed.
+fn endpoint_writer(
+    shared: &ServerShared,
+    link: &Link,
+    t: &mut TcpStream,
+    buf: &mut [u8],
+) -> Option<Arc<SessionShared>> {
+    let tid = link.id;
+    let mut ep = lock(&shared.ep);
     loop {
-        let now = shared.now();
-        let gone = st.transport_gone(tid);
-        let mut n = 0;
-        while buf.len() - n >= MIN_TRANSMIT_BUFFER {
-            match st.server.poll_transmit(tid, now, &mut buf[n..]) {
-                Ok(0) | Err(_) => break,
-                Ok(k) => n += k,
+        let stopping = shared.stopping();
+        let ep_state = &mut *ep;
+        let Some(entry) = ep_state.links.get_mut(&tid) else {
+            break;
+        };
+        match &mut entry.owner {
+            Owner::Session(s) => return Some(s.clone()),
+            Owner::Handoff => {
+                if stopping {
+                    break;
+                }
+                ep = wait(&link.cond, ep);
+            }
+            Owner::Refused { reply, sent } => {
+                if !*sent && !stopping {
+                    *sent = true;
+                    let reply = *reply;
+                    drop(ep);
+                    // Bounded: the transport is finished, so a write that
+                    // blocks for WRITE_CHECK gives up.
+                    let _ = write_all_checked(t, reply.reply(), || false);
+                    ep = lock(&shared.ep);
+                }
+                break;
+            }
+            Owner::Endpoint => {
+                let mut n = 0;
+                while buf.len() - n >= MIN_TRANSMIT_BUFFER {
+                    match ep_state.endpoint.poll_transmit(tid, &mut buf[n..]) {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => n += k,
+                    }
+                }
+                let gone = stopping || link.lost() || ep_state.endpoint.transport_ended(tid);
+                // Written even when the reader saw EOF or the endpoint ended
+                // the transport: a rejection must reach the peer before the
+                // socket closes (bounded as in the session writer).
+                if n > 0 && !stopping {
+                    drop(ep);
+                    let r = write_all_checked(t, &buf[..n], || {
+                        let ep = lock(&shared.ep);
+                        !(shared.stopping() || link.lost() || ep.endpoint.transport_ended(tid))
+                    });
+                    ep = lock(&shared.ep);
+                    if r.is_err() {
+                        link.lost.store(true, Ordering::SeqCst);
+                        break;
+                    }
+                    continue;
+                }
+                if gone {
+                    break;
+                }
+                ep = wait(&link.cond, ep);
             }
         }
+    }
+    let _ = t.shutdown(Shutdown::Both);
+    let now = shared.now();
+    if let Some(LinkEntry {
+        owner: Owner::Endpoint,
+        ..
+    }) = ep.links.remove(&tid)
+    {
+        ep.endpoint.transport_lost(tid, now);
+    }
+    let events = drain_endpoint(&mut ep);
+    sync_endpoint_timer(shared, &ep);
+    drop(ep);
+    report_all(shared, events);
+    None
+}
+
+/// The writer once a session serves the transport (that session's lock
+/// only, released while writing).
+fn session_writer(
+    shared: &ServerShared,
+    sess: &Arc<SessionShared>,
+    link: &Link,
+    t: &mut TcpStream,
+    buf: &mut [u8],
+) {
+    let tid = link.id;
+    let mut st = sess.lock();
+    loop {
+        let now = shared.now();
+        let mut n = 0;
+        if let Some(conn) = st.conn.as_mut() {
+            while buf.len() - n >= MIN_TRANSMIT_BUFFER {
+                match conn.poll_transmit(tid, now, &mut buf[n..]) {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => n += k,
+                }
+            }
+        }
+        after(shared, sess, &mut st, now, None);
+        let gone = transport_gone(shared, &st, link);
         // Written even when the reader saw EOF or the core ended the
         // transport: a rejection or a last answer must reach the peer
         // before the socket closes (bounded: once the transport is gone, a
         // write that blocks for WRITE_CHECK gives up).
-        if n > 0 && !st.stopping {
-            drop(st);
-            let r = write_all_checked(&mut t, &buf[..n], || {
-                !lock(&shared.state).transport_gone(tid)
-            });
-            st = lock(&shared.state);
+        if n > 0 && !shared.stopping() {
+            unlock(shared, sess, st);
+            let r = write_all_checked(t, &buf[..n], || !transport_gone(shared, &sess.lock(), link));
+            st = sess.lock();
             if r.is_err() {
-                if let Some(i) = st.transports.get_mut(&tid) {
-                    i.lost = true;
-                }
+                link.lost.store(true, Ordering::SeqCst);
                 break;
             }
             continue;
@@ -1636,15 +2388,18 @@ fn server_writer(shared: Arc<ServerShared>, tid: TransportId, mut t: TcpStream) 
         if gone {
             break;
         }
-        st = wait(&shared.cond, st);
+        st = wait_session(shared, sess, st);
     }
     let _ = t.shutdown(Shutdown::Both);
     let now = shared.now();
-    st.server.transport_lost(tid, now);
-    st.transports.remove(&tid);
-    st.drain();
-    drop(st);
-    shared.cond.notify_all();
+    if let Some(conn) = st.conn.as_mut() {
+        conn.transport_lost(tid, now);
+    }
+    after(shared, sess, &mut st, now, None);
+    st.links.remove(&tid);
+    unlock(shared, sess, st);
+    sess.cond.notify_all();
+    lock(&shared.ep).links.remove(&tid);
 }
 
 /// One server session. Implements [`Read`] and [`Write`] (also for
@@ -1653,13 +2408,13 @@ fn server_writer(shared: Arc<ServerShared>, tid: TransportId, mut t: TcpStream) 
 /// listener keeps serving it until the client acknowledged).
 pub struct ServerStream {
     shared: Arc<ServerShared>,
-    sid: SessionId,
+    session: Arc<SessionShared>,
 }
 
 impl fmt::Debug for ServerStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServerStream")
-            .field("session", &self.sid)
+            .field("session", &self.session.sid)
             .finish_non_exhaustive()
     }
 }
@@ -1667,7 +2422,7 @@ impl fmt::Debug for ServerStream {
 impl ServerStream {
     /// The core's id of this session.
     pub fn session_id(&self) -> SessionId {
-        self.sid
+        self.session.sid
     }
 
     /// Abort the session (like a TCP reset): stop sending at once and tell
@@ -1676,79 +2431,81 @@ impl ServerStream {
     /// Returns at once; the listener keeps serving the session until the
     /// client acknowledged (see [`ServerStream::wait_closed`]).
     pub fn abort(&self, code: AbortCode) {
-        abort_server(&self.shared, self.sid, code);
+        abort_server(&self.shared, &self.session, code);
     }
 
     /// Wait until the session is over, at most `timeout`; whether it is.
     pub fn wait_closed(&self, timeout: StdDuration) -> bool {
-        wait_server_closed(&self.shared, self.sid, timeout)
+        wait_server_closed(&self.shared, &self.session, timeout)
     }
 
     /// A handle that can abort this session from another thread.
     pub fn abort_handle(&self) -> AbortHandle {
-        AbortHandle(HandleInner::Server(self.shared.clone(), self.sid))
+        AbortHandle(HandleInner::Server(
+            self.shared.clone(),
+            self.session.clone(),
+        ))
     }
 
     /// The remote address of the transport that last carried the session
     /// (the client's address, for logs).
     pub fn peer_addr(&self) -> Option<SocketAddr> {
-        lock(&self.shared.state)
-            .sessions
-            .get(&self.sid)
-            .and_then(|i| i.peer)
+        self.session.lock().info.peer
     }
 
     /// The session's connection id (while the core holds it).
     pub fn conn_id(&self) -> Option<u64> {
-        lock(&self.shared.state).server.conn_id(self.sid)
+        self.session.lock().conn.as_ref().map(|c| c.conn_id())
     }
 
     /// Half-close: a CLOSE frame follows the last byte written.
     pub fn shutdown_write(&self) -> io::Result<()> {
-        let mut st = lock(&self.shared.state);
-        if let Some(e) = st.session_error(self.sid) {
+        let (shared, sess) = (&*self.shared, &self.session);
+        let mut st = sess.lock();
+        if let Some(e) = session_error(shared, &st) {
             return Err(e);
         }
-        let r = st.server.close(self.sid);
-        if let Some(i) = st.sessions.get_mut(&self.sid) {
-            i.close_requested = true;
+        // Without a connection it already ended cleanly and was freed.
+        if let Some(c) = st.conn.as_mut() {
+            c.close();
         }
-        drop(st);
-        self.shared.cond.notify_all();
-        r.or_else(|e| {
-            if e == Error::UnknownSession {
-                Ok(()) // already ended cleanly and freed
-            } else {
-                Err(core_io(e))
-            }
-        })
+        st.info.close_requested = true;
+        after(shared, sess, &mut st, shared.now(), None);
+        unlock(shared, sess, st);
+        sess.cond.notify_all();
+        Ok(())
     }
 
     /// Close cleanly: half-close, then wait until the client closed too and
     /// both CLOSEs were acknowledged. Unread input is discarded.
     pub fn close(&self) -> io::Result<()> {
         self.shutdown_write()?;
+        let (shared, sess) = (&*self.shared, &self.session);
         let mut scratch = vec![0u8; READ_CHUNK];
-        let mut st = lock(&self.shared.state);
+        let mut st = sess.lock();
         loop {
             let mut freed = false;
-            while let Ok(n) = st.server.recv(self.sid, &mut scratch) {
-                if n == 0 {
-                    break;
+            if let Some(c) = st.conn.as_mut() {
+                while let Ok(n) = c.recv(&mut scratch) {
+                    if n == 0 {
+                        break;
+                    }
+                    freed = true;
                 }
-                freed = true;
             }
+            after(shared, sess, &mut st, shared.now(), None);
             if freed {
-                self.shared.cond.notify_all();
+                sess.cond.notify_all();
             }
-            let end = st.sessions.get(&self.sid).and_then(|i| i.end);
-            if end == Some(SessionEnd::Clean) {
+            if st.info.end == Some(SessionEnd::Clean) {
+                unlock(shared, sess, st);
                 return Ok(());
             }
-            if let Some(e) = st.session_error(self.sid) {
+            if let Some(e) = session_error(shared, &st) {
+                unlock(shared, sess, st);
                 return Err(e);
             }
-            st = wait(&self.shared.cond, st);
+            st = wait_session(shared, sess, st);
         }
     }
 
@@ -1756,34 +2513,35 @@ impl ServerStream {
         if out.is_empty() {
             return Ok(0);
         }
-        let mut st = lock(&self.shared.state);
+        let (shared, sess) = (&*self.shared, &self.session);
+        let mut st = sess.lock();
         loop {
-            match st.server.recv(self.sid, out) {
+            let r = match st.conn.as_mut() {
+                Some(c) => c.recv(out),
+                None => Err(Error::UnknownSession),
+            };
+            after(shared, sess, &mut st, shared.now(), None);
+            let result = match r {
                 Ok(n) => {
-                    drop(st);
                     if n > 0 {
-                        self.shared.cond.notify_all();
+                        sess.cond.notify_all();
                     }
-                    return Ok(n);
+                    Some(Ok(n))
                 }
-                Err(Error::WouldBlock) => {}
-                Err(Error::UnknownSession) => {
-                    let end = st.sessions.get(&self.sid).and_then(|i| i.end);
-                    if end == Some(SessionEnd::Clean) {
-                        return Ok(0);
-                    }
-                    return Err(st
-                        .session_error(self.sid)
-                        .unwrap_or_else(|| core_io(Error::UnknownSession)));
-                }
-                Err(e) => {
-                    return Err(st.session_error(self.sid).unwrap_or_else(|| core_io(e)));
-                }
+                Err(Error::WouldBlock) => session_error(shared, &st).map(Err),
+                Err(Error::UnknownSession) => Some(if st.info.end == Some(SessionEnd::Clean) {
+                    Ok(0)
+                } else {
+                    Err(session_error(shared, &st)
+                        .unwrap_or_else(|| core_io(Error::UnknownSession)))
+                }),
+                Err(e) => Some(Err(session_error(shared, &st).unwrap_or_else(|| core_io(e)))),
+            };
+            if let Some(result) = result {
+                unlock(shared, sess, st);
+                return result;
             }
-            if let Some(e) = st.session_error(self.sid) {
-                return Err(e);
-            }
-            st = wait(&self.shared.cond, st);
+            st = wait_session(shared, sess, st);
         }
     }
 
@@ -1791,34 +2549,46 @@ impl ServerStream {
         if data.is_empty() {
             return Ok(0);
         }
-        let mut st = lock(&self.shared.state);
+        let (shared, sess) = (&*self.shared, &self.session);
+        let mut st = sess.lock();
         loop {
-            if let Some(e) = st.session_error(self.sid) {
+            if let Some(e) = session_error(shared, &st) {
+                unlock(shared, sess, st);
                 return Err(e);
             }
-            match st.server.send(self.sid, data) {
+            let r = match st.conn.as_mut() {
+                Some(c) => c.send(data),
+                None => Err(Error::UnknownSession),
+            };
+            after(shared, sess, &mut st, shared.now(), None);
+            match r {
                 Ok(0) => {}
                 Ok(n) => {
-                    drop(st);
-                    self.shared.cond.notify_all();
+                    unlock(shared, sess, st);
+                    sess.cond.notify_all();
                     return Ok(n);
                 }
                 Err(e) => {
-                    return Err(st.session_error(self.sid).unwrap_or_else(|| core_io(e)));
+                    let e = session_error(shared, &st).unwrap_or_else(|| core_io(e));
+                    unlock(shared, sess, st);
+                    return Err(e);
                 }
             }
-            st = wait(&self.shared.cond, st);
+            st = wait_session(shared, sess, st);
         }
     }
 
     fn flush_inner(&self) -> io::Result<()> {
-        let mut st = lock(&self.shared.state);
-        while st.server.unacked(self.sid) > 0 {
-            if let Some(e) = st.session_error(self.sid) {
+        let (shared, sess) = (&*self.shared, &self.session);
+        let mut st = sess.lock();
+        while st.conn.as_ref().is_some_and(|c| c.unacked() > 0) {
+            if let Some(e) = session_error(shared, &st) {
+                unlock(shared, sess, st);
                 return Err(e);
             }
-            st = wait(&self.shared.cond, st);
+            st = wait_session(shared, sess, st);
         }
+        unlock(shared, sess, st);
         Ok(())
     }
 }
@@ -1827,65 +2597,67 @@ impl_read_write!(ServerStream);
 
 impl Drop for ServerStream {
     fn drop(&mut self) {
-        let mut st = lock(&self.shared.state);
-        let sid = self.sid;
-        let alive = st.server.has_session(sid);
-        let st = &mut *st;
-        let Some(info) = st.sessions.get_mut(&sid) else {
-            return;
-        };
-        if info.end.is_some() || !alive {
-            st.sessions.remove(&sid);
-            return;
-        }
+        let (shared, sess) = (&*self.shared, &self.session);
+        let mut st = sess.lock();
+        st.info.dropped = true;
+        let live = st.info.end.is_none() && st.conn.is_some();
         // Dropped while the session lives and is not on its way to a clean
         // end (both sides half-closed): abort it. The server's threads keep
         // serving it until the client acknowledged the ABORT.
-        info.dropped = true;
-        let finishing = info.close_requested && info.peer_closed;
-        if !info.aborted && !finishing {
-            info.aborted = true;
-            let _ = st.server.abort(sid, AbortCode::DROPPED);
-            st.drain();
+        let finishing = st.info.close_requested && st.info.peer_closed;
+        if live && !st.info.aborted && !finishing {
+            st.info.aborted = true;
+            if let Some(c) = st.conn.as_mut() {
+                c.abort(AbortCode::DROPPED);
+            }
         }
-        self.shared.cond.notify_all();
+        // Also discards what is left unread of an ended session.
+        after(shared, sess, &mut st, shared.now(), None);
+        unlock(shared, sess, st);
+        sess.cond.notify_all();
     }
 }
 
-fn abort_server(shared: &ServerShared, sid: SessionId, code: AbortCode) {
-    let mut st = lock(&shared.state);
-    let live = st
-        .sessions
-        .get(&sid)
-        .is_some_and(|i| i.end.is_none() && !i.aborted);
-    if live {
-        if let Some(i) = st.sessions.get_mut(&sid) {
-            i.aborted = true;
+fn abort_server(shared: &ServerShared, sess: &Arc<SessionShared>, code: AbortCode) {
+    let mut st = sess.lock();
+    if st.info.end.is_none() && !st.info.aborted {
+        st.info.aborted = true;
+        if let Some(c) = st.conn.as_mut() {
+            c.abort(code);
         }
-        let _ = st.server.abort(sid, code);
-        st.drain();
+        after(shared, sess, &mut st, shared.now(), None);
     }
-    drop(st);
-    shared.cond.notify_all();
+    unlock(shared, sess, st);
+    sess.cond.notify_all();
 }
 
-fn wait_server_closed(shared: &ServerShared, sid: SessionId, timeout: StdDuration) -> bool {
+fn wait_server_closed(
+    shared: &ServerShared,
+    sess: &Arc<SessionShared>,
+    timeout: StdDuration,
+) -> bool {
     let end = StdInstant::now() + timeout;
-    let mut st = lock(&shared.state);
+    let mut st = sess.lock();
     loop {
-        let over =
-            st.sessions.get(&sid).is_none_or(|i| i.end.is_some()) || !st.server.has_session(sid);
-        if over {
+        if st.info.end.is_some() || st.conn.is_none() {
+            unlock(shared, sess, st);
             return true;
         }
-        if st.stopping {
+        if shared.stopping() {
+            unlock(shared, sess, st);
             return false; // shut down before the peer acknowledged
         }
         let left = end.saturating_duration_since(StdInstant::now());
         if left.is_zero() {
+            unlock(shared, sess, st);
             return false;
         }
-        st = wait_for(&shared.cond, st, left);
+        if st.pending.needs_endpoint() || st.pending.changed {
+            unlock(shared, sess, st);
+            st = sess.lock();
+            continue;
+        }
+        st = wait_for(&sess.cond, st, left);
     }
 }
 
@@ -1898,7 +2670,7 @@ pub struct AbortHandle(HandleInner);
 #[derive(Clone)]
 enum HandleInner {
     Client(Arc<ClientShared>),
-    Server(Arc<ServerShared>, SessionId),
+    Server(Arc<ServerShared>, Arc<SessionShared>),
 }
 
 impl fmt::Debug for AbortHandle {
@@ -1912,7 +2684,7 @@ impl AbortHandle {
     pub fn abort(&self, code: AbortCode) {
         match &self.0 {
             HandleInner::Client(s) => abort_client(s, code),
-            HandleInner::Server(s, sid) => abort_server(s, *sid, code),
+            HandleInner::Server(s, sess) => abort_server(s, sess, code),
         }
     }
 
@@ -1920,7 +2692,7 @@ impl AbortHandle {
     pub fn wait_closed(&self, timeout: StdDuration) -> bool {
         match &self.0 {
             HandleInner::Client(s) => wait_client_closed(s, timeout),
-            HandleInner::Server(s, sid) => wait_server_closed(s, *sid, timeout),
+            HandleInner::Server(s, sess) => wait_server_closed(s, sess, timeout),
         }
     }
 }
