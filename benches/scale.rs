@@ -445,7 +445,11 @@ impl TimerBed {
             written += 1;
         }
         let secs = thread_cpu_secs() - t;
-        assert_eq!(written, self.due.len(), "exactly the due transports are writable");
+        assert_eq!(
+            written,
+            self.due.len(),
+            "exactly the due transports are writable"
+        );
         let visited = (self.server.timer_visits() - visits) as usize;
         assert_eq!(visited, self.due.len(), "only the due sessions are visited");
         if let Some(e) = self.server.poll_event() {

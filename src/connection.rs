@@ -115,7 +115,7 @@ pub enum EndpointEvent {
     },
 }
 
-/// One session of a server endpoint. See the [module docs](self).
+/// One session of a server endpoint. See the [module docs](crate::connection).
 ///
 /// # Calling contract
 /// The driver owns the value and calls, for the session's current transport

@@ -159,7 +159,7 @@ enum Deadline {
     Handshake(SessionId),
 }
 
-/// A relink server endpoint. See the [module docs](self).
+/// A relink server endpoint. See the [module docs](crate::endpoint).
 ///
 /// # Calling contract
 /// - **input**: [`accept`](Self::accept) each new transport, then

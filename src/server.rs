@@ -38,7 +38,7 @@ struct Slot {
 const NEVER: Instant = Instant(u64::MAX);
 
 /// A relink server endpoint with its sessions, for single-threaded drivers.
-/// See the [module docs](self).
+/// See the [module docs](crate::server).
 ///
 /// # Calling contract
 /// For each transport: [`accept`](Self::accept), then feed received bytes to
