@@ -25,7 +25,8 @@ use crate::resume::{
     reject_mac, request_mac, response_mac, REJECT_MAC_INPUT, REQUEST_MAC_INPUT, RESPONSE_MAC_INPUT,
 };
 use crate::stream::{Stream, StreamEvent, StreamKeys, StreamLimits};
-use crate::time::{earliest, Duration, Instant};
+use crate::time::{Duration, Instant};
+use crate::timer::{Timer, TimerTable};
 use crate::wire::{
     resume_response_len, server_hello_len, AbortCode, AuthenticatedReject, HandshakeStatus,
     ResumeRequest, ResumeResponse, ResumeStatus, UnknownSessionReject, RESUME_REQUEST_LEN,
@@ -515,17 +516,34 @@ impl<R: CryptoRng> Client<R> {
     /// When [`Client::handle_timeout`] should be called next.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let abort = self.stream.abort_answer_deadline(self.config.idle_timeout);
-        let phase = match &self.phase {
-            Phase::Hello { deadline, .. } => Some(*deadline),
-            Phase::Resume { deadline, .. } => earliest(Some(*deadline), self.give_up_timer()),
-            Phase::Open => self.stream.poll_timeout(),
-            Phase::Idle | Phase::Dead => self.give_up_timer(),
-        };
-        if self.closed.is_some() {
-            return phase;
+        self.timers().next()
+    }
+
+    /// The client's deadlines by [`Timer`] kind, read off its state (the
+    /// same table the server's connections keep).
+    pub fn timers(&self) -> TimerTable {
+        let mut t = TimerTable::default();
+        match &self.phase {
+            Phase::Hello { deadline, .. } => t.set(Timer::Handshake, Some(*deadline)),
+            Phase::Resume { deadline, .. } => {
+                t.set(Timer::Handshake, Some(*deadline));
+                t.set(Timer::GiveUp, self.give_up_timer());
+            }
+            Phase::Open => {
+                let link = self.stream.timers();
+                t.set(Timer::Ack, link.ack);
+                t.set(Timer::Keepalive, link.keepalive);
+                t.set(Timer::Idle, link.idle);
+            }
+            Phase::Idle | Phase::Dead => t.set(Timer::GiveUp, self.give_up_timer()),
         }
-        earliest(phase, abort)
+        if self.closed.is_none() {
+            t.set(
+                Timer::AbortAnswer,
+                self.stream.abort_answer_deadline(self.config.idle_timeout),
+            );
+        }
+        t
     }
 
     /// The give-up deadline as a timer: until `handle_timeout` saw it pass.

@@ -29,7 +29,7 @@ use crate::config::Config;
 use crate::error::{Error, ProtocolError};
 use crate::event::ByteRange;
 use crate::keys::{tags_equal, DirectionKeys, FrameAad};
-use crate::time::{earliest, Duration, Instant};
+use crate::time::{Duration, Instant};
 use crate::wire::{
     AbortCode, FrameHeader, FrameType, ABORT_PAYLOAD_LEN, FRAME_HEADER_LEN, FRAME_OVERHEAD,
     MAX_FRAME_PAYLOAD, TAG_LEN,
@@ -818,12 +818,6 @@ impl Stream {
     }
 
     // ----- timers ---------------------------------------------------------
-
-    /// The next instant `handle_timeout` or `poll_transmit` has work.
-    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
-        let t = self.timers();
-        earliest(earliest(t.ack, t.keepalive), t.idle)
-    }
 
     /// The link's deadlines by kind (all `None` without a link).
     pub(crate) fn timers(&self) -> LinkTimers {

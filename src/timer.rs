@@ -1,5 +1,8 @@
-//! Timers of one connection: one enum of timer kinds and a fixed table of
-//! deadlines (the shape of quinn-proto's `connection/timer.rs`).
+//! Timers of one session, on either side: one enum of timer kinds and a
+//! fixed table of deadlines (the shape of quinn-proto's
+//! `connection/timer.rs`). A server [`Connection`](crate::Connection) keeps
+//! its table up to date after every call; the [`Client`](crate::Client)
+//! reads its table off its state ([`Client::timers`](crate::Client::timers)).
 //!
 //! The table holds at most one deadline per kind, so a connection's
 //! `poll_timeout` is the minimum of [`Timer::COUNT`] entries, O(1) in the
@@ -19,13 +22,21 @@ pub enum Timer {
     Idle,
     /// This side's ABORT was not answered within `Config::idle_timeout`.
     AbortAnswer,
-    /// The connection waited `Config::resume_timeout` without transport.
+    /// Server: the connection waited `Config::resume_timeout` without
+    /// transport.
     Expiry,
+    /// Client: the handshake or resume on the current transport must
+    /// complete by now (`Config::handshake_timeout`). (The endpoint keeps
+    /// the same deadline for its pending transports in its index.)
+    Handshake,
+    /// Client: the session is given up after this instant once one more
+    /// attempt fails (`Client::give_up_at`, PROTOCOL.md 7.6).
+    GiveUp,
 }
 
 impl Timer {
     /// Number of timer kinds.
-    pub const COUNT: usize = 5;
+    pub const COUNT: usize = 7;
     /// Every kind, in table order.
     pub const ALL: [Timer; Timer::COUNT] = [
         Timer::Ack,
@@ -33,6 +44,8 @@ impl Timer {
         Timer::Idle,
         Timer::AbortAnswer,
         Timer::Expiry,
+        Timer::Handshake,
+        Timer::GiveUp,
     ];
 }
 

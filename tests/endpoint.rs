@@ -426,3 +426,52 @@ fn an_expired_connection_is_unroutable_before_and_after_the_endpoint_hears_of_it
     let k = endpoint.poll_transmit(tid, &mut wire).expect("reply");
     assert_eq!(&wire[..k], rej.reply(), "the same answer either way");
 }
+
+/// The client reads its deadlines off the same `Timer` kinds: a handshake
+/// deadline while the hello is out, the link timers once open, the give-up
+/// deadline while it has no transport; `poll_timeout` is the earliest.
+#[test]
+fn client_timer_table_follows_its_phase() {
+    use relink::timer::Timer;
+    let cfg = Config::default();
+    let mut endpoint = Endpoint::new(cfg.clone(), rng(31));
+    let mut client = Client::new(cfg.clone(), rng(32));
+    let t0 = Instant::from_micros(5_000);
+    let tid = endpoint.accept(t0).expect("accept");
+    client.new_transport(t0).expect("new_transport");
+    let t = client.timers();
+    assert_eq!(
+        t.get(Timer::Handshake),
+        Some(t0.saturating_add(cfg.handshake_timeout))
+    );
+    assert_eq!(t.get(Timer::Idle), None);
+    assert_eq!(client.poll_timeout(), t.get(Timer::Handshake));
+    let mut wire = vec![0u8; 4096];
+    let k = client.poll_transmit(t0, &mut wire).expect("hello");
+    let _ = endpoint
+        .handle_input(tid, t0, &wire[..k])
+        .expect("hello in");
+    let k = endpoint
+        .poll_transmit(tid, &mut wire)
+        .expect("server hello");
+    client
+        .handle_input(t0, &wire[..k])
+        .expect("server hello in");
+    let t = client.timers();
+    assert_eq!(t.get(Timer::Handshake), None, "open: no handshake deadline");
+    assert_eq!(
+        t.get(Timer::Idle),
+        Some(t0.saturating_add(cfg.idle_timeout))
+    );
+    assert!(t.get(Timer::Keepalive).is_some());
+    assert_eq!(client.poll_timeout(), t.next());
+    client.transport_lost(t0);
+    let t = client.timers();
+    assert_eq!(t.get(Timer::Idle), None);
+    assert_eq!(
+        t.get(Timer::GiveUp),
+        client.give_up_at(),
+        "detached: the give-up deadline is the timer"
+    );
+    assert!(t.get(Timer::GiveUp).is_some());
+}
