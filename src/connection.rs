@@ -155,7 +155,6 @@ pub struct Connection {
     /// The ResumeResponse for the current transport, until transmitted
     /// (boxed: an idle session carries none).
     control: Option<Box<[u8; RESUME_RESPONSE_LEN]>>,
-    detached_since: Option<Instant>,
     /// The session ended (clean close, or an ABORT either way) and its
     /// `Closed` event was reported; it stays resumable until it expires so
     /// that the client can complete the ending after a cut.
@@ -207,7 +206,6 @@ impl Connection {
             last_counter: 0,
             transport,
             control: None,
-            detached_since: None,
             finished: false,
             unroutable: false,
             endpoint_event: false,
@@ -224,7 +222,10 @@ impl Connection {
                 session,
             });
         } else {
-            c.detached_since = Some(now);
+            c.timers.set(
+                Timer::Expiry,
+                Some(now.saturating_add(c.config.resume_timeout)),
+            );
         }
         c.update_timers();
         Ok(c)
@@ -354,7 +355,7 @@ impl Connection {
             }
         };
         let old = self.transport.replace(transport);
-        self.detached_since = None;
+        self.timers.set(Timer::Expiry, None);
         let mut resp = ResumeResponse {
             server_written,
             server_read,
@@ -411,8 +412,9 @@ impl Connection {
                 },
             });
         }
-        if let Some(since) = self.detached_since {
-            if now >= since.saturating_add(self.config.resume_timeout) {
+        if self.transport.is_none() {
+            // Detached: the only timer left is the expiry.
+            if self.timers.is_due(Timer::Expiry, now) {
                 self.expire();
             }
         } else if let Some(t) = self.transport {
@@ -592,11 +594,7 @@ impl Connection {
             Timer::AbortAnswer,
             self.stream.abort_answer_deadline(self.config.idle_timeout),
         );
-        self.timers.set(
-            Timer::Expiry,
-            self.detached_since
-                .map(|s| s.saturating_add(self.config.resume_timeout)),
-        );
+        // Timer::Expiry is set by `detach` and cleared by a resume.
     }
 
     fn detach(&mut self, now: Instant) {
@@ -607,7 +605,10 @@ impl Connection {
         self.transport = None;
         self.control = None;
         if !self.unroutable {
-            self.detached_since = Some(now);
+            self.timers.set(
+                Timer::Expiry,
+                Some(now.saturating_add(self.config.resume_timeout)),
+            );
         }
     }
 
@@ -637,7 +638,6 @@ impl Connection {
             self.unroutable = true;
             self.endpoint_event = true;
         }
-        self.detached_since = None;
         self.timers.clear();
     }
 
