@@ -12,22 +12,30 @@ use crate::wire::MAX_FRAME_PAYLOAD;
 #[derive(Clone)]
 pub struct Config {
     /// Largest payload of a DATA frame this side sends (1..=16384).
+    /// Default: 16384.
     pub max_frame_payload: usize,
     /// Cap on sent-but-unacknowledged bytes kept for resending. `send`
     /// accepts no more once this many bytes are unacknowledged.
+    /// Default: 1 MiB.
     pub send_buffer: usize,
     /// Size of the receive buffer (verified bytes not yet read by the
     /// application, plus one partial frame). At least one maximum frame.
+    /// Default: 1 MiB.
     pub recv_buffer: usize,
     /// Send an ACK once this many verified bytes have not been acknowledged.
+    /// Default: 64 KiB.
     pub ack_threshold: usize,
     /// Send an ACK at most this long after unacknowledged data arrived.
+    /// Default: 20 ms.
     pub ack_delay: Duration,
     /// Send a PING when nothing was sent on the transport for this long.
+    /// Default: 5 s.
     pub keepalive_interval: Duration,
     /// Declare the transport dead when nothing arrived for this long.
+    /// Default: 15 s.
     pub idle_timeout: Duration,
     /// A handshake or resume must complete within this time.
+    /// Default: 10 s.
     pub handshake_timeout: Duration,
     /// Server: how long a session without transport waits to be resumed
     /// (default 10 minutes: long enough for the outages a phone meets in a
@@ -39,6 +47,7 @@ pub struct Config {
     pub resume_timeout: Duration,
     /// Server: accepted resume requests' time may differ from the server's
     /// clock by at most this much.
+    /// Default: 60 s.
     pub resume_window: Duration,
     /// Client: consecutive resume attempts that the server answered with a
     /// rejection before giving up (PROTOCOL.md 7.6); Replayed answers never
@@ -48,12 +57,14 @@ pub struct Config {
     /// Attempts that got no answer (refused, cut, timed out) never count:
     /// those continue until the server's advertised resume timeout passed
     /// ([`crate::Client::give_up_at`]).
+    /// Default: 16.
     pub max_resume_attempts: u32,
     /// Client, anonymous mode only: consecutive transports ended by a frame
     /// whose tag failed before the session is closed. A server never ends a
     /// session for failed frame tags, nor does a client that pins the server
     /// key: such frames are unauthenticated input and cost only their
     /// transport (PROTOCOL.md 5.2, 7.7).
+    /// Default: 8.
     pub max_auth_failures: u32,
     /// Client, anonymous mode only: unauthenticated "unknown session" (or
     /// "unsupported version", "malformed") answers to resume attempts in a
@@ -61,19 +72,25 @@ pub struct Config {
     /// "unknown session" answer is authenticated by the session's reset
     /// token (PROTOCOL.md 3.6) and ends the session at once, and answers
     /// without a valid token only cost their transport.
+    /// Default: 3.
     pub max_unauthenticated_rejections: u32,
     /// Server: most sessions at once.
+    /// Default: 10,000.
     pub max_sessions: usize,
     /// Server: most transports that have not yet completed a handshake or resume.
+    /// Default: 1,000.
     pub max_pending_transports: usize,
     /// Bytes sent under one key before the session refuses to send more
     /// (rekeying is not implemented yet; the stream closes with
     /// [`crate::Error::KeyLimitReached`]).
+    /// Default: 2^60.
     pub key_byte_limit: u64,
     /// Server: its static key pair, if clients pin it. Client: unused.
+    /// Default: none.
     pub server_static: Option<StaticKeypair>,
     /// Client: the server's pinned public key. Without it the handshake is
     /// anonymous and open to an active man in the middle.
+    /// Default: none.
     pub pinned_server_key: Option<[u8; 32]>,
     /// Server: the wall clock used for freshness (the time announced to
     /// clients and the window of resume requests). `None`: the monotonic

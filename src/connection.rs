@@ -15,9 +15,18 @@
 //!  (endpoint) ──────────▶ Attached ──────────────────────────▶ Detached
 //!                            ▲        valid resume request         │
 //!                            └─────────────────────────────────────┘
-//!  Attached/Detached ── close, abort, expiry, DataUnavailable ──▶ Ended
-//!  Ended ── application read every byte ──▶ drained (drop it)
+//!  Attached/Detached ── expiry, DataUnavailable ──▶ Ended (unroutable)
+//!  Ended ── application read every byte, events polled ──▶ drained (drop it)
 //! ```
+//!
+//! A session that *finished* (clean close of both directions, or an ABORT
+//! either way; its `Closed` event was reported) stays resumable, and keeps
+//! its slot in `Config::max_sessions`, until its `resume_timeout` passes
+//! without transport: the client may still need a resume to receive the
+//! acknowledgement of its CLOSE or the answer to its ABORT (PROTOCOL.md 6.4,
+//! 6.6, 8). Its buffers are freed while it waits; only the connection value
+//! (about 0.7 KiB) remains. Size `max_sessions` for the sessions that end in
+//! a `resume_timeout` window, or lower `resume_timeout`.
 
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
@@ -270,7 +279,9 @@ impl Connection {
     /// `transport`. On success `transport` becomes the current one (the
     /// previous one, if any, gets a `CloseTransport` event) and the
     /// ResumeResponse waits in `poll_transmit`. On failure write
-    /// [`Rejection::reply`] to `transport` and close it (PROTOCOL.md 7.3).
+    /// [`Rejection::reply`] to `transport` and close it (PROTOCOL.md 7.3):
+    /// the transport then belongs to nobody (no `transport_lost` is needed;
+    /// it is harmless).
     pub fn handle_resume(
         &mut self,
         transport: TransportId,
@@ -570,8 +581,10 @@ impl Connection {
         !self.unroutable
     }
 
-    /// The session ended, the application read every byte and every event
-    /// was polled: drop the value.
+    /// The session can no longer be resumed (it expired, or ended by
+    /// DataUnavailable), the application read every byte and every event
+    /// was polled: drop the value. A cleanly closed session is drained only
+    /// after it expired (see the [module docs](crate::connection)).
     pub fn is_drained(&self) -> bool {
         self.unroutable
             && self.stream.readable() == 0

@@ -73,9 +73,12 @@ pub enum Dispatch {
         /// The new session, attached to the transport.
         connection: Box<Connection>,
     },
-    /// A resume request for `session`: pass `request` to that session's
-    /// [`Connection::handle_resume`] with the same transport. The transport
-    /// no longer belongs to the endpoint.
+    /// A resume request for `session`: pass `request` (the whole message,
+    /// [`crate::wire::RESUME_REQUEST_LEN`] bytes) to that
+    /// session's [`Connection::handle_resume`] with the same transport; if
+    /// the driver no longer has that session, write
+    /// [`Endpoint::unknown_session`]'s reply and close the transport. The
+    /// transport no longer belongs to the endpoint.
     Resume {
         /// Bytes of the input used by the endpoint.
         consumed: usize,
@@ -179,7 +182,11 @@ enum Deadline {
 ///
 /// The endpoint is small and its calls are short (one X25519 key generation
 /// and two DH per hello at most): a multi-threaded driver keeps it behind
-/// one lock and the connections behind their own.
+/// one lock and the connections behind their own. Its event queue is shared
+/// by every transport it holds (a timer step may end any of them), so a
+/// task that serves one transport can instead ask
+/// [`transport_ended`](Self::transport_ended) after each call; either way
+/// works. `examples/threaded_server.rs` is such a driver over `std::net`.
 pub struct Endpoint<R: CryptoRng> {
     shared: Shared,
     rng: R,
@@ -230,7 +237,8 @@ impl<R: CryptoRng> Endpoint<R> {
         &self.shared.config
     }
 
-    /// Register a newly accepted transport. Fails with
+    /// Register a newly accepted transport (its handshake deadline enters
+    /// the index: re-read [`poll_timeout`](Self::poll_timeout)). Fails with
     /// [`Error::TooManyTransports`] when `max_pending_transports` transports
     /// are still pending (not yet authenticated): close it then.
     pub fn accept(&mut self, now: Instant) -> Result<TransportId, Error> {
@@ -277,7 +285,10 @@ impl<R: CryptoRng> Endpoint<R> {
 
     /// Bytes received on `transport`. See [`Dispatch`] for what follows.
     /// `Err` means the transport is finished: flush `poll_transmit` (it may
-    /// hold a rejection), then close it.
+    /// hold a rejection), close it, then call
+    /// [`transport_lost`](Self::transport_lost) (until then it counts
+    /// against `max_pending_transports`). A call can add a deadline (a new
+    /// handshake): re-read [`poll_timeout`](Self::poll_timeout) after it.
     pub fn handle_input(
         &mut self,
         transport: TransportId,

@@ -11,7 +11,13 @@
 //!   PROTOCOL.md 3) and the time window of resume requests (7.3). Without a
 //!   wall clock the monotonic `Instant` stands in for it, which is sound
 //!   within one server process (clients extrapolate the server's clock from
-//!   what it announced) but not across restarts or nodes.
+//!   what it announced) but not across restarts or nodes. A server driver
+//!   should set [`SystemWallClock`] (the crate's drivers do); clients never
+//!   read the wall clock.
+//!
+//! For the monotonic clock, prefer one that keeps counting while the
+//! machine sleeps (Linux `CLOCK_BOOTTIME`; std's `Instant` stops on Linux),
+//! so that a phone that slept estimates the server's clock right.
 
 /// A point in time on the caller's clock, in microseconds since its origin.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -97,7 +103,8 @@ pub trait WallClock: Send + Sync {
     fn now(&self) -> UnixTime;
 }
 
-/// The operating system's wall clock (`std::time::SystemTime`).
+/// The operating system's wall clock (`std::time::SystemTime`), `std`
+/// feature only.
 #[cfg(feature = "std")]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SystemWallClock;
