@@ -314,3 +314,357 @@ fn ended_sessions_holding_unread_bytes_count_against_max_sessions() {
 fn rng_s(seed: u64) -> chacha20::ChaCha20Rng {
     common::rng(seed)
 }
+
+// ---------------------------------------------------------------------------
+// Randomized accounting: many clients, cuts anywhere (also inside the
+// handshake, so confirms get lost), time jumps across every timeout, an
+// application that reads, closes and aborts at random. After every action,
+// driven as a driver would (CloseTransport → flush, then transport_lost),
+// the server's tables must agree with each other.
+// ---------------------------------------------------------------------------
+
+use chacha20::ChaCha20Rng;
+use rand_core::Rng;
+use relink::{AbortCode, SessionId, TransportId};
+use std::collections::BTreeSet;
+
+struct Peer {
+    client: Client<ChaCha20Rng>,
+    transport: Option<TransportId>,
+    c2s: Vec<u8>,
+    s2c: Vec<u8>,
+}
+
+struct World {
+    server: Server<ChaCha20Rng>,
+    peers: Vec<Peer>,
+    now: Instant,
+    rng: ChaCha20Rng,
+    /// Every transport the server accepted and was not told lost.
+    open: BTreeSet<TransportId>,
+    /// Sessions announced by HandshakeDone.
+    sessions: BTreeSet<SessionId>,
+    /// Transports the server asked to close.
+    closing: BTreeSet<TransportId>,
+    buf: Vec<u8>,
+    log: Vec<String>,
+}
+
+impl World {
+    fn new(seed: u64, cfg: Config, n: usize) -> World {
+        World {
+            server: Server::new(cfg, common::rng(seed)),
+            peers: (0..n)
+                .map(|i| Peer {
+                    client: Client::new(Config::default(), common::rng(seed * 100 + i as u64)),
+                    transport: None,
+                    c2s: Vec::new(),
+                    s2c: Vec::new(),
+                })
+                .collect(),
+            now: T0,
+            rng: common::rng(seed ^ 0xABCD),
+            open: BTreeSet::new(),
+            sessions: BTreeSet::new(),
+            closing: BTreeSet::new(),
+            buf: vec![0u8; 64 * 1024],
+            log: Vec::new(),
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Some(e) = self.server.poll_event() {
+            match e {
+                ServerEvent::HandshakeDone { session, .. } => {
+                    self.sessions.insert(session);
+                }
+                ServerEvent::CloseTransport { transport, .. } => {
+                    self.closing.insert(transport);
+                }
+                _ => {}
+            }
+        }
+        // The driver flushes and closes what the server ended.
+        let closing = std::mem::take(&mut self.closing);
+        for t in closing {
+            if !self.open.contains(&t) {
+                continue;
+            }
+            let mut out = Vec::new();
+            while let Ok(n @ 1..) = self.server.poll_transmit(t, self.now, &mut self.buf) {
+                out.extend_from_slice(&self.buf[..n]);
+            }
+            self.server.transport_lost(t, self.now);
+            self.open.remove(&t);
+            if let Some(p) = self.peers.iter_mut().find(|p| p.transport == Some(t)) {
+                let _ = p.client.handle_input(self.now, &out);
+                p.client.transport_lost(self.now);
+                p.transport = None;
+                p.c2s.clear();
+                p.s2c.clear();
+            }
+            while let Some(e) = self.server.poll_event() {
+                match e {
+                    ServerEvent::HandshakeDone { session, .. } => {
+                        self.sessions.insert(session);
+                    }
+                    ServerEvent::CloseTransport { transport, .. } => {
+                        self.closing.insert(transport);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if !self.closing.is_empty() {
+            self.drain();
+        }
+        for p in &mut self.peers {
+            while p.client.poll_event().is_some() {}
+        }
+    }
+
+    fn check(&self, what: &str) {
+        let s = &self.server;
+        let ep = s.endpoint();
+        let held: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .copied()
+            .filter(|sid| s.connection(*sid).is_some())
+            .collect();
+        let routable = held
+            .iter()
+            .filter(|sid| s.connection(**sid).unwrap().is_routable())
+            .count();
+        assert_eq!(
+            ep.session_count(),
+            routable + ep.handshake_count(),
+            "{what}: routes vs routable connections + handshakes\n{}",
+            self.log.join("\n")
+        );
+        assert_eq!(
+            s.session_count(),
+            held.len() + ep.handshake_count(),
+            "{what}: session_count"
+        );
+        let pending = self
+            .open
+            .iter()
+            .filter(|t| !s.transport_ended(**t) && s.session_of(**t).is_none())
+            .count();
+        assert_eq!(
+            s.pending_transports(),
+            pending,
+            "{what}: pending transports"
+        );
+        for t in &self.open {
+            if let Some(sid) = s.session_of(*t) {
+                assert_eq!(s.connection(sid).unwrap().transport(), Some(*t));
+            }
+        }
+    }
+
+    fn step_peer(&mut self, i: usize) {
+        let now = self.now;
+        let Some(t) = self.peers[i].transport else {
+            return;
+        };
+        let p = &mut self.peers[i];
+        while let Ok(n @ 1..) = p.client.poll_transmit(now, &mut self.buf) {
+            p.c2s.extend_from_slice(&self.buf[..n]);
+        }
+        while let Ok(n @ 1..) = self.server.poll_transmit(t, now, &mut self.buf) {
+            p.s2c.extend_from_slice(&self.buf[..n]);
+        }
+        if !p.c2s.is_empty() {
+            let n = 1 + (self.rng.next_u64() as usize) % p.c2s.len();
+            if let Ok(k) = self.server.handle_input(t, now, &p.c2s[..n]) {
+                p.c2s.drain(..k);
+            } else {
+                p.c2s.clear();
+            }
+        }
+        if !p.s2c.is_empty() {
+            let n = 1 + (self.rng.next_u64() as usize) % p.s2c.len();
+            if let Ok(k) = p.client.handle_input(now, &p.s2c[..n]) {
+                p.s2c.drain(..k);
+            } else {
+                p.s2c.clear();
+            }
+        }
+        if p.client.transport_ended() && self.open.contains(&t) {
+            // The client gave the transport up: the driver closes it.
+            self.closing.insert(t);
+        }
+    }
+
+    fn action(&mut self) {
+        let i = (self.rng.next_u64() as usize) % self.peers.len();
+        let r = self.rng.next_u64() % 100;
+        let now = self.now;
+        match r {
+            0..=9 => {
+                if self.peers[i].transport.is_none() && self.peers[i].client.is_closed() {
+                    // A new client in its place.
+                    let seed = self.rng.next_u64();
+                    self.peers[i].client = Client::new(Config::default(), common::rng(seed));
+                }
+                if self.peers[i].transport.is_none() {
+                    if let Ok(t) = self.server.accept(now) {
+                        self.open.insert(t);
+                        if self.peers[i].client.new_transport(now).is_ok() {
+                            self.peers[i].transport = Some(t);
+                            self.log.push(format!("open {i} {t:?}"));
+                        } else {
+                            self.closing.insert(t);
+                        }
+                    }
+                }
+            }
+            10..=49 => {
+                for _ in 0..4 {
+                    self.step_peer(i);
+                }
+            }
+            50..=54 => {
+                // Cut: both sides lose it, in-flight bytes are lost.
+                if let Some(t) = self.peers[i].transport.take() {
+                    self.log.push(format!("cut {i} {t:?}"));
+                    self.server.transport_lost(t, now);
+                    self.open.remove(&t);
+                    let p = &mut self.peers[i];
+                    p.client.transport_lost(now);
+                    p.c2s.clear();
+                    p.s2c.clear();
+                }
+            }
+            55..=64 => {
+                let d = match self.rng.next_u64() % 40 {
+                    0..=29 => Duration::from_millis(30),
+                    30..=33 => Duration::from_secs(5),
+                    34..=35 => Duration::from_secs(11),
+                    36 => Duration::from_secs(16),
+                    37..=38 => Duration::from_secs(30),
+                    _ => Duration::from_secs(601),
+                };
+                self.now = self.now.saturating_add(d);
+                self.log.push(format!("advance {d:?}"));
+            }
+            65..=74 => {
+                if self.server.poll_timeout().is_some_and(|d| d <= now) {
+                    self.server.handle_timeout(now);
+                    while let Some(t) = self.server.poll_writable() {
+                        assert!(self.open.contains(&t), "writable {t:?} is not open");
+                        if let Some(p) = self.peers.iter_mut().find(|p| p.transport == Some(t)) {
+                            while let Ok(n @ 1..) = self.server.poll_transmit(t, now, &mut self.buf)
+                            {
+                                p.s2c.extend_from_slice(&self.buf[..n]);
+                            }
+                        }
+                    }
+                    // Nothing is due any more once the due bytes were taken
+                    // (a deadline that stays due would fire for ever).
+                    let open: Vec<_> = self.open.iter().copied().collect();
+                    let stuck = self.server.poll_timeout().is_some_and(|d| d <= now)
+                        && !open.iter().any(|t| self.server.wants_transmit(*t, now));
+                    assert!(
+                        !stuck,
+                        "a deadline stays due after handle_timeout: {:?} <= {now:?}",
+                        self.server.poll_timeout()
+                    );
+                }
+                for p in &mut self.peers {
+                    if p.client.poll_timeout().is_some_and(|d| d <= now) {
+                        p.client.handle_timeout(now);
+                    }
+                }
+            }
+            75..=84 => {
+                let p = &mut self.peers[i];
+                let _ = p.client.send(&[i as u8; 700]);
+            }
+            85..=92 => {
+                // The application reads (or not) a session.
+                let sids: Vec<_> = self.sessions.iter().copied().collect();
+                if !sids.is_empty() {
+                    let sid = sids[(self.rng.next_u64() as usize) % sids.len()];
+                    while let Ok(1..) = self.server.recv(sid, &mut self.buf) {}
+                    let _ = self.server.send(sid, b"pong");
+                }
+            }
+            93..=95 => {
+                let sids: Vec<_> = self.sessions.iter().copied().collect();
+                if !sids.is_empty() {
+                    let sid = sids[(self.rng.next_u64() as usize) % sids.len()];
+                    let _ = self.server.abort(sid, AbortCode(7));
+                }
+            }
+            96..=97 => {
+                let sids: Vec<_> = self.sessions.iter().copied().collect();
+                if !sids.is_empty() {
+                    let sid = sids[(self.rng.next_u64() as usize) % sids.len()];
+                    let _ = self.server.close(sid);
+                }
+            }
+            _ => {
+                let p = &mut self.peers[i];
+                if self.rng.next_u64() % 5 != 0 {
+                    return self.drain();
+                }
+                if self.rng.next_u64() % 2 == 0 {
+                    p.client.close();
+                } else {
+                    p.client.abort(AbortCode(9));
+                }
+            }
+        }
+        self.drain();
+    }
+}
+
+/// Randomized event sequences against the table accounting of the split
+/// server: routes == routable connections + handshakes, `session_count`,
+/// `pending_transports` == transports neither ended nor attached; and at
+/// the end, once every transport is gone, everything read and every timer
+/// run, nothing is left (no route, no session, no deadline).
+#[test]
+fn tables_agree_under_random_event_sequences() {
+    for seed in 0..150u64 {
+        let cfg = Config {
+            max_sessions: 3,
+            max_pending_transports: 4,
+            ..Config::default()
+        };
+        let mut w = World::new(seed, cfg, 5);
+        for k in 0..1500 {
+            w.action();
+            w.check(&format!("seed {seed} action {k}"));
+        }
+        // Wind down: cut everything, read everything, run every timer.
+        for i in 0..w.peers.len() {
+            if let Some(t) = w.peers[i].transport.take() {
+                w.server.transport_lost(t, w.now);
+                w.open.remove(&t);
+            }
+        }
+        for _ in 0..4 {
+            w.now = w.now.saturating_add(Duration::from_secs(700));
+            w.server.handle_timeout(w.now);
+            w.drain();
+            let sids: Vec<_> = w.sessions.iter().copied().collect();
+            for sid in sids {
+                while let Ok(1..) = w.server.recv(sid, &mut w.buf) {}
+            }
+            w.drain();
+        }
+        w.check(&format!("seed {seed} end"));
+        assert_eq!(w.server.session_count(), 0, "seed {seed}: sessions left");
+        assert_eq!(
+            w.server.endpoint().session_count(),
+            0,
+            "seed {seed}: routes left"
+        );
+        assert_eq!(w.server.pending_transports(), 0, "seed {seed}");
+        assert_eq!(w.server.poll_timeout(), None, "seed {seed}: deadlines left");
+    }
+}
