@@ -120,6 +120,8 @@ fn unconfirmed_resume_is_checked_against_one_wall_reading() {
     assert!(client.is_connected());
     assert_eq!(server.endpoint().session_count(), 1);
     assert_eq!(server.session_count(), 1);
+    // One reading for the ServerHello, one for the resume.
+    assert_eq!(wall.reads(), 2);
 }
 
 /// Whatever the outcome of a resume of an unconfirmed session, the
