@@ -350,6 +350,9 @@ struct World {
     closing: BTreeSet<TransportId>,
     buf: Vec<u8>,
     log: Vec<String>,
+    /// The server's wall clock (when set): monotonic + `offset`.
+    wall: Option<Arc<TestWall>>,
+    offset: i64,
 }
 
 impl World {
@@ -371,6 +374,25 @@ impl World {
             closing: BTreeSet::new(),
             buf: vec![0u8; 64 * 1024],
             log: Vec::new(),
+            wall: None,
+            offset: 0,
+        }
+    }
+
+    fn with_wall(seed: u64, cfg: Config, n: usize) -> World {
+        let wall = TestWall::new(1_700_000_000_000_000, 0);
+        let mut w = World::new(seed, with_wall(cfg, &wall), n);
+        w.wall = Some(wall);
+        w.sync_wall();
+        w
+    }
+
+    fn sync_wall(&self) {
+        if let Some(wall) = &self.wall {
+            wall.set(
+                (1_700_000_000_000_000u64 + self.now.as_micros())
+                    .saturating_add_signed(self.offset),
+            );
         }
     }
 
@@ -550,6 +572,11 @@ impl World {
                     _ => Duration::from_secs(601),
                 };
                 self.now = self.now.saturating_add(d);
+                if self.wall.is_some() && self.rng.next_u64() % 4 == 0 {
+                    // The server's wall clock steps (NTP, migration).
+                    self.offset += (self.rng.next_u64() % 400) as i64 * 1_000_000 - 200_000_000;
+                }
+                self.sync_wall();
                 self.log.push(format!("advance {d:?}"));
             }
             65..=74 => {
@@ -637,7 +664,12 @@ fn tables_agree_under_random_event_sequences() {
             max_pending_transports: 4,
             ..Config::default()
         };
-        let mut w = World::new(seed, cfg, 5);
+        // Every other seed: a server wall clock that steps by up to ±200 s.
+        let mut w = if seed % 2 == 0 {
+            World::new(seed, cfg, 5)
+        } else {
+            World::with_wall(seed, cfg, 5)
+        };
         for k in 0..1500 {
             w.action();
             w.check(&format!("seed {seed} action {k}"));
@@ -651,6 +683,7 @@ fn tables_agree_under_random_event_sequences() {
         }
         for _ in 0..4 {
             w.now = w.now.saturating_add(Duration::from_secs(700));
+            w.sync_wall();
             w.server.handle_timeout(w.now);
             w.drain();
             let sids: Vec<_> = w.sessions.iter().copied().collect();
