@@ -288,7 +288,22 @@ impl Connection {
         now: Instant,
         request: &[u8; RESUME_REQUEST_LEN],
     ) -> Result<(), Rejection> {
-        let r = self.resume(transport, now, request);
+        let wall = self.config.wall_now(now).as_micros();
+        self.handle_resume_at(transport, now, wall, request)
+    }
+
+    /// [`Connection::handle_resume`] with the wall-clock reading `wall`
+    /// (microseconds) the caller already checked the request against: the
+    /// endpoint confirming a session by a resume must not read the clock a
+    /// second time (a later reading can turn its fresh request Stale).
+    pub(crate) fn handle_resume_at(
+        &mut self,
+        transport: TransportId,
+        now: Instant,
+        wall: u64,
+        request: &[u8; RESUME_REQUEST_LEN],
+    ) -> Result<(), Rejection> {
+        let r = self.resume(transport, now, wall, request);
         if let Err(rej) = &r {
             self.events.push_back(ServerEvent::CloseTransport {
                 transport,
@@ -303,6 +318,7 @@ impl Connection {
         &mut self,
         transport: TransportId,
         now: Instant,
+        wall: u64,
         msg: &[u8; RESUME_REQUEST_LEN],
     ) -> Result<(), Rejection> {
         let req = ResumeRequest::decode(msg).map_err(|e| {
@@ -342,7 +358,6 @@ impl Connection {
             server_end: self.stream.write_end(),
             server_read: self.stream.read_count(),
         };
-        let wall = self.config.wall_now(now).as_micros();
         let window = self.config.resume_window.as_micros();
         if let Err(status) = check_request(&req, &counters, wall, window) {
             let reply = authenticated_reject(&self.resume_key, msg, status, wall);

@@ -564,9 +564,14 @@ impl<R: CryptoRng> Endpoint<R> {
         self.release_transport(transport);
         let mut connection = self.confirm(sid, None, now)?;
         connection.announce(transport);
-        if let Err(rej) = connection.handle_resume(transport, now, &msg) {
-            // Cannot happen (the same checks passed above); the session is
-            // lost to this race, reported as a rejection.
+        // The same wall reading as the check above: a second reading could
+        // turn the request Stale after the handshake was consumed.
+        if let Err(rej) = connection.handle_resume_at(transport, now, wall, &msg) {
+            // Cannot happen (the same checks, with the same clock reading,
+            // passed above); the session is lost, reported as a rejection,
+            // and its route goes with it (no route to a session that
+            // exists nowhere).
+            self.routes.remove(&req.conn_id);
             return Err(rej.error());
         }
         Ok(Dispatch::NewConnection {
