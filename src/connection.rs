@@ -8,7 +8,8 @@
 //! endpoint reads a ResumeRequest, names the session, and the driver passes
 //! the request to [`Connection::handle_resume`]. From then on the connection
 //! needs nothing from the endpoint, except that the driver tells the endpoint
-//! when the session can no longer be resumed ([`EndpointEvent`]).
+//! when the session can no longer be resumed and when its last bytes were
+//! read ([`EndpointEvent`]): until then it counts against `max_sessions`.
 //!
 //! ```text
 //!          handshake done             transport lost / failed
@@ -110,17 +111,25 @@ impl Rejection {
 
 /// What a [`Connection`] asks of the [`Endpoint`](crate::Endpoint) that
 /// routes to it. The driver passes each one to
-/// [`Endpoint::handle_event`](crate::Endpoint::handle_event).
+/// [`Endpoint::handle_event`](crate::Endpoint::handle_event). A connection
+/// produces `Unroutable` once, then `Released` once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum EndpointEvent {
-    /// The session can no longer be resumed: remove its route, and stop
-    /// counting it against `max_sessions`.
+    /// The session can no longer be resumed: remove its route. It still
+    /// counts against `max_sessions` (its unread bytes are held).
     Unroutable {
         /// The session.
         session: SessionId,
         /// Its connection id.
         conn_id: u64,
+    },
+    /// The application read every byte of the ended session: it no longer
+    /// counts against `max_sessions` (the driver drops the connection once
+    /// [`Connection::is_drained`]).
+    Released {
+        /// The session.
+        session: SessionId,
     },
 }
 
@@ -173,6 +182,8 @@ pub struct Connection {
     unroutable: bool,
     /// An [`EndpointEvent::Unroutable`] waits for `poll_endpoint_event`.
     endpoint_event: bool,
+    /// [`EndpointEvent::Released`] was produced.
+    released: bool,
     events: VecDeque<ServerEvent>,
     timers: TimerTable,
 }
@@ -218,6 +229,7 @@ impl Connection {
             finished: false,
             unroutable: false,
             endpoint_event: false,
+            released: false,
             events: VecDeque::new(),
             timers: TimerTable::default(),
         };
@@ -503,10 +515,19 @@ impl Connection {
     /// [`Endpoint::handle_event`](crate::Endpoint::handle_event).
     #[must_use]
     pub fn poll_endpoint_event(&mut self) -> Option<EndpointEvent> {
-        core::mem::take(&mut self.endpoint_event).then_some(EndpointEvent::Unroutable {
-            session: self.session,
-            conn_id: self.conn_id,
-        })
+        if core::mem::take(&mut self.endpoint_event) {
+            return Some(EndpointEvent::Unroutable {
+                session: self.session,
+                conn_id: self.conn_id,
+            });
+        }
+        if self.unroutable && !self.released && self.stream.readable() == 0 {
+            self.released = true;
+            return Some(EndpointEvent::Released {
+                session: self.session,
+            });
+        }
+        None
     }
 
     /// When [`Connection::handle_timeout`] should be called next: the
@@ -597,14 +618,11 @@ impl Connection {
     }
 
     /// The session can no longer be resumed (it expired, or ended by
-    /// DataUnavailable), the application read every byte and every event
-    /// was polled: drop the value. A cleanly closed session is drained only
+    /// DataUnavailable), the application read every byte, and every event
+    /// and endpoint event was polled: drop the value. A cleanly closed session is drained only
     /// after it expired (see the [module docs](crate::connection)).
     pub fn is_drained(&self) -> bool {
-        self.unroutable
-            && self.stream.readable() == 0
-            && self.events.is_empty()
-            && !self.endpoint_event
+        self.released && self.events.is_empty()
     }
 
     // ----- internals ------------------------------------------------------

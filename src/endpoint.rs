@@ -199,6 +199,9 @@ pub struct Endpoint<R: CryptoRng> {
     next_session: u64,
     /// Transports not yet ended.
     pending: usize,
+    /// Sessions that can no longer be resumed but still hold unread bytes
+    /// (between `EndpointEvent::Unroutable` and `EndpointEvent::Released`).
+    ended: usize,
     events: VecDeque<ServerEvent>,
     /// Key of the reset tokens, from the static key (none without one).
     reset_secret: Option<Secret>,
@@ -228,6 +231,7 @@ impl<R: CryptoRng> Endpoint<R> {
             next_transport: 0,
             next_session: 0,
             pending: 0,
+            ended: 0,
             events: VecDeque::new(),
         }
     }
@@ -367,7 +371,7 @@ impl<R: CryptoRng> Endpoint<R> {
         hello: &[u8; CLIENT_HELLO_LEN],
     ) -> Result<(), Error> {
         // Unconfirmed sessions count: the cap holds at every moment.
-        if self.routes.len() >= self.shared.config.max_sessions && !self.evict_unconfirmed() {
+        if self.session_count() >= self.shared.config.max_sessions && !self.evict_unconfirmed() {
             return Err(self.reject_hello(transport, HandshakeStatus::Busy));
         }
         let mut random = ServerRandom {
@@ -681,6 +685,11 @@ impl<R: CryptoRng> Endpoint<R> {
                 if self.routes.get(&conn_id) == Some(&session) {
                     self.routes.remove(&conn_id);
                 }
+                // Held until released: the bound covers unread bytes too.
+                self.ended += 1;
+            }
+            EndpointEvent::Released { .. } => {
+                self.ended = self.ended.saturating_sub(1);
             }
         }
     }
@@ -797,9 +806,10 @@ impl<R: CryptoRng> Endpoint<R> {
         self.routes.get(&conn_id).copied()
     }
 
-    /// Resumable sessions (confirmed or not): what `max_sessions` bounds.
+    /// Sessions held: resumable ones (confirmed or not) and ended ones whose
+    /// bytes the application has not read yet. What `max_sessions` bounds.
     pub fn session_count(&self) -> usize {
-        self.routes.len()
+        self.routes.len() + self.ended
     }
 
     /// Unconfirmed sessions (handshakes in progress).

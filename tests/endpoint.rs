@@ -403,13 +403,25 @@ fn an_expired_connection_is_unroutable_before_and_after_the_endpoint_hears_of_it
     );
     assert_eq!(rej.reply().len(), 18, "status + reset token");
     assert_eq!(rej.reply(), endpoint.unknown_session(&request).reply());
-    // The driver passes the connection's request on: the route is gone.
-    let mut forwarded = 0;
+    // The driver passes the connection's requests on: the route is gone,
+    // and (nothing was left to read) the session no longer counts.
+    let mut forwarded = Vec::new();
     while let Some(e) = conn.poll_endpoint_event() {
         endpoint.handle_event(e);
-        forwarded += 1;
+        forwarded.push(e);
     }
-    assert_eq!(forwarded, 1);
+    assert_eq!(
+        forwarded,
+        [
+            relink::EndpointEvent::Unroutable {
+                session: conn.session(),
+                conn_id: conn.conn_id()
+            },
+            relink::EndpointEvent::Released {
+                session: conn.session()
+            }
+        ]
+    );
     assert_eq!(endpoint.session_count(), 0);
     assert_eq!(endpoint.route(conn.conn_id()), None);
     while conn.poll_event().is_some() {}

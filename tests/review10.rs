@@ -271,7 +271,6 @@ fn wall_clock_jumps_on_the_server_cost_at_most_one_stale_answer() {
 /// new `EndpointEvent::Drained` / `Endpoint::session_released` frees the
 /// slot when the driver drops the connection).
 #[test]
-#[ignore = "finding: ended sessions with unread bytes no longer count against max_sessions (needs an endpoint event for drained connections)"]
 fn ended_sessions_holding_unread_bytes_count_against_max_sessions() {
     let cfg = Config {
         max_sessions: 1,
@@ -456,16 +455,22 @@ impl World {
             .copied()
             .filter(|sid| s.connection(*sid).is_some())
             .collect();
-        let routable = held
-            .iter()
-            .filter(|sid| s.connection(**sid).unwrap().is_routable())
-            .count();
+        // Every held session counts against max_sessions, ended ones with
+        // unread bytes included; only routable ones have a route.
         assert_eq!(
             ep.session_count(),
-            routable + ep.handshake_count(),
-            "{what}: routes vs routable connections + handshakes\n{}",
+            held.len() + ep.handshake_count(),
+            "{what}: sessions counted vs held connections + handshakes\n{}",
             self.log.join("\n")
         );
+        for sid in &held {
+            let c = s.connection(*sid).unwrap();
+            assert_eq!(
+                ep.route(c.conn_id()) == Some(*sid),
+                c.is_routable(),
+                "{what}: a route exists exactly for routable sessions"
+            );
+        }
         assert_eq!(
             s.session_count(),
             held.len() + ep.handshake_count(),
