@@ -1,4 +1,4 @@
-//! The `relink` CLI example as a user runs it: `--help`, `keygen`, and a
+//! The `relink` CLI (crate `relink-cli`) as a user runs it: `--help`, `keygen`, and a
 //! random file piped from `connect` to `listen` through a cutting relay
 //! arrives intact (SHA-256), with a pinned server key.
 

@@ -1,4 +1,4 @@
-//! `relink forward` + `relink serve-forward` (the CLI example binary): one
+//! `relink forward` + `relink serve-forward` (the `relink` binary of `relink-cli`): one
 //! TCP client connection to a TCP echo service, carried over a relink
 //! session through a relay that cuts the connection again and again, keeps
 //! working: every byte comes back in order, and EOF passes through.

@@ -1,13 +1,15 @@
-//! Shared by the tests that run the CLI example binary: building and
-//! locating it, and a child-process guard.
+//! Shared by the tests that run the CLI binary (`relink`, from the
+//! `relink-cli` workspace crate): building and locating it, and a
+//! child-process guard.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::OnceLock;
 
-/// Path of the example binary, built once per test process with the same
-/// profile and features as this test (a no-op when `cargo test` built it).
+/// Path of the `relink` binary, built once per test process
+/// (`cargo build -p relink-cli`, same profile as this test; a no-op when it
+/// is up to date).
 /// `RELINK_BIN=/path/to/relink` runs the tests against another build (e.g.
 /// an older commit's, to see a test fail before a fix).
 pub fn relink_bin() -> &'static Path {
@@ -19,9 +21,7 @@ pub fn relink_bin() -> &'static Path {
         let exe = std::env::current_exe().expect("test exe path");
         let profile_dir = exe.parent().and_then(Path::parent).expect("profile dir");
         let target_dir = profile_dir.parent().expect("target dir");
-        let bin = profile_dir
-            .join("examples")
-            .join(format!("relink{}", std::env::consts::EXE_SUFFIX));
+        let bin = profile_dir.join(format!("relink{}", std::env::consts::EXE_SUFFIX));
         let mut cmd = Command::new(env!("CARGO"));
         // The variables cargo sets for this test process would reach build
         // scripts (ring's watches CARGO_MANIFEST_DIR) and make every run
@@ -43,15 +43,12 @@ pub fn relink_bin() -> &'static Path {
         }
         cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
             .env("CARGO_TARGET_DIR", target_dir)
-            .args(["build", "--quiet", "--example", "relink"]);
+            .args(["build", "--quiet", "-p", "relink-cli", "--bin", "relink"]);
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
-        if cfg!(feature = "tokio") {
-            cmd.args(["--features", "tokio"]);
-        }
-        let status = cmd.status().expect("run cargo build --example relink");
-        assert!(status.success(), "cargo build --example relink failed");
+        let status = cmd.status().expect("run cargo build -p relink-cli");
+        assert!(status.success(), "cargo build -p relink-cli failed");
         assert!(bin.exists(), "{} missing", bin.display());
         bin
     })
