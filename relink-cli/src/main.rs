@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! relink keygen --out server.key            # prints the public key to pin
+//! relink pubkey server.key                   # prints it again
 //! relink listen 0.0.0.0:7000 --key server.key > received.bin
 //! relink connect host:7000 --server-key HEX < file.bin
 //! relink serve-forward 0.0.0.0:7000 127.0.0.1:22   # server side of a tunnel
@@ -16,7 +17,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -58,10 +59,12 @@ enum Command {
     /// and the client's address and does not stop the listener; after
     /// `--sessions` sessions ended, exit 0 if all of them ended cleanly.
     Listen {
-        /// Address to bind, e.g. 0.0.0.0:7000 (port 0 picks a free port).
+        /// Address to bind, e.g. 0.0.0.0:7000; `:7000` = every interface
+        /// (port 0 picks a free port).
         addr: String,
         /// Server key file (from `relink keygen`) for clients that pin its
-        /// public key; without it the handshake is anonymous.
+        /// public key (printed on stderr at start); without it the handshake
+        /// is anonymous.
         #[arg(long)]
         key: Option<PathBuf>,
         /// Sessions to serve before exiting (0 = forever).
@@ -88,10 +91,17 @@ enum Command {
         #[arg(long, default_value = "relink.key")]
         out: PathBuf,
     },
+    /// Print the public key (hex) of a key file from `relink keygen`: what
+    /// clients pin with `--server-key`.
+    Pubkey {
+        /// The key file.
+        keyfile: PathBuf,
+    },
     /// Client side of a tunnel: accept TCP connections on LOCAL and carry
     /// each over its own relink session to the `serve-forward` at REMOTE.
     Forward {
-        /// Local address to accept on, e.g. 127.0.0.1:2222.
+        /// Local address to accept on, e.g. 127.0.0.1:2222; `:2222` = every
+        /// interface.
         local: String,
         /// The relink server (`relink serve-forward`) address.
         remote: String,
@@ -100,13 +110,15 @@ enum Command {
         server_key: Option<String>,
     },
     /// Server side of a tunnel: accept relink sessions on ADDR and connect
-    /// each to TARGET by TCP.
+    /// each to TARGET by TCP (a failure names TARGET).
     ServeForward {
-        /// Address to bind for relink clients.
+        /// Address to bind for relink clients, e.g. 0.0.0.0:7000; `:7000` =
+        /// every interface.
         addr: String,
         /// TCP service every session is connected to, e.g. 127.0.0.1:22.
         target: String,
-        /// Server key file (from `relink keygen`).
+        /// Server key file (from `relink keygen`); its public key is printed
+        /// on stderr at start.
         #[arg(long)]
         key: Option<PathBuf>,
         #[command(flatten)]
@@ -139,6 +151,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match &cli.command {
         Command::Keygen { out } => keygen(out),
+        Command::Pubkey { keyfile } => pubkey(keyfile),
         Command::Listen {
             addr,
             key,
@@ -235,20 +248,69 @@ fn keygen(out: &PathBuf) -> io::Result<()> {
     Ok(())
 }
 
+/// Read a key file written by `keygen`.
+fn read_key(path: &Path) -> io::Result<StaticKeypair> {
+    let text = fs::read_to_string(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    let secret = unhex32(&text)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: bad key file: {e}", path.display())))?;
+    Ok(StaticKeypair::from_secret_bytes(secret))
+}
+
+fn pubkey(path: &Path) -> io::Result<()> {
+    println!("{}", hex(&read_key(path)?.public_key()));
+    Ok(())
+}
+
 fn server_config(cli: &Cli, key: Option<&PathBuf>, resume: ResumeTimeout) -> io::Result<Config> {
     let mut cfg = config(cli);
     if let Some(t) = resume.secs {
         cfg.resume_timeout = t;
     }
     if let Some(path) = key {
-        let text = fs::read_to_string(path)
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-        let secret = unhex32(&text).map_err(|e| {
-            io::Error::new(e.kind(), format!("{}: bad key file: {e}", path.display()))
-        })?;
-        cfg.server_static = Some(StaticKeypair::from_secret_bytes(secret));
+        cfg.server_static = Some(read_key(path)?);
     }
     Ok(cfg)
+}
+
+/// After `listening on ADDR`: the public key clients pin, or a warning
+/// that the server is anonymous.
+fn announce_server_key(cfg: &Config) {
+    match &cfg.server_static {
+        Some(k) => eprintln!(
+            "relink: server public key {} (clients pin it with --server-key)",
+            hex(&k.public_key())
+        ),
+        None => eprintln!(
+            "relink: warning: no --key: the server is anonymous; sessions are open to a man in the middle"
+        ),
+    }
+}
+
+/// The client-side counterpart of `announce_server_key`.
+fn warn_if_unpinned(cfg: &Config) {
+    if cfg.pinned_server_key.is_none() {
+        eprintln!(
+            "relink: warning: no --server-key: the server is not authenticated; the session is open to a man in the middle"
+        );
+    }
+}
+
+/// Bind a relink listener on `addr` (a listen address, see `listen_addr`);
+/// the error names the address.
+fn bind_relink(cli: &Cli, cfg: Config, addr: &str) -> io::Result<relink::blocking::Listener> {
+    ListenerBuilder::new(cfg)
+        .on_progress(logger(cli.verbose))
+        .bind(listen_addr(addr).as_str())
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+}
+
+/// A listen address: `:PORT` means every interface (`0.0.0.0:PORT`).
+fn listen_addr(addr: &str) -> String {
+    match addr.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => addr.to_string(),
+    }
 }
 
 fn client_config(cli: &Cli, server_key: Option<&str>) -> io::Result<Config> {
@@ -458,11 +520,10 @@ fn listen(
     resume: ResumeTimeout,
 ) -> io::Result<()> {
     let interrupts = Interrupts::install()?;
-    let listener = ListenerBuilder::new(server_config(cli, key, resume)?)
-        .on_progress(logger(cli.verbose))
-        .bind(addr)
-        .map_err(|e| io::Error::new(e.kind(), format!("{addr}: {e}")))?;
+    let cfg = server_config(cli, key, resume)?;
+    let listener = bind_relink(cli, cfg.clone(), addr)?;
     eprintln!("listening on {}", listener.local_addr());
+    announce_server_key(&cfg);
     let (mut served, mut failed) = (0u64, 0u64);
     let stdout = io::stdout();
     while sessions == 0 || served < sessions {
@@ -512,11 +573,13 @@ fn listen(
 fn connect(cli: &Cli, addr: &str, server_key: Option<&str>) -> io::Result<()> {
     let start = Instant::now();
     let interrupts = Interrupts::install()?;
-    let client = ClientBuilder::new(client_config(cli, server_key)?)
+    let cfg = client_config(cli, server_key)?;
+    warn_if_unpinned(&cfg);
+    let client = ClientBuilder::new(cfg)
         .backoff(backoff(cli))
         .on_progress(logger(cli.verbose))
         .connect(addr)
-        .map_err(|e| io::Error::new(e.kind(), format!("{addr}: {e}")))?;
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot connect to {addr}: {e}")))?;
     let _registered = interrupts.register(client.abort_handle());
     let sent = thread::scope(|s| -> io::Result<u64> {
         let down = s.spawn(|| -> io::Result<u64> {
@@ -563,10 +626,14 @@ fn connect(cli: &Cli, addr: &str, server_key: Option<&str>) -> io::Result<()> {
 fn forward(cli: &Cli, local: &str, remote: &str, server_key: Option<&str>) -> io::Result<()> {
     let cfg = client_config(cli, server_key)?;
     let interrupts = Interrupts::install()?;
-    let listener =
-        TcpListener::bind(local).map_err(|e| io::Error::new(e.kind(), format!("{local}: {e}")))?;
+    let listener = TcpListener::bind(listen_addr(local).as_str())
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {local}: {e}")))?;
     eprintln!("listening on {}", listener.local_addr()?);
-    let remote: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(remote)?.collect();
+    warn_if_unpinned(&cfg);
+    let remote_name = remote.to_string();
+    let remote: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(remote)
+        .map_err(|e| io::Error::new(e.kind(), format!("{remote_name}: {e}")))?
+        .collect();
     let remote = Arc::new(remote);
     let verbose = cli.verbose;
     let backoff = backoff(cli);
@@ -578,7 +645,12 @@ fn forward(cli: &Cli, local: &str, remote: &str, server_key: Option<&str>) -> io
                 continue;
             }
         };
-        let (cfg, remote, interrupts) = (cfg.clone(), remote.clone(), interrupts.clone());
+        let (cfg, remote, remote_name, interrupts) = (
+            cfg.clone(),
+            remote.clone(),
+            remote_name.clone(),
+            interrupts.clone(),
+        );
         thread::spawn(move || {
             let peer = conn
                 .peer_addr()
@@ -587,6 +659,9 @@ fn forward(cli: &Cli, local: &str, remote: &str, server_key: Option<&str>) -> io
                 .backoff(backoff)
                 .on_progress(logger(verbose))
                 .connect(&remote[..])
+                .map_err(|e| {
+                    io::Error::new(e.kind(), format!("cannot connect to {remote_name}: {e}"))
+                })
                 .and_then(|session| {
                     let _registered = interrupts.register(session.abort_handle());
                     splice(&session, conn)
@@ -609,11 +684,10 @@ fn serve_forward(
     resume: ResumeTimeout,
 ) -> io::Result<()> {
     let interrupts = Interrupts::install()?;
-    let listener = ListenerBuilder::new(server_config(cli, key, resume)?)
-        .on_progress(logger(cli.verbose))
-        .bind(addr)
-        .map_err(|e| io::Error::new(e.kind(), format!("{addr}: {e}")))?;
+    let cfg = server_config(cli, key, resume)?;
+    let listener = bind_relink(cli, cfg.clone(), addr)?;
     eprintln!("listening on {}", listener.local_addr());
+    announce_server_key(&cfg);
     let target_name = target.to_string();
     let target: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(target)
         .map_err(|e| io::Error::new(e.kind(), format!("{target}: {e}")))?

@@ -1,0 +1,239 @@
+//! The `relink` CLI's user-facing edges: `pubkey`, the key or anonymity
+//! notice a listener and a client print at start, `:PORT` listen
+//! addresses, and errors that name the address they are about.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+mod cli_support;
+use cli_support::{relink_bin, spawn_listening, wait_exit, Log, Proc};
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("relink-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// `keygen` into a fresh directory: (key file, public key hex).
+fn keygen(dir: &std::path::Path) -> (PathBuf, String) {
+    let key = dir.join("server.key");
+    let out = Command::new(relink_bin())
+        .args(["keygen", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "keygen failed");
+    let public = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(public.len(), 64, "{public:?}");
+    (key, public)
+}
+
+/// A free port on 127.0.0.1 where nothing listens.
+fn closed_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn pubkey_prints_the_public_key_of_a_key_file() {
+    let dir = temp_dir("pubkey");
+    let (key, public) = keygen(&dir);
+    let out = Command::new(relink_bin())
+        .arg("pubkey")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        format!("{public}\n")
+    );
+
+    // A missing or malformed key file fails and names the file.
+    let missing = dir.join("missing.key");
+    let out = Command::new(relink_bin())
+        .arg("pubkey")
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&missing.display().to_string()), "{err}");
+    let bad = dir.join("bad.key");
+    std::fs::write(&bad, "not a key\n").unwrap();
+    let out = Command::new(relink_bin())
+        .arg("pubkey")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad key file"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn listen_with_a_key_prints_the_public_key_to_pin() {
+    let dir = temp_dir("announce");
+    let (key, public) = keygen(&dir);
+    let mut cmd = Command::new(relink_bin());
+    cmd.args(["--idle-ms", "3000", "listen", "127.0.0.1:0", "--key"])
+        .arg(&key)
+        .stdout(Stdio::null());
+    let (mut listen, addr, llog) = spawn_listening("listen", cmd);
+    let line = llog
+        .wait_for(&["public key", &public], Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("no public key line:\n{}", llog.text()));
+    assert!(!line.contains("warning"), "{line}");
+
+    // A client that pins it connects without any warning.
+    let mut connect = Command::new(relink_bin())
+        .args(["--idle-ms", "3000", "connect", &addr.to_string()])
+        .args(["--server-key", &public])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    connect
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"pinned\n")
+        .unwrap(); // dropped: EOF
+    let out = connect.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("man in the middle"), "{err}");
+    assert!(wait_exit(&mut listen, Duration::from_secs(10)).is_some_and(|s| s.success()));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn anonymous_listen_and_connect_warn_of_a_man_in_the_middle() {
+    let mut cmd = Command::new(relink_bin());
+    cmd.args(["--idle-ms", "3000", "listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped());
+    let (mut listen, addr, llog) = spawn_listening("listen", cmd);
+    let line = llog
+        .wait_for(&["warning", "man in the middle"], Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("no warning:\n{}", llog.text()));
+    assert!(
+        line.contains("--key"),
+        "the warning names the remedy: {line}"
+    );
+
+    let mut connect = Command::new(relink_bin())
+        .args(["--idle-ms", "3000", "connect", &addr.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    connect
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"anonymous\n")
+        .unwrap();
+    let out = connect.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let warnings: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("man in the middle"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "one line: {err}");
+    assert!(warnings[0].contains("--server-key"), "{err}");
+    assert!(wait_exit(&mut listen, Duration::from_secs(10)).is_some_and(|s| s.success()));
+}
+
+#[test]
+fn colon_port_listens_on_every_interface() {
+    // listen :0
+    let mut cmd = Command::new(relink_bin());
+    cmd.args(["--idle-ms", "3000", "listen", ":0"])
+        .stdout(Stdio::piped());
+    let (mut listen, addr, _llog) = spawn_listening("listen", cmd);
+    assert!(addr.ip().is_unspecified(), "{addr}");
+    let mut connect = Command::new(relink_bin())
+        .args(["--idle-ms", "3000", "connect"])
+        .arg(format!("127.0.0.1:{}", addr.port()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    connect
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"to every interface\n")
+        .unwrap();
+    assert!(connect.wait().unwrap().success());
+    assert!(wait_exit(&mut listen, Duration::from_secs(10)).is_some_and(|s| s.success()));
+    let mut got = String::new();
+    std::io::Read::read_to_string(&mut listen.0.stdout.take().unwrap(), &mut got).unwrap();
+    assert_eq!(got, "to every interface\n");
+
+    // serve-forward :0 and forward :0
+    for args in [
+        &["serve-forward", ":0", "127.0.0.1:9"][..],
+        &["forward", ":0", "127.0.0.1:9"][..],
+    ] {
+        let mut cmd = Command::new(relink_bin());
+        cmd.args(args);
+        let (_p, addr, _log): (Proc, _, Log) = spawn_listening(args[0], cmd);
+        assert!(addr.ip().is_unspecified(), "{args:?}: {addr}");
+        assert_ne!(addr.port(), 0);
+    }
+}
+
+#[test]
+fn address_errors_name_the_address() {
+    // Bind failure: the port is taken.
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    for sub in ["listen", "serve-forward", "forward"] {
+        let mut cmd = Command::new(relink_bin());
+        cmd.args([sub, &taken_addr, "127.0.0.1:9"][..if sub == "listen" { 2 } else { 3 }].iter());
+        let out = cmd.stdin(Stdio::null()).output().unwrap();
+        assert!(!out.status.success(), "{sub}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("cannot listen on {taken_addr}")),
+            "{sub}: {err}"
+        );
+    }
+    // Connect failure.
+    let addr = format!("127.0.0.1:{}", closed_port());
+    let out = Command::new(relink_bin())
+        .args(["--max-attempts", "1", "connect", &addr])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("cannot connect to {addr}")), "{err}");
+    // Unresolvable names.
+    let out = Command::new(relink_bin())
+        .args([
+            "--max-attempts",
+            "1",
+            "connect",
+            "no-such-host.invalid:7000",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no-such-host.invalid:7000"), "{err}");
+}
