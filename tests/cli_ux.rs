@@ -237,3 +237,47 @@ fn address_errors_name_the_address() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no-such-host.invalid:7000"), "{err}");
 }
+
+#[test]
+fn max_attempts_zero_means_no_limit() {
+    // Nothing listens yet: with `--max-attempts 0` the client keeps trying
+    // (it used to mean 1 and give up at once) and gets through once a
+    // server appears on the port.
+    let port = closed_port();
+    let mut connect = Proc(
+        Command::new(relink_bin())
+            .args(["-v", "--idle-ms", "3000", "--max-attempts", "0", "connect"])
+            .arg(format!("127.0.0.1:{port}"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let clog = Log::collect("connect", connect.0.stderr.take().unwrap());
+    connect
+        .0
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"late server\n")
+        .unwrap();
+    // Several attempts failed and it is still at it.
+    assert!(
+        clog.wait_for(&["connect attempt 3 failed"], Duration::from_secs(10))
+            .is_some(),
+        "{}",
+        clog.text()
+    );
+    assert!(connect.0.try_wait().unwrap().is_none(), "{}", clog.text());
+    let mut cmd = Command::new(relink_bin());
+    cmd.args(["--idle-ms", "3000", "listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::piped());
+    let (mut listen, _, _llog) = spawn_listening("listen", cmd);
+    let status = wait_exit(&mut connect, Duration::from_secs(15));
+    assert!(status.is_some_and(|s| s.success()), "{}", clog.text());
+    assert!(wait_exit(&mut listen, Duration::from_secs(10)).is_some_and(|s| s.success()));
+    let mut got = String::new();
+    std::io::Read::read_to_string(&mut listen.0.stdout.take().unwrap(), &mut got).unwrap();
+    assert_eq!(got, "late server\n");
+}

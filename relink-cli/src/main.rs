@@ -43,9 +43,9 @@ struct Cli {
     #[arg(long, global = true, default_value_t = 15_000)]
     idle_ms: u64,
     /// Client: failed attempts in a row to open the first connection before
-    /// giving up. Once a session exists the client keeps reconnecting (capped
-    /// exponential backoff with jitter) for as long as the server said it
-    /// holds the session.
+    /// giving up (0 = no limit: keep trying). Once a session exists the
+    /// client keeps reconnecting (capped exponential backoff with jitter) for
+    /// as long as the server said it holds the session.
     #[arg(long, global = true, default_value_t = 30)]
     max_attempts: u32,
     #[command(subcommand)]
@@ -67,7 +67,7 @@ enum Command {
         /// is anonymous.
         #[arg(long)]
         key: Option<PathBuf>,
-        /// Sessions to serve before exiting (0 = forever).
+        /// Sessions to serve before exiting (0 = no limit: serve forever).
         #[arg(long, default_value_t = 1)]
         sessions: u64,
         #[command(flatten)]
@@ -209,7 +209,8 @@ fn backoff(cli: &Cli) -> Backoff {
     Backoff {
         initial: Duration::from_millis(20),
         max: Duration::from_secs(2),
-        max_attempts: Some(cli.max_attempts.max(1)),
+        // 0 = no limit, like every count flag.
+        max_attempts: (cli.max_attempts > 0).then_some(cli.max_attempts),
     }
 }
 
