@@ -65,31 +65,87 @@ fn help_explains_every_flag() {
         "listen",
         "connect",
         "keygen",
+        "pubkey",
         "forward",
         "serve-forward",
         "--verbose",
-        "--idle-ms",
-        "--max-attempts",
     ] {
         assert!(top.contains(s), "top-level help lacks {s}:\n{top}");
+    }
+    // Each subcommand's help shows its own flags and no other's.
+    let all = [
+        "--key",
+        "--sessions",
+        "--resume-timeout",
+        "--server-key",
+        "--out",
+        "--idle-ms",
+        "--max-attempts",
+    ];
+    // The flags a help lists (descriptions may mention others).
+    let listed = |h: &str| -> Vec<String> {
+        h.lines()
+            .map(str::trim_start)
+            .filter(|l| l.starts_with('-'))
+            .flat_map(|l| l.split([' ', ',']).filter(|w| w.starts_with("--")))
+            .map(str::to_string)
+            .collect()
+    };
+    for s in all {
+        assert!(
+            !listed(&top).iter().any(|f| f == s),
+            "top-level help shows {s}:\n{top}"
+        );
     }
     for (sub, flags) in [
         (
             "listen",
-            &["--key", "--sessions", "--resume-timeout", "<ADDR>"][..],
+            &[
+                "--key",
+                "--sessions",
+                "--resume-timeout",
+                "--idle-ms",
+                "<ADDR>",
+            ][..],
         ),
-        ("connect", &["--server-key", "<ADDR>"][..]),
+        (
+            "connect",
+            &["--server-key", "--max-attempts", "--idle-ms", "<ADDR>"][..],
+        ),
         ("keygen", &["--out"][..]),
-        ("forward", &["--server-key", "<LOCAL>", "<REMOTE>"][..]),
+        ("pubkey", &["<KEYFILE>"][..]),
+        (
+            "forward",
+            &[
+                "--server-key",
+                "--max-attempts",
+                "--idle-ms",
+                "<LOCAL>",
+                "<REMOTE>",
+            ][..],
+        ),
         (
             "serve-forward",
-            &["--key", "--resume-timeout", "<ADDR>", "<TARGET>"][..],
+            &[
+                "--key",
+                "--resume-timeout",
+                "--idle-ms",
+                "<ADDR>",
+                "<TARGET>",
+            ][..],
         ),
     ] {
         let h = help(&[sub, "--help"]);
         for f in flags {
             assert!(h.contains(f), "`{sub} --help` lacks {f}:\n{h}");
         }
+        for f in all.iter().filter(|f| !flags.contains(f)) {
+            assert!(
+                !listed(&h).iter().any(|l| l == f),
+                "`{sub} --help` shows {f}:\n{h}"
+            );
+        }
+        assert!(h.contains("--verbose"), "`{sub} --help` lacks -v:\n{h}");
     }
 }
 

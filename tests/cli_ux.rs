@@ -246,7 +246,8 @@ fn max_attempts_zero_means_no_limit() {
     let port = closed_port();
     let mut connect = Proc(
         Command::new(relink_bin())
-            .args(["-v", "--idle-ms", "3000", "--max-attempts", "0", "connect"])
+            // The flags after the subcommand, where its --help lists them.
+            .args(["-v", "connect", "--idle-ms", "3000", "--max-attempts", "0"])
             .arg(format!("127.0.0.1:{port}"))
             .stdin(Stdio::piped())
             .stdout(Stdio::null())

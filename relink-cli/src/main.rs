@@ -38,18 +38,57 @@ struct Cli {
     /// resend ranges, throughput.
     #[arg(short, long, global = true)]
     verbose: bool,
-    /// Idle timeout in milliseconds: a transport on which nothing arrived for
-    /// this long is replaced (keepalives are sent at a third of it).
-    #[arg(long, global = true, default_value_t = 15_000)]
-    idle_ms: u64,
-    /// Client: failed attempts in a row to open the first connection before
-    /// giving up (0 = no limit: keep trying). Once a session exists the
-    /// client keeps reconnecting (capped exponential backoff with jitter) for
-    /// as long as the server said it holds the session.
-    #[arg(long, global = true, default_value_t = 30)]
-    max_attempts: u32,
+    /// Before the subcommand, as older versions took it (hidden): the
+    /// subcommand's own `--idle-ms` wins.
+    #[arg(long, hide = true)]
+    idle_ms: Option<u64>,
+    /// Before the subcommand, as older versions took it (hidden): the
+    /// subcommand's own `--max-attempts` wins.
+    #[arg(long, hide = true)]
+    max_attempts: Option<u32>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Every command that opens connections.
+#[derive(clap::Args, Debug, Clone, Copy)]
+struct Idle {
+    /// Idle timeout in milliseconds: a transport on which nothing arrived for
+    /// this long is replaced (keepalives are sent at a third of it)
+    /// [default: 15000].
+    #[arg(long = "idle-ms", value_name = "MS")]
+    ms: Option<u64>,
+}
+
+/// The client commands.
+#[derive(clap::Args, Debug, Clone, Copy)]
+struct Attempts {
+    /// Failed attempts in a row to open the first connection before giving
+    /// up (0 = no limit: keep trying) [default: 30]. Once a session exists
+    /// the client keeps reconnecting (capped exponential backoff with
+    /// jitter) for as long as the server said it holds the session.
+    #[arg(long = "max-attempts", value_name = "N")]
+    n: Option<u32>,
+}
+
+/// The settings the commands share, from the flags.
+struct Opts {
+    verbose: bool,
+    idle_ms: u64,
+    max_attempts: u32,
+}
+
+impl Cli {
+    fn opts(&self, idle: Idle, attempts: Option<Attempts>) -> Opts {
+        Opts {
+            verbose: self.verbose,
+            idle_ms: idle.ms.or(self.idle_ms).unwrap_or(15_000),
+            max_attempts: attempts
+                .and_then(|a| a.n)
+                .or(self.max_attempts)
+                .unwrap_or(30),
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -72,6 +111,8 @@ enum Command {
         sessions: u64,
         #[command(flatten)]
         resume: ResumeTimeout,
+        #[command(flatten)]
+        idle: Idle,
     },
     /// Send stdin to the server at ADDR until EOF, close cleanly once
     /// everything is acknowledged and exit 0; the server's data goes to
@@ -83,6 +124,10 @@ enum Command {
         /// pin; without it the handshake is open to a man in the middle.
         #[arg(long)]
         server_key: Option<String>,
+        #[command(flatten)]
+        attempts: Attempts,
+        #[command(flatten)]
+        idle: Idle,
     },
     /// Generate a server static key file and print its public key (hex) to
     /// pin with `connect --server-key`.
@@ -108,6 +153,10 @@ enum Command {
         /// The server's public key to pin (hex).
         #[arg(long)]
         server_key: Option<String>,
+        #[command(flatten)]
+        attempts: Attempts,
+        #[command(flatten)]
+        idle: Idle,
     },
     /// Server side of a tunnel: accept relink sessions on ADDR and connect
     /// each to TARGET by TCP (a failure names TARGET).
@@ -123,6 +172,8 @@ enum Command {
         key: Option<PathBuf>,
         #[command(flatten)]
         resume: ResumeTimeout,
+        #[command(flatten)]
+        idle: Idle,
     },
 }
 
@@ -157,19 +208,43 @@ fn main() -> ExitCode {
             key,
             sessions,
             resume,
-        } => listen(&cli, addr, key.as_ref(), *sessions, *resume),
-        Command::Connect { addr, server_key } => connect(&cli, addr, server_key.as_deref()),
+            idle,
+        } => listen(
+            &cli.opts(*idle, None),
+            addr,
+            key.as_ref(),
+            *sessions,
+            *resume,
+        ),
+        Command::Connect {
+            addr,
+            server_key,
+            attempts,
+            idle,
+        } => connect(
+            &cli.opts(*idle, Some(*attempts)),
+            addr,
+            server_key.as_deref(),
+        ),
         Command::Forward {
             local,
             remote,
             server_key,
-        } => forward(&cli, local, remote, server_key.as_deref()),
+            attempts,
+            idle,
+        } => forward(
+            &cli.opts(*idle, Some(*attempts)),
+            local,
+            remote,
+            server_key.as_deref(),
+        ),
         Command::ServeForward {
             addr,
             target,
             key,
             resume,
-        } => serve_forward(&cli, addr, target, key.as_ref(), *resume),
+            idle,
+        } => serve_forward(&cli.opts(*idle, None), addr, target, key.as_ref(), *resume),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -195,7 +270,7 @@ fn let_the_interrupt_finish() {
     }
 }
 
-fn config(cli: &Cli) -> Config {
+fn config(cli: &Opts) -> Config {
     let idle = cli.idle_ms.max(3);
     Config {
         idle_timeout: Duration::from_millis(idle),
@@ -205,7 +280,7 @@ fn config(cli: &Cli) -> Config {
     }
 }
 
-fn backoff(cli: &Cli) -> Backoff {
+fn backoff(cli: &Opts) -> Backoff {
     Backoff {
         initial: Duration::from_millis(20),
         max: Duration::from_secs(2),
@@ -263,7 +338,7 @@ fn pubkey(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
-fn server_config(cli: &Cli, key: Option<&PathBuf>, resume: ResumeTimeout) -> io::Result<Config> {
+fn server_config(cli: &Opts, key: Option<&PathBuf>, resume: ResumeTimeout) -> io::Result<Config> {
     let mut cfg = config(cli);
     if let Some(t) = resume.secs {
         cfg.resume_timeout = t;
@@ -299,7 +374,7 @@ fn warn_if_unpinned(cfg: &Config) {
 
 /// Bind a relink listener on `addr` (a listen address, see `listen_addr`);
 /// the error names the address.
-fn bind_relink(cli: &Cli, cfg: Config, addr: &str) -> io::Result<relink::blocking::Listener> {
+fn bind_relink(cli: &Opts, cfg: Config, addr: &str) -> io::Result<relink::blocking::Listener> {
     ListenerBuilder::new(cfg)
         .on_progress(logger(cli.verbose))
         .bind(listen_addr(addr).as_str())
@@ -314,7 +389,7 @@ fn listen_addr(addr: &str) -> String {
     }
 }
 
-fn client_config(cli: &Cli, server_key: Option<&str>) -> io::Result<Config> {
+fn client_config(cli: &Opts, server_key: Option<&str>) -> io::Result<Config> {
     let mut cfg = config(cli);
     if let Some(k) = server_key {
         cfg.pinned_server_key =
@@ -514,7 +589,7 @@ fn peer_of(session: &ServerStream) -> String {
 }
 
 fn listen(
-    cli: &Cli,
+    cli: &Opts,
     addr: &str,
     key: Option<&PathBuf>,
     sessions: u64,
@@ -571,7 +646,7 @@ fn listen(
     Ok(())
 }
 
-fn connect(cli: &Cli, addr: &str, server_key: Option<&str>) -> io::Result<()> {
+fn connect(cli: &Opts, addr: &str, server_key: Option<&str>) -> io::Result<()> {
     let start = Instant::now();
     let interrupts = Interrupts::install()?;
     let cfg = client_config(cli, server_key)?;
@@ -624,7 +699,7 @@ fn connect(cli: &Cli, addr: &str, server_key: Option<&str>) -> io::Result<()> {
     Ok(())
 }
 
-fn forward(cli: &Cli, local: &str, remote: &str, server_key: Option<&str>) -> io::Result<()> {
+fn forward(cli: &Opts, local: &str, remote: &str, server_key: Option<&str>) -> io::Result<()> {
     let cfg = client_config(cli, server_key)?;
     let interrupts = Interrupts::install()?;
     let listener = TcpListener::bind(listen_addr(local).as_str())
@@ -678,7 +753,7 @@ fn forward(cli: &Cli, local: &str, remote: &str, server_key: Option<&str>) -> io
 }
 
 fn serve_forward(
-    cli: &Cli,
+    cli: &Opts,
     addr: &str,
     target: &str,
     key: Option<&PathBuf>,
