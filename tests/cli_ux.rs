@@ -282,3 +282,110 @@ fn max_attempts_zero_means_no_limit() {
     std::io::Read::read_to_string(&mut listen.0.stdout.take().unwrap(), &mut got).unwrap();
     assert_eq!(got, "late server\n");
 }
+
+#[test]
+fn exit_statuses_are_documented_and_distinct() {
+    let help = Command::new(relink_bin()).arg("--help").output().unwrap();
+    assert!(help.status.success());
+    let help = String::from_utf8(help.stdout).unwrap();
+    assert!(help.contains("Exit status:"), "{help}");
+    for code in ["  0 ", "  1 ", "  2 ", "  3 ", "  4 ", "  130 "] {
+        assert!(help.contains(code), "--help lacks status {code:?}:\n{help}");
+    }
+    let status = |args: &[&str]| {
+        Command::new(relink_bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+            .status
+            .code()
+    };
+    // Usage errors: 2.
+    assert_eq!(
+        status(&["connect", "--no-such-flag", "127.0.0.1:1"]),
+        Some(2)
+    );
+    assert_eq!(
+        status(&["connect", "127.0.0.1:1", "--server-key", "abc"]),
+        Some(2)
+    );
+    // Nothing listens: the session cannot be opened, 3.
+    let addr = format!("127.0.0.1:{}", closed_port());
+    assert_eq!(status(&["connect", &addr, "--max-attempts", "1"]), Some(3));
+    // A server without the pinned key: 3 too.
+    let dir = temp_dir("exit");
+    let (key, _) = keygen(&dir);
+    let mut cmd = Command::new(relink_bin());
+    cmd.args(["listen", "127.0.0.1:0", "--idle-ms", "3000", "--key"])
+        .arg(&key)
+        .stdout(Stdio::null());
+    let (_listen, addr, _llog) = spawn_listening("listen", cmd);
+    let wrong = "ab".repeat(32);
+    assert_eq!(
+        status(&[
+            "connect",
+            &addr.to_string(),
+            "--server-key",
+            &wrong,
+            "--max-attempts",
+            "2"
+        ]),
+        Some(3)
+    );
+    // A missing key file: 1.
+    assert_eq!(
+        status(&["pubkey", &dir.join("missing").display().to_string()]),
+        Some(1)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn connect_exits_at_once_with_status_4_when_the_session_is_lost() {
+    // The server keeps a lost session for 1 s, then the client knows it is
+    // gone for good: `connect` must exit then, not when stdin closes.
+    let mut cmd = Command::new(relink_bin());
+    cmd.args(["-v", "listen", "127.0.0.1:0", "--idle-ms", "1000"])
+        .args(["--resume-timeout", "1"])
+        .stdout(Stdio::null());
+    let (mut listen, addr, llog) = spawn_listening("listen", cmd);
+    let mut connect = Proc(
+        Command::new(relink_bin())
+            .args(["connect", &addr.to_string(), "--idle-ms", "1000"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let clog = Log::collect("connect", connect.0.stderr.take().unwrap());
+    // stdin stays open for the whole test.
+    let mut stdin = connect.0.stdin.take().unwrap();
+    stdin.write_all(b"still typing\n").unwrap();
+    stdin.flush().unwrap();
+    assert!(
+        llog.wait_for(&["new session"], Duration::from_secs(10))
+            .is_some(),
+        "{}",
+        llog.text()
+    );
+    listen.0.kill().unwrap(); // SIGKILL: no goodbye to the client
+    let killed = std::time::Instant::now();
+    let st = wait_exit(&mut connect, Duration::from_secs(15));
+    let st = st.unwrap_or_else(|| {
+        panic!(
+            "connect still runs {:?} after the server died:\n{}",
+            killed.elapsed(),
+            clog.text()
+        )
+    });
+    assert_eq!(st.code(), Some(4), "{}", clog.text());
+    assert!(
+        clog.wait_for(&[&addr.to_string()], Duration::from_secs(1))
+            .is_some(),
+        "the error names the server: {}",
+        clog.text()
+    );
+    drop(stdin);
+}

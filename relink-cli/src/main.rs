@@ -32,7 +32,7 @@ use relink::{AbortCode, Backoff, Config, Duration, Event, ServerEvent, StaticKey
 
 /// Long-lived encrypted byte streams that survive broken connections.
 #[derive(Parser, Debug)]
-#[command(name = "relink", version, about, long_about = None)]
+#[command(name = "relink", version, about, long_about = None, after_help = EXIT_STATUS_HELP)]
 struct Cli {
     /// Progress and diagnostics on stderr: connects, reconnects, resumes,
     /// resend ranges, throughput.
@@ -48,6 +48,66 @@ struct Cli {
     max_attempts: Option<u32>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Exit statuses.
+mod status {
+    /// Anything else: a key file, an address to bind, stdin or stdout.
+    pub const FAILURE: u8 = 1;
+    /// Bad flags or arguments (clap exits with 2 too).
+    pub const USAGE: u8 = 2;
+    /// The session could not be opened: attempts exhausted, handshake
+    /// failed (e.g. not the pinned server key).
+    pub const CANNOT_OPEN: u8 = 3;
+    /// The session was lost once open: expired, aborted or reset by the
+    /// peer (`listen`: a session failed).
+    pub const SESSION_LOST: u8 = 4;
+    /// SIGINT or SIGTERM: the sessions were aborted.
+    pub const INTERRUPTED: i32 = 130;
+}
+
+const EXIT_STATUS_HELP: &str = "\
+Exit status:
+  0    clean end (connect: all data acknowledged, session closed)
+  1    other failure: a key file, an address to bind, stdin or stdout
+  2    usage error: bad flags or arguments (e.g. a malformed --server-key)
+  3    the session could not be opened: connect attempts exhausted, handshake
+       failed (e.g. the server does not have the pinned key)
+  4    the session was lost once open: expired, aborted or reset by the peer;
+       connect exits at once, even while stdin is still open
+       (listen: a session failed)
+  130  interrupted (SIGINT, SIGTERM): the sessions were aborted first";
+
+/// An error with its exit status (see `status`); a plain `io::Error` exits
+/// with `status::FAILURE`.
+#[derive(Debug)]
+struct Coded {
+    code: u8,
+    msg: String,
+}
+
+impl std::fmt::Display for Coded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.msg)
+    }
+}
+
+impl std::error::Error for Coded {}
+
+fn coded(code: u8, e: io::Error) -> io::Error {
+    io::Error::new(
+        e.kind(),
+        Coded {
+            code,
+            msg: e.to_string(),
+        },
+    )
+}
+
+fn exit_status(e: &io::Error) -> u8 {
+    e.get_ref()
+        .and_then(|i| i.downcast_ref::<Coded>())
+        .map_or(status::FAILURE, |c| c.code)
 }
 
 /// Every command that opens connections.
@@ -116,7 +176,8 @@ enum Command {
     },
     /// Send stdin to the server at ADDR until EOF, close cleanly once
     /// everything is acknowledged and exit 0; the server's data goes to
-    /// stdout. Exits non-zero if the session is lost for good.
+    /// stdout. Exits at once (status 4) when the session is lost, even while
+    /// stdin is still open.
     Connect {
         /// Server address, e.g. example.com:7000.
         addr: String,
@@ -251,7 +312,7 @@ fn main() -> ExitCode {
         Err(e) => {
             let_the_interrupt_finish();
             eprintln!("relink: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(exit_status(&e))
         }
     }
 }
@@ -392,8 +453,12 @@ fn listen_addr(addr: &str) -> String {
 fn client_config(cli: &Opts, server_key: Option<&str>) -> io::Result<Config> {
     let mut cfg = config(cli);
     if let Some(k) = server_key {
-        cfg.pinned_server_key =
-            Some(unhex32(k).map_err(|e| io::Error::new(e.kind(), format!("--server-key: {e}")))?);
+        cfg.pinned_server_key = Some(unhex32(k).map_err(|e| {
+            coded(
+                status::USAGE,
+                io::Error::new(e.kind(), format!("--server-key: {e}")),
+            )
+        })?);
     }
     Ok(cfg)
 }
@@ -535,7 +600,7 @@ impl Interrupts {
                     "relink: {which}: aborted {} session(s) ({acked} acknowledged by the peer)",
                     handles.len()
                 );
-                std::process::exit(130);
+                std::process::exit(status::INTERRUPTED);
             })?;
         Ok(me)
     }
@@ -639,9 +704,10 @@ fn listen(
         }
     }
     if failed > 0 {
-        return Err(io::Error::other(format!(
-            "{failed} of {served} sessions failed"
-        )));
+        return Err(coded(
+            status::SESSION_LOST,
+            io::Error::other(format!("{failed} of {served} sessions failed")),
+        ));
     }
     Ok(())
 }
@@ -655,7 +721,12 @@ fn connect(cli: &Opts, addr: &str, server_key: Option<&str>) -> io::Result<()> {
         .backoff(backoff(cli))
         .on_progress(logger(cli.verbose))
         .connect(addr)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot connect to {addr}: {e}")))?;
+        .map_err(|e| {
+            coded(
+                status::CANNOT_OPEN,
+                io::Error::new(e.kind(), format!("cannot connect to {addr}: {e}")),
+            )
+        })?;
     let _registered = interrupts.register(client.abort_handle());
     let sent = thread::scope(|s| -> io::Result<u64> {
         let down = s.spawn(|| -> io::Result<u64> {
@@ -676,7 +747,7 @@ fn connect(cli: &Opts, addr: &str, server_key: Option<&str>) -> io::Result<()> {
                         // server (the answer to its ABORT).
                         client.wait_closed(std::time::Duration::from_millis(500));
                         eprintln!("relink: {addr}: {e}");
-                        std::process::exit(1);
+                        std::process::exit(status::SESSION_LOST.into());
                     }
                 };
                 out.write_all(&buf[..k]).and_then(|()| out.flush())?;
@@ -684,14 +755,28 @@ fn connect(cli: &Opts, addr: &str, server_key: Option<&str>) -> io::Result<()> {
             }
             Ok(n)
         });
-        let n = io::copy(&mut io::stdin().lock(), &mut &client)?;
-        (&client).flush()?; // everything acknowledged
-        client.shutdown_write()?;
+        let lost = |e| coded(status::SESSION_LOST, e);
+        // Errors writing to the session are its loss; reading stdin's are not.
+        struct ToSession<'a, W>(&'a W);
+        impl<W> Write for ToSession<'_, W>
+        where
+            for<'w> &'w W: Write,
+        {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                self.0.write(b).map_err(|e| coded(status::SESSION_LOST, e))
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                self.0.flush().map_err(|e| coded(status::SESSION_LOST, e))
+            }
+        }
+        let n = io::copy(&mut io::stdin().lock(), &mut ToSession(&client))?;
+        (&client).flush().map_err(lost)?; // everything acknowledged
+        client.shutdown_write().map_err(lost)?;
         down.join()
             .map_err(|_| io::Error::other("reader thread panicked"))??;
         Ok(n)
     })?;
-    client.close()?;
+    client.close().map_err(|e| coded(status::SESSION_LOST, e))?;
     throughput(cli.verbose, "sent", sent, start);
     if cli.verbose {
         eprintln!("relink: {:?}", client.stats());
