@@ -243,3 +243,32 @@ fn connect_fails_with_a_clear_message_when_the_session_cannot_be_opened() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--server-key"));
 }
+
+#[test]
+fn readme_shows_the_current_help() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    for args in [
+        &["--help"][..],
+        &["listen", "--help"][..],
+        &["connect", "--help"][..],
+        &["keygen", "--help"][..],
+        &["pubkey", "--help"][..],
+        &["forward", "--help"][..],
+        &["serve-forward", "--help"][..],
+    ] {
+        let out = Command::new(relink_bin()).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        let help = String::from_utf8(out.stdout).unwrap();
+        let block = format!(
+            "```text\n$ relink {}\n{}\n```",
+            args.join(" "),
+            help.trim_end()
+        );
+        assert!(
+            readme.contains(&block),
+            "README.md lacks the current `relink {}` (paste it):\n{block}",
+            args.join(" ")
+        );
+    }
+}

@@ -156,7 +156,8 @@ enum Command {
     /// Accept sessions on ADDR and write what each one sends to stdout
     /// (one after the other). A session that fails is logged with its cause
     /// and the client's address and does not stop the listener; after
-    /// `--sessions` sessions ended, exit 0 if all of them ended cleanly.
+    /// `--sessions` sessions ended, exit 0 if all of them ended cleanly
+    /// (4 if one failed).
     Listen {
         /// Address to bind, e.g. 0.0.0.0:7000; `:7000` = every interface
         /// (port 0 picks a free port).
@@ -220,7 +221,7 @@ enum Command {
         idle: Idle,
     },
     /// Server side of a tunnel: accept relink sessions on ADDR and connect
-    /// each to TARGET by TCP (a failure names TARGET).
+    /// each to TARGET by TCP.
     ServeForward {
         /// Address to bind for relink clients, e.g. 0.0.0.0:7000; `:7000` =
         /// every interface.
