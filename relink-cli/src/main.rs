@@ -10,8 +10,10 @@
 //! ```
 //!
 //! Listening commands print `listening on ADDR` on stderr first (tests and
-//! scripts bind port 0 and read the address from there). `-v` logs
-//! reconnects, resends and throughput on stderr.
+//! scripts bind port 0 and read the address from there), then the server's
+//! public key or a warning that the session is anonymous. A listen address
+//! `:PORT` means every interface. `-v` logs reconnects, resends and
+//! throughput on stderr. Exit statuses: see `EXIT_STATUS_HELP`.
 
 use std::collections::HashMap;
 use std::fs;
