@@ -222,6 +222,21 @@ fn address_errors_name_the_address() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("cannot connect to {addr}")), "{err}");
+    // A tunnel whose relink server is not there: the failure of the
+    // connection it carried names the server.
+    let mut cmd = Command::new(relink_bin());
+    cmd.args(["forward", "127.0.0.1:0", &addr, "--max-attempts", "1"]);
+    let (_fwd, local, flog) = spawn_listening("forward", cmd);
+    let _tcp = std::net::TcpStream::connect(local).unwrap();
+    assert!(
+        flog.wait_for(
+            &[&format!("cannot connect to {addr}")],
+            Duration::from_secs(10)
+        )
+        .is_some(),
+        "{}",
+        flog.text()
+    );
     // Unresolvable names.
     let out = Command::new(relink_bin())
         .args([
