@@ -15,22 +15,27 @@
 //! `:PORT` means every interface. `-v` logs reconnects, resends and
 //! throughput on stderr. Exit statuses: see `EXIT_STATUS_HELP`.
 
-use std::collections::HashMap;
-use std::fs;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
-use relink::blocking::{
-    close_reason_text, splice, AbortHandle, ClientBuilder, ListenerBuilder, Progress, ServerStream,
-};
-use relink::{AbortCode, Backoff, Config, Duration, Event, ServerEvent, StaticKeypair};
+
+mod keys;
+mod progress;
+mod signals;
+mod status;
+
+use keys::{hex, keygen, pubkey, read_key, unhex32};
+use progress::{logger, throughput};
+use relink::blocking::{splice, ClientBuilder, ListenerBuilder, ServerStream};
+use relink::{AbortCode, Backoff, Config, Duration};
+use signals::{let_the_interrupt_finish, Interrupts};
+use status::{coded, exit_status, EXIT_STATUS_HELP};
 
 /// Long-lived encrypted byte streams that survive broken connections.
 #[derive(Parser, Debug)]
@@ -50,66 +55,6 @@ struct Cli {
     max_attempts: Option<u32>,
     #[command(subcommand)]
     command: Command,
-}
-
-/// Exit statuses.
-mod status {
-    /// Anything else: a key file, an address to bind, stdin or stdout.
-    pub const FAILURE: u8 = 1;
-    /// Bad flags or arguments (clap exits with 2 too).
-    pub const USAGE: u8 = 2;
-    /// The session could not be opened: attempts exhausted, handshake
-    /// failed (e.g. not the pinned server key).
-    pub const CANNOT_OPEN: u8 = 3;
-    /// The session was lost once open: expired, aborted or reset by the
-    /// peer (`listen`: a session failed).
-    pub const SESSION_LOST: u8 = 4;
-    /// SIGINT or SIGTERM: the sessions were aborted.
-    pub const INTERRUPTED: i32 = 130;
-}
-
-const EXIT_STATUS_HELP: &str = "\
-Exit status:
-  0    clean end (connect: all data acknowledged, session closed)
-  1    other failure: a key file, an address to bind, stdin or stdout
-  2    usage error: bad flags or arguments (e.g. a malformed --server-key)
-  3    the session could not be opened: connect attempts exhausted, handshake
-       failed (e.g. the server does not have the pinned key)
-  4    the session was lost once open: expired, aborted or reset by the peer;
-       connect exits at once, even while stdin is still open
-       (listen: a session failed)
-  130  interrupted (SIGINT, SIGTERM): the sessions were aborted first";
-
-/// An error with its exit status (see `status`); a plain `io::Error` exits
-/// with `status::FAILURE`.
-#[derive(Debug)]
-struct Coded {
-    code: u8,
-    msg: String,
-}
-
-impl std::fmt::Display for Coded {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.msg)
-    }
-}
-
-impl std::error::Error for Coded {}
-
-fn coded(code: u8, e: io::Error) -> io::Error {
-    io::Error::new(
-        e.kind(),
-        Coded {
-            code,
-            msg: e.to_string(),
-        },
-    )
-}
-
-fn exit_status(e: &io::Error) -> u8 {
-    e.get_ref()
-        .and_then(|i| i.downcast_ref::<Coded>())
-        .map_or(status::FAILURE, |c| c.code)
 }
 
 /// Every command that opens connections.
@@ -320,20 +265,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// Set once SIGINT or SIGTERM arrived: the signal thread aborts the
-/// sessions and exits the process.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-/// Errors caused by the interrupt's own abort must not end the process
-/// before the peers were told: leave that to the signal thread.
-fn let_the_interrupt_finish() {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        loop {
-            thread::sleep(std::time::Duration::from_secs(1));
-        }
-    }
-}
-
 fn config(cli: &Opts) -> Config {
     let idle = cli.idle_ms.max(3);
     Config {
@@ -351,55 +282,6 @@ fn backoff(cli: &Opts) -> Backoff {
         // 0 = no limit, like every count flag.
         max_attempts: (cli.max_attempts > 0).then_some(cli.max_attempts),
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex32(s: &str) -> io::Result<[u8; 32]> {
-    let s = s.trim();
-    let bad = || io::Error::new(io::ErrorKind::InvalidInput, "expected 64 hex digits");
-    if s.len() != 64 || !s.is_ascii() {
-        return Err(bad());
-    }
-    let mut out = [0u8; 32];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-    }
-    Ok(out)
-}
-
-fn keygen(out: &PathBuf) -> io::Result<()> {
-    let key = StaticKeypair::generate(&mut relink::os_rng());
-    let mut opts = fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts
-        .open(out)
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", out.display())))?;
-    writeln!(f, "{}", hex(&key.secret_bytes()))?;
-    println!("{}", hex(&key.public_key()));
-    eprintln!(
-        "wrote {}; pin the public key above with `relink connect --server-key`",
-        out.display()
-    );
-    Ok(())
-}
-
-/// Read a key file written by `keygen`.
-fn read_key(path: &Path) -> io::Result<StaticKeypair> {
-    let text = fs::read_to_string(path)
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-    let secret = unhex32(&text)
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: bad key file: {e}", path.display())))?;
-    Ok(StaticKeypair::from_secret_bytes(secret))
-}
-
-fn pubkey(path: &Path) -> io::Result<()> {
-    println!("{}", hex(&read_key(path)?.public_key()));
-    Ok(())
 }
 
 fn server_config(cli: &Opts, key: Option<&PathBuf>, resume: ResumeTimeout) -> io::Result<Config> {
@@ -464,157 +346,6 @@ fn client_config(cli: &Opts, server_key: Option<&str>) -> io::Result<Config> {
         })?);
     }
     Ok(cfg)
-}
-
-/// A stderr logger for `-v`.
-fn logger(verbose: bool) -> impl Fn(&Progress) + Send + Sync + 'static {
-    move |p: &Progress| {
-        if !verbose {
-            return;
-        }
-        match p {
-            Progress::Connecting { attempt, delay } if *attempt > 0 => {
-                eprintln!("relink: connect attempt {attempt} after {delay:?}")
-            }
-            Progress::ConnectFailed { attempt, error } => {
-                eprintln!("relink: connect attempt {attempt} failed: {error}")
-            }
-            Progress::Client(Event::HandshakeDone { conn_id }) => {
-                eprintln!("relink: session {conn_id:016x} established")
-            }
-            Progress::Client(Event::Resumed { counter }) => {
-                eprintln!("relink: resumed (transport #{counter})")
-            }
-            Progress::Client(Event::ResendRange { start, end }) => {
-                eprintln!("relink: resending [{start}, {end}) ({} bytes)", end - start)
-            }
-            Progress::Client(Event::TransportLost { error }) => match error {
-                Some(e) => eprintln!("relink: transport lost: {e}"),
-                None => eprintln!("relink: transport lost"),
-            },
-            Progress::Client(Event::Closed { reason }) => {
-                eprintln!("relink: session closed: {}", close_reason_text(reason))
-            }
-            Progress::Server(ServerEvent::HandshakeDone { session, .. }) => {
-                eprintln!("relink: new session {}", session.0)
-            }
-            Progress::Server(ServerEvent::Resumed {
-                session, counter, ..
-            }) => eprintln!("relink: session {} resumed (#{counter})", session.0),
-            Progress::Server(ServerEvent::ResendRange {
-                session,
-                start,
-                end,
-            }) => eprintln!(
-                "relink: session {} resending [{start}, {end}) ({} bytes)",
-                session.0,
-                end - start
-            ),
-            Progress::Server(ServerEvent::CloseTransport { error: Some(e), .. }) => {
-                eprintln!("relink: transport closed: {e}")
-            }
-            Progress::Server(ServerEvent::Closed { session, reason }) => eprintln!(
-                "relink: session {} closed: {}",
-                session.0,
-                close_reason_text(reason)
-            ),
-            Progress::Server(ServerEvent::SessionExpired { session }) => {
-                eprintln!("relink: session {} expired", session.0)
-            }
-            _ => {}
-        }
-    }
-}
-
-fn throughput(verbose: bool, what: &str, bytes: u64, start: Instant) {
-    if verbose {
-        let s = start.elapsed().as_secs_f64().max(1e-6);
-        eprintln!(
-            "relink: {what} {bytes} bytes in {s:.2} s ({:.1} MiB/s)",
-            bytes as f64 / s / 1_048_576.0
-        );
-    }
-}
-
-/// Sessions to abort when SIGINT or SIGTERM arrives: the signal thread
-/// aborts each with `INTERRUPTED`, waits (at most 0.8 s in all) for the
-/// peers to acknowledge, and exits with status 130.
-#[derive(Clone, Default)]
-struct Interrupts(Arc<Mutex<(u64, HashMap<u64, AbortHandle>)>>);
-
-/// Unregisters its session when dropped.
-struct Registered(Interrupts, u64);
-
-impl Drop for Registered {
-    fn drop(&mut self) {
-        lock(&self.0 .0).1.remove(&self.1);
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-impl Interrupts {
-    /// Take over SIGINT and SIGTERM (installed before this returns).
-    fn install() -> io::Result<Interrupts> {
-        let me = Interrupts::default();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        #[cfg(unix)]
-        let (mut int, mut term) = {
-            use tokio::signal::unix::{signal, SignalKind};
-            let _guard = rt.enter();
-            (
-                signal(SignalKind::interrupt())?,
-                signal(SignalKind::terminate())?,
-            )
-        };
-        let reg = me.clone();
-        thread::Builder::new()
-            .name("relink-signals".into())
-            .spawn(move || {
-                #[cfg(unix)]
-                let which = rt.block_on(async {
-                    tokio::select! {
-                        _ = int.recv() => "SIGINT",
-                        _ = term.recv() => "SIGTERM",
-                    }
-                });
-                #[cfg(not(unix))]
-                let which = rt.block_on(async {
-                    let _ = tokio::signal::ctrl_c().await;
-                    "Ctrl-C"
-                });
-                INTERRUPTED.store(true, Ordering::SeqCst);
-                let handles: Vec<AbortHandle> = lock(&reg.0).1.values().cloned().collect();
-                for h in &handles {
-                    h.abort(AbortCode::INTERRUPTED);
-                }
-                let end = Instant::now() + std::time::Duration::from_millis(800);
-                let mut acked = 0;
-                for h in &handles {
-                    if h.wait_closed(end.saturating_duration_since(Instant::now())) {
-                        acked += 1;
-                    }
-                }
-                eprintln!(
-                    "relink: {which}: aborted {} session(s) ({acked} acknowledged by the peer)",
-                    handles.len()
-                );
-                std::process::exit(status::INTERRUPTED);
-            })?;
-        Ok(me)
-    }
-
-    fn register(&self, h: AbortHandle) -> Registered {
-        let mut g = lock(&self.0);
-        g.0 += 1;
-        let id = g.0;
-        g.1.insert(id, h);
-        Registered(self.clone(), id)
-    }
 }
 
 /// Where `receive` failed.
