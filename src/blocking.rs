@@ -492,9 +492,8 @@ pub use crate::reconnect::{Resolve, ServerAddr};
 ///   does not complete within the connect timeout
 ///   ([`io::ErrorKind::TimedOut`]);
 /// - the peer is not a relink server: it answers the handshake with
-///   something else, closes the connection without answering
-///   ([`io::ErrorKind::InvalidData`]), or does not answer within
-///   `Config::handshake_timeout` ([`io::ErrorKind::TimedOut`]);
+///   something else ([`io::ErrorKind::InvalidData`]), or does not answer
+///   within `Config::handshake_timeout` ([`io::ErrorKind::TimedOut`]);
 /// - with a pinned server key, the answer does not prove that key
 ///   ([`io::ErrorKind::PermissionDenied`], cause
 ///   [`Error::ServerKeyMismatch`]; the message names the key's first 8 hex
@@ -502,8 +501,11 @@ pub use crate::reconnect::{Resolve, ServerAddr};
 ///
 /// With [`ClientBuilder::wait_for_server`] the driver instead keeps trying
 /// (the server may not be up yet) following the [`Backoff`], whose
-/// `max_attempts` then bounds the attempts. A server that answers Busy is
-/// always retried that way.
+/// `max_attempts` then bounds the attempts. A peer that closes the
+/// connection without a whole answer, or answers Busy, is always retried
+/// that way (a path cut during the handshake looks the same); when the
+/// backoff gives up, [`SessionError::GaveUp`] names the address and says the
+/// peer did not answer the relink handshake.
 ///
 /// # Once a session exists
 /// Nothing of the above applies: every failure costs one transport, and

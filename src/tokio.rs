@@ -601,14 +601,18 @@ pub use crate::reconnect::{Resolve, ServerAddr};
 /// message names the address, when the server refuses it
 /// ([`io::ErrorKind::ConnectionRefused`]) or the connect does not complete
 /// within the connect timeout ([`io::ErrorKind::TimedOut`]); when the peer
-/// is not a relink server (it answers the handshake with something else or
-/// closes the connection, [`io::ErrorKind::InvalidData`]; it does not
-/// answer within `Config::handshake_timeout`, [`io::ErrorKind::TimedOut`]);
+/// is not a relink server (it answers the handshake with something else,
+/// [`io::ErrorKind::InvalidData`]; it does not answer within
+/// `Config::handshake_timeout`, [`io::ErrorKind::TimedOut`]);
 /// and, whatever the options, when the answer does not prove the pinned
 /// server key ([`io::ErrorKind::PermissionDenied`], cause
 /// [`Error::ServerKeyMismatch`], the message names the key's first 8 hex
 /// digits). With [`ClientBuilder::wait_for_server`] the driver keeps trying
-/// instead, following the [`Backoff`]. Once a session exists every failure
+/// instead, following the [`Backoff`]. A peer that closes the connection
+/// without a whole answer, or answers Busy, is always retried that way (a
+/// path cut during the handshake looks the same); when the backoff gives
+/// up, [`SessionError::GaveUp`] names the address and says the peer did
+/// not answer the relink handshake. Once a session exists every failure
 /// costs one transport only.
 #[derive(Clone, Debug)]
 pub struct ClientBuilder {
