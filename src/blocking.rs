@@ -15,7 +15,12 @@
 //! the user's connect function, spacing attempts with [`crate::Backoff`], and
 //! resumes the session; `read` and `write` just continue. It keeps trying
 //! until the core ends the session (the server's advertised resume timeout
-//! passed without contact); only the first handshake gives up after
+//! passed without contact). Every attempt resolves the server's name again
+//! and each TCP connect is bounded by [`ClientBuilder::connect_timeout`].
+//! Before a session exists, `connect` fails at once with a
+//! [`SessionError::Connect`] naming the address when the server refuses,
+//! does not answer, is not a relink server, or does not prove the pinned
+//! key; with [`ClientBuilder::wait_for_server`] it retries instead, up to
 //! `Backoff::max_attempts` failures in a row. When the session is over for
 //! good, every call returns an [`io::Error`] whose inner error is a
 //! [`SessionError`].
@@ -216,6 +221,24 @@ pub enum SessionError {
     Expired,
     /// The stream or listener was shut down by the application.
     Shutdown,
+    /// The first connection failed before any session existed, and the
+    /// driver did not retry (see `wait_for_server` on the client builders):
+    /// the server refused it, did not answer within the connect or
+    /// handshake timeout, is not a relink server, or did not prove the
+    /// pinned key. The message names the address (and the pinned key).
+    Connect {
+        /// The kind of the [`io::Error`]s carrying it:
+        /// [`io::ErrorKind::ConnectionRefused`], [`io::ErrorKind::TimedOut`],
+        /// [`io::ErrorKind::InvalidData`] (not a relink server),
+        /// [`io::ErrorKind::PermissionDenied`] (the pinned key was not
+        /// proven), or the kind of another connect error.
+        kind: io::ErrorKind,
+        /// What happened, naming the address.
+        message: String,
+        /// The core's error, if one ended the attempt
+        /// ([`Error::ServerKeyMismatch`] for a wrong pinned key).
+        cause: Option<Error>,
+    },
 }
 
 impl fmt::Display for SessionError {
@@ -247,6 +270,7 @@ impl fmt::Display for SessionError {
             }
             SessionError::Expired => write!(f, "relink session expired waiting for a resume"),
             SessionError::Shutdown => write!(f, "relink driver shut down"),
+            SessionError::Connect { message, .. } => f.write_str(message),
         }
     }
 }
@@ -283,6 +307,7 @@ impl std::error::Error for SessionError {
                 reason: CloseReason::Error(e),
                 ..
             } => Some(e),
+            SessionError::Connect { cause: Some(e), .. } => Some(e),
             _ => None,
         }
     }
@@ -298,6 +323,7 @@ impl SessionError {
         match self {
             SessionError::GaveUp { .. } => io::ErrorKind::NotConnected,
             SessionError::Shutdown => io::ErrorKind::NotConnected,
+            SessionError::Connect { kind, .. } => *kind,
             // The peer aborted: like a TCP reset.
             SessionError::Closed(CloseReason::Aborted { by_peer: true, .. })
             | SessionError::Ended {
@@ -447,17 +473,49 @@ fn write_all_checked<T: Write>(
 // Client
 // ===========================================================================
 
-/// Connect to a relink server at `addr` over TCP with the default backoff
-/// and wait until the first handshake completed (retried with backoff).
-pub fn connect<A: ToSocketAddrs>(addr: A, config: Config) -> io::Result<ClientStream> {
+/// Connect to a relink server at `addr` over TCP with the default options
+/// (see [`ClientBuilder`]) and wait until the first handshake completed.
+pub fn connect<A: ServerAddr>(addr: A, config: Config) -> io::Result<ClientStream> {
     ClientBuilder::new(config).connect(addr)
 }
 
+pub use crate::reconnect::{Resolve, ServerAddr};
+
 /// Options of a [`ClientStream`].
+///
+/// # Before a session exists
+/// By default the first connection fails **at once**, with an
+/// [`io::Error`] whose inner error is [`SessionError::Connect`] and whose
+/// message names the address, when:
+/// - the server refuses it ([`io::ErrorKind::ConnectionRefused`],
+///   `relink: connection to 127.0.0.1:7000 refused`), or the TCP connect
+///   does not complete within the connect timeout
+///   ([`io::ErrorKind::TimedOut`]);
+/// - the peer is not a relink server: it answers the handshake with
+///   something else ([`io::ErrorKind::InvalidData`]), or does not answer
+///   within `Config::handshake_timeout` ([`io::ErrorKind::TimedOut`]);
+/// - with a pinned server key, the answer does not prove that key
+///   ([`io::ErrorKind::PermissionDenied`], cause
+///   [`Error::ServerKeyMismatch`]; the message names the key's first 8 hex
+///   digits). This one fails at once whatever the options.
+///
+/// With [`ClientBuilder::wait_for_server`] the driver instead keeps trying
+/// (the server may not be up yet) following the [`Backoff`], whose
+/// `max_attempts` then bounds the attempts. A peer that closes the
+/// connection without a whole answer, or answers Busy, is always retried
+/// that way (a path cut during the handshake looks the same); when the
+/// backoff gives up, [`SessionError::GaveUp`] names the address and says the
+/// peer did not answer the relink handshake.
+///
+/// # Once a session exists
+/// Nothing of the above applies: every failure costs one transport, and
+/// the driver reconnects until the core ends the session.
 pub struct ClientBuilder {
     config: Config,
     backoff: Backoff,
     progress: Option<ProgressFn>,
+    wait_for_server: bool,
+    connect_timeout: Option<StdDuration>,
 }
 
 impl fmt::Debug for ClientBuilder {
@@ -465,23 +523,51 @@ impl fmt::Debug for ClientBuilder {
         f.debug_struct("ClientBuilder")
             .field("config", &self.config)
             .field("backoff", &self.backoff)
+            .field("wait_for_server", &self.wait_for_server)
+            .field("connect_timeout", &self.connect_timeout)
             .finish_non_exhaustive()
     }
 }
 
 impl ClientBuilder {
-    /// Options with `config` and the default [`Backoff`].
+    /// Options with `config` and the default [`Backoff`]; the first
+    /// connection fails at once (no [`ClientBuilder::wait_for_server`]);
+    /// TCP connects time out after `config.handshake_timeout`.
     pub fn new(config: Config) -> Self {
         ClientBuilder {
             config,
             backoff: Backoff::default(),
             progress: None,
+            wait_for_server: false,
+            connect_timeout: None,
         }
     }
 
     /// Reconnect policy: delays between attempts and when to give up.
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
+        self
+    }
+
+    /// Whether the first connection waits for the server to appear: with
+    /// `true`, a refused, timed-out or unanswered first connect is retried
+    /// following the [`Backoff`] (its `max_attempts` bounds the tries, then
+    /// [`SessionError::GaveUp`]); with `false` (the default) it fails at
+    /// once with [`SessionError::Connect`] naming the address. A wrong
+    /// pinned key fails at once either way. No effect once a session exists.
+    pub fn wait_for_server(mut self, wait: bool) -> Self {
+        self.wait_for_server = wait;
+        self
+    }
+
+    /// The longest one TCP connect (per address) of
+    /// [`ClientBuilder::connect`] may take, so that a host that drops SYNs
+    /// does not block for the OS's minutes. Default:
+    /// `Config::handshake_timeout` (10 s), at least 100 ms. A transport of
+    /// [`ClientBuilder::connect_with`] is opened by the caller's function,
+    /// which bounds it itself.
+    pub fn connect_timeout(mut self, timeout: StdDuration) -> Self {
+        self.connect_timeout = Some(timeout);
         self
     }
 
@@ -492,41 +578,49 @@ impl ClientBuilder {
         self
     }
 
-    /// Connect over TCP (every address `addr` resolves to is tried in turn)
-    /// and wait for the first handshake.
-    pub fn connect<A: ToSocketAddrs>(self, addr: A) -> io::Result<ClientStream> {
-        let addrs: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
-        if addrs.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "address resolved to nothing",
-            ));
-        }
-        let mut next = 0usize;
-        // An unreachable address must not hold the driver for the OS's
-        // minutes-long SYN timeout: the core's deadlines go on meanwhile.
-        let timeout =
-            StdDuration::from(self.config.handshake_timeout).max(StdDuration::from_millis(100));
-        self.connect_with(move || {
-            let a = addrs[next % addrs.len()];
-            next += 1;
-            let s = TcpStream::connect_timeout(&a, timeout)
-                .map_err(|e| io::Error::new(e.kind(), format!("{a}: {e}")))?;
-            s.set_nodelay(true)?;
-            Ok(s)
+    /// Connect over TCP and wait for the first handshake. `addr` is
+    /// resolved again before every attempt (the first and each reconnect);
+    /// the addresses are tried in order, each bounded by the connect
+    /// timeout.
+    pub fn connect<A: ServerAddr>(self, addr: A) -> io::Result<ClientStream> {
+        let resolver = addr.into_resolver();
+        let timeout = self
+            .connect_timeout
+            .unwrap_or_else(|| crate::reconnect::default_connect_timeout(&self.config));
+        self.start(move || {
+            let addrs = crate::reconnect::resolve_now(&resolver)?;
+            let mut last = None;
+            for a in addrs {
+                match TcpStream::connect_timeout(&a, timeout) {
+                    Ok(s) => {
+                        s.set_nodelay(true)?;
+                        return Ok((s, Some(a)));
+                    }
+                    Err(e) => last = Some(crate::reconnect::connect_error(a, &e, timeout)),
+                }
+            }
+            Err(last.unwrap_or_else(|| io::Error::other("relink: no address to connect to")))
         })
     }
 
     /// Open every transport with `connect` (the first for the handshake,
     /// later ones to resume) and wait for the first handshake.
-    pub fn connect_with<T, F>(self, connect: F) -> io::Result<ClientStream>
+    pub fn connect_with<T, F>(self, mut connect: F) -> io::Result<ClientStream>
     where
         T: Transport,
         F: FnMut() -> io::Result<T> + Send + 'static,
     {
+        self.start(move || connect().map(|t| (t, None)))
+    }
+
+    fn start<T, F>(self, connect: F) -> io::Result<ClientStream>
+    where
+        T: Transport,
+        F: FnMut() -> io::Result<(T, Option<SocketAddr>)> + Send + 'static,
+    {
         let shared = Arc::new(ClientShared {
             state: Mutex::new(ClientState {
-                client: Client::new(self.config, os_rng()),
+                client: Client::new(self.config.clone(), os_rng()),
                 lost: false,
                 fatal: None,
                 stopping: false,
@@ -537,6 +631,7 @@ impl ClientBuilder {
                 close_requested: false,
                 peer_closed: false,
                 aborted: false,
+                last_loss: None,
                 stats: ClientStats::default(),
                 progress: self.progress,
                 kill: None,
@@ -545,10 +640,14 @@ impl ClientBuilder {
             clock: DriverClock::new(),
         });
         let s = shared.clone();
-        let backoff = self.backoff;
+        let opts = FirstConnect {
+            backoff: self.backoff,
+            wait_for_server: self.wait_for_server,
+            config: self.config,
+        };
         let driver = thread::Builder::new()
             .name("relink-client".into())
-            .spawn(move || client_driver(s, connect, backoff))?;
+            .spawn(move || client_driver(s, connect, opts))?;
         let stream = ClientStream {
             shared,
             driver: Some(driver),
@@ -564,6 +663,13 @@ impl ClientBuilder {
         }
         Ok(stream)
     }
+}
+
+/// What the client driver needs to decide about failures.
+struct FirstConnect {
+    backoff: Backoff,
+    wait_for_server: bool,
+    config: Config,
 }
 
 struct ClientShared {
@@ -599,6 +705,8 @@ struct ClientState {
     peer_closed: bool,
     /// The application (or the drop) aborted the session.
     aborted: bool,
+    /// The error the core ended the current transport with, if any.
+    last_loss: Option<Error>,
     stats: ClientStats,
     progress: Option<ProgressFn>,
     /// Shuts the current transport down.
@@ -627,9 +735,12 @@ impl ClientState {
                 Event::ResendRange { start, end } => {
                     self.stats.resent_bytes += end.saturating_sub(start);
                 }
-                Event::TransportLost {
-                    error: Some(Error::ResumeRejected(ResumeStatus::Stale)),
-                } => self.retry_now = true,
+                Event::TransportLost { error } => {
+                    self.last_loss = error;
+                    if error == Some(Error::ResumeRejected(ResumeStatus::Stale)) {
+                        self.retry_now = true;
+                    }
+                }
                 Event::PeerClosed => self.peer_closed = true,
                 Event::Closed { reason } if reason != CloseReason::Clean => {
                     let in_doubt = self.client.in_doubt();
@@ -960,11 +1071,22 @@ enum Outcome {
     Finished,
 }
 
-fn client_driver<T, F>(shared: Arc<ClientShared>, mut connect: F, backoff: Backoff)
+/// End the first connect (no session yet) with `err`.
+fn fail_first(shared: &ClientShared, err: SessionError) {
+    let mut st = lock(&shared.state);
+    st.fatal.get_or_insert(err);
+    st.done = true;
+    drop(st);
+    shared.cond.notify_all();
+}
+
+fn client_driver<T, F>(shared: Arc<ClientShared>, mut connect: F, opts: FirstConnect)
 where
     T: Transport,
-    F: FnMut() -> io::Result<T>,
+    F: FnMut() -> io::Result<(T, Option<SocketAddr>)>,
 {
+    let backoff = opts.backoff;
+    let mut peer: Option<SocketAddr> = None;
     let mut rng = os_rng();
     let mut attempt: u32 = 0;
     let mut last_error = String::from("none");
@@ -1031,7 +1153,8 @@ where
             }
             st.report(Progress::Connecting { attempt, delay });
         }
-        let transport = connect().and_then(|t| {
+        let transport = connect().and_then(|(t, a)| {
+            peer = a;
             let r = t.try_clone()?;
             t.set_write_timeout(Some(WRITE_CHECK))?;
             let k = t.try_clone()?;
@@ -1040,6 +1163,24 @@ where
         let (mut t, reader, killer) = match transport {
             Ok(x) => x,
             Err(e) => {
+                if !has_session && !opts.wait_for_server {
+                    lock(&shared.state).stats.connect_failures += 1;
+                    let message = e.to_string();
+                    let message = if message.starts_with("relink:") {
+                        message
+                    } else {
+                        format!("relink: cannot connect to the server: {message}")
+                    };
+                    fail_first(
+                        &shared,
+                        SessionError::Connect {
+                            kind: e.kind(),
+                            message,
+                            cause: None,
+                        },
+                    );
+                    return;
+                }
                 let mut st = lock(&shared.state);
                 st.stats.connect_failures += 1;
                 // Past the give-up deadline this ends the session.
@@ -1078,6 +1219,7 @@ where
             st.drain();
             st.lost = false;
             st.established = false;
+            st.last_loss = None;
             st.stats.transports += 1;
             st.kill = Some(Box::new(move || {
                 let _ = killer.shutdown();
@@ -1113,12 +1255,37 @@ where
                     st.client.transport_lost(now);
                 }
                 st.drain();
+                if !st.established && st.client.conn_id().is_none() && !st.client.is_closed() {
+                    // The first handshake failed: fail the connect at once
+                    // (a wrong pinned key always; the rest unless waiting
+                    // for the server), naming the peer.
+                    let cause = st.last_loss;
+                    let first =
+                        crate::reconnect::first_transport_failure(peer, cause, &opts.config);
+                    if let Some((kind, message, cause)) = first {
+                        if !opts.wait_for_server || cause == Some(Error::ServerKeyMismatch) {
+                            drop(st);
+                            fail_first(
+                                &shared,
+                                SessionError::Connect {
+                                    kind,
+                                    message,
+                                    cause,
+                                },
+                            );
+                            return;
+                        }
+                    }
+                }
                 if st.established {
                     attempt = 0;
                 } else {
                     attempt += 1;
-                    last_error =
-                        String::from("transport broke before the handshake/resume completed");
+                    last_error = if st.client.conn_id().is_none() && st.last_loss.is_none() {
+                        crate::reconnect::unanswered_text(peer)
+                    } else {
+                        String::from("transport broke before the handshake/resume completed")
+                    };
                 }
                 drop(st);
                 shared.cond.notify_all();

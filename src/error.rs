@@ -82,6 +82,12 @@ pub enum Error {
     WouldBlock,
     /// The session was aborted (by this side or the peer) with this code.
     Aborted(AbortCode),
+    /// The server's answer to the first handshake did not prove the pinned
+    /// server key (`Config::pinned_server_key`): a server with another key,
+    /// or a man in the middle. The core itself reports such an answer as
+    /// [`Error::AuthFailed`] (it costs the transport only, PROTOCOL.md 7.7);
+    /// the drivers name it so when it ends the first connect.
+    ServerKeyMismatch,
 }
 
 impl From<ProtocolError> for Error {
@@ -130,6 +136,7 @@ impl fmt::Display for Error {
             Error::TimedOut => write!(f, "timed out"),
             Error::WouldBlock => write!(f, "no data available yet"),
             Error::Aborted(code) => write!(f, "session aborted: {code}"),
+            Error::ServerKeyMismatch => write!(f, "the server did not prove the pinned key"),
         }
     }
 }

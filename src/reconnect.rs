@@ -13,16 +13,19 @@ pub struct Backoff {
     /// Upper bound of any delay.
     pub max: Duration,
     /// Failed attempts in a row before giving up on opening the *first*
-    /// transport, while no session exists yet (`None`: never give up). Once
+    /// transport, while no session exists yet (`None`: never give up). The
+    /// drivers retry a first connect only with `wait_for_server` on their
+    /// client builders (or when the server answered Busy); by default it
+    /// fails at once, naming the address. Once
     /// a session exists the drivers retry until the core closes it (the
     /// server's advertised resume timeout), whatever this says.
     pub max_attempts: Option<u32>,
 }
 
 /// 100 ms after the first failure, doubling up to 5 s; before a session
-/// exists, give up after 8 failed attempts in a row (about 6 to 11 s: a wrong
-/// address or a wrong pinned key must not block `connect` for ever); once a
-/// session exists, never by a count (see below).
+/// exists (when the driver retries then: `wait_for_server`), give up after 8
+/// failed attempts in a row (about 6 to 11 s); once a session exists, never
+/// by a count (see below).
 ///
 /// Why these values: the drivers do not decide when a session is lost, the
 /// core does (`Client::give_up_at`, from the resume timeout the server
@@ -139,6 +142,251 @@ fn raw_micros() -> u64 {
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     let start = *START.get_or_init(std::time::Instant::now);
     u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Where a driver's `connect` dials: a name or addresses that it resolves
+/// again before **every** attempt (the first connect and each reconnect),
+/// trying the addresses in the order the resolver returns them. A server
+/// whose name moves to a new address is thus found again after the next
+/// broken transport.
+///
+/// Implemented for what [`std::net::ToSocketAddrs`] takes (`"host:port"`
+/// strings, `(host, port)`, socket addresses, lists of them); borrowed
+/// forms are copied. Wrap any other [`std::net::ToSocketAddrs`] (a custom
+/// resolver) in [`Resolve`].
+#[cfg(feature = "std")]
+pub trait ServerAddr {
+    /// The resolver the driver calls before every attempt.
+    #[doc(hidden)]
+    fn into_resolver(self) -> Resolver;
+}
+
+/// A resolver the drivers call before every connect attempt.
+#[cfg(feature = "std")]
+#[doc(hidden)]
+pub type Resolver =
+    std::sync::Arc<dyn Fn() -> std::io::Result<std::vec::Vec<std::net::SocketAddr>> + Send + Sync>;
+
+/// Any [`std::net::ToSocketAddrs`] as a [`ServerAddr`]: its
+/// `to_socket_addrs` is called before every connect attempt.
+#[cfg(feature = "std")]
+#[derive(Clone, Debug)]
+pub struct Resolve<T>(pub T);
+
+#[cfg(feature = "std")]
+fn resolver_of<T>(t: T) -> Resolver
+where
+    T: std::net::ToSocketAddrs + Send + Sync + 'static,
+{
+    std::sync::Arc::new(move || t.to_socket_addrs().map(|a| a.collect()))
+}
+
+#[cfg(feature = "std")]
+impl<T: std::net::ToSocketAddrs + Send + Sync + 'static> ServerAddr for Resolve<T> {
+    fn into_resolver(self) -> Resolver {
+        resolver_of(self.0)
+    }
+}
+
+#[cfg(feature = "std")]
+macro_rules! owned_server_addr {
+    ($($t:ty),*) => {$(
+        impl ServerAddr for $t {
+            fn into_resolver(self) -> Resolver {
+                resolver_of(self)
+            }
+        }
+    )*};
+}
+
+#[cfg(feature = "std")]
+owned_server_addr!(
+    std::net::SocketAddr,
+    std::net::SocketAddrV4,
+    std::net::SocketAddrV6,
+    std::string::String,
+    (std::string::String, u16),
+    (std::net::IpAddr, u16),
+    (std::net::Ipv4Addr, u16),
+    (std::net::Ipv6Addr, u16)
+);
+
+#[cfg(feature = "std")]
+impl ServerAddr for std::vec::Vec<std::net::SocketAddr> {
+    fn into_resolver(self) -> Resolver {
+        std::sync::Arc::new(move || Ok(self.clone()))
+    }
+}
+
+#[cfg(feature = "std")]
+impl ServerAddr for &str {
+    fn into_resolver(self) -> Resolver {
+        resolver_of(std::string::String::from(self))
+    }
+}
+
+#[cfg(feature = "std")]
+impl ServerAddr for &std::string::String {
+    fn into_resolver(self) -> Resolver {
+        resolver_of(self.clone())
+    }
+}
+
+#[cfg(feature = "std")]
+impl ServerAddr for (&str, u16) {
+    fn into_resolver(self) -> Resolver {
+        resolver_of((std::string::String::from(self.0), self.1))
+    }
+}
+
+#[cfg(feature = "std")]
+impl ServerAddr for &std::net::SocketAddr {
+    fn into_resolver(self) -> Resolver {
+        resolver_of(*self)
+    }
+}
+
+#[cfg(feature = "std")]
+impl ServerAddr for &[std::net::SocketAddr] {
+    fn into_resolver(self) -> Resolver {
+        self.to_vec().into_resolver()
+    }
+}
+
+/// Resolve for one attempt: the addresses, or an error saying the name
+/// resolved to nothing.
+#[cfg(feature = "std")]
+pub(crate) fn resolve_now(r: &Resolver) -> std::io::Result<std::vec::Vec<std::net::SocketAddr>> {
+    let addrs = r().map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            std::format!("relink: cannot resolve the server's address: {e}"),
+        )
+    })?;
+    if addrs.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "relink: the server's address resolved to nothing",
+        ));
+    }
+    Ok(addrs)
+}
+
+/// A failed TCP connect to `a` as an error naming the address.
+#[cfg(feature = "std")]
+pub(crate) fn connect_error(
+    a: std::net::SocketAddr,
+    e: &std::io::Error,
+    timeout: std::time::Duration,
+) -> std::io::Error {
+    use std::io::{Error as IoError, ErrorKind};
+    match e.kind() {
+        ErrorKind::ConnectionRefused => IoError::new(
+            ErrorKind::ConnectionRefused,
+            std::format!("relink: connection to {a} refused"),
+        ),
+        ErrorKind::TimedOut | ErrorKind::WouldBlock => IoError::new(
+            ErrorKind::TimedOut,
+            std::format!("relink: connecting to {a} timed out after {timeout:?}"),
+        ),
+        k => IoError::new(k, std::format!("relink: cannot connect to {a}: {e}")),
+    }
+}
+
+/// The default bound of one TCP connect attempt: the handshake timeout
+/// (at least 100 ms).
+#[cfg(feature = "std")]
+pub(crate) fn default_connect_timeout(config: &crate::Config) -> std::time::Duration {
+    std::time::Duration::from(config.handshake_timeout).max(std::time::Duration::from_millis(100))
+}
+
+/// The first 8 hex digits of a public key, to name it in messages.
+#[cfg(feature = "std")]
+pub(crate) fn short_fingerprint(key: &[u8; 32]) -> std::string::String {
+    key[..4].iter().map(|b| std::format!("{b:02x}")).collect()
+}
+
+/// The last error of a first transport that was closed without a whole
+/// answer to the handshake.
+#[cfg(feature = "std")]
+pub(crate) fn unanswered_text(peer: Option<std::net::SocketAddr>) -> std::string::String {
+    match peer {
+        Some(a) => std::format!(
+            "the server at {a} closed the connection without answering the relink handshake; is it a relink server?"
+        ),
+        None => std::string::String::from(
+            "the server closed the connection without answering the relink handshake; is it a relink server?",
+        ),
+    }
+}
+
+/// Why the first transport failed before any session existed, as the
+/// drivers report it: the [`std::io::ErrorKind`], a message naming the peer,
+/// and the typed cause. `None` when it is retried following the backoff
+/// whatever the options (the server answered Busy, or closed without an
+/// answer).
+///
+/// `cause` is the error the core ended the transport with (`None`: the
+/// peer closed it or the socket failed without an answer, which is retried
+/// like a refused connect under `wait_for_server`, else following the
+/// backoff: a cut path looks the same; see [`unanswered_text`]).
+#[cfg(feature = "std")]
+pub(crate) fn first_transport_failure(
+    peer: Option<std::net::SocketAddr>,
+    cause: Option<crate::Error>,
+    config: &crate::Config,
+) -> Option<(
+    std::io::ErrorKind,
+    std::string::String,
+    Option<crate::Error>,
+)> {
+    use crate::{Error, HandshakeStatus};
+    use std::io::ErrorKind;
+    let p = peer.map_or_else(
+        || std::string::String::from("the server"),
+        |a| std::format!("the server at {a}"),
+    );
+    let t = std::time::Duration::from(config.handshake_timeout);
+    Some(match cause {
+        Some(Error::HandshakeRejected(HandshakeStatus::Busy)) => return None,
+        Some(Error::AuthFailed) => match &config.pinned_server_key {
+            Some(key) => (
+                ErrorKind::PermissionDenied,
+                std::format!(
+                    "relink: {p} did not prove the pinned key {}...; wrong --server-key or a man in the middle",
+                    short_fingerprint(key)
+                ),
+                Some(Error::ServerKeyMismatch),
+            ),
+            None => (
+                ErrorKind::InvalidData,
+                std::format!(
+                    "relink: {p} answered the handshake with a reply that failed authentication (not a relink server, or the path corrupts data)"
+                ),
+                Some(Error::AuthFailed),
+            ),
+        },
+        Some(Error::TimedOut) => (
+            ErrorKind::TimedOut,
+            std::format!(
+                "relink: {p} did not answer the relink handshake within the handshake timeout ({t:?}); is it a relink server?"
+            ),
+            Some(Error::TimedOut),
+        ),
+        Some(e @ Error::Protocol(_)) => (
+            ErrorKind::InvalidData,
+            std::format!("relink: {p} is not a relink server (its answer to the handshake: {e})"),
+            Some(e),
+        ),
+        // Closed or reset without a (whole) answer: a relink server behind
+        // a flaky path looks the same, so this is retried.
+        None => return None,
+        Some(e) => (
+            ErrorKind::Other,
+            std::format!("relink: the handshake with {p} failed: {e}"),
+            Some(e),
+        ),
+    })
 }
 
 #[cfg(test)]

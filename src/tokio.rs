@@ -16,9 +16,15 @@
 //! a new one following a [`Backoff`] policy (immediate first retry,
 //! capped exponential delays with jitter) and the core resumes the session.
 //! It keeps trying until the core closes the session (the server's
-//! advertised resume timeout passed without contact); only the very first
-//! connection gives up after `Backoff::max_attempts` failures in a row.
-//! Then the stream fails with an [`io::Error`] saying why.
+//! advertised resume timeout passed without contact); then the stream fails
+//! with an [`io::Error`] saying why. Every attempt resolves the server's
+//! name again and is bounded by [`ClientBuilder::connect_timeout`]. Before a
+//! session exists the first connection fails at once with a
+//! [`SessionError::Connect`] naming the address (refused, no answer, not a
+//! relink server, pinned key not proven); with
+//! [`ClientBuilder::wait_for_server`] it retries instead, up to
+//! `Backoff::max_attempts` failures in a row. [`ClientBuilder`] holds these
+//! options.
 //!
 //! # Server
 //! [`Server::bind`] listens on TCP; [`Server::serve_transport`] adds a
@@ -492,6 +498,8 @@ struct ClientShared {
     /// The current transport completed its handshake or resume.
     established: bool,
     close_requested: bool,
+    /// The error the core ended the current transport with, if any.
+    last_loss: Option<Error>,
     failure: Option<Failure>,
     stats: ClientStats,
 }
@@ -514,6 +522,7 @@ impl ClientShared {
                     self.stats.resend_bytes += end.saturating_sub(start);
                 }
                 Event::TransportLost { error } => {
+                    self.last_loss = error;
                     if error == Some(Error::ResumeRejected(ResumeStatus::Stale)) {
                         self.retry_now = true;
                     }
@@ -581,37 +590,144 @@ enum TransportEnd {
     SessionOver,
 }
 
-impl ClientStream {
-    /// Connect over TCP to `addr` (resolved again for every reconnect) with
-    /// the default [`Backoff`]; returns once the handshake completed.
-    pub async fn connect<A>(addr: A, config: Config) -> io::Result<ClientStream>
-    where
-        A: ToSocketAddrs + Clone + Send + Sync + 'static,
-    {
-        Self::connect_with(config, Backoff::default(), move || {
-            let addr = addr.clone();
+pub use crate::reconnect::{Resolve, ServerAddr};
+
+/// Options of a [`ClientStream`], like the blocking driver's
+/// [`crate::blocking::ClientBuilder`].
+///
+/// # Before a session exists
+/// By default the first connection fails **at once**, with an
+/// [`io::Error`] whose inner error is [`SessionError::Connect`] and whose
+/// message names the address, when the server refuses it
+/// ([`io::ErrorKind::ConnectionRefused`]) or the connect does not complete
+/// within the connect timeout ([`io::ErrorKind::TimedOut`]); when the peer
+/// is not a relink server (it answers the handshake with something else,
+/// [`io::ErrorKind::InvalidData`]; it does not answer within
+/// `Config::handshake_timeout`, [`io::ErrorKind::TimedOut`]);
+/// and, whatever the options, when the answer does not prove the pinned
+/// server key ([`io::ErrorKind::PermissionDenied`], cause
+/// [`Error::ServerKeyMismatch`], the message names the key's first 8 hex
+/// digits). With [`ClientBuilder::wait_for_server`] the driver keeps trying
+/// instead, following the [`Backoff`]. A peer that closes the connection
+/// without a whole answer, or answers Busy, is always retried that way (a
+/// path cut during the handshake looks the same); when the backoff gives
+/// up, [`SessionError::GaveUp`] names the address and says the peer did
+/// not answer the relink handshake. Once a session exists every failure
+/// costs one transport only.
+#[derive(Clone, Debug)]
+pub struct ClientBuilder {
+    config: Config,
+    backoff: Backoff,
+    wait_for_server: bool,
+    connect_timeout: Option<std::time::Duration>,
+}
+
+impl ClientBuilder {
+    /// Options with `config` and the default [`Backoff`]; the first
+    /// connection fails at once; connects time out after
+    /// `config.handshake_timeout`.
+    pub fn new(config: Config) -> Self {
+        ClientBuilder {
+            config,
+            backoff: Backoff::default(),
+            wait_for_server: false,
+            connect_timeout: None,
+        }
+    }
+
+    /// Reconnect policy: delays between attempts and when to give up.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Whether the first connection waits for the server to appear: with
+    /// `true`, a refused, timed-out or unanswered first connect is retried
+    /// following the [`Backoff`] (its `max_attempts` bounds the tries, then
+    /// [`SessionError::GaveUp`]); with `false` (the default) it fails at
+    /// once with [`SessionError::Connect`]. A wrong pinned key fails at once
+    /// either way. No effect once a session exists.
+    pub fn wait_for_server(mut self, wait: bool) -> Self {
+        self.wait_for_server = wait;
+        self
+    }
+
+    /// The longest one connect attempt may take: per address for
+    /// [`ClientBuilder::connect`], the whole future of the function for
+    /// [`ClientBuilder::connect_with`]. Default: `Config::handshake_timeout`
+    /// (10 s), at least 100 ms.
+    pub fn connect_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.connect_timeout = Some(timeout);
+        self
+    }
+
+    fn timeout(&self) -> std::time::Duration {
+        self.connect_timeout
+            .unwrap_or_else(|| crate::reconnect::default_connect_timeout(&self.config))
+    }
+
+    /// Connect over TCP to `addr` and return once the handshake completed.
+    /// `addr` is resolved again before every attempt (the first and each
+    /// reconnect); the addresses are tried in order, each bounded by the
+    /// connect timeout.
+    pub async fn connect<A: ServerAddr>(self, addr: A) -> io::Result<ClientStream> {
+        let resolver = addr.into_resolver();
+        let timeout = self.timeout();
+        let connect = move || {
+            let resolver = resolver.clone();
             async move {
-                let s = TcpStream::connect(addr).await?;
-                s.set_nodelay(true)?;
-                Ok(s)
+                let addrs =
+                    ::tokio::task::spawn_blocking(move || crate::reconnect::resolve_now(&resolver))
+                        .await
+                        .map_err(io::Error::other)??;
+                let mut last = None;
+                for a in addrs {
+                    let r = match ::tokio::time::timeout(timeout, TcpStream::connect(a)).await {
+                        Ok(r) => r,
+                        Err(_) => Err(io::Error::from(io::ErrorKind::TimedOut)),
+                    };
+                    match r {
+                        Ok(s) => {
+                            s.set_nodelay(true)?;
+                            return Ok((s, Some(a)));
+                        }
+                        Err(e) => last = Some(crate::reconnect::connect_error(a, &e, timeout)),
+                    }
+                }
+                Err(last.unwrap_or_else(|| io::Error::other("relink: no address to connect to")))
             }
-        })
-        .await
+        };
+        self.start(None, connect).await
     }
 
     /// Connect over transports opened by `connect` (called again for every
-    /// reconnect), spacing failed attempts by `backoff`; returns once the
-    /// handshake completed, or the error that made the driver give up.
-    pub async fn connect_with<F, Fut, T>(
-        config: Config,
-        backoff: Backoff,
-        connect: F,
-    ) -> io::Result<ClientStream>
+    /// reconnect, each call bounded by the connect timeout); returns once
+    /// the handshake completed, or the error that ended the first connect.
+    pub async fn connect_with<F, Fut, T>(self, mut connect: F) -> io::Result<ClientStream>
     where
         F: FnMut() -> Fut + Send + 'static,
         Fut: Future<Output = io::Result<T>> + Send + 'static,
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let timeout = self.timeout();
+        self.start(Some(timeout), move || {
+            let f = connect();
+            async move { f.await.map(|t| (t, None)) }
+        })
+        .await
+    }
+
+    async fn start<F, Fut, T>(
+        self,
+        outer_timeout: Option<std::time::Duration>,
+        connect: F,
+    ) -> io::Result<ClientStream>
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = io::Result<(T, Option<SocketAddr>)>> + Send + 'static,
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let config = self.config.clone();
         let shared = Arc::new(Mutex::new(ClientShared {
             core: crate::Client::new(config.clone(), crate::os_rng()),
             clock: Clock::new(),
@@ -628,10 +744,17 @@ impl ClientStream {
             aborted: false,
             established: false,
             close_requested: false,
+            last_loss: None,
             failure: None,
             stats: ClientStats::default(),
         }));
-        let task = ::tokio::spawn(drive_client(shared.clone(), config, backoff, connect));
+        let opts = DriverOpts {
+            config,
+            backoff: self.backoff,
+            wait_for_server: self.wait_for_server,
+            outer_timeout,
+        };
+        let task = ::tokio::spawn(drive_client(shared.clone(), opts, connect));
         let stream = ClientStream { shared, task };
         poll_fn(|cx| {
             let mut st = lock(&stream.shared);
@@ -646,6 +769,44 @@ impl ClientStream {
         })
         .await?;
         Ok(stream)
+    }
+}
+
+/// The client driver's options.
+struct DriverOpts {
+    config: Config,
+    backoff: Backoff,
+    wait_for_server: bool,
+    /// Bound of one call of the connect function (`None`: it bounds itself).
+    outer_timeout: Option<std::time::Duration>,
+}
+
+impl ClientStream {
+    /// Connect over TCP to `addr` (resolved again before every attempt)
+    /// with the default options of [`ClientBuilder`]; returns once the
+    /// handshake completed.
+    pub async fn connect<A: ServerAddr>(addr: A, config: Config) -> io::Result<ClientStream> {
+        ClientBuilder::new(config).connect(addr).await
+    }
+
+    /// Connect over transports opened by `connect` (called again for every
+    /// reconnect), spacing failed attempts by `backoff`, with the other
+    /// options of [`ClientBuilder`] at their defaults; returns once the
+    /// handshake completed, or the error that ended the first connect.
+    pub async fn connect_with<F, Fut, T>(
+        config: Config,
+        backoff: Backoff,
+        connect: F,
+    ) -> io::Result<ClientStream>
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = io::Result<T>> + Send + 'static,
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        ClientBuilder::new(config)
+            .backoff(backoff)
+            .connect_with(connect)
+            .await
     }
 
     /// The driver's counters so far.
@@ -767,19 +928,20 @@ fn connect_failed(shared: &Mutex<ClientShared>, clock: &Clock) {
     st.process_events();
 }
 
-async fn drive_client<F, Fut, T>(
-    shared: Arc<Mutex<ClientShared>>,
-    config: Config,
-    backoff: Backoff,
-    mut connect: F,
-) where
+/// End the first connect (no session yet) with `err`.
+fn fail_first(shared: &Mutex<ClientShared>, err: SessionError) {
+    lock(shared).fail(Failure::of(err));
+}
+
+async fn drive_client<F, Fut, T>(shared: Arc<Mutex<ClientShared>>, opts: DriverOpts, mut connect: F)
+where
     F: FnMut() -> Fut + Send + 'static,
-    Fut: Future<Output = io::Result<T>> + Send + 'static,
+    Fut: Future<Output = io::Result<(T, Option<SocketAddr>)>> + Send + 'static,
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let clock = lock(&shared).clock;
-    let tick = fallback_tick(&config);
-    let connect_timeout: std::time::Duration = config.handshake_timeout.into();
+    let tick = fallback_tick(&opts.config);
+    let backoff = opts.backoff;
     let mut jitter = crate::os_rng();
     let mut attempt: u32 = 0;
     let mut last_error = String::from("none");
@@ -848,16 +1010,39 @@ async fn drive_client<F, Fut, T>(
             ::tokio::time::sleep_until(until).await;
         }
         attempt += 1;
-        let t = match ::tokio::time::timeout(connect_timeout, connect()).await {
-            Ok(Ok(t)) => t,
-            Ok(Err(e)) => {
+        let r = match opts.outer_timeout {
+            Some(d) => match ::tokio::time::timeout(d, connect()).await {
+                Ok(r) => r,
+                Err(_) => Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("relink: connecting to the server timed out after {d:?}"),
+                )),
+            },
+            None => connect().await,
+        };
+        let (t, peer) = match r {
+            Ok(x) => x,
+            Err(e) => {
+                if !has_session && !opts.wait_for_server {
+                    lock(&shared).stats.connect_failures += 1;
+                    let message = e.to_string();
+                    let message = if message.starts_with("relink:") {
+                        message
+                    } else {
+                        format!("relink: cannot connect to the server: {message}")
+                    };
+                    fail_first(
+                        &shared,
+                        SessionError::Connect {
+                            kind: e.kind(),
+                            message,
+                            cause: None,
+                        },
+                    );
+                    return;
+                }
                 connect_failed(&shared, &clock);
                 last_error = e.to_string();
-                continue;
-            }
-            Err(_) => {
-                connect_failed(&shared, &clock);
-                last_error = "connect timed out".to_string();
                 continue;
             }
         };
@@ -873,6 +1058,7 @@ async fn drive_client<F, Fut, T>(
             }
             st.stats.transports += 1;
             st.established = false;
+            st.last_loss = None;
         }
         let mut io = TransportIo::new(t);
         let end = poll_fn(|cx| client_poll(&shared, &mut io, &mut sleep, tick, cx)).await;
@@ -880,11 +1066,34 @@ async fn drive_client<F, Fut, T>(
             TransportEnd::SessionOver => return,
             TransportEnd::Lost(why) => {
                 let mut st = lock(&shared);
+                if !st.established && st.core.conn_id().is_none() && !st.core.is_closed() {
+                    // The first handshake failed: fail the connect at once
+                    // (a wrong pinned key always; the rest unless waiting
+                    // for the server), naming the peer.
+                    let first =
+                        crate::reconnect::first_transport_failure(peer, st.last_loss, &opts.config);
+                    if let Some((kind, message, cause)) = first {
+                        if !opts.wait_for_server || cause == Some(Error::ServerKeyMismatch) {
+                            st.fail(Failure::of(SessionError::Connect {
+                                kind,
+                                message,
+                                cause,
+                            }));
+                            return;
+                        }
+                    }
+                }
+                let unanswered =
+                    !st.established && st.core.conn_id().is_none() && st.last_loss.is_none();
                 if st.established {
                     attempt = 0;
                 }
                 st.established = false;
-                last_error = why;
+                last_error = if unanswered {
+                    crate::reconnect::unanswered_text(peer)
+                } else {
+                    why
+                };
             }
         }
     }

@@ -212,6 +212,7 @@ fn gives_up_after_the_backoff_limit() {
     }; // nothing listens there any more
     let err = ClientBuilder::new(fast_config())
         .backoff(fast_backoff(Some(3)))
+        .wait_for_server(true)
         .connect(addr)
         .expect_err("nothing listens");
     let inner = err
@@ -467,9 +468,9 @@ fn the_client_gives_up_when_the_server_can_no_longer_hold_the_session() {
 }
 
 /// A new user's first mistake, a port where nothing listens, with every
-/// default: `connect` fails within seconds with a typed error that says it
-/// gave up, instead of blocking for ever (the default backoff bounds the
-/// attempts before a session exists; after, only the core ends a session).
+/// default: `connect` fails at once with a typed error naming the address
+/// (issue 12; waiting for the server is `wait_for_server`, bounded by the
+/// backoff's attempts; after a session exists, only the core ends it).
 #[test]
 fn connect_to_a_dead_port_with_defaults_fails_within_seconds() {
     let addr = {
@@ -487,8 +488,10 @@ fn connect_to_a_dead_port_with_defaults_fails_within_seconds() {
         .expect("connect to a dead port still blocks after 30 s");
     let e = r.expect_err("nothing listens there");
     assert!(
-        matches!(session_error(&e), SessionError::GaveUp { attempts: 8, .. }),
+        matches!(session_error(&e), SessionError::Connect { .. }),
         "{e}"
     );
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+    assert!(e.to_string().contains(&addr.to_string()), "{e}");
     assert!(took < std::time::Duration::from_secs(15), "{took:?}");
 }

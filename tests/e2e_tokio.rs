@@ -396,8 +396,8 @@ async fn check_until(s: &mut ServerStream, salt: u64, total: u64) -> u64 {
     got
 }
 
-/// With nothing listening, the client gives up after `max_attempts`
-/// connection attempts and says so.
+/// With nothing listening and `wait_for_server`, the client gives up after
+/// `max_attempts` connection attempts and says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gives_up_with_a_clear_error() {
     let attempts = Arc::new(AtomicU32::new(0));
@@ -407,16 +407,19 @@ async fn gives_up_with_a_clear_error() {
         max: relink::Duration::from_millis(4),
         max_attempts: Some(4),
     };
-    let r = ClientStream::connect_with(Config::default(), backoff, move || {
-        a2.fetch_add(1, Ordering::SeqCst);
-        async {
-            Err::<tokio::net::TcpStream, _>(io::Error::new(
-                io::ErrorKind::ConnectionRefused,
-                "nobody home",
-            ))
-        }
-    })
-    .await;
+    let r = relink::tokio::ClientBuilder::new(Config::default())
+        .backoff(backoff)
+        .wait_for_server(true)
+        .connect_with(move || {
+            a2.fetch_add(1, Ordering::SeqCst);
+            async {
+                Err::<tokio::net::TcpStream, _>(io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    "nobody home",
+                ))
+            }
+        })
+        .await;
     let e = r.expect_err("must give up");
     assert_eq!(attempts.load(Ordering::SeqCst), 4);
     let msg = e.to_string();
