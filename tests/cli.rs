@@ -226,12 +226,29 @@ fn connect_fails_with_a_clear_message_when_the_session_cannot_be_opened() {
         .unwrap()
         .local_addr()
         .unwrap(); // closed again: nothing listens
+                   // Refused: fails at once, naming the address.
     let out = Command::new(relink_bin())
-        .args(["--max-attempts", "2", "connect", &addr.to_string()])
+        .args(["connect", &addr.to_string()])
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(3), "cannot open");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refused"), "stderr: {err}");
+    assert!(err.contains(&addr.to_string()), "names the address: {err}");
+    // --wait retries up to --max-attempts, then gives up.
+    let out = Command::new(relink_bin())
+        .args([
+            "connect",
+            &addr.to_string(),
+            "--wait",
+            "--max-attempts",
+            "2",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "cannot open");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("gave up"), "stderr: {err}");
     // A malformed pinned key is refused before connecting.

@@ -76,6 +76,10 @@ struct Attempts {
     /// jitter) for as long as the server said it holds the session.
     #[arg(long = "max-attempts", value_name = "N")]
     n: Option<u32>,
+    /// Wait for the server to appear: retry a refused first connection (up
+    /// to --max-attempts) instead of failing at once.
+    #[arg(long)]
+    wait: bool,
 }
 
 /// The settings the commands share, from the flags.
@@ -83,6 +87,7 @@ struct Opts {
     verbose: bool,
     idle_ms: u64,
     max_attempts: u32,
+    wait: bool,
 }
 
 impl Cli {
@@ -94,6 +99,7 @@ impl Cli {
                 .and_then(|a| a.n)
                 .or(self.max_attempts)
                 .unwrap_or(30),
+            wait: attempts.is_some_and(|a| a.wait),
         }
     }
 }
@@ -453,6 +459,7 @@ fn connect(cli: &Opts, addr: &str, server_key: Option<&str>) -> io::Result<()> {
     warn_if_unpinned(&cfg);
     let client = ClientBuilder::new(cfg)
         .backoff(backoff(cli))
+        .wait_for_server(cli.wait)
         .on_progress(logger(cli.verbose))
         .connect(addr)
         .map_err(|e| {
@@ -532,6 +539,7 @@ fn forward(cli: &Opts, local: &str, remote: &str, server_key: Option<&str>) -> i
     let remote = Arc::new(remote);
     let verbose = cli.verbose;
     let backoff = backoff(cli);
+    let wait = cli.wait;
     for conn in listener.incoming() {
         let conn = match conn {
             Ok(c) => c,
@@ -552,6 +560,7 @@ fn forward(cli: &Opts, local: &str, remote: &str, server_key: Option<&str>) -> i
                 .map_or_else(|_| "an unknown address".to_string(), |a| a.to_string());
             let r = ClientBuilder::new(cfg)
                 .backoff(backoff)
+                .wait_for_server(wait)
                 .on_progress(logger(verbose))
                 .connect(&remote[..])
                 .map_err(|e| {
