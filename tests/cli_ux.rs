@@ -255,14 +255,23 @@ fn address_errors_name_the_address() {
 
 #[test]
 fn max_attempts_zero_means_no_limit() {
-    // Nothing listens yet: with `--max-attempts 0` the client keeps trying
-    // (it used to mean 1 and give up at once) and gets through once a
-    // server appears on the port.
+    // Nothing listens yet: with `--wait --max-attempts 0` the client keeps
+    // trying (`--max-attempts 0` used to mean 1 and give up at once) and
+    // gets through once a server appears on the port. (Without `--wait` a
+    // refused first connection fails at once: tests/cli.rs.)
     let port = closed_port();
     let mut connect = Proc(
         Command::new(relink_bin())
             // The flags after the subcommand, where its --help lists them.
-            .args(["-v", "connect", "--idle-ms", "3000", "--max-attempts", "0"])
+            .args([
+                "-v",
+                "connect",
+                "--idle-ms",
+                "3000",
+                "--wait",
+                "--max-attempts",
+                "0",
+            ])
             .arg(format!("127.0.0.1:{port}"))
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
