@@ -227,7 +227,7 @@ impl Minimums {
 /// the handshake and is only cut.
 fn plan_for(k: u64, s: &Snapshot, min: &Minimums, cut_ms: (u64, u64)) -> FaultPlan {
     let flip = k % FLIP_EVERY == 1 && s.flips_caught() < min.flips;
-    let stall = k % STALL_EVERY == 3 && s.relay.stalls < min.stalls;
+    let stall = k % STALL_EVERY == 3 && s.stalls_detected() < min.stalls;
     FaultPlan {
         cut_after_ms: Some(cut_ms),
         corrupt_probability: if flip { 1.0 } else { 0.0 },
@@ -262,8 +262,15 @@ fn progress_line(
             format!("{:4.0} MiB (target met)", mib(b))
         }
     };
+    // A stall the relay made and the client has not timed out yet: say why
+    // nothing moves.
+    let stalled = if s.relay.stalls > s.stalls_detected() {
+        "  [stalled: waiting for the idle timeout]"
+    } else {
+        ""
+    };
     format!(
-        "{elapsed:5.1}s  c->s {}  s->c {}  rate {now} (avg {avg:4.0})  cuts {:3}  flips {:2}  stalls {}  resumes {:3}  resent {:6.1} MiB",
+        "{elapsed:5.1}s  c->s {}  s->c {}  rate {now} (avg {avg:4.0})  cuts {:3}  flips {:2}  stalls {}  resumes {:3}  resent {:6.1} MiB{stalled}",
         amount(up),
         amount(down),
         s.relay.cuts,
@@ -337,11 +344,11 @@ async fn main() -> ExitCode {
         cut_ms.0, cut_ms.1
     );
     eprintln!(
-        "  flip   one bit in every {}rd connection (the receiver's MAC check rejects it)",
+        "  flip   one bit in 1 in {} connections (the receiver's MAC check rejects it)",
         FLIP_EVERY
     );
     eprintln!(
-        "  stall  every {}th connection stops forwarding, no FIN, no RST (found by the 1 s idle timeout)",
+        "  stall  1 in {} connections stops forwarding, no FIN, no RST (found by the 1 s idle timeout)",
         STALL_EVERY
     );
     eprintln!(
