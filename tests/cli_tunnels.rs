@@ -268,3 +268,40 @@ fn an_aborted_session_resets_the_local_connection_at_once() {
     );
     drop(server);
 }
+
+/// `forward` whose REMOTE relink server refuses connections (no `--wait`,
+/// so the first refused connect fails at once): the local client connected
+/// to LOCAL sees a reset, not an empty reply, and `forward` logs the
+/// remote's address and the cause.
+///
+/// Failed before the fix (f9aa6d8, run with `RELINK_BIN` set to that
+/// build): the local client read a clean EOF after 0 bytes
+/// (`Ok(0)` instead of `Err(ConnectionReset)`): `forward` dropped the
+/// accepted connection with a FIN when it could not open the session.
+#[test]
+fn a_refused_remote_resets_the_local_client_of_forward() {
+    // A port nobody listens on, as the relink server.
+    let remote = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let (_client, local, flog) = forward(remote, 3000);
+    let mut conn = TcpStream::connect(local).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let end = read_to_end(&mut conn);
+    assert_eq!(
+        end,
+        Err(ErrorKind::ConnectionReset),
+        "the local client saw {end:?}, not a reset\nforward:\n{}",
+        flog.text()
+    );
+    let remote = remote.to_string();
+    let line = flog.wait_for(&[&remote], Duration::from_secs(5));
+    let line =
+        line.unwrap_or_else(|| panic!("forward logged nothing naming {remote}:\n{}", flog.text()));
+    assert!(
+        line.to_lowercase().contains("refused"),
+        "the log line names no cause: {line:?}"
+    );
+}
