@@ -558,18 +558,29 @@ fn forward(cli: &Opts, local: &str, remote: &str, server_key: Option<&str>) -> i
             let peer = conn
                 .peer_addr()
                 .map_or_else(|_| "an unknown address".to_string(), |a| a.to_string());
-            let r = ClientBuilder::new(cfg)
+            let r = match ClientBuilder::new(cfg)
                 .backoff(backoff)
                 .wait_for_server(wait)
                 .on_progress(logger(verbose))
                 .connect(&remote[..])
-                .map_err(|e| {
-                    io::Error::new(e.kind(), format!("cannot connect to {remote_name}: {e}"))
-                })
-                .and_then(|session| {
+            {
+                Ok(session) => {
                     let _registered = interrupts.register(session.abort_handle());
                     splice(&session, conn)
-                });
+                }
+                Err(e) => {
+                    // No session, so no tunnel: the local client must see a
+                    // reset (SO_LINGER 0), not an empty reply ending in a FIN
+                    // that looks like a service with nothing to say.
+                    let _ =
+                        socket2::SockRef::from(&conn).set_linger(Some(std::time::Duration::ZERO));
+                    drop(conn);
+                    Err(io::Error::new(
+                        e.kind(),
+                        format!("cannot connect to {remote_name}: {e}"),
+                    ))
+                }
+            };
             match r {
                 Ok(s) if verbose => eprintln!("relink: connection from {peer} done: {s:?}"),
                 Ok(_) => {}
