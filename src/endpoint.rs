@@ -491,7 +491,14 @@ impl<R: CryptoRng> Endpoint<R> {
         if let Some(at) = hs.expires {
             self.deadlines.remove(&(at, Deadline::Handshake(sid)));
         }
-        hs.into_connection(sid, &self.shared, transport, now)
+        let conn_id = hs.conn_id;
+        let r = hs.into_connection(sid, &self.shared, transport, now);
+        if r.is_err() {
+            // No connection will ever report this session: no route may
+            // outlive it.
+            self.routes.remove(&conn_id);
+        }
+        r
     }
 
     fn on_resume_request(
