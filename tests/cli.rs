@@ -235,7 +235,11 @@ fn connect_fails_with_a_clear_message_when_the_session_cannot_be_opened() {
     assert_eq!(out.status.code(), Some(3), "cannot open");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("refused"), "stderr: {err}");
-    assert!(err.contains(&addr.to_string()), "names the address: {err}");
+    assert_eq!(
+        err.matches(&addr.to_string()).count(),
+        1,
+        "names the address, once: {err}"
+    );
     // --wait retries up to --max-attempts, then gives up.
     let out = Command::new(relink_bin())
         .args([

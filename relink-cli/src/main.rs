@@ -452,6 +452,18 @@ fn listen(
     Ok(())
 }
 
+/// The message of a failed connect to `addr`: the library's own when it
+/// already names the address (said once), else prefixed with it.
+fn connect_error(addr: &str, e: &io::Error) -> String {
+    let msg = e.to_string();
+    let msg = msg.strip_prefix("relink: ").unwrap_or(&msg);
+    if msg.contains(addr) {
+        msg.to_string()
+    } else {
+        format!("cannot connect to {addr}: {msg}")
+    }
+}
+
 fn connect(cli: &Opts, addr: &str, server_key: Option<&str>) -> io::Result<()> {
     let start = Instant::now();
     let interrupts = Interrupts::install()?;
@@ -465,7 +477,7 @@ fn connect(cli: &Opts, addr: &str, server_key: Option<&str>) -> io::Result<()> {
         .map_err(|e| {
             coded(
                 status::CANNOT_OPEN,
-                io::Error::new(e.kind(), format!("cannot connect to {addr}: {e}")),
+                io::Error::new(e.kind(), connect_error(addr, &e)),
             )
         })?;
     let _registered = interrupts.register(client.abort_handle());
@@ -575,10 +587,7 @@ fn forward(cli: &Opts, local: &str, remote: &str, server_key: Option<&str>) -> i
                     let _ =
                         socket2::SockRef::from(&conn).set_linger(Some(std::time::Duration::ZERO));
                     drop(conn);
-                    Err(io::Error::new(
-                        e.kind(),
-                        format!("cannot connect to {remote_name}: {e}"),
-                    ))
+                    Err(io::Error::new(e.kind(), connect_error(&remote_name, &e)))
                 }
             };
             match r {
