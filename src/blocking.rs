@@ -314,6 +314,23 @@ impl std::error::Error for SessionError {
 }
 
 impl SessionError {
+    /// The error of a first connect that failed before any session existed
+    /// (both drivers): the driver's own message when it already says
+    /// `relink:` (and names the address), else a generic prefix.
+    pub(crate) fn first_connect(e: &io::Error) -> SessionError {
+        let message = e.to_string();
+        let message = if message.starts_with("relink:") {
+            message
+        } else {
+            format!("relink: cannot connect to the server: {message}")
+        };
+        SessionError::Connect {
+            kind: e.kind(),
+            message,
+            cause: None,
+        }
+    }
+
     pub(crate) fn to_io(&self) -> io::Error {
         io::Error::new(self.io_kind(), self.clone())
     }
@@ -1165,20 +1182,7 @@ where
             Err(e) => {
                 if !has_session && !opts.wait_for_server {
                     lock(&shared.state).stats.connect_failures += 1;
-                    let message = e.to_string();
-                    let message = if message.starts_with("relink:") {
-                        message
-                    } else {
-                        format!("relink: cannot connect to the server: {message}")
-                    };
-                    fail_first(
-                        &shared,
-                        SessionError::Connect {
-                            kind: e.kind(),
-                            message,
-                            cause: None,
-                        },
-                    );
+                    fail_first(&shared, SessionError::first_connect(&e));
                     return;
                 }
                 let mut st = lock(&shared.state);

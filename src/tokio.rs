@@ -1025,20 +1025,7 @@ where
             Err(e) => {
                 if !has_session && !opts.wait_for_server {
                     lock(&shared).stats.connect_failures += 1;
-                    let message = e.to_string();
-                    let message = if message.starts_with("relink:") {
-                        message
-                    } else {
-                        format!("relink: cannot connect to the server: {message}")
-                    };
-                    fail_first(
-                        &shared,
-                        SessionError::Connect {
-                            kind: e.kind(),
-                            message,
-                            cause: None,
-                        },
-                    );
+                    fail_first(&shared, SessionError::first_connect(&e));
                     return;
                 }
                 connect_failed(&shared, &clock);
