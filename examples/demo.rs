@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant as StdInstant};
 
 use clap::Parser;
-use relink::relay::{FaultPlan, Relay, RelayStats};
+use relink_test_support::relay::{FaultPlan, Relay, RelayStats};
 use relink::tokio::{ClientMonitor, ClientStats, ClientStream, Server, ServerStats, ServerStream};
 use relink::{Backoff, Config, Duration};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};

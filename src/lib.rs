@@ -81,8 +81,6 @@ pub mod wire;
 
 #[cfg(feature = "std")]
 pub mod blocking;
-#[cfg(feature = "std")]
-pub mod relay;
 #[cfg(feature = "tokio")]
 pub mod tokio;
 

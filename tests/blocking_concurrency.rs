@@ -261,7 +261,7 @@ fn fast_config() -> Config {
 /// session, and each session ends cleanly.
 #[test]
 fn many_sessions_across_cuts_each_byte_exact() {
-    use relink::relay::{FaultPlan, Relay};
+    use relink_test_support::relay::{FaultPlan, Relay};
     const SESSIONS: u8 = 6;
     const UP: u64 = 1024 * 1024 + 17;
     const DOWN: u64 = 512 * 1024 + 5;
@@ -338,7 +338,7 @@ fn many_sessions_across_cuts_each_byte_exact() {
 #[test]
 fn a_session_without_transport_expires() {
     use relink::blocking::SessionError;
-    use relink::relay::{FaultPlan, Relay};
+    use relink_test_support::relay::{FaultPlan, Relay};
     let server_cfg = Config {
         resume_timeout: Duration::from_millis(600),
         ..fast_config()

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::thread;
 
-use relink::relay::{FaultPlan, Relay};
+use relink_test_support::relay::{FaultPlan, Relay};
 use sha2::{Digest, Sha256};
 
 mod cli_support;

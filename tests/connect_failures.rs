@@ -20,7 +20,7 @@ use std::thread;
 use std::time::{Duration as StdDuration, Instant as StdInstant};
 
 use relink::blocking::{Listener, Resolve, ServerAddr, SessionError};
-use relink::relay::{FaultPlan, Relay};
+use relink_test_support::relay::{FaultPlan, Relay};
 use relink::{Backoff, Config, Duration, Error, StaticKeypair};
 
 #[derive(Clone, Copy, Debug)]

@@ -1,5 +1,5 @@
 //! End to end over loopback TCP: the blocking driver (`relink::blocking`)
-//! through the fault-injecting relay (`relink::relay`): byte-exact transfers
+//! through the fault-injecting relay (`relink_test_support::relay`): byte-exact transfers
 //! across forced cuts, corruption and stalls, retried first handshakes, and
 //! the give-up limit.
 
@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::thread;
 
 use relink::blocking::{ClientBuilder, ClientStream, Listener, ServerStream, SessionError};
-use relink::relay::{FaultPlan, Relay};
+use relink_test_support::relay::{FaultPlan, Relay};
 use relink::{Backoff, Config, Duration, StaticKeypair};
 
 /// Deterministic stream content: byte `i` of stream `salt`.

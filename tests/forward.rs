@@ -8,7 +8,7 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::thread;
 
-use relink::relay::{FaultPlan, Relay};
+use relink_test_support::relay::{FaultPlan, Relay};
 
 mod cli_support;
 use cli_support::{relink_bin, Proc};

@@ -1,4 +1,4 @@
-//! Fault-injecting TCP relay for tests and the demo (`std` feature).
+//! Fault-injecting TCP relay for tests and the demo.
 //!
 //! [`Relay::start`] listens on `127.0.0.1:0` and forwards every accepted
 //! connection to a target address, with two threads per connection (one per
