@@ -25,9 +25,9 @@ use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant as StdInstant};
 
 use clap::Parser;
-use relink_test_support::relay::{FaultPlan, Relay, RelayStats};
 use relink::tokio::{ClientMonitor, ClientStats, ClientStream, Server, ServerStats, ServerStream};
 use relink::{Backoff, Config, Duration};
+use relink_test_support::relay::{FaultPlan, Relay, RelayStats};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// relink demo: a bulk transfer through a relay that keeps breaking the connection.

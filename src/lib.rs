@@ -1,5 +1,75 @@
 //! relink: long-lived encrypted byte streams that survive broken connections.
 //!
+//! # Quick start
+//! Most applications use a driver, which owns the sockets, the clock and
+//! the reconnects: [`blocking`] (std threads, `std` feature, on by default)
+//! or [`tokio`] (`tokio` feature). A stream is `Read + Write` (or
+//! `AsyncRead + AsyncWrite`); broken TCP connections and resumes are
+//! invisible to it.
+//!
+//! ```
+//! # #[cfg(feature = "std")]
+//! # fn main() -> std::io::Result<()> {
+//! use std::io::{Read, Write};
+//! use relink::blocking::{connect, Listener};
+//! use relink::Config;
+//!
+//! let listener = Listener::bind("127.0.0.1:0", Config::default())?;
+//! let addr = listener.local_addr();
+//! let server = std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
+//!     let mut session = listener.accept()?;
+//!     let mut got = Vec::new();
+//!     session.read_to_end(&mut got)?;
+//!     session.close()?;
+//!     Ok(got)
+//! });
+//! let mut client = connect(addr, Config::default())?;
+//! client.write_all(b"hello")?;
+//! client.close()?; // clean end: everything acknowledged
+//! assert_eq!(server.join().unwrap()?, b"hello");
+//! # Ok(())
+//! # }
+//! # #[cfg(not(feature = "std"))]
+//! # fn main() {}
+//! ```
+//!
+//! The same with tokio:
+//!
+//! ```
+//! # #[cfg(feature = "tokio")]
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> std::io::Result<()> {
+//! use relink::tokio::{ClientStream, Server};
+//! use relink::Config;
+//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//!
+//! let server = Server::bind("127.0.0.1:0", Config::default()).await?;
+//! let addr = server.local_addr()?;
+//! let echo = tokio::spawn(async move {
+//!     let mut stream = server.accept().await?;
+//!     let mut data = Vec::new();
+//!     stream.read_to_end(&mut data).await?;
+//!     stream.write_all(&data).await?;
+//!     stream.shutdown().await
+//! });
+//! let mut client = ClientStream::connect(addr, Config::default()).await?;
+//! client.write_all(b"hello").await?;
+//! client.shutdown().await?;
+//! let mut back = Vec::new();
+//! client.read_to_end(&mut back).await?;
+//! assert_eq!(back, b"hello");
+//! echo.await??;
+//! # Ok(())
+//! # }
+//! # #[cfg(not(feature = "tokio"))]
+//! # fn main() {}
+//! ```
+//!
+//! For your own event loop (another runtime, many cores, an embedded
+//! target without `std`), drive the sans-IO core below yourself: see
+//! [Run loop](#run-loop) and `examples/custom_loop.rs`.
+//!
+//! # The core
 //! The crate is a *sans-IO* core: [`Client`], [`Endpoint`], [`Connection`]
 //! (and [`Server`], which bundles the last two) are pure state machines.
 //! They consume bytes received from a transport, produce bytes to write to
@@ -55,6 +125,7 @@
 //!
 //! The wire protocol is specified in `docs/PROTOCOL.md`.
 #![no_std]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -80,8 +151,10 @@ pub mod timer;
 pub mod wire;
 
 #[cfg(feature = "std")]
+#[cfg_attr(docsrs, doc(cfg(feature = "std")))]
 pub mod blocking;
 #[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub mod tokio;
 
 pub use client::Client;
@@ -95,6 +168,7 @@ pub use keys::StaticKeypair;
 pub use reconnect::Backoff;
 pub use server::Server;
 #[cfg(feature = "std")]
+#[cfg_attr(docsrs, doc(cfg(feature = "std")))]
 pub use time::SystemWallClock;
 pub use time::{Duration, Instant, UnixTime, WallClock};
 pub use wire::{AbortCode, HandshakeStatus, ResumeStatus};
@@ -108,10 +182,12 @@ pub struct ReadmeDoctests;
 /// take (`std` feature). It panics only if the OS cannot provide randomness
 /// at all, where no secure session is possible anyway.
 #[cfg(feature = "std")]
+#[cfg_attr(docsrs, doc(cfg(feature = "std")))]
 pub type OsRng = rand_core::UnwrapErr<getrandom::SysRng>;
 
 /// A fresh [`OsRng`].
 #[cfg(feature = "std")]
+#[cfg_attr(docsrs, doc(cfg(feature = "std")))]
 pub fn os_rng() -> OsRng {
     rand_core::UnwrapErr(getrandom::SysRng)
 }

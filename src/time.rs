@@ -106,6 +106,7 @@ pub trait WallClock: Send + Sync {
 /// The operating system's wall clock (`std::time::SystemTime`), `std`
 /// feature only.
 #[cfg(feature = "std")]
+#[cfg_attr(docsrs, doc(cfg(feature = "std")))]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SystemWallClock;
 

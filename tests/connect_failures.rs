@@ -20,8 +20,8 @@ use std::thread;
 use std::time::{Duration as StdDuration, Instant as StdInstant};
 
 use relink::blocking::{Listener, Resolve, ServerAddr, SessionError};
-use relink_test_support::relay::{FaultPlan, Relay};
 use relink::{Backoff, Config, Duration, Error, StaticKeypair};
+use relink_test_support::relay::{FaultPlan, Relay};
 
 #[derive(Clone, Copy, Debug)]
 enum Driver {

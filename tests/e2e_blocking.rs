@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::thread;
 
 use relink::blocking::{ClientBuilder, ClientStream, Listener, ServerStream, SessionError};
-use relink_test_support::relay::{FaultPlan, Relay};
 use relink::{Backoff, Config, Duration, StaticKeypair};
+use relink_test_support::relay::{FaultPlan, Relay};
 
 /// Deterministic stream content: byte `i` of stream `salt`.
 fn pattern(salt: u8, offset: u64, out: &mut [u8]) {

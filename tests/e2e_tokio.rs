@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
-use relink_test_support::relay::{FaultPlan, Relay};
 use relink::tokio::{ClientStream, Server, ServerStream};
 use relink::{Backoff, Config, Duration};
+use relink_test_support::relay::{FaultPlan, Relay};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
