@@ -39,12 +39,12 @@ use std::hint::black_box;
 use std::time::Instant as StdInstant;
 
 use chacha20::ChaCha20Rng;
-use rand_core::SeedableRng;
 use relink::wire::{FRAME_OVERHEAD, MAX_FRAME_PAYLOAD};
 use relink::{
     Client, Config, Connection, Dispatch, Duration, Endpoint, Instant, Server, ServerEvent,
     SessionId, TransportId,
 };
+use relink_test_support::harness::rng;
 
 // ----- counting allocator ------------------------------------------------------
 
@@ -145,10 +145,6 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Transmit buffer: one maximum DATA frame plus an ACK frame.
 const WIRE: usize = FRAME_OVERHEAD + MAX_FRAME_PAYLOAD + FRAME_OVERHEAD + 8;
-
-fn rng(seed: u64) -> ChaCha20Rng {
-    ChaCha20Rng::seed_from_u64(seed)
-}
 
 /// The server's configuration: no cap on sessions or pending transports,
 /// default timers (keepalive 5 s, idle timeout 15 s).

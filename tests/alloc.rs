@@ -22,11 +22,12 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use chacha20::ChaCha20Rng;
-use rand_core::{Rng, SeedableRng};
+use rand_core::Rng;
 use relink::wire::{FRAME_OVERHEAD, MAX_FRAME_PAYLOAD};
 use relink::{
     Client, Config, Duration, Event, Instant, Server, ServerEvent, SessionId, TransportId,
 };
+use relink_test_support::harness::rng;
 
 // ----- counting allocator ------------------------------------------------------
 
@@ -105,11 +106,6 @@ fn count_allocs(f: impl FnOnce()) -> u64 {
 }
 
 // ----- a driver with preallocated buffers ------------------------------------------
-
-/// Seeded CSPRNG for the state machines and the test's own choices.
-fn rng(seed: u64) -> ChaCha20Rng {
-    ChaCha20Rng::seed_from_u64(seed)
-}
 
 /// Byte `o` of a direction's test stream.
 fn byte_at(salt: u8, o: u64) -> u8 {

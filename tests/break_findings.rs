@@ -1,16 +1,13 @@
 //! Adversarial review of the core after issue 9 (branch `review-break`).
 //!
 //! Each test is one finding: a deterministic sequence (seeded RNGs, injected
-//! clocks, the in-memory harness of `tests/common/eo.rs`) that breaks a
+//! clocks, the in-memory harness `relink_test_support::harness::Net`) that breaks a
 //! guarantee stated in docs/PROTOCOL.md. They are `#[ignore]`d so that the
 //! suite stays green; run them with
 //! `cargo test --all-features --test break_findings -- --ignored`.
 
-#[path = "common/eo.rs"]
-mod eo;
-
-use eo::*;
 use relink::{CloseReason, Config, Duration, ServerEvent, StaticKeypair};
+use relink_test_support::harness::*;
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)

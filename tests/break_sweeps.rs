@@ -2,11 +2,8 @@
 //! the transport cut at every position of the final exchange. These held
 //! up in the review; they stay as regression tests.
 
-#[path = "common/eo.rs"]
-mod eo;
-
-use eo::*;
 use relink::{AbortCode, CloseReason, Config, Duration, Event, ServerEvent, SessionId};
+use relink_test_support::harness::*;
 
 fn established(seed: u64) -> Net {
     let mut net = Net::new(seed, Config::default(), Config::default());

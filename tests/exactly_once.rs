@@ -3,15 +3,12 @@
 //! client and server clocks). Each failed against the core before the fix;
 //! see docs/ISSUE9_TESTS.md for how.
 
-#[path = "common/eo.rs"]
-mod eo;
-
-use eo::*;
 use relink::wire::{FrameHeader, FrameType, ResumeStatus, ABORT_PAYLOAD_LEN, SERVER_HELLO_LEN};
 use relink::{
     AbortCode, ByteRange, Client, CloseReason, Config, Duration, Error, Event, HandshakeStatus,
     Instant, Server, ServerEvent, StaticKeypair,
 };
+use relink_test_support::harness::*;
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)

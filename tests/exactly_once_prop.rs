@@ -11,7 +11,7 @@
 //! After every step:
 //! - every byte an application read is the peer's byte at that offset, over
 //!   every server session and every server incarnation: a prefix of what the
-//!   peer wrote, nothing twice, nothing foreign (`tests/common/eo.rs`);
+//!   peer wrote, nothing twice, nothing foreign (`relink_test_support::harness::Net`);
 //! - the server never registers a second session for one client (the
 //!   client never starts over on its own);
 //! - the client never counts as acknowledged a byte the server did not
@@ -29,15 +29,12 @@
 //! `EO_STATS=1` (and `--nocapture`) every case prints a summary line, to
 //! review what the generator covers.
 
-#[path = "common/eo.rs"]
-mod eo;
-
 use std::collections::{BTreeMap, BTreeSet};
 
-use eo::*;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PtConfig, RngSeed};
 use relink::{AbortCode, CloseReason, Config, Duration, Instant, StaticKeypair};
+use relink_test_support::harness::*;
 
 #[derive(Debug, Clone)]
 enum Op {

@@ -20,7 +20,7 @@ mod common;
 mod support_c;
 
 use chacha20::ChaCha20Rng;
-use common::{between, pattern, rng, Pair};
+use common::{between, pattern, rng, Net};
 use proptest::prelude::*;
 use relink::{AbortCode, CloseReason, Error, Event, ProtocolError, ServerEvent};
 use support_c::*;
@@ -35,8 +35,8 @@ const MAX_PAYLOAD: usize = 16 * 1024;
 /// later bytes and verified (rather than left waiting).
 const FILLER: usize = MAX_PAYLOAD + 1000;
 /// Stream content of each direction.
-const SALT_DATA: u8 = 0xD1;
-const SALT_BACK: u8 = 0xB2;
+const SALT_DATA: u64 = 0xD1;
+const SALT_BACK: u64 = 0xB2;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Dir {
@@ -159,7 +159,7 @@ struct Case {
 }
 
 struct Sides<'a> {
-    p: &'a mut Pair,
+    p: &'a mut Net,
     dir: Dir,
 }
 
@@ -168,7 +168,7 @@ impl Sides<'_> {
         self.p.session.expect("session")
     }
     fn tid(&self) -> relink::TransportId {
-        self.p.transport.expect("transport")
+        self.p.tid.expect("transport")
     }
     fn send(&mut self, data: &[u8]) {
         let sid = self.sid();
@@ -180,7 +180,7 @@ impl Sides<'_> {
     }
     /// The sender's output with a `poll_transmit` buffer of `buf_len`.
     fn sender_tx(&mut self, buf_len: usize) -> Vec<u8> {
-        let (now, tid) = (self.p.now, self.tid());
+        let (now, tid) = (self.p.now(), self.tid());
         let mut buf = vec![0u8; buf_len];
         let mut out = Vec::new();
         loop {
@@ -196,7 +196,7 @@ impl Sides<'_> {
         }
     }
     fn receiver_input(&mut self, bytes: &[u8]) -> Result<usize, Error> {
-        let (now, tid) = (self.p.now, self.tid());
+        let (now, tid) = (self.p.now(), self.tid());
         match self.dir {
             Dir::ClientToServer => self.p.server.handle_input(tid, now, bytes),
             Dir::ServerToClient => self.p.client.handle_input(now, bytes),
@@ -212,7 +212,7 @@ impl Sides<'_> {
     /// The receiver sends `n` bytes which the sender verifies and reads,
     /// so that the sender owes an ACK.
     fn receiver_sends_first(&mut self, n: usize) {
-        let (now, tid, sid) = (self.p.now, self.tid(), self.sid());
+        let (now, tid, sid) = (self.p.now(), self.tid(), self.sid());
         let mut data = vec![0u8; n];
         pattern(SALT_BACK, 0, &mut data);
         let got = match self.dir {
@@ -234,12 +234,12 @@ impl Sides<'_> {
 }
 
 fn run(case: &Case) {
-    let mut p = Pair::default_pair(case.seed);
+    let mut p = Net::default_pair(case.seed);
     p.handshake();
     p.settle(100);
     assert!(p.c2s.is_empty() && p.s2c.is_empty() && !p.ended);
-    p.client_events.clear();
-    p.server_events.clear();
+    p.cev.clear();
+    p.sev.clear();
     let mut s = Sides {
         p: &mut p,
         dir: case.dir,
@@ -313,19 +313,19 @@ fn run(case: &Case) {
         Err(Error::TransportEnded),
         "{what}"
     );
-    p.drain_events();
+    p.drain();
     match case.dir {
         Dir::ClientToServer => {
-            let t = p.transport.unwrap();
+            let t = p.tid.unwrap();
             assert!(
-                p.server_events.contains(&ServerEvent::CloseTransport {
+                p.sev.contains(&ServerEvent::CloseTransport {
                     transport: t,
                     error: Some(err)
                 }),
                 "{what}"
             );
             assert_eq!(
-                p.server_events.contains(&ServerEvent::AuthFailed {
+                p.sev.contains(&ServerEvent::AuthFailed {
                     transport: t,
                     reason: Error::AuthFailed
                 }),
@@ -338,15 +338,15 @@ fn run(case: &Case) {
             if err == Error::AuthFailed {
                 want.insert(0, Event::AuthFailed { reason: err });
             }
-            assert_eq!(p.client_events, want, "{what}");
+            assert_eq!(p.cev, want, "{what}");
             assert!(p.client.transport_ended());
         }
     }
 
     // Resume on a new transport: the sender resends from exactly the
     // verified prefix and the whole stream arrives byte-exactly.
-    p.client_events.clear();
-    p.server_events.clear();
+    p.cev.clear();
+    p.sev.clear();
     p.break_transport();
     p.open_transport();
     let total = payload + FILLER;
@@ -366,33 +366,33 @@ fn run(case: &Case) {
     assert!(delivered == data, "{what}: stream differs after resume");
     // A corrupted frame never aborts or closes the session (a flip can
     // make a header look like an ABORT's, see above).
-    p.drain_events();
+    p.drain();
     assert_eq!(p.client.close_reason(), None, "{what}");
     assert!(
-        !p.server_events
+        !p.sev
             .iter()
             .any(|e| matches!(e, ServerEvent::Closed { .. })),
         "{what}: {:?}",
-        p.server_events
+        p.sev
     );
     let range = (delivered_before as u64, total as u64);
     match case.dir {
         Dir::ClientToServer => assert!(
-            p.client_events.contains(&Event::ResendRange {
+            p.cev.contains(&Event::ResendRange {
                 start: range.0,
                 end: range.1
             }),
             "{what}: {:?}",
-            p.client_events
+            p.cev
         ),
         Dir::ServerToClient => assert!(
-            p.server_events.contains(&ServerEvent::ResendRange {
+            p.sev.contains(&ServerEvent::ResendRange {
                 session: p.session.unwrap(),
                 start: range.0,
                 end: range.1
             }),
             "{what}: {:?}",
-            p.server_events
+            p.sev
         ),
     }
 }
@@ -603,12 +603,12 @@ fn every_bit_of_an_abort_frame() {
     for dir in [Dir::ClientToServer, Dir::ServerToClient] {
         for bit in 0..(HEADER + 4 + TAG) * 8 {
             let what = format!("{dir:?} ABORT bit {bit}");
-            let mut p = Pair::default_pair(9_000 + bit as u64);
+            let mut p = Net::default_pair(9_000 + bit as u64);
             let sid = p.handshake();
             p.settle(100);
             assert!(p.c2s.is_empty() && p.s2c.is_empty() && !p.ended);
-            p.client_events.clear();
-            p.server_events.clear();
+            p.cev.clear();
+            p.sev.clear();
             match dir {
                 Dir::ClientToServer => p.client.abort(code),
                 Dir::ServerToClient => p.server.abort(sid, code).unwrap(),
@@ -623,15 +623,15 @@ fn every_bit_of_an_abort_frame() {
             let expected = expected_error(&f, bit);
             assert_eq!(s.receiver_input(&wire), Err(expected), "{what}");
             assert!(s.receiver_recv().is_empty(), "{what}");
-            p.drain_events();
+            p.drain();
             // Nothing aborted at the receiver.
             match dir {
                 Dir::ClientToServer => assert!(
-                    !p.server_events
+                    !p.sev
                         .iter()
                         .any(|e| matches!(e, ServerEvent::Closed { .. })),
                     "{what}: {:?}",
-                    p.server_events
+                    p.sev
                 ),
                 Dir::ServerToClient => {
                     assert_eq!(p.client.close_reason(), None, "{what}");
@@ -641,15 +641,15 @@ fn every_bit_of_an_abort_frame() {
                     if expected == Error::AuthFailed {
                         want.insert(0, Event::AuthFailed { reason: expected });
                     }
-                    assert_eq!(p.client_events, want, "{what}");
+                    assert_eq!(p.cev, want, "{what}");
                 }
             }
             // Resume: the genuine ABORT goes out again and is answered.
             p.break_transport();
             p.open_transport();
-            let closed = |p: &Pair| {
+            let closed = |p: &Net| {
                 p.client.is_closed()
-                    && p.server_events
+                    && p.sev
                         .iter()
                         .any(|e| matches!(e, ServerEvent::Closed { .. }))
             };
@@ -659,7 +659,7 @@ fn every_bit_of_an_abort_frame() {
                     break;
                 }
             }
-            assert!(closed(&p), "{what}: {:?}", p.client_events);
+            assert!(closed(&p), "{what}: {:?}", p.cev);
             let (client_by_peer, server_by_peer) = match dir {
                 Dir::ClientToServer => (false, true),
                 Dir::ServerToClient => (true, false),
@@ -673,7 +673,7 @@ fn every_bit_of_an_abort_frame() {
                 "{what}"
             );
             let server_closed: Vec<_> = p
-                .server_events
+                .sev
                 .iter()
                 .filter(|e| matches!(e, ServerEvent::Closed { .. }))
                 .collect();

@@ -31,7 +31,7 @@
 mod common;
 mod support_c;
 
-use common::{pump_client_to_server, pump_server_to_client, rng, Flow, Pair};
+use common::{pump_client_to_server, pump_server_to_client, rng, Flow, Net};
 use relink::wire::{
     CLIENT_CONFIRM_LEN, CLIENT_HELLO_LEN, FRAME_OVERHEAD, REJECT_AUTH_LEN, RESUME_REQUEST_LEN,
     RESUME_RESPONSE_LEN, SERVER_HELLO_LEN, VERSION,
@@ -720,7 +720,7 @@ const RESUME_TOTAL: u64 = 6_000;
 /// An established session with data in flight both ways whose transport
 /// just broke.
 struct Broken {
-    p: Pair,
+    p: Net,
     sid: SessionId,
     up: Flow,
     down: Flow,
@@ -729,7 +729,7 @@ struct Broken {
 
 fn broken_session(seed: u64, keys: Keys) -> Broken {
     let (cc, sc) = configs(keys);
-    let mut p = Pair::new(seed, cc, sc);
+    let mut p = Net::pair(seed, cc, sc);
     p.max_chunk = 900;
     let sid = p.handshake();
     let (mut up, mut down) = (Flow::default(), Flow::default());
@@ -742,10 +742,10 @@ fn broken_session(seed: u64, keys: Keys) -> Broken {
     p.break_transport();
     pump_client_to_server(&mut p, &mut up, RESUME_TOTAL, 1500, &mut buf);
     pump_server_to_client(&mut p, &mut down, RESUME_TOTAL, 1500, &mut buf);
-    assert!(up.sent > up.received && down.sent > down.received);
+    assert!(up.written > up.read && down.written > down.read);
     assert_eq!(p.client.readable(), 0);
-    p.client_events.clear();
-    p.server_events.clear();
+    p.cev.clear();
+    p.sev.clear();
     Broken {
         p,
         sid,
@@ -758,9 +758,9 @@ fn broken_session(seed: u64, keys: Keys) -> Broken {
 impl Broken {
     /// A new transport on which the client sent its ResumeRequest.
     fn attempt(&mut self) -> (TransportId, Vec<u8>) {
-        let tid = self.p.server.accept(self.p.now).unwrap();
-        self.p.client.new_transport(self.p.now).unwrap();
-        let req = client_tx(&mut self.p.client, self.p.now);
+        let tid = self.p.server.accept(self.p.now()).unwrap();
+        self.p.client.new_transport(self.p.now()).unwrap();
+        let req = client_tx(&mut self.p.client, self.p.cnow);
         assert_eq!(req.len(), RESUME_REQUEST_LEN);
         (tid, req)
     }
@@ -770,20 +770,20 @@ impl Broken {
     /// Returns whether the session survived on the client.
     fn finish(&mut self, tid: TransportId, what: &str) -> bool {
         let p = &mut self.p;
-        p.server.transport_lost(tid, p.now);
+        p.server.transport_lost(tid, p.now());
         assert!(p.server.has_session(self.sid), "{what}: server session");
         assert_eq!(p.server.pending_transports(), 0, "{what}");
         if p.client.is_closed() {
             return false;
         }
-        p.client.transport_lost(p.now);
+        p.client.transport_lost(p.now());
         p.open_transport();
         let mut rounds = 0;
-        while self.up.received < RESUME_TOTAL || self.down.received < RESUME_TOTAL {
+        while self.up.read < RESUME_TOTAL || self.down.read < RESUME_TOTAL {
             pump_client_to_server(p, &mut self.up, RESUME_TOTAL, 1500, &mut self.buf);
             pump_server_to_client(p, &mut self.down, RESUME_TOTAL, 1500, &mut self.buf);
             p.step();
-            assert!(!p.ended, "{what}: {:?}", p.client_events);
+            assert!(!p.ended, "{what}: {:?}", p.cev);
             rounds += 1;
             assert!(
                 rounds < 10_000,
@@ -793,9 +793,7 @@ impl Broken {
             );
         }
         assert!(
-            p.client_events
-                .iter()
-                .any(|e| matches!(e, Event::Resumed { .. })),
+            p.cev.iter().any(|e| matches!(e, Event::Resumed { .. })),
             "{what}"
         );
         true
@@ -865,7 +863,7 @@ fn resume_request_flip(keys: Keys, bit: usize) -> bool {
     let what = format!("ResumeRequest byte {byte} mask {mask:#04x} ({keys:?})");
     let mut b = broken_session(20_000 + bit as u64 + seed_offset(keys), keys);
     let (tid, req) = b.attempt();
-    let now = b.p.now;
+    let now = b.p.now();
     let bad = flipped(&req, bit);
     let named = u64::from_le_bytes(bad[2..10].try_into().unwrap());
     let r = b.p.server.handle_input(tid, now, &bad);
@@ -889,7 +887,8 @@ fn resume_request_flip(keys: Keys, bit: usize) -> bool {
     assert_eq!(server_events(&mut b.p.server), sev, "{what}");
     // The client's view of the answer.
     let cerr = if reply.is_empty() {
-        b.p.now = client_times_out(&mut b.p.client, now);
+        let t = client_times_out(&mut b.p.client, now);
+        b.p.set_now(t);
         Error::TimedOut
     } else {
         b.p.client.handle_input(now, &reply).unwrap_err()
@@ -936,7 +935,7 @@ fn resume_response_flip(keys: Keys, bit: usize) -> bool {
     let what = format!("ResumeResponse byte {byte} mask {mask:#04x} ({keys:?})");
     let mut b = broken_session(40_000 + bit as u64 + seed_offset(keys), keys);
     let (tid, req) = b.attempt();
-    let now = b.p.now;
+    let now = b.p.now();
     assert_eq!(
         b.p.server.handle_input(tid, now, &req),
         Ok(RESUME_REQUEST_LEN)
@@ -1060,7 +1059,7 @@ fn replayed_resume_messages_are_rejected() {
     let mut b = broken_session(31, Keys::Anonymous);
     let sid = b.sid;
     let (t1, req1) = b.attempt();
-    let now = b.p.now;
+    let now = b.p.now();
     assert_eq!(
         b.p.server.handle_input(t1, now, &req1),
         Ok(RESUME_REQUEST_LEN)
@@ -1145,7 +1144,7 @@ fn stale_rejection_flip(keys: Keys, bit: usize) -> bool {
     let (byte, mask) = (bit / 8, 1u8 << (bit % 8));
     let what = format!("Stale rejection byte {byte} mask {mask:#04x} ({keys:?})");
     let mut b = broken_session(60_000 + bit as u64 + seed_offset(keys), keys);
-    let now = b.p.now;
+    let now = b.p.now();
     let client_now = skewed(now);
     let tid = b.p.server.accept(now).unwrap();
     b.p.client.new_transport(client_now).unwrap();
@@ -1205,7 +1204,7 @@ fn stale_rejection_every_bit_flip_is_rejected_typed() {
 #[test]
 fn genuine_stale_rejection_corrects_the_clock_estimate() {
     let mut b = broken_session(71, Keys::Anonymous);
-    let now = b.p.now;
+    let now = b.p.now();
     let client_now = skewed(now);
     let tid = b.p.server.accept(now).unwrap();
     b.p.client.new_transport(client_now).unwrap();

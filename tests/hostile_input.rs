@@ -22,7 +22,7 @@
 mod common;
 mod support_c;
 
-use common::{pattern, pump_client_to_server, pump_server_to_client, rng, Flow, Pair};
+use common::{pattern, pump_client_to_server, pump_server_to_client, rng, Flow, Net};
 use proptest::prelude::*;
 use relink::wire::{
     CLIENT_CONFIRM_LEN, CLIENT_HELLO_LEN, FRAME_OVERHEAD, MAX_FRAME_PAYLOAD, REJECT_TOKEN_LEN,
@@ -144,8 +144,8 @@ fn client_rejects_every_unknown_version_in_a_server_hello() {
 }
 
 /// A live session with data in flight both ways and its transport broken.
-fn broken_live_session(seed: u64, config: Config) -> (Pair, Flow, Flow) {
-    let mut p = Pair::new(seed, config.clone(), config);
+fn broken_live_session(seed: u64, config: Config) -> (Net, Flow, Flow) {
+    let mut p = Net::pair(seed, config.clone(), config);
     p.max_chunk = 800;
     p.handshake();
     let (mut up, mut down) = (Flow::default(), Flow::default());
@@ -167,18 +167,22 @@ fn client_rejects_every_unknown_version_in_a_resume_response() {
     };
     let (mut p, mut up, mut down) = broken_live_session(3, config);
     for v in (0..=255u8).filter(|&v| v != VERSION) {
-        let t = p.server.accept(p.now).unwrap();
-        p.client.new_transport(p.now).unwrap();
-        assert_eq!(client_tx(&mut p.client, p.now).len(), RESUME_REQUEST_LEN);
+        let t = p.server.accept(p.now()).unwrap();
+        p.client.new_transport(p.now()).unwrap();
+        assert_eq!(client_tx(&mut p.client, p.cnow).len(), RESUME_REQUEST_LEN);
         let e = Error::Protocol(ProtocolError::UnsupportedVersion(v));
-        assert_eq!(p.client.handle_input(p.now, &[v, 0]), Err(e), "version {v}");
+        assert_eq!(
+            p.client.handle_input(p.now(), &[v, 0]),
+            Err(e),
+            "version {v}"
+        );
         assert_eq!(
             client_events(&mut p.client),
             vec![Event::TransportLost { error: Some(e) }]
         );
         assert!(!p.client.is_closed() && !p.client.is_connected());
-        p.server.transport_lost(t, p.now);
-        p.client.transport_lost(p.now);
+        p.server.transport_lost(t, p.now());
+        p.client.transport_lost(p.now());
     }
     p.open_transport();
     finish_flows(&mut p, &mut up, &mut down, TOTAL, "after 255 bad versions");
@@ -497,17 +501,17 @@ fn resume_request_cut_short_keeps_the_session() {
     let (mut p, mut up, mut down) = broken_live_session(7, Config::default());
     let sid = p.session.unwrap();
     for cut in 0..RESUME_REQUEST_LEN {
-        let t = p.server.accept(p.now).unwrap();
-        p.client.new_transport(p.now).unwrap();
-        let req = client_tx(&mut p.client, p.now);
+        let t = p.server.accept(p.now()).unwrap();
+        p.client.new_transport(p.now()).unwrap();
+        let req = client_tx(&mut p.client, p.cnow);
         for chunk in req[..cut].chunks(7) {
-            assert_eq!(p.server.handle_input(t, p.now, chunk), Ok(chunk.len()));
+            assert_eq!(p.server.handle_input(t, p.now(), chunk), Ok(chunk.len()));
         }
-        assert!(server_tx(&mut p.server, t, p.now).is_empty(), "cut {cut}");
+        assert!(server_tx(&mut p.server, t, p.snow).is_empty(), "cut {cut}");
         assert!(server_events(&mut p.server).is_empty(), "cut {cut}");
         assert_eq!(p.server.session_of(t), None);
-        p.server.transport_lost(t, p.now);
-        p.client.transport_lost(p.now);
+        p.server.transport_lost(t, p.now());
+        p.client.transport_lost(p.now());
         assert!(p.server.has_session(sid));
         // A genuine resume works, then the transport breaks again.
         reconnect(&mut p);
@@ -526,22 +530,22 @@ fn resume_response_cut_short_keeps_the_session() {
     let (mut p, mut up, mut down) = broken_live_session(8, Config::default());
     let sid = p.session.unwrap();
     for cut in 0..RESUME_RESPONSE_LEN {
-        let t = p.server.accept(p.now).unwrap();
-        p.client.new_transport(p.now).unwrap();
-        let req = client_tx(&mut p.client, p.now);
+        let t = p.server.accept(p.now()).unwrap();
+        p.client.new_transport(p.now()).unwrap();
+        let req = client_tx(&mut p.client, p.cnow);
         assert_eq!(
-            p.server.handle_input(t, p.now, &req),
+            p.server.handle_input(t, p.now(), &req),
             Ok(RESUME_REQUEST_LEN)
         );
         assert_eq!(p.server.session_of(t), Some(sid));
-        let out = server_tx(&mut p.server, t, p.now);
+        let out = server_tx(&mut p.server, t, p.snow);
         let readable = p.client.readable();
-        assert_eq!(p.client.handle_input(p.now, &out[..cut]), Ok(cut));
+        assert_eq!(p.client.handle_input(p.now(), &out[..cut]), Ok(cut));
         assert!(!p.client.is_connected(), "cut {cut}");
         assert_eq!(p.client.readable(), readable, "cut {cut}");
         assert!(client_events(&mut p.client).is_empty(), "cut {cut}");
-        p.server.transport_lost(t, p.now);
-        p.client.transport_lost(p.now);
+        p.server.transport_lost(t, p.now());
+        p.client.transport_lost(p.now());
         server_events(&mut p.server);
         reconnect(&mut p);
         let mut buf = vec![0u8; 4096];
@@ -560,10 +564,10 @@ fn resume_response_cut_short_keeps_the_session() {
 fn frame_cut_short_then_resume() {
     for client_sends in [true, false] {
         for cut_seed in 0..20u64 {
-            let mut p = Pair::default_pair(cut_seed);
+            let mut p = Net::default_pair(cut_seed);
             p.handshake();
             p.settle(50);
-            let (now, t, sid) = (p.now, p.transport.unwrap(), p.session.unwrap());
+            let (now, t, sid) = (p.now(), p.tid.unwrap(), p.session.unwrap());
             let mut data = vec![0u8; 50_000];
             pattern(9, 0, &mut data);
             let wire = if client_sends {
@@ -668,7 +672,7 @@ fn bad_headers() -> Vec<([u8; 4], ProtocolError)> {
 }
 
 fn bad_headers_at(server_side: bool) {
-    let mut p = Pair::default_pair(if server_side { 10 } else { 11 });
+    let mut p = Net::default_pair(if server_side { 10 } else { 11 });
     let sid = p.handshake();
     p.settle(50);
     let (mut up, mut down) = (Flow::default(), Flow::default());
@@ -678,7 +682,7 @@ fn bad_headers_at(server_side: bool) {
             "header {header:?} at {}",
             if server_side { "server" } else { "client" }
         );
-        let (now, t) = (p.now, p.transport.unwrap());
+        let (now, t) = (p.now(), p.tid.unwrap());
         // Deliver the header in one piece (followed by bytes that look like
         // the start of a payload), or byte by byte for some.
         let mut input = header.to_vec();
@@ -720,10 +724,10 @@ fn bad_headers_at(server_side: bool) {
                 "{what}: {before} -> {after}"
             );
         }
-        p.drain_events();
+        p.drain();
         if server_side {
             assert_eq!(
-                p.server_events.last(),
+                p.sev.last(),
                 Some(&ServerEvent::CloseTransport {
                     transport: t,
                     error: Some(e)
@@ -733,7 +737,7 @@ fn bad_headers_at(server_side: bool) {
             assert!(p.server.has_session(sid));
         } else {
             assert_eq!(
-                p.client_events.last(),
+                p.cev.last(),
                 Some(&Event::TransportLost { error: Some(e) }),
                 "{what}"
             );
@@ -812,19 +816,19 @@ fn garbage() -> impl Strategy<Value = Vec<u8>> {
 }
 
 /// A live session: both streams partly delivered and read.
-fn live(seed: u64) -> (Pair, Flow, Flow) {
+fn live(seed: u64) -> (Net, Flow, Flow) {
     live_with(seed, false)
 }
 
 /// [`live`], optionally with a server static key that the client pins.
-fn live_with(seed: u64, pinned: bool) -> (Pair, Flow, Flow) {
+fn live_with(seed: u64, pinned: bool) -> (Net, Flow, Flow) {
     let (mut cc, mut sc) = (Config::default(), Config::default());
     if pinned {
         let kp = StaticKeypair::from_secret_bytes([0x42; 32]);
         cc.pinned_server_key = Some(kp.public_key());
         sc.server_static = Some(kp);
     }
-    let mut p = Pair::new(seed, cc, sc);
+    let mut p = Net::pair(seed, cc, sc);
     p.handshake();
     let (mut up, mut down) = (Flow::default(), Flow::default());
     let mut buf = vec![0u8; 8192];
@@ -837,12 +841,12 @@ fn live_with(seed: u64, pinned: bool) -> (Pair, Flow, Flow) {
 }
 
 /// What `recv` returns must continue the genuine pattern stream.
-fn check_delivered(salt: u8, flow: &mut Flow, got: &[u8]) {
+fn check_delivered(salt: u64, flow: &mut Flow, got: &[u8]) {
     assert!(
-        matches_pattern(salt, flow.received, got),
+        matches_pattern(salt, flow.read, got),
         "delivered bytes the genuine peer did not send"
     );
-    flow.received += got.len() as u64;
+    flow.read += got.len() as u64;
 }
 
 proptest! {
@@ -858,7 +862,7 @@ proptest! {
     ) {
         let (mut p, mut up, mut down) = live(seed);
         let sid = p.session.unwrap();
-        let real = p.transport.unwrap();
+        let real = p.tid.unwrap();
         let conn_id = p.client.conn_id().unwrap().to_le_bytes();
         let mut input = match prefix {
             0 => vec![],
@@ -869,8 +873,8 @@ proptest! {
             _ => [&[TAG_RESUME, VERSION][..], &conn_id].concat(),
         };
         input.extend(&body);
-        let t = p.server.accept(p.now).unwrap();
-        let now = p.now;
+        let t = p.server.accept(p.now()).unwrap();
+        let now = p.now();
         let mut replies = Vec::new();
         let server = &mut p.server;
         let results = feed_all(
@@ -969,26 +973,26 @@ proptest! {
         p.break_transport();
         let mut buf = vec![0u8; 8192];
         pump_server_to_client(&mut p, &mut down, TOTAL, 1, &mut buf);
-        let t = p.server.accept(p.now).unwrap();
-        p.client.new_transport(p.now).unwrap();
-        client_tx(&mut p.client, p.now);
+        let t = p.server.accept(p.now()).unwrap();
+        p.client.new_transport(p.now()).unwrap();
+        client_tx(&mut p.client, p.cnow);
         let mut input = match prefix {
             0 => vec![],
             1 => vec![VERSION],
             s => vec![VERSION, [0u8, 0, 1, 2, 3, 4, 5, 6, 7][s - 2]],
         };
         input.extend(&body);
-        let now = p.now;
+        let now = p.now();
         let client = &mut p.client;
         let results = feed_all(&input, &chunks, |b| client.handle_input(now, b), || {});
         check_results(&results);
         prop_assert!(!p.client.is_connected());
         let got = client_recv_all(&mut p.client);
         prop_assert!(got.is_empty(), "{} bytes delivered", got.len());
-        p.server.transport_lost(t, p.now);
+        p.server.transport_lost(t, p.now());
         prop_assert_eq!(p.client.close_reason(), None);
         prop_assert_eq!(p.client.in_doubt(), None);
-        p.client.transport_lost(p.now);
+        p.client.transport_lost(p.now());
         p.open_transport();
         finish_flows(&mut p, &mut up, &mut down, TOTAL, "after garbage response");
     }
@@ -1002,11 +1006,11 @@ proptest! {
         chunks in chunking(),
     ) {
         let (mut p, mut up, mut down) = live(seed);
-        let (sid, t, now) = (p.session.unwrap(), p.transport.unwrap(), p.now);
+        let (sid, t, now) = (p.session.unwrap(), p.tid.unwrap(), p.now());
         // Genuine data not yet delivered, then the garbage.
         let mut more = vec![0u8; 700];
-        pattern(2, down.sent, &mut more);
-        down.sent += p.server.send(sid, &more).unwrap() as u64;
+        pattern(2, down.written, &mut more);
+        down.written += p.server.send(sid, &more).unwrap() as u64;
         let mut input = std::mem::take(&mut p.s2c);
         input.extend(server_tx(&mut p.server, t, now));
         input.extend(frame_like_prefix(prefix));
@@ -1036,10 +1040,10 @@ proptest! {
         chunks in chunking(),
     ) {
         let (mut p, mut up, mut down) = live(seed);
-        let (sid, t, now) = (p.session.unwrap(), p.transport.unwrap(), p.now);
+        let (sid, t, now) = (p.session.unwrap(), p.tid.unwrap(), p.now());
         let mut more = vec![0u8; 700];
-        pattern(1, up.sent, &mut more);
-        up.sent += p.client.send(&more).unwrap() as u64;
+        pattern(1, up.written, &mut more);
+        up.written += p.client.send(&more).unwrap() as u64;
         let mut input = std::mem::take(&mut p.c2s);
         input.extend(client_tx(&mut p.client, now));
         input.extend(frame_like_prefix(prefix));
@@ -1055,12 +1059,12 @@ proptest! {
         check_results(&results);
         check_delivered(1, &mut up, &got);
         prop_assert!(p.server.has_session(sid));
-        p.drain_events();
+        p.drain();
         let closed = p
-            .server_events
+            .sev
             .iter()
             .any(|e| matches!(e, ServerEvent::Closed { .. }));
-        prop_assert!(!closed, "{:?}", p.server_events);
+        prop_assert!(!closed, "{:?}", p.sev);
         reconnect_after_garbage(&mut p);
         finish_flows(&mut p, &mut up, &mut down, TOTAL, "server after garbage");
     }
@@ -1082,7 +1086,7 @@ fn frame_like_prefix(which: usize) -> Vec<u8> {
 
 /// After garbage the transport may be dead or merely waiting for the rest
 /// of a frame; either way the driver replaces it.
-fn reconnect_after_garbage(p: &mut Pair) {
+fn reconnect_after_garbage(p: &mut Net) {
     p.c2s.clear();
     p.s2c.clear();
     reconnect(p);

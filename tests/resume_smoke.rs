@@ -4,13 +4,13 @@ use common::*;
 #[test]
 fn transfer_survives_breaks() {
     const TOTAL: u64 = 4 * 1024 * 1024;
-    let mut p = Pair::default_pair(11);
+    let mut p = Net::default_pair(11);
     p.handshake();
     let (mut up, mut down) = (Flow::default(), Flow::default());
     let mut buf = vec![0u8; 100_000];
     let mut breaks = 0;
     let mut rounds = 0u64;
-    while up.received < TOTAL || down.received < TOTAL {
+    while up.read < TOTAL || down.read < TOTAL {
         pump_client_to_server(&mut p, &mut up, TOTAL, 30_000, &mut buf);
         pump_server_to_client(&mut p, &mut down, TOTAL, 30_000, &mut buf);
         p.step();
@@ -23,7 +23,7 @@ fn transfer_survives_breaks() {
         assert!(
             rounds < 1_000_000,
             "stuck {up:?} {down:?} {:?}",
-            &p.client_events[p.client_events.len().saturating_sub(5)..]
+            &p.cev[p.cev.len().saturating_sub(5)..]
         );
     }
     assert!(breaks > 10, "breaks {breaks}");

@@ -20,7 +20,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use relink_fuzz::{
-    client_feed, client_flush, configs, rng, script, split_input, Hostile, Input, Pair, T0, TICK,
+    client_feed, client_flush, configs, established, rng, script, split_input, Hostile, Input, T0,
+    TICK,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -36,18 +37,20 @@ fuzz_target!(|data: &[u8]| {
             (client, T0)
         }
         1 => {
-            let mut p = Pair::established(seed, sel);
+            let mut p = established(seed, sel);
             let _ = p.client.send(&[7; 500]);
             let _ = p.client_output();
             assert!(p.reconnect(), "reconnect");
             let _ = p.client_output(); // the ResumeRequest
-            (p.client, p.now)
+            let now = p.now();
+            (p.client, now)
         }
         2 => {
-            let mut p = Pair::established(seed, sel);
+            let mut p = established(seed, sel);
             let _ = p.client.send(&[7; 500]);
             let _ = p.client_output();
-            (p.client, p.now)
+            let now = p.now();
+            (p.client, now)
         }
         _ => {
             script(seed, sel, Hostile::Down, &mut input);

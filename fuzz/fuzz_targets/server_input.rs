@@ -18,7 +18,8 @@
 use libfuzzer_sys::fuzz_target;
 use relink::{Server, TransportId};
 use relink_fuzz::{
-    configs, rng, script, server_feed, server_flush, split_input, Hostile, Input, Pair, T0, TICK,
+    configs, established, rng, script, server_feed, server_flush, split_input, Hostile, Input, T0,
+    TICK,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -38,19 +39,21 @@ fuzz_target!(|data: &[u8]| {
             return;
         }
         scenario => {
-            let mut p = Pair::established(seed, sel);
-            let sid = p.sid.expect("session");
+            let mut p = established(seed, sel);
+            let sid = p.session.expect("session");
             // Outgoing data so that ACK validation has something to check.
             let _ = p.server.send(sid, &[0x33; 3000]);
             let _ = p.server_output();
             if scenario == 2 {
-                p.server.transport_lost(p.tid, p.now);
-                p.tid = p.server.accept(p.now).expect("accept");
+                let (tid, now) = (p.tid.expect("transport"), p.now());
+                p.server.transport_lost(tid, now);
+                p.tid = Some(p.server.accept(now).expect("accept"));
             } else if scenario == 3 {
                 assert!(p.reconnect(), "reconnect");
                 p.exchange_until_open();
             }
-            (p.server, p.tid, p.now)
+            let (tid, now) = (p.tid.expect("transport"), p.now());
+            (p.server, tid, now)
         }
     };
     let chunks = split_input(&mut input);

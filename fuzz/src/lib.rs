@@ -1,7 +1,8 @@
 //! Shared helpers of relink's fuzz targets: splitting an input into
 //! transport chunks, building a genuinely established client/server pair
-//! in memory (seeded RNGs, injected time), and feeding bytes to either side
-//! while checking the driver-facing invariants of the sans-IO API.
+//! in memory (the shared harness `relink_test_support::harness::Net`:
+//! seeded RNGs, injected time), and feeding bytes to either side while
+//! checking the driver-facing invariants of the sans-IO API.
 //!
 //! Invariants checked on every call (a violation panics, which libFuzzer
 //! reports as a crash):
@@ -20,22 +21,14 @@
 #![forbid(unsafe_code)]
 
 use chacha20::ChaCha20Rng;
-use rand_core::SeedableRng;
 use relink::{Client, Config, Duration, Instant, Server, SessionId, TransportId};
-
-/// Start of the injected clock (µs).
-pub const T0: Instant = Instant::from_micros(1_000_000);
+pub use relink_test_support::harness::{check_pattern, pattern, rng, Net, T0};
 
 /// Size of the buffers handed to `poll_transmit`.
 pub const TX_BUF: usize = 64 * 1024;
 
 /// Time a "tick" chunk advances the clock by.
 pub const TICK: Duration = Duration::from_secs(3);
-
-/// A seeded CSPRNG (deterministic, so every crash reproduces).
-pub fn rng(seed: u64) -> ChaCha20Rng {
-    ChaCha20Rng::seed_from_u64(seed)
-}
 
 /// A cursor over fuzz input bytes; reads past the end yield zeros.
 #[derive(Debug)]
@@ -164,151 +157,20 @@ pub fn configs(sel: u8) -> (Config, Config) {
     (c, s)
 }
 
-/// Deterministic stream content: byte `offset` of direction `salt`.
-pub fn pattern(salt: u8, offset: u64, out: &mut [u8]) {
-    for (i, b) in out.iter_mut().enumerate() {
-        let x = (offset + i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((salt as u64) << 56);
-        *b = (x >> 29) as u8 ^ (x >> 47) as u8;
-    }
-}
-
-/// Check `got`, received at stream offset `offset` of direction `salt`,
-/// against the genuine content.
-pub fn check_pattern(salt: u8, offset: u64, got: &[u8]) {
-    let mut want = vec![0u8; got.len()];
-    pattern(salt, offset, &mut want);
-    assert!(
-        got == &want[..],
-        "forged or corrupted application data accepted at offset {offset} (direction {salt})"
-    );
-}
-
 /// Salt of the client-to-server stream content.
-pub const UP: u8 = 1;
+pub const UP: u64 = 1;
 /// Salt of the server-to-client stream content.
-pub const DOWN: u8 = 2;
+pub const DOWN: u64 = 2;
 
-/// A client and a server with a transport between them, driven in memory.
-pub struct Pair {
-    /// The client.
-    pub client: Client<ChaCha20Rng>,
-    /// The server.
-    pub server: Server<ChaCha20Rng>,
-    /// The current transport's id at the server.
-    pub tid: TransportId,
-    /// The session, once established.
-    pub sid: Option<SessionId>,
-    /// The injected clock.
-    pub now: Instant,
-    buf: Vec<u8>,
-}
-
-impl core::fmt::Debug for Pair {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Pair")
-            .field("tid", &self.tid)
-            .field("sid", &self.sid)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Pair {
-    /// A client and a server with an open transport (nothing exchanged yet).
-    pub fn new(seed: u64, sel: u8) -> Pair {
-        let (c, s) = configs(sel);
-        let mut client = Client::new(c, rng(seed ^ 0xC1));
-        let mut server = Server::new(s, rng(seed ^ 0x5E));
-        let tid = server.accept(T0).expect("accept");
-        client.new_transport(T0).expect("new_transport");
-        Pair {
-            client,
-            server,
-            tid,
-            sid: None,
-            now: T0,
-            buf: vec![0u8; TX_BUF],
-        }
-    }
-
-    /// A pair whose handshake completed on the first transport.
-    pub fn established(seed: u64, sel: u8) -> Pair {
-        let mut p = Pair::new(seed, sel);
-        p.exchange_until_open();
-        p
-    }
-
-    /// Move whole messages both ways until both sides are open.
-    pub fn exchange_until_open(&mut self) {
-        for _ in 0..8 {
-            self.exchange();
-            if self.client.is_connected() && self.server.session_of(self.tid).is_some() {
-                return;
-            }
-        }
-        panic!("genuine handshake/resume did not complete");
-    }
-
-    /// One round: everything the client transmits goes to the server and
-    /// the other way round; events are drained.
-    pub fn exchange(&mut self) {
-        let c2s = self.client_output();
-        if !c2s.is_empty() {
-            let _ = self.server.handle_input(self.tid, self.now, &c2s);
-        }
-        let s2c = self.server_output();
-        if !s2c.is_empty() {
-            let _ = self.client.handle_input(self.now, &s2c);
-        }
-        self.drain_events();
-    }
-
-    /// All the client wants to transmit now.
-    pub fn client_output(&mut self) -> Vec<u8> {
-        let mut out = Vec::new();
-        for _ in 0..64 {
-            match self.client.poll_transmit(self.now, &mut self.buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => out.extend_from_slice(&self.buf[..n]),
-            }
-        }
-        out
-    }
-
-    /// All the server wants to transmit on the current transport now.
-    pub fn server_output(&mut self) -> Vec<u8> {
-        let mut out = Vec::new();
-        for _ in 0..64 {
-            match self.server.poll_transmit(self.tid, self.now, &mut self.buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => out.extend_from_slice(&self.buf[..n]),
-            }
-        }
-        out
-    }
-
-    /// Drain both event queues, remembering the session id.
-    pub fn drain_events(&mut self) {
-        while self.client.poll_event().is_some() {}
-        while let Some(e) = self.server.poll_event() {
-            if let relink::ServerEvent::HandshakeDone { session, .. } = e {
-                self.sid = Some(session);
-            }
-        }
-    }
-
-    /// The transport broke: both sides are told; the client opens a new one
-    /// (starting a resume) and the server accepts it. Returns false when the
-    /// client's session is closed and it cannot resume.
-    pub fn reconnect(&mut self) -> bool {
-        self.server.transport_lost(self.tid, self.now);
-        self.client.transport_lost(self.now);
-        self.drain_events();
-        match self.server.accept(self.now) {
-            Ok(t) => self.tid = t,
-            Err(_) => return false,
-        }
-        self.client.new_transport(self.now).is_ok()
-    }
+/// A client and a server (the shared in-memory harness, configurations
+/// chosen by `sel` from [`configs`]) whose handshake completed on the
+/// first transport, exchanged as whole messages.
+pub fn established(seed: u64, sel: u8) -> Net {
+    let (c, s) = configs(sel);
+    let mut p = Net::pair(seed, c, s);
+    p.open_transport();
+    p.exchange_until_open();
+    p
 }
 
 /// Feed `bytes` to the server on `tid` as a driver would, checking the
@@ -460,12 +322,10 @@ pub enum Hostile {
 
 /// The state of a [`script`] run.
 struct Script {
-    p: Pair,
+    /// The pair; its pipes `c2s` and `s2c` carry the bytes in flight.
+    p: Net,
     sid: SessionId,
     hostile: Hostile,
-    /// Bytes in flight server to client and client to server.
-    s2c: Vec<u8>,
-    c2s: Vec<u8>,
     out: ScriptOutcome,
     client_alive: bool,
     server_alive: bool,
@@ -497,7 +357,7 @@ impl Script {
         if self.p.client.transport_ended() {
             self.client_alive = false;
         }
-        if self.p.server.transport_ended(self.p.tid) {
+        if self.p.tid.is_some_and(|t| self.p.server.transport_ended(t)) {
             self.server_alive = false;
         }
     }
@@ -519,11 +379,11 @@ impl Script {
     fn pump(&mut self, all: bool) {
         if self.client_alive {
             let up = self.p.client_output();
-            self.c2s.extend_from_slice(&up);
+            self.p.c2s.extend_from_slice(&up);
         }
         if self.server_alive {
             let down = self.p.server_output();
-            self.s2c.extend_from_slice(&down);
+            self.p.s2c.extend_from_slice(&down);
         }
         if all || self.hostile == Hostile::Down {
             self.deliver(Hostile::Up, usize::MAX);
@@ -536,8 +396,8 @@ impl Script {
 
     fn pipe(&mut self, dir: Hostile) -> &mut Vec<u8> {
         match dir {
-            Hostile::Down => &mut self.s2c,
-            Hostile::Up => &mut self.c2s,
+            Hostile::Down => &mut self.p.s2c,
+            Hostile::Up => &mut self.p.c2s,
         }
     }
 
@@ -548,14 +408,14 @@ impl Script {
             return;
         }
         let chunk: Vec<u8> = self.pipe(dir).drain(..n).collect();
-        let now = self.p.now;
+        let now = self.p.now();
         match dir {
             Hostile::Down if self.client_alive => {
                 self.client_alive =
                     client_feed(&mut self.p.client, now, &chunk, &mut self.out.down.1);
             }
             Hostile::Up if self.server_alive => {
-                let tid = self.p.tid;
+                let tid = self.p.tid.expect("transport");
                 self.server_alive =
                     server_feed(&mut self.p.server, tid, now, &chunk, &mut self.out.up.1);
             }
@@ -565,8 +425,8 @@ impl Script {
     }
 
     fn reconnect(&mut self) -> bool {
-        self.s2c.clear();
-        self.c2s.clear();
+        self.p.s2c.clear();
+        self.p.c2s.clear();
         let ok = self.p.reconnect();
         self.drain_events();
         self.client_alive = ok;
@@ -630,9 +490,9 @@ impl Script {
             },
             7 => {
                 let d = Duration::from_millis(u64::from(input.byte()) * 100);
-                self.p.now = self.p.now.saturating_add(d);
-                self.p.client.handle_timeout(self.p.now);
-                self.p.server.handle_timeout(self.p.now);
+                self.p.tick(d);
+                self.p.client.handle_timeout(self.p.now());
+                self.p.server.handle_timeout(self.p.now());
             }
             _ => {
                 // The transport breaks; the client resumes on a new one.
@@ -642,7 +502,7 @@ impl Script {
             }
         }
         self.pump(false);
-        for pipe in [&mut self.s2c, &mut self.c2s] {
+        for pipe in [&mut self.p.s2c, &mut self.p.c2s] {
             pipe.truncate(1 << 20);
         }
         true
@@ -666,9 +526,9 @@ impl Script {
                 }
                 fresh = true;
             }
-            self.p.now = self.p.now.saturating_add(Duration::from_millis(5));
-            self.p.client.handle_timeout(self.p.now);
-            self.p.server.handle_timeout(self.p.now);
+            self.p.tick(Duration::from_millis(5));
+            self.p.client.handle_timeout(self.p.now());
+            self.p.server.handle_timeout(self.p.now());
             self.pump(true);
         }
         self.read_all();
@@ -686,14 +546,12 @@ impl Script {
 /// arrived intact. The attacks must never make either side conclude that
 /// data was lost (`DataUnavailable`): every byte is authenticated.
 pub fn script(seed: u64, sel: u8, hostile: Hostile, input: &mut Input<'_>) -> ScriptOutcome {
-    let p = Pair::established(seed, sel);
-    let sid = p.sid.expect("session");
+    let p = established(seed, sel);
+    let sid = p.session.expect("session");
     let mut s = Script {
         p,
         sid,
         hostile,
-        s2c: Vec::new(),
-        c2s: Vec::new(),
         out: ScriptOutcome::default(),
         client_alive: true,
         server_alive: true,

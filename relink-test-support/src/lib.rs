@@ -9,5 +9,6 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod harness;
 #[cfg(feature = "relay")]
 pub mod relay;

@@ -121,13 +121,9 @@ pub fn is_hostile_input_error(e: &Error) -> bool {
     )
 }
 
-/// `got` is a prefix of the deterministic stream `pattern(salt, ..)`
-/// starting at offset `start`.
-pub fn matches_pattern(salt: u8, start: u64, got: &[u8]) -> bool {
-    let mut want = vec![0u8; got.len()];
-    crate::common::pattern(salt, start, &mut want);
-    want == got
-}
+/// `got` is the deterministic stream `pattern(salt, ..)` at offset `start`.
+#[allow(unused_imports)]
+pub use crate::common::matches_pattern;
 
 /// A genuine handshake over captured bytes on a new transport; returns the
 /// transport and the server's session.
@@ -154,25 +150,25 @@ pub fn handshake_by_hand(
 
 /// Resume `p`'s session on a new transport and run until both sides are
 /// attached and nothing is in flight.
-pub fn reconnect(p: &mut crate::common::Pair) {
+pub fn reconnect(p: &mut crate::common::Net) {
     p.break_transport();
     p.open_transport();
     for _ in 0..200 {
         p.step();
-        let t = p.transport.expect("transport");
+        let t = p.tid.expect("transport");
         if p.client.is_connected() && p.server.session_of(t).is_some() {
             p.settle(50);
-            assert!(!p.ended, "reconnect failed: {:?}", p.client_events);
+            assert!(!p.ended, "reconnect failed: {:?}", p.cev);
             return;
         }
     }
-    panic!("resume did not complete: {:?}", p.client_events);
+    panic!("resume did not complete: {:?}", p.cev);
 }
 
 /// Pump both pattern streams of `p` until `total` bytes arrived each way,
 /// checking every byte (see `common::pump_*`).
 pub fn finish_flows(
-    p: &mut crate::common::Pair,
+    p: &mut crate::common::Net,
     up: &mut crate::common::Flow,
     down: &mut crate::common::Flow,
     total: u64,
@@ -180,13 +176,13 @@ pub fn finish_flows(
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     let mut rounds = 0;
-    while up.received < total || down.received < total {
+    while up.read < total || down.read < total {
         crate::common::pump_client_to_server(p, up, total, 4000, &mut buf);
         crate::common::pump_server_to_client(p, down, total, 4000, &mut buf);
         p.step();
-        assert!(!p.ended, "{what}: transport ended: {:?}", p.client_events);
+        assert!(!p.ended, "{what}: transport ended: {:?}", p.cev);
         rounds += 1;
         assert!(rounds < 20_000, "{what}: stuck {up:?} {down:?}");
     }
-    assert_eq!((up.received, down.received), (total, total), "{what}");
+    assert_eq!((up.read, down.read), (total, total), "{what}");
 }

@@ -1,20 +1,38 @@
-//! Harness of the exactly-once tests (`tests/exactly_once*.rs`): one
-//! [`Client`] at a time and one [`Server`] (replaceable by a fresh one with
-//! the same configuration: a restart), joined by a simulated transport of
-//! two byte pipes, with **two clocks**: `cnow` is what the client's driver
-//! passes, `snow` what the server's driver passes. A sleeping phone is
-//! `snow` advancing while `cnow` stands still.
+//! The in-memory client/server harness: one [`Client`] at a time and one
+//! [`Server`] (replaceable by a fresh one with the same configuration: a
+//! restart), joined by a simulated transport of two byte pipes, with
+//! **two virtual clocks** (`cnow` is what the client's driver passes, `snow`
+//! what the server's driver passes: a sleeping phone is `snow` advancing
+//! while `cnow` stands still) and seeded RNGs, so every run is
+//! deterministic.
 //!
-//! The applications write deterministic patterns and every byte they read
-//! is checked against the pattern at the reader's running offset. That
-//! offset is counted per *client generation* across every server session
-//! and every server incarnation, so a byte delivered twice (in the same or
-//! in a new session) is a mismatch, recorded in `violations`.
+//! One type, [`Net`], with two paces (see [`Pace`]):
+//! - [`Net::new`] ([`Pace::Flush`]): each [`Net::step`] advances both clocks
+//!   by 1 ms and delivers everything in flight in random chunks of up to
+//!   `max_chunk` bytes; the applications write deterministic patterns
+//!   ([`Net::client_write`], [`Net::server_write`]) and every byte they read
+//!   is checked against the pattern at the reader's running offset. That
+//!   offset is counted per *client generation* across every server session
+//!   and every server incarnation, so a byte delivered twice (in the same or
+//!   in a new session) is a mismatch, recorded in `violations`.
+//! - [`Net::pair`] ([`Pace::Chunk`]): each step advances both clocks by
+//!   50 µs and delivers one random chunk each way, with at most `window`
+//!   bytes in flight per direction (a TCP window); the test reads itself
+//!   (see [`pump_client_to_server`] and [`pump_server_to_client`]).
 //!
-//! Included with `#[path = "common/eo.rs"] mod eo;`.
-#![allow(dead_code)]
+//! Faults: break the transport ([`Net::brk`], in-flight bytes are lost),
+//! a half-open transport whose late bytes arrive later ([`Net::half_open`],
+//! [`Net::deliver_stale`]), server restarts ([`Net::restart_server`]),
+//! lost server bytes beyond a count (`s2c_limit`), a client direction that
+//! loses everything (`c2s_blackhole`), and direct access to the pipes
+//! (`c2s`, `s2c`) to truncate, flip or inject between [`Net::transmit`] and
+//! [`Net::deliver`].
+//!
+//! The primitives ([`rng`], [`between`], [`pattern`], [`check_pattern`])
+//! are shared with the fuzz targets.
 
 use std::collections::BTreeMap;
+use std::fmt::Debug;
 
 use chacha20::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
@@ -22,19 +40,30 @@ use relink::{
     Client, Config, Duration, Error, Event, Instant, Server, ServerEvent, SessionId, TransportId,
 };
 
-/// The client type of these tests.
+/// The client type of the harness.
 pub type TestClient = Client<ChaCha20Rng>;
-/// The server type of these tests.
+/// The server type of the harness.
 pub type TestServer = Server<ChaCha20Rng>;
 
-/// A seeded CSPRNG.
+/// Where both virtual clocks start (1 s).
+pub const T0: Instant = Instant::from_micros(1_000_000);
+
+/// A seeded CSPRNG (for the state machines and for the test's own choices).
 pub fn rng(seed: u64) -> ChaCha20Rng {
     ChaCha20Rng::seed_from_u64(seed)
 }
 
-/// An integer in `lo..=hi`.
-pub fn between(rng: &mut ChaCha20Rng, lo: u64, hi: u64) -> u64 {
-    lo + rng.next_u64() % (hi - lo + 1)
+/// An integer in `lo..=hi` (one draw of `rng`), of any integer type that
+/// converts to and from `u64` (`lo..=hi` must fit both).
+pub fn between<T>(rng: &mut ChaCha20Rng, lo: T, hi: T) -> T
+where
+    T: TryInto<u64> + TryFrom<u64>,
+    <T as TryInto<u64>>::Error: Debug,
+    <T as TryFrom<u64>>::Error: Debug,
+{
+    let lo: u64 = lo.try_into().expect("between: lo fits u64");
+    let hi: u64 = hi.try_into().expect("between: hi fits u64");
+    T::try_from(lo + rng.next_u64() % (hi - lo + 1)).expect("between: result fits")
 }
 
 fn mix(mut x: u64) -> u64 {
@@ -43,13 +72,29 @@ fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-/// Content of stream `salt` at `offset..offset + out.len()`.
+/// Deterministic stream content: bytes `offset..offset + out.len()` of the
+/// stream `salt`.
 pub fn pattern(salt: u64, offset: u64, out: &mut [u8]) {
     for (i, b) in out.iter_mut().enumerate() {
         let o = offset + i as u64;
         *b = mix((o >> 3) ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15)).to_le_bytes()
             [(o & 7) as usize];
     }
+}
+
+/// Whether `got` is the content of stream `salt` at `offset`.
+pub fn matches_pattern(salt: u64, offset: u64, got: &[u8]) -> bool {
+    let mut want = vec![0u8; got.len()];
+    pattern(salt, offset, &mut want);
+    want == got
+}
+
+/// Panic unless `got` is the content of stream `salt` at `offset`.
+pub fn check_pattern(salt: u64, offset: u64, got: &[u8]) {
+    assert!(
+        matches_pattern(salt, offset, got),
+        "forged, corrupted or duplicated application data at offset {offset} (stream {salt})"
+    );
 }
 
 /// Pattern salt of generation `g`'s client→server stream.
@@ -61,12 +106,12 @@ pub fn down_salt(g: u64) -> u64 {
     0x5550_0001 + 2 * g
 }
 
-/// One direction of one client generation's stream.
+/// One direction of one stream.
 #[derive(Default, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Flow {
     /// Bytes the writing application handed to its side.
     pub written: u64,
-    /// Bytes the reading application(s) read, over all sessions.
+    /// Bytes the reading application(s) read (and checked).
     pub read: u64,
 }
 
@@ -85,18 +130,38 @@ pub struct SessionLog {
     pub written: u64,
 }
 
+/// How [`Net::step`] and [`Net::settle`] move bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pace {
+    /// 1 ms per step; everything in flight is delivered (random chunks);
+    /// the applications read and check after every chunk.
+    Flush,
+    /// 50 µs per step; one random chunk each way, at most `window` bytes in
+    /// flight per direction; the test reads itself.
+    Chunk,
+}
+
 /// Client, server, transport, two clocks, applications.
 pub struct Net {
+    /// The current client.
     pub client: TestClient,
+    /// The current server incarnation.
     pub server: TestServer,
+    /// The client's configuration (for [`Net::new_client`]).
     pub ccfg: Config,
+    /// The server's configuration (for [`Net::restart_server`]).
     pub scfg: Config,
     /// The server's clock.
     pub snow: Instant,
     /// The client's clock.
     pub cnow: Instant,
+    /// The current transport's id at the server.
     pub tid: Option<TransportId>,
+    /// The session of the latest `HandshakeDone`.
+    pub session: Option<SessionId>,
+    /// Bytes written by the client not yet delivered to the server.
     pub c2s: Vec<u8>,
+    /// Bytes written by the server not yet delivered to the client.
     pub s2c: Vec<u8>,
     /// Bytes the server wrote on the current transport.
     pub s2c_pushed: u64,
@@ -105,14 +170,23 @@ pub struct Net {
     pub s2c_limit: Option<u64>,
     /// Client bytes are lost on the current transport.
     pub c2s_blackhole: bool,
+    /// The harness's own choices (chunk sizes) and the test's.
     pub rng: ChaCha20Rng,
+    /// How steps move bytes.
+    pub pace: Pace,
+    /// Largest chunk handed to `handle_input` at once.
+    pub max_chunk: usize,
+    /// Bytes kept in flight per direction at most (a TCP window).
+    pub window: usize,
     /// Server incarnation (restarts).
     pub incarnation: u64,
     /// Client generation (a new `Client` after the last one ended).
     pub generation: u64,
-    /// Per generation: client→server and server→client flows.
+    /// Per generation: client→server flows of [`Net::client_write`].
     pub up: BTreeMap<u64, Flow>,
+    /// Per generation: server→client flows of [`Net::server_write`].
     pub down: BTreeMap<u64, Flow>,
+    /// Every server session seen.
     pub sessions: Vec<SessionLog>,
     /// Connection id of each client generation's session (server sessions
     /// are attributed by it: a late ClientConfirm may arrive after a newer
@@ -126,40 +200,73 @@ pub struct Net {
     pub ended: bool,
     /// `new_transport` calls of the current client.
     pub attempts: u32,
-    /// Whether the server application reads.
+    /// Whether the server application reads during steps ([`Pace::Flush`]).
     pub server_reads: bool,
+    /// Whether the client application reads during steps ([`Pace::Flush`]).
+    pub client_reads: bool,
     /// Transports the client gave up but the server still holds (half
     /// open), with the client bytes still in flight on them.
     pub stale: Vec<(TransportId, Vec<u8>)>,
     /// Broken invariants (duplicates, gaps, foreign bytes).
     pub violations: Vec<String>,
-    /// Largest chunk handed to `handle_input` at once.
-    pub max_chunk: u64,
     client_seed: u64,
     server_seed: u64,
     buf: Vec<u8>,
 }
 
 impl Net {
-    /// A client and a server, no transport; both clocks at 1 s.
+    /// A client and a server, no transport, both clocks at [`T0`], paced
+    /// by [`Pace::Flush`] with chunks of up to 4 KiB; both applications
+    /// read during steps.
     pub fn new(seed: u64, ccfg: Config, scfg: Config) -> Net {
+        Net::with_seeds(seed, ccfg, scfg, seed ^ 0xC11E, seed ^ 0x5E7E)
+    }
+
+    /// A client and a server, no transport, paced by [`Pace::Chunk`]
+    /// (chunks up to 64 KiB, a 256 KiB window); the test reads itself.
+    pub fn pair(seed: u64, ccfg: Config, scfg: Config) -> Net {
+        let mut n = Net::with_seeds(seed, ccfg, scfg, seed ^ 0xC1, seed ^ 0x5E);
+        n.pace = Pace::Chunk;
+        n.max_chunk = 64 * 1024;
+        n.window = 256 * 1024;
+        n.server_reads = false;
+        n.client_reads = false;
+        n
+    }
+
+    /// [`Net::pair`] with default configurations.
+    pub fn default_pair(seed: u64) -> Net {
+        Net::pair(seed, Config::default(), Config::default())
+    }
+
+    fn with_seeds(
+        seed: u64,
+        ccfg: Config,
+        scfg: Config,
+        client_seed: u64,
+        server_seed: u64,
+    ) -> Net {
         let mut up = BTreeMap::new();
         up.insert(0, Flow::default());
         let down = up.clone();
         Net {
-            client: Client::new(ccfg.clone(), rng(seed ^ 0xC11E)),
-            server: Server::new(scfg.clone(), rng(seed ^ 0x5E7E)),
+            client: Client::new(ccfg.clone(), rng(client_seed)),
+            server: Server::new(scfg.clone(), rng(server_seed)),
             ccfg,
             scfg,
-            snow: Instant::from_micros(1_000_000),
-            cnow: Instant::from_micros(1_000_000),
+            snow: T0,
+            cnow: T0,
             tid: None,
+            session: None,
             c2s: Vec::new(),
             s2c: Vec::new(),
             s2c_pushed: 0,
             s2c_limit: None,
             c2s_blackhole: false,
             rng: rng(seed),
+            pace: Pace::Flush,
+            max_chunk: 4096,
+            window: usize::MAX,
             incarnation: 0,
             generation: 0,
             up,
@@ -171,16 +278,28 @@ impl Net {
             ended: false,
             attempts: 0,
             server_reads: true,
+            client_reads: true,
             stale: Vec::new(),
             violations: Vec::new(),
-            max_chunk: 4096,
-            client_seed: seed ^ 0xC11E,
-            server_seed: seed ^ 0x5E7E,
+            client_seed,
+            server_seed,
             buf: vec![0; 64 * 1024],
         }
     }
 
     // ----- clocks -------------------------------------------------------------
+
+    /// The time, for tests that keep both clocks together (the client's
+    /// clock; equal to the server's unless a test moved one alone).
+    pub fn now(&self) -> Instant {
+        self.cnow
+    }
+
+    /// Set both clocks.
+    pub fn set_now(&mut self, now: Instant) {
+        self.cnow = now;
+        self.snow = now;
+    }
 
     /// Both clocks advance by `d`.
     pub fn tick(&mut self, d: Duration) {
@@ -198,7 +317,7 @@ impl Net {
         self.cnow = self.cnow.saturating_add(d);
     }
 
-    /// Run due timers of both sides.
+    /// Run due timers of both sides, then drain events.
     pub fn timers(&mut self) {
         if self.client.poll_timeout().is_some_and(|d| d <= self.cnow) {
             self.client.handle_timeout(self.cnow);
@@ -228,8 +347,13 @@ impl Net {
         true
     }
 
+    /// [`Net::open`], which must succeed.
+    pub fn open_transport(&mut self) {
+        assert!(self.open(), "new_transport refused: {:?}", self.cev);
+    }
+
     /// The client opens a transport the server never sees (refused
-    /// connect, or an attacker answers): call `client_attempt_*` next.
+    /// connect, or an attacker answers).
     pub fn open_client_only(&mut self) -> bool {
         self.c2s.clear();
         self.s2c.clear();
@@ -240,8 +364,9 @@ impl Net {
         ok
     }
 
-    /// The transport breaks: both drivers notice; in-flight bytes are lost.
-    pub fn brk(&mut self) {
+    /// The transport breaks: both sides are told it is gone; in-flight
+    /// bytes are lost. Events are left queued (see [`Net::brk`]).
+    pub fn break_transport(&mut self) {
         if let Some(t) = self.tid.take() {
             self.server.transport_lost(t, self.snow);
         }
@@ -250,6 +375,11 @@ impl Net {
         self.s2c.clear();
         self.s2c_limit = None;
         self.c2s_blackhole = false;
+    }
+
+    /// [`Net::break_transport`], then drain events.
+    pub fn brk(&mut self) {
+        self.break_transport();
         self.drain();
     }
 
@@ -330,12 +460,13 @@ impl Net {
 
     // ----- moving bytes -------------------------------------------------------
 
-    /// Write what both sides want to send into the pipes.
+    /// Write what both sides want to send into the pipes (up to `window`
+    /// bytes in flight per direction).
     pub fn transmit(&mut self) {
         let Some(t) = self.tid else {
             return;
         };
-        loop {
+        while self.c2s.len() < self.window {
             let n = self
                 .client
                 .poll_transmit(self.cnow, &mut self.buf)
@@ -347,7 +478,7 @@ impl Net {
                 self.c2s.extend_from_slice(&self.buf[..n]);
             }
         }
-        loop {
+        while self.s2c.len() < self.window {
             match self.server.poll_transmit(t, self.snow, &mut self.buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
@@ -362,17 +493,21 @@ impl Net {
         }
     }
 
+    fn chunk_len(&mut self, pending: usize) -> usize {
+        between(&mut self.rng, 1, self.max_chunk).min(pending)
+    }
+
     /// Hand up to `max` in-flight bytes each way to the other side, in
-    /// random chunks.
+    /// random chunks; the applications read after each chunk.
     pub fn deliver(&mut self, max: u64) {
         let Some(t) = self.tid else {
             return;
         };
         let mut budget = max;
         while !self.c2s.is_empty() && budget > 0 && !self.server.transport_ended(t) {
-            let n = between(&mut self.rng, 1, self.max_chunk)
-                .min(self.c2s.len() as u64)
-                .min(budget) as usize;
+            let n = self
+                .chunk_len(self.c2s.len())
+                .min(usize::try_from(budget).unwrap_or(usize::MAX));
             match self.server.handle_input(t, self.snow, &self.c2s[..n]) {
                 Ok(0) => break,
                 Ok(k) => {
@@ -389,9 +524,9 @@ impl Net {
         }
         let mut budget = max;
         while !self.s2c.is_empty() && budget > 0 && !self.client.transport_ended() {
-            let n = between(&mut self.rng, 1, self.max_chunk)
-                .min(self.s2c.len() as u64)
-                .min(budget) as usize;
+            let n = self
+                .chunk_len(self.s2c.len())
+                .min(usize::try_from(budget).unwrap_or(usize::MAX));
             match self.client.handle_input(self.cnow, &self.s2c[..n]) {
                 Ok(0) => break,
                 Ok(k) => {
@@ -408,32 +543,84 @@ impl Net {
         }
     }
 
-    /// One round: 1 ms on both clocks, transmit, deliver, read, timers.
-    pub fn step(&mut self) {
-        self.tick(Duration::from_millis(1));
-        self.transmit();
-        self.deliver(u64::MAX);
-        self.server_read();
-        self.client_read();
-        self.timers();
+    /// Hand one random chunk each way to the other side ([`Pace::Chunk`]);
+    /// what a side does not take stays in flight.
+    pub fn deliver_chunk(&mut self) {
+        let Some(t) = self.tid else {
+            return;
+        };
+        if !self.c2s.is_empty() {
+            let n = self.chunk_len(self.c2s.len());
+            match self.server.handle_input(t, self.snow, &self.c2s[..n]) {
+                Ok(k) => {
+                    self.c2s.drain(..k);
+                }
+                Err(_) => self.ended = true,
+            }
+        }
+        if !self.s2c.is_empty() {
+            let n = self.chunk_len(self.s2c.len());
+            match self.client.handle_input(self.cnow, &self.s2c[..n]) {
+                Ok(k) => {
+                    self.s2c.drain(..k);
+                }
+                Err(_) => self.ended = true,
+            }
+        }
     }
 
-    /// Run rounds until nothing is in flight and nobody wants to send, or
-    /// a core ended the transport, or `max` rounds.
+    /// One round at the harness's [`Pace`]: advance both clocks, transmit,
+    /// deliver, (read,) run timers, drain events.
+    pub fn step(&mut self) {
+        match self.pace {
+            Pace::Flush => {
+                self.tick(Duration::from_millis(1));
+                self.transmit();
+                self.deliver(u64::MAX);
+                self.server_read();
+                self.client_read();
+                self.timers();
+            }
+            Pace::Chunk => {
+                self.tick(Duration::from_micros(50));
+                if self.tid.is_none() {
+                    return;
+                }
+                self.transmit();
+                self.deliver_chunk();
+                self.drain();
+                self.timers();
+            }
+        }
+    }
+
+    fn quiet(&self) -> bool {
+        self.c2s.is_empty()
+            && self.s2c.is_empty()
+            && !self.client.wants_transmit(self.cnow)
+            && !self
+                .tid
+                .is_some_and(|t| self.server.wants_transmit(t, self.snow))
+    }
+
+    /// Run rounds until nothing is in flight and nobody wants to send (at
+    /// [`Pace::Flush`] also: or a core ended the transport), or `max`
+    /// rounds.
     pub fn settle(&mut self, max: usize) {
         for _ in 0..max {
+            let before = (self.c2s.len(), self.s2c.len());
             self.step();
-            if self.ended || self.tid.is_none() {
-                return;
-            }
-            let quiet = self.c2s.is_empty()
-                && self.s2c.is_empty()
-                && !self.client.wants_transmit(self.cnow)
-                && !self
-                    .tid
-                    .is_some_and(|t| self.server.wants_transmit(t, self.snow));
-            if quiet {
-                return;
+            match self.pace {
+                Pace::Flush => {
+                    if self.ended || self.tid.is_none() || self.quiet() {
+                        return;
+                    }
+                }
+                Pace::Chunk => {
+                    if self.quiet() && before == (0, 0) {
+                        return;
+                    }
+                }
             }
         }
     }
@@ -457,6 +644,98 @@ impl Net {
         }
         self.brk();
         false
+    }
+
+    /// Open a transport and run until the handshake completed on both
+    /// sides (panics otherwise). Returns the server's session.
+    pub fn handshake(&mut self) -> SessionId {
+        self.open_transport();
+        for _ in 0..1000 {
+            self.step();
+            if let (Some(s), true) = (self.session, self.client.is_connected()) {
+                return s;
+            }
+        }
+        panic!("handshake did not complete: {:?} {:?}", self.cev, self.sev);
+    }
+
+    // ----- whole-message exchange (fuzz targets) -------------------------------
+
+    /// Everything the client wants to transmit now (at most 64 buffers;
+    /// an error ends the output instead of panicking: hostile input may
+    /// have ended the transport).
+    pub fn client_output(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for _ in 0..64 {
+            match self.client.poll_transmit(self.cnow, &mut self.buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&self.buf[..n]),
+            }
+        }
+        out
+    }
+
+    /// Everything the server wants to transmit on the current transport
+    /// now (as [`Net::client_output`]).
+    pub fn server_output(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let Some(t) = self.tid else {
+            return out;
+        };
+        for _ in 0..64 {
+            match self.server.poll_transmit(t, self.snow, &mut self.buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&self.buf[..n]),
+            }
+        }
+        out
+    }
+
+    /// One lockstep round, bypassing the pipes: everything the client
+    /// transmits goes to the server whole, then the other way round;
+    /// events are drained.
+    pub fn exchange(&mut self) {
+        let c2s = self.client_output();
+        if let (false, Some(t)) = (c2s.is_empty(), self.tid) {
+            let _ = self.server.handle_input(t, self.snow, &c2s);
+        }
+        let s2c = self.server_output();
+        if !s2c.is_empty() {
+            let _ = self.client.handle_input(self.cnow, &s2c);
+        }
+        self.drain();
+    }
+
+    /// [`Net::exchange`] until both sides are open (panics after 8 rounds).
+    pub fn exchange_until_open(&mut self) {
+        for _ in 0..8 {
+            self.exchange();
+            let server_open = self
+                .tid
+                .is_some_and(|t| self.server.session_of(t).is_some());
+            if self.client.is_connected() && server_open {
+                return;
+            }
+        }
+        panic!("genuine handshake/resume did not complete");
+    }
+
+    /// The transport broke and both sides are told (in-flight bytes stay
+    /// in the pipes); the client opens a new one (starting a resume) and
+    /// the server accepts it. False when the server refused the transport
+    /// or the client's session is closed and cannot resume.
+    pub fn reconnect(&mut self) -> bool {
+        if let Some(t) = self.tid {
+            self.server.transport_lost(t, self.snow);
+        }
+        self.client.transport_lost(self.cnow);
+        self.drain();
+        match self.server.accept(self.snow) {
+            Ok(t) => self.tid = Some(t),
+            Err(_) => return false,
+        }
+        self.ended = false;
+        self.client.new_transport(self.cnow).is_ok()
     }
 
     // ----- applications -------------------------------------------------------
@@ -519,7 +798,7 @@ impl Net {
     }
 
     /// The server application reads every session it knows (of the current
-    /// incarnation) and checks the bytes.
+    /// incarnation) and checks the bytes (unless `server_reads` is off).
     pub fn server_read(&mut self) {
         if !self.server_reads {
             return;
@@ -534,9 +813,7 @@ impl Net {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
                         let flow = self.up.get_mut(&s.generation).expect("flow");
-                        let mut want = vec![0u8; n];
-                        pattern(up_salt(s.generation), flow.read, &mut want);
-                        if want[..] != self.buf[..n] {
+                        if !matches_pattern(up_salt(s.generation), flow.read, &self.buf[..n]) {
                             self.violations.push(format!(
                                 "server session {:?} (incarnation {}) read {n} bytes at stream \
                                  offset {} of generation {} that are not the client's bytes \
@@ -559,17 +836,19 @@ impl Net {
         }
     }
 
-    /// The client application reads everything available and checks it.
+    /// The client application reads everything available and checks it
+    /// (unless `client_reads` is off).
     pub fn client_read(&mut self) {
+        if !self.client_reads {
+            return;
+        }
         let g = self.generation;
         loop {
             match self.client.recv(&mut self.buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     let flow = self.down.get_mut(&g).expect("flow");
-                    let mut want = vec![0u8; n];
-                    pattern(down_salt(g), flow.read, &mut want);
-                    if want[..] != self.buf[..n] {
+                    if !matches_pattern(down_salt(g), flow.read, &self.buf[..n]) {
                         self.violations.push(format!(
                             "client read {n} bytes at offset {} that are not the server's bytes \
                              there; server wrote {}",
@@ -601,7 +880,8 @@ impl Net {
 
     // ----- events -------------------------------------------------------------
 
-    /// Move queued events of both sides into `cev` / `sev`.
+    /// Move queued events of both sides into `cev` / `sev`, log new server
+    /// sessions, note a transport a core ended.
     pub fn drain(&mut self) {
         while let Some(e) = self.client.poll_event() {
             self.cev.push(e);
@@ -612,6 +892,7 @@ impl Net {
         while let Some(e) = self.server.poll_event() {
             match e {
                 ServerEvent::HandshakeDone { session, .. } => {
+                    self.session = Some(session);
                     let generation = self
                         .server
                         .conn_id(session)
@@ -682,5 +963,148 @@ impl Net {
             "invariants broken:\n{}",
             self.violations.join("\n")
         );
+    }
+}
+
+// ----- test-driven transfers ([`Pace::Chunk`]) -------------------------------------
+
+/// Salt of [`pump_client_to_server`]'s stream.
+pub const PUMP_UP: u64 = 1;
+/// Salt of [`pump_server_to_client`]'s stream.
+pub const PUMP_DOWN: u64 = 2;
+
+/// Write up to `max_write` random-sized pattern bytes (stream
+/// [`PUMP_UP`]) into the client until `total` were written, read what the
+/// server's session gives and check it against the pattern (panics on a
+/// mismatch).
+pub fn pump_client_to_server(
+    p: &mut Net,
+    f: &mut Flow,
+    total: u64,
+    max_write: usize,
+    buf: &mut [u8],
+) {
+    if f.written < total {
+        let len = between(&mut p.rng, 1, max_write).min((total - f.written) as usize);
+        pattern(PUMP_UP, f.written, &mut buf[..len]);
+        f.written += p.client.send(&buf[..len]).expect("client send") as u64;
+    }
+    if let Some(s) = p.session {
+        loop {
+            match p.server.recv(s, buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    assert!(
+                        matches_pattern(PUMP_UP, f.read, &buf[..n]),
+                        "c2s mismatch at offset {}",
+                        f.read
+                    );
+                    f.read += n as u64;
+                }
+            }
+        }
+    }
+}
+
+/// The other direction of [`pump_client_to_server`] (stream
+/// [`PUMP_DOWN`]).
+pub fn pump_server_to_client(
+    p: &mut Net,
+    f: &mut Flow,
+    total: u64,
+    max_write: usize,
+    buf: &mut [u8],
+) {
+    if let Some(s) = p.session {
+        if f.written < total {
+            let len = between(&mut p.rng, 1, max_write).min((total - f.written) as usize);
+            pattern(PUMP_DOWN, f.written, &mut buf[..len]);
+            if let Ok(n) = p.server.send(s, &buf[..len]) {
+                f.written += n as u64;
+            }
+        }
+    }
+    loop {
+        match p.client.recv(buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                assert!(
+                    matches_pattern(PUMP_DOWN, f.read, &buf[..n]),
+                    "s2c mismatch at offset {}",
+                    f.read
+                );
+                f.read += n as u64;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn between_stays_in_range_for_every_type() {
+        let mut r = rng(1);
+        for _ in 0..1000 {
+            let a: usize = between(&mut r, 3, 5);
+            assert!((3..=5).contains(&a));
+            let b: u64 = between(&mut r, 0, 1);
+            assert!(b <= 1);
+        }
+    }
+
+    #[test]
+    fn patterns_differ_by_salt_and_offset() {
+        let (mut a, mut b) = ([0u8; 64], [0u8; 64]);
+        pattern(1, 0, &mut a);
+        pattern(2, 0, &mut b);
+        assert_ne!(a, b);
+        pattern(1, 1, &mut b);
+        assert_ne!(a, b);
+        assert_eq!(a[1..], b[..63]);
+        assert!(matches_pattern(1, 0, &a));
+        assert!(!matches_pattern(1, 1, &a));
+    }
+
+    #[test]
+    fn both_paces_carry_both_streams_across_a_break() {
+        for mut net in [
+            Net::default_pair(7),
+            Net::new(7, Config::default(), Config::default()),
+        ] {
+            net.pace = Pace::Flush;
+            net.server_reads = true;
+            net.client_reads = true;
+            assert!(net.connect(), "{:?}", net.cev);
+            assert_eq!(net.client_write(50_000), 50_000);
+            assert_eq!(net.server_write(30_000), 30_000);
+            net.settle(50);
+            net.brk();
+            assert!(net.connect(), "resume: {:?}", net.cev);
+            for _ in 0..50 {
+                net.settle(50);
+            }
+            assert_eq!(net.up_read(), 50_000);
+            assert_eq!(net.down[&0].read, 30_000);
+            net.assert_no_violations();
+        }
+    }
+
+    #[test]
+    fn chunk_pace_handshakes_and_pumps() {
+        let mut p = Net::default_pair(3);
+        p.handshake();
+        let (mut up, mut down) = (Flow::default(), Flow::default());
+        let mut buf = vec![0u8; 8192];
+        for _ in 0..10_000 {
+            if up.read == 20_000 && down.read == 20_000 {
+                break;
+            }
+            pump_client_to_server(&mut p, &mut up, 20_000, 4000, &mut buf);
+            pump_server_to_client(&mut p, &mut down, 20_000, 4000, &mut buf);
+            p.step();
+        }
+        assert_eq!((up.read, down.read), (20_000, 20_000));
     }
 }
