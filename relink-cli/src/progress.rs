@@ -170,21 +170,28 @@ pub fn events(
     move |p: &Progress| match p {
         Progress::Client(e) => client_event(&track, e),
         Progress::Server(e) => server_event(&track, e),
-        Progress::Connecting { attempt, delay } if *attempt > 0 => {
-            let st = track.lock();
-            debug!(
-                peer = st.peer.as_deref().unwrap_or("unknown"),
-                attempt,
-                delay_ms = delay.as_millis() as u64,
-                "connecting"
-            );
+        Progress::Connecting { attempt, delay } => {
+            let mut st = track.lock();
+            let peer = st.peer.clone().unwrap_or_else(|| "unknown".into());
+            // The driver reports no loss of its own transports (only the
+            // core's `TransportLost`): a new transport for an established
+            // session that is not detached yet means the last one is gone.
+            if let (Some(session), None) = (st.session.clone(), st.lost_at) {
+                st.lost_at = Some(
+                    Instant::now()
+                        .checked_sub(*delay)
+                        .unwrap_or_else(Instant::now),
+                );
+                info!(%session, %peer, "transport lost, reconnecting");
+            }
+            if *attempt > 0 {
+                debug!(%peer, attempt, delay_ms = delay.as_millis() as u64, "connecting");
+            }
         }
         Progress::ConnectFailed { attempt, error } => {
             let st = track.lock();
-            info!(
-                addr = st.peer.as_deref().unwrap_or("unknown"),
-                attempt, "connect attempt failed: {error}"
-            );
+            let addr = st.peer.clone().unwrap_or_else(|| "unknown".into());
+            info!(%addr, attempt, "connect attempt failed: {error}");
         }
         _ => {}
     }
@@ -208,11 +215,13 @@ fn client_event(track: &Track, e: &Event) {
             info!(%session, %peer, "session established");
         }
         Event::TransportLost { error } => {
-            st.lost_at.get_or_insert_with(Instant::now);
-            let cause = error
-                .as_ref()
-                .map_or_else(|| "closed".to_string(), |e| e.to_string());
-            info!(%session, %peer, %cause, "transport lost");
+            if st.lost_at.is_none() {
+                st.lost_at = Some(Instant::now());
+                let cause = error
+                    .as_ref()
+                    .map_or_else(|| "closed".to_string(), |e| e.to_string());
+                info!(%session, %peer, %cause, "transport lost");
+            }
         }
         Event::Resumed { counter } => {
             let detached_ms = ms_since(st.lost_at.take()).unwrap_or(0);
@@ -251,11 +260,12 @@ fn server_event(track: &Track, e: &ServerEvent) {
             st.transports.retain(|_, s| *s != session.0);
             st.transports.insert(transport.0, session.0);
             st.contact = Some(Instant::now());
+            // Known when the core reported the loss (not the driver's own
+            // losses: core12's events say it).
             let detached_ms = st
                 .sessions
                 .get_mut(&session.0)
-                .and_then(|s| ms_since(s.lost_at.take()))
-                .unwrap_or(0);
+                .and_then(|s| ms_since(s.lost_at.take()));
             let (session, peer) = st.server_session(session.0);
             info!(%session, %peer, detached_ms, "session resumed (#{counter})");
         }
@@ -435,6 +445,7 @@ pub fn meter<'scope>(
             if due {
                 printed = Some((state, now));
                 let session = track.lock().session.clone();
+                let session = session.as_ref().map(tracing::field::display);
                 info!(session, sent, received = recv, "progress: {text}");
             }
         }
