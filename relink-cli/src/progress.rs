@@ -214,14 +214,13 @@ fn client_event(track: &Track, e: &Event) {
             st.contact = Some(Instant::now());
             info!(%session, %peer, "session established");
         }
-        Event::TransportLost { error } => {
-            if st.lost_at.is_none() {
-                st.lost_at = Some(Instant::now());
-                let cause = error
-                    .as_ref()
-                    .map_or_else(|| "closed".to_string(), |e| e.to_string());
-                info!(%session, %peer, %cause, "transport lost");
-            }
+        // Once per loss (the driver's own losses are told by `Connecting`).
+        Event::TransportLost { error } if st.lost_at.is_none() => {
+            st.lost_at = Some(Instant::now());
+            let cause = error
+                .as_ref()
+                .map_or_else(|| "closed".to_string(), |e| e.to_string());
+            info!(%session, %peer, %cause, "transport lost");
         }
         Event::Resumed { counter } => {
             let detached_ms = ms_since(st.lost_at.take()).unwrap_or(0);
