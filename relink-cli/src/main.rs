@@ -45,11 +45,9 @@ use status::{coded, exit_status, EXIT_STATUS_HELP};
 #[derive(Parser, Debug)]
 #[command(name = "relink", version, about, long_about = None, after_help = EXIT_STATUS_HELP)]
 struct Cli {
-    /// More on stderr: sessions, transports lost, resumes (with how long
-    /// the session was detached), throughput, and live progress during a
-    /// transfer (a status line on a terminal, a line every few seconds
-    /// otherwise). -vv: debug detail. RUST_LOG (e.g. relink=debug)
-    /// overrides the level.
+    /// Progress and diagnostics on stderr: sessions, transports lost,
+    /// resumes, throughput, live progress during a transfer; -vv: debug
+    /// detail (RUST_LOG, e.g. relink=debug, overrides).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
     /// Before the subcommand, as older versions took it (hidden): the

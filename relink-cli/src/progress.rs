@@ -191,7 +191,7 @@ pub fn events(
         Progress::ConnectFailed { attempt, error } => {
             let st = track.lock();
             let addr = st.peer.clone().unwrap_or_else(|| "unknown".into());
-            info!(%addr, attempt, "connect attempt failed: {error}");
+            info!(%addr, "connect attempt {attempt} failed: {error}");
         }
         _ => {}
     }
@@ -214,9 +214,10 @@ fn client_event(track: &Track, e: &Event) {
             st.contact = Some(Instant::now());
             info!(%session, %peer, "session established");
         }
-        // Once per loss (the driver's own losses are told by `Connecting`).
-        Event::TransportLost { error } if st.lost_at.is_none() => {
-            st.lost_at = Some(Instant::now());
+        // Also while detached: a resume attempt's transport (e.g. refused
+        // as Stale).
+        Event::TransportLost { error } => {
+            st.lost_at.get_or_insert_with(Instant::now);
             let cause = error
                 .as_ref()
                 .map_or_else(|| "closed".to_string(), |e| e.to_string());
