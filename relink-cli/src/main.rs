@@ -602,7 +602,7 @@ fn connect(cli: &Opts, addr: &str, server_key: Option<&str>) -> io::Result<()> {
         .conn_id()
         .map_or_else(String::new, progress::session_hex);
     throughput(&session, "sent", sent, start);
-    tracing::info!(%session, "{}", progress::client_stats_text(&client.stats()));
+    tracing::info!(%session, "session stats: {}", progress::client_stats_text(&client.stats()));
     Ok(())
 }
 
