@@ -240,4 +240,37 @@ mod tests {
         assert_eq!(at(4_102_444_799, 999), "2099-12-31T23:59:59.999Z");
         assert_eq!(at(5_107_881_600, 0), "2131-11-12T00:00:00.000Z");
     }
+
+    /// A writer into a shared buffer (what the subscriber printed).
+    #[derive(Clone, Default)]
+    struct Buf(std::sync::Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn lines_inside_a_tunnel_span_name_the_tunnel_and_its_local_peer() {
+        let buf = Buf::default();
+        let out = buf.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_writer(move || out.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(sub, || {
+            let span = tunnel_span(3, Some("127.0.0.1:5022".parse().unwrap()));
+            let _g = span.enter();
+            tracing::info!(session = %"00000000000000ab", "session established");
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert!(text.contains("tunnel=3"), "{text}");
+        assert!(text.contains("local_peer=127.0.0.1:5022"), "{text}");
+        assert!(text.contains("session=00000000000000ab"), "{text}");
+    }
 }
