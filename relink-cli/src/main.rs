@@ -12,8 +12,11 @@
 //! Listening commands print `listening on ADDR` on stderr first (tests and
 //! scripts bind port 0 and read the address from there), then the server's
 //! public key or a warning that the session is anonymous. A listen address
-//! `:PORT` means every interface. `-v` logs reconnects, resends and
-//! throughput on stderr. Exit statuses: see `EXIT_STATUS_HELP`.
+//! `:PORT` means every interface. Log lines (timestamped, see `log`) go to
+//! stderr: errors and warnings by default; `-v` adds sessions, transports
+//! lost, resumes, throughput and a live progress meter during `connect` and
+//! `listen`; `-vv` debug detail; `RUST_LOG` overrides. Exit statuses: see
+//! `EXIT_STATUS_HELP`.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -26,12 +29,13 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 
 mod keys;
+mod log;
 mod progress;
 mod signals;
 mod status;
 
 use keys::{hex, keygen, pubkey, read_key, unhex32};
-use progress::{logger, throughput};
+use progress::{logger, throughput, Counts, Sample, Track};
 use relink::blocking::{splice, ClientBuilder, ListenerBuilder, ServerStream};
 use relink::{AbortCode, Backoff, Config, Duration};
 use signals::{let_the_interrupt_finish, Interrupts};
@@ -41,10 +45,11 @@ use status::{coded, exit_status, EXIT_STATUS_HELP};
 #[derive(Parser, Debug)]
 #[command(name = "relink", version, about, long_about = None, after_help = EXIT_STATUS_HELP)]
 struct Cli {
-    /// Progress and diagnostics on stderr: connects, reconnects, resumes,
-    /// resend ranges, throughput.
-    #[arg(short, long, global = true)]
-    verbose: bool,
+    /// Progress and diagnostics on stderr: sessions, transports lost,
+    /// resumes, throughput, live progress during a transfer; -vv: debug
+    /// detail (RUST_LOG, e.g. relink=debug, overrides).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     /// Before the subcommand, as older versions took it (hidden): the
     /// subcommand's own `--idle-ms` wins.
     #[arg(long, hide = true)]
@@ -93,7 +98,7 @@ struct Opts {
 impl Cli {
     fn opts(&self, idle: Idle, attempts: Option<Attempts>) -> Opts {
         Opts {
-            verbose: self.verbose,
+            verbose: self.verbose > 0,
             idle_ms: idle.ms.or(self.idle_ms).unwrap_or(15_000),
             max_attempts: attempts
                 .and_then(|a| a.n)
@@ -215,6 +220,7 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    log::init(cli.verbose);
     let r = match &cli.command {
         Command::Keygen { out } => keygen(out),
         Command::Pubkey { keyfile } => pubkey(keyfile),
@@ -262,10 +268,14 @@ fn main() -> ExitCode {
         } => serve_forward(&cli.opts(*idle, None), addr, target, key.as_ref(), *resume),
     };
     match r {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            log::end_status();
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             let_the_interrupt_finish();
-            eprintln!("relink: {e}");
+            log::end_status();
+            log::say(format!("relink: {e}"));
             ExitCode::from(exit_status(&e))
         }
     }
@@ -305,12 +315,12 @@ fn server_config(cli: &Opts, key: Option<&PathBuf>, resume: ResumeTimeout) -> io
 /// that the server is anonymous.
 fn announce_server_key(cfg: &Config) {
     match &cfg.server_static {
-        Some(k) => eprintln!(
+        Some(k) => log::say(format!(
             "relink: server public key {} (clients pin it with --server-key)",
             hex(&k.public_key())
-        ),
-        None => eprintln!(
-            "relink: warning: no --key: the server is anonymous; sessions are open to a man in the middle"
+        )),
+        None => log::say(
+            "relink: warning: no --key: the server is anonymous; sessions are open to a man in the middle",
         ),
     }
 }
@@ -318,8 +328,8 @@ fn announce_server_key(cfg: &Config) {
 /// The client-side counterpart of `announce_server_key`.
 fn warn_if_unpinned(cfg: &Config) {
     if cfg.pinned_server_key.is_none() {
-        eprintln!(
-            "relink: warning: no --server-key: the server is not authenticated; the session is open to a man in the middle"
+        log::say(
+            "relink: warning: no --server-key: the server is not authenticated; the session is open to a man in the middle",
         );
     }
 }
@@ -327,8 +337,17 @@ fn warn_if_unpinned(cfg: &Config) {
 /// Bind a relink listener on `addr` (a listen address, see `listen_addr`);
 /// the error names the address.
 fn bind_relink(cli: &Opts, cfg: Config, addr: &str) -> io::Result<relink::blocking::Listener> {
+    bind_logged(cfg, addr, logger(cli.verbose))
+}
+
+/// `bind_relink` with the progress callback `progress`.
+fn bind_logged(
+    cfg: Config,
+    addr: &str,
+    progress: impl Fn(&relink::blocking::Progress) + Send + Sync + 'static,
+) -> io::Result<relink::blocking::Listener> {
     ListenerBuilder::new(cfg)
-        .on_progress(logger(cli.verbose))
+        .on_progress(progress)
         .bind(listen_addr(addr).as_str())
         .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
 }
@@ -362,8 +381,14 @@ enum RecvError {
     Output(io::Error),
 }
 
-/// Copy one session to `out` until the client closed, then close cleanly.
-fn receive(session: &ServerStream, out: &mut impl Write) -> Result<u64, RecvError> {
+/// Copy one session to `out` until the client closed, then close cleanly;
+/// what arrives is counted in `counts` and is contact for `track`.
+fn receive(
+    session: &ServerStream,
+    out: &mut impl Write,
+    counts: &Counts,
+    track: &Track,
+) -> Result<u64, RecvError> {
     let mut buf = vec![0u8; 64 * 1024];
     let mut total = 0u64;
     loop {
@@ -379,6 +404,8 @@ fn receive(session: &ServerStream, out: &mut impl Write) -> Result<u64, RecvErro
             .and_then(|()| out.flush())
             .map_err(RecvError::Output)?;
         total += n as u64;
+        counts.add_received(n);
+        track.contact();
     }
     out.flush().map_err(RecvError::Output)?;
     session.close().map_err(RecvError::Session)?;
@@ -402,47 +429,67 @@ fn listen(
 ) -> io::Result<()> {
     let interrupts = Interrupts::install()?;
     let cfg = server_config(cli, key, resume)?;
-    let listener = bind_relink(cli, cfg.clone(), addr)?;
-    eprintln!("listening on {}", listener.local_addr());
+    let track = Arc::new(Track::default());
+    let listener = bind_logged(cfg.clone(), addr, progress::events(track.clone(), None))?;
+    log::say(format!("listening on {}", listener.local_addr()));
     announce_server_key(&cfg);
     let (mut served, mut failed) = (0u64, 0u64);
     let stdout = io::stdout();
-    while sessions == 0 || served < sessions {
-        let session = listener.accept()?;
-        let registered = interrupts.register(session.abort_handle());
-        let start = Instant::now();
-        let r = receive(&session, &mut stdout.lock());
-        served += 1;
-        // An error caused by the interrupt's own abort: the signal thread
-        // ends the process once the client was told (the listener must
-        // stay up meanwhile).
-        if r.is_err() {
-            let_the_interrupt_finish();
-        }
-        let peer = peer_of(&session);
-        match r {
-            Ok(n) => throughput(cli.verbose, "received", n, start),
-            Err(RecvError::Output(e)) => {
-                // Nobody takes the data any more (e.g. `| head`): tell the
-                // client now instead of letting it retry into the void.
-                session.abort(AbortCode::CANNOT_RECEIVE);
-                let acked = session.wait_closed(std::time::Duration::from_secs(1));
-                drop(registered);
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!(
-                        "writing the session from {peer} to stdout: {e}; session aborted{}",
-                        if acked { "" } else { " (not acknowledged yet)" }
-                    ),
-                ));
+    let counts = Counts::default();
+    thread::scope(|scope| {
+        let _meter = cli.verbose.then(|| {
+            progress::meter(scope, &counts, &track, || {
+                let st = listener.stats();
+                Sample {
+                    reconnects: st.resumes,
+                    resumes: st.resumes,
+                    acked: 0,
+                }
+            })
+        });
+        while sessions == 0 || served < sessions {
+            let session = listener.accept()?;
+            let sid = session.session_id().0;
+            let conn_id = session.conn_id();
+            track.register(sid, conn_id, session.peer_addr());
+            let id = conn_id.map_or_else(|| format!("#{sid}"), progress::session_hex);
+            tracing::info!(session = %id, peer = %peer_of(&session), "new session");
+            let registered = interrupts.register(session.abort_handle());
+            let start = Instant::now();
+            let r = receive(&session, &mut stdout.lock(), &counts, &track);
+            served += 1;
+            // An error caused by the interrupt's own abort: the signal thread
+            // ends the process once the client was told (the listener must
+            // stay up meanwhile).
+            if r.is_err() {
+                let_the_interrupt_finish();
             }
-            Err(RecvError::Session(e)) => {
-                // One client's failure ends its session, not the listener.
-                failed += 1;
-                eprintln!("relink: session from {peer} failed: {e}");
+            let peer = peer_of(&session);
+            match r {
+                Ok(n) => throughput(&id, "received", n, start),
+                Err(RecvError::Output(e)) => {
+                    // Nobody takes the data any more (e.g. `| head`): tell the
+                    // client now instead of letting it retry into the void.
+                    session.abort(AbortCode::CANNOT_RECEIVE);
+                    let acked = session.wait_closed(std::time::Duration::from_secs(1));
+                    drop(registered);
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!(
+                            "writing the session from {peer} to stdout: {e}; session aborted{}",
+                            if acked { "" } else { " (not acknowledged yet)" }
+                        ),
+                    ));
+                }
+                Err(RecvError::Session(e)) => {
+                    // One client's failure ends its session, not the listener.
+                    failed += 1;
+                    tracing::error!(session = %id, %peer, "session failed: {e}");
+                }
             }
         }
-    }
+        Ok(())
+    })?;
     if failed > 0 {
         return Err(coded(
             status::SESSION_LOST,
@@ -469,10 +516,11 @@ fn connect(cli: &Opts, addr: &str, server_key: Option<&str>) -> io::Result<()> {
     let interrupts = Interrupts::install()?;
     let cfg = client_config(cli, server_key)?;
     warn_if_unpinned(&cfg);
+    let track = Arc::new(Track::default());
     let client = ClientBuilder::new(cfg)
         .backoff(backoff(cli))
         .wait_for_server(cli.wait)
-        .on_progress(logger(cli.verbose))
+        .on_progress(progress::events(track.clone(), Some(addr.to_string())))
         .connect(addr)
         .map_err(|e| {
             coded(
@@ -481,7 +529,19 @@ fn connect(cli: &Opts, addr: &str, server_key: Option<&str>) -> io::Result<()> {
             )
         })?;
     let _registered = interrupts.register(client.abort_handle());
+    let counts = Counts::default();
     let sent = thread::scope(|s| -> io::Result<u64> {
+        let _meter = cli.verbose.then(|| {
+            progress::meter(s, &counts, &track, || {
+                let st = client.stats();
+                let sent = counts.sent.load(std::sync::atomic::Ordering::Relaxed);
+                Sample {
+                    reconnects: st.transports.saturating_sub(1),
+                    resumes: st.resumes,
+                    acked: sent.saturating_sub(client.unacked() as u64),
+                }
+            })
+        });
         let down = s.spawn(|| -> io::Result<u64> {
             let mut out = io::stdout().lock();
             let mut buf = vec![0u8; 64 * 1024];
@@ -499,41 +559,50 @@ fn connect(cli: &Opts, addr: &str, server_key: Option<&str>) -> io::Result<()> {
                         // Let the driver send what the end still owes the
                         // server (the answer to its ABORT).
                         client.wait_closed(std::time::Duration::from_millis(500));
-                        eprintln!("relink: {addr}: {e}");
+                        log::end_status();
+                        log::say(format!("relink: {addr}: {e}"));
                         std::process::exit(status::SESSION_LOST.into());
                     }
                 };
                 out.write_all(&buf[..k]).and_then(|()| out.flush())?;
                 n += k as u64;
+                counts.add_received(k);
+                track.contact();
             }
             Ok(n)
         });
         let lost = |e| coded(status::SESSION_LOST, e);
         // Errors writing to the session are its loss; reading stdin's are not.
-        struct ToSession<'a, W>(&'a W);
+        struct ToSession<'a, W>(&'a W, &'a Counts);
         impl<W> Write for ToSession<'_, W>
         where
             for<'w> &'w W: Write,
         {
             fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-                self.0.write(b).map_err(|e| coded(status::SESSION_LOST, e))
+                let n = self
+                    .0
+                    .write(b)
+                    .map_err(|e| coded(status::SESSION_LOST, e))?;
+                self.1.add_sent(n);
+                Ok(n)
             }
             fn flush(&mut self) -> io::Result<()> {
                 self.0.flush().map_err(|e| coded(status::SESSION_LOST, e))
             }
         }
-        let n = io::copy(&mut io::stdin().lock(), &mut ToSession(&client))?;
+        let n = io::copy(&mut io::stdin().lock(), &mut ToSession(&client, &counts))?;
         (&client).flush().map_err(lost)?; // everything acknowledged
         client.shutdown_write().map_err(lost)?;
         down.join()
             .map_err(|_| io::Error::other("reader thread panicked"))??;
+        client.close().map_err(lost)?;
         Ok(n)
     })?;
-    client.close().map_err(|e| coded(status::SESSION_LOST, e))?;
-    throughput(cli.verbose, "sent", sent, start);
-    if cli.verbose {
-        eprintln!("relink: {:?}", client.stats());
-    }
+    let session = client
+        .conn_id()
+        .map_or_else(String::new, progress::session_hex);
+    throughput(&session, "sent", sent, start);
+    tracing::info!(%session, "session stats: {}", progress::client_stats_text(&client.stats()));
     Ok(())
 }
 

@@ -1,76 +1,507 @@
-//! What `-v` prints on stderr.
+//! What happens to a session, told on stderr: the driver's progress
+//! events as log lines (`tracing`, fields `session`, `peer`), readable
+//! counters (no Rust `Debug` text), and the live meter of `-v` during a
+//! transfer (a status line redrawn on a terminal, a plain line every few
+//! seconds otherwise).
 
-use std::time::Instant;
+use std::collections::{HashMap, VecDeque};
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
 
-use relink::blocking::{close_reason_text, Progress};
+use relink::blocking::{close_reason_text, ClientStats, Progress, SpliceStats};
 use relink::{Event, ServerEvent};
+use tracing::{debug, info, warn};
 
-/// A stderr logger for `-v`.
-pub fn logger(verbose: bool) -> impl Fn(&Progress) + Send + Sync + 'static {
-    move |p: &Progress| {
-        if !verbose {
-            return;
-        }
-        match p {
-            Progress::Connecting { attempt, delay } if *attempt > 0 => {
-                eprintln!("relink: connect attempt {attempt} after {delay:?}")
-            }
-            Progress::ConnectFailed { attempt, error } => {
-                eprintln!("relink: connect attempt {attempt} failed: {error}")
-            }
-            Progress::Client(Event::HandshakeDone { conn_id }) => {
-                eprintln!("relink: session {conn_id:016x} established")
-            }
-            Progress::Client(Event::Resumed { counter }) => {
-                eprintln!("relink: resumed (transport #{counter})")
-            }
-            Progress::Client(Event::ResendRange { start, end }) => {
-                eprintln!("relink: resending [{start}, {end}) ({} bytes)", end - start)
-            }
-            Progress::Client(Event::TransportLost { error }) => match error {
-                Some(e) => eprintln!("relink: transport lost: {e}"),
-                None => eprintln!("relink: transport lost"),
-            },
-            Progress::Client(Event::Closed { reason }) => {
-                eprintln!("relink: session closed: {}", close_reason_text(reason))
-            }
-            Progress::Server(ServerEvent::HandshakeDone { session, .. }) => {
-                eprintln!("relink: new session {}", session.0)
-            }
-            Progress::Server(ServerEvent::Resumed {
-                session, counter, ..
-            }) => eprintln!("relink: session {} resumed (#{counter})", session.0),
-            Progress::Server(ServerEvent::ResendRange {
-                session,
-                start,
-                end,
-            }) => eprintln!(
-                "relink: session {} resending [{start}, {end}) ({} bytes)",
-                session.0,
-                end - start
+use crate::log;
+
+/// `n` bytes for people: `512 B`, `1.2 MiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+/// `n` things, plural when not 1: `1 resume`, `2 resumes`.
+fn count(n: u64, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
+}
+
+/// A session id for logs: the connection id, 16 hex digits (what both
+/// sides print).
+pub fn session_hex(conn_id: u64) -> String {
+    format!("{conn_id:016x}")
+}
+
+/// A client's counters: `3 transports, 2 resumes, 1.2 MiB resent, 0 failed
+/// connects`.
+pub fn client_stats_text(s: &ClientStats) -> String {
+    format!(
+        "{}, {}, {} resent, {}",
+        count(s.transports, "transport"),
+        count(s.resumes, "resume"),
+        bytes(s.resent_bytes),
+        count(s.connect_failures, "failed connect")
+    )
+}
+
+/// What a tunnelled connection carried: `sent 1.2 MiB, received 300 B`
+/// (seen from the side that logs it: sent = into the session).
+// Not called yet: for the tunnel commands' `done` lines.
+#[allow(dead_code)]
+pub fn splice_stats_text(s: &SpliceStats) -> String {
+    format!(
+        "sent {}, received {}",
+        bytes(s.to_session),
+        bytes(s.from_session)
+    )
+}
+
+/// `sent 6.0 MiB in 1.23 s (4.9 MiB/s)` at INFO.
+pub fn throughput(session: &str, what: &str, n: u64, start: Instant) {
+    let s = start.elapsed().as_secs_f64().max(1e-6);
+    info!(
+        %session,
+        bytes = n,
+        "{what} {} in {s:.2} s ({}/s)",
+        bytes(n),
+        bytes((n as f64 / s) as u64)
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Progress events as log lines.
+
+/// What the event logger remembers between events, and what the meter
+/// reads.
+#[derive(Default)]
+pub struct Track {
+    st: Mutex<TrackState>,
+}
+
+#[derive(Default)]
+struct TrackState {
+    /// The client's session (16 hex digits), once established.
+    session: Option<String>,
+    /// The client's server address (as given).
+    peer: Option<String>,
+    /// When the client lost its transport (while detached).
+    lost_at: Option<Instant>,
+    /// Last evidence of the peer: data, acknowledgements, a handshake or a
+    /// resume.
+    contact: Option<Instant>,
+    /// Server: sessions by the core's id.
+    sessions: HashMap<u64, ServerSession>,
+    /// Server: which session each transport carries.
+    transports: HashMap<u64, u64>,
+}
+
+#[derive(Default)]
+struct ServerSession {
+    /// Connection id in hex, once `listen` accepted it (see `register`).
+    id: Option<String>,
+    peer: Option<SocketAddr>,
+    lost_at: Option<Instant>,
+}
+
+impl Track {
+    fn lock(&self) -> MutexGuard<'_, TrackState> {
+        self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The server accepted core session `sid` with connection id `conn_id`
+    /// from `peer`: later lines of that session name both.
+    pub fn register(&self, sid: u64, conn_id: Option<u64>, peer: Option<SocketAddr>) {
+        let mut st = self.lock();
+        let s = st.sessions.entry(sid).or_default();
+        s.id = conn_id.map(session_hex);
+        s.peer = peer;
+    }
+
+    /// Something arrived from the peer now.
+    pub fn contact(&self) {
+        self.lock().contact = Some(Instant::now());
+    }
+
+    fn last_contact(&self) -> Option<Instant> {
+        self.lock().contact
+    }
+}
+
+impl TrackState {
+    /// `session` of server session `sid`: its connection id if known,
+    /// else `#sid` (the server's own number).
+    fn server_session(&self, sid: u64) -> (String, String) {
+        match self.sessions.get(&sid) {
+            Some(s) => (
+                s.id.clone().unwrap_or_else(|| format!("#{sid}")),
+                s.peer.map_or_else(|| "unknown".into(), |p| p.to_string()),
             ),
-            Progress::Server(ServerEvent::CloseTransport { error: Some(e), .. }) => {
-                eprintln!("relink: transport closed: {e}")
-            }
-            Progress::Server(ServerEvent::Closed { session, reason }) => eprintln!(
-                "relink: session {} closed: {}",
-                session.0,
-                close_reason_text(reason)
-            ),
-            Progress::Server(ServerEvent::SessionExpired { session }) => {
-                eprintln!("relink: session {} expired", session.0)
-            }
-            _ => {}
+            None => (format!("#{sid}"), "unknown".into()),
         }
     }
 }
 
-pub fn throughput(verbose: bool, what: &str, bytes: u64, start: Instant) {
-    if verbose {
-        let s = start.elapsed().as_secs_f64().max(1e-6);
-        eprintln!(
-            "relink: {what} {bytes} bytes in {s:.2} s ({:.1} MiB/s)",
-            bytes as f64 / s / 1_048_576.0
+/// Milliseconds since `t`.
+fn ms_since(t: Option<Instant>) -> Option<u64> {
+    t.map(|t| t.elapsed().as_millis() as u64)
+}
+
+/// A progress callback that logs the events of a client session to
+/// `peer` or of a listener (`peer` = None), remembering what `track`
+/// keeps.
+pub fn events(
+    track: Arc<Track>,
+    peer: Option<String>,
+) -> impl Fn(&Progress) + Send + Sync + 'static {
+    track.lock().peer = peer;
+    move |p: &Progress| match p {
+        Progress::Client(e) => client_event(&track, e),
+        Progress::Server(e) => server_event(&track, e),
+        Progress::Connecting { attempt, delay } => {
+            let mut st = track.lock();
+            let peer = st.peer.clone().unwrap_or_else(|| "unknown".into());
+            // The driver reports no loss of its own transports (only the
+            // core's `TransportLost`): a new transport for an established
+            // session that is not detached yet means the last one is gone.
+            if let (Some(session), None) = (st.session.clone(), st.lost_at) {
+                st.lost_at = Some(
+                    Instant::now()
+                        .checked_sub(*delay)
+                        .unwrap_or_else(Instant::now),
+                );
+                info!(%session, %peer, "transport lost, reconnecting");
+            }
+            if *attempt > 0 {
+                debug!(%peer, attempt, delay_ms = delay.as_millis() as u64, "connecting");
+            }
+        }
+        Progress::ConnectFailed { attempt, error } => {
+            let st = track.lock();
+            let addr = st.peer.clone().unwrap_or_else(|| "unknown".into());
+            info!(%addr, "connect attempt {attempt} failed: {error}");
+        }
+        _ => {}
+    }
+}
+
+/// The logger of the tunnel commands (the level is the subscriber's;
+/// `_verbose` is kept for their calls).
+pub fn logger(_verbose: bool) -> impl Fn(&Progress) + Send + Sync + 'static {
+    events(Arc::new(Track::default()), None)
+}
+
+fn client_event(track: &Track, e: &Event) {
+    let mut st = track.lock();
+    let peer = st.peer.clone().unwrap_or_else(|| "unknown".into());
+    let session = st.session.clone().unwrap_or_else(|| "none".into());
+    match e {
+        Event::HandshakeDone { conn_id } => {
+            let session = session_hex(*conn_id);
+            st.session = Some(session.clone());
+            st.contact = Some(Instant::now());
+            info!(%session, %peer, "session established");
+        }
+        // Also while detached: a resume attempt's transport (e.g. refused
+        // as Stale).
+        Event::TransportLost { error } => {
+            st.lost_at.get_or_insert_with(Instant::now);
+            let cause = error
+                .as_ref()
+                .map_or_else(|| "closed".to_string(), |e| e.to_string());
+            info!(%session, %peer, %cause, "transport lost");
+        }
+        Event::Resumed { counter } => {
+            let detached_ms = ms_since(st.lost_at.take()).unwrap_or(0);
+            st.contact = Some(Instant::now());
+            info!(%session, %peer, detached_ms, transport = counter, "resumed");
+        }
+        Event::ResendRange { start, end } if end > start => {
+            info!(%session, start, end, "resending {}", bytes(end - start));
+        }
+        Event::Closed { reason } => {
+            info!(%session, %peer, cause = %close_reason_text(reason), "session ended");
+        }
+        Event::AuthFailed { reason } => {
+            warn!(%session, %peer, "authentication failed: {reason}");
+        }
+        Event::PeerClosed => debug!(%session, "the server closed its stream"),
+        _ => {}
+    }
+}
+
+fn server_event(track: &Track, e: &ServerEvent) {
+    let mut st = track.lock();
+    match e {
+        ServerEvent::HandshakeDone { transport, session } => {
+            st.transports.insert(transport.0, session.0);
+            st.sessions.entry(session.0).or_default();
+            st.contact = Some(Instant::now());
+            debug!(session = %format!("#{}", session.0), "handshake done");
+        }
+        ServerEvent::Resumed {
+            transport,
+            session,
+            counter,
+        } => {
+            // The transport it replaced is no longer this session's.
+            st.transports.retain(|_, s| *s != session.0);
+            st.transports.insert(transport.0, session.0);
+            st.contact = Some(Instant::now());
+            // Known when the core reported the loss (not the driver's own
+            // losses: core12's events say it).
+            let detached_ms = st
+                .sessions
+                .get_mut(&session.0)
+                .and_then(|s| ms_since(s.lost_at.take()));
+            let (session, peer) = st.server_session(session.0);
+            info!(%session, %peer, detached_ms, "session resumed (#{counter})");
+        }
+        ServerEvent::ResendRange {
+            session,
+            start,
+            end,
+        } if end > start => {
+            let (session, peer) = st.server_session(session.0);
+            info!(%session, %peer, start, end, "resending {}", bytes(end - start));
+        }
+        ServerEvent::CloseTransport { transport, error } => {
+            let cause = error
+                .as_ref()
+                .map_or_else(|| "closed".to_string(), |e| e.to_string());
+            match st.transports.remove(&transport.0) {
+                Some(sid) => {
+                    if let Some(s) = st.sessions.get_mut(&sid) {
+                        s.lost_at.get_or_insert_with(Instant::now);
+                    }
+                    let (session, peer) = st.server_session(sid);
+                    info!(%session, %peer, %cause, "transport lost");
+                }
+                None if error.is_some() => {
+                    debug!(transport = transport.0, %cause, "transport closed")
+                }
+                None => {}
+            }
+        }
+        ServerEvent::AuthFailed { transport, reason } => {
+            warn!(transport = transport.0, "authentication failed: {reason}");
+        }
+        ServerEvent::Closed { session, reason } => {
+            let sid = session.0;
+            let (session, peer) = st.server_session(sid);
+            info!(%session, %peer, cause = %close_reason_text(reason), "session ended");
+            st.sessions.remove(&sid);
+            st.transports.retain(|_, s| *s != sid);
+        }
+        ServerEvent::SessionExpired { session } => {
+            let (session, peer) = st.server_session(session.0);
+            warn!(%session, %peer, "session expired: no connection for longer than the resume timeout");
+        }
+        ServerEvent::InDoubt { session, range } => {
+            let (session, peer) = st.server_session(session.0);
+            warn!(
+                %session, %peer, start = range.start, end = range.end,
+                "{} sent to the client may or may not have reached it",
+                bytes(range.end - range.start)
+            );
+        }
+        _ => {}
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The live meter of `-v`.
+
+/// Bytes moved by the command, counted where it reads and writes.
+#[derive(Default)]
+pub struct Counts {
+    pub sent: AtomicU64,
+    pub received: AtomicU64,
+}
+
+impl Counts {
+    pub fn add_sent(&self, n: usize) {
+        self.sent.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    pub fn add_received(&self, n: usize) {
+        self.received.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// What the meter shows besides the byte counts.
+#[derive(Clone, Copy, Default)]
+pub struct Sample {
+    /// Transports replaced after the first (client: opened; server:
+    /// resumes).
+    pub reconnects: u64,
+    pub resumes: u64,
+    /// Bytes the peer acknowledged so far (sent − unacknowledged): a
+    /// change is contact with the peer.
+    pub acked: u64,
+}
+
+/// How often a plain progress line is printed when stderr is not a
+/// terminal: 5 s, or `RELINK_PROGRESS_MS` milliseconds (tests).
+fn plain_interval() -> Duration {
+    std::env::var("RELINK_PROGRESS_MS")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .filter(|&ms| ms > 0)
+        .map_or(Duration::from_secs(5), Duration::from_millis)
+}
+
+/// Stops the meter (and erases its status line) when dropped.
+pub struct Meter {
+    stop: Option<mpsc::Sender<()>>,
+}
+
+impl Drop for Meter {
+    fn drop(&mut self) {
+        self.stop = None; // disconnects: the thread ends at once
+    }
+}
+
+/// Start the meter of `counts`/`track` on a thread of `scope`: a status
+/// line on a terminal (redrawn 4 times a second), else an INFO line every
+/// few seconds; `sample` reads the session's counters.
+pub fn meter<'scope>(
+    scope: &'scope thread::Scope<'scope, '_>,
+    counts: &'scope Counts,
+    track: &'scope Track,
+    mut sample: impl FnMut() -> Sample + Send + 'scope,
+) -> Meter {
+    let tty = std::io::stderr().is_terminal();
+    let every = if tty {
+        Duration::from_millis(250)
+    } else {
+        plain_interval()
+    };
+    let (tx, rx) = mpsc::channel::<()>();
+    scope.spawn(move || {
+        // (when, acknowledged + received) over the last 3 s: the rate.
+        let mut window: VecDeque<(Instant, u64)> = VecDeque::new();
+        let mut acked = 0u64;
+        let mut received = 0u64;
+        // The counters of the last plain line, and when it was printed.
+        let mut printed: Option<((u64, u64, u64, u64), Instant)> = None;
+        while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(every) {
+            let s = sample();
+            let sent = counts.sent.load(Ordering::Relaxed);
+            let recv = counts.received.load(Ordering::Relaxed);
+            if s.acked > acked || recv > received {
+                track.contact();
+            }
+            (acked, received) = (s.acked, recv);
+            let now = Instant::now();
+            // Sent bytes count once acknowledged: written ones may only sit
+            // in the buffer.
+            window.push_back((now, s.acked + recv));
+            while window.len() > 2 && now - window[0].0 > Duration::from_secs(3) {
+                window.pop_front();
+            }
+            let (t0, b0) = window[0];
+            let rate = if now > t0 {
+                (s.acked + recv).saturating_sub(b0) as f64 / (now - t0).as_secs_f64()
+            } else {
+                0.0
+            };
+            let contact = track.last_contact().map_or_else(
+                || "no contact yet".to_string(),
+                |t| format!("last contact {:.1} s ago", t.elapsed().as_secs_f64()),
+            );
+            let text = format!(
+                "sent {}, received {}, {}/s, {contact}, {}, {}",
+                bytes(sent),
+                bytes(recv),
+                bytes(rate as u64),
+                count(s.reconnects, "reconnect"),
+                count(s.resumes, "resume"),
+            );
+            if tty {
+                log::set_status(format!("relink: {text}"));
+                continue;
+            }
+            // A plain line when something changed, and once a minute
+            // while nothing does; none before the first contact (a
+            // listener waiting for its first client).
+            let state = (sent, recv, s.reconnects, s.resumes);
+            let due = match printed {
+                _ if track.last_contact().is_none() => false,
+                Some((last, at)) => last != state || at.elapsed() >= Duration::from_secs(60),
+                None => true,
+            };
+            if due {
+                printed = Some((state, now));
+                let session = track.lock().session.clone();
+                let session = session.as_ref().map(tracing::field::display);
+                info!(session, sent, received = recv, "progress: {text}");
+            }
+        }
+        log::clear_status();
+    });
+    Meter { stop: Some(tx) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_counts_read_like_sizes() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1024), "1.0 KiB");
+        assert_eq!(bytes(1_258_291), "1.2 MiB");
+        assert_eq!(bytes(3 << 30), "3.0 GiB");
+        assert_eq!(bytes(u64::MAX), "16777216.0 TiB");
+    }
+
+    #[test]
+    fn client_stats_read_as_text_not_debug() {
+        let s = ClientStats {
+            transports: 3,
+            resumes: 1,
+            resent_bytes: 1_258_291,
+            connect_failures: 0,
+        };
+        assert_eq!(
+            client_stats_text(&s),
+            "3 transports, 1 resume, 1.2 MiB resent, 0 failed connects"
         );
+    }
+
+    #[test]
+    fn splice_stats_read_as_text_not_debug() {
+        let s = SpliceStats {
+            to_session: 2048,
+            from_session: 5,
+        };
+        assert_eq!(splice_stats_text(&s), "sent 2.0 KiB, received 5 B");
+    }
+
+    #[test]
+    fn server_lines_name_the_registered_session_and_its_peer() {
+        let t = Track::default();
+        let peer: SocketAddr = "10.0.0.2:5000".parse().unwrap();
+        t.register(7, Some(0xd868_947b_cc4e_3e08), Some(peer));
+        let (s, p) = t.lock().server_session(7);
+        assert_eq!(
+            (s.as_str(), p.as_str()),
+            ("d868947bcc4e3e08", "10.0.0.2:5000")
+        );
+        let (s, p) = t.lock().server_session(8);
+        assert_eq!((s.as_str(), p.as_str()), ("#8", "unknown"));
     }
 }

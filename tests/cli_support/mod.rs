@@ -88,6 +88,11 @@ impl Log {
         self.0.lock().unwrap().join("\n")
     }
 
+    /// The lines so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+
     /// The first line containing all of `parts`, waiting up to `within`.
     pub fn wait_for(&self, parts: &[&str], within: std::time::Duration) -> Option<String> {
         let end = std::time::Instant::now() + within;
