@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use relink::relay::{FaultPlan, Relay};
+use relink_test_support::relay::{FaultPlan, Relay};
 
 mod cli_support;
 use cli_support::{relink_bin, spawn_listening, wait_exit, Log, Proc};
