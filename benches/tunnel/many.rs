@@ -154,8 +154,13 @@ async fn run(n: usize) {
         }
     }
     let all = start.elapsed();
-    // Idle now: let the processes settle (freed buffers, timers).
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Idle now: past the first keepalive (5 s at the default idle timeout
+    // of 15 s), when the core gives back the memory of empty buffers.
+    let settle: u64 = std::env::var("SETTLE_S")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(7);
+    tokio::time::sleep(Duration::from_secs(settle)).await;
     let (f_threads, f_rss) = status(fpid);
     let (s_threads, s_rss) = status(spid);
     let open = conns.len();

@@ -111,52 +111,67 @@ ssh -N -i "$T/user_key" -p "$SSHD_PORT" -o StrictHostKeyChecking=no \
 PIDS+=($!)
 wait_port "$SSH_L"
 
-# relink forward -> serve-forward, pinned server key
+# relink forward -> serve-forward, pinned server key: the build under test
+# (row "relink") and the builds of RELINK_ALSO="label=/path/to/relink ..."
+# (rows "relink (label)", e.g. an older commit's build for before/after).
 "$RELINK" keygen --out "$T/relink.key" >/dev/null
 PUB=$("$RELINK" pubkey "$T/relink.key")
-"$RELINK" serve-forward 127.0.0.1:0 "127.0.0.1:$REDIS" --key "$T/relink.key" 2>"$T/serve.log" &
-PIDS+=($!)
-SERVER=$(relink_addr "$T/serve.log")
-"$RELINK" forward 127.0.0.1:0 "$SERVER" --server-key "$PUB" 2>"$T/forward.log" &
-PIDS+=($!)
-RELINK_L=$(relink_addr "$T/forward.log")
-RELINK_L=${RELINK_L##*:}
+declare -A PORT=([direct]=$REDIS [socat]=$SOCAT [ssh]=$SSH_L)
+declare -A NAME=([direct]=direct [socat]="socat forwarder, no crypto" [ssh]='`ssh -L`')
+PATHS=(direct socat ssh)
+start_relink() { # label binary
+    "$2" serve-forward 127.0.0.1:0 "127.0.0.1:$REDIS" --key "$T/relink.key" 2>"$T/serve-$1.log" &
+    PIDS+=($!)
+    local server local_addr
+    server=$(relink_addr "$T/serve-$1.log")
+    "$2" forward 127.0.0.1:0 "$server" --server-key "$PUB" 2>"$T/forward-$1.log" &
+    PIDS+=($!)
+    local_addr=$(relink_addr "$T/forward-$1.log")
+    PORT[$1]=${local_addr##*:}
+    PATHS+=("$1")
+}
+start_relink relink "$RELINK"
+NAME[relink]='relink `forward` → `serve-forward`'
+for spec in ${RELINK_ALSO:-}; do
+    label=${spec%%=*}
+    start_relink "relink-$label" "${spec#*=}"
+    NAME[relink-$label]="relink ($label)"
+done
 
 # One redis-benchmark run: prints "rps p50_ms".
 bench() {
     redis-benchmark -h 127.0.0.1 -p "$1" -t get -n "$N" -c "$2" --csv 2>/dev/null |
         awk -F, 'NR==2 { gsub(/"/, ""); print $2, $5 }'
 }
-# The median of RUNS runs (by req/s; its p50 with it).
-median() {
-    for _ in $(seq 1 "$RUNS"); do bench "$1" "$2"; done | sort -n | awk '{ a[NR] = $0 } END { print a[int((NR + 1) / 2)] }'
-}
 
+# The paths take turns (run 1 of each, then run 2 of each...): a change in
+# the machine's load hits all of them alike. Median of RUNS by req/s.
+for path in "${PATHS[@]}"; do bench "${PORT[$path]}" 20 >/dev/null; done # warm-up
+for r in $(seq 1 "$RUNS"); do
+    for c in 1 20; do
+        for path in "${PATHS[@]}"; do
+            out=$(bench "${PORT[$path]}" "$c")
+            echo "$out" >>"$T/res-$path-$c"
+            echo "  run $r: $path -c $c: $out" >&2
+        done
+    done
+done
 declare -A R
-for c in 1 20; do
-    for path in direct socat ssh relink; do
-        case $path in
-            direct) p=$REDIS ;; socat) p=$SOCAT ;; ssh) p=$SSH_L ;; relink) p=$RELINK_L ;;
-        esac
-        bench "$p" "$c" >/dev/null # warm-up (connections, caches)
-        R[$path,$c]=$(median "$p" "$c")
-        echo "  $path -c $c: ${R[$path,$c]}" >&2
+for path in "${PATHS[@]}"; do
+    for c in 1 20; do
+        R[$path,$c]=$(sort -n "$T/res-$path-$c" | awk '{ a[NR] = $0 } END { print a[int((NR + 1) / 2)] }')
     done
 done
 
 fmt() { awk -v r="$1" -v l="$2" 'BEGIN { printf "%.1fk (%.3f ms)", r / 1000, l }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f×", a / b }'; }
 echo
-echo "redis-benchmark GET -n $N, median of $RUNS runs, $(nproc) CPUs, $(date -u +%Y-%m-%d)"
+echo "redis-benchmark GET -n $N, median of $RUNS runs (paths taking turns), $(nproc) CPUs, load average $(cut -d" " -f1-3 /proc/loadavg), $(date -u +%Y-%m-%d)"
 echo
 echo "| path | 1 connection: req/s (p50) | 20 connections: req/s (p50) |"
 echo "|---|---|---|"
-for path in direct socat ssh relink; do
-    name=$path
-    case $path in
-        socat) name="socat forwarder, no crypto" ;; ssh) name='`ssh -L`' ;;
-        relink) name='relink `forward` → `serve-forward`' ;;
-    esac
+for path in "${PATHS[@]}"; do
+    name=${NAME[$path]}
     read -r r1 l1 <<<"${R[$path,1]}"
     read -r r20 l20 <<<"${R[$path,20]}"
     echo "| $name | $(fmt "$r1" "$l1") | $(fmt "$r20" "$l20") |"
