@@ -80,8 +80,12 @@ pub struct ServeForward<'a> {
 /// The runtime every tunnel runs on.
 fn runtime() -> io::Result<tokio::runtime::Runtime> {
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let workers = std::env::var("RELINK_TUNNEL_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(cpus);
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cpus.clamp(1, MAX_WORKERS))
+        .worker_threads(usize::clamp(workers, 1, MAX_WORKERS))
         .max_blocking_threads(MAX_BLOCKING)
         .thread_name("relink-tunnel")
         .enable_all()
