@@ -9,6 +9,7 @@
 //! ```text
 //! cargo bench -p relink-cli --bench many                # TUNNELS=9500
 //! TUNNELS=2000 cargo bench -p relink-cli --bench many
+//! RELINK_BIN=/path/to/relink cargo bench -p relink-cli --bench many  # another build
 //! ```
 //!
 //! File descriptors: every tunnel takes two in each relink process (the
@@ -37,7 +38,8 @@ impl Drop for Proc {
 /// line (`listening on ADDR`).
 fn spawn_relink(args: &[&str]) -> (Proc, SocketAddr) {
     use std::io::BufRead;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_relink"))
+    let bin = std::env::var_os("RELINK_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_relink").into());
+    let mut child = Command::new(bin)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

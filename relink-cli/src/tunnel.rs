@@ -3,7 +3,8 @@
 //! (`relink::tokio`).
 //!
 //! Everything runs on one small multi-thread runtime (`worker_threads`
-//! = the number of CPUs, at most [`MAX_WORKERS`]; at most
+//! = half the CPUs, at least 1, at most [`MAX_WORKERS`], or
+//! `RELINK_TUNNEL_THREADS` from the environment; at most
 //! [`MAX_BLOCKING`] blocking threads for the driver's address resolution),
 //! so the thread count does not grow with the number of tunnels. Each
 //! tunnel is one task that copies both directions itself ([`pump`]); it
@@ -83,7 +84,12 @@ fn runtime() -> io::Result<tokio::runtime::Runtime> {
     let workers = std::env::var("RELINK_TUNNEL_THREADS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(cpus);
+        // Half the CPUs: a tunnel's tasks hand each message on to one
+        // another (tunnel → session driver → socket), and with more
+        // workers than the load needs, every hand-off wakes an idle worker
+        // (futex, context switch): on 2 CPUs 1 worker carried 38k req/s
+        // where 2 carried 28k (benches/tunnel/run.sh, docs/PERFORMANCE.md).
+        .unwrap_or(cpus / 2);
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(usize::clamp(workers, 1, MAX_WORKERS))
         .max_blocking_threads(MAX_BLOCKING)
