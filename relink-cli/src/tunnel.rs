@@ -120,11 +120,13 @@ pub fn forward(f: Forward<'_>, announce: impl FnOnce(SocketAddr)) -> io::Result<
     let remote = resolve(f.remote)?;
     let rt = runtime()?;
     rt.block_on(async move {
+        // Before the address is announced: a client told where to connect
+        // may send a signal at once.
+        let tunnels = Tunnels::install()?;
         let listener = TcpListener::bind(f.local)
             .await
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", f.local)))?;
         announce(listener.local_addr()?);
-        let tunnels = Tunnels::install()?;
         let remote_name: Arc<str> = f.remote.into();
         loop {
             let (conn, peer) = match listener.accept().await {
@@ -174,11 +176,11 @@ pub fn serve_forward(s: ServeForward<'_>, announce: impl FnOnce(SocketAddr)) -> 
     let target = resolve(s.target)?;
     let rt = runtime()?;
     rt.block_on(async move {
+        let tunnels = Tunnels::install()?;
         let server = Server::bind(s.addr, s.config)
             .await
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", s.addr)))?;
         announce(server.local_addr()?);
-        let tunnels = Tunnels::install()?;
         let target_name: Arc<str> = s.target.into();
         loop {
             let mut session = server.accept().await?;
