@@ -320,7 +320,13 @@ impl Tunnels {
             let mut pump = Pump::new(session, &mut tcp);
             tokio::select! {
                 r = poll_fn(|cx| pump.poll(cx)) => Some(r),
-                _ = interrupt.wait_for(|v| *v) => None,
+                _ = async {
+                    // The signal task never drops its sender (it ends the
+                    // process); should it, that is no interrupt.
+                    if interrupt.wait_for(|v| *v).await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                } => None,
             }
         };
         match r {
