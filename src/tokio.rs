@@ -259,15 +259,43 @@ fn classify(e: Option<Error>) -> LossKind {
     }
 }
 
+std::thread_local! {
+    /// Per worker thread: where transports read into and where the core
+    /// writes frames, before the bytes are consumed or written (see
+    /// [`TransportIo`]).
+    static SCRATCH_IN: core::cell::Cell<Option<Box<[u8]>>> = const { core::cell::Cell::new(None) };
+    static SCRATCH_OUT: core::cell::Cell<Option<Box<[u8]>>> = const { core::cell::Cell::new(None) };
+}
+
+/// Run `f` with this thread's scratch buffer from `slot` (allocated once
+/// per thread, `IO_BUF` bytes).
+fn with_scratch<R>(
+    slot: &'static std::thread::LocalKey<core::cell::Cell<Option<Box<[u8]>>>>,
+    f: impl FnOnce(&mut [u8]) -> R,
+) -> R {
+    let mut buf = slot
+        .with(|c| c.take())
+        .unwrap_or_else(|| std::vec![0u8; IO_BUF].into_boxed_slice());
+    let r = f(&mut buf);
+    slot.with(|c| c.set(Some(buf)));
+    r
+}
+
 /// One transport's byte buffers. Only ever touched by its own task.
+///
+/// Reads go into a per-thread scratch buffer and frames are written into
+/// another; only what is left over (input the core did not take yet,
+/// output the socket did not take yet) is copied into the transport's own
+/// buffers, which are freed once empty. An idle transport holds no buffer
+/// (memory per idle session, issue 12).
 struct TransportIo<T> {
     t: T,
-    inbuf: Box<[u8]>,
+    /// Input not yet consumed: `inbuf[in_start..]`.
+    inbuf: std::vec::Vec<u8>,
     in_start: usize,
-    in_end: usize,
-    outbuf: Box<[u8]>,
+    /// Output not yet written: `outbuf[out_start..]`.
+    outbuf: std::vec::Vec<u8>,
     out_start: usize,
-    out_end: usize,
     /// The transport broke (I/O error, or writes refused): why.
     lost: Option<String>,
     /// The peer closed its sending side (read EOF); writing may still work,
@@ -283,12 +311,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> TransportIo<T> {
     fn new(t: T) -> Self {
         TransportIo {
             t,
-            inbuf: std::vec![0u8; IO_BUF].into_boxed_slice(),
+            inbuf: std::vec::Vec::new(),
             in_start: 0,
-            in_end: 0,
-            outbuf: std::vec![0u8; IO_BUF].into_boxed_slice(),
+            outbuf: std::vec::Vec::new(),
             out_start: 0,
-            out_end: 0,
             lost: None,
             eof: false,
             core_ended: false,
@@ -298,19 +324,39 @@ impl<T: AsyncRead + AsyncWrite + Unpin> TransportIo<T> {
     }
 
     fn input(&self) -> &[u8] {
-        &self.inbuf[self.in_start..self.in_end]
+        &self.inbuf[self.in_start..]
     }
 
     fn input_pending(&self) -> bool {
-        self.in_start < self.in_end
+        self.in_start < self.inbuf.len()
     }
 
     fn consume(&mut self, n: usize) {
         self.in_start += n;
+        if self.in_start >= self.inbuf.len() {
+            self.inbuf = std::vec::Vec::new();
+            self.in_start = 0;
+        }
     }
 
     fn output_pending(&self) -> bool {
-        self.out_start < self.out_end
+        self.out_start < self.outbuf.len()
+    }
+
+    /// Keep `rest` as the output still to write.
+    fn hold_output(&mut self, rest: &[u8]) {
+        self.outbuf.clear();
+        self.outbuf.extend_from_slice(rest);
+        self.out_start = 0;
+    }
+
+    /// `n` more output bytes were written; free the buffer once empty.
+    fn wrote(&mut self, n: usize) {
+        self.out_start += n;
+        if self.out_start >= self.outbuf.len() {
+            self.outbuf = std::vec::Vec::new();
+            self.out_start = 0;
+        }
     }
 
     /// Read from the transport when all earlier input was consumed.
@@ -319,16 +365,25 @@ impl<T: AsyncRead + AsyncWrite + Unpin> TransportIo<T> {
         if self.input_pending() || self.lost.is_some() || self.eof || self.core_ended {
             return false;
         }
+        let t = &mut self.t;
+        let (r, inbuf) = with_scratch(&SCRATCH_IN, |buf| {
+            let mut rb = ReadBuf::new(buf);
+            match Pin::new(t).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {
+                    let data = rb.filled();
+                    (Poll::Ready(Ok(data.len())), data.to_vec())
+                }
+                Poll::Ready(Err(e)) => (Poll::Ready(Err(e)), std::vec::Vec::new()),
+                Poll::Pending => (Poll::Pending, std::vec::Vec::new()),
+            }
+        });
+        self.inbuf = inbuf;
         self.in_start = 0;
-        self.in_end = 0;
-        let mut rb = ReadBuf::new(&mut self.inbuf);
-        match Pin::new(&mut self.t).poll_read(cx, &mut rb) {
-            Poll::Ready(Ok(())) => {
-                let n = rb.filled().len();
+        match r {
+            Poll::Ready(Ok(n)) => {
                 if n == 0 {
                     self.eof = true;
                 }
-                self.in_end = n;
                 true
             }
             Poll::Ready(Err(e)) => {
@@ -337,6 +392,27 @@ impl<T: AsyncRead + AsyncWrite + Unpin> TransportIo<T> {
             }
             Poll::Pending => false,
         }
+    }
+
+    /// Write `data` to the transport as far as it takes it now. Returns
+    /// how many bytes were written (0 when blocked or lost).
+    fn write_now(&mut self, cx: &mut Context<'_>, data: &[u8]) -> usize {
+        let mut n = 0;
+        while n < data.len() && self.lost.is_none() {
+            match Pin::new(&mut self.t).poll_write(cx, &data[n..]) {
+                Poll::Ready(Ok(0)) => self.lost = Some("transport accepts no more bytes".into()),
+                Poll::Ready(Ok(k)) => {
+                    n += k;
+                    self.needs_flush = true;
+                }
+                Poll::Ready(Err(e)) => self.lost = Some(e.to_string()),
+                Poll::Pending => {
+                    self.write_blocked = true;
+                    break;
+                }
+            }
+        }
+        n
     }
 
     /// Write pending output, asking `fill` for more whenever the buffer is
@@ -348,27 +424,31 @@ impl<T: AsyncRead + AsyncWrite + Unpin> TransportIo<T> {
     ) -> bool {
         let mut progress = false;
         self.write_blocked = false;
-        while self.lost.is_none() {
-            if !self.output_pending() {
-                let n = fill(&mut self.outbuf);
-                if n == 0 {
-                    break;
-                }
-                self.out_start = 0;
-                self.out_end = n;
+        while self.lost.is_none() && !self.write_blocked {
+            if self.output_pending() {
+                let held = core::mem::take(&mut self.outbuf);
+                let n = self.write_now(cx, &held[self.out_start..]);
+                self.outbuf = held;
+                self.wrote(n);
+                progress |= n > 0;
+                continue;
             }
-            match Pin::new(&mut self.t).poll_write(cx, &self.outbuf[self.out_start..self.out_end]) {
-                Poll::Ready(Ok(0)) => self.lost = Some("transport accepts no more bytes".into()),
-                Poll::Ready(Ok(n)) => {
-                    self.out_start += n;
-                    self.needs_flush = true;
-                    progress = true;
+            // Frames go into the scratch buffer and straight to the socket;
+            // only what it does not take is kept.
+            let wrote = with_scratch(&SCRATCH_OUT, |buf| {
+                let n = fill(buf);
+                if n == 0 {
+                    return None;
                 }
-                Poll::Ready(Err(e)) => self.lost = Some(e.to_string()),
-                Poll::Pending => {
-                    self.write_blocked = true;
-                    break;
+                let k = self.write_now(cx, &buf[..n]);
+                if k < n {
+                    self.hold_output(&buf[k..n]);
                 }
+                Some(k)
+            });
+            match wrote {
+                None => break,
+                Some(k) => progress |= k > 0,
             }
         }
         if self.needs_flush && !self.output_pending() && self.lost.is_none() {
@@ -387,10 +467,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> TransportIo<T> {
         if self.output_pending() {
             return 0;
         }
-        let n = fill(&mut self.outbuf);
-        self.out_start = 0;
-        self.out_end = n;
-        n
+        with_scratch(&SCRATCH_OUT, |buf| {
+            let n = fill(buf);
+            self.hold_output(&buf[..n]);
+            if n == 0 {
+                self.outbuf = std::vec::Vec::new();
+            }
+            n
+        })
     }
 
     /// Best effort: signal the end of the transport to the peer.

@@ -1,4 +1,5 @@
-//! `relink`: command-line tool over the blocking driver.
+//! `relink`: command-line tool over the blocking driver (the tunnels,
+//! `forward` and `serve-forward`, over the tokio driver: see `tunnel`).
 //!
 //! ```text
 //! relink keygen --out server.key            # prints the public key to pin
@@ -19,7 +20,6 @@
 //! `EXIT_STATUS_HELP`.
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -33,10 +33,11 @@ mod log;
 mod progress;
 mod signals;
 mod status;
+mod tunnel;
 
 use keys::{hex, keygen, pubkey, read_key, unhex32};
-use progress::{logger, throughput, Counts, Sample, Track};
-use relink::blocking::{splice, ClientBuilder, ListenerBuilder, ServerStream};
+use progress::{throughput, Counts, Sample, Track};
+use relink::blocking::{ClientBuilder, ListenerBuilder, ServerStream};
 use relink::{AbortCode, Backoff, Config, Duration};
 use signals::{let_the_interrupt_finish, Interrupts};
 use status::{coded, exit_status, EXIT_STATUS_HELP};
@@ -334,13 +335,8 @@ fn warn_if_unpinned(cfg: &Config) {
     }
 }
 
-/// Bind a relink listener on `addr` (a listen address, see `listen_addr`);
-/// the error names the address.
-fn bind_relink(cli: &Opts, cfg: Config, addr: &str) -> io::Result<relink::blocking::Listener> {
-    bind_logged(cfg, addr, logger(cli.verbose))
-}
-
-/// `bind_relink` with the progress callback `progress`.
+/// Bind a relink listener on `addr` (a listen address, see `listen_addr`)
+/// with the progress callback `progress`; the error names the address.
 fn bind_logged(
     cfg: Config,
     addr: &str,
@@ -608,65 +604,21 @@ fn connect(cli: &Opts, addr: &str, server_key: Option<&str>) -> io::Result<()> {
 
 fn forward(cli: &Opts, local: &str, remote: &str, server_key: Option<&str>) -> io::Result<()> {
     let cfg = client_config(cli, server_key)?;
-    let interrupts = Interrupts::install()?;
-    let listener = TcpListener::bind(listen_addr(local).as_str())
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {local}: {e}")))?;
-    eprintln!("listening on {}", listener.local_addr()?);
-    warn_if_unpinned(&cfg);
-    let remote_name = remote.to_string();
-    let remote: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(remote)
-        .map_err(|e| io::Error::new(e.kind(), format!("{remote_name}: {e}")))?
-        .collect();
-    let remote = Arc::new(remote);
-    let verbose = cli.verbose;
-    let backoff = backoff(cli);
-    let wait = cli.wait;
-    for conn in listener.incoming() {
-        let conn = match conn {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("relink: accept: {e}");
-                continue;
-            }
-        };
-        let (cfg, remote, remote_name, interrupts) = (
-            cfg.clone(),
-            remote.clone(),
-            remote_name.clone(),
-            interrupts.clone(),
-        );
-        thread::spawn(move || {
-            let peer = conn
-                .peer_addr()
-                .map_or_else(|_| "an unknown address".to_string(), |a| a.to_string());
-            let r = match ClientBuilder::new(cfg)
-                .backoff(backoff)
-                .wait_for_server(wait)
-                .on_progress(logger(verbose))
-                .connect(&remote[..])
-            {
-                Ok(session) => {
-                    let _registered = interrupts.register(session.abort_handle());
-                    splice(&session, conn)
-                }
-                Err(e) => {
-                    // No session, so no tunnel: the local client must see a
-                    // reset (SO_LINGER 0), not an empty reply ending in a FIN
-                    // that looks like a service with nothing to say.
-                    let _ =
-                        socket2::SockRef::from(&conn).set_linger(Some(std::time::Duration::ZERO));
-                    drop(conn);
-                    Err(io::Error::new(e.kind(), connect_error(&remote_name, &e)))
-                }
-            };
-            match r {
-                Ok(s) if verbose => eprintln!("relink: connection from {peer} done: {s:?}"),
-                Ok(_) => {}
-                Err(e) => eprintln!("relink: connection from {peer} failed: {e}"),
-            }
-        });
-    }
-    Ok(())
+    let local_addr = listen_addr(local);
+    tunnel::forward(
+        tunnel::Forward {
+            verbose: cli.verbose,
+            config: cfg.clone(),
+            backoff: backoff(cli),
+            wait: cli.wait,
+            local: &local_addr,
+            remote,
+        },
+        |bound| {
+            eprintln!("listening on {bound}");
+            warn_if_unpinned(&cfg);
+        },
+    )
 }
 
 fn serve_forward(
@@ -676,38 +628,18 @@ fn serve_forward(
     key: Option<&PathBuf>,
     resume: ResumeTimeout,
 ) -> io::Result<()> {
-    let interrupts = Interrupts::install()?;
     let cfg = server_config(cli, key, resume)?;
-    let listener = bind_relink(cli, cfg.clone(), addr)?;
-    eprintln!("listening on {}", listener.local_addr());
-    announce_server_key(&cfg);
-    let target_name = target.to_string();
-    let target: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(target)
-        .map_err(|e| io::Error::new(e.kind(), format!("{target}: {e}")))?
-        .collect();
-    let verbose = cli.verbose;
-    loop {
-        let session = listener.accept()?;
-        let (target, target_name, interrupts) =
-            (target.clone(), target_name.clone(), interrupts.clone());
-        thread::spawn(move || {
-            let _registered = interrupts.register(session.abort_handle());
-            let r = TcpStream::connect(&target[..])
-                .map_err(|e| {
-                    // The client's TCP connection must not look accepted.
-                    session.abort(AbortCode::TARGET_RESET);
-                    io::Error::new(e.kind(), format!("connecting to {target_name}: {e}"))
-                })
-                .and_then(|tcp| {
-                    tcp.set_nodelay(true)?;
-                    splice(&session, tcp)
-                });
-            let peer = peer_of(&session);
-            match r {
-                Ok(s) if verbose => eprintln!("relink: session from {peer} done: {s:?}"),
-                Ok(_) => {}
-                Err(e) => eprintln!("relink: session from {peer} failed: {e}"),
-            }
-        });
-    }
+    let bind = listen_addr(addr);
+    tunnel::serve_forward(
+        tunnel::ServeForward {
+            verbose: cli.verbose,
+            config: cfg.clone(),
+            addr: &bind,
+            target,
+        },
+        |bound| {
+            eprintln!("listening on {bound}");
+            announce_server_key(&cfg);
+        },
+    )
 }

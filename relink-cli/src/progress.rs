@@ -197,12 +197,6 @@ pub fn events(
     }
 }
 
-/// The logger of the tunnel commands (the level is the subscriber's;
-/// `_verbose` is kept for their calls).
-pub fn logger(_verbose: bool) -> impl Fn(&Progress) + Send + Sync + 'static {
-    events(Arc::new(Track::default()), None)
-}
-
 fn client_event(track: &Track, e: &Event) {
     let mut st = track.lock();
     let peer = st.peer.clone().unwrap_or_else(|| "unknown".into());
