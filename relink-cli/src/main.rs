@@ -29,10 +29,12 @@ mod keys;
 mod progress;
 mod signals;
 mod status;
+mod splice;
 
 use keys::{hex, keygen, pubkey, read_key, unhex32};
 use progress::{logger, throughput};
-use relink::blocking::{splice, ClientBuilder, ListenerBuilder, ServerStream};
+use relink::blocking::{ClientBuilder, ListenerBuilder, ServerStream};
+use splice::splice;
 use relink::{AbortCode, Backoff, Config, Duration};
 use signals::{let_the_interrupt_finish, Interrupts};
 use status::{coded, exit_status, EXIT_STATUS_HELP};
