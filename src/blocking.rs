@@ -28,21 +28,17 @@
 //! The core's clock is `CLOCK_BOOTTIME` on Linux and Android (it keeps
 //! counting while the machine sleeps), std's `Instant` elsewhere.
 //!
-//! Semantics:
-//! - `write` blocks until the core accepted at least one byte (back-pressure:
-//!   the send buffer holds at most `Config::send_buffer` unacknowledged bytes).
-//! - `flush` blocks until every byte written was acknowledged by the peer.
-//! - `read` blocks until data arrives; `Ok(0)` once the peer closed its side.
-//! - `shutdown_write` half-closes (a CLOSE frame follows the last byte);
-//!   `close` half-closes and waits until the session ended cleanly (both
-//!   sides closed, everything acknowledged), discarding unread input.
-//! - `abort(code)` ends the session at once, like a TCP reset: the peer's
-//!   reads and writes fail with [`io::ErrorKind::ConnectionReset`] and the
-//!   inner [`SessionError`] names the [`AbortCode`]. Dropping a stream that
-//!   was neither closed nor aborted aborts with [`AbortCode::DROPPED`].
-//! - A session that ends other than cleanly fails every call with a
-//!   [`SessionError`] stating why and, on the client, the in-doubt range of
-//!   written bytes (`[acknowledged, written)`) that relink will not resend.
+//! # Semantics
+//! Written once for both drivers in [`crate::driver`]: `write` blocks at
+//! `Config::send_buffer` unacknowledged bytes; `flush` blocks until every
+//! byte written was acknowledged; `read` returns `Ok(0)` once the peer
+//! closed its side; `shutdown_write` half-closes and returns once the peer
+//! acknowledged the CLOSE (reading goes on until the peer's EOF); `close`
+//! half-closes and waits until the session ended cleanly, discarding
+//! unread input; `abort(code)` ends the session like a TCP reset; dropping
+//! a stream that was neither closed nor aborted aborts with
+//! [`AbortCode::DROPPED`]; after an unclean end every call fails with the
+//! same [`SessionError`].
 //!
 //! Timers: the client's writer thread waits on the condition variable until
 //! `poll_timeout`; the server has one timer thread for all sessions (see
@@ -1186,9 +1182,11 @@ fn after(
         conn.handle_timeout(now);
     }
     let links = &st.links;
-    let ch = st.info.drain(conn, now, &shared.stats, shared.progress.as_ref(), |t| {
-        links.get(&t).and_then(|l| l.peer)
-    });
+    let ch = st
+        .info
+        .drain(conn, now, &shared.stats, shared.progress.as_ref(), |t| {
+            links.get(&t).and_then(|l| l.peer)
+        });
     for t in &ch.close_transports {
         if let Some(l) = st.links.get(t) {
             l.ending.store(true, Ordering::SeqCst);
@@ -1930,7 +1928,12 @@ fn endpoint_writer(
         if hello_sent && link.lost() && !ep.endpoint.transport_ended(tid) {
             // Our ServerHello went out and the peer hung up without an
             // answer: typically a client that pins another key.
-            let key = ep.endpoint.config().server_static.as_ref().map(|k| k.public_key());
+            let key = ep
+                .endpoint
+                .config()
+                .server_static
+                .as_ref()
+                .map(|k| k.public_key());
             driver::log_abandoned_hello(link.peer, key.as_ref());
         }
         ep.endpoint.transport_lost(tid, now);
@@ -2234,4 +2237,3 @@ impl AbortHandle {
         }
     }
 }
-

@@ -89,12 +89,12 @@ pub mod tokio;
 pub use client::Client;
 pub use config::Config;
 pub use connection::{Connection, EndpointEvent, Rejection};
+pub use driver::Backoff;
 pub use endpoint::{Dispatch, Endpoint};
 pub use error::{Error, ProtocolError};
 pub use event::{ByteRange, CloseReason, Event, ServerEvent};
 pub use ids::{SessionId, TransportId};
 pub use keys::StaticKeypair;
-pub use driver::Backoff;
 pub use server::Server;
 #[cfg(feature = "std")]
 pub use time::SystemWallClock;

@@ -28,15 +28,15 @@ use clap::{Parser, Subcommand};
 mod keys;
 mod progress;
 mod signals;
-mod status;
 mod splice;
+mod status;
 
 use keys::{hex, keygen, pubkey, read_key, unhex32};
 use progress::{logger, throughput};
 use relink::blocking::{ClientBuilder, ListenerBuilder, ServerStream};
-use splice::splice;
 use relink::{AbortCode, Backoff, Config, Duration};
 use signals::{let_the_interrupt_finish, Interrupts};
+use splice::splice;
 use status::{coded, exit_status, EXIT_STATUS_HELP};
 
 /// Long-lived encrypted byte streams that survive broken connections.

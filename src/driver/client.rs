@@ -226,7 +226,11 @@ impl ClientCore {
 
     /// `read`: bytes, `Ok(0)` at the peer's end, or wait. `stopped`: the
     /// driver is gone (nothing will arrive any more).
-    pub(crate) fn read(&mut self, out: &mut [u8], stopped: bool) -> Step<Result<usize, SessionError>> {
+    pub(crate) fn read(
+        &mut self,
+        out: &mut [u8],
+        stopped: bool,
+    ) -> Step<Result<usize, SessionError>> {
         match self.core.recv(out) {
             Ok(n) => {
                 self.stats.bytes_received += n as u64;
@@ -243,7 +247,11 @@ impl ClientCore {
 
     /// `write`: bytes accepted, or wait (back-pressure at
     /// `Config::send_buffer` unacknowledged bytes).
-    pub(crate) fn write(&mut self, data: &[u8], stopped: bool) -> Step<Result<usize, SessionError>> {
+    pub(crate) fn write(
+        &mut self,
+        data: &[u8],
+        stopped: bool,
+    ) -> Step<Result<usize, SessionError>> {
         if let Some(f) = &self.failure {
             return Step::Ready(Err(f.clone()));
         }
@@ -424,9 +432,14 @@ impl Reconnect {
     /// A transport ended (after [`ClientCore::transport_lost`]), `why` in
     /// words. `Err`: the first connect fails for good (a wrong pinned key
     /// always; the rest unless waiting for the server), naming the peer.
-    pub(crate) fn transport_ended(&mut self, c: &mut ClientCore, why: &str) -> Result<(), SessionError> {
+    pub(crate) fn transport_ended(
+        &mut self,
+        c: &mut ClientCore,
+        why: &str,
+    ) -> Result<(), SessionError> {
         if !c.established && c.core.conn_id().is_none() && !c.core.is_closed() {
-            let first = super::reconnect::first_transport_failure(c.peer, c.last_loss, &self.config);
+            let first =
+                super::reconnect::first_transport_failure(c.peer, c.last_loss, &self.config);
             if let Some((kind, message, cause)) = first {
                 if !self.wait_for_server || cause == Some(Error::ServerKeyMismatch) {
                     let e = SessionError::Connect {

@@ -205,8 +205,3 @@ impl SessionError {
         }
     }
 }
-
-/// A core error of a call as the drivers' [`io::Error`].
-pub(crate) fn call_error(e: Error) -> io::Error {
-    SessionError::Call(e).to_io()
-}

@@ -99,15 +99,13 @@ pub(crate) use client::{ClientCore, Reconnect, Step};
 #[cfg(feature = "std")]
 pub use error::{close_reason_text, SessionError};
 #[cfg(feature = "std")]
+pub(crate) use events::log_abandoned_hello;
+#[cfg(feature = "std")]
 pub(crate) use events::{add, ProgressFn, ServerCounters};
 #[cfg(feature = "std")]
 pub use events::{ClientStats, Progress, ServerStats};
 #[cfg(feature = "std")]
-pub(crate) use events::log_abandoned_hello;
-#[cfg(feature = "std")]
-pub(crate) use reconnect::{
-    connect_error, default_connect_timeout, resolve_now, DriverClock,
-};
+pub(crate) use reconnect::{connect_error, default_connect_timeout, resolve_now, DriverClock};
 #[cfg(feature = "std")]
 pub use reconnect::{Resolve, ServerAddr};
 #[cfg(feature = "std")]
