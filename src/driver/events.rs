@@ -234,7 +234,7 @@ pub(crate) fn log_established(conn_id: u64, peer: Option<SocketAddr>, role: &'st
     tracing::info!(
         session = %SessionHex(conn_id),
         peer = %PeerDisplay(peer),
-        role,
+        role = %role,
         "session established"
     );
 }
