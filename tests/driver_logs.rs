@@ -131,4 +131,54 @@ fn client_and_server_log_one_session_id_and_a_loss_and_resume_with_the_peer() {
             .any(|l| field(l, "peer").is_some_and(|p| p.starts_with("127.0.0.1:"))),
         "{text}"
     );
+
+    // A client that pins another key than the server's: the client says
+    // key mismatch, the server logs the abandoned handshake with the
+    // client's address and its own key's fingerprint.
+    let key = relink::StaticKeypair::from_secret_bytes([7; 32]);
+    let fingerprint: String = key.public_key()[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let listener = Listener::bind(
+        "127.0.0.1:0",
+        Config {
+            server_static: Some(key),
+            ..Config::default()
+        },
+    )
+    .unwrap();
+    let addr = listener.local_addr();
+    let err = relink::blocking::connect(
+        addr,
+        Config {
+            pinned_server_key: Some([9; 32]),
+            ..Config::default()
+        },
+    )
+    .unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let warn = loop {
+        let text = buf.text();
+        if let Some(l) = text.lines().find(|l| l.contains("handshake abandoned")) {
+            break l.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no abandoned-handshake line: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(warn.contains("WARN"), "{warn}");
+    assert_eq!(
+        field(&warn, "server_key"),
+        Some(fingerprint.as_str()),
+        "{warn}"
+    );
+    assert!(
+        field(&warn, "peer").is_some_and(|p| p.starts_with("127.0.0.1:")),
+        "{warn}"
+    );
+    drop(listener);
 }
