@@ -290,48 +290,9 @@ pub struct ClientBuilder {
     connect_timeout: Option<StdDuration>,
 }
 
-impl fmt::Debug for ClientBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientBuilder")
-            .field("config", &self.config)
-            .field("backoff", &self.backoff)
-            .field("wait_for_server", &self.wait_for_server)
-            .field("connect_timeout", &self.connect_timeout)
-            .finish_non_exhaustive()
-    }
-}
+driver::client_builder_common!();
 
 impl ClientBuilder {
-    /// Options with `config` and the default [`Backoff`]; the first
-    /// connection fails at once (no [`ClientBuilder::wait_for_server`]);
-    /// TCP connects time out after `config.handshake_timeout`.
-    pub fn new(config: Config) -> Self {
-        ClientBuilder {
-            config,
-            backoff: Backoff::default(),
-            progress: None,
-            wait_for_server: false,
-            connect_timeout: None,
-        }
-    }
-
-    /// Reconnect policy: delays between attempts and when to give up.
-    pub fn backoff(mut self, backoff: Backoff) -> Self {
-        self.backoff = backoff;
-        self
-    }
-
-    /// Whether the first connection waits for the server to appear: with
-    /// `true`, a refused, timed-out or unanswered first connect is retried
-    /// following the [`Backoff`] (its `max_attempts` bounds the tries, then
-    /// [`SessionError::GaveUp`]); with `false` (the default) it fails at
-    /// once with [`SessionError::Connect`] naming the address. A wrong
-    /// pinned key fails at once either way. No effect once a session exists.
-    pub fn wait_for_server(mut self, wait: bool) -> Self {
-        self.wait_for_server = wait;
-        self
-    }
-
     /// The longest one TCP connect (per address) of
     /// [`ClientBuilder::connect`] may take, so that a host that drops SYNs
     /// does not block for the OS's minutes. Default:
@@ -340,13 +301,6 @@ impl ClientBuilder {
     /// which bounds it itself.
     pub fn connect_timeout(mut self, timeout: StdDuration) -> Self {
         self.connect_timeout = Some(timeout);
-        self
-    }
-
-    /// Call `f` for every driver step and core event (from the driver's
-    /// threads, with the session lock held: keep it short, e.g. a log line).
-    pub fn on_progress(mut self, f: impl Fn(&Progress) + Send + Sync + 'static) -> Self {
-        self.progress = Some(Arc::new(f));
         self
     }
 
@@ -899,33 +853,9 @@ pub struct ListenerBuilder {
     progress: Option<ProgressFn>,
 }
 
-impl fmt::Debug for ListenerBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ListenerBuilder")
-            .field("config", &self.config)
-            .finish_non_exhaustive()
-    }
-}
+driver::listener_builder_common!();
 
 impl ListenerBuilder {
-    /// Options with `config` (set `server_static` for pinned clients).
-    pub fn new(config: Config) -> Self {
-        ListenerBuilder {
-            config,
-            progress: None,
-        }
-    }
-
-    /// Call `f` for every server core event, from the driver's threads. A
-    /// session's events are reported in order with that session's lock
-    /// held: keep it short (e.g. a log line), as the session waits for it;
-    /// other sessions do not. Events of transports still in their handshake
-    /// are reported with no lock held.
-    pub fn on_progress(mut self, f: impl Fn(&Progress) + Send + Sync + 'static) -> Self {
-        self.progress = Some(Arc::new(f));
-        self
-    }
-
     /// Bind a TCP listener on `addr` and start accepting transports.
     pub fn bind<A: ToSocketAddrs>(self, addr: A) -> io::Result<Listener> {
         let listener = TcpListener::bind(addr)?;
@@ -2100,30 +2030,28 @@ impl ServerStream {
     /// once the client acknowledged it. Reading continues until the client
     /// closes too.
     pub fn shutdown_write(&self) -> io::Result<()> {
-        let mut started = false;
-        self.wait_until(|st, stopped| {
-            if !started {
-                started = true;
-                if let Err(e) = st.info.start_shutdown(st.conn.as_deref_mut(), stopped) {
-                    return Step::Ready(Err(e));
-                }
-            }
-            st.info.shutdown(st.conn.as_deref(), stopped)
-        })
+        self.half_close_then(|st, stopped| st.info.shutdown(st.conn.as_deref(), stopped))
     }
 
     /// Close cleanly: half-close, then wait until the client closed too and
     /// both CLOSEs were acknowledged. Unread input is discarded.
     pub fn close(&self) -> io::Result<()> {
+        self.half_close_then(|st, stopped| st.info.close(st.conn.as_deref_mut(), stopped))
+    }
+
+    /// Half-close (once), then wait until `done` is ready.
+    fn half_close_then(
+        &self,
+        mut done: impl FnMut(&mut SessionState, bool) -> Step<Result<(), SessionError>>,
+    ) -> io::Result<()> {
         let mut started = false;
         self.wait_until(|st, stopped| {
-            if !started {
-                started = true;
+            if !std::mem::replace(&mut started, true) {
                 if let Err(e) = st.info.start_shutdown(st.conn.as_deref_mut(), stopped) {
                     return Step::Ready(Err(e));
                 }
             }
-            st.info.close(st.conn.as_deref_mut(), stopped)
+            done(st, stopped)
         })
     }
 

@@ -415,22 +415,6 @@ impl ClientShared {
         wake(&mut self.close_waker);
         wake(&mut self.ready_waker);
     }
-
-    /// Poll a stream call: ready, or register `waker` and wait.
-    fn poll_step<R>(
-        &mut self,
-        cx: &Context<'_>,
-        step: driver::Step<Result<R, SessionError>>,
-        which: fn(&mut ClientShared) -> &mut Option<Waker>,
-    ) -> Poll<io::Result<R>> {
-        match step {
-            driver::Step::Ready(r) => Poll::Ready(r.map_err(|e| e.to_io())),
-            driver::Step::Wait => {
-                register(which(self), cx);
-                Poll::Pending
-            }
-        }
-    }
 }
 
 /// A client's end of a relink session over tokio. Reconnects and resumes by
@@ -490,61 +474,15 @@ pub struct ClientBuilder {
     progress: Option<ProgressFn>,
 }
 
-impl core::fmt::Debug for ClientBuilder {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("ClientBuilder")
-            .field("config", &self.config)
-            .field("backoff", &self.backoff)
-            .field("wait_for_server", &self.wait_for_server)
-            .field("connect_timeout", &self.connect_timeout)
-            .finish_non_exhaustive()
-    }
-}
+driver::client_builder_common!();
 
 impl ClientBuilder {
-    /// Options with `config` and the default [`Backoff`]; the first
-    /// connection fails at once; connects time out after
-    /// `config.handshake_timeout`.
-    pub fn new(config: Config) -> Self {
-        ClientBuilder {
-            config,
-            backoff: Backoff::default(),
-            wait_for_server: false,
-            connect_timeout: None,
-            progress: None,
-        }
-    }
-
-    /// Reconnect policy: delays between attempts and when to give up.
-    pub fn backoff(mut self, backoff: Backoff) -> Self {
-        self.backoff = backoff;
-        self
-    }
-
-    /// Whether the first connection waits for the server to appear: with
-    /// `true`, a refused, timed-out or unanswered first connect is retried
-    /// following the [`Backoff`] (its `max_attempts` bounds the tries, then
-    /// [`SessionError::GaveUp`]); with `false` (the default) it fails at
-    /// once with [`SessionError::Connect`]. A wrong pinned key fails at once
-    /// either way. No effect once a session exists.
-    pub fn wait_for_server(mut self, wait: bool) -> Self {
-        self.wait_for_server = wait;
-        self
-    }
-
     /// The longest one connect attempt may take: per address for
     /// [`ClientBuilder::connect`], the whole future of the function for
     /// [`ClientBuilder::connect_with`]. Default: `Config::handshake_timeout`
     /// (10 s), at least 100 ms.
     pub fn connect_timeout(mut self, timeout: std::time::Duration) -> Self {
         self.connect_timeout = Some(timeout);
-        self
-    }
-
-    /// Call `f` for every driver step and core event (from the driver's
-    /// task, with the session lock held: keep it short, e.g. a log line).
-    pub fn on_progress(mut self, f: impl Fn(&Progress) + Send + Sync + 'static) -> Self {
-        self.progress = Some(Arc::new(f));
         self
     }
 
@@ -752,7 +690,7 @@ impl ClientStream {
             if before > 0 && st.input_blocked {
                 wake(&mut st.driver_waker);
             }
-            st.poll_step(cx, step, |s| &mut s.close_waker)
+            poll_step(cx, step, &mut st.close_waker)
         })
         .await
     }
@@ -1013,7 +951,7 @@ impl AsyncRead for ClientStream {
             }
             return Poll::Ready(Ok(()));
         }
-        st.poll_step(cx, step, |s| &mut s.read_waker).map_ok(|_| ())
+        poll_step(cx, step, &mut st.read_waker).map_ok(|_| ())
     }
 }
 
@@ -1030,7 +968,7 @@ impl AsyncWrite for ClientStream {
         if matches!(step, driver::Step::Ready(Ok(n)) if n > 0) {
             wake(&mut st.driver_waker);
         }
-        st.poll_step(cx, step, |s| &mut s.write_waker)
+        poll_step(cx, step, &mut st.write_waker)
     }
 
     /// Completes once every byte written so far was acknowledged.
@@ -1038,7 +976,7 @@ impl AsyncWrite for ClientStream {
         let mut guard = lock(&self.shared);
         let st = &mut *guard;
         let step = st.c.flush(st.done);
-        st.poll_step(cx, step, |s| &mut s.close_waker)
+        poll_step(cx, step, &mut st.close_waker)
     }
 
     /// Half-closes; completes once the server acknowledged the CLOSE.
@@ -1052,7 +990,7 @@ impl AsyncWrite for ClientStream {
             wake(&mut st.driver_waker);
         }
         let step = st.c.shutdown(st.done);
-        st.poll_step(cx, step, |s| &mut s.close_waker)
+        poll_step(cx, step, &mut st.close_waker)
     }
 }
 
@@ -1226,22 +1164,6 @@ impl Outcome {
 }
 
 impl SessionState {
-    /// A stream call on the session: its answer, or register `waker`.
-    fn poll_step<R>(
-        &mut self,
-        cx: &Context<'_>,
-        step: driver::Step<Result<R, SessionError>>,
-        which: fn(&mut SessionState) -> &mut Option<Waker>,
-    ) -> Poll<io::Result<R>> {
-        match step {
-            driver::Step::Ready(r) => Poll::Ready(r.map_err(|e| e.to_io())),
-            driver::Step::Wait => {
-                register(which(self), cx);
-                Poll::Pending
-            }
-        }
-    }
-
     fn new(conn: Box<Connection>) -> Self {
         SessionState {
             conn,
@@ -1355,6 +1277,21 @@ impl SessionState {
     }
 }
 
+/// A stream call's answer, or `Pending` with the task's waker in `slot`.
+fn poll_step<R>(
+    cx: &Context<'_>,
+    step: driver::Step<Result<R, SessionError>>,
+    slot: &mut Option<Waker>,
+) -> Poll<io::Result<R>> {
+    match step {
+        driver::Step::Ready(r) => Poll::Ready(r.map_err(|e| e.to_io())),
+        driver::Step::Wait => {
+            register(slot, cx);
+            Poll::Pending
+        }
+    }
+}
+
 /// Options of a [`Listener`], like the blocking driver's
 /// [`crate::blocking::ListenerBuilder`].
 #[derive(Clone)]
@@ -1363,30 +1300,9 @@ pub struct ListenerBuilder {
     progress: Option<ProgressFn>,
 }
 
-impl core::fmt::Debug for ListenerBuilder {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("ListenerBuilder")
-            .field("config", &self.config)
-            .finish_non_exhaustive()
-    }
-}
+driver::listener_builder_common!();
 
 impl ListenerBuilder {
-    /// Options with `config` (set `server_static` for pinned clients).
-    pub fn new(config: Config) -> Self {
-        ListenerBuilder {
-            config,
-            progress: None,
-        }
-    }
-
-    /// Call `f` for every server core event, from the driver's tasks (a
-    /// session's events with that session's lock held: keep it short).
-    pub fn on_progress(mut self, f: impl Fn(&Progress) + Send + Sync + 'static) -> Self {
-        self.progress = Some(Arc::new(f));
-        self
-    }
-
     /// A listener without a TCP socket: feed it transports with
     /// [`Listener::serve_transport`].
     pub fn build(self) -> Listener {
@@ -2119,7 +2035,7 @@ impl ServerStream {
                         wake(&mut slot.waker);
                     }
                 }
-                st.poll_step(cx, step, |s| &mut s.close_waker)
+                poll_step(cx, step, &mut st.close_waker)
             })
         })
         .await
@@ -2167,7 +2083,7 @@ impl AsyncRead for ServerStream {
                 }
                 return Poll::Ready(Ok(()));
             }
-            st.poll_step(cx, step, |s| &mut s.read_waker).map_ok(|_| ())
+            poll_step(cx, step, &mut st.read_waker).map_ok(|_| ())
         })
     }
 }
@@ -2188,7 +2104,7 @@ impl AsyncWrite for ServerStream {
             if matches!(step, driver::Step::Ready(Ok(n)) if n > 0) {
                 st.wake_transport();
             }
-            st.poll_step(cx, step, |s| &mut s.write_waker)
+            poll_step(cx, step, &mut st.write_waker)
         })
     }
 
@@ -2198,7 +2114,7 @@ impl AsyncWrite for ServerStream {
         with_session(inner, &self.sess, |st| {
             let conn = (!st.gone).then_some(&*st.conn);
             let step = st.info.flush(conn, inner.stopped());
-            st.poll_step(cx, step, |s| &mut s.close_waker)
+            poll_step(cx, step, &mut st.close_waker)
         })
     }
 
@@ -2219,7 +2135,7 @@ impl AsyncWrite for ServerStream {
             }
             let conn = (!st.gone).then_some(&*st.conn);
             let step = st.info.shutdown(conn, stopped);
-            st.poll_step(cx, step, |s| &mut s.close_waker)
+            poll_step(cx, step, &mut st.close_waker)
         })
     }
 }

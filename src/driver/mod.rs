@@ -110,3 +110,99 @@ pub(crate) use reconnect::{connect_error, default_connect_timeout, resolve_now, 
 pub use reconnect::{Resolve, ServerAddr};
 #[cfg(feature = "std")]
 pub(crate) use server::SessionSlot;
+
+/// The builder methods both drivers' `ClientBuilder`s share (fields
+/// `config`, `backoff`, `wait_for_server`, `connect_timeout`, `progress`).
+#[cfg(feature = "std")]
+macro_rules! client_builder_common {
+    () => {
+        impl core::fmt::Debug for ClientBuilder {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                f.debug_struct("ClientBuilder")
+                    .field("config", &self.config)
+                    .field("backoff", &self.backoff)
+                    .field("wait_for_server", &self.wait_for_server)
+                    .field("connect_timeout", &self.connect_timeout)
+                    .finish_non_exhaustive()
+            }
+        }
+
+        impl ClientBuilder {
+            /// Options with `config` and the default [`Backoff`]; the first
+            /// connection fails at once (no `wait_for_server`); connects time
+            /// out after `config.handshake_timeout`.
+            pub fn new(config: Config) -> Self {
+                ClientBuilder {
+                    config,
+                    backoff: Backoff::default(),
+                    wait_for_server: false,
+                    connect_timeout: None,
+                    progress: None,
+                }
+            }
+
+            /// Reconnect policy: delays between attempts and when to give up.
+            pub fn backoff(mut self, backoff: Backoff) -> Self {
+                self.backoff = backoff;
+                self
+            }
+
+            /// Whether the first connection waits for the server to appear: with
+            /// `true`, a refused, timed-out or unanswered first connect is retried
+            /// following the [`Backoff`] (its `max_attempts` bounds the tries, then
+            /// [`SessionError::GaveUp`]); with `false` (the default) it fails at
+            /// once with [`SessionError::Connect`] naming the address. A wrong
+            /// pinned key fails at once either way. No effect once a session exists.
+            pub fn wait_for_server(mut self, wait: bool) -> Self {
+                self.wait_for_server = wait;
+                self
+            }
+
+            /// Call `f` for every driver step and core event (from the driver's
+            /// threads or task, with the session lock held: keep it short, e.g. a
+            /// log line).
+            pub fn on_progress(mut self, f: impl Fn(&Progress) + Send + Sync + 'static) -> Self {
+                self.progress = Some(std::sync::Arc::new(f));
+                self
+            }
+        }
+    };
+}
+#[cfg(feature = "std")]
+pub(crate) use client_builder_common;
+
+/// The builder methods and `Debug` both drivers' `ListenerBuilder`s share
+/// (fields `config`, `progress`).
+#[cfg(feature = "std")]
+macro_rules! listener_builder_common {
+    () => {
+        impl core::fmt::Debug for ListenerBuilder {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                f.debug_struct("ListenerBuilder")
+                    .field("config", &self.config)
+                    .finish_non_exhaustive()
+            }
+        }
+
+        impl ListenerBuilder {
+            /// Options with `config` (set `server_static` for pinned clients).
+            pub fn new(config: Config) -> Self {
+                ListenerBuilder {
+                    config,
+                    progress: None,
+                }
+            }
+
+            /// Call `f` for every server core event, from the driver's
+            /// threads or tasks. A session's events are reported in order
+            /// with that session's lock held: keep it short (e.g. a log
+            /// line), as the session waits for it; other sessions do not.
+            pub fn on_progress(mut self, f: impl Fn(&Progress) + Send + Sync + 'static) -> Self {
+                self.progress = Some(std::sync::Arc::new(f));
+                self
+            }
+        }
+    };
+}
+#[cfg(feature = "std")]
+pub(crate) use listener_builder_common;
