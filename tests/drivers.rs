@@ -49,6 +49,7 @@ driver_tests! {
     flush_returns_once_everything_is_acknowledged,
     shutdown_returns_once_the_close_is_acknowledged,
     shutdown_is_a_half_close_the_peer_can_still_answer,
+    server_shutdown_is_a_half_close_the_client_can_still_answer,
     half_close_client_first,
     half_close_server_first,
     close_waits_for_the_clean_end_discarding_unread_input,
@@ -141,6 +142,7 @@ fn assert_reset_by(e: &io::Error, code: AbortCode, what: &str) {
     assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "{what}: {e}");
     let se = session_error(e);
     assert_eq!(se.abort_code(), Some(code), "{what}: {se:?}");
+    assert!(e.to_string().contains(&code.to_string()), "{what}: {e}");
 }
 
 // ---------------------------------------------------------------------------
@@ -206,11 +208,14 @@ fn write_blocks_at_send_buffer_until_the_peer_reads<D: Driver>(d: &D, t: &Steps)
             Ok::<_, io::Error>(c)
         })
     };
-    // Wait until the writer made no progress for 500 ms.
+    // Wait until the writer made no progress for 500 ms (and, on a slow
+    // machine, until it got at least as far as the send buffer).
     t.step("client: writing while the server does not read");
     let started = StdInstant::now();
     let mut last = (accepted.load(Ordering::SeqCst), StdInstant::now());
-    while last.1.elapsed() < StdDuration::from_millis(500) && started.elapsed() < STEP {
+    while (last.1.elapsed() < StdDuration::from_millis(500) || last.0 < SEND)
+        && started.elapsed() < STEP
+    {
         thread::sleep(StdDuration::from_millis(20));
         let now = accepted.load(Ordering::SeqCst);
         if now != last.0 {
@@ -293,57 +298,86 @@ fn shutdown_returns_once_the_close_is_acknowledged<D: Driver>(d: &D, t: &Steps) 
     sh.unwrap();
 }
 
-/// Shutdown does not wait for the peer to close: a client writes 4 MiB,
-/// shuts down, then reads the 4 MiB echo of a server that reads until EOF,
-/// then sends it all back and shuts down.
+/// How far the half-close tests push: more than a receive buffer and a
+/// send buffer hold together (1 + 1 MiB with the default config).
+const ECHO_LEN: usize = 4 * MIB;
+
+/// The writing end of the half-close tests: write `ECHO_LEN` bytes, shut
+/// down (this must return before the peer closes: the peer's echo, which
+/// precedes its CLOSE, does not fit in the buffers while nobody reads it),
+/// then read the whole echo.
+fn write_shutdown_read_echo(s: &mut impl Stream, t: &Steps, who: &str) -> Vec<u8> {
+    t.step(format!("{who}: write_all 4 MiB"));
+    s.write_all(&pattern(5, ECHO_LEN)).unwrap();
+    t.step(format!(
+        "{who}: shutdown after writing 4 MiB (the peer's echo is not read yet)"
+    ));
+    s.shutdown().unwrap();
+    t.step(format!("{who}: read_to_end of the 4 MiB echo"));
+    s.read_to_end().unwrap()
+}
+
+/// The echoing end of the half-close tests: read to EOF, send it all
+/// back, shut down.
+fn read_to_eof_then_echo(s: &mut impl Stream) -> io::Result<usize> {
+    let got = s.read_to_end()?;
+    s.write_all(&got)?;
+    s.shutdown()?;
+    Ok(got.len())
+}
+
+/// Shutdown is a half-close that does not wait for the peer to close: the
+/// client writes 4 MiB, shuts down, then reads the 4 MiB echo of a server
+/// that reads until EOF, then sends it all back and shuts down. A shutdown
+/// that waits for the server's CLOSE deadlocks here (the echo before it
+/// exceeds the client's receive buffer + the server's send buffer).
 ///
-/// The echo is more than the client's receive buffer and the server's send
-/// buffer hold together (1 + 1 MiB), so a shutdown that waits for the
-/// peer's close (the server's CLOSE comes after the echo) deadlocks, while
-/// one that returns once our CLOSE was acknowledged lets the client read.
-/// (A server that echoes while the client still writes is no good test:
-/// once the client's receive buffer is full, the server's ACKs queue
-/// behind the echo in the same TCP connection and the client's write_all
-/// blocks, with any shutdown semantics, at a point that depends on the
-/// kernel's socket buffers.)
+/// (A server that echoes while the client still writes makes no good test:
+/// once the client's receive buffer is full, the server's ACKs queue behind
+/// the echo in the same TCP connection and the client's write_all blocks,
+/// whatever shutdown does, at a point that depends on the kernel's socket
+/// buffers.)
 fn shutdown_is_a_half_close_the_peer_can_still_answer<D: Driver>(d: &D, t: &Steps) {
-    let len = 4 * MIB;
-    let l = Arc::new(d.listen(Config {
-        send_buffer: MIB,
-        ..fast_config()
-    }));
+    let l = Arc::new(d.listen(fast_config()));
     let server = serve_one::<D, _>(
         &l,
         "server: read to EOF, send it all back, shutdown",
         |mut s| {
-            let r = s.read_to_end().and_then(|got| {
-                s.write_all(&got)?;
-                s.shutdown()?;
-                Ok(got.len())
-            });
+            let r = read_to_eof_then_echo(&mut s);
             (s, r)
         },
     );
     t.step("client: connect");
     let mut c = d
-        .connect(
-            l.local_addr(),
-            ClientOpts::new(Config {
-                recv_buffer: MIB,
-                ..fast_config()
-            }),
-        )
+        .connect(l.local_addr(), ClientOpts::new(fast_config()))
         .unwrap();
-    let data = pattern(5, len);
-    t.step("client: write_all 4 MiB");
-    c.write_all(&data).unwrap();
-    t.step("client: shutdown after writing 4 MiB (the echo is not read yet)");
-    c.shutdown().unwrap();
-    t.step("client: read_to_end of the 4 MiB echo");
-    let got = c.read_to_end().unwrap();
-    assert_same(&got, &data, "echo after shutdown");
+    let got = write_shutdown_read_echo(&mut c, t, "client");
+    assert_same(&got, &pattern(5, ECHO_LEN), "echo after shutdown");
     let (_s, echoed) = server.wait(STEP);
-    assert_eq!(echoed.unwrap(), len);
+    assert_eq!(echoed.unwrap(), ECHO_LEN);
+}
+
+/// The same with the roles swapped: the server's shutdown does not wait
+/// for the client to close.
+fn server_shutdown_is_a_half_close_the_client_can_still_answer<D: Driver>(d: &D, t: &Steps) {
+    let l = Arc::new(d.listen(fast_config()));
+    let ts = t.clone();
+    let server = serve_one::<D, _>(&l, "server", move |mut s| {
+        let got = write_shutdown_read_echo(&mut s, &ts, "server");
+        (s, got)
+    });
+    t.step("client: connect");
+    let mut c = d
+        .connect(l.local_addr(), ClientOpts::new(fast_config()))
+        .unwrap();
+    t.step("client: read to EOF, send it all back, shutdown (server steps follow)");
+    assert_eq!(read_to_eof_then_echo(&mut c).unwrap(), ECHO_LEN);
+    let (_s, got) = server.wait(STEP);
+    assert_same(
+        &got,
+        &pattern(5, ECHO_LEN),
+        "echo after the server's shutdown",
+    );
 }
 
 /// The client half-closes first; the server reads EOF, answers, closes;
@@ -675,28 +709,42 @@ fn on_progress_reports_connects_and_core_events<D: Driver>(d: &D, t: &Steps) {
     w.unwrap();
     r.unwrap();
     assert_same(&got, &data, "echo");
-    let st = c.stats();
-    let seen = seen.lock().unwrap().clone();
-    let count = |f: &dyn Fn(&Progress) -> bool| seen.iter().filter(|p| f(p)).count();
+    // The observer and the counters are updated one after the other; wait
+    // (briefly) until they agree, a resume may be under way.
+    let count =
+        |seen: &[Progress], f: &dyn Fn(&Progress) -> bool| seen.iter().filter(|p| f(p)).count();
+    let resumed = |p: &Progress| matches!(p, Progress::Client(Event::Resumed { .. }));
+    let settled = StdInstant::now();
+    let (st, seen) = loop {
+        let st = c.stats();
+        let seen = seen.lock().unwrap().clone();
+        if count(&seen, &resumed) as u64 == st.resumes
+            || settled.elapsed() > StdDuration::from_secs(2)
+        {
+            break (st, seen);
+        }
+        thread::sleep(StdDuration::from_millis(10));
+    };
+    let n = |f: &dyn Fn(&Progress) -> bool| count(&seen, f);
     assert!(
-        count(&|p| matches!(p, Progress::Connecting { .. })) >= 2,
+        n(&|p| matches!(p, Progress::Connecting { .. })) >= 2,
         "{seen:?}"
     );
     assert!(
-        count(&|p| matches!(p, Progress::ConnectFailed { .. })) >= 1,
+        n(&|p| matches!(p, Progress::ConnectFailed { .. })) >= 1,
         "{seen:?}"
     );
     let conn_id = c.conn_id().expect("conn_id");
     assert_eq!(
-        count(
+        n(
             &|p| matches!(p, Progress::Client(Event::HandshakeDone { conn_id: id }) if *id == conn_id)
         ),
         1,
         "{seen:?}"
     );
-    let resumed = count(&|p| matches!(p, Progress::Client(Event::Resumed { .. })));
-    assert!(resumed >= 1, "no resume reported: {seen:?}");
-    assert_eq!(resumed as u64, st.resumes, "{st:?}");
+    let resumes = n(&resumed);
+    assert!(resumes >= 1, "no resume reported: {seen:?}");
+    assert_eq!(resumes as u64, st.resumes, "{st:?}");
     drop(c);
     drop(server);
 }
@@ -732,11 +780,18 @@ fn exactly_once_both_directions_under_cuts<D: Driver>(d: &D, t: &Steps) {
     w.unwrap();
     r.unwrap();
     assert_same(&got, &pattern(10, len), "server to client");
-    let (_s, w, r) = server.wait(STEP);
+    let (s, w, r) = server.wait(STEP);
     w.unwrap();
     assert_same(&r.unwrap(), &data, "client to server");
     let st = c.stats();
     assert!(st.resumes >= 2, "{st:?}, relay {:?}", relay.stats());
+    let id = c.conn_id().expect("client conn_id");
+    assert_eq!(
+        s.conn_id(),
+        Some(id),
+        "conn_id after {} resumes",
+        st.resumes
+    );
 }
 
 /// Both ends name the same connection id; the server knows the client's
