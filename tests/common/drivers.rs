@@ -338,8 +338,7 @@ impl<T> Drop for InRt<T> {
 
 pub struct TokioClient(InRt<relink::tokio::ClientStream>);
 pub struct TokioServer(InRt<relink::tokio::ServerStream>);
-// ISSUE 12: tokio's `Server` is renamed `Listener`.
-pub struct TokioListener(InRt<relink::tokio::Server>);
+pub struct TokioListener(InRt<relink::tokio::Listener>);
 
 macro_rules! tokio_stream {
     ($t:ty) => {
@@ -365,13 +364,9 @@ macro_rules! tokio_stream {
                 rt.block_on(v.as_mut().expect("stream").shutdown())
             }
             fn close(&mut self) -> io::Result<()> {
-                // ISSUE 12: tokio streams get `close().await` (half-close,
-                // wait for the clean end, discard unread input); call it
-                // here. Today `AsyncWriteExt::shutdown` is the nearest: it
-                // waits for the clean end but discards nothing.
-                use ::tokio::io::AsyncWriteExt;
+                // Half-close, wait for the clean end, discard unread input.
                 let InRt { rt, v } = &mut self.0;
-                rt.block_on(v.as_mut().expect("stream").shutdown())
+                rt.block_on(v.as_mut().expect("stream").close())
             }
             fn abort(&mut self, code: AbortCode) {
                 let _g = self.0.rt.enter();
@@ -403,8 +398,7 @@ impl ClientSide for TokioClient {
         Stats {
             transports: s.transports,
             resumes: s.resumes,
-            // ISSUE 12: named `resent_bytes` once the stats are one type.
-            resent_bytes: s.resend_bytes,
+            resent_bytes: s.resent_bytes,
             connect_failures: s.connect_failures,
         }
     }
@@ -418,9 +412,7 @@ impl ClientSide for TokioClient {
 
 impl ServerSide for TokioServer {
     fn peer_addr(&self) -> Option<SocketAddr> {
-        // ISSUE 12: relink::tokio::ServerStream has no `peer_addr` yet;
-        // call it here once it exists.
-        None
+        self.0.get().peer_addr()
     }
 }
 
@@ -450,10 +442,9 @@ impl Driver for Tokio {
     }
 
     fn listen(&self, config: Config) -> TokioListener {
-        // ISSUE 12: `relink::tokio::Listener::bind` after the rename.
         let server = self
             .rt
-            .block_on(relink::tokio::Server::bind("127.0.0.1:0", config))
+            .block_on(relink::tokio::Listener::bind("127.0.0.1:0", config))
             .expect("bind");
         TokioListener(InRt::new(&self.rt, server))
     }
@@ -469,12 +460,8 @@ impl Driver for Tokio {
         if let Some(t) = opts.connect_timeout {
             b = b.connect_timeout(t);
         }
-        if opts.on_progress.is_some() {
-            // ISSUE 12: `b = b.on_progress(move |p| f(p))` once
-            // relink::tokio::ClientBuilder has it (same `Progress` type).
-            return Err(io::Error::other(
-                "relink::tokio::ClientBuilder has no on_progress yet",
-            ));
+        if let Some(f) = opts.on_progress {
+            b = b.on_progress(move |p| f(p));
         }
         let c = self.rt.block_on(b.connect(addr))?;
         Ok(TokioClient(InRt::new(&self.rt, c)))
