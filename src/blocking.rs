@@ -565,7 +565,13 @@ impl ClientStream {
         self.shared.cond.notify_all();
         self.shared.wait_until(|st| {
             let (done, stopped) = (st.done, st.stopped());
-            st.c.close(done, stopped)
+            let unread = st.c.core.readable() > 0;
+            let step = st.c.close(done, stopped);
+            if unread {
+                // Room was freed: wake the reader thread waiting for it.
+                self.shared.cond.notify_all();
+            }
+            step
         })
     }
 
@@ -2036,7 +2042,15 @@ impl ServerStream {
     /// Close cleanly: half-close, then wait until the client closed too and
     /// both CLOSEs were acknowledged. Unread input is discarded.
     pub fn close(&self) -> io::Result<()> {
-        self.half_close_then(|st, stopped| st.info.close(st.conn.as_deref_mut(), stopped))
+        self.half_close_then(|st, stopped| {
+            let unread = st.conn.as_ref().is_some_and(|c| c.readable() > 0);
+            let step = st.info.close(st.conn.as_deref_mut(), stopped);
+            if unread {
+                // Room was freed: wake the reader thread waiting for it.
+                self.session.cond.notify_all();
+            }
+            step
+        })
     }
 
     /// Half-close (once), then wait until `done` is ready.

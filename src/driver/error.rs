@@ -175,7 +175,8 @@ impl SessionError {
             SessionError::Connect { kind, .. } => *kind,
             SessionError::Closed(r) | SessionError::Ended { reason: r, .. } => match r {
                 CloseReason::Aborted { by_peer: true, .. } => K::ConnectionReset,
-                CloseReason::Expired => K::TimedOut,
+                // The server no longer knows it: it expired there.
+                CloseReason::Expired | CloseReason::SessionUnknown => K::TimedOut,
                 _ => K::ConnectionAborted,
             },
             SessionError::Call(e) => match e {

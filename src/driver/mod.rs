@@ -59,7 +59,7 @@
 //! | first peer is not a relink server ([`SessionError::Connect`]) | `InvalidData` |
 //! | pinned server key not proven ([`SessionError::Connect`]) | `PermissionDenied` |
 //! | reconnecting gave up ([`SessionError::GaveUp`]) | `TimedOut` |
-//! | session expired (server: [`SessionError::Expired`]; client: reason `Expired`) | `TimedOut` |
+//! | session expired (server: [`SessionError::Expired`]; client: reason `Expired`, or `SessionUnknown` when the server no longer knows it) | `TimedOut` |
 //! | aborted by the peer (reason `Aborted { by_peer: true }`) | `ConnectionReset` |
 //! | aborted by this side, or ended for another reason | `ConnectionAborted` |
 //! | the stream's driver or listener is gone ([`SessionError::Shutdown`]) | `NotConnected` |
