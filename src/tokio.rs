@@ -1,5 +1,5 @@
 //! Async driver over tokio (`tokio` feature): reconnecting, resuming
-//! [`ClientStream`]s and a [`Server`] that yields [`ServerStream`]s, both
+//! [`ClientStream`]s and a [`Listener`] that yields [`ServerStream`]s, both
 //! implementing [`AsyncRead`] + [`AsyncWrite`].
 //!
 //! All protocol logic stays in the sans-IO core ([`crate::Client`] on the
