@@ -410,7 +410,6 @@ impl Reconnect {
         now: Instant,
     ) -> Result<(), SessionError> {
         c.stats.connect_failures += 1;
-        events::log_connect_failed(&events::PeerDisplay(c.peer), e);
         if !c.has_session() && !self.wait_for_server {
             return Err(c
                 .failure
