@@ -36,10 +36,9 @@ use std::time::{Duration as StdDuration, Instant as StdInstant};
 
 use adapter::{
     assert_same, bg, cut_every_bytes, cut_every_ms, dead_addr, fast_config, pattern, session_error,
-    Bg, ClientOpts, ClientSide, Driver, Listener, ServerSide, Steps, Stream,
+    Bg, ClientOpts, ClientSide, Driver, FaultPlan, Listener, Progress, Relay, Resolve, ServerSide,
+    Steps, Stream,
 };
-use relink::blocking::{Progress, Resolve};
-use relink::relay::{FaultPlan, Relay};
 use relink::{AbortCode, Config, Duration, Event};
 
 driver_tests! {
