@@ -31,7 +31,7 @@
 //!    (counting global allocator), growth during its set-up divided by n.
 //! 4. **Loopback TCP** with the tokio driver: 64 clients in a separate
 //!    process (this binary re-executed with `--tcp-client`) write bulk data
-//!    to one `relink::tokio::Server` in this process, run with 1 and with 2
+//!    to one `relink::tokio::Listener` in this process, run with 1 and with 2
 //!    tokio worker threads. Aggregate MB/s and the CPU time of each process
 //!    (`/proc/self/stat`).
 
@@ -661,7 +661,7 @@ mod tcp {
                 max_sessions: clients + 16,
                 ..Config::default()
             };
-            let server = relink::tokio::Server::bind("127.0.0.1:0", config).await?;
+            let server = relink::tokio::Listener::bind("127.0.0.1:0", config).await?;
             let addr = server.local_addr()?;
             let mut child = Command::new(exe)
                 .arg("--tcp-client")

@@ -25,7 +25,9 @@ use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant as StdInstant};
 
 use clap::Parser;
-use relink::tokio::{ClientMonitor, ClientStats, ClientStream, Server, ServerStats, ServerStream};
+use relink::tokio::{
+    ClientMonitor, ClientStats, ClientStream, Listener, ServerStats, ServerStream,
+};
 use relink::{Backoff, Config, Duration};
 use relink_test_support::relay::{FaultPlan, Relay, RelayStats};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -181,7 +183,7 @@ struct Snapshot {
 }
 
 impl Snapshot {
-    fn take(relay: &Relay, client: &ClientMonitor, server: &Server) -> Snapshot {
+    fn take(relay: &Relay, client: &ClientMonitor, server: &Listener) -> Snapshot {
         Snapshot {
             relay: relay.stats(),
             client: client.stats(),
@@ -201,7 +203,7 @@ impl Snapshot {
         self.client.lost_timeout
     }
     fn resent(&self) -> u64 {
-        self.client.resend_bytes + self.server.resend_bytes
+        self.client.resent_bytes + self.server.resent_bytes
     }
 }
 
@@ -305,7 +307,7 @@ async fn main() -> ExitCode {
         recv_buffer: 4 << 20,
         ..Config::default()
     };
-    let server = match Server::bind("127.0.0.1:0", config.clone()).await {
+    let server = match Listener::bind("127.0.0.1:0", config.clone()).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("cannot bind the server: {e}");
@@ -564,8 +566,8 @@ async fn main() -> ExitCode {
     println!(
         "  bytes resent      {:.1} MiB   client->server {:.1} MiB, server->client {:.1} MiB",
         mib(s.resent()),
-        mib(s.client.resend_bytes),
-        mib(s.server.resend_bytes)
+        mib(s.client.resent_bytes),
+        mib(s.server.resent_bytes)
     );
     println!("  failures          {failures:>4}");
     println!("  {:-<74}", "");

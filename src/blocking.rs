@@ -28,21 +28,17 @@
 //! The core's clock is `CLOCK_BOOTTIME` on Linux and Android (it keeps
 //! counting while the machine sleeps), std's `Instant` elsewhere.
 //!
-//! Semantics:
-//! - `write` blocks until the core accepted at least one byte (back-pressure:
-//!   the send buffer holds at most `Config::send_buffer` unacknowledged bytes).
-//! - `flush` blocks until every byte written was acknowledged by the peer.
-//! - `read` blocks until data arrives; `Ok(0)` once the peer closed its side.
-//! - `shutdown_write` half-closes (a CLOSE frame follows the last byte);
-//!   `close` half-closes and waits until the session ended cleanly (both
-//!   sides closed, everything acknowledged), discarding unread input.
-//! - `abort(code)` ends the session at once, like a TCP reset: the peer's
-//!   reads and writes fail with [`io::ErrorKind::ConnectionReset`] and the
-//!   inner [`SessionError`] names the [`AbortCode`]. Dropping a stream that
-//!   was neither closed nor aborted aborts with [`AbortCode::DROPPED`].
-//! - A session that ends other than cleanly fails every call with a
-//!   [`SessionError`] stating why and, on the client, the in-doubt range of
-//!   written bytes (`[acknowledged, written)`) that relink will not resend.
+//! # Semantics
+//! Written once for both drivers in [`crate::driver`]: `write` blocks at
+//! `Config::send_buffer` unacknowledged bytes; `flush` blocks until every
+//! byte written was acknowledged; `read` returns `Ok(0)` once the peer
+//! closed its side; `shutdown_write` half-closes and returns once the peer
+//! acknowledged the CLOSE (reading goes on until the peer's EOF); `close`
+//! half-closes and waits until the session ended cleanly, discarding
+//! unread input; `abort(code)` ends the session like a TCP reset; dropping
+//! a stream that was neither closed nor aborted aborts with
+//! [`AbortCode::DROPPED`]; after an unclean end every call fails with the
+//! same [`SessionError`].
 //!
 //! Timers: the client's writer thread waits on the condition variable until
 //! `poll_timeout`; the server has one timer thread for all sessions (see
@@ -116,23 +112,23 @@
 use std::boxed::Box;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
-use std::format;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::string::{String, ToString};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration as StdDuration, Instant as StdInstant};
 
-use crate::reconnect::DriverClock;
 use std::vec;
 use std::vec::Vec;
 
+use crate::driver::{
+    self, ClientCore, DriverClock, ProgressFn, Reconnect, ServerCounters, SessionSlot, Step,
+};
 use crate::{
-    os_rng, AbortCode, Backoff, ByteRange, Client, CloseReason, Config, Connection, Dispatch,
-    Endpoint, EndpointEvent, Error, Event, Instant, OsRng, Rejection, ResumeStatus, ServerEvent,
-    SessionId, TransportId, MIN_TRANSMIT_BUFFER,
+    os_rng, AbortCode, Backoff, ByteRange, CloseReason, Config, Connection, Dispatch, Endpoint,
+    EndpointEvent, Error, Instant, OsRng, Rejection, ServerEvent, SessionId, TransportId,
+    MIN_TRANSMIT_BUFFER,
 };
 
 /// How long a blocked socket write waits before the writer re-checks the
@@ -191,248 +187,9 @@ impl Transport for std::os::unix::net::UnixStream {
     }
 }
 
-/// Why a session is over for the driver (the inner error of the
-/// [`io::Error`]s its streams return then).
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum SessionError {
-    /// Opening a transport failed `attempts` times in a row; the backoff
-    /// policy gave up.
-    GaveUp {
-        /// Consecutive failed attempts.
-        attempts: u32,
-        /// The last failure.
-        last_error: String,
-    },
-    /// The core ended the session for good (not cleanly).
-    Closed(CloseReason),
-    /// The client's session ended other than cleanly: why, and which of the
-    /// bytes written may or may not have reached the server application
-    /// (`[acknowledged, written)`; relink does not resend them in another
-    /// session, the application decides).
-    Ended {
-        /// Why it ended.
-        reason: CloseReason,
-        /// The written-but-unacknowledged data offsets, if the core knows.
-        in_doubt: Option<ByteRange>,
-    },
-    /// The server session waited longer than `resume_timeout` for a
-    /// transport and was freed.
-    Expired,
-    /// The stream or listener was shut down by the application.
-    Shutdown,
-    /// The first connection failed before any session existed, and the
-    /// driver did not retry (see `wait_for_server` on the client builders):
-    /// the server refused it, did not answer within the connect or
-    /// handshake timeout, is not a relink server, or did not prove the
-    /// pinned key. The message names the address (and the pinned key).
-    Connect {
-        /// The kind of the [`io::Error`]s carrying it:
-        /// [`io::ErrorKind::ConnectionRefused`], [`io::ErrorKind::TimedOut`],
-        /// [`io::ErrorKind::InvalidData`] (not a relink server),
-        /// [`io::ErrorKind::PermissionDenied`] (the pinned key was not
-        /// proven), or the kind of another connect error.
-        kind: io::ErrorKind,
-        /// What happened, naming the address.
-        message: String,
-        /// The core's error, if one ended the attempt
-        /// ([`Error::ServerKeyMismatch`] for a wrong pinned key).
-        cause: Option<Error>,
-    },
-}
-
-impl fmt::Display for SessionError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SessionError::GaveUp {
-                attempts,
-                last_error,
-            } => write!(
-                f,
-                "relink session lost: gave up reconnecting after {attempts} failed attempts (last error: {last_error})"
-            ),
-            SessionError::Closed(r) => {
-                write!(f, "relink session closed for good: {}", close_reason_text(r))
-            }
-            SessionError::Ended { reason, in_doubt } => {
-                write!(f, "relink session ended: {}", close_reason_text(reason))?;
-                match in_doubt {
-                    Some(r) if !r.is_empty() => write!(
-                        f,
-                        "; bytes {r} of what was written may or may not have been delivered"
-                    ),
-                    Some(_) => write!(
-                        f,
-                        "; everything written was acknowledged by the peer's relink endpoint"
-                    ),
-                    None => Ok(()),
-                }
-            }
-            SessionError::Expired => write!(f, "relink session expired waiting for a resume"),
-            SessionError::Shutdown => write!(f, "relink driver shut down"),
-            SessionError::Connect { message, .. } => f.write_str(message),
-        }
-    }
-}
-
-/// A close reason in words (for error messages and logs).
-pub fn close_reason_text(r: &CloseReason) -> String {
-    match r {
-        CloseReason::Clean => "closed cleanly".into(),
-        CloseReason::SessionUnknown => "the server no longer knows the session".into(),
-        CloseReason::DataUnavailable => {
-            "the other side no longer holds data this side still needs".into()
-        }
-        CloseReason::TooManyFailures => "too many failed attempts or forged frames in a row".into(),
-        CloseReason::Expired => "no connection for longer than the resume timeout".into(),
-        CloseReason::Aborted {
-            code,
-            by_peer: true,
-        } => format!("aborted by the peer: {code}"),
-        CloseReason::Aborted {
-            code,
-            by_peer: false,
-        } => format!("aborted by this side: {code}"),
-        CloseReason::Error(e) => e.to_string(),
-        #[allow(unreachable_patterns)]
-        other => format!("{other:?}"),
-    }
-}
-
-impl std::error::Error for SessionError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            SessionError::Closed(CloseReason::Error(e))
-            | SessionError::Ended {
-                reason: CloseReason::Error(e),
-                ..
-            } => Some(e),
-            SessionError::Connect { cause: Some(e), .. } => Some(e),
-            _ => None,
-        }
-    }
-}
-
-impl SessionError {
-    /// The error of a first connect that failed before any session existed
-    /// (both drivers): the driver's own message when it already says
-    /// `relink:` (and names the address), else a generic prefix.
-    pub(crate) fn first_connect(e: &io::Error) -> SessionError {
-        let message = e.to_string();
-        let message = if message.starts_with("relink:") {
-            message
-        } else {
-            format!("relink: cannot connect to the server: {message}")
-        };
-        SessionError::Connect {
-            kind: e.kind(),
-            message,
-            cause: None,
-        }
-    }
-
-    pub(crate) fn to_io(&self) -> io::Error {
-        io::Error::new(self.io_kind(), self.clone())
-    }
-
-    /// The [`io::ErrorKind`] of the errors carrying it.
-    pub(crate) fn io_kind(&self) -> io::ErrorKind {
-        match self {
-            SessionError::GaveUp { .. } => io::ErrorKind::NotConnected,
-            SessionError::Shutdown => io::ErrorKind::NotConnected,
-            SessionError::Connect { kind, .. } => *kind,
-            // The peer aborted: like a TCP reset.
-            SessionError::Closed(CloseReason::Aborted { by_peer: true, .. })
-            | SessionError::Ended {
-                reason: CloseReason::Aborted { by_peer: true, .. },
-                ..
-            } => io::ErrorKind::ConnectionReset,
-            _ => io::ErrorKind::ConnectionAborted,
-        }
-    }
-
-    /// The reason the core gave, if the session ended that way.
-    pub fn close_reason(&self) -> Option<CloseReason> {
-        match self {
-            SessionError::Closed(r) | SessionError::Ended { reason: r, .. } => Some(*r),
-            SessionError::Expired => Some(CloseReason::Expired),
-            _ => None,
-        }
-    }
-
-    /// The abort code, if the session was aborted (by either side).
-    pub fn abort_code(&self) -> Option<AbortCode> {
-        match self.close_reason() {
-            Some(CloseReason::Aborted { code, .. }) => Some(code),
-            _ => None,
-        }
-    }
-}
-
-/// A core error as an [`io::Error`] (the [`Error`] is its inner error).
-fn core_io(e: Error) -> io::Error {
-    let kind = match e {
-        Error::Closed => io::ErrorKind::BrokenPipe,
-        Error::Aborted(_) => io::ErrorKind::ConnectionAborted,
-        Error::TimedOut => io::ErrorKind::TimedOut,
-        _ => io::ErrorKind::Other,
-    };
-    io::Error::new(kind, e)
-}
-
-/// Something the driver did or the core reported, for logs and progress
-/// displays (see [`ClientBuilder::on_progress`], [`ListenerBuilder::on_progress`]).
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub enum Progress {
-    /// The client opens transport attempt `attempt` (0 = first in a row)
-    /// after waiting `delay`.
-    Connecting {
-        /// Attempt number since the last established transport.
-        attempt: u32,
-        /// Backoff delay waited before it.
-        delay: StdDuration,
-    },
-    /// Opening a transport failed.
-    ConnectFailed {
-        /// Attempt number.
-        attempt: u32,
-        /// The error.
-        error: String,
-    },
-    /// An event of the client core.
-    Client(Event),
-    /// An event of the server core.
-    Server(ServerEvent),
-}
-
-type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
-
-/// Counters of a [`ClientStream`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ClientStats {
-    /// Transports opened and handed to the core (handshake or resume).
-    pub transports: u64,
-    /// Successful resumes.
-    pub resumes: u64,
-    /// Bytes this side resent after resumes.
-    pub resent_bytes: u64,
-    /// Failed attempts to open a transport.
-    pub connect_failures: u64,
-}
-
-/// Counters of a [`Listener`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ServerStats {
-    /// Transports accepted.
-    pub transports: u64,
-    /// Sessions established.
-    pub sessions: u64,
-    /// Successful resumes.
-    pub resumes: u64,
-    /// Bytes the server resent after resumes.
-    pub resent_bytes: u64,
-}
+pub use crate::driver::{
+    close_reason_text, ClientStats, Progress, Resolve, ServerAddr, ServerStats, SessionError,
+};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -496,8 +253,6 @@ pub fn connect<A: ServerAddr>(addr: A, config: Config) -> io::Result<ClientStrea
     ClientBuilder::new(config).connect(addr)
 }
 
-pub use crate::reconnect::{Resolve, ServerAddr};
-
 /// Options of a [`ClientStream`].
 ///
 /// # Before a session exists
@@ -535,48 +290,9 @@ pub struct ClientBuilder {
     connect_timeout: Option<StdDuration>,
 }
 
-impl fmt::Debug for ClientBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientBuilder")
-            .field("config", &self.config)
-            .field("backoff", &self.backoff)
-            .field("wait_for_server", &self.wait_for_server)
-            .field("connect_timeout", &self.connect_timeout)
-            .finish_non_exhaustive()
-    }
-}
+driver::client_builder_common!();
 
 impl ClientBuilder {
-    /// Options with `config` and the default [`Backoff`]; the first
-    /// connection fails at once (no [`ClientBuilder::wait_for_server`]);
-    /// TCP connects time out after `config.handshake_timeout`.
-    pub fn new(config: Config) -> Self {
-        ClientBuilder {
-            config,
-            backoff: Backoff::default(),
-            progress: None,
-            wait_for_server: false,
-            connect_timeout: None,
-        }
-    }
-
-    /// Reconnect policy: delays between attempts and when to give up.
-    pub fn backoff(mut self, backoff: Backoff) -> Self {
-        self.backoff = backoff;
-        self
-    }
-
-    /// Whether the first connection waits for the server to appear: with
-    /// `true`, a refused, timed-out or unanswered first connect is retried
-    /// following the [`Backoff`] (its `max_attempts` bounds the tries, then
-    /// [`SessionError::GaveUp`]); with `false` (the default) it fails at
-    /// once with [`SessionError::Connect`] naming the address. A wrong
-    /// pinned key fails at once either way. No effect once a session exists.
-    pub fn wait_for_server(mut self, wait: bool) -> Self {
-        self.wait_for_server = wait;
-        self
-    }
-
     /// The longest one TCP connect (per address) of
     /// [`ClientBuilder::connect`] may take, so that a host that drops SYNs
     /// does not block for the OS's minutes. Default:
@@ -588,13 +304,6 @@ impl ClientBuilder {
         self
     }
 
-    /// Call `f` for every driver step and core event (from the driver's
-    /// threads, with the session lock held: keep it short, e.g. a log line).
-    pub fn on_progress(mut self, f: impl Fn(&Progress) + Send + Sync + 'static) -> Self {
-        self.progress = Some(Arc::new(f));
-        self
-    }
-
     /// Connect over TCP and wait for the first handshake. `addr` is
     /// resolved again before every attempt (the first and each reconnect);
     /// the addresses are tried in order, each bounded by the connect
@@ -603,9 +312,9 @@ impl ClientBuilder {
         let resolver = addr.into_resolver();
         let timeout = self
             .connect_timeout
-            .unwrap_or_else(|| crate::reconnect::default_connect_timeout(&self.config));
+            .unwrap_or_else(|| driver::default_connect_timeout(&self.config));
         self.start(move || {
-            let addrs = crate::reconnect::resolve_now(&resolver)?;
+            let addrs = driver::resolve_now(&resolver)?;
             let mut last = None;
             for a in addrs {
                 match TcpStream::connect_timeout(&a, timeout) {
@@ -613,7 +322,7 @@ impl ClientBuilder {
                         s.set_nodelay(true)?;
                         return Ok((s, Some(a)));
                     }
-                    Err(e) => last = Some(crate::reconnect::connect_error(a, &e, timeout)),
+                    Err(e) => last = Some(driver::connect_error(a, &e, timeout)),
                 }
             }
             Err(last.unwrap_or_else(|| io::Error::other("relink: no address to connect to")))
@@ -637,42 +346,28 @@ impl ClientBuilder {
     {
         let shared = Arc::new(ClientShared {
             state: Mutex::new(ClientState {
-                client: Client::new(self.config.clone(), os_rng()),
+                c: ClientCore::new(self.config.clone(), self.progress),
                 lost: false,
-                fatal: None,
                 stopping: false,
                 done: false,
-                established: false,
-                connected_once: false,
-                retry_now: false,
-                close_requested: false,
-                peer_closed: false,
-                aborted: false,
-                last_loss: None,
-                stats: ClientStats::default(),
-                progress: self.progress,
                 kill: None,
             }),
             cond: Condvar::new(),
             clock: DriverClock::new(),
         });
         let s = shared.clone();
-        let opts = FirstConnect {
-            backoff: self.backoff,
-            wait_for_server: self.wait_for_server,
-            config: self.config,
-        };
+        let policy = Reconnect::new(self.backoff, self.wait_for_server, self.config);
         let driver = thread::Builder::new()
             .name("relink-client".into())
-            .spawn(move || client_driver(s, connect, opts))?;
+            .spawn(move || client_driver(s, connect, policy))?;
         let stream = ClientStream {
             shared,
             driver: Some(driver),
         };
         {
             let mut st = lock(&stream.shared.state);
-            while !st.connected_once {
-                if let Some(f) = &st.fatal {
+            while !st.c.handshake_done {
+                if let Some(f) = &st.c.failure {
                     return Err(f.to_io());
                 }
                 st = wait(&stream.shared.cond, st);
@@ -680,13 +375,6 @@ impl ClientBuilder {
         }
         Ok(stream)
     }
-}
-
-/// What the client driver needs to decide about failures.
-struct FirstConnect {
-    backoff: Backoff,
-    wait_for_server: bool,
-    config: Config,
 }
 
 struct ClientShared {
@@ -699,92 +387,49 @@ impl ClientShared {
     fn now(&self) -> Instant {
         self.clock.now()
     }
+
+    /// Wait on the session's condition until `step` is ready.
+    fn wait_until<R>(
+        &self,
+        mut step: impl FnMut(&mut ClientState) -> Step<Result<R, SessionError>>,
+    ) -> io::Result<R> {
+        let mut st = lock(&self.state);
+        loop {
+            match step(&mut st) {
+                Step::Ready(r) => {
+                    drop(st);
+                    self.cond.notify_all();
+                    return r.map_err(|e| e.to_io());
+                }
+                Step::Wait => st = wait(&self.cond, st),
+            }
+        }
+    }
 }
 
 struct ClientState {
-    client: Client<OsRng>,
+    /// The session (shared driver core).
+    c: ClientCore,
     /// The reader reported the current transport broken.
     lost: bool,
-    fatal: Option<SessionError>,
     /// The stream was dropped.
     stopping: bool,
     /// The driver thread finished (after flushing the clean end).
     done: bool,
-    /// The current transport completed its handshake or resume.
-    established: bool,
-    connected_once: bool,
-    /// The last transport was refused as Stale: the core corrected its
-    /// estimate of the server clock, try again without waiting.
-    retry_now: bool,
-    /// The application half-closed (`shutdown_write`).
-    close_requested: bool,
-    /// The server half-closed.
-    peer_closed: bool,
-    /// The application (or the drop) aborted the session.
-    aborted: bool,
-    /// The error the core ended the current transport with, if any.
-    last_loss: Option<Error>,
-    stats: ClientStats,
-    progress: Option<ProgressFn>,
     /// Shuts the current transport down.
     kill: Option<Box<dyn Fn() + Send>>,
 }
 
 impl ClientState {
-    fn report(&self, p: Progress) {
-        if let Some(f) = &self.progress {
-            f(&p);
-        }
-    }
-
-    /// Drain core events into counters, flags and the progress callback.
-    fn drain(&mut self) {
-        while let Some(e) = self.client.poll_event() {
-            match e {
-                Event::HandshakeDone { .. } => {
-                    self.established = true;
-                    self.connected_once = true;
-                }
-                Event::Resumed { .. } => {
-                    self.established = true;
-                    self.stats.resumes += 1;
-                }
-                Event::ResendRange { start, end } => {
-                    self.stats.resent_bytes += end.saturating_sub(start);
-                }
-                Event::TransportLost { error } => {
-                    self.last_loss = error;
-                    if error == Some(Error::ResumeRejected(ResumeStatus::Stale)) {
-                        self.retry_now = true;
-                    }
-                }
-                Event::PeerClosed => self.peer_closed = true,
-                Event::Closed { reason } if reason != CloseReason::Clean => {
-                    let in_doubt = self.client.in_doubt();
-                    self.fatal
-                        .get_or_insert(SessionError::Ended { reason, in_doubt });
-                }
-                _ => {}
-            }
-            self.report(Progress::Client(e));
-        }
-        if self.fatal.is_none() {
-            if let Some(reason) = self
-                .client
-                .close_reason()
-                .filter(|r| *r != CloseReason::Clean)
-            {
-                let in_doubt = self.client.in_doubt();
-                self.fatal = Some(SessionError::Ended { reason, in_doubt });
-            }
-        }
+    /// No more progress will come from the driver thread.
+    fn stopped(&self) -> bool {
+        self.done || self.stopping
     }
 }
 
 /// `Read` and `Write` for a stream type and for shared references to it
 /// (one thread may read while another writes), from its `read_inner`,
-/// `write_inner` and `flush_inner` (flush waits until the peer acknowledged
-/// every byte written); and [`Session`] (used by [`splice`]) from the same.
+/// `write_inner` and `flush_inner`.
 macro_rules! impl_read_write {
     ($ty:ty) => {
         impl Read for $ty {
@@ -813,29 +458,12 @@ macro_rules! impl_read_write {
                 self.flush_inner()
             }
         }
-        impl Session for $ty {
-            fn session_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-                self.read_inner(buf)
-            }
-            fn session_write_all(&self, buf: &[u8]) -> io::Result<()> {
-                let mut me = self;
-                me.write_all(buf)
-            }
-            fn session_shutdown_write(&self) -> io::Result<()> {
-                self.shutdown_write()
-            }
-            fn session_close(&self) -> io::Result<()> {
-                self.close()
-            }
-            fn session_abort(&self, code: AbortCode) {
-                self.abort(code)
-            }
-        }
     };
 }
 
 /// A relink client session over a succession of transports that the driver
-/// opens by itself. Implements [`Read`] and [`Write`] (also for `&ClientStream`).
+/// opens by itself. Implements [`Read`] and [`Write`] (also for
+/// `&ClientStream`); the semantics are those of [`crate::driver`].
 ///
 /// Dropping it while the session lives aborts the session with
 /// [`AbortCode::DROPPED`] (unless both sides already half-closed): the
@@ -851,8 +479,8 @@ impl fmt::Debug for ClientStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let st = lock(&self.shared.state);
         f.debug_struct("ClientStream")
-            .field("client", &st.client)
-            .field("stats", &st.stats)
+            .field("client", &st.c.core)
+            .field("stats", &st.c.stats)
             .finish_non_exhaustive()
     }
 }
@@ -860,36 +488,41 @@ impl fmt::Debug for ClientStream {
 impl ClientStream {
     /// The session's connection id.
     pub fn conn_id(&self) -> Option<u64> {
-        lock(&self.shared.state).client.conn_id()
+        lock(&self.shared.state).c.core.conn_id()
     }
 
     /// Whether a transport is attached and frames flow right now.
     pub fn is_connected(&self) -> bool {
-        lock(&self.shared.state).client.is_connected()
+        lock(&self.shared.state).c.core.is_connected()
     }
 
     /// Counters: transports, resumes, resent bytes, failed connects.
     pub fn stats(&self) -> ClientStats {
-        lock(&self.shared.state).stats
+        lock(&self.shared.state).c.stats
     }
 
     /// Bytes written but not yet acknowledged by the server.
     pub fn unacked(&self) -> usize {
-        lock(&self.shared.state).client.unacked()
+        lock(&self.shared.state).c.core.unacked()
     }
 
-    /// Half-close: a CLOSE frame follows the last byte written; the server
-    /// reads EOF after it. Reading continues until the server closes too.
+    /// Why the session ended, once it has.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        lock(&self.shared.state).c.core.close_reason()
+    }
+
+    /// Half-close: a CLOSE frame follows the last byte written; returns
+    /// once the server acknowledged it (it received everything). Reading
+    /// continues until the server closes too.
     pub fn shutdown_write(&self) -> io::Result<()> {
         let mut st = lock(&self.shared.state);
-        if let Some(f) = &st.fatal {
-            return Err(f.to_io());
-        }
-        st.client.close();
-        st.close_requested = true;
+        st.c.start_shutdown().map_err(|e| e.to_io())?;
         drop(st);
         self.shared.cond.notify_all();
-        Ok(())
+        self.shared.wait_until(|st| {
+            let stopped = st.stopped();
+            st.c.shutdown(stopped)
+        })
     }
 
     /// Abort the session (like a TCP reset): stop sending at once and tell
@@ -918,114 +551,59 @@ impl ClientStream {
     /// Once the session ended other than cleanly: the written bytes whose
     /// delivery is unknown, `[acknowledged, written)`.
     pub fn in_doubt(&self) -> Option<ByteRange> {
-        lock(&self.shared.state).client.in_doubt()
+        lock(&self.shared.state).c.core.in_doubt()
     }
 
     /// Close the session cleanly: half-close, then wait until the server
     /// closed its side too and both CLOSEs were acknowledged. Input not read
     /// yet is discarded. Errors when the session is lost instead.
     pub fn close(&self) -> io::Result<()> {
-        self.shutdown_write()?;
-        let mut scratch = vec![0u8; READ_CHUNK];
-        let mut st = lock(&self.shared.state);
-        loop {
-            let mut freed = false;
-            while let Ok(n) = st.client.recv(&mut scratch) {
-                if n == 0 {
-                    break;
-                }
-                freed = true;
-            }
-            if freed {
+        lock(&self.shared.state)
+            .c
+            .start_shutdown()
+            .map_err(|e| e.to_io())?;
+        self.shared.cond.notify_all();
+        self.shared.wait_until(|st| {
+            let (done, stopped) = (st.done, st.stopped());
+            let unread = st.c.core.readable() > 0;
+            let step = st.c.close(done, stopped);
+            if unread {
+                // Room was freed: wake the reader thread waiting for it.
                 self.shared.cond.notify_all();
             }
-            if st.done && st.client.close_reason() == Some(CloseReason::Clean) {
-                return Ok(());
-            }
-            if let Some(f) = &st.fatal {
-                return Err(f.to_io());
-            }
-            st = wait(&self.shared.cond, st);
-        }
+            step
+        })
     }
 
     fn read_inner(&self, out: &mut [u8]) -> io::Result<usize> {
         if out.is_empty() {
             return Ok(0);
         }
-        let mut st = lock(&self.shared.state);
-        loop {
-            match st.client.recv(out) {
-                Ok(n) => {
-                    drop(st);
-                    if n > 0 {
-                        self.shared.cond.notify_all();
-                    }
-                    return Ok(n);
-                }
-                Err(Error::WouldBlock) => {}
-                Err(e) => return Err(st.fatal.as_ref().map_or_else(|| core_io(e), |f| f.to_io())),
-            }
-            if let Some(f) = &st.fatal {
-                return Err(f.to_io());
-            }
-            if st.done || st.stopping {
-                return Err(SessionError::Shutdown.to_io());
-            }
-            st = wait(&self.shared.cond, st);
-        }
+        self.shared.wait_until(|st| {
+            let stopped = st.stopped();
+            st.c.read(out, stopped)
+        })
     }
 
     fn write_inner(&self, data: &[u8]) -> io::Result<usize> {
         if data.is_empty() {
             return Ok(0);
         }
-        let mut st = lock(&self.shared.state);
-        loop {
-            if let Some(f) = &st.fatal {
-                return Err(f.to_io());
-            }
-            match st.client.send(data) {
-                Ok(0) => {}
-                Ok(n) => {
-                    drop(st);
-                    self.shared.cond.notify_all();
-                    return Ok(n);
-                }
-                Err(e) => return Err(st.fatal.as_ref().map_or_else(|| core_io(e), |f| f.to_io())),
-            }
-            if st.done || st.stopping {
-                return Err(SessionError::Shutdown.to_io());
-            }
-            st = wait(&self.shared.cond, st);
-        }
+        self.shared.wait_until(|st| {
+            let stopped = st.stopped();
+            st.c.write(data, stopped)
+        })
     }
 
     fn flush_inner(&self) -> io::Result<()> {
-        let mut st = lock(&self.shared.state);
-        while st.client.unacked() > 0 {
-            if let Some(f) = &st.fatal {
-                return Err(f.to_io());
-            }
-            if st.done || st.stopping {
-                return Err(SessionError::Shutdown.to_io());
-            }
-            st = wait(&self.shared.cond, st);
-        }
-        Ok(())
+        self.shared.wait_until(|st| st.c.flush(st.stopped()))
     }
 }
 
 impl_read_write!(ClientStream);
 
 fn abort_client(shared: &ClientShared, code: AbortCode) {
-    let mut st = lock(&shared.state);
-    if !st.aborted && !st.client.is_closed() {
-        st.aborted = true;
-        st.client.abort(code);
-        st.drain();
-    }
-    drop(st);
+    lock(&shared.state).c.abort(code, shared.now());
     shared.cond.notify_all();
 }
 
@@ -1035,7 +613,7 @@ fn wait_client_closed(shared: &ClientShared, timeout: StdDuration) -> bool {
     loop {
         // `done`: the driver thread also wrote what the end still owed the
         // peer (the last ACK, the answer to its ABORT).
-        if st.done || (st.fatal.is_some() && !st.client.is_closed()) {
+        if st.done || (st.c.failure.is_some() && !st.c.core.is_closed()) {
             return true;
         }
         let left = end.saturating_duration_since(StdInstant::now());
@@ -1049,21 +627,12 @@ fn wait_client_closed(shared: &ClientShared, timeout: StdDuration) -> bool {
 impl Drop for ClientStream {
     fn drop(&mut self) {
         let mut st = lock(&self.shared.state);
-        // Dropped while the session lives, and not on its way to a clean end
-        // (both sides half-closed): abort it, and let the driver thread run
-        // until the server acknowledged that.
-        let finishing = st.close_requested && st.peer_closed;
-        if !st.client.is_closed() && st.fatal.is_none() && !st.done {
-            if !st.aborted && !finishing {
-                st.aborted = true;
-                st.client.abort(AbortCode::DROPPED);
-                st.drain();
-            }
-            if !st.client.is_closed() {
-                drop(st);
-                self.shared.cond.notify_all();
-                return; // the driver thread ends by itself
-            }
+        // Dropped while the session lives: the driver thread runs on until
+        // the server acknowledged the ABORT (or the clean end).
+        if !st.done && st.c.on_drop(self.shared.now()) {
+            drop(st);
+            self.shared.cond.notify_all();
+            return;
         }
         st.stopping = true;
         if let Some(kill) = &st.kill {
@@ -1088,143 +657,74 @@ enum Outcome {
     Finished,
 }
 
-/// End the first connect (no session yet) with `err`.
-fn fail_first(shared: &ClientShared, err: SessionError) {
-    let mut st = lock(&shared.state);
-    st.fatal.get_or_insert(err);
+/// The driver thread is over: mark it and wake every waiter.
+fn finish(shared: &ClientShared, mut st: MutexGuard<'_, ClientState>) {
     st.done = true;
     drop(st);
     shared.cond.notify_all();
 }
 
-fn client_driver<T, F>(shared: Arc<ClientShared>, mut connect: F, opts: FirstConnect)
+fn client_driver<T, F>(shared: Arc<ClientShared>, mut connect: F, mut policy: Reconnect)
 where
     T: Transport,
     F: FnMut() -> io::Result<(T, Option<SocketAddr>)>,
 {
-    let backoff = opts.backoff;
-    let mut peer: Option<SocketAddr> = None;
-    let mut rng = os_rng();
-    let mut attempt: u32 = 0;
-    let mut last_error = String::from("none");
-    let mut immediate_retry = false;
     loop {
-        // Before a session exists the backoff's attempt limit applies; once
-        // there is one, only the core ends it (its give-up deadline, from the
-        // server's advertised resume timeout, is part of `poll_timeout`).
-        let (has_session, retry_now) = {
+        let delay = {
             let mut st = lock(&shared.state);
-            let has = st.connected_once || st.client.conn_id().is_some();
-            (has, std::mem::take(&mut st.retry_now))
-        };
-        let policy = backoff.with_session(has_session);
-        let Some(delay) = policy.delay(attempt, &mut rng) else {
-            let mut st = lock(&shared.state);
-            st.fatal.get_or_insert(SessionError::GaveUp {
-                attempts: attempt,
-                last_error,
-            });
-            st.done = true;
-            drop(st);
-            shared.cond.notify_all();
-            return;
-        };
-        // A Stale refusal corrected the clock estimate: retry at once, but
-        // only once in a row (a server that keeps answering Stale gets the
-        // ordinary backoff).
-        let delay = if retry_now && !immediate_retry {
-            immediate_retry = true;
-            StdDuration::ZERO
-        } else {
-            immediate_retry = false;
-            StdDuration::from(delay)
+            match policy.next_delay(&mut st.c) {
+                Ok(d) => d,
+                Err(_) => return finish(&shared, st),
+            }
         };
         {
             let deadline = StdInstant::now() + delay;
             let mut st = lock(&shared.state);
             loop {
-                if st.stopping || st.fatal.is_some() || st.client.is_closed() {
-                    st.done = true;
-                    drop(st);
-                    shared.cond.notify_all();
-                    return;
-                }
                 // Timers run while detached too: the core closes the session
                 // once the server can no longer hold it.
-                let now = shared.now();
-                if st.client.poll_timeout().is_some_and(|d| d <= now) {
-                    st.client.handle_timeout(now);
-                    st.drain();
-                    if st.client.is_closed() || st.fatal.is_some() {
-                        continue;
-                    }
+                if st.stopping || st.c.tick(shared.now()) {
+                    return finish(&shared, st);
                 }
                 let left = deadline.saturating_duration_since(StdInstant::now());
                 if left.is_zero() {
                     break;
                 }
-                let core_wait = st.client.poll_timeout().map_or(left, |d| {
+                let core_wait = st.c.core.poll_timeout().map_or(left, |d| {
                     shared.clock.until(d).max(StdDuration::from_millis(1))
                 });
                 st = wait_for(&shared.cond, st, left.min(core_wait));
             }
-            st.report(Progress::Connecting { attempt, delay });
+            st.c.report(Progress::Connecting {
+                attempt: policy.attempt,
+                delay,
+            });
         }
         let transport = connect().and_then(|(t, a)| {
-            peer = a;
             let r = t.try_clone()?;
             t.set_write_timeout(Some(WRITE_CHECK))?;
             let k = t.try_clone()?;
-            Ok((t, r, k))
+            Ok((t, r, k, a))
         });
-        let (mut t, reader, killer) = match transport {
+        let (mut t, reader, killer, peer) = match transport {
             Ok(x) => x,
             Err(e) => {
-                if !has_session && !opts.wait_for_server {
-                    lock(&shared.state).stats.connect_failures += 1;
-                    fail_first(&shared, SessionError::first_connect(&e));
-                    return;
-                }
                 let mut st = lock(&shared.state);
-                st.stats.connect_failures += 1;
-                // Past the give-up deadline this ends the session.
-                let now = shared.now();
-                st.client.connect_failed(now);
-                st.drain();
-                last_error = e.to_string();
-                st.report(Progress::ConnectFailed {
-                    attempt,
-                    error: last_error.clone(),
-                });
-                attempt += 1;
+                if policy.connect_failed(&mut st.c, &e, shared.now()).is_err() {
+                    return finish(&shared, st);
+                }
+                drop(st);
+                shared.cond.notify_all();
                 continue;
             }
         };
         {
             let mut st = lock(&shared.state);
-            let now = shared.now();
-            if st.stopping {
+            if st.stopping || st.c.new_transport(shared.now(), peer).is_err() {
                 let _ = t.shutdown();
-                st.done = true;
-                return;
+                return finish(&shared, st);
             }
-            if let Err(e) = st.client.new_transport(now) {
-                st.drain(); // sets `fatal` when the core closed the session
-                let reason = st.client.close_reason().unwrap_or(CloseReason::Error(e));
-                let in_doubt = st.client.in_doubt();
-                st.fatal
-                    .get_or_insert(SessionError::Ended { reason, in_doubt });
-                st.done = true;
-                drop(st);
-                let _ = t.shutdown();
-                shared.cond.notify_all();
-                return;
-            }
-            st.drain();
             st.lost = false;
-            st.established = false;
-            st.last_loss = None;
-            st.stats.transports += 1;
             st.kill = Some(Box::new(move || {
                 let _ = killer.shutdown();
             }));
@@ -1246,50 +746,13 @@ where
         }
         let mut st = lock(&shared.state);
         st.kill = None;
-        let now = shared.now();
         match outcome {
-            Outcome::Finished => {
-                st.done = true;
-                drop(st);
-                shared.cond.notify_all();
-                return;
-            }
+            Outcome::Finished => return finish(&shared, st),
             Outcome::Lost => {
-                if !st.client.is_closed() {
-                    st.client.transport_lost(now);
-                }
-                st.drain();
-                if !st.established && st.client.conn_id().is_none() && !st.client.is_closed() {
-                    // The first handshake failed: fail the connect at once
-                    // (a wrong pinned key always; the rest unless waiting
-                    // for the server), naming the peer.
-                    let cause = st.last_loss;
-                    let first =
-                        crate::reconnect::first_transport_failure(peer, cause, &opts.config);
-                    if let Some((kind, message, cause)) = first {
-                        if !opts.wait_for_server || cause == Some(Error::ServerKeyMismatch) {
-                            drop(st);
-                            fail_first(
-                                &shared,
-                                SessionError::Connect {
-                                    kind,
-                                    message,
-                                    cause,
-                                },
-                            );
-                            return;
-                        }
-                    }
-                }
-                if st.established {
-                    attempt = 0;
-                } else {
-                    attempt += 1;
-                    last_error = if st.client.conn_id().is_none() && st.last_loss.is_none() {
-                        crate::reconnect::unanswered_text(peer)
-                    } else {
-                        String::from("transport broke before the handshake/resume completed")
-                    };
+                st.c.transport_lost(shared.now(), "the connection broke");
+                let why = "transport broke before the handshake/resume completed";
+                if policy.transport_ended(&mut st.c, why).is_err() {
+                    return finish(&shared, st);
                 }
                 drop(st);
                 shared.cond.notify_all();
@@ -1306,13 +769,10 @@ fn client_writer<T: Transport>(shared: &ClientShared, t: &mut T) -> Outcome {
             return Outcome::Finished;
         }
         let now = shared.now();
-        if st.client.poll_timeout().is_some_and(|d| d <= now) {
-            st.client.handle_timeout(now);
-            st.drain();
-        }
+        st.c.tick(now);
         let mut n = 0;
         while buf.len() - n >= MIN_TRANSMIT_BUFFER {
-            match st.client.poll_transmit(now, &mut buf[n..]) {
+            match st.c.core.poll_transmit(now, &mut buf[n..]) {
                 Ok(0) | Err(_) => break,
                 Ok(k) => n += k,
             }
@@ -1321,12 +781,8 @@ fn client_writer<T: Transport>(shared: &ClientShared, t: &mut T) -> Outcome {
             drop(st);
             let r = write_all_checked(t, &buf[..n], || {
                 let mut st = lock(&shared.state);
-                let now = shared.now();
-                if st.client.poll_timeout().is_some_and(|d| d <= now) {
-                    st.client.handle_timeout(now);
-                    st.drain();
-                }
-                !(st.stopping || st.lost || st.client.transport_ended())
+                st.c.tick(shared.now());
+                !(st.stopping || st.lost || st.c.core.transport_ended())
             });
             st = lock(&shared.state);
             if r.is_err() {
@@ -1336,14 +792,14 @@ fn client_writer<T: Transport>(shared: &ClientShared, t: &mut T) -> Outcome {
             }
             continue;
         }
-        if st.client.is_closed() {
+        if st.c.core.is_closed() {
             // Clean end (its last ACK just went out) or closed for good.
             return Outcome::Finished;
         }
-        if st.lost || st.client.transport_ended() {
+        if st.lost || st.c.core.transport_ended() {
             return Outcome::Lost;
         }
-        let d = until(st.client.poll_timeout(), now);
+        let d = until(st.c.core.poll_timeout(), now);
         st = wait_for(&shared.cond, st, d);
     }
 }
@@ -1369,8 +825,8 @@ fn client_reader<T: Transport>(shared: Arc<ClientShared>, mut t: T) {
         let mut off = 0;
         loop {
             let now = shared.now();
-            let r = st.client.handle_input(now, &buf[off..n]);
-            st.drain();
+            let r = st.c.core.handle_input(now, &buf[off..n]);
+            st.c.drain(now);
             match r {
                 Ok(k) => off += k,
                 Err(_) => {
@@ -1403,33 +859,9 @@ pub struct ListenerBuilder {
     progress: Option<ProgressFn>,
 }
 
-impl fmt::Debug for ListenerBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ListenerBuilder")
-            .field("config", &self.config)
-            .finish_non_exhaustive()
-    }
-}
+driver::listener_builder_common!();
 
 impl ListenerBuilder {
-    /// Options with `config` (set `server_static` for pinned clients).
-    pub fn new(config: Config) -> Self {
-        ListenerBuilder {
-            config,
-            progress: None,
-        }
-    }
-
-    /// Call `f` for every server core event, from the driver's threads. A
-    /// session's events are reported in order with that session's lock
-    /// held: keep it short (e.g. a log line), as the session waits for it;
-    /// other sessions do not. Events of transports still in their handshake
-    /// are reported with no lock held.
-    pub fn on_progress(mut self, f: impl Fn(&Progress) + Send + Sync + 'static) -> Self {
-        self.progress = Some(Arc::new(f));
-        self
-    }
-
     /// Bind a TCP listener on `addr` and start accepting transports.
     pub fn bind<A: ToSocketAddrs>(self, addr: A) -> io::Result<Listener> {
         let listener = TcpListener::bind(addr)?;
@@ -1449,7 +881,7 @@ impl ListenerBuilder {
             timers: Mutex::new(TimerIndex::default()),
             timer_cond: Condvar::new(),
             stopping: AtomicBool::new(false),
-            stats: StatCounters::default(),
+            stats: ServerCounters::default(),
             progress: self.progress,
             clock: DriverClock::new(),
         });
@@ -1491,7 +923,7 @@ struct ServerShared {
     timers: Mutex<TimerIndex>,
     timer_cond: Condvar,
     stopping: AtomicBool,
-    stats: StatCounters,
+    stats: ServerCounters,
     progress: Option<ProgressFn>,
     clock: DriverClock,
 }
@@ -1506,6 +938,7 @@ impl ServerShared {
     }
 
     fn report(&self, e: ServerEvent) {
+        self.stats.count(&e);
         if let Some(f) = &self.progress {
             f(&Progress::Server(e));
         }
@@ -1566,15 +999,6 @@ impl Link {
     }
 }
 
-/// Counters of [`ServerStats`], updated without a shared lock.
-#[derive(Default)]
-struct StatCounters {
-    transports: AtomicU64,
-    sessions: AtomicU64,
-    resumes: AtomicU64,
-    resent_bytes: AtomicU64,
-}
-
 /// Deadlines of the sessions and of the endpoint, for the timer thread.
 /// A session's entry is at or before its connection's next deadline
 /// (entries are moved earlier at once, later only by the visit they cause).
@@ -1604,37 +1028,14 @@ struct SessionState {
     /// `None` once drained (ended, everything read): the endpoint no longer
     /// routes to it.
     conn: Option<Box<Connection>>,
-    info: SessionInfo,
+    /// The driver core's data about the session.
+    info: SessionSlot,
     /// Transports handed to the session, until their writer ends.
     links: HashMap<TransportId, Arc<Link>>,
     /// The session's entry in the timer index.
     due: Option<Instant>,
     /// Work for the endpoint, applied once the lock is released.
     pending: Deferred,
-}
-
-#[derive(Default)]
-struct SessionInfo {
-    /// How it ended, once it has.
-    end: Option<SessionEnd>,
-    /// Remote address of the transport that last carried it.
-    peer: Option<SocketAddr>,
-    /// The application half-closed.
-    close_requested: bool,
-    /// The client half-closed.
-    peer_closed: bool,
-    /// The application (or the drop) aborted it.
-    aborted: bool,
-    /// The application dropped its stream: discard unread input once the
-    /// session can no longer be resumed, so that it is freed.
-    dropped: bool,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum SessionEnd {
-    Clean,
-    Expired,
-    Failed(CloseReason),
 }
 
 /// What a call on a session owes the endpoint (applied under the endpoint
@@ -1689,10 +1090,7 @@ impl SessionShared {
             sid: connection.session(),
             state: Mutex::new(SessionState {
                 conn: Some(connection),
-                info: SessionInfo {
-                    peer: link.peer,
-                    ..SessionInfo::default()
-                },
+                info: SessionSlot::new(link.peer),
                 links,
                 due: None,
                 pending: Deferred::default(),
@@ -1719,52 +1117,19 @@ fn after(
     if conn.poll_timeout().is_some_and(|d| d <= now) {
         conn.handle_timeout(now);
     }
-    if st.info.dropped && !conn.is_routable() && conn.readable() > 0 {
-        // Nobody can read these bytes any more.
-        let mut scratch = [0u8; 4096];
-        while matches!(conn.recv(&mut scratch), Ok(n) if n > 0) {}
-    }
-    while let Some(e) = conn.poll_event() {
-        st.pending.changed = true;
-        let info = &mut st.info;
-        match e {
-            ServerEvent::HandshakeDone { transport, .. } => {
-                shared.stats.sessions.fetch_add(1, Ordering::Relaxed);
-                let peer = st.links.get(&transport).and_then(|l| l.peer);
-                info.peer = peer.or(info.peer);
-                st.pending.accept = true;
-            }
-            ServerEvent::Resumed { transport, .. } => {
-                shared.stats.resumes.fetch_add(1, Ordering::Relaxed);
-                let peer = st.links.get(&transport).and_then(|l| l.peer);
-                info.peer = peer.or(info.peer);
-            }
-            ServerEvent::ResendRange { start, end, .. } => {
-                shared
-                    .stats
-                    .resent_bytes
-                    .fetch_add(end.saturating_sub(start), Ordering::Relaxed);
-            }
-            ServerEvent::CloseTransport { transport, .. } => {
-                if let Some(l) = st.links.get(&transport) {
-                    l.ending.store(true, Ordering::SeqCst);
-                }
-            }
-            ServerEvent::PeerClosed { .. } => info.peer_closed = true,
-            ServerEvent::Closed { reason, .. } => {
-                info.end.get_or_insert(if reason == CloseReason::Clean {
-                    SessionEnd::Clean
-                } else {
-                    SessionEnd::Failed(reason)
-                });
-            }
-            ServerEvent::SessionExpired { .. } => {
-                info.end.get_or_insert(SessionEnd::Expired);
-            }
-            _ => {}
+    let links = &st.links;
+    let ch = st
+        .info
+        .drain(conn, now, &shared.stats, shared.progress.as_ref(), |t| {
+            links.get(&t).and_then(|l| l.peer)
+        });
+    for t in &ch.close_transports {
+        if let Some(l) = st.links.get(t) {
+            l.ending.store(true, Ordering::SeqCst);
         }
-        shared.report(e);
     }
+    st.pending.accept |= ch.accept;
+    st.pending.changed |= ch.changed;
     while let Some(e) = conn.poll_endpoint_event() {
         st.pending.endpoint_events.push(e);
     }
@@ -1837,15 +1202,6 @@ fn transport_gone(shared: &ServerShared, st: &SessionState, link: &Link) -> bool
             .conn
             .as_ref()
             .is_none_or(|c| c.transport() != Some(link.id))
-}
-
-fn session_error(shared: &ServerShared, st: &SessionState) -> Option<io::Error> {
-    match st.info.end {
-        Some(SessionEnd::Expired) => Some(SessionError::Expired.to_io()),
-        Some(SessionEnd::Failed(r)) => Some(SessionError::Closed(r).to_io()),
-        _ if shared.stopping() => Some(SessionError::Shutdown.to_io()),
-        _ => None,
-    }
 }
 
 /// Move the endpoint's events out (to report once its lock is released),
@@ -1936,13 +1292,7 @@ impl Listener {
 
     /// Counters since start.
     pub fn stats(&self) -> ServerStats {
-        let s = &self.shared.stats;
-        ServerStats {
-            transports: s.transports.load(Ordering::Relaxed),
-            sessions: s.sessions.load(Ordering::Relaxed),
-            resumes: s.resumes.load(Ordering::Relaxed),
-            resent_bytes: s.resent_bytes.load(Ordering::Relaxed),
-        }
+        self.shared.stats.snapshot()
     }
 
     /// Sessions registered in the server core (unconfirmed ones, and ended
@@ -1973,7 +1323,7 @@ impl Drop for Listener {
             let aborting = !ending
                 && sessions.iter().any(|s| {
                     let st = s.lock();
-                    st.info.aborted && st.info.end.is_none() && st.conn.is_some()
+                    st.info.aborted.is_some() && st.info.end.is_none() && st.conn.is_some()
                 });
             if !ending && !aborting {
                 break;
@@ -2443,6 +1793,7 @@ fn endpoint_writer(
     buf: &mut [u8],
 ) -> Option<Arc<SessionShared>> {
     let tid = link.id;
+    let mut hello_sent = false;
     let mut ep = lock(&shared.ep);
     loop {
         let stopping = shared.stopping();
@@ -2493,6 +1844,7 @@ fn endpoint_writer(
                         link.lost.store(true, Ordering::SeqCst);
                         break;
                     }
+                    hello_sent = true;
                     continue;
                 }
                 if gone {
@@ -2509,6 +1861,17 @@ fn endpoint_writer(
         ..
     }) = ep.links.remove(&tid)
     {
+        if hello_sent && link.lost() && !ep.endpoint.transport_ended(tid) {
+            // Our ServerHello went out and the peer hung up without an
+            // answer: typically a client that pins another key.
+            let key = ep
+                .endpoint
+                .config()
+                .server_static
+                .as_ref()
+                .map(|k| k.public_key());
+            driver::log_abandoned_hello(link.peer, key.as_ref());
+        }
         ep.endpoint.transport_lost(tid, now);
     }
     let events = drain_endpoint(&mut ep);
@@ -2563,7 +1926,10 @@ fn session_writer(
     }
     let _ = t.shutdown(Shutdown::Both);
     let now = shared.now();
-    if let Some(conn) = st.conn.as_mut() {
+    let st2 = &mut *st;
+    if let Some(conn) = st2.conn.as_mut() {
+        st2.info
+            .lost(conn.conn_id(), tid, now, None, "the connection broke");
         conn.transport_lost(tid, now);
     }
     after(shared, sess, &mut st, now, None);
@@ -2629,138 +1995,96 @@ impl ServerStream {
         self.session.lock().conn.as_ref().map(|c| c.conn_id())
     }
 
-    /// Half-close: a CLOSE frame follows the last byte written.
-    pub fn shutdown_write(&self) -> io::Result<()> {
+    /// Bytes written but not yet acknowledged by the client.
+    pub fn unacked(&self) -> usize {
+        self.session.lock().conn.as_ref().map_or(0, |c| c.unacked())
+    }
+
+    /// Why the session ended, once it has.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.session.lock().info.end
+    }
+
+    /// The listener's counters.
+    pub fn stats(&self) -> ServerStats {
+        self.shared.stats.snapshot()
+    }
+
+    /// Run `f` on the session under its lock until it is ready, waiting
+    /// for changes of the session in between.
+    fn wait_until<R>(
+        &self,
+        mut f: impl FnMut(&mut SessionState, bool) -> Step<Result<R, SessionError>>,
+    ) -> io::Result<R> {
         let (shared, sess) = (&*self.shared, &self.session);
         let mut st = sess.lock();
-        if let Some(e) = session_error(shared, &st) {
-            return Err(e);
+        loop {
+            let r = f(&mut st, shared.stopping());
+            after(shared, sess, &mut st, shared.now(), None);
+            match r {
+                Step::Ready(r) => {
+                    unlock(shared, sess, st);
+                    sess.cond.notify_all();
+                    return r.map_err(|e| e.to_io());
+                }
+                Step::Wait => st = wait_session(shared, sess, st),
+            }
         }
-        // Without a connection it already ended cleanly and was freed.
-        if let Some(c) = st.conn.as_mut() {
-            c.close();
-        }
-        st.info.close_requested = true;
-        after(shared, sess, &mut st, shared.now(), None);
-        unlock(shared, sess, st);
-        sess.cond.notify_all();
-        Ok(())
+    }
+
+    /// Half-close: a CLOSE frame follows the last byte written; returns
+    /// once the client acknowledged it. Reading continues until the client
+    /// closes too.
+    pub fn shutdown_write(&self) -> io::Result<()> {
+        self.half_close_then(|st, stopped| st.info.shutdown(st.conn.as_deref(), stopped))
     }
 
     /// Close cleanly: half-close, then wait until the client closed too and
     /// both CLOSEs were acknowledged. Unread input is discarded.
     pub fn close(&self) -> io::Result<()> {
-        self.shutdown_write()?;
-        let (shared, sess) = (&*self.shared, &self.session);
-        let mut scratch = vec![0u8; READ_CHUNK];
-        let mut st = sess.lock();
-        loop {
-            let mut freed = false;
-            if let Some(c) = st.conn.as_mut() {
-                while let Ok(n) = c.recv(&mut scratch) {
-                    if n == 0 {
-                        break;
-                    }
-                    freed = true;
+        self.half_close_then(|st, stopped| {
+            let unread = st.conn.as_ref().is_some_and(|c| c.readable() > 0);
+            let step = st.info.close(st.conn.as_deref_mut(), stopped);
+            if unread {
+                // Room was freed: wake the reader thread waiting for it.
+                self.session.cond.notify_all();
+            }
+            step
+        })
+    }
+
+    /// Half-close (once), then wait until `done` is ready.
+    fn half_close_then(
+        &self,
+        mut done: impl FnMut(&mut SessionState, bool) -> Step<Result<(), SessionError>>,
+    ) -> io::Result<()> {
+        let mut started = false;
+        self.wait_until(|st, stopped| {
+            if !std::mem::replace(&mut started, true) {
+                if let Err(e) = st.info.start_shutdown(st.conn.as_deref_mut(), stopped) {
+                    return Step::Ready(Err(e));
                 }
             }
-            after(shared, sess, &mut st, shared.now(), None);
-            if freed {
-                sess.cond.notify_all();
-            }
-            if st.info.end == Some(SessionEnd::Clean) {
-                unlock(shared, sess, st);
-                return Ok(());
-            }
-            if let Some(e) = session_error(shared, &st) {
-                unlock(shared, sess, st);
-                return Err(e);
-            }
-            st = wait_session(shared, sess, st);
-        }
+            done(st, stopped)
+        })
     }
 
     fn read_inner(&self, out: &mut [u8]) -> io::Result<usize> {
         if out.is_empty() {
             return Ok(0);
         }
-        let (shared, sess) = (&*self.shared, &self.session);
-        let mut st = sess.lock();
-        loop {
-            let r = match st.conn.as_mut() {
-                Some(c) => c.recv(out),
-                None => Err(Error::UnknownSession),
-            };
-            after(shared, sess, &mut st, shared.now(), None);
-            let result = match r {
-                Ok(n) => {
-                    if n > 0 {
-                        sess.cond.notify_all();
-                    }
-                    Some(Ok(n))
-                }
-                Err(Error::WouldBlock) => session_error(shared, &st).map(Err),
-                Err(Error::UnknownSession) => Some(if st.info.end == Some(SessionEnd::Clean) {
-                    Ok(0)
-                } else {
-                    Err(session_error(shared, &st)
-                        .unwrap_or_else(|| core_io(Error::UnknownSession)))
-                }),
-                Err(e) => Some(Err(session_error(shared, &st).unwrap_or_else(|| core_io(e)))),
-            };
-            if let Some(result) = result {
-                unlock(shared, sess, st);
-                return result;
-            }
-            st = wait_session(shared, sess, st);
-        }
+        self.wait_until(|st, stopped| st.info.read(st.conn.as_deref_mut(), out, stopped))
     }
 
     fn write_inner(&self, data: &[u8]) -> io::Result<usize> {
         if data.is_empty() {
             return Ok(0);
         }
-        let (shared, sess) = (&*self.shared, &self.session);
-        let mut st = sess.lock();
-        loop {
-            if let Some(e) = session_error(shared, &st) {
-                unlock(shared, sess, st);
-                return Err(e);
-            }
-            let r = match st.conn.as_mut() {
-                Some(c) => c.send(data),
-                None => Err(Error::UnknownSession),
-            };
-            after(shared, sess, &mut st, shared.now(), None);
-            match r {
-                Ok(0) => {}
-                Ok(n) => {
-                    unlock(shared, sess, st);
-                    sess.cond.notify_all();
-                    return Ok(n);
-                }
-                Err(e) => {
-                    let e = session_error(shared, &st).unwrap_or_else(|| core_io(e));
-                    unlock(shared, sess, st);
-                    return Err(e);
-                }
-            }
-            st = wait_session(shared, sess, st);
-        }
+        self.wait_until(|st, stopped| st.info.write(st.conn.as_deref_mut(), data, stopped))
     }
 
     fn flush_inner(&self) -> io::Result<()> {
-        let (shared, sess) = (&*self.shared, &self.session);
-        let mut st = sess.lock();
-        while st.conn.as_ref().is_some_and(|c| c.unacked() > 0) {
-            if let Some(e) = session_error(shared, &st) {
-                unlock(shared, sess, st);
-                return Err(e);
-            }
-            st = wait_session(shared, sess, st);
-        }
-        unlock(shared, sess, st);
-        Ok(())
+        self.wait_until(|st, stopped| st.info.flush(st.conn.as_deref(), stopped))
     }
 }
 
@@ -2770,18 +2094,10 @@ impl Drop for ServerStream {
     fn drop(&mut self) {
         let (shared, sess) = (&*self.shared, &self.session);
         let mut st = sess.lock();
-        st.info.dropped = true;
-        let live = st.info.end.is_none() && st.conn.is_some();
-        // Dropped while the session lives and is not on its way to a clean
-        // end (both sides half-closed): abort it. The server's threads keep
-        // serving it until the client acknowledged the ABORT.
-        let finishing = st.info.close_requested && st.info.peer_closed;
-        if live && !st.info.aborted && !finishing {
-            st.info.aborted = true;
-            if let Some(c) = st.conn.as_mut() {
-                c.abort(AbortCode::DROPPED);
-            }
-        }
+        // The server's threads keep serving an aborted session until the
+        // client acknowledged the ABORT.
+        let st2 = &mut *st;
+        st2.info.on_drop(st2.conn.as_deref_mut());
         // Also discards what is left unread of an ended session.
         after(shared, sess, &mut st, shared.now(), None);
         unlock(shared, sess, st);
@@ -2791,13 +2107,9 @@ impl Drop for ServerStream {
 
 fn abort_server(shared: &ServerShared, sess: &Arc<SessionShared>, code: AbortCode) {
     let mut st = sess.lock();
-    if st.info.end.is_none() && !st.info.aborted {
-        st.info.aborted = true;
-        if let Some(c) = st.conn.as_mut() {
-            c.abort(code);
-        }
-        after(shared, sess, &mut st, shared.now(), None);
-    }
+    let st2 = &mut *st;
+    st2.info.abort(st2.conn.as_deref_mut(), code);
+    after(shared, sess, &mut st, shared.now(), None);
     unlock(shared, sess, st);
     sess.cond.notify_all();
 }
@@ -2866,111 +2178,4 @@ impl AbortHandle {
             HandleInner::Server(s, sess) => wait_server_closed(s, sess, timeout),
         }
     }
-}
-
-// ===========================================================================
-// Splicing (port forwarding)
-// ===========================================================================
-
-/// A relink stream that can be spliced to a TCP connection.
-pub trait Session: Send + Sync {
-    /// Read like [`Read::read`].
-    fn session_read(&self, buf: &mut [u8]) -> io::Result<usize>;
-    /// Write all of `buf`.
-    fn session_write_all(&self, buf: &[u8]) -> io::Result<()>;
-    /// Half-close the sending side.
-    fn session_shutdown_write(&self) -> io::Result<()>;
-    /// Close cleanly (both sides closed, everything acknowledged).
-    fn session_close(&self) -> io::Result<()>;
-    /// Abort the session with `code`.
-    fn session_abort(&self, code: AbortCode);
-}
-
-/// Bytes moved by [`splice`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SpliceStats {
-    /// Bytes from the TCP connection into the relink session.
-    pub to_session: u64,
-    /// Bytes from the relink session to the TCP connection.
-    pub from_session: u64,
-}
-
-/// Copy bytes both ways between a relink session and a TCP connection until
-/// both directions ended (EOF is passed on as a half-close each way), then
-/// close the session cleanly. This is what `relink forward` and
-/// `relink serve-forward` run per connection.
-///
-/// Resets map both ways: a reset (or any read error) of the TCP connection
-/// aborts the session with [`AbortCode::TARGET_RESET`], and a session that
-/// ends other than cleanly (the peer aborted, the session was lost) resets
-/// the TCP connection (`SO_LINGER` 0) instead of ending it with a FIN, so a
-/// truncated transfer never looks complete.
-pub fn splice<S: Session>(session: &S, tcp: TcpStream) -> io::Result<SpliceStats> {
-    let mut tcp_read = tcp.try_clone()?;
-    let mut tcp_write = tcp;
-    let stats = thread::scope(|scope| {
-        let up = scope.spawn(move || -> io::Result<u64> {
-            let mut buf = vec![0u8; READ_CHUNK];
-            let mut total = 0u64;
-            loop {
-                let n = match tcp_read.read(&mut buf) {
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        // A reset (or a broken connection): not an end of
-                        // stream. The peer's TCP client must see a reset too.
-                        session.session_abort(AbortCode::TARGET_RESET);
-                        return Err(io::Error::new(
-                            e.kind(),
-                            format!("tunnelled TCP connection: {e}; session aborted"),
-                        ));
-                    }
-                };
-                if n == 0 {
-                    session.session_shutdown_write()?;
-                    return Ok(total);
-                }
-                session.session_write_all(&buf[..n])?;
-                total += n as u64;
-            }
-        });
-        let mut buf = vec![0u8; READ_CHUNK];
-        let mut down = 0u64;
-        let r = loop {
-            match session.session_read(&mut buf) {
-                Ok(0) => break Ok(()),
-                Ok(n) => {
-                    if let Err(e) = tcp_write.write_all(&buf[..n]) {
-                        break Err(e);
-                    }
-                    down += n as u64;
-                }
-                Err(e) => break Err(e),
-            }
-        };
-        if r.is_err() {
-            // Reset, not FIN: linger 0, wake the reader without sending
-            // anything (SHUT_RD), and the close below sends the RST.
-            let _ = socket2::SockRef::from(&tcp_write).set_linger(Some(StdDuration::ZERO));
-            let _ = tcp_write.shutdown(Shutdown::Read);
-        } else {
-            let _ = tcp_write.shutdown(Shutdown::Write);
-        }
-        let up = up
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("splice thread panicked")));
-        drop(tcp_write);
-        // A reset of the TCP side is the cause; the session's error that
-        // follows from our own abort is not.
-        if let (Err(_), Err(e)) = (&r, &up) {
-            return Err(io::Error::new(e.kind(), e.to_string()));
-        }
-        r?;
-        Ok::<_, io::Error>(SpliceStats {
-            to_session: up?,
-            from_session: down,
-        })
-    })?;
-    session.session_close()?;
-    Ok(stats)
 }

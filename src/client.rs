@@ -696,6 +696,12 @@ impl<R: CryptoRng> Client<R> {
         self.stream.unacked()
     }
 
+    /// Whether this side half-closed ([`Client::close`]) and the server
+    /// acknowledged the CLOSE: it read every byte written, and the end.
+    pub fn close_acked(&self) -> bool {
+        self.stream.close_acked()
+    }
+
     /// Bytes received and verified but not yet read.
     pub fn readable(&self) -> usize {
         self.stream.readable()

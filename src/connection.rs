@@ -602,6 +602,12 @@ impl Connection {
         self.stream.unacked()
     }
 
+    /// Whether this side half-closed ([`Connection::close`]) and the client
+    /// acknowledged the CLOSE: it read every byte written, and the end.
+    pub fn close_acked(&self) -> bool {
+        self.stream.close_acked()
+    }
+
     /// Verified bytes not yet read.
     pub fn readable(&self) -> usize {
         self.stream.readable()

@@ -39,11 +39,11 @@
 //! # #[cfg(feature = "tokio")]
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> std::io::Result<()> {
-//! use relink::tokio::{ClientStream, Server};
+//! use relink::tokio::{ClientStream, Listener};
 //! use relink::Config;
 //! use tokio::io::{AsyncReadExt, AsyncWriteExt};
 //!
-//! let server = Server::bind("127.0.0.1:0", Config::default()).await?;
+//! let server = Listener::bind("127.0.0.1:0", Config::default()).await?;
 //! let addr = server.local_addr()?;
 //! let echo = tokio::spawn(async move {
 //!     let mut stream = server.accept().await?;
@@ -136,13 +136,13 @@ extern crate std;
 mod client;
 mod config;
 pub mod connection;
+pub mod driver;
 pub mod endpoint;
 mod error;
 mod event;
 mod handshake;
 mod ids;
 mod keys;
-mod reconnect;
 mod resume;
 pub mod server;
 mod stream;
@@ -160,12 +160,12 @@ pub mod tokio;
 pub use client::Client;
 pub use config::Config;
 pub use connection::{Connection, EndpointEvent, Rejection};
+pub use driver::Backoff;
 pub use endpoint::{Dispatch, Endpoint};
 pub use error::{Error, ProtocolError};
 pub use event::{ByteRange, CloseReason, Event, ServerEvent};
 pub use ids::{SessionId, TransportId};
 pub use keys::StaticKeypair;
-pub use reconnect::Backoff;
 pub use server::Server;
 #[cfg(feature = "std")]
 #[cfg_attr(docsrs, doc(cfg(feature = "std")))]

@@ -250,6 +250,12 @@ impl Stream {
             && self.tx_acked == self.write_end()
     }
 
+    /// We closed our sending side and the peer acknowledged our CLOSE (it
+    /// read everything we wrote, and our end).
+    pub(crate) fn close_acked(&self) -> bool {
+        self.abort.is_none() && self.closing && self.tx_acked >= self.write_end()
+    }
+
     /// Both sides closed, the peer's CLOSE verified, all our data was
     /// acknowledged and our CLOSE was sent; only its acknowledgement is
     /// missing.

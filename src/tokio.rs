@@ -1,5 +1,5 @@
 //! Async driver over tokio (`tokio` feature): reconnecting, resuming
-//! [`ClientStream`]s and a [`Server`] that yields [`ServerStream`]s, both
+//! [`ClientStream`]s and a [`Listener`] that yields [`ServerStream`]s, both
 //! implementing [`AsyncRead`] + [`AsyncWrite`].
 //!
 //! All protocol logic stays in the sans-IO core ([`crate::Client`] on the
@@ -27,8 +27,8 @@
 //! options.
 //!
 //! # Server
-//! [`Server::bind`] listens on TCP; [`Server::serve_transport`] adds a
-//! transport accepted any other way. [`Server::accept`] yields each new
+//! [`Listener::bind`] listens on TCP; [`Listener::serve_transport`] adds a
+//! transport accepted any other way. [`Listener::accept`] yields each new
 //! session once. The structure follows quinn's: the endpoint lock covers
 //! only accept, handshakes and routing; every session has its own lock and
 //! its own timer, so sessions progress in parallel on a multi-thread
@@ -63,39 +63,27 @@
 //! to its session after the endpoint lock was released.
 //!
 //! # Semantics
-//! - `poll_write` accepts bytes into the session's send history and returns
-//!   `Poll::Pending` when `Config::send_buffer` unacknowledged bytes are
-//!   held (back-pressure); it is woken when ACKs free room.
-//! - `poll_flush` returns at once: accepted bytes are in the session's
-//!   history and are delivered (resent if needed) as long as the session
-//!   lives. Use `poll_shutdown` to wait for delivery.
-//! - `poll_shutdown` closes the sending side (CLOSE frame) and completes
-//!   when the session ended cleanly, i.e. once the peer closed its side too
-//!   and both CLOSEs were acknowledged. Keep reading meanwhile if the peer
-//!   may send more than `Config::recv_buffer` bytes before it closes.
-//! - Reads and writes are cancellation safe: dropping a pending
-//!   `read`/`write` future loses nothing.
-//! - `abort(code)` ends a session at once, like a TCP reset: the peer's
-//!   reads and writes fail with [`io::ErrorKind::ConnectionReset`] and the
-//!   inner [`SessionError`] names the [`AbortCode`]. A session that ends
-//!   other than cleanly fails with a [`SessionError`] stating why (and, on
-//!   the client, the in-doubt range of written bytes).
-//! - Dropping a [`ClientStream`] or [`ServerStream`] that was neither
-//!   closed nor aborted aborts the session with [`AbortCode::DROPPED`]; the
-//!   background tasks keep serving it until the peer acknowledged.
-//!   Dropping the [`Server`] ends all its transports and sessions.
+//! `write`, `flush`, `shutdown`, `close`, `abort`, drop and errors behave
+//! as in the blocking driver, written once in [`crate::driver`]: `flush`
+//! completes once the peer acknowledged every byte written, `poll_shutdown`
+//! half-closes and completes once the peer acknowledged the CLOSE (like
+//! tokio's `TcpStream`, it does not wait for the peer to close; keep
+//! reading until EOF), and `close().await` waits for the clean end,
+//! discarding unread input. Reads and writes are cancellation safe:
+//! dropping a pending `read`/`write` future loses nothing. Dropping the
+//! [`Listener`] ends all its transports and sessions.
 //!
 //! Every function that spawns tasks must be called within a tokio runtime.
 //!
 //! # Example
 //! ```
-//! use relink::tokio::{ClientStream, Server};
+//! use relink::tokio::{ClientStream, Listener};
 //! use relink::Config;
 //! use tokio::io::{AsyncReadExt, AsyncWriteExt};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> std::io::Result<()> {
-//! let server = Server::bind("127.0.0.1:0", Config::default()).await?;
+//! let server = Listener::bind("127.0.0.1:0", Config::default()).await?;
 //! let addr = server.local_addr()?;
 //! tokio::spawn(async move {
 //!     while let Ok(mut stream) = server.accept().await {
@@ -103,7 +91,7 @@
 //!             let mut data = Vec::new();
 //!             stream.read_to_end(&mut data).await?; // until the client closes
 //!             stream.write_all(&data).await?;
-//!             stream.shutdown().await // done once both sides closed
+//!             stream.close().await // done once both sides closed
 //!         });
 //!     }
 //! });
@@ -126,7 +114,7 @@ use std::format;
 use std::io;
 use std::net::SocketAddr;
 use std::string::{String, ToString};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ::tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -134,13 +122,16 @@ use ::tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use ::tokio::task::JoinHandle;
 use ::tokio::time::{Instant as TokioInstant, Sleep};
 
-pub use crate::blocking::SessionError;
-use crate::reconnect::DriverClock;
+use crate::driver::{
+    self, add, ClientCore, DriverClock, ProgressFn, Reconnect, ServerCounters, SessionSlot,
+};
+pub use crate::driver::{
+    close_reason_text, ClientStats, Progress, Resolve, ServerAddr, ServerStats, SessionError,
+};
 use crate::wire::RESUME_REQUEST_LEN;
 use crate::{
     AbortCode, Backoff, ByteRange, CloseReason, Config, Connection, Dispatch, Endpoint,
-    EndpointEvent, Error, Event, Instant, OsRng, Rejection, ResumeStatus, ServerEvent, SessionId,
-    TransportId,
+    EndpointEvent, Instant, OsRng, Rejection, ServerEvent, SessionId, TransportId,
 };
 
 /// Bytes read from or written to a transport per system call at most.
@@ -197,68 +188,6 @@ fn fallback_tick(c: &Config) -> std::time::Duration {
     std::time::Duration::from_micros(d)
 }
 
-/// A sticky failure reported to every later read and write: an
-/// [`io::Error`] whose inner error is the [`SessionError`].
-#[derive(Clone, Debug)]
-struct Failure {
-    kind: io::ErrorKind,
-    err: SessionError,
-}
-
-impl Failure {
-    fn io(&self) -> io::Error {
-        io::Error::new(self.kind, self.err.clone())
-    }
-    fn of(err: SessionError) -> Failure {
-        Failure {
-            kind: err.io_kind(),
-            err,
-        }
-    }
-    /// A server session that ended other than cleanly.
-    fn closed(reason: CloseReason) -> Failure {
-        Failure::of(SessionError::Closed(reason))
-    }
-    /// The client's session ended other than cleanly.
-    fn ended(core: &crate::Client<OsRng>, reason: CloseReason) -> Failure {
-        Failure::of(SessionError::Ended {
-            reason,
-            in_doubt: core.in_doubt(),
-        })
-    }
-}
-
-fn core_error(e: Error) -> io::Error {
-    let kind = match e {
-        Error::Closed => io::ErrorKind::BrokenPipe,
-        Error::Aborted(_) => io::ErrorKind::ConnectionAborted,
-        Error::UnknownSession => io::ErrorKind::NotConnected,
-        _ => io::ErrorKind::Other,
-    };
-    io::Error::new(kind, format!("relink: {e}"))
-}
-
-/// How a transport was lost, for the statistics.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum LossKind {
-    Io,
-    Auth,
-    Protocol,
-    Timeout,
-    Other,
-}
-
-fn classify(e: Option<Error>) -> LossKind {
-    match e {
-        Some(Error::AuthFailed) | Some(Error::ResumeRejected(ResumeStatus::AuthFailed)) => {
-            LossKind::Auth
-        }
-        Some(Error::Protocol(_)) => LossKind::Protocol,
-        Some(Error::TimedOut) => LossKind::Timeout,
-        _ => LossKind::Other,
-    }
-}
-
 std::thread_local! {
     /// Per worker thread: where transports read into and where the core
     /// writes frames, before the bytes are consumed or written (see
@@ -305,6 +234,8 @@ struct TransportIo<T> {
     core_ended: bool,
     write_blocked: bool,
     needs_flush: bool,
+    /// Bytes were written to it (for the endpoint: our ServerHello).
+    wrote_any: bool,
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> TransportIo<T> {
@@ -320,6 +251,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> TransportIo<T> {
             core_ended: false,
             write_blocked: false,
             needs_flush: false,
+            wrote_any: false,
         }
     }
 
@@ -404,6 +336,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> TransportIo<T> {
                 Poll::Ready(Ok(k)) => {
                     n += k;
                     self.needs_flush = true;
+                    self.wrote_any = true;
                 }
                 Poll::Ready(Err(e)) => self.lost = Some(e.to_string()),
                 Poll::Pending => {
@@ -518,118 +451,45 @@ fn poll_timer(
 // ---------------------------------------------------------------------------
 // client
 
-/// Counters of a [`ClientStream`], taken from the driver and the core's
-/// events (nothing estimated).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ClientStats {
-    /// Transports handed to the core (connections opened).
-    pub transports: u64,
-    /// Connection attempts that failed or timed out before a transport existed.
-    pub connect_failures: u64,
-    /// Completed handshakes (1 once connected).
-    pub handshakes: u64,
-    /// Completed resumes (`Event::Resumed`).
-    pub resumes: u64,
-    /// Sum of the lengths of `Event::ResendRange`: bytes from what the server
-    /// had received to what the application had written, (re)sent after resumes.
-    pub resend_bytes: u64,
-    /// Transports that ended with EOF or an I/O error (cut connections).
-    pub lost_io: u64,
-    /// Transports the core ended because bytes failed authentication (corruption).
-    pub lost_auth: u64,
-    /// Transports the core ended because of malformed frames (corrupted headers).
-    pub lost_protocol: u64,
-    /// Transports the core ended because nothing arrived in time (stalls).
-    pub lost_timeout: u64,
-    /// Transports the core ended for another reason (e.g. a rejected resume).
-    pub lost_other: u64,
-    /// Application bytes accepted by `poll_write`.
-    pub bytes_sent: u64,
-    /// Application bytes returned by `poll_read`.
-    pub bytes_received: u64,
-}
-
-impl ClientStats {
-    fn count_loss(&mut self, k: LossKind) {
-        match k {
-            LossKind::Io => self.lost_io += 1,
-            LossKind::Auth => self.lost_auth += 1,
-            LossKind::Protocol => self.lost_protocol += 1,
-            LossKind::Timeout => self.lost_timeout += 1,
-            LossKind::Other => self.lost_other += 1,
-        }
-    }
-}
-
+/// The client session (shared driver core) and the wakers of the stream
+/// and the driver task.
 struct ClientShared {
-    core: crate::Client<OsRng>,
+    c: ClientCore,
     clock: Clock,
     send_cap: usize,
     read_waker: Option<Waker>,
     write_waker: Option<Waker>,
+    /// `flush`, `shutdown` and `close` wait here.
     close_waker: Option<Waker>,
     ready_waker: Option<Waker>,
     driver_waker: Option<Waker>,
     /// The driver holds input the core could not take (receive buffer full).
     input_blocked: bool,
-    handshake_done: bool,
-    /// The last transport was refused as Stale (clock estimate corrected).
-    retry_now: bool,
-    /// The server half-closed.
-    peer_closed: bool,
-    /// The application (or the drop) aborted the session.
-    aborted: bool,
-    /// The current transport completed its handshake or resume.
-    established: bool,
-    close_requested: bool,
-    /// The error the core ended the current transport with, if any.
-    last_loss: Option<Error>,
-    failure: Option<Failure>,
-    stats: ClientStats,
+    /// The driver task ended.
+    done: bool,
 }
 
 impl ClientShared {
     fn process_events(&mut self) {
-        while let Some(e) = self.core.poll_event() {
-            match e {
-                Event::HandshakeDone { .. } => {
-                    self.stats.handshakes += 1;
-                    self.handshake_done = true;
-                    self.established = true;
-                    wake(&mut self.ready_waker);
-                }
-                Event::Resumed { .. } => {
-                    self.stats.resumes += 1;
-                    self.established = true;
-                }
-                Event::ResendRange { start, end } => {
-                    self.stats.resend_bytes += end.saturating_sub(start);
-                }
-                Event::TransportLost { error } => {
-                    self.last_loss = error;
-                    if error == Some(Error::ResumeRejected(ResumeStatus::Stale)) {
-                        self.retry_now = true;
-                    }
-                    self.stats.count_loss(classify(error))
-                }
-                Event::PeerClosed => {
-                    self.peer_closed = true;
-                    wake(&mut self.read_waker)
-                }
-                Event::Closed { reason } => {
-                    if reason != CloseReason::Clean && self.failure.is_none() {
-                        self.failure = Some(Failure::ended(&self.core, reason));
-                    }
-                    self.wake_app();
-                }
-                _ => {}
-            }
+        let ch = self.c.drain(self.clock.now());
+        if ch.handshake {
+            wake(&mut self.ready_waker);
         }
-        if self.write_waker.is_some() && self.core.unacked() < self.send_cap {
+        if ch.peer_closed {
+            wake(&mut self.read_waker);
+        }
+        if ch.closed {
+            self.wake_app();
+        }
+        let core = &self.c.core;
+        if self.write_waker.is_some() && core.unacked() < self.send_cap {
             wake(&mut self.write_waker);
         }
-        if self.read_waker.is_some() && self.core.readable() > 0 {
+        if self.read_waker.is_some() && core.readable() > 0 {
             wake(&mut self.read_waker);
+        }
+        if self.close_waker.is_some() && (core.unacked() == 0 || core.close_acked()) {
+            wake(&mut self.close_waker);
         }
     }
 
@@ -639,17 +499,10 @@ impl ClientShared {
         wake(&mut self.close_waker);
         wake(&mut self.ready_waker);
     }
-
-    fn fail(&mut self, f: Failure) {
-        if self.failure.is_none() {
-            self.failure = Some(f);
-        }
-        self.wake_app();
-    }
 }
 
 /// A client's end of a relink session over tokio. Reconnects and resumes by
-/// itself; see the [module docs](self) for the exact semantics.
+/// itself; the semantics are those of [`crate::driver`].
 pub struct ClientStream {
     shared: Arc<Mutex<ClientShared>>,
     task: JoinHandle<()>,
@@ -659,9 +512,9 @@ impl core::fmt::Debug for ClientStream {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         let st = lock(&self.shared);
         f.debug_struct("ClientStream")
-            .field("conn_id", &st.core.conn_id())
-            .field("connected", &st.core.is_connected())
-            .field("stats", &st.stats)
+            .field("conn_id", &st.c.core.conn_id())
+            .field("connected", &st.c.core.is_connected())
+            .field("stats", &st.c.stats)
             .finish()
     }
 }
@@ -673,8 +526,6 @@ enum TransportEnd {
     /// The session is over; the driver stops.
     SessionOver,
 }
-
-pub use crate::reconnect::{Resolve, ServerAddr};
 
 /// Options of a [`ClientStream`], like the blocking driver's
 /// [`crate::blocking::ClientBuilder`].
@@ -690,7 +541,7 @@ pub use crate::reconnect::{Resolve, ServerAddr};
 /// `Config::handshake_timeout`, [`io::ErrorKind::TimedOut`]);
 /// and, whatever the options, when the answer does not prove the pinned
 /// server key ([`io::ErrorKind::PermissionDenied`], cause
-/// [`Error::ServerKeyMismatch`], the message names the key's first 8 hex
+/// [`crate::Error::ServerKeyMismatch`], the message names the key's first 8 hex
 /// digits). With [`ClientBuilder::wait_for_server`] the driver keeps trying
 /// instead, following the [`Backoff`]. A peer that closes the connection
 /// without a whole answer, or answers Busy, is always retried that way (a
@@ -698,44 +549,18 @@ pub use crate::reconnect::{Resolve, ServerAddr};
 /// up, [`SessionError::GaveUp`] names the address and says the peer did
 /// not answer the relink handshake. Once a session exists every failure
 /// costs one transport only.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ClientBuilder {
     config: Config,
     backoff: Backoff,
     wait_for_server: bool,
     connect_timeout: Option<std::time::Duration>,
+    progress: Option<ProgressFn>,
 }
 
+driver::client_builder_common!();
+
 impl ClientBuilder {
-    /// Options with `config` and the default [`Backoff`]; the first
-    /// connection fails at once; connects time out after
-    /// `config.handshake_timeout`.
-    pub fn new(config: Config) -> Self {
-        ClientBuilder {
-            config,
-            backoff: Backoff::default(),
-            wait_for_server: false,
-            connect_timeout: None,
-        }
-    }
-
-    /// Reconnect policy: delays between attempts and when to give up.
-    pub fn backoff(mut self, backoff: Backoff) -> Self {
-        self.backoff = backoff;
-        self
-    }
-
-    /// Whether the first connection waits for the server to appear: with
-    /// `true`, a refused, timed-out or unanswered first connect is retried
-    /// following the [`Backoff`] (its `max_attempts` bounds the tries, then
-    /// [`SessionError::GaveUp`]); with `false` (the default) it fails at
-    /// once with [`SessionError::Connect`]. A wrong pinned key fails at once
-    /// either way. No effect once a session exists.
-    pub fn wait_for_server(mut self, wait: bool) -> Self {
-        self.wait_for_server = wait;
-        self
-    }
-
     /// The longest one connect attempt may take: per address for
     /// [`ClientBuilder::connect`], the whole future of the function for
     /// [`ClientBuilder::connect_with`]. Default: `Config::handshake_timeout`
@@ -747,7 +572,7 @@ impl ClientBuilder {
 
     fn timeout(&self) -> std::time::Duration {
         self.connect_timeout
-            .unwrap_or_else(|| crate::reconnect::default_connect_timeout(&self.config))
+            .unwrap_or_else(|| driver::default_connect_timeout(&self.config))
     }
 
     /// Connect over TCP to `addr` and return once the handshake completed.
@@ -760,10 +585,9 @@ impl ClientBuilder {
         let connect = move || {
             let resolver = resolver.clone();
             async move {
-                let addrs =
-                    ::tokio::task::spawn_blocking(move || crate::reconnect::resolve_now(&resolver))
-                        .await
-                        .map_err(io::Error::other)??;
+                let addrs = ::tokio::task::spawn_blocking(move || driver::resolve_now(&resolver))
+                    .await
+                    .map_err(io::Error::other)??;
                 let mut last = None;
                 for a in addrs {
                     let r = match ::tokio::time::timeout(timeout, TcpStream::connect(a)).await {
@@ -775,7 +599,7 @@ impl ClientBuilder {
                             s.set_nodelay(true)?;
                             return Ok((s, Some(a)));
                         }
-                        Err(e) => last = Some(crate::reconnect::connect_error(a, &e, timeout)),
+                        Err(e) => last = Some(driver::connect_error(a, &e, timeout)),
                     }
                 }
                 Err(last.unwrap_or_else(|| io::Error::other("relink: no address to connect to")))
@@ -813,7 +637,7 @@ impl ClientBuilder {
     {
         let config = self.config.clone();
         let shared = Arc::new(Mutex::new(ClientShared {
-            core: crate::Client::new(config.clone(), crate::os_rng()),
+            c: ClientCore::new(config.clone(), self.progress),
             clock: Clock::new(),
             send_cap: config.send_buffer.max(1),
             read_waker: None,
@@ -822,31 +646,25 @@ impl ClientBuilder {
             ready_waker: None,
             driver_waker: None,
             input_blocked: false,
-            handshake_done: false,
-            retry_now: false,
-            peer_closed: false,
-            aborted: false,
-            established: false,
-            close_requested: false,
-            last_loss: None,
-            failure: None,
-            stats: ClientStats::default(),
+            done: false,
         }));
-        let opts = DriverOpts {
-            config,
-            backoff: self.backoff,
-            wait_for_server: self.wait_for_server,
+        let tick = fallback_tick(&config);
+        let policy = Reconnect::new(self.backoff, self.wait_for_server, config);
+        let task = ::tokio::spawn(drive_client(
+            shared.clone(),
+            policy,
+            tick,
             outer_timeout,
-        };
-        let task = ::tokio::spawn(drive_client(shared.clone(), opts, connect));
+            connect,
+        ));
         let stream = ClientStream { shared, task };
         poll_fn(|cx| {
             let mut st = lock(&stream.shared);
-            if st.handshake_done {
+            if st.c.handshake_done {
                 return Poll::Ready(Ok(()));
             }
-            if let Some(f) = &st.failure {
-                return Poll::Ready(Err(f.io()));
+            if let Some(f) = &st.c.failure {
+                return Poll::Ready(Err(f.to_io()));
             }
             register(&mut st.ready_waker, cx);
             Poll::Pending
@@ -854,15 +672,6 @@ impl ClientBuilder {
         .await?;
         Ok(stream)
     }
-}
-
-/// The client driver's options.
-struct DriverOpts {
-    config: Config,
-    backoff: Backoff,
-    wait_for_server: bool,
-    /// Bound of one call of the connect function (`None`: it bounds itself).
-    outer_timeout: Option<std::time::Duration>,
 }
 
 impl ClientStream {
@@ -895,7 +704,7 @@ impl ClientStream {
 
     /// The driver's counters so far.
     pub fn stats(&self) -> ClientStats {
-        lock(&self.shared).stats
+        lock(&self.shared).c.stats
     }
 
     /// A handle that reads this stream's counters and state from elsewhere
@@ -908,23 +717,76 @@ impl ClientStream {
 
     /// The session's connection id.
     pub fn conn_id(&self) -> Option<u64> {
-        lock(&self.shared).core.conn_id()
+        lock(&self.shared).c.core.conn_id()
     }
 
     /// Whether a transport is attached right now (false while reconnecting).
     pub fn is_connected(&self) -> bool {
-        lock(&self.shared).core.is_connected()
+        lock(&self.shared).c.core.is_connected()
     }
 
     /// Bytes written but not yet acknowledged by the server.
     pub fn unacked(&self) -> usize {
-        lock(&self.shared).core.unacked()
+        lock(&self.shared).c.core.unacked()
     }
 
     /// Why the session ended, once it has.
     pub fn close_reason(&self) -> Option<CloseReason> {
-        lock(&self.shared).core.close_reason()
+        lock(&self.shared).c.core.close_reason()
     }
+
+    /// Abort the session (like a TCP reset): stop sending at once and tell
+    /// the server with an authenticated ABORT carrying `code`; reads and
+    /// writes fail from then on. The background task keeps reconnecting
+    /// until the server acknowledged it or the session is given up, also
+    /// after the stream is dropped.
+    pub fn abort(&self, code: AbortCode) {
+        abort_client(&self.shared, code);
+    }
+
+    /// A handle that can abort this session from another task while the
+    /// stream is in use.
+    pub fn abort_handle(&self) -> AbortHandle {
+        AbortHandle(HandleInner::Client(self.shared.clone()))
+    }
+
+    /// Once the session ended other than cleanly: the written bytes whose
+    /// delivery is unknown, `[acknowledged, written)`.
+    pub fn in_doubt(&self) -> Option<ByteRange> {
+        lock(&self.shared).c.core.in_doubt()
+    }
+
+    /// Close the session cleanly: half-close, then wait until the server
+    /// closed its side too and both CLOSEs were acknowledged. Input not read
+    /// yet is discarded. Errors when the session is lost instead.
+    pub async fn close(&mut self) -> io::Result<()> {
+        {
+            let mut st = lock(&self.shared);
+            st.c.start_shutdown().map_err(|e| e.to_io())?;
+            wake(&mut st.driver_waker);
+        }
+        poll_fn(|cx| {
+            let mut guard = lock(&self.shared);
+            let st = &mut *guard;
+            let stopped = st.done;
+            let before = st.c.core.readable();
+            let step = st.c.close(true, stopped);
+            if before > 0 && st.input_blocked {
+                wake(&mut st.driver_waker);
+            }
+            poll_step(cx, step, &mut st.close_waker)
+        })
+        .await
+    }
+}
+
+fn abort_client(shared: &Mutex<ClientShared>, code: AbortCode) {
+    let mut st = lock(shared);
+    let now = st.clock.now();
+    st.c.abort(code, now);
+    st.process_events();
+    wake(&mut st.driver_waker);
+    st.wake_app();
 }
 
 /// Read-only view of a [`ClientStream`]'s counters and state; see
@@ -945,156 +807,89 @@ impl core::fmt::Debug for ClientMonitor {
 impl ClientMonitor {
     /// The driver's counters so far.
     pub fn stats(&self) -> ClientStats {
-        lock(&self.shared).stats
+        lock(&self.shared).c.stats
     }
 
     /// Whether a transport is attached right now.
     pub fn is_connected(&self) -> bool {
-        lock(&self.shared).core.is_connected()
-    }
-}
-
-impl ClientStream {
-    /// Abort the session (like a TCP reset): stop sending at once and tell
-    /// the server with an authenticated ABORT carrying `code`; reads and
-    /// writes fail from then on. The background task keeps reconnecting
-    /// until the server acknowledged it or the session is given up, also
-    /// after the stream is dropped.
-    pub fn abort(&self, code: AbortCode) {
-        let mut st = lock(&self.shared);
-        if !st.aborted && !st.core.is_closed() {
-            st.aborted = true;
-            st.core.abort(code);
-            st.process_events();
-            wake(&mut st.driver_waker);
-            st.wake_app();
-        }
-    }
-
-    /// Once the session ended other than cleanly: the written bytes whose
-    /// delivery is unknown, `[acknowledged, written)`.
-    pub fn in_doubt(&self) -> Option<ByteRange> {
-        lock(&self.shared).core.in_doubt()
+        lock(&self.shared).c.core.is_connected()
     }
 }
 
 impl Drop for ClientStream {
     fn drop(&mut self) {
         let mut st = lock(&self.shared);
-        // Dropped while the session lives and is not on its way to a clean
-        // end (both sides half-closed): abort it; the task runs on until
-        // the server acknowledged.
-        let finishing = st.close_requested && st.peer_closed;
-        if !st.core.is_closed() && st.failure.is_none() {
-            if !st.aborted && !finishing {
-                st.aborted = true;
-                st.core.abort(AbortCode::DROPPED);
-                st.process_events();
-            }
-            if !st.core.is_closed() {
-                wake(&mut st.driver_waker);
-                return;
-            }
+        // Dropped while the session lives: the task runs on until the
+        // server acknowledged the ABORT (or the clean end).
+        let now = st.clock.now();
+        if st.c.on_drop(now) {
+            st.process_events();
+            wake(&mut st.driver_waker);
+            return;
         }
         drop(st);
         self.task.abort();
     }
 }
 
-/// A connect attempt failed: counted, and reported to the core, which ends
-/// the session once its give-up deadline has passed (the driver's wait loop
-/// then sees it closed).
-fn connect_failed(shared: &Mutex<ClientShared>, clock: &Clock) {
+/// The driver task is over: mark it and wake the stream.
+fn finish(shared: &Mutex<ClientShared>) {
     let mut st = lock(shared);
-    st.stats.connect_failures += 1;
-    let now = clock.now();
-    st.core.connect_failed(now);
-    st.process_events();
+    st.done = true;
+    st.wake_app();
 }
 
-/// End the first connect (no session yet) with `err`.
-fn fail_first(shared: &Mutex<ClientShared>, err: SessionError) {
-    lock(shared).fail(Failure::of(err));
-}
-
-async fn drive_client<F, Fut, T>(shared: Arc<Mutex<ClientShared>>, opts: DriverOpts, mut connect: F)
-where
+async fn drive_client<F, Fut, T>(
+    shared: Arc<Mutex<ClientShared>>,
+    mut policy: Reconnect,
+    tick: std::time::Duration,
+    outer_timeout: Option<std::time::Duration>,
+    mut connect: F,
+) where
     F: FnMut() -> Fut + Send + 'static,
     Fut: Future<Output = io::Result<(T, Option<SocketAddr>)>> + Send + 'static,
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let clock = lock(&shared).clock;
-    let tick = fallback_tick(&opts.config);
-    let backoff = opts.backoff;
-    let mut jitter = crate::os_rng();
-    let mut attempt: u32 = 0;
-    let mut last_error = String::from("none");
-    let mut immediate_retry = false;
     let mut sleep = Box::pin(::tokio::time::sleep_until(TokioInstant::now()));
     loop {
-        // Before a session exists the backoff's attempt limit applies; once
-        // there is one, only the core ends it (its give-up deadline, from the
-        // server's advertised resume timeout, is part of `poll_timeout`).
-        let (has_session, retry_now) = {
+        let delay = {
             let mut st = lock(&shared);
-            let has = st.handshake_done || st.core.conn_id().is_some();
-            (has, core::mem::take(&mut st.retry_now))
-        };
-        let policy = backoff.with_session(has_session);
-        let Some(delay) = policy.delay(attempt, &mut jitter) else {
-            let mut st = lock(&shared);
-            st.fail(Failure {
-                kind: io::ErrorKind::TimedOut,
-                err: SessionError::GaveUp {
-                    attempts: attempt,
-                    last_error,
-                },
-            });
-            return;
-        };
-        // A Stale refusal corrected the clock estimate: once in a row, retry
-        // at once.
-        let delay: std::time::Duration = if retry_now && !immediate_retry {
-            immediate_retry = true;
-            std::time::Duration::ZERO
-        } else {
-            immediate_retry = false;
-            delay.into()
+            match policy.next_delay(&mut st.c) {
+                Ok(d) => d,
+                Err(_) => {
+                    drop(st);
+                    return finish(&shared);
+                }
+            }
         };
         let wake_at = TokioInstant::now() + delay;
         loop {
             let until = {
                 let mut st = lock(&shared);
-                let now = clock.now();
-                if st.core.poll_timeout().is_some_and(|d| d <= now) {
-                    st.core.handle_timeout(now);
-                    st.process_events();
-                }
-                if st.core.is_closed() {
-                    let reason = st
-                        .core
-                        .close_reason()
-                        .unwrap_or(CloseReason::TooManyFailures);
-                    if reason != CloseReason::Clean {
-                        let f = Failure::ended(&st.core, reason);
-                        st.fail(f);
-                    }
-                    st.wake_app();
-                    return;
+                if st.c.tick(clock.now()) {
+                    drop(st);
+                    return finish(&shared);
                 }
                 if TokioInstant::now() >= wake_at {
+                    st.c.report(Progress::Connecting {
+                        attempt: policy.attempt,
+                        delay,
+                    });
                     break;
                 }
                 // (at least 1 ms: a deadline the core did not move must not
                 // make this loop spin)
                 let floor = TokioInstant::now() + std::time::Duration::from_millis(1);
-                let core_at = st.core.poll_timeout().map(|d| clock.to_tokio(d).max(floor));
+                let core_at =
+                    st.c.core
+                        .poll_timeout()
+                        .map(|d| clock.to_tokio(d).max(floor));
                 core_at.map_or(wake_at, |c| c.min(wake_at))
             };
             ::tokio::time::sleep_until(until).await;
         }
-        attempt += 1;
-        let r = match opts.outer_timeout {
+        let r = match outer_timeout {
             Some(d) => match ::tokio::time::timeout(d, connect()).await {
                 Ok(r) => r,
                 Err(_) => Err(io::Error::new(
@@ -1107,64 +902,39 @@ where
         let (t, peer) = match r {
             Ok(x) => x,
             Err(e) => {
-                if !has_session && !opts.wait_for_server {
-                    lock(&shared).stats.connect_failures += 1;
-                    fail_first(&shared, SessionError::first_connect(&e));
-                    return;
+                let mut st = lock(&shared);
+                let now = clock.now();
+                let r = policy.connect_failed(&mut st.c, &e, now);
+                st.process_events();
+                drop(st);
+                if r.is_err() {
+                    return finish(&shared);
                 }
-                connect_failed(&shared, &clock);
-                last_error = e.to_string();
                 continue;
             }
         };
         {
             let mut st = lock(&shared);
             let now = clock.now();
-            if let Err(e) = st.core.new_transport(now) {
-                st.process_events();
-                let reason = st.core.close_reason().unwrap_or(CloseReason::Error(e));
-                let f = Failure::ended(&st.core, reason);
-                st.fail(f);
-                return;
+            let r = st.c.new_transport(now, peer);
+            st.process_events();
+            drop(st);
+            if r.is_err() {
+                return finish(&shared);
             }
-            st.stats.transports += 1;
-            st.established = false;
-            st.last_loss = None;
         }
         let mut io = TransportIo::new(t);
         let end = poll_fn(|cx| client_poll(&shared, &mut io, &mut sleep, tick, cx)).await;
         match end {
-            TransportEnd::SessionOver => return,
+            TransportEnd::SessionOver => return finish(&shared),
             TransportEnd::Lost(why) => {
                 let mut st = lock(&shared);
-                if !st.established && st.core.conn_id().is_none() && !st.core.is_closed() {
-                    // The first handshake failed: fail the connect at once
-                    // (a wrong pinned key always; the rest unless waiting
-                    // for the server), naming the peer.
-                    let first =
-                        crate::reconnect::first_transport_failure(peer, st.last_loss, &opts.config);
-                    if let Some((kind, message, cause)) = first {
-                        if !opts.wait_for_server || cause == Some(Error::ServerKeyMismatch) {
-                            st.fail(Failure::of(SessionError::Connect {
-                                kind,
-                                message,
-                                cause,
-                            }));
-                            return;
-                        }
-                    }
+                let r = policy.transport_ended(&mut st.c, &why);
+                st.process_events();
+                drop(st);
+                if r.is_err() {
+                    return finish(&shared);
                 }
-                let unanswered =
-                    !st.established && st.core.conn_id().is_none() && st.last_loss.is_none();
-                if st.established {
-                    attempt = 0;
-                }
-                st.established = false;
-                last_error = if unanswered {
-                    crate::reconnect::unanswered_text(peer)
-                } else {
-                    why
-                };
             }
         }
     }
@@ -1186,7 +956,7 @@ fn client_poll<T: AsyncRead + AsyncWrite + Unpin>(
         // Input: what is buffered first, then the transport.
         loop {
             if io.input_pending() && !io.core_ended {
-                match st.core.handle_input(now, io.input()) {
+                match st.c.core.handle_input(now, io.input()) {
                     Ok(n) => {
                         io.consume(n);
                         progress |= n > 0;
@@ -1201,12 +971,12 @@ fn client_poll<T: AsyncRead + AsyncWrite + Unpin>(
             progress = true;
         }
         st.process_events();
-        if st.core.poll_timeout().is_some_and(|d| d <= now) {
-            st.core.handle_timeout(now);
+        if st.c.core.poll_timeout().is_some_and(|d| d <= now) {
+            st.c.core.handle_timeout(now);
             st.process_events();
         }
-        if !io.core_ended && !st.core.transport_ended() {
-            let core = &mut st.core;
+        if !io.core_ended && !st.c.core.transport_ended() {
+            let core = &mut st.c.core;
             progress |= io.poll_drain(cx, |buf| core.poll_transmit(now, buf).unwrap_or(0));
         }
         let lost = io
@@ -1214,36 +984,33 @@ fn client_poll<T: AsyncRead + AsyncWrite + Unpin>(
             .take()
             .or_else(|| io.eof.then(|| "transport closed by the peer".to_string()));
         if let Some(why) = lost {
-            if !st.core.transport_ended() && !st.core.is_closed() {
-                st.stats.count_loss(LossKind::Io);
-            }
-            st.core.transport_lost(now);
+            st.c.transport_lost(now, &why);
             st.process_events();
-            if st.core.is_closed() {
+            if st.c.core.is_closed() {
                 return Poll::Ready(TransportEnd::SessionOver);
             }
             return Poll::Ready(TransportEnd::Lost(why));
         }
-        if st.core.is_closed() {
+        if st.c.core.is_closed() {
             // A clean end and the answer to the server's ABORT still have
             // frames to write (the last ACK, the ABORT echo).
             let flush = matches!(
-                st.core.close_reason(),
+                st.c.core.close_reason(),
                 Some(CloseReason::Clean | CloseReason::Aborted { by_peer: true, .. })
             );
-            if !flush || (!io.output_pending() && !st.core.wants_transmit(now)) {
+            if !flush || (!io.output_pending() && !st.c.core.wants_transmit(now)) {
                 io.poll_close(cx);
                 return Poll::Ready(TransportEnd::SessionOver);
             }
-        } else if io.core_ended || st.core.transport_ended() {
-            st.core.transport_lost(now);
+        } else if io.core_ended || st.c.core.transport_ended() {
+            st.c.transport_lost(now, "ended by the relink core");
             st.process_events();
             return Poll::Ready(TransportEnd::Lost("ended by the relink core".into()));
         }
         if progress {
             continue;
         }
-        if poll_timer(sleep, cx, clock, now, st.core.poll_timeout(), tick) {
+        if poll_timer(sleep, cx, clock, now, st.c.core.poll_timeout(), tick) {
             continue;
         }
         register(&mut st.driver_waker, cx);
@@ -1259,25 +1026,16 @@ impl AsyncRead for ClientStream {
     ) -> Poll<io::Result<()>> {
         let mut guard = lock(&self.shared);
         let st = &mut *guard;
-        let dst = buf.initialize_unfilled();
-        match st.core.recv(dst) {
-            Ok(n) => {
-                buf.advance(n);
-                st.stats.bytes_received += n as u64;
-                if n > 0 && st.input_blocked {
-                    wake(&mut st.driver_waker);
-                }
-                Poll::Ready(Ok(()))
+        let stopped = st.done;
+        let step = st.c.read(buf.initialize_unfilled(), stopped);
+        if let driver::Step::Ready(Ok(n)) = step {
+            buf.advance(n);
+            if n > 0 && st.input_blocked {
+                wake(&mut st.driver_waker);
             }
-            Err(Error::WouldBlock) => {
-                if let Some(f) = &st.failure {
-                    return Poll::Ready(Err(f.io()));
-                }
-                register(&mut st.read_waker, cx);
-                Poll::Pending
-            }
-            Err(e) => Poll::Ready(Err(st.failure.as_ref().map_or(core_error(e), Failure::io))),
+            return Poll::Ready(Ok(()));
         }
+        poll_step(cx, step, &mut st.read_waker).map_ok(|_| ())
     }
 }
 
@@ -1289,49 +1047,34 @@ impl AsyncWrite for ClientStream {
     ) -> Poll<io::Result<usize>> {
         let mut guard = lock(&self.shared);
         let st = &mut *guard;
-        if let Some(f) = &st.failure {
-            return Poll::Ready(Err(f.io()));
+        let stopped = st.done;
+        let step = st.c.write(buf, stopped);
+        if matches!(step, driver::Step::Ready(Ok(n)) if n > 0) {
+            wake(&mut st.driver_waker);
         }
-        match st.core.send(buf) {
-            Ok(0) if !buf.is_empty() => {
-                register(&mut st.write_waker, cx);
-                Poll::Pending
-            }
-            Ok(n) => {
-                st.stats.bytes_sent += n as u64;
-                wake(&mut st.driver_waker);
-                Poll::Ready(Ok(n))
-            }
-            Err(e) => Poll::Ready(Err(core_error(e))),
-        }
+        poll_step(cx, step, &mut st.write_waker)
     }
 
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &lock(&self.shared).failure {
-            Some(f) => Poll::Ready(Err(f.io())),
-            None => Poll::Ready(Ok(())),
-        }
+    /// Completes once every byte written so far was acknowledged.
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut guard = lock(&self.shared);
+        let st = &mut *guard;
+        let step = st.c.flush(st.done);
+        poll_step(cx, step, &mut st.close_waker)
     }
 
+    /// Half-closes; completes once the server acknowledged the CLOSE.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut guard = lock(&self.shared);
         let st = &mut *guard;
-        if !st.close_requested {
-            st.close_requested = true;
-            st.core.close();
+        if !st.c.close_requested {
+            if let Err(e) = st.c.start_shutdown() {
+                return Poll::Ready(Err(e.to_io()));
+            }
             wake(&mut st.driver_waker);
         }
-        match st.core.close_reason() {
-            Some(CloseReason::Clean) => Poll::Ready(Ok(())),
-            Some(r) => Poll::Ready(Err(Failure::ended(&st.core, r).io())),
-            None => {
-                if let Some(f) = &st.failure {
-                    return Poll::Ready(Err(f.io()));
-                }
-                register(&mut st.close_waker, cx);
-                Poll::Pending
-            }
-        }
+        let step = st.c.shutdown(st.done);
+        poll_step(cx, step, &mut st.close_waker)
     }
 }
 
@@ -1353,86 +1096,17 @@ impl AsyncWrite for ClientStream {
 // under the session lock; the outcome is applied under the endpoint lock
 // after the session lock was released.
 
-/// Counters of a [`Server`], taken from the core's events.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ServerStats {
-    /// Transports accepted.
-    pub transports: u64,
-    /// Transports refused because too many were pending.
-    pub transports_refused: u64,
-    /// Sessions established by a handshake.
-    pub handshakes: u64,
-    /// Resumes accepted.
-    pub resumes: u64,
-    /// Sum of the lengths of `ServerEvent::ResendRange`.
-    pub resend_bytes: u64,
-    /// `ServerEvent::AuthFailed` events (corrupted or forged bytes).
-    pub auth_failures: u64,
-    /// Transports the core ended because of malformed bytes (e.g. a
-    /// corrupted frame header or first message).
-    pub lost_protocol: u64,
-    /// Transports the core ended because nothing arrived in time.
-    pub timeouts: u64,
-    /// Transports that ended with EOF or an I/O error.
-    pub lost_io: u64,
-    /// Sessions that expired without being resumed.
-    pub expired: u64,
-}
-
-/// [`ServerStats`] counted without a lock.
-#[derive(Default)]
-struct AtomicStats {
-    transports: AtomicU64,
-    transports_refused: AtomicU64,
-    handshakes: AtomicU64,
-    resumes: AtomicU64,
-    resend_bytes: AtomicU64,
-    auth_failures: AtomicU64,
-    lost_protocol: AtomicU64,
-    timeouts: AtomicU64,
-    lost_io: AtomicU64,
-    expired: AtomicU64,
-}
-
-fn count(c: &AtomicU64, n: u64) {
-    c.fetch_add(n, Ordering::Relaxed);
-}
-
-impl AtomicStats {
-    fn snapshot(&self) -> ServerStats {
-        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        ServerStats {
-            transports: g(&self.transports),
-            transports_refused: g(&self.transports_refused),
-            handshakes: g(&self.handshakes),
-            resumes: g(&self.resumes),
-            resend_bytes: g(&self.resend_bytes),
-            auth_failures: g(&self.auth_failures),
-            lost_protocol: g(&self.lost_protocol),
-            timeouts: g(&self.timeouts),
-            lost_io: g(&self.lost_io),
-            expired: g(&self.expired),
-        }
-    }
-
-    /// A `CloseTransport` event with `error`.
-    fn count_close(&self, error: Option<Error>) {
-        match classify(error) {
-            LossKind::Timeout => count(&self.timeouts, 1),
-            LossKind::Protocol => count(&self.lost_protocol, 1),
-            _ => {}
-        }
-    }
-}
-
 /// What every task of a server shares. Only `ep` is a lock.
 struct Inner {
     ep: Mutex<EndpointState>,
     clock: Clock,
     send_cap: usize,
     tick: std::time::Duration,
-    stats: AtomicStats,
+    stats: ServerCounters,
     stopped: AtomicBool,
+    progress: Option<ProgressFn>,
+    /// Our static public key, to name it in logs.
+    server_key: Option<[u8; 32]>,
 }
 
 impl Inner {
@@ -1440,7 +1114,7 @@ impl Inner {
         self.stopped.load(Ordering::SeqCst)
     }
 
-    /// Stop every task and fail every stream (the `Server` was dropped).
+    /// Stop every task and fail every stream (the `Listener` was dropped).
     /// The flag is set before any lock is taken: a task that checks it under
     /// a lock either sees it or registered its waker before the wake below.
     fn stop(&self) {
@@ -1483,17 +1157,16 @@ struct EndpointState {
 impl EndpointState {
     /// After any endpoint call: count and route its events, and wake the
     /// endpoint timer if its next deadline moved earlier.
-    fn settle(&mut self, stats: &AtomicStats) {
+    fn settle(&mut self, stats: &ServerCounters, progress: Option<&ProgressFn>) {
         while let Some(e) = self.endpoint.poll_event() {
-            match e {
-                ServerEvent::CloseTransport { transport, error } => {
-                    stats.count_close(error);
-                    if let Some(w) = self.transports.get_mut(&transport) {
-                        wake(w);
-                    }
+            stats.count(&e);
+            if let ServerEvent::CloseTransport { transport, .. } = e {
+                if let Some(w) = self.transports.get_mut(&transport) {
+                    wake(w);
                 }
-                ServerEvent::AuthFailed { .. } => count(&stats.auth_failures, 1),
-                _ => {}
+            }
+            if let Some(f) = progress {
+                f(&Progress::Server(e));
             }
         }
         if let Some(next) = self.endpoint.poll_timeout() {
@@ -1515,6 +1188,8 @@ struct SessionShared {
 struct TransportSlot {
     waker: Option<Waker>,
     input_blocked: bool,
+    /// The remote address, if the transport has one.
+    peer: Option<SocketAddr>,
 }
 
 struct SessionState {
@@ -1528,13 +1203,8 @@ struct SessionState {
     timer_waker: Option<Waker>,
     /// The deadline the session's timer task sleeps until.
     timer_armed: Option<Instant>,
-    peer_closed: bool,
-    closed: Option<CloseReason>,
-    close_requested: bool,
-    /// The application (or the drop) aborted the session.
-    aborted: Option<AbortCode>,
-    /// The application dropped its stream: discard what arrives.
-    dropped: bool,
+    /// The driver core's data about the session.
+    info: SessionSlot,
     /// The connection was drained and left the endpoint's map.
     gone: bool,
 }
@@ -1573,7 +1243,7 @@ impl Outcome {
         {
             ep.sessions.remove(&sess.sid);
         }
-        ep.settle(&inner.stats);
+        ep.settle(&inner.stats, inner.progress.as_ref());
     }
 }
 
@@ -1587,11 +1257,7 @@ impl SessionState {
             close_waker: None,
             timer_waker: None,
             timer_armed: None,
-            peer_closed: false,
-            closed: None,
-            close_requested: false,
-            aborted: None,
-            dropped: false,
+            info: SessionSlot::new(None),
             gone: false,
         }
     }
@@ -1624,34 +1290,28 @@ impl SessionState {
     /// After any call on the connection: handle its events, pass on its
     /// endpoint events, notice when it is drained, re-arm its timer.
     fn settle(&mut self, inner: &Inner, out: &mut Outcome) {
-        let stats = &inner.stats;
-        while let Some(e) = self.conn.poll_event() {
-            match e {
-                ServerEvent::HandshakeDone { .. } => {
-                    count(&stats.handshakes, 1);
-                    out.accept = true;
-                }
-                ServerEvent::Resumed { .. } => count(&stats.resumes, 1),
-                ServerEvent::ResendRange { start, end, .. } => {
-                    count(&stats.resend_bytes, end.saturating_sub(start));
-                }
-                ServerEvent::CloseTransport { transport, error } => {
-                    stats.count_close(error);
-                    self.wake_slot(transport);
-                }
-                ServerEvent::AuthFailed { .. } => count(&stats.auth_failures, 1),
-                ServerEvent::PeerClosed { .. } => {
-                    self.peer_closed = true;
-                    wake(&mut self.read_waker);
-                }
-                ServerEvent::Closed { reason, .. } => self.session_over(reason),
-                ServerEvent::SessionExpired { .. } => {
-                    count(&stats.expired, 1);
-                    self.session_over(CloseReason::Expired);
-                }
-                // The server stream's own in-doubt range; the driver does
-                // not report it yet (the core event carries it).
-                ServerEvent::InDoubt { .. } => {}
+        if !self.gone {
+            let now = inner.clock.now();
+            let transports = &self.transports;
+            let peer_of = |t: TransportId| {
+                transports
+                    .iter()
+                    .find(|(id, _)| *id == t)
+                    .and_then(|(_, s)| s.peer)
+            };
+            let ch = self.info.drain(
+                &mut self.conn,
+                now,
+                &inner.stats,
+                inner.progress.as_ref(),
+                peer_of,
+            );
+            out.accept |= ch.accept;
+            for t in ch.close_transports {
+                self.wake_slot(t);
+            }
+            if ch.changed {
+                self.wake_all();
             }
         }
         while let Some(e) = self.conn.poll_endpoint_event() {
@@ -1666,18 +1326,13 @@ impl SessionState {
         self.nudge_timer();
     }
 
-    fn session_over(&mut self, reason: CloseReason) {
-        self.closed = Some(reason);
-        self.wake_all();
-    }
-
     /// After bytes moved on a transport: wake the reader and writer if they
     /// can go on; throw away input of a session nobody reads any more.
     fn after_io(&mut self, send_cap: usize) {
         if self.gone {
             return;
         }
-        if self.dropped {
+        if self.info.dropped {
             let mut scratch = [0u8; 4096];
             while matches!(self.conn.recv(&mut scratch), Ok(n) if n > 0) {}
             return;
@@ -1687,6 +1342,10 @@ impl SessionState {
         }
         if self.read_waker.is_some() && self.conn.readable() > 0 {
             wake(&mut self.read_waker);
+        }
+        // `flush` and `shutdown` wait for ACKs, which raise no event.
+        if self.close_waker.is_some() && (self.conn.unacked() == 0 || self.conn.close_acked()) {
+            wake(&mut self.close_waker);
         }
     }
 
@@ -1700,46 +1359,38 @@ impl SessionState {
             }
         }
     }
+}
 
-    /// The error a stream reports once its session is gone.
-    fn gone_error(&self, inner: &Inner) -> io::Error {
-        if inner.stopped() {
-            return io::Error::new(io::ErrorKind::ConnectionAborted, "relink server dropped");
-        }
-        match (self.closed, self.aborted) {
-            (Some(r), _) => Failure::closed(r).io(),
-            (None, Some(code)) => Failure::closed(CloseReason::Aborted {
-                code,
-                by_peer: false,
-            })
-            .io(),
-            (None, None) => core_error(Error::UnknownSession),
+/// A stream call's answer, or `Pending` with the task's waker in `slot`.
+fn poll_step<R>(
+    cx: &Context<'_>,
+    step: driver::Step<Result<R, SessionError>>,
+    slot: &mut Option<Waker>,
+) -> Poll<io::Result<R>> {
+    match step {
+        driver::Step::Ready(r) => Poll::Ready(r.map_err(|e| e.to_io())),
+        driver::Step::Wait => {
+            register(slot, cx);
+            Poll::Pending
         }
     }
 }
 
-/// A relink server over tokio: accepts transports, lets the core route
-/// handshakes and resumes, and yields each new session as a [`ServerStream`].
-pub struct Server {
-    inner: Arc<Inner>,
-    local_addr: Option<SocketAddr>,
-    tasks: std::vec::Vec<JoinHandle<()>>,
+/// Options of a [`Listener`], like the blocking driver's
+/// [`crate::blocking::ListenerBuilder`].
+#[derive(Clone)]
+pub struct ListenerBuilder {
+    config: Config,
+    progress: Option<ProgressFn>,
 }
 
-impl core::fmt::Debug for Server {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Server")
-            .field("local_addr", &self.local_addr)
-            .field("sessions", &self.session_count())
-            .field("stats", &self.stats())
-            .finish()
-    }
-}
+driver::listener_builder_common!();
 
-impl Server {
-    /// A server without a listener: feed it transports with
-    /// [`Server::serve_transport`].
-    pub fn new(mut config: Config) -> Server {
+impl ListenerBuilder {
+    /// A listener without a TCP socket: feed it transports with
+    /// [`Listener::serve_transport`].
+    pub fn build(self) -> Listener {
+        let mut config = self.config;
         if config.wall_clock.is_none() {
             config.wall_clock = Some(Arc::new(crate::SystemWallClock));
         }
@@ -1749,8 +1400,10 @@ impl Server {
             tick: fallback_tick(&config)
                 .min(config.ack_delay.into())
                 .max(std::time::Duration::from_millis(1)),
-            stats: AtomicStats::default(),
+            stats: ServerCounters::default(),
             stopped: AtomicBool::new(false),
+            progress: self.progress,
+            server_key: config.server_static.as_ref().map(|k| k.public_key()),
             ep: Mutex::new(EndpointState {
                 endpoint: Endpoint::new(config, crate::os_rng()),
                 transports: HashMap::new(),
@@ -1762,7 +1415,7 @@ impl Server {
             }),
         });
         let timer = ::tokio::spawn(drive_endpoint_timer(inner.clone()));
-        Server {
+        Listener {
             inner,
             local_addr: None,
             tasks: std::vec![timer],
@@ -1770,17 +1423,17 @@ impl Server {
     }
 
     /// Listen for TCP connections on `addr`.
-    pub async fn bind<A: ToSocketAddrs>(addr: A, config: Config) -> io::Result<Server> {
+    pub async fn bind<A: ToSocketAddrs>(self, addr: A) -> io::Result<Listener> {
         let listener = TcpListener::bind(addr).await?;
-        let mut server = Server::new(config);
+        let mut server = self.build();
         server.local_addr = Some(listener.local_addr()?);
         let inner = server.inner.clone();
         server.tasks.push(::tokio::spawn(async move {
             loop {
                 match listener.accept().await {
-                    Ok((sock, _)) => {
+                    Ok((sock, peer)) => {
                         let _ = sock.set_nodelay(true);
-                        if serve(&inner, sock).is_err() {
+                        if serve(&inner, sock, Some(peer)).is_err() {
                             return;
                         }
                     }
@@ -1791,11 +1444,44 @@ impl Server {
         }));
         Ok(server)
     }
+}
 
-    /// The address the listener is bound to (servers made with [`Server::bind`]).
+/// A relink server over tokio: accepts transports, lets the core route
+/// handshakes and resumes, and yields each new session as a [`ServerStream`].
+pub struct Listener {
+    inner: Arc<Inner>,
+    local_addr: Option<SocketAddr>,
+    tasks: std::vec::Vec<JoinHandle<()>>,
+}
+
+impl core::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Listener")
+            .field("local_addr", &self.local_addr)
+            .field("sessions", &self.session_count())
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl Listener {
+    /// A listener without a TCP socket: feed it transports with
+    /// [`Listener::serve_transport`] (see [`ListenerBuilder::build`]).
+    pub fn new(config: Config) -> Listener {
+        ListenerBuilder::new(config).build()
+    }
+
+    /// Listen for TCP connections on `addr` (see [`ListenerBuilder`] for
+    /// options).
+    pub async fn bind<A: ToSocketAddrs>(addr: A, config: Config) -> io::Result<Listener> {
+        ListenerBuilder::new(config).bind(addr).await
+    }
+
+    /// The address the listener is bound to (listeners made with
+    /// [`Listener::bind`]).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.local_addr
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "relink server has no listener"))
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "relink listener has no socket"))
     }
 
     /// Serve a transport accepted by other means (e.g. a TLS or Unix stream).
@@ -1804,7 +1490,7 @@ impl Server {
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        serve(&self.inner, transport)
+        serve(&self.inner, transport, None)
     }
 
     /// The next new session. Cancellation safe.
@@ -1818,10 +1504,7 @@ impl Server {
                 }));
             }
             if self.inner.stopped() {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::ConnectionAborted,
-                    "relink server stopped",
-                )));
+                return Poll::Ready(Err(SessionError::Shutdown.to_io()));
             }
             register(&mut ep.accept_waker, cx);
             Poll::Pending
@@ -1841,7 +1524,7 @@ impl Server {
     }
 }
 
-impl Drop for Server {
+impl Drop for Listener {
     fn drop(&mut self) {
         self.inner.stop();
         for t in &self.tasks {
@@ -1850,29 +1533,26 @@ impl Drop for Server {
     }
 }
 
-/// Register `transport` with the endpoint and spawn its task.
-fn serve<T>(inner: &Arc<Inner>, transport: T) -> io::Result<()>
+/// Register `transport` (from `peer`) with the endpoint and spawn its task.
+fn serve<T>(inner: &Arc<Inner>, transport: T, peer: Option<SocketAddr>) -> io::Result<()>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let tid = {
         let mut ep = lock(&inner.ep);
         if inner.stopped() {
-            return Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "relink server stopped",
-            ));
+            return Err(SessionError::Shutdown.to_io());
         }
         let now = inner.clock.now();
         match ep.endpoint.accept(now) {
             Ok(tid) => {
-                count(&inner.stats.transports, 1);
+                add(&inner.stats.transports, 1);
                 ep.transports.insert(tid, None);
-                ep.settle(&inner.stats);
+                ep.settle(&inner.stats, inner.progress.as_ref());
                 tid
             }
             Err(_) => {
-                count(&inner.stats.transports_refused, 1);
+                add(&inner.stats.transports_refused, 1);
                 // Too many pending transports: refuse this one, keep serving.
                 drop(ep);
                 drop(transport);
@@ -1885,8 +1565,10 @@ where
         let mut io = TransportIo::new(transport);
         let mut route = Route::Endpoint;
         let mut linger = None;
-        poll_fn(|cx| server_transport_poll(&inner, tid, &mut io, &mut route, &mut linger, cx))
-            .await;
+        poll_fn(|cx| {
+            server_transport_poll(&inner, tid, peer, &mut io, &mut route, &mut linger, cx)
+        })
+        .await;
     });
     Ok(())
 }
@@ -1928,6 +1610,7 @@ struct Step {
 fn endpoint_step<T: AsyncRead + AsyncWrite + Unpin>(
     inner: &Arc<Inner>,
     tid: TransportId,
+    peer: Option<SocketAddr>,
     io: &mut TransportIo<T>,
     cx: &Context<'_>,
 ) -> Result<Step, Handover> {
@@ -1948,7 +1631,7 @@ fn endpoint_step<T: AsyncRead + AsyncWrite + Unpin>(
             }) => {
                 io.consume(consumed);
                 ep.transports.remove(&tid);
-                let sess = new_session(inner, ep, tid, connection);
+                let sess = new_session(inner, ep, tid, peer, connection);
                 handover = Some(Handover::Session(sess));
             }
             Ok(Dispatch::Resume {
@@ -1975,7 +1658,7 @@ fn endpoint_step<T: AsyncRead + AsyncWrite + Unpin>(
             register(w, cx);
         }
     }
-    ep.settle(&inner.stats);
+    ep.settle(&inner.stats, inner.progress.as_ref());
     match handover {
         Some(h) => Err(h),
         None => Ok(Step {
@@ -1992,11 +1675,19 @@ fn new_session(
     inner: &Arc<Inner>,
     ep: &mut EndpointState,
     tid: TransportId,
+    peer: Option<SocketAddr>,
     connection: Box<Connection>,
 ) -> Arc<SessionShared> {
     let sid = connection.session();
     let mut st = SessionState::new(connection);
-    st.transports.push((tid, TransportSlot::default()));
+    st.info = SessionSlot::new(peer);
+    st.transports.push((
+        tid,
+        TransportSlot {
+            peer,
+            ..TransportSlot::default()
+        },
+    ));
     let mut out = Outcome::default();
     st.settle(inner, &mut out);
     for e in out.endpoint_events {
@@ -2022,6 +1713,7 @@ fn new_session(
 fn resume_session(
     inner: &Inner,
     tid: TransportId,
+    peer: Option<SocketAddr>,
     sess: Arc<SessionShared>,
     request: &[u8; RESUME_REQUEST_LEN],
 ) -> Route {
@@ -2030,7 +1722,13 @@ fn resume_session(
         let mut st = lock(&sess.state);
         let r = st.conn.handle_resume(tid, inner.clock.now(), request);
         if r.is_ok() {
-            st.transports.push((tid, TransportSlot::default()));
+            st.transports.push((
+                tid,
+                TransportSlot {
+                    peer,
+                    ..TransportSlot::default()
+                },
+            ));
         }
         st.settle(inner, &mut out);
         r
@@ -2091,6 +1789,7 @@ fn session_step<T: AsyncRead + AsyncWrite + Unpin>(
 fn server_transport_poll<T: AsyncRead + AsyncWrite + Unpin>(
     inner: &Arc<Inner>,
     tid: TransportId,
+    peer: Option<SocketAddr>,
     io: &mut TransportIo<T>,
     route: &mut Route,
     linger: &mut Option<Pin<Box<Sleep>>>,
@@ -2102,14 +1801,14 @@ fn server_transport_poll<T: AsyncRead + AsyncWrite + Unpin>(
         }
         // Core work, under one lock: the endpoint's or the session's.
         let step = match route {
-            Route::Endpoint => match endpoint_step(inner, tid, io, cx) {
+            Route::Endpoint => match endpoint_step(inner, tid, peer, io, cx) {
                 Ok(step) => step,
                 Err(Handover::Session(sess)) => {
                     *route = Route::Session(sess);
                     continue;
                 }
                 Err(Handover::Resume(sess, request)) => {
-                    *route = resume_session(inner, tid, sess, &request);
+                    *route = resume_session(inner, tid, peer, sess, &request);
                     continue;
                 }
                 Err(Handover::Refused(rej)) => {
@@ -2159,12 +1858,13 @@ fn server_transport_poll<T: AsyncRead + AsyncWrite + Unpin>(
             || (!progress && (ended || io.eof) && (!io.output_pending() || io.write_blocked));
         if over {
             if (io.lost.is_some() || io.eof) && !ended {
-                count(&inner.stats.lost_io, 1);
+                add(&inner.stats.lost_io, 1);
             }
             if io.lost.is_none() {
                 io.poll_close(cx);
             }
-            release_transport(inner, tid, route);
+            let abandoned = io.wrote_any && (io.eof || io.lost.is_some());
+            release_transport(inner, tid, peer, route, abandoned);
             return Poll::Ready(());
         }
         if progress {
@@ -2180,19 +1880,35 @@ fn server_transport_poll<T: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// The transport task is over: tell the core.
-fn release_transport(inner: &Inner, tid: TransportId, route: &Route) {
+fn release_transport(
+    inner: &Inner,
+    tid: TransportId,
+    peer: Option<SocketAddr>,
+    route: &Route,
+    abandoned: bool,
+) {
     let now = inner.clock.now();
     match route {
         Route::Endpoint => {
             let mut ep = lock(&inner.ep);
+            if abandoned && !ep.endpoint.transport_ended(tid) {
+                // Our ServerHello went out and the peer hung up without an
+                // answer: typically a client that pins another key.
+                driver::log_abandoned_hello(peer, inner.server_key.as_ref());
+            }
             ep.endpoint.transport_lost(tid, now);
             ep.transports.remove(&tid);
-            ep.settle(&inner.stats);
+            ep.settle(&inner.stats, inner.progress.as_ref());
         }
         Route::Session(sess) => {
             let mut out = Outcome::default();
             {
-                let mut st = lock(&sess.state);
+                let mut guard = lock(&sess.state);
+                let st = &mut *guard;
+                if !st.gone {
+                    let id = st.conn.conn_id();
+                    st.info.lost(id, tid, now, None, "the connection broke");
+                }
                 st.conn.transport_lost(tid, now);
                 st.transports.retain(|(t, _)| *t != tid);
                 st.settle(inner, &mut out);
@@ -2219,7 +1935,7 @@ async fn drive_endpoint_timer(inner: Arc<Inner>) {
             if ep.endpoint.poll_timeout().is_some_and(|d| d <= now) {
                 ep.endpoint.handle_timeout(now);
                 // CloseTransport events wake the transports' tasks.
-                ep.settle(&inner.stats);
+                ep.settle(&inner.stats, inner.progress.as_ref());
             }
             let next = ep.endpoint.poll_timeout();
             ep.timer_armed = next;
@@ -2284,8 +2000,8 @@ async fn drive_session_timer(inner: Arc<Inner>, sess: Arc<SessionShared>) {
     .await;
 }
 
-/// The server's end of one session. See the [module docs](self) for the
-/// exact semantics.
+/// The server's end of one session. The semantics are those of
+/// [`crate::driver`].
 pub struct ServerStream {
     inner: Arc<Inner>,
     sess: Arc<SessionShared>,
@@ -2297,6 +2013,34 @@ impl core::fmt::Debug for ServerStream {
             .field("session", &self.sess.sid)
             .finish_non_exhaustive()
     }
+}
+
+/// Run `f` on a session under its lock, then settle it (events, endpoint
+/// work) and apply what the endpoint must learn.
+fn with_session<R>(
+    inner: &Inner,
+    sess: &Arc<SessionShared>,
+    f: impl FnOnce(&mut SessionState) -> R,
+) -> R {
+    let mut out = Outcome::default();
+    let r = {
+        let mut guard = lock(&sess.state);
+        let st = &mut *guard;
+        let r = f(st);
+        st.settle(inner, &mut out);
+        r
+    };
+    out.apply(inner, sess);
+    r
+}
+
+fn abort_server(inner: &Inner, sess: &Arc<SessionShared>, code: AbortCode) {
+    with_session(inner, sess, |st| {
+        let gone = st.gone;
+        st.info.abort((!gone).then_some(&mut *st.conn), code);
+        st.wake_all();
+        st.wake_transport();
+    });
 }
 
 impl ServerStream {
@@ -2311,6 +2055,17 @@ impl ServerStream {
         (!st.gone).then(|| st.conn.conn_id())
     }
 
+    /// The remote address of the transport that last carried the session
+    /// (`None` for transports of [`Listener::serve_transport`]).
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        lock(&self.sess.state).info.peer
+    }
+
+    /// The listener's counters.
+    pub fn stats(&self) -> ServerStats {
+        self.inner.stats.snapshot()
+    }
+
     /// Bytes written but not yet acknowledged by the client.
     pub fn unacked(&self) -> usize {
         let st = lock(&self.sess.state);
@@ -2323,7 +2078,7 @@ impl ServerStream {
 
     /// Why the session ended, once it has.
     pub fn close_reason(&self) -> Option<CloseReason> {
-        lock(&self.sess.state).closed
+        lock(&self.sess.state).info.end
     }
 
     /// Abort the session (like a TCP reset): stop sending at once and tell
@@ -2331,45 +2086,58 @@ impl ServerStream {
     /// reads and writes fail with [`io::ErrorKind::ConnectionReset`]. The
     /// server keeps serving the session until the client acknowledged.
     pub fn abort(&self, code: AbortCode) {
-        let mut out = Outcome::default();
-        {
-            let mut st = lock(&self.sess.state);
-            if st.aborted.is_some() || st.closed.is_some() {
-                return;
-            }
-            st.aborted = Some(code);
-            if !st.gone {
-                st.conn.abort(code);
-            }
-            st.settle(&self.inner, &mut out);
-            st.wake_all();
+        abort_server(&self.inner, &self.sess, code);
+    }
+
+    /// A handle that can abort this session from another task.
+    pub fn abort_handle(&self) -> AbortHandle {
+        AbortHandle(HandleInner::Server(self.inner.clone(), self.sess.clone()))
+    }
+
+    /// Close cleanly: half-close, then wait until the client closed too and
+    /// both CLOSEs were acknowledged. Unread input is discarded.
+    pub async fn close(&mut self) -> io::Result<()> {
+        let inner = &*self.inner;
+        with_session(inner, &self.sess, |st| {
+            let stopped = inner.stopped();
+            let gone = st.gone;
+            let r = st
+                .info
+                .start_shutdown((!gone).then_some(&mut *st.conn), stopped);
             st.wake_transport();
-        }
-        out.apply(&self.inner, &self.sess);
+            r
+        })
+        .map_err(|e| e.to_io())?;
+        poll_fn(|cx| {
+            with_session(inner, &self.sess, |st| {
+                let stopped = inner.stopped();
+                let gone = st.gone;
+                let step = st.info.close((!gone).then_some(&mut *st.conn), stopped);
+                // Room was freed: let the transports feed what they hold.
+                for (_, slot) in st.transports.iter_mut() {
+                    if slot.input_blocked {
+                        wake(&mut slot.waker);
+                    }
+                }
+                poll_step(cx, step, &mut st.close_waker)
+            })
+        })
+        .await
     }
 }
 
 impl Drop for ServerStream {
     fn drop(&mut self) {
-        let mut out = Outcome::default();
-        {
-            let mut guard = lock(&self.sess.state);
-            let st = &mut *guard;
-            st.dropped = true;
-            // Dropped while the session lives and is not on its way to a
-            // clean end (both sides half-closed): abort it. The transport
-            // tasks keep serving it until the client acknowledged.
-            let finishing = st.close_requested && st.peer_closed;
-            if !st.gone && st.aborted.is_none() && !finishing && st.closed.is_none() {
-                st.aborted = Some(AbortCode::DROPPED);
-                st.conn.abort(AbortCode::DROPPED);
-            }
+        let send_cap = self.inner.send_cap;
+        with_session(&self.inner, &self.sess, |st| {
+            let gone = st.gone;
+            // The transport tasks keep serving an aborted session until the
+            // client acknowledged.
+            st.info.on_drop((!gone).then_some(&mut *st.conn));
             // Unread bytes are thrown away, so the connection drains.
-            st.after_io(self.inner.send_cap);
-            st.settle(&self.inner, &mut out);
+            st.after_io(send_cap);
             st.wake_transport();
-        }
-        out.apply(&self.inner, &self.sess);
+        });
     }
 }
 
@@ -2380,45 +2148,27 @@ impl AsyncRead for ServerStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let inner = &*self.inner;
-        let mut out = Outcome::default();
-        let r = {
-            let mut guard = lock(&self.sess.state);
-            let st = &mut *guard;
-            if inner.stopped() {
-                return Poll::Ready(Err(st.gone_error(inner)));
-            }
-            if st.gone {
-                // A cleanly closed session is freed once everything was read.
-                return Poll::Ready(if st.peer_closed {
-                    Ok(())
-                } else {
-                    Err(st.gone_error(inner))
-                });
-            }
-            let dst = buf.initialize_unfilled();
-            let r = match st.conn.recv(dst) {
-                Ok(n) => {
-                    buf.advance(n);
-                    if n > 0 {
-                        for (_, slot) in st.transports.iter_mut() {
-                            if slot.input_blocked {
-                                wake(&mut slot.waker);
-                            }
+        with_session(inner, &self.sess, |st| {
+            let stopped = inner.stopped();
+            let gone = st.gone;
+            let step = st.info.read(
+                (!gone).then_some(&mut *st.conn),
+                buf.initialize_unfilled(),
+                stopped,
+            );
+            if let driver::Step::Ready(Ok(n)) = step {
+                buf.advance(n);
+                if n > 0 {
+                    for (_, slot) in st.transports.iter_mut() {
+                        if slot.input_blocked {
+                            wake(&mut slot.waker);
                         }
                     }
-                    Poll::Ready(Ok(()))
                 }
-                Err(Error::WouldBlock) if st.closed.is_none_or(|r| r == CloseReason::Clean) => {
-                    register(&mut st.read_waker, cx);
-                    Poll::Pending
-                }
-                Err(_) => Poll::Ready(Err(st.gone_error(inner))),
-            };
-            st.settle(inner, &mut out);
-            r
-        };
-        out.apply(inner, &self.sess);
-        r
+                return Poll::Ready(Ok(()));
+            }
+            poll_step(cx, step, &mut st.read_waker).map_ok(|_| ())
+        })
     }
 }
 
@@ -2429,66 +2179,75 @@ impl AsyncWrite for ServerStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let inner = &*self.inner;
-        let mut out = Outcome::default();
-        let r = {
-            let mut guard = lock(&self.sess.state);
-            let st = &mut *guard;
-            if inner.stopped() || st.gone {
-                return Poll::Ready(Err(st.gone_error(inner)));
-            }
-            let r = match st.conn.send(buf) {
-                Ok(0) if !buf.is_empty() => {
-                    register(&mut st.write_waker, cx);
-                    Poll::Pending
-                }
-                Ok(n) => {
-                    st.wake_transport();
-                    Poll::Ready(Ok(n))
-                }
-                Err(Error::UnknownSession | Error::Aborted(_)) => {
-                    Poll::Ready(Err(st.gone_error(inner)))
-                }
-                Err(e) => Poll::Ready(Err(core_error(e))),
-            };
-            st.settle(inner, &mut out);
-            r
-        };
-        out.apply(inner, &self.sess);
-        r
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.inner.stopped() {
-            let st = lock(&self.sess.state);
-            return Poll::Ready(Err(st.gone_error(&self.inner)));
-        }
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let inner = &*self.inner;
-        let mut out = Outcome::default();
-        {
-            let mut guard = lock(&self.sess.state);
-            let st = &mut *guard;
-            if inner.stopped() {
-                return Poll::Ready(Err(st.gone_error(inner)));
-            }
-            match st.closed {
-                Some(CloseReason::Clean) => return Poll::Ready(Ok(())),
-                Some(_) => return Poll::Ready(Err(st.gone_error(inner))),
-                None if st.gone => return Poll::Ready(Err(st.gone_error(inner))),
-                None => {}
-            }
-            register(&mut st.close_waker, cx);
-            if !st.close_requested {
-                st.close_requested = true;
-                st.conn.close();
-                st.settle(inner, &mut out);
+        with_session(inner, &self.sess, |st| {
+            let stopped = inner.stopped();
+            let gone = st.gone;
+            let step = st
+                .info
+                .write((!gone).then_some(&mut *st.conn), buf, stopped);
+            if matches!(step, driver::Step::Ready(Ok(n)) if n > 0) {
                 st.wake_transport();
             }
+            poll_step(cx, step, &mut st.write_waker)
+        })
+    }
+
+    /// Completes once every byte written so far was acknowledged.
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let inner = &*self.inner;
+        with_session(inner, &self.sess, |st| {
+            let conn = (!st.gone).then_some(&*st.conn);
+            let step = st.info.flush(conn, inner.stopped());
+            poll_step(cx, step, &mut st.close_waker)
+        })
+    }
+
+    /// Half-closes; completes once the client acknowledged the CLOSE.
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let inner = &*self.inner;
+        with_session(inner, &self.sess, |st| {
+            let stopped = inner.stopped();
+            if !st.info.close_requested {
+                let gone = st.gone;
+                if let Err(e) = st
+                    .info
+                    .start_shutdown((!gone).then_some(&mut *st.conn), stopped)
+                {
+                    return Poll::Ready(Err(e.to_io()));
+                }
+                st.wake_transport();
+            }
+            let conn = (!st.gone).then_some(&*st.conn);
+            let step = st.info.shutdown(conn, stopped);
+            poll_step(cx, step, &mut st.close_waker)
+        })
+    }
+}
+
+/// Aborts a session from another task than the one using its stream (see
+/// [`ClientStream::abort_handle`], [`ServerStream::abort_handle`]). It does
+/// not keep the stream open.
+#[derive(Clone)]
+pub struct AbortHandle(HandleInner);
+
+#[derive(Clone)]
+enum HandleInner {
+    Client(Arc<Mutex<ClientShared>>),
+    Server(Arc<Inner>, Arc<SessionShared>),
+}
+
+impl core::fmt::Debug for AbortHandle {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("AbortHandle").finish_non_exhaustive()
+    }
+}
+
+impl AbortHandle {
+    /// Abort the session with `code`, like the stream's `abort`.
+    pub fn abort(&self, code: AbortCode) {
+        match &self.0 {
+            HandleInner::Client(s) => abort_client(s, code),
+            HandleInner::Server(inner, sess) => abort_server(inner, sess, code),
         }
-        out.apply(inner, &self.sess);
-        Poll::Pending
     }
 }

@@ -126,10 +126,12 @@ fn echo_client(addr: std::net::SocketAddr, msg: &'static [u8], wrote: Option<mps
         .connect(addr)
         .expect("connect");
     (&c).write_all(msg).expect("client write");
-    c.shutdown_write().expect("client shutdown");
+    // (before the half-close: `shutdown_write` returns only once the
+    // server acknowledged the CLOSE, which a stuck session cannot do)
     if let Some(tx) = wrote {
         let _ = tx.send(());
     }
+    c.shutdown_write().expect("client shutdown");
     let mut got = Vec::new();
     (&c).read_to_end(&mut got).expect("client read");
     assert_eq!(got, msg);
@@ -168,7 +170,7 @@ fn run(hit: fn(&ServerEvent) -> Option<SessionId>) -> Vec<&'static str> {
         echo_client(addr, b"from A, sent while A's reader is stuck", Some(tx))
     });
     let blocked = gate.wait_blocked();
-    // A's client wrote (and half-closed) while A's server side is stuck.
+    // A's client wrote while A's server side is stuck.
     rx.recv_timeout(FAILSAFE).expect("client A could not write");
 
     let g = gate.clone();

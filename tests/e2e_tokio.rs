@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
-use relink::tokio::{ClientStream, Server, ServerStream};
+use relink::tokio::{ClientStream, Listener, ServerStream};
 use relink::{Backoff, Config, Duration};
 use relink_test_support::relay::{FaultPlan, Relay};
 
@@ -127,7 +127,7 @@ async fn client_both_ways(c: ClientStream, total: u64) -> (u64, ClientStream) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echo_and_clean_shutdown() {
-    let server = Server::bind("127.0.0.1:0", Config::default())
+    let server = Listener::bind("127.0.0.1:0", Config::default())
         .await
         .unwrap();
     let addr = server.local_addr().unwrap();
@@ -149,7 +149,7 @@ async fn echo_and_clean_shutdown() {
     assert_eq!(back, b"hello relink");
     let (got, stats) = srv.await.unwrap();
     assert_eq!(got, b"hello relink");
-    assert_eq!(stats.handshakes, 1);
+    assert_eq!(stats.sessions, 1);
     assert_eq!(c.stats().transports, 1);
 }
 
@@ -157,7 +157,7 @@ async fn echo_and_clean_shutdown() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_mib_both_ways_through_cuts() {
     const TOTAL: u64 = 64 << 20;
-    let server = Server::bind("127.0.0.1:0", Config::default())
+    let server = Listener::bind("127.0.0.1:0", Config::default())
         .await
         .unwrap();
     let plan = FaultPlan {
@@ -184,7 +184,7 @@ async fn sixty_four_mib_both_ways_through_cuts() {
     assert_eq!(cstats.resumes, sstats.resumes);
     assert_eq!(cstats.bytes_sent, TOTAL);
     assert_eq!(cstats.bytes_received, TOTAL);
-    assert!(cstats.resend_bytes > 0 && sstats.resend_bytes > 0);
+    assert!(cstats.resent_bytes > 0 && sstats.resent_bytes > 0);
 }
 
 /// Corrupted bytes fail authentication: the transport is dropped, the
@@ -192,7 +192,7 @@ async fn sixty_four_mib_both_ways_through_cuts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corruption_is_detected_and_survived() {
     const TOTAL: u64 = 8 << 20;
-    let server = Server::bind("127.0.0.1:0", fast_config()).await.unwrap();
+    let server = Listener::bind("127.0.0.1:0", fast_config()).await.unwrap();
     // Every other connection gets one bit flipped somewhere.
     let plan = FaultPlan {
         cut_after_bytes: Some((512 << 10, 2 << 20)),
@@ -224,7 +224,7 @@ async fn corruption_is_detected_and_survived() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stall_is_detected_and_recovered() {
     const TOTAL: u64 = 4 << 20;
-    let server = Server::bind("127.0.0.1:0", fast_config()).await.unwrap();
+    let server = Listener::bind("127.0.0.1:0", fast_config()).await.unwrap();
     // Every connection stalls (instead of being cut) after 256 KiB - 1 MiB.
     let plan = FaultPlan {
         cut_after_bytes: Some((256 << 10, 1 << 20)),
@@ -268,7 +268,7 @@ async fn stall_is_detected_and_recovered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_futures_lose_nothing() {
     const TOTAL: u64 = 8 << 20;
-    let server = Server::bind("127.0.0.1:0", Config::default())
+    let server = Listener::bind("127.0.0.1:0", Config::default())
         .await
         .unwrap();
     let plan = FaultPlan {
@@ -354,7 +354,7 @@ async fn back_pressure_reaches_poll_write() {
         send_buffer: CLIENT_SEND,
         ..Config::default()
     };
-    let server = Server::bind("127.0.0.1:0", server_cfg).await.unwrap();
+    let server = Listener::bind("127.0.0.1:0", server_cfg).await.unwrap();
     let addr = server.local_addr().unwrap();
     let mut c = ClientStream::connect(addr, client_cfg).await.unwrap();
     let mut s = server.accept().await.unwrap();
@@ -467,7 +467,7 @@ fn poll_transmit_on_a_transport_replaced_by_resume_returns_nothing() {
 async fn aborts_reach_the_peer_as_resets_naming_the_code() {
     use relink::tokio::SessionError;
     use relink::AbortCode;
-    let server = Server::bind("127.0.0.1:0", fast_config()).await.unwrap();
+    let server = Listener::bind("127.0.0.1:0", fast_config()).await.unwrap();
     let addr = server.local_addr().unwrap();
     let mut client = ClientStream::connect(addr, fast_config()).await.unwrap();
     client.write_all(b"hello").await.unwrap();
@@ -515,7 +515,7 @@ async fn aborts_reach_the_peer_as_resets_naming_the_code() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_outage_does_not_make_the_client_give_up_by_count() {
     use std::sync::Mutex;
-    let server = Server::bind("127.0.0.1:0", fast_config()).await.unwrap();
+    let server = Listener::bind("127.0.0.1:0", fast_config()).await.unwrap();
     let addr = server.local_addr().unwrap();
     let relay = Relay::start(addr, FaultPlan::default(), 5).unwrap();
     let target = Arc::new(Mutex::new(Some(relay.local_addr())));
@@ -564,7 +564,7 @@ async fn a_long_outage_does_not_make_the_client_give_up_by_count() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_reaches_a_half_closed_client_before_eof() {
     use relink::wire::{self, ResumeRequest, VERSION};
-    let server = Server::bind("127.0.0.1:0", fast_config()).await.unwrap();
+    let server = Listener::bind("127.0.0.1:0", fast_config()).await.unwrap();
     let addr = server.local_addr().unwrap();
     for half_close in [false, true] {
         let req = ResumeRequest {

@@ -5,11 +5,11 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
-use relink::tokio::{ClientStream, Server};
+use relink::tokio::{ClientStream, Listener};
 use relink::{Backoff, Config};
 use tokio::io::AsyncWriteExt;
 
-async fn client_of(server: &Arc<Server>) -> io::Result<ClientStream> {
+async fn client_of(server: &Arc<Listener>) -> io::Result<ClientStream> {
     let srv = server.clone();
     let backoff = Backoff {
         initial: relink::Duration::from_millis(5),
@@ -35,7 +35,7 @@ async fn client_of(server: &Arc<Server>) -> io::Result<ClientStream> {
 /// Fails with: `sessions held: 5 with max_sessions 1`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vanished_clients_cannot_make_the_server_hold_more_than_max_sessions() {
-    let server = Arc::new(Server::new(Config {
+    let server = Arc::new(Listener::new(Config {
         max_sessions: 1,
         resume_timeout: relink::Duration::from_millis(150),
         ..Config::default()
@@ -123,7 +123,7 @@ impl tokio::io::AsyncWrite for CutAfter {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_confirmed_by_resume_is_served_by_the_tokio_driver() {
     use tokio::io::AsyncReadExt;
-    let server = Arc::new(Server::new(Config::default()));
+    let server = Arc::new(Listener::new(Config::default()));
     let srv = server.clone();
     let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let backoff = Backoff {
@@ -170,7 +170,7 @@ async fn a_session_confirmed_by_resume_is_served_by_the_tokio_driver() {
         .expect("echo");
     assert_eq!(&back, b"echo");
     let stats = server.stats();
-    assert_eq!(stats.handshakes, 1, "{stats:?}");
+    assert_eq!(stats.sessions, 1, "{stats:?}");
     assert!(stats.resumes >= 1, "{stats:?}");
     // A clean end: both sides close (each shutdown waits for the other).
     let (a, b) = tokio::time::timeout(StdDuration::from_secs(10), async {

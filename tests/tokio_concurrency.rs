@@ -1,4 +1,4 @@
-//! Sessions of one `relink::tokio::Server` progress independently on a
+//! Sessions of one `relink::tokio::Listener` progress independently on a
 //! multi-thread runtime: a transport whose `poll_read` or `poll_write`
 //! blocks its worker thread (standing in for slow crypto or a slow socket)
 //! stalls only its own session.
@@ -32,7 +32,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration as StdDuration;
 
-use relink::tokio::{ClientStream, Server};
+use relink::tokio::{ClientStream, Listener};
 use relink::{Backoff, Config};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
 use tokio::sync::mpsc;
@@ -202,7 +202,7 @@ fn run_clients(
 }
 
 async fn two_sessions_progress_independently(side: Side) {
-    let server = Arc::new(Server::new(Config::default()));
+    let server = Arc::new(Listener::new(Config::default()));
     let gate = Arc::new(GateState::default());
     let (entered_tx, entered_rx) = mpsc::unbounded_channel();
     let (to_server, mut transports) = mpsc::unbounded_channel::<(DuplexStream, bool)>();
@@ -258,7 +258,7 @@ async fn two_sessions_progress_independently(side: Side) {
         observed.b_done_before_gate_returned && !gate.timed_out.load(Ordering::SeqCst),
         "session B waited for session A's blocked transport ({side:?} side)"
     );
-    assert_eq!(server.stats().handshakes, 2);
+    assert_eq!(server.stats().sessions, 2);
 }
 
 /// A's transport blocks its thread inside `poll_read`.
@@ -335,7 +335,7 @@ impl AsyncWrite for Cuttable {
 /// and leaves the server once drained.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_detached_session_expires_by_its_own_timer() {
-    let server = Arc::new(Server::new(Config {
+    let server = Arc::new(Listener::new(Config {
         resume_timeout: relink::Duration::from_millis(300),
         ..Config::default()
     }));
@@ -374,7 +374,7 @@ async fn a_detached_session_expires_by_its_own_timer() {
         .await
         .expect("the session expired in time")
         .expect_err("the session expired");
-    assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted, "{err}");
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
     assert_eq!(stream.close_reason(), Some(relink::CloseReason::Expired));
     let stats = server.stats();
     assert_eq!(stats.expired, 1, "{stats:?}");
@@ -404,7 +404,7 @@ async fn round_trip_server(c: &mut ClientStream, s: &mut relink::tokio::ServerSt
 /// endpoint's timer and counted as a timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_transport_times_out_by_the_endpoint_timer() {
-    let server = Server::new(Config {
+    let server = Listener::new(Config {
         handshake_timeout: relink::Duration::from_millis(200),
         ..Config::default()
     });
@@ -425,7 +425,7 @@ async fn a_silent_transport_times_out_by_the_endpoint_timer() {
 /// transports.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_server_ends_its_sessions() {
-    let server = Arc::new(Server::new(Config::default()));
+    let server = Arc::new(Listener::new(Config::default()));
     let weak = Arc::downgrade(&server);
     let backoff = Backoff {
         initial: relink::Duration::from_millis(5),
@@ -453,12 +453,14 @@ async fn dropping_the_server_ends_its_sessions() {
         .await
         .expect("not left pending")
         .expect_err("the server is gone");
-    assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted, "{err}");
+    // `SessionError::Shutdown`, as in the blocking driver.
+    assert_eq!(err.kind(), io::ErrorKind::NotConnected, "{err}");
     let err = stream
         .write_all(b"x")
         .await
         .expect_err("the server is gone");
-    assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted, "{err}");
+    // `SessionError::Shutdown`, as in the blocking driver.
+    assert_eq!(err.kind(), io::ErrorKind::NotConnected, "{err}");
     // The server's transport task ended: the client loses its transport
     // (and cannot open another one).
     tokio::time::timeout(StdDuration::from_secs(10), async {

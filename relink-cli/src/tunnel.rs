@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration as StdDuration;
 
-use relink::tokio::{ClientBuilder, Server};
+use relink::tokio::{ClientBuilder, Listener};
 use relink::{AbortCode, Backoff, CloseReason, Config};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -177,7 +177,7 @@ pub fn serve_forward(s: ServeForward<'_>, announce: impl FnOnce(SocketAddr)) -> 
     let rt = runtime()?;
     rt.block_on(async move {
         let tunnels = Tunnels::install()?;
-        let server = Server::bind(s.addr, s.config)
+        let server = Listener::bind(s.addr, s.config)
             .await
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", s.addr)))?;
         announce(server.local_addr()?);

@@ -280,6 +280,7 @@ pub(crate) fn connect_error(
     timeout: std::time::Duration,
 ) -> std::io::Error {
     use std::io::{Error as IoError, ErrorKind};
+    super::events::log_connect_failed(&a, e);
     match e.kind() {
         ErrorKind::ConnectionRefused => IoError::new(
             ErrorKind::ConnectionRefused,

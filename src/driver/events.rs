@@ -1,0 +1,288 @@
+//! What the drivers report: the observer hook ([`Progress`]), the counters
+//! ([`ClientStats`], [`ServerStats`]) and the `tracing` lines (see the
+//! [module docs](crate::driver#logs)).
+
+use core::fmt;
+use std::net::SocketAddr;
+use std::string::String;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::{Error, Event, ResumeStatus, ServerEvent};
+
+/// Something the driver did or the core reported, for logs and progress
+/// displays (`on_progress` of the client and listener builders of both
+/// drivers). Called from the driver's threads or tasks with the session's
+/// lock held: keep it short (a log line, a counter).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Progress {
+    /// The client opens transport attempt `attempt` (0 = first in a row)
+    /// after waiting `delay`.
+    Connecting {
+        /// Attempt number since the last established transport.
+        attempt: u32,
+        /// Backoff delay waited before it.
+        delay: std::time::Duration,
+    },
+    /// Opening a transport failed.
+    ConnectFailed {
+        /// Attempt number.
+        attempt: u32,
+        /// The error, naming the address.
+        error: String,
+    },
+    /// An event of the client core.
+    Client(Event),
+    /// An event of the server core.
+    Server(ServerEvent),
+}
+
+/// The observer callback.
+pub(crate) type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
+
+/// Counters of a client stream, from the driver and the core's events
+/// (nothing estimated). The same type in both drivers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientStats {
+    /// Transports opened and handed to the core (handshake or resume).
+    pub transports: u64,
+    /// Failed attempts to open a transport.
+    pub connect_failures: u64,
+    /// Completed handshakes (1 once connected).
+    pub handshakes: u64,
+    /// Completed resumes (`Event::Resumed`).
+    pub resumes: u64,
+    /// Bytes this side resent after resumes (sum of `Event::ResendRange`).
+    pub resent_bytes: u64,
+    /// Transports that ended with EOF or an I/O error (cut connections).
+    pub lost_io: u64,
+    /// Transports the core ended because bytes failed authentication.
+    pub lost_auth: u64,
+    /// Transports the core ended because of malformed frames.
+    pub lost_protocol: u64,
+    /// Transports the core ended because nothing arrived in time (stalls).
+    pub lost_timeout: u64,
+    /// Transports the core ended for another reason (e.g. a rejected resume).
+    pub lost_other: u64,
+    /// Application bytes accepted by writes.
+    pub bytes_sent: u64,
+    /// Application bytes returned by reads.
+    pub bytes_received: u64,
+}
+
+/// How a transport was lost, for the statistics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LossKind {
+    Auth,
+    Protocol,
+    Timeout,
+    Other,
+}
+
+pub(crate) fn classify(e: Option<Error>) -> LossKind {
+    match e {
+        Some(Error::AuthFailed) | Some(Error::ResumeRejected(ResumeStatus::AuthFailed)) => {
+            LossKind::Auth
+        }
+        Some(Error::Protocol(_)) => LossKind::Protocol,
+        Some(Error::TimedOut) => LossKind::Timeout,
+        _ => LossKind::Other,
+    }
+}
+
+impl ClientStats {
+    /// Count a core event.
+    pub(crate) fn count(&mut self, e: &Event) {
+        match *e {
+            Event::HandshakeDone { .. } => self.handshakes += 1,
+            Event::Resumed { .. } => self.resumes += 1,
+            Event::ResendRange { start, end } => self.resent_bytes += end.saturating_sub(start),
+            Event::TransportLost { error } => match classify(error) {
+                LossKind::Auth => self.lost_auth += 1,
+                LossKind::Protocol => self.lost_protocol += 1,
+                LossKind::Timeout => self.lost_timeout += 1,
+                LossKind::Other => self.lost_other += 1,
+            },
+            _ => {}
+        }
+    }
+}
+
+/// Counters of a listener, from the core's events. The same type in both
+/// drivers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    /// Transports accepted.
+    pub transports: u64,
+    /// Transports refused because too many were pending.
+    pub transports_refused: u64,
+    /// Sessions established by a handshake.
+    pub sessions: u64,
+    /// Resumes accepted.
+    pub resumes: u64,
+    /// Bytes the server resent after resumes (sum of `ServerEvent::ResendRange`).
+    pub resent_bytes: u64,
+    /// `ServerEvent::AuthFailed` events (corrupted or forged bytes).
+    pub auth_failures: u64,
+    /// Transports the core ended because of malformed bytes.
+    pub lost_protocol: u64,
+    /// Transports the core ended because nothing arrived in time.
+    pub timeouts: u64,
+    /// Transports that ended with EOF or an I/O error.
+    pub lost_io: u64,
+    /// Sessions that expired without being resumed.
+    pub expired: u64,
+}
+
+/// [`ServerStats`] counted with atomics, outside any lock.
+#[derive(Default)]
+pub(crate) struct ServerCounters {
+    pub(crate) transports: AtomicU64,
+    pub(crate) transports_refused: AtomicU64,
+    sessions: AtomicU64,
+    resumes: AtomicU64,
+    resent_bytes: AtomicU64,
+    auth_failures: AtomicU64,
+    lost_protocol: AtomicU64,
+    timeouts: AtomicU64,
+    pub(crate) lost_io: AtomicU64,
+    expired: AtomicU64,
+}
+
+/// Add `n` to a counter.
+pub(crate) fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+impl ServerCounters {
+    pub(crate) fn snapshot(&self) -> ServerStats {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        ServerStats {
+            transports: g(&self.transports),
+            transports_refused: g(&self.transports_refused),
+            sessions: g(&self.sessions),
+            resumes: g(&self.resumes),
+            resent_bytes: g(&self.resent_bytes),
+            auth_failures: g(&self.auth_failures),
+            lost_protocol: g(&self.lost_protocol),
+            timeouts: g(&self.timeouts),
+            lost_io: g(&self.lost_io),
+            expired: g(&self.expired),
+        }
+    }
+
+    /// Count a core event (of the endpoint or of a session).
+    pub(crate) fn count(&self, e: &ServerEvent) {
+        match *e {
+            ServerEvent::HandshakeDone { .. } => add(&self.sessions, 1),
+            ServerEvent::Resumed { .. } => add(&self.resumes, 1),
+            ServerEvent::ResendRange { start, end, .. } => {
+                add(&self.resent_bytes, end.saturating_sub(start))
+            }
+            ServerEvent::AuthFailed { .. } => add(&self.auth_failures, 1),
+            ServerEvent::CloseTransport { error, .. } => match classify(error) {
+                LossKind::Timeout => add(&self.timeouts, 1),
+                LossKind::Protocol => add(&self.lost_protocol, 1),
+                _ => {}
+            },
+            ServerEvent::SessionExpired { .. } => add(&self.expired, 1),
+            _ => {}
+        }
+    }
+}
+
+/// A connection id as the logs' `session` field: 16 hex digits, the same
+/// on the client and the server.
+#[derive(Clone, Copy)]
+pub(crate) struct SessionHex(pub(crate) u64);
+
+impl fmt::Display for SessionHex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// A peer address for the logs' `peer` field (`unknown` for transports
+/// without one, e.g. in-memory pipes).
+#[derive(Clone, Copy)]
+pub(crate) struct PeerDisplay(pub(crate) Option<SocketAddr>);
+
+impl fmt::Display for PeerDisplay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(a) => write!(f, "{a}"),
+            None => f.write_str("unknown"),
+        }
+    }
+}
+
+/// A loss cause for the logs' `cause` field.
+pub(crate) struct CauseDisplay<'a>(pub(crate) Option<&'a Error>, pub(crate) &'a str);
+
+impl fmt::Display for CauseDisplay<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(e) => write!(f, "{e}"),
+            None => f.write_str(self.1),
+        }
+    }
+}
+
+/// `session established`.
+pub(crate) fn log_established(conn_id: u64, peer: Option<SocketAddr>, role: &'static str) {
+    tracing::info!(
+        session = %SessionHex(conn_id),
+        peer = %PeerDisplay(peer),
+        role = %role,
+        "session established"
+    );
+}
+
+/// `transport lost`.
+pub(crate) fn log_lost(conn_id: u64, peer: Option<SocketAddr>, cause: &dyn fmt::Display) {
+    tracing::info!(
+        session = %SessionHex(conn_id),
+        peer = %PeerDisplay(peer),
+        cause = %cause,
+        "transport lost"
+    );
+}
+
+/// `session resumed`.
+pub(crate) fn log_resumed(conn_id: u64, peer: Option<SocketAddr>, detached_ms: u64, resent: u64) {
+    tracing::info!(
+        session = %SessionHex(conn_id),
+        peer = %PeerDisplay(peer),
+        detached_ms,
+        resent,
+        "session resumed"
+    );
+}
+
+/// `session ended`.
+pub(crate) fn log_ended(conn_id: Option<u64>, reason: &crate::CloseReason) {
+    let cause = super::close_reason_text(reason);
+    match conn_id {
+        Some(id) => tracing::info!(session = %SessionHex(id), cause = %cause, "session ended"),
+        None => tracing::info!(cause = %cause, "session ended"),
+    }
+}
+
+/// `connect attempt failed`.
+pub(crate) fn log_connect_failed(addr: &dyn fmt::Display, error: &dyn fmt::Display) {
+    tracing::warn!(addr = %addr, error = %error, "connect attempt failed");
+}
+
+/// `handshake abandoned after ServerHello` (server).
+pub(crate) fn log_abandoned_hello(peer: Option<SocketAddr>, key: Option<&[u8; 32]>) {
+    let key = key.map_or_else(
+        || String::from("none (no static key)"),
+        super::reconnect::short_fingerprint,
+    );
+    tracing::warn!(
+        peer = %PeerDisplay(peer),
+        server_key = %key,
+        "handshake abandoned right after our ServerHello; the client may pin a different server key"
+    );
+}

@@ -1,0 +1,208 @@
+//! The driver core: what [`crate::blocking`] (std threads) and
+//! [`crate::tokio`] share, written once. It owns the client's reconnect
+//! policy ([`Backoff`], attempt counting, `wait_for_server`, the
+//! classification of a failed first connect), the reduction of core events
+//! into statistics, progress callbacks, close reasons and log lines, the
+//! end-of-session rules, the error type and its mapping to
+//! [`std::io::ErrorKind`], and the clock. The two drivers keep this state
+//! behind their own locks and add only I/O, threads or tasks, and wake-ups.
+//!
+//! Both drivers have the same names: `ClientBuilder` (`new`, `backoff`,
+//! `wait_for_server`, `connect_timeout`, `on_progress`, `connect`,
+//! `connect_with`), `ClientStream`, `ListenerBuilder` (`new`,
+//! `on_progress`, `bind`), `Listener` (`bind`, `local_addr`, `accept`,
+//! `stats`, `session_count`), `ServerStream` and `AbortHandle`; and they
+//! re-export the types of this module.
+//!
+//! # Semantics
+//! The same in both drivers, following the conventions of `TcpStream`
+//! (std's and tokio's):
+//! - **write** accepts bytes into the session's send history; it waits
+//!   (blocks, or returns `Pending`) while `Config::send_buffer`
+//!   unacknowledged bytes are held (back-pressure) and continues when ACKs
+//!   free room.
+//! - **flush** completes once every byte written so far was acknowledged
+//!   by the peer's relink endpoint (not necessarily read by its
+//!   application).
+//! - **read** waits until data arrives; it returns 0 once the peer
+//!   half-closed and everything before was read.
+//! - **shutdown** (blocking: `shutdown_write`; tokio: `poll_shutdown`)
+//!   half-closes: a CLOSE frame follows the last byte written, and the call
+//!   completes once the peer acknowledged that CLOSE (it received every
+//!   byte). It does **not** wait for the peer to close its side: reading
+//!   goes on until the peer's EOF. Writing after it fails with
+//!   [`std::io::ErrorKind::BrokenPipe`].
+//! - **close** (blocking: `close()`; tokio: `async fn close(&mut self)`)
+//!   half-closes, then waits until the session ended cleanly (both sides
+//!   closed, everything acknowledged), discarding input not read yet.
+//! - **abort(code)** ends the session at once, like a TCP reset: the
+//!   peer's calls fail with [`std::io::ErrorKind::ConnectionReset`] and
+//!   [`SessionError::abort_code`] names the code; this side's later calls
+//!   fail with [`std::io::ErrorKind::ConnectionAborted`]. The driver keeps
+//!   serving the session until the peer acknowledged the ABORT.
+//! - **drop**: dropping a stream that was neither closed nor aborted aborts
+//!   the session with [`crate::AbortCode::DROPPED`], unless both sides had
+//!   already half-closed (then it ends cleanly by itself).
+//! - Once a session ended other than cleanly, **every call** fails with
+//!   the same [`SessionError`] (on the client it names the in-doubt range
+//!   of written bytes, `[acknowledged, written)`).
+//!
+//! # Errors
+//! Every [`std::io::Error`] of a driver carries a [`SessionError`]
+//! (`err.get_ref()` and `downcast_ref`); its kind is
+//! [`SessionError::kind`]:
+//!
+//! | cause | [`std::io::ErrorKind`] |
+//! |---|---|
+//! | first connect refused ([`SessionError::Connect`]) | `ConnectionRefused` |
+//! | first connect or handshake timed out ([`SessionError::Connect`]) | `TimedOut` |
+//! | first peer is not a relink server ([`SessionError::Connect`]) | `InvalidData` |
+//! | pinned server key not proven ([`SessionError::Connect`]) | `PermissionDenied` |
+//! | reconnecting gave up ([`SessionError::GaveUp`]) | `TimedOut` |
+//! | session expired (server: [`SessionError::Expired`]; client: reason `Expired`, or `SessionUnknown` when the server no longer knows it) | `TimedOut` |
+//! | aborted by the peer (reason `Aborted { by_peer: true }`) | `ConnectionReset` |
+//! | aborted by this side, or ended for another reason | `ConnectionAborted` |
+//! | the stream's driver or listener is gone ([`SessionError::Shutdown`]) | `NotConnected` |
+//! | write after shutdown ([`SessionError::Call`]`(Error::Closed)`) | `BrokenPipe` |
+//!
+//! # Logs
+//! With the `std` feature the drivers log through the `tracing` crate
+//! (install any subscriber to see them). The `session` field is the
+//! session's connection id as 16 hex digits, the same on the client and
+//! on the server; `peer` is the remote address (`unknown` for a transport
+//! without one). Values are formatted with `Display`.
+//!
+//! | level | message | fields |
+//! |---|---|---|
+//! | INFO | `session established` | `session`, `peer`, `role` (`client` or `server`) |
+//! | INFO | `transport lost` | `session`, `peer`, `cause` |
+//! | INFO | `session resumed` | `session`, `peer`, `detached_ms` (ms without a transport), `resent` (bytes this side resent) |
+//! | INFO | `session ended` | `session`, `cause` |
+//! | WARN | `connect attempt failed` (each address a TCP `connect` tried) | `addr`, `error` |
+//! | WARN | `handshake abandoned right after our ServerHello; the client may pin a different server key` (server) | `peer`, `server_key` (first 8 hex digits of our public key) |
+
+mod reconnect;
+
+pub use reconnect::Backoff;
+
+#[cfg(feature = "std")]
+mod client;
+#[cfg(feature = "std")]
+mod error;
+#[cfg(feature = "std")]
+mod events;
+#[cfg(feature = "std")]
+mod server;
+
+#[cfg(feature = "std")]
+pub(crate) use client::{ClientCore, Reconnect, Step};
+#[cfg(feature = "std")]
+pub use error::{close_reason_text, SessionError};
+#[cfg(feature = "std")]
+pub(crate) use events::log_abandoned_hello;
+#[cfg(feature = "std")]
+pub(crate) use events::{add, ProgressFn, ServerCounters};
+#[cfg(feature = "std")]
+pub use events::{ClientStats, Progress, ServerStats};
+#[cfg(feature = "std")]
+pub(crate) use reconnect::{connect_error, default_connect_timeout, resolve_now, DriverClock};
+#[cfg(feature = "std")]
+pub use reconnect::{Resolve, ServerAddr};
+#[cfg(feature = "std")]
+pub(crate) use server::SessionSlot;
+
+/// The builder methods both drivers' `ClientBuilder`s share (fields
+/// `config`, `backoff`, `wait_for_server`, `connect_timeout`, `progress`).
+#[cfg(feature = "std")]
+macro_rules! client_builder_common {
+    () => {
+        impl core::fmt::Debug for ClientBuilder {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                f.debug_struct("ClientBuilder")
+                    .field("config", &self.config)
+                    .field("backoff", &self.backoff)
+                    .field("wait_for_server", &self.wait_for_server)
+                    .field("connect_timeout", &self.connect_timeout)
+                    .finish_non_exhaustive()
+            }
+        }
+
+        impl ClientBuilder {
+            /// Options with `config` and the default [`Backoff`]; the first
+            /// connection fails at once (no `wait_for_server`); connects time
+            /// out after `config.handshake_timeout`.
+            pub fn new(config: Config) -> Self {
+                ClientBuilder {
+                    config,
+                    backoff: Backoff::default(),
+                    wait_for_server: false,
+                    connect_timeout: None,
+                    progress: None,
+                }
+            }
+
+            /// Reconnect policy: delays between attempts and when to give up.
+            pub fn backoff(mut self, backoff: Backoff) -> Self {
+                self.backoff = backoff;
+                self
+            }
+
+            /// Whether the first connection waits for the server to appear: with
+            /// `true`, a refused, timed-out or unanswered first connect is retried
+            /// following the [`Backoff`] (its `max_attempts` bounds the tries, then
+            /// [`SessionError::GaveUp`]); with `false` (the default) it fails at
+            /// once with [`SessionError::Connect`] naming the address. A wrong
+            /// pinned key fails at once either way. No effect once a session exists.
+            pub fn wait_for_server(mut self, wait: bool) -> Self {
+                self.wait_for_server = wait;
+                self
+            }
+
+            /// Call `f` for every driver step and core event (from the driver's
+            /// threads or task, with the session lock held: keep it short, e.g. a
+            /// log line).
+            pub fn on_progress(mut self, f: impl Fn(&Progress) + Send + Sync + 'static) -> Self {
+                self.progress = Some(std::sync::Arc::new(f));
+                self
+            }
+        }
+    };
+}
+#[cfg(feature = "std")]
+pub(crate) use client_builder_common;
+
+/// The builder methods and `Debug` both drivers' `ListenerBuilder`s share
+/// (fields `config`, `progress`).
+#[cfg(feature = "std")]
+macro_rules! listener_builder_common {
+    () => {
+        impl core::fmt::Debug for ListenerBuilder {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                f.debug_struct("ListenerBuilder")
+                    .field("config", &self.config)
+                    .finish_non_exhaustive()
+            }
+        }
+
+        impl ListenerBuilder {
+            /// Options with `config` (set `server_static` for pinned clients).
+            pub fn new(config: Config) -> Self {
+                ListenerBuilder {
+                    config,
+                    progress: None,
+                }
+            }
+
+            /// Call `f` for every server core event, from the driver's
+            /// threads or tasks. A session's events are reported in order
+            /// with that session's lock held: keep it short (e.g. a log
+            /// line), as the session waits for it; other sessions do not.
+            pub fn on_progress(mut self, f: impl Fn(&Progress) + Send + Sync + 'static) -> Self {
+                self.progress = Some(std::sync::Arc::new(f));
+                self
+            }
+        }
+    };
+}
+#[cfg(feature = "std")]
+pub(crate) use listener_builder_common;

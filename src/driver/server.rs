@@ -1,0 +1,302 @@
+//! The server half of the driver core: what both server drivers keep about
+//! one session next to its [`crate::Connection`] ([`SessionSlot`]: event
+//! reduction, statistics, logs, end-of-session rules, the answers of the
+//! stream calls). Plain sync state behind each driver's session lock.
+
+use std::net::SocketAddr;
+
+use super::events::{self, ProgressFn, ServerCounters};
+use super::{Progress, SessionError};
+use crate::{AbortCode, CloseReason, Connection, Error, Instant, ServerEvent, TransportId};
+
+/// What a drain of a session's events changed, for the drivers.
+#[derive(Default)]
+pub(crate) struct SlotChanges {
+    /// The session was just established: queue it for `accept`.
+    pub(crate) accept: bool,
+    /// Transports the core ended (their writers flush and close them).
+    pub(crate) close_transports: std::vec::Vec<TransportId>,
+    /// Something the application may wait for changed (input, end).
+    pub(crate) changed: bool,
+}
+
+/// The driver's data about one server session.
+#[derive(Default)]
+pub(crate) struct SessionSlot {
+    /// How it ended, once it has (`Expired` for an expiry).
+    pub(crate) end: Option<CloseReason>,
+    /// Remote address of the transport that last carried it.
+    pub(crate) peer: Option<SocketAddr>,
+    /// The application half-closed.
+    pub(crate) close_requested: bool,
+    /// The client half-closed.
+    pub(crate) peer_closed: bool,
+    /// The application (or the drop) aborted it.
+    pub(crate) aborted: Option<AbortCode>,
+    /// The application dropped its stream: discard unread input.
+    pub(crate) dropped: bool,
+    /// The transport that carries the session now, if any.
+    current: Option<TransportId>,
+    /// When its last transport was lost (for `detached_ms`).
+    detached_at: Option<Instant>,
+}
+
+impl SessionSlot {
+    /// A new session first carried by a transport from `peer`.
+    pub(crate) fn new(peer: Option<SocketAddr>) -> Self {
+        SessionSlot {
+            peer,
+            ..SessionSlot::default()
+        }
+    }
+
+    /// Drain the connection's events: counters, flags, logs, the progress
+    /// callback. `peer_of` names a transport's remote address.
+    pub(crate) fn drain(
+        &mut self,
+        conn: &mut Connection,
+        now: Instant,
+        stats: &ServerCounters,
+        progress: Option<&ProgressFn>,
+        peer_of: impl Fn(TransportId) -> Option<SocketAddr>,
+    ) -> SlotChanges {
+        let mut ch = SlotChanges::default();
+        let conn_id = conn.conn_id();
+        let mut resumed = false;
+        let mut resent = 0u64;
+        if self.dropped && !conn.is_routable() && conn.readable() > 0 {
+            // Nobody can read these bytes any more.
+            let mut scratch = [0u8; 4096];
+            while matches!(conn.recv(&mut scratch), Ok(n) if n > 0) {}
+        }
+        while let Some(e) = conn.poll_event() {
+            stats.count(&e);
+            ch.changed = true;
+            match e {
+                ServerEvent::HandshakeDone { transport, .. } => {
+                    self.peer = peer_of(transport).or(self.peer);
+                    self.current = Some(transport);
+                    ch.accept = true;
+                    events::log_established(conn_id, self.peer, "server");
+                }
+                ServerEvent::Resumed { transport, .. } => {
+                    self.peer = peer_of(transport).or(self.peer);
+                    self.current = Some(transport);
+                    resumed = true;
+                }
+                ServerEvent::ResendRange { start, end, .. } => resent += end.saturating_sub(start),
+                ServerEvent::CloseTransport { transport, error } => {
+                    ch.close_transports.push(transport);
+                    if error.is_some() {
+                        self.lost(conn_id, transport, now, error.as_ref(), "");
+                    }
+                }
+                ServerEvent::PeerClosed { .. } => self.peer_closed = true,
+                ServerEvent::Closed { reason, .. } => {
+                    self.end.get_or_insert(reason);
+                    events::log_ended(Some(conn_id), &reason);
+                }
+                ServerEvent::SessionExpired { .. } => {
+                    self.end.get_or_insert(CloseReason::Expired);
+                    events::log_ended(Some(conn_id), &CloseReason::Expired);
+                }
+                _ => {}
+            }
+            if let Some(f) = progress {
+                f(&Progress::Server(e));
+            }
+        }
+        if resumed {
+            let detached = self
+                .detached_at
+                .take()
+                .map_or(0, |t| now.saturating_since(t).as_micros() / 1000);
+            events::log_resumed(conn_id, self.peer, detached, resent);
+        }
+        ch
+    }
+
+    /// The transport `tid` of the session is gone (`why`, or the core's
+    /// `error`): log it once if it carried the session.
+    pub(crate) fn lost(
+        &mut self,
+        conn_id: u64,
+        tid: TransportId,
+        now: Instant,
+        error: Option<&Error>,
+        why: &str,
+    ) {
+        if self.current != Some(tid) || self.end.is_some() {
+            return;
+        }
+        self.current = None;
+        self.detached_at = Some(now);
+        events::log_lost(conn_id, self.peer, &events::CauseDisplay(error, why));
+    }
+
+    /// The error every call reports once the session is over other than
+    /// cleanly (or the listener stopped).
+    pub(crate) fn error(&self, stopped: bool) -> Option<SessionError> {
+        match self.end {
+            Some(CloseReason::Clean) => None,
+            Some(CloseReason::Expired) => Some(SessionError::Expired),
+            Some(r) => Some(SessionError::Closed(r)),
+            None if stopped => Some(SessionError::Shutdown),
+            None => self.aborted.map(|code| {
+                SessionError::Closed(CloseReason::Aborted {
+                    code,
+                    by_peer: false,
+                })
+            }),
+        }
+    }
+
+    /// `abort(code)`: once, while the session lives.
+    pub(crate) fn abort(&mut self, conn: Option<&mut Connection>, code: AbortCode) {
+        if self.end.is_none() && self.aborted.is_none() {
+            self.aborted = Some(code);
+            if let Some(c) = conn {
+                c.abort(code);
+            }
+        }
+    }
+
+    /// The stream is dropped: abort with [`AbortCode::DROPPED`] unless the
+    /// session is over or on its way to a clean end (both sides
+    /// half-closed); unread input is discarded from now on.
+    pub(crate) fn on_drop(&mut self, conn: Option<&mut Connection>) {
+        self.dropped = true;
+        let finishing = self.close_requested && self.peer_closed;
+        if conn.is_some() && !finishing {
+            self.abort(conn, AbortCode::DROPPED);
+        }
+    }
+
+    /// Start the half-close (a CLOSE frame follows the last byte). Once.
+    pub(crate) fn start_shutdown(
+        &mut self,
+        conn: Option<&mut Connection>,
+        stopped: bool,
+    ) -> Result<(), SessionError> {
+        if let Some(e) = self.error(stopped) {
+            return Err(e);
+        }
+        if !self.close_requested {
+            self.close_requested = true;
+            // Without a connection it already ended cleanly and was freed.
+            if let Some(c) = conn {
+                c.close();
+            }
+        }
+        Ok(())
+    }
+
+    /// `read` on the connection (`None`: drained, freed).
+    pub(crate) fn read(
+        &self,
+        conn: Option<&mut Connection>,
+        out: &mut [u8],
+        stopped: bool,
+    ) -> super::Step<Result<usize, SessionError>> {
+        use super::Step;
+        if stopped {
+            return Step::Ready(Err(SessionError::Shutdown));
+        }
+        let r = match conn {
+            Some(c) => c.recv(out),
+            None => Err(Error::UnknownSession),
+        };
+        match r {
+            Ok(n) => Step::Ready(Ok(n)),
+            Err(Error::WouldBlock) => match self.error(stopped) {
+                Some(e) => Step::Ready(Err(e)),
+                None => Step::Wait,
+            },
+            // A cleanly ended session is freed once everything was read.
+            Err(Error::UnknownSession) if self.end == Some(CloseReason::Clean) => {
+                Step::Ready(Ok(0))
+            }
+            Err(e) => Step::Ready(Err(self.error(stopped).unwrap_or(SessionError::Call(e)))),
+        }
+    }
+
+    /// `write`: bytes accepted, or wait (back-pressure).
+    pub(crate) fn write(
+        &self,
+        conn: Option<&mut Connection>,
+        data: &[u8],
+        stopped: bool,
+    ) -> super::Step<Result<usize, SessionError>> {
+        use super::Step;
+        if let Some(e) = self.error(stopped) {
+            return Step::Ready(Err(e));
+        }
+        let r = match conn {
+            Some(c) => c.send(data),
+            None => Err(Error::Closed),
+        };
+        match r {
+            Ok(0) if !data.is_empty() => Step::Wait,
+            Ok(n) => Step::Ready(Ok(n)),
+            Err(e) => Step::Ready(Err(self.error(stopped).unwrap_or(SessionError::Call(e)))),
+        }
+    }
+
+    /// `flush`: done once every byte written was acknowledged.
+    pub(crate) fn flush(
+        &self,
+        conn: Option<&Connection>,
+        stopped: bool,
+    ) -> super::Step<Result<(), SessionError>> {
+        use super::Step;
+        if conn.is_none_or(|c| c.unacked() == 0) {
+            return Step::Ready(Ok(()));
+        }
+        match self.error(stopped) {
+            Some(e) => Step::Ready(Err(e)),
+            None => Step::Wait,
+        }
+    }
+
+    /// `shutdown` (after [`SessionSlot::start_shutdown`]): done once our
+    /// CLOSE was acknowledged.
+    pub(crate) fn shutdown(
+        &self,
+        conn: Option<&Connection>,
+        stopped: bool,
+    ) -> super::Step<Result<(), SessionError>> {
+        use super::Step;
+        let acked = match conn {
+            Some(c) => c.close_acked(),
+            None => self.end == Some(CloseReason::Clean),
+        };
+        if acked || self.end == Some(CloseReason::Clean) {
+            return Step::Ready(Ok(()));
+        }
+        match self.error(stopped) {
+            Some(e) => Step::Ready(Err(e)),
+            None => Step::Wait,
+        }
+    }
+
+    /// `close` (after [`SessionSlot::start_shutdown`]): discard unread
+    /// input; done once the session ended cleanly.
+    pub(crate) fn close(
+        &self,
+        conn: Option<&mut Connection>,
+        stopped: bool,
+    ) -> super::Step<Result<(), SessionError>> {
+        use super::Step;
+        if let Some(c) = conn {
+            let mut scratch = [0u8; 4096];
+            while matches!(c.recv(&mut scratch), Ok(n) if n > 0) {}
+        }
+        if self.end == Some(CloseReason::Clean) {
+            return Step::Ready(Ok(()));
+        }
+        match self.error(stopped) {
+            Some(e) => Step::Ready(Err(e)),
+            None => Step::Wait,
+        }
+    }
+}
