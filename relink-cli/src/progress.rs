@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use relink::blocking::{close_reason_text, ClientStats, Progress, SpliceStats};
+use relink::blocking::{close_reason_text, ClientStats, Progress};
 use relink::{Event, ServerEvent};
 use tracing::{debug, info, warn};
 
@@ -54,18 +54,6 @@ pub fn client_stats_text(s: &ClientStats) -> String {
         count(s.resumes, "resume"),
         bytes(s.resent_bytes),
         count(s.connect_failures, "failed connect")
-    )
-}
-
-/// What a tunnelled connection carried: `sent 1.2 MiB, received 300 B`
-/// (seen from the side that logs it: sent = into the session).
-// Not called yet: for the tunnel commands' `done` lines.
-#[allow(dead_code)]
-pub fn splice_stats_text(s: &SpliceStats) -> String {
-    format!(
-        "sent {}, received {}",
-        bytes(s.to_session),
-        bytes(s.from_session)
     )
 }
 
@@ -469,20 +457,12 @@ mod tests {
             resumes: 1,
             resent_bytes: 1_258_291,
             connect_failures: 0,
+            ..ClientStats::default()
         };
         assert_eq!(
             client_stats_text(&s),
             "3 transports, 1 resume, 1.2 MiB resent, 0 failed connects"
         );
-    }
-
-    #[test]
-    fn splice_stats_read_as_text_not_debug() {
-        let s = SpliceStats {
-            to_session: 2048,
-            from_session: 5,
-        };
-        assert_eq!(splice_stats_text(&s), "sent 2.0 KiB, received 5 B");
     }
 
     #[test]
