@@ -271,7 +271,7 @@ pub(crate) fn log_ended(conn_id: Option<u64>, reason: &crate::CloseReason) {
 
 /// `connect attempt failed`.
 pub(crate) fn log_connect_failed(addr: &dyn fmt::Display, error: &dyn fmt::Display) {
-    tracing::warn!(addr = %addr, error = %error, "connect attempt failed");
+    tracing::info!(addr = %addr, error = %error, "connect attempt failed");
 }
 
 /// `handshake abandoned after ServerHello` (server).

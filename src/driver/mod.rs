@@ -78,7 +78,7 @@
 //! | INFO | `transport lost` | `session`, `peer`, `cause` |
 //! | INFO | `session resumed` | `session`, `peer`, `detached_ms` (ms without a transport), `resent` (bytes this side resent) |
 //! | INFO | `session ended` | `session`, `cause` |
-//! | WARN | `connect attempt failed` (each address a TCP `connect` tried) | `addr`, `error` |
+//! | INFO | `connect attempt failed` (each address a TCP `connect` tried; the caller gets the error too) | `addr`, `error` |
 //! | WARN | `handshake abandoned right after our ServerHello; the client may pin a different server key` (server) | `peer`, `server_key` (first 8 hex digits of our public key) |
 
 mod reconnect;
