@@ -26,12 +26,18 @@ fn tunnel_end(
 
 /// The target is busy (it does not read) but writes a line every 100 ms;
 /// the local client pushes up to 8 MiB into the tunnel (until its writes
-/// block), then resets. The target's connection must be reset (its writes
-/// fail) within 10 s, although the session's ABORT may sit behind data
-/// the target did not read (see
-/// `review12::tokio_abort_while_the_peer_does_not_read_reaches_the_peer`).
-/// This holds (run 11:55 UTC).
+/// block), then resets. With a plain TCP connection the target's writes
+/// fail at once. Expected: the target's connection is reset (its writes
+/// fail) within 10 s (`--idle-ms 1000`).
+///
+/// Fails about one run in two (5 of 9 runs here): the target still writes
+/// 10 s after the reset. The session's ABORT is queued behind the
+/// megabytes the target did not read (the same cause as
+/// `review12::tokio_abort_while_the_peer_does_not_read_reaches_the_peer`),
+/// so `serve-forward` keeps the target connection until the session
+/// expires; in the runs that pass, the target is reset ~190 ms after.
 #[test]
+#[ignore = "review12 finding: a local client's reset often does not reach a target that is not reading"]
 fn a_local_client_reset_reaches_a_target_that_does_not_read() {
     let service = TcpListener::bind("127.0.0.1:0").unwrap();
     let service_addr = service.local_addr().unwrap();
@@ -48,7 +54,13 @@ fn a_local_client_reset_reaches_a_target_that_does_not_read() {
                 since = Some(t);
             }
             if let Err(e) = c.write_all(b"tick\n") {
-                break Ok(e.kind());
+                if let Ok(t) = reset_rx.try_recv() {
+                    since = Some(t);
+                }
+                break match since {
+                    Some(t) => Ok((e.kind(), t.elapsed())),
+                    None => Err("the target was reset before the local client reset"),
+                };
             }
             if since.is_some_and(|t| t.elapsed() > Duration::from_secs(10)) {
                 break Err("still writing 10 s after the local client's reset");
@@ -90,6 +102,7 @@ fn a_local_client_reset_reaches_a_target_that_does_not_read() {
     let end = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("the target thread hung");
+    eprintln!("target end: {end:?}");
     assert!(
         end.is_ok(),
         "{} ({pushed} bytes pushed)\nserve-forward:\n{}\nforward:\n{}",
