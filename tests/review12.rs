@@ -553,7 +553,6 @@ impl Write for Buf {
 /// once per peer address or per interval, with a count of suppressed
 /// lines) so 40 abandoned handshakes in a row log a few lines at most.
 #[tokio::test(flavor = "current_thread")]
-#[ignore = "review12 finding: abandoned-handshake WARN is not rate-limited (log flooding)"]
 async fn abandoned_handshake_warns_are_rate_limited() {
     use relink::tokio::{ClientStream, Listener};
     use tracing_subscriber::util::SubscriberInitExt;

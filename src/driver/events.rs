@@ -274,15 +274,50 @@ pub(crate) fn log_connect_failed(addr: &dyn fmt::Display, error: &dyn fmt::Displ
     tracing::info!(addr = %addr, error = %error, "connect attempt failed");
 }
 
-/// `handshake abandoned after ServerHello` (server).
+/// At most one `handshake abandoned` WARN per this interval, process-wide:
+/// any client (a scanner, a peer pinning another key) can trigger it at
+/// the rate it connects, so unlimited lines would let it flood the logs.
+const ABANDONED_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// When the last `handshake abandoned` WARN was logged, and how many were
+/// suppressed since.
+static ABANDONED_WARN: std::sync::Mutex<(Option<std::time::Instant>, u64)> =
+    std::sync::Mutex::new((None, 0));
+
+/// `handshake abandoned after ServerHello` (server), rate-limited to one
+/// WARN per [`ABANDONED_WARN_EVERY`]; the others are DEBUG lines, counted
+/// in the next WARN's `suppressed` field.
 pub(crate) fn log_abandoned_hello(peer: Option<SocketAddr>, key: Option<&[u8; 32]>) {
     let key = key.map_or_else(
         || String::from("none (no static key)"),
         super::reconnect::short_fingerprint,
     );
-    tracing::warn!(
-        peer = %PeerDisplay(peer),
-        server_key = %key,
-        "handshake abandoned right after our ServerHello; the client may pin a different server key"
-    );
+    let suppressed = {
+        let mut g = ABANDONED_WARN.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        match g.0 {
+            Some(last) if now.saturating_duration_since(last) < ABANDONED_WARN_EVERY => {
+                g.1 += 1;
+                None
+            }
+            _ => {
+                let n = g.1;
+                *g = (Some(now), 0);
+                Some(n)
+            }
+        }
+    };
+    match suppressed {
+        Some(n) => tracing::warn!(
+            peer = %PeerDisplay(peer),
+            server_key = %key,
+            suppressed = n,
+            "handshake abandoned right after our ServerHello; the client may pin a different server key"
+        ),
+        None => tracing::debug!(
+            peer = %PeerDisplay(peer),
+            server_key = %key,
+            "handshake abandoned right after our ServerHello (WARN rate-limited)"
+        ),
+    }
 }

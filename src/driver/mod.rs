@@ -79,7 +79,7 @@
 //! | INFO | `session resumed` | `session`, `peer`, `detached_ms` (ms without a transport), `resent` (bytes this side resent) |
 //! | INFO | `session ended` | `session`, `cause` |
 //! | INFO | `connect attempt failed` (each address a TCP `connect` tried; the caller gets the error too) | `addr`, `error` |
-//! | WARN | `handshake abandoned right after our ServerHello; the client may pin a different server key` (server) | `peer`, `server_key` (first 8 hex digits of our public key) |
+//! | WARN | `handshake abandoned right after our ServerHello; the client may pin a different server key` (server; at most one line per 10 s per process, the others at DEBUG) | `peer`, `server_key` (first 8 hex digits of our public key), `suppressed` (lines not logged since the last one) |
 
 mod reconnect;
 
@@ -98,12 +98,14 @@ mod server;
 pub(crate) use client::{ClientCore, Reconnect, Step};
 #[cfg(feature = "std")]
 pub use error::{close_reason_text, SessionError};
+#[cfg(feature = "tokio")]
+pub(crate) use events::add;
 #[cfg(feature = "std")]
 pub(crate) use events::log_abandoned_hello;
 #[cfg(feature = "std")]
-pub(crate) use events::{add, ProgressFn, ServerCounters};
-#[cfg(feature = "std")]
 pub use events::{ClientStats, Progress, ServerStats};
+#[cfg(feature = "std")]
+pub(crate) use events::{ProgressFn, ServerCounters};
 #[cfg(feature = "std")]
 pub(crate) use reconnect::{connect_error, default_connect_timeout, resolve_now, DriverClock};
 #[cfg(feature = "std")]
