@@ -292,8 +292,11 @@ fn max_attempts_zero_means_no_limit() {
         .unwrap();
     // Several attempts failed and it is still at it.
     assert!(
-        clog.wait_for(&["connect attempt 3 failed"], Duration::from_secs(10))
-            .is_some(),
+        clog.wait_count(
+            &["connect attempt failed", &format!("addr=127.0.0.1:{port}")],
+            3,
+            Duration::from_secs(10)
+        ),
         "{}",
         clog.text()
     );
@@ -392,7 +395,7 @@ fn connect_exits_at_once_with_status_4_when_the_session_is_lost() {
     stdin.write_all(b"still typing\n").unwrap();
     stdin.flush().unwrap();
     assert!(
-        llog.wait_for(&["new session"], Duration::from_secs(10))
+        llog.wait_for(&["session established"], Duration::from_secs(10))
             .is_some(),
         "{}",
         llog.text()

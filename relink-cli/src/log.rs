@@ -20,10 +20,13 @@ use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use tracing_subscriber::filter::{filter_fn, FilterExt};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::FormatTime;
 use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// The filter of `-v` repeated `verbosity` times (0 = no `-v`).
 fn default_filter(verbosity: u8) -> &'static str {
@@ -38,18 +41,36 @@ fn default_filter(verbosity: u8) -> &'static str {
 /// Install the subscriber: stderr, timestamps, `RUST_LOG` or the level of
 /// `-v` repeated `verbosity` times. Call once, first thing in `main`.
 pub fn init(verbosity: u8) {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(s) if !s.trim().is_empty() => EnvFilter::builder().parse_lossy(s),
-        _ => EnvFilter::new(default_filter(verbosity)),
+    let rust_log = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|s| !s.trim().is_empty());
+    // Without -v the final error names the address and the cause of a
+    // first connect that fails, and `--wait` retries quietly: the drivers'
+    // WARN line per failed attempt would say it again (see
+    // `connect_attempt`); -v shows them.
+    let quiet_attempts = verbosity == 0 && rust_log.is_none();
+    let filter = match &rust_log {
+        Some(s) => EnvFilter::builder().parse_lossy(s),
+        None => EnvFilter::new(default_filter(verbosity)),
     };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let layer = tracing_subscriber::fmt::layer()
         .with_timer(Rfc3339Utc)
         .with_writer(StderrLines)
         .with_ansi(io::stderr().is_terminal())
         // Which module said it matters when debugging, not in `-v`'s story.
-        .with_target(verbosity >= 2 || std::env::var_os("RUST_LOG").is_some())
-        .try_init();
+        .with_target(verbosity >= 2 || rust_log.is_some())
+        .with_filter(filter.and(filter_fn(move |m| !(quiet_attempts && connect_attempt(m)))));
+    let _ = tracing_subscriber::registry().with(layer).try_init();
+}
+
+/// Whether `m` is the drivers' `connect attempt failed` line (WARN, fields
+/// `addr` and `error`; see `relink::driver`).
+fn connect_attempt(m: &tracing::Metadata<'_>) -> bool {
+    m.is_event()
+        && *m.level() == tracing::Level::WARN
+        && m.target().starts_with("relink::")
+        && m.fields().field("addr").is_some()
+        && m.fields().field("error").is_some()
 }
 
 /// A message for the user or a script rather than a log line (no

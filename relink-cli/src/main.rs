@@ -448,8 +448,9 @@ fn listen(
             let sid = session.session_id().0;
             let conn_id = session.conn_id();
             track.register(sid, conn_id, session.peer_addr());
+            // The driver logged `session established` (role=server) with
+            // the same id and peer.
             let id = conn_id.map_or_else(|| format!("#{sid}"), progress::session_hex);
-            tracing::info!(session = %id, peer = %peer_of(&session), "new session");
             let registered = interrupts.register(session.abort_handle());
             let start = Instant::now();
             let r = receive(&session, &mut stdout.lock(), &counts, &track);

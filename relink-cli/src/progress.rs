@@ -1,8 +1,8 @@
-//! What happens to a session, told on stderr: the driver's progress
-//! events as log lines (`tracing`, fields `session`, `peer`), readable
-//! counters (no Rust `Debug` text), and the live meter of `-v` during a
-//! transfer (a status line redrawn on a terminal, a plain line every few
-//! seconds otherwise).
+//! What happens to a session, told on stderr beyond the drivers' own log
+//! lines: the progress events they do not log (warnings, debug detail;
+//! `tracing`, fields `session`, `peer`), readable counters (no Rust
+//! `Debug` text), and the live meter of `-v` during a transfer (a status
+//! line redrawn on a terminal, a plain line every few seconds otherwise).
 
 use std::collections::{HashMap, VecDeque};
 use std::io::IsTerminal;
@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use relink::blocking::{close_reason_text, ClientStats, Progress};
+use relink::blocking::{ClientStats, Progress};
 use relink::{Event, ServerEvent};
 use tracing::{debug, info, warn};
 
@@ -73,7 +73,11 @@ pub fn throughput(session: &str, what: &str, n: u64, start: Instant) {
 // Progress events as log lines.
 
 /// What the event logger remembers between events, and what the meter
-/// reads.
+/// reads. The drivers log the session's story themselves (`session
+/// established`, `transport lost`, `session resumed`, `session ended`,
+/// `connect attempt failed`: see `relink::driver`); the CLI adds only what
+/// they do not say (authentication failures, expiry and in-doubt bytes as
+/// warnings, resend ranges and connect attempts at DEBUG).
 #[derive(Default)]
 pub struct Track {
     st: Mutex<TrackState>,
@@ -85,15 +89,11 @@ struct TrackState {
     session: Option<String>,
     /// The client's server address (as given).
     peer: Option<String>,
-    /// When the client lost its transport (while detached).
-    lost_at: Option<Instant>,
     /// Last evidence of the peer: data, acknowledgements, a handshake or a
     /// resume.
     contact: Option<Instant>,
     /// Server: sessions by the core's id.
     sessions: HashMap<u64, ServerSession>,
-    /// Server: which session each transport carries.
-    transports: HashMap<u64, u64>,
 }
 
 #[derive(Default)]
@@ -101,7 +101,6 @@ struct ServerSession {
     /// Connection id in hex, once `listen` accepted it (see `register`).
     id: Option<String>,
     peer: Option<SocketAddr>,
-    lost_at: Option<Instant>,
 }
 
 impl Track {
@@ -142,11 +141,6 @@ impl TrackState {
     }
 }
 
-/// Milliseconds since `t`.
-fn ms_since(t: Option<Instant>) -> Option<u64> {
-    t.map(|t| t.elapsed().as_millis() as u64)
-}
-
 /// A progress callback that logs the events of a client session to
 /// `peer` or of a listener (`peer` = None), remembering what `track`
 /// keeps.
@@ -158,28 +152,15 @@ pub fn events(
     move |p: &Progress| match p {
         Progress::Client(e) => client_event(&track, e),
         Progress::Server(e) => server_event(&track, e),
-        Progress::Connecting { attempt, delay } => {
-            let mut st = track.lock();
-            let peer = st.peer.clone().unwrap_or_else(|| "unknown".into());
-            // The driver reports no loss of its own transports (only the
-            // core's `TransportLost`): a new transport for an established
-            // session that is not detached yet means the last one is gone.
-            if let (Some(session), None) = (st.session.clone(), st.lost_at) {
-                st.lost_at = Some(
-                    Instant::now()
-                        .checked_sub(*delay)
-                        .unwrap_or_else(Instant::now),
-                );
-                info!(%session, %peer, "transport lost, reconnecting");
-            }
-            if *attempt > 0 {
-                debug!(%peer, attempt, delay_ms = delay.as_millis() as u64, "connecting");
-            }
-        }
-        Progress::ConnectFailed { attempt, error } => {
-            let st = track.lock();
-            let addr = st.peer.clone().unwrap_or_else(|| "unknown".into());
-            info!(%addr, "connect attempt {attempt} failed: {error}");
+        // The driver logs each failed attempt (`connect attempt failed`,
+        // `addr`, `error`); the attempt number is debug detail.
+        Progress::Connecting { attempt, delay } if *attempt > 0 => {
+            let peer = track
+                .lock()
+                .peer
+                .clone()
+                .unwrap_or_else(|| "unknown".into());
+            debug!(%peer, attempt, delay_ms = delay.as_millis() as u64, "connecting");
         }
         _ => {}
     }
@@ -191,30 +172,12 @@ fn client_event(track: &Track, e: &Event) {
     let session = st.session.clone().unwrap_or_else(|| "none".into());
     match e {
         Event::HandshakeDone { conn_id } => {
-            let session = session_hex(*conn_id);
-            st.session = Some(session.clone());
+            st.session = Some(session_hex(*conn_id));
             st.contact = Some(Instant::now());
-            info!(%session, %peer, "session established");
         }
-        // Also while detached: a resume attempt's transport (e.g. refused
-        // as Stale).
-        Event::TransportLost { error } => {
-            st.lost_at.get_or_insert_with(Instant::now);
-            let cause = error
-                .as_ref()
-                .map_or_else(|| "closed".to_string(), |e| e.to_string());
-            info!(%session, %peer, %cause, "transport lost");
-        }
-        Event::Resumed { counter } => {
-            let detached_ms = ms_since(st.lost_at.take()).unwrap_or(0);
-            st.contact = Some(Instant::now());
-            info!(%session, %peer, detached_ms, transport = counter, "resumed");
-        }
+        Event::Resumed { .. } => st.contact = Some(Instant::now()),
         Event::ResendRange { start, end } if end > start => {
-            info!(%session, start, end, "resending {}", bytes(end - start));
-        }
-        Event::Closed { reason } => {
-            info!(%session, %peer, cause = %close_reason_text(reason), "session ended");
+            debug!(%session, start, end, "resending {}", bytes(end - start));
         }
         Event::AuthFailed { reason } => {
             warn!(%session, %peer, "authentication failed: {reason}");
@@ -227,66 +190,27 @@ fn client_event(track: &Track, e: &Event) {
 fn server_event(track: &Track, e: &ServerEvent) {
     let mut st = track.lock();
     match e {
-        ServerEvent::HandshakeDone { transport, session } => {
-            st.transports.insert(transport.0, session.0);
+        ServerEvent::HandshakeDone { session, .. } => {
             st.sessions.entry(session.0).or_default();
             st.contact = Some(Instant::now());
-            debug!(session = %format!("#{}", session.0), "handshake done");
         }
-        ServerEvent::Resumed {
-            transport,
-            session,
-            counter,
-        } => {
-            // The transport it replaced is no longer this session's.
-            st.transports.retain(|_, s| *s != session.0);
-            st.transports.insert(transport.0, session.0);
-            st.contact = Some(Instant::now());
-            // Known when the core reported the loss (not the driver's own
-            // losses: core12's events say it).
-            let detached_ms = st
-                .sessions
-                .get_mut(&session.0)
-                .and_then(|s| ms_since(s.lost_at.take()));
-            let (session, peer) = st.server_session(session.0);
-            info!(%session, %peer, detached_ms, "session resumed (#{counter})");
-        }
+        ServerEvent::Resumed { .. } => st.contact = Some(Instant::now()),
         ServerEvent::ResendRange {
             session,
             start,
             end,
         } if end > start => {
             let (session, peer) = st.server_session(session.0);
-            info!(%session, %peer, start, end, "resending {}", bytes(end - start));
-        }
-        ServerEvent::CloseTransport { transport, error } => {
-            let cause = error
-                .as_ref()
-                .map_or_else(|| "closed".to_string(), |e| e.to_string());
-            match st.transports.remove(&transport.0) {
-                Some(sid) => {
-                    if let Some(s) = st.sessions.get_mut(&sid) {
-                        s.lost_at.get_or_insert_with(Instant::now);
-                    }
-                    let (session, peer) = st.server_session(sid);
-                    info!(%session, %peer, %cause, "transport lost");
-                }
-                None if error.is_some() => {
-                    debug!(transport = transport.0, %cause, "transport closed")
-                }
-                None => {}
-            }
+            debug!(%session, %peer, start, end, "resending {}", bytes(end - start));
         }
         ServerEvent::AuthFailed { transport, reason } => {
             warn!(transport = transport.0, "authentication failed: {reason}");
         }
-        ServerEvent::Closed { session, reason } => {
-            let sid = session.0;
-            let (session, peer) = st.server_session(sid);
-            info!(%session, %peer, cause = %close_reason_text(reason), "session ended");
-            st.sessions.remove(&sid);
-            st.transports.retain(|_, s| *s != sid);
+        ServerEvent::Closed { session, .. } => {
+            st.sessions.remove(&session.0);
         }
+        // The driver's `session ended` line is INFO: an expiry is worth a
+        // warning without -v.
         ServerEvent::SessionExpired { session } => {
             let (session, peer) = st.server_session(session.0);
             warn!(%session, %peer, "session expired: no connection for longer than the resume timeout");
