@@ -79,18 +79,28 @@ pub fn say(msg: impl fmt::Display) {
     write_line(format!("{msg}\n").as_bytes());
 }
 
-/// The span of one tunnelled connection: every event inside it carries
-/// `tunnel=ID` (a counter per accepted local connection, from 1) and
-/// `local_peer` (the local client's address), so the lines of concurrent
-/// connections can be told apart. The tunnel code enters it around each
-/// connection's work (`let _g = span.enter();` in a thread, or
-/// `.instrument(span)` on a future).
-// Not called yet: the tunnel commands take it up (see the module doc).
-#[allow(dead_code)]
+/// The span of one tunnelled connection of `forward`: every event inside
+/// it carries `tunnel=ID` (a counter per accepted local connection, from
+/// 1) and `local_peer` (the local client's address), so the lines of
+/// concurrent connections can be told apart; once its session exists,
+/// `session` too (record it with `span.record("session", ...)`). The
+/// tunnel code enters it around each connection's work (`let _g =
+/// span.enter();` in a thread, or `.instrument(span)` on a future).
 pub fn tunnel_span(id: u64, local_peer: Option<SocketAddr>) -> tracing::Span {
+    let session = tracing::field::Empty;
     match local_peer {
-        Some(p) => tracing::info_span!("tunnel", tunnel = id, local_peer = %p),
-        None => tracing::info_span!("tunnel", tunnel = id),
+        Some(p) => tracing::info_span!("tunnel", tunnel = id, local_peer = %p, session),
+        None => tracing::info_span!("tunnel", tunnel = id, session),
+    }
+}
+
+/// The span of one session of `serve-forward`: its events carry `session`
+/// (the connection id, 16 hex digits, as on the client and in the
+/// drivers' lines) and `peer` (the client's address).
+pub fn session_span(session: &str, peer: Option<SocketAddr>) -> tracing::Span {
+    match peer {
+        Some(p) => tracing::info_span!("tunnel", session = %session, peer = %p),
+        None => tracing::info_span!("tunnel", session = %session, peer = "unknown"),
     }
 }
 
@@ -293,5 +303,35 @@ mod tests {
         assert!(text.contains("tunnel=3"), "{text}");
         assert!(text.contains("local_peer=127.0.0.1:5022"), "{text}");
         assert!(text.contains("session=00000000000000ab"), "{text}");
+    }
+
+    #[test]
+    fn a_recorded_session_is_on_every_later_line_of_the_tunnel() {
+        let buf = Buf::default();
+        let out = buf.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_writer(move || out.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(sub, || {
+            let span = tunnel_span(4, None);
+            let _g = span.enter();
+            tracing::info!("before");
+            span.record("session", tracing::field::display("00000000000000cd"));
+            tracing::info!("after");
+            let s = session_span("00000000000000ef", Some("10.0.0.9:41000".parse().unwrap()));
+            let _g = s.enter();
+            tracing::info!("served");
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let line = |m: &str| text.lines().find(|l| l.ends_with(m)).unwrap().to_string();
+        assert!(!line("before").contains("session="), "{text}");
+        assert!(line("after").contains("tunnel=4"), "{text}");
+        assert!(line("after").contains("session=00000000000000cd"), "{text}");
+        assert!(
+            line("served").contains("session=00000000000000ef"),
+            "{text}"
+        );
+        assert!(line("served").contains("peer=10.0.0.9:41000"), "{text}");
     }
 }

@@ -608,7 +608,6 @@ fn forward(cli: &Opts, local: &str, remote: &str, server_key: Option<&str>) -> i
     let local_addr = listen_addr(local);
     tunnel::forward(
         tunnel::Forward {
-            verbose: cli.verbose,
             config: cfg.clone(),
             backoff: backoff(cli),
             wait: cli.wait,
@@ -616,7 +615,7 @@ fn forward(cli: &Opts, local: &str, remote: &str, server_key: Option<&str>) -> i
             remote,
         },
         |bound| {
-            eprintln!("listening on {bound}");
+            log::say(format!("listening on {bound}"));
             warn_if_unpinned(&cfg);
         },
     )
@@ -633,13 +632,12 @@ fn serve_forward(
     let bind = listen_addr(addr);
     tunnel::serve_forward(
         tunnel::ServeForward {
-            verbose: cli.verbose,
             config: cfg.clone(),
             addr: &bind,
             target,
         },
         |bound| {
-            eprintln!("listening on {bound}");
+            log::say(format!("listening on {bound}"));
             announce_server_key(&cfg);
         },
     )
