@@ -574,7 +574,7 @@ fn client_resumes_after_its_clock_jumps_back_90s_and_forward_3h() {
     );
     let stale = fwd_log
         .iter()
-        .position(|l| l.contains("Stale"))
+        .position(|l| l.contains("rejected by server: stale"))
         .unwrap_or_else(|| {
             panic!(
                 "no Stale rejection after the 3 h jump: is libfaketime faking the client's \
