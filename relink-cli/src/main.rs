@@ -378,7 +378,8 @@ enum RecvError {
 }
 
 /// Copy one session to `out` until the client closed, then close cleanly;
-/// what arrives is counted in `counts` and is contact for `track`.
+/// what arrives is counted in `counts`, and `track` learns when the client
+/// was last heard.
 fn receive(
     session: &ServerStream,
     out: &mut impl Write,
@@ -401,7 +402,9 @@ fn receive(
             .map_err(RecvError::Output)?;
         total += n as u64;
         counts.add_received(n);
-        track.contact();
+        if let Some(ago) = session.last_received() {
+            track.contact_ago(ago);
+        }
     }
     out.flush().map_err(RecvError::Output)?;
     session.close().map_err(RecvError::Session)?;
@@ -440,6 +443,8 @@ fn listen(
                     reconnects: st.resumes,
                     resumes: st.resumes,
                     acked: 0,
+                    // The session being served tells `track` (`receive`).
+                    last_received: None,
                 }
             })
         });
@@ -536,6 +541,7 @@ fn connect(cli: &Opts, addr: &str, server_key: Option<&str>) -> io::Result<()> {
                     reconnects: st.transports.saturating_sub(1),
                     resumes: st.resumes,
                     acked: sent.saturating_sub(client.unacked() as u64),
+                    last_received: client.last_received(),
                 }
             })
         });
@@ -564,7 +570,6 @@ fn connect(cli: &Opts, addr: &str, server_key: Option<&str>) -> io::Result<()> {
                 out.write_all(&buf[..k]).and_then(|()| out.flush())?;
                 n += k as u64;
                 counts.add_received(k);
-                track.contact();
             }
             Ok(n)
         });

@@ -89,8 +89,9 @@ struct TrackState {
     session: Option<String>,
     /// The client's server address (as given).
     peer: Option<String>,
-    /// Last evidence of the peer: data, acknowledgements, a handshake or a
-    /// resume.
+    /// Server: when authenticated input last arrived from the client of
+    /// the session being served (see `contact_ago`), or a handshake or a
+    /// resume. (A client's meter asks its stream: `Sample::last_received`.)
     contact: Option<Instant>,
     /// Server: sessions by the core's id.
     sessions: HashMap<u64, ServerSession>,
@@ -117,9 +118,10 @@ impl Track {
         s.peer = peer;
     }
 
-    /// Something arrived from the peer now.
-    pub fn contact(&self) {
-        self.lock().contact = Some(Instant::now());
+    /// Authenticated input last arrived from the peer `ago` (what the
+    /// stream's `last_received` says).
+    pub fn contact_ago(&self, ago: Duration) {
+        self.lock().contact = Instant::now().checked_sub(ago);
     }
 
     fn last_contact(&self) -> Option<Instant> {
@@ -171,11 +173,7 @@ fn client_event(track: &Track, e: &Event) {
     let peer = st.peer.clone().unwrap_or_else(|| "unknown".into());
     let session = st.session.clone().unwrap_or_else(|| "none".into());
     match e {
-        Event::HandshakeDone { conn_id } => {
-            st.session = Some(session_hex(*conn_id));
-            st.contact = Some(Instant::now());
-        }
-        Event::Resumed { .. } => st.contact = Some(Instant::now()),
+        Event::HandshakeDone { conn_id } => st.session = Some(session_hex(*conn_id)),
         Event::ResendRange { start, end } if end > start => {
             debug!(%session, start, end, "resending {}", bytes(end - start));
         }
@@ -253,9 +251,12 @@ pub struct Sample {
     /// resumes).
     pub reconnects: u64,
     pub resumes: u64,
-    /// Bytes the peer acknowledged so far (sent − unacknowledged): a
-    /// change is contact with the peer.
+    /// Bytes the peer acknowledged so far (sent − unacknowledged).
     pub acked: u64,
+    /// Time since authenticated input last arrived from the peer, if the
+    /// sampler knows (`ClientStream::last_received`); else the meter uses
+    /// what `Track` was told.
+    pub last_received: Option<Duration>,
 }
 
 /// How often a plain progress line is printed when stderr is not a
@@ -298,18 +299,15 @@ pub fn meter<'scope>(
     scope.spawn(move || {
         // (when, acknowledged + received) over the last 3 s: the rate.
         let mut window: VecDeque<(Instant, u64)> = VecDeque::new();
-        let mut acked = 0u64;
-        let mut received = 0u64;
         // The counters of the last plain line, and when it was printed.
         let mut printed: Option<((u64, u64, u64, u64), Instant)> = None;
         while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(every) {
             let s = sample();
             let sent = counts.sent.load(Ordering::Relaxed);
             let recv = counts.received.load(Ordering::Relaxed);
-            if s.acked > acked || recv > received {
-                track.contact();
-            }
-            (acked, received) = (s.acked, recv);
+            let last = s
+                .last_received
+                .or_else(|| track.last_contact().map(|t| t.elapsed()));
             let now = Instant::now();
             // Sent bytes count once acknowledged: written ones may only sit
             // in the buffer.
@@ -323,9 +321,9 @@ pub fn meter<'scope>(
             } else {
                 0.0
             };
-            let contact = track.last_contact().map_or_else(
+            let contact = last.map_or_else(
                 || "no contact yet".to_string(),
-                |t| format!("last contact {:.1} s ago", t.elapsed().as_secs_f64()),
+                |d| format!("last contact {:.1} s ago", d.as_secs_f64()),
             );
             let text = format!(
                 "sent {}, received {}, {}/s, {contact}, {}, {}",
@@ -344,7 +342,7 @@ pub fn meter<'scope>(
             // listener waiting for its first client).
             let state = (sent, recv, s.reconnects, s.resumes);
             let due = match printed {
-                _ if track.last_contact().is_none() => false,
+                _ if last.is_none() => false,
                 Some((last, at)) => last != state || at.elapsed() >= Duration::from_secs(60),
                 None => true,
             };

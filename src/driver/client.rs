@@ -64,6 +64,8 @@ pub(crate) struct ClientCore {
     detached_at: Option<Instant>,
     /// The options (for the messages of a first connect that fails).
     config: Config,
+    /// When authenticated input last arrived.
+    contact: events::Contact,
 }
 
 impl ClientCore {
@@ -84,6 +86,7 @@ impl ClientCore {
             attached: false,
             detached_at: None,
             config,
+            contact: events::Contact::default(),
         }
     }
 
@@ -104,6 +107,8 @@ impl ClientCore {
         let mut ch = Changes::default();
         let mut resumed = false;
         let mut resent = 0u64;
+        self.contact
+            .note(self.core.timers().get(crate::timer::Timer::Idle));
         while let Some(e) = self.core.poll_event() {
             self.stats.count(&e);
             match e {
@@ -180,6 +185,12 @@ impl ClientCore {
             message,
             cause,
         })
+    }
+
+    /// Time since authenticated input from the server last arrived (as of
+    /// the last drain); `None` before the first.
+    pub(crate) fn last_received(&self) -> Option<StdDuration> {
+        self.contact.since()
     }
 
     /// Log the loss of the attached transport once, if a session exists.
