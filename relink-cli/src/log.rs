@@ -80,9 +80,9 @@ pub fn say(msg: impl fmt::Display) {
 }
 
 /// The span of one tunnelled connection of `forward`: every event inside
-/// it carries `tunnel=ID` (a counter per accepted local connection, from
-/// 1) and `local_peer` (the local client's address), so the lines of
-/// concurrent connections can be told apart; once its session exists,
+/// it carries `tunnel=ID` (a counter per accepted local connection,
+/// starting at 1) and `local_peer` (the local client's address), so the
+/// lines of concurrent connections can be told apart; once its session exists,
 /// `session` too (record it with `span.record("session", ...)`). The
 /// tunnel code enters it around each connection's work (`let _g =
 /// span.enter();` in a thread, or `.instrument(span)` on a future).
