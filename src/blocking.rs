@@ -598,6 +598,14 @@ impl ClientStream {
     fn flush_inner(&self) -> io::Result<()> {
         self.shared.wait_until(|st| st.c.flush(st.stopped()))
     }
+
+    /// Time since authenticated input from the server last arrived (data,
+    /// an acknowledgement, a keepalive, or the answer to a handshake or
+    /// resume), by the process's monotonic clock; `None` before the first.
+    /// For "last contact" displays.
+    pub fn last_received(&self) -> Option<StdDuration> {
+        lock(&self.shared.state).c.last_received()
+    }
 }
 
 impl_read_write!(ClientStream);
@@ -2085,6 +2093,12 @@ impl ServerStream {
 
     fn flush_inner(&self) -> io::Result<()> {
         self.wait_until(|st, stopped| st.info.flush(st.conn.as_deref(), stopped))
+    }
+
+    /// Time since authenticated input from the client last arrived (see
+    /// [`ClientStream::last_received`]); `None` before the first.
+    pub fn last_received(&self) -> Option<StdDuration> {
+        self.session.lock().info.last_received()
     }
 }
 

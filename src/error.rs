@@ -123,8 +123,8 @@ impl fmt::Display for Error {
         match self {
             Error::Protocol(e) => write!(f, "protocol error: {e}"),
             Error::AuthFailed => write!(f, "authentication failed"),
-            Error::HandshakeRejected(s) => write!(f, "handshake rejected by server: {s:?}"),
-            Error::ResumeRejected(s) => write!(f, "resume rejected by server: {s:?}"),
+            Error::HandshakeRejected(s) => write!(f, "handshake rejected by server: {s}"),
+            Error::ResumeRejected(s) => write!(f, "resume rejected by server: {s}"),
             Error::InvalidState => write!(f, "operation not valid in the current state"),
             Error::BufferTooSmall { need } => write!(f, "transmit buffer too small: need {need}"),
             Error::KeyLimitReached => write!(f, "per-key byte limit reached"),
@@ -145,3 +145,27 @@ impl fmt::Display for Error {
 impl std::error::Error for ProtocolError {}
 #[cfg(feature = "std")]
 impl std::error::Error for Error {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::string::ToString;
+
+    #[test]
+    fn rejections_read_as_words_not_variant_names() {
+        let h = Error::HandshakeRejected(HandshakeStatus::NoStaticKey).to_string();
+        assert!(h.contains("no static key"), "{h}");
+        assert!(!h.contains("NoStaticKey"), "{h}");
+        let r = Error::ResumeRejected(ResumeStatus::Stale).to_string();
+        assert!(r.starts_with("resume rejected by server: stale"), "{r}");
+        assert!(!r.contains("Stale"), "{r}");
+        for s in [
+            ResumeStatus::UnknownSession,
+            ResumeStatus::DataUnavailable,
+            ResumeStatus::Replayed,
+        ] {
+            let t = Error::ResumeRejected(s).to_string();
+            assert!(!t.contains(&alloc::format!("{s:?}")), "{t}");
+        }
+    }
+}

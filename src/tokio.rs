@@ -778,6 +778,14 @@ impl ClientStream {
         })
         .await
     }
+
+    /// Time since authenticated input from the server last arrived (data,
+    /// an acknowledgement, a keepalive, or the answer to a handshake or
+    /// resume), by the process's monotonic clock; `None` before the first.
+    /// For "last contact" displays.
+    pub fn last_received(&self) -> Option<std::time::Duration> {
+        lock(&self.shared).c.last_received()
+    }
 }
 
 fn abort_client(shared: &Mutex<ClientShared>, code: AbortCode) {
@@ -813,6 +821,11 @@ impl ClientMonitor {
     /// Whether a transport is attached right now.
     pub fn is_connected(&self) -> bool {
         lock(&self.shared).c.core.is_connected()
+    }
+
+    /// See [`ClientStream::last_received`].
+    pub fn last_received(&self) -> Option<std::time::Duration> {
+        lock(&self.shared).c.last_received()
     }
 }
 
@@ -2123,6 +2136,12 @@ impl ServerStream {
             })
         })
         .await
+    }
+
+    /// Time since authenticated input from the client last arrived (see
+    /// [`ClientStream::last_received`]); `None` before the first.
+    pub fn last_received(&self) -> Option<std::time::Duration> {
+        lock(&self.sess.state).info.last_received()
     }
 }
 

@@ -156,6 +156,47 @@ impl ResumeStatus {
     }
 }
 
+/// What the server said, for people: `the server has no static key to
+/// prove`.
+impl core::fmt::Display for HandshakeStatus {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            HandshakeStatus::Ok => "accepted",
+            HandshakeStatus::UnsupportedVersion => {
+                "the server does not speak this protocol version"
+            }
+            HandshakeStatus::NoStaticKey => {
+                "the server has no static key to prove (it is anonymous)"
+            }
+            HandshakeStatus::Busy => "the server has reached its session limit",
+            HandshakeStatus::Malformed => "the server found the hello malformed",
+        })
+    }
+}
+
+/// What the server said, for people: `stale: the request's time is
+/// outside the server's window`.
+impl core::fmt::Display for ResumeStatus {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            ResumeStatus::Ok => "accepted",
+            ResumeStatus::UnsupportedVersion => "the server does not speak this protocol version",
+            ResumeStatus::UnknownSession => {
+                "the server does not know the session (expired or closed)"
+            }
+            ResumeStatus::AuthFailed => "the request failed authentication",
+            ResumeStatus::Replayed => "replayed: the request's counter was not new",
+            ResumeStatus::Stale => {
+                "stale: the request's time is outside the server's window (clocks apart)"
+            }
+            ResumeStatus::DataUnavailable => {
+                "the bytes to resend are no longer held: the data is gone"
+            }
+            ResumeStatus::Malformed => "the server found the request malformed",
+        })
+    }
+}
+
 /// Why a session was aborted: the code an ABORT frame carries
 /// (PROTOCOL.md 6.6). Codes below 0x100 are relink's; the application may
 /// use any value from [`AbortCode::APPLICATION_MIN`] up.

@@ -221,7 +221,7 @@ fn both_sides_name_the_session_alike_and_the_server_names_the_peer() {
     let new = r
         .listen
         .iter()
-        .find(|l| l.contains("new session"))
+        .find(|l| l.contains("session established"))
         .unwrap_or_else(|| panic!("{}", r.listen.join("\n")));
     assert_eq!(field(new, "session"), Some(id), "{new}");
     // The server's peer is the relay's outgoing socket: a loopback
@@ -261,6 +261,23 @@ fn each_transport_lost_and_each_resume_is_a_line() {
         "{}",
         r.listen.join("\n")
     );
+    // One line per fact: the drivers' lines, no second one from the CLI.
+    for (side, lines) in [("connect", &r.connect), ("listen", &r.listen)] {
+        let text = lines.join("\n");
+        assert_eq!(count(lines, "established"), 1, "{side}:\n{text}");
+        assert_eq!(count(lines, "session ended"), 1, "{side}:\n{text}");
+        assert_eq!(
+            count(lines, "resumed"),
+            count(lines, "session resumed"),
+            "{side}:\n{text}"
+        );
+        // Each transport is lost once at most (the last one ends cleanly).
+        assert!(
+            count(lines, "transport lost") as u64 <= r.reconnects + 1,
+            "{side}: {} cut connections:\n{text}",
+            r.reconnects
+        );
+    }
 }
 
 #[test]
@@ -304,7 +321,7 @@ fn without_v_only_warnings_and_errors_are_logged() {
     assert!(connect.wait().unwrap().success());
     assert!(wait_exit(&mut listen, Duration::from_secs(10)).is_some_and(|s| s.success()));
     assert!(
-        llog.wait_for(&[" INFO ", "new session"], Duration::from_secs(2))
+        llog.wait_for(&[" INFO ", "session established"], Duration::from_secs(2))
             .is_some(),
         "{}",
         llog.text()
@@ -317,7 +334,6 @@ fn without_v_only_warnings_and_errors_are_logged() {
 // `addr`, `error`, `server_key`).
 
 #[test]
-#[ignore = "needs driver tracing events (core12)"]
 fn driver_events_carry_the_agreed_fields() {
     let r = run();
     let id = r
@@ -349,8 +365,7 @@ fn driver_events_carry_the_agreed_fields() {
             assert!(field(l, "peer").is_some(), "{side}: {l}");
             assert!(field(l, "detached_ms").is_some(), "{side}: {l}");
         }
-        // The driver's line (the CLI's own, without a cause, may be there
-        // too until it is dropped).
+        // The driver's line, the only one for the fact.
         let lost = lines
             .iter()
             .find(|l| {
@@ -364,7 +379,6 @@ fn driver_events_carry_the_agreed_fields() {
 }
 
 #[test]
-#[ignore = "needs driver tracing events (core12)"]
 fn a_client_pinning_another_key_is_a_server_warning_naming_its_peer() {
     let dir = std::env::temp_dir().join(format!("relink-logs-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -409,7 +423,6 @@ fn a_client_pinning_another_key_is_a_server_warning_naming_its_peer() {
 }
 
 #[test]
-#[ignore = "needs driver tracing events (core12)"]
 fn a_failed_connect_attempt_names_the_address_and_the_error() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -292,8 +292,11 @@ fn max_attempts_zero_means_no_limit() {
         .unwrap();
     // Several attempts failed and it is still at it.
     assert!(
-        clog.wait_for(&["connect attempt 3 failed"], Duration::from_secs(10))
-            .is_some(),
+        clog.wait_count(
+            &["connect attempt failed", &format!("addr=127.0.0.1:{port}")],
+            3,
+            Duration::from_secs(10)
+        ),
         "{}",
         clog.text()
     );
@@ -392,7 +395,7 @@ fn connect_exits_at_once_with_status_4_when_the_session_is_lost() {
     stdin.write_all(b"still typing\n").unwrap();
     stdin.flush().unwrap();
     assert!(
-        llog.wait_for(&["new session"], Duration::from_secs(10))
+        llog.wait_for(&["session established"], Duration::from_secs(10))
             .is_some(),
         "{}",
         llog.text()
@@ -415,4 +418,33 @@ fn connect_exits_at_once_with_status_4_when_the_session_is_lost() {
         clog.text()
     );
     drop(stdin);
+}
+
+/// `connect --server-key K` to an anonymous server (no `--key`): it cannot
+/// prove any key, so no session opens. The message says so, names the
+/// server and the key, and says nothing about acknowledged bytes (there
+/// was no session to acknowledge anything); exit status 3 (cannot open).
+#[test]
+fn a_pinned_key_against_an_anonymous_server_says_what_failed() {
+    let mut cmd = Command::new(relink_bin());
+    cmd.args(["listen", "127.0.0.1:0", "--idle-ms", "3000"])
+        .stdout(Stdio::null());
+    let (_listen, addr, _llog) = spawn_listening("listen", cmd);
+    let key = "cd".repeat(32);
+    let out = Command::new(relink_bin())
+        .args(["connect", &addr.to_string(), "--server-key", &key])
+        .args(["--max-attempts", "1", "--idle-ms", "3000"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.starts_with("relink: "), "{err}");
+    assert!(last.contains(&addr.to_string()), "names the server: {last}");
+    assert!(last.contains("anonymous"), "says why: {last}");
+    assert!(last.contains("cdcdcdcd"), "names the pinned key: {last}");
+    for wrong in ["acknowledged", "session ended", "NoStaticKey", "{"] {
+        assert!(!err.contains(wrong), "{wrong:?} in {err}");
+    }
 }

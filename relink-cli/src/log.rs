@@ -20,10 +20,13 @@ use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use tracing_subscriber::filter::{filter_fn, FilterExt};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::FormatTime;
 use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// The filter of `-v` repeated `verbosity` times (0 = no `-v`).
 fn default_filter(verbosity: u8) -> &'static str {
@@ -38,18 +41,36 @@ fn default_filter(verbosity: u8) -> &'static str {
 /// Install the subscriber: stderr, timestamps, `RUST_LOG` or the level of
 /// `-v` repeated `verbosity` times. Call once, first thing in `main`.
 pub fn init(verbosity: u8) {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(s) if !s.trim().is_empty() => EnvFilter::builder().parse_lossy(s),
-        _ => EnvFilter::new(default_filter(verbosity)),
+    let rust_log = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|s| !s.trim().is_empty());
+    // Without -v the final error names the address and the cause of a
+    // first connect that fails, and `--wait` retries quietly: the drivers'
+    // WARN line per failed attempt would say it again (see
+    // `connect_attempt`); -v shows them.
+    let quiet_attempts = verbosity == 0 && rust_log.is_none();
+    let filter = match &rust_log {
+        Some(s) => EnvFilter::builder().parse_lossy(s),
+        None => EnvFilter::new(default_filter(verbosity)),
     };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let layer = tracing_subscriber::fmt::layer()
         .with_timer(Rfc3339Utc)
         .with_writer(StderrLines)
         .with_ansi(io::stderr().is_terminal())
         // Which module said it matters when debugging, not in `-v`'s story.
-        .with_target(verbosity >= 2 || std::env::var_os("RUST_LOG").is_some())
-        .try_init();
+        .with_target(verbosity >= 2 || rust_log.is_some())
+        .with_filter(filter.and(filter_fn(move |m| !(quiet_attempts && connect_attempt(m)))));
+    let _ = tracing_subscriber::registry().with(layer).try_init();
+}
+
+/// Whether `m` is the drivers' `connect attempt failed` line (WARN, fields
+/// `addr` and `error`; see `relink::driver`).
+fn connect_attempt(m: &tracing::Metadata<'_>) -> bool {
+    m.is_event()
+        && *m.level() == tracing::Level::WARN
+        && m.target().starts_with("relink::")
+        && m.fields().field("addr").is_some()
+        && m.fields().field("error").is_some()
 }
 
 /// A message for the user or a script rather than a log line (no
@@ -58,18 +79,28 @@ pub fn say(msg: impl fmt::Display) {
     write_line(format!("{msg}\n").as_bytes());
 }
 
-/// The span of one tunnelled connection: every event inside it carries
-/// `tunnel=ID` (a counter per accepted local connection, from 1) and
-/// `local_peer` (the local client's address), so the lines of concurrent
-/// connections can be told apart. The tunnel code enters it around each
-/// connection's work (`let _g = span.enter();` in a thread, or
-/// `.instrument(span)` on a future).
-// Not called yet: the tunnel commands take it up (see the module doc).
-#[allow(dead_code)]
+/// The span of one tunnelled connection of `forward`: every event inside
+/// it carries `tunnel=ID` (a counter per accepted local connection,
+/// starting at 1) and `local_peer` (the local client's address), so the
+/// lines of concurrent connections can be told apart; once its session exists,
+/// `session` too (record it with `span.record("session", ...)`). The
+/// tunnel code enters it around each connection's work (`let _g =
+/// span.enter();` in a thread, or `.instrument(span)` on a future).
 pub fn tunnel_span(id: u64, local_peer: Option<SocketAddr>) -> tracing::Span {
+    let session = tracing::field::Empty;
     match local_peer {
-        Some(p) => tracing::info_span!("tunnel", tunnel = id, local_peer = %p),
-        None => tracing::info_span!("tunnel", tunnel = id),
+        Some(p) => tracing::info_span!("tunnel", tunnel = id, local_peer = %p, session),
+        None => tracing::info_span!("tunnel", tunnel = id, session),
+    }
+}
+
+/// The span of one session of `serve-forward`: its events carry `session`
+/// (the connection id, 16 hex digits, as on the client and in the
+/// drivers' lines) and `peer` (the client's address).
+pub fn session_span(session: &str, peer: Option<SocketAddr>) -> tracing::Span {
+    match peer {
+        Some(p) => tracing::info_span!("tunnel", session = %session, peer = %p),
+        None => tracing::info_span!("tunnel", session = %session, peer = "unknown"),
     }
 }
 
@@ -272,5 +303,35 @@ mod tests {
         assert!(text.contains("tunnel=3"), "{text}");
         assert!(text.contains("local_peer=127.0.0.1:5022"), "{text}");
         assert!(text.contains("session=00000000000000ab"), "{text}");
+    }
+
+    #[test]
+    fn a_recorded_session_is_on_every_later_line_of_the_tunnel() {
+        let buf = Buf::default();
+        let out = buf.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_writer(move || out.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(sub, || {
+            let span = tunnel_span(4, None);
+            let _g = span.enter();
+            tracing::info!("before");
+            span.record("session", tracing::field::display("00000000000000cd"));
+            tracing::info!("after");
+            let s = session_span("00000000000000ef", Some("10.0.0.9:41000".parse().unwrap()));
+            let _g = s.enter();
+            tracing::info!("served");
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let line = |m: &str| text.lines().find(|l| l.ends_with(m)).unwrap().to_string();
+        assert!(!line("before").contains("session="), "{text}");
+        assert!(line("after").contains("tunnel=4"), "{text}");
+        assert!(line("after").contains("session=00000000000000cd"), "{text}");
+        assert!(
+            line("served").contains("session=00000000000000ef"),
+            "{text}"
+        );
+        assert!(line("served").contains("peer=10.0.0.9:41000"), "{text}");
     }
 }

@@ -378,7 +378,8 @@ enum RecvError {
 }
 
 /// Copy one session to `out` until the client closed, then close cleanly;
-/// what arrives is counted in `counts` and is contact for `track`.
+/// what arrives is counted in `counts`, and `track` learns when the client
+/// was last heard.
 fn receive(
     session: &ServerStream,
     out: &mut impl Write,
@@ -401,7 +402,9 @@ fn receive(
             .map_err(RecvError::Output)?;
         total += n as u64;
         counts.add_received(n);
-        track.contact();
+        if let Some(ago) = session.last_received() {
+            track.contact_ago(ago);
+        }
     }
     out.flush().map_err(RecvError::Output)?;
     session.close().map_err(RecvError::Session)?;
@@ -440,6 +443,8 @@ fn listen(
                     reconnects: st.resumes,
                     resumes: st.resumes,
                     acked: 0,
+                    // The session being served tells `track` (`receive`).
+                    last_received: None,
                 }
             })
         });
@@ -448,8 +453,9 @@ fn listen(
             let sid = session.session_id().0;
             let conn_id = session.conn_id();
             track.register(sid, conn_id, session.peer_addr());
+            // The driver logged `session established` (role=server) with
+            // the same id and peer.
             let id = conn_id.map_or_else(|| format!("#{sid}"), progress::session_hex);
-            tracing::info!(session = %id, peer = %peer_of(&session), "new session");
             let registered = interrupts.register(session.abort_handle());
             let start = Instant::now();
             let r = receive(&session, &mut stdout.lock(), &counts, &track);
@@ -535,6 +541,7 @@ fn connect(cli: &Opts, addr: &str, server_key: Option<&str>) -> io::Result<()> {
                     reconnects: st.transports.saturating_sub(1),
                     resumes: st.resumes,
                     acked: sent.saturating_sub(client.unacked() as u64),
+                    last_received: client.last_received(),
                 }
             })
         });
@@ -563,7 +570,6 @@ fn connect(cli: &Opts, addr: &str, server_key: Option<&str>) -> io::Result<()> {
                 out.write_all(&buf[..k]).and_then(|()| out.flush())?;
                 n += k as u64;
                 counts.add_received(k);
-                track.contact();
             }
             Ok(n)
         });
@@ -607,7 +613,6 @@ fn forward(cli: &Opts, local: &str, remote: &str, server_key: Option<&str>) -> i
     let local_addr = listen_addr(local);
     tunnel::forward(
         tunnel::Forward {
-            verbose: cli.verbose,
             config: cfg.clone(),
             backoff: backoff(cli),
             wait: cli.wait,
@@ -615,7 +620,7 @@ fn forward(cli: &Opts, local: &str, remote: &str, server_key: Option<&str>) -> i
             remote,
         },
         |bound| {
-            eprintln!("listening on {bound}");
+            log::say(format!("listening on {bound}"));
             warn_if_unpinned(&cfg);
         },
     )
@@ -632,13 +637,12 @@ fn serve_forward(
     let bind = listen_addr(addr);
     tunnel::serve_forward(
         tunnel::ServeForward {
-            verbose: cli.verbose,
             config: cfg.clone(),
             addr: &bind,
             target,
         },
         |bound| {
-            eprintln!("listening on {bound}");
+            log::say(format!("listening on {bound}"));
             announce_server_key(&cfg);
         },
     )

@@ -1,8 +1,8 @@
-//! What happens to a session, told on stderr: the driver's progress
-//! events as log lines (`tracing`, fields `session`, `peer`), readable
-//! counters (no Rust `Debug` text), and the live meter of `-v` during a
-//! transfer (a status line redrawn on a terminal, a plain line every few
-//! seconds otherwise).
+//! What happens to a session, told on stderr beyond the drivers' own log
+//! lines: the progress events they do not log (warnings, debug detail;
+//! `tracing`, fields `session`, `peer`), readable counters (no Rust
+//! `Debug` text), and the live meter of `-v` during a transfer (a status
+//! line redrawn on a terminal, a plain line every few seconds otherwise).
 
 use std::collections::{HashMap, VecDeque};
 use std::io::IsTerminal;
@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use relink::blocking::{close_reason_text, ClientStats, Progress};
+use relink::blocking::{ClientStats, Progress};
 use relink::{Event, ServerEvent};
 use tracing::{debug, info, warn};
 
@@ -73,7 +73,11 @@ pub fn throughput(session: &str, what: &str, n: u64, start: Instant) {
 // Progress events as log lines.
 
 /// What the event logger remembers between events, and what the meter
-/// reads.
+/// reads. The drivers log the session's story themselves (`session
+/// established`, `transport lost`, `session resumed`, `session ended`,
+/// `connect attempt failed`: see `relink::driver`); the CLI adds only what
+/// they do not say (authentication failures, expiry and in-doubt bytes as
+/// warnings, resend ranges and connect attempts at DEBUG).
 #[derive(Default)]
 pub struct Track {
     st: Mutex<TrackState>,
@@ -85,15 +89,12 @@ struct TrackState {
     session: Option<String>,
     /// The client's server address (as given).
     peer: Option<String>,
-    /// When the client lost its transport (while detached).
-    lost_at: Option<Instant>,
-    /// Last evidence of the peer: data, acknowledgements, a handshake or a
-    /// resume.
+    /// Server: when authenticated input last arrived from the client of
+    /// the session being served (see `contact_ago`), or a handshake or a
+    /// resume. (A client's meter asks its stream: `Sample::last_received`.)
     contact: Option<Instant>,
     /// Server: sessions by the core's id.
     sessions: HashMap<u64, ServerSession>,
-    /// Server: which session each transport carries.
-    transports: HashMap<u64, u64>,
 }
 
 #[derive(Default)]
@@ -101,7 +102,6 @@ struct ServerSession {
     /// Connection id in hex, once `listen` accepted it (see `register`).
     id: Option<String>,
     peer: Option<SocketAddr>,
-    lost_at: Option<Instant>,
 }
 
 impl Track {
@@ -118,9 +118,10 @@ impl Track {
         s.peer = peer;
     }
 
-    /// Something arrived from the peer now.
-    pub fn contact(&self) {
-        self.lock().contact = Some(Instant::now());
+    /// Authenticated input last arrived from the peer `ago` (what the
+    /// stream's `last_received` says).
+    pub fn contact_ago(&self, ago: Duration) {
+        self.lock().contact = Instant::now().checked_sub(ago);
     }
 
     fn last_contact(&self) -> Option<Instant> {
@@ -142,11 +143,6 @@ impl TrackState {
     }
 }
 
-/// Milliseconds since `t`.
-fn ms_since(t: Option<Instant>) -> Option<u64> {
-    t.map(|t| t.elapsed().as_millis() as u64)
-}
-
 /// A progress callback that logs the events of a client session to
 /// `peer` or of a listener (`peer` = None), remembering what `track`
 /// keeps.
@@ -158,28 +154,15 @@ pub fn events(
     move |p: &Progress| match p {
         Progress::Client(e) => client_event(&track, e),
         Progress::Server(e) => server_event(&track, e),
-        Progress::Connecting { attempt, delay } => {
-            let mut st = track.lock();
-            let peer = st.peer.clone().unwrap_or_else(|| "unknown".into());
-            // The driver reports no loss of its own transports (only the
-            // core's `TransportLost`): a new transport for an established
-            // session that is not detached yet means the last one is gone.
-            if let (Some(session), None) = (st.session.clone(), st.lost_at) {
-                st.lost_at = Some(
-                    Instant::now()
-                        .checked_sub(*delay)
-                        .unwrap_or_else(Instant::now),
-                );
-                info!(%session, %peer, "transport lost, reconnecting");
-            }
-            if *attempt > 0 {
-                debug!(%peer, attempt, delay_ms = delay.as_millis() as u64, "connecting");
-            }
-        }
-        Progress::ConnectFailed { attempt, error } => {
-            let st = track.lock();
-            let addr = st.peer.clone().unwrap_or_else(|| "unknown".into());
-            info!(%addr, "connect attempt {attempt} failed: {error}");
+        // The driver logs each failed attempt (`connect attempt failed`,
+        // `addr`, `error`); the attempt number is debug detail.
+        Progress::Connecting { attempt, delay } if *attempt > 0 => {
+            let peer = track
+                .lock()
+                .peer
+                .clone()
+                .unwrap_or_else(|| "unknown".into());
+            debug!(%peer, attempt, delay_ms = delay.as_millis() as u64, "connecting");
         }
         _ => {}
     }
@@ -190,31 +173,9 @@ fn client_event(track: &Track, e: &Event) {
     let peer = st.peer.clone().unwrap_or_else(|| "unknown".into());
     let session = st.session.clone().unwrap_or_else(|| "none".into());
     match e {
-        Event::HandshakeDone { conn_id } => {
-            let session = session_hex(*conn_id);
-            st.session = Some(session.clone());
-            st.contact = Some(Instant::now());
-            info!(%session, %peer, "session established");
-        }
-        // Also while detached: a resume attempt's transport (e.g. refused
-        // as Stale).
-        Event::TransportLost { error } => {
-            st.lost_at.get_or_insert_with(Instant::now);
-            let cause = error
-                .as_ref()
-                .map_or_else(|| "closed".to_string(), |e| e.to_string());
-            info!(%session, %peer, %cause, "transport lost");
-        }
-        Event::Resumed { counter } => {
-            let detached_ms = ms_since(st.lost_at.take()).unwrap_or(0);
-            st.contact = Some(Instant::now());
-            info!(%session, %peer, detached_ms, transport = counter, "resumed");
-        }
+        Event::HandshakeDone { conn_id } => st.session = Some(session_hex(*conn_id)),
         Event::ResendRange { start, end } if end > start => {
-            info!(%session, start, end, "resending {}", bytes(end - start));
-        }
-        Event::Closed { reason } => {
-            info!(%session, %peer, cause = %close_reason_text(reason), "session ended");
+            debug!(%session, start, end, "resending {}", bytes(end - start));
         }
         Event::AuthFailed { reason } => {
             warn!(%session, %peer, "authentication failed: {reason}");
@@ -227,66 +188,27 @@ fn client_event(track: &Track, e: &Event) {
 fn server_event(track: &Track, e: &ServerEvent) {
     let mut st = track.lock();
     match e {
-        ServerEvent::HandshakeDone { transport, session } => {
-            st.transports.insert(transport.0, session.0);
+        ServerEvent::HandshakeDone { session, .. } => {
             st.sessions.entry(session.0).or_default();
             st.contact = Some(Instant::now());
-            debug!(session = %format!("#{}", session.0), "handshake done");
         }
-        ServerEvent::Resumed {
-            transport,
-            session,
-            counter,
-        } => {
-            // The transport it replaced is no longer this session's.
-            st.transports.retain(|_, s| *s != session.0);
-            st.transports.insert(transport.0, session.0);
-            st.contact = Some(Instant::now());
-            // Known when the core reported the loss (not the driver's own
-            // losses: core12's events say it).
-            let detached_ms = st
-                .sessions
-                .get_mut(&session.0)
-                .and_then(|s| ms_since(s.lost_at.take()));
-            let (session, peer) = st.server_session(session.0);
-            info!(%session, %peer, detached_ms, "session resumed (#{counter})");
-        }
+        ServerEvent::Resumed { .. } => st.contact = Some(Instant::now()),
         ServerEvent::ResendRange {
             session,
             start,
             end,
         } if end > start => {
             let (session, peer) = st.server_session(session.0);
-            info!(%session, %peer, start, end, "resending {}", bytes(end - start));
-        }
-        ServerEvent::CloseTransport { transport, error } => {
-            let cause = error
-                .as_ref()
-                .map_or_else(|| "closed".to_string(), |e| e.to_string());
-            match st.transports.remove(&transport.0) {
-                Some(sid) => {
-                    if let Some(s) = st.sessions.get_mut(&sid) {
-                        s.lost_at.get_or_insert_with(Instant::now);
-                    }
-                    let (session, peer) = st.server_session(sid);
-                    info!(%session, %peer, %cause, "transport lost");
-                }
-                None if error.is_some() => {
-                    debug!(transport = transport.0, %cause, "transport closed")
-                }
-                None => {}
-            }
+            debug!(%session, %peer, start, end, "resending {}", bytes(end - start));
         }
         ServerEvent::AuthFailed { transport, reason } => {
             warn!(transport = transport.0, "authentication failed: {reason}");
         }
-        ServerEvent::Closed { session, reason } => {
-            let sid = session.0;
-            let (session, peer) = st.server_session(sid);
-            info!(%session, %peer, cause = %close_reason_text(reason), "session ended");
-            st.sessions.remove(&sid);
-            st.transports.retain(|_, s| *s != sid);
+        ServerEvent::Closed { session, .. } => {
+            st.sessions.remove(&session.0);
         }
+        // The driver's `session ended` line is INFO: an expiry is worth a
+        // warning without -v.
         ServerEvent::SessionExpired { session } => {
             let (session, peer) = st.server_session(session.0);
             warn!(%session, %peer, "session expired: no connection for longer than the resume timeout");
@@ -329,9 +251,12 @@ pub struct Sample {
     /// resumes).
     pub reconnects: u64,
     pub resumes: u64,
-    /// Bytes the peer acknowledged so far (sent − unacknowledged): a
-    /// change is contact with the peer.
+    /// Bytes the peer acknowledged so far (sent − unacknowledged).
     pub acked: u64,
+    /// Time since authenticated input last arrived from the peer, if the
+    /// sampler knows (`ClientStream::last_received`); else the meter uses
+    /// what `Track` was told.
+    pub last_received: Option<Duration>,
 }
 
 /// How often a plain progress line is printed when stderr is not a
@@ -374,18 +299,15 @@ pub fn meter<'scope>(
     scope.spawn(move || {
         // (when, acknowledged + received) over the last 3 s: the rate.
         let mut window: VecDeque<(Instant, u64)> = VecDeque::new();
-        let mut acked = 0u64;
-        let mut received = 0u64;
         // The counters of the last plain line, and when it was printed.
         let mut printed: Option<((u64, u64, u64, u64), Instant)> = None;
         while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(every) {
             let s = sample();
             let sent = counts.sent.load(Ordering::Relaxed);
             let recv = counts.received.load(Ordering::Relaxed);
-            if s.acked > acked || recv > received {
-                track.contact();
-            }
-            (acked, received) = (s.acked, recv);
+            let last = s
+                .last_received
+                .or_else(|| track.last_contact().map(|t| t.elapsed()));
             let now = Instant::now();
             // Sent bytes count once acknowledged: written ones may only sit
             // in the buffer.
@@ -399,9 +321,9 @@ pub fn meter<'scope>(
             } else {
                 0.0
             };
-            let contact = track.last_contact().map_or_else(
+            let contact = last.map_or_else(
                 || "no contact yet".to_string(),
-                |t| format!("last contact {:.1} s ago", t.elapsed().as_secs_f64()),
+                |d| format!("last contact {:.1} s ago", d.as_secs_f64()),
             );
             let text = format!(
                 "sent {}, received {}, {}/s, {contact}, {}, {}",
@@ -420,7 +342,7 @@ pub fn meter<'scope>(
             // listener waiting for its first client).
             let state = (sent, recv, s.reconnects, s.resumes);
             let due = match printed {
-                _ if track.last_contact().is_none() => false,
+                _ if last.is_none() => false,
                 Some((last, at)) => last != state || at.elapsed() >= Duration::from_secs(60),
                 None => true,
             };

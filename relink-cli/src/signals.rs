@@ -10,7 +10,7 @@ use std::time::Instant;
 use relink::blocking::AbortHandle;
 use relink::AbortCode;
 
-use crate::status;
+use crate::{log, status};
 
 /// Set once SIGINT or SIGTERM arrived: the signal thread aborts the
 /// sessions and exits the process.
@@ -89,10 +89,12 @@ impl Interrupts {
                         acked += 1;
                     }
                 }
-                eprintln!(
+                // The last line: no status line under it, none drawn after.
+                log::end_status();
+                log::say(format!(
                     "relink: {which}: aborted {} session(s) ({acked} acknowledged by the peer)",
                     handles.len()
-                );
+                ));
                 std::process::exit(status::INTERRUPTED);
             })?;
         Ok(me)

@@ -25,6 +25,14 @@
 //!   server's address and the local connection is reset.
 //! - SIGINT/SIGTERM abort every session with [`AbortCode::INTERRUPTED`],
 //!   wait (at most 0.8 s) for the peers to acknowledge, and exit 130.
+//!
+//! Logs: each tunnel's lines are in a span naming it (`forward`: `tunnel`
+//! = a counter of accepted local connections, `local_peer`, and `session`
+//! once it exists; `serve-forward`: `session` and the client's `peer`,
+//! see `log`); a failed tunnel is a WARN line, a clean end an INFO line
+//! (`-v`), as are the drivers' own lines (sessions established, transports
+//! lost, resumes). A failing `accept` is logged once per
+//! [`ACCEPT_ERROR_EVERY`] at most.
 
 use std::future::poll_fn;
 use std::io;
@@ -40,8 +48,9 @@ use relink::{AbortCode, Backoff, CloseReason, Config};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tracing::{info, warn, Instrument};
 
-use crate::status;
+use crate::{log, progress, status};
 
 /// Runtime worker threads at most (fewer on machines with fewer CPUs).
 pub const MAX_WORKERS: usize = 4;
@@ -55,10 +64,12 @@ const CHUNK: usize = 16 * 1024;
 const STEPS_PER_POLL: usize = 64;
 /// How long SIGINT/SIGTERM wait for the peers to acknowledge the aborts.
 const INTERRUPT_WAIT: StdDuration = StdDuration::from_millis(800);
+/// A failing `accept` (e.g. out of file descriptors, retried every 20 ms)
+/// is logged once per this period at most.
+pub const ACCEPT_ERROR_EVERY: StdDuration = StdDuration::from_secs(5);
 
 /// The settings of `forward`.
 pub struct Forward<'a> {
-    pub verbose: bool,
     pub config: Config,
     pub backoff: Backoff,
     pub wait: bool,
@@ -70,7 +81,6 @@ pub struct Forward<'a> {
 
 /// The settings of `serve-forward`.
 pub struct ServeForward<'a> {
-    pub verbose: bool,
     pub config: Config,
     /// Where to accept relink clients (already a full address).
     pub addr: &'a str,
@@ -128,26 +138,38 @@ pub fn forward(f: Forward<'_>, announce: impl FnOnce(SocketAddr)) -> io::Result<
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", f.local)))?;
         announce(listener.local_addr()?);
         let remote_name: Arc<str> = f.remote.into();
+        let mut accept_errors = Throttle::new(ACCEPT_ERROR_EVERY);
+        let mut tunnel = 0u64;
         loop {
             let (conn, peer) = match listener.accept().await {
                 Ok(c) => c,
                 Err(e) => {
                     // e.g. out of file descriptors: not the end of the tunnel.
-                    eprintln!("relink: accept on {}: {e}", f.local);
+                    accept_failed(&mut accept_errors, f.local, &e);
                     tokio::time::sleep(StdDuration::from_millis(20)).await;
                     continue;
                 }
             };
+            tunnel += 1;
+            let span = log::tunnel_span(tunnel, Some(peer));
             let builder = ClientBuilder::new(f.config.clone())
                 .backoff(f.backoff)
                 .wait_for_server(f.wait);
             let (remote, remote_name, tunnels) =
                 (remote.clone(), remote_name.clone(), tunnels.clone());
-            let verbose = f.verbose;
-            tokio::spawn(async move {
+            let task = async move {
                 let _ = conn.set_nodelay(true);
                 let r = match builder.connect(remote).await {
-                    Ok(mut session) => tunnels.run(&mut session, conn).await,
+                    Ok(mut session) => {
+                        if let Some(id) = session.conn_id() {
+                            tracing::Span::current().record(
+                                "session",
+                                tracing::field::display(progress::session_hex(id)),
+                            );
+                        }
+                        info!("tunnel open");
+                        tunnels.run(&mut session, conn).await
+                    }
                     Err(e) => {
                         // No session, so no tunnel: the local client must see
                         // a reset, not an empty reply ending in a FIN that
@@ -160,11 +182,11 @@ pub fn forward(f: Forward<'_>, announce: impl FnOnce(SocketAddr)) -> io::Result<
                     }
                 };
                 match r {
-                    Ok(s) if verbose => eprintln!("relink: connection from {peer} done: {s}"),
-                    Ok(_) => {}
-                    Err(e) => eprintln!("relink: connection from {peer} failed: {e}"),
+                    Ok(s) => info!("tunnel closed: {s}"),
+                    Err(e) => warn!("tunnel failed: {e}"),
                 }
-            });
+            };
+            tokio::spawn(task.instrument(span));
         }
     })
 }
@@ -186,9 +208,13 @@ pub fn serve_forward(s: ServeForward<'_>, announce: impl FnOnce(SocketAddr)) -> 
             let mut session = server.accept().await?;
             let (target, target_name, tunnels) =
                 (target.clone(), target_name.clone(), tunnels.clone());
-            let verbose = s.verbose;
-            tokio::spawn(async move {
-                let id = session.session_id().0;
+            // Named as the client and the drivers name it.
+            let id = session.conn_id().map_or_else(
+                || format!("#{}", session.session_id().0),
+                progress::session_hex,
+            );
+            let span = log::session_span(&id, session.peer_addr());
+            let task = async move {
                 let r = match connect_any(&target).await {
                     Ok(tcp) => {
                         let _ = tcp.set_nodelay(true);
@@ -204,13 +230,57 @@ pub fn serve_forward(s: ServeForward<'_>, announce: impl FnOnce(SocketAddr)) -> 
                     }
                 };
                 match r {
-                    Ok(st) if verbose => eprintln!("relink: session {id} done: {st}"),
-                    Ok(_) => {}
-                    Err(e) => eprintln!("relink: session {id} failed: {e}"),
+                    Ok(st) => info!("tunnel closed: {st}"),
+                    Err(e) => warn!("tunnel failed: {e}"),
                 }
-            });
+            };
+            tokio::spawn(task.instrument(span));
         }
     })
+}
+
+/// Log a failed `accept` on `local`, once per `throttle`'s period at most
+/// (with how many failed meanwhile).
+fn accept_failed(throttle: &mut Throttle, local: &str, e: &io::Error) {
+    if let Some(more) = throttle.hit(std::time::Instant::now()) {
+        if more > 0 {
+            warn!(addr = %local, "accept failed: {e} ({more} more since the last line)");
+        } else {
+            warn!(addr = %local, "accept failed: {e}");
+        }
+    }
+}
+
+/// Lets a repeated event through once per `every`, counting the others.
+struct Throttle {
+    every: StdDuration,
+    last: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+impl Throttle {
+    fn new(every: StdDuration) -> Self {
+        Throttle {
+            every,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// The event happened at `now`: `Some(n)` to report it (`n` = events
+    /// held back since the last report), `None` to keep quiet.
+    fn hit(&mut self, now: std::time::Instant) -> Option<u64> {
+        match self.last {
+            Some(t) if now.saturating_duration_since(t) < self.every => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
 }
 
 /// Connect to the first of `addrs` that accepts; the last error otherwise.
@@ -302,10 +372,11 @@ impl Tunnels {
             while live.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < end {
                 tokio::time::sleep(StdDuration::from_millis(5)).await;
             }
-            eprintln!(
+            log::end_status();
+            log::say(format!(
                 "relink: {which}: aborted {n} session(s) ({} acknowledged by the peer)",
                 acked.load(Ordering::SeqCst)
-            );
+            ));
             std::process::exit(status::INTERRUPTED);
         });
         Ok(me)
@@ -570,5 +641,24 @@ impl<'a, S: Session> Pump<'a, S> {
         // Busy: let the other tunnels run, then go on.
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_throttle_lets_one_event_through_per_period_and_counts_the_rest() {
+        let mut t = Throttle::new(StdDuration::from_secs(5));
+        let t0 = std::time::Instant::now();
+        let at = |ms: u64| t0 + StdDuration::from_millis(ms);
+        assert_eq!(t.hit(at(0)), Some(0));
+        // Every 20 ms for the next 5 s: quiet.
+        let quiet = (1..250).filter(|i| t.hit(at(i * 20)).is_some()).count();
+        assert_eq!(quiet, 0);
+        assert_eq!(t.hit(at(5_000)), Some(249));
+        assert_eq!(t.hit(at(5_001)), None);
+        assert_eq!(t.hit(at(20_000)), Some(1));
     }
 }

@@ -62,12 +62,16 @@ pub(crate) struct ClientCore {
     attached: bool,
     /// When the last established transport was lost (for `detached_ms`).
     detached_at: Option<Instant>,
+    /// The options (for the messages of a first connect that fails).
+    config: Config,
+    /// When authenticated input last arrived.
+    contact: events::Contact,
 }
 
 impl ClientCore {
     pub(crate) fn new(config: Config, progress: Option<ProgressFn>) -> Self {
         ClientCore {
-            core: Client::new(config, os_rng()),
+            core: Client::new(config.clone(), os_rng()),
             stats: ClientStats::default(),
             progress,
             handshake_done: false,
@@ -81,6 +85,8 @@ impl ClientCore {
             peer: None,
             attached: false,
             detached_at: None,
+            config,
+            contact: events::Contact::default(),
         }
     }
 
@@ -101,6 +107,8 @@ impl ClientCore {
         let mut ch = Changes::default();
         let mut resumed = false;
         let mut resent = 0u64;
+        self.contact
+            .note(self.core.timers().get(crate::timer::Timer::Idle));
         while let Some(e) = self.core.poll_event() {
             self.stats.count(&e);
             match e {
@@ -149,14 +157,40 @@ impl ClientCore {
                 .close_reason()
                 .filter(|r| *r != CloseReason::Clean)
             {
-                self.failure = Some(SessionError::Ended {
+                self.failure = Some(self.no_session(reason).unwrap_or(SessionError::Ended {
                     reason,
                     in_doubt: self.core.in_doubt(),
-                });
+                }));
                 ch.closed = true;
             }
         }
         ch
+    }
+
+    /// The core ended the session with `reason` before it existed (e.g. the
+    /// server rejected the first handshake): a failed connect naming the
+    /// server, not a session that ended (nothing was delivered, nothing to
+    /// acknowledge).
+    fn no_session(&self, reason: CloseReason) -> Option<SessionError> {
+        let CloseReason::Error(e) = reason else {
+            return None;
+        };
+        if self.has_session() {
+            return None;
+        }
+        let (kind, message, cause) =
+            super::reconnect::first_transport_failure(self.peer, Some(e), &self.config)?;
+        Some(SessionError::Connect {
+            kind,
+            message,
+            cause,
+        })
+    }
+
+    /// Time since authenticated input from the server last arrived (as of
+    /// the last drain); `None` before the first.
+    pub(crate) fn last_received(&self) -> Option<StdDuration> {
+        self.contact.since()
     }
 
     /// Log the loss of the attached transport once, if a session exists.

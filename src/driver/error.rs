@@ -57,7 +57,10 @@ pub enum SessionError {
         /// What happened, naming the address.
         message: String,
         /// The core's error, if one ended the attempt
-        /// ([`Error::ServerKeyMismatch`] for a wrong pinned key).
+        /// ([`Error::ServerKeyMismatch`] for a wrong pinned key,
+        /// [`Error::HandshakeRejected`] when the server refused the
+        /// handshake, e.g. `NoStaticKey`: an anonymous server cannot prove
+        /// a pinned key).
         cause: Option<Error>,
     },
     /// A call the session cannot serve while it lives, e.g. a write after

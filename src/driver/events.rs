@@ -192,6 +192,37 @@ impl ServerCounters {
     }
 }
 
+/// When authenticated input last arrived on a session (for "last
+/// contact" displays): noticed when the core's idle deadline moves later,
+/// which only a verified frame (or a new link after an accepted handshake
+/// or resume) does. Read after each drain of events, which the drivers do
+/// right after handing input to the core. The time is the process's
+/// monotonic clock (it may not count a suspend).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Contact {
+    /// The latest idle deadline seen.
+    idle: Option<crate::Instant>,
+    /// When it moved last.
+    at: Option<std::time::Instant>,
+}
+
+impl Contact {
+    /// The core's idle deadline is `idle` now.
+    pub(crate) fn note(&mut self, idle: Option<crate::Instant>) {
+        if let Some(d) = idle {
+            if self.idle.is_none_or(|seen| d > seen) {
+                self.idle = Some(d);
+                self.at = Some(std::time::Instant::now());
+            }
+        }
+    }
+
+    /// Time since authenticated input last arrived; `None` before any.
+    pub(crate) fn since(&self) -> Option<std::time::Duration> {
+        self.at.map(|t| t.elapsed())
+    }
+}
+
 /// A connection id as the logs' `session` field: 16 hex digits, the same
 /// on the client and the server.
 #[derive(Clone, Copy)]

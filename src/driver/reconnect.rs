@@ -350,6 +350,23 @@ pub(crate) fn first_transport_failure(
     let t = std::time::Duration::from(config.handshake_timeout);
     Some(match cause {
         Some(Error::HandshakeRejected(HandshakeStatus::Busy)) => return None,
+        Some(e @ Error::HandshakeRejected(HandshakeStatus::NoStaticKey)) => {
+            match &config.pinned_server_key {
+                Some(key) => (
+                    ErrorKind::PermissionDenied,
+                    std::format!(
+                        "relink: {p} is anonymous (it has no static key), so it cannot prove the pinned key {}...; wrong server, or a server started without its key",
+                        short_fingerprint(key)
+                    ),
+                    Some(e),
+                ),
+                None => (
+                    ErrorKind::Other,
+                    std::format!("relink: the handshake with {p} failed: {e}"),
+                    Some(e),
+                ),
+            }
+        }
         Some(Error::AuthFailed) => match &config.pinned_server_key {
             Some(key) => (
                 ErrorKind::PermissionDenied,

@@ -39,6 +39,8 @@ pub(crate) struct SessionSlot {
     current: Option<TransportId>,
     /// When its last transport was lost (for `detached_ms`).
     detached_at: Option<Instant>,
+    /// When authenticated input last arrived.
+    contact: events::Contact,
 }
 
 impl SessionSlot {
@@ -64,6 +66,7 @@ impl SessionSlot {
         let conn_id = conn.conn_id();
         let mut resumed = false;
         let mut resent = 0u64;
+        self.contact.note(conn.timer(crate::timer::Timer::Idle));
         if self.dropped && !conn.is_routable() && conn.readable() > 0 {
             // Nobody can read these bytes any more.
             let mut scratch = [0u8; 4096];
@@ -114,6 +117,12 @@ impl SessionSlot {
             events::log_resumed(conn_id, self.peer, detached, resent);
         }
         ch
+    }
+
+    /// Time since authenticated input from the client last arrived (as of
+    /// the last drain); `None` before the first.
+    pub(crate) fn last_received(&self) -> Option<std::time::Duration> {
+        self.contact.since()
     }
 
     /// The transport `tid` of the session is gone (`why`, or the core's

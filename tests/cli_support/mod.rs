@@ -114,6 +114,29 @@ impl Log {
     }
 }
 
+impl Log {
+    /// Whether `n` lines containing all of `parts` arrived within `within`.
+    pub fn wait_count(&self, parts: &[&str], n: usize, within: std::time::Duration) -> bool {
+        let end = std::time::Instant::now() + within;
+        loop {
+            let k = self
+                .0
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| parts.iter().all(|p| l.contains(p)))
+                .count();
+            if k >= n {
+                return true;
+            }
+            if std::time::Instant::now() >= end {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}
+
 /// Start `cmd` (stderr piped) and read the `listening on ADDR` line it
 /// prints first; the rest of its stderr is collected.
 pub fn spawn_listening(name: &str, mut cmd: Command) -> (Proc, std::net::SocketAddr, Log) {
