@@ -35,11 +35,19 @@
 //! - **close** (blocking: `close()`; tokio: `async fn close(&mut self)`)
 //!   half-closes, then waits until the session ended cleanly (both sides
 //!   closed, everything acknowledged), discarding input not read yet.
+//! - **No bound of their own**: flush, shutdown and close wait on the
+//!   peer (its application reading, or closing its side) for as long as
+//!   the session lives, like their TCP counterparts. To bound them, use
+//!   `tokio::time::timeout` (tokio) or call `abort` from another thread
+//!   through an `AbortHandle` (blocking).
 //! - **abort(code)** ends the session at once, like a TCP reset: the
 //!   peer's calls fail with [`std::io::ErrorKind::ConnectionReset`] and
 //!   [`SessionError::abort_code`] names the code; this side's later calls
-//!   fail with [`std::io::ErrorKind::ConnectionAborted`]. The driver keeps
-//!   serving the session until the peer acknowledged the ABORT.
+//!   fail with [`std::io::ErrorKind::ConnectionAborted`] (a `read` first
+//!   returns bytes that were already received). The driver keeps serving
+//!   the session until the peer acknowledged the ABORT. Known limit: an
+//!   ABORT queued behind data the peer's application does not read can
+//!   only arrive once that data was read (see `tests/review12.rs`).
 //! - **drop**: dropping a stream that was neither closed nor aborted aborts
 //!   the session with [`crate::AbortCode::DROPPED`], unless both sides had
 //!   already half-closed (then it ends cleanly by itself).
