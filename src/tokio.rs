@@ -142,6 +142,13 @@ const IO_BUF: usize = 64 * 1024;
 trait Transport: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Transport for T {}
 type BoxedIo = TransportIo<Box<dyn Transport>>;
+/// A server transport's buffers behind their own mutex: the writer token.
+/// Whoever holds it (the transport's task for its whole poll, or a
+/// [`ServerStream`]'s `poll_write` writing its frames directly) is the only
+/// one producing and writing that transport's frames, so they go out in
+/// order. Taken before the endpoint or session lock, never while holding
+/// one; a stream only ever `try_lock`s it.
+type SharedIo = Arc<Mutex<BoxedIo>>;
 
 // ---------------------------------------------------------------------------
 // shared helpers
@@ -1243,6 +1250,9 @@ struct SessionShared {
 #[derive(Default)]
 struct TransportSlot {
     waker: Option<Waker>,
+    /// The transport's buffers, for direct writes (see [`SharedIo`]); none
+    /// once its task ended.
+    io: Option<SharedIo>,
     input_blocked: bool,
     /// The remote address, if the transport has one.
     peer: Option<SocketAddr>,
@@ -1335,6 +1345,15 @@ impl SessionState {
         if let Some(slot) = self.slot_mut(tid) {
             wake(&mut slot.waker);
         }
+    }
+
+    /// For a direct write (see [`write_direct`]): the current transport, its
+    /// buffers and its task's waker, while that task waits (its waker is
+    /// registered).
+    fn direct_writer(&mut self) -> Option<(TransportId, SharedIo, Waker)> {
+        let tid = self.conn.transport()?;
+        let slot = self.slot_mut(tid)?;
+        Some((tid, slot.io.clone()?, slot.waker.clone()?))
     }
 
     fn wake_transport(&mut self) {
@@ -1618,13 +1637,28 @@ where
     };
     let inner = inner.clone();
     ::tokio::spawn(async move {
-        let mut io = TransportIo::new(transport);
+        let io: SharedIo = Arc::new(Mutex::new(TransportIo::new(Box::new(transport))));
         let mut route = Route::Endpoint;
         let mut linger = None;
         poll_fn(|cx| {
-            server_transport_poll(&inner, tid, peer, &mut io, &mut route, &mut linger, cx)
+            let mut guard = lock(&io);
+            server_transport_poll(
+                &inner,
+                tid,
+                peer,
+                (&io, &mut guard),
+                &mut route,
+                &mut linger,
+                cx,
+            )
         })
         .await;
+        // The transport closes once no stream holds it any more.
+        if let Route::Session(sess) = &route {
+            if let Some(slot) = lock(&sess.state).slot_mut(tid) {
+                slot.io = None;
+            }
+        }
     });
     Ok(())
 }
@@ -1663,11 +1697,11 @@ struct Step {
 
 /// One step of a transport the endpoint holds, under the endpoint lock:
 /// feed input, fetch output, register the task's waker.
-fn endpoint_step<T: AsyncRead + AsyncWrite + Unpin>(
+fn endpoint_step(
     inner: &Arc<Inner>,
     tid: TransportId,
     peer: Option<SocketAddr>,
-    io: &mut TransportIo<T>,
+    (shared, io): (&SharedIo, &mut BoxedIo),
     cx: &Context<'_>,
 ) -> Result<Step, Handover> {
     let mut guard = lock(&inner.ep);
@@ -1687,7 +1721,7 @@ fn endpoint_step<T: AsyncRead + AsyncWrite + Unpin>(
             }) => {
                 io.consume(consumed);
                 ep.transports.remove(&tid);
-                let sess = new_session(inner, ep, tid, peer, connection);
+                let sess = new_session(inner, ep, tid, peer, shared, connection);
                 handover = Some(Handover::Session(sess));
             }
             Ok(Dispatch::Resume {
@@ -1732,6 +1766,7 @@ fn new_session(
     ep: &mut EndpointState,
     tid: TransportId,
     peer: Option<SocketAddr>,
+    io: &SharedIo,
     connection: Box<Connection>,
 ) -> Arc<SessionShared> {
     let sid = connection.session();
@@ -1741,6 +1776,7 @@ fn new_session(
         tid,
         TransportSlot {
             peer,
+            io: Some(io.clone()),
             ..TransportSlot::default()
         },
     ));
@@ -1770,6 +1806,7 @@ fn resume_session(
     inner: &Inner,
     tid: TransportId,
     peer: Option<SocketAddr>,
+    io: &SharedIo,
     sess: Arc<SessionShared>,
     request: &[u8; RESUME_REQUEST_LEN],
 ) -> Route {
@@ -1782,6 +1819,7 @@ fn resume_session(
                 tid,
                 TransportSlot {
                     peer,
+                    io: Some(io.clone()),
                     ..TransportSlot::default()
                 },
             ));
@@ -1799,11 +1837,11 @@ fn resume_session(
 /// One step of a transport attached to `sess`, under that session's lock
 /// only: feed input (frame decryption), fetch output (frame encryption),
 /// register the task's waker.
-fn session_step<T: AsyncRead + AsyncWrite + Unpin>(
+fn session_step(
     inner: &Inner,
     sess: &Arc<SessionShared>,
     tid: TransportId,
-    io: &mut TransportIo<T>,
+    io: &mut BoxedIo,
     cx: &Context<'_>,
 ) -> Step {
     let mut out = Outcome::default();
@@ -1842,11 +1880,11 @@ fn session_step<T: AsyncRead + AsyncWrite + Unpin>(
     step
 }
 
-fn server_transport_poll<T: AsyncRead + AsyncWrite + Unpin>(
+fn server_transport_poll(
     inner: &Arc<Inner>,
     tid: TransportId,
     peer: Option<SocketAddr>,
-    io: &mut TransportIo<T>,
+    (shared, io): (&SharedIo, &mut BoxedIo),
     route: &mut Route,
     linger: &mut Option<Pin<Box<Sleep>>>,
     cx: &mut Context<'_>,
@@ -1857,14 +1895,14 @@ fn server_transport_poll<T: AsyncRead + AsyncWrite + Unpin>(
         }
         // Core work, under one lock: the endpoint's or the session's.
         let step = match route {
-            Route::Endpoint => match endpoint_step(inner, tid, peer, io, cx) {
+            Route::Endpoint => match endpoint_step(inner, tid, peer, (shared, &mut *io), cx) {
                 Ok(step) => step,
                 Err(Handover::Session(sess)) => {
                     *route = Route::Session(sess);
                     continue;
                 }
                 Err(Handover::Resume(sess, request)) => {
-                    *route = resume_session(inner, tid, peer, sess, &request);
+                    *route = resume_session(inner, tid, peer, shared, sess, &request);
                     continue;
                 }
                 Err(Handover::Refused(rej)) => {
@@ -1932,6 +1970,49 @@ fn server_transport_poll<T: AsyncRead + AsyncWrite + Unpin>(
             return Poll::Ready(());
         }
         return Poll::Pending;
+    }
+}
+
+/// Encrypt what a stream just wrote and write it to transport `tid` from
+/// the stream's task, instead of waking the transport's task for it (one
+/// task hand-off less per message). Takes the writer token ([`SharedIo`])
+/// only if it is free; the session lock is held only while the frames are
+/// made, never across the write. The transport is polled with its task's
+/// `waker`, so that task is the one woken when the socket takes more
+/// bytes. Whatever it cannot finish (token busy, output held back, the
+/// transport failed) is left to the transport's task, which is woken.
+fn write_direct(
+    inner: &Inner,
+    sess: &Arc<SessionShared>,
+    tid: TransportId,
+    io: &SharedIo,
+    waker: &Waker,
+) {
+    let mut guard = match io.try_lock() {
+        Ok(g) => g,
+        Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => {
+            return with_session(inner, sess, |st| st.wake_slot(tid));
+        }
+    };
+    let io = &mut *guard;
+    let mut done = false;
+    if !io.core_ended && io.lost.is_none() && !io.output_pending() {
+        let mut cx = Context::from_waker(waker);
+        io.poll_drain(&mut cx, |buf| {
+            with_session(inner, sess, |st| {
+                if st.gone || st.conn.transport() != Some(tid) {
+                    return 0;
+                }
+                let now = inner.clock.now();
+                st.conn.poll_transmit(tid, now, buf).unwrap_or(0)
+            })
+        });
+        done = io.lost.is_none() && !io.output_pending();
+    }
+    drop(guard);
+    if !done {
+        with_session(inner, sess, |st| st.wake_slot(tid));
     }
 }
 
@@ -2235,17 +2316,25 @@ impl AsyncWrite for ServerStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let inner = &*self.inner;
-        with_session(inner, &self.sess, |st| {
+        let mut direct = None;
+        let r = with_session(inner, &self.sess, |st| {
             let stopped = inner.stopped();
             let gone = st.gone;
             let step = st
                 .info
                 .write((!gone).then_some(&mut *st.conn), buf, stopped);
             if matches!(step, driver::Step::Ready(Ok(n)) if n > 0) {
-                st.wake_transport();
+                direct = st.direct_writer();
+                if direct.is_none() {
+                    st.wake_transport();
+                }
             }
             poll_step(cx, step, &mut st.write_waker)
-        })
+        });
+        if let Some((tid, io, waker)) = direct {
+            write_direct(inner, &self.sess, tid, &io, &waker);
+        }
+        r
     }
 
     /// Completes once every byte written so far was acknowledged.
