@@ -458,16 +458,14 @@ fn poll_timer(
     } else {
         clock.to_tokio(d)
     };
-    // Re-arm only when the target moved earlier (by more than the
-    // microseconds between two clock readings) or the sleep fired: a
-    // deadline that moved later (an ACK that went out with data, as with
-    // every request and answer) costs one early wake-up at most, instead of
-    // a timer update per message.
+    // The target moves by the microseconds between two clock readings:
+    // re-arm only when it really changed.
     let current = sleep.deadline();
-    let earlier = current
-        .checked_duration_since(target)
-        .is_some_and(|d| d > std::time::Duration::from_micros(500));
-    if earlier || sleep.is_elapsed() {
+    let drift = target
+        .checked_duration_since(current)
+        .or_else(|| current.checked_duration_since(target))
+        .unwrap_or_default();
+    if drift > std::time::Duration::from_micros(500) || sleep.is_elapsed() {
         sleep.as_mut().reset(target);
     }
     sleep.as_mut().poll(cx).is_ready()
