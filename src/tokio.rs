@@ -152,13 +152,6 @@ const IO_BUF: usize = 64 * 1024;
 trait Transport: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Transport for T {}
 type BoxedIo = TransportIo<Box<dyn Transport>>;
-/// A server transport's buffers behind their own mutex: the writer token.
-/// Whoever holds it (the transport's task for its whole poll, or a
-/// [`ServerStream`]'s `poll_write` writing its frames directly) is the only
-/// one producing and writing that transport's frames, so they go out in
-/// order. Taken before the endpoint or session lock, never while holding
-/// one; a stream only ever `try_lock`s it.
-type SharedIo = Arc<Mutex<BoxedIo>>;
 
 // ---------------------------------------------------------------------------
 // shared helpers
@@ -1260,9 +1253,6 @@ struct SessionShared {
 #[derive(Default)]
 struct TransportSlot {
     waker: Option<Waker>,
-    /// The transport's buffers, for direct writes (see [`SharedIo`]); none
-    /// once its task ended.
-    io: Option<SharedIo>,
     input_blocked: bool,
     /// The remote address, if the transport has one.
     peer: Option<SocketAddr>,
@@ -1355,15 +1345,6 @@ impl SessionState {
         if let Some(slot) = self.slot_mut(tid) {
             wake(&mut slot.waker);
         }
-    }
-
-    /// For a direct write (see [`write_direct`]): the current transport, its
-    /// buffers and its task's waker, while that task waits (its waker is
-    /// registered).
-    fn direct_writer(&mut self) -> Option<(TransportId, SharedIo, Waker)> {
-        let tid = self.conn.transport()?;
-        let slot = self.slot_mut(tid)?;
-        Some((tid, slot.io.clone()?, slot.waker.clone()?))
     }
 
     fn wake_transport(&mut self) {
@@ -1647,28 +1628,13 @@ where
     };
     let inner = inner.clone();
     ::tokio::spawn(async move {
-        let io: SharedIo = Arc::new(Mutex::new(TransportIo::new(Box::new(transport))));
+        let mut io = TransportIo::new(transport);
         let mut route = Route::Endpoint;
         let mut linger = None;
         poll_fn(|cx| {
-            let mut guard = lock(&io);
-            server_transport_poll(
-                &inner,
-                tid,
-                peer,
-                (&io, &mut guard),
-                &mut route,
-                &mut linger,
-                cx,
-            )
+            server_transport_poll(&inner, tid, peer, &mut io, &mut route, &mut linger, cx)
         })
         .await;
-        // The transport closes once no stream holds it any more.
-        if let Route::Session(sess) = &route {
-            if let Some(slot) = lock(&sess.state).slot_mut(tid) {
-                slot.io = None;
-            }
-        }
     });
     Ok(())
 }
@@ -1707,11 +1673,11 @@ struct Step {
 
 /// One step of a transport the endpoint holds, under the endpoint lock:
 /// feed input, fetch output, register the task's waker.
-fn endpoint_step(
+fn endpoint_step<T: AsyncRead + AsyncWrite + Unpin>(
     inner: &Arc<Inner>,
     tid: TransportId,
     peer: Option<SocketAddr>,
-    (shared, io): (&SharedIo, &mut BoxedIo),
+    io: &mut TransportIo<T>,
     cx: &Context<'_>,
 ) -> Result<Step, Handover> {
     let mut guard = lock(&inner.ep);
@@ -1731,7 +1697,7 @@ fn endpoint_step(
             }) => {
                 io.consume(consumed);
                 ep.transports.remove(&tid);
-                let sess = new_session(inner, ep, tid, peer, shared, connection);
+                let sess = new_session(inner, ep, tid, peer, connection);
                 handover = Some(Handover::Session(sess));
             }
             Ok(Dispatch::Resume {
@@ -1776,7 +1742,6 @@ fn new_session(
     ep: &mut EndpointState,
     tid: TransportId,
     peer: Option<SocketAddr>,
-    io: &SharedIo,
     connection: Box<Connection>,
 ) -> Arc<SessionShared> {
     let sid = connection.session();
@@ -1786,7 +1751,6 @@ fn new_session(
         tid,
         TransportSlot {
             peer,
-            io: Some(io.clone()),
             ..TransportSlot::default()
         },
     ));
@@ -1816,7 +1780,6 @@ fn resume_session(
     inner: &Inner,
     tid: TransportId,
     peer: Option<SocketAddr>,
-    io: &SharedIo,
     sess: Arc<SessionShared>,
     request: &[u8; RESUME_REQUEST_LEN],
 ) -> Route {
@@ -1829,7 +1792,6 @@ fn resume_session(
                 tid,
                 TransportSlot {
                     peer,
-                    io: Some(io.clone()),
                     ..TransportSlot::default()
                 },
             ));
@@ -1847,11 +1809,11 @@ fn resume_session(
 /// One step of a transport attached to `sess`, under that session's lock
 /// only: feed input (frame decryption), fetch output (frame encryption),
 /// register the task's waker.
-fn session_step(
+fn session_step<T: AsyncRead + AsyncWrite + Unpin>(
     inner: &Inner,
     sess: &Arc<SessionShared>,
     tid: TransportId,
-    io: &mut BoxedIo,
+    io: &mut TransportIo<T>,
     cx: &Context<'_>,
 ) -> Step {
     let mut out = Outcome::default();
@@ -1890,11 +1852,11 @@ fn session_step(
     step
 }
 
-fn server_transport_poll(
+fn server_transport_poll<T: AsyncRead + AsyncWrite + Unpin>(
     inner: &Arc<Inner>,
     tid: TransportId,
     peer: Option<SocketAddr>,
-    (shared, io): (&SharedIo, &mut BoxedIo),
+    io: &mut TransportIo<T>,
     route: &mut Route,
     linger: &mut Option<Pin<Box<Sleep>>>,
     cx: &mut Context<'_>,
@@ -1905,14 +1867,14 @@ fn server_transport_poll(
         }
         // Core work, under one lock: the endpoint's or the session's.
         let step = match route {
-            Route::Endpoint => match endpoint_step(inner, tid, peer, (shared, &mut *io), cx) {
+            Route::Endpoint => match endpoint_step(inner, tid, peer, io, cx) {
                 Ok(step) => step,
                 Err(Handover::Session(sess)) => {
                     *route = Route::Session(sess);
                     continue;
                 }
                 Err(Handover::Resume(sess, request)) => {
-                    *route = resume_session(inner, tid, peer, shared, sess, &request);
+                    *route = resume_session(inner, tid, peer, sess, &request);
                     continue;
                 }
                 Err(Handover::Refused(rej)) => {
@@ -1980,49 +1942,6 @@ fn server_transport_poll(
             return Poll::Ready(());
         }
         return Poll::Pending;
-    }
-}
-
-/// Encrypt what a stream just wrote and write it to transport `tid` from
-/// the stream's task, instead of waking the transport's task for it (one
-/// task hand-off less per message). Takes the writer token ([`SharedIo`])
-/// only if it is free; the session lock is held only while the frames are
-/// made, never across the write. The transport is polled with its task's
-/// `waker`, so that task is the one woken when the socket takes more
-/// bytes. Whatever it cannot finish (token busy, output held back, the
-/// transport failed) is left to the transport's task, which is woken.
-fn write_direct(
-    inner: &Inner,
-    sess: &Arc<SessionShared>,
-    tid: TransportId,
-    io: &SharedIo,
-    waker: &Waker,
-) {
-    let mut guard = match io.try_lock() {
-        Ok(g) => g,
-        Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
-        Err(std::sync::TryLockError::WouldBlock) => {
-            return with_session(inner, sess, |st| st.wake_slot(tid));
-        }
-    };
-    let io = &mut *guard;
-    let mut done = false;
-    if !io.core_ended && io.lost.is_none() && !io.output_pending() {
-        let mut cx = Context::from_waker(waker);
-        io.poll_drain(&mut cx, |buf| {
-            with_session(inner, sess, |st| {
-                if st.gone || st.conn.transport() != Some(tid) {
-                    return 0;
-                }
-                let now = inner.clock.now();
-                st.conn.poll_transmit(tid, now, buf).unwrap_or(0)
-            })
-        });
-        done = io.lost.is_none() && !io.output_pending();
-    }
-    drop(guard);
-    if !done {
-        with_session(inner, sess, |st| st.wake_slot(tid));
     }
 }
 
@@ -2326,25 +2245,17 @@ impl AsyncWrite for ServerStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let inner = &*self.inner;
-        let mut direct = None;
-        let r = with_session(inner, &self.sess, |st| {
+        with_session(inner, &self.sess, |st| {
             let stopped = inner.stopped();
             let gone = st.gone;
             let step = st
                 .info
                 .write((!gone).then_some(&mut *st.conn), buf, stopped);
             if matches!(step, driver::Step::Ready(Ok(n)) if n > 0) {
-                direct = st.direct_writer();
-                if direct.is_none() {
-                    st.wake_transport();
-                }
+                st.wake_transport();
             }
             poll_step(cx, step, &mut st.write_waker)
-        });
-        if let Some((tid, io, waker)) = direct {
-            write_direct(inner, &self.sess, tid, &io, &waker);
-        }
-        r
+        })
     }
 
     /// Completes once every byte written so far was acknowledged.
