@@ -147,12 +147,6 @@ use crate::{
 /// Bytes read from or written to a transport per system call at most.
 const IO_BUF: usize = 64 * 1024;
 
-/// Any transport, boxed: its buffers ([`TransportIo`]) are shared between
-/// the driver's task and the stream (which writes its frames directly).
-trait Transport: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Transport for T {}
-type BoxedIo = TransportIo<Box<dyn Transport>>;
-
 // ---------------------------------------------------------------------------
 // shared helpers
 
@@ -483,10 +477,6 @@ struct ClientShared {
     input_blocked: bool,
     /// The driver task ended.
     done: bool,
-    /// The current transport (between two transports: none). Used by the
-    /// driver task and, for writes, by `poll_write` directly; both only
-    /// under this lock, so one party writes frames at a time, in order.
-    io: Option<BoxedIo>,
 }
 
 impl ClientShared {
@@ -511,33 +501,6 @@ impl ClientShared {
         if self.close_waker.is_some() && (core.unacked() == 0 || core.close_acked()) {
             wake(&mut self.close_waker);
         }
-    }
-
-    /// Encrypt what was just written and write it to the transport from
-    /// the writer's task, instead of waking the driver task for it (one
-    /// task hand-off less per message). Only while the driver task waits
-    /// (its waker is registered; it runs under this lock too, so it is not
-    /// running now): the transport is polled with the driver's waker, so
-    /// the driver task is the one woken when the socket takes more bytes.
-    /// Returns false when the driver task must do it (it is running or
-    /// between transports, output is held back, the transport failed).
-    fn write_direct(&mut self) -> bool {
-        let Some(w) = self.driver_waker.clone() else {
-            return false;
-        };
-        let Some(io) = self.io.as_mut() else {
-            return false;
-        };
-        let core = &mut self.c.core;
-        if io.core_ended || io.lost.is_some() || io.output_pending() || core.transport_ended() {
-            return false;
-        }
-        let mut dcx = Context::from_waker(&w);
-        let now = self.clock.now();
-        io.poll_drain(&mut dcx, |buf| core.poll_transmit(now, buf).unwrap_or(0));
-        let done = io.lost.is_none() && !io.output_pending();
-        self.process_events();
-        done
     }
 
     fn wake_app(&mut self) {
@@ -694,7 +657,6 @@ impl ClientBuilder {
             driver_waker: None,
             input_blocked: false,
             done: false,
-            io: None,
         }));
         let tick = fallback_tick(&config);
         let policy = Reconnect::new(self.backoff, self.wait_for_server, config);
@@ -971,8 +933,8 @@ async fn drive_client<F, Fut, T>(
                 return finish(&shared);
             }
         }
-        lock(&shared).io = Some(TransportIo::new(Box::new(t)));
-        let end = poll_fn(|cx| client_poll(&shared, &mut sleep, tick, cx)).await;
+        let mut io = TransportIo::new(t);
+        let end = poll_fn(|cx| client_poll(&shared, &mut io, &mut sleep, tick, cx)).await;
         match end {
             TransportEnd::SessionOver => return finish(&shared),
             TransportEnd::Lost(why) => {
@@ -988,33 +950,15 @@ async fn drive_client<F, Fut, T>(
     }
 }
 
-/// One poll of the driver task on its transport (`ClientShared::io`, taken
-/// out while the lock is held and put back while the transport lives).
-fn client_poll(
+fn client_poll<T: AsyncRead + AsyncWrite + Unpin>(
     shared: &Mutex<ClientShared>,
+    io: &mut TransportIo<T>,
     sleep: &mut Pin<Box<Sleep>>,
     tick: std::time::Duration,
     cx: &mut Context<'_>,
 ) -> Poll<TransportEnd> {
     let mut guard = lock(shared);
     let st = &mut *guard;
-    let Some(mut io) = st.io.take() else {
-        return Poll::Ready(TransportEnd::Lost("no transport".into()));
-    };
-    let r = client_poll_io(st, &mut io, sleep, tick, cx);
-    if r.is_pending() {
-        st.io = Some(io);
-    }
-    r
-}
-
-fn client_poll_io(
-    st: &mut ClientShared,
-    io: &mut BoxedIo,
-    sleep: &mut Pin<Box<Sleep>>,
-    tick: std::time::Duration,
-    cx: &mut Context<'_>,
-) -> Poll<TransportEnd> {
     let clock = st.clock;
     loop {
         let now = clock.now();
@@ -1115,7 +1059,7 @@ impl AsyncWrite for ClientStream {
         let st = &mut *guard;
         let stopped = st.done;
         let step = st.c.write(buf, stopped);
-        if matches!(step, driver::Step::Ready(Ok(n)) if n > 0) && !st.write_direct() {
+        if matches!(step, driver::Step::Ready(Ok(n)) if n > 0) {
             wake(&mut st.driver_waker);
         }
         poll_step(cx, step, &mut st.write_waker)
