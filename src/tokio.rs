@@ -24,10 +24,7 @@
 //! relink server, pinned key not proven); with
 //! [`ClientBuilder::wait_for_server`] it retries instead, up to
 //! `Backoff::max_attempts` failures in a row. [`ClientBuilder`] holds these
-//! options. The session and the current transport's buffers share one
-//! lock, held by the task for each step of its (non-blocking) I/O; a
-//! `poll_write` made while the task waits encrypts and writes its frames
-//! itself under that lock instead of waking the task.
+//! options.
 //!
 //! # Server
 //! [`Listener::bind`] listens on TCP; [`Listener::serve_transport`] adds a
@@ -50,12 +47,7 @@
 //!   resume routed to a session) it locks only that session. Socket reads
 //!   and writes run with no lock held: a step under the lock feeds the
 //!   buffered input and fetches the next output, then the task does its
-//!   I/O. A transport's buffers sit behind their own mutex, the writer
-//!   token: the transport's task holds it while it polls; a stream's
-//!   `poll_write` that finds it free takes it, makes its frames under the
-//!   session lock, releases that lock and writes them itself (one task
-//!   hand-off less per message; otherwise it wakes the transport's task).
-//!   One timer task per session runs its timers (ACK delay, keepalive,
+//!   I/O. One timer task per session runs its timers (ACK delay, keepalive,
 //!   idle timeout while attached; expiry while detached; the wait for the
 //!   answer to an ABORT), with or without a transport, and ends when the
 //!   session is drained. One endpoint timer task runs the handshake
@@ -63,9 +55,7 @@
 //! - [`ServerStats`] are counted with atomics, outside any lock.
 //!
 //! **Lock rule**: the endpoint lock and a session lock are never held at
-//! the same time, and neither is held across socket I/O. A writer token is
-//! taken before either of them, never while holding one, and a stream only
-//! ever `try_lock`s it. Work on a session
+//! the same time, and no lock is held across socket I/O. Work on a session
 //! collects what the endpoint must learn (the connection's
 //! [`crate::EndpointEvent`]s, that the session was drained and leaves the
 //! map) under the session lock; it is applied under the endpoint lock once
