@@ -57,9 +57,13 @@ pub const MAX_WORKERS: usize = 4;
 /// Blocking threads at most (the driver resolves the server's address on
 /// one before every connect attempt).
 pub const MAX_BLOCKING: usize = 2;
-/// Bytes read from one side per system call (a stack buffer: nothing is
+/// Bytes read from one side per system call (a per-thread buffer: nothing is
 /// held while a tunnel is idle).
 const CHUNK: usize = 16 * 1024;
+std::thread_local! {
+    /// Per runtime thread: where [`Pump::poll`] reads into (see [`CHUNK`]).
+    static COPY_BUF: std::cell::Cell<Option<Box<[u8]>>> = const { std::cell::Cell::new(None) };
+}
 /// Copy steps of one tunnel before it yields to the other tasks.
 const STEPS_PER_POLL: usize = 64;
 /// How long SIGINT/SIGTERM wait for the peers to acknowledge the aborts.
@@ -608,26 +612,34 @@ impl<'a, S: Session> Pump<'a, S> {
 
     /// Copy both ways until both directions are done or a side failed.
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<Spliced, Failed>> {
-        let mut buf = [0u8; CHUNK];
+        // This thread's copy buffer, zeroed once per thread (a fresh
+        // 16 KiB stack array cost a memset on every poll).
+        let mut buf = COPY_BUF
+            .with(|c| c.take())
+            .unwrap_or_else(|| vec![0u8; CHUNK].into_boxed_slice());
+        let r = self.poll_with(cx, &mut buf);
+        COPY_BUF.with(|c| c.set(Some(buf)));
+        r
+    }
+
+    fn poll_with(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<Result<Spliced, Failed>> {
         for _ in 0..STEPS_PER_POLL {
-            let up = step(&mut self.up, self.tcp, self.session, cx, &mut buf).map_err(
-                |(reading, e)| {
+            let up =
+                step(&mut self.up, self.tcp, self.session, cx, buf).map_err(|(reading, e)| {
                     if reading {
                         Failed::Tcp(e)
                     } else {
                         Failed::Session(e)
                     }
-                },
-            )?;
-            let down = step(&mut self.down, self.session, self.tcp, cx, &mut buf).map_err(
-                |(reading, e)| {
+                })?;
+            let down =
+                step(&mut self.down, self.session, self.tcp, cx, buf).map_err(|(reading, e)| {
                     if reading {
                         Failed::Session(e)
                     } else {
                         Failed::Tcp(e)
                     }
-                },
-            )?;
+                })?;
             if self.up.done && self.down.done {
                 return Poll::Ready(Ok(Spliced {
                     to_session: self.up.total,
