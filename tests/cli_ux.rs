@@ -448,3 +448,37 @@ fn a_pinned_key_against_an_anonymous_server_says_what_failed() {
         assert!(!err.contains(wrong), "{wrong:?} in {err}");
     }
 }
+
+/// A malformed address is a usage error (exit 2, as `relink --help`
+/// documents), said before anything is bound or dialled, naming the value:
+/// no port, a port that is not a number, no host where one is needed.
+#[test]
+fn malformed_addresses_are_usage_errors_naming_the_value() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["connect", "127.0.0.1"], "'127.0.0.1' has no port"),
+        (&["listen", "127.0.0.1:22x"], "'22x' in '127.0.0.1:22x'"),
+        (&["connect", ":7000"], "':7000' has no host"),
+        (
+            &["forward", "127.0.0.1:0", "example.com"],
+            "'example.com' has no port",
+        ),
+        (&["serve-forward", ":0", "localhost:99999"], "'99999'"),
+    ];
+    for (args, names) in cases {
+        let out = std::process::Command::new(relink_bin())
+            .args(*args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(names),
+            "{args:?} does not name the value: {err}"
+        );
+        assert!(
+            !err.contains("listening on"),
+            "{args:?} bound before failing: {err}"
+        );
+    }
+}

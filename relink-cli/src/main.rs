@@ -120,6 +120,7 @@ enum Command {
     Listen {
         /// Address to bind, e.g. 0.0.0.0:7000; `:7000` = every interface
         /// (port 0 picks a free port).
+        #[arg(value_parser = listen_arg)]
         addr: String,
         /// Server key file (from `relink keygen`) for clients that pin its
         /// public key (printed on stderr at start); without it the handshake
@@ -140,6 +141,7 @@ enum Command {
     /// stdin is still open.
     Connect {
         /// Server address, e.g. example.com:7000.
+        #[arg(value_parser = peer_arg)]
         addr: String,
         /// The server's public key (64 hex digits from `relink keygen`) to
         /// pin; without it the handshake is open to a man in the middle.
@@ -168,8 +170,10 @@ enum Command {
     Forward {
         /// Local address to accept on, e.g. 127.0.0.1:2222; `:2222` = every
         /// interface.
+        #[arg(value_parser = listen_arg)]
         local: String,
         /// The relink server (`relink serve-forward`) address.
+        #[arg(value_parser = peer_arg)]
         remote: String,
         /// The server's public key to pin (hex).
         #[arg(long)]
@@ -184,8 +188,10 @@ enum Command {
     ServeForward {
         /// Address to bind for relink clients, e.g. 0.0.0.0:7000; `:7000` =
         /// every interface.
+        #[arg(value_parser = listen_arg)]
         addr: String,
         /// TCP service every session is connected to, e.g. 127.0.0.1:22.
+        #[arg(value_parser = peer_arg)]
         target: String,
         /// Server key file (from `relink keygen`); its public key is printed
         /// on stderr at start.
@@ -346,6 +352,32 @@ fn bind_logged(
         .on_progress(progress)
         .bind(listen_addr(addr).as_str())
         .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+}
+
+/// Check a `HOST:PORT` argument (a name or address, IPv6 in brackets);
+/// `:PORT` (no host) only where `allow_no_host`. A bad one is a usage
+/// error (exit 2) naming the value.
+fn host_port(s: &str, allow_no_host: bool) -> Result<String, String> {
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(format!("'{s}' has no port: expected HOST:PORT"));
+    };
+    if port.parse::<u16>().is_err() {
+        return Err(format!("'{port}' in '{s}' is not a port number (0-65535)"));
+    }
+    if host.is_empty() && !allow_no_host {
+        return Err(format!("'{s}' has no host: expected HOST:PORT"));
+    }
+    Ok(s.to_string())
+}
+
+/// An address to listen on: `HOST:PORT` or `:PORT`.
+fn listen_arg(s: &str) -> Result<String, String> {
+    host_port(s, true)
+}
+
+/// An address to connect to: `HOST:PORT`.
+fn peer_arg(s: &str) -> Result<String, String> {
+    host_port(s, false)
 }
 
 /// A listen address: `:PORT` means every interface (`0.0.0.0:PORT`).
