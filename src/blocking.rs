@@ -351,6 +351,7 @@ impl ClientBuilder {
                 stopping: false,
                 done: false,
                 kill: None,
+                writer_parked: false,
             }),
             cond: Condvar::new(),
             clock: DriverClock::new(),
@@ -401,7 +402,16 @@ impl ClientShared {
                     self.cond.notify_all();
                     return r.map_err(|e| e.to_io());
                 }
-                Step::Wait => st = wait(&self.cond, st),
+                Step::Wait => {
+                    // The call may have queued output (a CLOSE, a window
+                    // update) before deciding to wait: a writer asleep with
+                    // nothing to send must not wait for its next timer.
+                    if st.writer_parked && st.c.core.wants_transmit(self.now()) {
+                        st.writer_parked = false;
+                        self.cond.notify_all();
+                    }
+                    st = wait(&self.cond, st);
+                }
             }
         }
     }
@@ -418,6 +428,9 @@ struct ClientState {
     done: bool,
     /// Shuts the current transport down.
     kill: Option<Box<dyn Fn() + Send>>,
+    /// The writer found nothing to send and waits on the condition (not
+    /// woken since): a call that gives the core output must wake it.
+    writer_parked: bool,
 }
 
 impl ClientState {
@@ -800,6 +813,7 @@ fn client_writer<T: Transport>(shared: &ClientShared, t: &mut T) -> Outcome {
             return Outcome::Lost;
         }
         let d = until(st.c.core.poll_timeout(), now);
+        st.writer_parked = true;
         st = wait_for(&shared.cond, st, d);
     }
 }
@@ -1036,6 +1050,10 @@ struct SessionState {
     due: Option<Instant>,
     /// Work for the endpoint, applied once the lock is released.
     pending: Deferred,
+    /// A writer found nothing to send and waits on the session's condition
+    /// (not woken since): the next call that gives the connection output
+    /// must wake it (see [`after`]).
+    writer_parked: bool,
 }
 
 /// What a call on a session owes the endpoint (applied under the endpoint
@@ -1094,6 +1112,7 @@ impl SessionShared {
                 links,
                 due: None,
                 pending: Deferred::default(),
+                writer_parked: false,
             }),
             cond: Condvar::new(),
         }
@@ -1130,6 +1149,17 @@ fn after(
     }
     st.pending.accept |= ch.accept;
     st.pending.changed |= ch.changed;
+    // Output for a writer that went to sleep with nothing to send (a CLOSE,
+    // an ABORT, an ACK or a window update that a stream call just queued):
+    // wake it now, not at the session's next deadline (a keepalive away).
+    if st.writer_parked
+        && conn
+            .transport()
+            .is_some_and(|t| conn.wants_transmit(t, now))
+    {
+        st.writer_parked = false;
+        st.pending.changed = true;
+    }
     while let Some(e) = conn.poll_endpoint_event() {
         st.pending.endpoint_events.push(e);
     }
@@ -1922,6 +1952,7 @@ fn session_writer(
         if gone {
             break;
         }
+        st.writer_parked = true;
         st = wait_session(shared, sess, st);
     }
     let _ = t.shutdown(Shutdown::Both);
