@@ -263,6 +263,10 @@ pub fn connect<A: ServerAddr>(addr: A, config: Config) -> io::Result<ClientStrea
 ///   `relink: connection to 127.0.0.1:7000 refused`), or the TCP connect
 ///   does not complete within the connect timeout
 ///   ([`io::ErrorKind::TimedOut`]);
+/// - the peer accepts the connection and closes it without a whole answer
+///   to the handshake, like a port forward with nothing behind it
+///   ([`io::ErrorKind::ConnectionRefused`], cause `None`; the message says
+///   it did not answer the relink handshake);
 /// - the peer is not a relink server: it answers the handshake with
 ///   something else ([`io::ErrorKind::InvalidData`]), or does not answer
 ///   within `Config::handshake_timeout` ([`io::ErrorKind::TimedOut`]);
@@ -273,11 +277,10 @@ pub fn connect<A: ServerAddr>(addr: A, config: Config) -> io::Result<ClientStrea
 ///
 /// With [`ClientBuilder::wait_for_server`] the driver instead keeps trying
 /// (the server may not be up yet) following the [`Backoff`], whose
-/// `max_attempts` then bounds the attempts. A peer that closes the
-/// connection without a whole answer, or answers Busy, is always retried
-/// that way (a path cut during the handshake looks the same); when the
-/// backoff gives up, [`SessionError::GaveUp`] names the address and says the
-/// peer did not answer the relink handshake.
+/// `max_attempts` then bounds the attempts; when it gives up after peers
+/// that closed without answering, [`SessionError::GaveUp`] names the
+/// address and says the peer did not answer the relink handshake. A
+/// server that answers Busy is always retried that way.
 ///
 /// # Once a session exists
 /// Nothing of the above applies: every failure costs one transport, and
