@@ -263,6 +263,10 @@ pub fn connect<A: ServerAddr>(addr: A, config: Config) -> io::Result<ClientStrea
 ///   `relink: connection to 127.0.0.1:7000 refused`), or the TCP connect
 ///   does not complete within the connect timeout
 ///   ([`io::ErrorKind::TimedOut`]);
+/// - the peer accepts the connection and closes it without a whole answer
+///   to the handshake, like a port forward with nothing behind it
+///   ([`io::ErrorKind::ConnectionRefused`], cause `None`; the message says
+///   it did not answer the relink handshake);
 /// - the peer is not a relink server: it answers the handshake with
 ///   something else ([`io::ErrorKind::InvalidData`]), or does not answer
 ///   within `Config::handshake_timeout` ([`io::ErrorKind::TimedOut`]);
@@ -273,11 +277,10 @@ pub fn connect<A: ServerAddr>(addr: A, config: Config) -> io::Result<ClientStrea
 ///
 /// With [`ClientBuilder::wait_for_server`] the driver instead keeps trying
 /// (the server may not be up yet) following the [`Backoff`], whose
-/// `max_attempts` then bounds the attempts. A peer that closes the
-/// connection without a whole answer, or answers Busy, is always retried
-/// that way (a path cut during the handshake looks the same); when the
-/// backoff gives up, [`SessionError::GaveUp`] names the address and says the
-/// peer did not answer the relink handshake.
+/// `max_attempts` then bounds the attempts; when it gives up after peers
+/// that closed without answering, [`SessionError::GaveUp`] names the
+/// address and says the peer did not answer the relink handshake. A
+/// server that answers Busy is always retried that way.
 ///
 /// # Once a session exists
 /// Nothing of the above applies: every failure costs one transport, and
@@ -351,6 +354,7 @@ impl ClientBuilder {
                 stopping: false,
                 done: false,
                 kill: None,
+                writer_parked: false,
             }),
             cond: Condvar::new(),
             clock: DriverClock::new(),
@@ -401,7 +405,16 @@ impl ClientShared {
                     self.cond.notify_all();
                     return r.map_err(|e| e.to_io());
                 }
-                Step::Wait => st = wait(&self.cond, st),
+                Step::Wait => {
+                    // The call may have queued output (a CLOSE, a window
+                    // update) before deciding to wait: a writer asleep with
+                    // nothing to send must not wait for its next timer.
+                    if st.writer_parked && st.c.core.wants_transmit(self.now()) {
+                        st.writer_parked = false;
+                        self.cond.notify_all();
+                    }
+                    st = wait(&self.cond, st);
+                }
             }
         }
     }
@@ -418,6 +431,9 @@ struct ClientState {
     done: bool,
     /// Shuts the current transport down.
     kill: Option<Box<dyn Fn() + Send>>,
+    /// The writer found nothing to send and waits on the condition (not
+    /// woken since): a call that gives the core output must wake it.
+    writer_parked: bool,
 }
 
 impl ClientState {
@@ -808,6 +824,7 @@ fn client_writer<T: Transport>(shared: &ClientShared, t: &mut T) -> Outcome {
             return Outcome::Lost;
         }
         let d = until(st.c.core.poll_timeout(), now);
+        st.writer_parked = true;
         st = wait_for(&shared.cond, st, d);
     }
 }
@@ -1044,6 +1061,10 @@ struct SessionState {
     due: Option<Instant>,
     /// Work for the endpoint, applied once the lock is released.
     pending: Deferred,
+    /// A writer found nothing to send and waits on the session's condition
+    /// (not woken since): the next call that gives the connection output
+    /// must wake it (see [`after`]).
+    writer_parked: bool,
 }
 
 /// What a call on a session owes the endpoint (applied under the endpoint
@@ -1102,6 +1123,7 @@ impl SessionShared {
                 links,
                 due: None,
                 pending: Deferred::default(),
+                writer_parked: false,
             }),
             cond: Condvar::new(),
         }
@@ -1138,6 +1160,17 @@ fn after(
     }
     st.pending.accept |= ch.accept;
     st.pending.changed |= ch.changed;
+    // Output for a writer that went to sleep with nothing to send (a CLOSE,
+    // an ABORT, an ACK or a window update that a stream call just queued):
+    // wake it now, not at the session's next deadline (a keepalive away).
+    if st.writer_parked
+        && conn
+            .transport()
+            .is_some_and(|t| conn.wants_transmit(t, now))
+    {
+        st.writer_parked = false;
+        st.pending.changed = true;
+    }
     while let Some(e) = conn.poll_endpoint_event() {
         st.pending.endpoint_events.push(e);
     }
@@ -1930,6 +1963,7 @@ fn session_writer(
         if gone {
             break;
         }
+        st.writer_parked = true;
         st = wait_session(shared, sess, st);
     }
     let _ = t.shutdown(Shutdown::Both);

@@ -314,11 +314,11 @@ fn not_a_relink_server_is_named() {
     }
 }
 
-/// A peer that accepts and closes without answering: indistinguishable
-/// from a path cut during the handshake, so it is retried following the
-/// backoff (`first_handshake_is_retried_until_the_path_works` in
-/// e2e_blocking), but the error it ends with says the peer at ADDR closed
-/// without answering the relink handshake.
+/// A peer that accepts and closes without answering, with
+/// `wait_for_server`: retried following the backoff like a refused connect
+/// (`first_handshake_is_retried_until_the_path_works` in e2e_blocking), and
+/// the error it ends with says the peer at ADDR closed without answering
+/// the relink handshake.
 ///
 /// Before (from the code at 2e2bd1e): "gave up reconnecting after 3 failed
 /// attempts (last error: transport broke before the handshake/resume
@@ -332,6 +332,7 @@ fn peer_that_closes_at_once_is_named_when_given_up() {
     for d in DRIVERS {
         let addr = fake_server(closes);
         let mut opts = Opts::new(fast_config());
+        opts.wait_for_server = true;
         opts.backoff = Backoff {
             initial: Duration::from_millis(20),
             max: Duration::from_millis(50),
@@ -348,6 +349,61 @@ fn peer_that_closes_at_once_is_named_when_given_up() {
             matches!(session_error(&e), SessionError::GaveUp { attempts: 3, .. }),
             "{d:?}: {e:?}"
         );
+        assert!(took < StdDuration::from_secs(2), "{d:?}: {took:?}");
+    }
+}
+
+/// A TCP server that accepts, reads what the client sends, then closes;
+/// counts the connections it accepted.
+fn read_then_close_server() -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let n = accepted.clone();
+    thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            n.fetch_add(1, Ordering::SeqCst);
+            thread::spawn(move || {
+                let mut buf = [0u8; 256];
+                let _ = c.read(&mut buf);
+                drop(c);
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// A peer that accepts, reads the ClientHello and closes without
+/// answering, without `wait_for_server`: the first connect fails at once
+/// (one attempt), `ConnectionRefused` with a `SessionError::Connect` naming
+/// the address and the relink handshake; no "session lost" (no session
+/// ever existed).
+///
+/// Before (issue 12, new-user trial, `relink connect` without `--wait`):
+/// retried silently for 33.8 s, then "relink session lost: gave up
+/// reconnecting after 30 failed attempts (last error: the server at
+/// 127.0.0.1:7404 closed the connection without answering the relink
+/// handshake; is it a relink server?)"; here, with the default backoff,
+/// `GaveUp` after 8 attempts and about 6 to 11 s.
+#[test]
+fn peer_that_closes_without_answering_fails_at_once() {
+    for d in DRIVERS {
+        let (addr, accepted) = read_then_close_server();
+        let opts = Opts::new(fast_config());
+        let (r, took) = d.connect_within(addr, &opts, StdDuration::from_secs(60));
+        let e = r.err().unwrap_or_else(|| panic!("{d:?}: connected"));
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{d:?}: {e}");
+        assert!(
+            matches!(session_error(&e), SessionError::Connect { cause: None, .. }),
+            "{d:?}: {e:?}"
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&addr.to_string()) && msg.contains("relink handshake"),
+            "{d:?}: {msg}"
+        );
+        assert!(!msg.contains("session lost"), "{d:?}: {msg}");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "{d:?}: attempts");
         assert!(took < StdDuration::from_secs(2), "{d:?}: {took:?}");
     }
 }

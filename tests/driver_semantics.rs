@@ -121,3 +121,119 @@ fn both_drivers_share_one_error_type_and_mapping() {
     assert_eq!(inner.kind(), e.kind());
     t.join().unwrap();
 }
+
+/// Keepalives 30 s apart: a close that waits for the next keepalive (or
+/// idle check) instead of being woken shows up as a hang.
+fn long_keepalive_config() -> Config {
+    Config {
+        keepalive_interval: relink::Duration::from_secs(30),
+        idle_timeout: relink::Duration::from_secs(90),
+        ..Config::default()
+    }
+}
+
+/// How long one close may take before it counts as hung: far below the
+/// 30 s keepalive, far above a close on a loaded machine.
+const CLOSE_HANG: Duration = Duration::from_secs(10);
+
+/// The server's pause between reading EOF and calling `close` (or
+/// `shutdown_write`), per run: 0 lets the writer thread race the call,
+/// the longer ones let every ACK go out first, so that nothing but the
+/// call itself can wake the writer.
+const PAUSES_MS: [u64; 6] = [0, 1, 5, 20, 50, 0];
+
+/// Issue 12 (new-user trial): `write_all; close()` on the client and
+/// `read_to_end; close()` on the server sometimes both waited exactly one
+/// keepalive interval (5.0 s with the defaults, 3 runs in 40): the server's
+/// `close` queued its CLOSE frame and then waited without waking its
+/// writer thread, so the CLOSE left only with the next keepalive. Each
+/// run below pauses on the server between its EOF and its `close` (then
+/// its `shutdown_write`), which made every such run hang; each call must
+/// return well before the keepalive.
+#[test]
+fn blocking_close_after_eof_does_not_wait_for_a_keepalive() {
+    use relink::blocking::{connect, Listener};
+    use std::sync::mpsc;
+    let data = vec![7u8; 64 << 10];
+    for (run, pause) in PAUSES_MS.iter().copied().enumerate() {
+        let half = run % 2 == 1; // server: shutdown_write instead of close
+        let listener = Listener::bind("127.0.0.1:0", long_keepalive_config()).unwrap();
+        let addr = listener.local_addr();
+        let (tx, rx) = mpsc::channel();
+        let server = std::thread::spawn(move || {
+            let mut s = listener.accept().unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).unwrap();
+            std::thread::sleep(Duration::from_millis(pause));
+            let started = std::time::Instant::now();
+            if half {
+                s.shutdown_write().unwrap();
+            } else {
+                s.close().unwrap();
+            }
+            let _ = tx.send(started.elapsed());
+            assert!(s.wait_closed(CLOSE_HANG), "run {run}: server not closed");
+            got.len()
+        });
+        let mut c = connect(addr, long_keepalive_config()).unwrap();
+        c.write_all(&data).unwrap();
+        let started = std::time::Instant::now();
+        let (ctx, crx) = mpsc::channel();
+        let client = std::thread::spawn(move || {
+            let r = c.close();
+            let _ = ctx.send(started.elapsed());
+            r
+        });
+        let server_took = rx.recv_timeout(CLOSE_HANG).unwrap_or_else(|_| {
+            panic!("run {run} (pause {pause} ms): the server's close hung (keepalive 30 s)")
+        });
+        let client_took = crx.recv_timeout(CLOSE_HANG).unwrap_or_else(|_| {
+            panic!("run {run} (pause {pause} ms): the client's close hung (server's took {server_took:?})")
+        });
+        client.join().unwrap().unwrap();
+        assert_eq!(server.join().unwrap(), data.len(), "run {run}");
+        assert!(server_took < CLOSE_HANG && client_took < CLOSE_HANG);
+    }
+}
+
+/// The same sequence on the tokio driver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_close_after_eof_does_not_wait_for_a_keepalive() {
+    use relink::tokio::{ClientStream, Listener};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let data = vec![7u8; 64 << 10];
+    for (run, pause) in PAUSES_MS.iter().copied().enumerate() {
+        let half = run % 2 == 1;
+        let listener = Listener::bind("127.0.0.1:0", long_keepalive_config())
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let mut s = listener.accept().await.unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+            if half {
+                s.shutdown().await.unwrap();
+                // The client's CLOSE came first: the end is clean now.
+                s.close().await.unwrap();
+            } else {
+                s.close().await.unwrap();
+            }
+            got.len()
+        });
+        let mut c = ClientStream::connect(addr, long_keepalive_config())
+            .await
+            .unwrap();
+        c.write_all(&data).await.unwrap();
+        tokio::time::timeout(CLOSE_HANG, c.close())
+            .await
+            .unwrap_or_else(|_| panic!("run {run} (pause {pause} ms): the client's close hung"))
+            .unwrap();
+        let n = tokio::time::timeout(CLOSE_HANG, server)
+            .await
+            .unwrap_or_else(|_| panic!("run {run} (pause {pause} ms): the server's close hung"))
+            .unwrap();
+        assert_eq!(n, data.len(), "run {run}");
+    }
+}

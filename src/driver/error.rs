@@ -49,7 +49,8 @@ pub enum SessionError {
     /// pinned key. The message names the address (and the pinned key).
     Connect {
         /// The kind of the [`io::Error`]s carrying it:
-        /// [`io::ErrorKind::ConnectionRefused`], [`io::ErrorKind::TimedOut`],
+        /// [`io::ErrorKind::ConnectionRefused`] (refused, or closed without
+        /// answering the handshake), [`io::ErrorKind::TimedOut`],
         /// [`io::ErrorKind::InvalidData`] (not a relink server),
         /// [`io::ErrorKind::PermissionDenied`] (the pinned key was not
         /// proven), or the kind of another connect error.
@@ -76,7 +77,7 @@ impl core::fmt::Display for SessionError {
                 last_error,
             } => write!(
                 f,
-                "relink session lost: gave up reconnecting after {attempts} failed attempts (last error: {last_error})"
+                "relink: no session could be opened: gave up connecting after {attempts} failed attempts (last error: {last_error})"
             ),
             SessionError::Closed(r) => {
                 write!(f, "relink session closed for good: {}", close_reason_text(r))

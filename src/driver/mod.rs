@@ -62,7 +62,7 @@
 //!
 //! | cause | [`std::io::ErrorKind`] |
 //! |---|---|
-//! | first connect refused ([`SessionError::Connect`]) | `ConnectionRefused` |
+//! | first connect refused, or the peer closed it without answering the handshake ([`SessionError::Connect`]) | `ConnectionRefused` |
 //! | first connect or handshake timed out ([`SessionError::Connect`]) | `TimedOut` |
 //! | first peer is not a relink server ([`SessionError::Connect`]) | `InvalidData` |
 //! | pinned server key not proven ([`SessionError::Connect`]) | `PermissionDenied` |

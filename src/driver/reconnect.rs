@@ -324,13 +324,17 @@ pub(crate) fn unanswered_text(peer: Option<std::net::SocketAddr>) -> std::string
 /// Why the first transport failed before any session existed, as the
 /// drivers report it: the [`std::io::ErrorKind`], a message naming the peer,
 /// and the typed cause. `None` when it is retried following the backoff
-/// whatever the options (the server answered Busy, or closed without an
-/// answer).
+/// whatever the options (the server answered Busy).
 ///
-/// `cause` is the error the core ended the transport with (`None`: the
-/// peer closed it or the socket failed without an answer, which is retried
-/// like a refused connect under `wait_for_server`, else following the
-/// backoff: a cut path looks the same; see [`unanswered_text`]).
+/// `cause` is the error the core ended the transport with. `None`: the
+/// peer closed it (or the socket failed) without a whole answer, reported
+/// like a refused connect ([`std::io::ErrorKind::ConnectionRefused`], cause
+/// `None`): it fails at once unless the client waits for the server, which
+/// then retries it like a refused connect. That is what a port forward with
+/// nothing behind it, or a service that is not relink and hangs up, looks
+/// like; a relink server that is up answers (Busy at worst), and a path
+/// cut during the very first handshake is rare enough to be the caller's
+/// to retry (with `wait_for_server`, or by connecting again).
 #[cfg(feature = "std")]
 pub(crate) fn first_transport_failure(
     peer: Option<std::net::SocketAddr>,
@@ -396,9 +400,13 @@ pub(crate) fn first_transport_failure(
             std::format!("relink: {p} is not a relink server (its answer to the handshake: {e})"),
             Some(e),
         ),
-        // Closed or reset without a (whole) answer: a relink server behind
-        // a flaky path looks the same, so this is retried.
-        None => return None,
+        // Closed or reset without a (whole) answer: nobody there speaks
+        // relink (see above).
+        None => (
+            ErrorKind::ConnectionRefused,
+            std::format!("relink: {}", unanswered_text(peer)),
+            None,
+        ),
         Some(e) => (
             ErrorKind::Other,
             std::format!("relink: the handshake with {p} failed: {e}"),
