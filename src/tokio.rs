@@ -544,11 +544,11 @@ enum TransportEnd {
 /// [`crate::Error::ServerKeyMismatch`], the message names the key's first 8 hex
 /// digits). With [`ClientBuilder::wait_for_server`] the driver keeps trying
 /// instead, following the [`Backoff`]. A peer that closes the connection
-/// without a whole answer, or answers Busy, is always retried that way (a
-/// path cut during the handshake looks the same); when the backoff gives
-/// up, [`SessionError::GaveUp`] names the address and says the peer did
-/// not answer the relink handshake. Once a session exists every failure
-/// costs one transport only.
+/// without a whole answer fails at once with
+/// [`io::ErrorKind::ConnectionRefused`] naming the address, unless waiting
+/// for the server. A server that answers Busy is always retried; when the
+/// backoff gives up, [`SessionError::GaveUp`] names the address. Once a
+/// session exists every failure costs one transport only.
 #[derive(Clone)]
 pub struct ClientBuilder {
     config: Config,
