@@ -650,13 +650,15 @@ impl ClientBuilder {
         }));
         let tick = fallback_tick(&config);
         let policy = Reconnect::new(self.backoff, self.wait_for_server, config);
-        let task = ::tokio::spawn(drive_client(
+        // The driver task logs inside the caller's span (e.g. a tunnel's),
+        // so its lines carry the caller's fields too.
+        let task = ::tokio::spawn(tracing::Instrument::in_current_span(drive_client(
             shared.clone(),
             policy,
             tick,
             outer_timeout,
             connect,
-        ));
+        )));
         let stream = ClientStream { shared, task };
         poll_fn(|cx| {
             let mut st = lock(&stream.shared);
