@@ -20,7 +20,6 @@ use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tracing_subscriber::filter::{filter_fn, FilterExt};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::FormatTime;
 use tracing_subscriber::fmt::MakeWriter;
@@ -44,11 +43,6 @@ pub fn init(verbosity: u8) {
     let rust_log = std::env::var("RUST_LOG")
         .ok()
         .filter(|s| !s.trim().is_empty());
-    // Without -v the final error names the address and the cause of a
-    // first connect that fails, and `--wait` retries quietly: the drivers'
-    // WARN line per failed attempt would say it again (see
-    // `connect_attempt`); -v shows them.
-    let quiet_attempts = verbosity == 0 && rust_log.is_none();
     let filter = match &rust_log {
         Some(s) => EnvFilter::builder().parse_lossy(s),
         None => EnvFilter::new(default_filter(verbosity)),
@@ -59,18 +53,8 @@ pub fn init(verbosity: u8) {
         .with_ansi(io::stderr().is_terminal())
         // Which module said it matters when debugging, not in `-v`'s story.
         .with_target(verbosity >= 2 || rust_log.is_some())
-        .with_filter(filter.and(filter_fn(move |m| !(quiet_attempts && connect_attempt(m)))));
+        .with_filter(filter);
     let _ = tracing_subscriber::registry().with(layer).try_init();
-}
-
-/// Whether `m` is the drivers' `connect attempt failed` line (WARN, fields
-/// `addr` and `error`; see `relink::driver`).
-fn connect_attempt(m: &tracing::Metadata<'_>) -> bool {
-    m.is_event()
-        && *m.level() == tracing::Level::WARN
-        && m.target().starts_with("relink::")
-        && m.fields().field("addr").is_some()
-        && m.fields().field("error").is_some()
 }
 
 /// A message for the user or a script rather than a log line (no
