@@ -3,6 +3,7 @@
 
 use alloc::sync::Arc;
 
+use crate::credential::Credential;
 use crate::keys::StaticKeypair;
 use crate::time::{Duration, Instant, UnixTime, WallClock};
 use crate::wire::MAX_FRAME_PAYLOAD;
@@ -98,6 +99,20 @@ pub struct Config {
     /// module docs). The drivers install [`crate::SystemWallClock`] when this
     /// is `None`.
     pub wall_clock: Option<Arc<dyn WallClock>>,
+    /// Server: decide on every session before data flows (ServerHello flag
+    /// `CLIENT_AUTH`, PROTOCOL.md 6.7). Each client must present a
+    /// credential ([`crate::ServerEvent::ClientAuth`]); the application
+    /// accepts or rejects it (`Connection::accept_client`,
+    /// `Connection::reject_client`). No application byte flows either way
+    /// before acceptance. Client: unused.
+    /// Default: false.
+    pub client_auth: bool,
+    /// Client: the credential presented to a server that asks for one
+    /// (sent encrypted, after the server proved its key when pinned; in
+    /// anonymous mode an active man in the middle could read it). Never
+    /// sent to a server that does not ask. Server: unused.
+    /// Default: none.
+    pub credential: Option<Credential>,
 }
 
 impl Default for Config {
@@ -122,6 +137,8 @@ impl Default for Config {
             server_static: None,
             pinned_server_key: None,
             wall_clock: None,
+            client_auth: false,
+            credential: None,
         }
     }
 }
@@ -177,6 +194,8 @@ impl core::fmt::Debug for Config {
             )
             .field("pinned_server_key", &self.pinned_server_key.is_some())
             .field("wall_clock", &self.wall_clock.is_some())
+            .field("client_auth", &self.client_auth)
+            .field("credential", &self.credential)
             .finish()
     }
 }

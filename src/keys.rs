@@ -42,6 +42,18 @@ pub mod context {
     pub const S2C_MAC: &str = "relink v1 2026-11 s2c mac";
     /// Resume MAC key.
     pub const RESUME: &str = "relink v1 2026-11 resume";
+
+    // Client credentials and tokens (version 2, PROTOCOL.md 6.7, 4.8).
+    /// Key of the CREDENTIAL frame's encryption, from the session master.
+    pub const CREDENTIAL: &str = "relink v2 2026-12 credential";
+    /// Key of the ACCEPT frame's token encryption, from the session master.
+    pub const GRANT: &str = "relink v2 2026-12 token grant";
+    /// The server's token key, from its static secret key.
+    pub const TOKEN_KEY: &str = "relink v2 2026-12 token key";
+    /// A token's encryption key, from the token key and its nonce.
+    pub const TOKEN_ENC: &str = "relink v2 2026-12 token encryption";
+    /// A token's MAC key, from the token key and its nonce.
+    pub const TOKEN_MAC: &str = "relink v2 2026-12 token mac";
 }
 
 /// Direction byte mixed into every frame MAC.

@@ -28,6 +28,9 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 
+// Used by the credential flags (wired in the next step).
+#[allow(dead_code)]
+mod credentials;
 mod keys;
 mod log;
 mod progress;
