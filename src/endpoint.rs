@@ -127,6 +127,9 @@ impl Pending {
 struct Handshake {
     conn_id: u64,
     keys: SessionKeys,
+    /// Seed of the connection's own random generator (drawn right after
+    /// the connection id).
+    rng_seed: Secret,
     reset_token: [u8; TAG_LEN],
     expected_confirm: [u8; TAG_LEN],
     transport: Option<TransportId>,
@@ -149,9 +152,20 @@ impl Handshake {
             conn_id,
             keys,
             reset_token,
+            rng_seed,
             ..
         } = self;
-        Connection::new(sid, conn_id, shared, keys, reset_token, transport, now).map(Box::new)
+        Connection::new(
+            sid,
+            conn_id,
+            shared,
+            keys,
+            reset_token,
+            rng_seed.0,
+            transport,
+            now,
+        )
+        .map(Box::new)
     }
 }
 
@@ -383,6 +397,8 @@ impl<R: CryptoRng> Endpoint<R> {
         self.rng.fill_bytes(&mut random.ephemeral_secret);
         self.rng.fill_bytes(&mut random.challenge);
         random.conn_id = self.fresh_conn_id();
+        let mut rng_seed = Secret([0; 32]);
+        self.rng.fill_bytes(&mut rng_seed.0);
         random.reset_token = self.reset_token(random.conn_id);
         let result = server_respond(
             hello,
@@ -415,6 +431,7 @@ impl<R: CryptoRng> Endpoint<R> {
             Box::new(Handshake {
                 conn_id: est.conn_id,
                 keys: est.keys,
+                rng_seed,
                 reset_token: est.reset_token,
                 expected_confirm: hs.expected_confirm,
                 transport: Some(transport),
@@ -527,10 +544,13 @@ impl<R: CryptoRng> Endpoint<R> {
         // An unconfirmed session: its ClientConfirm was lost, and this
         // request proves the same keys.
         let old_transport = hs.transport;
-        if !tags_equal(
-            &request_mac(&hs.keys.resume, &msg[..REQUEST_MAC_INPUT]),
-            &req.mac,
-        ) {
+        // An unconfirmed session has only epoch 0.
+        if req.rx_epoch != 0
+            || !tags_equal(
+                &request_mac(&hs.keys.resume, &msg[..REQUEST_MAC_INPUT]),
+                &req.mac,
+            )
+        {
             self.events.push_back(ServerEvent::AuthFailed {
                 transport,
                 reason: Error::AuthFailed,

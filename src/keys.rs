@@ -42,8 +42,13 @@ pub mod context {
     pub const S2C_MAC: &str = "relink v1 2026-11 s2c mac";
     /// Resume MAC key.
     pub const RESUME: &str = "relink v1 2026-11 resume";
+    /// A server connection's random generator: the output of one draw.
+    pub const CONN_RNG_OUTPUT: &str = "relink v2 2026-12 connection rng output";
+    /// A server connection's random generator: the next state (after a
+    /// draw, or mixed with added entropy).
+    pub const CONN_RNG_STATE: &str = "relink v2 2026-12 connection rng state";
 
-    // Client credentials and tokens (version 2, PROTOCOL.md 6.7, 4.8).
+    // Client credentials and tokens (version 2, PROTOCOL.md 6.9, 4.8).
     /// Key of the CREDENTIAL frame's encryption, from the session master.
     pub const CREDENTIAL: &str = "relink v2 2026-12 credential";
     /// Key of the ACCEPT frame's token encryption, from the session master.
@@ -350,9 +355,81 @@ impl SessionKeys {
     }
 }
 
+// ----- ConnRng (PROTOCOL.md 4.7) -------------------------------------------
+
+/// The random generator of one server [`crate::Connection`]: a
+/// fast-key-erasure DRBG over BLAKE3 `derive_key`. Seeded with 32 bytes the
+/// endpoint draws when it answers the hello; the drivers mix in OS entropy
+/// with [`crate::Connection::add_entropy`].
+///
+/// ```text
+/// draw:        out   = derive_key(CONN_RNG_OUTPUT, state)
+///              state = derive_key(CONN_RNG_STATE,  state)
+/// add_entropy: state = derive_key(CONN_RNG_STATE,  state || x)
+/// ```
+///
+/// Every output is gone from the state once drawn (the state moves on
+/// through a one-way function), so a later read of the state does not give
+/// earlier outputs. Zeroized on drop, redacted in `Debug`.
+pub(crate) struct ConnRng {
+    state: Secret,
+}
+
+impl ConnRng {
+    /// A generator seeded with `seed` (the caller zeroizes its copy).
+    pub(crate) fn from_seed(seed: [u8; 32]) -> Self {
+        ConnRng {
+            state: Secret(seed),
+        }
+    }
+
+    /// 32 fresh bytes (a rekey ephemeral secret; a token nonce takes the
+    /// first 16).
+    #[allow(dead_code)] // drawn by the rekey exchange (design issue 11, step 4)
+    pub(crate) fn draw(&mut self) -> [u8; 32] {
+        let out = Secret::derive(context::CONN_RNG_OUTPUT, &[&self.state.0]);
+        self.state = Secret::derive(context::CONN_RNG_STATE, &[&self.state.0]);
+        out.0
+    }
+
+    /// Mix 32 bytes of outside entropy into the state.
+    pub(crate) fn add_entropy(&mut self, entropy: &[u8; 32]) {
+        self.state = Secret::derive(context::CONN_RNG_STATE, &[&self.state.0, entropy]);
+    }
+}
+
+impl fmt::Debug for ConnRng {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ConnRng(<redacted>)")
+    }
+}
+
+// ----- end ConnRng ----------------------------------------------------------
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn conn_rng_follows_its_spec_and_erases_outputs() {
+        let seed = [4u8; 32];
+        let mut r = ConnRng::from_seed(seed);
+        let first = r.draw();
+        let want = blake3::derive_key(context::CONN_RNG_OUTPUT, &seed);
+        assert_eq!(first, want);
+        let state1 = blake3::derive_key(context::CONN_RNG_STATE, &seed);
+        assert_eq!(
+            r.draw(),
+            blake3::derive_key(context::CONN_RNG_OUTPUT, &state1)
+        );
+        assert_ne!(first, r.draw());
+        // Added entropy changes every later output.
+        let mut a = ConnRng::from_seed(seed);
+        let mut b = ConnRng::from_seed(seed);
+        b.add_entropy(&[1u8; 32]);
+        assert_ne!(a.draw(), b.draw());
+        assert!(alloc::format!("{a:?}").contains("redacted"));
+    }
 
     fn keys() -> SessionKeys {
         SessionKeys::from_master(&Secret([7u8; 32]))
