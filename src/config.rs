@@ -101,7 +101,7 @@ pub struct Config {
     /// Client: stamps the ClientHello of a new session (0 without it).
     pub wall_clock: Option<Arc<dyn WallClock>>,
     /// Server: decide on every session before data flows (ServerHello flag
-    /// `CLIENT_AUTH`, PROTOCOL.md 6.7). Each client must present a
+    /// `CLIENT_AUTH`, PROTOCOL.md 6.9). Each client must present a
     /// credential ([`crate::ServerEvent::ClientAuth`]); the application
     /// accepts or rejects it (`Connection::accept_client`,
     /// `Connection::reject_client`). No application byte flows either way

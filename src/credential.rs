@@ -1,4 +1,4 @@
-//! Client credentials (PROTOCOL.md 6.7): what a client presents to a server
+//! Client credentials (PROTOCOL.md 6.9): what a client presents to a server
 //! that decides on every session (`Config::client_auth`), and how the
 //! CREDENTIAL and ACCEPT frame payloads are encrypted.
 //!
@@ -182,6 +182,12 @@ pub(crate) struct CredentialPayload {
     pub(crate) bytes: Vec<u8>,
 }
 
+impl fmt::Debug for CredentialPayload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CredentialPayload(kind {}, <redacted>)", self.kind)
+    }
+}
+
 impl Drop for CredentialPayload {
     fn drop(&mut self) {
         self.bytes.zeroize();
@@ -217,6 +223,8 @@ pub(crate) fn decode_credential(payload: &[u8], key: &Secret) -> Option<Credenti
 }
 
 /// The ACCEPT payload: the server's time and the token (may be empty).
+/// (The stream writes it from the encrypted token it keeps.)
+#[cfg(test)]
 pub(crate) fn encode_accept(time: UnixTime, token: &[u8], key: &Secret) -> Vec<u8> {
     let mut out = Vec::with_capacity(8 + token.len());
     out.extend_from_slice(&time.0.to_le_bytes());

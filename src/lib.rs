@@ -149,7 +149,6 @@ pub mod server;
 mod stream;
 pub mod time;
 pub mod timer;
-#[allow(dead_code)]
 mod token;
 pub mod wire;
 

@@ -32,11 +32,16 @@ pub enum Timer {
     /// Client: the session is given up after this instant once one more
     /// attempt fails (`Client::give_up_at`, PROTOCOL.md 7.6).
     GiveUp,
+    /// Server, `Config::client_auth`: the client's CREDENTIAL must verify
+    /// within `Config::handshake_timeout` of attached time after the
+    /// session was confirmed, else the session is aborted with
+    /// `CREDENTIAL_REJECTED` (PROTOCOL.md 6.9).
+    Credential,
 }
 
 impl Timer {
     /// Number of timer kinds.
-    pub const COUNT: usize = 7;
+    pub const COUNT: usize = 8;
     /// Every kind, in table order.
     pub const ALL: [Timer; Timer::COUNT] = [
         Timer::Ack,
@@ -46,6 +51,7 @@ impl Timer {
         Timer::Expiry,
         Timer::Handshake,
         Timer::GiveUp,
+        Timer::Credential,
     ];
 }
 

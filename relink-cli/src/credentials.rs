@@ -17,7 +17,8 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use constant_time_eq::constant_time_eq;
-use relink::ClientCredential;
+use relink::blocking::{Decision, SessionError};
+use relink::{AbortCode, ClientCredential, Credential};
 
 /// Longest secret a client presents (the protocol's limit).
 pub const MAX_SECRET: usize = 512;
@@ -81,11 +82,6 @@ impl Accepted {
             ));
         }
         Ok((accepted, readable_by_others(path)))
-    }
-
-    /// Number of accepted credentials.
-    pub fn len(&self) -> usize {
-        self.entries.len()
     }
 
     /// The name of the line equal to `secret`. Every line is compared, in
@@ -204,6 +200,81 @@ pub fn write_token_file(path: &Path, token: &[u8]) -> io::Result<()> {
     fs::rename(&tmp, path).map_err(|e| named(e, path))
 }
 
+/// The server's decision callback for `ListenerBuilder::authenticate`:
+/// accept what `accepted` identifies (granting a token for `lifetime` when
+/// set), reject the rest with `CREDENTIAL_REJECTED`. With `verbose`, says
+/// `relink: accepted as NAME` (or that a credential was refused).
+pub fn authenticator(
+    accepted: Accepted,
+    lifetime: Option<relink::Duration>,
+    verbose: bool,
+) -> impl Fn(&ClientCredential<'_>) -> Decision + Send + Sync + 'static {
+    move |cred| match accepted.identify(cred) {
+        Some(name) => {
+            if verbose {
+                crate::log::say(format!(
+                    "relink: accepted as {}",
+                    String::from_utf8_lossy(&name)
+                ));
+            }
+            Decision::Accept(lifetime.map(|l| (name, l)))
+        }
+        None => {
+            if verbose {
+                let what = match cred {
+                    ClientCredential::None => "a client without a credential",
+                    ClientCredential::Token { .. } => "a token whose name is no longer accepted",
+                    _ => "a credential that is not in the file",
+                };
+                crate::log::say(format!("relink: refused {what}"));
+            }
+            Decision::Reject(AbortCode::CREDENTIAL_REJECTED)
+        }
+    }
+}
+
+/// What a client presents: the token file's token if there is one (the
+/// credential file's secret is then the fallback), else the secret.
+pub struct ClientCredentials {
+    /// The credential of the first attempt.
+    pub first: Option<Credential>,
+    /// The secret to retry with once when the token is refused.
+    pub fallback: Option<Credential>,
+}
+
+impl ClientCredentials {
+    /// Read `--credential-file` and `--token-file`.
+    pub fn load(credential_file: Option<&Path>, token_file: Option<&Path>) -> io::Result<Self> {
+        let secret = credential_file
+            .map(read_credential_file)
+            .transpose()?
+            .map(Credential::Secret);
+        let token = token_file
+            .map(read_token_file)
+            .transpose()?
+            .flatten()
+            .map(Credential::Token);
+        Ok(match token {
+            Some(t) => ClientCredentials {
+                first: Some(t),
+                fallback: secret,
+            },
+            None => ClientCredentials {
+                first: secret,
+                fallback: None,
+            },
+        })
+    }
+}
+
+/// The server's code when it refused this client's credential or token.
+pub fn rejection(e: &io::Error) -> Option<AbortCode> {
+    match e.get_ref()?.downcast_ref::<SessionError>()? {
+        SessionError::Rejected { code, .. } => Some(*code),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,7 +296,7 @@ mod tests {
     #[test]
     fn lines_names_and_comments() {
         let a = Accepted::parse(FILE);
-        assert_eq!(a.len(), 3);
+        assert_eq!(a.entries.len(), 3);
         assert_eq!(a.check_secret(b"alice:correct horse"), Some(&b"alice"[..]));
         // the first `:` separates the name; `\r` of a CRLF line is dropped
         assert_eq!(a.check_secret(b"bob:pa:ss"), Some(&b"bob"[..]));
@@ -284,7 +355,7 @@ mod tests {
             use std::os::unix::fs::PermissionsExt;
             fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
             let (a, warn) = Accepted::load(&p).unwrap();
-            assert_eq!(a.len(), 3);
+            assert_eq!(a.entries.len(), 3);
             let warn = warn.expect("a world-readable file warns");
             assert!(warn.contains("creds") && warn.contains("644"), "{warn}");
             fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
