@@ -883,7 +883,7 @@ impl Stream {
             link,
             &keys.tx,
             self.tx_next,
-            stamper.at(now),
+            || stamper.at(now),
             &mut out[n..],
         );
         let data_ok = gate_allows_data(self.gate.as_deref(), link.auth_sent, ignore_gate);
@@ -1407,7 +1407,7 @@ fn transmit_gate(
     link: &mut Link,
     keys: &DirectionKeys,
     offset: u64,
-    time: u64,
+    time: impl FnOnce() -> u64,
     out: &mut [u8],
 ) -> usize {
     if link.auth_sent {
@@ -1420,7 +1420,8 @@ fn transmit_gate(
             pending: Some(token),
         }) => {
             let len = 8 + token.len().min(MAX_TOKEN_LEN);
-            accept[..8].copy_from_slice(&time.to_le_bytes());
+            // The clock is read only when an ACCEPT is written.
+            accept[..8].copy_from_slice(&time().to_le_bytes());
             accept[8..len].copy_from_slice(&token[..len - 8]);
             (FrameType::Accept, &accept[..len])
         }
