@@ -111,7 +111,10 @@ pub struct Config {
     /// Client: the credential presented to a server that asks for one
     /// (sent encrypted, after the server proved its key when pinned; in
     /// anonymous mode an active man in the middle could read it). Never
-    /// sent to a server that does not ask. Server: unused.
+    /// sent to a server that does not ask. A secret is 1..=512 bytes, a
+    /// token 51..=512; one outside its range is never sent (nor
+    /// truncated): the client's session ends at once with
+    /// `CloseReason::Error(Error::TooLong)`. Server: unused.
     /// Default: none.
     pub credential: Option<Credential>,
 }

@@ -481,6 +481,50 @@ fn credential_never_in_debug_output() {
     }
 }
 
+#[test]
+fn oversized_credential_is_never_sent() {
+    let mut net = net(23, Some(Credential::Secret(vec![b'x'; 513])));
+    assert!(!net.open(), "the client refuses to start");
+    assert_eq!(
+        client_closed(&net),
+        Some(CloseReason::Error(Error::TooLong))
+    );
+    assert!(net.sev.is_empty());
+}
+
+#[test]
+fn credential_budget_counts_attached_time_only() {
+    let mut net = net(24, Some(Credential::Secret(SECRET.to_vec())));
+    net.open_transport();
+    second_flight(&mut net);
+    net.c2s.truncate(CLIENT_CONFIRM_LEN);
+    net.deliver(u64::MAX);
+    let sid = net.session.expect("confirmed");
+    let timer = |net: &Net| {
+        net.server
+            .connection(sid)
+            .unwrap()
+            .timer(relink::timer::Timer::Credential)
+    };
+    // 4 s attached, then the transport breaks: no deadline while detached.
+    net.tick(Duration::from_secs(4));
+    net.brk();
+    assert_eq!(timer(&net), None);
+    // A minute without a transport costs nothing of the budget.
+    net.tick(Duration::from_secs(60));
+    let back = net.now();
+    assert!(net.reconnect());
+    // The resume request attaches the session (the CREDENTIAL follows
+    // only after the client read the answer).
+    net.transmit();
+    net.deliver(u64::MAX);
+    assert_eq!(
+        timer(&net),
+        Some(back.saturating_add(Duration::from_secs(6))),
+        "10 s budget, 4 s used"
+    );
+}
+
 // ----- tokens ---------------------------------------------------------------
 
 /// Accept `net`'s client with a token for `identity`; returns the token.
