@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use cli_support::{relink_bin, spawn_listening, wait_exit, Proc};
+use cli_support::{keygen, relink_bin, spawn_listening, wait_exit, Proc};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -29,19 +29,6 @@ fn private_file(path: &Path, content: &[u8]) {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
-}
-
-/// `relink keygen` into `d`; returns (key file, public key hex).
-fn keygen(d: &Path) -> (PathBuf, String) {
-    let key = d.join("server.key");
-    let out = Command::new(relink_bin())
-        .args(["keygen", "--out"])
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "keygen failed");
-    let public = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    (key, public)
 }
 
 /// `relink -v listen` with `--credentials creds` and `extra` flags.
@@ -97,6 +84,16 @@ fn os(s: &str) -> &std::ffi::OsStr {
     std::ffi::OsStr::new(s)
 }
 
+/// `--credential-file CRED --token-file TOKEN`.
+fn both_files<'a>(cred: &'a Path, token: &'a Path) -> [&'a std::ffi::OsStr; 4] {
+    [
+        os("--credential-file"),
+        cred.as_os_str(),
+        os("--token-file"),
+        token.as_os_str(),
+    ]
+}
+
 #[test]
 fn accepted_credential_and_token_file() {
     let d = dir("accept");
@@ -111,17 +108,7 @@ fn accepted_credential_and_token_file() {
     let token = d.join("alice.token");
     let (mut server, addr, log) = listen(&key, &creds, 2, &[]);
     let mut server_out = server.0.stdout.take().unwrap();
-    let (code, err) = connect(
-        addr,
-        &public,
-        &[
-            os("--credential-file"),
-            cred.as_os_str(),
-            os("--token-file"),
-            token.as_os_str(),
-        ],
-        b"first",
-    );
+    let (code, err) = connect(addr, &public, &both_files(&cred, &token), b"first");
     assert_eq!(code, Some(0), "{err}");
     assert!(
         log.wait_for(&["accepted as alice"], WAIT).is_some(),
@@ -199,17 +186,7 @@ fn refused_token_falls_back_to_the_credential_file_once() {
     let token = d.join("alice.token");
     private_file(&token, &[0x01; 60]);
     let (mut server, addr, log) = listen(&key, &creds, 1, &[]);
-    let (code, err) = connect(
-        addr,
-        &public,
-        &[
-            os("--credential-file"),
-            cred.as_os_str(),
-            os("--token-file"),
-            token.as_os_str(),
-        ],
-        b"x",
-    );
+    let (code, err) = connect(addr, &public, &both_files(&cred, &token), b"x");
     assert_eq!(code, Some(0), "{err}");
     assert!(
         err.contains("token invalid") && err.contains("trying --credential-file"),
