@@ -341,9 +341,9 @@ fn run_api(v: &Vectors) -> Vec<(String, Vec<u8>)> {
         "Config::default().resume_timeout"
     );
     assert_eq!(
-        config.resume_window.as_micros(),
-        v.int("resume_window"),
-        "Config::default().resume_window"
+        config.freshness_window.as_micros(),
+        v.int("freshness_window"),
+        "Config::default().freshness_window"
     );
     let mut client = Client::new(client_config(v, config.clone()), crng);
     let mut server = Server::new(config, srng);
@@ -1406,9 +1406,9 @@ fn check_spec(v: &Vectors) -> Result<(), String> {
     ensure(resume_timeout == 600_000_000, || {
         "resume_timeout should be the default, 600 s".into()
     })?;
-    let window = v.int("resume_window");
+    let window = v.int("freshness_window");
     ensure(window == 60_000_000, || {
-        "resume_window should be the default, 60 s".into()
+        "freshness_window should be the default, 60 s".into()
     })?;
     let (c1, c2) = (v.bytes("c2s_data_1"), v.bytes("c2s_data_2"));
     let (s1, s2) = (v.bytes("s2c_data_1"), v.bytes("s2c_data_2"));
@@ -1721,7 +1721,7 @@ fn generator_inputs() -> Vectors {
     i("t_client_abort_done", 3_240_000);
     // Config::default()
     i("resume_timeout", 600_000_000);
-    i("resume_window", 60_000_000);
+    i("freshness_window", 60_000_000);
     i("abort_code", 0x100);
     i("keystream_boundary_offset", (1 << 32) - 8);
     i("pinned_server_conn_id", 0xfedc_ba98_7654_3210);
@@ -1857,7 +1857,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "client_wall_clock",
             "# Config::default() values the messages carry or depend on (µs)",
             "resume_timeout",
-            "resume_window",
+            "freshness_window",
             "# the code of the client's ABORT (the first application-defined code)",
             "abort_code",
         ],
