@@ -70,7 +70,7 @@ impl StreamLimits {
     }
 }
 
-// ----- time stamps (PROTOCOL.md 5.1) ------------------------------------------
+// ----- time stamps (PROTOCOL.md 6.7) ------------------------------------------
 
 /// Where this side's time stamps (PING, CLOSE, ABORT, and later the
 /// REKEY frames) come from: always a reading of the *server's* freshness
@@ -117,7 +117,7 @@ impl StampClock {
 }
 
 /// This side's stamp source for one `poll_transmit`: the clock is read only
-/// when a stamped frame is written (never per DATA frame, PROTOCOL.md 5.1).
+/// when a stamped frame is written (never per DATA frame, PROTOCOL.md 6.7).
 #[derive(Clone, Copy)]
 struct Stamper<'a> {
     clock: &'a StampClock,
