@@ -415,7 +415,7 @@ impl Connection {
             server_end: self.stream.write_end(),
             server_read: self.stream.read_count(),
         };
-        let window = self.config.resume_window.as_micros();
+        let window = self.config.freshness_window.as_micros();
         if let Err(status) = check_request(&req, &counters, wall, window) {
             let reply = authenticated_reject(&self.resume_key, msg, status, wall);
             let rej = Rejection::new(Error::ResumeRejected(status), &reply);
@@ -1015,7 +1015,7 @@ impl Connection {
             KIND_SECRET => CredentialHeld::Secret(core::mem::take(&mut p.bytes)),
             KIND_TOKEN => {
                 let wall = self.config.wall_now(now);
-                let window = self.config.resume_window;
+                let window = self.config.freshness_window;
                 let verified = auth
                     .token_key
                     .as_ref()

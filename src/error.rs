@@ -94,6 +94,12 @@ pub enum Error {
     /// A value longer than the protocol allows (a token grant's identity
     /// over 256 bytes).
     TooLong,
+    /// An authenticated message whose time stamp lies outside the
+    /// freshness window (PROTOCOL.md 6.7): it was held back or replayed, or
+    /// the clocks are apart. Nothing of it was acted on; the transport
+    /// ends, the session survives (the sender re-sends it, freshly stamped,
+    /// on the next transport).
+    Stale,
 }
 
 impl From<ProtocolError> for Error {
@@ -145,6 +151,10 @@ impl fmt::Display for Error {
             Error::ServerKeyMismatch => write!(f, "the server did not prove the pinned key"),
             Error::NoStaticKey => write!(f, "no static key: this server cannot issue tokens"),
             Error::TooLong => write!(f, "value longer than the protocol allows"),
+            Error::Stale => write!(
+                f,
+                "stale: a time stamp outside the freshness window (held back, replayed, or clocks apart)"
+            ),
         }
     }
 }

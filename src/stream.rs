@@ -49,6 +49,7 @@ pub(crate) struct StreamLimits {
     keepalive_interval: Duration,
     idle_timeout: Duration,
     key_byte_limit: u64,
+    freshness_window: Duration,
 }
 
 impl StreamLimits {
@@ -62,11 +63,12 @@ impl StreamLimits {
             keepalive_interval: c.keepalive_interval,
             idle_timeout: c.idle_timeout,
             key_byte_limit: c.key_byte_limit,
+            freshness_window: c.freshness_window,
         }
     }
 }
 
-// ----- time stamps (PROTOCOL.md 5.1) ------------------------------------------
+// ----- time stamps (PROTOCOL.md 6.7) ------------------------------------------
 
 /// Where this side's time stamps (PING, CLOSE, ABORT, and later the
 /// REKEY frames) come from: always a reading of the *server's* freshness
@@ -91,8 +93,16 @@ impl core::fmt::Debug for StampClock {
 }
 
 impl StampClock {
+    /// The client's base `(server_time, at)`, if it has one.
+    pub(crate) fn base(&self) -> Option<(u64, Instant)> {
+        match self {
+            StampClock::Client(b) => *b,
+            StampClock::Server(_) => None,
+        }
+    }
+
     /// The reading at `now`.
-    fn read(&self, now: Instant) -> u64 {
+    pub(crate) fn read(&self, now: Instant) -> u64 {
         match self {
             StampClock::Server(Some(c)) => c.now().as_micros(),
             StampClock::Server(None) => now.as_micros(),
@@ -105,7 +115,7 @@ impl StampClock {
 }
 
 /// This side's stamp source for one `poll_transmit`: the clock is read only
-/// when a stamped frame is written (never per DATA frame, PROTOCOL.md 5.1).
+/// when a stamped frame is written (never per DATA frame, PROTOCOL.md 6.7).
 #[derive(Clone, Copy)]
 struct Stamper<'a> {
     clock: &'a StampClock,
@@ -117,6 +127,56 @@ impl Stamper<'_> {
     fn at(&self, now: Instant) -> u64 {
         self.clock.read(now).saturating_add_signed(self.skew)
     }
+}
+
+/// The freshness check of a received time stamp `time` (PROTOCOL.md 6.7),
+/// for a frame that verified at `now` after its link's input was held back
+/// for `held` in total (this side's own flow control; the frame may have
+/// waited that long behind unread data). `window` is
+/// `Config::freshness_window`.
+///
+/// - Server (`clock` is [`StampClock::Server`]): `now − window − held ≤
+///   time ≤ now + window` on its own clock.
+/// - Client: only `time ≥ estimate − window − held`; a stamp *ahead* of the
+///   estimate cannot be a held-back message (the server does not stamp the
+///   future), it becomes the client's new clock base instead (its own clock
+///   stood still, e.g. a suspend).
+///
+/// `Err(Error::Stale)`: the caller acts on nothing of the frame and ends
+/// the transport. Used for CLOSE and ABORT here; the rekey frames use it
+/// too.
+pub(crate) fn check_stamp(
+    clock: &mut StampClock,
+    window: Duration,
+    held: Duration,
+    now: Instant,
+    time: u64,
+) -> Result<(), Error> {
+    let (w, h) = (window.as_micros(), held.as_micros());
+    match clock {
+        StampClock::Server(_) => {
+            let server_now = clock.read(now);
+            let low = server_now.saturating_sub(w).saturating_sub(h);
+            if time < low || time > server_now.saturating_add(w) {
+                return Err(Error::Stale);
+            }
+        }
+        StampClock::Client(base) => {
+            let Some((t, at)) = *base else {
+                // No base yet (cannot happen once frames flow): nothing to
+                // judge against.
+                return Ok(());
+            };
+            let est = t.saturating_add(now.saturating_since(at).as_micros());
+            if time < est.saturating_sub(w).saturating_sub(h) {
+                return Err(Error::Stale);
+            }
+            if time > est {
+                *base = Some((time, now));
+            }
+        }
+    }
+    Ok(())
 }
 
 // ----- end time stamps ---------------------------------------------------------
@@ -162,6 +222,11 @@ struct Link {
     /// An ACK is due even with an unchanged read count (the client just
     /// verified the server's ACCEPT).
     ack_forced: bool,
+    /// Since when input is held back (until the next frame verifies).
+    held_since: Option<Instant>,
+    /// Total time this link's input was held back: the allowance of the
+    /// stamps that waited behind it (PROTOCOL.md 6.7).
+    held_total: Duration,
 }
 
 /// The deadlines of the current link, by timer kind.
@@ -287,6 +352,17 @@ impl Stream {
         if let StampClock::Client(base) = &mut self.clock {
             *base = Some((server_time, at));
         }
+    }
+
+    /// Client: its clock base `(server_time, at)`, once it has one.
+    pub(crate) fn clock_base(&self) -> Option<(u64, Instant)> {
+        self.clock.base()
+    }
+
+    /// Client: its estimate of the server's clock at `now` (no test skew),
+    /// once it has a base.
+    pub(crate) fn clock_estimate(&self, now: Instant) -> Option<u64> {
+        self.clock.base().map(|_| self.clock.read(now))
     }
 
     /// The time stamp this side writes at `now` (µs of the server's clock).
@@ -597,6 +673,8 @@ impl Stream {
             held_back: false,
             auth_sent: false,
             ack_forced: false,
+            held_since: None,
+            held_total: Duration::default(),
         });
         Ok((self.tx_next, self.tx_written))
     }
@@ -646,7 +724,7 @@ impl Stream {
                 if rest.len() >= FRAME_HEADER_LEN {
                     let hdr = FrameHeader::decode(&arr4(rest))?;
                     if !self.has_room(&hdr) {
-                        self.hold_back();
+                        self.hold_back(now);
                         break;
                     }
                     let total = hdr.wire_len();
@@ -679,7 +757,7 @@ impl Stream {
             }
             let hdr = FrameHeader::decode(&arr4(&link.partial))?;
             if !self.has_room(&hdr) {
-                self.hold_back();
+                self.hold_back(now);
                 break;
             }
             let link = self.link.as_mut().ok_or(Error::TransportEnded)?;
@@ -702,9 +780,10 @@ impl Stream {
         Ok(consumed)
     }
 
-    fn hold_back(&mut self) {
+    fn hold_back(&mut self, now: Instant) {
         if let Some(l) = &mut self.link {
             l.held_back = true;
+            l.held_since.get_or_insert(now);
         }
     }
 
@@ -740,6 +819,20 @@ impl Stream {
         link.rx_seq += 1;
         link.last_rx = now;
         link.held_back = false;
+        // Whether this frame waited behind input held back (its stamp may
+        // be that much older; it says nothing about the clock now).
+        let was_held = match link.held_since.take() {
+            Some(since) => {
+                link.held_total = Duration(
+                    link.held_total
+                        .as_micros()
+                        .saturating_add(now.saturating_since(since).as_micros()),
+                );
+                true
+            }
+            None => false,
+        };
+        let window = self.limits.freshness_window;
         self.auth_failures = 0;
         match hdr.frame_type {
             FrameType::Data => {
@@ -779,7 +872,15 @@ impl Stream {
                 self.note_ack_flags(ack.flags)?;
                 self.ack_to(v);
             }
-            FrameType::Ping => {}
+            FrameType::Ping => {
+                // A server PING is the client's clock source (PROTOCOL.md
+                // 6.7), unless it waited behind held-back input. The server
+                // ignores the client's value.
+                let time = StampFrame::decode(body)?.time;
+                if let (StampClock::Client(base), false) = (&mut self.clock, was_held) {
+                    *base = Some((time, now));
+                }
+            }
             FrameType::Credential | FrameType::Accept => {
                 self.open_gate_frame(hdr.frame_type, body);
             }
@@ -789,7 +890,9 @@ impl Stream {
                 self.abort(AbortCode::PROTOCOL_VIOLATION);
             }
             FrameType::Abort => {
-                let code = AbortFrame::decode(body)?.code;
+                let frame = AbortFrame::decode(body)?;
+                check_stamp(&mut self.clock, window, link.held_total, now, frame.time)?;
+                let code = frame.code;
                 match &mut self.abort {
                     // Our ABORT, answered (or both sides aborted at once).
                     Some(a) if !a.by_peer && !a.done => {
@@ -813,6 +916,8 @@ impl Stream {
                 }
             }
             FrameType::Close => {
+                let time = StampFrame::decode(body)?.time;
+                check_stamp(&mut self.clock, window, link.held_total, now, time)?;
                 if !gate_violation(self.gate.as_deref(), &mut self.abort) && !self.peer_closed {
                     self.peer_closed = true;
                     link.ack_due = Some(now);

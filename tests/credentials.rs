@@ -51,6 +51,13 @@ fn client_cfg(kp: Option<&StaticKeypair>, cred: Option<Credential>) -> Config {
     }
 }
 
+/// `ccfg` reading the same wall clock as the server (`scfg`): the hello's
+/// time is then fresh whatever the test does to that clock.
+fn same_clock(mut ccfg: Config, scfg: &Config) -> Config {
+    ccfg.wall_clock = scfg.wall_clock.clone();
+    ccfg
+}
+
 /// A pinned pair whose client presents `cred`.
 fn net(seed: u64, cred: Option<Credential>) -> Net {
     let kp = key(7);
@@ -549,7 +556,10 @@ fn token_round_trip() {
     scfg.wall_clock = Some(clock.clone());
     let mut first = Net::new(
         12,
-        client_cfg(Some(&kp), Some(Credential::Secret(SECRET.to_vec()))),
+        same_clock(
+            client_cfg(Some(&kp), Some(Credential::Secret(SECRET.to_vec()))),
+            &scfg,
+        ),
         scfg.clone(),
     );
     let token = grant(&mut first, b"alice", HOUR);
@@ -559,7 +569,7 @@ fn token_round_trip() {
     clock.0.fetch_add(60_000_000, Ordering::SeqCst);
     let mut second = Net::new(
         13,
-        client_cfg(Some(&kp), Some(Credential::Token(token))),
+        same_clock(client_cfg(Some(&kp), Some(Credential::Token(token))), &scfg),
         scfg,
     );
     second.open_transport();
@@ -581,7 +591,8 @@ fn token_round_trip() {
 /// A client pinning `kp` presents `token` to a server with config `scfg`;
 /// the harness runs until quiet.
 fn present_token(seed: u64, kp: Option<&StaticKeypair>, scfg: Config, token: Vec<u8>) -> Net {
-    let mut net = Net::new(seed, client_cfg(kp, Some(Credential::Token(token))), scfg);
+    let ccfg = same_clock(client_cfg(kp, Some(Credential::Token(token))), &scfg);
+    let mut net = Net::new(seed, ccfg, scfg);
     net.open_transport();
     net.settle(300);
     net
@@ -613,7 +624,10 @@ fn expired_token_is_refused() {
     scfg.wall_clock = Some(clock.clone());
     let mut first = Net::new(
         16,
-        client_cfg(Some(&kp), Some(Credential::Secret(SECRET.to_vec()))),
+        same_clock(
+            client_cfg(Some(&kp), Some(Credential::Secret(SECRET.to_vec()))),
+            &scfg,
+        ),
         scfg.clone(),
     );
     let token = grant(&mut first, b"alice", HOUR);
