@@ -7,6 +7,7 @@
 //! cargo bench --bench compare -- --quick    # every case, tiny sizes (CI)
 //! RELINK_BENCH_QUICK=1 cargo bench --bench compare
 //! RELINK_BENCH_PROFILE=small cargo bench --bench compare   # one loop, for perf
+//! cargo bench --bench compare -- --issue11  # only the rekey and credential rows
 //! ```
 //!
 //! Every figure of a row is measured side by side: the samples of the
@@ -235,7 +236,7 @@ fn main() {
     let quick = args.iter().any(|a| a == "--quick")
         || std::env::var("RELINK_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
     if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("usage: cargo bench --bench compare [-- --quick]");
+        println!("usage: cargo bench --bench compare [-- [--quick] [--issue11]]");
         return;
     }
     if let Ok(case) = std::env::var("RELINK_BENCH_PROFILE") {
@@ -254,6 +255,11 @@ fn main() {
         sz.samples
     );
     println!("built with --cfg chacha20_avx512: {}", avx512_cfg());
+
+    if args.iter().any(|a| a == "--issue11") {
+        issue11_only(&sz, quick, started);
+        return;
+    }
 
     let mut rows = Vec::new();
     let mut targets = Vec::new();
@@ -726,6 +732,19 @@ fn main() {
         "\nbound = ChaCha20 + BLAKE3 keyed MAC seal and open (per frame, one core); \
          handshake bound = the X25519 key generations and DHs of the side(s) measured."
     );
+    println!("total time {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// `-- --issue11`: only the rows of issue 11 (credentials, rekey), their
+/// own table.
+fn issue11_only(sz: &Sizes, quick: bool, started: StdInstant) {
+    let mut rows = Vec::new();
+    credential_rows(sz, &mut rows);
+    println!();
+    print_table(&rows);
+    if quick {
+        println!("\n(quick mode: the figures mean nothing)");
+    }
     println!("total time {:.1} s", started.elapsed().as_secs_f64());
 }
 

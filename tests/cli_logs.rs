@@ -302,7 +302,10 @@ fn without_v_only_warnings_and_errors_are_logged() {
     std::thread::sleep(Duration::from_millis(100));
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     for l in err.lines().chain(llog.lines().iter().map(String::as_str)) {
-        assert!(!l.contains(" INFO ") && !l.contains("progress"), "{l}");
+        assert!(
+            !l.contains(" INFO ") && !l.contains("progress") && !l.contains("clock offset"),
+            "{l}"
+        );
     }
     // RUST_LOG overrides: INFO lines without -v.
     let mut cmd = Command::new(relink_bin());
@@ -443,4 +446,30 @@ fn a_failed_connect_attempt_names_the_address_and_the_error() {
         .unwrap_or_else(|| panic!("no line with addr= and error=:\n{err}"));
     assert!(timestamped(line), "{line}");
     assert!(line.contains(&closed.to_string()), "{line}");
+}
+
+#[test]
+fn verbose_connect_states_the_server_clock_offset_once() {
+    let r = run();
+    let lines: Vec<&String> = r
+        .connect
+        .iter()
+        .filter(|l| l.starts_with("relink: server clock offset "))
+        .collect();
+    assert_eq!(lines.len(), 1, "{:#?}", r.connect);
+    // `+12.3 ms`: a sign, milliseconds with one decimal.
+    let value = lines[0]["relink: server clock offset ".len()..]
+        .strip_suffix(" ms")
+        .unwrap_or_else(|| panic!("no unit: {:?}", lines[0]));
+    assert!(value.starts_with(['+', '-']), "no sign: {value:?}");
+    let (_, frac) = value.split_once('.').expect("one decimal");
+    assert_eq!(frac.len(), 1, "{value:?}");
+    let ms: f64 = value.parse().expect("a number");
+    // Both sides read the same system clock: the offset is the error of
+    // the client's estimate (about a round trip on loopback), not an
+    // offset between the clocks' origins.
+    assert!(ms.abs() < 1000.0, "offset {ms} ms on one machine");
+    // Not on the server's side, and not without -v (see
+    // without_v_only_warnings_and_errors_are_logged).
+    assert!(!r.listen.iter().any(|l| l.contains("clock offset")));
 }

@@ -710,6 +710,12 @@ fn connect(cli: &Opts, addr: &str, server_key: Option<&str>, auth: &ClientAuth) 
     if cli.verbose && creds.first.is_some() {
         log::say(format!("relink: {addr} accepted the credential"));
     }
+    if let (true, Some(us)) = (cli.verbose, client.stats().clock_offset_us) {
+        log::say(format!(
+            "relink: server clock offset {}",
+            progress::offset_ms(us)
+        ));
+    }
     let _registered = interrupts.register(client.abort_handle());
     let counts = Counts::default();
     let sent = thread::scope(|s| -> io::Result<u64> {

@@ -57,6 +57,16 @@ pub fn client_stats_text(s: &ClientStats) -> String {
     )
 }
 
+/// A clock offset of `us` µs for people, signed, in ms with one decimal:
+/// `+12.3 ms`, `-0.4 ms`.
+pub fn offset_ms(us: i64) -> String {
+    let sign = if us < 0 { '-' } else { '+' };
+    let abs = us.unsigned_abs();
+    // Round to 0.1 ms = 100 µs.
+    let tenths = (abs + 50) / 100;
+    format!("{sign}{}.{} ms", tenths / 10, tenths % 10)
+}
+
 /// `sent 6.0 MiB in 1.23 s (4.9 MiB/s)` at INFO.
 pub fn throughput(session: &str, what: &str, n: u64, start: Instant) {
     let s = start.elapsed().as_secs_f64().max(1e-6);
@@ -370,6 +380,17 @@ mod tests {
         assert_eq!(bytes(1_258_291), "1.2 MiB");
         assert_eq!(bytes(3 << 30), "3.0 GiB");
         assert_eq!(bytes(u64::MAX), "16777216.0 TiB");
+    }
+
+    #[test]
+    fn clock_offsets_read_as_signed_milliseconds() {
+        assert_eq!(offset_ms(12_300), "+12.3 ms");
+        assert_eq!(offset_ms(12_349), "+12.3 ms");
+        assert_eq!(offset_ms(12_350), "+12.4 ms");
+        assert_eq!(offset_ms(0), "+0.0 ms");
+        assert_eq!(offset_ms(-400), "-0.4 ms");
+        assert_eq!(offset_ms(-2_500_000), "-2500.0 ms");
+        assert!(offset_ms(i64::MIN).starts_with('-'));
     }
 
     #[test]

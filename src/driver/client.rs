@@ -69,6 +69,9 @@ pub(crate) struct ClientCore {
     contact: events::Contact,
     /// The token the server granted on acceptance.
     pub(crate) token: Option<Vec<u8>>,
+    /// The core's clock base offset `stats.clock_offset_us` was computed
+    /// from (recomputed only when it changes).
+    clock_base: Option<i64>,
 }
 
 impl ClientCore {
@@ -95,7 +98,25 @@ impl ClientCore {
             config,
             contact: events::Contact::default(),
             token: None,
+            clock_base: None,
         }
+    }
+
+    /// Refresh `stats.clock_offset_us` when the core's estimate of the
+    /// server's clock moved: the estimate at `now` minus the wall clock.
+    fn note_clock_offset(&mut self, now: Instant) {
+        let base = self.core.server_clock_offset();
+        if base == self.clock_base {
+            return;
+        }
+        self.clock_base = base;
+        let (Some(server), Some(wall)) = (self.core.server_time(now), &self.config.wall_clock)
+        else {
+            return;
+        };
+        let d = i128::from(server.as_micros()) - i128::from(wall.now().as_micros());
+        self.stats.clock_offset_us =
+            Some(d.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64);
     }
 
     /// The session exists and data may flow (a server that decides on
@@ -169,6 +190,7 @@ impl ClientCore {
             }
             self.report(Progress::Client(e));
         }
+        self.note_clock_offset(now);
         if resumed {
             let detached = self
                 .detached_at

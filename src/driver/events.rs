@@ -69,6 +69,13 @@ pub struct ClientStats {
     pub bytes_sent: u64,
     /// Application bytes returned by reads.
     pub bytes_received: u64,
+    /// The server's freshness clock minus this client's wall clock
+    /// (`Config::wall_clock`, the system clock unless set), in µs, as of
+    /// the client's last authenticated reading of the server's clock
+    /// ([`Client::server_clock_offset`](crate::Client::server_clock_offset)
+    /// re-based on the wall clock; positive: the server's clock is ahead).
+    /// `None` before the first handshake.
+    pub clock_offset_us: Option<i64>,
 }
 
 /// How a transport was lost, for the statistics.
