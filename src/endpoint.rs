@@ -189,11 +189,22 @@ struct HelloCache {
 }
 
 impl HelloCache {
-    /// `BLAKE3(client_ephemeral_public)[0..16]`: unkeyed (a collision
-    /// costs 2^64 work and only makes one honest hello retry).
+    /// `BLAKE3(canonical client_ephemeral_public)[0..16]`: unkeyed (a
+    /// collision costs 2^64 work and only makes one honest hello retry).
+    /// Canonical: X25519 ignores bit 255 and reads values `≥ p = 2^255 − 19`
+    /// modulo p (RFC 7748 5), so every encoding of one key has one
+    /// fingerprint; a replay cannot miss the cache by re-encoding the key.
     fn fingerprint(ephemeral: &[u8; 32]) -> [u8; 16] {
+        let mut u = *ephemeral;
+        u[31] &= 0x7F;
+        // u ≥ p exactly when u = p + k, k < 19: bytes 1..31 are 0xFF, byte
+        // 31 is 0x7F and byte 0 is at least 0xED.
+        if u[31] == 0x7F && u[1..31].iter().all(|&b| b == 0xFF) && u[0] >= 0xED {
+            u = [0; 32];
+            u[0] = ephemeral[0] - 0xED;
+        }
         let mut fp = [0u8; 16];
-        fp.copy_from_slice(&blake3::hash(ephemeral).as_bytes()[..16]);
+        fp.copy_from_slice(&blake3::hash(&u).as_bytes()[..16]);
         fp
     }
 

@@ -874,11 +874,21 @@ impl Stream {
             }
             FrameType::Ping => {
                 // A server PING is the client's clock source (PROTOCOL.md
-                // 6.7), unless it waited behind held-back input. The server
+                // 6.7), unless it may have waited behind held-back input:
+                // input is held back at a DATA frame, and the frames queued
+                // behind it verify after that one, so once this link's
+                // input was held back a PING only moves the base forward
+                // (as a stamp ahead of the estimate does). The server
                 // ignores the client's value.
                 let time = StampFrame::decode(body)?.time;
-                if let (StampClock::Client(base), false) = (&mut self.clock, was_held) {
-                    *base = Some((time, now));
+                if let StampClock::Client(base) = &mut self.clock {
+                    let held = was_held || link.held_total.as_micros() > 0;
+                    let behind = base.is_some_and(|(t, at)| {
+                        time <= t.saturating_add(now.saturating_since(at).as_micros())
+                    });
+                    if !(held && behind) {
+                        *base = Some((time, now));
+                    }
                 }
             }
             FrameType::Credential | FrameType::Accept => {
