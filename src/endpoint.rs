@@ -48,7 +48,7 @@ use crate::keys::{tags_equal, Secret, SessionKeys};
 use crate::resume::{
     authenticated_reject, check_request, request_mac, SessionCounters, REQUEST_MAC_INPUT,
 };
-use crate::time::Instant;
+use crate::time::{Duration, Instant};
 use crate::wire::{
     client_first_len, ClientHello, HandshakeStatus, HelloStale, ResumeRequest, ResumeStatus,
     UnknownSessionReject, CLIENT_CONFIRM_LEN, CLIENT_HELLO_LEN, RESUME_REQUEST_LEN,
@@ -173,6 +173,15 @@ impl Handshake {
         .map(Box::new)
     }
 }
+
+/// How far ahead of the server's clock a ClientHello may be stamped
+/// (PROTOCOL.md 3.3; at most `freshness_window`). Small, so that a flood
+/// of hellos stamped ahead cannot raise the replay cache's floor above what
+/// an honest client stamps: such a flood must turn the whole cache over
+/// within this time (plus a round trip) to lock clients out. A client whose
+/// clock runs further ahead is answered Stale once and retries with the
+/// server's time.
+pub const HELLO_MAX_AHEAD: Duration = Duration::from_secs(5);
 
 /// The ClientHellos seen within the freshness window, by a fingerprint of
 /// their ephemeral key (PROTOCOL.md 3.3): a replayed hello is refused
@@ -466,7 +475,22 @@ impl<R: CryptoRng> Endpoint<R> {
         };
         let wall = self.shared.config.wall_now(now).as_micros();
         let window = self.shared.config.freshness_window.as_micros();
-        if ch.time.abs_diff(wall) > window || self.hellos.floor.is_some_and(|f| ch.time <= f) {
+        let ahead = window.min(HELLO_MAX_AHEAD.as_micros());
+        // A floor further ahead than any hello may be stamped can only come
+        // from a server clock that was stepped back: drop it, or every
+        // honest hello would be Stale until the clock caught up
+        // (PROTOCOL.md 3.3).
+        if self
+            .hellos
+            .floor
+            .is_some_and(|f| f > wall.saturating_add(ahead))
+        {
+            self.hellos.floor = None;
+        }
+        if ch.time > wall.saturating_add(ahead)
+            || wall.saturating_sub(ch.time) > window
+            || self.hellos.floor.is_some_and(|f| ch.time <= f)
+        {
             return Err(self.reject_stale_hello(transport, wall));
         }
         self.hellos.prune(wall.saturating_sub(window));

@@ -164,7 +164,7 @@ pub use config::Config;
 pub use connection::{Connection, EndpointEvent, Rejection};
 pub use credential::{ClientCredential, Credential};
 pub use driver::Backoff;
-pub use endpoint::{Dispatch, Endpoint};
+pub use endpoint::{Dispatch, Endpoint, HELLO_MAX_AHEAD};
 pub use error::{Error, ProtocolError};
 pub use event::{ByteRange, CloseReason, Event, ServerEvent};
 pub use ids::{SessionId, TransportId};

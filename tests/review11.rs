@@ -18,7 +18,7 @@ use std::sync::Arc;
 use relink::wire::{CLIENT_HELLO_LEN, SERVER_HELLO_LEN, VERSION};
 use relink::{
     Client, Config, Duration, Error, HandshakeStatus, Instant, Server, ServerEvent, SessionId,
-    TransportId, UnixTime, WallClock,
+    TransportId, UnixTime, WallClock, HELLO_MAX_AHEAD,
 };
 use support_c::*;
 
@@ -102,25 +102,16 @@ fn attempt(client: &mut TestClient, server: &mut TestServer, now: Instant) -> Re
 // ---------------------------------------------------------------------------
 // Hello: the replay cache's floor
 
-/// Finding (medium, DoS): hellos stamped `server_now + window` (the edge of
-/// the window, which the server accepts) pin the replay cache's floor a
-/// whole window into the future once they overflow the cache. Every honest
-/// hello is then Stale, and so is its retry stamped with the server's own
-/// time from the Stale answer (PROTOCOL.md 3.3 promises "an honest client
-/// then retries with the server's time, which is above the floor"). The
-/// design accepts a lockout only for "a flood that turns the whole cache
-/// over within one RTT" (§3.5); with future stamps turning it over within
-/// one *window* suffices: 65,536 / 60 s ≈ 1,100 hellos/s at the defaults
-/// keep every new client out for as long as the flood lasts.
-///
-/// A possible fix (a trade-off for the lead): raise the floor to
-/// `min(evicted time, server_now)` (a forgotten hello from the future may
-/// then be replayed once the cache overflowed, which costs the server what
-/// a fresh hello of the flood costs), or refuse hellos ahead of the
-/// server's clock by more than a small skew.
+/// Finding (medium, DoS), fixed: hellos stamped `server_now + window`
+/// used to be accepted and, once they overflowed the cache, pinned the
+/// replay cache's floor a whole window into the future: every honest hello
+/// was then Stale, its retry with the server's own time included (65,536 /
+/// 60 s ≈ 1,100 hellos/s kept every new client out). Now a hello may be
+/// stamped at most `HELLO_MAX_AHEAD` ahead of the server's clock
+/// (PROTOCOL.md 3.3): a hello at the window's future edge is Stale, and a
+/// flood at the allowed edge cannot raise the floor above an honest retry.
 #[test]
-#[ignore = "review11 finding: future-stamped hello flood pins the replay-cache floor and locks honest clients out"]
-fn future_stamped_hellos_pin_the_floor_and_lock_honest_clients_out() {
+fn future_stamped_hellos_cannot_pin_the_floor_beyond_the_allowed_skew() {
     let base = 1_790_000_000_000_000u64;
     let wall = ManualWall::new(base);
     let scfg = with_wall(
@@ -133,34 +124,43 @@ fn future_stamped_hellos_pin_the_floor_and_lock_honest_clients_out() {
     let mut server = Server::new(scfg, common::rng(1));
     // The flood: five distinct hellos at the future edge of the window
     // (one more than the cache holds).
-    let edge = base + WINDOW.as_micros();
+    let far = base + WINDOW.as_micros();
+    let (r, _) = offer(&mut server, T0, &hello_at(far, 99));
+    assert_eq!(
+        r,
+        Err(Error::HandshakeRejected(HandshakeStatus::Stale)),
+        "a hello a whole window ahead of the server's clock"
+    );
+    let edge = base + HELLO_MAX_AHEAD.as_micros();
     for seed in 0..5 {
         let (r, reply) = offer(&mut server, T0, &hello_at(edge, 100 + seed));
         assert_eq!(
             r,
             Ok(CLIENT_HELLO_LEN),
-            "the flood's hellos are in the window"
+            "the flood's hellos are at the allowed edge"
         );
         assert_eq!(reply.len(), SERVER_HELLO_LEN);
     }
-    // An honest client whose wall clock agrees with the server's.
-    wall.0.store(base + 1_000_000, Ordering::SeqCst);
+    // An honest client whose wall clock agrees with the server's, once the
+    // flood stopped: the floor is at most HELLO_MAX_AHEAD ahead of the
+    // server's clock at the flood, so within that time a retry stamped
+    // with the server's clock gets through (before the fix the floor sat a
+    // whole window ahead).
+    let later = base + HELLO_MAX_AHEAD.as_micros() + 1_000;
+    wall.0.store(later, Ordering::SeqCst);
     let mut client = Client::new(with_wall(&wall, Config::default()), common::rng(2));
-    let first = attempt(&mut client, &mut server, at(1));
-    // Its first hello may be refused (it could be a replay of the evicted
-    // entry, as far as the server knows) ...
+    let first = attempt(&mut client, &mut server, at(6));
     assert!(
         first.is_ok() || first == Err(Error::HandshakeRejected(HandshakeStatus::Stale)),
         "{first:?}"
     );
     if first.is_err() {
-        // ... but the retry, stamped from the server's own clock, must get
-        // through (PROTOCOL.md 3.3).
-        wall.0.store(base + 1_001_000, Ordering::SeqCst);
+        // The retry is stamped from the server's own clock (PROTOCOL.md 3.3).
+        wall.0.store(later + 1_000, Ordering::SeqCst);
         let retry = attempt(
             &mut client,
             &mut server,
-            at(1).saturating_add(Duration::from_millis(1)),
+            at(6).saturating_add(Duration::from_millis(1)),
         );
         assert_eq!(
             retry,
@@ -170,17 +170,15 @@ fn future_stamped_hellos_pin_the_floor_and_lock_honest_clients_out() {
     }
 }
 
-/// Finding (low): the floor never comes down. A server whose clock was
+/// Finding (low), fixed: the floor never came down. A server whose clock was
 /// ahead (here by ten minutes) and is corrected by a step back keeps the
 /// floor its overflowing cache raised before the step: every honest hello,
 /// including the retry stamped with the server's (new) clock from the
 /// Stale answer, is refused until the clock has caught up with the floor
 /// again (ten minutes without new sessions). Entries and a floor more than
 /// a window ahead of the server's clock can only come from a clock that
-/// went back; they could be dropped then (a replay of such an entry is
-/// Stale by the window check anyway).
+/// went back; the server now drops such a floor (PROTOCOL.md 3.3).
 #[test]
-#[ignore = "review11 finding: replay-cache floor survives a server clock step back and locks honest clients out"]
 fn floor_survives_a_server_clock_step_back() {
     let base = 1_790_000_000_000_000u64;
     let wall = ManualWall::new(base);
@@ -231,7 +229,8 @@ fn hello_times_at_the_extremes_never_overflow() {
         let mut server = Server::new(with_wall(&wall, Config::default()), common::rng(3));
         for (seed, time) in [0u64, 1, u64::MAX - 1, u64::MAX].into_iter().enumerate() {
             let (r, reply) = offer(&mut server, T0, &hello_at(time, 10 + seed as u64));
-            let fresh = time.abs_diff(server_wall) <= WINDOW.as_micros();
+            let fresh = time <= server_wall.saturating_add(HELLO_MAX_AHEAD.as_micros())
+                && server_wall.saturating_sub(time) <= WINDOW.as_micros();
             if fresh {
                 assert_eq!(r, Ok(CLIENT_HELLO_LEN), "wall {server_wall} time {time}");
             } else {
@@ -247,7 +246,8 @@ fn hello_times_at_the_extremes_never_overflow() {
         server.handle_timeout(at(1));
         server.handle_timeout(Instant::from_micros(u64::MAX));
     }
-    // A window of u64::MAX µs accepts every time and prunes nothing.
+    // A window of u64::MAX µs accepts every time up to HELLO_MAX_AHEAD
+    // ahead and prunes nothing.
     let wall = ManualWall::new(u64::MAX / 2);
     let cfg = with_wall(
         &wall,
@@ -257,10 +257,13 @@ fn hello_times_at_the_extremes_never_overflow() {
         },
     );
     let mut server = Server::new(cfg, common::rng(4));
-    for (seed, time) in [0u64, u64::MAX].into_iter().enumerate() {
+    let ahead = u64::MAX / 2 + HELLO_MAX_AHEAD.as_micros();
+    for (seed, time) in [0u64, ahead].into_iter().enumerate() {
         let (r, _) = offer(&mut server, T0, &hello_at(time, 20 + seed as u64));
         assert_eq!(r, Ok(CLIENT_HELLO_LEN));
     }
+    let (r, _) = offer(&mut server, T0, &hello_at(ahead + 1, 22));
+    assert_eq!(r, Err(Error::HandshakeRejected(HandshakeStatus::Stale)));
     server.handle_timeout(Instant::from_micros(u64::MAX));
     assert_eq!(server.endpoint().remembered_hellos(), 2);
 }
