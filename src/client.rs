@@ -21,10 +21,11 @@ use crate::error::Error;
 use crate::event::{ByteRange, CloseReason, Event};
 use crate::handshake::ClientHandshake;
 use crate::keys::Secret;
+use crate::rekey::{KeyRing, Side};
 use crate::resume::{
     reject_mac, request_mac, response_mac, REJECT_MAC_INPUT, REQUEST_MAC_INPUT, RESPONSE_MAC_INPUT,
 };
-use crate::stream::{Stream, StreamEvent, StreamKeys, StreamLimits};
+use crate::stream::{Stream, StreamEvent, StreamLimits};
 use crate::time::{Duration, Instant};
 use crate::timer::{Timer, TimerTable};
 use crate::wire::{
@@ -37,7 +38,6 @@ use crate::MIN_TRANSMIT_BUFFER;
 /// What the client keeps of an established session.
 struct SessionState {
     conn_id: u64,
-    resume_key: Secret,
     /// Server clock at `at` (from the last ServerHello, ResumeResponse or
     /// authenticated rejection).
     server_time: u64,
@@ -199,7 +199,8 @@ impl<R: CryptoRng> Client<R> {
             mac: [0; TAG_LEN],
         };
         let unsigned = req.encode();
-        req.mac = request_mac(&session.resume_key, &unsigned[..REQUEST_MAC_INPUT]);
+        let (_, key) = resume_key(&self.stream)?;
+        req.mac = request_mac(key, &unsigned[..REQUEST_MAC_INPUT]);
         let request = req.encode();
         self.set_control(&request);
         self.phase = Phase::Resume {
@@ -301,12 +302,10 @@ impl<R: CryptoRng> Client<R> {
         };
         let est = finish.established;
         // The handshake's keys move into the session, nothing is copied.
-        let crate::keys::SessionKeys { c2s, s2c, resume } = est.keys;
-        self.stream.set_keys(StreamKeys { tx: c2s, rx: s2c });
+        self.stream.set_keys(KeyRing::new(est.chain, Side::Client));
         self.stream.attach(0, now, 0)?;
         self.session = Some(SessionState {
             conn_id: est.conn_id,
-            resume_key: resume,
             server_time: est.server_time,
             at: now,
             resume_timeout: Duration::from_micros(est.resume_timeout),
@@ -339,7 +338,8 @@ impl<R: CryptoRng> Client<R> {
         let status = ResumeStatus::from_byte(reply[1]).map_err(Error::from)?;
         if status == ResumeStatus::Ok {
             let resp = ResumeResponse::decode(&reply[..have]).map_err(Error::from)?;
-            let mac = response_mac(&session.resume_key, &request, &reply[..RESPONSE_MAC_INPUT]);
+            let (_, key) = resume_key(&self.stream)?;
+            let mac = response_mac(key, &request, &reply[..RESPONSE_MAC_INPUT]);
             if !crate::keys::tags_equal(&mac, &resp.mac) {
                 return Err(self.fail_unauthenticated(Error::AuthFailed));
             }
@@ -372,7 +372,8 @@ impl<R: CryptoRng> Client<R> {
             let rej = AuthenticatedReject::decode(&reply[..have]).map_err(Error::from)?;
             let mut prefix = [0u8; REJECT_MAC_INPUT];
             prefix.copy_from_slice(&reply[..REJECT_MAC_INPUT]);
-            let mac = reject_mac(&session.resume_key, &request, &prefix);
+            let (_, key) = resume_key(&self.stream)?;
+            let mac = reject_mac(key, &request, &prefix);
             if !crate::keys::tags_equal(&mac, &rej.mac) {
                 return Err(self.fail_unauthenticated(Error::AuthFailed));
             }
@@ -717,6 +718,28 @@ impl<R: CryptoRng> Client<R> {
         self.stream.memory()
     }
 
+    /// The session's key epoch: the newest epoch both directions switched
+    /// to (0 before the first rekey and before the handshake).
+    pub fn epoch(&self) -> u32 {
+        self.stream.ring().map_or(0, KeyRing::epoch)
+    }
+
+    /// Test hook: the epochs whose keys the client holds right now.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn key_epochs(&self) -> Option<crate::KeyEpochs> {
+        self.stream.ring().map(KeyRing::key_epochs)
+    }
+
+    /// Test hook: every `(key id, offset, plaintext byte)` the client
+    /// encrypted since the last call; the key id is `BLAKE3(key)[0..8]`.
+    /// The first call switches recording on (and returns nothing).
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn take_keystream_log(&mut self) -> alloc::vec::Vec<([u8; 8], u64, u8)> {
+        self.stream.take_keystream_log()
+    }
+
     fn set_control(&mut self, bytes: &[u8]) {
         self.control[..bytes.len()].copy_from_slice(bytes);
         self.control_len = bytes.len();
@@ -792,6 +815,15 @@ impl<R: CryptoRng> Client<R> {
             }
         }
     }
+}
+
+/// The resume key the client MACs with (and expects the answers under):
+/// the one of its receive epoch (PROTOCOL.md 7.2), and that epoch.
+fn resume_key(stream: &Stream) -> Result<(u32, &Secret), Error> {
+    stream
+        .ring()
+        .and_then(KeyRing::client_resume_key)
+        .ok_or(Error::InvalidState)
 }
 
 /// Copy bytes of a reply into `reply`: first its two leading bytes, then as

@@ -37,12 +37,13 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::event::{CloseReason, ServerEvent};
 use crate::ids::{SessionId, TransportId};
-use crate::keys::{tags_equal, Secret, SessionKeys};
+use crate::keys::tags_equal;
+use crate::rekey::KeyRing;
 use crate::resume::{
     authenticated_reject, check_request, request_mac, response_mac, SessionCounters,
     REQUEST_MAC_INPUT, RESPONSE_MAC_INPUT,
 };
-use crate::stream::{Stream, StreamEvent, StreamKeys, StreamLimits};
+use crate::stream::{Stream, StreamEvent, StreamLimits};
 use crate::time::Instant;
 use crate::timer::{Timer, TimerTable};
 use crate::wire::{
@@ -165,7 +166,6 @@ pub struct Connection {
     conn_id: u64,
     config: Arc<Config>,
     stream: Stream,
-    resume_key: Secret,
     reset_token: [u8; TAG_LEN],
     last_counter: u64,
     /// The current transport, while attached.
@@ -207,21 +207,19 @@ impl Connection {
         session: SessionId,
         conn_id: u64,
         shared: &Shared,
-        keys: SessionKeys,
+        keys: KeyRing,
         reset_token: [u8; TAG_LEN],
         transport: Option<TransportId>,
         now: Instant,
     ) -> Result<Self, Error> {
-        let SessionKeys { c2s, s2c, resume } = keys;
         let mut stream = Stream::new(shared.limits.clone());
         let config = shared.config.clone();
-        stream.set_keys(StreamKeys { tx: s2c, rx: c2s });
+        stream.set_keys(keys);
         let mut c = Connection {
             session,
             conn_id,
             config,
             stream,
-            resume_key: resume,
             reset_token,
             last_counter: 0,
             transport,
@@ -351,10 +349,12 @@ impl Connection {
                 &reply,
             ));
         }
-        if !tags_equal(
-            &request_mac(&self.resume_key, &msg[..REQUEST_MAC_INPUT]),
-            &req.mac,
-        ) {
+        // v1 requests carry no receive epoch: the key of epoch 0.
+        // A copy (zeroized on drop): the stream changes below.
+        let key = self.stream.ring().and_then(|r| r.resume_key(0)).cloned();
+        let Some(key) =
+            key.filter(|k| tags_equal(&request_mac(k, &msg[..REQUEST_MAC_INPUT]), &req.mac))
+        else {
             self.events.push_back(ServerEvent::AuthFailed {
                 transport,
                 reason: Error::AuthFailed,
@@ -363,7 +363,7 @@ impl Connection {
                 Error::ResumeRejected(ResumeStatus::AuthFailed),
                 &[VERSION, ResumeStatus::AuthFailed.to_byte()],
             ));
-        }
+        };
         let counters = SessionCounters {
             last_counter: self.last_counter,
             server_acked: self.stream.acked(),
@@ -372,7 +372,7 @@ impl Connection {
         };
         let window = self.config.resume_window.as_micros();
         if let Err(status) = check_request(&req, &counters, wall, window) {
-            let reply = authenticated_reject(&self.resume_key, msg, status, wall);
+            let reply = authenticated_reject(&key, msg, status, wall);
             let rej = Rejection::new(Error::ResumeRejected(status), &reply);
             if status == ResumeStatus::DataUnavailable {
                 self.end_session(CloseReason::DataUnavailable);
@@ -402,7 +402,7 @@ impl Connection {
             mac: [0; TAG_LEN],
         }
         .encode();
-        let mac = response_mac(&self.resume_key, msg, &resp[..RESPONSE_MAC_INPUT]);
+        let mac = response_mac(&key, msg, &resp[..RESPONSE_MAC_INPUT]);
         resp[RESPONSE_MAC_INPUT..].copy_from_slice(&mac);
         self.control = Some(Box::new(resp));
         if let Some(old) = old.filter(|&o| o != transport) {
@@ -616,6 +616,28 @@ impl Connection {
     /// Heap bytes held by the session's buffers.
     pub fn buffer_memory(&self) -> usize {
         self.stream.memory()
+    }
+
+    /// The session's key epoch: the newest epoch both directions switched
+    /// to (0 before the first rekey).
+    pub fn epoch(&self) -> u32 {
+        self.stream.ring().map_or(0, KeyRing::epoch)
+    }
+
+    /// Test hook: the epochs whose keys the server side holds right now.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn key_epochs(&self) -> Option<crate::KeyEpochs> {
+        self.stream.ring().map(KeyRing::key_epochs)
+    }
+
+    /// Test hook: every `(key id, offset, plaintext byte)` this side
+    /// encrypted since the last call; the key id is `BLAKE3(key)[0..8]`.
+    /// The first call switches recording on (and returns nothing).
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn take_keystream_log(&mut self) -> alloc::vec::Vec<([u8; 8], u64, u8)> {
+        self.stream.take_keystream_log()
     }
 
     /// Whether the session can still be resumed.

@@ -43,7 +43,8 @@ use crate::error::{Error, ProtocolError};
 use crate::event::ServerEvent;
 use crate::handshake::{server_respond, ServerRandom};
 use crate::ids::{SessionId, TransportId};
-use crate::keys::{tags_equal, Secret, SessionKeys};
+use crate::keys::{tags_equal, Secret};
+use crate::rekey::{KeyRing, Side};
 use crate::resume::{
     authenticated_reject, check_request, request_mac, SessionCounters, REQUEST_MAC_INPUT,
 };
@@ -126,7 +127,7 @@ impl Pending {
 /// its keys yet. Consumed into a [`Connection`] when it does.
 struct Handshake {
     conn_id: u64,
-    keys: SessionKeys,
+    keys: KeyRing,
     reset_token: [u8; TAG_LEN],
     expected_confirm: [u8; TAG_LEN],
     transport: Option<TransportId>,
@@ -414,7 +415,7 @@ impl<R: CryptoRng> Endpoint<R> {
             sid,
             Box::new(Handshake {
                 conn_id: est.conn_id,
-                keys: est.keys,
+                keys: KeyRing::new(est.chain, Side::Server),
                 reset_token: est.reset_token,
                 expected_confirm: hs.expected_confirm,
                 transport: Some(transport),
@@ -525,12 +526,13 @@ impl<R: CryptoRng> Endpoint<R> {
             });
         };
         // An unconfirmed session: its ClientConfirm was lost, and this
-        // request proves the same keys.
+        // request proves the same keys. An unconfirmed session only ever
+        // has epoch 0.
         let old_transport = hs.transport;
-        if !tags_equal(
-            &request_mac(&hs.keys.resume, &msg[..REQUEST_MAC_INPUT]),
-            &req.mac,
-        ) {
+        let key = hs.keys.resume_key(0).cloned();
+        let Some(key) =
+            key.filter(|k| tags_equal(&request_mac(k, &msg[..REQUEST_MAC_INPUT]), &req.mac))
+        else {
             self.events.push_back(ServerEvent::AuthFailed {
                 transport,
                 reason: Error::AuthFailed,
@@ -540,7 +542,7 @@ impl<R: CryptoRng> Endpoint<R> {
                 &[VERSION, ResumeStatus::AuthFailed.to_byte()],
             );
             return Err(self.reject(transport, rej));
-        }
+        };
         let counters = SessionCounters {
             last_counter: 0,
             server_acked: 0,
@@ -550,7 +552,7 @@ impl<R: CryptoRng> Endpoint<R> {
         let wall = self.shared.config.wall_now(now).as_micros();
         let window = self.shared.config.resume_window.as_micros();
         if let Err(status) = check_request(&req, &counters, wall, window) {
-            let reply = authenticated_reject(&hs.keys.resume, &msg, status, wall);
+            let reply = authenticated_reject(&key, &msg, status, wall);
             let rej = Rejection::new(Error::ResumeRejected(status), &reply);
             return Err(self.reject(transport, rej));
         }

@@ -319,6 +319,21 @@ impl<R: CryptoRng> Server<R> {
         self.with_connection(session, |c| c.close())
     }
 
+    /// The key epoch of `session` ([`Connection::epoch`]).
+    pub fn epoch(&self, session: SessionId) -> Option<u32> {
+        self.connection(session).map(Connection::epoch)
+    }
+
+    /// Test hook: [`Connection::take_keystream_log`] of `session`.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn take_keystream_log(
+        &mut self,
+        session: SessionId,
+    ) -> Result<alloc::vec::Vec<([u8; 8], u64, u8)>, Error> {
+        self.with_connection(session, |c| c.take_keystream_log())
+    }
+
     /// The next event, if any.
     #[must_use]
     pub fn poll_event(&mut self) -> Option<ServerEvent> {

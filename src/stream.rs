@@ -29,6 +29,7 @@ use crate::config::Config;
 use crate::error::{Error, ProtocolError};
 use crate::event::ByteRange;
 use crate::keys::{tags_equal, DirectionKeys, FrameAad};
+use crate::rekey::KeyRing;
 use crate::time::{Duration, Instant};
 use crate::wire::{
     AbortCode, FrameHeader, FrameType, ABORT_PAYLOAD_LEN, FRAME_HEADER_LEN, FRAME_OVERHEAD,
@@ -61,13 +62,6 @@ impl StreamLimits {
             key_byte_limit: c.key_byte_limit,
         }
     }
-}
-
-/// Keys of the two directions as seen from this side.
-#[derive(Debug)]
-pub(crate) struct StreamKeys {
-    pub(crate) tx: DirectionKeys,
-    pub(crate) rx: DirectionKeys,
 }
 
 /// Per-transport frame state. Reset by every resume.
@@ -138,7 +132,8 @@ pub(crate) struct Stream {
     /// Shared by every session of an endpoint (one allocation, not 64
     /// bytes per session).
     limits: Arc<StreamLimits>,
-    keys: Option<StreamKeys>,
+    /// Every key of the session, by epoch (`rekey.rs`).
+    keys: Option<KeyRing>,
     /// Bytes `[tx_base(), tx_written)` of the outgoing stream.
     tx: VecDeque<u8>,
     /// Highest read count the peer confirmed (may include our CLOSE).
@@ -167,6 +162,11 @@ pub(crate) struct Stream {
     /// When this side's unanswered abort was first seen by a call that
     /// knows the time (the answer timeout counts from here).
     abort_since: Option<Instant>,
+    /// Every (key id, offset, plaintext byte) this side encrypted, once
+    /// recording was switched on (test hook: no keystream position may
+    /// carry two different bytes).
+    #[cfg(feature = "test-hooks")]
+    keystream_log: Option<Vec<([u8; 8], u64, u8)>>,
 }
 
 impl Stream {
@@ -190,11 +190,25 @@ impl Stream {
             abort: None,
             close_ever_sent: false,
             abort_since: None,
+            #[cfg(feature = "test-hooks")]
+            keystream_log: None,
         }
     }
 
-    pub(crate) fn set_keys(&mut self, keys: StreamKeys) {
+    pub(crate) fn set_keys(&mut self, keys: KeyRing) {
         self.keys = Some(keys);
+    }
+
+    /// The session's keys (`None` before the handshake completed).
+    pub(crate) fn ring(&self) -> Option<&KeyRing> {
+        self.keys.as_ref()
+    }
+
+    /// The keystream log since the last call (test hook); the first call
+    /// switches recording on.
+    #[cfg(feature = "test-hooks")]
+    pub(crate) fn take_keystream_log(&mut self) -> Vec<([u8; 8], u64, u8)> {
+        self.keystream_log.replace(Vec::new()).unwrap_or_default()
     }
 
     // ----- counters -------------------------------------------------------
@@ -426,8 +440,7 @@ impl Stream {
         }
         self.spare_partial = Vec::new();
         if let Some(k) = &mut self.keys {
-            k.tx.drop_cache();
-            k.rx.drop_cache();
+            k.drop_caches();
         }
         if let Some(l) = &mut self.link {
             if l.partial.is_empty() {
@@ -607,7 +620,7 @@ impl Stream {
             offset: self.rx_data,
             header,
         };
-        if !tags_equal(&keys.rx.frame_tag(&aad, body), &tag) {
+        if !tags_equal(&keys.rx().frame_tag(&aad, body), &tag) {
             return Err(Error::AuthFailed);
         }
         link.rx_seq += 1;
@@ -629,7 +642,7 @@ impl Stream {
                 if self.abort.is_none() {
                     reserve_bounded(&mut self.rx, hdr.len, self.limits.recv_buffer);
                     self.rx.extend(body.iter());
-                    decrypt_tail(&mut self.rx, hdr.len, &mut keys.rx, self.rx_data);
+                    decrypt_tail(&mut self.rx, hdr.len, keys.rx(), self.rx_data);
                 }
                 self.rx_data = end;
                 if link.ack_due.is_none() {
@@ -697,7 +710,8 @@ impl Stream {
             return 0;
         };
         if let Some(abort) = &mut self.abort {
-            return transmit_abort(abort, link, &keys.tx, self.tx_next, &self.limits, now, out);
+            let k = keys.tx_control();
+            return transmit_abort(abort, link, k, self.tx_next, &self.limits, now, out);
         }
         let mut n = 0;
         let read_count = self.rx_data + self.peer_closed as u64;
@@ -709,12 +723,20 @@ impl Stream {
                 || read_count - link.acked_sent >= self.limits.ack_threshold);
         if ack_wanted && out.len() >= FRAME_OVERHEAD + 8 {
             let payload = read_count.to_le_bytes();
-            n += seal_control(link, &keys.tx, self.tx_next, FrameType::Ack, &payload, out);
+            n += seal_control(
+                link,
+                keys.tx_control(),
+                self.tx_next,
+                FrameType::Ack,
+                &payload,
+                out,
+            );
             link.acked_sent = read_count;
             link.ack_due = None;
         }
         while self.tx_next < self.tx_written && out.len() - n > FRAME_OVERHEAD {
-            let avail = (self.tx_written - self.tx_next) as usize;
+            let (tx, switch) = keys.tx_data(self.tx_next);
+            let avail = (self.tx_written.min(switch) - self.tx_next) as usize;
             let len = avail
                 .min(self.limits.max_frame_payload)
                 .min(out.len() - n - FRAME_OVERHEAD);
@@ -731,16 +753,25 @@ impl Stream {
             let mut done = 0;
             if start < a.len() {
                 let k = (a.len() - start).min(len);
-                keys.tx
-                    .apply_keystream_b2b(self.tx_next, &a[start..start + k], &mut body[..k]);
+                tx.apply_keystream_b2b(self.tx_next, &a[start..start + k], &mut body[..k]);
                 done = k;
             }
             if done < len {
                 let bstart = start + done - a.len();
-                keys.tx.apply_keystream_b2b(
+                tx.apply_keystream_b2b(
                     self.tx_next + done as u64,
                     &b[bstart..bstart + (len - done)],
                     &mut body[done..],
+                );
+            }
+            #[cfg(feature = "test-hooks")]
+            if let Some(log) = &mut self.keystream_log {
+                let id = tx.key_id();
+                let plain = self.tx.range(start..start + len);
+                log.extend(
+                    plain
+                        .enumerate()
+                        .map(|(i, &b)| (id, self.tx_next + i as u64, b)),
                 );
             }
             let aad = FrameAad {
@@ -749,9 +780,7 @@ impl Stream {
                 offset: self.tx_next,
                 header,
             };
-            let tag = keys
-                .tx
-                .frame_tag(&aad, &frame[FRAME_HEADER_LEN..FRAME_HEADER_LEN + len]);
+            let tag = tx.frame_tag(&aad, &frame[FRAME_HEADER_LEN..FRAME_HEADER_LEN + len]);
             frame[FRAME_HEADER_LEN + len..].copy_from_slice(&tag);
             link.tx_seq += 1;
             self.tx_next += len as u64;
@@ -762,7 +791,7 @@ impl Stream {
                 let payload = code.0.to_le_bytes();
                 n += seal_control(
                     link,
-                    &keys.tx,
+                    keys.tx_control(),
                     self.tx_next,
                     FrameType::Abort,
                     &payload,
@@ -778,7 +807,7 @@ impl Stream {
         {
             n += seal_control(
                 link,
-                &keys.tx,
+                keys.tx_control(),
                 self.tx_next,
                 FrameType::Close,
                 &[],
@@ -791,7 +820,14 @@ impl Stream {
             && (link.ping_now || now >= link.last_tx.saturating_add(self.limits.keepalive_interval))
             && out.len() >= FRAME_OVERHEAD
         {
-            n += seal_control(link, &keys.tx, self.tx_next, FrameType::Ping, &[], out);
+            n += seal_control(
+                link,
+                keys.tx_control(),
+                self.tx_next,
+                FrameType::Ping,
+                &[],
+                out,
+            );
         }
         if n > 0 {
             link.ping_now = false;
