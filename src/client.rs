@@ -302,7 +302,11 @@ impl<R: CryptoRng> Client<R> {
         };
         let est = finish.established;
         // The handshake's keys move into the session, nothing is copied.
-        self.stream.set_keys(KeyRing::new(est.chain, Side::Client));
+        self.stream.set_keys(KeyRing::new(
+            est.chain,
+            Side::Client,
+            self.config.pinned_server_key.is_some(),
+        ));
         self.stream.attach(0, now, 0)?;
         self.session = Some(SessionState {
             conn_id: est.conn_id,

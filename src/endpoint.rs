@@ -410,12 +410,13 @@ impl<R: CryptoRng> Endpoint<R> {
             have: 0,
         };
         let est = hs.established;
+        let pinned = hello[1] & crate::wire::FLAG_PINNED != 0;
         self.routes.insert(est.conn_id, sid);
         self.handshakes.insert(
             sid,
             Box::new(Handshake {
                 conn_id: est.conn_id,
-                keys: KeyRing::new(est.chain, Side::Server),
+                keys: KeyRing::new(est.chain, Side::Server, pinned),
                 reset_token: est.reset_token,
                 expected_confirm: hs.expected_confirm,
                 transport: Some(transport),

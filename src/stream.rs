@@ -36,6 +36,10 @@ use crate::wire::{
     MAX_FRAME_PAYLOAD, TAG_LEN,
 };
 
+/// The largest stream offset of a direction (`send` refuses bytes beyond
+/// it with `KeyLimitReached`; unreachable in practice).
+pub(crate) const MAX_STREAM_OFFSET: u64 = 1 << 62;
+
 /// The limits of [`Config`] the stream needs.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct StreamLimits {
@@ -46,7 +50,16 @@ pub(crate) struct StreamLimits {
     ack_delay: Duration,
     keepalive_interval: Duration,
     idle_timeout: Duration,
-    key_byte_limit: u64,
+    rekey: bool,
+    #[allow(dead_code)] // the policy lands with the exchange
+    rekey_after_bytes: u64,
+    #[allow(dead_code)]
+    rekey_after_time: Duration,
+    #[allow(dead_code)]
+    key_lifetime: Duration,
+    key_lifetime_bytes: u64,
+    #[allow(dead_code)]
+    rekey_grace: Duration,
 }
 
 impl StreamLimits {
@@ -59,7 +72,12 @@ impl StreamLimits {
             ack_delay: c.ack_delay,
             keepalive_interval: c.keepalive_interval,
             idle_timeout: c.idle_timeout,
-            key_byte_limit: c.key_byte_limit,
+            rekey: c.rekey,
+            rekey_after_bytes: c.rekey_after_bytes,
+            rekey_after_time: c.rekey_after_time,
+            key_lifetime: c.key_lifetime,
+            key_lifetime_bytes: c.key_lifetime_bytes,
+            rekey_grace: c.rekey_grace,
         }
     }
 }
@@ -93,6 +111,9 @@ struct Link {
     /// frames (and its keepalives) wait behind a DATA frame, so silence is
     /// not a sign of a dead transport until the application reads.
     held_back: bool,
+    /// Our control frames on this link use the newest send keys: the peer
+    /// saw our switch marker, or this link carried it (PROTOCOL.md 5.5).
+    tx_switched: bool,
 }
 
 /// The deadlines of the current link, by timer kind.
@@ -385,7 +406,16 @@ impl Stream {
             return Err(Error::Closed);
         }
         let room = self.limits.send_buffer.saturating_sub(self.unacked());
-        let key_room = self.limits.key_byte_limit.saturating_sub(self.tx_written);
+        // With rekeying the hard byte limit holds DATA back in
+        // `poll_transmit` until the send epoch advances; without it the
+        // session's one key refuses more bytes (v1).
+        let key_room = if self.limits.rekey {
+            MAX_STREAM_OFFSET.saturating_sub(self.tx_written)
+        } else {
+            self.limits
+                .key_lifetime_bytes
+                .saturating_sub(self.tx_written)
+        };
         if key_room == 0 && !data.is_empty() {
             return Err(Error::KeyLimitReached);
         }
@@ -483,6 +513,7 @@ impl Stream {
             answer_abort: None,
             ping_now: false,
             held_back: false,
+            tx_switched: true,
         });
         Ok((self.tx_next, self.tx_written))
     }
@@ -710,7 +741,7 @@ impl Stream {
             return 0;
         };
         if let Some(abort) = &mut self.abort {
-            let k = keys.tx_control();
+            let k = keys.tx_control(link.tx_switched);
             return transmit_abort(abort, link, k, self.tx_next, &self.limits, now, out);
         }
         let mut n = 0;
@@ -725,7 +756,7 @@ impl Stream {
             let payload = read_count.to_le_bytes();
             n += seal_control(
                 link,
-                keys.tx_control(),
+                keys.tx_control(link.tx_switched),
                 self.tx_next,
                 FrameType::Ack,
                 &payload,
@@ -791,7 +822,7 @@ impl Stream {
                 let payload = code.0.to_le_bytes();
                 n += seal_control(
                     link,
-                    keys.tx_control(),
+                    keys.tx_control(link.tx_switched),
                     self.tx_next,
                     FrameType::Abort,
                     &payload,
@@ -807,7 +838,7 @@ impl Stream {
         {
             n += seal_control(
                 link,
-                keys.tx_control(),
+                keys.tx_control(link.tx_switched),
                 self.tx_next,
                 FrameType::Close,
                 &[],
@@ -822,7 +853,7 @@ impl Stream {
         {
             n += seal_control(
                 link,
-                keys.tx_control(),
+                keys.tx_control(link.tx_switched),
                 self.tx_next,
                 FrameType::Ping,
                 &[],

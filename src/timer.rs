@@ -32,11 +32,18 @@ pub enum Timer {
     /// Client: the session is given up after this instant once one more
     /// attempt fails (`Client::give_up_at`, PROTOCOL.md 7.6).
     GiveUp,
+    /// A rekey is due by this side's time policy
+    /// (`Config::rekey_after_time`, `Config::key_lifetime`).
+    Rekey,
+    /// The grace after a hard key limit ends: without a completed rekey
+    /// the session is aborted with `KEY_EXPIRED` (`Config::rekey_grace`,
+    /// counted in attached time).
+    KeyExpiry,
 }
 
 impl Timer {
     /// Number of timer kinds.
-    pub const COUNT: usize = 7;
+    pub const COUNT: usize = 9;
     /// Every kind, in table order.
     pub const ALL: [Timer; Timer::COUNT] = [
         Timer::Ack,
@@ -46,6 +53,8 @@ impl Timer {
         Timer::Expiry,
         Timer::Handshake,
         Timer::GiveUp,
+        Timer::Rekey,
+        Timer::KeyExpiry,
     ];
 }
 
