@@ -172,7 +172,8 @@ impl<R: CryptoRng> Client<R> {
         let Some(session) = &self.session else {
             let mut secret = [0u8; 32];
             self.rng.fill_bytes(&mut secret);
-            let hs = ClientHandshake::new(secret, self.config.pinned_server_key);
+            let time = self.hello_time();
+            let hs = ClientHandshake::new(secret, self.config.pinned_server_key, time);
             secret.zeroize();
             self.set_control(hs.hello());
             self.phase = Phase::Hello {
@@ -196,6 +197,7 @@ impl<R: CryptoRng> Client<R> {
             client_written: self.stream.write_end(),
             client_read: self.stream.read_count(),
             time: session.server_time.saturating_add(elapsed),
+            rx_epoch: 0,
             mac: [0; TAG_LEN],
         };
         let unsigned = req.encode();
@@ -290,7 +292,8 @@ impl<R: CryptoRng> Client<R> {
         if reply[1] != HandshakeStatus::Ok.to_byte() {
             let status = HandshakeStatus::from_byte(reply[1]).map_err(Error::from)?;
             let e = Error::HandshakeRejected(status);
-            if status == HandshakeStatus::Busy {
+            if status.is_retryable() {
+                // Busy, Stale, Replayed: a new hello may succeed.
                 return Err(self.fail_transport(e));
             }
             self.close_for_good(CloseReason::Error(e));
@@ -307,6 +310,7 @@ impl<R: CryptoRng> Client<R> {
             Side::Client,
             self.config.pinned_server_key.is_some(),
         ));
+        self.stream.set_clock_base(est.server_time, now);
         self.stream.attach(0, now, 0)?;
         self.session = Some(SessionState {
             conn_id: est.conn_id,
@@ -351,8 +355,14 @@ impl<R: CryptoRng> Client<R> {
                 self.close_for_good(CloseReason::DataUnavailable);
                 return Err(Error::ResumeRejected(ResumeStatus::DataUnavailable));
             }
+            if resp.rx_epoch != 0 {
+                // Only epoch 0 exists yet: an authenticated answer naming
+                // another is a broken server.
+                return Err(self.fail_transport(crate::ProtocolError::BadAck.into()));
+            }
             session.server_time = resp.server_time;
             session.at = now;
+            self.stream.set_clock_base(resp.server_time, now);
             session.last_contact = now;
             self.final_attempt = false;
             self.deadline_noted = None;
@@ -386,6 +396,7 @@ impl<R: CryptoRng> Client<R> {
             // while it slept was Stale; its next attempt is fresh).
             session.server_time = rej.server_time;
             session.at = now;
+            self.stream.set_clock_base(rej.server_time, now);
             session.last_contact = now;
             // The server holds the session: not a reason to give it up.
             self.final_attempt = false;
@@ -742,6 +753,23 @@ impl<R: CryptoRng> Client<R> {
     #[doc(hidden)]
     pub fn take_keystream_log(&mut self) -> alloc::vec::Vec<([u8; 8], u64, u8)> {
         self.stream.take_keystream_log()
+    }
+
+    /// The time a new ClientHello carries: the wall clock if configured,
+    /// else 0 (PROTOCOL.md 3.1).
+    fn hello_time(&self) -> u64 {
+        self.config
+            .wall_clock
+            .as_ref()
+            .map_or(0, |c| c.now().as_micros())
+    }
+
+    /// Test hook (feature `test-hooks`): shift this side's outgoing time
+    /// stamps by `skew` µs.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn set_stamp_skew(&mut self, skew: i64) {
+        self.stream.set_stamp_skew(skew);
     }
 
     fn set_control(&mut self, bytes: &[u8]) {

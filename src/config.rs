@@ -121,10 +121,11 @@ pub struct Config {
     /// Default: none.
     pub pinned_server_key: Option<[u8; 32]>,
     /// Server: the wall clock used for freshness (the time announced to
-    /// clients and the window of resume requests). `None`: the monotonic
-    /// `Instant` passed to each call stands in for it (see [`crate::time`]
-    /// module docs). The drivers install [`crate::SystemWallClock`] when this
-    /// is `None`.
+    /// clients, the time stamps of its control frames and the window of
+    /// resume requests). `None`: the monotonic `Instant` passed to each call
+    /// stands in for it (see [`crate::time`] module docs). The drivers
+    /// install [`crate::SystemWallClock`] when this is `None`.
+    /// Client: stamps the ClientHello of a new session (0 without it).
     pub wall_clock: Option<Arc<dyn WallClock>>,
 }
 

@@ -37,13 +37,13 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::event::{CloseReason, ServerEvent};
 use crate::ids::{SessionId, TransportId};
-use crate::keys::tags_equal;
+use crate::keys::{tags_equal, ConnRng};
 use crate::rekey::KeyRing;
 use crate::resume::{
     authenticated_reject, check_request, request_mac, response_mac, SessionCounters,
     REQUEST_MAC_INPUT, RESPONSE_MAC_INPUT,
 };
-use crate::stream::{Stream, StreamEvent, StreamLimits};
+use crate::stream::{StampClock, Stream, StreamEvent, StreamLimits};
 use crate::time::Instant;
 use crate::timer::{Timer, TimerTable};
 use crate::wire::{
@@ -186,6 +186,9 @@ pub struct Connection {
     released: bool,
     events: VecDeque<ServerEvent>,
     timers: TimerTable,
+    /// The session's own random generator (rekey ephemerals, token
+    /// nonces), seeded by the endpoint.
+    pub(crate) rng: ConnRng,
 }
 
 impl core::fmt::Debug for Connection {
@@ -202,19 +205,23 @@ impl Connection {
     /// A session whose keys were just proved by the client: attached to
     /// `transport` when the ClientConfirm arrived on it, detached when a
     /// resume request is about to attach it (`handle_resume` follows).
-    /// Keys are moved in, never copied.
+    /// Keys are moved in, never copied; `rng_seed` seeds the connection's
+    /// [`ConnRng`].
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         session: SessionId,
         conn_id: u64,
         shared: &Shared,
         keys: KeyRing,
         reset_token: [u8; TAG_LEN],
+        rng_seed: [u8; 32],
         transport: Option<TransportId>,
         now: Instant,
     ) -> Result<Self, Error> {
         let mut stream = Stream::new(shared.limits.clone());
         let config = shared.config.clone();
         stream.set_keys(keys);
+        stream.set_stamp_clock(StampClock::Server(config.wall_clock.clone()));
         let mut c = Connection {
             session,
             conn_id,
@@ -230,6 +237,7 @@ impl Connection {
             released: false,
             events: VecDeque::new(),
             timers: TimerTable::default(),
+            rng: ConnRng::from_seed(rng_seed),
         };
         if let Some(t) = transport {
             c.stream.attach(0, now, 0)?;
@@ -349,9 +357,14 @@ impl Connection {
                 &reply,
             ));
         }
-        // v1 requests carry no receive epoch: the key of epoch 0.
-        // A copy (zeroized on drop): the stream changes below.
-        let key = self.stream.ring().and_then(|r| r.resume_key(0)).cloned();
+        // The key of the client's receive epoch (PROTOCOL.md 7.8): a
+        // request naming an epoch this side holds no key for fails. A copy
+        // (zeroized on drop): the stream changes below.
+        let key = self
+            .stream
+            .ring()
+            .and_then(|r| r.resume_key(req.rx_epoch))
+            .cloned();
         let Some(key) =
             key.filter(|k| tags_equal(&request_mac(k, &msg[..REQUEST_MAC_INPUT]), &req.mac))
         else {
@@ -399,6 +412,7 @@ impl Connection {
             server_read,
             server_time: wall,
             resume_timeout: self.config.resume_timeout.as_micros(),
+            rx_epoch: 0,
             mac: [0; TAG_LEN],
         }
         .encode();
@@ -572,6 +586,22 @@ impl Connection {
     pub fn abort(&mut self, code: AbortCode) {
         self.stream.abort(code);
         self.update_timers();
+    }
+
+    /// Mix 32 bytes of outside randomness (e.g. from the OS) into the
+    /// session's own random generator, which draws its rekey keys. Without
+    /// it the generator runs on the seed the endpoint gave it; the std
+    /// drivers call it after creation and after every rekey.
+    pub fn add_entropy(&mut self, entropy: &[u8; 32]) {
+        self.rng.add_entropy(entropy);
+    }
+
+    /// Test hook (feature `test-hooks`): shift this side's outgoing time
+    /// stamps by `skew` µs.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn set_stamp_skew(&mut self, skew: i64) {
+        self.stream.set_stamp_skew(skew);
     }
 
     /// Close the sending side (a CLOSE frame follows the data).

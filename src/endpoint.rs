@@ -128,6 +128,9 @@ impl Pending {
 struct Handshake {
     conn_id: u64,
     keys: KeyRing,
+    /// Seed of the connection's own random generator (drawn right after
+    /// the connection id).
+    rng_seed: Secret,
     reset_token: [u8; TAG_LEN],
     expected_confirm: [u8; TAG_LEN],
     transport: Option<TransportId>,
@@ -150,9 +153,20 @@ impl Handshake {
             conn_id,
             keys,
             reset_token,
+            rng_seed,
             ..
         } = self;
-        Connection::new(sid, conn_id, shared, keys, reset_token, transport, now).map(Box::new)
+        Connection::new(
+            sid,
+            conn_id,
+            shared,
+            keys,
+            reset_token,
+            rng_seed.0,
+            transport,
+            now,
+        )
+        .map(Box::new)
     }
 }
 
@@ -384,6 +398,8 @@ impl<R: CryptoRng> Endpoint<R> {
         self.rng.fill_bytes(&mut random.ephemeral_secret);
         self.rng.fill_bytes(&mut random.challenge);
         random.conn_id = self.fresh_conn_id();
+        let mut rng_seed = Secret([0; 32]);
+        self.rng.fill_bytes(&mut rng_seed.0);
         random.reset_token = self.reset_token(random.conn_id);
         let result = server_respond(
             hello,
@@ -410,13 +426,15 @@ impl<R: CryptoRng> Endpoint<R> {
             have: 0,
         };
         let est = hs.established;
-        let pinned = hello[1] & crate::wire::FLAG_PINNED != 0;
+        let pinned = crate::wire::ClientHello::decode(hello)
+            .is_ok_and(|h| h.flags & crate::wire::FLAG_PINNED != 0);
         self.routes.insert(est.conn_id, sid);
         self.handshakes.insert(
             sid,
             Box::new(Handshake {
                 conn_id: est.conn_id,
                 keys: KeyRing::new(est.chain, Side::Server, pinned),
+                rng_seed,
                 reset_token: est.reset_token,
                 expected_confirm: hs.expected_confirm,
                 transport: Some(transport),
@@ -528,9 +546,9 @@ impl<R: CryptoRng> Endpoint<R> {
         };
         // An unconfirmed session: its ClientConfirm was lost, and this
         // request proves the same keys. An unconfirmed session only ever
-        // has epoch 0.
+        // has epoch 0 (its ring holds no other resume key).
         let old_transport = hs.transport;
-        let key = hs.keys.resume_key(0).cloned();
+        let key = hs.keys.resume_key(req.rx_epoch).cloned();
         let Some(key) =
             key.filter(|k| tags_equal(&request_mac(k, &msg[..REQUEST_MAC_INPUT]), &req.mac))
         else {

@@ -6,10 +6,10 @@
 //! The key schedule:
 //!
 //! ```text
-//! th1    = BLAKE3(ClientHello || ServerHello[0..66])
+//! th1    = BLAKE3(ClientHello || ServerHello[0..67])
 //! prk    = derive_key(HANDSHAKE, ee || es? || th1)
 //! mask   = derive_key(CONN_ID_MASK, prk)   [0..8] conn id, [8..24] reset token
-//! th2    = BLAKE3(ClientHello || ServerHello[0..90])
+//! th2    = BLAKE3(ClientHello || ServerHello[0..91])
 //! sconf  = keyed(derive_key(SERVER_CONFIRM, prk), th2)[0..16]
 //! th3    = BLAKE3(ClientHello || ServerHello)
 //! cconf  = keyed(derive_key(CLIENT_CONFIRM, prk), th3)[0..16]
@@ -37,6 +37,9 @@ pub(crate) struct Established {
     /// The session's reset token: an "unknown session" answer that carries
     /// it comes from the server (PROTOCOL.md 3.6).
     pub(crate) reset_token: [u8; TAG_LEN],
+    /// The ServerHello's flags (authenticated by the server's confirm).
+    #[allow(dead_code)] // read by the client once credentials exist (step 6)
+    pub(crate) server_flags: u8,
 }
 
 /// Where the masked connection id sits in the ServerHello; the masked reset
@@ -144,14 +147,16 @@ pub(crate) struct ClientFinish {
 }
 
 impl ClientHandshake {
-    /// Start from a fresh ephemeral secret.
-    pub(crate) fn new(mut ephemeral_secret: [u8; 32], pinned: Option<[u8; 32]>) -> Self {
+    /// Start from a fresh ephemeral secret; `time` is the client's reading
+    /// of the server's freshness clock (µs), 0 when it has none.
+    pub(crate) fn new(mut ephemeral_secret: [u8; 32], pinned: Option<[u8; 32]>, time: u64) -> Self {
         let ephemeral = StaticSecret::from(ephemeral_secret);
         ephemeral_secret.zeroize();
         let hello = ClientHello {
             version: VERSION,
             flags: if pinned.is_some() { FLAG_PINNED } else { 0 },
             ephemeral: PublicKey::from(&ephemeral).to_bytes(),
+            time,
         }
         .encode();
         ClientHandshake {
@@ -198,6 +203,7 @@ impl ClientHandshake {
                 server_time: sh.server_time,
                 resume_timeout: sh.resume_timeout,
                 reset_token,
+                server_flags: sh.flags,
             },
             confirm: t.client_confirm(),
         })
@@ -255,6 +261,7 @@ pub(crate) fn server_respond(
         challenge: random.challenge,
         server_time,
         resume_timeout,
+        flags: 0,
         encrypted_conn_id: [0u8; 8],
         encrypted_reset_token: [0u8; TAG_LEN],
         confirm: [0u8; TAG_LEN],
@@ -282,6 +289,7 @@ pub(crate) fn server_respond(
             server_time,
             resume_timeout,
             reset_token: random.reset_token,
+            server_flags: 0,
         },
     })
 }
@@ -301,7 +309,7 @@ mod tests {
 
     #[test]
     fn both_sides_derive_the_same_keys() {
-        let c = ClientHandshake::new([1u8; 32], None);
+        let c = ClientHandshake::new([1u8; 32], None, 0);
         let s = server_respond(c.hello(), &random(), 42, 7, None).unwrap();
         let f = c.finish(&s.reply).unwrap();
         assert_eq!(f.established.conn_id, 0x1122_3344_5566_7788);
@@ -319,17 +327,17 @@ mod tests {
     fn pinned_key_mismatch_fails_server_confirm() {
         let server_kp = StaticKeypair::from_secret_bytes([5u8; 32]);
         let other = StaticKeypair::from_secret_bytes([6u8; 32]);
-        let c = ClientHandshake::new([1u8; 32], Some(other.public_key()));
+        let c = ClientHandshake::new([1u8; 32], Some(other.public_key()), 0);
         let s = server_respond(c.hello(), &random(), 0, 0, Some(&server_kp)).unwrap();
         assert!(matches!(c.finish(&s.reply), Err(Error::AuthFailed)));
-        let c = ClientHandshake::new([1u8; 32], Some(server_kp.public_key()));
+        let c = ClientHandshake::new([1u8; 32], Some(server_kp.public_key()), 0);
         let s = server_respond(c.hello(), &random(), 0, 0, Some(&server_kp)).unwrap();
         assert!(c.finish(&s.reply).is_ok());
     }
 
     #[test]
     fn low_order_peer_key_is_rejected() {
-        let mut hello = ClientHandshake::new([1u8; 32], None).hello;
+        let mut hello = ClientHandshake::new([1u8; 32], None, 0).hello;
         hello[3..35].copy_from_slice(&[0u8; 32]);
         assert!(matches!(
             server_respond(&hello, &random(), 0, 0, None),

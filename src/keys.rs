@@ -46,6 +46,11 @@ pub mod context {
     /// rekey exchange (PROTOCOL.md 4.7).
     #[allow(dead_code)] // the rekey exchange lands next
     pub const REKEY: &str = "relink v2 2026-12 rekey chain";
+    /// A server connection's random generator: the output of one draw.
+    pub const CONN_RNG_OUTPUT: &str = "relink v2 2026-12 connection rng output";
+    /// A server connection's random generator: the next state (after a
+    /// draw, or mixed with added entropy).
+    pub const CONN_RNG_STATE: &str = "relink v2 2026-12 connection rng state";
 }
 
 /// Direction byte mixed into every frame MAC.
@@ -416,9 +421,81 @@ pub(crate) fn rekey_transcript(n: u32, c_pub: &[u8; 32], s_pub: &[u8; 32]) -> [u
         .as_bytes()
 }
 
+// ----- ConnRng (PROTOCOL.md 4.7) -------------------------------------------
+
+/// The random generator of one server [`crate::Connection`]: a
+/// fast-key-erasure DRBG over BLAKE3 `derive_key`. Seeded with 32 bytes the
+/// endpoint draws when it answers the hello; the drivers mix in OS entropy
+/// with [`crate::Connection::add_entropy`].
+///
+/// ```text
+/// draw:        out   = derive_key(CONN_RNG_OUTPUT, state)
+///              state = derive_key(CONN_RNG_STATE,  state)
+/// add_entropy: state = derive_key(CONN_RNG_STATE,  state || x)
+/// ```
+///
+/// Every output is gone from the state once drawn (the state moves on
+/// through a one-way function), so a later read of the state does not give
+/// earlier outputs. Zeroized on drop, redacted in `Debug`.
+pub(crate) struct ConnRng {
+    state: Secret,
+}
+
+impl ConnRng {
+    /// A generator seeded with `seed` (the caller zeroizes its copy).
+    pub(crate) fn from_seed(seed: [u8; 32]) -> Self {
+        ConnRng {
+            state: Secret(seed),
+        }
+    }
+
+    /// 32 fresh bytes (a rekey ephemeral secret; a token nonce takes the
+    /// first 16).
+    #[allow(dead_code)] // drawn by the rekey exchange (design issue 11, step 4)
+    pub(crate) fn draw(&mut self) -> [u8; 32] {
+        let out = Secret::derive(context::CONN_RNG_OUTPUT, &[&self.state.0]);
+        self.state = Secret::derive(context::CONN_RNG_STATE, &[&self.state.0]);
+        out.0
+    }
+
+    /// Mix 32 bytes of outside entropy into the state.
+    pub(crate) fn add_entropy(&mut self, entropy: &[u8; 32]) {
+        self.state = Secret::derive(context::CONN_RNG_STATE, &[&self.state.0, entropy]);
+    }
+}
+
+impl fmt::Debug for ConnRng {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ConnRng(<redacted>)")
+    }
+}
+
+// ----- end ConnRng ----------------------------------------------------------
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn conn_rng_follows_its_spec_and_erases_outputs() {
+        let seed = [4u8; 32];
+        let mut r = ConnRng::from_seed(seed);
+        let first = r.draw();
+        let want = blake3::derive_key(context::CONN_RNG_OUTPUT, &seed);
+        assert_eq!(first, want);
+        let state1 = blake3::derive_key(context::CONN_RNG_STATE, &seed);
+        assert_eq!(
+            r.draw(),
+            blake3::derive_key(context::CONN_RNG_OUTPUT, &state1)
+        );
+        assert_ne!(first, r.draw());
+        // Added entropy changes every later output.
+        let mut a = ConnRng::from_seed(seed);
+        let mut b = ConnRng::from_seed(seed);
+        b.add_entropy(&[1u8; 32]);
+        assert_ne!(a.draw(), b.draw());
+        assert!(alloc::format!("{a:?}").contains("redacted"));
+    }
 
     fn keys() -> SessionKeys {
         Chain::from_master(Secret([7u8; 32])).epoch_keys()

@@ -197,5 +197,6 @@ pub fn os_rng() -> OsRng {
 }
 
 /// The smallest buffer `poll_transmit` accepts: room for the largest
-/// handshake or resume message and a small frame.
-pub const MIN_TRANSMIT_BUFFER: usize = 128;
+/// handshake or resume message and the largest control frame (a
+/// CREDENTIAL or ACCEPT frame, up to 540 bytes with header and tag).
+pub const MIN_TRANSMIT_BUFFER: usize = 1024;

@@ -5,10 +5,14 @@
 //! label and the message bytes:
 //!
 //! ```text
-//! request MAC  = keyed(resume, 0x01 || request[0..42])
-//! response MAC = keyed(resume, 0x02 || request[0..58] || response[0..34])
-//! reject MAC   = keyed(resume, 0x03 || request[0..58] || reject[0..10])
+//! request MAC  = keyed(resume, 0x01 || request[0..46])
+//! response MAC = keyed(resume, 0x02 || request[0..62] || response[0..38])
+//! reject MAC   = keyed(resume, 0x03 || request[0..62] || reject[0..10])
 //! ```
+//!
+//! `resume` is the resume key of the request's `rx_epoch` (the client's
+//! receive epoch); every answer is MACed under the same key as the request.
+//! Until rekeying exists every epoch is 0.
 //!
 //! The response MACs cover the request, so a response cannot be replayed
 //! to another attempt.
@@ -131,12 +135,13 @@ mod tests {
 
     fn req(counter: u64, time: u64, read: u64, written: u64) -> ResumeRequest {
         ResumeRequest {
-            version: 1,
+            version: 2,
             conn_id: 1,
             counter,
             client_written: written,
             client_read: read,
             time,
+            rx_epoch: 0,
             mac: [0; 16],
         }
     }
@@ -171,10 +176,10 @@ mod tests {
         }
 
         #[test]
-        fn macs_are_domain_separated(prefix in proptest::collection::vec(any::<u8>(), 42)) {
+        fn macs_are_domain_separated(prefix in proptest::collection::vec(any::<u8>(), REQUEST_MAC_INPUT)) {
             let k = Secret([1u8; 32]);
             let mut request = [0u8; RESUME_REQUEST_LEN];
-            request[..42].copy_from_slice(&prefix);
+            request[..REQUEST_MAC_INPUT].copy_from_slice(&prefix);
             let a = request_mac(&k, &prefix);
             let b = response_mac(&k, &request, &[]);
             let mut reject = [0u8; REJECT_MAC_INPUT];

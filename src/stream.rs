@@ -30,15 +30,20 @@ use crate::error::{Error, ProtocolError};
 use crate::event::ByteRange;
 use crate::keys::{tags_equal, DirectionKeys, FrameAad};
 use crate::rekey::KeyRing;
-use crate::time::{Duration, Instant};
+use crate::time::{Duration, Instant, WallClock};
 use crate::wire::{
-    AbortCode, FrameHeader, FrameType, ABORT_PAYLOAD_LEN, FRAME_HEADER_LEN, FRAME_OVERHEAD,
-    MAX_FRAME_PAYLOAD, TAG_LEN,
+    AbortCode, AbortFrame, AckFrame, FrameHeader, FrameType, StampFrame, ABORT_PAYLOAD_LEN,
+    ACK_PAYLOAD_LEN, CLOSE_PAYLOAD_LEN, FRAME_HEADER_LEN, FRAME_OVERHEAD, MAX_FRAME_PAYLOAD,
+    PING_PAYLOAD_LEN, TAG_LEN,
 };
 
 /// The largest stream offset of a direction (`send` refuses bytes beyond
 /// it with `KeyLimitReached`; unreachable in practice).
 pub(crate) const MAX_STREAM_OFFSET: u64 = 1 << 62;
+
+/// ACK flag bits a receiver accepts (none yet: `ACK_FLAG_ACCEPTED` comes
+/// with client credentials).
+const ACK_FLAGS_ALLOWED: u8 = 0;
 
 /// The limits of [`Config`] the stream needs.
 #[derive(Clone, Copy, Debug)]
@@ -81,6 +86,61 @@ impl StreamLimits {
         }
     }
 }
+
+// ----- time stamps (PROTOCOL.md 5.1) ------------------------------------------
+
+/// Where this side's time stamps (PING, CLOSE, ABORT, and later the
+/// REKEY frames) come from: always a reading of the *server's* freshness
+/// clock, in µs.
+#[derive(Clone)]
+pub(crate) enum StampClock {
+    /// Server: its freshness clock, `Config::wall_clock`, else the
+    /// monotonic `now` (as `Config::wall_now`).
+    Server(Option<Arc<dyn WallClock>>),
+    /// Client: its estimate of the server's clock from the last base
+    /// `(server_time, at)`: `server_time + (now − at)`; 0 before any base.
+    Client(Option<(u64, Instant)>),
+}
+
+impl core::fmt::Debug for StampClock {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            StampClock::Server(c) => write!(f, "Server(wall_clock: {})", c.is_some()),
+            StampClock::Client(b) => write!(f, "Client({b:?})"),
+        }
+    }
+}
+
+impl StampClock {
+    /// The reading at `now`.
+    fn read(&self, now: Instant) -> u64 {
+        match self {
+            StampClock::Server(Some(c)) => c.now().as_micros(),
+            StampClock::Server(None) => now.as_micros(),
+            StampClock::Client(Some((t, at))) => {
+                t.saturating_add(now.saturating_since(*at).as_micros())
+            }
+            StampClock::Client(None) => 0,
+        }
+    }
+}
+
+/// This side's stamp source for one `poll_transmit`: the clock is read only
+/// when a stamped frame is written (never per DATA frame, PROTOCOL.md 5.1).
+#[derive(Clone, Copy)]
+struct Stamper<'a> {
+    clock: &'a StampClock,
+    /// Test hook shift (µs); 0 unless `set_stamp_skew` was called.
+    skew: i64,
+}
+
+impl Stamper<'_> {
+    fn at(&self, now: Instant) -> u64 {
+        self.clock.read(now).saturating_add_signed(self.skew)
+    }
+}
+
+// ----- end time stamps ---------------------------------------------------------
 
 /// Per-transport frame state. Reset by every resume.
 #[derive(Debug)]
@@ -188,6 +248,11 @@ pub(crate) struct Stream {
     /// carry two different bytes).
     #[cfg(feature = "test-hooks")]
     keystream_log: Option<Vec<([u8; 8], u64, u8)>>,
+    /// The source of this side's time stamps.
+    clock: StampClock,
+    /// Test hook: µs added to every outgoing stamp.
+    #[cfg(feature = "test-hooks")]
+    stamp_skew: i64,
 }
 
 impl Stream {
@@ -213,7 +278,56 @@ impl Stream {
             abort_since: None,
             #[cfg(feature = "test-hooks")]
             keystream_log: None,
+            clock: StampClock::Client(None),
+            #[cfg(feature = "test-hooks")]
+            stamp_skew: 0,
         }
+    }
+
+    // ----- time stamps ----------------------------------------------------
+
+    /// Set where this side's time stamps come from (the server's
+    /// connection at creation; the client keeps its default and moves the
+    /// base with [`Stream::set_clock_base`]).
+    pub(crate) fn set_stamp_clock(&mut self, clock: StampClock) {
+        self.clock = clock;
+    }
+
+    /// Client: the server's clock read `server_time` at `at` (from an
+    /// authenticated answer).
+    pub(crate) fn set_clock_base(&mut self, server_time: u64, at: Instant) {
+        if let StampClock::Client(base) = &mut self.clock {
+            *base = Some((server_time, at));
+        }
+    }
+
+    /// The time stamp this side writes at `now` (µs of the server's clock).
+    #[allow(dead_code)] // the rekey frames stamp with it (design step 4)
+    pub(crate) fn stamp(&self, now: Instant) -> u64 {
+        self.stamper().at(now)
+    }
+
+    fn stamper(&self) -> Stamper<'_> {
+        Stamper {
+            clock: &self.clock,
+            skew: self.skew(),
+        }
+    }
+
+    #[cfg(feature = "test-hooks")]
+    fn skew(&self) -> i64 {
+        self.stamp_skew
+    }
+
+    #[cfg(not(feature = "test-hooks"))]
+    fn skew(&self) -> i64 {
+        0
+    }
+
+    /// Test hook: shift this side's outgoing stamps by `skew` µs.
+    #[cfg(feature = "test-hooks")]
+    pub(crate) fn set_stamp_skew(&mut self, skew: i64) {
+        self.stamp_skew = skew;
     }
 
     pub(crate) fn set_keys(&mut self, keys: KeyRing) {
@@ -681,16 +795,31 @@ impl Stream {
                 }
             }
             FrameType::Ack => {
-                let v = u64::from_le_bytes(arr8(body));
+                let ack = AckFrame::decode(body)?;
+                let v = ack.read_count;
                 let sent_end = self.tx_next + link.close_sent as u64;
                 if v < self.tx_acked || v > sent_end {
+                    return Err(ProtocolError::BadAck.into());
+                }
+                // No epoch but 0 exists yet, and no flag is allowed yet
+                // (ACK_FLAG_ACCEPTED comes with credentials).
+                if ack.rx_epoch != 0 || ack.flags & !ACK_FLAGS_ALLOWED != 0 {
                     return Err(ProtocolError::BadAck.into());
                 }
                 self.ack_to(v);
             }
             FrameType::Ping => {}
+            FrameType::RekeyInit
+            | FrameType::RekeyReply
+            | FrameType::RekeySwitch
+            | FrameType::Credential
+            | FrameType::Accept => {
+                // Authenticated, but this side does not run these exchanges
+                // yet: the peer broke the protocol.
+                self.abort(AbortCode::PROTOCOL_VIOLATION);
+            }
             FrameType::Abort => {
-                let code = AbortCode(u32::from_le_bytes([body[0], body[1], body[2], body[3]]));
+                let code = AbortFrame::decode(body)?.code;
                 match &mut self.abort {
                     // Our ABORT, answered (or both sides aborted at once).
                     Some(a) if !a.by_peer && !a.done => {
@@ -734,6 +863,10 @@ impl Stream {
     /// keepalive PING. Returns the bytes written.
     pub(crate) fn poll_transmit(&mut self, now: Instant, out: &mut [u8]) -> usize {
         self.note_time(now);
+        let stamper = Stamper {
+            clock: &self.clock,
+            skew: self.skew(),
+        };
         let Some(keys) = self.keys.as_mut() else {
             return 0;
         };
@@ -741,8 +874,16 @@ impl Stream {
             return 0;
         };
         if let Some(abort) = &mut self.abort {
-            let k = keys.tx_control(link.tx_switched);
-            return transmit_abort(abort, link, k, self.tx_next, &self.limits, now, out);
+            return transmit_abort(
+                abort,
+                link,
+                keys.tx_control(link.tx_switched),
+                self.tx_next,
+                &self.limits,
+                now,
+                stamper,
+                out,
+            );
         }
         let mut n = 0;
         let read_count = self.rx_data + self.peer_closed as u64;
@@ -752,8 +893,13 @@ impl Stream {
                 || self.peer_closed
                 || link.ack_due.is_some_and(|d| d <= now)
                 || read_count - link.acked_sent >= self.limits.ack_threshold);
-        if ack_wanted && out.len() >= FRAME_OVERHEAD + 8 {
-            let payload = read_count.to_le_bytes();
+        if ack_wanted && out.len() >= FRAME_OVERHEAD + ACK_PAYLOAD_LEN {
+            let payload = AckFrame {
+                read_count,
+                rx_epoch: 0,
+                flags: 0,
+            }
+            .encode();
             n += seal_control(
                 link,
                 keys.tx_control(link.tx_switched),
@@ -819,7 +965,11 @@ impl Stream {
         }
         if let Some(code) = link.answer_abort {
             if out.len() - n >= FRAME_OVERHEAD + ABORT_PAYLOAD_LEN {
-                let payload = code.0.to_le_bytes();
+                let payload = AbortFrame {
+                    code,
+                    time: stamper.at(now),
+                }
+                .encode();
                 n += seal_control(
                     link,
                     keys.tx_control(link.tx_switched),
@@ -834,14 +984,17 @@ impl Stream {
         if self.closing
             && !link.close_sent
             && self.tx_next == self.tx_written
-            && out.len() - n >= FRAME_OVERHEAD
+            && out.len() - n >= FRAME_OVERHEAD + CLOSE_PAYLOAD_LEN
         {
             n += seal_control(
                 link,
                 keys.tx_control(link.tx_switched),
                 self.tx_next,
                 FrameType::Close,
-                &[],
+                &StampFrame {
+                    time: stamper.at(now),
+                }
+                .encode(),
                 &mut out[n..],
             );
             link.close_sent = true;
@@ -849,14 +1002,17 @@ impl Stream {
         }
         if n == 0
             && (link.ping_now || now >= link.last_tx.saturating_add(self.limits.keepalive_interval))
-            && out.len() >= FRAME_OVERHEAD
+            && out.len() >= FRAME_OVERHEAD + PING_PAYLOAD_LEN
         {
             n += seal_control(
                 link,
                 keys.tx_control(link.tx_switched),
                 self.tx_next,
                 FrameType::Ping,
-                &[],
+                &StampFrame {
+                    time: stamper.at(now),
+                }
+                .encode(),
                 out,
             );
         }
@@ -932,6 +1088,7 @@ impl Stream {
 /// once per link, then only keepalive PINGs while it waits for the peer's
 /// answer. The answer is repeated on every link because the aborting peer
 /// resends its ABORT after a resume until it sees one.
+#[allow(clippy::too_many_arguments)]
 fn transmit_abort(
     abort: &mut Abort,
     link: &mut Link,
@@ -939,6 +1096,7 @@ fn transmit_abort(
     offset: u64,
     limits: &StreamLimits,
     now: Instant,
+    stamper: Stamper<'_>,
     out: &mut [u8],
 ) -> usize {
     let n = if !link.abort_sent && out.len() >= FRAME_OVERHEAD + ABORT_PAYLOAD_LEN {
@@ -946,12 +1104,20 @@ fn transmit_abort(
         if abort.by_peer {
             abort.done = true;
         }
-        let code = abort.code.0.to_le_bytes();
-        seal_control(link, keys, offset, FrameType::Abort, &code, out)
+        let payload = AbortFrame {
+            code: abort.code,
+            time: stamper.at(now),
+        }
+        .encode();
+        seal_control(link, keys, offset, FrameType::Abort, &payload, out)
     } else if now >= link.last_tx.saturating_add(limits.keepalive_interval)
-        && out.len() >= FRAME_OVERHEAD
+        && out.len() >= FRAME_OVERHEAD + PING_PAYLOAD_LEN
     {
-        seal_control(link, keys, offset, FrameType::Ping, &[], out)
+        let payload = StampFrame {
+            time: stamper.at(now),
+        }
+        .encode();
+        seal_control(link, keys, offset, FrameType::Ping, &payload, out)
     } else {
         0
     };
@@ -963,7 +1129,7 @@ fn transmit_abort(
 }
 
 /// Write a control frame (ACK, PING, CLOSE, ABORT): authenticated, not encrypted
-/// (its payload is a counter the peer knows, or empty).
+/// (its payload is counters and a time stamp, nothing secret).
 fn seal_control(
     link: &mut Link,
     keys: &DirectionKeys,
@@ -1019,12 +1185,6 @@ fn decrypt_tail(dq: &mut VecDeque<u8>, n: usize, keys: &mut DirectionKeys, offse
 
 fn arr4(b: &[u8]) -> [u8; 4] {
     [b[0], b[1], b[2], b[3]]
-}
-
-fn arr8(b: &[u8]) -> [u8; 8] {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[..8]);
-    a
 }
 
 fn arr16(b: &[u8]) -> [u8; TAG_LEN] {

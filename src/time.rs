@@ -12,8 +12,9 @@
 //!   wall clock the monotonic `Instant` stands in for it, which is sound
 //!   within one server process (clients extrapolate the server's clock from
 //!   what it announced) but not across restarts or nodes. A server driver
-//!   should set [`SystemWallClock`] (the crate's drivers do); clients never
-//!   read the wall clock.
+//!   should set [`SystemWallClock`] (the crate's drivers do). A client reads
+//!   its wall clock only to stamp a new session's ClientHello (0 without
+//!   one); afterwards it extrapolates the server's clock.
 //!
 //! For the monotonic clock, prefer one that keeps counting while the
 //! machine sleeps (Linux `CLOCK_BOOTTIME`; std's `Instant` stops on Linux),
@@ -97,7 +98,8 @@ impl UnixTime {
 
 /// A source of wall-clock time (`Config::wall_clock`). Implementations must
 /// be cheap and must not block; the core calls it once per handshake and
-/// resume. Tests inject a manual clock, drivers use [`SystemWallClock`].
+/// resume, and on the server once per time-stamped control frame (PING,
+/// CLOSE, ABORT), never per DATA frame. Tests inject a manual clock, drivers use [`SystemWallClock`].
 pub trait WallClock: Send + Sync {
     /// The current wall-clock time.
     fn now(&self) -> UnixTime;

@@ -334,7 +334,7 @@ fn f4_pending_confirm_leaves_server_timer_overdue() {
     let n = client.poll_transmit(t0, &mut buf).unwrap();
     server.handle_input(t, t0, &buf[..n]).unwrap();
     let n = server.poll_transmit(t, t0, &mut buf).unwrap();
-    assert_eq!(n, 106, "ServerHello sent; the ClientConfirm never comes");
+    assert_eq!(n, 107, "ServerHello sent; the ClientConfirm never comes");
     // A driver following the contract, from 6 s on.
     let mut now = Instant::from_micros(7_000_000);
     let mut overdue_rounds = 0;

@@ -215,7 +215,7 @@ fn abort_answers_lost(server_also: bool) {
     for i in 0..5 {
         net.brk();
         assert!(net.open());
-        net.s2c_limit = Some(50); // the ResumeResponse arrives, nothing after it
+        net.s2c_limit = Some(54); // the ResumeResponse arrives, nothing after it
         for _ in 0..6 {
             net.tick(Duration::from_millis(5));
             net.transmit();

@@ -308,6 +308,7 @@ fn listen_forever_survives_hostile_clients_and_a_killed_session() {
             client_written: 10,
             client_read: 0,
             time: 0,
+            rx_epoch: 0,
             mac: [7; wire::TAG_LEN],
         }
         .encode();

@@ -574,6 +574,7 @@ async fn a_refusal_reaches_a_half_closed_client_before_eof() {
             client_written: 0,
             client_read: 0,
             time: 0,
+            rx_epoch: 0,
             mac: [1; wire::TAG_LEN],
         }
         .encode();

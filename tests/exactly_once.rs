@@ -377,7 +377,7 @@ fn s2_withheld_resume_request_is_stale() {
     net.timers();
     let t = net.server.accept(net.snow).expect("accept");
     let r = net.server.handle_input(t, net.snow, &request);
-    let mut out = vec![0u8; 256];
+    let mut out = vec![0u8; relink::MIN_TRANSMIT_BUFFER];
     let n = net.server.poll_transmit(t, net.snow, &mut out).expect("tx");
     net.drain();
     net.server.transport_lost(t, net.snow);
@@ -747,6 +747,7 @@ fn garbled_or_forged_abort_changes_nothing() {
         .encode(),
     );
     forged.extend_from_slice(&AbortCode::APPLICATION.0.to_be_bytes());
+    forged.extend_from_slice(&[0x77; 8]); // time
     forged.extend_from_slice(&[0x5A; 16]);
     net.c2s.extend_from_slice(&forged);
     net.deliver(u64::MAX);

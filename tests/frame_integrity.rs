@@ -11,10 +11,11 @@
 //!
 //! The expected error is derived here from the frame layout (type, flags,
 //! little-endian length, body, 16-byte tag) and the length rules of each
-//! frame type, independently of the crate's decoder. Since issue 9 the type
-//! byte 5 is ABORT (exactly 4 payload bytes), so a type flipped to 5 gives
-//! `BadLength` unless the length happens to be 4, and a DATA frame of 4 bytes
-//! whose type flips to ABORT has a valid header that only the MAC rejects.
+//! frame type, independently of the crate's decoder (protocol version 2:
+//! ACK 13 bytes, PING and CLOSE 8, ABORT 12, the rekey frames 45, 44 and 12,
+//! CREDENTIAL 1..=513, ACCEPT 8..=520). A type flipped to another known type
+//! gives `BadLength` unless the length suits the new type too; then the
+//! header is valid and only the MAC (which covers the header) rejects it.
 
 mod common;
 mod support_c;
@@ -77,14 +78,21 @@ fn parse_frames(bytes: &[u8]) -> Vec<Frame> {
     out
 }
 
-/// Whether `len` is allowed for frame type `t` (DATA 1..=16384, ACK 8,
-/// PING and CLOSE 0, ABORT 4); `None` for an unknown type.
+/// Whether `len` is allowed for frame type `t` (PROTOCOL.md 5.1: DATA
+/// 1..=16384, ACK 13, PING and CLOSE 8, ABORT 12, REKEY_INIT 45,
+/// REKEY_REPLY 44, REKEY_SWITCH 12, CREDENTIAL 1..=513, ACCEPT 8..=520);
+/// `None` for an unknown type.
 fn len_ok(t: u8, len: usize) -> Option<bool> {
     match t {
         1 => Some((1..=MAX_PAYLOAD).contains(&len)),
-        2 => Some(len == 8),
-        3 | 4 => Some(len == 0),
-        5 => Some(len == 4),
+        2 => Some(len == 13),
+        3 | 4 => Some(len == 8),
+        5 => Some(len == 12),
+        6 => Some(len == 45),
+        7 => Some(len == 44),
+        8 => Some(len == 12),
+        9 => Some((1..=513).contains(&len)),
+        10 => Some((8..=520).contains(&len)),
         _ => None,
     }
 }
@@ -104,8 +112,7 @@ fn expected_error(f: &Frame, bit: usize) -> Error {
                 }
                 .into(),
                 // Another known type with a valid length for it: only the
-                // MAC can tell (the one single flip that leads here is a
-                // 4-byte DATA frame turned into an ABORT, see the tests).
+                // MAC can tell (see `type_flips_that_yield_a_valid_header`).
                 Some(true) => Error::AuthFailed,
             }
         }
@@ -405,7 +412,7 @@ fn case(dir: Dir) -> impl Strategy<Value = Case> {
     (
         any::<u64>(),
         proptest::collection::vec(1usize..20_000, 1..5),
-        128usize..40_000,
+        1024usize..40_000,
         any::<bool>(),
         any::<u64>(),
         region(),
@@ -466,13 +473,13 @@ fn every_bit_of_a_data_and_an_ack_frame() {
                     dir,
                     seed: bit as u64,
                     writes: vec![10],
-                    tx_buf: 128,
+                    tx_buf: 1024,
                     with_ack: true,
                     frame: frame as u64,
                     region,
                     bit: within as u64,
                     max_chunk: if bit % 2 == 0 { 1 } else { 100_000 },
-                    layout: Some(vec![(2, 8), (1, 10)]),
+                    layout: Some(vec![(2, 13), (1, 10)]),
                 });
             }
         }
@@ -484,25 +491,33 @@ fn pick(raw: u64, n: usize) -> usize {
     (raw % n as u64) as usize
 }
 
-/// No single flip of a type byte turns a genuine frame into another known
-/// type with a valid length, so header flips never need the MAC, with one
-/// exception since issue 9: DATA (1) of exactly 4 bytes whose bit 2 flips
-/// becomes ABORT (5) with its valid length 4 (and back); the MAC (which
-/// covers the header) rejects it. A CLOSE (4) whose bit 0 flips becomes an ABORT
-/// without payload: `BadLength` (it was `UnknownFrameType(5)` before ABORT
-/// existed).
+/// Which single flips of a genuine frame's type byte give another known
+/// type with a length valid for it (only the MAC, which covers the header,
+/// rejects those); every other flip is refused by the header checks. The
+/// table is written out from PROTOCOL.md 5.1 (version 2), not computed.
 #[test]
-fn type_flips_never_yield_a_valid_header() {
-    for (t, len) in [
-        (1u8, 1usize),
-        (1, 4),
-        (1, 10),
-        (1, MAX_PAYLOAD),
-        (2, 8),
-        (3, 0),
-        (4, 0),
-        (5, 4),
-    ] {
+fn type_flips_that_yield_a_valid_header() {
+    // (genuine type, its length, the bits whose flip gives a valid header)
+    let table: [(u8, usize, &[usize]); 9] = [
+        // DATA -> CREDENTIAL (9, 1..=513)
+        (1, 1, &[3]),
+        (1, 4, &[3]),
+        // DATA -> PING (3, 8) and -> CREDENTIAL
+        (1, 8, &[1, 3]),
+        // DATA -> ABORT (5, 12) and -> CREDENTIAL
+        (1, 12, &[2, 3]),
+        // A maximal DATA frame fits no other type.
+        (1, MAX_PAYLOAD, &[]),
+        // ACK (13) -> ACCEPT (10, 8..=520)
+        (2, 13, &[3]),
+        // PING (8) -> DATA
+        (3, 8, &[1]),
+        // CLOSE (8): ABORT needs 12, REKEY_INIT 45; 0 and 12 are unknown.
+        (4, 8, &[]),
+        // ABORT (12) -> DATA
+        (5, 12, &[2]),
+    ];
+    for (t, len, valid) in table {
         for bit in 0..8 {
             let f = Frame {
                 start: 0,
@@ -510,8 +525,7 @@ fn type_flips_never_yield_a_valid_header() {
                 len,
             };
             let e = expected_error(&f, bit);
-            // DATA(4) <-> ABORT(4): the one swap of valid headers.
-            if len == 4 && bit == 2 && (t == 1 || t == 5) {
+            if valid.contains(&bit) {
                 assert_eq!(e, Error::AuthFailed, "{t} {len} {bit}");
             } else {
                 assert_ne!(e, Error::AuthFailed, "{t} {len} {bit}");
@@ -521,14 +535,18 @@ fn type_flips_never_yield_a_valid_header() {
     let close = Frame {
         start: 0,
         frame_type: 4,
-        len: 0,
+        len: 8,
     };
     assert_eq!(
         expected_error(&close, 0),
         Error::Protocol(ProtocolError::BadLength {
             frame_type: 5,
-            len: 0
+            len: 8
         })
+    );
+    assert_eq!(
+        expected_error(&close, 3),
+        Error::Protocol(ProtocolError::UnknownFrameType(12))
     );
     let data = Frame {
         start: 0,
@@ -542,27 +560,12 @@ fn type_flips_never_yield_a_valid_header() {
             len: 10
         })
     );
-    // An ABORT whose type flips: to CLOSE (bit 0) a bad length, to DATA
-    // (bit 2) a valid 4-byte DATA header that only the MAC rejects.
-    let abort = Frame {
-        start: 0,
-        frame_type: 5,
-        len: 4,
-    };
-    assert_eq!(
-        expected_error(&abort, 0),
-        Error::Protocol(ProtocolError::BadLength {
-            frame_type: 4,
-            len: 4
-        })
-    );
-    assert_eq!(expected_error(&abort, 2), Error::AuthFailed);
 }
 
 /// Every bit of a 4-byte DATA frame (behind an ACK), both directions: in
-/// particular the type flip that turns it into a well-formed ABORT (type 5,
-/// length 4) is caught by the MAC (`AuthFailed`), nothing of it is
-/// delivered and no abort happens; the stream resumes byte-exactly.
+/// particular the type flip that turns it into a well-formed CREDENTIAL
+/// header (type 9, length 4) is caught by the MAC (`AuthFailed`), nothing of
+/// it is delivered and no abort happens; the stream resumes byte-exactly.
 #[test]
 fn every_bit_of_a_four_byte_data_frame() {
     for dir in [Dir::ClientToServer, Dir::ServerToClient] {
@@ -579,29 +582,30 @@ fn every_bit_of_a_four_byte_data_frame() {
                 dir,
                 seed: 7_000 + bit as u64,
                 writes: vec![len],
-                tx_buf: 128,
+                tx_buf: 1024,
                 with_ack: true,
                 frame: 1,
                 region,
                 bit: within as u64,
                 max_chunk: if bit % 2 == 0 { 1 } else { 100_000 },
-                layout: Some(vec![(2, 8), (1, len)]),
+                layout: Some(vec![(2, 13), (1, len)]),
             });
         }
     }
 }
 
-/// Every bit of a genuine ABORT frame (type 5, the 4-byte reason code; new
-/// in issue 9), both directions: the receiver ends the transport with the
-/// typed error of the flipped field (a DATA header where the type flipped
-/// to 1, which only the MAC rejects), and a corrupted ABORT aborts nothing.
+/// Every bit of a genuine ABORT frame (type 5, the reason code and the
+/// sender's time, 12 bytes), both directions: the receiver ends the
+/// transport with the typed error of the flipped field (a DATA header where
+/// the type flipped to 1, which only the MAC rejects), and a corrupted ABORT
+/// aborts nothing.
 /// The sender resends its ABORT after the resume; only that genuine one
 /// ends the session, as `Aborted` on both sides.
 #[test]
 fn every_bit_of_an_abort_frame() {
     let code = AbortCode(0x0102_0304);
     for dir in [Dir::ClientToServer, Dir::ServerToClient] {
-        for bit in 0..(HEADER + 4 + TAG) * 8 {
+        for bit in 0..(HEADER + 12 + TAG) * 8 {
             let what = format!("{dir:?} ABORT bit {bit}");
             let mut p = Net::default_pair(9_000 + bit as u64);
             let sid = p.handshake();
@@ -617,7 +621,7 @@ fn every_bit_of_an_abort_frame() {
             let mut wire = s.sender_tx(4096);
             let frames = parse_frames(&wire);
             let layout: Vec<_> = frames.iter().map(|f| (f.frame_type, f.len)).collect();
-            assert_eq!(layout, vec![(5, 4)], "{what}");
+            assert_eq!(layout, vec![(5, 12)], "{what}");
             let f = frames[0];
             wire[bit / 8] ^= 1 << (bit % 8);
             let expected = expected_error(&f, bit);

@@ -3,9 +3,9 @@
 //! The tests drive a `Client` and a `Server` directly: they capture the
 //! genuine message one side transmits, flip one bit, feed the result to the
 //! other side and check the precise typed outcome for the byte the bit lies
-//! in. Every bit of every message is tried: ClientHello (35 bytes),
-//! ServerHello (106), ClientConfirm (16), ResumeRequest (58), ResumeResponse
-//! (50) and the authenticated resume rejection (26), the resume messages
+//! in. Every bit of every message is tried: ClientHello (43 bytes),
+//! ServerHello (107), ClientConfirm (16), ResumeRequest (62), ResumeResponse
+//! (54) and the authenticated resume rejection (26), the resume messages
 //! both with an anonymous server and with a pinned static key. After each failure the
 //! tests check that no application byte was delivered or sent, and that the
 //! endpoints recover: a later genuine handshake (or resume) completes and
@@ -17,9 +17,12 @@
 //! by the transcript hash or a MAC and gives `AuthFailed`. That includes
 //! the fields added in issue 9: the resume timeout the server advertises
 //! (ServerHello bytes 58..66, ResumeResponse bytes 26..34), the encrypted
-//! reset token (ServerHello bytes 74..90) and the server clock in an
-//! authenticated rejection (bytes 2..10). A ResumeRequest for a connection
-//! id the server does not know is answered `01 02 || reset_token(conn_id)`
+//! reset token (ServerHello bytes 75..91) and the server clock in an
+//! authenticated rejection (bytes 2..10), and those of version 2: the
+//! ClientHello's time (35..43), the ServerHello's flags (66; an unknown bit
+//! is refused before the MAC), the receive epoch of the resume messages.
+//! A ResumeRequest for a connection
+//! id the server does not know is answered `02 02 || reset_token(conn_id)`
 //! (18 bytes; the token is all zero without a static key).
 //!
 //! Since issue 9 the server registers a session when it sends its
@@ -214,7 +217,7 @@ fn genuine_handshake(client: &mut TestClient, server: &mut TestServer, now: Inst
 #[derive(Debug, PartialEq, Eq)]
 enum Reply {
     Nothing,
-    /// An accepted ServerHello (106 bytes starting with version, status Ok).
+    /// An accepted ServerHello (107 bytes starting with version, status Ok).
     ServerHello,
     /// Any other bytes, verbatim.
     Bytes(Vec<u8>),
@@ -416,7 +419,7 @@ fn server_hello_expectation(byte: usize, mask: u8) -> (Error, bool) {
             4 => (Error::HandshakeRejected(HandshakeStatus::Malformed), true),
             _ => (ProtocolError::UnknownStatus(mask).into(), false),
         },
-        // Bytes 2..66 are in transcript hash 1, so the server confirm does
+        // Bytes 2..67 are in transcript hash 1, so the server confirm does
         // not verify. Ephemeral key (2..34), challenge (34..50).
         2..50 => (Error::AuthFailed, false),
         // Server time.
@@ -424,15 +427,20 @@ fn server_hello_expectation(byte: usize, mask: u8) -> (Error, bool) {
         // Advertised resume timeout (new in issue 9): fails the server
         // confirm exactly like the server time.
         58..66 => (Error::AuthFailed, false),
-        // The encrypted connection id: in transcript hash 2 (bytes 0..90).
-        66..74 => (Error::AuthFailed, false),
+        // Flags (version 2): bit 0 (CLIENT_AUTH) is a known flag, in
+        // transcript hash 1, so the confirm fails; any other bit is unknown
+        // and refused before the confirm is checked (the transport ends).
+        66 if mask == 1 => (Error::AuthFailed, false),
+        66 => (ProtocolError::BadFlags(mask).into(), false),
+        // The encrypted connection id: in transcript hash 2 (bytes 0..91).
+        67..75 => (Error::AuthFailed, false),
         // The encrypted reset token (new with the reset token): in
         // transcript hash 2 too, so a flipped bit fails the server confirm
         // like every other field (a client must never adopt a token that
         // the server did not send).
-        74..90 => (Error::AuthFailed, false),
-        // The server confirm tag itself (bytes 90..106).
-        90..106 => (Error::AuthFailed, false),
+        75..91 => (Error::AuthFailed, false),
+        // The server confirm tag itself (bytes 91..107).
+        91..107 => (Error::AuthFailed, false),
         _ => panic!("ServerHello has no byte {byte} (length {SERVER_HELLO_LEN})"),
     }
 }
@@ -922,8 +930,10 @@ fn resume_response_expectation(byte: usize, mask: u8) -> Error {
         2..26 => Error::AuthFailed,
         // The advertised resume timeout (new in issue 9): under the MAC too.
         26..34 => Error::AuthFailed,
+        // The server's receive epoch (version 2): under the MAC too.
+        34..38 => Error::AuthFailed,
         // The MAC itself.
-        34..50 => Error::AuthFailed,
+        38..54 => Error::AuthFailed,
         _ => panic!("ResumeResponse has no byte {byte} (length {RESUME_RESPONSE_LEN})"),
     }
 }

@@ -39,11 +39,11 @@ const T0: Instant = Instant::from_micros(1_000_000);
 const TOTAL: u64 = 5_000;
 
 /// The documented answer to an unknown version, for both first messages.
-const VERSION_REJECTION: [u8; 2] = [0x01, 0x01];
+const VERSION_REJECTION: [u8; 2] = [0x02, 0x01];
 
 #[test]
 fn documented_version_rejection_bytes() {
-    assert_eq!(VERSION, 1);
+    assert_eq!(VERSION, 2);
     assert_eq!(HandshakeStatus::UnsupportedVersion.to_byte(), 1);
     assert_eq!(ResumeStatus::UnsupportedVersion.to_byte(), 1);
 }
@@ -627,7 +627,8 @@ fn bad_headers() -> Vec<([u8; 4], ProtocolError)> {
             },
         ));
     }
-    for len in [0u16, 1, 7, 9, 16, 16_384, 65_535] {
+    // ACK: exactly 13 bytes (version 2; 8 was version 1's length).
+    for len in [0u16, 1, 7, 8, 9, 12, 14, 16, 16_384, 65_535] {
         v.push((
             h(2, 0, len),
             ProtocolError::BadLength {
@@ -636,8 +637,9 @@ fn bad_headers() -> Vec<([u8; 4], ProtocolError)> {
             },
         ));
     }
+    // PING and CLOSE: exactly 8 bytes (their time).
     for t in [3u8, 4] {
-        for len in [1u16, 8, 16_384, 65_535] {
+        for len in [0u16, 1, 7, 9, 16_384, 65_535] {
             v.push((
                 h(t, 0, len),
                 ProtocolError::BadLength {
@@ -647,9 +649,9 @@ fn bad_headers() -> Vec<([u8; 4], ProtocolError)> {
             ));
         }
     }
-    // ABORT (5, since issue 9): exactly 4 payload bytes; other lengths are
-    // BadLength (this type was UnknownFrameType before).
-    for len in [0u16, 1, 3, 5, 8, 16, 16_384, 65_535] {
+    // ABORT: exactly 12 payload bytes (code and time); other lengths are
+    // BadLength.
+    for len in [0u16, 1, 3, 4, 5, 8, 11, 13, 16, 16_384, 65_535] {
         v.push((
             h(5, 0, len),
             ProtocolError::BadLength {
@@ -658,12 +660,42 @@ fn bad_headers() -> Vec<([u8; 4], ProtocolError)> {
             },
         ));
     }
-    for t in (0..=255u8).filter(|t| !(1..=5).contains(t)) {
+    // The frames of rekeying and credentials (version 2): REKEY_INIT 45,
+    // REKEY_REPLY 44, REKEY_SWITCH 12, CREDENTIAL 1..=513, ACCEPT 8..=520.
+    for (t, lens) in [
+        (6u8, &[0u16, 12, 44, 46, 65_535][..]),
+        (7, &[0, 12, 43, 45, 65_535]),
+        (8, &[0, 8, 11, 13, 44, 65_535]),
+        (9, &[0, 514, 16_384, 65_535]),
+        (10, &[0, 7, 521, 16_384, 65_535]),
+    ] {
+        for &len in lens {
+            v.push((
+                h(t, 0, len),
+                ProtocolError::BadLength {
+                    frame_type: t,
+                    len: len as usize,
+                },
+            ));
+        }
+    }
+    for t in (0..=255u8).filter(|t| !(1..=10).contains(t)) {
         v.push((h(t, 0, 0), ProtocolError::UnknownFrameType(t)));
         v.push((h(t, 0, 4), ProtocolError::UnknownFrameType(t)));
         v.push((h(t, 0, 8), ProtocolError::UnknownFrameType(t)));
     }
-    for (t, len) in [(1u8, 10u16), (2, 8), (3, 0), (4, 0), (5, 4)] {
+    for (t, len) in [
+        (1u8, 10u16),
+        (2, 13),
+        (3, 8),
+        (4, 8),
+        (5, 12),
+        (6, 45),
+        (7, 44),
+        (8, 12),
+        (9, 1),
+        (10, 8),
+    ] {
         for f in 1..=255u8 {
             v.push((h(t, f, len), ProtocolError::BadFlags(f)));
         }

@@ -28,7 +28,28 @@ use std::fmt::Write as _;
 use std::rc::Rc;
 
 use rand_core::{TryCryptoRng, TryRng};
-use relink::{Client, Config, Event, Instant, Server, ServerEvent, StaticKeypair};
+use relink::{
+    Client, Config, Event, Instant, Server, ServerEvent, StaticKeypair, UnixTime, WallClock,
+};
+
+/// A wall clock that always reads the same published value (the client's
+/// wall clock in the scenarios; it stamps the ClientHello).
+struct FixedWallClock(u64);
+
+impl WallClock for FixedWallClock {
+    fn now(&self) -> UnixTime {
+        UnixTime::from_micros(self.0)
+    }
+}
+
+fn client_config(v: &Vectors, base: Config) -> Config {
+    Config {
+        wall_clock: Some(std::sync::Arc::new(FixedWallClock(
+            v.int("client_wall_clock"),
+        ))),
+        ..base
+    }
+}
 
 // ---------------------------------------------------------------------------
 // Vector file format
@@ -309,6 +330,7 @@ fn run_api(v: &Vectors) -> Vec<(String, Vec<u8>)> {
     let mut sbytes = v.bytes("server_ephemeral_secret");
     sbytes.extend(v.bytes("server_challenge"));
     sbytes.extend(v.int("server_conn_id").to_le_bytes());
+    sbytes.extend(v.bytes("server_conn_rng_seed"));
     let sbytes_len = sbytes.len();
     let (srng, staken) = ScriptedRng::new(sbytes);
     // The defaults the scenario runs with are the published ones.
@@ -323,7 +345,7 @@ fn run_api(v: &Vectors) -> Vec<(String, Vec<u8>)> {
         v.int("resume_window"),
         "Config::default().resume_window"
     );
-    let mut client = Client::new(config.clone(), crng);
+    let mut client = Client::new(client_config(v, config.clone()), crng);
     let mut server = Server::new(config, srng);
     let (c1, c2) = (v.bytes("c2s_data_1"), v.bytes("c2s_data_2"));
     let (s1, s2) = (v.bytes("s2c_data_1"), v.bytes("s2c_data_2"));
@@ -436,8 +458,8 @@ fn run_api(v: &Vectors) -> Vec<(String, Vec<u8>)> {
         Ok(rq.len())
     );
     let sr = spoll(&mut server, tid2, v.at("t_server_resume"));
-    assert!(sr.len() > 50, "resume response and resent frame");
-    let (resp, resent) = sr.split_at(50);
+    assert!(sr.len() > 54, "resume response and resent frame");
+    let (resp, resent) = sr.split_at(54);
     put("resume_response", resp);
     let frames = split_frames(resent);
     assert_eq!(frames.len(), 1, "server resends one frame");
@@ -592,12 +614,16 @@ fn run_api_pinned(v: &Vectors) -> Vec<(String, Vec<u8>)> {
     let mut sbytes = v.bytes("pinned_server_ephemeral_secret");
     sbytes.extend(v.bytes("pinned_server_challenge"));
     sbytes.extend(v.int("pinned_server_conn_id").to_le_bytes());
+    sbytes.extend(v.bytes("pinned_server_conn_rng_seed"));
     let (srng, staken) = ScriptedRng::new(sbytes);
     let mut client = Client::new(
-        Config {
-            pinned_server_key: Some(kp.public_key()),
-            ..Config::default()
-        },
+        client_config(
+            v,
+            Config {
+                pinned_server_key: Some(kp.public_key()),
+                ..Config::default()
+            },
+        ),
         crng,
     );
     let mut server = Server::new(
@@ -631,7 +657,7 @@ fn run_api_pinned(v: &Vectors) -> Vec<(String, Vec<u8>)> {
     let mut buf = [0u8; 256];
     let n = server.recv(sid, &mut buf).unwrap();
     assert_eq!(&buf[..n], &data[..]);
-    assert_eq!((ctaken.get(), staken.get()), (32, 56));
+    assert_eq!((ctaken.get(), staken.get()), (32, 88));
 
     // The server restarts (same static key, no sessions); the transport is
     // gone. The restarted server draws nothing in this scenario.
@@ -653,7 +679,7 @@ fn run_api_pinned(v: &Vectors) -> Vec<(String, Vec<u8>)> {
         .new_transport(v.at("pinned_t_client_forged"))
         .unwrap();
     let _ = cpoll(&mut client, v.at("pinned_t_client_forged"));
-    let mut forged = vec![0x01, 0x02];
+    let mut forged = vec![0x02, 0x02];
     forged.extend([0u8; 16]);
     assert_eq!(
         client.handle_input(v.at("pinned_t_client_forged"), &forged),
@@ -716,10 +742,13 @@ fn run_api_pinned(v: &Vectors) -> Vec<(String, Vec<u8>)> {
 // ---------------------------------------------------------------------------
 
 mod spec {
-    //! relink v1 as `docs/PROTOCOL.md` describes it, from primitives only.
+    //! relink v2 as `docs/PROTOCOL.md` describes it, from primitives only.
+
+    /// The protocol version byte.
+    pub const VERSION: u8 = 2;
 
     /// BLAKE3 `derive_key` contexts: (name in the document, string).
-    pub const CONTEXTS: [(&str, &str); 11] = [
+    pub const CONTEXTS: [(&str, &str); 13] = [
         ("HANDSHAKE", "relink v1 2026-11 handshake secret"),
         ("CONN_ID_MASK", "relink v1 2026-11 connection id mask"),
         ("RESET_SECRET", "relink v1 2026-11 reset secret"),
@@ -731,7 +760,23 @@ mod spec {
         ("S2C_ENC", "relink v1 2026-11 s2c encryption"),
         ("S2C_MAC", "relink v1 2026-11 s2c mac"),
         ("RESUME", "relink v1 2026-11 resume"),
+        ("CONN_RNG_OUTPUT", "relink v2 2026-12 connection rng output"),
+        ("CONN_RNG_STATE", "relink v2 2026-12 connection rng state"),
     ];
+
+    /// The first draws of a connection's random generator seeded with
+    /// `seed`: `out_i = derive_key(CONN_RNG_OUTPUT, state_i)`,
+    /// `state_{i+1} = derive_key(CONN_RNG_STATE, state_i)`, `state_0 = seed`.
+    pub fn conn_rng(seed: &[u8; 32], n: usize) -> Vec<[u8; 32]> {
+        let mut state = *seed;
+        (0..n)
+            .map(|_| {
+                let out = derive("CONN_RNG_OUTPUT", &state);
+                state = derive("CONN_RNG_STATE", &state);
+                out
+            })
+            .collect()
+    }
 
     fn ctx(name: &str) -> &'static str {
         CONTEXTS
@@ -768,9 +813,9 @@ mod spec {
         /// Named intermediate values, as published.
         pub values: Vec<(&'static str, Vec<u8>)>,
         /// The ClientHello.
-        pub client_hello: [u8; 35],
+        pub client_hello: [u8; 43],
         /// The ServerHello.
-        pub server_hello: [u8; 106],
+        pub server_hello: [u8; 107],
         /// The ClientConfirm.
         pub client_confirm: [u8; 16],
         /// The session keys.
@@ -799,7 +844,7 @@ mod spec {
         conn_id: u64,
     ) -> [u8; 18] {
         let mut m = [0u8; 18];
-        m[0] = 1;
+        m[0] = VERSION;
         m[1] = 2;
         m[2..].copy_from_slice(&reset_token(server_static_secret, conn_id));
         m
@@ -833,6 +878,8 @@ mod spec {
         pub server_time: u64,
         /// The ServerHello `resume_timeout` (µs).
         pub resume_timeout: u64,
+        /// The ClientHello `time` (the client's wall clock, µs).
+        pub hello_time: u64,
         /// The server's static secret when the client pins its public key.
         pub server_static: Option<[u8; 32]>,
     }
@@ -841,23 +888,25 @@ mod spec {
     pub fn handshake(i: &HandshakeInputs) -> Handshake {
         let cpub = public(i.client_secret);
         let spub = public(i.server_secret);
-        let mut ch = [0u8; 35];
+        let mut ch = [0u8; 43];
         ch[0] = 0x00; // tag: new session
-        ch[1] = 1; // version
+        ch[1] = VERSION;
         ch[2] = u8::from(i.server_static.is_some()); // FLAG_PINNED
-        ch[3..].copy_from_slice(&cpub);
-        let mut sh = [0u8; 106];
-        sh[0] = 1; // version
+        ch[3..35].copy_from_slice(&cpub);
+        ch[35..43].copy_from_slice(&i.hello_time.to_le_bytes());
+        let mut sh = [0u8; 107];
+        sh[0] = VERSION;
         sh[1] = 0; // status Ok
         sh[2..34].copy_from_slice(&spub);
         sh[34..50].copy_from_slice(&i.challenge);
         sh[50..58].copy_from_slice(&i.server_time.to_le_bytes());
         sh[58..66].copy_from_slice(&i.resume_timeout.to_le_bytes());
+        sh[66] = 0; // flags: none
         let ee = x25519_dalek::x25519(i.client_secret, spub);
         assert_eq!(ee, x25519_dalek::x25519(i.server_secret, cpub), "DH agrees");
         assert_ne!(ee, [0u8; 32], "contributory");
         // The keyed prefix: everything before the masked connection id.
-        let th1 = hash(&[&ch[..], &sh[..66]].concat());
+        let th1 = hash(&[&ch[..], &sh[..67]].concat());
         let mut ikm = ee.to_vec();
         let mut values: Vec<(&'static str, Vec<u8>)> = vec![
             ("client_ephemeral_public", cpub.to_vec()),
@@ -879,15 +928,15 @@ mod spec {
         // mask[0..8] encrypts the connection id, mask[8..24] the reset token.
         let mask = derive("CONN_ID_MASK", &prk);
         for (k, (o, m)) in i.conn_id.to_le_bytes().iter().zip(&mask[..8]).enumerate() {
-            sh[66 + k] = o ^ m;
+            sh[67 + k] = o ^ m;
         }
         for (k, (t, m)) in token.iter().zip(&mask[8..24]).enumerate() {
-            sh[74 + k] = t ^ m;
+            sh[75 + k] = t ^ m;
         }
-        let th2 = hash(&[&ch[..], &sh[..90]].concat());
+        let th2 = hash(&[&ch[..], &sh[..91]].concat());
         let sconf_key = derive("SERVER_CONFIRM", &prk);
         let sconf = mac16(&sconf_key, &th2);
-        sh[90..106].copy_from_slice(&sconf);
+        sh[91..107].copy_from_slice(&sconf);
         let th3 = hash(&[&ch[..], &sh[..]].concat());
         let cconf_key = derive("CLIENT_CONFIRM", &prk);
         let cconf = mac16(&cconf_key, &th3);
@@ -1103,39 +1152,41 @@ mod spec {
         pub time: u64,
     }
 
-    /// Encode and MAC a ResumeRequest.
-    pub fn resume_request(key: &[u8; 32], r: &ResumeRequest) -> [u8; 58] {
-        let mut m = [0u8; 58];
+    /// Encode and MAC a ResumeRequest (receive epoch 0: no rekey yet).
+    pub fn resume_request(key: &[u8; 32], r: &ResumeRequest) -> [u8; 62] {
+        let mut m = [0u8; 62];
         m[0] = 0xff;
-        m[1] = 1;
+        m[1] = VERSION;
         m[2..10].copy_from_slice(&r.conn_id.to_le_bytes());
         m[10..18].copy_from_slice(&r.counter.to_le_bytes());
         m[18..26].copy_from_slice(&r.client_written.to_le_bytes());
         m[26..34].copy_from_slice(&r.client_read.to_le_bytes());
         m[34..42].copy_from_slice(&r.time.to_le_bytes());
-        let mac = mac16(key, &[&[0x01][..], &m[..42]].concat());
-        m[42..].copy_from_slice(&mac);
+        m[42..46].copy_from_slice(&0u32.to_le_bytes()); // rx_epoch
+        let mac = mac16(key, &[&[0x01][..], &m[..46]].concat());
+        m[46..].copy_from_slice(&mac);
         m
     }
 
-    /// Encode and MAC an accepted ResumeResponse.
+    /// Encode and MAC an accepted ResumeResponse (receive epoch 0).
     pub fn resume_response(
         key: &[u8; 32],
-        request: &[u8; 58],
+        request: &[u8; 62],
         server_written: u64,
         server_read: u64,
         server_time: u64,
         resume_timeout: u64,
-    ) -> [u8; 50] {
-        let mut m = [0u8; 50];
-        m[0] = 1;
+    ) -> [u8; 54] {
+        let mut m = [0u8; 54];
+        m[0] = VERSION;
         m[1] = 0;
         m[2..10].copy_from_slice(&server_written.to_le_bytes());
         m[10..18].copy_from_slice(&server_read.to_le_bytes());
         m[18..26].copy_from_slice(&server_time.to_le_bytes());
         m[26..34].copy_from_slice(&resume_timeout.to_le_bytes());
-        let mac = mac16(key, &[&[0x02][..], &request[..], &m[..34]].concat());
-        m[34..].copy_from_slice(&mac);
+        m[34..38].copy_from_slice(&0u32.to_le_bytes()); // rx_epoch
+        let mac = mac16(key, &[&[0x02][..], &request[..], &m[..38]].concat());
+        m[38..].copy_from_slice(&mac);
         m
     }
 
@@ -1143,12 +1194,12 @@ mod spec {
     /// status, the server's clock, MAC.
     pub fn resume_reject(
         key: &[u8; 32],
-        request: &[u8; 58],
+        request: &[u8; 62],
         status: u8,
         server_time: u64,
     ) -> [u8; 26] {
         let mut m = [0u8; 26];
-        m[0] = 1;
+        m[0] = VERSION;
         m[1] = status;
         m[2..10].copy_from_slice(&server_time.to_le_bytes());
         let mac = mac16(key, &[&[0x03][..], &request[..], &m[..10]].concat());
@@ -1169,6 +1220,7 @@ fn anon_inputs(v: &Vectors) -> spec::HandshakeInputs {
         conn_id: v.int("server_conn_id"),
         server_time: v.int("t_server_hello"),
         resume_timeout: v.int("resume_timeout"),
+        hello_time: v.int("client_wall_clock"),
         server_static: None,
     }
 }
@@ -1181,6 +1233,7 @@ fn pinned_inputs(v: &Vectors) -> spec::HandshakeInputs {
         conn_id: v.int("pinned_server_conn_id"),
         server_time: v.int("pinned_t_server_hello"),
         resume_timeout: v.int("resume_timeout"),
+        hello_time: v.int("client_wall_clock"),
         server_static: Some(v.arr("pinned_server_static_secret")),
     }
 }
@@ -1193,11 +1246,18 @@ fn frame_table(v: &Vectors) -> Vec<(&'static str, spec::Position, u8, Vec<u8>)> 
     let (s1, s2) = (v.bytes("s2c_data_1"), v.bytes("s2c_data_2"));
     let (k1, k2) = (c1.len() as u64, c2.len() as u64);
     let (l1, l2) = (s1.len() as u64, s2.len() as u64);
-    // ABORT payload: the reason code as a u32, little-endian.
+    // ACK payload: read count u64, receive epoch u32 (0), flags u8 (0).
+    let ack = |read: u64| [&read.to_le_bytes()[..], &[0u8; 4][..], &[0u8][..]].concat();
+    // ABORT payload: the reason code u32, then the sender's time u64.
     let code = u32::try_from(v.int("abort_code"))
         .expect("abort code fits a u32")
-        .to_le_bytes()
-        .to_vec();
+        .to_le_bytes();
+    let abort = |time: u64| [&code[..], &time.to_le_bytes()[..]].concat();
+    // The client's time stamps: its estimate of the server's clock from the
+    // last authenticated base, here the ResumeResponse (server time
+    // t_server_resume, received at t_client_resumed).
+    let estimate =
+        |t_client: &str| v.int("t_server_resume") + (v.int(t_client) - v.int("t_client_resumed"));
     let pos = |dir, generation, sequence, offset| Position {
         dir,
         generation,
@@ -1206,40 +1266,37 @@ fn frame_table(v: &Vectors) -> Vec<(&'static str, spec::Position, u8, Vec<u8>)> 
     };
     vec![
         ("c2s_frame_0", pos(DIR_C2S, 0, 0, 0), DATA, c1.clone()),
-        (
-            "s2c_frame_0",
-            pos(DIR_S2C, 0, 0, 0),
-            ACK,
-            k1.to_le_bytes().to_vec(),
-        ),
+        ("s2c_frame_0", pos(DIR_S2C, 0, 0, 0), ACK, ack(k1)),
         ("s2c_frame_1", pos(DIR_S2C, 0, 1, 0), DATA, s1.clone()),
-        (
-            "c2s_frame_1",
-            pos(DIR_C2S, 0, 1, k1),
-            ACK,
-            l1.to_le_bytes().to_vec(),
-        ),
+        ("c2s_frame_1", pos(DIR_C2S, 0, 1, k1), ACK, ack(l1)),
         ("c2s_frame_2", pos(DIR_C2S, 0, 2, k1), DATA, c2.clone()),
         ("s2c_frame_2", pos(DIR_S2C, 0, 2, l1), DATA, s2.clone()),
         // Accepted resume counter 2 = generation 2 (counter 1 was answered
         // Stale); sequences restart at 0.
         ("s2c_resume_frame_0", pos(DIR_S2C, 2, 0, l1), DATA, s2),
         ("c2s_resume_frame_0", pos(DIR_C2S, 2, 0, k1), DATA, c2),
+        // CLOSE carries the sender's time.
         (
             "c2s_resume_frame_1",
             pos(DIR_C2S, 2, 1, k1 + k2),
             CLOSE,
-            vec![],
+            estimate("t_client_resumed").to_le_bytes().to_vec(),
         ),
         // ABORT: offset = the sender's next data offset (its CLOSE does not
-        // advance it); the answer carries the same code.
+        // advance it); the answer carries the same code. The server stamps
+        // with its own clock.
         (
             "c2s_abort_frame",
             pos(DIR_C2S, 2, 2, k1 + k2),
             ABORT,
-            code.clone(),
+            abort(estimate("t_client_abort")),
         ),
-        ("s2c_abort_frame", pos(DIR_S2C, 2, 1, l1 + l2), ABORT, code),
+        (
+            "s2c_abort_frame",
+            pos(DIR_S2C, 2, 1, l1 + l2),
+            ABORT,
+            abort(v.int("t_server_abort")),
+        ),
     ]
 }
 
@@ -1275,6 +1332,10 @@ fn check_spec(v: &Vectors) -> Result<(), String> {
         &spec::public(v.arr("pinned_server_static_secret")),
     )?;
     let k = &hs.keys;
+    // The connection's random generator: its first two draws from the seed.
+    let draws = spec::conn_rng(&v.arr("server_conn_rng_seed"), 2);
+    expect_bytes(v, "server_conn_rng_draw_0", &draws[0])?;
+    expect_bytes(v, "server_conn_rng_draw_1", &draws[1])?;
 
     // Keystream addressing, including a nonce change at 2^32.
     expect_bytes(v, "c2s_keystream_0", &spec::keystream(&k.c2s_enc, 0, 16))?;
@@ -1458,7 +1519,7 @@ fn check_pinned(v: &Vectors, hs: &spec::Handshake) -> Result<(), String> {
     // ServerHello.
     let sh = v.bytes("pinned_server_hello");
     let mask = v.bytes("pinned_mask");
-    let unmasked: Vec<u8> = sh[74..90]
+    let unmasked: Vec<u8> = sh[75..91]
         .iter()
         .zip(&mask[8..24])
         .map(|(a, b)| a ^ b)
@@ -1466,7 +1527,7 @@ fn check_pinned(v: &Vectors, hs: &spec::Handshake) -> Result<(), String> {
     ensure(unmasked == answer[2..], || {
         "the token in pinned_server_hello is not the one resume_reject_unknown carries".into()
     })?;
-    let id: Vec<u8> = sh[66..74]
+    let id: Vec<u8> = sh[67..75]
         .iter()
         .zip(&mask[..8])
         .map(|(a, b)| a ^ b)
@@ -1522,14 +1583,18 @@ fn every_published_value_is_checked() {
 
 #[test]
 fn every_context_string_in_the_document_is_known() {
-    // Every `relink v1 2026-11 ...` string the document quotes, in prose
-    // (between backticks) or in a vector block (between double quotes).
+    // Every `relink v1 2026-11 ...` or `relink v2 2026-12 ...` string the
+    // document quotes, in prose (between backticks) or in a vector block
+    // (between double quotes).
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/PROTOCOL.md");
     let doc = std::fs::read_to_string(path).unwrap();
     let known: BTreeSet<&str> = spec::CONTEXTS.iter().map(|(_, s)| *s).collect();
     let mut found = BTreeSet::new();
     let mut quoted = 0;
-    for (i, _) in doc.match_indices("relink v1 2026-11") {
+    let hits = doc
+        .match_indices("relink v1 2026-11")
+        .chain(doc.match_indices("relink v2 2026-12"));
+    for (i, _) in hits {
         let open = doc[..i].chars().next_back().expect("a delimiter");
         assert!(
             open == '`' || open == '"',
@@ -1564,6 +1629,9 @@ fn changed_values_are_detected() {
                 && !k.starts_with("s2c_data")
         })
         .filter(|k| !k.ends_with("_challenge"))
+        // The pinned connection draws nothing from its generator in the
+        // scenario: its seed feeds no published value (yet).
+        .filter(|k| k != "pinned_server_conn_rng_seed")
         .collect();
     assert!(names.len() > 40, "{names:?}");
     for name in names {
@@ -1614,6 +1682,8 @@ fn generator_inputs() -> Vectors {
     b("client_ephemeral_secret", seq(0x00, 32));
     b("server_ephemeral_secret", seq(0x20, 32));
     b("server_challenge", seq(0x40, 16));
+    b("server_conn_rng_seed", seq(0x50, 32));
+    b("pinned_server_conn_rng_seed", seq(0x70, 32));
     b("pinned_server_static_secret", seq(0x80, 32));
     b("pinned_client_ephemeral_secret", seq(0xa0, 32));
     b("pinned_server_ephemeral_secret", seq(0xc0, 32));
@@ -1623,6 +1693,9 @@ fn generator_inputs() -> Vectors {
     // One-way delay 20 ms; the two clocks differ by a constant.
     let s0: u64 = 1_790_000_000_000_000;
     i("server_conn_id", 0x0123_4567_89ab_cdef);
+    // The client's wall clock (it stamps the ClientHello): 10 ms behind
+    // the server's.
+    i("client_wall_clock", s0 - 10_000);
     i("t_client_hello", 1_000_000);
     i("t_server_hello", s0 + 20_000);
     i("t_client_confirm", 1_040_000);
@@ -1681,6 +1754,7 @@ fn print_vectors() {
     let mut v = generator_inputs();
     let hs = spec::handshake(&anon_inputs(&v));
     let pinned = spec::handshake(&pinned_inputs(&v));
+    let draws = spec::conn_rng(&v.arr("server_conn_rng_seed"), 2);
     let mut add = |name: String, b: Vec<u8>| v.map.insert(name, Val::Bytes(b));
     for (name, value) in &hs.values {
         add(name.to_string(), value.clone());
@@ -1689,6 +1763,8 @@ fn print_vectors() {
         add(format!("pinned_{name}"), value.clone());
     }
     let boundary = (1u64 << 32) - 8;
+    add("server_conn_rng_draw_0".into(), draws[0].to_vec());
+    add("server_conn_rng_draw_1".into(), draws[1].to_vec());
     add(
         "c2s_keystream_0".into(),
         spec::keystream(&hs.keys.c2s_enc, 0, 16),
@@ -1736,6 +1812,8 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "context.S2C_ENC",
             "context.S2C_MAC",
             "context.RESUME",
+            "context.CONN_RNG_OUTPUT",
+            "context.CONN_RNG_STATE",
         ],
     ),
     (
@@ -1746,6 +1824,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "server_ephemeral_secret",
             "server_challenge",
             "server_conn_id",
+            "server_conn_rng_seed",
             "# application data",
             "c2s_data_1",
             "s2c_data_1",
@@ -1774,6 +1853,8 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "t_client_abort",
             "t_server_abort",
             "t_client_abort_done",
+            "# the client's wall clock (both scenarios; it stamps the ClientHello)",
+            "client_wall_clock",
             "# Config::default() values the messages carry or depend on (µs)",
             "resume_timeout",
             "resume_window",
@@ -1810,6 +1891,9 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "c2s_keystream_0",
             "keystream_boundary_offset",
             "c2s_keystream_at_boundary",
+            "# the first two draws of the server connection's random generator",
+            "server_conn_rng_draw_0",
+            "server_conn_rng_draw_1",
         ],
     ),
     (
@@ -1849,6 +1933,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "pinned_server_ephemeral_secret",
             "pinned_server_challenge",
             "pinned_server_conn_id",
+            "pinned_server_conn_rng_seed",
             "pinned_t_client",
             "pinned_t_server_hello",
             "pinned_server_static_public",

@@ -255,6 +255,13 @@ fn close_both(sim: &mut Sim, mut breaks: u32) {
         if breaks > 0 && !sim.client.is_closed() && between(&mut sim.rng, 0, 15) == 0 {
             sim.transmit();
             sim.cut();
+            if sim.client.is_closed() {
+                // The cut still delivered the last frame the client needed
+                // (the server's CLOSE or the ACK of its own): it is done and
+                // resumes no more; the server ends clean at the latest when
+                // the session expires (PROTOCOL.md 6.4).
+                return;
+            }
             sim.open();
             breaks -= 1;
         }

@@ -172,6 +172,11 @@ fn replayed_request_does_not_pass_authentication_or_acceptance() {
             client_read: 0,
             ..decoded
         },
+        // A receive epoch the server holds no key for (only 0 exists).
+        ResumeRequest {
+            rx_epoch: 1,
+            ..decoded
+        },
     ];
     for req in tampered {
         let events = sim.sev.len();
@@ -242,6 +247,7 @@ fn resume_with_unknown_connection_id_is_rejected() {
             client_written: 0,
             client_read: 0,
             time: sim.now.as_micros(),
+            rx_epoch: 0,
             mac: [0x42; 16],
         };
         let (r, reply, _) = attacker_send(&mut sim, &req.encode());

@@ -255,7 +255,9 @@ fn injected_close_frame_does_not_end_the_session() {
         sim.run(100_000, |s| assert!(!s.ended));
         sim.settle(1000);
         assert!(sim.c2s.is_empty() && sim.s2c.is_empty());
-        let mut forged = vec![4u8, 0, 0, 0];
+        // Type CLOSE, length 8 (its time), a plausible time, a made-up tag.
+        let mut forged = vec![4u8, 0, 8, 0];
+        forged.extend(sim.now.as_micros().to_le_bytes());
         forged.extend((0..16).map(|i| (i * 37 + 11) as u8));
         let pipe = if to_server {
             &mut sim.c2s
@@ -299,7 +301,7 @@ fn injected_close_frame_does_not_end_the_session() {
 /// and the close then completes cleanly (one `PeerClosed`, end of stream).
 #[test]
 fn bit_flipped_close_frame_does_not_end_the_session() {
-    for bit in 0..20 * 8u32 {
+    for bit in 0..28 * 8u32 {
         let to_server = bit % 2 == 0;
         let mut sim = Sim::default_sim(0xB1F + bit as u64);
         sim.set_totals(20_000, 20_000);
@@ -317,7 +319,7 @@ fn bit_flipped_close_frame_does_not_end_the_session() {
         } else {
             &mut sim.s2c
         };
-        assert_eq!(pipe.len(), 20, "the CLOSE frame alone is in flight");
+        assert_eq!(pipe.len(), 28, "the CLOSE frame alone is in flight");
         pipe.flip(bit as usize / 8, bit % 8);
         sim.deliver_c2s(usize::MAX);
         sim.deliver_s2c(usize::MAX);

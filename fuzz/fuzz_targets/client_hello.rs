@@ -1,5 +1,6 @@
 //! `ClientHello::decode` and `client_first_len` on arbitrary bytes, checked
-//! against the layout (tag 0x00, version, flags, 32-byte key = 35 bytes)
+//! against the layout (tag 0x00, version, flags, 32-byte key, time 8 = 43
+//! bytes)
 //! written out here, plus encode/decode round trips.
 #![no_main]
 
@@ -7,7 +8,7 @@ use libfuzzer_sys::fuzz_target;
 use relink::wire::{client_first_len, ClientHello, CLIENT_HELLO_LEN, FLAG_PINNED, VERSION};
 
 fuzz_target!(|data: &[u8]| {
-    let expect_ok = data.len() == 35 && data[0] == 0x00 && data[2] & !0x01 == 0;
+    let expect_ok = data.len() == 43 && data[0] == 0x00 && data[2] & !0x01 == 0;
     match ClientHello::decode(data) {
         Ok(h) => {
             assert!(expect_ok, "accepted invalid hello {data:?}");
@@ -15,6 +16,8 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(h.version, data[1]);
             assert_eq!(h.flags & !FLAG_PINNED, 0);
             assert_eq!(&h.ephemeral[..], &data[3..35]);
+            let time: [u8; 8] = data[35..43].try_into().expect("8 bytes");
+            assert_eq!(h.time, u64::from_le_bytes(time));
             assert_eq!(
                 client_first_len(data[0], h.version),
                 Ok((h.version == VERSION).then_some(CLIENT_HELLO_LEN))
@@ -24,14 +27,14 @@ fuzz_target!(|data: &[u8]| {
     }
     if let [tag, version, ..] = *data {
         let expect = match tag {
-            0x00 => Some(35),
-            0xFF => Some(58),
+            0x00 => Some(43),
+            0xFF => Some(62),
             _ => None,
         };
         match client_first_len(tag, version) {
             Ok(len) => {
                 let want = expect.expect("accepted unknown tag");
-                assert_eq!(len, (version == 1).then_some(want));
+                assert_eq!(len, (version == 2).then_some(want));
             }
             Err(_) => assert!(expect.is_none(), "rejected known tag {tag}"),
         }
@@ -44,6 +47,9 @@ fuzz_target!(|data: &[u8]| {
             version,
             flags: tag & FLAG_PINNED,
             ephemeral,
+            time: u64::from_le_bytes(core::array::from_fn(|i| {
+                data.get(34 + i).copied().unwrap_or(i as u8)
+            })),
         };
         assert_eq!(ClientHello::decode(&h.encode()), Ok(h));
     }

@@ -5,17 +5,23 @@
 use libfuzzer_sys::fuzz_target;
 use relink::wire::{FrameHeader, FrameType, FRAME_HEADER_LEN, FRAME_OVERHEAD, MAX_FRAME_PAYLOAD};
 
-/// The header rules: type 1..=5 (DATA, ACK, PING, CLOSE, ABORT), zero flags,
-/// and a little-endian length of 1..=16384 for DATA, 8 for ACK, 0 for
-/// PING/CLOSE, 4 for ABORT.
+/// The header rules (version 2): type 1..=10, zero flags, and a
+/// little-endian length of 1..=16384 for DATA, 13 for ACK, 8 for PING and
+/// CLOSE, 12 for ABORT, 45 for REKEY_INIT, 44 for REKEY_REPLY, 12 for
+/// REKEY_SWITCH, 1..=513 for CREDENTIAL, 8..=520 for ACCEPT.
 fn expected_valid(b: &[u8; 4]) -> bool {
     let len = u16::from_le_bytes([b[2], b[3]]) as usize;
     b[1] == 0
         && match b[0] {
             1 => (1..=16 * 1024).contains(&len),
-            2 => len == 8,
-            3 | 4 => len == 0,
-            5 => len == 4,
+            2 => len == 13,
+            3 | 4 => len == 8,
+            5 => len == 12,
+            6 => len == 45,
+            7 => len == 44,
+            8 => len == 12,
+            9 => (1..=513).contains(&len),
+            10 => (8..=520).contains(&len),
             _ => false,
         }
 }
@@ -44,20 +50,28 @@ fuzz_target!(|data: &[u8]| {
     }
     // The other direction: every header built from a valid type and length
     // must survive a round trip.
-    let frame_type = match bytes[0] % 5 {
+    let raw = u16::from_le_bytes([bytes[2], bytes[3]]) as usize;
+    let frame_type = match bytes[0] % 10 {
         0 => FrameType::Data,
         1 => FrameType::Ack,
         2 => FrameType::Ping,
         3 => FrameType::Close,
-        _ => FrameType::Abort,
+        4 => FrameType::Abort,
+        5 => FrameType::RekeyInit,
+        6 => FrameType::RekeyReply,
+        7 => FrameType::RekeySwitch,
+        8 => FrameType::Credential,
+        _ => FrameType::Accept,
     };
     let len = match frame_type {
-        FrameType::Data => {
-            1 + u16::from_le_bytes([bytes[2], bytes[3]]) as usize % MAX_FRAME_PAYLOAD
-        }
-        FrameType::Ack => 8,
-        FrameType::Abort => 4,
-        _ => 0,
+        FrameType::Data => 1 + raw % MAX_FRAME_PAYLOAD,
+        FrameType::Ack => 13,
+        FrameType::Ping | FrameType::Close => 8,
+        FrameType::Abort | FrameType::RekeySwitch => 12,
+        FrameType::RekeyInit => 45,
+        FrameType::RekeyReply => 44,
+        FrameType::Credential => 1 + raw % 513,
+        FrameType::Accept => 8 + raw % 513,
     };
     let h = FrameHeader { frame_type, len };
     assert_eq!(FrameHeader::decode(&h.encode()), Ok(h));

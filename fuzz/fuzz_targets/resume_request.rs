@@ -1,7 +1,7 @@
 //! `ResumeRequest::decode` and `client_first_len` on arbitrary bytes,
 //! checked against the layout (tag 0xFF, version, conn id, counter,
-//! written, read, time: 8 bytes each, MAC 16 = 58 bytes) written out here,
-//! plus round trips.
+//! written, read, time: 8 bytes each, receive epoch 4, MAC 16 = 62 bytes)
+//! written out here, plus round trips.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -12,7 +12,7 @@ fn le(b: &[u8], at: usize) -> u64 {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let expect_ok = data.len() == 58 && data[0] == 0xFF;
+    let expect_ok = data.len() == 62 && data[0] == 0xFF;
     match ResumeRequest::decode(data) {
         Ok(r) => {
             assert!(expect_ok, "accepted invalid request {data:?}");
@@ -23,16 +23,18 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(r.client_written, le(data, 18));
             assert_eq!(r.client_read, le(data, 26));
             assert_eq!(r.time, le(data, 34));
-            assert_eq!(&r.mac[..], &data[42..58]);
+            let epoch: [u8; 4] = data[42..46].try_into().expect("4 bytes");
+            assert_eq!(r.rx_epoch, u32::from_le_bytes(epoch));
+            assert_eq!(&r.mac[..], &data[46..62]);
             assert_eq!(
                 client_first_len(data[0], data[1]),
-                Ok((data[1] == 1).then_some(58))
+                Ok((data[1] == 2).then_some(62))
             );
         }
         Err(_) => assert!(!expect_ok, "rejected valid request {data:?}"),
     }
     // Round-trip a request built from the input's bytes.
-    let mut padded = [0u8; 58];
+    let mut padded = [0u8; 62];
     for (i, p) in padded.iter_mut().enumerate() {
         *p = data.get(i).copied().unwrap_or(0xA5 ^ i as u8);
     }
@@ -43,7 +45,8 @@ fuzz_target!(|data: &[u8]| {
         client_written: le(&padded, 18),
         client_read: le(&padded, 26),
         time: le(&padded, 34),
-        mac: padded[42..58].try_into().expect("16 bytes"),
+        rx_epoch: u32::from_le_bytes(padded[42..46].try_into().expect("4 bytes")),
+        mac: padded[46..62].try_into().expect("16 bytes"),
     };
     let enc = r.encode();
     assert_eq!(enc[0], 0xFF);

@@ -1,6 +1,7 @@
 //! `ResumeResponse::decode` and `resume_response_len` on arbitrary bytes,
-//! checked against the layout (version 1, status 0, server written, server
-//! read, server time, resume timeout: 8 bytes each, MAC 16 = 50 bytes) and the
+//! checked against the layout (version 2, status 0, server written, server
+//! read, server time, resume timeout: 8 bytes each, receive epoch 4, MAC 16
+//! = 54 bytes) and the
 //! rejection lengths written out here, plus round trips.
 #![no_main]
 
@@ -14,7 +15,7 @@ fn le(b: &[u8], at: usize) -> u64 {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let expect_ok = data.len() == 50 && data[0] == 1 && data[1] == 0;
+    let expect_ok = data.len() == 54 && data[0] == 2 && data[1] == 0;
     match ResumeResponse::decode(data) {
         Ok(r) => {
             assert!(expect_ok, "accepted invalid response {data:?}");
@@ -23,8 +24,10 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(r.server_read, le(data, 10));
             assert_eq!(r.server_time, le(data, 18));
             assert_eq!(r.resume_timeout, le(data, 26));
-            assert_eq!(&r.mac[..], &data[34..50]);
-            assert_eq!(resume_response_len(data[0], data[1]), Ok(50));
+            let epoch: [u8; 4] = data[34..38].try_into().expect("4 bytes");
+            assert_eq!(r.rx_epoch, u32::from_le_bytes(epoch));
+            assert_eq!(&r.mac[..], &data[38..54]);
+            assert_eq!(resume_response_len(data[0], data[1]), Ok(54));
         }
         Err(_) => assert!(!expect_ok, "rejected valid response {data:?}"),
     }
@@ -34,8 +37,8 @@ fuzz_target!(|data: &[u8]| {
         // carry the server's time (8) and a 16-byte MAC; UnknownSession (2)
         // carries the 16-byte reset token; the others are version and
         // status only.
-        let expect = (version == 1 && status <= 7).then_some(match status {
-            0 => 50,
+        let expect = (version == 2 && status <= 7).then_some(match status {
+            0 => 54,
             2 => 18,
             4..=6 => 26,
             _ => 2,
@@ -47,7 +50,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     // Round-trip a response built from the input's bytes.
-    let mut padded = [0u8; 50];
+    let mut padded = [0u8; 54];
     for (i, p) in padded.iter_mut().enumerate() {
         *p = data.get(i).copied().unwrap_or(0x5A ^ i as u8);
     }
@@ -56,16 +59,17 @@ fuzz_target!(|data: &[u8]| {
         server_read: le(&padded, 10),
         server_time: le(&padded, 18),
         resume_timeout: le(&padded, 26),
-        mac: padded[34..50].try_into().expect("16 bytes"),
+        rx_epoch: u32::from_le_bytes(padded[34..38].try_into().expect("4 bytes")),
+        mac: padded[38..54].try_into().expect("16 bytes"),
     };
     let enc = r.encode();
-    assert_eq!(&enc[..2], &[1, 0]);
+    assert_eq!(&enc[..2], &[2, 0]);
     assert_eq!(&enc[2..], &padded[2..]);
     assert_eq!(ResumeResponse::decode(&enc), Ok(r));
     // The rejections with a body: decoded exactly when their layout fits
-    // (26 bytes, version 1, status 4..=6; 18 bytes, version 1, status 2),
+    // (26 bytes, version 2, status 4..=6; 18 bytes, version 2, status 2),
     // and encode(decode(x)) == x.
-    let auth_ok = data.len() == 26 && data[0] == 1 && (4..=6).contains(&data[1]);
+    let auth_ok = data.len() == 26 && data[0] == 2 && (4..=6).contains(&data[1]);
     match AuthenticatedReject::decode(data) {
         Ok(r) => {
             assert!(auth_ok, "accepted invalid rejection {data:?}");
@@ -74,7 +78,7 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(_) => assert!(!auth_ok, "rejected valid rejection {data:?}"),
     }
-    let unknown_ok = data.len() == 18 && data[0] == 1 && data[1] == 2;
+    let unknown_ok = data.len() == 18 && data[0] == 2 && data[1] == 2;
     match UnknownSessionReject::decode(data) {
         Ok(r) => {
             assert!(unknown_ok, "accepted invalid answer {data:?}");
