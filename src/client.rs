@@ -21,7 +21,7 @@ use crate::error::Error;
 use crate::event::{ByteRange, CloseReason, Event};
 use crate::handshake::ClientHandshake;
 use crate::keys::Secret;
-use crate::rekey::{KeyRing, Side};
+use crate::rekey::{KeyRing, RekeyEnv, Side};
 use crate::resume::{
     reject_mac, request_mac, response_mac, REJECT_MAC_INPUT, REQUEST_MAC_INPUT, RESPONSE_MAC_INPUT,
 };
@@ -190,18 +190,18 @@ impl<R: CryptoRng> Client<R> {
         self.final_attempt = self.give_up_at().is_some_and(|g| now >= g);
         self.resume_counter += 1;
         let elapsed = now.saturating_since(session.at).as_micros();
+        let (rx_epoch, key) = resume_key(&self.stream)?;
         let mut req = ResumeRequest {
+            rx_epoch,
             version: VERSION,
             conn_id: session.conn_id,
             counter: self.resume_counter,
             client_written: self.stream.write_end(),
             client_read: self.stream.read_count(),
             time: session.server_time.saturating_add(elapsed),
-            rx_epoch: 0,
             mac: [0; TAG_LEN],
         };
         let unsigned = req.encode();
-        let (_, key) = resume_key(&self.stream)?;
         req.mac = request_mac(key, &unsigned[..REQUEST_MAC_INPUT]);
         let request = req.encode();
         self.set_control(&request);
@@ -260,7 +260,14 @@ impl<R: CryptoRng> Client<R> {
                     fill_reply(reply, have, rest, resume_response_len)
                 }
                 Phase::Open => {
-                    let r = self.stream.handle_input(now, rest);
+                    let rng = &mut self.rng;
+                    let mut fill = |b: &mut [u8; 32]| rng.fill_bytes(b);
+                    let mut env = RekeyEnv {
+                        fill: &mut fill,
+                        server_static: None,
+                        pinned_server_key: self.config.pinned_server_key,
+                    };
+                    let r = self.stream.handle_input(now, rest, &mut env);
                     self.note_contact();
                     self.drain_stream_events();
                     return match r {
@@ -311,7 +318,7 @@ impl<R: CryptoRng> Client<R> {
             self.config.pinned_server_key.is_some(),
         ));
         self.stream.set_clock_base(est.server_time, now);
-        self.stream.attach(0, now, 0)?;
+        self.stream.attach(0, now, 0, 0)?;
         self.session = Some(SessionState {
             conn_id: est.conn_id,
             server_time: est.server_time,
@@ -355,11 +362,6 @@ impl<R: CryptoRng> Client<R> {
                 self.close_for_good(CloseReason::DataUnavailable);
                 return Err(Error::ResumeRejected(ResumeStatus::DataUnavailable));
             }
-            if resp.rx_epoch != 0 {
-                // Only epoch 0 exists yet: an authenticated answer naming
-                // another is a broken server.
-                return Err(self.fail_transport(crate::ProtocolError::BadAck.into()));
-            }
             session.server_time = resp.server_time;
             session.at = now;
             self.stream.set_clock_base(resp.server_time, now);
@@ -367,13 +369,17 @@ impl<R: CryptoRng> Client<R> {
             self.final_attempt = false;
             self.deadline_noted = None;
             session.resume_timeout = Duration::from_micros(resp.resume_timeout);
-            let (start, end) = match self.stream.attach(counter, now, resp.server_read) {
-                Ok(r) => r,
-                Err(_) => {
-                    self.close_for_good(CloseReason::DataUnavailable);
-                    return Err(Error::ResumeRejected(ResumeStatus::DataUnavailable));
-                }
-            };
+            let (start, end) =
+                match self
+                    .stream
+                    .attach(counter, now, resp.server_read, resp.rx_epoch)
+                {
+                    Ok(r) => r,
+                    Err(_) => {
+                        self.close_for_good(CloseReason::DataUnavailable);
+                        return Err(Error::ResumeRejected(ResumeStatus::DataUnavailable));
+                    }
+                };
             self.resume_attempts = 0;
             self.unauth_rejections = 0;
             self.phase = Phase::Open;
@@ -467,7 +473,16 @@ impl<R: CryptoRng> Client<R> {
         out[..n].copy_from_slice(pending);
         self.control_sent = self.control_len;
         if matches!(self.phase, Phase::Open) {
-            n += self.stream.poll_transmit(now, &mut out[n..]);
+            let rng = &mut self.rng;
+            let mut fill = |b: &mut [u8; 32]| rng.fill_bytes(b);
+            let mut env = RekeyEnv {
+                fill: &mut fill,
+                server_static: None,
+                pinned_server_key: self.config.pinned_server_key,
+            };
+            n += self.stream.poll_transmit(now, &mut out[n..], &mut env);
+            // Writing our SWITCH completes an exchange (`Rekeyed`).
+            self.drain_stream_events();
         }
         Ok(n)
     }
@@ -550,6 +565,8 @@ impl<R: CryptoRng> Client<R> {
                 t.set(Timer::Ack, link.ack);
                 t.set(Timer::Keepalive, link.keepalive);
                 t.set(Timer::Idle, link.idle);
+                t.set(Timer::Rekey, link.rekey);
+                t.set(Timer::KeyExpiry, link.key_expiry);
             }
             Phase::Idle | Phase::Dead => t.set(Timer::GiveUp, self.give_up_timer()),
         }
@@ -739,6 +756,34 @@ impl<R: CryptoRng> Client<R> {
         self.stream.ring().map_or(0, KeyRing::epoch)
     }
 
+    /// Ask for a rekey (PROTOCOL.md 6.8): the client starts an exchange as
+    /// soon as it may (a transport attached, no exchange in progress), even
+    /// with `Config::rekey == false`. [`Event::Rekeyed`] reports its end.
+    /// `Err(Closed)` once the session ended.
+    pub fn request_rekey(&mut self) -> Result<(), Error> {
+        if self.closed.is_some() {
+            return Err(Error::Closed);
+        }
+        self.stream.request_rekey();
+        Ok(())
+    }
+
+    /// Test hook: answer no REKEY_INIT (a client that ignores the server's
+    /// order, for the key-expiry tests).
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn set_ignore_rekey(&mut self, ignore: bool) {
+        self.stream.set_ignore_rekey(ignore);
+    }
+
+    /// Test hook: a copy of the client's current resume key and its epoch
+    /// (for the stolen-resume-key tests).
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn export_resume_key_for_test(&self) -> Option<(u32, [u8; 32])> {
+        resume_key(&self.stream).ok().map(|(e, k)| (e, k.0))
+    }
+
     /// Test hook: the epochs whose keys the client holds right now.
     #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
@@ -844,6 +889,7 @@ impl<R: CryptoRng> Client<R> {
                     code,
                     by_peer: false,
                 }),
+                StreamEvent::Rekeyed(epoch) => self.events.push_back(Event::Rekeyed { epoch }),
             }
         }
     }

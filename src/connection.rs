@@ -38,7 +38,7 @@ use crate::error::Error;
 use crate::event::{CloseReason, ServerEvent};
 use crate::ids::{SessionId, TransportId};
 use crate::keys::{tags_equal, ConnRng};
-use crate::rekey::KeyRing;
+use crate::rekey::{KeyRing, RekeyEnv};
 use crate::resume::{
     authenticated_reject, check_request, request_mac, response_mac, SessionCounters,
     REQUEST_MAC_INPUT, RESPONSE_MAC_INPUT,
@@ -240,7 +240,7 @@ impl Connection {
             rng: ConnRng::from_seed(rng_seed),
         };
         if let Some(t) = transport {
-            c.stream.attach(0, now, 0)?;
+            c.stream.attach(0, now, 0, 0)?;
             // Show the client at once that its confirm arrived (a keepalive
             // it verifies); data flows either way.
             c.stream.ping_soon();
@@ -283,7 +283,14 @@ impl Connection {
         if self.transport != Some(transport) {
             return Err(Error::TransportEnded);
         }
-        let r = self.stream.handle_input(now, input);
+        let rng = &mut self.rng;
+        let mut fill = |b: &mut [u8; 32]| *b = rng.draw();
+        let mut env = RekeyEnv {
+            fill: &mut fill,
+            server_static: self.config.server_static.as_ref(),
+            pinned_server_key: None,
+        };
+        let r = self.stream.handle_input(now, input, &mut env);
         self.drain_stream_events();
         let r = match r {
             Ok(n) => Ok(n),
@@ -396,7 +403,10 @@ impl Connection {
         self.last_counter = req.counter;
         let server_written = self.stream.write_end();
         let server_read = self.stream.read_count();
-        let (start, end) = match self.stream.attach(req.counter, now, req.client_read) {
+        let (start, end) = match self
+            .stream
+            .attach(req.counter, now, req.client_read, req.rx_epoch)
+        {
             Ok(r) => r,
             Err(e) => {
                 return Err(Rejection::new(
@@ -407,12 +417,13 @@ impl Connection {
         };
         let old = self.transport.replace(transport);
         self.timers.set(Timer::Expiry, None);
+        let rx_epoch = self.stream.ring().map_or(0, KeyRing::rx_epoch);
         let mut resp = ResumeResponse {
+            rx_epoch,
             server_written,
             server_read,
             server_time: wall,
             resume_timeout: self.config.resume_timeout.as_micros(),
-            rx_epoch: 0,
             mac: [0; TAG_LEN],
         }
         .encode();
@@ -502,7 +513,16 @@ impl Connection {
             n = control.len();
             out[..n].copy_from_slice(&control[..]);
         }
-        n += self.stream.poll_transmit(now, &mut out[n..]);
+        let rng = &mut self.rng;
+        let mut fill = |b: &mut [u8; 32]| *b = rng.draw();
+        let mut env = RekeyEnv {
+            fill: &mut fill,
+            server_static: self.config.server_static.as_ref(),
+            pinned_server_key: None,
+        };
+        n += self.stream.poll_transmit(now, &mut out[n..], &mut env);
+        // Writing our SWITCH completes an exchange (`Rekeyed`).
+        self.drain_stream_events();
         self.update_timers();
         Ok(n)
     }
@@ -654,6 +674,14 @@ impl Connection {
         self.stream.ring().map_or(0, KeyRing::epoch)
     }
 
+    /// Ask for a rekey (PROTOCOL.md 6.8): this side starts an exchange as
+    /// soon as it may (attached, no exchange in progress), even with
+    /// `Config::rekey == false`. [`ServerEvent::Rekeyed`] reports its end.
+    pub fn request_rekey(&mut self) {
+        self.stream.request_rekey();
+        self.update_timers();
+    }
+
     /// Test hook: the epochs whose keys the server side holds right now.
     #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
@@ -694,6 +722,8 @@ impl Connection {
         self.timers.set(Timer::Ack, link.ack);
         self.timers.set(Timer::Keepalive, link.keepalive);
         self.timers.set(Timer::Idle, link.idle);
+        self.timers.set(Timer::Rekey, link.rekey);
+        self.timers.set(Timer::KeyExpiry, link.key_expiry);
         self.timers.set(
             Timer::AbortAnswer,
             self.stream.abort_answer_deadline(self.config.idle_timeout),
@@ -824,6 +854,10 @@ impl Connection {
                         reason: CloseReason::Clean,
                     });
                 }
+                StreamEvent::Rekeyed(epoch) => self.events.push_back(ServerEvent::Rekeyed {
+                    session: sid,
+                    epoch,
+                }),
                 StreamEvent::PeerAborted(code) | StreamEvent::AbortDone(code) => {
                     // Kept (finished) so that our answer reaches the client
                     // even across a cut: it resends its ABORT after a resume.

@@ -14,9 +14,6 @@
 //! while idle, so an idle session holds one epoch: the chain, four traffic
 //! keys and one resume key.
 
-// The exchange is wired into the stream with the wire v2 frames.
-#![allow(dead_code)]
-
 use alloc::boxed::Box;
 use x25519_dalek::{PublicKey, StaticSecret};
 
@@ -141,13 +138,14 @@ pub(crate) struct KeyRing {
     /// Below this offset DATA is protected by the old send keys (0 when
     /// none are held: the one compare of the per-frame path).
     tx_switch: u64,
+    /// The switch point of the newest send epoch (0 for epoch 0): bytes
+    /// sent under it are the offsets from here (policy limits).
+    tx_start: u64,
     /// Receive keys of the peer's frames (`rx_cur`).
     rx: DirectionKeys,
-    /// The resume key of `resume_epoch`.
+    /// The resume key of the client's receive epoch (client), of the
+    /// newest derived epoch (server).
     resume: Secret,
-    resume_epoch: u32,
-    /// The newest receive epoch the peer reported (ACK, resume message).
-    peer_rx: u32,
     /// The exchange in progress, `None` when idle.
     x: Option<Box<Exchange>>,
 }
@@ -157,17 +155,15 @@ impl KeyRing {
     pub(crate) fn new(chain: Chain, side: Side, pinned: bool) -> Self {
         let SessionKeys { c2s, s2c, resume } = chain.epoch_keys();
         let (tx, rx) = split(side, c2s, s2c);
-        let resume_epoch = chain.epoch();
         KeyRing {
             side,
             pinned,
             chain,
             tx,
             tx_switch: 0,
+            tx_start: 0,
             rx,
             resume,
-            resume_epoch,
-            peer_rx: resume_epoch,
             x: None,
         }
     }
@@ -210,6 +206,16 @@ impl KeyRing {
         self.rx.epoch()
     }
 
+    /// The side this ring belongs to.
+    pub(crate) fn side(&self) -> Side {
+        self.side
+    }
+
+    /// The offset from which the newest send epoch protects DATA.
+    pub(crate) fn tx_start(&self) -> u64 {
+        self.tx_start
+    }
+
     /// This side's newest send epoch in use (its newest written marker).
     pub(crate) fn tx_epoch(&self) -> u32 {
         self.tx.epoch()
@@ -221,19 +227,23 @@ impl KeyRing {
         self.tx_epoch().min(self.rx_epoch())
     }
 
-    /// The newest receive epoch the peer reported.
-    pub(crate) fn peer_rx(&self) -> u32 {
-        self.peer_rx
+    /// The epoch of `resume`: the client's receive epoch (it switches its
+    /// resume key with it), the server's newest derived epoch.
+    fn resume_epoch(&self) -> u32 {
+        match self.side {
+            Side::Client => self.rx.epoch(),
+            Side::Server => self.chain.epoch(),
+        }
     }
 
     /// The resume key of `epoch`, if this side holds it (the server holds
     /// the previous epoch's until the client's receive epoch passed it).
     pub(crate) fn resume_key(&self, epoch: u32) -> Option<&Secret> {
-        if epoch == self.resume_epoch {
+        if epoch == self.resume_epoch() {
             return Some(&self.resume);
         }
         match (self.side, self.x.as_ref()) {
-            (Side::Server, Some(x)) if epoch.checked_add(1) == Some(self.resume_epoch) => {
+            (Side::Server, Some(x)) if epoch.checked_add(1) == Some(self.resume_epoch()) => {
                 x.resume_other.as_ref()
             }
             _ => None,
@@ -270,6 +280,7 @@ impl KeyRing {
     }
 
     /// Whether an exchange is in progress (any transitional key held).
+    #[cfg(test)]
     pub(crate) fn in_exchange(&self) -> bool {
         self.x.is_some()
     }
@@ -350,6 +361,7 @@ impl KeyRing {
         x.tx_old = Some(old);
         x.switch = Some(tx_next);
         self.tx_switch = tx_next;
+        self.tx_start = tx_next;
         let n = x.n;
         // The peer may have reported epoch n already (it cannot, without
         // the marker; kept for symmetry with `peer_rx_is`).
@@ -367,6 +379,10 @@ impl KeyRing {
     ) -> Result<Received, Violation> {
         match msg {
             RekeyMsg::Init { n, ordered, public } => {
+                if ordered && self.side == Side::Server {
+                    // Only the server orders.
+                    return Err(Violation);
+                }
                 let newest = self.chain.epoch();
                 if n <= newest || aborted {
                     return Ok(Received::Ignored);
@@ -407,7 +423,7 @@ impl KeyRing {
                 // The REPLY is the responder's marker: its later frames
                 // are epoch n.
                 self.rx = rx;
-                self.install_resume(keys.resume, n, true);
+                self.install_resume(keys.resume, true);
                 Ok(Received::Switched(n))
             }
             RekeyMsg::Switch { n } => {
@@ -420,10 +436,9 @@ impl KeyRing {
                 if self.side == Side::Client {
                     if let Some(k) = x.resume_other.take() {
                         self.resume = k;
-                        self.resume_epoch = n;
                     }
                 }
-                self.maybe_finish(aborted, env)?;
+                self.maybe_finish();
                 Ok(Received::Switched(n))
             }
         }
@@ -461,7 +476,7 @@ impl KeyRing {
             resume_other: None,
             pending_init: None,
         }));
-        self.install_resume(keys.resume, n, false);
+        self.install_resume(keys.resume, false);
         Ok(Received::Replying(n))
     }
 
@@ -511,71 +526,75 @@ impl KeyRing {
     /// Place `resume_key(n)`: the client switches at `rx_cur = n` (now if
     /// `rx_switched`, else it waits); the server switches at once and keeps
     /// the previous one until the client's receive epoch reaches `n`.
-    fn install_resume(&mut self, key: Secret, n: u32, rx_switched: bool) {
+    fn install_resume(&mut self, key: Secret, rx_switched: bool) {
         let Some(x) = self.x.as_mut() else { return };
         match self.side {
-            Side::Client if rx_switched => {
-                self.resume = key;
-                self.resume_epoch = n;
-            }
+            Side::Client if rx_switched => self.resume = key,
             Side::Client => x.resume_other = Some(key),
-            Side::Server => {
-                x.resume_other = Some(core::mem::replace(&mut self.resume, key));
-                self.resume_epoch = n;
-            }
+            Side::Server => x.resume_other = Some(core::mem::replace(&mut self.resume, key)),
         }
+    }
+
+    /// The lowest receive epoch the peer may still report: the epoch of
+    /// the oldest send keys we hold (it reported the newer one once we
+    /// dropped them).
+    fn peer_rx_floor(&self) -> u32 {
+        let old = self.x.as_ref().is_some_and(|x| x.tx_old.is_some());
+        self.tx.epoch() - u32::from(old)
     }
 
     /// Validate a receive epoch the peer reported in an ACK: it never goes
     /// down and never exceeds our newest written marker's epoch.
     pub(crate) fn check_peer_rx(&self, e: u32) -> bool {
-        e >= self.peer_rx && e <= self.tx.epoch()
+        e >= self.peer_rx_floor() && e <= self.tx.epoch()
     }
 
     /// The peer reported receive epoch `e` (a checked ACK, or a resume
     /// message): retire the old send keys, our marker and (server) the old
-    /// resume key once `e` reached the exchange's epoch. An INIT kept for
-    /// later is processed when this ends the exchange (then our REPLY is
-    /// due).
-    pub(crate) fn peer_rx_is(
-        &mut self,
-        e: u32,
-        aborted: bool,
-        env: &mut RekeyEnv<'_>,
-    ) -> Result<(), Violation> {
-        self.peer_rx = self.peer_rx.max(e);
+    /// resume key once `e` reached the exchange's epoch.
+    pub(crate) fn peer_rx_is(&mut self, e: u32) {
         let Some(x) = self.x.as_mut() else {
-            return Ok(());
+            return;
         };
-        if self.peer_rx >= x.n && x.tx_old.is_some() {
+        if e >= x.n && x.tx_old.is_some() {
             x.tx_old = None;
             self.tx_switch = 0;
             if self.side == Side::Server {
                 x.resume_other = None;
             }
         }
-        self.maybe_finish(aborted, env)
+        self.maybe_finish();
     }
 
-    /// Drop the exchange once nothing transitional is held, then answer an
-    /// INIT kept for later (rule 4).
-    fn maybe_finish(&mut self, aborted: bool, env: &mut RekeyEnv<'_>) -> Result<(), Violation> {
-        let done = self.x.as_ref().is_some_and(|x| {
-            x.eph.is_none()
-                && x.pending_tx.is_none()
-                && x.tx_old.is_none()
-                && x.pending_rx.is_none()
-                && x.resume_other.is_none()
-        });
-        if !done {
-            return Ok(());
+    /// Drop the exchange once nothing transitional is held; an INIT kept
+    /// for later (rule 4) keeps it until [`KeyRing::take_ready_init`].
+    fn maybe_finish(&mut self) {
+        let Some(x) = self.x.as_ref() else { return };
+        let done = x.eph.is_none()
+            && x.pending_tx.is_none()
+            && x.tx_old.is_none()
+            && x.pending_rx.is_none()
+            && x.resume_other.is_none();
+        if done && x.pending_init.is_none() {
+            self.x = None;
         }
-        let pending = self.x.take().and_then(|x| x.pending_init);
-        if let Some((ordered, public)) = pending {
-            let n = self.chain.epoch().wrapping_add(1);
-            self.receive(RekeyMsg::Init { n, ordered, public }, aborted, env)?;
+    }
+
+    /// An INIT kept while old keys were held, once they are gone: the
+    /// stream feeds it to [`KeyRing::receive`] (the exchange slot is free).
+    pub(crate) fn take_ready_init(&mut self) -> Option<RekeyMsg> {
+        let x = self.x.as_ref()?;
+        let idle = x.eph.is_none()
+            && x.pending_tx.is_none()
+            && x.tx_old.is_none()
+            && x.pending_rx.is_none()
+            && x.resume_other.is_none();
+        if !idle {
+            return None;
         }
-        Ok(())
+        let (ordered, public) = self.x.take()?.pending_init?;
+        let n = self.chain.epoch().checked_add(1)?;
+        Some(RekeyMsg::Init { n, ordered, public })
     }
 
     /// Consistency of a new link (PROTOCOL.md 7, §2.4 of the design): the
@@ -585,9 +604,6 @@ impl KeyRing {
     /// they are the newest (`true`) or the old ones (our marker is re-sent).
     /// The caller then reports `peer_rx` with [`KeyRing::peer_rx_is`].
     pub(crate) fn check_attach(&self, peer_rx: u32, peer_read: u64) -> Result<bool, Violation> {
-        if peer_rx < self.peer_rx {
-            return Err(Violation);
-        }
         let newest = self.tx.epoch();
         if let Some(s) = self.marker_unseen_at() {
             let old = newest - 1;
@@ -623,7 +639,7 @@ impl KeyRing {
                 x.and_then(|x| next(x.pending_rx.is_some())),
             ],
             resume: [
-                Some(self.resume_epoch),
+                Some(self.resume_epoch()),
                 x.and_then(|x| {
                     x.resume_other.as_ref().map(|_| match self.side {
                         Side::Client => x.n,
@@ -818,8 +834,8 @@ mod tests {
         assert!(same(c.tx_control(true), &mut s));
         // Retiring ACKs.
         assert!(s.check_peer_rx(1) && c.check_peer_rx(1));
-        env.with(true, |e| s.peer_rx_is(1, false, e)).unwrap();
-        env.with(false, |e| c.peer_rx_is(1, false, e)).unwrap();
+        s.peer_rx_is(1);
+        c.peer_rx_is(1);
         (c, s)
     }
 
@@ -952,7 +968,7 @@ mod tests {
             .unwrap();
         assert_eq!(c.client_resume_key().map(|(e, _)| e), Some(1));
         assert!(s.check_attach(1, 0).unwrap());
-        env.with(true, |e| s.peer_rx_is(1, false, e)).unwrap();
+        s.peer_rx_is(1);
         assert!(s.resume_key(0).is_none());
         assert_eq!(
             c.client_resume_key().map(|(_, k)| k.0),

@@ -319,6 +319,11 @@ impl<R: CryptoRng> Server<R> {
         self.with_connection(session, |c| c.close())
     }
 
+    /// Ask for a rekey of `session` ([`Connection::request_rekey`]).
+    pub fn request_rekey(&mut self, session: SessionId) -> Result<(), Error> {
+        self.with_connection(session, |c| c.request_rekey())
+    }
+
     /// The key epoch of `session` ([`Connection::epoch`]).
     pub fn epoch(&self, session: SessionId) -> Option<u32> {
         self.connection(session).map(Connection::epoch)

@@ -21,6 +21,7 @@
 //! peer answers an ABORT with its own ABORT (the acknowledgement), so the
 //! aborting side resends it on every new link until that answer verified.
 
+use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -29,13 +30,21 @@ use crate::config::Config;
 use crate::error::{Error, ProtocolError};
 use crate::event::ByteRange;
 use crate::keys::{tags_equal, DirectionKeys, FrameAad};
-use crate::rekey::KeyRing;
+use crate::rekey::{KeyRing, Received, RekeyEnv, RekeyMsg, Side};
 use crate::time::{Duration, Instant, WallClock};
 use crate::wire::{
-    AbortCode, AbortFrame, AckFrame, FrameHeader, FrameType, StampFrame, ABORT_PAYLOAD_LEN,
-    ACK_PAYLOAD_LEN, CLOSE_PAYLOAD_LEN, FRAME_HEADER_LEN, FRAME_OVERHEAD, MAX_FRAME_PAYLOAD,
-    PING_PAYLOAD_LEN, TAG_LEN,
+    AbortCode, AbortFrame, AckFrame, FrameHeader, FrameType, RekeyInit, RekeyReply, RekeySwitch,
+    StampFrame, ABORT_PAYLOAD_LEN, ACK_PAYLOAD_LEN, CLOSE_PAYLOAD_LEN, FRAME_HEADER_LEN,
+    FRAME_OVERHEAD, MAX_FRAME_PAYLOAD, PING_PAYLOAD_LEN, REKEY_FLAG_ORDERED,
+    REKEY_INIT_PAYLOAD_LEN, TAG_LEN,
 };
+
+/// Every (key id, offset, plaintext byte) encrypted, once recording is on
+/// (test hook); nothing without the `test-hooks` feature.
+#[cfg(feature = "test-hooks")]
+type KeystreamLog = Option<Vec<([u8; 8], u64, u8)>>;
+#[cfg(not(feature = "test-hooks"))]
+type KeystreamLog = ();
 
 /// The largest stream offset of a direction (`send` refuses bytes beyond
 /// it with `KeyLimitReached`; unreachable in practice).
@@ -56,14 +65,10 @@ pub(crate) struct StreamLimits {
     keepalive_interval: Duration,
     idle_timeout: Duration,
     rekey: bool,
-    #[allow(dead_code)] // the policy lands with the exchange
     rekey_after_bytes: u64,
-    #[allow(dead_code)]
     rekey_after_time: Duration,
-    #[allow(dead_code)]
     key_lifetime: Duration,
     key_lifetime_bytes: u64,
-    #[allow(dead_code)]
     rekey_grace: Duration,
 }
 
@@ -174,6 +179,12 @@ struct Link {
     /// Our control frames on this link use the newest send keys: the peer
     /// saw our switch marker, or this link carried it (PROTOCOL.md 5.5).
     tx_switched: bool,
+    /// The epoch of the last REKEY_INIT of ours this link carried (0:
+    /// none; an outstanding INIT goes out once per link).
+    init_sent: u32,
+    /// The peer's switch marker verified: an ACK (with our new receive
+    /// epoch) is due even if the read count did not change.
+    epoch_ack_due: bool,
 }
 
 /// The deadlines of the current link, by timer kind.
@@ -182,6 +193,8 @@ pub(crate) struct LinkTimers {
     pub(crate) ack: Option<Instant>,
     pub(crate) keepalive: Option<Instant>,
     pub(crate) idle: Option<Instant>,
+    pub(crate) rekey: Option<Instant>,
+    pub(crate) key_expiry: Option<Instant>,
 }
 
 /// Stream-level happenings the client or server turns into events.
@@ -195,6 +208,43 @@ pub(crate) enum StreamEvent {
     PeerAborted(AbortCode),
     /// The peer answered our ABORT: the abort is complete.
     AbortDone(AbortCode),
+    /// Both directions switched to this epoch (PROTOCOL.md 6.8).
+    Rekeyed(u32),
+}
+
+/// When to rekey and how long a hard limit may be exceeded (PROTOCOL.md
+/// 5.4); the keys themselves are in the [`KeyRing`].
+#[derive(Debug)]
+struct RekeyPolicy {
+    /// When this side switched its send direction to the current epoch
+    /// (the first link's start for epoch 0; `UNSET` before).
+    epoch_since: Instant,
+    /// The application asked for a rekey.
+    requested: bool,
+    /// A hard limit was reached: the grace for completing a rekey.
+    grace: Option<Box<Grace>>,
+    /// Test hook: answer no INIT (a client that ignores the order).
+    #[cfg(feature = "test-hooks")]
+    ignore_rekey: bool,
+}
+
+/// An instant not yet known.
+const UNSET: Instant = Instant(u64::MAX);
+
+/// The grace after a hard key limit, counted in attached time during
+/// which the peer has read up to our INIT (PROTOCOL.md 5.4).
+#[derive(Debug)]
+struct Grace {
+    /// The epoch that reached its limit: the grace ends when the session
+    /// moved past it.
+    epoch: u32,
+    /// Grace left, as of `since`.
+    left: Duration,
+    /// When `left` was last brought up to date while running.
+    since: Option<Instant>,
+    /// The data offset at which our INIT went out on the current link (the
+    /// clock pauses while the peer's read count is below it).
+    order_at: Option<u64>,
 }
 
 /// An abort of the session, by either side.
@@ -235,7 +285,8 @@ pub(crate) struct Stream {
     /// Transports ended by an authentication failure since the last
     /// verified frame.
     auth_failures: u32,
-    events: [Option<StreamEvent>; 3],
+    events: [Option<StreamEvent>; 4],
+    policy: RekeyPolicy,
     clean_reported: bool,
     abort: Option<Abort>,
     /// Our CLOSE was written on some link at least once.
@@ -246,8 +297,7 @@ pub(crate) struct Stream {
     /// Every (key id, offset, plaintext byte) this side encrypted, once
     /// recording was switched on (test hook: no keystream position may
     /// carry two different bytes).
-    #[cfg(feature = "test-hooks")]
-    keystream_log: Option<Vec<([u8; 8], u64, u8)>>,
+    keystream_log: KeystreamLog,
     /// The source of this side's time stamps.
     clock: StampClock,
     /// Test hook: µs added to every outgoing stamp.
@@ -271,13 +321,19 @@ impl Stream {
             link: None,
             spare_partial: Vec::new(),
             auth_failures: 0,
-            events: [None, None, None],
+            events: [None, None, None, None],
+            policy: RekeyPolicy {
+                epoch_since: UNSET,
+                requested: false,
+                grace: None,
+                #[cfg(feature = "test-hooks")]
+                ignore_rekey: false,
+            },
             clean_reported: false,
             abort: None,
             close_ever_sent: false,
             abort_since: None,
-            #[cfg(feature = "test-hooks")]
-            keystream_log: None,
+            keystream_log: KeystreamLog::default(),
             clock: StampClock::Client(None),
             #[cfg(feature = "test-hooks")]
             stamp_skew: 0,
@@ -302,7 +358,7 @@ impl Stream {
     }
 
     /// The time stamp this side writes at `now` (µs of the server's clock).
-    #[allow(dead_code)] // the rekey frames stamp with it (design step 4)
+    #[allow(dead_code)] // `poll_transmit` builds its `Stamper` from the fields
     pub(crate) fn stamp(&self, now: Instant) -> u64 {
         self.stamper().at(now)
     }
@@ -430,8 +486,8 @@ impl Stream {
         Some(e)
     }
 
-    /// At most three events can be pending between two drains (PeerClosed,
-    /// CleanClose, and one abort event); a full queue keeps the oldest.
+    /// At most four events can be pending between two drains (PeerClosed,
+    /// CleanClose, one abort event, Rekeyed); a full queue keeps the oldest.
     fn push_event(&mut self, e: StreamEvent) {
         if let Some(slot) = self.events.iter_mut().find(|s| s.is_none()) {
             *slot = Some(e);
@@ -596,19 +652,36 @@ impl Stream {
     // ----- links ------------------------------------------------------------
 
     /// Start a link (a transport) whose peer has read `peer_read` bytes of
-    /// our stream. Returns the range this side resends, `[start, end)` in
-    /// data offsets. `Err(DataUnavailable-ish)` when `peer_read` lies
-    /// outside what we still hold: the caller ends the session.
+    /// our stream and whose receive epoch is `peer_rx`. Returns the range
+    /// this side resends, `[start, end)` in data offsets.
+    /// `Err(DataUnavailable-ish)` when `peer_read` lies outside what we
+    /// still hold, or `peer_rx` is not a send epoch we hold on the right
+    /// side of its switch point (PROTOCOL.md 7.8): the caller ends the
+    /// session.
     pub(crate) fn attach(
         &mut self,
         generation: u64,
         now: Instant,
         peer_read: u64,
+        peer_rx: u32,
     ) -> Result<(u64, u64), Error> {
         if peer_read < self.tx_acked || peer_read > self.write_end() {
             return Err(ProtocolError::BadAck.into());
         }
+        let tx_switched = match &self.keys {
+            Some(ring) => ring
+                .check_attach(peer_rx, peer_read)
+                .map_err(|_| Error::from(ProtocolError::BadAck))?,
+            None => true,
+        };
         self.detach();
+        self.grace_tick(now);
+        if let Some(ring) = &mut self.keys {
+            ring.peer_rx_is(peer_rx);
+        }
+        if self.policy.epoch_since == UNSET {
+            self.policy.epoch_since = now;
+        }
         self.ack_to(peer_read);
         self.tx_next = peer_read.min(self.tx_written);
         let mut partial = core::mem::take(&mut self.spare_partial);
@@ -627,8 +700,14 @@ impl Stream {
             answer_abort: None,
             ping_now: false,
             held_back: false,
-            tx_switched: true,
+            tx_switched,
+            init_sent: 0,
+            epoch_ack_due: false,
         });
+        if let Some(g) = &mut self.policy.grace {
+            g.order_at = None;
+            g.since = Some(now);
+        }
         Ok((self.tx_next, self.tx_written))
     }
 
@@ -640,7 +719,12 @@ impl Stream {
     }
 
     /// The transport is gone: forget its frame state, keep the stream.
+    /// (The grace clock stops: it was brought up to date by the last call
+    /// that knew the time.)
     pub(crate) fn detach(&mut self) {
+        if let Some(g) = &mut self.policy.grace {
+            g.since = None;
+        }
         if let Some(link) = self.link.take() {
             self.spare_partial = link.partial;
             self.spare_partial.clear();
@@ -665,8 +749,14 @@ impl Stream {
     /// given when the receive buffer is full (offer the rest again after
     /// `recv`). An `Err` ends the link: nothing of the failing frame was
     /// delivered.
-    pub(crate) fn handle_input(&mut self, now: Instant, input: &[u8]) -> Result<usize, Error> {
+    pub(crate) fn handle_input(
+        &mut self,
+        now: Instant,
+        input: &[u8],
+        env: &mut RekeyEnv<'_>,
+    ) -> Result<usize, Error> {
         self.note_time(now);
+        self.grace_tick(now);
         let mut consumed = 0;
         loop {
             let Some(link) = self.link.as_mut() else {
@@ -682,7 +772,7 @@ impl Stream {
                     }
                     let total = hdr.wire_len();
                     if rest.len() >= total {
-                        self.open_frame(now, &hdr, &rest[..total])?;
+                        self.open_frame(now, &hdr, &rest[..total], env)?;
                         consumed += total;
                         continue;
                     }
@@ -723,7 +813,7 @@ impl Stream {
                 break;
             }
             let frame = core::mem::take(&mut link.partial);
-            let result = self.open_frame(now, &hdr, &frame);
+            let result = self.open_frame(now, &hdr, &frame, env);
             if let Some(link) = self.link.as_mut() {
                 link.partial = frame;
                 link.partial.clear();
@@ -753,7 +843,13 @@ impl Stream {
     }
 
     /// Verify one whole frame and apply it.
-    fn open_frame(&mut self, now: Instant, hdr: &FrameHeader, frame: &[u8]) -> Result<(), Error> {
+    fn open_frame(
+        &mut self,
+        now: Instant,
+        hdr: &FrameHeader,
+        frame: &[u8],
+        env: &mut RekeyEnv<'_>,
+    ) -> Result<(), Error> {
         let keys = self.keys.as_mut().ok_or(Error::InvalidState)?;
         let link = self.link.as_mut().ok_or(Error::TransportEnded)?;
         let header = arr4(frame);
@@ -798,24 +894,46 @@ impl Stream {
                 let ack = AckFrame::decode(body)?;
                 let v = ack.read_count;
                 let sent_end = self.tx_next + link.close_sent as u64;
-                if v < self.tx_acked || v > sent_end {
+                if v < self.tx_acked
+                    || v > sent_end
+                    || !keys.check_peer_rx(ack.rx_epoch)
+                    || ack.flags & !ACK_FLAGS_ALLOWED != 0
+                {
                     return Err(ProtocolError::BadAck.into());
                 }
-                // No epoch but 0 exists yet, and no flag is allowed yet
-                // (ACK_FLAG_ACCEPTED comes with credentials).
-                if ack.rx_epoch != 0 || ack.flags & !ACK_FLAGS_ALLOWED != 0 {
-                    return Err(ProtocolError::BadAck.into());
-                }
+                keys.peer_rx_is(ack.rx_epoch);
                 self.ack_to(v);
+                self.rekey_step(env);
+            }
+            FrameType::RekeyInit | FrameType::RekeyReply | FrameType::RekeySwitch => {
+                let msg = match hdr.frame_type {
+                    FrameType::RekeyInit => {
+                        let m = RekeyInit::decode(body)?;
+                        if m.flags & !REKEY_FLAG_ORDERED != 0 {
+                            self.abort(AbortCode::PROTOCOL_VIOLATION);
+                            return Ok(());
+                        }
+                        RekeyMsg::Init {
+                            n: m.new_epoch,
+                            ordered: m.flags & REKEY_FLAG_ORDERED != 0,
+                            public: m.ephemeral_public,
+                        }
+                    }
+                    FrameType::RekeyReply => {
+                        let m = RekeyReply::decode(body)?;
+                        RekeyMsg::Reply {
+                            n: m.new_epoch,
+                            public: m.ephemeral_public,
+                        }
+                    }
+                    _ => RekeyMsg::Switch {
+                        n: RekeySwitch::decode(body)?.new_epoch,
+                    },
+                };
+                self.on_rekey(msg, env);
             }
             FrameType::Ping => {}
-            FrameType::RekeyInit
-            | FrameType::RekeyReply
-            | FrameType::RekeySwitch
-            | FrameType::Credential
-            | FrameType::Accept => {
-                // Authenticated, but this side does not run these exchanges
-                // yet: the peer broke the protocol.
+            FrameType::Credential | FrameType::Accept => {
                 self.abort(AbortCode::PROTOCOL_VIOLATION);
             }
             FrameType::Abort => {
@@ -857,15 +975,234 @@ impl Stream {
         Ok(())
     }
 
+    // ----- rekey (PROTOCOL.md 5.4, 5.5, 6.8) -----------------------------
+
+    /// A verified REKEY_* frame of the peer.
+    fn on_rekey(&mut self, msg: RekeyMsg, env: &mut RekeyEnv<'_>) {
+        #[cfg(feature = "test-hooks")]
+        if self.policy.ignore_rekey && matches!(msg, RekeyMsg::Init { .. }) {
+            return;
+        }
+        let aborted = self.abort.is_some();
+        let Some(ring) = self.keys.as_mut() else {
+            return;
+        };
+        match ring.receive(msg, aborted, env) {
+            Err(_) => self.abort(AbortCode::PROTOCOL_VIOLATION),
+            Ok(Received::Switched(n)) => {
+                if let Some(l) = &mut self.link {
+                    l.epoch_ack_due = true;
+                }
+                if ring.tx_epoch() == n {
+                    self.push_event(StreamEvent::Rekeyed(n));
+                }
+            }
+            Ok(_) => {}
+        }
+        self.rekey_step(env);
+    }
+
+    /// After the ring changed: answer an INIT kept for later, end a grace
+    /// the session has moved past.
+    fn rekey_step(&mut self, env: &mut RekeyEnv<'_>) {
+        if let Some(m) = self.keys.as_mut().and_then(KeyRing::take_ready_init) {
+            self.on_rekey(m, env);
+        }
+        let epoch = self.keys.as_ref().map_or(0, KeyRing::epoch);
+        if self.policy.grace.as_ref().is_some_and(|g| epoch > g.epoch) {
+            self.policy.grace = None;
+        }
+    }
+
+    /// Ask for a rekey at the next opportunity (PROTOCOL.md 6.8 rule 1).
+    pub(crate) fn request_rekey(&mut self) {
+        self.policy.requested = true;
+    }
+
+    /// Test hook: answer no INIT (a peer that ignores the server's order).
+    #[cfg(feature = "test-hooks")]
+    pub(crate) fn set_ignore_rekey(&mut self, ignore: bool) {
+        self.policy.ignore_rekey = ignore;
+    }
+
+    /// Whether this side may start an exchange now (rule 1): attached, the
+    /// session running, no exchange in progress.
+    fn may_start_rekey(&self) -> bool {
+        self.link.is_some()
+            && self.abort.is_none()
+            && !self.clean_reported
+            && self.keys.as_ref().is_some_and(KeyRing::may_start)
+    }
+
+    /// Bytes this side sent under its newest send epoch.
+    fn epoch_bytes(&self) -> u64 {
+        let start = self.keys.as_ref().map_or(0, KeyRing::tx_start);
+        self.tx_next.saturating_sub(start)
+    }
+
+    fn epoch_since(&self) -> Option<Instant> {
+        (self.policy.epoch_since != UNSET).then_some(self.policy.epoch_since)
+    }
+
+    /// When the soft time policy is due (the server waits 1.1 × as long).
+    fn soft_deadline(&self) -> Option<Instant> {
+        let since = self.epoch_since()?;
+        let mut after = self.limits.rekey_after_time;
+        if self.keys.as_ref().map(KeyRing::side) == Some(Side::Server) {
+            after = Duration(after.0.saturating_add(after.0 / 10));
+        }
+        Some(since.saturating_add(after.min(self.limits.key_lifetime)))
+    }
+
+    /// When the current epoch reaches its hard time limit.
+    fn hard_deadline(&self) -> Option<Instant> {
+        Some(self.epoch_since()?.saturating_add(self.limits.key_lifetime))
+    }
+
+    fn hard_limit_reached(&self, now: Instant) -> bool {
+        self.limits.rekey
+            && (self.epoch_bytes() >= self.limits.key_lifetime_bytes
+                || self.hard_deadline().is_some_and(|d| now >= d))
+    }
+
+    /// Whether a start is due now (the application asked, or the policy).
+    fn rekey_start_due(&self, now: Instant) -> bool {
+        self.may_start_rekey()
+            && (self.policy.requested
+                || (self.limits.rekey
+                    && (self.epoch_bytes() >= self.limits.rekey_after_bytes
+                        || self.soft_deadline().is_some_and(|d| now >= d)
+                        || self.hard_limit_reached(now))))
+    }
+
+    /// Start an exchange when one is due (the server orders it at a hard
+    /// limit).
+    fn maybe_start_rekey(&mut self, now: Instant, env: &mut RekeyEnv<'_>) {
+        if !self.rekey_start_due(now) {
+            return;
+        }
+        let hard = self.hard_limit_reached(now);
+        let Some(ring) = self.keys.as_mut() else {
+            return;
+        };
+        let ordered = hard && ring.side() == Side::Server;
+        if ring.start(ordered, env).is_some() {
+            self.policy.requested = false;
+        }
+    }
+
+    /// The grace after a hard limit: armed when the limit is reached, run
+    /// only while attached and the peer has read up to our INIT, and the
+    /// session is aborted with `KEY_EXPIRED` when it runs out.
+    fn policy_tick(&mut self, now: Instant) {
+        if self.policy.grace.is_none()
+            && self.abort.is_none()
+            && !self.clean_reported
+            && self.hard_limit_reached(now)
+        {
+            let epoch = self.keys.as_ref().map_or(0, KeyRing::tx_epoch);
+            self.policy.grace = Some(Box::new(Grace {
+                epoch,
+                left: self.limits.rekey_grace,
+                since: self.link.as_ref().map(|_| now),
+                order_at: None,
+            }));
+        }
+        let running = self.grace_running();
+        let Some(g) = self.policy.grace.as_mut() else {
+            return;
+        };
+        if let Some(since) = g.since {
+            if running {
+                g.left = Duration(g.left.0.saturating_sub(now.saturating_since(since).0));
+            }
+        }
+        g.since = self.link.as_ref().map(|_| now);
+        if running && g.left.0 == 0 {
+            self.policy.grace = None;
+            self.abort(AbortCode::KEY_EXPIRED);
+        }
+    }
+
+    fn grace_tick(&mut self, now: Instant) {
+        self.policy_tick(now);
+    }
+
+    fn grace_running(&self) -> bool {
+        self.link.is_some()
+            && self
+                .policy
+                .grace
+                .as_ref()
+                .is_some_and(|g| g.order_at.is_none_or(|o| self.tx_acked >= o))
+    }
+
+    /// Where DATA stops for now: what was written, and the hard byte limit
+    /// of the newest send epoch (back-pressure until it advances).
+    fn data_cap(&self) -> u64 {
+        if !self.limits.rekey {
+            return self.tx_written;
+        }
+        let start = self.keys.as_ref().map_or(0, KeyRing::tx_start);
+        self.tx_written
+            .min(start.saturating_add(self.limits.key_lifetime_bytes))
+    }
+
+    /// The rekey deadlines of the current link: (policy start or hard
+    /// limit, grace end).
+    fn rekey_timers(&self) -> (Option<Instant>, Option<Instant>) {
+        if self.link.is_none() || self.abort.is_some() || self.clean_reported {
+            return (None, None);
+        }
+        let mut rekey = None;
+        if self.limits.rekey && self.may_start_rekey() {
+            rekey = self.soft_deadline();
+        }
+        if self.limits.rekey && self.policy.grace.is_none() {
+            rekey = crate::time::earliest(rekey, self.hard_deadline());
+        }
+        let expiry = if self.grace_running() {
+            self.policy
+                .grace
+                .as_ref()
+                .and_then(|g| Some(g.since?.saturating_add(g.left)))
+        } else {
+            None
+        };
+        (rekey, expiry)
+    }
+
+    /// Whether a REKEY frame or an epoch ACK is due on the link.
+    fn rekey_frames_due(&self, link: &Link) -> bool {
+        link.epoch_ack_due
+            || self.keys.as_ref().is_some_and(|r| {
+                r.marker_unwritten()
+                    || (!link.tx_switched && r.marker_unseen_at() == Some(self.tx_next))
+                    || matches!(r.outstanding_init(),
+                        Some(RekeyMsg::Init { n, .. }) if link.init_sent != n)
+            })
+    }
+
     // ----- output ---------------------------------------------------------
 
     /// Write as many frames as fit into `out`: a due ACK, DATA, CLOSE, a
     /// keepalive PING. Returns the bytes written.
-    pub(crate) fn poll_transmit(&mut self, now: Instant, out: &mut [u8]) -> usize {
+    pub(crate) fn poll_transmit(
+        &mut self,
+        now: Instant,
+        out: &mut [u8],
+        env: &mut RekeyEnv<'_>,
+    ) -> usize {
         self.note_time(now);
+        self.policy_tick(now);
+        self.maybe_start_rekey(now, env);
+        let skew = self.skew();
+        let data_cap = self.data_cap();
+        // Stamps are read only when a stamped frame is written (a server's
+        // wall clock stays out of the DATA path).
         let stamper = Stamper {
             clock: &self.clock,
-            skew: self.skew(),
+            skew,
         };
         let Some(keys) = self.keys.as_mut() else {
             return 0;
@@ -887,16 +1224,17 @@ impl Stream {
         }
         let mut n = 0;
         let read_count = self.rx_data + self.peer_closed as u64;
-        let has_data = self.tx_next < self.tx_written;
-        let ack_wanted = read_count > link.acked_sent
+        let has_data = self.tx_next < data_cap;
+        let ack_wanted = (read_count > link.acked_sent
             && (has_data
                 || self.peer_closed
                 || link.ack_due.is_some_and(|d| d <= now)
-                || read_count - link.acked_sent >= self.limits.ack_threshold);
+                || read_count - link.acked_sent >= self.limits.ack_threshold))
+            || link.epoch_ack_due;
         if ack_wanted && out.len() >= FRAME_OVERHEAD + ACK_PAYLOAD_LEN {
             let payload = AckFrame {
                 read_count,
-                rx_epoch: 0,
+                rx_epoch: keys.rx_epoch(),
                 flags: 0,
             }
             .encode();
@@ -910,58 +1248,42 @@ impl Stream {
             );
             link.acked_sent = read_count;
             link.ack_due = None;
+            link.epoch_ack_due = false;
         }
-        while self.tx_next < self.tx_written && out.len() - n > FRAME_OVERHEAD {
-            let (tx, switch) = keys.tx_data(self.tx_next);
-            let avail = (self.tx_written.min(switch) - self.tx_next) as usize;
-            let len = avail
-                .min(self.limits.max_frame_payload)
-                .min(out.len() - n - FRAME_OVERHEAD);
-            let frame = &mut out[n..n + FRAME_OVERHEAD + len];
-            let header = FrameHeader {
-                frame_type: FrameType::Data,
-                len,
+        let mut rekeyed = None;
+        let mut switched = false;
+        loop {
+            // Rekey frames (PROTOCOL.md 6.8 rule 6): a due marker, then a due INIT.
+            let w = transmit_rekey(keys, link, self.tx_next, &stamper, now, &mut out[n..]);
+            n += w.len;
+            rekeyed = rekeyed.or(w.rekeyed);
+            switched |= w.switched;
+            if let (Some(at), Some(g)) = (w.init_at, self.policy.grace.as_mut()) {
+                g.order_at = Some(at);
             }
-            .encode();
-            frame[..FRAME_HEADER_LEN].copy_from_slice(&header);
-            let start = (self.tx_next - self.tx_acked.min(self.tx_written)) as usize;
-            let (a, b) = self.tx.as_slices();
-            let body = &mut frame[FRAME_HEADER_LEN..FRAME_HEADER_LEN + len];
-            let mut done = 0;
-            if start < a.len() {
-                let k = (a.len() - start).min(len);
-                tx.apply_keystream_b2b(self.tx_next, &a[start..start + k], &mut body[..k]);
-                done = k;
-            }
-            if done < len {
-                let bstart = start + done - a.len();
-                tx.apply_keystream_b2b(
-                    self.tx_next + done as u64,
-                    &b[bstart..bstart + (len - done)],
-                    &mut body[done..],
-                );
-            }
-            #[cfg(feature = "test-hooks")]
-            if let Some(log) = &mut self.keystream_log {
-                let id = tx.key_id();
-                let plain = self.tx.range(start..start + len);
-                log.extend(
-                    plain
-                        .enumerate()
-                        .map(|(i, &b)| (id, self.tx_next + i as u64, b)),
-                );
-            }
-            let aad = FrameAad {
-                generation: link.generation,
-                sequence: link.tx_seq,
-                offset: self.tx_next,
-                header,
+            // DATA up to the cap: a switch point whose marker this link has
+            // not carried yet, the hard byte limit of the epoch.
+            let cap = match keys.marker_unseen_at() {
+                Some(s) if !link.tx_switched => data_cap.min(s),
+                _ => data_cap,
             };
-            let tag = tx.frame_tag(&aad, &frame[FRAME_HEADER_LEN..FRAME_HEADER_LEN + len]);
-            frame[FRAME_HEADER_LEN + len..].copy_from_slice(&tag);
-            link.tx_seq += 1;
-            self.tx_next += len as u64;
-            n += FRAME_OVERHEAD + len;
+            send_data(
+                &mut self.tx_next,
+                &self.tx,
+                self.tx_acked,
+                self.tx_written,
+                keys,
+                link,
+                cap,
+                self.limits.max_frame_payload,
+                &mut n,
+                out,
+                &mut self.keystream_log,
+            );
+            let resend_due = !link.tx_switched && keys.marker_unseen_at() == Some(self.tx_next);
+            if !resend_due || out.len() - n < FRAME_OVERHEAD + REKEY_INIT_PAYLOAD_LEN {
+                break;
+            }
         }
         if let Some(code) = link.answer_abort {
             if out.len() - n >= FRAME_OVERHEAD + ABORT_PAYLOAD_LEN {
@@ -1022,6 +1344,12 @@ impl Stream {
         if n > 0 {
             link.last_tx = now;
         }
+        if switched {
+            self.policy.epoch_since = now;
+        }
+        if let Some(e) = rekeyed {
+            self.push_event(StreamEvent::Rekeyed(e));
+        }
         n
     }
 
@@ -1035,7 +1363,9 @@ impl Stream {
                 || now >= link.last_tx.saturating_add(self.limits.keepalive_interval);
         }
         let rc = self.read_count();
-        self.tx_next < self.tx_written
+        self.tx_next < self.data_cap()
+            || self.rekey_frames_due(link)
+            || self.rekey_start_due(now)
             || link.answer_abort.is_some()
             || (self.closing && !link.close_sent && self.tx_next == self.tx_written)
             || (rc > link.acked_sent
@@ -1058,10 +1388,13 @@ impl Stream {
         } else {
             None
         };
+        let (rekey, key_expiry) = self.rekey_timers();
         LinkTimers {
             ack,
             keepalive: Some(link.last_tx.saturating_add(self.limits.keepalive_interval)),
             idle: (!link.held_back).then(|| link.last_rx.saturating_add(self.limits.idle_timeout)),
+            rekey,
+            key_expiry,
         }
     }
 
@@ -1069,6 +1402,7 @@ impl Stream {
     /// caller ends the link.
     pub(crate) fn handle_timeout(&mut self, now: Instant) -> Result<(), Error> {
         self.note_time(now);
+        self.policy_tick(now);
         if let Some(link) = &self.link {
             if !link.held_back && now >= link.last_rx.saturating_add(self.limits.idle_timeout) {
                 return Err(Error::TimedOut);
@@ -1082,6 +1416,176 @@ impl Stream {
         }
         Ok(())
     }
+}
+
+/// Write DATA frames from `tx_next` up to `cap` into `out[*n..]`, each
+/// under the epoch that covers its offset and never across a switch point
+/// (PROTOCOL.md 5.5). `tx` holds the stream from offset
+/// `min(tx_acked, tx_written)`.
+#[allow(clippy::too_many_arguments)]
+fn send_data(
+    tx_next: &mut u64,
+    tx: &VecDeque<u8>,
+    tx_acked: u64,
+    tx_written: u64,
+    ring: &mut KeyRing,
+    link: &mut Link,
+    cap: u64,
+    max_frame_payload: usize,
+    n: &mut usize,
+    out: &mut [u8],
+    log: &mut KeystreamLog,
+) {
+    #[cfg(not(feature = "test-hooks"))]
+    let () = *log;
+    while *tx_next < cap && out.len() - *n > FRAME_OVERHEAD {
+        let (keys, switch) = ring.tx_data(*tx_next);
+        let avail = (cap.min(switch) - *tx_next) as usize;
+        let len = avail
+            .min(max_frame_payload)
+            .min(out.len() - *n - FRAME_OVERHEAD);
+        let frame = &mut out[*n..*n + FRAME_OVERHEAD + len];
+        let header = FrameHeader {
+            frame_type: FrameType::Data,
+            len,
+        }
+        .encode();
+        frame[..FRAME_HEADER_LEN].copy_from_slice(&header);
+        let start = (*tx_next - tx_acked.min(tx_written)) as usize;
+        let (a, b) = tx.as_slices();
+        let body = &mut frame[FRAME_HEADER_LEN..FRAME_HEADER_LEN + len];
+        let mut done = 0;
+        if start < a.len() {
+            let k = (a.len() - start).min(len);
+            keys.apply_keystream_b2b(*tx_next, &a[start..start + k], &mut body[..k]);
+            done = k;
+        }
+        if done < len {
+            let bstart = start + done - a.len();
+            keys.apply_keystream_b2b(
+                *tx_next + done as u64,
+                &b[bstart..bstart + (len - done)],
+                &mut body[done..],
+            );
+        }
+        #[cfg(feature = "test-hooks")]
+        if let Some(log) = log.as_mut() {
+            let id = keys.key_id();
+            let plain = tx.range(start..start + len);
+            log.extend(
+                plain
+                    .enumerate()
+                    .map(|(i, &b)| (id, *tx_next + i as u64, b)),
+            );
+        }
+        let aad = FrameAad {
+            generation: link.generation,
+            sequence: link.tx_seq,
+            offset: *tx_next,
+            header,
+        };
+        let tag = keys.frame_tag(&aad, &frame[FRAME_HEADER_LEN..FRAME_HEADER_LEN + len]);
+        frame[FRAME_HEADER_LEN + len..].copy_from_slice(&tag);
+        link.tx_seq += 1;
+        *tx_next += len as u64;
+        *n += FRAME_OVERHEAD + len;
+    }
+}
+
+/// What [`transmit_rekey`] wrote.
+struct RekeyWrite {
+    len: usize,
+    /// Both directions reached this epoch (the initiator wrote its SWITCH).
+    rekeyed: Option<u32>,
+    /// This side's send direction switched (its marker's first write).
+    switched: bool,
+    /// Our INIT went out at this data offset.
+    init_at: Option<u64>,
+}
+
+/// Write the due REKEY frames (PROTOCOL.md 6.8 rule 6): our switch marker
+/// (the first time, fixing `S = tx_next`, or re-sent at `S` on a link whose
+/// peer has not seen it), then our outstanding INIT (once per link). Each
+/// is tagged under the link's current send epoch, the marker under the old
+/// one.
+fn transmit_rekey(
+    ring: &mut KeyRing,
+    link: &mut Link,
+    tx_next: u64,
+    stamper: &Stamper<'_>,
+    now: Instant,
+    out: &mut [u8],
+) -> RekeyWrite {
+    let mut w = RekeyWrite {
+        len: 0,
+        rekeyed: None,
+        switched: false,
+        init_at: None,
+    };
+    let first = ring.marker_unwritten();
+    let resend = !link.tx_switched && ring.marker_unseen_at() == Some(tx_next);
+    if let Some(m) = ring.marker().filter(|_| first || resend) {
+        let (frame_type, payload, len) = encode_rekey(m, stamper.at(now));
+        if out.len() >= FRAME_OVERHEAD + len {
+            let keys = ring.tx_control(link.tx_switched);
+            w.len += seal_control(link, keys, tx_next, frame_type, &payload[..len], out);
+            if first {
+                w.rekeyed = ring.marker_written(tx_next);
+                w.switched = true;
+            }
+            link.tx_switched = true;
+        }
+    }
+    if let Some(m) = ring.outstanding_init() {
+        let RekeyMsg::Init { n, .. } = m else {
+            return w;
+        };
+        if link.init_sent != n {
+            let (frame_type, payload, len) = encode_rekey(m, stamper.at(now));
+            if out.len() - w.len >= FRAME_OVERHEAD + len {
+                let keys = ring.tx_control(link.tx_switched);
+                let out = &mut out[w.len..];
+                w.len += seal_control(link, keys, tx_next, frame_type, &payload[..len], out);
+                link.init_sent = n;
+                w.init_at = Some(tx_next);
+            }
+        }
+    }
+    w
+}
+
+/// A REKEY_* frame's type and payload (stamped with `time`).
+fn encode_rekey(m: RekeyMsg, time: u64) -> (FrameType, [u8; REKEY_INIT_PAYLOAD_LEN], usize) {
+    let mut p = [0u8; REKEY_INIT_PAYLOAD_LEN];
+    let (t, len) = match m {
+        RekeyMsg::Init { n, ordered, public } => {
+            let b = RekeyInit {
+                new_epoch: n,
+                flags: if ordered { REKEY_FLAG_ORDERED } else { 0 },
+                ephemeral_public: public,
+                time,
+            }
+            .encode();
+            p[..b.len()].copy_from_slice(&b);
+            (FrameType::RekeyInit, b.len())
+        }
+        RekeyMsg::Reply { n, public } => {
+            let b = RekeyReply {
+                new_epoch: n,
+                ephemeral_public: public,
+                time,
+            }
+            .encode();
+            p[..b.len()].copy_from_slice(&b);
+            (FrameType::RekeyReply, b.len())
+        }
+        RekeyMsg::Switch { n } => {
+            let b = RekeySwitch { new_epoch: n, time }.encode();
+            p[..b.len()].copy_from_slice(&b);
+            (FrameType::RekeySwitch, b.len())
+        }
+    };
+    (t, p, len)
 }
 
 /// What an aborted stream writes: its ABORT (or its answer to the peer's)
