@@ -30,18 +30,14 @@ use crate::time::{Duration, Instant};
 use crate::timer::{Timer, TimerTable};
 use crate::wire::{
     resume_response_len, server_hello_len, AbortCode, AuthenticatedReject, HandshakeStatus,
-    ResumeRequest, ResumeResponse, ResumeStatus, UnknownSessionReject, RESUME_REQUEST_LEN,
-    RESUME_RESPONSE_LEN, SERVER_HELLO_LEN, TAG_LEN, VERSION,
+    HelloStale, ResumeRequest, ResumeResponse, ResumeStatus, UnknownSessionReject, HELLO_STALE_LEN,
+    RESUME_REQUEST_LEN, RESUME_RESPONSE_LEN, SERVER_HELLO_LEN, TAG_LEN, VERSION,
 };
 use crate::MIN_TRANSMIT_BUFFER;
 
 /// What the client keeps of an established session.
 struct SessionState {
     conn_id: u64,
-    /// Server clock at `at` (from the last ServerHello, ResumeResponse or
-    /// authenticated rejection).
-    server_time: u64,
-    at: Instant,
     /// How long the server keeps the session without transport (advertised,
     /// authenticated, in ServerHello and ResumeResponse).
     resume_timeout: Duration,
@@ -123,6 +119,10 @@ pub struct Client<R: CryptoRng> {
     final_attempt: bool,
     /// A give-up deadline `handle_timeout` saw pass (no longer a timer).
     deadline_noted: Option<Instant>,
+    /// The server's time from a Stale answer to a hello, with the instant
+    /// it arrived: the time of the next hello only (never the session's
+    /// clock base: the answer is unauthenticated).
+    hello_base: Option<(u64, Instant)>,
 }
 
 impl<R: CryptoRng> core::fmt::Debug for Client<R> {
@@ -156,6 +156,7 @@ impl<R: CryptoRng> Client<R> {
             unauth_rejections: 0,
             final_attempt: false,
             deadline_noted: None,
+            hello_base: None,
         }
     }
 
@@ -172,7 +173,7 @@ impl<R: CryptoRng> Client<R> {
         let Some(session) = &self.session else {
             let mut secret = [0u8; 32];
             self.rng.fill_bytes(&mut secret);
-            let time = self.hello_time();
+            let time = self.hello_time(now);
             let hs = ClientHandshake::new(secret, self.config.pinned_server_key, time);
             secret.zeroize();
             self.set_control(hs.hello());
@@ -189,7 +190,10 @@ impl<R: CryptoRng> Client<R> {
         // without an authenticated answer gives the session up.
         self.final_attempt = self.give_up_at().is_some_and(|g| now >= g);
         self.resume_counter += 1;
-        let elapsed = now.saturating_since(session.at).as_micros();
+        // The estimate of the server's clock from the stream's clock base
+        // (the last ServerHello, ResumeResponse, authenticated rejection or
+        // server PING).
+        let time = self.stream.clock_estimate(now).unwrap_or(0);
         let (rx_epoch, key) = resume_key(&self.stream)?;
         let mut req = ResumeRequest {
             rx_epoch,
@@ -198,7 +202,7 @@ impl<R: CryptoRng> Client<R> {
             counter: self.resume_counter,
             client_written: self.stream.write_end(),
             client_read: self.stream.read_count(),
-            time: session.server_time.saturating_add(elapsed),
+            time,
             mac: [0; TAG_LEN],
         };
         let unsigned = req.encode();
@@ -299,8 +303,20 @@ impl<R: CryptoRng> Client<R> {
         if reply[1] != HandshakeStatus::Ok.to_byte() {
             let status = HandshakeStatus::from_byte(reply[1]).map_err(Error::from)?;
             let e = Error::HandshakeRejected(status);
+            if status == HandshakeStatus::Stale {
+                // The answer carries the server's clock: the next hello is
+                // stamped from it. (The drivers retry at once after it, once
+                // in a row, then with their backoff.)
+                let stale = HelloStale::decode(&reply[..HELLO_STALE_LEN]).map_err(Error::from);
+                let stale = match stale {
+                    Ok(s) => s,
+                    Err(e) => return Err(self.fail_transport(e)),
+                };
+                self.hello_base = Some((stale.server_time, now));
+                return Err(self.fail_transport(e));
+            }
             if status.is_retryable() {
-                // Busy, Stale, Replayed: a new hello may succeed.
+                // Busy, Replayed: a new hello may succeed.
                 return Err(self.fail_transport(e));
             }
             self.close_for_good(CloseReason::Error(e));
@@ -311,6 +327,7 @@ impl<R: CryptoRng> Client<R> {
             Err(e) => return Err(self.fail_transport(e)),
         };
         let est = finish.established;
+        self.hello_base = None;
         // The handshake's keys move into the session, nothing is copied.
         self.stream.set_keys(KeyRing::new(
             est.chain,
@@ -321,8 +338,6 @@ impl<R: CryptoRng> Client<R> {
         self.stream.attach(0, now, 0, 0)?;
         self.session = Some(SessionState {
             conn_id: est.conn_id,
-            server_time: est.server_time,
-            at: now,
             resume_timeout: Duration::from_micros(est.resume_timeout),
             last_contact: now,
             reset_token: est.reset_token,
@@ -362,8 +377,6 @@ impl<R: CryptoRng> Client<R> {
                 self.close_for_good(CloseReason::DataUnavailable);
                 return Err(Error::ResumeRejected(ResumeStatus::DataUnavailable));
             }
-            session.server_time = resp.server_time;
-            session.at = now;
             self.stream.set_clock_base(resp.server_time, now);
             session.last_contact = now;
             self.final_attempt = false;
@@ -400,8 +413,6 @@ impl<R: CryptoRng> Client<R> {
             // Authentic and bound to this request: the server's clock as it
             // answered corrects our estimate (a client whose clock stood still
             // while it slept was Stale; its next attempt is fresh).
-            session.server_time = rej.server_time;
-            session.at = now;
             self.stream.set_clock_base(rej.server_time, now);
             session.last_contact = now;
             // The server holds the session: not a reason to give it up.
@@ -689,6 +700,27 @@ impl<R: CryptoRng> Client<R> {
         e
     }
 
+    /// The client's estimate of the server's clock offset: server freshness
+    /// clock minus this client's monotonic clock, in µs, from the last
+    /// authenticated reading of the server's clock (ServerHello,
+    /// ResumeResponse, authenticated resume rejection, a server PING, or a
+    /// server stamp ahead of the estimate; PROTOCOL.md 6.7). `None` before
+    /// the handshake. The server PINGs every `keepalive_interval` of
+    /// silence, so an idle client's offset is at most that old.
+    pub fn server_clock_offset(&self) -> Option<i64> {
+        let (t, at) = self.stream.clock_base()?;
+        let d = i128::from(t) - i128::from(at.as_micros());
+        Some(d.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64)
+    }
+
+    /// The client's estimate of the server's freshness clock at `now` (the
+    /// time it stamps its messages with); `None` before the handshake.
+    pub fn server_time(&self, now: Instant) -> Option<crate::UnixTime> {
+        self.stream
+            .clock_estimate(now)
+            .map(crate::UnixTime::from_micros)
+    }
+
     /// The session's connection id once the handshake completed.
     pub fn conn_id(&self) -> Option<u64> {
         self.session.as_ref().map(|s| s.conn_id)
@@ -800,9 +832,13 @@ impl<R: CryptoRng> Client<R> {
         self.stream.take_keystream_log()
     }
 
-    /// The time a new ClientHello carries: the wall clock if configured,
-    /// else 0 (PROTOCOL.md 3.1).
-    fn hello_time(&self) -> u64 {
+    /// The time a new ClientHello carries (PROTOCOL.md 3.2): the server's
+    /// clock from a Stale answer to the previous hello, advanced by the time
+    /// since (used once), else the wall clock if configured, else 0.
+    fn hello_time(&mut self, now: Instant) -> u64 {
+        if let Some((t, at)) = self.hello_base.take() {
+            return t.saturating_add(now.saturating_since(at).as_micros());
+        }
         self.config
             .wall_clock
             .as_ref()

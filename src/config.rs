@@ -45,10 +45,21 @@ pub struct Config {
     /// The server advertises it to clients (ServerHello, ResumeResponse), and
     /// clients keep trying to resume for that long.
     pub resume_timeout: Duration,
-    /// Server: accepted resume requests' time may differ from the server's
-    /// clock by at most this much.
+    /// How far the time stamp of a message that changes state (new-session
+    /// hello, resume request, CLOSE, ABORT) may lie from the receiver's
+    /// reading of the server's clock (PROTOCOL.md 6.7). The server refuses
+    /// stamps outside `now ± window` (a CLOSE or ABORT that waited behind
+    /// input this side held back gets that much more); the client refuses
+    /// server stamps older than its estimate minus the window.
     /// Default: 60 s.
-    pub resume_window: Duration,
+    pub freshness_window: Duration,
+    /// Server: most ClientHellos remembered (by a fingerprint of their
+    /// ephemeral key) within `freshness_window` to refuse replays without
+    /// any key computation (PROTOCOL.md 3.3); when full, the oldest is
+    /// forgotten and hellos stamped at or before it are refused Stale.
+    /// About 64 bytes each.
+    /// Default: 65,536.
+    pub hello_cache: usize,
     /// Client: consecutive resume attempts that the server answered with a
     /// rejection before giving up (PROTOCOL.md 7.6); Replayed answers never
     /// count (only someone racing the client's own requests causes them). In anonymous mode
@@ -141,7 +152,8 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(15),
             handshake_timeout: Duration::from_secs(10),
             resume_timeout: Duration::from_secs(600),
-            resume_window: Duration::from_secs(60),
+            freshness_window: Duration::from_secs(60),
+            hello_cache: 65_536,
             max_resume_attempts: 16,
             max_auth_failures: 8,
             max_unauthenticated_rejections: 3,
@@ -179,6 +191,7 @@ impl Config {
         self.max_resume_attempts = self.max_resume_attempts.max(1);
         self.max_auth_failures = self.max_auth_failures.max(1);
         self.max_unauthenticated_rejections = self.max_unauthenticated_rejections.max(1);
+        self.hello_cache = self.hello_cache.max(1);
         self.key_lifetime_bytes = self.key_lifetime_bytes.max(1);
         self.rekey_after_bytes = self.rekey_after_bytes.clamp(1, self.key_lifetime_bytes);
         self.rekey_after_time = self.rekey_after_time.min(self.key_lifetime);
@@ -198,7 +211,8 @@ impl core::fmt::Debug for Config {
             .field("idle_timeout", &self.idle_timeout)
             .field("handshake_timeout", &self.handshake_timeout)
             .field("resume_timeout", &self.resume_timeout)
-            .field("resume_window", &self.resume_window)
+            .field("freshness_window", &self.freshness_window)
+            .field("hello_cache", &self.hello_cache)
             .field("max_resume_attempts", &self.max_resume_attempts)
             .field("max_auth_failures", &self.max_auth_failures)
             .field(

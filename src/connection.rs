@@ -390,7 +390,7 @@ impl Connection {
             server_end: self.stream.write_end(),
             server_read: self.stream.read_count(),
         };
-        let window = self.config.resume_window.as_micros();
+        let window = self.config.freshness_window.as_micros();
         if let Err(status) = check_request(&req, &counters, wall, window) {
             let reply = authenticated_reject(&key, msg, status, wall);
             let rej = Rejection::new(Error::ResumeRejected(status), &reply);

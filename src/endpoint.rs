@@ -50,9 +50,9 @@ use crate::resume::{
 };
 use crate::time::Instant;
 use crate::wire::{
-    client_first_len, HandshakeStatus, ResumeRequest, ResumeStatus, UnknownSessionReject,
-    CLIENT_CONFIRM_LEN, CLIENT_HELLO_LEN, RESUME_REQUEST_LEN, SERVER_HELLO_LEN, TAG_LEN, TAG_NEW,
-    VERSION,
+    client_first_len, ClientHello, HandshakeStatus, HelloStale, ResumeRequest, ResumeStatus,
+    UnknownSessionReject, CLIENT_CONFIRM_LEN, CLIENT_HELLO_LEN, RESUME_REQUEST_LEN,
+    SERVER_HELLO_LEN, TAG_LEN, TAG_NEW, VERSION,
 };
 use crate::MIN_TRANSMIT_BUFFER;
 
@@ -170,6 +170,59 @@ impl Handshake {
     }
 }
 
+/// The ClientHellos seen within the freshness window, by a fingerprint of
+/// their ephemeral key (PROTOCOL.md 3.3): a replayed hello is refused
+/// (Replayed) with no key computation, no random draw and no session slot.
+/// Bounded by `Config::hello_cache`; when full, the oldest entry goes and
+/// `floor` rises to its time: a hello stamped at or before `floor` could be
+/// a replay of an entry no longer held, so it is refused Stale. (No floor
+/// until the cache first overflowed.)
+#[derive(Debug, Default)]
+struct HelloCache {
+    by_fp: BTreeSet<[u8; 16]>,
+    by_time: BTreeSet<(u64, [u8; 16])>,
+    floor: Option<u64>,
+}
+
+impl HelloCache {
+    /// `BLAKE3(client_ephemeral_public)[0..16]`: unkeyed (a collision
+    /// costs 2^64 work and only makes one honest hello retry).
+    fn fingerprint(ephemeral: &[u8; 32]) -> [u8; 16] {
+        let mut fp = [0u8; 16];
+        fp.copy_from_slice(&blake3::hash(ephemeral).as_bytes()[..16]);
+        fp
+    }
+
+    /// Forget entries older than `oldest` (they are outside the window:
+    /// a replay of them is refused Stale anyway).
+    fn prune(&mut self, oldest: u64) {
+        while let Some(&(t, fp)) = self.by_time.first() {
+            if t >= oldest {
+                break;
+            }
+            self.by_time.pop_first();
+            self.by_fp.remove(&fp);
+        }
+    }
+
+    /// Remember a hello stamped `time`; `false` if it was seen before.
+    fn insert(&mut self, time: u64, fp: [u8; 16], capacity: usize) -> bool {
+        if self.by_fp.contains(&fp) {
+            return false;
+        }
+        while self.by_fp.len() >= capacity {
+            let Some((t, old)) = self.by_time.pop_first() else {
+                break;
+            };
+            self.by_fp.remove(&old);
+            self.floor = Some(self.floor.map_or(t, |f| f.max(t)));
+        }
+        self.by_fp.insert(fp);
+        self.by_time.insert((time, fp));
+        true
+    }
+}
+
 /// An entry of the deadline index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Deadline {
@@ -220,6 +273,8 @@ pub struct Endpoint<R: CryptoRng> {
     events: VecDeque<ServerEvent>,
     /// Key of the reset tokens, from the static key (none without one).
     reset_secret: Option<Secret>,
+    /// The hellos seen within the freshness window.
+    hellos: HelloCache,
 }
 
 impl<R: CryptoRng> core::fmt::Debug for Endpoint<R> {
@@ -248,6 +303,7 @@ impl<R: CryptoRng> Endpoint<R> {
             pending: 0,
             ended: 0,
             events: VecDeque::new(),
+            hellos: HelloCache::default(),
         }
     }
 
@@ -385,6 +441,27 @@ impl<R: CryptoRng> Endpoint<R> {
         now: Instant,
         hello: &[u8; CLIENT_HELLO_LEN],
     ) -> Result<(), Error> {
+        // The cheap checks, in this order, all before any key computation or
+        // random draw (PROTOCOL.md 3.3): version (checked by the caller),
+        // flags, time window, replay cache, capacity. A replayed or stale
+        // hello thus never evicts a genuine unconfirmed session.
+        let ch = match ClientHello::decode(hello) {
+            Ok(ch) => ch,
+            Err(_) => return Err(self.reject_hello(transport, HandshakeStatus::Malformed)),
+        };
+        let wall = self.shared.config.wall_now(now).as_micros();
+        let window = self.shared.config.freshness_window.as_micros();
+        if ch.time.abs_diff(wall) > window || self.hellos.floor.is_some_and(|f| ch.time <= f) {
+            return Err(self.reject_stale_hello(transport, wall));
+        }
+        self.hellos.prune(wall.saturating_sub(window));
+        let fp = HelloCache::fingerprint(&ch.ephemeral);
+        if !self
+            .hellos
+            .insert(ch.time, fp, self.shared.config.hello_cache)
+        {
+            return Err(self.reject_hello(transport, HandshakeStatus::Replayed));
+        }
         // Unconfirmed sessions count: the cap holds at every moment.
         if self.session_count() >= self.shared.config.max_sessions && !self.evict_unconfirmed() {
             return Err(self.reject_hello(transport, HandshakeStatus::Busy));
@@ -404,7 +481,7 @@ impl<R: CryptoRng> Endpoint<R> {
         let result = server_respond(
             hello,
             &random,
-            self.shared.config.wall_now(now).as_micros(),
+            wall,
             self.shared.config.resume_timeout.as_micros(),
             self.shared.config.server_static.as_ref(),
         );
@@ -442,6 +519,14 @@ impl<R: CryptoRng> Endpoint<R> {
             }),
         );
         Ok(())
+    }
+
+    /// Answer Stale with the server's clock (`02 05 || server_time`).
+    fn reject_stale_hello(&mut self, transport: TransportId, wall: u64) -> Error {
+        if let Some(t) = self.transports.get_mut(&transport) {
+            t.set_control(&HelloStale { server_time: wall }.encode());
+        }
+        self.end_transport(transport, Error::HandshakeRejected(HandshakeStatus::Stale))
     }
 
     fn reject_hello(&mut self, transport: TransportId, status: HandshakeStatus) -> Error {
@@ -569,7 +654,7 @@ impl<R: CryptoRng> Endpoint<R> {
             server_read: 0,
         };
         let wall = self.shared.config.wall_now(now).as_micros();
-        let window = self.shared.config.resume_window.as_micros();
+        let window = self.shared.config.freshness_window.as_micros();
         if let Err(status) = check_request(&req, &counters, wall, window) {
             let reply = authenticated_reject(&key, &msg, status, wall);
             let rej = Rejection::new(Error::ResumeRejected(status), &reply);
@@ -767,8 +852,14 @@ impl<R: CryptoRng> Endpoint<R> {
     }
 
     /// Handshake deadlines of transports and expiry of unconfirmed sessions
-    /// that are due at `now`; touches only those entries.
+    /// that are due at `now`; touches only those entries (and forgets the
+    /// remembered hellos that left the freshness window).
     pub fn handle_timeout(&mut self, now: Instant) {
+        if !self.hellos.by_time.is_empty() {
+            let wall = self.shared.config.wall_now(now).as_micros();
+            let window = self.shared.config.freshness_window.as_micros();
+            self.hellos.prune(wall.saturating_sub(window));
+        }
         while let Some(&(at, what)) = self.deadlines.first() {
             if at > now {
                 break;
@@ -838,6 +929,12 @@ impl<R: CryptoRng> Endpoint<R> {
     /// bytes the application has not read yet. What `max_sessions` bounds.
     pub fn session_count(&self) -> usize {
         self.routes.len() + self.ended
+    }
+
+    /// ClientHellos remembered against replays (within the freshness
+    /// window, at most `Config::hello_cache`).
+    pub fn remembered_hellos(&self) -> usize {
+        self.hellos.by_fp.len()
     }
 
     /// Unconfirmed sessions (handshakes in progress).

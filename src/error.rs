@@ -88,6 +88,12 @@ pub enum Error {
     /// [`Error::AuthFailed`] (it costs the transport only, PROTOCOL.md 7.7);
     /// the drivers name it so when it ends the first connect.
     ServerKeyMismatch,
+    /// An authenticated message whose time stamp lies outside the
+    /// freshness window (PROTOCOL.md 6.7): it was held back or replayed, or
+    /// the clocks are apart. Nothing of it was acted on; the transport
+    /// ends, the session survives (the sender re-sends it, freshly stamped,
+    /// on the next transport).
+    Stale,
 }
 
 impl From<ProtocolError> for Error {
@@ -137,6 +143,10 @@ impl fmt::Display for Error {
             Error::WouldBlock => write!(f, "no data available yet"),
             Error::Aborted(code) => write!(f, "session aborted: {code}"),
             Error::ServerKeyMismatch => write!(f, "the server did not prove the pinned key"),
+            Error::Stale => write!(
+                f,
+                "stale: a time stamp outside the freshness window (held back, replayed, or clocks apart)"
+            ),
         }
     }
 }

@@ -339,6 +339,14 @@ impl<R: CryptoRng> Server<R> {
         self.with_connection(session, |c| c.take_keystream_log())
     }
 
+    /// Test hook (feature `test-hooks`): shift the outgoing time stamps of
+    /// `session` by `skew` µs.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn set_stamp_skew(&mut self, session: SessionId, skew: i64) -> Result<(), Error> {
+        self.with_connection(session, |c| c.set_stamp_skew(skew))
+    }
+
     /// The next event, if any.
     #[must_use]
     pub fn poll_event(&mut self) -> Option<ServerEvent> {

@@ -70,6 +70,7 @@ pub(crate) struct StreamLimits {
     key_lifetime: Duration,
     key_lifetime_bytes: u64,
     rekey_grace: Duration,
+    freshness_window: Duration,
 }
 
 impl StreamLimits {
@@ -88,11 +89,12 @@ impl StreamLimits {
             key_lifetime: c.key_lifetime,
             key_lifetime_bytes: c.key_lifetime_bytes,
             rekey_grace: c.rekey_grace,
+            freshness_window: c.freshness_window,
         }
     }
 }
 
-// ----- time stamps (PROTOCOL.md 5.1) ------------------------------------------
+// ----- time stamps (PROTOCOL.md 6.7) ------------------------------------------
 
 /// Where this side's time stamps (PING, CLOSE, ABORT, and later the
 /// REKEY frames) come from: always a reading of the *server's* freshness
@@ -117,8 +119,16 @@ impl core::fmt::Debug for StampClock {
 }
 
 impl StampClock {
+    /// The client's base `(server_time, at)`, if it has one.
+    pub(crate) fn base(&self) -> Option<(u64, Instant)> {
+        match self {
+            StampClock::Client(b) => *b,
+            StampClock::Server(_) => None,
+        }
+    }
+
     /// The reading at `now`.
-    fn read(&self, now: Instant) -> u64 {
+    pub(crate) fn read(&self, now: Instant) -> u64 {
         match self {
             StampClock::Server(Some(c)) => c.now().as_micros(),
             StampClock::Server(None) => now.as_micros(),
@@ -131,7 +141,7 @@ impl StampClock {
 }
 
 /// This side's stamp source for one `poll_transmit`: the clock is read only
-/// when a stamped frame is written (never per DATA frame, PROTOCOL.md 5.1).
+/// when a stamped frame is written (never per DATA frame, PROTOCOL.md 6.7).
 #[derive(Clone, Copy)]
 struct Stamper<'a> {
     clock: &'a StampClock,
@@ -143,6 +153,56 @@ impl Stamper<'_> {
     fn at(&self, now: Instant) -> u64 {
         self.clock.read(now).saturating_add_signed(self.skew)
     }
+}
+
+/// The freshness check of a received time stamp `time` (PROTOCOL.md 6.7),
+/// for a frame that verified at `now` after its link's input was held back
+/// for `held` in total (this side's own flow control; the frame may have
+/// waited that long behind unread data). `window` is
+/// `Config::freshness_window`.
+///
+/// - Server (`clock` is [`StampClock::Server`]): `now − window − held ≤
+///   time ≤ now + window` on its own clock.
+/// - Client: only `time ≥ estimate − window − held`; a stamp *ahead* of the
+///   estimate cannot be a held-back message (the server does not stamp the
+///   future), it becomes the client's new clock base instead (its own clock
+///   stood still, e.g. a suspend).
+///
+/// `Err(Error::Stale)`: the caller acts on nothing of the frame and ends
+/// the transport. Used for CLOSE and ABORT here; the rekey frames use it
+/// too.
+pub(crate) fn check_stamp(
+    clock: &mut StampClock,
+    window: Duration,
+    held: Duration,
+    now: Instant,
+    time: u64,
+) -> Result<(), Error> {
+    let (w, h) = (window.as_micros(), held.as_micros());
+    match clock {
+        StampClock::Server(_) => {
+            let server_now = clock.read(now);
+            let low = server_now.saturating_sub(w).saturating_sub(h);
+            if time < low || time > server_now.saturating_add(w) {
+                return Err(Error::Stale);
+            }
+        }
+        StampClock::Client(base) => {
+            let Some((t, at)) = *base else {
+                // No base yet (cannot happen once frames flow): nothing to
+                // judge against.
+                return Ok(());
+            };
+            let est = t.saturating_add(now.saturating_since(at).as_micros());
+            if time < est.saturating_sub(w).saturating_sub(h) {
+                return Err(Error::Stale);
+            }
+            if time > est {
+                *base = Some((time, now));
+            }
+        }
+    }
+    Ok(())
 }
 
 // ----- end time stamps ---------------------------------------------------------
@@ -185,6 +245,11 @@ struct Link {
     /// The peer's switch marker verified: an ACK (with our new receive
     /// epoch) is due even if the read count did not change.
     epoch_ack_due: bool,
+    /// Since when input is held back (until the next frame verifies).
+    held_since: Option<Instant>,
+    /// Total time this link's input was held back: the allowance of the
+    /// stamps that waited behind it (PROTOCOL.md 6.7).
+    held_total: Duration,
 }
 
 /// The deadlines of the current link, by timer kind.
@@ -355,6 +420,17 @@ impl Stream {
         if let StampClock::Client(base) = &mut self.clock {
             *base = Some((server_time, at));
         }
+    }
+
+    /// Client: its clock base `(server_time, at)`, once it has one.
+    pub(crate) fn clock_base(&self) -> Option<(u64, Instant)> {
+        self.clock.base()
+    }
+
+    /// Client: its estimate of the server's clock at `now` (no test skew),
+    /// once it has a base.
+    pub(crate) fn clock_estimate(&self, now: Instant) -> Option<u64> {
+        self.clock.base().map(|_| self.clock.read(now))
     }
 
     /// The time stamp this side writes at `now` (µs of the server's clock).
@@ -703,6 +779,8 @@ impl Stream {
             tx_switched,
             init_sent: 0,
             epoch_ack_due: false,
+            held_since: None,
+            held_total: Duration::default(),
         });
         if let Some(g) = &mut self.policy.grace {
             g.order_at = None;
@@ -767,7 +845,7 @@ impl Stream {
                 if rest.len() >= FRAME_HEADER_LEN {
                     let hdr = FrameHeader::decode(&arr4(rest))?;
                     if !self.has_room(&hdr) {
-                        self.hold_back();
+                        self.hold_back(now);
                         break;
                     }
                     let total = hdr.wire_len();
@@ -800,7 +878,7 @@ impl Stream {
             }
             let hdr = FrameHeader::decode(&arr4(&link.partial))?;
             if !self.has_room(&hdr) {
-                self.hold_back();
+                self.hold_back(now);
                 break;
             }
             let link = self.link.as_mut().ok_or(Error::TransportEnded)?;
@@ -823,9 +901,10 @@ impl Stream {
         Ok(consumed)
     }
 
-    fn hold_back(&mut self) {
+    fn hold_back(&mut self, now: Instant) {
         if let Some(l) = &mut self.link {
             l.held_back = true;
+            l.held_since.get_or_insert(now);
         }
     }
 
@@ -867,6 +946,20 @@ impl Stream {
         link.rx_seq += 1;
         link.last_rx = now;
         link.held_back = false;
+        // Whether this frame waited behind input held back (its stamp may
+        // be that much older; it says nothing about the clock now).
+        let was_held = match link.held_since.take() {
+            Some(since) => {
+                link.held_total = Duration(
+                    link.held_total
+                        .as_micros()
+                        .saturating_add(now.saturating_since(since).as_micros()),
+                );
+                true
+            }
+            None => false,
+        };
+        let window = self.limits.freshness_window;
         self.auth_failures = 0;
         match hdr.frame_type {
             FrameType::Data => {
@@ -906,38 +999,54 @@ impl Stream {
                 self.rekey_step(env);
             }
             FrameType::RekeyInit | FrameType::RekeyReply | FrameType::RekeySwitch => {
-                let msg = match hdr.frame_type {
+                // Stamped like CLOSE and ABORT (PROTOCOL.md 6.7): a stale
+                // one ends the transport; it is re-sent on the next one.
+                let (msg, time) = match hdr.frame_type {
                     FrameType::RekeyInit => {
                         let m = RekeyInit::decode(body)?;
                         if m.flags & !REKEY_FLAG_ORDERED != 0 {
                             self.abort(AbortCode::PROTOCOL_VIOLATION);
                             return Ok(());
                         }
-                        RekeyMsg::Init {
+                        let msg = RekeyMsg::Init {
                             n: m.new_epoch,
                             ordered: m.flags & REKEY_FLAG_ORDERED != 0,
                             public: m.ephemeral_public,
-                        }
+                        };
+                        (msg, m.time)
                     }
                     FrameType::RekeyReply => {
                         let m = RekeyReply::decode(body)?;
-                        RekeyMsg::Reply {
+                        let msg = RekeyMsg::Reply {
                             n: m.new_epoch,
                             public: m.ephemeral_public,
-                        }
+                        };
+                        (msg, m.time)
                     }
-                    _ => RekeyMsg::Switch {
-                        n: RekeySwitch::decode(body)?.new_epoch,
-                    },
+                    _ => {
+                        let m = RekeySwitch::decode(body)?;
+                        (RekeyMsg::Switch { n: m.new_epoch }, m.time)
+                    }
                 };
+                check_stamp(&mut self.clock, window, link.held_total, now, time)?;
                 self.on_rekey(msg, env);
             }
-            FrameType::Ping => {}
+            FrameType::Ping => {
+                // A server PING is the client's clock source (PROTOCOL.md
+                // 6.7), unless it waited behind held-back input. The server
+                // ignores the client's value.
+                let time = StampFrame::decode(body)?.time;
+                if let (StampClock::Client(base), false) = (&mut self.clock, was_held) {
+                    *base = Some((time, now));
+                }
+            }
             FrameType::Credential | FrameType::Accept => {
                 self.abort(AbortCode::PROTOCOL_VIOLATION);
             }
             FrameType::Abort => {
-                let code = AbortFrame::decode(body)?.code;
+                let frame = AbortFrame::decode(body)?;
+                check_stamp(&mut self.clock, window, link.held_total, now, frame.time)?;
+                let code = frame.code;
                 match &mut self.abort {
                     // Our ABORT, answered (or both sides aborted at once).
                     Some(a) if !a.by_peer && !a.done => {
@@ -961,6 +1070,8 @@ impl Stream {
                 }
             }
             FrameType::Close => {
+                let time = StampFrame::decode(body)?.time;
+                check_stamp(&mut self.clock, window, link.held_total, now, time)?;
                 if !self.peer_closed {
                     self.peer_closed = true;
                     link.ack_due = Some(now);

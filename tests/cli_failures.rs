@@ -178,7 +178,14 @@ struct HandClient {
 impl HandClient {
     fn new() -> Self {
         HandClient {
-            client: Client::new(Config::default(), os_rng()),
+            // The CLI's server reads the system clock: so does the hello.
+            client: Client::new(
+                Config {
+                    wall_clock: Some(std::sync::Arc::new(relink::SystemWallClock)),
+                    ..Config::default()
+                },
+                os_rng(),
+            ),
             t0: StdInstant::now(),
         }
     }

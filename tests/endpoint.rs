@@ -28,7 +28,13 @@ fn open_idle_sessions(
     let mut out = Vec::with_capacity(n);
     let mut now = start;
     for i in 0..n {
-        let mut client = Client::new(cfg.clone(), rng(1_000_000 + i as u64));
+        // The server reads no wall clock: its freshness clock is `now`,
+        // which the client's hello carries.
+        let ccfg = Config {
+            wall_clock: relink_test_support::harness::wall_at(now.as_micros()),
+            ..cfg.clone()
+        };
+        let mut client = Client::new(ccfg, rng(1_000_000 + i as u64));
         let tid = server.accept(now).expect("accept");
         client.new_transport(now).expect("new_transport");
         let mut sid = None;

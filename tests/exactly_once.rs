@@ -372,7 +372,7 @@ fn s2_withheld_resume_request_is_stale() {
     assert_eq!(request[0], 0xFF, "a ResumeRequest");
     let sid = net.current_session().expect("session");
     let before = (net.server.unacked(sid), net.server.readable(sid));
-    let window = net.scfg.resume_window;
+    let window = net.scfg.freshness_window;
     net.tick(plus(window, secs(1)));
     net.timers();
     let t = net.server.accept(net.snow).expect("accept");

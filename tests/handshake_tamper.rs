@@ -335,6 +335,27 @@ fn client_hello_flip(keys: Keys, bit: usize) {
         },
         // Reserved flag bits.
         2 => reject(HandshakeStatus::Malformed),
+        // The hello's time (version 2; the genuine one is 0: this client
+        // has no wall clock). Outside the server's freshness window (the
+        // server's clock reads T0): Stale with the server's time, before
+        // any key computation; the client retries (`assert_recovers`).
+        // Inside it: answered, and the transcript differs.
+        35..43 => {
+            let time = u64::from(mask) << (8 * (byte - 35));
+            let window = Config::default().freshness_window.as_micros();
+            if time.abs_diff(T0.as_micros()) > window {
+                let mut stale = vec![VERSION, HandshakeStatus::Stale.to_byte()];
+                stale.extend(T0.as_micros().to_le_bytes());
+                Outcome {
+                    server: Err(Error::HandshakeRejected(HandshakeStatus::Stale)),
+                    reply: Reply::Bytes(stale),
+                    client: Error::HandshakeRejected(HandshakeStatus::Stale),
+                    client_closed: false,
+                }
+            } else {
+                answered_then_auth_fails
+            }
+        }
         // The ephemeral key (even its ignored top bit): the server answers,
         // the transcript differs, the client's check fails.
         _ => answered_then_auth_fails,
@@ -1142,7 +1163,7 @@ fn stale_rejection_expectation(byte: usize, mask: u8) -> Error {
 /// The client's clock for its resume attempt: ahead of the server's by more
 /// than the resume window, so the server answers an authenticated Stale.
 fn skewed(now: Instant) -> Instant {
-    now.saturating_add(Config::default().resume_window)
+    now.saturating_add(Config::default().freshness_window)
         .saturating_add(Duration::from_secs(5))
 }
 

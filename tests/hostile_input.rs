@@ -917,8 +917,9 @@ proptest! {
         );
         check_results(&results);
         replies.extend(server_tx(&mut p.server, t, now));
-        // Only a ServerHello, an unauthenticated 2-byte rejection or an
-        // "unknown session" answer can come back. Garbage names no session
+        // Only a ServerHello, an unauthenticated 2-byte rejection, a hello's
+        // 10-byte Stale answer (its garbage time) or an "unknown session"
+        // answer can come back. Garbage names no session
         // the server holds (the live one's id with a bad MAC gets the
         // 2-byte AuthFailed), so no authenticated rejection; the server has
         // no static key, so the reset token is all zero.
@@ -932,6 +933,9 @@ proptest! {
                     && replies[0] == VERSION
                     && !(resume && replies[1] == ResumeStatus::UnknownSession.to_byte()))
                 || (resume && replies == unknown)
+                || (!resume
+                    && replies.len() == 10
+                    && replies[..2] == [VERSION, HandshakeStatus::Stale.to_byte()])
                 || (replies.len() == SERVER_HELLO_LEN && replies[..2] == [VERSION, 0]),
             "reply {replies:?}"
         );

@@ -341,9 +341,9 @@ fn run_api(v: &Vectors) -> Vec<(String, Vec<u8>)> {
         "Config::default().resume_timeout"
     );
     assert_eq!(
-        config.resume_window.as_micros(),
-        v.int("resume_window"),
-        "Config::default().resume_window"
+        config.freshness_window.as_micros(),
+        v.int("freshness_window"),
+        "Config::default().freshness_window"
     );
     let mut client = Client::new(client_config(v, config.clone()), crng);
     let mut server = Server::new(config, srng);
@@ -873,6 +873,105 @@ fn run_api_pinned(v: &Vectors) -> Vec<(String, Vec<u8>)> {
     ]
 }
 
+/// The freshness scenario (10.10) through the public API: a client whose
+/// wall clock is 3 hours behind gets a Stale answer to its hello, stamps
+/// its second hello from the server's time and is served; the server's
+/// first PING sets the client's clock offset; the accepted hello replayed
+/// is answered Replayed.
+fn run_api_fresh(v: &Vectors) -> Vec<(String, Vec<u8>)> {
+    let mut cbytes = v.bytes("fresh_client_ephemeral_secret_1");
+    cbytes.extend(v.bytes("fresh_client_ephemeral_secret_2"));
+    let (crng, ctaken) = ScriptedRng::new(cbytes);
+    let mut sbytes = v.bytes("fresh_server_ephemeral_secret");
+    sbytes.extend(v.bytes("fresh_server_challenge"));
+    sbytes.extend(v.int("fresh_server_conn_id").to_le_bytes());
+    sbytes.extend(v.bytes("fresh_server_conn_rng_seed"));
+    let sbytes_len = sbytes.len();
+    let (srng, staken) = ScriptedRng::new(sbytes);
+    let mut client = Client::new(
+        Config {
+            wall_clock: Some(std::sync::Arc::new(FixedWallClock(
+                v.int("fresh_client_wall_clock"),
+            ))),
+            ..Config::default()
+        },
+        crng,
+    );
+    let mut server = Server::new(Config::default(), srng);
+    let stale = relink::Error::HandshakeRejected(relink::HandshakeStatus::Stale);
+    let replayed = relink::Error::HandshakeRejected(relink::HandshakeStatus::Replayed);
+
+    // First hello: stamped with the client's (wrong) wall clock: Stale.
+    let t1 = server.accept(v.at("t_fresh_server_stale")).unwrap();
+    client
+        .new_transport(v.at("t_fresh_client_hello_1"))
+        .unwrap();
+    let h1 = cpoll(&mut client, v.at("t_fresh_client_hello_1"));
+    assert_eq!(
+        server.handle_input(t1, v.at("t_fresh_server_stale"), &h1),
+        Err(stale)
+    );
+    let answer = spoll(&mut server, t1, v.at("t_fresh_server_stale"));
+    server.transport_lost(t1, v.at("t_fresh_server_stale"));
+    assert_eq!(staken.get(), 0, "a stale hello draws nothing");
+    assert_eq!(
+        client.handle_input(v.at("t_fresh_client_stale"), &answer),
+        Err(stale)
+    );
+    assert!(!client.is_closed());
+    client.transport_lost(v.at("t_fresh_client_stale"));
+
+    // Second hello: stamped from the server's time; served.
+    let t2 = server.accept(v.at("t_fresh_server_hello")).unwrap();
+    client
+        .new_transport(v.at("t_fresh_client_hello_2"))
+        .unwrap();
+    let h2 = cpoll(&mut client, v.at("t_fresh_client_hello_2"));
+    assert_eq!(
+        server.handle_input(t2, v.at("t_fresh_server_hello"), &h2),
+        Ok(h2.len())
+    );
+    let sh = spoll(&mut server, t2, v.at("t_fresh_server_hello"));
+    assert_eq!(
+        client.handle_input(v.at("t_fresh_client_confirm"), &sh),
+        Ok(sh.len())
+    );
+    let cc = cpoll(&mut client, v.at("t_fresh_client_confirm"));
+    assert_eq!(
+        server.handle_input(t2, v.at("t_fresh_server_ping"), &cc),
+        Ok(cc.len())
+    );
+    // The server's first frame after the confirm: its PING, which carries
+    // its clock and re-bases the client's offset.
+    let ping = spoll(&mut server, t2, v.at("t_fresh_server_ping"));
+    assert_eq!(
+        client.handle_input(v.at("t_fresh_client_ping"), &ping),
+        Ok(ping.len())
+    );
+    assert_eq!(
+        client.server_clock_offset(),
+        Some(v.int("fresh_client_clock_offset") as i64)
+    );
+
+    // The accepted hello replayed on another transport.
+    let t3 = server.accept(v.at("t_fresh_server_replay")).unwrap();
+    assert_eq!(
+        server.handle_input(t3, v.at("t_fresh_server_replay"), &h2),
+        Err(replayed)
+    );
+    let rep = spoll(&mut server, t3, v.at("t_fresh_server_replay"));
+    assert_eq!((ctaken.get(), staken.get()), (64, sbytes_len));
+    vec![
+        ("fresh_client_hello_1".into(), h1),
+        ("hello_stale_answer".into(), answer),
+        ("fresh_client_hello_2".into(), h2),
+        ("fresh_server_hello".into(), sh),
+        ("fresh_client_confirm".into(), cc),
+        ("fresh_s2c_ping".into(), ping),
+        ("hello_replayed_answer".into(), rep),
+    ]
+}
+
 // ---------------------------------------------------------------------------
 // The specification, implemented independently of the crate
 // ---------------------------------------------------------------------------
@@ -1021,16 +1120,22 @@ mod spec {
         pub server_static: Option<[u8; 32]>,
     }
 
+    /// A ClientHello: tag, version, flags, ephemeral public key, time.
+    pub fn client_hello(client_secret: [u8; 32], pinned: bool, time: u64) -> [u8; 43] {
+        let mut ch = [0u8; 43];
+        ch[0] = 0x00; // tag: new session
+        ch[1] = VERSION;
+        ch[2] = u8::from(pinned); // FLAG_PINNED
+        ch[3..35].copy_from_slice(&public(client_secret));
+        ch[35..43].copy_from_slice(&time.to_le_bytes());
+        ch
+    }
+
     /// Compute a whole handshake from its inputs.
     pub fn handshake(i: &HandshakeInputs) -> Handshake {
         let cpub = public(i.client_secret);
         let spub = public(i.server_secret);
-        let mut ch = [0u8; 43];
-        ch[0] = 0x00; // tag: new session
-        ch[1] = VERSION;
-        ch[2] = u8::from(i.server_static.is_some()); // FLAG_PINNED
-        ch[3..35].copy_from_slice(&cpub);
-        ch[35..43].copy_from_slice(&i.hello_time.to_le_bytes());
+        let ch = client_hello(i.client_secret, i.server_static.is_some(), i.hello_time);
         let mut sh = [0u8; 107];
         sh[0] = VERSION;
         sh[1] = 0; // status Ok
@@ -1185,6 +1290,8 @@ mod spec {
     pub const DATA: u8 = 1;
     /// Frame type ACK.
     pub const ACK: u8 = 2;
+    /// Frame type PING.
+    pub const PING: u8 = 3;
     /// Frame type CLOSE.
     pub const CLOSE: u8 = 4;
     /// Frame type ABORT.
@@ -1640,9 +1747,9 @@ fn check_spec(v: &Vectors) -> Result<(), String> {
     ensure(resume_timeout == 600_000_000, || {
         "resume_timeout should be the default, 600 s".into()
     })?;
-    let window = v.int("resume_window");
+    let window = v.int("freshness_window");
     ensure(window == 60_000_000, || {
-        "resume_window should be the default, 60 s".into()
+        "freshness_window should be the default, 60 s".into()
     })?;
     let (c1, c2) = (v.bytes("c2s_data_1"), v.bytes("c2s_data_2"));
     let (s1, s2) = (v.bytes("s2c_data_1"), v.bytes("s2c_data_2"));
@@ -1707,7 +1814,72 @@ fn check_spec(v: &Vectors) -> Result<(), String> {
         &spec::resume_reject(&k.resume, &req, 4, v.int("t_server_replay")),
     )?;
     check_pinned(v, &pinned)?;
-    check_rekey(v, &hs)
+    check_rekey(v, &hs)?;
+    check_fresh(v)
+}
+
+/// The freshness scenario (10.10), from its inputs.
+fn check_fresh(v: &Vectors) -> Result<(), String> {
+    let window = v.int("freshness_window");
+    // The first hello carries the client's wall clock, 3 h behind.
+    let wall = v.int("fresh_client_wall_clock");
+    let h1 = spec::client_hello(v.arr("fresh_client_ephemeral_secret_1"), false, wall);
+    expect_bytes(v, "fresh_client_hello_1", &h1)?;
+    ensure(
+        v.int("t_fresh_server_stale").abs_diff(wall) > window,
+        || "the first fresh hello is not stale".into(),
+    )?;
+    // Stale: version 2, status 5, the server's clock.
+    let mut answer = vec![spec::VERSION, 5];
+    answer.extend(v.int("t_fresh_server_stale").to_le_bytes());
+    expect_bytes(v, "hello_stale_answer", &answer)?;
+    // The second hello: the server's time plus the client's elapsed time.
+    let time = v.int("t_fresh_server_stale")
+        + (v.int("t_fresh_client_hello_2") - v.int("t_fresh_client_stale"));
+    ensure(
+        v.int("t_fresh_server_hello").abs_diff(time) <= window,
+        || "the second fresh hello is outside the window".into(),
+    )?;
+    let hs = spec::handshake(&spec::HandshakeInputs {
+        client_secret: v.arr("fresh_client_ephemeral_secret_2"),
+        server_secret: v.arr("fresh_server_ephemeral_secret"),
+        challenge: v.arr("fresh_server_challenge"),
+        conn_id: v.int("fresh_server_conn_id"),
+        server_time: v.int("t_fresh_server_hello"),
+        resume_timeout: v.int("resume_timeout"),
+        hello_time: time,
+        server_static: None,
+    });
+    expect_bytes(v, "fresh_client_hello_2", &hs.client_hello)?;
+    expect_bytes(v, "fresh_server_hello", &hs.server_hello)?;
+    expect_bytes(v, "fresh_client_confirm", &hs.client_confirm)?;
+    // The server's PING: its first frame on the transport, stamped with its
+    // clock; the client's offset is that time minus its own clock.
+    let p = spec::Position {
+        dir: spec::DIR_S2C,
+        epoch: 0,
+        generation: 0,
+        sequence: 0,
+        offset: 0,
+    };
+    let stamp = v.int("t_fresh_server_ping").to_le_bytes();
+    let k = &hs.keys;
+    expect_bytes(
+        v,
+        "fresh_s2c_ping",
+        &spec::seal(&k.s2c_enc, &k.s2c_mac, &p, spec::PING, &stamp),
+    )?;
+    let (ty, plain) = spec::open(&k.s2c_enc, &k.s2c_mac, &p, &v.bytes("fresh_s2c_ping"))?;
+    ensure(ty == spec::PING && plain == stamp, || {
+        "fresh_s2c_ping opens to something else".into()
+    })?;
+    ensure(
+        v.int("fresh_client_clock_offset")
+            == v.int("t_fresh_server_ping") - v.int("t_fresh_client_ping"),
+        || "fresh_client_clock_offset".into(),
+    )?;
+    // Replayed: version 2, status 6.
+    expect_bytes(v, "hello_replayed_answer", &[spec::VERSION, 6])
 }
 
 /// The rekey scenario (10.11): the exchange's values from the published
@@ -1991,12 +2163,13 @@ fn check_api(v: &Vectors) -> Result<(), String> {
     let all = run_api(v)
         .into_iter()
         .chain(run_api_pinned(v))
+        .chain(run_api_fresh(v))
         .chain(run_api_rekey(v));
     for (name, bytes) in all {
         expect_bytes(v, &name, &bytes)?;
         seen.insert(name);
     }
-    ensure(seen.len() == 25 + 15, || format!("api produced {seen:?}"))
+    ensure(seen.len() == 32 + 15, || format!("api produced {seen:?}"))
 }
 
 fn check_all(v: &Vectors) -> Result<(), String> {
@@ -2079,7 +2252,7 @@ fn changed_values_are_detected() {
         .filter(|k| !k.ends_with("_challenge"))
         // The pinned connection draws nothing from its generator in the
         // scenario: its seed feeds no published value (yet).
-        .filter(|k| k != "pinned_server_conn_rng_seed")
+        .filter(|k| k != "pinned_server_conn_rng_seed" && k != "fresh_server_conn_rng_seed")
         .collect();
     assert!(names.len() > 40, "{names:?}");
     for name in names {
@@ -2132,6 +2305,11 @@ fn generator_inputs() -> Vectors {
     b("server_challenge", seq(0x40, 16));
     b("server_conn_rng_seed", seq(0x50, 32));
     b("pinned_server_conn_rng_seed", seq(0x70, 32));
+    b("fresh_client_ephemeral_secret_1", seq(0x11, 32));
+    b("fresh_client_ephemeral_secret_2", seq(0x33, 32));
+    b("fresh_server_ephemeral_secret", seq(0x55, 32));
+    b("fresh_server_challenge", seq(0x77, 16));
+    b("fresh_server_conn_rng_seed", seq(0x99, 32));
     b("pinned_server_static_secret", seq(0x80, 32));
     b("pinned_client_ephemeral_secret", seq(0xa0, 32));
     b("pinned_server_ephemeral_secret", seq(0xc0, 32));
@@ -2170,7 +2348,7 @@ fn generator_inputs() -> Vectors {
     i("t_client_abort_done", 3_240_000);
     // Config::default()
     i("resume_timeout", 600_000_000);
-    i("resume_window", 60_000_000);
+    i("freshness_window", 60_000_000);
     i("abort_code", 0x100);
     i("keystream_boundary_offset", (1 << 32) - 8);
     i("pinned_server_conn_id", 0xfedc_ba98_7654_3210);
@@ -2181,6 +2359,19 @@ fn generator_inputs() -> Vectors {
     i("pinned_t_client_resume", 10_000_000);
     i("pinned_t_server_restarted", s0 + 3_020_000);
     i("pinned_t_client_unknown", 10_040_000);
+    // Freshness: a client whose wall clock is 3 h behind the server's.
+    i("fresh_server_conn_id", 0x1111_2222_3333_4444);
+    i("fresh_client_wall_clock", s0 + 200_000_000 - 10_800_000_000);
+    i("t_fresh_client_hello_1", 20_000_000);
+    i("t_fresh_server_stale", s0 + 200_020_000);
+    i("t_fresh_client_stale", 20_040_000);
+    i("t_fresh_client_hello_2", 20_050_000);
+    i("t_fresh_server_hello", s0 + 200_070_000);
+    i("t_fresh_client_confirm", 20_090_000);
+    i("t_fresh_server_ping", s0 + 200_110_000);
+    i("t_fresh_client_ping", 20_130_000);
+    i("t_fresh_server_replay", s0 + 201_000_000);
+    i("fresh_client_clock_offset", (s0 + 200_110_000) - 20_130_000);
     // The rekey scenario (10.11): the handshake of 10.4, then these.
     i("t_client_rekey", 1_200_000);
     i("t_server_rekey", s0 + 220_000);
@@ -2254,6 +2445,7 @@ fn print_vectors() {
     let api: Vec<(String, Vec<u8>)> = run_api(&v)
         .into_iter()
         .chain(run_api_pinned(&v))
+        .chain(run_api_fresh(&v))
         .chain(run_api_rekey(&v))
         .collect();
     for (name, b) in api {
@@ -2340,7 +2532,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "client_wall_clock",
             "# Config::default() values the messages carry or depend on (µs)",
             "resume_timeout",
-            "resume_window",
+            "freshness_window",
             "# the code of the client's ABORT (the first application-defined code)",
             "abort_code",
         ],
@@ -2458,6 +2650,40 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "# counter 2 (counter 1 was answered by the forger)",
             "pinned_resume_request",
             "resume_reject_unknown",
+        ],
+    ),
+    (
+        "10.10 Freshness",
+        &[
+            "# inputs: random values (scripted RNGs), the client's wall clock, clocks (µs)",
+            "fresh_client_ephemeral_secret_1",
+            "fresh_client_ephemeral_secret_2",
+            "fresh_server_ephemeral_secret",
+            "fresh_server_challenge",
+            "fresh_server_conn_id",
+            "fresh_server_conn_rng_seed",
+            "fresh_client_wall_clock",
+            "t_fresh_client_hello_1",
+            "t_fresh_server_stale",
+            "t_fresh_client_stale",
+            "t_fresh_client_hello_2",
+            "t_fresh_server_hello",
+            "t_fresh_client_confirm",
+            "t_fresh_server_ping",
+            "t_fresh_client_ping",
+            "t_fresh_server_replay",
+            "# the first hello, 3 h behind: Stale, with the server's clock",
+            "fresh_client_hello_1",
+            "hello_stale_answer",
+            "# the second hello, stamped from the server's time: served",
+            "fresh_client_hello_2",
+            "fresh_server_hello",
+            "fresh_client_confirm",
+            "# the server's first PING and the client's clock offset after it",
+            "fresh_s2c_ping",
+            "fresh_client_clock_offset",
+            "# the second hello replayed on another transport",
+            "hello_replayed_answer",
         ],
     ),
     (

@@ -308,7 +308,7 @@ fn attempt_with_clock(sim: &mut Sim, cnow: Instant) -> Result<usize, Error> {
 }
 
 /// Criterion 5 and issue 9 section 2: a resume whose time (the client's
-/// estimate of the server clock) is off by more than `resume_window`,
+/// estimate of the server clock) is off by more than `freshness_window`,
 /// because the client's clock jumped ahead or stood still (a phone asleep
 /// for 10 minutes while the server keeps sessions for an hour), gets an
 /// authenticated `Stale` rejection that carries the server's clock. Changed
@@ -318,7 +318,7 @@ fn attempt_with_clock(sim: &mut Sim, cnow: Instant) -> Result<usize, Error> {
 /// continues byte-exact.
 #[test]
 fn resume_with_stale_timestamp_is_rejected_and_session_continues() {
-    let window = Config::default().resume_window;
+    let window = Config::default().freshness_window;
     let scfg = Config {
         resume_timeout: Duration::from_secs(3600),
         ..Config::default()
@@ -395,7 +395,7 @@ fn forged_time_in_a_stale_rejection_is_not_adopted() {
     sim.run(1_000_000, |s| assert!(!s.ended));
     sim.settle(1000);
     sim.brk();
-    let window = Config::default().resume_window;
+    let window = Config::default().freshness_window;
     let cnow = sim
         .now
         .saturating_add(window)

@@ -58,7 +58,7 @@ fn with_wall(mut c: Config, wall: &Arc<TestWall>) -> Config {
 /// resume request on a new transport. The endpoint checks the request's
 /// freshness with one reading of the wall clock, then hands the session to
 /// its new `Connection`, whose `handle_resume` reads the wall clock *again*
-/// and checks again. With a request near the edge of `resume_window` (or a
+/// and checks again. With a request near the edge of `freshness_window` (or a
 /// wall clock that steps between the two readings) the second check fails
 /// where the first passed: the endpoint has already consumed the handshake
 /// and released the transport, so it returns a bare error. Before the fix:
@@ -79,13 +79,19 @@ fn unconfirmed_resume_is_checked_against_one_wall_reading() {
     let cfg = with_wall(
         Config {
             max_sessions: 1,
-            resume_window: Duration::from_secs(15),
+            freshness_window: Duration::from_secs(15),
             ..Config::default()
         },
         &wall,
     );
     let mut server = Server::new(cfg, rng_s(1));
-    let mut client = Client::new(Config::default(), rng_s(2));
+    let mut client = Client::new(
+        Config {
+            wall_clock: common::wall_at(1_700_000_000_000_000),
+            ..Config::default()
+        },
+        rng_s(2),
+    );
     let t1 = server.accept(T0).unwrap();
     client.new_transport(T0).unwrap();
     let hello = client_tx(&mut client, T0);
@@ -140,14 +146,20 @@ fn no_route_outlives_its_session_after_an_unconfirmed_resume() {
     let cfg = with_wall(
         Config {
             max_sessions: 1,
-            resume_window: Duration::from_secs(15),
+            freshness_window: Duration::from_secs(15),
             ..Config::default()
         },
         &wall,
     );
     let resume_timeout = cfg.resume_timeout;
     let mut server = Server::new(cfg, rng_s(3));
-    let mut client = Client::new(Config::default(), rng_s(4));
+    let mut client = Client::new(
+        Config {
+            wall_clock: common::wall_at(1_700_000_000_000_000),
+            ..Config::default()
+        },
+        rng_s(4),
+    );
     let t1 = server.accept(T0).unwrap();
     client.new_transport(T0).unwrap();
     let hello = client_tx(&mut client, T0);
@@ -175,7 +187,13 @@ fn no_route_outlives_its_session_after_an_unconfirmed_resume() {
         .saturating_add(Duration::from_secs(1));
     server.handle_timeout(late);
     server_events(&mut server);
-    let mut other = Client::new(Config::default(), rng_s(5));
+    let mut other = Client::new(
+        Config {
+            wall_clock: common::wall_at(wall.now.load(Ordering::SeqCst)),
+            ..Config::default()
+        },
+        rng_s(5),
+    );
     let t3 = server.accept(late).unwrap();
     other.new_transport(late).unwrap();
     let hello = client_tx(&mut other, late);
@@ -198,7 +216,13 @@ fn wall_clock_jumps_on_the_server_cost_at_most_one_stale_answer() {
         let wall = TestWall::new(base, 0);
         let cfg = with_wall(Config::default(), &wall);
         let mut server = Server::new(cfg, rng_s(7));
-        let mut client = Client::new(Config::default(), rng_s(8));
+        let mut client = Client::new(
+            Config {
+                wall_clock: common::wall_at(base),
+                ..Config::default()
+            },
+            rng_s(8),
+        );
         let (t1, sid) = handshake_by_hand(&mut client, &mut server, T0);
         assert_eq!(client.send(b"before"), Ok(6));
         let out = client_tx(&mut client, T0);
@@ -302,7 +326,13 @@ fn ended_sessions_holding_unread_bytes_count_against_max_sessions() {
     );
     assert!(server.has_session(sid), "the unread bytes are kept");
     // Another client: the table is full (the old server said Busy).
-    let mut other = Client::new(Config::default(), rng_s(11));
+    let mut other = Client::new(
+        Config {
+            wall_clock: common::wall_at(late.as_micros()),
+            ..Config::default()
+        },
+        rng_s(11),
+    );
     let t2 = server.accept(late).unwrap();
     other.new_transport(late).unwrap();
     let hello = client_tx(&mut other, late);

@@ -48,6 +48,23 @@ pub type TestServer = Server<ChaCha20Rng>;
 /// Where both virtual clocks start (1 s).
 pub const T0: Instant = Instant::from_micros(1_000_000);
 
+/// A wall clock that always reads `micros` (µs since the Unix epoch): for
+/// a test client facing a server with a wall clock, so that its hellos
+/// carry a fresh time (PROTOCOL.md 3.2).
+#[derive(Clone, Copy, Debug)]
+pub struct FixedWall(pub u64);
+
+impl relink::WallClock for FixedWall {
+    fn now(&self) -> relink::UnixTime {
+        relink::UnixTime::from_micros(self.0)
+    }
+}
+
+/// `Config::wall_clock` that always reads `micros`.
+pub fn wall_at(micros: u64) -> Option<std::sync::Arc<dyn relink::WallClock>> {
+    Some(std::sync::Arc::new(FixedWall(micros)))
+}
+
 /// A seeded CSPRNG (for the state machines and for the test's own choices).
 pub fn rng(seed: u64) -> ChaCha20Rng {
     ChaCha20Rng::seed_from_u64(seed)

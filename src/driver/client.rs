@@ -69,7 +69,11 @@ pub(crate) struct ClientCore {
 }
 
 impl ClientCore {
-    pub(crate) fn new(config: Config, progress: Option<ProgressFn>) -> Self {
+    pub(crate) fn new(mut config: Config, progress: Option<ProgressFn>) -> Self {
+        // The client stamps its hellos with the wall clock (PROTOCOL.md 3.2).
+        if config.wall_clock.is_none() {
+            config.wall_clock = Some(alloc::sync::Arc::new(crate::SystemWallClock));
+        }
         ClientCore {
             core: Client::new(config.clone(), os_rng()),
             stats: ClientStats::default(),
@@ -125,7 +129,11 @@ impl ClientCore {
                 Event::ResendRange { start, end } => resent += end.saturating_sub(start),
                 Event::TransportLost { error } => {
                     self.last_loss = error;
-                    if error == Some(Error::ResumeRejected(ResumeStatus::Stale)) {
+                    if matches!(
+                        error,
+                        Some(Error::ResumeRejected(ResumeStatus::Stale))
+                            | Some(Error::HandshakeRejected(crate::HandshakeStatus::Stale))
+                    ) {
                         self.retry_now = true;
                     }
                     self.log_lost(now, error.as_ref(), "ended by the relink core");
