@@ -242,6 +242,11 @@ impl DirectionKeys {
         self.epoch
     }
 
+    /// The direction byte of these keys.
+    pub(crate) fn dir(&self) -> u8 {
+        self.dir
+    }
+
     /// A public name of the encryption key for the keystream log of the
     /// tests: `BLAKE3(enc)[0..8]` (reveals nothing of the key).
     #[cfg(feature = "test-hooks")]
@@ -349,6 +354,9 @@ pub(crate) struct SessionKeys {
 pub(crate) struct Chain {
     secret: Secret,
     epoch: u32,
+    /// The session's handshake was pinned: every rekey mixes `es` (kept
+    /// here, in the padding after `epoch`).
+    pub(crate) pinned: bool,
 }
 
 impl fmt::Debug for Chain {
@@ -365,6 +373,7 @@ impl Chain {
         Chain {
             secret: master,
             epoch: 0,
+            pinned: false,
         }
     }
 
@@ -405,7 +414,11 @@ impl Chain {
         let epoch = self.epoch.checked_add(1)?;
         let es: &[u8] = es.map_or(&[], |e| &e[..]);
         let secret = Secret::derive(context::REKEY, &[&self.secret.0, ee, es, rth]);
-        Some(Chain { secret, epoch })
+        Some(Chain {
+            secret,
+            epoch,
+            pinned: self.pinned,
+        })
     }
 }
 

@@ -89,7 +89,7 @@ struct Exchange {
     public: [u8; 32],
     /// Our new send keys, derived, our marker not yet written.
     pending_tx: Option<DirectionKeys>,
-    /// Our old send keys, below `KeyRing::tx_switch`, until the peer's
+    /// Our old send keys, below `KeyRing::tx_start`, until the peer's
     /// receive epoch reaches `n`.
     tx_old: Option<DirectionKeys>,
     /// The switch offset of our direction, once our marker was written.
@@ -127,19 +127,16 @@ impl Eph {
 /// The keys of a session, by epoch. See the module docs.
 #[derive(Debug)]
 pub(crate) struct KeyRing {
-    side: Side,
-    /// The handshake was pinned: every rekey mixes `es`.
-    pinned: bool,
     /// The newest derived chain secret.
     chain: Chain,
-    /// Send keys of DATA at offsets `>= tx_switch` and of control frames
+    /// Send keys of DATA at offsets `>= tx_start` and of control frames
     /// once the link carried our switch marker.
     tx: DirectionKeys,
-    /// Below this offset DATA is protected by the old send keys (0 when
-    /// none are held: the one compare of the per-frame path).
-    tx_switch: u64,
-    /// The switch point of the newest send epoch (0 for epoch 0): bytes
-    /// sent under it are the offsets from here (policy limits).
+    /// The switch point of the newest send epoch (0 for epoch 0). DATA
+    /// below it is protected by the old send keys while they are held
+    /// (once they are dropped the peer has read past it: nothing below is
+    /// sent again). The one compare of the per-frame path; the policy
+    /// counts the bytes of the epoch from here.
     tx_start: u64,
     /// Receive keys of the peer's frames (`rx_cur`).
     rx: DirectionKeys,
@@ -152,15 +149,13 @@ pub(crate) struct KeyRing {
 
 impl KeyRing {
     /// The ring of a new session: epoch 0 from `chain_0 = master`.
-    pub(crate) fn new(chain: Chain, side: Side, pinned: bool) -> Self {
+    pub(crate) fn new(mut chain: Chain, side: Side, pinned: bool) -> Self {
+        chain.pinned = pinned;
         let SessionKeys { c2s, s2c, resume } = chain.epoch_keys();
         let (tx, rx) = split(side, c2s, s2c);
         KeyRing {
-            side,
-            pinned,
             chain,
             tx,
-            tx_switch: 0,
             tx_start: 0,
             rx,
             resume,
@@ -173,9 +168,9 @@ impl KeyRing {
     /// point, `u64::MAX` when none).
     #[inline]
     pub(crate) fn tx_data(&mut self, offset: u64) -> (&mut DirectionKeys, u64) {
-        if offset < self.tx_switch {
+        if offset < self.tx_start {
             if let Some(old) = self.x.as_mut().and_then(|x| x.tx_old.as_mut()) {
-                return (old, self.tx_switch);
+                return (old, self.tx_start);
             }
         }
         (&mut self.tx, u64::MAX)
@@ -208,7 +203,12 @@ impl KeyRing {
 
     /// The side this ring belongs to.
     pub(crate) fn side(&self) -> Side {
-        self.side
+        // Read off the send keys' direction (one byte less per session).
+        if self.tx.dir() == crate::keys::DIR_C2S {
+            Side::Client
+        } else {
+            Side::Server
+        }
     }
 
     /// The offset from which the newest send epoch protects DATA.
@@ -230,7 +230,7 @@ impl KeyRing {
     /// The epoch of `resume`: the client's receive epoch (it switches its
     /// resume key with it), the server's newest derived epoch.
     fn resume_epoch(&self) -> u32 {
-        match self.side {
+        match self.side() {
             Side::Client => self.rx.epoch(),
             Side::Server => self.chain.epoch(),
         }
@@ -242,7 +242,7 @@ impl KeyRing {
         if epoch == self.resume_epoch() {
             return Some(&self.resume);
         }
-        match (self.side, self.x.as_ref()) {
+        match (self.side(), self.x.as_ref()) {
             (Side::Server, Some(x)) if epoch.checked_add(1) == Some(self.resume_epoch()) => {
                 x.resume_other.as_ref()
             }
@@ -296,7 +296,7 @@ impl KeyRing {
         self.x = Some(Box::new(Exchange {
             n,
             initiator: true,
-            ordered: ordered && self.side == Side::Server,
+            ordered: ordered && self.side() == Side::Server,
             eph: Some(eph),
             public,
             pending_tx: None,
@@ -360,7 +360,6 @@ impl KeyRing {
         let old = core::mem::replace(&mut self.tx, new);
         x.tx_old = Some(old);
         x.switch = Some(tx_next);
-        self.tx_switch = tx_next;
         self.tx_start = tx_next;
         let n = x.n;
         // The peer may have reported epoch n already (it cannot, without
@@ -377,9 +376,10 @@ impl KeyRing {
         aborted: bool,
         env: &mut RekeyEnv<'_>,
     ) -> Result<Received, Violation> {
+        let side = self.side();
         match msg {
             RekeyMsg::Init { n, ordered, public } => {
-                if ordered && self.side == Side::Server {
+                if ordered && side == Side::Server {
                     // Only the server orders.
                     return Err(Violation);
                 }
@@ -393,7 +393,7 @@ impl KeyRing {
                 match self.x.as_mut() {
                     Some(x) if x.n == n && x.initiator => {
                         // Crossing INITs: the client's wins.
-                        if self.side == Side::Client {
+                        if side == Side::Client {
                             return Ok(Received::Ignored);
                         }
                         let eph = x.eph.take();
@@ -417,7 +417,7 @@ impl KeyRing {
                 let my_public = x.public;
                 let keys = self.derive(n, &eph, &my_public, &public, env)?;
                 drop(eph);
-                let (tx, rx) = split(self.side, keys.c2s, keys.s2c);
+                let (tx, rx) = split(side, keys.c2s, keys.s2c);
                 let x = self.x.as_mut().ok_or(Violation)?;
                 x.pending_tx = Some(tx);
                 // The REPLY is the responder's marker: its later frames
@@ -433,7 +433,7 @@ impl KeyRing {
                 }
                 let rx = x.pending_rx.take().ok_or(Violation)?;
                 self.rx = rx;
-                if self.side == Side::Client {
+                if side == Side::Client {
                     if let Some(k) = x.resume_other.take() {
                         self.resume = k;
                     }
@@ -462,7 +462,7 @@ impl KeyRing {
         };
         let keys = self.derive(n, &eph, &public, &peer_public, env)?;
         drop(eph);
-        let (tx, rx) = split(self.side, keys.c2s, keys.s2c);
+        let (tx, rx) = split(self.side(), keys.c2s, keys.s2c);
         self.x = Some(Box::new(Exchange {
             n,
             initiator: false,
@@ -491,8 +491,8 @@ impl KeyRing {
         env: &RekeyEnv<'_>,
     ) -> Result<SessionKeys, Violation> {
         let ee = dh(&eph.0, peer_public)?;
-        let es = if self.pinned {
-            Some(match self.side {
+        let es = if self.chain.pinned {
+            Some(match self.side() {
                 Side::Client => dh(&eph.0, &env.pinned_server_key.ok_or(Violation)?)?,
                 Side::Server => {
                     let kp = env.server_static.ok_or(Violation)?;
@@ -506,7 +506,7 @@ impl KeyRing {
         } else {
             None
         };
-        let (c_pub, s_pub) = match self.side {
+        let (c_pub, s_pub) = match self.side() {
             Side::Client => (my_public, peer_public),
             Side::Server => (peer_public, my_public),
         };
@@ -527,8 +527,9 @@ impl KeyRing {
     /// `rx_switched`, else it waits); the server switches at once and keeps
     /// the previous one until the client's receive epoch reaches `n`.
     fn install_resume(&mut self, key: Secret, rx_switched: bool) {
+        let side = self.side();
         let Some(x) = self.x.as_mut() else { return };
-        match self.side {
+        match side {
             Side::Client if rx_switched => self.resume = key,
             Side::Client => x.resume_other = Some(key),
             Side::Server => x.resume_other = Some(core::mem::replace(&mut self.resume, key)),
@@ -553,13 +554,13 @@ impl KeyRing {
     /// message): retire the old send keys, our marker and (server) the old
     /// resume key once `e` reached the exchange's epoch.
     pub(crate) fn peer_rx_is(&mut self, e: u32) {
+        let side = self.side();
         let Some(x) = self.x.as_mut() else {
             return;
         };
         if e >= x.n && x.tx_old.is_some() {
             x.tx_old = None;
-            self.tx_switch = 0;
-            if self.side == Side::Server {
+            if side == Side::Server {
                 x.resume_other = None;
             }
         }
@@ -641,7 +642,7 @@ impl KeyRing {
             resume: [
                 Some(self.resume_epoch()),
                 x.and_then(|x| {
-                    x.resume_other.as_ref().map(|_| match self.side {
+                    x.resume_other.as_ref().map(|_| match self.side() {
                         Side::Client => x.n,
                         Side::Server => x.n - 1,
                     })
@@ -850,7 +851,7 @@ mod tests {
                 c.client_resume_key().map(|(e, k)| (e, k.0)),
                 s.resume_key(1).map(|k| (1, k.0))
             );
-            assert_eq!(c.tx_switch, 0);
+            assert!(c.x.is_none());
         }
         // es changes the chain.
         let (a, _) = exchange(false);

@@ -42,7 +42,7 @@ use crate::wire::{
 /// Every (key id, offset, plaintext byte) encrypted, once recording is on
 /// (test hook); nothing without the `test-hooks` feature.
 #[cfg(feature = "test-hooks")]
-type KeystreamLog = Option<Vec<([u8; 8], u64, u8)>>;
+type KeystreamLog = Option<alloc::boxed::Box<Vec<([u8; 8], u64, u8)>>>;
 #[cfg(not(feature = "test-hooks"))]
 type KeystreamLog = ();
 
@@ -239,9 +239,9 @@ struct Link {
     /// Our control frames on this link use the newest send keys: the peer
     /// saw our switch marker, or this link carried it (PROTOCOL.md 5.5).
     tx_switched: bool,
-    /// The epoch of the last REKEY_INIT of ours this link carried (0:
-    /// none; an outstanding INIT goes out once per link).
-    init_sent: u32,
+    /// Our outstanding REKEY_INIT went out on this link (once per link;
+    /// cleared when a new exchange starts).
+    init_sent: bool,
     /// The peer's switch marker verified: an ACK (with our new receive
     /// epoch) is due even if the read count did not change.
     epoch_ack_due: bool,
@@ -275,22 +275,6 @@ pub(crate) enum StreamEvent {
     AbortDone(AbortCode),
     /// Both directions switched to this epoch (PROTOCOL.md 6.8).
     Rekeyed(u32),
-}
-
-/// When to rekey and how long a hard limit may be exceeded (PROTOCOL.md
-/// 5.4); the keys themselves are in the [`KeyRing`].
-#[derive(Debug)]
-struct RekeyPolicy {
-    /// When this side switched its send direction to the current epoch
-    /// (the first link's start for epoch 0; `UNSET` before).
-    epoch_since: Instant,
-    /// The application asked for a rekey.
-    requested: bool,
-    /// A hard limit was reached: the grace for completing a rekey.
-    grace: Option<Box<Grace>>,
-    /// Test hook: answer no INIT (a client that ignores the order).
-    #[cfg(feature = "test-hooks")]
-    ignore_rekey: bool,
 }
 
 /// An instant not yet known.
@@ -350,8 +334,18 @@ pub(crate) struct Stream {
     /// Transports ended by an authentication failure since the last
     /// verified frame.
     auth_failures: u32,
-    events: [Option<StreamEvent>; 4],
-    policy: RekeyPolicy,
+    events: [Option<StreamEvent>; 3],
+    // ----- rekey policy (PROTOCOL.md 5.4); the keys are in the ring -----
+    /// When this side switched its send direction to the current epoch
+    /// (the first link's start for epoch 0; `UNSET` before).
+    epoch_since: Instant,
+    /// The application asked for a rekey.
+    rekey_requested: bool,
+    /// A hard limit was reached: the grace for completing a rekey.
+    grace: Option<Box<Grace>>,
+    /// Test hook: answer no INIT (a client that ignores the order).
+    #[cfg(feature = "test-hooks")]
+    ignore_rekey: bool,
     clean_reported: bool,
     abort: Option<Abort>,
     /// Our CLOSE was written on some link at least once.
@@ -386,14 +380,12 @@ impl Stream {
             link: None,
             spare_partial: Vec::new(),
             auth_failures: 0,
-            events: [None, None, None, None],
-            policy: RekeyPolicy {
-                epoch_since: UNSET,
-                requested: false,
-                grace: None,
-                #[cfg(feature = "test-hooks")]
-                ignore_rekey: false,
-            },
+            events: [None, None, None],
+            epoch_since: UNSET,
+            rekey_requested: false,
+            grace: None,
+            #[cfg(feature = "test-hooks")]
+            ignore_rekey: false,
             clean_reported: false,
             abort: None,
             close_ever_sent: false,
@@ -475,7 +467,10 @@ impl Stream {
     /// switches recording on.
     #[cfg(feature = "test-hooks")]
     pub(crate) fn take_keystream_log(&mut self) -> Vec<([u8; 8], u64, u8)> {
-        self.keystream_log.replace(Vec::new()).unwrap_or_default()
+        self.keystream_log
+            .replace(alloc::boxed::Box::default())
+            .map(|b| *b)
+            .unwrap_or_default()
     }
 
     // ----- counters -------------------------------------------------------
@@ -562,8 +557,9 @@ impl Stream {
         Some(e)
     }
 
-    /// At most four events can be pending between two drains (PeerClosed,
-    /// CleanClose, one abort event, Rekeyed); a full queue keeps the oldest.
+    /// At most three events can be pending between two drains (PeerClosed,
+    /// CleanClose or one abort event, which exclude each other, and
+    /// Rekeyed); a full queue keeps the oldest.
     fn push_event(&mut self, e: StreamEvent) {
         if let Some(slot) = self.events.iter_mut().find(|s| s.is_none()) {
             *slot = Some(e);
@@ -755,8 +751,8 @@ impl Stream {
         if let Some(ring) = &mut self.keys {
             ring.peer_rx_is(peer_rx);
         }
-        if self.policy.epoch_since == UNSET {
-            self.policy.epoch_since = now;
+        if self.epoch_since == UNSET {
+            self.epoch_since = now;
         }
         self.ack_to(peer_read);
         self.tx_next = peer_read.min(self.tx_written);
@@ -777,12 +773,12 @@ impl Stream {
             ping_now: false,
             held_back: false,
             tx_switched,
-            init_sent: 0,
+            init_sent: false,
             epoch_ack_due: false,
             held_since: None,
             held_total: Duration::default(),
         });
-        if let Some(g) = &mut self.policy.grace {
+        if let Some(g) = &mut self.grace {
             g.order_at = None;
             g.since = Some(now);
         }
@@ -800,7 +796,7 @@ impl Stream {
     /// (The grace clock stops: it was brought up to date by the last call
     /// that knew the time.)
     pub(crate) fn detach(&mut self) {
-        if let Some(g) = &mut self.policy.grace {
+        if let Some(g) = &mut self.grace {
             g.since = None;
         }
         if let Some(link) = self.link.take() {
@@ -1091,7 +1087,7 @@ impl Stream {
     /// A verified REKEY_* frame of the peer.
     fn on_rekey(&mut self, msg: RekeyMsg, env: &mut RekeyEnv<'_>) {
         #[cfg(feature = "test-hooks")]
-        if self.policy.ignore_rekey && matches!(msg, RekeyMsg::Init { .. }) {
+        if self.ignore_rekey && matches!(msg, RekeyMsg::Init { .. }) {
             return;
         }
         let aborted = self.abort.is_some();
@@ -1120,20 +1116,20 @@ impl Stream {
             self.on_rekey(m, env);
         }
         let epoch = self.keys.as_ref().map_or(0, KeyRing::epoch);
-        if self.policy.grace.as_ref().is_some_and(|g| epoch > g.epoch) {
-            self.policy.grace = None;
+        if self.grace.as_ref().is_some_and(|g| epoch > g.epoch) {
+            self.grace = None;
         }
     }
 
     /// Ask for a rekey at the next opportunity (PROTOCOL.md 6.8 rule 1).
     pub(crate) fn request_rekey(&mut self) {
-        self.policy.requested = true;
+        self.rekey_requested = true;
     }
 
     /// Test hook: answer no INIT (a peer that ignores the server's order).
     #[cfg(feature = "test-hooks")]
     pub(crate) fn set_ignore_rekey(&mut self, ignore: bool) {
-        self.policy.ignore_rekey = ignore;
+        self.ignore_rekey = ignore;
     }
 
     /// Whether this side may start an exchange now (rule 1): attached, the
@@ -1152,7 +1148,7 @@ impl Stream {
     }
 
     fn epoch_since(&self) -> Option<Instant> {
-        (self.policy.epoch_since != UNSET).then_some(self.policy.epoch_since)
+        (self.epoch_since != UNSET).then_some(self.epoch_since)
     }
 
     /// When the soft time policy is due (the server waits 1.1 × as long).
@@ -1179,7 +1175,7 @@ impl Stream {
     /// Whether a start is due now (the application asked, or the policy).
     fn rekey_start_due(&self, now: Instant) -> bool {
         self.may_start_rekey()
-            && (self.policy.requested
+            && (self.rekey_requested
                 || (self.limits.rekey
                     && (self.epoch_bytes() >= self.limits.rekey_after_bytes
                         || self.soft_deadline().is_some_and(|d| now >= d)
@@ -1198,7 +1194,10 @@ impl Stream {
         };
         let ordered = hard && ring.side() == Side::Server;
         if ring.start(ordered, env).is_some() {
-            self.policy.requested = false;
+            self.rekey_requested = false;
+            if let Some(l) = &mut self.link {
+                l.init_sent = false;
+            }
         }
     }
 
@@ -1206,13 +1205,13 @@ impl Stream {
     /// only while attached and the peer has read up to our INIT, and the
     /// session is aborted with `KEY_EXPIRED` when it runs out.
     fn policy_tick(&mut self, now: Instant) {
-        if self.policy.grace.is_none()
+        if self.grace.is_none()
             && self.abort.is_none()
             && !self.clean_reported
             && self.hard_limit_reached(now)
         {
             let epoch = self.keys.as_ref().map_or(0, KeyRing::tx_epoch);
-            self.policy.grace = Some(Box::new(Grace {
+            self.grace = Some(Box::new(Grace {
                 epoch,
                 left: self.limits.rekey_grace,
                 since: self.link.as_ref().map(|_| now),
@@ -1220,7 +1219,7 @@ impl Stream {
             }));
         }
         let running = self.grace_running();
-        let Some(g) = self.policy.grace.as_mut() else {
+        let Some(g) = self.grace.as_mut() else {
             return;
         };
         if let Some(since) = g.since {
@@ -1230,7 +1229,7 @@ impl Stream {
         }
         g.since = self.link.as_ref().map(|_| now);
         if running && g.left.0 == 0 {
-            self.policy.grace = None;
+            self.grace = None;
             self.abort(AbortCode::KEY_EXPIRED);
         }
     }
@@ -1242,7 +1241,6 @@ impl Stream {
     fn grace_running(&self) -> bool {
         self.link.is_some()
             && self
-                .policy
                 .grace
                 .as_ref()
                 .is_some_and(|g| g.order_at.is_none_or(|o| self.tx_acked >= o))
@@ -1269,12 +1267,11 @@ impl Stream {
         if self.limits.rekey && self.may_start_rekey() {
             rekey = self.soft_deadline();
         }
-        if self.limits.rekey && self.policy.grace.is_none() {
+        if self.limits.rekey && self.grace.is_none() {
             rekey = crate::time::earliest(rekey, self.hard_deadline());
         }
         let expiry = if self.grace_running() {
-            self.policy
-                .grace
+            self.grace
                 .as_ref()
                 .and_then(|g| Some(g.since?.saturating_add(g.left)))
         } else {
@@ -1289,8 +1286,7 @@ impl Stream {
             || self.keys.as_ref().is_some_and(|r| {
                 r.marker_unwritten()
                     || (!link.tx_switched && r.marker_unseen_at() == Some(self.tx_next))
-                    || matches!(r.outstanding_init(),
-                        Some(RekeyMsg::Init { n, .. }) if link.init_sent != n)
+                    || (!link.init_sent && r.outstanding_init().is_some())
             })
     }
 
@@ -1369,7 +1365,7 @@ impl Stream {
             n += w.len;
             rekeyed = rekeyed.or(w.rekeyed);
             switched |= w.switched;
-            if let (Some(at), Some(g)) = (w.init_at, self.policy.grace.as_mut()) {
+            if let (Some(at), Some(g)) = (w.init_at, self.grace.as_mut()) {
                 g.order_at = Some(at);
             }
             // DATA up to the cap: a switch point whose marker this link has
@@ -1456,7 +1452,7 @@ impl Stream {
             link.last_tx = now;
         }
         if switched {
-            self.policy.epoch_since = now;
+            self.epoch_since = now;
         }
         if let Some(e) = rekeyed {
             self.push_event(StreamEvent::Rekeyed(e));
@@ -1647,19 +1643,14 @@ fn transmit_rekey(
             link.tx_switched = true;
         }
     }
-    if let Some(m) = ring.outstanding_init() {
-        let RekeyMsg::Init { n, .. } = m else {
-            return w;
-        };
-        if link.init_sent != n {
-            let (frame_type, payload, len) = encode_rekey(m, stamper.at(now));
-            if out.len() - w.len >= FRAME_OVERHEAD + len {
-                let keys = ring.tx_control(link.tx_switched);
-                let out = &mut out[w.len..];
-                w.len += seal_control(link, keys, tx_next, frame_type, &payload[..len], out);
-                link.init_sent = n;
-                w.init_at = Some(tx_next);
-            }
+    if let Some(m) = ring.outstanding_init().filter(|_| !link.init_sent) {
+        let (frame_type, payload, len) = encode_rekey(m, stamper.at(now));
+        if out.len() - w.len >= FRAME_OVERHEAD + len {
+            let keys = ring.tx_control(link.tx_switched);
+            let out = &mut out[w.len..];
+            w.len += seal_control(link, keys, tx_next, frame_type, &payload[..len], out);
+            link.init_sent = true;
+            w.init_at = Some(tx_next);
         }
     }
     w

@@ -533,6 +533,34 @@ fn duplicate_and_replayed_inits_do_not_restart_the_exchange() {
     assert_eq!(n.client.epoch(), 1);
 }
 
+/// A stale REKEY_INIT (its stamp 2 windows ahead of the server's clock)
+/// ends the transport without effect; the INIT re-sent on the next
+/// transport, freshly stamped, completes the exchange.
+#[test]
+fn a_stale_init_ends_the_transport_and_the_resent_one_completes() {
+    let mut n = Net::new(44, no_policy(), no_policy());
+    let sid = n.handshake();
+    n.settle(50);
+    n.client.set_stamp_skew(120_000_000);
+    n.client.request_rekey().unwrap();
+    n.transmit();
+    assert_eq!(frames(&n.c2s).last().map(|f| f.0), Some(6), "INIT written");
+    let t = n.tid.unwrap();
+    let init = std::mem::take(&mut n.c2s);
+    assert_eq!(
+        n.server.handle_input(t, n.snow, &init),
+        Err(relink::Error::Stale)
+    );
+    n.drain();
+    assert_eq!(server_epochs(&n, sid), idle(0), "nothing derived");
+    n.brk();
+    n.client.set_stamp_skew(0);
+    resume_and_settle(&mut n);
+    assert_eq!(client_rekeyed(&n), vec![1]);
+    assert_eq!(server_rekeyed(&n), vec![1]);
+    assert_eq!(server_epochs(&n, sid), idle(1));
+}
+
 #[test]
 fn pinned_sessions_rekey_end_to_end() {
     let kp = StaticKeypair::from_secret_bytes([0x42; 32]);
