@@ -703,6 +703,8 @@ fn main() {
         ),
     );
 
+    credential_rows(&sz, &mut rows);
+
     println!();
     print_table(&rows);
     println!();
@@ -725,6 +727,34 @@ fn main() {
          handshake bound = the X25519 key generations and DHs of the side(s) measured."
     );
     println!("total time {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// Handshake rate with a client credential (issue 11): pinned handshakes
+/// until data may flow, with a 32-byte secret the server application
+/// accepts at once, against the same without credentials, interleaved in
+/// the same run.
+fn credential_rows(sz: &Sizes, rows: &mut Vec<Row>) {
+    let kilo = |r: f64| r / 1e3;
+    let hs = {
+        let mut with = relink_side::CredentialHandshakes::new(21, true);
+        let mut without = relink_side::CredentialHandshakes::new(22, false);
+        let n = sz.handshakes;
+        let mut runners: Vec<Runner<'_>> = vec![
+            Box::new(move || with.both(n)),
+            Box::new(move || without.both(n)),
+        ];
+        interleaved(sz.samples, &mut runners)
+    };
+    rows.push(Row {
+        case: "full handshake, pinned, 32-byte credential accepted, both sides".into(),
+        unit: "k hs/s",
+        vals: [Some(kilo(hs[0])), None, None, None, None],
+        ratios: format!(
+            "with/without credential {:.2} (without: {:.1} k/s)",
+            hs[0] / hs[1],
+            kilo(hs[1])
+        ),
+    });
 }
 
 /// Run one relink loop for about 5 s, for `perf record` (the case names

@@ -123,7 +123,7 @@ use std::vec;
 use std::vec::Vec;
 
 use crate::driver::{
-    self, ClientCore, DriverClock, ProgressFn, Reconnect, ServerCounters, SessionSlot, Step,
+    self, AuthFn, ClientCore, DriverClock, ProgressFn, Reconnect, ServerCounters, SessionSlot, Step,
 };
 use crate::{
     os_rng, AbortCode, Backoff, ByteRange, CloseReason, Config, Connection, Dispatch, Endpoint,
@@ -188,7 +188,8 @@ impl Transport for std::os::unix::net::UnixStream {
 }
 
 pub use crate::driver::{
-    close_reason_text, ClientStats, Progress, Resolve, ServerAddr, ServerStats, SessionError,
+    close_reason_text, ClientStats, Decision, Progress, Resolve, ServerAddr, ServerStats,
+    SessionError,
 };
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -370,7 +371,7 @@ impl ClientBuilder {
         };
         {
             let mut st = lock(&stream.shared.state);
-            while !st.c.handshake_done {
+            while !st.c.ready() {
                 if let Some(f) = &st.c.failure {
                     return Err(f.to_io());
                 }
@@ -621,6 +622,14 @@ impl ClientStream {
     /// For "last contact" displays.
     pub fn last_received(&self) -> Option<StdDuration> {
         lock(&self.shared.state).c.last_received()
+    }
+
+    /// The token the server granted when it accepted this client (servers
+    /// that decide on clients, `ListenerBuilder::authenticate`), if any:
+    /// present it in later sessions as [`crate::Credential::Token`].
+    /// Opaque bytes; keep them as private as the credential.
+    pub fn token(&self) -> Option<Vec<u8>> {
+        lock(&self.shared.state).c.token.clone()
     }
 }
 
@@ -882,6 +891,7 @@ fn client_reader<T: Transport>(shared: Arc<ClientShared>, mut t: T) {
 pub struct ListenerBuilder {
     config: Config,
     progress: Option<ProgressFn>,
+    authenticate: Option<AuthFn>,
 }
 
 driver::listener_builder_common!();
@@ -908,6 +918,7 @@ impl ListenerBuilder {
             stopping: AtomicBool::new(false),
             stats: ServerCounters::default(),
             progress: self.progress,
+            authenticate: self.authenticate,
             clock: DriverClock::new(),
         });
         let s = shared.clone();
@@ -950,6 +961,8 @@ struct ServerShared {
     stopping: AtomicBool,
     stats: ServerCounters,
     progress: Option<ProgressFn>,
+    /// Decides on clients (`ListenerBuilder::authenticate`).
+    authenticate: Option<AuthFn>,
     clock: DriverClock,
 }
 
@@ -1148,11 +1161,14 @@ fn after(
         conn.handle_timeout(now);
     }
     let links = &st.links;
-    let ch = st
-        .info
-        .drain(conn, now, &shared.stats, shared.progress.as_ref(), |t| {
-            links.get(&t).and_then(|l| l.peer)
-        });
+    let ch = st.info.drain(
+        conn,
+        now,
+        &shared.stats,
+        shared.progress.as_ref(),
+        shared.authenticate.as_ref(),
+        |t| links.get(&t).and_then(|l| l.peer),
+    );
     for t in &ch.close_transports {
         if let Some(l) = st.links.get(t) {
             l.ending.store(true, Ordering::SeqCst);

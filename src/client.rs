@@ -13,10 +13,12 @@
 //! ```
 
 use alloc::collections::VecDeque;
+use alloc::vec::Vec;
 use rand_core::CryptoRng;
 use zeroize::Zeroize;
 
 use crate::config::Config;
+use crate::credential::{encode_credential, CredentialKeys};
 use crate::error::Error;
 use crate::event::{ByteRange, CloseReason, Event};
 use crate::handshake::ClientHandshake;
@@ -25,7 +27,7 @@ use crate::rekey::{KeyRing, RekeyEnv, Side};
 use crate::resume::{
     reject_mac, request_mac, response_mac, REJECT_MAC_INPUT, REQUEST_MAC_INPUT, RESPONSE_MAC_INPUT,
 };
-use crate::stream::{Stream, StreamEvent, StreamLimits};
+use crate::stream::{Gate, Stream, StreamEvent, StreamLimits};
 use crate::time::{Duration, Instant};
 use crate::timer::{Timer, TimerTable};
 use crate::wire::{
@@ -119,6 +121,8 @@ pub struct Client<R: CryptoRng> {
     final_attempt: bool,
     /// A give-up deadline `handle_timeout` saw pass (no longer a timer).
     deadline_noted: Option<Instant>,
+    /// The token the server granted on acceptance, until taken.
+    token: Option<Vec<u8>>,
     /// The server's time from a Stale answer to a hello, with the instant
     /// it arrived: the time of the next hello only (never the session's
     /// clock base: the answer is unauthenticated).
@@ -140,7 +144,7 @@ impl<R: CryptoRng> Client<R> {
     /// transport to the server is open.
     pub fn new(config: Config, rng: R) -> Self {
         let config = config.normalized();
-        Client {
+        let mut c = Client {
             stream: Stream::new(alloc::sync::Arc::new(StreamLimits::from_config(&config))),
             config,
             rng,
@@ -156,8 +160,19 @@ impl<R: CryptoRng> Client<R> {
             unauth_rejections: 0,
             final_attempt: false,
             deadline_noted: None,
+            token: None,
             hello_base: None,
+        };
+        if c.config
+            .credential
+            .as_ref()
+            .is_some_and(|cr| !cr.is_valid())
+        {
+            // Never truncated, never sent: a session that cannot present
+            // its credential does not start.
+            c.close_for_good(CloseReason::Error(Error::TooLong));
         }
+        c
     }
 
     /// A fresh transport to the server is open: the first one starts the
@@ -272,6 +287,7 @@ impl<R: CryptoRng> Client<R> {
                         pinned_server_key: self.config.pinned_server_key,
                     };
                     let r = self.stream.handle_input(now, rest, &mut env);
+                    self.check_accepted();
                     self.note_contact();
                     self.drain_stream_events();
                     return match r {
@@ -335,6 +351,15 @@ impl<R: CryptoRng> Client<R> {
             self.config.pinned_server_key.is_some(),
         ));
         self.stream.set_clock_base(est.server_time, now);
+        if let Some(ck) = est.credential {
+            // The server decides on its clients (ServerHello flag
+            // CLIENT_AUTH, authenticated by its confirm): our credential
+            // (kind 0 without one) is the first frame of every link.
+            let CredentialKeys { cred, grant } = ck;
+            let credential = encode_credential(self.config.credential.as_ref(), &cred);
+            self.stream
+                .set_gate(Gate::ClientWaiting { credential, grant });
+        }
         self.stream.attach(0, now, 0, 0)?;
         self.session = Some(SessionState {
             conn_id: est.conn_id,
@@ -502,7 +527,9 @@ impl<R: CryptoRng> Client<R> {
     /// send buffer is full: wait for ACKs). Works before the handshake too.
     pub fn send(&mut self, data: &[u8]) -> Result<usize, Error> {
         match self.closed {
-            Some(CloseReason::Aborted { code, .. }) => return Err(Error::Aborted(code)),
+            Some(CloseReason::Aborted { code, .. } | CloseReason::Rejected { code }) => {
+                return Err(Error::Aborted(code))
+            }
             Some(_) => return Err(Error::Closed),
             None => {}
         }
@@ -631,6 +658,8 @@ impl<R: CryptoRng> Client<R> {
     pub fn in_doubt(&self) -> Option<ByteRange> {
         match self.closed {
             None | Some(CloseReason::Clean) => None,
+            // The gate kept every DATA frame back: nothing is in doubt.
+            Some(CloseReason::Rejected { .. }) => Some(ByteRange::default()),
             Some(_) => Some(self.stream.in_doubt()),
         }
     }
@@ -753,6 +782,37 @@ impl<R: CryptoRng> Client<R> {
             Phase::Hello { .. } | Phase::Resume { .. } => self.control_sent < self.control_len,
             Phase::Open => self.control_sent < self.control_len || self.stream.wants_transmit(now),
             _ => false,
+        }
+    }
+
+    /// Whether data may flow: from the verified ServerHello on when the
+    /// server does not decide on clients; else once its ACCEPT verified
+    /// ([`Event::Accepted`]). False before the handshake.
+    pub fn is_accepted(&self) -> bool {
+        self.session.is_some() && self.stream.is_accepted()
+    }
+
+    /// The token the server granted when it accepted this client
+    /// ([`Event::Accepted`] with `token: true`), once: present it in later
+    /// sessions as [`crate::Credential::Token`]. Opaque bytes (at most 512).
+    pub fn take_token(&mut self) -> Option<Vec<u8>> {
+        self.token.take()
+    }
+
+    /// Test hook (feature `test-hooks`): send DATA and CLOSE before the
+    /// server's ACCEPT, breaking the protocol (for the server's gate tests).
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn set_ignore_gate_for_test(&mut self, ignore: bool) {
+        self.stream.set_ignore_gate(ignore);
+    }
+
+    /// After input: report the server's ACCEPT once it verified.
+    fn check_accepted(&mut self) {
+        if let Some(token) = self.stream.take_accept_news() {
+            let has = token.is_some();
+            self.token = token;
+            self.events.push_back(Event::Accepted { token: has });
         }
     }
 
@@ -903,7 +963,9 @@ impl<R: CryptoRng> Client<R> {
         // to flush on the open transport (the last ACK, our ABORT answer).
         let flush = matches!(
             reason,
-            CloseReason::Clean | CloseReason::Aborted { by_peer: true, .. }
+            CloseReason::Clean
+                | CloseReason::Aborted { by_peer: true, .. }
+                | CloseReason::Rejected { .. }
         );
         if !flush {
             self.stream.detach();
@@ -917,6 +979,10 @@ impl<R: CryptoRng> Client<R> {
             match e {
                 StreamEvent::PeerClosed => self.events.push_back(Event::PeerClosed),
                 StreamEvent::CleanClose => self.close_for_good(CloseReason::Clean),
+                // Refused before the server's ACCEPT: a rejection.
+                StreamEvent::PeerAborted(code) if !self.stream.is_accepted() => {
+                    self.close_for_good(CloseReason::Rejected { code })
+                }
                 StreamEvent::PeerAborted(code) => self.close_for_good(CloseReason::Aborted {
                     code,
                     by_peer: true,

@@ -3,6 +3,7 @@
 
 use alloc::sync::Arc;
 
+use crate::credential::Credential;
 use crate::keys::StaticKeypair;
 use crate::time::{Duration, Instant, UnixTime, WallClock};
 use crate::wire::MAX_FRAME_PAYLOAD;
@@ -138,6 +139,23 @@ pub struct Config {
     /// install [`crate::SystemWallClock`] when this is `None`.
     /// Client: stamps the ClientHello of a new session (0 without it).
     pub wall_clock: Option<Arc<dyn WallClock>>,
+    /// Server: decide on every session before data flows (ServerHello flag
+    /// `CLIENT_AUTH`, PROTOCOL.md 6.9). Each client must present a
+    /// credential ([`crate::ServerEvent::ClientAuth`]); the application
+    /// accepts or rejects it (`Connection::accept_client`,
+    /// `Connection::reject_client`). No application byte flows either way
+    /// before acceptance. Client: unused.
+    /// Default: false.
+    pub client_auth: bool,
+    /// Client: the credential presented to a server that asks for one
+    /// (sent encrypted, after the server proved its key when pinned; in
+    /// anonymous mode an active man in the middle could read it). Never
+    /// sent to a server that does not ask. A secret is 1..=512 bytes, a
+    /// token 51..=512; one outside its range is never sent (nor
+    /// truncated): the client's session ends at once with
+    /// `CloseReason::Error(Error::TooLong)`. Server: unused.
+    /// Default: none.
+    pub credential: Option<Credential>,
 }
 
 impl Default for Config {
@@ -168,6 +186,8 @@ impl Default for Config {
             server_static: None,
             pinned_server_key: None,
             wall_clock: None,
+            client_auth: false,
+            credential: None,
         }
     }
 }
@@ -233,6 +253,8 @@ impl core::fmt::Debug for Config {
             )
             .field("pinned_server_key", &self.pinned_server_key.is_some())
             .field("wall_clock", &self.wall_clock.is_some())
+            .field("client_auth", &self.client_auth)
+            .field("credential", &self.credential)
             .finish()
     }
 }

@@ -32,20 +32,28 @@
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
+use alloc::vec::Vec;
+use zeroize::Zeroize;
 
 use crate::config::Config;
+use crate::credential::{
+    ClientCredential, CredentialHeld, CredentialKeys, KIND_SECRET, KIND_TOKEN,
+};
 use crate::error::Error;
 use crate::event::{CloseReason, ServerEvent};
 use crate::ids::{SessionId, TransportId};
-use crate::keys::{tags_equal, ConnRng};
+use crate::keys::{tags_equal, ConnRng, Secret};
 use crate::rekey::{KeyRing, RekeyEnv};
 use crate::resume::{
     authenticated_reject, check_request, request_mac, response_mac, SessionCounters,
     REQUEST_MAC_INPUT, RESPONSE_MAC_INPUT,
 };
-use crate::stream::{StampClock, Stream, StreamEvent, StreamLimits};
-use crate::time::Instant;
+use crate::stream::{Gate, StampClock, Stream, StreamEvent, StreamLimits};
+use crate::time::{Duration, Instant};
 use crate::timer::{Timer, TimerTable};
+use crate::token::{
+    xor_zero_nonce, TokenError, TokenGrant, TokenKey, MAX_TOKEN_IDENTITY, TOKEN_NONCE_LEN,
+};
 use crate::wire::{
     AbortCode, ResumeRequest, ResumeResponse, ResumeStatus, UnknownSessionReject, REJECT_AUTH_LEN,
     RESUME_REQUEST_LEN, RESUME_RESPONSE_LEN, TAG_LEN, VERSION,
@@ -58,14 +66,23 @@ use crate::MIN_TRANSMIT_BUFFER;
 pub(crate) struct Shared {
     pub(crate) config: Arc<Config>,
     pub(crate) limits: Arc<StreamLimits>,
+    /// The token key, derived once from the static key (client
+    /// credentials with a static key only).
+    pub(crate) token_key: Option<Arc<TokenKey>>,
 }
 
 impl Shared {
     pub(crate) fn new(config: Config) -> Self {
         let limits = Arc::new(StreamLimits::from_config(&config));
+        let token_key = config
+            .server_static
+            .as_ref()
+            .filter(|_| config.client_auth)
+            .map(|kp| Arc::new(TokenKey::from_static(kp)));
         Shared {
             config: Arc::new(config),
             limits,
+            token_key,
         }
     }
 }
@@ -189,6 +206,8 @@ pub struct Connection {
     /// The session's own random generator (rekey ephemerals, token
     /// nonces), seeded by the endpoint.
     pub(crate) rng: ConnRng,
+    /// The acceptance of the client (`Config::client_auth` only).
+    auth: Option<Box<ServerAuth>>,
 }
 
 impl core::fmt::Debug for Connection {
@@ -215,6 +234,7 @@ impl Connection {
         keys: KeyRing,
         reset_token: [u8; TAG_LEN],
         rng_seed: [u8; 32],
+        credential: Option<CredentialKeys>,
         transport: Option<TransportId>,
         now: Instant,
     ) -> Result<Self, Error> {
@@ -238,7 +258,19 @@ impl Connection {
             events: VecDeque::new(),
             timers: TimerTable::default(),
             rng: ConnRng::from_seed(rng_seed),
+            auth: None,
         };
+        if let Some(ck) = credential {
+            let CredentialKeys { cred, grant } = ck;
+            c.stream.set_gate(Gate::ServerWaiting { cred });
+            c.auth = Some(ServerAuth::new(
+                grant,
+                shared.token_key.clone(),
+                c.config.handshake_timeout,
+                transport.map(|_| now),
+                now,
+            ));
+        }
         if let Some(t) = transport {
             c.stream.attach(0, now, 0, 0)?;
             // Show the client at once that its confirm arrived (a keepalive
@@ -291,6 +323,7 @@ impl Connection {
             pinned_server_key: None,
         };
         let r = self.stream.handle_input(now, input, &mut env);
+        self.check_credential(transport, now);
         self.drain_stream_events();
         let r = match r {
             Ok(n) => Ok(n),
@@ -416,6 +449,7 @@ impl Connection {
             }
         };
         let old = self.transport.replace(transport);
+        self.credential_clock(now, true);
         self.timers.set(Timer::Expiry, None);
         let rx_epoch = self.stream.ring().map_or(0, KeyRing::rx_epoch);
         let mut resp = ResumeResponse {
@@ -481,6 +515,7 @@ impl Connection {
                 self.expire();
             }
         } else if let Some(t) = self.transport {
+            self.credential_timeout(now);
             if self.stream.handle_timeout(now).is_err() {
                 self.fail_attached(t, now, Error::TimedOut);
             }
@@ -728,10 +763,13 @@ impl Connection {
             Timer::AbortAnswer,
             self.stream.abort_answer_deadline(self.config.idle_timeout),
         );
+        self.timers
+            .set(Timer::Credential, self.credential_deadline());
         // Timer::Expiry is set by `detach` and cleared by a resume.
     }
 
     fn detach(&mut self, now: Instant) {
+        self.credential_clock(now, false);
         self.stream.detach();
         if self.finished {
             self.stream.trim();
@@ -878,6 +916,11 @@ impl Connection {
     /// Report the server's in-doubt range (if not empty) before the event
     /// that ends the session.
     fn push_in_doubt(&mut self) {
+        if !self.stream.is_accepted() {
+            // Never accepted: the gate kept every DATA frame back, so
+            // nothing is in doubt (all of it is certainly undelivered).
+            return;
+        }
         let range = self.stream.in_doubt();
         if !range.is_empty() {
             self.events.push_back(ServerEvent::InDoubt {
@@ -887,3 +930,207 @@ impl Connection {
         }
     }
 }
+
+// ----- client credentials (PROTOCOL.md 6.9) -----------------------------------
+
+/// The server's side of the acceptance of one client (`Config::client_auth`
+/// only; boxed in the connection, so an ungated session pays a pointer).
+pub(crate) struct ServerAuth {
+    /// The credential the application decides on, from `ClientAuth` until
+    /// the decision (zeroized on drop).
+    held: Option<CredentialHeld>,
+    /// The key of the ACCEPT's token (`grant_key`), until the decision.
+    grant: Option<Secret>,
+    /// The endpoint's token key (`None` without a static key).
+    token_key: Option<Arc<TokenKey>>,
+    /// Attached time left for the CREDENTIAL to verify.
+    budget: Duration,
+    /// Since when the current transport counts against `budget`.
+    attached_at: Option<Instant>,
+    /// The latest instant a call brought (the token's issue time).
+    last_now: Instant,
+}
+
+impl core::fmt::Debug for ServerAuth {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ServerAuth")
+            .field("held", &self.held)
+            .field("budget", &self.budget)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerAuth {
+    pub(crate) fn new(
+        grant: Secret,
+        token_key: Option<Arc<TokenKey>>,
+        budget: Duration,
+        attached_at: Option<Instant>,
+        now: Instant,
+    ) -> Box<Self> {
+        Box::new(ServerAuth {
+            held: None,
+            grant: Some(grant),
+            token_key,
+            budget,
+            attached_at,
+            last_now: now,
+        })
+    }
+}
+
+impl Connection {
+    /// The credential the client presented, once
+    /// [`ServerEvent::ClientAuth`] was reported and until the application
+    /// decided (`accept_client` or `reject_client`). `None` otherwise, and
+    /// always on a server without `Config::client_auth`.
+    pub fn client_credential(&self) -> Option<ClientCredential<'_>> {
+        self.auth.as_ref()?.held.as_ref().map(CredentialHeld::view)
+    }
+
+    /// Accept the client: an ACCEPT frame goes out (re-sent on every new
+    /// transport until the client acknowledges it) and data flows both
+    /// ways after it. With `grant`, the ACCEPT carries a token naming
+    /// `grant.identity` for `grant.lifetime` (PROTOCOL.md 4.8), which the
+    /// client may present in later sessions instead of its credential.
+    ///
+    /// Errors: [`Error::InvalidState`] when no decision is pending (no
+    /// `ClientAuth` reported, or already decided); [`Error::NoStaticKey`]
+    /// for a grant on a server without `Config::server_static` (tokens are
+    /// keyed by it); [`Error::TooLong`] for an identity over
+    /// [`crate::MAX_TOKEN_IDENTITY`] bytes. On error nothing changed.
+    pub fn accept_client(&mut self, grant: Option<TokenGrant<'_>>) -> Result<(), Error> {
+        let auth = self.auth.as_mut().ok_or(Error::InvalidState)?;
+        if auth.held.is_none() {
+            return Err(Error::InvalidState);
+        }
+        let grant_key = auth.grant.as_ref().ok_or(Error::InvalidState)?;
+        let token = match grant {
+            None => Vec::new(),
+            Some(g) => {
+                let key = auth.token_key.as_ref().ok_or(Error::NoStaticKey)?;
+                if g.identity.len() > MAX_TOKEN_IDENTITY {
+                    return Err(Error::TooLong);
+                }
+                let mut draw = self.rng.draw();
+                let mut nonce = [0u8; TOKEN_NONCE_LEN];
+                nonce.copy_from_slice(&draw[..TOKEN_NONCE_LEN]);
+                draw.zeroize();
+                let issued = self.config.wall_now(auth.last_now);
+                let mut token = key
+                    .mint(&nonce, g.identity, issued, g.lifetime)
+                    .ok_or(Error::TooLong)?;
+                xor_zero_nonce(grant_key, &mut token);
+                token
+            }
+        };
+        self.stream.accept_client(token)?;
+        auth.held = None;
+        auth.grant = None;
+        self.update_timers();
+        Ok(())
+    }
+
+    /// Reject the client: the session is aborted with `code` (typically
+    /// [`AbortCode::CREDENTIAL_REJECTED`] or an application code ≥
+    /// [`AbortCode::APPLICATION_MIN`]); the client's session closes with
+    /// `CloseReason::Rejected { code }`. No application byte was delivered
+    /// either way. The held credential is zeroized. Same as
+    /// [`Connection::abort`] otherwise (also valid before `ClientAuth`).
+    pub fn reject_client(&mut self, code: AbortCode) {
+        if let Some(auth) = self.auth.as_mut() {
+            auth.held = None;
+            auth.grant = None;
+        }
+        self.abort(code);
+    }
+
+    /// Whether data may flow: always on a server without
+    /// `Config::client_auth`; else once the application accepted the client.
+    pub fn is_accepted(&self) -> bool {
+        self.stream.is_accepted()
+    }
+
+    /// After input: a CREDENTIAL that just verified becomes the pending
+    /// decision (`ClientAuth`), or ends the session when it is a token this
+    /// server refuses.
+    fn check_credential(&mut self, transport: TransportId, now: Instant) {
+        let Some(auth) = self.auth.as_mut() else {
+            return;
+        };
+        auth.last_now = now;
+        let Some(mut p) = self.stream.take_arrived_credential() else {
+            return;
+        };
+        if self.stream.aborted().is_some() {
+            // The same input broke the protocol (DATA before ACCEPT): no
+            // decision to make.
+            auth.grant = None;
+            return;
+        }
+        let held = match p.kind {
+            KIND_SECRET => CredentialHeld::Secret(core::mem::take(&mut p.bytes)),
+            KIND_TOKEN => {
+                let wall = self.config.wall_now(now);
+                let window = self.config.freshness_window;
+                let verified = auth
+                    .token_key
+                    .as_ref()
+                    .map_or(Err(TokenError::Invalid), |k| {
+                        k.verify(&p.bytes, wall, window)
+                    });
+                match verified {
+                    Ok(t) => CredentialHeld::Token(t),
+                    Err(e) => {
+                        auth.grant = None;
+                        self.stream.abort(match e {
+                            TokenError::Invalid => AbortCode::TOKEN_INVALID,
+                            TokenError::Expired => AbortCode::TOKEN_EXPIRED,
+                        });
+                        return;
+                    }
+                }
+            }
+            _ => CredentialHeld::None,
+        };
+        auth.held = Some(held);
+        self.events.push_back(ServerEvent::ClientAuth {
+            session: self.session,
+            transport,
+        });
+    }
+
+    /// The deadline of the CREDENTIAL while it has not verified and a
+    /// transport is attached.
+    fn credential_deadline(&self) -> Option<Instant> {
+        let auth = self.auth.as_ref()?;
+        if !self.stream.awaits_credential() || self.stream.aborted().is_some() {
+            return None;
+        }
+        Some(auth.attached_at?.saturating_add(auth.budget))
+    }
+
+    /// A transport attaches (`now`) or detaches (`None`): the credential's
+    /// budget counts attached time only.
+    fn credential_clock(&mut self, now: Instant, attached: bool) {
+        if let Some(auth) = self.auth.as_mut() {
+            if let Some(at) = auth.attached_at.take() {
+                let used = now.saturating_since(at).as_micros();
+                auth.budget = Duration::from_micros(auth.budget.as_micros().saturating_sub(used));
+            }
+            if attached {
+                auth.attached_at = Some(now);
+            }
+        }
+    }
+
+    /// No CREDENTIAL verified within `handshake_timeout` of attached time:
+    /// reject the client.
+    fn credential_timeout(&mut self, now: Instant) {
+        if self.credential_deadline().is_some_and(|d| d <= now) {
+            self.reject_client(AbortCode::CREDENTIAL_REJECTED);
+        }
+    }
+}
+
+// ----- end client credentials ---------------------------------------------------

@@ -39,6 +39,7 @@ use rand_core::CryptoRng;
 
 use crate::config::Config;
 use crate::connection::{Connection, EndpointEvent, Rejection, Shared};
+use crate::credential::CredentialKeys;
 use crate::error::{Error, ProtocolError};
 use crate::event::ServerEvent;
 use crate::handshake::{server_respond, ServerRandom};
@@ -52,7 +53,7 @@ use crate::time::Instant;
 use crate::wire::{
     client_first_len, ClientHello, HandshakeStatus, HelloStale, ResumeRequest, ResumeStatus,
     UnknownSessionReject, CLIENT_CONFIRM_LEN, CLIENT_HELLO_LEN, RESUME_REQUEST_LEN,
-    SERVER_HELLO_LEN, TAG_LEN, TAG_NEW, VERSION,
+    SERVER_HELLO_LEN, SH_FLAG_CLIENT_AUTH, TAG_LEN, TAG_NEW, VERSION,
 };
 use crate::MIN_TRANSMIT_BUFFER;
 
@@ -132,6 +133,8 @@ struct Handshake {
     /// the connection id).
     rng_seed: Secret,
     reset_token: [u8; TAG_LEN],
+    /// The keys of the credential exchange (`Config::client_auth`).
+    credential: Option<CredentialKeys>,
     expected_confirm: [u8; TAG_LEN],
     transport: Option<TransportId>,
     /// Expiry while it has no transport (in the index).
@@ -154,6 +157,7 @@ impl Handshake {
             keys,
             reset_token,
             rng_seed,
+            credential,
             ..
         } = self;
         Connection::new(
@@ -163,6 +167,7 @@ impl Handshake {
             keys,
             reset_token,
             rng_seed.0,
+            credential,
             transport,
             now,
         )
@@ -484,6 +489,11 @@ impl<R: CryptoRng> Endpoint<R> {
             wall,
             self.shared.config.resume_timeout.as_micros(),
             self.shared.config.server_static.as_ref(),
+            if self.shared.config.client_auth {
+                SH_FLAG_CLIENT_AUTH
+            } else {
+                0
+            },
         );
         let hs = match result {
             Ok(hs) => hs,
@@ -513,6 +523,7 @@ impl<R: CryptoRng> Endpoint<R> {
                 keys: KeyRing::new(est.chain, Side::Server, pinned),
                 rng_seed,
                 reset_token: est.reset_token,
+                credential: est.credential,
                 expected_confirm: hs.expected_confirm,
                 transport: Some(transport),
                 expires: None,

@@ -88,6 +88,12 @@ pub enum Error {
     /// [`Error::AuthFailed`] (it costs the transport only, PROTOCOL.md 7.7);
     /// the drivers name it so when it ends the first connect.
     ServerKeyMismatch,
+    /// A token was granted (`Connection::accept_client`) on a server
+    /// without a static key: tokens are keyed by it.
+    NoStaticKey,
+    /// A value longer than the protocol allows (a token grant's identity
+    /// over 256 bytes).
+    TooLong,
     /// An authenticated message whose time stamp lies outside the
     /// freshness window (PROTOCOL.md 6.7): it was held back or replayed, or
     /// the clocks are apart. Nothing of it was acted on; the transport
@@ -143,6 +149,8 @@ impl fmt::Display for Error {
             Error::WouldBlock => write!(f, "no data available yet"),
             Error::Aborted(code) => write!(f, "session aborted: {code}"),
             Error::ServerKeyMismatch => write!(f, "the server did not prove the pinned key"),
+            Error::NoStaticKey => write!(f, "no static key: this server cannot issue tokens"),
+            Error::TooLong => write!(f, "value longer than the protocol allows"),
             Error::Stale => write!(
                 f,
                 "stale: a time stamp outside the freshness window (held back, replayed, or clocks apart)"

@@ -55,6 +55,17 @@ pub enum CloseReason {
     },
     /// A fatal error.
     Error(Error),
+    /// Client: the server refused this client before accepting it (an
+    /// ABORT with `code` verified before the server's ACCEPT, PROTOCOL.md
+    /// 6.7): typically `CREDENTIAL_REJECTED` (5), `TOKEN_INVALID` (6),
+    /// `TOKEN_EXPIRED` (7) or an application code. No application byte
+    /// was delivered either way: the acceptance gate kept every DATA frame
+    /// back, so nothing this side wrote is in doubt (every byte is
+    /// certainly undelivered; `Client::in_doubt` is an empty range).
+    Rejected {
+        /// The reason code of the server's ABORT.
+        code: AbortCode,
+    },
 }
 
 /// Something the client state machine reports.
@@ -96,6 +107,13 @@ pub enum Event {
     AuthFailed {
         /// What failed.
         reason: Error,
+    },
+    /// The server accepted this client's credential (its ACCEPT frame
+    /// verified): data flows from now on. Reported once per session, only
+    /// by servers that decide on clients (`Config::client_auth`).
+    Accepted {
+        /// The server granted a token: take it with `Client::take_token`.
+        token: bool,
     },
     /// Both directions of the session switched to key epoch `epoch` (a
     /// rekey exchange completed on this side, PROTOCOL.md 6.8). Reported
@@ -169,6 +187,16 @@ pub enum ServerEvent {
     SessionExpired {
         /// The session.
         session: SessionId,
+    },
+    /// The client of `session` presented its credential (once per
+    /// session, `Config::client_auth` only): read it with
+    /// `Connection::client_credential`, then call `accept_client` or
+    /// `reject_client`. No application byte flows either way before.
+    ClientAuth {
+        /// The session.
+        session: SessionId,
+        /// The transport it arrived on.
+        transport: TransportId,
     },
     /// Right before `SessionExpired` or a `Closed` that is not clean: the
     /// data offsets `[acknowledged, written)` of the server's stream of

@@ -19,11 +19,12 @@
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroize;
 
+use crate::credential::CredentialKeys;
 use crate::error::{Error, ProtocolError};
 use crate::keys::{context, tags_equal, Chain, Secret, StaticKeypair};
 use crate::wire::{
     ClientHello, ServerHello, CLIENT_HELLO_LEN, FLAG_PINNED, SERVER_HELLO_KEYED_PREFIX,
-    SERVER_HELLO_LEN, TAG_LEN, VERSION,
+    SERVER_HELLO_LEN, SH_FLAG_CLIENT_AUTH, TAG_LEN, VERSION,
 };
 
 /// What both sides know once the handshake's keys are derived.
@@ -38,8 +39,11 @@ pub(crate) struct Established {
     /// it comes from the server (PROTOCOL.md 3.6).
     pub(crate) reset_token: [u8; TAG_LEN],
     /// The ServerHello's flags (authenticated by the server's confirm).
-    #[allow(dead_code)] // read by the client once credentials exist (step 6)
+    #[allow(dead_code)] // the client reads `credential`, derived from it
     pub(crate) server_flags: u8,
+    /// The keys of the credential exchange, when the ServerHello carries
+    /// `CLIENT_AUTH` (PROTOCOL.md 6.9).
+    pub(crate) credential: Option<CredentialKeys>,
 }
 
 /// Where the masked connection id sits in the ServerHello; the masked reset
@@ -127,6 +131,11 @@ impl Transcript {
     fn client_confirm(&self) -> [u8; TAG_LEN] {
         Secret::derive(context::CLIENT_CONFIRM, &[&self.prk.0]).mac(&[self.th3.as_bytes()])
     }
+    /// `cred_key` and `grant_key` from `master` (PROTOCOL.md 6.9).
+    fn credential_keys(&self) -> CredentialKeys {
+        let master = Secret::derive(context::MASTER, &[&self.prk.0, self.th3.as_bytes()]);
+        CredentialKeys::from_master(&master)
+    }
     fn chain(&self) -> Chain {
         let master = Secret::derive(context::MASTER, &[&self.prk.0, self.th3.as_bytes()]);
         Chain::from_master(master)
@@ -204,6 +213,7 @@ impl ClientHandshake {
                 resume_timeout: sh.resume_timeout,
                 reset_token,
                 server_flags: sh.flags,
+                credential: (sh.flags & SH_FLAG_CLIENT_AUTH != 0).then(|| t.credential_keys()),
             },
             confirm: t.client_confirm(),
         })
@@ -240,6 +250,7 @@ pub(crate) fn server_respond(
     server_time: u64,
     resume_timeout: u64,
     server_static: Option<&StaticKeypair>,
+    flags: u8,
 ) -> Result<ServerHandshake, Error> {
     let ch = ClientHello::decode(ch_bytes)?;
     let eph = StaticSecret::from(random.ephemeral_secret);
@@ -261,7 +272,7 @@ pub(crate) fn server_respond(
         challenge: random.challenge,
         server_time,
         resume_timeout,
-        flags: 0,
+        flags,
         encrypted_conn_id: [0u8; 8],
         encrypted_reset_token: [0u8; TAG_LEN],
         confirm: [0u8; TAG_LEN],
@@ -289,7 +300,8 @@ pub(crate) fn server_respond(
             server_time,
             resume_timeout,
             reset_token: random.reset_token,
-            server_flags: 0,
+            server_flags: flags,
+            credential: (flags & SH_FLAG_CLIENT_AUTH != 0).then(|| t.credential_keys()),
         },
     })
 }
@@ -310,7 +322,7 @@ mod tests {
     #[test]
     fn both_sides_derive_the_same_keys() {
         let c = ClientHandshake::new([1u8; 32], None, 0);
-        let s = server_respond(c.hello(), &random(), 42, 7, None).unwrap();
+        let s = server_respond(c.hello(), &random(), 42, 7, None, 0).unwrap();
         let f = c.finish(&s.reply).unwrap();
         assert_eq!(f.established.conn_id, 0x1122_3344_5566_7788);
         assert_eq!(f.established.server_time, 42);
@@ -328,10 +340,10 @@ mod tests {
         let server_kp = StaticKeypair::from_secret_bytes([5u8; 32]);
         let other = StaticKeypair::from_secret_bytes([6u8; 32]);
         let c = ClientHandshake::new([1u8; 32], Some(other.public_key()), 0);
-        let s = server_respond(c.hello(), &random(), 0, 0, Some(&server_kp)).unwrap();
+        let s = server_respond(c.hello(), &random(), 0, 0, Some(&server_kp), 0).unwrap();
         assert!(matches!(c.finish(&s.reply), Err(Error::AuthFailed)));
         let c = ClientHandshake::new([1u8; 32], Some(server_kp.public_key()), 0);
-        let s = server_respond(c.hello(), &random(), 0, 0, Some(&server_kp)).unwrap();
+        let s = server_respond(c.hello(), &random(), 0, 0, Some(&server_kp), 0).unwrap();
         assert!(c.finish(&s.reply).is_ok());
     }
 
@@ -340,7 +352,7 @@ mod tests {
         let mut hello = ClientHandshake::new([1u8; 32], None, 0).hello;
         hello[3..35].copy_from_slice(&[0u8; 32]);
         assert!(matches!(
-            server_respond(&hello, &random(), 0, 0, None),
+            server_respond(&hello, &random(), 0, 0, None, 0),
             Err(Error::Protocol(ProtocolError::WeakKey))
         ));
     }

@@ -51,6 +51,18 @@ pub mod context {
     /// A server connection's random generator: the next state (after a
     /// draw, or mixed with added entropy).
     pub const CONN_RNG_STATE: &str = "relink v2 2026-12 connection rng state";
+
+    // Client credentials and tokens (version 2, PROTOCOL.md 6.9, 4.8).
+    /// Key of the CREDENTIAL frame's encryption, from the session master.
+    pub const CREDENTIAL: &str = "relink v2 2026-12 credential";
+    /// Key of the ACCEPT frame's token encryption, from the session master.
+    pub const GRANT: &str = "relink v2 2026-12 token grant";
+    /// The server's token key, from its static secret key.
+    pub const TOKEN_KEY: &str = "relink v2 2026-12 token key";
+    /// A token's encryption key, from the token key and its nonce.
+    pub const TOKEN_ENC: &str = "relink v2 2026-12 token encryption";
+    /// A token's MAC key, from the token key and its nonce.
+    pub const TOKEN_MAC: &str = "relink v2 2026-12 token mac";
 }
 
 /// Direction byte mixed into every frame MAC.

@@ -136,6 +136,7 @@ extern crate std;
 mod client;
 mod config;
 pub mod connection;
+mod credential;
 pub mod driver;
 pub mod endpoint;
 mod error;
@@ -149,6 +150,7 @@ pub mod server;
 mod stream;
 pub mod time;
 pub mod timer;
+mod token;
 pub mod wire;
 
 #[cfg(feature = "std")]
@@ -161,6 +163,7 @@ pub mod tokio;
 pub use client::Client;
 pub use config::Config;
 pub use connection::{Connection, EndpointEvent, Rejection};
+pub use credential::{ClientCredential, Credential};
 pub use driver::Backoff;
 pub use endpoint::{Dispatch, Endpoint};
 pub use error::{Error, ProtocolError};
@@ -175,6 +178,7 @@ pub use server::Server;
 #[cfg_attr(docsrs, doc(cfg(feature = "std")))]
 pub use time::SystemWallClock;
 pub use time::{Duration, Instant, UnixTime, WallClock};
+pub use token::{TokenGrant, MAX_TOKEN_IDENTITY};
 pub use wire::{AbortCode, HandshakeStatus, ResumeStatus};
 
 /// The README's examples, compiled and run as doctests.

@@ -314,6 +314,37 @@ impl<R: CryptoRng> Server<R> {
         self.with_connection(session, |c| c.abort(code))
     }
 
+    /// The credential the client of `session` presented, between
+    /// [`ServerEvent::ClientAuth`] and the decision
+    /// ([`Connection::client_credential`]).
+    pub fn client_credential(&self, session: SessionId) -> Option<crate::ClientCredential<'_>> {
+        self.connection(session)?.client_credential()
+    }
+
+    /// Accept the client of `session`, optionally granting a token
+    /// ([`Connection::accept_client`]; [`Error::UnknownSession`] for an
+    /// unknown session).
+    pub fn accept_client(
+        &mut self,
+        session: SessionId,
+        grant: Option<crate::TokenGrant<'_>>,
+    ) -> Result<(), Error> {
+        self.with_connection(session, |c| c.accept_client(grant))?
+    }
+
+    /// Reject the client of `session` with `code`
+    /// ([`Connection::reject_client`]).
+    pub fn reject_client(&mut self, session: SessionId, code: AbortCode) -> Result<(), Error> {
+        self.with_connection(session, |c| c.reject_client(code))
+    }
+
+    /// Whether `session` exists and data may flow on it
+    /// ([`Connection::is_accepted`]).
+    pub fn is_accepted(&self, session: SessionId) -> bool {
+        self.connection(session)
+            .is_some_and(Connection::is_accepted)
+    }
+
     /// Close the sending side of `session` (a CLOSE frame follows its data).
     pub fn close(&mut self, session: SessionId) -> Result<(), Error> {
         self.with_connection(session, |c| c.close())

@@ -27,16 +27,17 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 use crate::config::Config;
+use crate::credential::{decode_accept, decode_credential, CredentialPayload};
 use crate::error::{Error, ProtocolError};
 use crate::event::ByteRange;
-use crate::keys::{tags_equal, DirectionKeys, FrameAad};
+use crate::keys::{tags_equal, DirectionKeys, FrameAad, Secret};
 use crate::rekey::{KeyRing, Received, RekeyEnv, RekeyMsg, Side};
 use crate::time::{Duration, Instant, WallClock};
 use crate::wire::{
     AbortCode, AbortFrame, AckFrame, FrameHeader, FrameType, RekeyInit, RekeyReply, RekeySwitch,
-    StampFrame, ABORT_PAYLOAD_LEN, ACK_PAYLOAD_LEN, CLOSE_PAYLOAD_LEN, FRAME_HEADER_LEN,
-    FRAME_OVERHEAD, MAX_FRAME_PAYLOAD, PING_PAYLOAD_LEN, REKEY_FLAG_ORDERED,
-    REKEY_INIT_PAYLOAD_LEN, TAG_LEN,
+    StampFrame, ABORT_PAYLOAD_LEN, ACK_FLAG_ACCEPTED, ACK_PAYLOAD_LEN, CLOSE_PAYLOAD_LEN,
+    FRAME_HEADER_LEN, FRAME_OVERHEAD, MAX_FRAME_PAYLOAD, MAX_TOKEN_LEN, PING_PAYLOAD_LEN,
+    REKEY_FLAG_ORDERED, REKEY_INIT_PAYLOAD_LEN, TAG_LEN,
 };
 
 /// Every (key id, offset, plaintext byte) encrypted, once recording is on
@@ -49,10 +50,6 @@ type KeystreamLog = ();
 /// The largest stream offset of a direction (`send` refuses bytes beyond
 /// it with `KeyLimitReached`; unreachable in practice).
 pub(crate) const MAX_STREAM_OFFSET: u64 = 1 << 62;
-
-/// ACK flag bits a receiver accepts (none yet: `ACK_FLAG_ACCEPTED` comes
-/// with client credentials).
-const ACK_FLAGS_ALLOWED: u8 = 0;
 
 /// The limits of [`Config`] the stream needs.
 #[derive(Clone, Copy, Debug)]
@@ -245,6 +242,11 @@ struct Link {
     /// The peer's switch marker verified: an ACK (with our new receive
     /// epoch) is due even if the read count did not change.
     epoch_ack_due: bool,
+    /// The gate frame (CREDENTIAL or ACCEPT) went out on this link.
+    auth_sent: bool,
+    /// An ACK is due even with an unchanged read count (the client just
+    /// verified the server's ACCEPT).
+    ack_forced: bool,
     /// Since when input is held back (until the next frame verifies).
     held_since: Option<Instant>,
     /// Total time this link's input was held back: the allowance of the
@@ -362,6 +364,11 @@ pub(crate) struct Stream {
     /// Test hook: µs added to every outgoing stamp.
     #[cfg(feature = "test-hooks")]
     stamp_skew: i64,
+    /// The acceptance gate, when the server decides on its clients.
+    gate: Option<Box<Gate>>,
+    /// Test hook: DATA and CLOSE ignore the gate.
+    #[cfg(feature = "test-hooks")]
+    ignore_gate: bool,
 }
 
 impl Stream {
@@ -394,6 +401,9 @@ impl Stream {
             clock: StampClock::Client(None),
             #[cfg(feature = "test-hooks")]
             stamp_skew: 0,
+            gate: None,
+            #[cfg(feature = "test-hooks")]
+            ignore_gate: false,
         }
     }
 
@@ -775,6 +785,8 @@ impl Stream {
             tx_switched,
             init_sent: false,
             epoch_ack_due: false,
+            auth_sent: false,
+            ack_forced: false,
             held_since: None,
             held_total: Duration::default(),
         });
@@ -969,6 +981,8 @@ impl Stream {
                             frame_type: header[0],
                             len: hdr.len,
                         })?;
+                // Before acceptance: a protocol violation, delivered to no one.
+                gate_violation(self.gate.as_deref(), &mut self.abort);
                 if self.abort.is_none() {
                     reserve_bounded(&mut self.rx, hdr.len, self.limits.recv_buffer);
                     self.rx.extend(body.iter());
@@ -983,14 +997,11 @@ impl Stream {
                 let ack = AckFrame::decode(body)?;
                 let v = ack.read_count;
                 let sent_end = self.tx_next + link.close_sent as u64;
-                if v < self.tx_acked
-                    || v > sent_end
-                    || !keys.check_peer_rx(ack.rx_epoch)
-                    || ack.flags & !ACK_FLAGS_ALLOWED != 0
-                {
+                if v < self.tx_acked || v > sent_end || !keys.check_peer_rx(ack.rx_epoch) {
                     return Err(ProtocolError::BadAck.into());
                 }
                 keys.peer_rx_is(ack.rx_epoch);
+                self.note_ack_flags(ack.flags)?;
                 self.ack_to(v);
                 self.rekey_step(env);
             }
@@ -1037,7 +1048,7 @@ impl Stream {
                 }
             }
             FrameType::Credential | FrameType::Accept => {
-                self.abort(AbortCode::PROTOCOL_VIOLATION);
+                self.open_gate_frame(hdr.frame_type, body);
             }
             FrameType::Abort => {
                 let frame = AbortFrame::decode(body)?;
@@ -1068,7 +1079,7 @@ impl Stream {
             FrameType::Close => {
                 let time = StampFrame::decode(body)?.time;
                 check_stamp(&mut self.clock, window, link.held_total, now, time)?;
-                if !self.peer_closed {
+                if !gate_violation(self.gate.as_deref(), &mut self.abort) && !self.peer_closed {
                     self.peer_closed = true;
                     link.ack_due = Some(now);
                     self.push_event(StreamEvent::PeerClosed);
@@ -1133,11 +1144,13 @@ impl Stream {
     }
 
     /// Whether this side may start an exchange now (rule 1): attached, the
-    /// session running, no exchange in progress.
+    /// session accepted (design 4.3: no rekey before acceptance) and
+    /// running, no exchange in progress.
     fn may_start_rekey(&self) -> bool {
         self.link.is_some()
             && self.abort.is_none()
             && !self.clean_reported
+            && self.gate.as_deref().is_none_or(Gate::is_open)
             && self.keys.as_ref().is_some_and(KeyRing::may_start)
     }
 
@@ -1307,6 +1320,8 @@ impl Stream {
         let data_cap = self.data_cap();
         // Stamps are read only when a stamped frame is written (a server's
         // wall clock stays out of the DATA path).
+        let ack_flags = self.ack_flags();
+        let ignore_gate = self.ignores_gate();
         let stamper = Stamper {
             clock: &self.clock,
             skew,
@@ -1332,17 +1347,18 @@ impl Stream {
         let mut n = 0;
         let read_count = self.rx_data + self.peer_closed as u64;
         let has_data = self.tx_next < data_cap;
-        let ack_wanted = (read_count > link.acked_sent
-            && (has_data
-                || self.peer_closed
-                || link.ack_due.is_some_and(|d| d <= now)
-                || read_count - link.acked_sent >= self.limits.ack_threshold))
-            || link.epoch_ack_due;
+        let ack_wanted = link.ack_forced
+            || link.epoch_ack_due
+            || read_count > link.acked_sent
+                && (has_data
+                    || self.peer_closed
+                    || link.ack_due.is_some_and(|d| d <= now)
+                    || read_count - link.acked_sent >= self.limits.ack_threshold);
         if ack_wanted && out.len() >= FRAME_OVERHEAD + ACK_PAYLOAD_LEN {
             let payload = AckFrame {
                 read_count,
                 rx_epoch: keys.rx_epoch(),
-                flags: 0,
+                flags: ack_flags,
             }
             .encode();
             n += seal_control(
@@ -1356,9 +1372,11 @@ impl Stream {
             link.acked_sent = read_count;
             link.ack_due = None;
             link.epoch_ack_due = false;
+            link.ack_forced = false;
         }
         let mut rekeyed = None;
         let mut switched = false;
+        let mut data_ok;
         loop {
             // Rekey frames (PROTOCOL.md 6.8 rule 6): a due marker, then a due INIT.
             let w = transmit_rekey(keys, link, self.tx_next, &stamper, now, &mut out[n..]);
@@ -1367,6 +1385,19 @@ impl Stream {
             switched |= w.switched;
             if let (Some(at), Some(g)) = (w.init_at, self.grace.as_mut()) {
                 g.order_at = Some(at);
+            }
+            // Then the gate frame (CREDENTIAL or ACCEPT), once per link.
+            n += transmit_gate(
+                self.gate.as_deref_mut(),
+                link,
+                keys.tx_control(link.tx_switched),
+                self.tx_next,
+                || stamper.at(now),
+                &mut out[n..],
+            );
+            data_ok = gate_allows_data(self.gate.as_deref(), link.auth_sent, ignore_gate);
+            if !data_ok {
+                break;
             }
             // DATA up to the cap: a switch point whose marker this link has
             // not carried yet, the hard byte limit of the epoch.
@@ -1410,7 +1441,8 @@ impl Stream {
                 link.answer_abort = None;
             }
         }
-        if self.closing
+        if data_ok
+            && self.closing
             && !link.close_sent
             && self.tx_next == self.tx_written
             && out.len() - n >= FRAME_OVERHEAD + CLOSE_PAYLOAD_LEN
@@ -1470,11 +1502,14 @@ impl Stream {
                 || now >= link.last_tx.saturating_add(self.limits.keepalive_interval);
         }
         let rc = self.read_count();
-        self.tx_next < self.data_cap()
+        let data_ok = self.data_may_flow();
+        (data_ok && self.tx_next < self.data_cap())
             || self.rekey_frames_due(link)
             || self.rekey_start_due(now)
             || link.answer_abort.is_some()
-            || (self.closing && !link.close_sent && self.tx_next == self.tx_written)
+            || link.ack_forced
+            || self.gate_frame_due()
+            || (data_ok && self.closing && !link.close_sent && self.tx_next == self.tx_written)
             || (rc > link.acked_sent
                 && (self.peer_closed
                     || link.ack_due.is_some_and(|d| d <= now)
@@ -1798,3 +1833,274 @@ fn arr16(b: &[u8]) -> [u8; TAG_LEN] {
     a.copy_from_slice(&b[..TAG_LEN]);
     a
 }
+
+// ----- acceptance gate (client credentials, PROTOCOL.md 6.9) ----------------
+
+/// The acceptance gate of a session whose server decides on its clients
+/// (ServerHello flag `CLIENT_AUTH`); a stream without one has `None`.
+/// While the gate is closed neither side writes DATA or CLOSE, and either
+/// side aborts with `PROTOCOL_VIOLATION` when the peer does. Boxed in the
+/// stream: an ungated session pays one pointer.
+#[derive(Debug)]
+pub(crate) enum Gate {
+    /// Client, until the server's ACCEPT verified: the CREDENTIAL payload
+    /// (encrypted once; the same bytes on every link) and the key of the
+    /// ACCEPT's token.
+    ClientWaiting { credential: Vec<u8>, grant: Secret },
+    /// Client: ACCEPT verified. `news` holds the (decrypted) token until
+    /// the client reported the acceptance.
+    ClientAccepted { news: Option<Option<Vec<u8>>> },
+    /// Server, until the CREDENTIAL verified: its key.
+    ServerWaiting { cred: Secret },
+    /// Server: the CREDENTIAL verified and was decrypted; the connection
+    /// takes it (`take_arrived_credential`).
+    ServerArrived(CredentialPayload),
+    /// Server: the application decides.
+    ServerDeciding,
+    /// Server: accepted. `pending` is the ACCEPT frame's encrypted token
+    /// (maybe empty), re-sent on every link until an ACK with `ACCEPTED`
+    /// verified; `None` after.
+    ServerAccepted { pending: Option<Vec<u8>> },
+}
+
+impl Gate {
+    /// Whether application data (and CLOSE) may flow.
+    fn is_open(&self) -> bool {
+        matches!(
+            self,
+            Gate::ClientAccepted { .. } | Gate::ServerAccepted { .. }
+        )
+    }
+}
+
+impl Stream {
+    /// Test hook: write DATA and CLOSE whatever the gate says (a client
+    /// that breaks the protocol).
+    #[cfg(feature = "test-hooks")]
+    pub(crate) fn set_ignore_gate(&mut self, ignore: bool) {
+        self.ignore_gate = ignore;
+    }
+
+    /// Install the acceptance gate (at session start).
+    pub(crate) fn set_gate(&mut self, gate: Gate) {
+        self.gate = Some(Box::new(gate));
+    }
+
+    /// Whether the session is accepted (always, without a gate).
+    pub(crate) fn is_accepted(&self) -> bool {
+        self.gate.as_deref().is_none_or(Gate::is_open)
+    }
+
+    /// Server: whether the client's CREDENTIAL has not verified yet.
+    pub(crate) fn awaits_credential(&self) -> bool {
+        matches!(self.gate.as_deref(), Some(Gate::ServerWaiting { .. }))
+    }
+
+    /// Server: the client's credential, once, right after it verified.
+    pub(crate) fn take_arrived_credential(&mut self) -> Option<CredentialPayload> {
+        let gate = self.gate.as_deref_mut()?;
+        if !matches!(gate, Gate::ServerArrived(_)) {
+            return None;
+        }
+        match core::mem::replace(gate, Gate::ServerDeciding) {
+            Gate::ServerArrived(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Server: the application accepted; `token` is the ACCEPT frame's
+    /// encrypted token (may be empty). `InvalidState` unless deciding.
+    pub(crate) fn accept_client(&mut self, token: Vec<u8>) -> Result<(), Error> {
+        match self.gate.as_deref_mut() {
+            Some(g @ Gate::ServerDeciding) => {
+                *g = Gate::ServerAccepted {
+                    pending: Some(token),
+                };
+                Ok(())
+            }
+            _ => Err(Error::InvalidState),
+        }
+    }
+
+    /// Client: the server's ACCEPT, once, right after it verified: the
+    /// token it carried, if any.
+    pub(crate) fn take_accept_news(&mut self) -> Option<Option<Vec<u8>>> {
+        match self.gate.as_deref_mut() {
+            Some(Gate::ClientAccepted { news }) => news.take(),
+            _ => None,
+        }
+    }
+
+    /// The flags of this side's ACKs: `ACCEPTED` on an accepted client.
+    fn ack_flags(&self) -> u8 {
+        match self.gate.as_deref() {
+            Some(Gate::ClientAccepted { .. }) => ACK_FLAG_ACCEPTED,
+            _ => 0,
+        }
+    }
+
+    /// Check a verified ACK's flags: only a client sets `ACCEPTED`, and
+    /// only after the server accepted it; the server then drops its copy
+    /// of the ACCEPT frame.
+    fn note_ack_flags(&mut self, flags: u8) -> Result<(), Error> {
+        if flags == 0 {
+            return Ok(());
+        }
+        match self.gate.as_deref_mut() {
+            Some(Gate::ServerAccepted { pending }) if flags == ACK_FLAG_ACCEPTED => {
+                *pending = None;
+                Ok(())
+            }
+            _ => Err(ProtocolError::BadAck.into()),
+        }
+    }
+
+    /// A verified CREDENTIAL (server) or ACCEPT (client) frame: the first
+    /// one moves the gate, duplicates (re-sends after a break) are ignored;
+    /// one in the wrong direction, without a gate, or malformed is a
+    /// protocol violation.
+    fn open_gate_frame(&mut self, frame_type: FrameType, body: &[u8]) {
+        let ok = match (frame_type, self.gate.as_deref_mut()) {
+            (FrameType::Credential, Some(g @ Gate::ServerWaiting { .. })) => {
+                let Gate::ServerWaiting { cred } = &*g else {
+                    return;
+                };
+                match decode_credential(body, cred) {
+                    Some(p) => {
+                        *g = Gate::ServerArrived(p);
+                        true
+                    }
+                    None => false,
+                }
+            }
+            (
+                FrameType::Credential,
+                Some(Gate::ServerArrived(_) | Gate::ServerDeciding | Gate::ServerAccepted { .. }),
+            ) => true,
+            (FrameType::Accept, Some(g @ Gate::ClientWaiting { .. })) => {
+                let Gate::ClientWaiting { grant, .. } = &*g else {
+                    return;
+                };
+                match decode_accept(body, grant) {
+                    Some((_time, token)) => {
+                        *g = Gate::ClientAccepted { news: Some(token) };
+                        // The ACK with ACCEPTED is due at once.
+                        if let Some(l) = &mut self.link {
+                            l.ack_forced = true;
+                        }
+                        true
+                    }
+                    None => false,
+                }
+            }
+            (FrameType::Accept, Some(Gate::ClientAccepted { .. })) => {
+                // A re-sent ACCEPT: our ACK with ACCEPTED was lost; repeat it
+                // so that the server can drop its copy.
+                if let Some(l) = &mut self.link {
+                    l.ack_forced = true;
+                }
+                true
+            }
+            _ => false,
+        };
+        if !ok {
+            self.abort(AbortCode::PROTOCOL_VIOLATION);
+        }
+    }
+
+    /// Whether `poll_transmit` owes the link a gate frame now.
+    fn gate_frame_due(&self) -> bool {
+        let sent = self.link.as_ref().is_none_or(|l| l.auth_sent);
+        !sent
+            && matches!(
+                self.gate.as_deref(),
+                Some(Gate::ClientWaiting { .. } | Gate::ServerAccepted { pending: Some(_) })
+            )
+    }
+
+    /// Whether DATA and CLOSE may be written on the current link now: the
+    /// gate is open and a pending ACCEPT already went out on this link (the
+    /// server's data follows its ACCEPT in frame order).
+    fn data_may_flow(&self) -> bool {
+        let sent = self.link.as_ref().is_some_and(|l| l.auth_sent);
+        gate_allows_data(self.gate.as_deref(), sent, self.ignores_gate())
+    }
+
+    #[cfg(feature = "test-hooks")]
+    fn ignores_gate(&self) -> bool {
+        self.ignore_gate
+    }
+
+    #[cfg(not(feature = "test-hooks"))]
+    fn ignores_gate(&self) -> bool {
+        false
+    }
+}
+
+/// Whether DATA and CLOSE may be written (see [`Stream::data_may_flow`]);
+/// `auth_sent`: the link's gate frame went out.
+fn gate_allows_data(gate: Option<&Gate>, auth_sent: bool, ignore: bool) -> bool {
+    match gate {
+        _ if ignore => true,
+        None | Some(Gate::ClientAccepted { .. }) => true,
+        Some(Gate::ServerAccepted { pending: None }) => true,
+        Some(Gate::ServerAccepted { pending: Some(_) }) => auth_sent,
+        Some(_) => false,
+    }
+}
+
+/// A verified DATA or CLOSE frame from the peer before acceptance: a
+/// protocol violation, this side aborts with `PROTOCOL_VIOLATION` (field by
+/// field, so that `open_frame` can check while it holds the link). Returns
+/// whether it was one.
+fn gate_violation(gate: Option<&Gate>, abort: &mut Option<Abort>) -> bool {
+    if gate.is_none_or(Gate::is_open) {
+        return false;
+    }
+    if abort.is_none() {
+        *abort = Some(Abort {
+            code: AbortCode::PROTOCOL_VIOLATION,
+            by_peer: false,
+            done: false,
+        });
+    }
+    true
+}
+
+/// Write the link's gate frame, if one is due: the client's CREDENTIAL
+/// (the first frame of every link until ACCEPT) or the server's ACCEPT
+/// (once per link until its ACK). Returns the bytes written (0 when none is
+/// due or `out` is too small: nothing gated goes out before it).
+fn transmit_gate(
+    gate: Option<&mut Gate>,
+    link: &mut Link,
+    keys: &DirectionKeys,
+    offset: u64,
+    time: impl FnOnce() -> u64,
+    out: &mut [u8],
+) -> usize {
+    if link.auth_sent {
+        return 0;
+    }
+    let mut accept = [0u8; 8 + MAX_TOKEN_LEN];
+    let (frame_type, payload): (FrameType, &[u8]) = match gate {
+        Some(Gate::ClientWaiting { credential, .. }) => (FrameType::Credential, credential),
+        Some(Gate::ServerAccepted {
+            pending: Some(token),
+        }) => {
+            let len = 8 + token.len().min(MAX_TOKEN_LEN);
+            // The clock is read only when an ACCEPT is written.
+            accept[..8].copy_from_slice(&time().to_le_bytes());
+            accept[8..len].copy_from_slice(&token[..len - 8]);
+            (FrameType::Accept, &accept[..len])
+        }
+        _ => return 0,
+    };
+    if out.len() < FRAME_OVERHEAD + payload.len() {
+        return 0;
+    }
+    link.auth_sent = true;
+    seal_control(link, keys, offset, frame_type, payload, out)
+}
+
+// ----- end acceptance gate ----------------------------------------------------

@@ -32,6 +32,11 @@ pub enum Timer {
     /// Client: the session is given up after this instant once one more
     /// attempt fails (`Client::give_up_at`, PROTOCOL.md 7.6).
     GiveUp,
+    /// Server, `Config::client_auth`: the client's CREDENTIAL must verify
+    /// within `Config::handshake_timeout` of attached time after the
+    /// session was confirmed, else the session is aborted with
+    /// `CREDENTIAL_REJECTED` (PROTOCOL.md 6.9).
+    Credential,
     /// A rekey is due by this side's time policy
     /// (`Config::rekey_after_time`, `Config::key_lifetime`).
     Rekey,
@@ -43,7 +48,7 @@ pub enum Timer {
 
 impl Timer {
     /// Number of timer kinds.
-    pub const COUNT: usize = 9;
+    pub const COUNT: usize = 10;
     /// Every kind, in table order.
     pub const ALL: [Timer; Timer::COUNT] = [
         Timer::Ack,
@@ -53,6 +58,7 @@ impl Timer {
         Timer::Expiry,
         Timer::Handshake,
         Timer::GiveUp,
+        Timer::Credential,
         Timer::Rekey,
         Timer::KeyExpiry,
     ];

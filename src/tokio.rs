@@ -123,10 +123,11 @@ use ::tokio::task::JoinHandle;
 use ::tokio::time::{Instant as TokioInstant, Sleep};
 
 use crate::driver::{
-    self, add, ClientCore, DriverClock, ProgressFn, Reconnect, ServerCounters, SessionSlot,
+    self, add, AuthFn, ClientCore, DriverClock, ProgressFn, Reconnect, ServerCounters, SessionSlot,
 };
 pub use crate::driver::{
-    close_reason_text, ClientStats, Progress, Resolve, ServerAddr, ServerStats, SessionError,
+    close_reason_text, ClientStats, Decision, Progress, Resolve, ServerAddr, ServerStats,
+    SessionError,
 };
 use crate::wire::RESUME_REQUEST_LEN;
 use crate::{
@@ -662,7 +663,7 @@ impl ClientBuilder {
         let stream = ClientStream { shared, task };
         poll_fn(|cx| {
             let mut st = lock(&stream.shared);
-            if st.c.handshake_done {
+            if st.c.ready() {
                 return Poll::Ready(Ok(()));
             }
             if let Some(f) = &st.c.failure {
@@ -787,6 +788,14 @@ impl ClientStream {
     /// For "last contact" displays.
     pub fn last_received(&self) -> Option<std::time::Duration> {
         lock(&self.shared).c.last_received()
+    }
+
+    /// The token the server granted when it accepted this client (servers
+    /// that decide on clients, `ListenerBuilder::authenticate`), if any:
+    /// present it in later sessions as [`crate::Credential::Token`].
+    /// Opaque bytes; keep them as private as the credential.
+    pub fn token(&self) -> Option<std::vec::Vec<u8>> {
+        lock(&self.shared).c.token.clone()
     }
 }
 
@@ -1120,6 +1129,8 @@ struct Inner {
     stats: ServerCounters,
     stopped: AtomicBool,
     progress: Option<ProgressFn>,
+    /// Decides on clients (`ListenerBuilder::authenticate`).
+    authenticate: Option<AuthFn>,
     /// Our static public key, to name it in logs.
     server_key: Option<[u8; 32]>,
 }
@@ -1319,6 +1330,7 @@ impl SessionState {
                 now,
                 &inner.stats,
                 inner.progress.as_ref(),
+                inner.authenticate.as_ref(),
                 peer_of,
             );
             out.accept |= ch.accept;
@@ -1397,6 +1409,7 @@ fn poll_step<R>(
 pub struct ListenerBuilder {
     config: Config,
     progress: Option<ProgressFn>,
+    authenticate: Option<AuthFn>,
 }
 
 driver::listener_builder_common!();
@@ -1418,6 +1431,7 @@ impl ListenerBuilder {
             stats: ServerCounters::default(),
             stopped: AtomicBool::new(false),
             progress: self.progress,
+            authenticate: self.authenticate,
             server_key: config.server_static.as_ref().map(|k| k.public_key()),
             ep: Mutex::new(EndpointState {
                 endpoint: Endpoint::new(config, crate::os_rng()),

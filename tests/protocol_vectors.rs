@@ -52,6 +52,282 @@ fn client_config(v: &Vectors, base: Config) -> Config {
 }
 
 // ---------------------------------------------------------------------------
+// Client credentials and tokens (PROTOCOL.md 6.9, 4.8)
+// ---------------------------------------------------------------------------
+
+/// The credential scenario of 10.12 through the public API: a pinned
+/// handshake whose server decides on clients (`CLIENT_AUTH`), the client's
+/// CREDENTIAL, the server application's acceptance with a token grant, the
+/// ACCEPT and the client's ACK with `ACCEPTED`.
+fn run_api_cred(v: &Vectors) -> Vec<(String, Vec<u8>)> {
+    let kp = StaticKeypair::from_secret_bytes(v.arr("cred_server_static_secret"));
+    let (crng, ctaken) = ScriptedRng::new(v.bytes("cred_client_ephemeral_secret"));
+    let mut sbytes = v.bytes("cred_server_ephemeral_secret");
+    sbytes.extend(v.bytes("cred_server_challenge"));
+    sbytes.extend(v.int("cred_server_conn_id").to_le_bytes());
+    sbytes.extend(v.bytes("cred_server_conn_rng_seed"));
+    let (srng, staken) = ScriptedRng::new(sbytes);
+    let credential = v.text("cred_credential").into_bytes();
+    let mut client = Client::new(
+        client_config(
+            v,
+            Config {
+                pinned_server_key: Some(kp.public_key()),
+                credential: Some(relink::Credential::Secret(credential.clone())),
+                ..Config::default()
+            },
+        ),
+        crng,
+    );
+    let mut server = Server::new(
+        Config {
+            server_static: Some(kp),
+            client_auth: true,
+            wall_clock: Some(std::sync::Arc::new(FixedWallClock(
+                v.int("cred_server_wall_clock"),
+            ))),
+            ..Config::default()
+        },
+        srng,
+    );
+    let now_s = v.at("cred_t_server");
+    let now_c = v.at("cred_t_client");
+    let tid = server.accept(now_s).unwrap();
+    client.new_transport(now_c).unwrap();
+    let ch = cpoll(&mut client, now_c);
+    server.handle_input(tid, now_s, &ch).unwrap();
+    let sh = spoll(&mut server, tid, now_s);
+    client.handle_input(now_c, &sh).unwrap();
+    assert!(matches!(
+        client_events(&mut client).as_slice(),
+        [Event::HandshakeDone { .. }]
+    ));
+    assert!(!client.is_accepted(), "the server decides first");
+    let second = cpoll(&mut client, now_c);
+    let (cc, cred_frame) = second.split_at(16);
+    assert_eq!(server.handle_input(tid, now_s, &second), Ok(second.len()));
+    let sid = match server_events(&mut server).as_slice() {
+        [ServerEvent::HandshakeDone { session, .. }, ServerEvent::ClientAuth { session: s2, .. }]
+            if session == s2 =>
+        {
+            *session
+        }
+        e => panic!("server events after the credential: {e:?}"),
+    };
+    assert_eq!(
+        server.client_credential(sid),
+        Some(relink::ClientCredential::Secret(&credential))
+    );
+    let identity = v.text("cred_token_identity").into_bytes();
+    server
+        .accept_client(
+            sid,
+            Some(relink::TokenGrant {
+                identity: &identity,
+                lifetime: relink::Duration::from_micros(v.int("cred_token_lifetime")),
+            }),
+        )
+        .unwrap();
+    let accept = spoll(&mut server, tid, now_s);
+    assert_eq!(client.handle_input(now_c, &accept), Ok(accept.len()));
+    assert_eq!(
+        client_events(&mut client),
+        vec![Event::Accepted { token: true }]
+    );
+    let token = client.take_token().expect("a token");
+    let ack = cpoll(&mut client, now_c);
+    assert_eq!(server.handle_input(tid, now_s, &ack), Ok(ack.len()));
+    assert!(server.is_accepted(sid) && client.is_accepted());
+    // The token's nonce is the first draw of the connection's generator.
+    assert_eq!((ctaken.get(), staken.get()), (32, 88));
+    vec![
+        ("cred_client_hello".into(), ch),
+        ("cred_server_hello".into(), sh),
+        ("cred_client_confirm".into(), cc.to_vec()),
+        ("cred_credential_frame".into(), cred_frame.to_vec()),
+        ("cred_token".into(), token),
+        ("cred_accept_frame".into(), accept),
+        ("cred_ack_accepted_frame".into(), ack),
+    ]
+}
+
+/// XOR with `ChaCha20(key, 12 zero bytes, counter 0)` (the spec's
+/// keystream at offset 0 is exactly that).
+fn spec_xor0(key: &[u8; 32], data: &[u8]) -> Vec<u8> {
+    data.iter()
+        .zip(spec::keystream(key, 0, data.len()))
+        .map(|(a, b)| a ^ b)
+        .collect()
+}
+
+/// The token of [`PROTOCOL.md 4.8`], built from its inputs.
+fn spec_token(
+    token_key: &[u8; 32],
+    nonce: &[u8],
+    issued_at: u64,
+    expires_at: u64,
+    identity: &[u8],
+) -> (Vec<u8>, [u8; 32], [u8; 32]) {
+    let material = [&token_key[..], nonce].concat();
+    let enc = spec::derive("TOKEN_ENC", &material);
+    let mac = spec::derive("TOKEN_MAC", &material);
+    let mut plain = issued_at.to_le_bytes().to_vec();
+    plain.extend(expires_at.to_le_bytes());
+    plain.extend((identity.len() as u16).to_le_bytes());
+    plain.extend(identity);
+    let mut token = vec![0x01];
+    token.extend(nonce);
+    token.extend(spec_xor0(&enc, &plain));
+    let tag = spec::mac16(&mac, &token);
+    token.extend(tag);
+    (token, enc, mac)
+}
+
+/// Why a token is refused, as 4.8 orders the checks.
+#[derive(Debug, PartialEq)]
+enum TokenVerdict {
+    Ok(Vec<u8>),
+    Invalid,
+    Expired,
+}
+
+fn spec_verify_token(token_key: &[u8; 32], token: &[u8], now: u64, window: u64) -> TokenVerdict {
+    if token.len() < 51 || token[0] != 0x01 {
+        return TokenVerdict::Invalid;
+    }
+    let nonce = &token[1..17];
+    let material = [&token_key[..], nonce].concat();
+    let mac = spec::derive("TOKEN_MAC", &material);
+    let (authed, tag) = token.split_at(token.len() - 16);
+    if spec::mac16(&mac, authed)[..] != tag[..] {
+        return TokenVerdict::Invalid;
+    }
+    let plain = spec_xor0(&spec::derive("TOKEN_ENC", &material), &authed[17..]);
+    let issued = u64::from_le_bytes(plain[0..8].try_into().unwrap());
+    let expires = u64::from_le_bytes(plain[8..16].try_into().unwrap());
+    let len = u16::from_le_bytes([plain[16], plain[17]]) as usize;
+    if len > 256 || plain.len() != 18 + len || issued > now + window {
+        return TokenVerdict::Invalid;
+    }
+    if now > expires {
+        return TokenVerdict::Expired;
+    }
+    TokenVerdict::Ok(plain[18..].to_vec())
+}
+
+/// 10.12 from the inputs alone.
+fn check_cred(v: &Vectors) -> Result<(), String> {
+    let hs = spec::handshake(&cred_inputs(v));
+    expect_bytes(v, "cred_client_hello", &hs.client_hello)?;
+    expect_bytes(v, "cred_server_hello", &hs.server_hello)?;
+    ensure(hs.server_hello[66] == 0x01, || "CLIENT_AUTH not set".into())?;
+    expect_bytes(v, "cred_client_confirm", &hs.client_confirm)?;
+    let master = hs
+        .values
+        .iter()
+        .find(|(n, _)| *n == "master")
+        .map(|(_, b)| b.clone())
+        .unwrap();
+    expect_bytes(v, "cred_master", &master)?;
+    let k = &hs.keys;
+    // CREDENTIAL: kind 1, the secret under cred_key; c2s, generation 0,
+    // sequence 0, offset 0 (the first frame after the ClientConfirm).
+    let cred_key = spec::derive("CREDENTIAL", &master);
+    let grant_key = spec::derive("GRANT", &master);
+    expect_bytes(v, "cred_cred_key", &cred_key)?;
+    expect_bytes(v, "cred_grant_key", &grant_key)?;
+    let credential = v.text("cred_credential").into_bytes();
+    let mut payload = vec![1u8];
+    payload.extend(spec_xor0(&cred_key, &credential));
+    let c0 = spec::Position {
+        epoch: 0,
+        dir: spec::DIR_C2S,
+        generation: 0,
+        sequence: 0,
+        offset: 0,
+    };
+    expect_bytes(
+        v,
+        "cred_credential_frame",
+        &spec::seal(&k.c2s_enc, &k.c2s_mac, &c0, spec::CREDENTIAL, &payload),
+    )?;
+    let (ty, body) = spec::open(
+        &k.c2s_enc,
+        &k.c2s_mac,
+        &c0,
+        &v.bytes("cred_credential_frame"),
+    )?;
+    ensure(
+        ty == spec::CREDENTIAL && body[0] == 1 && spec_xor0(&cred_key, &body[1..]) == credential,
+        || "cred_credential_frame does not carry the credential".into(),
+    )?;
+    // The token: keyed by the static secret, nonce = first 16 bytes of the
+    // connection generator's first draw.
+    let static_secret: [u8; 32] = v.arr("cred_server_static_secret");
+    let token_key = spec::derive("TOKEN_KEY", &static_secret);
+    expect_bytes(v, "cred_token_key", &token_key)?;
+    let nonce = spec::conn_rng(&v.arr("cred_server_conn_rng_seed"), 1)[0][..16].to_vec();
+    expect_bytes(v, "cred_token_nonce", &nonce)?;
+    let issued = v.int("cred_server_wall_clock");
+    let expires = issued + v.int("cred_token_lifetime");
+    ensure(v.int("cred_token_expires_at") == expires, || {
+        "cred_token_expires_at is not issued + lifetime".into()
+    })?;
+    let identity = v.text("cred_token_identity").into_bytes();
+    let (token, enc, mac) = spec_token(&token_key, &nonce, issued, expires, &identity);
+    expect_bytes(v, "cred_token_enc_key", &enc)?;
+    expect_bytes(v, "cred_token_mac_key", &mac)?;
+    expect_bytes(v, "cred_token", &token)?;
+    // ACCEPT: the server's time, the token under grant_key; s2c, sequence 0.
+    let mut payload = issued.to_le_bytes().to_vec();
+    payload.extend(spec_xor0(&grant_key, &token));
+    let s0 = spec::Position {
+        epoch: 0,
+        dir: spec::DIR_S2C,
+        generation: 0,
+        sequence: 0,
+        offset: 0,
+    };
+    expect_bytes(
+        v,
+        "cred_accept_frame",
+        &spec::seal(&k.s2c_enc, &k.s2c_mac, &s0, spec::ACCEPT, &payload),
+    )?;
+    // The client's ACK: read count 0, receive epoch 0, flags ACCEPTED;
+    // c2s sequence 1.
+    let mut ack = 0u64.to_le_bytes().to_vec();
+    ack.extend(0u32.to_le_bytes());
+    ack.push(0x01);
+    let c1 = spec::Position { sequence: 1, ..c0 };
+    expect_bytes(
+        v,
+        "cred_ack_accepted_frame",
+        &spec::seal(&k.c2s_enc, &k.c2s_mac, &c1, spec::ACK, &ack),
+    )?;
+    // Validation: accepted until expires_at, expired after; another
+    // server key's token_key fails the MAC.
+    let window = v.int("freshness_window");
+    let published = v.bytes("cred_token");
+    ensure(
+        spec_verify_token(&token_key, &published, expires, window) == TokenVerdict::Ok(identity),
+        || "cred_token does not verify at expires_at".into(),
+    )?;
+    let expired_at = v.int("cred_token_expired_at");
+    ensure(
+        expired_at > expires
+            && spec_verify_token(&token_key, &published, expired_at, window)
+                == TokenVerdict::Expired,
+        || "cred_token is not expired at cred_token_expired_at".into(),
+    )?;
+    let other = spec::derive("TOKEN_KEY", &v.arr::<32>("cred_other_server_static_secret"));
+    expect_bytes(v, "cred_other_token_key", &other)?;
+    ensure(
+        spec_verify_token(&other, &published, issued, window) == TokenVerdict::Invalid,
+        || "another server key accepts cred_token".into(),
+    )
+}
+
+// ---------------------------------------------------------------------------
 // Vector file format
 // ---------------------------------------------------------------------------
 
@@ -983,7 +1259,7 @@ mod spec {
     pub const VERSION: u8 = 2;
 
     /// BLAKE3 `derive_key` contexts: (name in the document, string).
-    pub const CONTEXTS: [(&str, &str); 14] = [
+    pub const CONTEXTS: [(&str, &str); 19] = [
         ("HANDSHAKE", "relink v1 2026-11 handshake secret"),
         ("CONN_ID_MASK", "relink v1 2026-11 connection id mask"),
         ("RESET_SECRET", "relink v1 2026-11 reset secret"),
@@ -998,6 +1274,11 @@ mod spec {
         ("CONN_RNG_OUTPUT", "relink v2 2026-12 connection rng output"),
         ("CONN_RNG_STATE", "relink v2 2026-12 connection rng state"),
         ("REKEY", "relink v2 2026-12 rekey chain"),
+        ("CREDENTIAL", "relink v2 2026-12 credential"),
+        ("GRANT", "relink v2 2026-12 token grant"),
+        ("TOKEN_KEY", "relink v2 2026-12 token key"),
+        ("TOKEN_ENC", "relink v2 2026-12 token encryption"),
+        ("TOKEN_MAC", "relink v2 2026-12 token mac"),
     ];
 
     /// The first draws of a connection's random generator seeded with
@@ -1118,6 +1399,8 @@ mod spec {
         pub hello_time: u64,
         /// The server's static secret when the client pins its public key.
         pub server_static: Option<[u8; 32]>,
+        /// The ServerHello `flags` (bit 0 `CLIENT_AUTH`).
+        pub sh_flags: u8,
     }
 
     /// A ClientHello: tag, version, flags, ephemeral public key, time.
@@ -1143,7 +1426,7 @@ mod spec {
         sh[34..50].copy_from_slice(&i.challenge);
         sh[50..58].copy_from_slice(&i.server_time.to_le_bytes());
         sh[58..66].copy_from_slice(&i.resume_timeout.to_le_bytes());
-        sh[66] = 0; // flags: none
+        sh[66] = i.sh_flags;
         let ee = x25519_dalek::x25519(i.client_secret, spub);
         assert_eq!(ee, x25519_dalek::x25519(i.server_secret, cpub), "DH agrees");
         assert_ne!(ee, [0u8; 32], "contributory");
@@ -1302,6 +1585,10 @@ mod spec {
     pub const REKEY_REPLY: u8 = 7;
     /// Frame type REKEY_SWITCH.
     pub const REKEY_SWITCH: u8 = 8;
+    /// Frame type CREDENTIAL.
+    pub const CREDENTIAL: u8 = 9;
+    /// Frame type ACCEPT.
+    pub const ACCEPT: u8 = 10;
     /// Direction byte client → server.
     pub const DIR_C2S: u8 = 1;
     /// Direction byte server → client.
@@ -1557,6 +1844,7 @@ fn anon_inputs(v: &Vectors) -> spec::HandshakeInputs {
         resume_timeout: v.int("resume_timeout"),
         hello_time: v.int("client_wall_clock"),
         server_static: None,
+        sh_flags: 0,
     }
 }
 
@@ -1570,6 +1858,21 @@ fn pinned_inputs(v: &Vectors) -> spec::HandshakeInputs {
         resume_timeout: v.int("resume_timeout"),
         hello_time: v.int("client_wall_clock"),
         server_static: Some(v.arr("pinned_server_static_secret")),
+        sh_flags: 0,
+    }
+}
+
+fn cred_inputs(v: &Vectors) -> spec::HandshakeInputs {
+    spec::HandshakeInputs {
+        client_secret: v.arr("cred_client_ephemeral_secret"),
+        server_secret: v.arr("cred_server_ephemeral_secret"),
+        challenge: v.arr("cred_server_challenge"),
+        conn_id: v.int("cred_server_conn_id"),
+        server_time: v.int("cred_server_wall_clock"),
+        resume_timeout: v.int("resume_timeout"),
+        hello_time: v.int("client_wall_clock"),
+        server_static: Some(v.arr("cred_server_static_secret")),
+        sh_flags: 1, // CLIENT_AUTH
     }
 }
 
@@ -1849,6 +2152,7 @@ fn check_fresh(v: &Vectors) -> Result<(), String> {
         resume_timeout: v.int("resume_timeout"),
         hello_time: time,
         server_static: None,
+        sh_flags: 0,
     });
     expect_bytes(v, "fresh_client_hello_2", &hs.client_hello)?;
     expect_bytes(v, "fresh_server_hello", &hs.server_hello)?;
@@ -2164,17 +2468,19 @@ fn check_api(v: &Vectors) -> Result<(), String> {
         .into_iter()
         .chain(run_api_pinned(v))
         .chain(run_api_fresh(v))
+        .chain(run_api_cred(v))
         .chain(run_api_rekey(v));
     for (name, bytes) in all {
         expect_bytes(v, &name, &bytes)?;
         seen.insert(name);
     }
-    ensure(seen.len() == 32 + 15, || format!("api produced {seen:?}"))
+    ensure(seen.len() == 39 + 15, || format!("api produced {seen:?}"))
 }
 
 fn check_all(v: &Vectors) -> Result<(), String> {
     check_api(v)?;
-    check_spec(v)
+    check_spec(v)?;
+    check_cred(v)
 }
 
 #[test]
@@ -2314,6 +2620,12 @@ fn generator_inputs() -> Vectors {
     b("pinned_client_ephemeral_secret", seq(0xa0, 32));
     b("pinned_server_ephemeral_secret", seq(0xc0, 32));
     b("pinned_server_challenge", seq(0xe0, 16));
+    b("cred_server_static_secret", seq(0x11, 32));
+    b("cred_other_server_static_secret", seq(0x31, 32));
+    b("cred_client_ephemeral_secret", seq(0x51, 32));
+    b("cred_server_ephemeral_secret", seq(0x71, 32));
+    b("cred_server_challenge", seq(0x91, 16));
+    b("cred_server_conn_rng_seed", seq(0xa1, 32));
     b("rekey_client_secret", seq(0x90, 32));
     let mut i = |name: &str, x: u64| v.map.insert(name.into(), Val::Int(x));
     // Server clock: µs since the Unix epoch. Client clock: its own origin.
@@ -2372,6 +2684,13 @@ fn generator_inputs() -> Vectors {
     i("t_fresh_client_ping", 20_130_000);
     i("t_fresh_server_replay", s0 + 201_000_000);
     i("fresh_client_clock_offset", (s0 + 200_110_000) - 20_130_000);
+    i("cred_server_conn_id", 0x0c0d_0e0f_1011_1213);
+    i("cred_t_client", 20_000_000);
+    i("cred_t_server", 30_000_000);
+    i("cred_server_wall_clock", s0 + 5_000_000);
+    i("cred_token_lifetime", 86_400_000_000);
+    i("cred_token_expires_at", s0 + 5_000_000 + 86_400_000_000);
+    i("cred_token_expired_at", s0 + 5_000_000 + 86_400_000_000 + 1);
     // The rekey scenario (10.11): the handshake of 10.4, then these.
     i("t_client_rekey", 1_200_000);
     i("t_server_rekey", s0 + 220_000);
@@ -2391,6 +2710,8 @@ fn generator_inputs() -> Vectors {
         ("c2s_data_2", "lost in transit"),
         ("s2c_data_2", "server bytes lost too"),
         ("pinned_c2s_data", "PAY 100 EUR TO BOB"),
+        ("cred_credential", "alice:correct horse"),
+        ("cred_token_identity", "alice"),
         ("rekey_c2s_data_0", "before the rekey"),
         ("rekey_s2c_data_0", "in flight during the rekey"),
         ("rekey_s2c_data_1", "server bytes under epoch 1"),
@@ -2399,6 +2720,44 @@ fn generator_inputs() -> Vectors {
         v.map.insert(name.into(), Val::Text(s.into()));
     }
     v
+}
+
+/// The intermediate values of 10.12 the generator publishes (the spec's
+/// own derivations; `check_cred` recomputes and compares them).
+fn cred_spec_values(v: &Vectors) -> Vec<(&'static str, Vec<u8>)> {
+    let hs = spec::handshake(&cred_inputs(v));
+    let master: [u8; 32] = hs
+        .values
+        .iter()
+        .find(|(n, _)| *n == "master")
+        .map(|(_, b)| b[..].try_into().unwrap())
+        .unwrap();
+    let static_secret: [u8; 32] = v.arr("cred_server_static_secret");
+    let token_key = spec::derive("TOKEN_KEY", &static_secret);
+    let nonce = spec::conn_rng(&v.arr("cred_server_conn_rng_seed"), 1)[0][..16].to_vec();
+    let material = [&token_key[..], &nonce[..]].concat();
+    vec![
+        ("cred_master", master.to_vec()),
+        (
+            "cred_cred_key",
+            spec::derive("CREDENTIAL", &master).to_vec(),
+        ),
+        ("cred_grant_key", spec::derive("GRANT", &master).to_vec()),
+        ("cred_token_key", token_key.to_vec()),
+        ("cred_token_nonce", nonce.clone()),
+        (
+            "cred_token_enc_key",
+            spec::derive("TOKEN_ENC", &material).to_vec(),
+        ),
+        (
+            "cred_token_mac_key",
+            spec::derive("TOKEN_MAC", &material).to_vec(),
+        ),
+        (
+            "cred_other_token_key",
+            spec::derive("TOKEN_KEY", &v.arr::<32>("cred_other_server_static_secret")).to_vec(),
+        ),
+    ]
 }
 
 #[test]
@@ -2426,6 +2785,9 @@ fn print_vectors() {
         "c2s_keystream_at_boundary".into(),
         spec::keystream(&hs.keys.c2s_enc, boundary, 16),
     );
+    for (name, b) in cred_spec_values(&v) {
+        v.map.insert(name.into(), Val::Bytes(b));
+    }
     let master: [u8; 32] = hs
         .values
         .iter()
@@ -2446,6 +2808,7 @@ fn print_vectors() {
         .into_iter()
         .chain(run_api_pinned(&v))
         .chain(run_api_fresh(&v))
+        .chain(run_api_cred(&v))
         .chain(run_api_rekey(&v))
         .collect();
     for (name, b) in api {
@@ -2489,6 +2852,11 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "context.CONN_RNG_OUTPUT",
             "context.CONN_RNG_STATE",
             "context.REKEY",
+            "context.CREDENTIAL",
+            "context.GRANT",
+            "context.TOKEN_KEY",
+            "context.TOKEN_ENC",
+            "context.TOKEN_MAC",
         ],
     ),
     (
@@ -2736,6 +3104,47 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "rekey_c2s_switch_frame",
             "rekey_c2s_data_epoch1_frame",
             "rekey_s2c_ack_epoch1_frame",
+        ],
+    ),
+    (
+        "10.12 Credential and token",
+        &[
+            "# inputs: random values (scripted RNGs), clocks (µs), the grant",
+            "cred_server_static_secret",
+            "cred_client_ephemeral_secret",
+            "cred_server_ephemeral_secret",
+            "cred_server_challenge",
+            "cred_server_conn_id",
+            "cred_server_conn_rng_seed",
+            "cred_t_client",
+            "cred_t_server",
+            "cred_server_wall_clock",
+            "cred_credential",
+            "cred_token_identity",
+            "cred_token_lifetime",
+            "# the handshake (ServerHello flags = CLIENT_AUTH)",
+            "cred_client_hello",
+            "cred_server_hello",
+            "cred_client_confirm",
+            "cred_master",
+            "# the CREDENTIAL frame (c2s, generation 0, sequence 0, offset 0)",
+            "cred_cred_key",
+            "cred_credential_frame",
+            "# the token (nonce: the first draw of the connection's generator)",
+            "cred_token_key",
+            "cred_token_nonce",
+            "cred_token_enc_key",
+            "cred_token_mac_key",
+            "cred_token_expires_at",
+            "cred_token",
+            "# the ACCEPT frame (s2c, sequence 0) and the client's ACK (c2s, sequence 1)",
+            "cred_grant_key",
+            "cred_accept_frame",
+            "cred_ack_accepted_frame",
+            "# refusals: another server's token key fails the MAC; expired one µs after expires_at",
+            "cred_other_server_static_secret",
+            "cred_other_token_key",
+            "cred_token_expired_at",
         ],
     ),
 ];

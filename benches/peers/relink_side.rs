@@ -622,3 +622,82 @@ pub fn idle_memory(n: usize) -> Memory {
         buffers_trimmed,
     }
 }
+
+// ----- client credentials -------------------------------------------------------
+
+/// Pinned handshakes whose server decides on clients: the client presents
+/// a 32-byte secret, the server application accepts it at once (no token);
+/// a handshake counts once the client verified the ACCEPT. The same without
+/// credentials (`credential: false`) is the baseline of the same run.
+pub struct CredentialHandshakes {
+    seed: u64,
+    static_key: StaticKeypair,
+    credential: bool,
+    wire: Vec<u8>,
+}
+
+impl CredentialHandshakes {
+    /// With (`credential`) or without client credentials.
+    pub fn new(seed: u64, credential: bool) -> CredentialHandshakes {
+        CredentialHandshakes {
+            seed,
+            static_key: StaticKeypair::generate(&mut rng(seed ^ 0x5747)),
+            credential,
+            wire: vec![0u8; WIRE],
+        }
+    }
+
+    /// Both sides, handshakes (until data may flow) per second.
+    pub fn both(&mut self, n: u64) -> Sample {
+        self.seed += 1;
+        let mut scfg = server_config(Some(&self.static_key));
+        scfg.client_auth = self.credential;
+        let mut server = Server::new(scfg, rng(self.seed));
+        let mut ccfg = client_config(Some(&self.static_key));
+        ccfg.credential = self
+            .credential
+            .then(|| relink::Credential::Secret(vec![0x5a; 32]));
+        let s = Sample::time(|| {
+            for i in 0..n {
+                let now = Instant::from_micros(1_000_000 + i);
+                let mut client = Client::new(ccfg.clone(), rng(self.seed << 20 | i));
+                accepted_handshake(&mut client, &mut server, now, &mut self.wire);
+            }
+            n
+        });
+        drop(server);
+        s
+    }
+}
+
+/// A handshake until the client may send data: with credentials, the
+/// CREDENTIAL → ClientAuth → accept → ACCEPT round trip included.
+fn accepted_handshake(
+    client: &mut Client<ChaCha20Rng>,
+    server: &mut Server<ChaCha20Rng>,
+    now: Instant,
+    wire: &mut [u8],
+) {
+    let tid = server.accept(now).expect("accept");
+    client.new_transport(now).expect("new_transport");
+    for _ in 0..8 {
+        let n = client.poll_transmit(now, wire).expect("client tx");
+        if n > 0 {
+            assert_eq!(server.handle_input(tid, now, &wire[..n]).expect("rx"), n);
+        }
+        while let Some(e) = server.poll_event() {
+            if let ServerEvent::ClientAuth { session, .. } = e {
+                server.accept_client(session, None).expect("accept_client");
+            }
+        }
+        let m = server.poll_transmit(tid, now, wire).expect("server tx");
+        if m > 0 {
+            assert_eq!(client.handle_input(now, &wire[..m]).expect("rx"), m);
+        }
+        while client.poll_event().is_some() {}
+        if client.is_accepted() {
+            return;
+        }
+    }
+    panic!("relink handshake with credential did not complete");
+}

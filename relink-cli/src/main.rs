@@ -28,6 +28,7 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 
+mod credentials;
 mod keys;
 mod log;
 mod progress;
@@ -35,10 +36,11 @@ mod signals;
 mod status;
 mod tunnel;
 
+use credentials::{Accepted, ClientCredentials};
 use keys::{hex, keygen, pubkey, read_key, unhex32};
 use progress::{throughput, Counts, Sample, Track};
-use relink::blocking::{ClientBuilder, ListenerBuilder, ServerStream};
-use relink::{AbortCode, Backoff, Config, Duration};
+use relink::blocking::{ClientBuilder, Decision, ListenerBuilder, ServerStream};
+use relink::{AbortCode, Backoff, ClientCredential, Config, Duration};
 use signals::{let_the_interrupt_finish, Interrupts};
 use status::{coded, exit_status, EXIT_STATUS_HELP};
 
@@ -134,6 +136,8 @@ enum Command {
         resume: ResumeTimeout,
         #[command(flatten)]
         idle: Idle,
+        #[command(flatten)]
+        auth: ServerAuth,
     },
     /// Send stdin to the server at ADDR until EOF, close cleanly once
     /// everything is acknowledged and exit 0; the server's data goes to
@@ -151,6 +155,8 @@ enum Command {
         attempts: Attempts,
         #[command(flatten)]
         idle: Idle,
+        #[command(flatten)]
+        auth: ClientAuth,
     },
     /// Generate a server static key file and print its public key (hex) to
     /// pin with `connect --server-key`.
@@ -182,6 +188,8 @@ enum Command {
         attempts: Attempts,
         #[command(flatten)]
         idle: Idle,
+        #[command(flatten)]
+        auth: ClientAuth,
     },
     /// Server side of a tunnel: accept relink sessions on ADDR and connect
     /// each to TARGET by TCP.
@@ -201,7 +209,43 @@ enum Command {
         resume: ResumeTimeout,
         #[command(flatten)]
         idle: Idle,
+        #[command(flatten)]
+        auth: ServerAuth,
     },
+}
+
+/// Client credentials (`connect`, `forward`), for servers that check them
+/// (`listen --credentials`).
+#[derive(clap::Args, Debug, Clone)]
+struct ClientAuth {
+    /// This client's credential: the file's bytes (one trailing newline
+    /// trimmed, 1 to 512 bytes), e.g. a `name:secret` line of the server's
+    /// `--credentials` file. Sent encrypted, only after the server proved
+    /// its key: requires --server-key.
+    #[arg(long, value_name = "FILE")]
+    credential_file: Option<PathBuf>,
+    /// A token from an earlier session, presented instead of the credential
+    /// while the file is not empty. `connect` writes the token the server
+    /// grants here (mode 0600) and, if the server refuses the token, tries
+    /// --credential-file once. Requires --server-key.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+}
+
+/// Credential checks (`listen`, `serve-forward`).
+#[derive(clap::Args, Debug, Clone)]
+struct ServerAuth {
+    /// Accept only clients presenting a credential of FILE: one `name:secret`
+    /// per line (a line without `:` is its own name), `#` comments; or a
+    /// token this server granted to a name still in the file. Others are
+    /// refused (code 5). Requires --key. Keep the file private (mode 0600).
+    #[arg(long, value_name = "FILE")]
+    credentials: Option<PathBuf>,
+    /// With --credentials: seconds a token granted to an accepted client
+    /// stays valid (it presents it with --token-file instead of its
+    /// credential); 0: grant none.
+    #[arg(long, value_name = "SECS", default_value_t = 86_400)]
+    token_lifetime: u64,
 }
 
 /// How long the server keeps a session whose client is gone.
@@ -237,22 +281,26 @@ fn main() -> ExitCode {
             sessions,
             resume,
             idle,
+            auth,
         } => listen(
             &cli.opts(*idle, None),
             addr,
             key.as_ref(),
             *sessions,
             *resume,
+            auth,
         ),
         Command::Connect {
             addr,
             server_key,
             attempts,
             idle,
+            auth,
         } => connect(
             &cli.opts(*idle, Some(*attempts)),
             addr,
             server_key.as_deref(),
+            auth,
         ),
         Command::Forward {
             local,
@@ -260,11 +308,13 @@ fn main() -> ExitCode {
             server_key,
             attempts,
             idle,
+            auth,
         } => forward(
             &cli.opts(*idle, Some(*attempts)),
             local,
             remote,
             server_key.as_deref(),
+            auth,
         ),
         Command::ServeForward {
             addr,
@@ -272,7 +322,15 @@ fn main() -> ExitCode {
             key,
             resume,
             idle,
-        } => serve_forward(&cli.opts(*idle, None), addr, target, key.as_ref(), *resume),
+            auth,
+        } => serve_forward(
+            &cli.opts(*idle, None),
+            addr,
+            target,
+            key.as_ref(),
+            *resume,
+            auth,
+        ),
     };
     match r {
         Ok(()) => {
@@ -341,15 +399,65 @@ fn warn_if_unpinned(cfg: &Config) {
     }
 }
 
+/// A listener's decision on clients (`--credentials`).
+type Authenticate = Box<dyn Fn(&ClientCredential<'_>) -> Decision + Send + Sync>;
+
+/// `--credentials FILE` and `--token-lifetime` of a server with key file
+/// `key` (required): the decision callback (`None` without the flag) and a
+/// warning to print (after `listening on`) when others may read the file.
+fn server_auth(
+    cli: &Opts,
+    auth: &ServerAuth,
+    key: Option<&PathBuf>,
+) -> io::Result<(Option<Authenticate>, Option<String>)> {
+    let Some(path) = &auth.credentials else {
+        return Ok((None, None));
+    };
+    if key.is_none() {
+        return Err(coded(
+            status::USAGE,
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "--credentials needs --key: without a server key clients cannot authenticate the server, and a man in the middle would read their credentials",
+            ),
+        ));
+    }
+    let (accepted, warning) = Accepted::load(path)?;
+    let lifetime = (auth.token_lifetime > 0).then(|| Duration::from_secs(auth.token_lifetime));
+    let f: Authenticate = Box::new(credentials::authenticator(accepted, lifetime, cli.verbose));
+    Ok((Some(f), warning.map(|w| format!("relink: warning: {w}"))))
+}
+
+/// `--credential-file` and `--token-file` of a client pinning
+/// `server_key` (required).
+fn client_auth(auth: &ClientAuth, server_key: Option<&str>) -> io::Result<ClientCredentials> {
+    let given = auth.credential_file.is_some() || auth.token_file.is_some();
+    if given && server_key.is_none() {
+        return Err(coded(
+            status::USAGE,
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "--credential-file and --token-file need --server-key: the credential is sent only to a server that proved its key",
+            ),
+        ));
+    }
+    ClientCredentials::load(auth.credential_file.as_deref(), auth.token_file.as_deref())
+}
+
 /// Bind a relink listener on `addr` (a listen address, see `listen_addr`)
-/// with the progress callback `progress`; the error names the address.
+/// with the progress callback `progress` and the decision on clients
+/// `auth`; the error names the address.
 fn bind_logged(
     cfg: Config,
     addr: &str,
     progress: impl Fn(&relink::blocking::Progress) + Send + Sync + 'static,
+    auth: Option<Authenticate>,
 ) -> io::Result<relink::blocking::Listener> {
-    ListenerBuilder::new(cfg)
-        .on_progress(progress)
+    let mut builder = ListenerBuilder::new(cfg).on_progress(progress);
+    if let Some(f) = auth {
+        builder = builder.authenticate(f);
+    }
+    builder
         .bind(listen_addr(addr).as_str())
         .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
 }
@@ -457,13 +565,23 @@ fn listen(
     key: Option<&PathBuf>,
     sessions: u64,
     resume: ResumeTimeout,
+    auth: &ServerAuth,
 ) -> io::Result<()> {
     let interrupts = Interrupts::install()?;
     let cfg = server_config(cli, key, resume)?;
+    let (authenticate, warning) = server_auth(cli, auth, key)?;
     let track = Arc::new(Track::default());
-    let listener = bind_logged(cfg.clone(), addr, progress::events(track.clone(), None))?;
+    let listener = bind_logged(
+        cfg.clone(),
+        addr,
+        progress::events(track.clone(), None),
+        authenticate,
+    )?;
     log::say(format!("listening on {}", listener.local_addr()));
     announce_server_key(&cfg);
+    if let Some(w) = warning {
+        log::say(w);
+    }
     let (mut served, mut failed) = (0u64, 0u64);
     let stdout = io::stdout();
     let counts = Counts::default();
@@ -545,23 +663,53 @@ fn connect_error(addr: &str, e: &io::Error) -> String {
     }
 }
 
-fn connect(cli: &Opts, addr: &str, server_key: Option<&str>) -> io::Result<()> {
+fn connect(cli: &Opts, addr: &str, server_key: Option<&str>, auth: &ClientAuth) -> io::Result<()> {
     let start = Instant::now();
     let interrupts = Interrupts::install()?;
-    let cfg = client_config(cli, server_key)?;
+    let creds = client_auth(auth, server_key)?;
+    let mut cfg = client_config(cli, server_key)?;
+    cfg.credential = creds.first.clone();
     warn_if_unpinned(&cfg);
     let track = Arc::new(Track::default());
-    let client = ClientBuilder::new(cfg)
-        .backoff(backoff(cli))
-        .wait_for_server(cli.wait)
-        .on_progress(progress::events(track.clone(), Some(addr.to_string())))
-        .connect(addr)
-        .map_err(|e| {
-            coded(
-                status::CANNOT_OPEN,
-                io::Error::new(e.kind(), connect_error(addr, &e)),
-            )
-        })?;
+    let open = |cfg: Config| {
+        ClientBuilder::new(cfg)
+            .backoff(backoff(cli))
+            .wait_for_server(cli.wait)
+            .on_progress(progress::events(track.clone(), Some(addr.to_string())))
+            .connect(addr)
+    };
+    let client = match (open(cfg.clone()), &creds.fallback) {
+        (Err(e), Some(secret))
+            if matches!(
+                credentials::rejection(&e),
+                Some(AbortCode::TOKEN_INVALID | AbortCode::TOKEN_EXPIRED)
+            ) =>
+        {
+            // The token is no longer good: present the credential instead,
+            // in a new session (nothing was delivered in the refused one).
+            log::say(format!(
+                "relink: {}; trying --credential-file instead",
+                connect_error(addr, &e)
+            ));
+            cfg.credential = Some(secret.clone());
+            open(cfg)
+        }
+        (r, _) => r,
+    }
+    .map_err(|e| {
+        coded(
+            status::CANNOT_OPEN,
+            io::Error::new(e.kind(), connect_error(addr, &e)),
+        )
+    })?;
+    if let Some(token) = client.token() {
+        if let Some(path) = &auth.token_file {
+            credentials::write_token_file(path, &token)?;
+        }
+    }
+    if cli.verbose && creds.first.is_some() {
+        log::say(format!("relink: {addr} accepted the credential"));
+    }
     let _registered = interrupts.register(client.abort_handle());
     let counts = Counts::default();
     let sent = thread::scope(|s| -> io::Result<u64> {
@@ -640,8 +788,17 @@ fn connect(cli: &Opts, addr: &str, server_key: Option<&str>) -> io::Result<()> {
     Ok(())
 }
 
-fn forward(cli: &Opts, local: &str, remote: &str, server_key: Option<&str>) -> io::Result<()> {
-    let cfg = client_config(cli, server_key)?;
+fn forward(
+    cli: &Opts,
+    local: &str,
+    remote: &str,
+    server_key: Option<&str>,
+    auth: &ClientAuth,
+) -> io::Result<()> {
+    let mut cfg = client_config(cli, server_key)?;
+    // Every tunnel's session presents the same credential (the token while
+    // the file holds one); tokens granted to tunnels are not stored.
+    cfg.credential = client_auth(auth, server_key)?.first;
     let local_addr = listen_addr(local);
     tunnel::forward(
         tunnel::Forward {
@@ -664,18 +821,24 @@ fn serve_forward(
     target: &str,
     key: Option<&PathBuf>,
     resume: ResumeTimeout,
+    auth: &ServerAuth,
 ) -> io::Result<()> {
     let cfg = server_config(cli, key, resume)?;
+    let (authenticate, warning) = server_auth(cli, auth, key)?;
     let bind = listen_addr(addr);
     tunnel::serve_forward(
         tunnel::ServeForward {
             config: cfg.clone(),
             addr: &bind,
             target,
+            authenticate,
         },
         |bound| {
             log::say(format!("listening on {bound}"));
             announce_server_key(&cfg);
+            if let Some(w) = warning {
+                log::say(w);
+            }
         },
     )
 }

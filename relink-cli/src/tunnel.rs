@@ -43,7 +43,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration as StdDuration;
 
-use relink::tokio::{ClientBuilder, Listener};
+use relink::tokio::{ClientBuilder, ListenerBuilder};
 use relink::{AbortCode, Backoff, CloseReason, Config};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -90,6 +90,8 @@ pub struct ServeForward<'a> {
     pub addr: &'a str,
     /// The TCP service, as given (for messages).
     pub target: &'a str,
+    /// The decision on clients (`--credentials`), if any.
+    pub authenticate: Option<crate::Authenticate>,
 }
 
 /// The runtime every tunnel runs on.
@@ -203,7 +205,12 @@ pub fn serve_forward(s: ServeForward<'_>, announce: impl FnOnce(SocketAddr)) -> 
     let rt = runtime()?;
     rt.block_on(async move {
         let tunnels = Tunnels::install()?;
-        let server = Listener::bind(s.addr, s.config)
+        let mut builder = ListenerBuilder::new(s.config);
+        if let Some(f) = s.authenticate {
+            builder = builder.authenticate(f);
+        }
+        let server = builder
+            .bind(s.addr)
             .await
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", s.addr)))?;
         announce(server.local_addr()?);

@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::string::String;
 use std::time::Duration as StdDuration;
+use std::vec::Vec;
 
 use super::events::{self, ProgressFn};
 use super::{ClientStats, Progress, SessionError};
@@ -66,6 +67,8 @@ pub(crate) struct ClientCore {
     config: Config,
     /// When authenticated input last arrived.
     contact: events::Contact,
+    /// The token the server granted on acceptance.
+    pub(crate) token: Option<Vec<u8>>,
 }
 
 impl ClientCore {
@@ -91,7 +94,14 @@ impl ClientCore {
             detached_at: None,
             config,
             contact: events::Contact::default(),
+            token: None,
         }
+    }
+
+    /// The session exists and data may flow (a server that decides on
+    /// clients accepted this one): the connect call returns.
+    pub(crate) fn ready(&self) -> bool {
+        self.handshake_done && self.core.is_accepted()
     }
 
     pub(crate) fn report(&self, p: Progress) {
@@ -119,8 +129,17 @@ impl ClientCore {
                 Event::HandshakeDone { conn_id } => {
                     self.handshake_done = true;
                     self.established = true;
-                    ch.handshake = true;
+                    ch.handshake = self.core.is_accepted();
                     events::log_established(conn_id, self.peer, "client");
+                }
+                Event::Accepted { token } => {
+                    if token {
+                        self.token = self.core.take_token();
+                    }
+                    ch.handshake = true;
+                    if let Some(id) = self.core.conn_id() {
+                        events::log_accepted(id, self.peer, token);
+                    }
                 }
                 Event::Resumed { .. } => {
                     self.established = true;
@@ -165,10 +184,16 @@ impl ClientCore {
                 .close_reason()
                 .filter(|r| *r != CloseReason::Clean)
             {
-                self.failure = Some(self.no_session(reason).unwrap_or(SessionError::Ended {
-                    reason,
-                    in_doubt: self.core.in_doubt(),
-                }));
+                self.failure = Some(match reason {
+                    CloseReason::Rejected { code } => SessionError::Rejected {
+                        code,
+                        message: super::error::rejected_message(self.peer, code),
+                    },
+                    _ => self.no_session(reason).unwrap_or(SessionError::Ended {
+                        reason,
+                        in_doubt: self.core.in_doubt(),
+                    }),
+                });
                 ch.closed = true;
             }
         }

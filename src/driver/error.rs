@@ -67,6 +67,23 @@ pub enum SessionError {
     /// A call the session cannot serve while it lives, e.g. a write after
     /// `shutdown` ([`Error::Closed`]).
     Call(Error),
+    /// The server refused this client's credential or token before
+    /// accepting the session (client drivers; PROTOCOL.md 6.9): its ABORT
+    /// `code` (5 credential rejected, 6 token invalid, 7 token expired, or
+    /// an application code). No application byte was delivered either way.
+    /// Kind [`io::ErrorKind::PermissionDenied`].
+    Rejected {
+        /// The server's reason code.
+        code: AbortCode,
+        /// What happened, naming the server's address and the code.
+        message: String,
+    },
+}
+
+/// The message of [`SessionError::Rejected`].
+pub(crate) fn rejected_message(peer: Option<std::net::SocketAddr>, code: AbortCode) -> String {
+    let addr = peer.map_or_else(|| "the server".to_string(), |a| a.to_string());
+    format!("relink: {addr} refused the credential: {code}")
 }
 
 impl core::fmt::Display for SessionError {
@@ -103,6 +120,7 @@ impl core::fmt::Display for SessionError {
                 write!(f, "relink: the sending side was shut down")
             }
             SessionError::Call(e) => write!(f, "relink: {e}"),
+            SessionError::Rejected { message, .. } => f.write_str(message),
         }
     }
 }
@@ -126,6 +144,7 @@ pub fn close_reason_text(r: &CloseReason) -> String {
             by_peer: false,
         } => format!("aborted by this side: {code}"),
         CloseReason::Error(e) => e.to_string(),
+        CloseReason::Rejected { code } => format!("refused by the server: {code}"),
         #[allow(unreachable_patterns)]
         other => format!("{other:?}"),
     }
@@ -177,6 +196,7 @@ impl SessionError {
             SessionError::GaveUp { .. } | SessionError::Expired => K::TimedOut,
             SessionError::Shutdown => K::NotConnected,
             SessionError::Connect { kind, .. } => *kind,
+            SessionError::Rejected { .. } => K::PermissionDenied,
             SessionError::Closed(r) | SessionError::Ended { reason: r, .. } => match r {
                 CloseReason::Aborted { by_peer: true, .. } => K::ConnectionReset,
                 // The server no longer knows it: it expired there.
@@ -198,6 +218,7 @@ impl SessionError {
         match self {
             SessionError::Closed(r) | SessionError::Ended { reason: r, .. } => Some(*r),
             SessionError::Expired => Some(CloseReason::Expired),
+            SessionError::Rejected { code, .. } => Some(CloseReason::Rejected { code: *code }),
             _ => None,
         }
     }

@@ -311,6 +311,16 @@ pub(crate) fn log_resumed(conn_id: u64, peer: Option<SocketAddr>, detached_ms: u
     );
 }
 
+/// `session accepted` (client: the server accepted its credential).
+pub(crate) fn log_accepted(conn_id: u64, peer: Option<SocketAddr>, token: bool) {
+    tracing::info!(
+        session = %SessionHex(conn_id),
+        peer = %PeerDisplay(peer),
+        token,
+        "session accepted"
+    );
+}
+
 /// `session ended`.
 pub(crate) fn log_ended(conn_id: Option<u64>, reason: &crate::CloseReason) {
     let cause = super::close_reason_text(reason);

@@ -9,8 +9,8 @@
 //!
 //! Both drivers have the same names: `ClientBuilder` (`new`, `backoff`,
 //! `wait_for_server`, `connect_timeout`, `on_progress`, `connect`,
-//! `connect_with`), `ClientStream`, `ListenerBuilder` (`new`,
-//! `on_progress`, `bind`), `Listener` (`bind`, `local_addr`, `accept`,
+//! `connect_with`), `ClientStream` (with `token`), `ListenerBuilder` (`new`,
+//! `on_progress`, `authenticate`, `bind`), `Listener` (`bind`, `local_addr`, `accept`,
 //! `stats`, `session_count`), `ServerStream` and `AbortHandle`; and they
 //! re-export the types of this module.
 //!
@@ -66,6 +66,7 @@
 //! | first connect or handshake timed out ([`SessionError::Connect`]) | `TimedOut` |
 //! | first peer is not a relink server ([`SessionError::Connect`]) | `InvalidData` |
 //! | pinned server key not proven ([`SessionError::Connect`]) | `PermissionDenied` |
+//! | the server refused the credential or token ([`SessionError::Rejected`]) | `PermissionDenied` |
 //! | reconnecting gave up ([`SessionError::GaveUp`]) | `TimedOut` |
 //! | session expired (server: [`SessionError::Expired`]; client: reason `Expired`, or `SessionUnknown` when the server no longer knows it) | `TimedOut` |
 //! | aborted by the peer (reason `Aborted { by_peer: true }`) | `ConnectionReset` |
@@ -84,6 +85,7 @@
 //! |---|---|---|
 //! | INFO | `session established` | `session`, `peer`, `role` (`client` or `server`) |
 //! | INFO | `transport lost` | `session`, `peer`, `cause` |
+//! | INFO | `session accepted` (client; the server accepted its credential) | `session`, `peer`, `token` (whether it granted one) |
 //! | INFO | `session resumed` | `session`, `peer`, `detached_ms` (ms without a transport), `resent` (bytes this side resent) |
 //! | INFO | `session ended` | `session`, `cause` |
 //! | INFO | `connect attempt failed` (each address a TCP `connect` tried; the caller gets the error too) | `addr`, `error` |
@@ -94,6 +96,8 @@ mod reconnect;
 pub use reconnect::Backoff;
 
 #[cfg(feature = "std")]
+mod auth;
+#[cfg(feature = "std")]
 mod client;
 #[cfg(feature = "std")]
 mod error;
@@ -102,6 +106,10 @@ mod events;
 #[cfg(feature = "std")]
 mod server;
 
+#[cfg(feature = "std")]
+pub(crate) use auth::AuthFn;
+#[cfg(feature = "std")]
+pub use auth::Decision;
 #[cfg(feature = "std")]
 pub(crate) use client::{ClientCore, Reconnect, Step};
 #[cfg(feature = "std")]
@@ -182,7 +190,7 @@ macro_rules! client_builder_common {
 pub(crate) use client_builder_common;
 
 /// The builder methods and `Debug` both drivers' `ListenerBuilder`s share
-/// (fields `config`, `progress`).
+/// (fields `config`, `progress`, `authenticate`).
 #[cfg(feature = "std")]
 macro_rules! listener_builder_common {
     () => {
@@ -200,7 +208,25 @@ macro_rules! listener_builder_common {
                 ListenerBuilder {
                     config,
                     progress: None,
+                    authenticate: None,
                 }
+            }
+
+            /// Decide on every client before data flows (PROTOCOL.md 6.9):
+            /// `f` gets the credential the client presented (a secret, a
+            /// token this server issued, already verified, or none) and
+            /// returns a [`Decision`]. Sets `Config::client_auth`; `accept`
+            /// then returns only accepted sessions, and a rejected client's
+            /// connect fails with [`std::io::ErrorKind::PermissionDenied`].
+            /// Called from the driver's threads or tasks with the session's
+            /// lock held: keep it short (no I/O that can block for long).
+            pub fn authenticate(
+                mut self,
+                f: impl Fn(&crate::ClientCredential<'_>) -> Decision + Send + Sync + 'static,
+            ) -> Self {
+                self.config.client_auth = true;
+                self.authenticate = Some(std::sync::Arc::new(f));
+                self
             }
 
             /// Call `f` for every server core event, from the driver's

@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 
+use super::auth::{self, AuthFn};
 use super::events::{self, ProgressFn, ServerCounters};
 use super::{Progress, SessionError};
 use crate::{AbortCode, CloseReason, Connection, Error, Instant, ServerEvent, TransportId};
@@ -25,6 +26,9 @@ pub(crate) struct SlotChanges {
 pub(crate) struct SessionSlot {
     /// How it ended, once it has (`Expired` for an expiry).
     pub(crate) end: Option<CloseReason>,
+    /// The session waits for the application's decision on its client
+    /// (`client_auth`): not yet handed to `accept`.
+    pub(crate) awaiting_auth: bool,
     /// Remote address of the transport that last carried it.
     pub(crate) peer: Option<SocketAddr>,
     /// The application half-closed.
@@ -60,6 +64,7 @@ impl SessionSlot {
         now: Instant,
         stats: &ServerCounters,
         progress: Option<&ProgressFn>,
+        authenticate: Option<&AuthFn>,
         peer_of: impl Fn(TransportId) -> Option<SocketAddr>,
     ) -> SlotChanges {
         let mut ch = SlotChanges::default();
@@ -82,8 +87,28 @@ impl SessionSlot {
                     add_os_entropy(conn);
                     self.peer = peer_of(transport).or(self.peer);
                     self.current = Some(transport);
-                    ch.accept = true;
+                    // A gated session is handed out once accepted.
+                    self.awaiting_auth = !conn.is_accepted();
+                    ch.accept = !self.awaiting_auth;
                     events::log_established(conn_id, self.peer, "server");
+                }
+                ServerEvent::ClientAuth { .. } => {
+                    let accepted = match authenticate {
+                        Some(f) => auth::decide(conn, f),
+                        // No callback (client_auth set in the Config by
+                        // hand): nobody can decide, refuse.
+                        None => {
+                            conn.reject_client(AbortCode::CREDENTIAL_REJECTED);
+                            false
+                        }
+                    };
+                    if accepted && std::mem::take(&mut self.awaiting_auth) {
+                        ch.accept = true;
+                    } else if !accepted {
+                        // Never handed out: nobody reads it; the core answers
+                        // the client and frees the session.
+                        self.dropped = true;
+                    }
                 }
                 ServerEvent::Resumed { transport, .. } => {
                     self.peer = peer_of(transport).or(self.peer);

@@ -172,3 +172,17 @@ pub fn wait_exit(p: &mut Proc, within: std::time::Duration) -> Option<std::proce
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
+
+/// `relink keygen` into `dir`: (key file, public key hex).
+pub fn keygen(dir: &Path) -> (PathBuf, String) {
+    let key = dir.join("server.key");
+    let out = Command::new(relink_bin())
+        .args(["keygen", "--out"])
+        .arg(&key)
+        .output()
+        .expect("run relink keygen");
+    assert!(out.status.success(), "keygen failed");
+    let public = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(public.len(), 64, "{public:?}");
+    (key, public)
+}
