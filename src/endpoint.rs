@@ -44,7 +44,8 @@ use crate::error::{Error, ProtocolError};
 use crate::event::ServerEvent;
 use crate::handshake::{server_respond, ServerRandom};
 use crate::ids::{SessionId, TransportId};
-use crate::keys::{tags_equal, Secret, SessionKeys};
+use crate::keys::{tags_equal, Secret};
+use crate::rekey::{KeyRing, Side};
 use crate::resume::{
     authenticated_reject, check_request, request_mac, SessionCounters, REQUEST_MAC_INPUT,
 };
@@ -127,7 +128,7 @@ impl Pending {
 /// its keys yet. Consumed into a [`Connection`] when it does.
 struct Handshake {
     conn_id: u64,
-    keys: SessionKeys,
+    keys: KeyRing,
     /// Seed of the connection's own random generator (drawn right after
     /// the connection id).
     rng_seed: Secret,
@@ -547,12 +548,14 @@ impl<R: CryptoRng> Endpoint<R> {
             have: 0,
         };
         let est = hs.established;
+        let pinned = crate::wire::ClientHello::decode(hello)
+            .is_ok_and(|h| h.flags & crate::wire::FLAG_PINNED != 0);
         self.routes.insert(est.conn_id, sid);
         self.handshakes.insert(
             sid,
             Box::new(Handshake {
                 conn_id: est.conn_id,
-                keys: est.keys,
+                keys: KeyRing::new(est.chain, Side::Server, pinned),
                 rng_seed,
                 reset_token: est.reset_token,
                 credential: est.credential,
@@ -673,15 +676,13 @@ impl<R: CryptoRng> Endpoint<R> {
             });
         };
         // An unconfirmed session: its ClientConfirm was lost, and this
-        // request proves the same keys.
+        // request proves the same keys. An unconfirmed session only ever
+        // has epoch 0 (its ring holds no other resume key).
         let old_transport = hs.transport;
-        // An unconfirmed session has only epoch 0.
-        if req.rx_epoch != 0
-            || !tags_equal(
-                &request_mac(&hs.keys.resume, &msg[..REQUEST_MAC_INPUT]),
-                &req.mac,
-            )
-        {
+        let key = hs.keys.resume_key(req.rx_epoch).cloned();
+        let Some(key) =
+            key.filter(|k| tags_equal(&request_mac(k, &msg[..REQUEST_MAC_INPUT]), &req.mac))
+        else {
             self.events.push_back(ServerEvent::AuthFailed {
                 transport,
                 reason: Error::AuthFailed,
@@ -691,7 +692,7 @@ impl<R: CryptoRng> Endpoint<R> {
                 &[VERSION, ResumeStatus::AuthFailed.to_byte()],
             );
             return Err(self.reject(transport, rej));
-        }
+        };
         let counters = SessionCounters {
             last_counter: 0,
             server_acked: 0,
@@ -701,7 +702,7 @@ impl<R: CryptoRng> Endpoint<R> {
         let wall = self.shared.config.wall_now(now).as_micros();
         let window = self.shared.config.freshness_window.as_micros();
         if let Err(status) = check_request(&req, &counters, wall, window) {
-            let reply = authenticated_reject(&hs.keys.resume, &msg, status, wall);
+            let reply = authenticated_reject(&key, &msg, status, wall);
             let rej = Rejection::new(Error::ResumeRejected(status), &reply);
             return Err(self.reject(transport, rej));
         }

@@ -144,6 +144,7 @@ mod event;
 mod handshake;
 mod ids;
 mod keys;
+mod rekey;
 mod resume;
 pub mod server;
 mod stream;
@@ -169,6 +170,9 @@ pub use error::{Error, ProtocolError};
 pub use event::{ByteRange, CloseReason, Event, ServerEvent};
 pub use ids::{SessionId, TransportId};
 pub use keys::StaticKeypair;
+#[cfg(feature = "test-hooks")]
+#[doc(hidden)]
+pub use rekey::KeyEpochs;
 pub use server::Server;
 #[cfg(feature = "std")]
 #[cfg_attr(docsrs, doc(cfg(feature = "std")))]
