@@ -23,10 +23,11 @@ use crate::error::Error;
 use crate::event::{ByteRange, CloseReason, Event};
 use crate::handshake::ClientHandshake;
 use crate::keys::Secret;
+use crate::rekey::{KeyRing, RekeyEnv, Side};
 use crate::resume::{
     reject_mac, request_mac, response_mac, REJECT_MAC_INPUT, REQUEST_MAC_INPUT, RESPONSE_MAC_INPUT,
 };
-use crate::stream::{Gate, Stream, StreamEvent, StreamKeys, StreamLimits};
+use crate::stream::{Gate, Stream, StreamEvent, StreamLimits};
 use crate::time::{Duration, Instant};
 use crate::timer::{Timer, TimerTable};
 use crate::wire::{
@@ -39,7 +40,6 @@ use crate::MIN_TRANSMIT_BUFFER;
 /// What the client keeps of an established session.
 struct SessionState {
     conn_id: u64,
-    resume_key: Secret,
     /// How long the server keeps the session without transport (advertised,
     /// authenticated, in ServerHello and ResumeResponse).
     resume_timeout: Duration,
@@ -209,18 +209,19 @@ impl<R: CryptoRng> Client<R> {
         // (the last ServerHello, ResumeResponse, authenticated rejection or
         // server PING).
         let time = self.stream.clock_estimate(now).unwrap_or(0);
+        let (rx_epoch, key) = resume_key(&self.stream)?;
         let mut req = ResumeRequest {
+            rx_epoch,
             version: VERSION,
             conn_id: session.conn_id,
             counter: self.resume_counter,
             client_written: self.stream.write_end(),
             client_read: self.stream.read_count(),
             time,
-            rx_epoch: 0,
             mac: [0; TAG_LEN],
         };
         let unsigned = req.encode();
-        req.mac = request_mac(&session.resume_key, &unsigned[..REQUEST_MAC_INPUT]);
+        req.mac = request_mac(key, &unsigned[..REQUEST_MAC_INPUT]);
         let request = req.encode();
         self.set_control(&request);
         self.phase = Phase::Resume {
@@ -278,7 +279,14 @@ impl<R: CryptoRng> Client<R> {
                     fill_reply(reply, have, rest, resume_response_len)
                 }
                 Phase::Open => {
-                    let r = self.stream.handle_input(now, rest);
+                    let rng = &mut self.rng;
+                    let mut fill = |b: &mut [u8; 32]| rng.fill_bytes(b);
+                    let mut env = RekeyEnv {
+                        fill: &mut fill,
+                        server_static: None,
+                        pinned_server_key: self.config.pinned_server_key,
+                    };
+                    let r = self.stream.handle_input(now, rest, &mut env);
                     self.check_accepted();
                     self.note_contact();
                     self.drain_stream_events();
@@ -337,8 +345,11 @@ impl<R: CryptoRng> Client<R> {
         let est = finish.established;
         self.hello_base = None;
         // The handshake's keys move into the session, nothing is copied.
-        let crate::keys::SessionKeys { c2s, s2c, resume } = est.keys;
-        self.stream.set_keys(StreamKeys { tx: c2s, rx: s2c });
+        self.stream.set_keys(KeyRing::new(
+            est.chain,
+            Side::Client,
+            self.config.pinned_server_key.is_some(),
+        ));
         self.stream.set_clock_base(est.server_time, now);
         if let Some(ck) = est.credential {
             // The server decides on its clients (ServerHello flag
@@ -349,10 +360,9 @@ impl<R: CryptoRng> Client<R> {
             self.stream
                 .set_gate(Gate::ClientWaiting { credential, grant });
         }
-        self.stream.attach(0, now, 0)?;
+        self.stream.attach(0, now, 0, 0)?;
         self.session = Some(SessionState {
             conn_id: est.conn_id,
-            resume_key: resume,
             resume_timeout: Duration::from_micros(est.resume_timeout),
             last_contact: now,
             reset_token: est.reset_token,
@@ -383,7 +393,8 @@ impl<R: CryptoRng> Client<R> {
         let status = ResumeStatus::from_byte(reply[1]).map_err(Error::from)?;
         if status == ResumeStatus::Ok {
             let resp = ResumeResponse::decode(&reply[..have]).map_err(Error::from)?;
-            let mac = response_mac(&session.resume_key, &request, &reply[..RESPONSE_MAC_INPUT]);
+            let (_, key) = resume_key(&self.stream)?;
+            let mac = response_mac(key, &request, &reply[..RESPONSE_MAC_INPUT]);
             if !crate::keys::tags_equal(&mac, &resp.mac) {
                 return Err(self.fail_unauthenticated(Error::AuthFailed));
             }
@@ -391,23 +402,22 @@ impl<R: CryptoRng> Client<R> {
                 self.close_for_good(CloseReason::DataUnavailable);
                 return Err(Error::ResumeRejected(ResumeStatus::DataUnavailable));
             }
-            if resp.rx_epoch != 0 {
-                // Only epoch 0 exists yet: an authenticated answer naming
-                // another is a broken server.
-                return Err(self.fail_transport(crate::ProtocolError::BadAck.into()));
-            }
             self.stream.set_clock_base(resp.server_time, now);
             session.last_contact = now;
             self.final_attempt = false;
             self.deadline_noted = None;
             session.resume_timeout = Duration::from_micros(resp.resume_timeout);
-            let (start, end) = match self.stream.attach(counter, now, resp.server_read) {
-                Ok(r) => r,
-                Err(_) => {
-                    self.close_for_good(CloseReason::DataUnavailable);
-                    return Err(Error::ResumeRejected(ResumeStatus::DataUnavailable));
-                }
-            };
+            let (start, end) =
+                match self
+                    .stream
+                    .attach(counter, now, resp.server_read, resp.rx_epoch)
+                {
+                    Ok(r) => r,
+                    Err(_) => {
+                        self.close_for_good(CloseReason::DataUnavailable);
+                        return Err(Error::ResumeRejected(ResumeStatus::DataUnavailable));
+                    }
+                };
             self.resume_attempts = 0;
             self.unauth_rejections = 0;
             self.phase = Phase::Open;
@@ -420,7 +430,8 @@ impl<R: CryptoRng> Client<R> {
             let rej = AuthenticatedReject::decode(&reply[..have]).map_err(Error::from)?;
             let mut prefix = [0u8; REJECT_MAC_INPUT];
             prefix.copy_from_slice(&reply[..REJECT_MAC_INPUT]);
-            let mac = reject_mac(&session.resume_key, &request, &prefix);
+            let (_, key) = resume_key(&self.stream)?;
+            let mac = reject_mac(key, &request, &prefix);
             if !crate::keys::tags_equal(&mac, &rej.mac) {
                 return Err(self.fail_unauthenticated(Error::AuthFailed));
             }
@@ -498,7 +509,16 @@ impl<R: CryptoRng> Client<R> {
         out[..n].copy_from_slice(pending);
         self.control_sent = self.control_len;
         if matches!(self.phase, Phase::Open) {
-            n += self.stream.poll_transmit(now, &mut out[n..]);
+            let rng = &mut self.rng;
+            let mut fill = |b: &mut [u8; 32]| rng.fill_bytes(b);
+            let mut env = RekeyEnv {
+                fill: &mut fill,
+                server_static: None,
+                pinned_server_key: self.config.pinned_server_key,
+            };
+            n += self.stream.poll_transmit(now, &mut out[n..], &mut env);
+            // Writing our SWITCH completes an exchange (`Rekeyed`).
+            self.drain_stream_events();
         }
         Ok(n)
     }
@@ -583,6 +603,8 @@ impl<R: CryptoRng> Client<R> {
                 t.set(Timer::Ack, link.ack);
                 t.set(Timer::Keepalive, link.keepalive);
                 t.set(Timer::Idle, link.idle);
+                t.set(Timer::Rekey, link.rekey);
+                t.set(Timer::KeyExpiry, link.key_expiry);
             }
             Phase::Idle | Phase::Dead => t.set(Timer::GiveUp, self.give_up_timer()),
         }
@@ -820,6 +842,56 @@ impl<R: CryptoRng> Client<R> {
         self.stream.memory()
     }
 
+    /// The session's key epoch: the newest epoch both directions switched
+    /// to (0 before the first rekey and before the handshake).
+    pub fn epoch(&self) -> u32 {
+        self.stream.ring().map_or(0, KeyRing::epoch)
+    }
+
+    /// Ask for a rekey (PROTOCOL.md 6.8): the client starts an exchange as
+    /// soon as it may (a transport attached, no exchange in progress), even
+    /// with `Config::rekey == false`. [`Event::Rekeyed`] reports its end.
+    /// `Err(Closed)` once the session ended.
+    pub fn request_rekey(&mut self) -> Result<(), Error> {
+        if self.closed.is_some() {
+            return Err(Error::Closed);
+        }
+        self.stream.request_rekey();
+        Ok(())
+    }
+
+    /// Test hook: answer no REKEY_INIT (a client that ignores the server's
+    /// order, for the key-expiry tests).
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn set_ignore_rekey(&mut self, ignore: bool) {
+        self.stream.set_ignore_rekey(ignore);
+    }
+
+    /// Test hook: a copy of the client's current resume key and its epoch
+    /// (for the stolen-resume-key tests).
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn export_resume_key_for_test(&self) -> Option<(u32, [u8; 32])> {
+        resume_key(&self.stream).ok().map(|(e, k)| (e, k.0))
+    }
+
+    /// Test hook: the epochs whose keys the client holds right now.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn key_epochs(&self) -> Option<crate::KeyEpochs> {
+        self.stream.ring().map(KeyRing::key_epochs)
+    }
+
+    /// Test hook: every `(key id, offset, plaintext byte)` the client
+    /// encrypted since the last call; the key id is `BLAKE3(key)[0..8]`.
+    /// The first call switches recording on (and returns nothing).
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn take_keystream_log(&mut self) -> alloc::vec::Vec<([u8; 8], u64, u8)> {
+        self.stream.take_keystream_log()
+    }
+
     /// The time a new ClientHello carries (PROTOCOL.md 3.2): the server's
     /// clock from a Stale answer to the previous hello, advanced by the time
     /// since (used once), else the wall clock if configured, else 0.
@@ -919,9 +991,19 @@ impl<R: CryptoRng> Client<R> {
                     code,
                     by_peer: false,
                 }),
+                StreamEvent::Rekeyed(epoch) => self.events.push_back(Event::Rekeyed { epoch }),
             }
         }
     }
+}
+
+/// The resume key the client MACs with (and expects the answers under):
+/// the one of its receive epoch (PROTOCOL.md 7.2), and that epoch.
+fn resume_key(stream: &Stream) -> Result<(u32, &Secret), Error> {
+    stream
+        .ring()
+        .and_then(KeyRing::client_resume_key)
+        .ok_or(Error::InvalidState)
 }
 
 /// Copy bytes of a reply into `reply`: first its two leading bytes, then as

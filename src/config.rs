@@ -92,11 +92,39 @@ pub struct Config {
     /// Server: most transports that have not yet completed a handshake or resume.
     /// Default: 1,000.
     pub max_pending_transports: usize,
-    /// Bytes sent under one key before the session refuses to send more
-    /// (rekeying is not implemented yet; the stream closes with
-    /// [`crate::Error::KeyLimitReached`]).
-    /// Default: 2^60.
-    pub key_byte_limit: u64,
+    /// Whether this side starts rekey exchanges by its policy
+    /// (`rekey_after_bytes`, `rekey_after_time`) and, on the server, orders
+    /// them at the hard limits (PROTOCOL.md 4.7). With `false` a side still
+    /// answers the peer's rekey, and `send` fails with
+    /// [`crate::Error::KeyLimitReached`] once `key_lifetime_bytes` were
+    /// sent under one key.
+    /// Default: `true`.
+    pub rekey: bool,
+    /// Soft limit: start a rekey once this side sent this many DATA bytes
+    /// under its current send epoch.
+    /// Default: 2^30 (1 GiB).
+    pub rekey_after_bytes: u64,
+    /// Soft limit: start a rekey once the current epoch is this old
+    /// (attached or not; a side that comes due while detached starts right
+    /// after the next resume). The server waits 1.1 times as long, so that
+    /// the client normally starts.
+    /// Default: 10 minutes.
+    pub rekey_after_time: Duration,
+    /// Hard limit, time: an epoch this old is expired. The server orders a
+    /// rekey and aborts the session with `KEY_EXPIRED` when none completed
+    /// within `rekey_grace` of attached time.
+    /// Default: 30 minutes.
+    pub key_lifetime: Duration,
+    /// Hard limit, bytes sent under one epoch: the sender writes no further
+    /// DATA until its send epoch advances (`send` keeps buffering up to
+    /// `send_buffer`; nothing is lost). With `rekey == false`, `send` fails
+    /// with [`crate::Error::KeyLimitReached`] instead.
+    /// Default: 2^36 (64 GiB).
+    pub key_lifetime_bytes: u64,
+    /// Attached time allowed to complete a rekey after a hard limit was
+    /// hit (paused while the peer has not read up to the order).
+    /// Default: 60 s.
+    pub rekey_grace: Duration,
     /// Server: its static key pair, if clients pin it. Client: unused.
     /// Default: none.
     pub server_static: Option<StaticKeypair>,
@@ -149,7 +177,12 @@ impl Default for Config {
             max_unauthenticated_rejections: 3,
             max_sessions: 10_000,
             max_pending_transports: 1_000,
-            key_byte_limit: 1 << 60,
+            rekey: true,
+            rekey_after_bytes: 1 << 30,
+            rekey_after_time: Duration::from_secs(600),
+            key_lifetime: Duration::from_secs(1800),
+            key_lifetime_bytes: 1 << 36,
+            rekey_grace: Duration::from_secs(60),
             server_static: None,
             pinned_server_key: None,
             wall_clock: None,
@@ -179,6 +212,9 @@ impl Config {
         self.max_auth_failures = self.max_auth_failures.max(1);
         self.max_unauthenticated_rejections = self.max_unauthenticated_rejections.max(1);
         self.hello_cache = self.hello_cache.max(1);
+        self.key_lifetime_bytes = self.key_lifetime_bytes.max(1);
+        self.rekey_after_bytes = self.rekey_after_bytes.clamp(1, self.key_lifetime_bytes);
+        self.rekey_after_time = self.rekey_after_time.min(self.key_lifetime);
         self
     }
 }
@@ -205,7 +241,12 @@ impl core::fmt::Debug for Config {
             )
             .field("max_sessions", &self.max_sessions)
             .field("max_pending_transports", &self.max_pending_transports)
-            .field("key_byte_limit", &self.key_byte_limit)
+            .field("rekey", &self.rekey)
+            .field("rekey_after_bytes", &self.rekey_after_bytes)
+            .field("rekey_after_time", &self.rekey_after_time)
+            .field("key_lifetime", &self.key_lifetime)
+            .field("key_lifetime_bytes", &self.key_lifetime_bytes)
+            .field("rekey_grace", &self.rekey_grace)
             .field(
                 "server_static",
                 &self.server_static.as_ref().map(|_| "<set>"),

@@ -42,12 +42,13 @@ use crate::credential::{
 use crate::error::Error;
 use crate::event::{CloseReason, ServerEvent};
 use crate::ids::{SessionId, TransportId};
-use crate::keys::{tags_equal, ConnRng, Secret, SessionKeys};
+use crate::keys::{tags_equal, ConnRng, Secret};
+use crate::rekey::{KeyRing, RekeyEnv};
 use crate::resume::{
     authenticated_reject, check_request, request_mac, response_mac, SessionCounters,
     REQUEST_MAC_INPUT, RESPONSE_MAC_INPUT,
 };
-use crate::stream::{Gate, StampClock, Stream, StreamEvent, StreamKeys, StreamLimits};
+use crate::stream::{Gate, StampClock, Stream, StreamEvent, StreamLimits};
 use crate::time::{Duration, Instant};
 use crate::timer::{Timer, TimerTable};
 use crate::token::{
@@ -182,7 +183,6 @@ pub struct Connection {
     conn_id: u64,
     config: Arc<Config>,
     stream: Stream,
-    resume_key: Secret,
     reset_token: [u8; TAG_LEN],
     last_counter: u64,
     /// The current transport, while attached.
@@ -231,24 +231,22 @@ impl Connection {
         session: SessionId,
         conn_id: u64,
         shared: &Shared,
-        keys: SessionKeys,
+        keys: KeyRing,
         reset_token: [u8; TAG_LEN],
         rng_seed: [u8; 32],
         credential: Option<CredentialKeys>,
         transport: Option<TransportId>,
         now: Instant,
     ) -> Result<Self, Error> {
-        let SessionKeys { c2s, s2c, resume } = keys;
         let mut stream = Stream::new(shared.limits.clone());
         let config = shared.config.clone();
-        stream.set_keys(StreamKeys { tx: s2c, rx: c2s });
+        stream.set_keys(keys);
         stream.set_stamp_clock(StampClock::Server(config.wall_clock.clone()));
         let mut c = Connection {
             session,
             conn_id,
             config,
             stream,
-            resume_key: resume,
             reset_token,
             last_counter: 0,
             transport,
@@ -274,7 +272,7 @@ impl Connection {
             ));
         }
         if let Some(t) = transport {
-            c.stream.attach(0, now, 0)?;
+            c.stream.attach(0, now, 0, 0)?;
             // Show the client at once that its confirm arrived (a keepalive
             // it verifies); data flows either way.
             c.stream.ping_soon();
@@ -317,7 +315,14 @@ impl Connection {
         if self.transport != Some(transport) {
             return Err(Error::TransportEnded);
         }
-        let r = self.stream.handle_input(now, input);
+        let rng = &mut self.rng;
+        let mut fill = |b: &mut [u8; 32]| *b = rng.draw();
+        let mut env = RekeyEnv {
+            fill: &mut fill,
+            server_static: self.config.server_static.as_ref(),
+            pinned_server_key: None,
+        };
+        let r = self.stream.handle_input(now, input, &mut env);
         self.check_credential(transport, now);
         self.drain_stream_events();
         let r = match r {
@@ -392,14 +397,17 @@ impl Connection {
                 &reply,
             ));
         }
-        // Only epoch 0 exists yet: a request naming another receive epoch
-        // names a key this side does not hold.
-        if req.rx_epoch != 0
-            || !tags_equal(
-                &request_mac(&self.resume_key, &msg[..REQUEST_MAC_INPUT]),
-                &req.mac,
-            )
-        {
+        // The key of the client's receive epoch (PROTOCOL.md 7.8): a
+        // request naming an epoch this side holds no key for fails. A copy
+        // (zeroized on drop): the stream changes below.
+        let key = self
+            .stream
+            .ring()
+            .and_then(|r| r.resume_key(req.rx_epoch))
+            .cloned();
+        let Some(key) =
+            key.filter(|k| tags_equal(&request_mac(k, &msg[..REQUEST_MAC_INPUT]), &req.mac))
+        else {
             self.events.push_back(ServerEvent::AuthFailed {
                 transport,
                 reason: Error::AuthFailed,
@@ -408,7 +416,7 @@ impl Connection {
                 Error::ResumeRejected(ResumeStatus::AuthFailed),
                 &[VERSION, ResumeStatus::AuthFailed.to_byte()],
             ));
-        }
+        };
         let counters = SessionCounters {
             last_counter: self.last_counter,
             server_acked: self.stream.acked(),
@@ -417,7 +425,7 @@ impl Connection {
         };
         let window = self.config.freshness_window.as_micros();
         if let Err(status) = check_request(&req, &counters, wall, window) {
-            let reply = authenticated_reject(&self.resume_key, msg, status, wall);
+            let reply = authenticated_reject(&key, msg, status, wall);
             let rej = Rejection::new(Error::ResumeRejected(status), &reply);
             if status == ResumeStatus::DataUnavailable {
                 self.end_session(CloseReason::DataUnavailable);
@@ -428,7 +436,10 @@ impl Connection {
         self.last_counter = req.counter;
         let server_written = self.stream.write_end();
         let server_read = self.stream.read_count();
-        let (start, end) = match self.stream.attach(req.counter, now, req.client_read) {
+        let (start, end) = match self
+            .stream
+            .attach(req.counter, now, req.client_read, req.rx_epoch)
+        {
             Ok(r) => r,
             Err(e) => {
                 return Err(Rejection::new(
@@ -440,16 +451,17 @@ impl Connection {
         let old = self.transport.replace(transport);
         self.credential_clock(now, true);
         self.timers.set(Timer::Expiry, None);
+        let rx_epoch = self.stream.ring().map_or(0, KeyRing::rx_epoch);
         let mut resp = ResumeResponse {
+            rx_epoch,
             server_written,
             server_read,
             server_time: wall,
             resume_timeout: self.config.resume_timeout.as_micros(),
-            rx_epoch: 0,
             mac: [0; TAG_LEN],
         }
         .encode();
-        let mac = response_mac(&self.resume_key, msg, &resp[..RESPONSE_MAC_INPUT]);
+        let mac = response_mac(&key, msg, &resp[..RESPONSE_MAC_INPUT]);
         resp[RESPONSE_MAC_INPUT..].copy_from_slice(&mac);
         self.control = Some(Box::new(resp));
         if let Some(old) = old.filter(|&o| o != transport) {
@@ -536,7 +548,16 @@ impl Connection {
             n = control.len();
             out[..n].copy_from_slice(&control[..]);
         }
-        n += self.stream.poll_transmit(now, &mut out[n..]);
+        let rng = &mut self.rng;
+        let mut fill = |b: &mut [u8; 32]| *b = rng.draw();
+        let mut env = RekeyEnv {
+            fill: &mut fill,
+            server_static: self.config.server_static.as_ref(),
+            pinned_server_key: None,
+        };
+        n += self.stream.poll_transmit(now, &mut out[n..], &mut env);
+        // Writing our SWITCH completes an exchange (`Rekeyed`).
+        self.drain_stream_events();
         self.update_timers();
         Ok(n)
     }
@@ -682,6 +703,36 @@ impl Connection {
         self.stream.memory()
     }
 
+    /// The session's key epoch: the newest epoch both directions switched
+    /// to (0 before the first rekey).
+    pub fn epoch(&self) -> u32 {
+        self.stream.ring().map_or(0, KeyRing::epoch)
+    }
+
+    /// Ask for a rekey (PROTOCOL.md 6.8): this side starts an exchange as
+    /// soon as it may (attached, no exchange in progress), even with
+    /// `Config::rekey == false`. [`ServerEvent::Rekeyed`] reports its end.
+    pub fn request_rekey(&mut self) {
+        self.stream.request_rekey();
+        self.update_timers();
+    }
+
+    /// Test hook: the epochs whose keys the server side holds right now.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn key_epochs(&self) -> Option<crate::KeyEpochs> {
+        self.stream.ring().map(KeyRing::key_epochs)
+    }
+
+    /// Test hook: every `(key id, offset, plaintext byte)` this side
+    /// encrypted since the last call; the key id is `BLAKE3(key)[0..8]`.
+    /// The first call switches recording on (and returns nothing).
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn take_keystream_log(&mut self) -> alloc::vec::Vec<([u8; 8], u64, u8)> {
+        self.stream.take_keystream_log()
+    }
+
     /// Whether the session can still be resumed.
     pub fn is_routable(&self) -> bool {
         !self.unroutable
@@ -706,6 +757,8 @@ impl Connection {
         self.timers.set(Timer::Ack, link.ack);
         self.timers.set(Timer::Keepalive, link.keepalive);
         self.timers.set(Timer::Idle, link.idle);
+        self.timers.set(Timer::Rekey, link.rekey);
+        self.timers.set(Timer::KeyExpiry, link.key_expiry);
         self.timers.set(
             Timer::AbortAnswer,
             self.stream.abort_answer_deadline(self.config.idle_timeout),
@@ -839,6 +892,10 @@ impl Connection {
                         reason: CloseReason::Clean,
                     });
                 }
+                StreamEvent::Rekeyed(epoch) => self.events.push_back(ServerEvent::Rekeyed {
+                    session: sid,
+                    epoch,
+                }),
                 StreamEvent::PeerAborted(code) | StreamEvent::AbortDone(code) => {
                     // Kept (finished) so that our answer reaches the client
                     // even across a cut: it resends its ABORT after a resume.

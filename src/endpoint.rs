@@ -44,11 +44,12 @@ use crate::error::{Error, ProtocolError};
 use crate::event::ServerEvent;
 use crate::handshake::{server_respond, ServerRandom};
 use crate::ids::{SessionId, TransportId};
-use crate::keys::{tags_equal, Secret, SessionKeys};
+use crate::keys::{tags_equal, Secret};
+use crate::rekey::{KeyRing, Side};
 use crate::resume::{
     authenticated_reject, check_request, request_mac, SessionCounters, REQUEST_MAC_INPUT,
 };
-use crate::time::Instant;
+use crate::time::{Duration, Instant};
 use crate::wire::{
     client_first_len, ClientHello, HandshakeStatus, HelloStale, ResumeRequest, ResumeStatus,
     UnknownSessionReject, CLIENT_CONFIRM_LEN, CLIENT_HELLO_LEN, RESUME_REQUEST_LEN,
@@ -127,7 +128,7 @@ impl Pending {
 /// its keys yet. Consumed into a [`Connection`] when it does.
 struct Handshake {
     conn_id: u64,
-    keys: SessionKeys,
+    keys: KeyRing,
     /// Seed of the connection's own random generator (drawn right after
     /// the connection id).
     rng_seed: Secret,
@@ -174,6 +175,15 @@ impl Handshake {
     }
 }
 
+/// How far ahead of the server's clock a ClientHello may be stamped
+/// (PROTOCOL.md 3.3; at most `freshness_window`). Small, so that a flood
+/// of hellos stamped ahead cannot raise the replay cache's floor above what
+/// an honest client stamps: such a flood must turn the whole cache over
+/// within this time (plus a round trip) to lock clients out. A client whose
+/// clock runs further ahead is answered Stale once and retries with the
+/// server's time.
+pub const HELLO_MAX_AHEAD: Duration = Duration::from_secs(5);
+
 /// The ClientHellos seen within the freshness window, by a fingerprint of
 /// their ephemeral key (PROTOCOL.md 3.3): a replayed hello is refused
 /// (Replayed) with no key computation, no random draw and no session slot.
@@ -189,11 +199,22 @@ struct HelloCache {
 }
 
 impl HelloCache {
-    /// `BLAKE3(client_ephemeral_public)[0..16]`: unkeyed (a collision
-    /// costs 2^64 work and only makes one honest hello retry).
+    /// `BLAKE3(canonical client_ephemeral_public)[0..16]`: unkeyed (a
+    /// collision costs 2^64 work and only makes one honest hello retry).
+    /// Canonical: X25519 ignores bit 255 and reads values `≥ p = 2^255 − 19`
+    /// modulo p (RFC 7748 5), so every encoding of one key has one
+    /// fingerprint; a replay cannot miss the cache by re-encoding the key.
     fn fingerprint(ephemeral: &[u8; 32]) -> [u8; 16] {
+        let mut u = *ephemeral;
+        u[31] &= 0x7F;
+        // u ≥ p exactly when u = p + k, k < 19: bytes 1..31 are 0xFF, byte
+        // 31 is 0x7F and byte 0 is at least 0xED.
+        if u[31] == 0x7F && u[1..31].iter().all(|&b| b == 0xFF) && u[0] >= 0xED {
+            u = [0; 32];
+            u[0] = ephemeral[0] - 0xED;
+        }
         let mut fp = [0u8; 16];
-        fp.copy_from_slice(&blake3::hash(ephemeral).as_bytes()[..16]);
+        fp.copy_from_slice(&blake3::hash(&u).as_bytes()[..16]);
         fp
     }
 
@@ -455,7 +476,22 @@ impl<R: CryptoRng> Endpoint<R> {
         };
         let wall = self.shared.config.wall_now(now).as_micros();
         let window = self.shared.config.freshness_window.as_micros();
-        if ch.time.abs_diff(wall) > window || self.hellos.floor.is_some_and(|f| ch.time <= f) {
+        let ahead = window.min(HELLO_MAX_AHEAD.as_micros());
+        // A floor further ahead than any hello may be stamped can only come
+        // from a server clock that was stepped back: drop it, or every
+        // honest hello would be Stale until the clock caught up
+        // (PROTOCOL.md 3.3).
+        if self
+            .hellos
+            .floor
+            .is_some_and(|f| f > wall.saturating_add(ahead))
+        {
+            self.hellos.floor = None;
+        }
+        if ch.time > wall.saturating_add(ahead)
+            || wall.saturating_sub(ch.time) > window
+            || self.hellos.floor.is_some_and(|f| ch.time <= f)
+        {
             return Err(self.reject_stale_hello(transport, wall));
         }
         self.hellos.prune(wall.saturating_sub(window));
@@ -512,12 +548,14 @@ impl<R: CryptoRng> Endpoint<R> {
             have: 0,
         };
         let est = hs.established;
+        let pinned = crate::wire::ClientHello::decode(hello)
+            .is_ok_and(|h| h.flags & crate::wire::FLAG_PINNED != 0);
         self.routes.insert(est.conn_id, sid);
         self.handshakes.insert(
             sid,
             Box::new(Handshake {
                 conn_id: est.conn_id,
-                keys: est.keys,
+                keys: KeyRing::new(est.chain, Side::Server, pinned),
                 rng_seed,
                 reset_token: est.reset_token,
                 credential: est.credential,
@@ -638,15 +676,13 @@ impl<R: CryptoRng> Endpoint<R> {
             });
         };
         // An unconfirmed session: its ClientConfirm was lost, and this
-        // request proves the same keys.
+        // request proves the same keys. An unconfirmed session only ever
+        // has epoch 0 (its ring holds no other resume key).
         let old_transport = hs.transport;
-        // An unconfirmed session has only epoch 0.
-        if req.rx_epoch != 0
-            || !tags_equal(
-                &request_mac(&hs.keys.resume, &msg[..REQUEST_MAC_INPUT]),
-                &req.mac,
-            )
-        {
+        let key = hs.keys.resume_key(req.rx_epoch).cloned();
+        let Some(key) =
+            key.filter(|k| tags_equal(&request_mac(k, &msg[..REQUEST_MAC_INPUT]), &req.mac))
+        else {
             self.events.push_back(ServerEvent::AuthFailed {
                 transport,
                 reason: Error::AuthFailed,
@@ -656,7 +692,7 @@ impl<R: CryptoRng> Endpoint<R> {
                 &[VERSION, ResumeStatus::AuthFailed.to_byte()],
             );
             return Err(self.reject(transport, rej));
-        }
+        };
         let counters = SessionCounters {
             last_counter: 0,
             server_acked: 0,
@@ -666,7 +702,7 @@ impl<R: CryptoRng> Endpoint<R> {
         let wall = self.shared.config.wall_now(now).as_micros();
         let window = self.shared.config.freshness_window.as_micros();
         if let Err(status) = check_request(&req, &counters, wall, window) {
-            let reply = authenticated_reject(&hs.keys.resume, &msg, status, wall);
+            let reply = authenticated_reject(&key, &msg, status, wall);
             let rej = Rejection::new(Error::ResumeRejected(status), &reply);
             return Err(self.reject(transport, rej));
         }

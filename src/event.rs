@@ -115,6 +115,13 @@ pub enum Event {
         /// The server granted a token: take it with `Client::take_token`.
         token: bool,
     },
+    /// Both directions of the session switched to key epoch `epoch` (a
+    /// rekey exchange completed on this side, PROTOCOL.md 6.8). Reported
+    /// once per epoch.
+    Rekeyed {
+        /// The new epoch (1 after the first rekey).
+        epoch: u32,
+    },
 }
 
 /// Something the server state machine reports.
@@ -200,5 +207,15 @@ pub enum ServerEvent {
         session: SessionId,
         /// The range.
         range: ByteRange,
+    },
+    /// Both directions of `session` switched to key epoch `epoch` (a rekey
+    /// exchange completed on this side, PROTOCOL.md 6.8). Reported once per
+    /// epoch. Drivers mix OS entropy into the connection here
+    /// ([`crate::Connection::add_entropy`]).
+    Rekeyed {
+        /// The session.
+        session: SessionId,
+        /// The new epoch (1 after the first rekey).
+        epoch: u32,
     },
 }

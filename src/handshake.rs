@@ -21,7 +21,7 @@ use zeroize::Zeroize;
 
 use crate::credential::CredentialKeys;
 use crate::error::{Error, ProtocolError};
-use crate::keys::{context, tags_equal, Secret, SessionKeys, StaticKeypair};
+use crate::keys::{context, tags_equal, Chain, Secret, StaticKeypair};
 use crate::wire::{
     ClientHello, ServerHello, CLIENT_HELLO_LEN, FLAG_PINNED, SERVER_HELLO_KEYED_PREFIX,
     SERVER_HELLO_LEN, SH_FLAG_CLIENT_AUTH, TAG_LEN, VERSION,
@@ -30,7 +30,8 @@ use crate::wire::{
 /// What both sides know once the handshake's keys are derived.
 pub(crate) struct Established {
     pub(crate) conn_id: u64,
-    pub(crate) keys: SessionKeys,
+    /// `chain_0 = master`: every key of the session's first epoch.
+    pub(crate) chain: Chain,
     pub(crate) server_time: u64,
     /// How long (µs) the server keeps the session without a transport.
     pub(crate) resume_timeout: u64,
@@ -135,9 +136,9 @@ impl Transcript {
         let master = Secret::derive(context::MASTER, &[&self.prk.0, self.th3.as_bytes()]);
         CredentialKeys::from_master(&master)
     }
-    fn session_keys(&self) -> SessionKeys {
+    fn chain(&self) -> Chain {
         let master = Secret::derive(context::MASTER, &[&self.prk.0, self.th3.as_bytes()]);
-        SessionKeys::from_master(&master)
+        Chain::from_master(master)
     }
 }
 
@@ -207,7 +208,7 @@ impl ClientHandshake {
         Ok(ClientFinish {
             established: Established {
                 conn_id: u64::from_le_bytes(id),
-                keys: t.session_keys(),
+                chain: t.chain(),
                 server_time: sh.server_time,
                 resume_timeout: sh.resume_timeout,
                 reset_token,
@@ -295,7 +296,7 @@ pub(crate) fn server_respond(
         expected_confirm: t.client_confirm(),
         established: Established {
             conn_id: random.conn_id,
-            keys: t.session_keys(),
+            chain: t.chain(),
             server_time,
             resume_timeout,
             reset_token: random.reset_token,
@@ -328,7 +329,10 @@ mod tests {
         assert_eq!(f.established.resume_timeout, 7);
         assert_eq!(f.established.reset_token, [9u8; TAG_LEN]);
         assert_eq!(f.confirm, s.expected_confirm);
-        assert_eq!(f.established.keys.resume, s.established.keys.resume);
+        assert_eq!(
+            f.established.chain.epoch_keys().resume,
+            s.established.chain.epoch_keys().resume
+        );
     }
 
     #[test]

@@ -42,6 +42,10 @@ pub mod context {
     pub const S2C_MAC: &str = "relink v1 2026-11 s2c mac";
     /// Resume MAC key.
     pub const RESUME: &str = "relink v1 2026-11 resume";
+    /// The chain secret of the next epoch, from the current one and a
+    /// rekey exchange (PROTOCOL.md 4.7).
+    #[allow(dead_code)] // the rekey exchange lands next
+    pub const REKEY: &str = "relink v2 2026-12 rekey chain";
     /// A server connection's random generator: the output of one draw.
     pub const CONN_RNG_OUTPUT: &str = "relink v2 2026-12 connection rng output";
     /// A server connection's random generator: the next state (after a
@@ -180,6 +184,8 @@ pub(crate) struct DirectionKeys {
     enc: Secret,
     mac: Secret,
     dir: u8,
+    /// The epoch these keys belong to: in every frame MAC input.
+    epoch: u32,
     /// Keystream generated ahead for small frames (allocated on the first
     /// small frame, freed by [`DirectionKeys::drop_cache`] when idle).
     cache: Option<Box<KeystreamCache>>,
@@ -243,6 +249,26 @@ pub(crate) struct FrameAad {
 }
 
 impl DirectionKeys {
+    /// The epoch of these keys.
+    pub(crate) fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    /// The direction byte of these keys.
+    pub(crate) fn dir(&self) -> u8 {
+        self.dir
+    }
+
+    /// A public name of the encryption key for the keystream log of the
+    /// tests: `BLAKE3(enc)[0..8]` (reveals nothing of the key).
+    #[cfg(feature = "test-hooks")]
+    pub(crate) fn key_id(&self) -> [u8; 8] {
+        let h = blake3::hash(&self.enc.0);
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&h.as_bytes()[..8]);
+        id
+    }
+
     /// ChaCha20 keystream at stream offset `offset` XORed into `buf`.
     ///
     /// Byte `o` of a direction's stream is always encrypted with keystream
@@ -313,7 +339,7 @@ impl DirectionKeys {
     pub(crate) fn frame_tag(&self, aad: &FrameAad, body: &[u8]) -> [u8; TAG_LEN] {
         let mut fixed = [0u8; 1 + 4 + 8 + 8 + 8 + FRAME_HEADER_LEN];
         fixed[0] = self.dir;
-        // bytes 1..5: key epoch, always 0 until rekeying exists.
+        fixed[1..5].copy_from_slice(&self.epoch.to_le_bytes());
         fixed[5..13].copy_from_slice(&aad.generation.to_le_bytes());
         fixed[13..21].copy_from_slice(&aad.sequence.to_le_bytes());
         fixed[21..29].copy_from_slice(&aad.offset.to_le_bytes());
@@ -325,7 +351,7 @@ impl DirectionKeys {
     }
 }
 
-/// All keys of an established session.
+/// All keys of one epoch of a session.
 #[derive(Debug)]
 pub(crate) struct SessionKeys {
     pub(crate) c2s: DirectionKeys,
@@ -333,26 +359,91 @@ pub(crate) struct SessionKeys {
     pub(crate) resume: Secret,
 }
 
-impl SessionKeys {
-    /// Derive the session keys from the session master secret.
-    pub(crate) fn from_master(master: &Secret) -> Self {
-        let d = |ctx| Secret::derive(ctx, &[&master.0]);
+/// The chain secret of one epoch (PROTOCOL.md 4.7): `chain_0` is the
+/// handshake's `master`, and every key of epoch `e` is derived from
+/// `chain_e` exactly as v1 derives its keys from `master`. A rekey
+/// exchange ratchets it forward; the old value is zeroized on the way.
+pub(crate) struct Chain {
+    secret: Secret,
+    epoch: u32,
+    /// The session's handshake was pinned: every rekey mixes `es` (kept
+    /// here, in the padding after `epoch`).
+    pub(crate) pinned: bool,
+}
+
+impl fmt::Debug for Chain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Chain")
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Chain {
+    /// `chain_0 = master`.
+    pub(crate) fn from_master(master: Secret) -> Self {
+        Chain {
+            secret: master,
+            epoch: 0,
+            pinned: false,
+        }
+    }
+
+    /// The epoch this chain secret belongs to.
+    pub(crate) fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    /// The five keys of this epoch: v1's derivations with `chain_e` in
+    /// place of `master`.
+    pub(crate) fn epoch_keys(&self) -> SessionKeys {
+        let d = |ctx| Secret::derive(ctx, &[&self.secret.0]);
+        let dir = |enc, mac, dir| DirectionKeys {
+            enc: d(enc),
+            mac: d(mac),
+            dir,
+            epoch: self.epoch,
+            cache: None,
+        };
         SessionKeys {
-            c2s: DirectionKeys {
-                enc: d(context::C2S_ENC),
-                mac: d(context::C2S_MAC),
-                dir: DIR_C2S,
-                cache: None,
-            },
-            s2c: DirectionKeys {
-                enc: d(context::S2C_ENC),
-                mac: d(context::S2C_MAC),
-                dir: DIR_S2C,
-                cache: None,
-            },
+            c2s: dir(context::C2S_ENC, context::C2S_MAC, DIR_C2S),
+            s2c: dir(context::S2C_ENC, context::S2C_MAC, DIR_S2C),
             resume: d(context::RESUME),
         }
     }
+
+    /// The chain secret of the next epoch,
+    /// `derive_key(REKEY, chain_e || ee || es? || rth)`; `self` (and with
+    /// it `chain_e`) is consumed and zeroized. `None` past epoch
+    /// `u32::MAX` (never reached: a side does not initiate there).
+    #[allow(dead_code)] // the rekey exchange lands next
+    pub(crate) fn ratchet(
+        self,
+        ee: &[u8; 32],
+        es: Option<&[u8; 32]>,
+        rth: &[u8; 32],
+    ) -> Option<Chain> {
+        let epoch = self.epoch.checked_add(1)?;
+        let es: &[u8] = es.map_or(&[], |e| &e[..]);
+        let secret = Secret::derive(context::REKEY, &[&self.secret.0, ee, es, rth]);
+        Some(Chain {
+            secret,
+            epoch,
+            pinned: self.pinned,
+        })
+    }
+}
+
+/// The rekey transcript hash `BLAKE3(LE32(n) || c_pub || s_pub)` (full 32
+/// bytes) of the exchange to epoch `n`.
+#[allow(dead_code)] // the rekey exchange lands next
+pub(crate) fn rekey_transcript(n: u32, c_pub: &[u8; 32], s_pub: &[u8; 32]) -> [u8; 32] {
+    *blake3::Hasher::new()
+        .update(&n.to_le_bytes())
+        .update(c_pub)
+        .update(s_pub)
+        .finalize()
+        .as_bytes()
 }
 
 // ----- ConnRng (PROTOCOL.md 4.7) -------------------------------------------
@@ -432,7 +523,7 @@ mod tests {
     }
 
     fn keys() -> SessionKeys {
-        SessionKeys::from_master(&Secret([7u8; 32]))
+        Chain::from_master(Secret([7u8; 32])).epoch_keys()
     }
 
     #[test]

@@ -144,6 +144,7 @@ mod event;
 mod handshake;
 mod ids;
 mod keys;
+mod rekey;
 mod resume;
 pub mod server;
 mod stream;
@@ -164,11 +165,14 @@ pub use config::Config;
 pub use connection::{Connection, EndpointEvent, Rejection};
 pub use credential::{ClientCredential, Credential};
 pub use driver::Backoff;
-pub use endpoint::{Dispatch, Endpoint};
+pub use endpoint::{Dispatch, Endpoint, HELLO_MAX_AHEAD};
 pub use error::{Error, ProtocolError};
 pub use event::{ByteRange, CloseReason, Event, ServerEvent};
 pub use ids::{SessionId, TransportId};
 pub use keys::StaticKeypair;
+#[cfg(feature = "test-hooks")]
+#[doc(hidden)]
+pub use rekey::KeyEpochs;
 pub use server::Server;
 #[cfg(feature = "std")]
 #[cfg_attr(docsrs, doc(cfg(feature = "std")))]

@@ -350,6 +350,26 @@ impl<R: CryptoRng> Server<R> {
         self.with_connection(session, |c| c.close())
     }
 
+    /// Ask for a rekey of `session` ([`Connection::request_rekey`]).
+    pub fn request_rekey(&mut self, session: SessionId) -> Result<(), Error> {
+        self.with_connection(session, |c| c.request_rekey())
+    }
+
+    /// The key epoch of `session` ([`Connection::epoch`]).
+    pub fn epoch(&self, session: SessionId) -> Option<u32> {
+        self.connection(session).map(Connection::epoch)
+    }
+
+    /// Test hook: [`Connection::take_keystream_log`] of `session`.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn take_keystream_log(
+        &mut self,
+        session: SessionId,
+    ) -> Result<alloc::vec::Vec<([u8; 8], u64, u8)>, Error> {
+        self.with_connection(session, |c| c.take_keystream_log())
+    }
+
     /// Test hook (feature `test-hooks`): shift the outgoing time stamps of
     /// `session` by `skew` µs.
     #[cfg(feature = "test-hooks")]

@@ -31,12 +31,25 @@ use crate::credential::{decode_accept, decode_credential, CredentialPayload};
 use crate::error::{Error, ProtocolError};
 use crate::event::ByteRange;
 use crate::keys::{tags_equal, DirectionKeys, FrameAad, Secret};
+use crate::rekey::{KeyRing, Received, RekeyEnv, RekeyMsg, Side};
 use crate::time::{Duration, Instant, WallClock};
 use crate::wire::{
-    AbortCode, AbortFrame, AckFrame, FrameHeader, FrameType, StampFrame, ABORT_PAYLOAD_LEN,
-    ACK_FLAG_ACCEPTED, ACK_PAYLOAD_LEN, CLOSE_PAYLOAD_LEN, FRAME_HEADER_LEN, FRAME_OVERHEAD,
-    MAX_FRAME_PAYLOAD, MAX_TOKEN_LEN, PING_PAYLOAD_LEN, TAG_LEN,
+    AbortCode, AbortFrame, AckFrame, FrameHeader, FrameType, RekeyInit, RekeyReply, RekeySwitch,
+    StampFrame, ABORT_PAYLOAD_LEN, ACK_FLAG_ACCEPTED, ACK_PAYLOAD_LEN, CLOSE_PAYLOAD_LEN,
+    FRAME_HEADER_LEN, FRAME_OVERHEAD, MAX_FRAME_PAYLOAD, MAX_TOKEN_LEN, PING_PAYLOAD_LEN,
+    REKEY_FLAG_ORDERED, REKEY_INIT_PAYLOAD_LEN, TAG_LEN,
 };
+
+/// Every (key id, offset, plaintext byte) encrypted, once recording is on
+/// (test hook); nothing without the `test-hooks` feature.
+#[cfg(feature = "test-hooks")]
+type KeystreamLog = Option<alloc::boxed::Box<Vec<([u8; 8], u64, u8)>>>;
+#[cfg(not(feature = "test-hooks"))]
+type KeystreamLog = ();
+
+/// The largest stream offset of a direction (`send` refuses bytes beyond
+/// it with `KeyLimitReached`; unreachable in practice).
+pub(crate) const MAX_STREAM_OFFSET: u64 = 1 << 62;
 
 /// The limits of [`Config`] the stream needs.
 #[derive(Clone, Copy, Debug)]
@@ -48,7 +61,12 @@ pub(crate) struct StreamLimits {
     ack_delay: Duration,
     keepalive_interval: Duration,
     idle_timeout: Duration,
-    key_byte_limit: u64,
+    rekey: bool,
+    rekey_after_bytes: u64,
+    rekey_after_time: Duration,
+    key_lifetime: Duration,
+    key_lifetime_bytes: u64,
+    rekey_grace: Duration,
     freshness_window: Duration,
 }
 
@@ -62,7 +80,12 @@ impl StreamLimits {
             ack_delay: c.ack_delay,
             keepalive_interval: c.keepalive_interval,
             idle_timeout: c.idle_timeout,
-            key_byte_limit: c.key_byte_limit,
+            rekey: c.rekey,
+            rekey_after_bytes: c.rekey_after_bytes,
+            rekey_after_time: c.rekey_after_time,
+            key_lifetime: c.key_lifetime,
+            key_lifetime_bytes: c.key_lifetime_bytes,
+            rekey_grace: c.rekey_grace,
             freshness_window: c.freshness_window,
         }
     }
@@ -181,13 +204,6 @@ pub(crate) fn check_stamp(
 
 // ----- end time stamps ---------------------------------------------------------
 
-/// Keys of the two directions as seen from this side.
-#[derive(Debug)]
-pub(crate) struct StreamKeys {
-    pub(crate) tx: DirectionKeys,
-    pub(crate) rx: DirectionKeys,
-}
-
 /// Per-transport frame state. Reset by every resume.
 #[derive(Debug)]
 struct Link {
@@ -217,6 +233,15 @@ struct Link {
     /// frames (and its keepalives) wait behind a DATA frame, so silence is
     /// not a sign of a dead transport until the application reads.
     held_back: bool,
+    /// Our control frames on this link use the newest send keys: the peer
+    /// saw our switch marker, or this link carried it (PROTOCOL.md 5.5).
+    tx_switched: bool,
+    /// Our outstanding REKEY_INIT went out on this link (once per link;
+    /// cleared when a new exchange starts).
+    init_sent: bool,
+    /// The peer's switch marker verified: an ACK (with our new receive
+    /// epoch) is due even if the read count did not change.
+    epoch_ack_due: bool,
     /// The gate frame (CREDENTIAL or ACCEPT) went out on this link.
     auth_sent: bool,
     /// An ACK is due even with an unchanged read count (the client just
@@ -235,6 +260,8 @@ pub(crate) struct LinkTimers {
     pub(crate) ack: Option<Instant>,
     pub(crate) keepalive: Option<Instant>,
     pub(crate) idle: Option<Instant>,
+    pub(crate) rekey: Option<Instant>,
+    pub(crate) key_expiry: Option<Instant>,
 }
 
 /// Stream-level happenings the client or server turns into events.
@@ -248,6 +275,27 @@ pub(crate) enum StreamEvent {
     PeerAborted(AbortCode),
     /// The peer answered our ABORT: the abort is complete.
     AbortDone(AbortCode),
+    /// Both directions switched to this epoch (PROTOCOL.md 6.8).
+    Rekeyed(u32),
+}
+
+/// An instant not yet known.
+const UNSET: Instant = Instant(u64::MAX);
+
+/// The grace after a hard key limit, counted in attached time during
+/// which the peer has read up to our INIT (PROTOCOL.md 5.4).
+#[derive(Debug)]
+struct Grace {
+    /// The epoch that reached its limit: the grace ends when the session
+    /// moved past it.
+    epoch: u32,
+    /// Grace left, as of `since`.
+    left: Duration,
+    /// When `left` was last brought up to date while running.
+    since: Option<Instant>,
+    /// The data offset at which our INIT went out on the current link (the
+    /// clock pauses while the peer's read count is below it).
+    order_at: Option<u64>,
 }
 
 /// An abort of the session, by either side.
@@ -266,7 +314,8 @@ pub(crate) struct Stream {
     /// Shared by every session of an endpoint (one allocation, not 64
     /// bytes per session).
     limits: Arc<StreamLimits>,
-    keys: Option<StreamKeys>,
+    /// Every key of the session, by epoch (`rekey.rs`).
+    keys: Option<KeyRing>,
     /// Bytes `[tx_base(), tx_written)` of the outgoing stream.
     tx: VecDeque<u8>,
     /// Highest read count the peer confirmed (may include our CLOSE).
@@ -288,6 +337,17 @@ pub(crate) struct Stream {
     /// verified frame.
     auth_failures: u32,
     events: [Option<StreamEvent>; 3],
+    // ----- rekey policy (PROTOCOL.md 5.4); the keys are in the ring -----
+    /// When this side switched its send direction to the current epoch
+    /// (the first link's start for epoch 0; `UNSET` before).
+    epoch_since: Instant,
+    /// The application asked for a rekey.
+    rekey_requested: bool,
+    /// A hard limit was reached: the grace for completing a rekey.
+    grace: Option<Box<Grace>>,
+    /// Test hook: answer no INIT (a client that ignores the order).
+    #[cfg(feature = "test-hooks")]
+    ignore_rekey: bool,
     clean_reported: bool,
     abort: Option<Abort>,
     /// Our CLOSE was written on some link at least once.
@@ -295,6 +355,10 @@ pub(crate) struct Stream {
     /// When this side's unanswered abort was first seen by a call that
     /// knows the time (the answer timeout counts from here).
     abort_since: Option<Instant>,
+    /// Every (key id, offset, plaintext byte) this side encrypted, once
+    /// recording was switched on (test hook: no keystream position may
+    /// carry two different bytes).
+    keystream_log: KeystreamLog,
     /// The source of this side's time stamps.
     clock: StampClock,
     /// Test hook: µs added to every outgoing stamp.
@@ -324,10 +388,16 @@ impl Stream {
             spare_partial: Vec::new(),
             auth_failures: 0,
             events: [None, None, None],
+            epoch_since: UNSET,
+            rekey_requested: false,
+            grace: None,
+            #[cfg(feature = "test-hooks")]
+            ignore_rekey: false,
             clean_reported: false,
             abort: None,
             close_ever_sent: false,
             abort_since: None,
+            keystream_log: KeystreamLog::default(),
             clock: StampClock::Client(None),
             #[cfg(feature = "test-hooks")]
             stamp_skew: 0,
@@ -366,7 +436,7 @@ impl Stream {
     }
 
     /// The time stamp this side writes at `now` (µs of the server's clock).
-    #[allow(dead_code)] // the rekey frames stamp with it (design step 4)
+    #[allow(dead_code)] // `poll_transmit` builds its `Stamper` from the fields
     pub(crate) fn stamp(&self, now: Instant) -> u64 {
         self.stamper().at(now)
     }
@@ -394,8 +464,23 @@ impl Stream {
         self.stamp_skew = skew;
     }
 
-    pub(crate) fn set_keys(&mut self, keys: StreamKeys) {
+    pub(crate) fn set_keys(&mut self, keys: KeyRing) {
         self.keys = Some(keys);
+    }
+
+    /// The session's keys (`None` before the handshake completed).
+    pub(crate) fn ring(&self) -> Option<&KeyRing> {
+        self.keys.as_ref()
+    }
+
+    /// The keystream log since the last call (test hook); the first call
+    /// switches recording on.
+    #[cfg(feature = "test-hooks")]
+    pub(crate) fn take_keystream_log(&mut self) -> Vec<([u8; 8], u64, u8)> {
+        self.keystream_log
+            .replace(alloc::boxed::Box::default())
+            .map(|b| *b)
+            .unwrap_or_default()
     }
 
     // ----- counters -------------------------------------------------------
@@ -483,7 +568,8 @@ impl Stream {
     }
 
     /// At most three events can be pending between two drains (PeerClosed,
-    /// CleanClose, and one abort event); a full queue keeps the oldest.
+    /// CleanClose or one abort event, which exclude each other, and
+    /// Rekeyed); a full queue keeps the oldest.
     fn push_event(&mut self, e: StreamEvent) {
         if let Some(slot) = self.events.iter_mut().find(|s| s.is_none()) {
             *slot = Some(e);
@@ -572,7 +658,16 @@ impl Stream {
             return Err(Error::Closed);
         }
         let room = self.limits.send_buffer.saturating_sub(self.unacked());
-        let key_room = self.limits.key_byte_limit.saturating_sub(self.tx_written);
+        // With rekeying the hard byte limit holds DATA back in
+        // `poll_transmit` until the send epoch advances; without it the
+        // session's one key refuses more bytes (v1).
+        let key_room = if self.limits.rekey {
+            MAX_STREAM_OFFSET.saturating_sub(self.tx_written)
+        } else {
+            self.limits
+                .key_lifetime_bytes
+                .saturating_sub(self.tx_written)
+        };
         if key_room == 0 && !data.is_empty() {
             return Err(Error::KeyLimitReached);
         }
@@ -627,8 +722,7 @@ impl Stream {
         }
         self.spare_partial = Vec::new();
         if let Some(k) = &mut self.keys {
-            k.tx.drop_cache();
-            k.rx.drop_cache();
+            k.drop_caches();
         }
         if let Some(l) = &mut self.link {
             if l.partial.is_empty() {
@@ -640,19 +734,36 @@ impl Stream {
     // ----- links ------------------------------------------------------------
 
     /// Start a link (a transport) whose peer has read `peer_read` bytes of
-    /// our stream. Returns the range this side resends, `[start, end)` in
-    /// data offsets. `Err(DataUnavailable-ish)` when `peer_read` lies
-    /// outside what we still hold: the caller ends the session.
+    /// our stream and whose receive epoch is `peer_rx`. Returns the range
+    /// this side resends, `[start, end)` in data offsets.
+    /// `Err(DataUnavailable-ish)` when `peer_read` lies outside what we
+    /// still hold, or `peer_rx` is not a send epoch we hold on the right
+    /// side of its switch point (PROTOCOL.md 7.8): the caller ends the
+    /// session.
     pub(crate) fn attach(
         &mut self,
         generation: u64,
         now: Instant,
         peer_read: u64,
+        peer_rx: u32,
     ) -> Result<(u64, u64), Error> {
         if peer_read < self.tx_acked || peer_read > self.write_end() {
             return Err(ProtocolError::BadAck.into());
         }
+        let tx_switched = match &self.keys {
+            Some(ring) => ring
+                .check_attach(peer_rx, peer_read)
+                .map_err(|_| Error::from(ProtocolError::BadAck))?,
+            None => true,
+        };
         self.detach();
+        self.grace_tick(now);
+        if let Some(ring) = &mut self.keys {
+            ring.peer_rx_is(peer_rx);
+        }
+        if self.epoch_since == UNSET {
+            self.epoch_since = now;
+        }
         self.ack_to(peer_read);
         self.tx_next = peer_read.min(self.tx_written);
         let mut partial = core::mem::take(&mut self.spare_partial);
@@ -671,11 +782,18 @@ impl Stream {
             answer_abort: None,
             ping_now: false,
             held_back: false,
+            tx_switched,
+            init_sent: false,
+            epoch_ack_due: false,
             auth_sent: false,
             ack_forced: false,
             held_since: None,
             held_total: Duration::default(),
         });
+        if let Some(g) = &mut self.grace {
+            g.order_at = None;
+            g.since = Some(now);
+        }
         Ok((self.tx_next, self.tx_written))
     }
 
@@ -687,7 +805,12 @@ impl Stream {
     }
 
     /// The transport is gone: forget its frame state, keep the stream.
+    /// (The grace clock stops: it was brought up to date by the last call
+    /// that knew the time.)
     pub(crate) fn detach(&mut self) {
+        if let Some(g) = &mut self.grace {
+            g.since = None;
+        }
         if let Some(link) = self.link.take() {
             self.spare_partial = link.partial;
             self.spare_partial.clear();
@@ -712,8 +835,14 @@ impl Stream {
     /// given when the receive buffer is full (offer the rest again after
     /// `recv`). An `Err` ends the link: nothing of the failing frame was
     /// delivered.
-    pub(crate) fn handle_input(&mut self, now: Instant, input: &[u8]) -> Result<usize, Error> {
+    pub(crate) fn handle_input(
+        &mut self,
+        now: Instant,
+        input: &[u8],
+        env: &mut RekeyEnv<'_>,
+    ) -> Result<usize, Error> {
         self.note_time(now);
+        self.grace_tick(now);
         let mut consumed = 0;
         loop {
             let Some(link) = self.link.as_mut() else {
@@ -729,7 +858,7 @@ impl Stream {
                     }
                     let total = hdr.wire_len();
                     if rest.len() >= total {
-                        self.open_frame(now, &hdr, &rest[..total])?;
+                        self.open_frame(now, &hdr, &rest[..total], env)?;
                         consumed += total;
                         continue;
                     }
@@ -770,7 +899,7 @@ impl Stream {
                 break;
             }
             let frame = core::mem::take(&mut link.partial);
-            let result = self.open_frame(now, &hdr, &frame);
+            let result = self.open_frame(now, &hdr, &frame, env);
             if let Some(link) = self.link.as_mut() {
                 link.partial = frame;
                 link.partial.clear();
@@ -801,7 +930,13 @@ impl Stream {
     }
 
     /// Verify one whole frame and apply it.
-    fn open_frame(&mut self, now: Instant, hdr: &FrameHeader, frame: &[u8]) -> Result<(), Error> {
+    fn open_frame(
+        &mut self,
+        now: Instant,
+        hdr: &FrameHeader,
+        frame: &[u8],
+        env: &mut RekeyEnv<'_>,
+    ) -> Result<(), Error> {
         let keys = self.keys.as_mut().ok_or(Error::InvalidState)?;
         let link = self.link.as_mut().ok_or(Error::TransportEnded)?;
         let header = arr4(frame);
@@ -813,7 +948,7 @@ impl Stream {
             offset: self.rx_data,
             header,
         };
-        if !tags_equal(&keys.rx.frame_tag(&aad, body), &tag) {
+        if !tags_equal(&keys.rx().frame_tag(&aad, body), &tag) {
             return Err(Error::AuthFailed);
         }
         link.rx_seq += 1;
@@ -851,7 +986,7 @@ impl Stream {
                 if self.abort.is_none() {
                     reserve_bounded(&mut self.rx, hdr.len, self.limits.recv_buffer);
                     self.rx.extend(body.iter());
-                    decrypt_tail(&mut self.rx, hdr.len, &mut keys.rx, self.rx_data);
+                    decrypt_tail(&mut self.rx, hdr.len, keys.rx(), self.rx_data);
                 }
                 self.rx_data = end;
                 if link.ack_due.is_none() {
@@ -862,32 +997,68 @@ impl Stream {
                 let ack = AckFrame::decode(body)?;
                 let v = ack.read_count;
                 let sent_end = self.tx_next + link.close_sent as u64;
-                if v < self.tx_acked || v > sent_end {
+                if v < self.tx_acked || v > sent_end || !keys.check_peer_rx(ack.rx_epoch) {
                     return Err(ProtocolError::BadAck.into());
                 }
-                // No epoch but 0 exists yet.
-                if ack.rx_epoch != 0 {
-                    return Err(ProtocolError::BadAck.into());
-                }
+                keys.peer_rx_is(ack.rx_epoch);
                 self.note_ack_flags(ack.flags)?;
                 self.ack_to(v);
+                self.rekey_step(env);
+            }
+            FrameType::RekeyInit | FrameType::RekeyReply | FrameType::RekeySwitch => {
+                // Stamped like CLOSE and ABORT (PROTOCOL.md 6.7): a stale
+                // one ends the transport; it is re-sent on the next one.
+                let (msg, time) = match hdr.frame_type {
+                    FrameType::RekeyInit => {
+                        let m = RekeyInit::decode(body)?;
+                        if m.flags & !REKEY_FLAG_ORDERED != 0 {
+                            self.abort(AbortCode::PROTOCOL_VIOLATION);
+                            return Ok(());
+                        }
+                        let msg = RekeyMsg::Init {
+                            n: m.new_epoch,
+                            ordered: m.flags & REKEY_FLAG_ORDERED != 0,
+                            public: m.ephemeral_public,
+                        };
+                        (msg, m.time)
+                    }
+                    FrameType::RekeyReply => {
+                        let m = RekeyReply::decode(body)?;
+                        let msg = RekeyMsg::Reply {
+                            n: m.new_epoch,
+                            public: m.ephemeral_public,
+                        };
+                        (msg, m.time)
+                    }
+                    _ => {
+                        let m = RekeySwitch::decode(body)?;
+                        (RekeyMsg::Switch { n: m.new_epoch }, m.time)
+                    }
+                };
+                check_stamp(&mut self.clock, window, link.held_total, now, time)?;
+                self.on_rekey(msg, env);
             }
             FrameType::Ping => {
                 // A server PING is the client's clock source (PROTOCOL.md
-                // 6.7), unless it waited behind held-back input. The server
+                // 6.7), unless it may have waited behind held-back input:
+                // input is held back at a DATA frame, and the frames queued
+                // behind it verify after that one, so once this link's
+                // input was held back a PING only moves the base forward
+                // (as a stamp ahead of the estimate does). The server
                 // ignores the client's value.
                 let time = StampFrame::decode(body)?.time;
-                if let (StampClock::Client(base), false) = (&mut self.clock, was_held) {
-                    *base = Some((time, now));
+                if let StampClock::Client(base) = &mut self.clock {
+                    let held = was_held || link.held_total.as_micros() > 0;
+                    let behind = base.is_some_and(|(t, at)| {
+                        time <= t.saturating_add(now.saturating_since(at).as_micros())
+                    });
+                    if !(held && behind) {
+                        *base = Some((time, now));
+                    }
                 }
             }
             FrameType::Credential | FrameType::Accept => {
                 self.open_gate_frame(hdr.frame_type, body);
-            }
-            FrameType::RekeyInit | FrameType::RekeyReply | FrameType::RekeySwitch => {
-                // Authenticated, but this side does not run these exchanges
-                // yet: the peer broke the protocol.
-                self.abort(AbortCode::PROTOCOL_VIOLATION);
             }
             FrameType::Abort => {
                 let frame = AbortFrame::decode(body)?;
@@ -932,17 +1103,238 @@ impl Stream {
         Ok(())
     }
 
+    // ----- rekey (PROTOCOL.md 5.4, 5.5, 6.8) -----------------------------
+
+    /// A verified REKEY_* frame of the peer.
+    fn on_rekey(&mut self, msg: RekeyMsg, env: &mut RekeyEnv<'_>) {
+        #[cfg(feature = "test-hooks")]
+        if self.ignore_rekey && matches!(msg, RekeyMsg::Init { .. }) {
+            return;
+        }
+        let aborted = self.abort.is_some();
+        let Some(ring) = self.keys.as_mut() else {
+            return;
+        };
+        match ring.receive(msg, aborted, env) {
+            Err(_) => self.abort(AbortCode::PROTOCOL_VIOLATION),
+            Ok(Received::Switched(n)) => {
+                if let Some(l) = &mut self.link {
+                    l.epoch_ack_due = true;
+                }
+                if ring.tx_epoch() == n {
+                    self.push_event(StreamEvent::Rekeyed(n));
+                }
+            }
+            Ok(_) => {}
+        }
+        self.rekey_step(env);
+    }
+
+    /// After the ring changed: answer an INIT kept for later, end a grace
+    /// the session has moved past.
+    fn rekey_step(&mut self, env: &mut RekeyEnv<'_>) {
+        if let Some(m) = self.keys.as_mut().and_then(KeyRing::take_ready_init) {
+            self.on_rekey(m, env);
+        }
+        let epoch = self.keys.as_ref().map_or(0, KeyRing::epoch);
+        if self.grace.as_ref().is_some_and(|g| epoch > g.epoch) {
+            self.grace = None;
+        }
+    }
+
+    /// Ask for a rekey at the next opportunity (PROTOCOL.md 6.8 rule 1).
+    pub(crate) fn request_rekey(&mut self) {
+        self.rekey_requested = true;
+    }
+
+    /// Test hook: answer no INIT (a peer that ignores the server's order).
+    #[cfg(feature = "test-hooks")]
+    pub(crate) fn set_ignore_rekey(&mut self, ignore: bool) {
+        self.ignore_rekey = ignore;
+    }
+
+    /// Whether this side may start an exchange now (rule 1): attached, the
+    /// session accepted (design 4.3: no rekey before acceptance) and
+    /// running, no exchange in progress.
+    fn may_start_rekey(&self) -> bool {
+        self.link.is_some()
+            && self.abort.is_none()
+            && !self.clean_reported
+            && self.gate.as_deref().is_none_or(Gate::is_open)
+            && self.keys.as_ref().is_some_and(KeyRing::may_start)
+    }
+
+    /// Bytes this side sent under its newest send epoch.
+    fn epoch_bytes(&self) -> u64 {
+        let start = self.keys.as_ref().map_or(0, KeyRing::tx_start);
+        self.tx_next.saturating_sub(start)
+    }
+
+    fn epoch_since(&self) -> Option<Instant> {
+        (self.epoch_since != UNSET).then_some(self.epoch_since)
+    }
+
+    /// When the soft time policy is due (the server waits 1.1 × as long).
+    fn soft_deadline(&self) -> Option<Instant> {
+        let since = self.epoch_since()?;
+        let mut after = self.limits.rekey_after_time;
+        if self.keys.as_ref().map(KeyRing::side) == Some(Side::Server) {
+            after = Duration(after.0.saturating_add(after.0 / 10));
+        }
+        Some(since.saturating_add(after.min(self.limits.key_lifetime)))
+    }
+
+    /// When the current epoch reaches its hard time limit.
+    fn hard_deadline(&self) -> Option<Instant> {
+        Some(self.epoch_since()?.saturating_add(self.limits.key_lifetime))
+    }
+
+    fn hard_limit_reached(&self, now: Instant) -> bool {
+        self.limits.rekey
+            && (self.epoch_bytes() >= self.limits.key_lifetime_bytes
+                || self.hard_deadline().is_some_and(|d| now >= d))
+    }
+
+    /// Whether a start is due now (the application asked, or the policy).
+    fn rekey_start_due(&self, now: Instant) -> bool {
+        self.may_start_rekey()
+            && (self.rekey_requested
+                || (self.limits.rekey
+                    && (self.epoch_bytes() >= self.limits.rekey_after_bytes
+                        || self.soft_deadline().is_some_and(|d| now >= d)
+                        || self.hard_limit_reached(now))))
+    }
+
+    /// Start an exchange when one is due (the server orders it at a hard
+    /// limit).
+    fn maybe_start_rekey(&mut self, now: Instant, env: &mut RekeyEnv<'_>) {
+        if !self.rekey_start_due(now) {
+            return;
+        }
+        let hard = self.hard_limit_reached(now);
+        let Some(ring) = self.keys.as_mut() else {
+            return;
+        };
+        let ordered = hard && ring.side() == Side::Server;
+        if ring.start(ordered, env).is_some() {
+            self.rekey_requested = false;
+            if let Some(l) = &mut self.link {
+                l.init_sent = false;
+            }
+        }
+    }
+
+    /// The grace after a hard limit: armed when the limit is reached, run
+    /// only while attached and the peer has read up to our INIT, and the
+    /// session is aborted with `KEY_EXPIRED` when it runs out.
+    fn policy_tick(&mut self, now: Instant) {
+        if self.grace.is_none()
+            && self.abort.is_none()
+            && !self.clean_reported
+            && self.hard_limit_reached(now)
+        {
+            let epoch = self.keys.as_ref().map_or(0, KeyRing::tx_epoch);
+            self.grace = Some(Box::new(Grace {
+                epoch,
+                left: self.limits.rekey_grace,
+                since: self.link.as_ref().map(|_| now),
+                order_at: None,
+            }));
+        }
+        let running = self.grace_running();
+        let Some(g) = self.grace.as_mut() else {
+            return;
+        };
+        if let Some(since) = g.since {
+            if running {
+                g.left = Duration(g.left.0.saturating_sub(now.saturating_since(since).0));
+            }
+        }
+        g.since = self.link.as_ref().map(|_| now);
+        if running && g.left.0 == 0 {
+            self.grace = None;
+            self.abort(AbortCode::KEY_EXPIRED);
+        }
+    }
+
+    fn grace_tick(&mut self, now: Instant) {
+        self.policy_tick(now);
+    }
+
+    fn grace_running(&self) -> bool {
+        self.link.is_some()
+            && self
+                .grace
+                .as_ref()
+                .is_some_and(|g| g.order_at.is_none_or(|o| self.tx_acked >= o))
+    }
+
+    /// Where DATA stops for now: what was written, and the hard byte limit
+    /// of the newest send epoch (back-pressure until it advances).
+    fn data_cap(&self) -> u64 {
+        if !self.limits.rekey {
+            return self.tx_written;
+        }
+        let start = self.keys.as_ref().map_or(0, KeyRing::tx_start);
+        self.tx_written
+            .min(start.saturating_add(self.limits.key_lifetime_bytes))
+    }
+
+    /// The rekey deadlines of the current link: (policy start or hard
+    /// limit, grace end).
+    fn rekey_timers(&self) -> (Option<Instant>, Option<Instant>) {
+        if self.link.is_none() || self.abort.is_some() || self.clean_reported {
+            return (None, None);
+        }
+        let mut rekey = None;
+        if self.limits.rekey && self.may_start_rekey() {
+            rekey = self.soft_deadline();
+        }
+        if self.limits.rekey && self.grace.is_none() {
+            rekey = crate::time::earliest(rekey, self.hard_deadline());
+        }
+        let expiry = if self.grace_running() {
+            self.grace
+                .as_ref()
+                .and_then(|g| Some(g.since?.saturating_add(g.left)))
+        } else {
+            None
+        };
+        (rekey, expiry)
+    }
+
+    /// Whether a REKEY frame or an epoch ACK is due on the link.
+    fn rekey_frames_due(&self, link: &Link) -> bool {
+        link.epoch_ack_due
+            || self.keys.as_ref().is_some_and(|r| {
+                r.marker_unwritten()
+                    || (!link.tx_switched && r.marker_unseen_at() == Some(self.tx_next))
+                    || (!link.init_sent && r.outstanding_init().is_some())
+            })
+    }
+
     // ----- output ---------------------------------------------------------
 
     /// Write as many frames as fit into `out`: a due ACK, DATA, CLOSE, a
     /// keepalive PING. Returns the bytes written.
-    pub(crate) fn poll_transmit(&mut self, now: Instant, out: &mut [u8]) -> usize {
+    pub(crate) fn poll_transmit(
+        &mut self,
+        now: Instant,
+        out: &mut [u8],
+        env: &mut RekeyEnv<'_>,
+    ) -> usize {
         self.note_time(now);
+        self.policy_tick(now);
+        self.maybe_start_rekey(now, env);
+        let skew = self.skew();
+        let data_cap = self.data_cap();
+        // Stamps are read only when a stamped frame is written (a server's
+        // wall clock stays out of the DATA path).
         let ack_flags = self.ack_flags();
         let ignore_gate = self.ignores_gate();
         let stamper = Stamper {
             clock: &self.clock,
-            skew: self.skew(),
+            skew,
         };
         let Some(keys) = self.keys.as_mut() else {
             return 0;
@@ -954,7 +1346,7 @@ impl Stream {
             return transmit_abort(
                 abort,
                 link,
-                &keys.tx,
+                keys.tx_control(link.tx_switched),
                 self.tx_next,
                 &self.limits,
                 now,
@@ -964,8 +1356,9 @@ impl Stream {
         }
         let mut n = 0;
         let read_count = self.rx_data + self.peer_closed as u64;
-        let has_data = self.tx_next < self.tx_written;
+        let has_data = self.tx_next < data_cap;
         let ack_wanted = link.ack_forced
+            || link.epoch_ack_due
             || read_count > link.acked_sent
                 && (has_data
                     || self.peer_closed
@@ -974,67 +1367,71 @@ impl Stream {
         if ack_wanted && out.len() >= FRAME_OVERHEAD + ACK_PAYLOAD_LEN {
             let payload = AckFrame {
                 read_count,
-                rx_epoch: 0,
+                rx_epoch: keys.rx_epoch(),
                 flags: ack_flags,
             }
             .encode();
-            n += seal_control(link, &keys.tx, self.tx_next, FrameType::Ack, &payload, out);
+            n += seal_control(
+                link,
+                keys.tx_control(link.tx_switched),
+                self.tx_next,
+                FrameType::Ack,
+                &payload,
+                out,
+            );
             link.acked_sent = read_count;
             link.ack_due = None;
+            link.epoch_ack_due = false;
             link.ack_forced = false;
         }
-        n += transmit_gate(
-            self.gate.as_deref_mut(),
-            link,
-            &keys.tx,
-            self.tx_next,
-            || stamper.at(now),
-            &mut out[n..],
-        );
-        let data_ok = gate_allows_data(self.gate.as_deref(), link.auth_sent, ignore_gate);
-        while data_ok && self.tx_next < self.tx_written && out.len() - n > FRAME_OVERHEAD {
-            let avail = (self.tx_written - self.tx_next) as usize;
-            let len = avail
-                .min(self.limits.max_frame_payload)
-                .min(out.len() - n - FRAME_OVERHEAD);
-            let frame = &mut out[n..n + FRAME_OVERHEAD + len];
-            let header = FrameHeader {
-                frame_type: FrameType::Data,
-                len,
+        let mut rekeyed = None;
+        let mut switched = false;
+        let mut data_ok;
+        loop {
+            // Rekey frames (PROTOCOL.md 6.8 rule 6): a due marker, then a due INIT.
+            let w = transmit_rekey(keys, link, self.tx_next, &stamper, now, &mut out[n..]);
+            n += w.len;
+            rekeyed = rekeyed.or(w.rekeyed);
+            switched |= w.switched;
+            if let (Some(at), Some(g)) = (w.init_at, self.grace.as_mut()) {
+                g.order_at = Some(at);
             }
-            .encode();
-            frame[..FRAME_HEADER_LEN].copy_from_slice(&header);
-            let start = (self.tx_next - self.tx_acked.min(self.tx_written)) as usize;
-            let (a, b) = self.tx.as_slices();
-            let body = &mut frame[FRAME_HEADER_LEN..FRAME_HEADER_LEN + len];
-            let mut done = 0;
-            if start < a.len() {
-                let k = (a.len() - start).min(len);
-                keys.tx
-                    .apply_keystream_b2b(self.tx_next, &a[start..start + k], &mut body[..k]);
-                done = k;
+            // Then the gate frame (CREDENTIAL or ACCEPT), once per link.
+            n += transmit_gate(
+                self.gate.as_deref_mut(),
+                link,
+                keys.tx_control(link.tx_switched),
+                self.tx_next,
+                || stamper.at(now),
+                &mut out[n..],
+            );
+            data_ok = gate_allows_data(self.gate.as_deref(), link.auth_sent, ignore_gate);
+            if !data_ok {
+                break;
             }
-            if done < len {
-                let bstart = start + done - a.len();
-                keys.tx.apply_keystream_b2b(
-                    self.tx_next + done as u64,
-                    &b[bstart..bstart + (len - done)],
-                    &mut body[done..],
-                );
-            }
-            let aad = FrameAad {
-                generation: link.generation,
-                sequence: link.tx_seq,
-                offset: self.tx_next,
-                header,
+            // DATA up to the cap: a switch point whose marker this link has
+            // not carried yet, the hard byte limit of the epoch.
+            let cap = match keys.marker_unseen_at() {
+                Some(s) if !link.tx_switched => data_cap.min(s),
+                _ => data_cap,
             };
-            let tag = keys
-                .tx
-                .frame_tag(&aad, &frame[FRAME_HEADER_LEN..FRAME_HEADER_LEN + len]);
-            frame[FRAME_HEADER_LEN + len..].copy_from_slice(&tag);
-            link.tx_seq += 1;
-            self.tx_next += len as u64;
-            n += FRAME_OVERHEAD + len;
+            send_data(
+                &mut self.tx_next,
+                &self.tx,
+                self.tx_acked,
+                self.tx_written,
+                keys,
+                link,
+                cap,
+                self.limits.max_frame_payload,
+                &mut n,
+                out,
+                &mut self.keystream_log,
+            );
+            let resend_due = !link.tx_switched && keys.marker_unseen_at() == Some(self.tx_next);
+            if !resend_due || out.len() - n < FRAME_OVERHEAD + REKEY_INIT_PAYLOAD_LEN {
+                break;
+            }
         }
         if let Some(code) = link.answer_abort {
             if out.len() - n >= FRAME_OVERHEAD + ABORT_PAYLOAD_LEN {
@@ -1045,7 +1442,7 @@ impl Stream {
                 .encode();
                 n += seal_control(
                     link,
-                    &keys.tx,
+                    keys.tx_control(link.tx_switched),
                     self.tx_next,
                     FrameType::Abort,
                     &payload,
@@ -1062,7 +1459,7 @@ impl Stream {
         {
             n += seal_control(
                 link,
-                &keys.tx,
+                keys.tx_control(link.tx_switched),
                 self.tx_next,
                 FrameType::Close,
                 &StampFrame {
@@ -1080,7 +1477,7 @@ impl Stream {
         {
             n += seal_control(
                 link,
-                &keys.tx,
+                keys.tx_control(link.tx_switched),
                 self.tx_next,
                 FrameType::Ping,
                 &StampFrame {
@@ -1096,6 +1493,12 @@ impl Stream {
         if n > 0 {
             link.last_tx = now;
         }
+        if switched {
+            self.epoch_since = now;
+        }
+        if let Some(e) = rekeyed {
+            self.push_event(StreamEvent::Rekeyed(e));
+        }
         n
     }
 
@@ -1110,7 +1513,9 @@ impl Stream {
         }
         let rc = self.read_count();
         let data_ok = self.data_may_flow();
-        (data_ok && self.tx_next < self.tx_written)
+        (data_ok && self.tx_next < self.data_cap())
+            || self.rekey_frames_due(link)
+            || self.rekey_start_due(now)
             || link.answer_abort.is_some()
             || link.ack_forced
             || self.gate_frame_due()
@@ -1135,10 +1540,13 @@ impl Stream {
         } else {
             None
         };
+        let (rekey, key_expiry) = self.rekey_timers();
         LinkTimers {
             ack,
             keepalive: Some(link.last_tx.saturating_add(self.limits.keepalive_interval)),
             idle: (!link.held_back).then(|| link.last_rx.saturating_add(self.limits.idle_timeout)),
+            rekey,
+            key_expiry,
         }
     }
 
@@ -1146,6 +1554,7 @@ impl Stream {
     /// caller ends the link.
     pub(crate) fn handle_timeout(&mut self, now: Instant) -> Result<(), Error> {
         self.note_time(now);
+        self.policy_tick(now);
         if let Some(link) = &self.link {
             if !link.held_back && now >= link.last_rx.saturating_add(self.limits.idle_timeout) {
                 return Err(Error::TimedOut);
@@ -1159,6 +1568,171 @@ impl Stream {
         }
         Ok(())
     }
+}
+
+/// Write DATA frames from `tx_next` up to `cap` into `out[*n..]`, each
+/// under the epoch that covers its offset and never across a switch point
+/// (PROTOCOL.md 5.5). `tx` holds the stream from offset
+/// `min(tx_acked, tx_written)`.
+#[allow(clippy::too_many_arguments)]
+fn send_data(
+    tx_next: &mut u64,
+    tx: &VecDeque<u8>,
+    tx_acked: u64,
+    tx_written: u64,
+    ring: &mut KeyRing,
+    link: &mut Link,
+    cap: u64,
+    max_frame_payload: usize,
+    n: &mut usize,
+    out: &mut [u8],
+    log: &mut KeystreamLog,
+) {
+    #[cfg(not(feature = "test-hooks"))]
+    let () = *log;
+    while *tx_next < cap && out.len() - *n > FRAME_OVERHEAD {
+        let (keys, switch) = ring.tx_data(*tx_next);
+        let avail = (cap.min(switch) - *tx_next) as usize;
+        let len = avail
+            .min(max_frame_payload)
+            .min(out.len() - *n - FRAME_OVERHEAD);
+        let frame = &mut out[*n..*n + FRAME_OVERHEAD + len];
+        let header = FrameHeader {
+            frame_type: FrameType::Data,
+            len,
+        }
+        .encode();
+        frame[..FRAME_HEADER_LEN].copy_from_slice(&header);
+        let start = (*tx_next - tx_acked.min(tx_written)) as usize;
+        let (a, b) = tx.as_slices();
+        let body = &mut frame[FRAME_HEADER_LEN..FRAME_HEADER_LEN + len];
+        let mut done = 0;
+        if start < a.len() {
+            let k = (a.len() - start).min(len);
+            keys.apply_keystream_b2b(*tx_next, &a[start..start + k], &mut body[..k]);
+            done = k;
+        }
+        if done < len {
+            let bstart = start + done - a.len();
+            keys.apply_keystream_b2b(
+                *tx_next + done as u64,
+                &b[bstart..bstart + (len - done)],
+                &mut body[done..],
+            );
+        }
+        #[cfg(feature = "test-hooks")]
+        if let Some(log) = log.as_mut() {
+            let id = keys.key_id();
+            let plain = tx.range(start..start + len);
+            log.extend(
+                plain
+                    .enumerate()
+                    .map(|(i, &b)| (id, *tx_next + i as u64, b)),
+            );
+        }
+        let aad = FrameAad {
+            generation: link.generation,
+            sequence: link.tx_seq,
+            offset: *tx_next,
+            header,
+        };
+        let tag = keys.frame_tag(&aad, &frame[FRAME_HEADER_LEN..FRAME_HEADER_LEN + len]);
+        frame[FRAME_HEADER_LEN + len..].copy_from_slice(&tag);
+        link.tx_seq += 1;
+        *tx_next += len as u64;
+        *n += FRAME_OVERHEAD + len;
+    }
+}
+
+/// What [`transmit_rekey`] wrote.
+struct RekeyWrite {
+    len: usize,
+    /// Both directions reached this epoch (the initiator wrote its SWITCH).
+    rekeyed: Option<u32>,
+    /// This side's send direction switched (its marker's first write).
+    switched: bool,
+    /// Our INIT went out at this data offset.
+    init_at: Option<u64>,
+}
+
+/// Write the due REKEY frames (PROTOCOL.md 6.8 rule 6): our switch marker
+/// (the first time, fixing `S = tx_next`, or re-sent at `S` on a link whose
+/// peer has not seen it), then our outstanding INIT (once per link). Each
+/// is tagged under the link's current send epoch, the marker under the old
+/// one.
+fn transmit_rekey(
+    ring: &mut KeyRing,
+    link: &mut Link,
+    tx_next: u64,
+    stamper: &Stamper<'_>,
+    now: Instant,
+    out: &mut [u8],
+) -> RekeyWrite {
+    let mut w = RekeyWrite {
+        len: 0,
+        rekeyed: None,
+        switched: false,
+        init_at: None,
+    };
+    let first = ring.marker_unwritten();
+    let resend = !link.tx_switched && ring.marker_unseen_at() == Some(tx_next);
+    if let Some(m) = ring.marker().filter(|_| first || resend) {
+        let (frame_type, payload, len) = encode_rekey(m, stamper.at(now));
+        if out.len() >= FRAME_OVERHEAD + len {
+            let keys = ring.tx_control(link.tx_switched);
+            w.len += seal_control(link, keys, tx_next, frame_type, &payload[..len], out);
+            if first {
+                w.rekeyed = ring.marker_written(tx_next);
+                w.switched = true;
+            }
+            link.tx_switched = true;
+        }
+    }
+    if let Some(m) = ring.outstanding_init().filter(|_| !link.init_sent) {
+        let (frame_type, payload, len) = encode_rekey(m, stamper.at(now));
+        if out.len() - w.len >= FRAME_OVERHEAD + len {
+            let keys = ring.tx_control(link.tx_switched);
+            let out = &mut out[w.len..];
+            w.len += seal_control(link, keys, tx_next, frame_type, &payload[..len], out);
+            link.init_sent = true;
+            w.init_at = Some(tx_next);
+        }
+    }
+    w
+}
+
+/// A REKEY_* frame's type and payload (stamped with `time`).
+fn encode_rekey(m: RekeyMsg, time: u64) -> (FrameType, [u8; REKEY_INIT_PAYLOAD_LEN], usize) {
+    let mut p = [0u8; REKEY_INIT_PAYLOAD_LEN];
+    let (t, len) = match m {
+        RekeyMsg::Init { n, ordered, public } => {
+            let b = RekeyInit {
+                new_epoch: n,
+                flags: if ordered { REKEY_FLAG_ORDERED } else { 0 },
+                ephemeral_public: public,
+                time,
+            }
+            .encode();
+            p[..b.len()].copy_from_slice(&b);
+            (FrameType::RekeyInit, b.len())
+        }
+        RekeyMsg::Reply { n, public } => {
+            let b = RekeyReply {
+                new_epoch: n,
+                ephemeral_public: public,
+                time,
+            }
+            .encode();
+            p[..b.len()].copy_from_slice(&b);
+            (FrameType::RekeyReply, b.len())
+        }
+        RekeyMsg::Switch { n } => {
+            let b = RekeySwitch { new_epoch: n, time }.encode();
+            p[..b.len()].copy_from_slice(&b);
+            (FrameType::RekeySwitch, b.len())
+        }
+    };
+    (t, p, len)
 }
 
 /// What an aborted stream writes: its ABORT (or its answer to the peer's)

@@ -37,11 +37,18 @@ pub enum Timer {
     /// session was confirmed, else the session is aborted with
     /// `CREDENTIAL_REJECTED` (PROTOCOL.md 6.9).
     Credential,
+    /// A rekey is due by this side's time policy
+    /// (`Config::rekey_after_time`, `Config::key_lifetime`).
+    Rekey,
+    /// The grace after a hard key limit ends: without a completed rekey
+    /// the session is aborted with `KEY_EXPIRED` (`Config::rekey_grace`,
+    /// counted in attached time).
+    KeyExpiry,
 }
 
 impl Timer {
     /// Number of timer kinds.
-    pub const COUNT: usize = 8;
+    pub const COUNT: usize = 10;
     /// Every kind, in table order.
     pub const ALL: [Timer; Timer::COUNT] = [
         Timer::Ack,
@@ -52,6 +59,8 @@ impl Timer {
         Timer::Handshake,
         Timer::GiveUp,
         Timer::Credential,
+        Timer::Rekey,
+        Timer::KeyExpiry,
     ];
 }
 

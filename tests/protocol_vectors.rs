@@ -240,6 +240,7 @@ fn check_cred(v: &Vectors) -> Result<(), String> {
     let mut payload = vec![1u8];
     payload.extend(spec_xor0(&cred_key, &credential));
     let c0 = spec::Position {
+        epoch: 0,
         dir: spec::DIR_C2S,
         generation: 0,
         sequence: 0,
@@ -281,6 +282,7 @@ fn check_cred(v: &Vectors) -> Result<(), String> {
     let mut payload = issued.to_le_bytes().to_vec();
     payload.extend(spec_xor0(&grant_key, &token));
     let s0 = spec::Position {
+        epoch: 0,
         dir: spec::DIR_S2C,
         generation: 0,
         sequence: 0,
@@ -877,6 +879,142 @@ fn run_api(v: &Vectors) -> Vec<(String, Vec<u8>)> {
     out
 }
 
+/// The rekey scenario (10.11) through the public API: the handshake of
+/// 10.4, data each way, a rekey the client starts while server data is in
+/// flight, the transport breaking after the server's REPLY was written (it
+/// and everything behind it is lost), the resume that re-sends the data
+/// below the switch point under epoch 0, the REPLY and the data above it
+/// under epoch 1, and the client's SWITCH.
+fn run_api_rekey(v: &Vectors) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut put = |name: &str, b: &[u8]| out.push((name.to_string(), b.to_vec()));
+    let mut cbytes = v.bytes("client_ephemeral_secret");
+    cbytes.extend(v.bytes("rekey_client_secret"));
+    let (crng, ctaken) = ScriptedRng::new(cbytes);
+    let mut sbytes = v.bytes("server_ephemeral_secret");
+    sbytes.extend(v.bytes("server_challenge"));
+    sbytes.extend(v.int("server_conn_id").to_le_bytes());
+    sbytes.extend(v.bytes("server_conn_rng_seed"));
+    let (srng, _) = ScriptedRng::new(sbytes);
+    let mut client = Client::new(client_config(v, Config::default()), crng);
+    let mut server = Server::new(Config::default(), srng);
+    let (c0, c1) = (v.bytes("rekey_c2s_data_0"), v.bytes("rekey_c2s_data_1"));
+    let (s0, s1) = (v.bytes("rekey_s2c_data_0"), v.bytes("rekey_s2c_data_1"));
+    let mut buf = [0u8; 256];
+
+    // The handshake of 10.4, and the client's first data.
+    let tid = server.accept(v.at("t_server_hello")).unwrap();
+    client.new_transport(v.at("t_client_hello")).unwrap();
+    let ch = cpoll(&mut client, v.at("t_client_hello"));
+    server
+        .handle_input(tid, v.at("t_server_hello"), &ch)
+        .unwrap();
+    let sh = spoll(&mut server, tid, v.at("t_server_hello"));
+    client.handle_input(v.at("t_client_confirm"), &sh).unwrap();
+    let mut input = cpoll(&mut client, v.at("t_client_confirm"));
+    assert_eq!(client.send(&c0), Ok(c0.len()));
+    let f = cpoll(&mut client, v.at("t_client_confirm"));
+    put("rekey_c2s_frame_0", &f);
+    input.extend(&f);
+    server
+        .handle_input(tid, v.at("t_server_reply"), &input)
+        .unwrap();
+    let sid = match server_events(&mut server).as_slice() {
+        [ServerEvent::HandshakeDone { session, .. }] => *session,
+        e => panic!("server events: {e:?}"),
+    };
+    let n = server.recv(sid, &mut buf).unwrap();
+    assert_eq!(&buf[..n], &c0[..]);
+    // Server data that will be in flight during the rekey.
+    assert_eq!(server.send(sid, &s0), Ok(s0.len()));
+    let r = spoll(&mut server, tid, v.at("t_server_reply"));
+    let frames = split_frames(&r);
+    assert_eq!(frames.len(), 2, "ACK + DATA");
+    put("rekey_s2c_frame_0", &frames[0]);
+    put("rekey_s2c_frame_1", &frames[1]);
+    let _ = client_events(&mut client);
+
+    // The client starts the rekey; its INIT reaches the server, which
+    // answers with its REPLY (its switch marker) and sends data under
+    // epoch 1 behind it.
+    client.request_rekey().unwrap();
+    let init = cpoll(&mut client, v.at("t_client_rekey"));
+    put("rekey_c2s_init_frame", &init);
+    server
+        .handle_input(tid, v.at("t_server_rekey"), &init)
+        .unwrap();
+    let reply = spoll(&mut server, tid, v.at("t_server_rekey"));
+    put("rekey_s2c_reply_frame", &reply);
+    assert_eq!(server.send(sid, &s1), Ok(s1.len()));
+    let d1 = spoll(&mut server, tid, v.at("t_server_rekey"));
+    put("rekey_s2c_data_epoch1_frame", &d1);
+    assert!(server_events(&mut server).is_empty());
+
+    // The transport breaks: every server frame since the handshake is
+    // lost, the REPLY with them.
+    client.transport_lost(v.at("t_client_rekey_lost"));
+    server.transport_lost(tid, v.at("t_server_rekey_lost"));
+    let _ = client_events(&mut client);
+    let _ = server_events(&mut server);
+
+    // Resume: the client still receives epoch 0, so it MACs under
+    // resume_key(0); the server still holds that key.
+    let tid2 = server.accept(v.at("t_server_rekey_resume")).unwrap();
+    client.new_transport(v.at("t_client_rekey_resume")).unwrap();
+    let rq = cpoll(&mut client, v.at("t_client_rekey_resume"));
+    put("rekey_resume_request", &rq);
+    server
+        .handle_input(tid2, v.at("t_server_rekey_resume"), &rq)
+        .unwrap();
+    let sr = spoll(&mut server, tid2, v.at("t_server_rekey_resume"));
+    let (resp, resent) = sr.split_at(54);
+    put("rekey_resume_response", resp);
+    let frames = split_frames(resent);
+    assert_eq!(frames.len(), 3, "DATA under 0, the REPLY, DATA under 1");
+    put("rekey_s2c_resend_frame_0", &frames[0]);
+    put("rekey_s2c_reply_resent_frame", &frames[1]);
+    put("rekey_s2c_resend_frame_1", &frames[2]);
+    let _ = server_events(&mut server);
+    client
+        .handle_input(v.at("t_client_rekey_resumed"), &sr)
+        .unwrap();
+    let mut got: Vec<u8> = Vec::new();
+    while let Ok(n) = client.recv(&mut buf) {
+        got.extend(&buf[..n]);
+    }
+    assert_eq!(got, [&s0[..], &s1[..]].concat());
+    // The client verified the REPLY: an ACK with its new receive epoch
+    // and its SWITCH, both under epoch 0, then data under epoch 1.
+    let cw = cpoll(&mut client, v.at("t_client_rekey_resumed"));
+    let frames = split_frames(&cw);
+    assert_eq!(frames.len(), 2, "ACK + SWITCH");
+    put("rekey_c2s_ack_frame", &frames[0]);
+    put("rekey_c2s_switch_frame", &frames[1]);
+    assert_eq!(client.send(&c1), Ok(c1.len()));
+    let cd = cpoll(&mut client, v.at("t_client_rekey_resumed"));
+    put("rekey_c2s_data_epoch1_frame", &cd);
+    assert!(client_events(&mut client).contains(&Event::Rekeyed { epoch: 1 }));
+    let mut input = cw.clone();
+    input.extend(&cd);
+    server
+        .handle_input(tid2, v.at("t_server_rekey_resumed"), &input)
+        .unwrap();
+    assert_eq!(
+        server_events(&mut server),
+        vec![ServerEvent::Rekeyed {
+            session: sid,
+            epoch: 1
+        }]
+    );
+    let n = server.recv(sid, &mut buf).unwrap();
+    assert_eq!(&buf[..n], &c1[..]);
+    let ack = spoll(&mut server, tid2, v.at("t_server_rekey_resumed"));
+    put("rekey_s2c_ack_epoch1_frame", &ack);
+    assert_eq!((client.epoch(), server.epoch(sid)), (1, Some(1)));
+    assert_eq!(ctaken.get(), 64, "client RNG bytes consumed");
+    out
+}
+
 /// The pinned-mode scenario of the document through the public API: the
 /// handshake, data that reaches a server which then restarts, a forged
 /// "unknown session" answer that only costs a transport, and the restarted
@@ -1121,7 +1259,7 @@ mod spec {
     pub const VERSION: u8 = 2;
 
     /// BLAKE3 `derive_key` contexts: (name in the document, string).
-    pub const CONTEXTS: [(&str, &str); 18] = [
+    pub const CONTEXTS: [(&str, &str); 19] = [
         ("HANDSHAKE", "relink v1 2026-11 handshake secret"),
         ("CONN_ID_MASK", "relink v1 2026-11 connection id mask"),
         ("RESET_SECRET", "relink v1 2026-11 reset secret"),
@@ -1135,6 +1273,7 @@ mod spec {
         ("RESUME", "relink v1 2026-11 resume"),
         ("CONN_RNG_OUTPUT", "relink v2 2026-12 connection rng output"),
         ("CONN_RNG_STATE", "relink v2 2026-12 connection rng state"),
+        ("REKEY", "relink v2 2026-12 rekey chain"),
         ("CREDENTIAL", "relink v2 2026-12 credential"),
         ("GRANT", "relink v2 2026-12 token grant"),
         ("TOKEN_KEY", "relink v2 2026-12 token key"),
@@ -1440,6 +1579,12 @@ mod spec {
     pub const CLOSE: u8 = 4;
     /// Frame type ABORT.
     pub const ABORT: u8 = 5;
+    /// Frame type REKEY_INIT.
+    pub const REKEY_INIT: u8 = 6;
+    /// Frame type REKEY_REPLY.
+    pub const REKEY_REPLY: u8 = 7;
+    /// Frame type REKEY_SWITCH.
+    pub const REKEY_SWITCH: u8 = 8;
     /// Frame type CREDENTIAL.
     pub const CREDENTIAL: u8 = 9;
     /// Frame type ACCEPT.
@@ -1449,11 +1594,14 @@ mod spec {
     /// Direction byte server → client.
     pub const DIR_S2C: u8 = 2;
 
-    /// Where a frame sits: direction byte, generation, sequence, offset.
+    /// Where a frame sits: direction byte, key epoch, generation,
+    /// sequence, offset.
     #[derive(Clone, Copy, Debug)]
     pub struct Position {
         /// Direction byte.
         pub dir: u8,
+        /// The epoch of the keys that protect it.
+        pub epoch: u32,
         /// Transport generation (resume counter).
         pub generation: u64,
         /// Frame sequence number on the transport.
@@ -1465,7 +1613,7 @@ mod spec {
     fn tag(mac_key: &[u8; 32], p: &Position, header: &[u8], body: &[u8]) -> [u8; 16] {
         let mut input = body.to_vec();
         input.push(p.dir);
-        input.extend(0u32.to_le_bytes()); // key epoch
+        input.extend(p.epoch.to_le_bytes());
         input.extend(p.generation.to_le_bytes());
         input.extend(p.sequence.to_le_bytes());
         input.extend(p.offset.to_le_bytes());
@@ -1528,6 +1676,84 @@ mod spec {
         Ok((header[0], plain))
     }
 
+    // ----- rekey (4.8) ------------------------------------------------------
+
+    /// Named values, as published.
+    pub type Named = Vec<(&'static str, Vec<u8>)>;
+
+    /// The keys of epoch `e` from its chain secret (4.2 with `chain_e` in
+    /// place of `master`).
+    pub fn epoch_keys(chain: &[u8; 32]) -> Keys {
+        Keys {
+            c2s_enc: derive("C2S_ENC", chain),
+            c2s_mac: derive("C2S_MAC", chain),
+            s2c_enc: derive("S2C_ENC", chain),
+            s2c_mac: derive("S2C_MAC", chain),
+            resume: derive("RESUME", chain),
+        }
+    }
+
+    /// One exchange to epoch `n`: the client's and the server's ephemeral
+    /// secrets (of their REKEY messages, whichever each sent), the current
+    /// chain secret and, in pinned sessions, the server's static secret.
+    /// Returns the named values, `chain_n` and the epoch-`n` keys.
+    pub fn rekey(
+        chain: &[u8; 32],
+        n: u32,
+        c_secret: [u8; 32],
+        s_secret: [u8; 32],
+        server_static: Option<[u8; 32]>,
+    ) -> (Named, [u8; 32], Keys) {
+        let (c_pub, s_pub) = (public(c_secret), public(s_secret));
+        let ee = x25519_dalek::x25519(c_secret, s_pub);
+        assert_eq!(ee, x25519_dalek::x25519(s_secret, c_pub), "DH agrees");
+        let mut rth_in = n.to_le_bytes().to_vec();
+        rth_in.extend(c_pub);
+        rth_in.extend(s_pub);
+        let rth = hash(&rth_in);
+        let mut material = chain.to_vec();
+        material.extend(ee);
+        let mut values: Vec<(&'static str, Vec<u8>)> = vec![
+            ("client_public", c_pub.to_vec()),
+            ("server_public", s_pub.to_vec()),
+            ("ee", ee.to_vec()),
+        ];
+        if let Some(ss) = server_static {
+            let es = x25519_dalek::x25519(c_secret, public(ss));
+            assert_eq!(es, x25519_dalek::x25519(ss, c_pub), "static DH agrees");
+            material.extend(es);
+            values.push(("es", es.to_vec()));
+        }
+        material.extend(rth);
+        let chain_n = derive("REKEY", &material);
+        let keys = epoch_keys(&chain_n);
+        values.extend([
+            ("rth", rth.to_vec()),
+            ("chain_1", chain_n.to_vec()),
+            ("c2s_enc_key_1", keys.c2s_enc.to_vec()),
+            ("c2s_mac_key_1", keys.c2s_mac.to_vec()),
+            ("s2c_enc_key_1", keys.s2c_enc.to_vec()),
+            ("s2c_mac_key_1", keys.s2c_mac.to_vec()),
+            ("resume_key_1", keys.resume.to_vec()),
+        ]);
+        (values, chain_n, keys)
+    }
+
+    /// REKEY_INIT payload: `new_epoch`, flags, public key, time.
+    pub fn rekey_init(n: u32, flags: u8, public: &[u8; 32], time: u64) -> Vec<u8> {
+        [&n.to_le_bytes()[..], &[flags], public, &time.to_le_bytes()].concat()
+    }
+
+    /// REKEY_REPLY payload: `new_epoch`, public key, time.
+    pub fn rekey_reply(n: u32, public: &[u8; 32], time: u64) -> Vec<u8> {
+        [&n.to_le_bytes()[..], public, &time.to_le_bytes()].concat()
+    }
+
+    /// REKEY_SWITCH payload: `new_epoch`, time.
+    pub fn rekey_switch(n: u32, time: u64) -> Vec<u8> {
+        [&n.to_le_bytes()[..], &time.to_le_bytes()].concat()
+    }
+
     // ----- resume ---------------------------------------------------------
 
     /// The fields of a ResumeRequest.
@@ -1542,9 +1768,11 @@ mod spec {
         pub client_read: u64,
         /// Estimate of the server clock.
         pub time: u64,
+        /// The client's receive epoch (selects `key`).
+        pub rx_epoch: u32,
     }
 
-    /// Encode and MAC a ResumeRequest (receive epoch 0: no rekey yet).
+    /// Encode and MAC a ResumeRequest under `key` = `resume_key(rx_epoch)`.
     pub fn resume_request(key: &[u8; 32], r: &ResumeRequest) -> [u8; 62] {
         let mut m = [0u8; 62];
         m[0] = 0xff;
@@ -1554,13 +1782,14 @@ mod spec {
         m[18..26].copy_from_slice(&r.client_written.to_le_bytes());
         m[26..34].copy_from_slice(&r.client_read.to_le_bytes());
         m[34..42].copy_from_slice(&r.time.to_le_bytes());
-        m[42..46].copy_from_slice(&0u32.to_le_bytes()); // rx_epoch
+        m[42..46].copy_from_slice(&r.rx_epoch.to_le_bytes());
         let mac = mac16(key, &[&[0x01][..], &m[..46]].concat());
         m[46..].copy_from_slice(&mac);
         m
     }
 
-    /// Encode and MAC an accepted ResumeResponse (receive epoch 0).
+    /// Encode and MAC an accepted ResumeResponse (`rx_epoch`: the
+    /// server's receive epoch; `key`: the request's resume key).
     pub fn resume_response(
         key: &[u8; 32],
         request: &[u8; 62],
@@ -1568,6 +1797,7 @@ mod spec {
         server_read: u64,
         server_time: u64,
         resume_timeout: u64,
+        rx_epoch: u32,
     ) -> [u8; 54] {
         let mut m = [0u8; 54];
         m[0] = VERSION;
@@ -1576,7 +1806,7 @@ mod spec {
         m[10..18].copy_from_slice(&server_read.to_le_bytes());
         m[18..26].copy_from_slice(&server_time.to_le_bytes());
         m[26..34].copy_from_slice(&resume_timeout.to_le_bytes());
-        m[34..38].copy_from_slice(&0u32.to_le_bytes()); // rx_epoch
+        m[34..38].copy_from_slice(&rx_epoch.to_le_bytes());
         let mac = mac16(key, &[&[0x02][..], &request[..], &m[..38]].concat());
         m[38..].copy_from_slice(&mac);
         m
@@ -1668,6 +1898,7 @@ fn frame_table(v: &Vectors) -> Vec<(&'static str, spec::Position, u8, Vec<u8>)> 
         |t_client: &str| v.int("t_server_resume") + (v.int(t_client) - v.int("t_client_resumed"));
     let pos = |dir, generation, sequence, offset| Position {
         dir,
+        epoch: 0,
         generation,
         sequence,
         offset,
@@ -1786,6 +2017,11 @@ fn check_spec(v: &Vectors) -> Result<(), String> {
                 offset: p.offset + 1,
                 ..p
             },
+            // The same key under another epoch number.
+            spec::Position {
+                epoch: p.epoch + 1,
+                ..p
+            },
         ] {
             ensure(
                 spec::open(enc, mac, &wrong, &v.bytes(name)).is_err(),
@@ -1833,6 +2069,7 @@ fn check_spec(v: &Vectors) -> Result<(), String> {
             client_written,
             client_read: s1.len() as u64,
             time: time_stale,
+            rx_epoch: 0,
         },
     );
     expect_bytes(v, "resume_request_stale", &req_stale)?;
@@ -1855,6 +2092,7 @@ fn check_spec(v: &Vectors) -> Result<(), String> {
             client_written,
             client_read: s1.len() as u64,
             time,
+            rx_epoch: 0,
         },
     );
     expect_bytes(v, "resume_request", &req)?;
@@ -1868,6 +2106,7 @@ fn check_spec(v: &Vectors) -> Result<(), String> {
         c1.len() as u64,
         v.int("t_server_resume"),
         resume_timeout,
+        0,
     );
     expect_bytes(v, "resume_response", &resp)?;
     // The accepted request replayed: counter 2 is not above the last
@@ -1878,6 +2117,7 @@ fn check_spec(v: &Vectors) -> Result<(), String> {
         &spec::resume_reject(&k.resume, &req, 4, v.int("t_server_replay")),
     )?;
     check_pinned(v, &pinned)?;
+    check_rekey(v, &hs)?;
     check_fresh(v)
 }
 
@@ -1921,6 +2161,7 @@ fn check_fresh(v: &Vectors) -> Result<(), String> {
     // clock; the client's offset is that time minus its own clock.
     let p = spec::Position {
         dir: spec::DIR_S2C,
+        epoch: 0,
         generation: 0,
         sequence: 0,
         offset: 0,
@@ -1945,6 +2186,210 @@ fn check_fresh(v: &Vectors) -> Result<(), String> {
     expect_bytes(v, "hello_replayed_answer", &[spec::VERSION, 6])
 }
 
+/// The rekey scenario (10.11): the exchange's values from the published
+/// secrets (the server's is the first draw of its connection's generator,
+/// 4.7), every frame rebuilt from the rules of 5.5 and 6.8 and opened
+/// under the epoch that protects it, and the resume messages under
+/// `resume_key(0)`.
+fn check_rekey(v: &Vectors, hs: &spec::Handshake) -> Result<(), String> {
+    use spec::{Position, ACK, DATA, DIR_C2S, DIR_S2C, REKEY_INIT, REKEY_REPLY, REKEY_SWITCH};
+    let master: [u8; 32] = hs
+        .values
+        .iter()
+        .find(|(n, _)| *n == "master")
+        .and_then(|(_, b)| b.as_slice().try_into().ok())
+        .expect("master");
+    let k0 = &hs.keys;
+    let c_secret = v.arr("rekey_client_secret");
+    let s_secret = spec::conn_rng(&v.arr("server_conn_rng_seed"), 1)[0];
+    let (values, _chain_1, k1) = spec::rekey(&master, 1, c_secret, s_secret, None);
+    for (name, value) in &values {
+        expect_bytes(v, &format!("rekey_{name}"), value)?;
+    }
+    let (c_pub, s_pub) = (spec::public(c_secret), spec::public(s_secret));
+    let (c0, c1) = (v.bytes("rekey_c2s_data_0"), v.bytes("rekey_c2s_data_1"));
+    let (s0, s1) = (v.bytes("rekey_s2c_data_0"), v.bytes("rekey_s2c_data_1"));
+    let (kc0, kc1) = (c0.len() as u64, c1.len() as u64);
+    let (ls0, ls1) = (s0.len() as u64, s1.len() as u64);
+    // The switch points: where each side wrote its marker the first time.
+    let (s_s2c, s_c2s) = (ls0, kc0);
+    expect_bytes(
+        v,
+        "rekey_s2c_keystream_1_at_switch",
+        &spec::keystream(&k1.s2c_enc, s_s2c, 16),
+    )?;
+    let ack = |read: u64, rx: u32| [&read.to_le_bytes()[..], &rx.to_le_bytes(), &[0u8]].concat();
+    // Client stamps: its estimate of the server clock from its last base
+    // (the ServerHello, then the ResumeResponse).
+    let c_time = |base_s: &str, base_c: &str, t: &str| v.int(base_s) + (v.int(t) - v.int(base_c));
+    let t_init = c_time("t_server_hello", "t_client_confirm", "t_client_rekey");
+    let t_switch = c_time(
+        "t_server_rekey_resume",
+        "t_client_rekey_resumed",
+        "t_client_rekey_resumed",
+    );
+    let pos = |dir, epoch, generation, sequence, offset| Position {
+        dir,
+        epoch,
+        generation,
+        sequence,
+        offset,
+    };
+    let table: Vec<(&str, Position, u8, Vec<u8>)> = vec![
+        // Generation 0, all under epoch 0 until the server's REPLY.
+        (
+            "rekey_c2s_frame_0",
+            pos(DIR_C2S, 0, 0, 0, 0),
+            DATA,
+            c0.clone(),
+        ),
+        (
+            "rekey_s2c_frame_0",
+            pos(DIR_S2C, 0, 0, 0, 0),
+            ACK,
+            ack(kc0, 0),
+        ),
+        (
+            "rekey_s2c_frame_1",
+            pos(DIR_S2C, 0, 0, 1, 0),
+            DATA,
+            s0.clone(),
+        ),
+        (
+            "rekey_c2s_init_frame",
+            pos(DIR_C2S, 0, 0, 1, kc0),
+            REKEY_INIT,
+            spec::rekey_init(1, 0, &c_pub, t_init),
+        ),
+        (
+            "rekey_s2c_reply_frame",
+            pos(DIR_S2C, 0, 0, 2, s_s2c),
+            REKEY_REPLY,
+            spec::rekey_reply(1, &s_pub, v.int("t_server_rekey")),
+        ),
+        (
+            "rekey_s2c_data_epoch1_frame",
+            pos(DIR_S2C, 1, 0, 3, s_s2c),
+            DATA,
+            s1.clone(),
+        ),
+        // Generation 1 (resume counter 1): the server resends below S
+        // under epoch 0, re-sends its REPLY (re-stamped), then epoch 1.
+        (
+            "rekey_s2c_resend_frame_0",
+            pos(DIR_S2C, 0, 1, 0, 0),
+            DATA,
+            s0.clone(),
+        ),
+        (
+            "rekey_s2c_reply_resent_frame",
+            pos(DIR_S2C, 0, 1, 1, s_s2c),
+            REKEY_REPLY,
+            spec::rekey_reply(1, &s_pub, v.int("t_server_rekey_resume")),
+        ),
+        (
+            "rekey_s2c_resend_frame_1",
+            pos(DIR_S2C, 1, 1, 2, s_s2c),
+            DATA,
+            s1.clone(),
+        ),
+        // The client: an ACK with receive epoch 1 and its SWITCH, both
+        // under epoch 0, then data under epoch 1.
+        (
+            "rekey_c2s_ack_frame",
+            pos(DIR_C2S, 0, 1, 0, kc0),
+            ACK,
+            ack(ls0 + ls1, 1),
+        ),
+        (
+            "rekey_c2s_switch_frame",
+            pos(DIR_C2S, 0, 1, 1, s_c2s),
+            REKEY_SWITCH,
+            spec::rekey_switch(1, t_switch),
+        ),
+        (
+            "rekey_c2s_data_epoch1_frame",
+            pos(DIR_C2S, 1, 1, 2, s_c2s),
+            DATA,
+            c1.clone(),
+        ),
+        // The server's ACK of the SWITCH, under epoch 1.
+        (
+            "rekey_s2c_ack_epoch1_frame",
+            pos(DIR_S2C, 1, 1, 3, ls0 + ls1),
+            ACK,
+            ack(kc0 + kc1, 1),
+        ),
+    ];
+    for (name, p, ty, payload) in table {
+        let k = if p.epoch == 0 { k0 } else { &k1 };
+        let (enc, mac) = if p.dir == DIR_C2S {
+            (&k.c2s_enc, &k.c2s_mac)
+        } else {
+            (&k.s2c_enc, &k.s2c_mac)
+        };
+        expect_bytes(v, name, &spec::seal(enc, mac, &p, ty, &payload))?;
+        let (got_ty, plain) = spec::open(enc, mac, &p, &v.bytes(name))?;
+        ensure(got_ty == ty && plain == payload, || {
+            format!("{name} opens to something else")
+        })?;
+        // Epoch isolation: the other epoch's keys do not open it.
+        let other = if p.epoch == 0 { &k1 } else { k0 };
+        let (oenc, omac) = if p.dir == DIR_C2S {
+            (&other.c2s_enc, &other.c2s_mac)
+        } else {
+            (&other.s2c_enc, &other.s2c_mac)
+        };
+        for q in [
+            p,
+            Position {
+                epoch: 1 - p.epoch,
+                ..p
+            },
+        ] {
+            ensure(spec::open(oenc, omac, &q, &v.bytes(name)).is_err(), || {
+                format!("{name} opens under the other epoch's keys")
+            })?;
+        }
+    }
+    // The resent data below S is the lost frame's ciphertext (same key,
+    // same offset); the re-sent REPLY carries the same public key.
+    let (a, b) = (
+        v.bytes("rekey_s2c_frame_1"),
+        v.bytes("rekey_s2c_resend_frame_0"),
+    );
+    ensure(a[4..a.len() - 16] == b[4..b.len() - 16], || {
+        "resent epoch-0 data differs".into()
+    })?;
+    // Resume under resume_key(0): the client never verified the REPLY.
+    let req = spec::resume_request(
+        &k0.resume,
+        &spec::ResumeRequest {
+            conn_id: v.int("server_conn_id"),
+            counter: 1,
+            client_written: kc0,
+            client_read: 0,
+            time: c_time(
+                "t_server_hello",
+                "t_client_confirm",
+                "t_client_rekey_resume",
+            ),
+            rx_epoch: 0,
+        },
+    );
+    expect_bytes(v, "rekey_resume_request", &req)?;
+    let resp = spec::resume_response(
+        &k0.resume,
+        &req,
+        ls0 + ls1,
+        kc0,
+        v.int("t_server_rekey_resume"),
+        v.int("resume_timeout"),
+        0,
+    );
+    expect_bytes(v, "rekey_resume_response", &resp)
+}
+
 /// The pinned scenario after its handshake: the data frame, the resume
 /// request that reaches the restarted server, and its answer.
 fn check_pinned(v: &Vectors, hs: &spec::Handshake) -> Result<(), String> {
@@ -1952,6 +2397,7 @@ fn check_pinned(v: &Vectors, hs: &spec::Handshake) -> Result<(), String> {
     let data = v.bytes("pinned_c2s_data");
     let p = spec::Position {
         dir: spec::DIR_C2S,
+        epoch: 0,
         generation: 0,
         sequence: 0,
         offset: 0,
@@ -1978,6 +2424,7 @@ fn check_pinned(v: &Vectors, hs: &spec::Handshake) -> Result<(), String> {
             client_written: data.len() as u64,
             client_read: 0,
             time,
+            rx_epoch: 0,
         },
     );
     expect_bytes(v, "pinned_resume_request", &req)?;
@@ -2021,12 +2468,13 @@ fn check_api(v: &Vectors) -> Result<(), String> {
         .into_iter()
         .chain(run_api_pinned(v))
         .chain(run_api_fresh(v))
-        .chain(run_api_cred(v));
+        .chain(run_api_cred(v))
+        .chain(run_api_rekey(v));
     for (name, bytes) in all {
         expect_bytes(v, &name, &bytes)?;
         seen.insert(name);
     }
-    ensure(seen.len() == 39, || format!("api produced {seen:?}"))
+    ensure(seen.len() == 39 + 15, || format!("api produced {seen:?}"))
 }
 
 fn check_all(v: &Vectors) -> Result<(), String> {
@@ -2178,6 +2626,7 @@ fn generator_inputs() -> Vectors {
     b("cred_server_ephemeral_secret", seq(0x71, 32));
     b("cred_server_challenge", seq(0x91, 16));
     b("cred_server_conn_rng_seed", seq(0xa1, 32));
+    b("rekey_client_secret", seq(0x90, 32));
     let mut i = |name: &str, x: u64| v.map.insert(name.into(), Val::Int(x));
     // Server clock: µs since the Unix epoch. Client clock: its own origin.
     // One-way delay 20 ms; the two clocks differ by a constant.
@@ -2242,6 +2691,15 @@ fn generator_inputs() -> Vectors {
     i("cred_token_lifetime", 86_400_000_000);
     i("cred_token_expires_at", s0 + 5_000_000 + 86_400_000_000);
     i("cred_token_expired_at", s0 + 5_000_000 + 86_400_000_000 + 1);
+    // The rekey scenario (10.11): the handshake of 10.4, then these.
+    i("t_client_rekey", 1_200_000);
+    i("t_server_rekey", s0 + 220_000);
+    i("t_client_rekey_lost", 1_300_000);
+    i("t_server_rekey_lost", s0 + 300_000);
+    i("t_client_rekey_resume", 1_400_000);
+    i("t_server_rekey_resume", s0 + 420_000);
+    i("t_client_rekey_resumed", 1_440_000);
+    i("t_server_rekey_resumed", s0 + 460_000);
     for (name, s) in spec::CONTEXTS {
         v.map
             .insert(format!("context.{name}"), Val::Text(s.to_string()));
@@ -2254,6 +2712,10 @@ fn generator_inputs() -> Vectors {
         ("pinned_c2s_data", "PAY 100 EUR TO BOB"),
         ("cred_credential", "alice:correct horse"),
         ("cred_token_identity", "alice"),
+        ("rekey_c2s_data_0", "before the rekey"),
+        ("rekey_s2c_data_0", "in flight during the rekey"),
+        ("rekey_s2c_data_1", "server bytes under epoch 1"),
+        ("rekey_c2s_data_1", "client bytes under epoch 1"),
     ] {
         v.map.insert(name.into(), Val::Text(s.into()));
     }
@@ -2326,11 +2788,28 @@ fn print_vectors() {
     for (name, b) in cred_spec_values(&v) {
         v.map.insert(name.into(), Val::Bytes(b));
     }
+    let master: [u8; 32] = hs
+        .values
+        .iter()
+        .find(|(n, _)| *n == "master")
+        .and_then(|(_, b)| b.as_slice().try_into().ok())
+        .expect("master");
+    let (rk, _, k1) = spec::rekey(&master, 1, v.arr("rekey_client_secret"), draws[0], None);
+    let s_s2c = v.text("rekey_s2c_data_0").len() as u64;
+    let mut add = |name: String, b: Vec<u8>| v.map.insert(name, Val::Bytes(b));
+    for (name, value) in rk {
+        add(format!("rekey_{name}"), value);
+    }
+    add(
+        "rekey_s2c_keystream_1_at_switch".into(),
+        spec::keystream(&k1.s2c_enc, s_s2c, 16),
+    );
     let api: Vec<(String, Vec<u8>)> = run_api(&v)
         .into_iter()
         .chain(run_api_pinned(&v))
         .chain(run_api_fresh(&v))
         .chain(run_api_cred(&v))
+        .chain(run_api_rekey(&v))
         .collect();
     for (name, b) in api {
         v.map.insert(name, Val::Bytes(b));
@@ -2372,6 +2851,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "context.RESUME",
             "context.CONN_RNG_OUTPUT",
             "context.CONN_RNG_STATE",
+            "context.REKEY",
             "context.CREDENTIAL",
             "context.GRANT",
             "context.TOKEN_KEY",
@@ -2572,6 +3052,58 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "fresh_client_clock_offset",
             "# the second hello replayed on another transport",
             "hello_replayed_answer",
+        ],
+    ),
+    (
+        "10.11 Rekey",
+        &[
+            "# inputs: the handshake of 10.4; the client's rekey secret (its RNG's next 32",
+            "# bytes); the server's is its connection generator's first draw",
+            "# (server_conn_rng_draw_0, 4.7)",
+            "rekey_client_secret",
+            "rekey_c2s_data_0",
+            "rekey_s2c_data_0",
+            "rekey_s2c_data_1",
+            "rekey_c2s_data_1",
+            "t_client_rekey",
+            "t_server_rekey",
+            "t_client_rekey_lost",
+            "t_server_rekey_lost",
+            "t_client_rekey_resume",
+            "t_server_rekey_resume",
+            "t_client_rekey_resumed",
+            "t_server_rekey_resumed",
+            "# the exchange to epoch 1",
+            "rekey_client_public",
+            "rekey_server_public",
+            "rekey_ee",
+            "rekey_rth",
+            "rekey_chain_1",
+            "rekey_c2s_enc_key_1",
+            "rekey_c2s_mac_key_1",
+            "rekey_s2c_enc_key_1",
+            "rekey_s2c_mac_key_1",
+            "rekey_resume_key_1",
+            "# keystream of the s2c direction under epoch 1 at its switch point",
+            "rekey_s2c_keystream_1_at_switch",
+            "# generation 0: data, the client's INIT, the server's REPLY and data under epoch 1",
+            "rekey_c2s_frame_0",
+            "rekey_s2c_frame_0",
+            "rekey_s2c_frame_1",
+            "rekey_c2s_init_frame",
+            "rekey_s2c_reply_frame",
+            "rekey_s2c_data_epoch1_frame",
+            "# the transport breaks (every server frame above is lost); resume under resume_key(0)",
+            "rekey_resume_request",
+            "rekey_resume_response",
+            "rekey_s2c_resend_frame_0",
+            "rekey_s2c_reply_resent_frame",
+            "rekey_s2c_resend_frame_1",
+            "# the client's ACK (receive epoch 1), SWITCH, data under epoch 1; the server's ACK",
+            "rekey_c2s_ack_frame",
+            "rekey_c2s_switch_frame",
+            "rekey_c2s_data_epoch1_frame",
+            "rekey_s2c_ack_epoch1_frame",
         ],
     ),
     (

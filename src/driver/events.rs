@@ -76,6 +76,10 @@ pub struct ClientStats {
     /// re-based on the wall clock; positive: the server's clock is ahead).
     /// `None` before the first handshake.
     pub clock_offset_us: Option<i64>,
+    /// The session's key epoch (`Event::Rekeyed`; 0 before the first rekey).
+    pub epoch: u32,
+    /// Completed rekey exchanges (`Event::Rekeyed`).
+    pub rekeys: u64,
 }
 
 /// How a transport was lost, for the statistics.
@@ -105,6 +109,10 @@ impl ClientStats {
             Event::HandshakeDone { .. } => self.handshakes += 1,
             Event::Resumed { .. } => self.resumes += 1,
             Event::ResendRange { start, end } => self.resent_bytes += end.saturating_sub(start),
+            Event::Rekeyed { epoch } => {
+                self.epoch = epoch;
+                self.rekeys += 1;
+            }
             Event::TransportLost { error } => match classify(error) {
                 LossKind::Auth => self.lost_auth += 1,
                 LossKind::Protocol => self.lost_protocol += 1,
@@ -140,6 +148,10 @@ pub struct ServerStats {
     pub lost_io: u64,
     /// Sessions that expired without being resumed.
     pub expired: u64,
+    /// The highest key epoch any session reached (`ServerEvent::Rekeyed`).
+    pub epoch: u32,
+    /// Completed rekey exchanges, all sessions (`ServerEvent::Rekeyed`).
+    pub rekeys: u64,
 }
 
 /// [`ServerStats`] counted with atomics, outside any lock.
@@ -155,6 +167,8 @@ pub(crate) struct ServerCounters {
     timeouts: AtomicU64,
     pub(crate) lost_io: AtomicU64,
     expired: AtomicU64,
+    epoch: AtomicU64,
+    rekeys: AtomicU64,
 }
 
 /// Add `n` to a counter.
@@ -176,6 +190,8 @@ impl ServerCounters {
             timeouts: g(&self.timeouts),
             lost_io: g(&self.lost_io),
             expired: g(&self.expired),
+            epoch: u32::try_from(g(&self.epoch)).unwrap_or(u32::MAX),
+            rekeys: g(&self.rekeys),
         }
     }
 
@@ -194,6 +210,10 @@ impl ServerCounters {
                 _ => {}
             },
             ServerEvent::SessionExpired { .. } => add(&self.expired, 1),
+            ServerEvent::Rekeyed { epoch, .. } => {
+                self.epoch.fetch_max(u64::from(epoch), Ordering::Relaxed);
+                add(&self.rekeys, 1);
+            }
             _ => {}
         }
     }

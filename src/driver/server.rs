@@ -82,6 +82,9 @@ impl SessionSlot {
             ch.changed = true;
             match e {
                 ServerEvent::HandshakeDone { transport, .. } => {
+                    // The session's own generator draws its rekey keys:
+                    // mix OS entropy in at its start (PROTOCOL.md 4.7).
+                    add_os_entropy(conn);
                     self.peer = peer_of(transport).or(self.peer);
                     self.current = Some(transport);
                     // A gated session is handed out once accepted.
@@ -120,6 +123,9 @@ impl SessionSlot {
                     }
                 }
                 ServerEvent::PeerClosed { .. } => self.peer_closed = true,
+                // ... and after every rekey, so that a memory read of the
+                // session is healed by the next one (PROTOCOL.md 9).
+                ServerEvent::Rekeyed { .. } => add_os_entropy(conn),
                 ServerEvent::Closed { reason, .. } => {
                     self.end.get_or_insert(reason);
                     events::log_ended(Some(conn_id), &reason);
@@ -333,4 +339,15 @@ impl SessionSlot {
             None => Step::Wait,
         }
     }
+}
+
+/// Mix 32 bytes of OS randomness into a connection's generator.
+fn add_os_entropy(conn: &mut Connection) {
+    fn fill<R: rand_core::CryptoRng>(rng: &mut R, out: &mut [u8; 32]) {
+        rng.fill_bytes(out);
+    }
+    let mut e = [0u8; 32];
+    fill(&mut crate::os_rng(), &mut e);
+    conn.add_entropy(&e);
+    zeroize::Zeroize::zeroize(&mut e);
 }
