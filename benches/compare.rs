@@ -22,6 +22,7 @@
 #[path = "shared/measure.rs"]
 mod measure;
 pub use measure::{allocations, cpu_secs, live_bytes};
+use relink::Config;
 use std::time::Instant as StdInstant;
 
 #[path = "peers/bound.rs"]
@@ -709,6 +710,7 @@ fn main() {
         ),
     );
 
+    rekey_rows(&sz, &mut rows, &mut targets);
     credential_rows(&sz, &mut rows);
 
     println!();
@@ -738,14 +740,107 @@ fn main() {
 /// `-- --issue11`: only the rows of issue 11 (credentials, rekey), their
 /// own table.
 fn issue11_only(sz: &Sizes, quick: bool, started: StdInstant) {
-    let mut rows = Vec::new();
+    let (mut rows, mut targets) = (Vec::new(), Vec::new());
+    rekey_rows(sz, &mut rows, &mut targets);
     credential_rows(sz, &mut rows);
     println!();
     print_table(&rows);
-    if quick {
-        println!("\n(quick mode: the figures mean nothing)");
+    println!();
+    println!("targets:");
+    for t in &targets {
+        let verdict = match (quick, t.pass) {
+            (true, _) => "n/a (quick)",
+            (false, true) => "PASS",
+            (false, false) => "MISS",
+        };
+        println!("  [{verdict}] {}", t.what);
     }
     println!("total time {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// Rekey (issue 11): what one exchange costs each side, and bulk transfer
+/// with rekeys against the same without (`rekey = false`), interleaved in
+/// the same run.
+fn rekey_rows(sz: &Sizes, rows: &mut Vec<Row>, targets: &mut Vec<Target>) {
+    let us = |rate: f64| 1e6 / rate;
+    for (pinned, seed) in [(false, 31), (true, 32)] {
+        let mut r = relink_side::Rekeys::new(seed, pinned);
+        let n = sz.handshakes;
+        // Both sides' figures come from the same exchanges: sample them
+        // together, report each side's median.
+        let (mut client, mut server) = (Vec::new(), Vec::new());
+        r.run(n);
+        for _ in 0..sz.samples {
+            let c = r.run(n);
+            client.push(c.client.units / c.client.secs);
+            server.push(c.server.units / c.server.secs);
+        }
+        let (client, server) = (median(client), median(server));
+        rows.push(Row {
+            case: format!(
+                "rekey exchange, {}, client side (server side in ratios)",
+                if pinned { "pinned" } else { "anonymous" }
+            ),
+            unit: "µs",
+            vals: [Some(us(client)), None, None, None, None],
+            ratios: format!(
+                "client {:.1} µs, server {:.1} µs per exchange ({} exchanges per sample)",
+                us(client),
+                us(server),
+                n
+            ),
+        });
+    }
+
+    let off = Config {
+        rekey: false,
+        ..Config::default()
+    };
+    let every16 = Config {
+        rekey_after_bytes: 16 << 20,
+        ..Config::default()
+    };
+    let default = Config::default();
+    let mut b16 = relink_side::Bulk::with_policy(33, &every16);
+    let mut bdef = relink_side::Bulk::with_policy(34, &default);
+    let mut boff = relink_side::Bulk::with_policy(35, &off);
+    let n = sz.bulk_bytes;
+    let rates = {
+        let mut runners: Vec<Runner<'_>> = vec![
+            Box::new(|| b16.run(n, 16384)),
+            Box::new(|| bdef.run(n, 16384)),
+            Box::new(|| boff.run(n, 16384)),
+        ];
+        interleaved(sz.samples, &mut runners)
+    };
+    let gb = |r: f64| r / 1e9;
+    let (r16, rdef) = (rates[0] / rates[2], rates[1] / rates[2]);
+    rows.push(Row {
+        case: "bulk 16 KiB writes one way: rekey every 16 MiB / default policy / rekey off".into(),
+        unit: "GB/s",
+        vals: [Some(gb(rates[0])), None, None, None, None],
+        ratios: format!(
+            "every 16 MiB {:.2}, default {:.2}, off {:.2} GB/s; every 16 MiB/off {:.3}, default/off {:.3} \
+             ({} and {} rekeys in the run)",
+            gb(rates[0]),
+            gb(rates[1]),
+            gb(rates[2]),
+            r16,
+            rdef,
+            b16.client_epoch(),
+            bdef.client_epoch()
+        ),
+    });
+    target(
+        targets,
+        r16 >= 0.95,
+        format!("bulk with a rekey every 16 MiB ≥ 0.95 of rekey off: {r16:.3}"),
+    );
+    target(
+        targets,
+        rdef >= 0.98,
+        format!("bulk with the default rekey policy ≥ 0.98 of rekey off: {rdef:.3}"),
+    );
 }
 
 /// Handshake rate with a client credential (issue 11): pinned handshakes

@@ -16,7 +16,8 @@
 //!   refused first connect: `ConnectionRefused` naming the address;
 //! - stats under the same names; an `on_progress` observer;
 //! - exactly once across transport cuts (the fault relay), both directions;
-//! - conn_id equal on both ends, the server knows the peer's address.
+//! - conn_id equal on both ends, the server knows the peer's address;
+//! - rekeys (issue 11) under cuts: byte-exact, epochs and counts in the stats.
 //!
 //! Every body runs under a watchdog (see `adapter::run`): a hang fails the
 //! test naming the step that hung. Tests asserting semantics a driver does
@@ -64,6 +65,7 @@ driver_tests! {
     on_progress_reports_connects_and_core_events,
     exactly_once_both_directions_under_cuts,
     conn_id_and_peer_addr_agree,
+    rekey_every_64_kib_over_8_mib_with_cuts,
 }
 
 /// How long one step may take before it counts as hung.
@@ -807,4 +809,51 @@ fn conn_id_and_peer_addr_agree<D: Driver>(d: &D, t: &Steps) {
     assert_eq!(s.conn_id(), Some(id));
     let peer = s.peer_addr().expect("server peer_addr");
     assert!(peer.ip().is_loopback(), "{peer}");
+}
+
+/// Rekey every 64 KiB (issue 11) over an 8 MiB echo through a relay that
+/// cuts the transport: the bytes arrive exact, both sides moved past
+/// epoch 1 and counted one rekey per epoch.
+fn rekey_every_64_kib_over_8_mib_with_cuts<D: Driver>(d: &D, t: &Steps) {
+    let len = 8 * MIB;
+    let rekeying = || Config {
+        rekey_after_bytes: 64 * 1024,
+        ..fast_config()
+    };
+    let l = Arc::new(d.listen(rekeying()));
+    let relay = Relay::start(l.local_addr(), cut_every_bytes(1_000_000, 2_000_000), 16).unwrap();
+    let server = echo_server::<D>(&l);
+    t.step("client: connect through the relay");
+    let mut c = d
+        .connect(relay.local_addr(), ClientOpts::new(rekeying()))
+        .unwrap();
+    let data = pattern(11, len);
+    let mut got = vec![0u8; len];
+    t.step("client: 8 MiB echo, rekey every 64 KiB, relay cutting every 1..2 MB");
+    let (w, r) = c.duplex(&data, &mut got);
+    w.unwrap();
+    r.unwrap();
+    assert_same(&got, &data, "echo across rekeys and cuts");
+    t.step("client: shutdown, read to EOF");
+    c.shutdown().unwrap();
+    assert!(c.read_to_end().unwrap().is_empty());
+    let (_s, echoed) = server.wait(STEP);
+    assert_eq!(echoed.unwrap(), len);
+    let st = c.stats();
+    let cuts = relay.stats().cuts;
+    assert!(cuts >= 1, "the relay cut nothing: {:?}", relay.stats());
+    assert!(st.resumes >= 1, "{st:?} after {cuts} cuts");
+    assert!(st.epoch > 1, "client epoch: {st:?}");
+    assert_eq!(
+        st.rekeys,
+        u64::from(st.epoch),
+        "one Rekeyed per epoch: {st:?}"
+    );
+    let (epoch, rekeys) = l.rekeys();
+    assert!(epoch > 1, "server epoch {epoch}, {rekeys} rekeys");
+    assert_eq!(
+        rekeys,
+        u64::from(epoch),
+        "one Rekeyed per epoch on the server"
+    );
 }

@@ -51,8 +51,13 @@ pub struct Bulk {
 impl Bulk {
     /// Handshake a pair; `both`: `run` sends both ways at once.
     pub fn new(seed: u64, both: bool) -> Bulk {
-        let mut client = Client::new(client_config(None), rng(seed));
-        let mut server = Server::new(server_config(None), rng(seed + 1000));
+        Bulk::with_configs(seed, both, client_config(None), server_config(None))
+    }
+
+    /// [`Bulk::new`] with these configurations.
+    fn with_configs(seed: u64, both: bool, ccfg: Config, scfg: Config) -> Bulk {
+        let mut client = Client::new(ccfg, rng(seed));
+        let mut server = Server::new(scfg, rng(seed + 1000));
         let now = Instant::from_micros(1_000_000);
         let mut wire = vec![0u8; WIRE];
         let (tid, sid) = handshake(&mut client, &mut server, now, &mut wire);
@@ -700,4 +705,164 @@ fn accepted_handshake(
         }
     }
     panic!("relink handshake with credential did not complete");
+}
+
+// ----- issue 11: rekey -------------------------------------------------------------
+
+impl Bulk {
+    /// A one-way pair with the rekey policy of `policy` on both sides
+    /// (`rekey`, `rekey_after_bytes`; the rest default).
+    pub fn with_policy(seed: u64, policy: &Config) -> Bulk {
+        let with = |c: Config| Config {
+            rekey: policy.rekey,
+            rekey_after_bytes: policy.rekey_after_bytes,
+            ..c
+        };
+        Bulk::with_configs(
+            seed,
+            false,
+            with(client_config(None)),
+            with(server_config(None)),
+        )
+    }
+
+    /// Completed rekeys so far (client events; the server's match them).
+    pub fn client_epoch(&self) -> u32 {
+        self.client.epoch()
+    }
+}
+
+/// An idle established pair that rekeys on request (issue 11): the CPU
+/// time of each side's calls, measured separately.
+pub struct Rekeys {
+    client: Client<ChaCha20Rng>,
+    server: Server<ChaCha20Rng>,
+    tid: TransportId,
+    sid: SessionId,
+    now: Instant,
+    wire: Vec<u8>,
+    /// The cost of one pair of clock reads (subtracted per timed call).
+    clock: f64,
+}
+
+/// One exchange's CPU time on each side.
+pub struct RekeyCost {
+    /// Client seconds.
+    pub client: Sample,
+    /// Server seconds.
+    pub server: Sample,
+}
+
+impl Rekeys {
+    /// A pair, anonymous or with a pinned server key (`es` in every
+    /// exchange), no automatic rekeys.
+    pub fn new(seed: u64, pinned: bool) -> Rekeys {
+        let key = pinned.then(|| StaticKeypair::generate(&mut rng(seed ^ 0x7e4e)));
+        let manual = |c: Config| Config { rekey: false, ..c };
+        let mut client = Client::new(manual(client_config(key.as_ref())), rng(seed));
+        let mut server = Server::new(manual(server_config(key.as_ref())), rng(seed + 1000));
+        let now = Instant::from_micros(1_000_000);
+        let mut wire = vec![0u8; WIRE];
+        let (tid, sid) = handshake(&mut client, &mut server, now, &mut wire);
+        // What timing a call costs by itself: two clock reads.
+        let reps = 10_000;
+        let t = crate::cpu_secs();
+        for _ in 0..reps {
+            std::hint::black_box(crate::cpu_secs());
+        }
+        let clock = (crate::cpu_secs() - t) / reps as f64;
+        Rekeys {
+            client,
+            server,
+            tid,
+            sid,
+            now,
+            wire,
+            clock,
+        }
+    }
+
+    /// `n` exchanges started by the client, each run until both sides
+    /// reported `Rekeyed` and nothing is left to send.
+    pub fn run(&mut self, n: u64) -> RekeyCost {
+        let (mut cs, mut ss) = (0.0f64, 0.0f64);
+        let clock = self.clock;
+        let timed = |acc: &mut f64, f: &mut dyn FnMut()| {
+            let t = crate::cpu_secs();
+            f();
+            *acc += (crate::cpu_secs() - t - clock).max(0.0);
+        };
+        for _ in 0..n {
+            let target = self.client.epoch() + 1;
+            let (mut c_epoch, mut s_epoch) = (0, 0);
+            let Rekeys {
+                client,
+                server,
+                tid,
+                sid,
+                now,
+                wire,
+                ..
+            } = self;
+            let (tid, sid, now) = (*tid, *sid, *now);
+            timed(&mut cs, &mut || {
+                client.request_rekey().expect("request_rekey")
+            });
+            let mut rounds = 0;
+            loop {
+                let mut moved = 0;
+                let mut len = 0;
+                timed(&mut cs, &mut || {
+                    len = client.poll_transmit(now, wire).expect("client tx");
+                });
+                if len > 0 {
+                    moved += len;
+                    timed(&mut ss, &mut || {
+                        let mut off = 0;
+                        while off < len {
+                            off += server
+                                .handle_input(tid, now, &wire[off..len])
+                                .expect("server rx");
+                        }
+                        while let Some(e) = server.poll_event() {
+                            if let ServerEvent::Rekeyed { session, epoch } = e {
+                                assert_eq!(session, sid);
+                                s_epoch = epoch;
+                            }
+                        }
+                    });
+                }
+                timed(&mut ss, &mut || {
+                    len = server.poll_transmit(tid, now, wire).expect("server tx");
+                });
+                if len > 0 {
+                    moved += len;
+                    timed(&mut cs, &mut || {
+                        let mut off = 0;
+                        while off < len {
+                            off += client
+                                .handle_input(now, &wire[off..len])
+                                .expect("client rx");
+                        }
+                        while let Some(e) = client.poll_event() {
+                            if let Event::Rekeyed { epoch } = e {
+                                c_epoch = epoch;
+                            }
+                        }
+                    });
+                }
+                if moved == 0 && c_epoch >= target && s_epoch >= target {
+                    break;
+                }
+                rounds += 1;
+                assert!(rounds < 32, "rekey to epoch {target} did not complete");
+            }
+            self.now = self.now.saturating_add(Duration::from_micros(1));
+        }
+        let units = n as f64;
+        RekeyCost {
+            client: Sample { units, secs: cs },
+            server: Sample { units, secs: ss },
+        }
+    }
 }

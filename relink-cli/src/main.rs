@@ -61,6 +61,10 @@ struct Cli {
     /// subcommand's own `--max-attempts` wins.
     #[arg(long, hide = true)]
     max_attempts: Option<u32>,
+    /// Start a rekey once this side sent N bytes under one key (hidden:
+    /// for tests; the default policy is 1 GiB or 10 minutes).
+    #[arg(long, hide = true, value_name = "N")]
+    rekey_after_bytes: Option<u64>,
     #[command(subcommand)]
     command: Command,
 }
@@ -96,6 +100,8 @@ struct Opts {
     idle_ms: u64,
     max_attempts: u32,
     wait: bool,
+    /// `--rekey-after-bytes` (hidden).
+    rekey_after_bytes: Option<u64>,
 }
 
 impl Cli {
@@ -108,6 +114,7 @@ impl Cli {
                 .or(self.max_attempts)
                 .unwrap_or(30),
             wait: attempts.is_some_and(|a| a.wait),
+            rekey_after_bytes: self.rekey_after_bytes,
         }
     }
 }
@@ -352,6 +359,9 @@ fn config(cli: &Opts) -> Config {
         idle_timeout: Duration::from_millis(idle),
         keepalive_interval: Duration::from_millis(idle / 3),
         handshake_timeout: Duration::from_millis(idle.min(10_000)),
+        rekey_after_bytes: cli
+            .rekey_after_bytes
+            .unwrap_or(Config::default().rekey_after_bytes),
         ..Config::default()
     }
 }
@@ -571,6 +581,7 @@ fn listen(
     let cfg = server_config(cli, key, resume)?;
     let (authenticate, warning) = server_auth(cli, auth, key)?;
     let track = Arc::new(Track::default());
+    track.set_verbose(cli.verbose);
     let listener = bind_logged(
         cfg.clone(),
         addr,
@@ -618,7 +629,10 @@ fn listen(
             }
             let peer = peer_of(&session);
             match r {
-                Ok(n) => throughput(&id, "received", n, start),
+                Ok(n) => {
+                    throughput(&id, "received", n, start);
+                    tracing::info!(session = %id, "session stats: key epoch {}", track.epoch(sid));
+                }
                 Err(RecvError::Output(e)) => {
                     // Nobody takes the data any more (e.g. `| head`): tell the
                     // client now instead of letting it retry into the void.
@@ -671,6 +685,7 @@ fn connect(cli: &Opts, addr: &str, server_key: Option<&str>, auth: &ClientAuth) 
     cfg.credential = creds.first.clone();
     warn_if_unpinned(&cfg);
     let track = Arc::new(Track::default());
+    track.set_verbose(cli.verbose);
     let open = |cfg: Config| {
         ClientBuilder::new(cfg)
             .backoff(backoff(cli))

@@ -46,14 +46,15 @@ pub fn session_hex(conn_id: u64) -> String {
 }
 
 /// A client's counters: `3 transports, 2 resumes, 1.2 MiB resent, 0 failed
-/// connects`.
+/// connects, key epoch 4`.
 pub fn client_stats_text(s: &ClientStats) -> String {
     format!(
-        "{}, {}, {} resent, {}",
+        "{}, {}, {} resent, {}, key epoch {}",
         count(s.transports, "transport"),
         count(s.resumes, "resume"),
         bytes(s.resent_bytes),
-        count(s.connect_failures, "failed connect")
+        count(s.connect_failures, "failed connect"),
+        s.epoch
     )
 }
 
@@ -105,6 +106,11 @@ struct TrackState {
     contact: Option<Instant>,
     /// Server: sessions by the core's id.
     sessions: HashMap<u64, ServerSession>,
+    /// `-v`: say `relink: rekeyed, epoch N` on each rekey.
+    verbose: bool,
+    /// Server: the core id and key epoch of the session that ended last
+    /// (its entry in `sessions` is gone).
+    last_closed: Option<(u64, u32)>,
 }
 
 #[derive(Default)]
@@ -112,6 +118,8 @@ struct ServerSession {
     /// Connection id in hex, once `listen` accepted it (see `register`).
     id: Option<String>,
     peer: Option<SocketAddr>,
+    /// Its key epoch (`ServerEvent::Rekeyed`).
+    epoch: u32,
 }
 
 impl Track {
@@ -126,6 +134,21 @@ impl Track {
         let s = st.sessions.entry(sid).or_default();
         s.id = conn_id.map(session_hex);
         s.peer = peer;
+    }
+
+    /// `-v`: tell each rekey (`relink: rekeyed, epoch N`).
+    pub fn set_verbose(&self, on: bool) {
+        self.lock().verbose = on;
+    }
+
+    /// The key epoch server session `sid` reached (0 before a rekey).
+    pub fn epoch(&self, sid: u64) -> u32 {
+        let st = self.lock();
+        match (st.sessions.get(&sid), st.last_closed) {
+            (Some(s), _) => s.epoch,
+            (None, Some((id, epoch))) if id == sid => epoch,
+            _ => 0,
+        }
     }
 
     /// Authenticated input last arrived from the peer `ago` (what the
@@ -191,6 +214,9 @@ fn client_event(track: &Track, e: &Event) {
             warn!(%session, %peer, "authentication failed: {reason}");
         }
         Event::PeerClosed => debug!(%session, "the server closed its stream"),
+        Event::Rekeyed { epoch } if st.verbose => {
+            log::say(format!("relink: rekeyed, epoch {epoch}"))
+        }
         _ => {}
     }
 }
@@ -215,7 +241,16 @@ fn server_event(track: &Track, e: &ServerEvent) {
             warn!(transport = transport.0, "authentication failed: {reason}");
         }
         ServerEvent::Closed { session, .. } => {
-            st.sessions.remove(&session.0);
+            if let Some(s) = st.sessions.remove(&session.0) {
+                st.last_closed = Some((session.0, s.epoch));
+            }
+        }
+        ServerEvent::Rekeyed { session, epoch } => {
+            st.sessions.entry(session.0).or_default().epoch = *epoch;
+            if st.verbose {
+                let (id, _) = st.server_session(session.0);
+                log::say(format!("relink: rekeyed, epoch {epoch} (session {id})"));
+            }
         }
         // The driver's `session ended` line is INFO: an expiry is worth a
         // warning without -v.
@@ -404,7 +439,7 @@ mod tests {
         };
         assert_eq!(
             client_stats_text(&s),
-            "3 transports, 1 resume, 1.2 MiB resent, 0 failed connects"
+            "3 transports, 1 resume, 1.2 MiB resent, 0 failed connects, key epoch 0"
         );
     }
 

@@ -70,6 +70,8 @@ pub struct Stats {
     pub resumes: u64,
     pub resent_bytes: u64,
     pub connect_failures: u64,
+    pub epoch: u32,
+    pub rekeys: u64,
 }
 
 /// One end of a session, client or server. Blocking calls; the tokio
@@ -150,6 +152,9 @@ pub trait Listener: Send + Sync {
     fn local_addr(&self) -> SocketAddr;
     /// The next new session.
     fn accept(&self) -> io::Result<Self::Stream>;
+    /// `ServerStats::{epoch, rekeys}`: the highest key epoch a session
+    /// reached, rekeys completed by all sessions.
+    fn rekeys(&self) -> (u32, u64);
 }
 
 /// One driver of relink.
@@ -245,6 +250,8 @@ impl ClientSide for BlockingClient {
             resumes: s.resumes,
             resent_bytes: s.resent_bytes,
             connect_failures: s.connect_failures,
+            epoch: s.epoch,
+            rekeys: s.rekeys,
         }
     }
     fn stats_debug(&self) -> String {
@@ -268,6 +275,10 @@ impl Listener for BlockingListener {
     }
     fn accept(&self) -> io::Result<BlockingServer> {
         self.0.accept().map(BlockingServer)
+    }
+    fn rekeys(&self) -> (u32, u64) {
+        let s = self.0.stats();
+        (s.epoch, s.rekeys)
     }
 }
 
@@ -409,6 +420,8 @@ impl ClientSide for TokioClient {
             resumes: s.resumes,
             resent_bytes: s.resent_bytes,
             connect_failures: s.connect_failures,
+            epoch: s.epoch,
+            rekeys: s.rekeys,
         }
     }
     fn stats_debug(&self) -> String {
@@ -433,6 +446,10 @@ impl Listener for TokioListener {
     fn accept(&self) -> io::Result<TokioServer> {
         let s = self.0.rt.block_on(self.0.get().accept())?;
         Ok(TokioServer(InRt::new(&self.0.rt, s)))
+    }
+    fn rekeys(&self) -> (u32, u64) {
+        let s = self.0.get().stats();
+        (s.epoch, s.rekeys)
     }
 }
 
