@@ -741,7 +741,8 @@ pub struct Rekeys {
     sid: SessionId,
     now: Instant,
     wire: Vec<u8>,
-    /// The cost of one pair of clock reads (subtracted per timed call).
+    /// What timing a call adds to it: one read of the CPU clock (seconds,
+    /// subtracted per timed call).
     clock: f64,
 }
 
@@ -764,7 +765,7 @@ impl Rekeys {
         let now = Instant::from_micros(1_000_000);
         let mut wire = vec![0u8; WIRE];
         let (tid, sid) = handshake(&mut client, &mut server, now, &mut wire);
-        // What timing a call costs by itself: two clock reads.
+        // What timing a call adds to it: about one clock read.
         let reps = 10_000;
         let t = crate::cpu_secs();
         for _ in 0..reps {
