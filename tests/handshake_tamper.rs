@@ -337,13 +337,14 @@ fn client_hello_flip(keys: Keys, bit: usize) {
         2 => reject(HandshakeStatus::Malformed),
         // The hello's time (version 2; the genuine one is 0: this client
         // has no wall clock). Outside the server's freshness window (the
-        // server's clock reads T0): Stale with the server's time, before
+        // server's clock reads T0; at most HELLO_MAX_AHEAD ahead): Stale with the server's time, before
         // any key computation; the client retries (`assert_recovers`).
         // Inside it: answered, and the transcript differs.
         35..43 => {
             let time = u64::from(mask) << (8 * (byte - 35));
             let window = Config::default().freshness_window.as_micros();
-            if time.abs_diff(T0.as_micros()) > window {
+            let ahead = window.min(relink::HELLO_MAX_AHEAD.as_micros());
+            if time > T0.as_micros() + ahead || T0.as_micros().saturating_sub(time) > window {
                 let mut stale = vec![VERSION, HandshakeStatus::Stale.to_byte()];
                 stale.extend(T0.as_micros().to_le_bytes());
                 Outcome {
