@@ -246,3 +246,32 @@ fn world_readable_credentials_file_warns() {
     drop(server);
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn token_lifetime_needs_credentials() {
+    let d = dir("lifetime");
+    let (key, _) = keygen(&d);
+    for cmd in [
+        &["listen", "127.0.0.1:0"][..],
+        &["serve-forward", "127.0.0.1:0", "127.0.0.1:9"][..],
+    ] {
+        let out = Command::new(relink_bin())
+            .args(cmd)
+            .arg("--key")
+            .arg(&key)
+            .args(["--token-lifetime", "60"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{cmd:?}: {err}");
+        assert!(err.contains("--credentials"), "{cmd:?}: {err}");
+    }
+    // `relink --help` says a refused credential exits with 3.
+    let out = Command::new(relink_bin()).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    let three = help.split("\n  3 ").nth(1).expect("status 3 in --help");
+    let three = three.split("\n  4 ").next().unwrap();
+    assert!(three.contains("refused the credential or token"), "{three}");
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -251,7 +251,12 @@ struct ServerAuth {
     /// With --credentials: seconds a token granted to an accepted client
     /// stays valid (it presents it with --token-file instead of its
     /// credential); 0: grant none.
-    #[arg(long, value_name = "SECS", default_value_t = 86_400)]
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 86_400,
+        requires = "credentials"
+    )]
     token_lifetime: u64,
 }
 

@@ -3,12 +3,12 @@
 
 use std::io;
 
-/// Anything else: a key file, an address to bind, stdin or stdout.
+/// Anything else: a key, credential or token file, an address to bind, stdin or stdout.
 pub const FAILURE: u8 = 1;
 /// Bad flags or arguments (clap exits with 2 too).
 pub const USAGE: u8 = 2;
 /// The session could not be opened: attempts exhausted, handshake
-/// failed (e.g. not the pinned server key).
+/// failed (e.g. not the pinned server key), credential or token refused.
 pub const CANNOT_OPEN: u8 = 3;
 /// The session was lost once open: expired, aborted or reset by the
 /// peer (`listen`: a session failed).
@@ -20,10 +20,12 @@ pub const INTERRUPTED: i32 = 130;
 pub const EXIT_STATUS_HELP: &str = "\
 Exit status:
   0    clean end (connect: all data acknowledged, session closed)
-  1    other failure: a key file, an address to bind, stdin or stdout
+  1    other failure: a key, credential or token file, an address to bind,
+       stdin or stdout
   2    usage error: bad flags or arguments (e.g. a malformed --server-key)
   3    the session could not be opened: connect attempts exhausted, handshake
-       failed (e.g. the server does not have the pinned key)
+       failed (e.g. the server does not have the pinned key), or the server
+       refused the credential or token
   4    the session was lost once open: expired, aborted or reset by the peer;
        connect exits at once, even while stdin is still open
        (listen: a session failed)
