@@ -348,6 +348,7 @@ impl ClientBuilder {
         T: Transport,
         F: FnMut() -> io::Result<(T, Option<SocketAddr>)> + Send + 'static,
     {
+        crate::driver::check_credential(&self.config)?;
         let shared = Arc::new(ClientShared {
             state: Mutex::new(ClientState {
                 c: ClientCore::new(self.config.clone(), self.progress),

@@ -49,6 +49,21 @@ pub enum Credential {
 }
 
 impl Credential {
+    /// What the credential is, its length and the range it must fit, for
+    /// error messages (never its bytes).
+    pub fn describe(&self) -> alloc::string::String {
+        match self {
+            Credential::Secret(b) => alloc::format!(
+                "the credential is {} bytes; a credential is 1 to {MAX_CREDENTIAL_BYTES} bytes",
+                b.len()
+            ),
+            Credential::Token(b) => alloc::format!(
+                "the token is {} bytes; a token is {MIN_TOKEN_LEN} to {MAX_CREDENTIAL_BYTES} bytes",
+                b.len()
+            ),
+        }
+    }
+
     /// The kind byte and the bytes sent.
     pub(crate) fn parts(&self) -> (u8, &[u8]) {
         match self {
@@ -57,9 +72,11 @@ impl Credential {
         }
     }
 
-    /// Whether the bytes fit the kind's length range (checked at
-    /// `Client::new`).
-    pub(crate) fn is_valid(&self) -> bool {
+    /// Whether the bytes fit the kind's length range: a secret is 1 to 512
+    /// bytes, a token 51 to 512 (PROTOCOL.md 6.9). [`crate::Client::new`]
+    /// closes a client whose credential does not fit (`Error::TooLong`),
+    /// and the drivers' builders refuse it (`InvalidInput`).
+    pub fn is_valid(&self) -> bool {
         match self {
             Credential::Secret(b) => (1..=MAX_CREDENTIAL_BYTES).contains(&b.len()),
             Credential::Token(b) => (MIN_TOKEN_LEN..=MAX_CREDENTIAL_BYTES).contains(&b.len()),

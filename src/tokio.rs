@@ -636,6 +636,7 @@ impl ClientBuilder {
         Fut: Future<Output = io::Result<(T, Option<SocketAddr>)>> + Send + 'static,
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        crate::driver::check_credential(&self.config)?;
         let config = self.config.clone();
         let shared = Arc::new(Mutex::new(ClientShared {
             c: ClientCore::new(config.clone(), self.progress),

@@ -275,3 +275,40 @@ fn token_lifetime_needs_credentials() {
     assert!(three.contains("refused the credential or token"), "{three}");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// New-user trial: a token file that cannot hold a token (here a short
+/// line of text) made `connect` hang silently. It is now ignored with a
+/// line naming the file, and the credential file is used; without a
+/// credential file the client presents nothing and the server refuses it
+/// (exit 3).
+#[test]
+fn a_file_that_is_no_token_is_ignored_with_a_warning() {
+    let d = dir("notoken");
+    let (key, public) = keygen(&d);
+    let creds = d.join("creds");
+    private_file(&creds, b"alice:correct horse\n");
+    let cred = d.join("alice.cred");
+    private_file(&cred, b"alice:correct horse");
+    let token = d.join("alice.token");
+    private_file(&token, b"garbage\n");
+    let (mut server, addr, log) = listen(&key, &creds, 2, &[]);
+    let (code, err) = connect(addr, &public, &both_files(&cred, &token), b"x");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("does not hold a token") && err.contains("alice.token"),
+        "{err}"
+    );
+    assert!(log.wait_for(&["accepted as alice"], WAIT).is_some());
+    private_file(&token, b"garbage\n");
+    let (code, err) = connect(
+        addr,
+        &public,
+        &[os("--token-file"), token.as_os_str()],
+        b"x",
+    );
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("does not hold a token"), "{err}");
+    let _ = server.0.kill();
+    let _ = wait_exit(&mut server, WAIT);
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -727,6 +727,45 @@ mod drivers {
         }
     }
 
+    /// New-user trial: a token of the wrong length (a garbage token file)
+    /// made `connect` wait forever without a word. Both drivers' builders
+    /// now refuse it at once, saying what and why (never the bytes), and
+    /// connect to nothing (the address below has no listener).
+    #[test]
+    fn a_credential_that_cannot_be_sent_fails_the_builder_at_once() {
+        let kp = StaticKeypair::from_secret_bytes([3; 32]);
+        let addr = "127.0.0.1:9"; // discard port: nothing must be tried
+        for (cred, what) in [
+            (
+                Credential::Token(b"garbage\n".to_vec()),
+                "the token is 8 bytes",
+            ),
+            (Credential::Token(vec![7; 3000]), "the token is 3000 bytes"),
+            (Credential::Secret(Vec::new()), "the credential is 0 bytes"),
+            (
+                Credential::Secret(vec![7; 513]),
+                "the credential is 513 bytes",
+            ),
+        ] {
+            assert!(!cred.is_valid());
+            let e = ClientBuilder::new(client_cfg(&kp, cred.clone()))
+                .connect(addr)
+                .unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{e}");
+            assert!(e.to_string().contains(what), "{e}");
+            assert!(!e.to_string().contains("garbage"), "never the bytes: {e}");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let e = rt
+                .block_on(relink::tokio::ClientBuilder::new(client_cfg(&kp, cred)).connect(addr))
+                .unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{e}");
+            assert!(e.to_string().contains(what), "{e}");
+        }
+    }
+
     #[test]
     fn blocking_accepts_grants_and_refuses() {
         let kp = StaticKeypair::from_secret_bytes([3; 32]);

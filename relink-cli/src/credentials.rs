@@ -253,7 +253,20 @@ impl ClientCredentials {
             .map(read_token_file)
             .transpose()?
             .flatten()
-            .map(Credential::Token);
+            .map(Credential::Token)
+            .filter(|t| {
+                // A file that cannot hold a token (wrong length) is not
+                // presented: the credential file is used instead.
+                let ok = t.is_valid();
+                if !ok {
+                    crate::log::say(format_args!(
+                        "relink: {} does not hold a token ({}); ignoring it",
+                        token_file.map_or_else(String::new, |p| p.display().to_string()),
+                        t.describe()
+                    ));
+                }
+                ok
+            });
         Ok(match token {
             Some(t) => ClientCredentials {
                 first: Some(t),

@@ -74,6 +74,19 @@ pub(crate) struct ClientCore {
     clock_base: Option<i64>,
 }
 
+/// The drivers' builders refuse a credential that cannot be sent (its
+/// length is outside its kind's range) before any connection is made:
+/// `InvalidInput`, saying which and why (never its bytes).
+pub(crate) fn check_credential(config: &Config) -> std::io::Result<()> {
+    match &config.credential {
+        Some(c) if !c.is_valid() => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            std::format!("relink: {}", c.describe()),
+        )),
+        _ => Ok(()),
+    }
+}
+
 impl ClientCore {
     pub(crate) fn new(mut config: Config, progress: Option<ProgressFn>) -> Self {
         // The client stamps its hellos with the wall clock (PROTOCOL.md 3.2).

@@ -111,7 +111,7 @@ pub(crate) use auth::AuthFn;
 #[cfg(feature = "std")]
 pub use auth::Decision;
 #[cfg(feature = "std")]
-pub(crate) use client::{ClientCore, Reconnect, Step};
+pub(crate) use client::{check_credential, ClientCore, Reconnect, Step};
 #[cfg(feature = "std")]
 pub use error::{close_reason_text, SessionError};
 #[cfg(feature = "tokio")]
