@@ -162,6 +162,7 @@ fn rejected_credential_exits_3_naming_the_reason() {
     );
     assert_eq!(code, Some(3), "{err}");
     assert!(err.contains(&addr.to_string()), "{err}");
+    assert!(err.contains("refused the credential:"), "{err}");
     assert!(
         err.contains("credential rejected") && err.contains("code 5"),
         "{err}"
@@ -188,6 +189,10 @@ fn refused_token_falls_back_to_the_credential_file_once() {
     let (mut server, addr, log) = listen(&key, &creds, 1, &[]);
     let (code, err) = connect(addr, &public, &both_files(&cred, &token), b"x");
     assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("refused the token") && err.contains("token invalid"),
+        "{err}"
+    );
     assert!(
         err.contains("token invalid") && err.contains("trying --credential-file"),
         "{err}"
@@ -308,6 +313,8 @@ fn a_file_that_is_no_token_is_ignored_with_a_warning() {
     );
     assert_eq!(code, Some(3), "{err}");
     assert!(err.contains("does not hold a token"), "{err}");
+    // It presented nothing: the message says so (not "the credential").
+    assert!(err.contains("presented no credential"), "{err}");
     let _ = server.0.kill();
     let _ = wait_exit(&mut server, WAIT);
     let _ = std::fs::remove_dir_all(&d);

@@ -222,7 +222,11 @@ impl ClientCore {
                 self.failure = Some(match reason {
                     CloseReason::Rejected { code } => SessionError::Rejected {
                         code,
-                        message: super::error::rejected_message(self.peer, code),
+                        message: super::error::rejected_message(
+                            self.peer,
+                            code,
+                            self.config.credential.as_ref(),
+                        ),
                     },
                     _ => self.no_session(reason).unwrap_or(SessionError::Ended {
                         reason,

@@ -80,10 +80,21 @@ pub enum SessionError {
     },
 }
 
-/// The message of [`SessionError::Rejected`].
-pub(crate) fn rejected_message(peer: Option<std::net::SocketAddr>, code: AbortCode) -> String {
+/// The message of [`SessionError::Rejected`]: the server's address, what
+/// this client presented (`presented`: its configured credential) and the
+/// server's code.
+pub(crate) fn rejected_message(
+    peer: Option<std::net::SocketAddr>,
+    code: AbortCode,
+    presented: Option<&crate::Credential>,
+) -> String {
     let addr = peer.map_or_else(|| "the server".to_string(), |a| a.to_string());
-    format!("relink: {addr} refused the credential: {code}")
+    let what = match presented {
+        Some(crate::Credential::Secret(_)) => "the credential",
+        Some(crate::Credential::Token(_)) => "the token",
+        None => "this client (it presented no credential and the server asks for one)",
+    };
+    format!("relink: {addr} refused {what}: {code}")
 }
 
 impl core::fmt::Display for SessionError {
