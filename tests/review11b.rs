@@ -1,0 +1,262 @@
+//! Review of issue 11 (rekey, credentials) as an adversary: an
+//! authenticated client written here from PROTOCOL.md (3.2, 3.4, 4.1, 4.2,
+//! 5.1, 5.2, 6.8) that holds the session keys and forges any REKEY_* or ACK
+//! frame against a real `Server`. Each test states what the spec requires;
+//! one that fails on main is a finding and carries `#[ignore = "review11b
+//! finding: ..."]`.
+
+use relink::{Config, Instant, Server, ServerEvent, SessionId, TransportId};
+
+const NOW: u64 = 1_000_000_000;
+
+fn derive(ctx: &str, m: &[u8]) -> [u8; 32] {
+    blake3::derive_key(ctx, m)
+}
+fn mac16(key: &[u8; 32], input: &[u8]) -> [u8; 16] {
+    let mut t = [0u8; 16];
+    t.copy_from_slice(&blake3::keyed_hash(key, input).as_bytes()[..16]);
+    t
+}
+fn hash(input: &[u8]) -> [u8; 32] {
+    *blake3::hash(input).as_bytes()
+}
+fn public(secret: [u8; 32]) -> [u8; 32] {
+    x25519_dalek::x25519(secret, x25519_dalek::X25519_BASEPOINT_BYTES)
+}
+
+/// A forging client: holds the epoch-0 c2s MAC key and its sequence.
+struct Forger {
+    server: Server<relink::OsRng>,
+    tid: TransportId,
+    mac: [u8; 32],
+    seq: u64,
+    out: Vec<u8>,
+    sid: Option<SessionId>,
+}
+
+impl Forger {
+    fn new() -> Self {
+        let cfg = Config {
+            rekey: false,
+            ..Config::default()
+        };
+        let mut server = Server::new(cfg, relink::os_rng());
+        let now = Instant::from_micros(NOW);
+        let tid = server.accept(now).unwrap();
+        let secret = [7u8; 32];
+        let mut ch = [0u8; 43];
+        ch[1] = 2;
+        ch[3..35].copy_from_slice(&public(secret));
+        ch[35..43].copy_from_slice(&NOW.to_le_bytes());
+        assert_eq!(server.handle_input(tid, now, &ch), Ok(43));
+        let mut buf = vec![0u8; 4096];
+        let n = server.poll_transmit(tid, now, &mut buf).unwrap();
+        assert_eq!(n, 107, "ServerHello");
+        let sh = &buf[..107];
+        let spub: [u8; 32] = sh[2..34].try_into().unwrap();
+        let ee = x25519_dalek::x25519(secret, spub);
+        let th1 = hash(&[&ch[..], &sh[..67]].concat());
+        let prk = derive(
+            "relink v1 2026-11 handshake secret",
+            &[&ee[..], &th1[..]].concat(),
+        );
+        let th3 = hash(&[&ch[..], sh].concat());
+        let cconf = mac16(&derive("relink v1 2026-11 client confirm", &prk), &th3);
+        let master = derive(
+            "relink v1 2026-11 session master",
+            &[&prk[..], &th3[..]].concat(),
+        );
+        let mac = derive("relink v1 2026-11 c2s mac", &master);
+        assert_eq!(server.handle_input(tid, now, &cconf), Ok(16));
+        let mut f = Forger {
+            server,
+            tid,
+            mac,
+            seq: 0,
+            out: Vec::new(),
+            sid: None,
+        };
+        f.sid = f.events().iter().find_map(|e| match e {
+            ServerEvent::HandshakeDone { session, .. } => Some(*session),
+            _ => None,
+        });
+        assert!(f.sid.is_some(), "handshake done");
+        f
+    }
+
+    /// A frame of `ty` with `payload`, epoch 0, generation 0, offset 0.
+    fn frame(&mut self, ty: u8, payload: &[u8]) -> Vec<u8> {
+        let header = [ty, 0, payload.len() as u8, (payload.len() >> 8) as u8];
+        let mut input = payload.to_vec();
+        input.push(1);
+        input.extend(0u32.to_le_bytes());
+        input.extend(0u64.to_le_bytes());
+        input.extend(self.seq.to_le_bytes());
+        input.extend(0u64.to_le_bytes());
+        input.extend(header);
+        self.seq += 1;
+        let mut f = header.to_vec();
+        f.extend(payload);
+        f.extend(mac16(&self.mac, &input));
+        f
+    }
+
+    fn send(&mut self, ty: u8, payload: &[u8]) -> Result<usize, relink::Error> {
+        let f = self.frame(ty, payload);
+        let now = Instant::from_micros(NOW + 1000);
+        let r = self.server.handle_input(self.tid, now, &f);
+        self.drain();
+        r
+    }
+
+    fn drain(&mut self) {
+        let now = Instant::from_micros(NOW + 1000);
+        let mut buf = vec![0u8; 65536];
+        loop {
+            match self.server.poll_transmit(self.tid, now, &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => self.out.extend(&buf[..n]),
+            }
+        }
+    }
+
+    fn events(&mut self) -> Vec<ServerEvent> {
+        std::iter::from_fn(|| self.server.poll_event()).collect()
+    }
+
+    /// (type, payload) of every frame the server wrote.
+    fn frames(&self) -> Vec<(u8, Vec<u8>)> {
+        let mut b = &self.out[..];
+        let mut v = Vec::new();
+        while b.len() >= 20 {
+            let len = u16::from_le_bytes([b[2], b[3]]) as usize;
+            if b.len() < 4 + len + 16 {
+                break;
+            }
+            v.push((b[0], b[4..4 + len].to_vec()));
+            b = &b[4 + len + 16..];
+        }
+        v
+    }
+
+    fn aborted_with_violation(&self) -> bool {
+        self.frames()
+            .iter()
+            .any(|(t, p)| *t == 5 && p[..4] == 9u32.to_le_bytes())
+    }
+}
+
+fn init(n: u32, flags: u8, public: &[u8; 32]) -> Vec<u8> {
+    [
+        &n.to_le_bytes()[..],
+        &[flags],
+        public,
+        &(NOW + 1000).to_le_bytes(),
+    ]
+    .concat()
+}
+
+fn a_public() -> [u8; 32] {
+    public([9u8; 32])
+}
+
+/// 6.8 rule 3: INIT beyond newest + 1 (2 and u32::MAX) is a violation.
+#[test]
+fn init_far_ahead_is_a_protocol_violation() {
+    for n in [2u32, 1000, u32::MAX] {
+        let mut f = Forger::new();
+        let _ = f.send(6, &init(n, 0, &a_public()));
+        assert!(f.aborted_with_violation(), "INIT n={n}: {:?}", f.frames());
+    }
+}
+
+/// 4.4 / 6.8: a low-order X25519 key (all-zero result) is a violation.
+#[test]
+fn init_with_a_low_order_key_is_a_protocol_violation() {
+    let zero = [0u8; 32];
+    let mut one = [0u8; 32];
+    one[0] = 1;
+    for p in [zero, one] {
+        let mut f = Forger::new();
+        let _ = f.send(6, &init(1, 0, &p));
+        assert!(f.aborted_with_violation(), "INIT key {p:?}");
+        assert!(
+            !f.frames().iter().any(|(t, _)| *t == 7),
+            "no REPLY to a low-order key"
+        );
+    }
+}
+
+/// 6.8 rule 3: ORDERED from the client is a violation.
+#[test]
+fn init_ordered_from_the_client_is_a_protocol_violation() {
+    let mut f = Forger::new();
+    let _ = f.send(6, &init(1, 1, &a_public()));
+    assert!(f.aborted_with_violation());
+}
+
+/// 6.8 rule 3: REPLY without an INIT and SWITCH without an exchange.
+#[test]
+fn reply_and_switch_out_of_sequence_are_protocol_violations() {
+    let mut f = Forger::new();
+    let mut p = 1u32.to_le_bytes().to_vec();
+    p.extend(a_public());
+    p.extend((NOW + 1000).to_le_bytes());
+    let _ = f.send(7, &p);
+    assert!(f.aborted_with_violation(), "REPLY without INIT");
+    for n in [0u32, 1, 2, u32::MAX] {
+        let mut f = Forger::new();
+        let p = [&n.to_le_bytes()[..], &(NOW + 1000).to_le_bytes()].concat();
+        let _ = f.send(8, &p);
+        assert!(f.aborted_with_violation(), "SWITCH {n} without exchange");
+    }
+}
+
+/// 6.8: SWITCH for another epoch than the one the server replied to.
+#[test]
+fn switch_for_the_wrong_epoch_is_a_protocol_violation() {
+    for n in [0u32, 2, u32::MAX] {
+        let mut f = Forger::new();
+        let _ = f.send(6, &init(1, 0, &a_public()));
+        assert!(f.frames().iter().any(|(t, _)| *t == 7), "server replies");
+        let p = [&n.to_le_bytes()[..], &(NOW + 1000).to_le_bytes()].concat();
+        let _ = f.send(8, &p);
+        assert!(f.aborted_with_violation(), "SWITCH {n} after REPLY 1");
+    }
+}
+
+/// 6.8 rule 3: duplicates of an answered INIT are ignored: one REPLY, no
+/// growth of the session's memory however many arrive.
+#[test]
+fn an_init_storm_makes_one_reply_and_no_growth() {
+    let mut f = Forger::new();
+    let _ = f.send(6, &init(1, 0, &a_public()));
+    let sid = f.sid.unwrap();
+    let mem0 = f.server.connection(sid).unwrap().buffer_memory();
+    for i in 0..2000u32 {
+        let p = public([(i % 200) as u8 + 10; 32]);
+        let _ = f.send(6, &init(1, 0, &p));
+    }
+    let replies = f.frames().iter().filter(|(t, _)| *t == 7).count();
+    assert_eq!(replies, 1, "one REPLY");
+    assert!(!f.aborted_with_violation());
+    assert_eq!(f.server.connection(sid).unwrap().buffer_memory(), mem0);
+}
+
+/// 6.8 ACK rule: `rx_epoch` above the newest marker the server wrote
+/// ends the transport.
+#[test]
+fn ack_with_an_rx_epoch_never_sent_ends_the_transport() {
+    for e in [1u32, u32::MAX] {
+        let mut f = Forger::new();
+        let mut p = 0u64.to_le_bytes().to_vec();
+        p.extend(e.to_le_bytes());
+        p.push(0);
+        let r = f.send(2, &p);
+        let ended = r.is_err()
+            || f.events()
+                .iter()
+                .any(|ev| matches!(ev, ServerEvent::CloseTransport { .. }));
+        assert!(ended, "ACK rx_epoch={e}: {r:?}");
+    }
+}
