@@ -37,8 +37,13 @@ struct Forger {
 
 impl Forger {
     fn new() -> Self {
+        Self::with(false)
+    }
+
+    fn with(client_auth: bool) -> Self {
         let cfg = Config {
             rekey: false,
+            client_auth,
             ..Config::default()
         };
         let mut server = Server::new(cfg, relink::os_rng());
@@ -56,6 +61,7 @@ impl Forger {
         let sh = &buf[..107];
         let spub: [u8; 32] = sh[2..34].try_into().unwrap();
         let ee = x25519_dalek::x25519(secret, spub);
+        assert_eq!(sh[66] & 1, u8::from(client_auth), "CLIENT_AUTH flag");
         let th1 = hash(&[&ch[..], &sh[..67]].concat());
         let prk = derive(
             "relink v1 2026-11 handshake secret",
@@ -358,4 +364,177 @@ fn resume_with_an_rx_epoch_on_the_wrong_side_of_the_switch_point_ends_the_sessio
         );
         assert!(f.server.epoch(sid).is_none(), "session gone: {what}");
     }
+}
+
+fn quarter(s: &mut [u32; 16], a: usize, b: usize, c: usize, d: usize) {
+    s[a] = s[a].wrapping_add(s[b]);
+    s[d] = (s[d] ^ s[a]).rotate_left(16);
+    s[c] = s[c].wrapping_add(s[d]);
+    s[b] = (s[b] ^ s[c]).rotate_left(12);
+    s[a] = s[a].wrapping_add(s[b]);
+    s[d] = (s[d] ^ s[a]).rotate_left(8);
+    s[c] = s[c].wrapping_add(s[d]);
+    s[b] = (s[b] ^ s[c]).rotate_left(7);
+}
+
+/// The first 64 keystream bytes of ChaCha20 (RFC 8439) under `key`, zero
+/// nonce, counter 0: stream offset 0 (5.3) and the credential cipher (6.9).
+fn keystream0(key: &[u8; 32]) -> [u8; 64] {
+    let w = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    let mut init = [0u32; 16];
+    init[..4].copy_from_slice(&[0x6170_7865, 0x3320_646e, 0x7962_2d32, 0x6b20_6574]);
+    for i in 0..8 {
+        init[4 + i] = w(&key[4 * i..]);
+    }
+    let mut s = init;
+    for _ in 0..10 {
+        quarter(&mut s, 0, 4, 8, 12);
+        quarter(&mut s, 1, 5, 9, 13);
+        quarter(&mut s, 2, 6, 10, 14);
+        quarter(&mut s, 3, 7, 11, 15);
+        quarter(&mut s, 0, 5, 10, 15);
+        quarter(&mut s, 1, 6, 11, 12);
+        quarter(&mut s, 2, 7, 8, 13);
+        quarter(&mut s, 3, 4, 9, 14);
+    }
+    let mut out = [0u8; 64];
+    for i in 0..16 {
+        out[4 * i..4 * i + 4].copy_from_slice(&s[i].wrapping_add(init[i]).to_le_bytes());
+    }
+    out
+}
+
+fn xor0(key: &[u8; 32], data: &[u8]) -> Vec<u8> {
+    let ks = keystream0(key);
+    data.iter().zip(ks.iter()).map(|(a, b)| a ^ b).collect()
+}
+
+impl Forger {
+    /// DATA at offset 0 (at most 64 bytes).
+    fn data0(&mut self, plain: &[u8]) -> Result<usize, relink::Error> {
+        let enc = derive("relink v1 2026-11 c2s encryption", &self.master);
+        let body = xor0(&enc, plain);
+        self.send(1, &body)
+    }
+
+    /// CREDENTIAL of `kind` with `cred` (at most 64 bytes).
+    fn credential(&mut self, kind: u8, cred: &[u8]) -> Result<usize, relink::Error> {
+        let key = derive("relink v2 2026-12 credential", &self.master);
+        let mut p = vec![kind];
+        p.extend(xor0(&key, cred));
+        self.send(9, &p)
+    }
+
+    fn readable(&mut self) -> Vec<u8> {
+        let sid = self.sid.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let mut got = Vec::new();
+        while let Ok(n) = self.server.recv(sid, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            got.extend(&buf[..n]);
+        }
+        got
+    }
+}
+
+/// 6.9 rule 1: DATA before acceptance (before the CREDENTIAL, and after it
+/// while the application decides) aborts with PROTOCOL_VIOLATION and
+/// delivers nothing. Control: after `accept_client` the same DATA is
+/// delivered (the forged frames verify).
+#[test]
+fn data_before_acceptance_is_a_violation_and_never_delivered() {
+    for step in 0..3 {
+        let mut f = Forger::with(true);
+        let sid = f.sid.unwrap();
+        if step >= 1 {
+            f.credential(1, b"user:pw").unwrap();
+            let ev = f.events();
+            assert!(
+                ev.iter()
+                    .any(|e| matches!(e, ServerEvent::ClientAuth { .. })),
+                "{ev:?}"
+            );
+        }
+        if step == 2 {
+            f.server.accept_client(sid, None).unwrap();
+            f.drain();
+        }
+        let _ = f.data0(b"secret payload");
+        let got = f.readable();
+        if step == 2 {
+            assert_eq!(got, b"secret payload", "accepted: delivered");
+            assert!(!f.aborted_with_violation());
+        } else {
+            assert!(got.is_empty(), "step {step}: delivered {got:?}");
+            assert!(f.aborted_with_violation(), "step {step}");
+        }
+    }
+}
+
+/// 6.9 rule 2: the server acts on the first CREDENTIAL and ignores later
+/// ones, even with other bytes: one ClientAuth, the first credential held.
+#[test]
+fn a_second_credential_with_other_bytes_changes_nothing() {
+    let mut f = Forger::with(true);
+    let sid = f.sid.unwrap();
+    f.credential(1, b"alice:pw").unwrap();
+    let _ = f.credential(1, b"mallory:pw");
+    let _ = f.credential(0, b"");
+    let auths = f
+        .events()
+        .iter()
+        .filter(|e| matches!(e, ServerEvent::ClientAuth { .. }))
+        .count();
+    assert_eq!(auths, 1);
+    match f.server.client_credential(sid) {
+        Some(relink::ClientCredential::Secret(b)) => assert_eq!(b, b"alice:pw"),
+        other => panic!("held: {other:?}"),
+    }
+    assert!(!f.aborted_with_violation());
+}
+
+/// 6.9: malformed credentials (kind 0 with bytes, kind 1 empty, kind 2
+/// shorter than a token, an unknown kind), an ACCEPT from the client, and a
+/// CREDENTIAL to a server without CLIENT_AUTH are protocol violations.
+#[test]
+fn malformed_and_misdirected_gate_frames_are_violations() {
+    for (kind, cred) in [
+        (0u8, &b"x"[..]),
+        (1, &b""[..]),
+        (2, &[0u8; 50][..]),
+        (3, &b"x"[..]),
+    ] {
+        let mut f = Forger::with(true);
+        let _ = f.credential(kind, cred);
+        assert!(f.aborted_with_violation(), "kind {kind} len {}", cred.len());
+        assert!(!f
+            .events()
+            .iter()
+            .any(|e| matches!(e, ServerEvent::ClientAuth { .. })));
+    }
+    let mut f = Forger::with(true);
+    let _ = f.send(10, &(NOW + 1000).to_le_bytes());
+    assert!(f.aborted_with_violation(), "ACCEPT from the client");
+    let mut f = Forger::with(false);
+    let _ = f.credential(1, b"user:pw");
+    assert!(f.aborted_with_violation(), "CREDENTIAL without CLIENT_AUTH");
+}
+
+/// 6.9 rule 6: an ACK with ACCEPTED before the server's application
+/// accepted ends the transport.
+#[test]
+fn an_ack_claiming_accepted_too_early_ends_the_transport() {
+    let mut f = Forger::with(true);
+    f.credential(1, b"user:pw").unwrap();
+    let mut p = 0u64.to_le_bytes().to_vec();
+    p.extend(0u32.to_le_bytes());
+    p.push(1);
+    let r = f.send(2, &p);
+    let ended = r.is_err()
+        || f.events()
+            .iter()
+            .any(|e| matches!(e, ServerEvent::CloseTransport { .. }));
+    assert!(ended, "{r:?}");
 }
