@@ -33,6 +33,8 @@ struct Forger {
     out: Vec<u8>,
     sid: Option<SessionId>,
     master: [u8; 32],
+    /// The time (µs) of what the forger sends next.
+    t: u64,
 }
 
 impl Forger {
@@ -83,6 +85,7 @@ impl Forger {
             out: Vec::new(),
             sid: None,
             master,
+            t: NOW + 1000,
         };
         f.sid = f.events().iter().find_map(|e| match e {
             ServerEvent::HandshakeDone { session, .. } => Some(*session),
@@ -111,14 +114,14 @@ impl Forger {
 
     fn send(&mut self, ty: u8, payload: &[u8]) -> Result<usize, relink::Error> {
         let f = self.frame(ty, payload);
-        let now = Instant::from_micros(NOW + 1000);
+        let now = Instant::from_micros(self.t);
         let r = self.server.handle_input(self.tid, now, &f);
         self.drain();
         r
     }
 
     fn drain(&mut self) {
-        let now = Instant::from_micros(NOW + 1000);
+        let now = Instant::from_micros(self.t);
         let mut buf = vec![0u8; 65536];
         loop {
             match self.server.poll_transmit(self.tid, now, &mut buf) {
@@ -281,12 +284,22 @@ fn reply_public(f: &Forger) -> [u8; 32] {
 
 /// A ResumeRequest (3.5) MACed under `key`.
 fn resume_request(conn_id: u64, client_read: u64, rx_epoch: u32, key: &[u8; 32]) -> Vec<u8> {
+    resume_request_at(conn_id, client_read, rx_epoch, key, NOW + 2000)
+}
+
+fn resume_request_at(
+    conn_id: u64,
+    client_read: u64,
+    rx_epoch: u32,
+    key: &[u8; 32],
+    time: u64,
+) -> Vec<u8> {
     let mut r = vec![0xFF, 2];
     r.extend(conn_id.to_le_bytes());
     r.extend(1u64.to_le_bytes()); // counter
     r.extend(0u64.to_le_bytes()); // client_written
     r.extend(client_read.to_le_bytes());
-    r.extend((NOW + 2000).to_le_bytes());
+    r.extend(time.to_le_bytes());
     r.extend(rx_epoch.to_le_bytes());
     let mac = mac16(key, &[&[1u8][..], &r[..]].concat());
     r.extend(mac);
@@ -537,4 +550,92 @@ fn an_ack_claiming_accepted_too_early_ends_the_transport() {
             .iter()
             .any(|e| matches!(e, ServerEvent::CloseTransport { .. }));
     assert!(ended, "{r:?}");
+}
+
+/// 6.9 rule 3: the CREDENTIAL must verify within `handshake_timeout` of
+/// *attached* time: 4 s attached, 56 s detached, resumed, then 5 s more
+/// is 9 s (no abort); past 10 s attached the server aborts with
+/// CREDENTIAL_REJECTED (5).
+#[test]
+fn the_credential_deadline_counts_attached_time_only() {
+    let secs = |s: u64| NOW + s * 1_000_000;
+    let mut f = Forger::with(true);
+    let sid = f.sid.unwrap();
+    let conn_id = f.server.conn_id(sid).unwrap();
+    assert_eq!(
+        Config::default().handshake_timeout,
+        relink::Duration::from_secs(10)
+    );
+    f.server
+        .transport_lost(f.tid, Instant::from_micros(secs(4)));
+    let at = secs(60);
+    let t2 = f.server.accept(Instant::from_micros(at)).unwrap();
+    let key = derive("relink v1 2026-11 resume", &f.master);
+    let req = resume_request_at(conn_id, 0, 0, &key, at);
+    assert_eq!(
+        f.server.handle_input(t2, Instant::from_micros(at), &req),
+        Ok(62)
+    );
+    let mut buf = vec![0u8; 4096];
+    let n = f
+        .server
+        .poll_transmit(t2, Instant::from_micros(at), &mut buf)
+        .unwrap();
+    assert!(n >= 54 && buf[1] == 0, "resumed");
+    f.tid = t2;
+    f.out = buf[54..n].to_vec();
+    f.t = at + 5_000_000;
+    f.server.handle_timeout(Instant::from_micros(f.t));
+    f.drain();
+    assert!(
+        !f.frames().iter().any(|(t, _)| *t == 5),
+        "no abort after 9 s attached: {:?}",
+        f.frames()
+    );
+    f.t = at + 6_100_000;
+    f.server.handle_timeout(Instant::from_micros(f.t));
+    f.drain();
+    assert!(
+        f.frames()
+            .iter()
+            .any(|(t, p)| *t == 5 && p[..4] == 5u32.to_le_bytes()),
+        "CREDENTIAL_REJECTED after 10.1 s attached: {:?}",
+        f.frames()
+    );
+}
+
+/// 6.9 rule 4 / 4.8: a kind-2 credential that is no token this server
+/// issued aborts the session (6 or 7) without a ClientAuth; a CREDENTIAL
+/// longer than 513 bytes ends the transport (bad length), not a
+/// ClientAuth either.
+#[test]
+fn forged_tokens_and_oversize_credentials_reach_no_application() {
+    for len in [51usize, 60] {
+        let mut f = Forger::with(true);
+        let junk: Vec<u8> = (0..len as u8).collect();
+        let _ = f.credential(2, &junk);
+        assert!(
+            !f.events()
+                .iter()
+                .any(|e| matches!(e, ServerEvent::ClientAuth { .. })),
+            "len {len}"
+        );
+        assert!(
+            f.frames()
+                .iter()
+                .any(|(t, p)| *t == 5
+                    && (p[..4] == 6u32.to_le_bytes() || p[..4] == 7u32.to_le_bytes())),
+            "token refused: {:?}",
+            f.frames()
+        );
+    }
+    let mut f = Forger::with(true);
+    let mut p = vec![1u8];
+    p.extend([0x55u8; 513]);
+    let r = f.send(9, &p);
+    assert!(r.is_err(), "514-byte CREDENTIAL: {r:?}");
+    assert!(!f
+        .events()
+        .iter()
+        .any(|e| matches!(e, ServerEvent::ClientAuth { .. })));
 }
