@@ -35,6 +35,8 @@ struct Forger {
     master: [u8; 32],
     /// The time (µs) of what the forger sends next.
     t: u64,
+    /// The epoch of the forger's send keys (`mac`).
+    epoch: u32,
 }
 
 impl Forger {
@@ -86,6 +88,7 @@ impl Forger {
             sid: None,
             master,
             t: NOW + 1000,
+            epoch: 0,
         };
         f.sid = f.events().iter().find_map(|e| match e {
             ServerEvent::HandshakeDone { session, .. } => Some(*session),
@@ -100,7 +103,7 @@ impl Forger {
         let header = [ty, 0, payload.len() as u8, (payload.len() >> 8) as u8];
         let mut input = payload.to_vec();
         input.push(1);
-        input.extend(0u32.to_le_bytes());
+        input.extend(self.epoch.to_le_bytes());
         input.extend(0u64.to_le_bytes());
         input.extend(self.seq.to_le_bytes());
         input.extend(0u64.to_le_bytes());
@@ -638,4 +641,56 @@ fn forged_tokens_and_oversize_credentials_reach_no_application() {
         .events()
         .iter()
         .any(|e| matches!(e, ServerEvent::ClientAuth { .. })));
+}
+
+/// 6.8 rule 4: an INIT for `n + 1` that arrives while the server still
+/// holds keys of exchange `n` is kept and answered once they are dropped;
+/// the session then completes epoch 2 (no abort, `Rekeyed` 1 and 2).
+#[test]
+fn an_init_kept_for_later_is_answered_once_the_old_keys_are_gone() {
+    let mut f = Forger::new();
+    let sid = f.sid.unwrap();
+    let s1 = [9u8; 32];
+    let s2 = [10u8; 32];
+    let _ = f.send(6, &init(1, 0, &public(s1)));
+    let sp1 = reply_public(&f);
+    let ee = x25519_dalek::x25519(s1, sp1);
+    let rth = hash(&[&1u32.to_le_bytes()[..], &public(s1), &sp1].concat());
+    let chain1 = derive(
+        "relink v2 2026-12 rekey chain",
+        &[&f.master[..], &ee, &rth].concat(),
+    );
+    // INIT 2 before our SWITCH 1: kept.
+    let _ = f.send(6, &init(2, 0, &public(s2)));
+    assert_eq!(f.frames().iter().filter(|(t, _)| *t == 7).count(), 1);
+    let p = [&1u32.to_le_bytes()[..], &(NOW + 1000).to_le_bytes()].concat();
+    f.send(8, &p).unwrap();
+    // From here on our frames are epoch 1.
+    f.mac = derive("relink v1 2026-11 c2s mac", &chain1);
+    f.epoch = 1;
+    let mut ack = 0u64.to_le_bytes().to_vec();
+    ack.extend(1u32.to_le_bytes());
+    ack.push(0);
+    f.send(2, &ack).unwrap();
+    let replies: Vec<u32> = f
+        .frames()
+        .iter()
+        .filter(|(t, _)| *t == 7)
+        .map(|(_, p)| u32::from_le_bytes(p[..4].try_into().unwrap()))
+        .collect();
+    assert!(!f.aborted_with_violation(), "{:?}", f.frames());
+    assert_eq!(replies, vec![1, 2], "the kept INIT 2 answered");
+    let p = [&2u32.to_le_bytes()[..], &(NOW + 1000).to_le_bytes()].concat();
+    f.send(8, &p).unwrap();
+    let rekeyed: Vec<u32> = f
+        .events()
+        .iter()
+        .filter_map(|e| match e {
+            ServerEvent::Rekeyed { epoch, .. } => Some(*epoch),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rekeyed, vec![1, 2]);
+    assert_eq!(f.server.epoch(sid), Some(2));
+    assert!(!f.aborted_with_violation());
 }
