@@ -694,3 +694,64 @@ fn an_init_kept_for_later_is_answered_once_the_old_keys_are_gone() {
     assert_eq!(f.server.epoch(sid), Some(2));
     assert!(!f.aborted_with_violation());
 }
+
+/// 7.8: once exchange 1 completed (the server saw our SWITCH and an ACK
+/// with rx_epoch 1), `resume_key(0)` is gone: a resume MACed with it fails
+/// authentication, as do epochs the server never derived; an ACK whose
+/// rx_epoch goes back down ends the transport. Control: epoch 1 resumes.
+#[test]
+fn retired_epochs_neither_resume_nor_ack() {
+    for case in 0..5 {
+        let mut f = Forger::new();
+        let sid = f.sid.unwrap();
+        let conn_id = f.server.conn_id(sid).unwrap();
+        let s1 = [9u8; 32];
+        let _ = f.send(6, &init(1, 0, &public(s1)));
+        let sp1 = reply_public(&f);
+        let ee = x25519_dalek::x25519(s1, sp1);
+        let rth = hash(&[&1u32.to_le_bytes()[..], &public(s1), &sp1].concat());
+        let chain1 = derive(
+            "relink v2 2026-12 rekey chain",
+            &[&f.master[..], &ee, &rth].concat(),
+        );
+        let p = [&1u32.to_le_bytes()[..], &(NOW + 1000).to_le_bytes()].concat();
+        f.send(8, &p).unwrap();
+        f.mac = derive("relink v1 2026-11 c2s mac", &chain1);
+        f.epoch = 1;
+        let ack = |e: u32| [&0u64.to_le_bytes()[..], &e.to_le_bytes(), &[0]].concat();
+        f.send(2, &ack(1)).unwrap();
+        if case == 4 {
+            let r = f.send(2, &ack(0));
+            let ended = r.is_err()
+                || f.events()
+                    .iter()
+                    .any(|e| matches!(e, ServerEvent::CloseTransport { .. }));
+            assert!(ended, "ACK rx_epoch 1 then 0: {r:?}");
+            continue;
+        }
+        let k0 = derive("relink v1 2026-11 resume", &f.master);
+        let k1 = derive("relink v1 2026-11 resume", &chain1);
+        let (rx, key, ok) = match case {
+            0 => (1u32, k1, true),
+            1 => (0, k0, false),
+            2 => (0, k1, false),
+            _ => (2, k1, false),
+        };
+        let now = Instant::from_micros(NOW + 2000);
+        f.server.transport_lost(f.tid, now);
+        let _ = f.events();
+        let t2 = f.server.accept(now).unwrap();
+        let r = f
+            .server
+            .handle_input(t2, now, &resume_request(conn_id, 0, rx, &key));
+        let ev = f.events();
+        let auth_failed = ev
+            .iter()
+            .any(|e| matches!(e, ServerEvent::AuthFailed { .. }));
+        if ok {
+            assert!(r.is_ok() && !auth_failed, "epoch 1 resumes: {r:?} {ev:?}");
+        } else {
+            assert!(r.is_err() && auth_failed, "case {case}: {r:?} {ev:?}");
+        }
+    }
+}
