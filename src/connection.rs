@@ -441,11 +441,14 @@ impl Connection {
             .attach(req.counter, now, req.client_read, req.rx_epoch)
         {
             Ok(r) => r,
-            Err(e) => {
-                return Err(Rejection::new(
-                    e,
-                    &[VERSION, ResumeStatus::Malformed.to_byte()],
-                ))
+            Err(_) => {
+                // The client's (rx_epoch, read count) lies on the wrong side
+                // of a switch point (PROTOCOL.md 7.8 rule 1): like a read
+                // count out of range, the session cannot be continued.
+                let status = ResumeStatus::DataUnavailable;
+                let reply = authenticated_reject(&key, msg, status, wall);
+                self.end_session(CloseReason::DataUnavailable);
+                return Err(Rejection::new(Error::ResumeRejected(status), &reply));
             }
         };
         let old = self.transport.replace(transport);

@@ -318,7 +318,6 @@ fn resume_request_at(
 /// epoch 1; an authenticated client (it holds both resume keys) states a
 /// pair no honest client can be in. The honest pair is accepted (control).
 #[test]
-#[ignore = "review11b finding: an inconsistent (rx_epoch, client_read) on resume is answered Malformed and the session lives on; 7.8 says DataUnavailable, session ended"]
 fn resume_with_an_rx_epoch_on_the_wrong_side_of_the_switch_point_ends_the_session() {
     for (rx_epoch, client_read, honest) in [
         (0u32, 100u64, true),
