@@ -17,14 +17,12 @@ mod support_c;
 use std::cell::Cell;
 use std::convert::Infallible;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
 use rand_core::{Rng, TryCryptoRng, TryRng};
 use relink::wire::{CLIENT_HELLO_LEN, SERVER_HELLO_LEN, VERSION};
 use relink::{
     AbortCode, Client, CloseReason, Config, Duration, Error, Event, HandshakeStatus, Instant,
-    Server, ServerEvent, SessionId, TransportId, UnixTime, WallClock,
+    Server, ServerEvent, SessionId, TransportId, UnixTime,
 };
 use support_c::*;
 
@@ -80,35 +78,6 @@ impl TryRng for CountingRng {
 
 impl TryCryptoRng for CountingRng {}
 
-/// A wall clock the test sets.
-#[derive(Default)]
-struct ManualWall(AtomicU64);
-
-impl ManualWall {
-    fn new(t: u64) -> Arc<ManualWall> {
-        Arc::new(ManualWall(AtomicU64::new(t)))
-    }
-    fn set(&self, t: u64) {
-        self.0.store(t, Ordering::SeqCst);
-    }
-    fn get(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-impl WallClock for ManualWall {
-    fn now(&self) -> UnixTime {
-        UnixTime::from_micros(self.get())
-    }
-}
-
-fn wall_config(wall: &Arc<ManualWall>, base: Config) -> Config {
-    Config {
-        wall_clock: Some(wall.clone() as Arc<dyn WallClock>),
-        ..base
-    }
-}
-
 /// Everything `server` transmits on `t` now.
 fn stx<R: rand_core::CryptoRng>(s: &mut Server<R>, t: TransportId, now: Instant) -> Vec<u8> {
     let mut buf = vec![0u8; 65_536];
@@ -127,18 +96,7 @@ fn sevents<R: rand_core::CryptoRng>(s: &mut Server<R>) -> Vec<ServerEvent> {
 
 /// The ClientHello of a fresh client whose wall clock reads `time`.
 fn hello_at(time: u64, seed: u64) -> Vec<u8> {
-    let mut c = Client::new(
-        Config {
-            wall_clock: common::wall_at(time),
-            ..Config::default()
-        },
-        common::rng(seed),
-    );
-    c.new_transport(T0).unwrap();
-    let h = client_tx(&mut c, T0);
-    assert_eq!(h.len(), CLIENT_HELLO_LEN);
-    assert_eq!(u64::from_le_bytes(h[35..43].try_into().unwrap()), time);
-    h
+    hello_at_time(T0, time, seed)
 }
 
 /// Offer `hello` on a new transport of `server`; returns the result, the
@@ -152,12 +110,6 @@ fn offer<R: rand_core::CryptoRng>(
     let r = server.handle_input(t, now, hello);
     let reply = stx(server, t, now);
     (r, reply, t)
-}
-
-fn stale_answer(server_time: u64) -> Vec<u8> {
-    let mut v = vec![VERSION, HandshakeStatus::Stale.to_byte()];
-    v.extend(server_time.to_le_bytes());
-    v
 }
 
 /// A client and a server with one established session (no wall clocks:

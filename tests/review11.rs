@@ -12,13 +12,10 @@
 mod common;
 mod support_c;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-
 use relink::wire::{CLIENT_HELLO_LEN, SERVER_HELLO_LEN, VERSION};
 use relink::{
     Client, Config, Duration, Error, HandshakeStatus, Instant, Server, ServerEvent, SessionId,
-    TransportId, UnixTime, WallClock, HELLO_MAX_AHEAD,
+    TransportId, UnixTime, HELLO_MAX_AHEAD,
 };
 use support_c::*;
 
@@ -33,42 +30,9 @@ fn at(s: u64) -> Instant {
     T0.saturating_add(secs(s))
 }
 
-/// A wall clock the test sets.
-struct ManualWall(AtomicU64);
-
-impl ManualWall {
-    fn new(t: u64) -> Arc<ManualWall> {
-        Arc::new(ManualWall(AtomicU64::new(t)))
-    }
-}
-
-impl WallClock for ManualWall {
-    fn now(&self) -> UnixTime {
-        UnixTime::from_micros(self.0.load(Ordering::SeqCst))
-    }
-}
-
-fn with_wall(wall: &Arc<ManualWall>, base: Config) -> Config {
-    Config {
-        wall_clock: Some(wall.clone() as Arc<dyn WallClock>),
-        ..base
-    }
-}
-
 /// The ClientHello of a fresh client whose wall clock reads `time`.
 fn hello_at(time: u64, seed: u64) -> Vec<u8> {
-    let mut c = Client::new(
-        Config {
-            wall_clock: common::wall_at(time),
-            ..Config::default()
-        },
-        common::rng(seed),
-    );
-    c.new_transport(T0).unwrap();
-    let h = client_tx(&mut c, T0);
-    assert_eq!(h.len(), CLIENT_HELLO_LEN);
-    assert_eq!(u64::from_le_bytes(h[35..43].try_into().unwrap()), time);
-    h
+    hello_at_time(T0, time, seed)
 }
 
 /// Offer `hello` on a new transport of `server` at `now`: the result and
@@ -79,12 +43,6 @@ fn offer(server: &mut TestServer, now: Instant, hello: &[u8]) -> (Result<usize, 
     let reply = server_tx(server, t, now);
     server_events(server);
     (r, reply)
-}
-
-fn stale_answer(server_time: u64) -> Vec<u8> {
-    let mut v = vec![VERSION, HandshakeStatus::Stale.to_byte()];
-    v.extend(server_time.to_le_bytes());
-    v
 }
 
 /// One honest handshake attempt of `client` against `server` at `now`:
@@ -114,7 +72,7 @@ fn attempt(client: &mut TestClient, server: &mut TestServer, now: Instant) -> Re
 fn future_stamped_hellos_cannot_pin_the_floor_beyond_the_allowed_skew() {
     let base = 1_790_000_000_000_000u64;
     let wall = ManualWall::new(base);
-    let scfg = with_wall(
+    let scfg = wall_config(
         &wall,
         Config {
             hello_cache: 4,
@@ -147,8 +105,8 @@ fn future_stamped_hellos_cannot_pin_the_floor_beyond_the_allowed_skew() {
     // with the server's clock gets through (before the fix the floor sat a
     // whole window ahead).
     let later = base + HELLO_MAX_AHEAD.as_micros() + 1_000;
-    wall.0.store(later, Ordering::SeqCst);
-    let mut client = Client::new(with_wall(&wall, Config::default()), common::rng(2));
+    wall.set(later);
+    let mut client = Client::new(wall_config(&wall, Config::default()), common::rng(2));
     let first = attempt(&mut client, &mut server, at(6));
     assert!(
         first.is_ok() || first == Err(Error::HandshakeRejected(HandshakeStatus::Stale)),
@@ -156,7 +114,7 @@ fn future_stamped_hellos_cannot_pin_the_floor_beyond_the_allowed_skew() {
     );
     if first.is_err() {
         // The retry is stamped from the server's own clock (PROTOCOL.md 3.3).
-        wall.0.store(later + 1_000, Ordering::SeqCst);
+        wall.set(later + 1_000);
         let retry = attempt(
             &mut client,
             &mut server,
@@ -182,7 +140,7 @@ fn future_stamped_hellos_cannot_pin_the_floor_beyond_the_allowed_skew() {
 fn floor_survives_a_server_clock_step_back() {
     let base = 1_790_000_000_000_000u64;
     let wall = ManualWall::new(base);
-    let scfg = with_wall(
+    let scfg = wall_config(
         &wall,
         Config {
             hello_cache: 1,
@@ -197,15 +155,15 @@ fn floor_survives_a_server_clock_step_back() {
     }
     // The server's clock is stepped back by ten minutes.
     let stepped = base - 600_000_000;
-    wall.0.store(stepped, Ordering::SeqCst);
-    let mut client = Client::new(with_wall(&wall, Config::default()), common::rng(73));
+    wall.set(stepped);
+    let mut client = Client::new(wall_config(&wall, Config::default()), common::rng(73));
     let first = attempt(&mut client, &mut server, at(1));
     assert!(
         first.is_ok() || first == Err(Error::HandshakeRejected(HandshakeStatus::Stale)),
         "{first:?}"
     );
     if first.is_err() {
-        wall.0.store(stepped + 1_000, Ordering::SeqCst);
+        wall.set(stepped + 1_000);
         let retry = attempt(
             &mut client,
             &mut server,
@@ -226,7 +184,7 @@ fn floor_survives_a_server_clock_step_back() {
 fn hello_times_at_the_extremes_never_overflow() {
     for server_wall in [0u64, 1, u64::MAX - 1, u64::MAX] {
         let wall = ManualWall::new(server_wall);
-        let mut server = Server::new(with_wall(&wall, Config::default()), common::rng(3));
+        let mut server = Server::new(wall_config(&wall, Config::default()), common::rng(3));
         for (seed, time) in [0u64, 1, u64::MAX - 1, u64::MAX].into_iter().enumerate() {
             let (r, reply) = offer(&mut server, T0, &hello_at(time, 10 + seed as u64));
             let fresh = time <= server_wall.saturating_add(HELLO_MAX_AHEAD.as_micros())
@@ -249,7 +207,7 @@ fn hello_times_at_the_extremes_never_overflow() {
     // A window of u64::MAX µs accepts every time up to HELLO_MAX_AHEAD
     // ahead and prunes nothing.
     let wall = ManualWall::new(u64::MAX / 2);
-    let cfg = with_wall(
+    let cfg = wall_config(
         &wall,
         Config {
             freshness_window: Duration::from_micros(u64::MAX),
@@ -278,8 +236,8 @@ fn forged_stale_with_extreme_server_time_costs_one_more_hello() {
     for forged in [u64::MAX, 0] {
         let base = 1_790_000_000_000_000u64;
         let wall = ManualWall::new(base);
-        let mut server = Server::new(with_wall(&wall, Config::default()), common::rng(5));
-        let mut client = Client::new(with_wall(&wall, Config::default()), common::rng(6));
+        let mut server = Server::new(wall_config(&wall, Config::default()), common::rng(5));
+        let mut client = Client::new(wall_config(&wall, Config::default()), common::rng(6));
         // The attacker answers the first hello.
         client.new_transport(T0).unwrap();
         let _ = client_tx(&mut client, T0);
@@ -482,16 +440,15 @@ fn client_clock_standing_still_keeps_the_link_and_rebases() {
 fn server_clock_stepping_back_costs_one_resume_round_trip() {
     let base = 1_790_000_000_000_000u64;
     let wall = ManualWall::new(base);
-    let mut client = Client::new(with_wall(&wall, Config::default()), common::rng(60));
-    let mut server = Server::new(with_wall(&wall, Config::default()), common::rng(61));
+    let mut client = Client::new(wall_config(&wall, Config::default()), common::rng(60));
+    let mut server = Server::new(wall_config(&wall, Config::default()), common::rng(61));
     let (t, sid) = handshake_by_hand(&mut client, &mut server, T0);
     client_events(&mut client);
     server_events(&mut server);
     assert_eq!(client.server_time(T0), Some(UnixTime::from_micros(base)));
     // The step: the server's clock now reads three windows less.
     let now = at(10);
-    wall.0
-        .store(base + 10_000_000 - 3 * WINDOW.as_micros(), Ordering::SeqCst);
+    wall.set(base + 10_000_000 - 3 * WINDOW.as_micros());
     client.close();
     let up = client_tx(&mut client, now);
     assert_eq!(server.handle_input(t, now, &up), Err(Error::Stale));

@@ -186,3 +186,62 @@ pub fn finish_flows(
     }
     assert_eq!((up.read, down.read), (total, total), "{what}");
 }
+
+// ----- freshness (PROTOCOL.md 3.3, 6.7): tests/freshness.rs, tests/review11.rs
+
+/// A wall clock the test sets (µs since the Unix epoch).
+#[derive(Default)]
+pub struct ManualWall(std::sync::atomic::AtomicU64);
+
+impl ManualWall {
+    pub fn new(t: u64) -> std::sync::Arc<ManualWall> {
+        std::sync::Arc::new(ManualWall(std::sync::atomic::AtomicU64::new(t)))
+    }
+    pub fn set(&self, t: u64) {
+        self.0.store(t, std::sync::atomic::Ordering::SeqCst);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl relink::WallClock for ManualWall {
+    fn now(&self) -> relink::UnixTime {
+        relink::UnixTime::from_micros(self.get())
+    }
+}
+
+/// `base` with `wall` as its wall clock.
+pub fn wall_config(wall: &std::sync::Arc<ManualWall>, base: relink::Config) -> relink::Config {
+    relink::Config {
+        wall_clock: Some(wall.clone() as std::sync::Arc<dyn relink::WallClock>),
+        ..base
+    }
+}
+
+/// The ClientHello, at `now`, of a fresh client whose wall clock reads
+/// `time` (checked: the hello carries it at 35..43).
+pub fn hello_at_time(now: Instant, time: u64, seed: u64) -> Vec<u8> {
+    let mut c = Client::new(
+        relink::Config {
+            wall_clock: crate::common::wall_at(time),
+            ..relink::Config::default()
+        },
+        crate::common::rng(seed),
+    );
+    c.new_transport(now).unwrap();
+    let h = client_tx(&mut c, now);
+    assert_eq!(h.len(), relink::wire::CLIENT_HELLO_LEN);
+    assert_eq!(u64::from_le_bytes(h[35..43].try_into().unwrap()), time);
+    h
+}
+
+/// The server's 10-byte Stale answer to a hello, carrying `server_time`.
+pub fn stale_answer(server_time: u64) -> Vec<u8> {
+    let mut v = vec![
+        relink::wire::VERSION,
+        relink::HandshakeStatus::Stale.to_byte(),
+    ];
+    v.extend(server_time.to_le_bytes());
+    v
+}
