@@ -111,6 +111,19 @@ impl SessionSlot {
                     }
                 }
                 ServerEvent::Resumed { transport, .. } => {
+                    // The client's new transport took over before this side
+                    // noticed the old one broke: that loss is logged here,
+                    // with the old peer (the driver's own report of the old
+                    // transport comes after and finds it no longer current).
+                    if let Some(old) = self.current.filter(|&o| o != transport) {
+                        self.lost(
+                            conn_id,
+                            old,
+                            now,
+                            None,
+                            "replaced by a new transport of the client",
+                        );
+                    }
                     self.peer = peer_of(transport).or(self.peer);
                     self.current = Some(transport);
                     resumed = true;
