@@ -910,3 +910,34 @@ fn tokio_serve_transport_has_no_per_source_limit() {
         assert_eq!((st.transports, st.transports_refused), (40, 0), "{st:?}");
     });
 }
+
+/// PROTOCOL.md 3.1, byte for byte: an unknown tag is closed without an
+/// answer; a known tag (0x00, 0x01, 0xFF) with another version gets
+/// exactly `02 01`, after two bytes, whatever follows.
+#[test]
+fn first_two_bytes_answers_are_exact() {
+    let (mut s, wall) = server(always_cookie());
+    let now = at(&wall, Instant::from_micros(1_000));
+    for tag in [0x02u8, 0x7F, 0xFE] {
+        let t = s.accept_from(now, ip(10, 0, 0, 1)).unwrap();
+        assert!(s.handle_input(t, now, &[tag, VERSION]).is_err());
+        assert!(server_tx(&mut s, t, now).is_empty(), "tag {tag:#x}");
+        s.transport_lost(t, now);
+    }
+    for tag in [0x00u8, TAG_NEW_COOKIE, 0xFF] {
+        for version in [0x00u8, 0x01, 0x03, 0xFF] {
+            let t = s.accept_from(now, ip(10, 0, 0, 1)).unwrap();
+            let mut msg = vec![tag, version];
+            msg.extend([0u8; 57]);
+            assert!(s.handle_input(t, now, &msg).is_err());
+            assert_eq!(
+                server_tx(&mut s, t, now),
+                [VERSION, 0x01],
+                "tag {tag:#x} version {version}"
+            );
+            s.transport_lost(t, now);
+        }
+    }
+    assert_eq!(s.endpoint().cookies_sent(), 0);
+    assert_eq!(s.endpoint().active_sources(), 0);
+}
