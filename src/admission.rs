@@ -2,16 +2,17 @@
 //! one source, or a flood of bogus hellos, from locking honest clients out.
 //!
 //! - [`Sources`] counts, per source, the transports that have not finished
-//!   their handshake or resume and the unconfirmed sessions (ServerHello
-//!   sent, ClientConfirm not yet verified). `Config::max_handshakes_per_source`
-//!   bounds both. A source is an IPv4 address or an IPv6 /64 prefix (one
+//!   their handshake or resume, the unconfirmed sessions (ServerHello
+//!   sent, ClientConfirm not yet verified) and the confirmed sessions still
+//!   resumable. `Config::max_handshakes_per_source` bounds the first two,
+//!   `Config::max_sessions_per_source` the sessions of both kinds. A source is an IPv4 address or an IPv6 /64 prefix (one
 //!   host usually holds a whole /64); IPv4-mapped IPv6 addresses count as
 //!   IPv4. Entries exist only while a count is non-zero, so the table is
 //!   bounded by `max_pending_transports + max_sessions`.
 //! - [`CookieKeys`] makes and checks the stateless cookie that a server
 //!   under load (`Config::cookie_threshold`) asks for before it does any
 //!   Diffie-Hellman: `cookie = MAC16(cookie_key(period), address ‖
-//!   client_ephemeral)`, where `cookie_key(period) = derive_key("relink v2
+//!   client_ephemeral ‖ LE64(time))` (the hello's fields), where `cookie_key(period) = derive_key("relink v2
 //!   2026-12 cookie key", base ‖ LE64(period))`, `period` counts
 //!   [`COOKIE_PERIOD`]s of the endpoint's monotonic clock, and `base` is 32
 //!   random bytes drawn when the endpoint is created. A cookie is accepted
@@ -60,6 +61,7 @@ impl SourceKey {
 struct Counts {
     transports: u32,
     unconfirmed: u32,
+    sessions: u32,
 }
 
 /// Handshakes in progress per source (see the module docs).
@@ -77,6 +79,17 @@ impl Sources {
     /// Unconfirmed sessions whose hello came from `key`.
     pub(crate) fn unconfirmed(&self, key: SourceKey) -> usize {
         self.map.get(&key).map_or(0, |c| c.unconfirmed as usize)
+    }
+
+    /// Confirmed sessions (still resumable) whose hello came from `key`.
+    pub(crate) fn sessions(&self, key: SourceKey) -> usize {
+        self.map.get(&key).map_or(0, |c| c.sessions as usize)
+    }
+
+    /// What `key` holds of the session table: unconfirmed and confirmed
+    /// sessions (`None`: an unknown source, counted as one).
+    pub(crate) fn weight(&self, key: Option<SourceKey>) -> usize {
+        key.map_or(1, |k| self.unconfirmed(k) + self.sessions(k))
     }
 
     /// Sources with something in progress.
@@ -106,11 +119,20 @@ impl Sources {
         self.change(key, |c| c.unconfirmed = c.unconfirmed.saturating_sub(1));
     }
 
+    pub(crate) fn add_session(&mut self, key: SourceKey) {
+        let c = self.map.entry(key).or_default();
+        c.sessions = c.sessions.saturating_add(1);
+    }
+
+    pub(crate) fn remove_session(&mut self, key: SourceKey) {
+        self.change(Some(key), |c| c.sessions = c.sessions.saturating_sub(1));
+    }
+
     fn change(&mut self, key: Option<SourceKey>, f: impl FnOnce(&mut Counts)) {
         let Some(k) = key else { return };
         if let Some(c) = self.map.get_mut(&k) {
             f(c);
-            if c.transports == 0 && c.unconfirmed == 0 {
+            if c.transports == 0 && c.unconfirmed == 0 && c.sessions == 0 {
                 self.map.remove(&k);
             }
         }
@@ -166,29 +188,34 @@ impl CookieKeys {
         self.period = p;
     }
 
-    /// The cookie for a hello with `ephemeral` from `address` at `now`.
+    /// The cookie for a hello with `ephemeral` and `time` from `address`
+    /// at `now`.
     pub(crate) fn make(
         &mut self,
         now: Instant,
         address: &[u8; 16],
         ephemeral: &[u8; 32],
+        time: u64,
     ) -> [u8; COOKIE_LEN] {
         self.advance(now);
-        self.current.mac(&[address, ephemeral])
+        self.current.mac(&[address, ephemeral, &time.to_le_bytes()])
     }
 
-    /// Whether `cookie` was made for this `address` and `ephemeral` in the
-    /// period of `now` or the one before (constant-time comparisons).
+    /// Whether `cookie` was made for this `address`, `ephemeral` and
+    /// `time` in the period of `now` or the one before (constant-time
+    /// comparisons).
     pub(crate) fn check(
         &mut self,
         now: Instant,
         address: &[u8; 16],
         ephemeral: &[u8; 32],
+        time: u64,
         cookie: &[u8; COOKIE_LEN],
     ) -> bool {
         self.advance(now);
-        let a = tags_equal(&self.current.mac(&[address, ephemeral]), cookie);
-        let b = tags_equal(&self.previous.mac(&[address, ephemeral]), cookie);
+        let t = time.to_le_bytes();
+        let a = tags_equal(&self.current.mac(&[address, ephemeral, &t]), cookie);
+        let b = tags_equal(&self.previous.mac(&[address, ephemeral, &t]), cookie);
         a | b
     }
 }
@@ -204,19 +231,20 @@ mod tests {
         let a = address_bytes(Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))));
         let b = address_bytes(Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2))));
         let t0 = Instant::from_micros(5 * COOKIE_PERIOD.as_micros() + 1);
-        let c = k.make(t0, &a, &[1; 32]);
-        assert!(k.check(t0, &a, &[1; 32], &c));
-        assert!(!k.check(t0, &b, &[1; 32], &c), "another address");
-        assert!(!k.check(t0, &a, &[2; 32], &c), "another hello key");
+        let c = k.make(t0, &a, &[1; 32], 5);
+        assert!(k.check(t0, &a, &[1; 32], 5, &c));
+        assert!(!k.check(t0, &b, &[1; 32], 5, &c), "another address");
+        assert!(!k.check(t0, &a, &[2; 32], 5, &c), "another hello key");
+        assert!(!k.check(t0, &a, &[1; 32], 6, &c), "another hello time");
         let next = Instant::from_micros(6 * COOKIE_PERIOD.as_micros());
-        assert!(k.check(next, &a, &[1; 32], &c), "the next period");
+        assert!(k.check(next, &a, &[1; 32], 5, &c), "the next period");
         let later = Instant::from_micros(7 * COOKIE_PERIOD.as_micros());
-        assert!(!k.check(later, &a, &[1; 32], &c), "two periods on");
+        assert!(!k.check(later, &a, &[1; 32], 5, &c), "two periods on");
         // Back to the issuing period after a jump: keys are recomputed.
-        assert!(k.check(t0, &a, &[1; 32], &c));
+        assert!(k.check(t0, &a, &[1; 32], 5, &c));
         // Another endpoint (another base secret) refuses it.
         let mut other = CookieKeys::new([8; 32]);
-        assert!(!other.check(t0, &a, &[1; 32], &c));
+        assert!(!other.check(t0, &a, &[1; 32], 5, &c));
     }
 
     #[test]

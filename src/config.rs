@@ -102,9 +102,22 @@ pub struct Config {
     /// filling `max_pending_transports` or `max_sessions` for everyone.
     /// Honest clients finish a handshake in one round trip, so even a large
     /// NAT rarely has many in progress at once. Applies to transports the
-    /// driver registered with [`crate::Endpoint::accept_from`].
+    /// driver registered with [`crate::Endpoint::accept_from`]. At most
+    /// half of the smaller of `max_pending_transports` and `max_sessions`
+    /// (a larger value is lowered to that), so that one source never holds
+    /// every slot.
     /// Default: 32.
     pub max_handshakes_per_source: usize,
+    /// Server: most sessions (confirmed or not, until they can no longer
+    /// be resumed) whose handshake came from one source (PROTOCOL.md 3.7):
+    /// a new hello beyond it evicts the source's oldest unconfirmed session
+    /// without transport, else it is answered Busy. Keeps one source from
+    /// filling `max_sessions` with complete handshakes. Many clients behind
+    /// one address (a carrier-grade NAT) share it: raise it for such
+    /// clienteles. At most half of `max_sessions` (a larger value is
+    /// lowered to that).
+    /// Default: 1,000.
+    pub max_sessions_per_source: usize,
     /// Server: the load at which ClientHellos must carry a cookie
     /// (PROTOCOL.md 3.7): once this many transports are pending
     /// ([`crate::Endpoint::pending_transports`], the new one included), a
@@ -200,6 +213,7 @@ impl Default for Config {
             max_sessions: 10_000,
             max_pending_transports: 1_000,
             max_handshakes_per_source: 32,
+            max_sessions_per_source: 1_000,
             cookie_threshold: 256,
             rekey: true,
             rekey_after_bytes: 1 << 30,
@@ -236,7 +250,13 @@ impl Config {
         self.max_auth_failures = self.max_auth_failures.max(1);
         self.max_unauthenticated_rejections = self.max_unauthenticated_rejections.max(1);
         self.hello_cache = self.hello_cache.max(1);
-        self.max_handshakes_per_source = self.max_handshakes_per_source.max(1);
+        let smaller = self.max_pending_transports.min(self.max_sessions);
+        self.max_handshakes_per_source = self
+            .max_handshakes_per_source
+            .clamp(1, (smaller / 2).max(1));
+        self.max_sessions_per_source = self
+            .max_sessions_per_source
+            .clamp(1, (self.max_sessions / 2).max(1));
         self.key_lifetime_bytes = self.key_lifetime_bytes.max(1);
         self.rekey_after_bytes = self.rekey_after_bytes.clamp(1, self.key_lifetime_bytes);
         self.rekey_after_time = self.rekey_after_time.min(self.key_lifetime);
@@ -267,6 +287,7 @@ impl core::fmt::Debug for Config {
             .field("max_sessions", &self.max_sessions)
             .field("max_pending_transports", &self.max_pending_transports)
             .field("max_handshakes_per_source", &self.max_handshakes_per_source)
+            .field("max_sessions_per_source", &self.max_sessions_per_source)
             .field("cookie_threshold", &self.cookie_threshold)
             .field("rekey", &self.rekey)
             .field("rekey_after_bytes", &self.rekey_after_bytes)

@@ -312,8 +312,10 @@ pub struct Endpoint<R: CryptoRng> {
     reset_secret: Option<Secret>,
     /// The hellos seen within the freshness window.
     hellos: HelloCache,
-    /// Handshakes in progress per source.
+    /// Handshakes in progress and sessions per source.
     sources: Sources,
+    /// The source of each confirmed, routable session that has one.
+    session_sources: BTreeMap<SessionId, SourceKey>,
     /// The cookie keys (drawn the first time the endpoint is under load).
     cookies: Option<CookieKeys>,
     /// Cookie answers sent.
@@ -351,6 +353,7 @@ impl<R: CryptoRng> Endpoint<R> {
             events: VecDeque::new(),
             hellos: HelloCache::default(),
             sources: Sources::default(),
+            session_sources: BTreeMap::new(),
             cookies: None,
             cookies_sent: 0,
             source_refusals: 0,
@@ -551,10 +554,11 @@ impl<R: CryptoRng> Endpoint<R> {
                 zeroize::Zeroize::zeroize(&mut base);
                 k
             });
-            let valid = cookie.is_some_and(|c| keys.check(now, &address, &ch.ephemeral, &c));
+            let valid =
+                cookie.is_some_and(|c| keys.check(now, &address, &ch.ephemeral, ch.time, &c));
             if !valid {
                 let answer = HelloCookie {
-                    cookie: keys.make(now, &address, &ch.ephemeral),
+                    cookie: keys.make(now, &address, &ch.ephemeral, ch.time),
                 }
                 .encode();
                 self.cookies_sent += 1;
@@ -608,17 +612,23 @@ impl<R: CryptoRng> Endpoint<R> {
             return Err(self.reject_hello(transport, HandshakeStatus::Replayed));
         }
         // One source holds at most `max_handshakes_per_source` unconfirmed
-        // sessions: its oldest without a transport makes room, else Busy.
+        // sessions and `max_sessions_per_source` sessions in all: its
+        // oldest unconfirmed one without a transport makes room, else Busy.
         if let Some(k) = source {
-            if self.sources.unconfirmed(k) >= self.shared.config.max_handshakes_per_source
-                && !self.evict_unconfirmed(Some(k))
-            {
+            let cfg = &self.shared.config;
+            let full = self.sources.unconfirmed(k) >= cfg.max_handshakes_per_source
+                || self.sources.weight(Some(k)) >= cfg.max_sessions_per_source;
+            if full && !self.evict_unconfirmed(Some(k)) {
                 self.source_refusals += 1;
                 return Err(self.reject_hello(transport, HandshakeStatus::Busy));
             }
         }
-        // Unconfirmed sessions count: the cap holds at every moment.
-        if self.session_count() >= self.shared.config.max_sessions && !self.evict_unconfirmed(None)
+        // Unconfirmed sessions count: the cap holds at every moment. The
+        // source's own oldest goes first, else one of the source that holds
+        // the most sessions (PROTOCOL.md 3.7).
+        if self.session_count() >= self.shared.config.max_sessions
+            && !(source.is_some() && self.evict_unconfirmed(source))
+            && !self.evict_unconfirmed(None)
         {
             return Err(self.reject_hello(transport, HandshakeStatus::Busy));
         }
@@ -761,12 +771,16 @@ impl<R: CryptoRng> Endpoint<R> {
         if let Some(at) = hs.expires {
             self.deadlines.remove(&(at, Deadline::Handshake(sid)));
         }
-        let conn_id = hs.conn_id;
+        let (conn_id, source) = (hs.conn_id, hs.source);
         let r = hs.into_connection(sid, &self.shared, transport, now);
         if r.is_err() {
             // No connection will ever report this session: no route may
             // outlive it.
             self.routes.remove(&conn_id);
+        } else if let Some(k) = source {
+            // Counted against its source until it can no longer be resumed.
+            self.sources.add_session(k);
+            self.session_sources.insert(sid, k);
         }
         r
     }
@@ -933,16 +947,33 @@ impl<R: CryptoRng> Endpoint<R> {
         }
     }
 
-    /// Free the oldest unconfirmed session that has no transport (of
-    /// `source`, if given) — no application has seen it; its client, if
-    /// genuine, learns "unknown session" on its next resume and reports its
-    /// in-doubt bytes. Returns whether one was freed.
+    /// Free an unconfirmed session that has no transport — no application
+    /// has seen it; its client, if genuine, learns "unknown session" on its
+    /// next resume and reports its in-doubt bytes. With `source`: the
+    /// oldest of that source; without: the oldest of the source that holds
+    /// the most sessions (so that a flood evicts its own first). Returns
+    /// whether one was freed. O(unconfirmed sessions).
     fn evict_unconfirmed(&mut self, source: Option<SourceKey>) -> bool {
-        let victim = self
-            .handshakes
-            .iter()
-            .find(|(_, hs)| hs.transport.is_none() && (source.is_none() || hs.source == source))
-            .map(|(sid, _)| *sid);
+        let victim = match source {
+            Some(_) => self
+                .handshakes
+                .iter()
+                .find(|(_, hs)| hs.transport.is_none() && hs.source == source)
+                .map(|(sid, _)| *sid),
+            None => {
+                let mut best: Option<(usize, SessionId)> = None;
+                for (sid, hs) in &self.handshakes {
+                    if hs.transport.is_some() {
+                        continue;
+                    }
+                    let w = self.sources.weight(hs.source);
+                    if best.is_none_or(|(bw, _)| w > bw) {
+                        best = Some((w, *sid));
+                    }
+                }
+                best.map(|(_, sid)| sid)
+            }
+        };
         let Some(sid) = victim else {
             return false;
         };
@@ -966,6 +997,9 @@ impl<R: CryptoRng> Endpoint<R> {
             EndpointEvent::Unroutable { session, conn_id } => {
                 if self.routes.get(&conn_id) == Some(&session) {
                     self.routes.remove(&conn_id);
+                }
+                if let Some(k) = self.session_sources.remove(&session) {
+                    self.sources.remove_session(k);
                 }
                 // Held until released: the bound covers unread bytes too.
                 self.ended += 1;
@@ -1118,7 +1152,8 @@ impl<R: CryptoRng> Endpoint<R> {
     }
 
     /// Sources (IPv4 addresses, IPv6 /64s) with a transport or an
-    /// unconfirmed session in progress (PROTOCOL.md 3.7).
+    /// unconfirmed session in progress, or a resumable session
+    /// (PROTOCOL.md 3.7).
     pub fn active_sources(&self) -> usize {
         self.sources.len()
     }

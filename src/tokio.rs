@@ -1516,11 +1516,28 @@ impl Listener {
 
     /// Serve a transport accepted by other means (e.g. a TLS or Unix stream).
     /// Fails when too many transports are pending (the transport is dropped).
+    /// The transport counts against no source (no per-source limit, its
+    /// cookies bound to no address, PROTOCOL.md 3.7): use
+    /// [`serve_transport_from`](Self::serve_transport_from) when the peer's
+    /// address is known.
     pub fn serve_transport<T>(&self, transport: T) -> io::Result<()>
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         serve(&self.inner, transport, None)
+    }
+
+    /// [`serve_transport`](Self::serve_transport) for a transport whose
+    /// peer is `peer` (e.g. the TCP address under a TLS stream): it counts
+    /// against the peer's source (`Config::max_handshakes_per_source`,
+    /// `Config::max_sessions_per_source`) and its cookies are bound to the
+    /// address. A transport refused by those limits is dropped (`Ok`, like
+    /// a full table).
+    pub fn serve_transport_from<T>(&self, transport: T, peer: SocketAddr) -> io::Result<()>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        serve(&self.inner, transport, Some(peer))
     }
 
     /// The next new session. Cancellation safe.

@@ -2175,6 +2175,7 @@ fn check_cookie(v: &Vectors) -> Result<(), String> {
     let key = spec::derive("COOKIE_KEY", &material);
     let mut input = v.bytes("cookie_peer_address");
     input.extend(spec::public(secret));
+    input.extend(v.int("cookie_client_wall_clock").to_le_bytes());
     let cookie = spec::mac16(&key, &input);
     let mut answer = vec![spec::VERSION, 7];
     answer.extend(cookie);

@@ -4,6 +4,10 @@
 //!
 //! Tests that pass document what holds; tests marked
 //! `#[ignore = "review13 finding: ..."]` fail today and describe a finding.
+//! "FIXED FINDING" tests failed at the review and pass since the fixes
+//! (`max_sessions_per_source`, the per-source limits lowered to half of
+//! the tables they protect, eviction from the heaviest source, the hello's
+//! `time` in the cookie: PROTOCOL.md 3.7).
 
 mod common;
 mod support_c;
@@ -237,7 +241,8 @@ fn every_rejection_of_a_first_message_frees_the_source_slot() {
 
     for (what, msg, want) in cases {
         let t = s.accept_from(now, src).unwrap();
-        assert_eq!(s.endpoint().active_sources(), 1, "{what}");
+        // 10.0.0.9 (its session counts against it) and src.
+        assert_eq!(s.endpoint().active_sources(), 2, "{what}");
         let got = s.handle_input(t, now, &msg);
         assert!(got.is_err(), "{what}: {got:?}");
         if let Some(want) = want {
@@ -248,7 +253,7 @@ fn every_rejection_of_a_first_message_frees_the_source_slot() {
         // Ended by the endpoint: the slot is free before the driver closes.
         assert_eq!(
             s.endpoint().active_sources(),
-            0,
+            1,
             "{what}: slot freed at once"
         );
         s.transport_lost(t, now);
@@ -374,12 +379,13 @@ fn handover_and_eviction_free_the_source() {
     let src = ip(10, 0, 0, 1);
     let mut c = client(&wall, 28);
     let (t, sid) = connect(&mut s, &mut c, src, now).unwrap();
-    assert_eq!(s.endpoint().active_sources(), 0, "after NewConnection");
+    // The confirmed session counts against its source (max_sessions_per_source).
+    assert_eq!(s.endpoint().active_sources(), 1, "after NewConnection");
     s.transport_lost(t, now);
     c.transport_lost(now);
     let (t, sid2) = connect(&mut s, &mut c, src, now).unwrap();
     assert_eq!(sid, sid2);
-    assert_eq!(s.endpoint().active_sources(), 0, "after Dispatch::Resume");
+    assert_eq!(s.endpoint().active_sources(), 1, "after Dispatch::Resume");
     exchange(&mut s, &mut c, t, sid);
     // An unconfirmed session without transport from another source, then
     // evicted by a hello at max_sessions.
@@ -388,16 +394,19 @@ fn handover_and_eviction_free_the_source() {
     s.handle_input(t, now, &bogus_hello(&wall, &mut r)).unwrap();
     let _ = server_tx(&mut s, t, now);
     s.transport_lost(t, now);
-    assert_eq!(s.endpoint().active_sources(), 1);
-    let t = s.accept_from(now, src).unwrap();
+    assert_eq!(s.endpoint().active_sources(), 2);
+    // src holds its one session (max_sessions 2: one per source); a hello
+    // from a third source at max_sessions evicts other's unconfirmed one.
+    let third = ip(10, 0, 0, 4);
+    let t = s.accept_from(now, third).unwrap();
     s.handle_input(t, now, &bogus_hello(&wall, &mut r)).unwrap();
     assert_eq!(server_tx(&mut s, t, now)[1], HandshakeStatus::Ok.to_byte());
     s.transport_lost(t, now);
     assert_eq!(s.endpoint().handshake_count(), 1, "the older one evicted");
     assert_eq!(
         s.endpoint().active_sources(),
-        1,
-        "only src's unconfirmed session"
+        2,
+        "src's session and third's unconfirmed session"
     );
     assert_clean(&mut s, other, now, "evicted source");
 }
@@ -611,6 +620,7 @@ fn spec_cookie_formula_reproduces_the_10_13_vectors() {
     let key = blake3::derive_key(ctx, &material);
     let mut input = address.clone();
     input.extend(&hello[3..35]);
+    input.extend(&hello[35..43]);
     let mac = blake3::keyed_hash(&key, &input);
     let mut answer = vec![0x02, 0x07];
     answer.extend(&mac.as_bytes()[..16]);
@@ -648,7 +658,7 @@ fn client_behind_the_attackers_ipv4_shares_its_fate() {
     assert_eq!(connect(&mut s, &mut c, nat, now), Err(Error::SourceLimit));
 }
 
-/// FINDING: the per-source limit bounds handshakes in progress, not
+/// FIXED FINDING: the per-source limit bounds handshakes in progress, not
 /// sessions. One source runs full handshakes (it is a client like any
 /// other: X25519 on its side too, at most 32 at once) and drops each
 /// transport after its ClientConfirm: every confirmed session stays for
@@ -657,7 +667,7 @@ fn client_behind_the_attackers_ipv4_shares_its_fate() {
 /// is answered Busy (`max_sessions` = 64 here to keep the test fast; the
 /// default 10,000 takes 10,000 handshakes from one address).
 #[test]
-#[ignore = "review13 finding: one source fills max_sessions with confirmed sessions; others get Busy"]
+
 fn one_source_cannot_fill_the_session_table_with_confirmed_sessions() {
     let cap = 64;
     let (mut s, wall) = server(Config {
@@ -666,13 +676,23 @@ fn one_source_cannot_fill_the_session_table_with_confirmed_sessions() {
     });
     let now = at(&wall, Instant::from_micros(1_000));
     let attacker = ip(10, 0, 0, 1);
+    let mut held = 0;
     for i in 0..cap {
         let mut c = client(&wall, 100 + i as u64);
-        let (t, _) = connect(&mut s, &mut c, attacker, now).unwrap();
-        s.transport_lost(t, now);
+        match connect(&mut s, &mut c, attacker, now) {
+            Ok((t, _)) => {
+                s.transport_lost(t, now);
+                held += 1;
+            }
+            Err(e) => {
+                assert_eq!(e, Error::HandshakeRejected(HandshakeStatus::Busy));
+                break;
+            }
+        }
     }
-    assert_eq!(s.endpoint().active_sources(), 0, "nothing in progress");
-    assert_eq!(s.endpoint().session_count(), cap);
+    // max_sessions_per_source is at most half of max_sessions.
+    assert_eq!(held, cap / 2, "sessions one source may hold");
+    assert_eq!(s.endpoint().session_count(), cap / 2);
     let mut honest = client(&wall, 99);
     let r = connect(&mut s, &mut honest, ip(192, 0, 2, 1), now);
     assert!(
@@ -681,7 +701,7 @@ fn one_source_cannot_fill_the_session_table_with_confirmed_sessions() {
     );
 }
 
-/// FINDING: `max_handshakes_per_source` is not bounded by the tables it
+/// FIXED FINDING: `max_handshakes_per_source` is not bounded by the tables it
 /// protects. With `max_pending_transports` or `max_sessions` at or below
 /// it (a small server: 16 sessions), one source takes every slot: here 16
 /// transports from 10.0.0.1, each holding its ServerHello's transport open
@@ -690,7 +710,7 @@ fn one_source_cannot_fill_the_session_table_with_confirmed_sessions() {
 /// (§9: "a flood from one address ... cannot lock others out") makes no
 /// such exception; `Config::normalized` only raises the limit to 1.
 #[test]
-#[ignore = "review13 finding: per-source limit >= max_sessions lets one source take every session slot"]
+
 fn one_source_cannot_take_every_slot_of_a_small_server() {
     let (mut s, wall) = server(Config {
         max_sessions: 16,
@@ -698,24 +718,30 @@ fn one_source_cannot_take_every_slot_of_a_small_server() {
     });
     let mut r = common::rng(36);
     let now = at(&wall, Instant::from_micros(1_000));
+    let mut held = 0;
     for _ in 0..16 {
-        let t = s.accept_from(now, ip(10, 0, 0, 1)).unwrap();
+        // The per-source limit is at most half of max_sessions.
+        let Ok(t) = s.accept_from(now, ip(10, 0, 0, 1)) else {
+            break;
+        };
         s.handle_input(t, now, &bogus_hello(&wall, &mut r)).unwrap();
         assert_eq!(server_tx(&mut s, t, now)[1], HandshakeStatus::Ok.to_byte());
+        held += 1;
     }
+    assert_eq!(held, 8);
     let mut honest = client(&wall, 37);
     let got = connect(&mut s, &mut honest, ip(192, 0, 2, 1), now);
     assert!(got.is_ok(), "honest client from another source: {got:?}");
 }
 
-/// FINDING: PROTOCOL.md 3.7 says "an evicted unconfirmed session is always
+/// FIXED FINDING: PROTOCOL.md 3.7 says "an evicted unconfirmed session is always
 /// the attacker's own". At `max_sessions` (here 4, below the per-source
 /// limit) the eviction of 3.4 takes the oldest unconfirmed session without
 /// transport of *any* source: an honest client whose ClientConfirm was
 /// lost (192.0.2.1) has its session evicted by hellos from 10.0.0.1, and
 /// its resume is answered UnknownSession.
 #[test]
-#[ignore = "review13 finding: at max_sessions another source's hellos evict an honest unconfirmed session"]
+
 fn another_source_cannot_evict_an_honest_unconfirmed_session() {
     let (mut s, wall) = server(Config {
         max_sessions: 4,
@@ -908,6 +934,18 @@ fn tokio_serve_transport_has_no_per_source_limit() {
         tokio::task::yield_now().await;
         let st = listener.stats();
         assert_eq!((st.transports, st.transports_refused), (40, 0), "{st:?}");
+        // With the peer's address (`serve_transport_from`), the source's
+        // limit applies: 32 served, 8 refused.
+        let listener = relink::tokio::Listener::new(Config::default());
+        let peer: std::net::SocketAddr = "10.0.0.1:4000".parse().unwrap();
+        for _ in 0..40 {
+            let (a, b) = tokio::io::duplex(1024);
+            listener.serve_transport_from(a, peer).unwrap();
+            peers.push(b);
+        }
+        tokio::task::yield_now().await;
+        let st = listener.stats();
+        assert_eq!((st.transports, st.transports_refused), (32, 8), "{st:?}");
     });
 }
 
@@ -942,7 +980,7 @@ fn first_two_bytes_answers_are_exact() {
     assert_eq!(s.endpoint().active_sources(), 0);
 }
 
-/// FINDING (low, text): 3.7 says "one cookie serves one hello: the replay
+/// FIXED FINDING (low, text): 3.7 says "one cookie serves one hello: the replay
 /// cache refuses the key's second use". The cookie binds the address and
 /// the ephemeral key, not the hello's `time`, and the replay cache forgets
 /// a key once its `time` leaves the freshness window (60 s), while the
@@ -951,7 +989,7 @@ fn first_two_bytes_answers_are_exact() {
 /// new round trip). At most about four uses per cookie; the sender proved
 /// its address anyway, so this saves it round trips only.
 #[test]
-#[ignore = "review13 finding: a cookie serves the same key again once the replay cache forgot it (61 s later)"]
+
 fn one_cookie_serves_one_hello() {
     let (mut s, wall) = server(always_cookie());
     let mut r = common::rng(43);
@@ -973,10 +1011,13 @@ fn one_cookie_serves_one_hello() {
     let t = s.accept_from(later, src).unwrap();
     let _ = s.handle_input(t, later, &again);
     let answer = server_tx(&mut s, t, later);
+    // The cookie binds the hello's time too: the re-stamped hello needs a
+    // new cookie round (no second handshake for one cookie).
     assert_eq!(
         answer[..2],
-        [VERSION, HandshakeStatus::Replayed.to_byte()],
+        [VERSION, HandshakeStatus::Cookie.to_byte()],
         "a second handshake for one cookie: {:?}",
         HandshakeStatus::from_byte(answer[1])
     );
+    assert_eq!(s.endpoint().handshake_count(), 1);
 }
