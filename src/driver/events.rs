@@ -389,3 +389,14 @@ pub(crate) fn log_abandoned_hello(peer: Option<SocketAddr>, key: Option<&[u8; 32
         ),
     }
 }
+
+/// A transport refused before its first byte was read: the endpoint's
+/// table of pending transports is full, or its source is at
+/// `Config::max_handshakes_per_source` (PROTOCOL.md 3.7). Debug level: a
+/// flood would otherwise flood the log too.
+pub(crate) fn log_refused(peer: Option<SocketAddr>, error: &crate::Error) {
+    match peer {
+        Some(p) => tracing::debug!(peer = %p, error = %error, "transport refused"),
+        None => tracing::debug!(error = %error, "transport refused"),
+    }
+}
