@@ -17,6 +17,11 @@
 //!   in release (`RELINK_SOAK=full cargo test --release --all-features
 //!   --test soak -- --nocapture`), figures recorded in docs/TESTING.md
 //!   ("Soak").
+//!
+//! Experiment knobs (floats): `RELINK_SOAK_CORRUPT` and `RELINK_SOAK_JUNK`
+//! (per-connection probabilities, default 0.05), `RELINK_SOAK_REKEY`
+//! (quick run's rekey interval in bytes); `RELINK_SOAK_LOG` set: the
+//! drivers' log lines on stderr.
 
 use std::io::{Read, Write};
 use std::thread;
@@ -197,26 +202,32 @@ fn soak(rekey: bool) {
     };
     let relay = Relay::start(listener.local_addr(), plan, 0x50A4).expect("relay");
     let total = size.bytes;
-    let server = thread::spawn(move || {
-        let session = listener.accept().expect("accept");
-        let got = serve(session, total);
-        (got, listener.stats())
+    // The listener outlives the client's close: the server may end the
+    // session (both CLOSEs acknowledged) while its last ACK is lost in a
+    // cut; the client's resume must then still reach a server that answers.
+    let (up, down, cs) = thread::scope(|s| {
+        let server = s.spawn(|| {
+            let session = listener.accept().expect("accept");
+            serve(session, total)
+        });
+        let client = ClientBuilder::new(Config {
+            pinned_server_key: Some(key.public_key()),
+            ..config(size.rekey_after, rekey)
+        })
+        .backoff(Backoff {
+            initial: Duration::from_millis(2),
+            max: Duration::from_millis(50),
+            max_attempts: Some(1_000),
+        })
+        .connect(relay.local_addr())
+        .expect("connect");
+        let down = run_client(&client, total);
+        let up = server.join().expect("server thread");
+        let cs = client.stats();
+        client.close().expect("client clean close");
+        (up, down, cs)
     });
-    let client = ClientBuilder::new(Config {
-        pinned_server_key: Some(key.public_key()),
-        ..config(size.rekey_after, rekey)
-    })
-    .backoff(Backoff {
-        initial: Duration::from_millis(2),
-        max: Duration::from_millis(50),
-        max_attempts: Some(1_000),
-    })
-    .connect(relay.local_addr())
-    .expect("connect");
-    let down = run_client(&client, total);
-    let (up, ss) = server.join().expect("server thread");
-    let cs = client.stats();
-    client.close().expect("client clean close");
+    let ss = listener.stats();
     let rs = relay.stats();
     let wall = started.elapsed();
     eprintln!(
