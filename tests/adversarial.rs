@@ -594,3 +594,243 @@ fn a_slowloris_handshake_is_ended_by_the_handshake_timeout() {
     assert_eq!(server_out(&mut n, t), Vec::<u8>::new(), "nothing answered");
     assert_honest_unharmed(&mut n, sid);
 }
+
+// ----- the malicious server --------------------------------------------------
+
+/// Seed of the server whose keys the scripted malicious server knows.
+const KNOWN_SERVER_SEED: u64 = 0x13AD;
+
+/// The malicious server: a real `Server` (seeded, so that its ephemeral
+/// secret can be found in its RNG's output) whose session keys the test
+/// holds, so that it can forge any frame of its own to the client.
+struct EvilServer {
+    /// s2c MAC key, epoch 0.
+    mac: [u8; 32],
+    /// Every byte the server wrote on the handshake's transport after its
+    /// ServerHello.
+    rec: Vec<u8>,
+}
+
+/// Steps of the honest client against the server, recording what the
+/// server writes (the malicious server then knows its `sequence` and
+/// data `offset`).
+fn step_recording(n: &mut Net, rec: &mut Vec<u8>) {
+    n.tick(Duration::from_millis(1));
+    n.transmit();
+    rec.extend(&n.s2c);
+    n.deliver(u64::MAX);
+    n.server_read();
+    n.client_read();
+    n.timers();
+}
+
+impl EvilServer {
+    /// A `Net` whose server the test knows the keys of, handshake done.
+    fn net(seed: u64, ccfg: Config) -> (Net, EvilServer) {
+        use rand_core::Rng;
+        let scfg = Config::default();
+        let mut n = Net::new(seed, ccfg, scfg.clone());
+        n.server = relink::Server::new(scfg, relink_test_support::harness::rng(KNOWN_SERVER_SEED));
+        n.open_transport();
+        n.transmit();
+        let ch = n.c2s.clone();
+        assert_eq!(ch.len(), 43, "ClientHello");
+        n.deliver(u64::MAX);
+        n.transmit();
+        let sh = n.s2c[..107].to_vec();
+        let mut rec = n.s2c[107..].to_vec();
+        n.deliver(u64::MAX);
+        // The ephemeral secret is 32 bytes of the server RNG's output.
+        let mut stream = vec![0u8; 4096];
+        relink_test_support::harness::rng(KNOWN_SERVER_SEED).fill_bytes(&mut stream);
+        let secret: [u8; 32] = (0..stream.len() - 32)
+            .map(|i| <[u8; 32]>::try_from(&stream[i..i + 32]).unwrap())
+            .find(|c| public(*c)[..] == sh[2..34])
+            .expect("the server's ephemeral secret in its RNG output");
+        let ee = x25519_dalek::x25519(secret, ch[3..35].try_into().unwrap());
+        let th1 = hash(&[&ch[..], &sh[..67]].concat());
+        let prk = derive(
+            "relink v1 2026-11 handshake secret",
+            &[&ee[..], &th1[..]].concat(),
+        );
+        let th3 = hash(&[&ch[..], &sh[..]].concat());
+        let master = derive(
+            "relink v1 2026-11 session master",
+            &[&prk[..], &th3[..]].concat(),
+        );
+        for _ in 0..20 {
+            step_recording(&mut n, &mut rec);
+        }
+        assert!(n.client.is_connected() && n.session.is_some());
+        let mac = derive("relink v1 2026-11 s2c mac", &master);
+        (n, EvilServer { mac, rec })
+    }
+
+    /// A server frame (5.1) of `ty` with `payload`, tagged (5.2) as the
+    /// next frame of the handshake's transport (epoch 0, generation 0).
+    fn frame(&mut self, ty: u8, payload: &[u8]) -> Vec<u8> {
+        let fs = frames(&self.rec);
+        let seq = fs.len() as u64;
+        let offset: u64 = fs
+            .iter()
+            .filter(|f| f[0] == 1)
+            .map(|f| u64::from(u16::from_le_bytes([f[2], f[3]])))
+            .sum();
+        let header = [ty, 0, payload.len() as u8, (payload.len() >> 8) as u8];
+        let mut input = payload.to_vec();
+        input.push(2);
+        input.extend(0u32.to_le_bytes());
+        input.extend(0u64.to_le_bytes());
+        input.extend(seq.to_le_bytes());
+        input.extend(offset.to_le_bytes());
+        input.extend(header);
+        let mut f = header.to_vec();
+        f.extend(payload);
+        f.extend(mac16(&self.mac, &input));
+        self.rec.extend(&f);
+        f
+    }
+
+    fn ack(&mut self, read_count: u64) -> Vec<u8> {
+        let mut p = read_count.to_le_bytes().to_vec();
+        p.extend(0u32.to_le_bytes());
+        p.push(0);
+        self.frame(2, &p)
+    }
+}
+
+/// Control for [`EvilServer`]: a forged PING verifies at the client, so
+/// the forged frames below fail for what they say, not for their tag.
+#[test]
+fn the_malicious_server_forges_frames_the_client_accepts() {
+    let (mut n, mut evil) = EvilServer::net(10, Config::default());
+    let p = evil.frame(3, &n.snow.as_micros().to_le_bytes());
+    assert_eq!(n.client.handle_input(n.cnow, &p), Ok(p.len()));
+    assert!(!n.client.transport_ended());
+}
+
+/// 6.2 from the server's side: an authenticated server ACK of client bytes
+/// never sent (one past, far past) or going back ends the client's
+/// transport with `BadAck`; the client keeps its session, resumes on a
+/// new transport and its stream arrives exactly once.
+#[test]
+fn a_server_ack_of_bytes_never_sent_or_going_back_is_bad_ack_at_the_client() {
+    for (case, acks) in [
+        ("one past", vec![5001u64]),
+        ("far past", vec![u64::MAX]),
+        ("going back", vec![3000, 2999]),
+    ] {
+        let (mut n, mut evil) = EvilServer::net(11, Config::default());
+        // 5000 client bytes reach the server; what it answers is lost
+        // (the malicious server speaks instead).
+        assert_eq!(n.client_write(5000), 5000);
+        n.transmit();
+        let up = std::mem::take(&mut n.c2s);
+        let t = n.tid.unwrap();
+        assert_eq!(n.server.handle_input(t, n.snow, &up), Ok(up.len()));
+        n.server_read();
+        n.transmit();
+        n.s2c.clear();
+        let (last, ok) = acks.split_last().unwrap();
+        for &v in ok {
+            let a = evil.ack(v);
+            assert_eq!(n.client.handle_input(n.cnow, &a), Ok(a.len()), "{case}");
+        }
+        let a = evil.ack(*last);
+        let r = n.client.handle_input(n.cnow, &a);
+        n.drain();
+        assert_eq!(r, Err(Error::Protocol(ProtocolError::BadAck)), "{case}");
+        assert!(n.client.transport_ended(), "{case}");
+        assert!(!n.client.is_closed(), "{case}: the session lives on");
+        n.brk();
+        assert!(n.connect(), "{case}: resume");
+        n.settle(200);
+        let g = n.generation;
+        assert_eq!(n.up[&g].read, 5000, "{case}: every byte arrived once");
+        n.assert_no_violations();
+    }
+}
+
+/// 6.3 from the client's side: a server whose ACKs never arrive (its
+/// direction is black-holed). The client application's `send` takes
+/// exactly `send_buffer` bytes, then nothing; the client's buffer memory
+/// stays put while it keeps trying; after the path heals (resume) every
+/// byte arrives exactly once.
+#[test]
+fn a_server_that_never_acknowledges_stops_the_client_at_its_cap() {
+    let cap = 150_000;
+    let ccfg = Config {
+        send_buffer: cap,
+        ..Config::default()
+    };
+    let mut n = Net::new(12, ccfg, Config::default());
+    n.handshake();
+    n.s2c_limit = Some(n.s2c_pushed);
+    let mut accepted = 0;
+    let mut mem = None;
+    for round in 0..100 {
+        accepted += n.client_write(20_000);
+        n.step();
+        assert!(n.client.unacked() <= cap, "round {round}");
+        if accepted == cap {
+            let m = n.client.buffer_memory();
+            assert!(
+                *mem.get_or_insert(m) >= m,
+                "round {round}: memory grew to {m}"
+            );
+        }
+    }
+    assert_eq!(accepted, cap);
+    assert_eq!(n.client.unacked(), cap);
+    assert_eq!(n.client_write(1), 0);
+    n.brk();
+    assert!(n.connect(), "resume");
+    n.settle(500);
+    assert_eq!(n.up_read(), cap as u64);
+    n.assert_no_violations();
+}
+
+/// 5.2 toward a client: a malicious server replays to client B the
+/// frames another session's server (A) wrote to its client. Client B ends
+/// the transport with `AuthFailed` and delivers nothing; a pinned client B
+/// keeps its session and resumes exactly; client A is unharmed.
+#[test]
+fn server_frames_of_another_session_fail_authentication_at_the_client() {
+    let key = relink::StaticKeypair::from_secret_bytes([0x42; 32]);
+    let scfg = Config {
+        server_static: Some(key.clone()),
+        ..Config::default()
+    };
+    let ccfg = Config {
+        pinned_server_key: Some(key.public_key()),
+        ..Config::default()
+    };
+    let mut a = Net::new(13, ccfg.clone(), scfg.clone());
+    let sid_a = a.handshake();
+    let mut b = Net::new(14, ccfg, scfg);
+    let sid_b = b.handshake();
+    a.settle(50);
+    b.settle(50);
+    // A's server writes; the malicious server takes the frames off A's path.
+    assert_eq!(a.server_write(4000), 4000);
+    a.transmit();
+    let stolen = std::mem::take(&mut a.s2c);
+    let before = b.down[&0].read;
+    let r = b.client.handle_input(b.cnow, &stolen);
+    b.drain();
+    b.client_read();
+    assert_eq!(r, Err(Error::AuthFailed));
+    assert!(b.client.transport_ended());
+    assert!(
+        !b.client.is_closed(),
+        "pinned: a failed tag costs the transport only"
+    );
+    assert_eq!(b.down[&0].read, before, "nothing delivered");
+    b.brk();
+    assert!(b.connect());
+    assert_honest_unharmed(&mut b, sid_b);
+    // A lost its frames to the attacker: a resume brings them exactly once.
+    a.brk();
+    assert!(a.connect());
+    assert_honest_unharmed(&mut a, sid_a);
+}
