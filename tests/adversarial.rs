@@ -33,6 +33,13 @@
 //! another session's id under the attacker's own keys, DATA lengths at
 //! the in-range boundaries (1, max-1, max) next to the out-of-range ones,
 //! and a slowloris handshake (one byte per second).
+//!
+//! The scripted malicious server (end of file) is a real seeded `Server`
+//! whose ephemeral secret the test finds in its RNG's output, so it holds
+//! the session keys and forges server frames: an ACK of client bytes never
+//! sent or going back (`BadAck` at the client), ACKs that never come (the
+//! client stops at its `send_buffer`), and another session's server frames
+//! replayed to a pinned client (`AuthFailed`, the transport only).
 
 use relink::{Config, Duration, Error, ProtocolError, ServerEvent, SessionId, TransportId};
 use relink_test_support::harness::Net;
