@@ -564,9 +564,10 @@ fn data_frames_at_the_in_range_length_boundaries_deliver_exactly() {
 
 /// 8.2: a peer that sends its ClientHello one byte per second. The
 /// server ends that transport at `handshake_timeout` (10 s) with
-/// `TimedOut`, before the hello is complete, and frees its pending slot;
-/// an honest client that connects meanwhile and the honest session
-/// already running both carry their bytes exactly.
+/// `TimedOut`, before the hello is complete, answers nothing and frees
+/// its pending slot; a new client completes its handshake meanwhile (its
+/// session and transport live on) and the honest session already running
+/// carries its bytes exactly throughout.
 #[test]
 fn a_slowloris_handshake_is_ended_by_the_handshake_timeout() {
     let (mut n, sid) = honest(8, Config::default());
@@ -575,9 +576,14 @@ fn a_slowloris_handshake_is_ended_by_the_handshake_timeout() {
     let pending = n.server.pending_transports();
     let ch = client_hello([50; 32], n.snow.as_micros());
     let mut fed = 0;
+    let mut late = None;
     for (i, b) in ch.iter().enumerate() {
         if n.server.transport_ended(t) {
             break;
+        }
+        if i == 5 {
+            // A new client completes its handshake meanwhile.
+            late = Some(Forger::connect(&mut n, [51; 32]));
         }
         assert_eq!(n.server.handle_input(t, n.snow, &[*b]), Ok(1), "byte {i}");
         fed += 1;
@@ -599,6 +605,8 @@ fn a_slowloris_handshake_is_ended_by_the_handshake_timeout() {
     assert!(n.snow.saturating_since(start) >= Config::default().handshake_timeout);
     assert!(n.server.pending_transports() < pending);
     assert_eq!(server_out(&mut n, t), Vec::<u8>::new(), "nothing answered");
+    let late = late.expect("late client");
+    assert!(n.server.has_session(late.sid) && !n.server.transport_ended(late.tid));
     assert_honest_unharmed(&mut n, sid);
 }
 
