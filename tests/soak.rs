@@ -3,8 +3,9 @@
 //! driver, both directions streaming a checkable pattern
 //! (`harness::pattern`) at once while the relay cuts every connection after
 //! a random number of bytes, flips a bit in some connections and inserts
-//! bursts of random bytes (junk) into others, and both sides rekey every
-//! few MiB. Every byte read is checked at its offset (nothing corrupted or
+//! bursts of random bytes (junk) into others; in `soak_with_rekeys` both
+//! sides also rekey every few MiB (ignored: issue 13 finding, see its
+//! attribute), `soak_without_rekeys` turns the rekey policy off. Every byte read is checked at its offset (nothing corrupted or
 //! duplicated), each direction ends with exactly its byte count and EOF
 //! (nothing lost), the server saw one session only, both sides close
 //! cleanly (failures = 0). The figures (cuts, resumes, rekeys, corruptions,
@@ -12,7 +13,7 @@
 //!
 //! Size by `RELINK_SOAK`:
 //! - unset (the quick variant, part of the normal suite): 8 MiB each way,
-//!   about 80 cuts, rekey every 1 MiB;
+//!   about 100 cuts, rekey every 1 MiB;
 //! - `full`: 1 GiB each way, 1,000+ cuts, rekey every 64 MiB; run by hand
 //!   in release (`RELINK_SOAK=full cargo test --release --all-features
 //!   --test soak -- --nocapture`), figures recorded in docs/TESTING.md
@@ -164,7 +165,7 @@ fn run_client(client: &ClientStream, total: u64) -> u64 {
 
 /// The soak with both sides rekeying every `rekey_after` bytes.
 #[test]
-#[ignore = "issue 13: with rekeys on (rekey_after_bytes 1, 2 or 4 MiB) and cuts every 64..352 KiB, the session ends DataUnavailable on both sides after a resume (every run; plain cuts suffice, no corruption or junk needed); see soak_without_rekeys"]
+#[ignore = "issue 13: with rekeys on (rekey_after_bytes 1, 2, 4 MiB with cuts every 64..352 KiB; 64 MiB with cuts every 256 KiB..3 MiB) the session ends DataUnavailable on both sides after a resume, every run (plain cuts suffice: corruption and junk off, one direction of data, either side's policy alone); see soak_without_rekeys"]
 fn soak_with_rekeys() {
     soak(true);
 }
