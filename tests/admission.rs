@@ -454,3 +454,55 @@ fn flood_from_one_source_with_cookies_honest_clients_all_succeed() {
     assert_eq!(ok, 100);
     assert!(s.endpoint().cookies_sent() >= 100);
 }
+
+/// The drivers pass the TCP peer's address to the endpoint: 100 idle
+/// connections from 127.0.0.2 (a slowloris source) get at most
+/// `max_handshakes_per_source` slots, the rest are refused at accept, and
+/// a client from 127.0.0.1 connects and exchanges bytes meanwhile.
+#[test]
+fn blocking_driver_limits_one_source_and_serves_another() {
+    use std::io::{Read, Write};
+    let cfg = Config {
+        max_handshakes_per_source: 8,
+        ..Config::default()
+    };
+    let listener = relink::blocking::Listener::bind("127.0.0.1:0", cfg.clone()).unwrap();
+    let addr = listener.local_addr();
+    let mut idle = Vec::new();
+    for _ in 0..100 {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.bind(&std::net::SocketAddr::from(([127, 0, 0, 2], 0)).into())
+            .unwrap();
+        s.connect(&addr.into()).unwrap();
+        idle.push(std::net::TcpStream::from(s));
+    }
+    // The refused ones are closed by the server without a byte.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while listener.stats().transports_refused < 92 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let stats = listener.stats();
+    assert_eq!(
+        (stats.transports, stats.transports_refused),
+        (8, 92),
+        "{stats:?}"
+    );
+    let server = std::thread::spawn(move || {
+        let mut session = listener.accept().unwrap();
+        let mut got = [0u8; 5];
+        session.read_exact(&mut got).unwrap();
+        session.write_all(b"world").unwrap();
+        session.flush().unwrap();
+        (got, listener)
+    });
+    let mut client = relink::blocking::ClientBuilder::new(cfg)
+        .connect(addr)
+        .expect("an honest client from another source connects");
+    client.write_all(b"hello").unwrap();
+    client.flush().unwrap();
+    let mut back = [0u8; 5];
+    client.read_exact(&mut back).unwrap();
+    let (got, _listener) = server.join().unwrap();
+    assert_eq!((&got, &back), (b"hello", b"world"));
+    drop(idle);
+}

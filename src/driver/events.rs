@@ -130,7 +130,9 @@ impl ClientStats {
 pub struct ServerStats {
     /// Transports accepted.
     pub transports: u64,
-    /// Transports refused because too many were pending.
+    /// Transports refused at accept: too many were pending, in all
+    /// (`Config::max_pending_transports`) or from their source
+    /// (`Config::max_handshakes_per_source`, PROTOCOL.md 3.7).
     pub transports_refused: u64,
     /// Sessions established by a handshake.
     pub sessions: u64,
