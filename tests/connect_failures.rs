@@ -578,6 +578,7 @@ fn reconnect_resolves_the_name_again() {
                 cut_after_ms: None,
                 corrupt_probability: 0.0,
                 stall_probability: 0.0,
+                ..FaultPlan::default()
             },
             7,
         )

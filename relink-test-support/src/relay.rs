@@ -4,7 +4,8 @@
 //! connection to a target address, with two threads per connection (one per
 //! direction). A [`FaultPlan`] decides what goes wrong with each connection:
 //! it is cut (both sockets shut down) after a random number of forwarded
-//! bytes or milliseconds, one random bit of its data is flipped, or instead of
+//! bytes or milliseconds, one random bit of its data is flipped, a burst of
+//! random bytes (*junk*) is inserted into its data, or instead of
 //! being cut it *stalls*: nothing is forwarded any more but both sockets stay
 //! open, like a path that silently drops every packet.
 //!
@@ -37,6 +38,13 @@ pub struct FaultPlan {
     /// instead: stops forwarding both ways but keeps both sockets open (no
     /// FIN, no RST) until the relay is dropped or the endpoints close them.
     pub stall_probability: f64,
+    /// Per connection, probability of inserting one burst of random bytes
+    /// (junk) at a random position of the forwarded data (both directions
+    /// together, like the bit flip); the original bytes all follow it, in
+    /// order, and the connection continues.
+    pub junk_probability: f64,
+    /// Length of a junk burst in bytes (inclusive range; at least 1).
+    pub junk_len: (u64, u64),
 }
 
 impl Default for FaultPlan {
@@ -47,6 +55,8 @@ impl Default for FaultPlan {
             cut_after_ms: None,
             corrupt_probability: 0.0,
             stall_probability: 0.0,
+            junk_probability: 0.0,
+            junk_len: (1, 64),
         }
     }
 }
@@ -62,8 +72,12 @@ pub struct RelayStats {
     pub corruptions: u64,
     /// Connections stalled by the plan.
     pub stalls: u64,
-    /// Bytes forwarded, both directions together.
+    /// Bytes forwarded, both directions together (junk not counted).
     pub bytes: u64,
+    /// Junk bursts inserted.
+    pub junk_bursts: u64,
+    /// Junk bytes inserted, all bursts together.
+    pub junk_bytes: u64,
 }
 
 /// A TCP relay on 127.0.0.1 with fault injection, for tests and the demo.
@@ -111,6 +125,8 @@ struct ConnState {
     cut_at: Option<u64>,
     /// Combined-stream position and bit of the planned flip.
     flip: Option<(u64, u8)>,
+    /// Combined-stream position, length and seed of the planned junk burst.
+    junk: Option<(u64, u64, u64)>,
     stall: bool,
     stalled: bool,
     ended: bool,
@@ -227,6 +243,17 @@ fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             None
         };
         let stall = rng.chance(plan.stall_probability);
+        let junk = if rng.chance(plan.junk_probability) {
+            let span = cut_at.unwrap_or(1 << 20).max(1);
+            let (lo, hi) = plan.junk_len;
+            Some((
+                rng.between(0, span - 1),
+                rng.between(lo.max(1), hi),
+                rng.next(),
+            ))
+        } else {
+            None
+        };
         st.conns.insert(id, [c3, s3]);
         drop(st);
         let conn = Arc::new(Conn {
@@ -236,6 +263,7 @@ fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
                 forwarded: 0,
                 cut_at,
                 flip,
+                junk,
                 stall,
                 stalled: false,
                 ended: false,
@@ -311,14 +339,36 @@ fn pump(conn: Arc<Conn>, dir: usize, mut from: TcpStream, mut to: TcpStream) {
                 flipped = true;
             }
         }
+        // Junk goes in before the byte at its position.
+        let mut junk = None;
+        if let Some((pos, jlen, seed)) = st.junk {
+            if pos >= start && pos < start + len {
+                let mut r = XorShift::new(seed);
+                let bytes: Vec<u8> = (0..jlen).map(|_| r.next() as u8).collect();
+                junk = Some(((pos - start) as usize, bytes));
+                st.junk = None;
+            }
+        }
         st.forwarded += len;
         drop(st);
         {
             let mut g = lock(&conn.shared.state);
             g.stats.bytes += len;
             g.stats.corruptions += flipped as u64;
+            if let Some((_, bytes)) = &junk {
+                g.stats.junk_bursts += 1;
+                g.stats.junk_bytes += bytes.len() as u64;
+            }
         }
-        if to.write_all(&buf[..len as usize]).is_err() {
+        let data = &buf[..len as usize];
+        let written = match &junk {
+            Some((at, bytes)) => to
+                .write_all(&data[..*at])
+                .and_then(|()| to.write_all(bytes))
+                .and_then(|()| to.write_all(&data[*at..])),
+            None => to.write_all(data),
+        };
+        if written.is_err() {
             conn.end(false);
             return;
         }
@@ -459,5 +509,45 @@ mod tests {
         assert!(r.chance(1.0));
         let n = (0..10_000).filter(|_| r.chance(0.25)).count();
         assert!((2_000..3_000).contains(&n), "{n}");
+    }
+
+    /// Junk goes into the stream as one burst of the planned length, every
+    /// original byte follows in order, and the stats count it.
+    #[test]
+    fn junk_is_inserted_once_and_the_data_follows_in_order() {
+        let sink = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let target = sink.local_addr().unwrap();
+        let plan = FaultPlan {
+            junk_probability: 1.0,
+            junk_len: (5, 9),
+            ..FaultPlan::default()
+        };
+        let relay = Relay::start(target, plan, 3).unwrap();
+        let reader = thread::spawn(move || {
+            let (mut s, _) = sink.accept().unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).unwrap();
+            got
+        });
+        // Without a cut the burst lands somewhere in the first MiB.
+        let data: Vec<u8> = (0..(1u32 << 20) + 999).map(|i| (i % 251) as u8).collect();
+        let mut c = TcpStream::connect(relay.local_addr()).unwrap();
+        c.write_all(&data).unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        let got = reader.join().unwrap();
+        let st = relay.stats();
+        assert_eq!(st.junk_bursts, 1, "{st:?}");
+        assert!((5..=9).contains(&st.junk_bytes), "{st:?}");
+        let j = st.junk_bytes as usize;
+        assert_eq!(got.len(), data.len() + j);
+        // The first difference is at or just after the burst (a junk byte
+        // may equal the original one); removing it gives the data back.
+        let at = (0..data.len())
+            .find(|&i| got[i] != data[i])
+            .unwrap_or(data.len());
+        assert!(
+            (at.saturating_sub(j)..=at).any(|a| got[a + j..] == data[a..]),
+            "no single burst of {j} bytes explains the output"
+        );
     }
 }
