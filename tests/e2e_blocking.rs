@@ -114,17 +114,19 @@ fn sixty_four_mib_across_a_hundred_cuts_byte_exact() {
         ..FaultPlan::default()
     };
     let relay = Relay::start(listener.local_addr(), plan, 0xC0FFEE).unwrap();
+    // The listener outlives the client's close: a final ACK lost in a cut
+    // is answered by a resume, which needs the listener (tests/soak.rs).
     let server = thread::spawn(move || {
         let session = listener.accept().unwrap();
         serve(session, UP, DOWN);
-        listener.stats()
+        (listener.stats(), listener)
     });
     let client = ClientBuilder::new(fast_config())
         .backoff(fast_backoff(Some(40)))
         .connect(relay.local_addr())
         .expect("connect");
     run_client(&client, UP, DOWN);
-    let server_stats = server.join().unwrap();
+    let (server_stats, _listener) = server.join().unwrap();
     let rs = relay.stats();
     let cs = client.stats();
     eprintln!("relay {rs:?}\nclient {cs:?}\nserver {server_stats:?}");
@@ -152,13 +154,14 @@ fn stalled_paths_are_detected_by_the_idle_timeout() {
     let server = thread::spawn(move || {
         let session = listener.accept().unwrap();
         serve(session, UP, DOWN);
+        listener
     });
     let client = ClientBuilder::new(fast_config())
         .backoff(fast_backoff(Some(40)))
         .connect(relay.local_addr())
         .expect("connect");
     run_client(&client, UP, DOWN);
-    server.join().unwrap();
+    let _listener = server.join().unwrap();
     let rs = relay.stats();
     let cs = client.stats();
     eprintln!("relay {rs:?}\nclient {cs:?}");
