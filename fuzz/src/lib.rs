@@ -13,16 +13,52 @@
 //!   too full for another maximum-size frame;
 //! - every application byte `recv` yields equals what the genuine peer
 //!   sent at that offset (the fuzzer cannot forge MACs, so nothing it
-//!   injects may reach the application).
+//!   injects may reach the application) — checked only while forgery is
+//!   off (see below).
+//!
+//! # Forgery (the core's fuzzing build)
+//!
+//! `cargo fuzz` builds the core with `--cfg fuzzing`: an all-zero tag
+//! passes every MAC check, the stream cipher is the identity and X25519 is
+//! a cheap stand-in (src/keys.rs of the main crate). [`allow_forgery`]
+//! turns the zero-tag bypass on or off per execution: the raw-input
+//! scenarios turn it on so that the fuzzer's own frames (header, plaintext
+//! body, 16 zero bytes) reach every state behind authentication; the
+//! [`script`] and the structured target turn it off and check that nothing
+//! unauthenticated is ever delivered. Without `cfg(fuzzing)` (`cargo test`
+//! here) forgery is impossible whatever [`allow_forgery`] is told.
 //!
 //! [`script`] drives a genuine pair through operations chosen by the input
 //! with one hostile direction, then heals the transport and checks that
 //! everything written arrived (see its docs for the exceptions).
 #![forbid(unsafe_code)]
 
+use core::sync::atomic::{AtomicBool, Ordering};
+
 use chacha20::ChaCha20Rng;
 use relink::{Client, Config, Duration, Instant, Server, SessionId, TransportId};
 pub use relink_test_support::harness::{check_pattern, pattern, rng, Net, T0};
+
+static FORGERY: AtomicBool = AtomicBool::new(false);
+
+/// Let all-zero tags pass the core's MAC checks (`on`) or not, in the
+/// fuzzing build; a no-op otherwise (see the module docs). While forgery
+/// is on, the feeders do not check the application bytes against the
+/// genuine peer's: the fuzzer may legitimately have forged them.
+pub fn allow_forgery(on: bool) {
+    #[cfg(fuzzing)]
+    relink::fuzzing::set_zero_tags_accepted(on);
+    FORGERY.store(on && cfg!(fuzzing), Ordering::Relaxed);
+}
+
+/// Whether forged frames can pass (see [`allow_forgery`]).
+pub fn forgery() -> bool {
+    FORGERY.load(Ordering::Relaxed)
+}
+
+pub mod seeds;
+pub mod structured;
+pub mod targets;
 
 /// Size of the buffers handed to `poll_transmit`.
 pub const TX_BUF: usize = 64 * 1024;
@@ -206,7 +242,9 @@ pub fn server_feed(
                     if k == 0 {
                         break;
                     }
-                    check_pattern(UP, *rx_offset, &scratch[..k]);
+                    if !forgery() {
+                        check_pattern(UP, *rx_offset, &scratch[..k]);
+                    }
                     *rx_offset += k as u64;
                 }
             }
@@ -249,7 +287,9 @@ pub fn client_feed(
                     if k == 0 {
                         break;
                     }
-                    check_pattern(DOWN, *rx_offset, &scratch[..k]);
+                    if !forgery() {
+                        check_pattern(DOWN, *rx_offset, &scratch[..k]);
+                    }
                     *rx_offset += k as u64;
                 }
             }
@@ -264,6 +304,30 @@ pub fn client_feed(
         }
     }
     true
+}
+
+/// The server's application reads everything `sid` holds; every byte is
+/// checked against the genuine client's stream unless forgery is on.
+pub fn server_read(server: &mut Server<ChaCha20Rng>, sid: SessionId, rx_offset: &mut u64) {
+    let mut scratch = [0u8; 4096];
+    while let Ok(k @ 1..) = server.recv(sid, &mut scratch) {
+        if !forgery() {
+            check_pattern(UP, *rx_offset, &scratch[..k]);
+        }
+        *rx_offset += k as u64;
+    }
+}
+
+/// The client's application reads everything it holds; every byte is
+/// checked against the genuine server's stream unless forgery is on.
+pub fn client_read(client: &mut Client<ChaCha20Rng>, rx_offset: &mut u64) {
+    let mut scratch = [0u8; 4096];
+    while let Ok(k @ 1..) = client.recv(&mut scratch) {
+        if !forgery() {
+            check_pattern(DOWN, *rx_offset, &scratch[..k]);
+        }
+        *rx_offset += k as u64;
+    }
 }
 
 /// Drain everything the server would transmit on `tid` (bounded).
@@ -546,6 +610,7 @@ impl Script {
 /// arrived intact. The attacks must never make either side conclude that
 /// data was lost (`DataUnavailable`): every byte is authenticated.
 pub fn script(seed: u64, sel: u8, hostile: Hostile, input: &mut Input<'_>) -> ScriptOutcome {
+    allow_forgery(false);
     let p = established(seed, sel);
     let sid = p.session.expect("session");
     let mut s = Script {
