@@ -5,11 +5,15 @@
 //! what the genuine peer sent becomes the seed; the decoder targets get the
 //! genuine messages of such sessions.
 //!
-//! Seeds are exact for the build they are generated in: generate them in
-//! the fuzzing build (`--cfg fuzzing`, see fuzz/README.md) to get frames
-//! that verify there. The test `seed_corpus_replays_deep` writes them to
-//! `fuzz/corpus/<target>/seed-*` (git-ignored) and checks that they reach
-//! the states behind authentication.
+//! Seeds are exact for the build they are generated in (keys, cipher and
+//! DH differ), so the test `seed_corpus_replays_deep` checks in either
+//! build that they reach the states behind authentication, and writes them
+//! to `fuzz/corpus/<target>/seed-*` (git-ignored) only in the fuzzing
+//! build:
+//!
+//! ```sh
+//! RUSTFLAGS="--cfg fuzzing" cargo +nightly test --target-dir target/seeds --lib seed_corpus
+//! ```
 use std::path::Path;
 
 use relink::wire::{FrameHeader, FRAME_HEADER_LEN, FRAME_OVERHEAD};
@@ -252,7 +256,20 @@ mod tests {
             assert!(seeds.iter().any(|s| s.target == t), "no seed for {t}");
         }
         assert!(seeds.iter().filter(|s| s.target == "frame_header").count() >= 10);
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
+        // Only the fuzzing build's seeds go to the corpus the fuzzer reads
+        // (a normal build's frames would not verify there).
+        let dir = if cfg!(fuzzing) {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus")
+        } else {
+            std::env::temp_dir().join(format!("relink-fuzz-seeds-{}", std::process::id()))
+        };
         assert_eq!(write_all(&dir).expect("write seeds"), seeds.len());
+        let written = std::fs::read_dir(dir.join("server_input"))
+            .expect("seeds")
+            .count();
+        assert!(written >= 24, "{written} server_input seeds");
+        if !cfg!(fuzzing) {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
     }
 }
