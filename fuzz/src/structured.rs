@@ -189,7 +189,7 @@ fn heal(net: &mut Net) {
     net.client_reads = true;
     net.server_reads = true;
     net.deliver_stale();
-    for _ in 0..40 {
+    for _ in 0..100 {
         net.server_read();
         net.client_read();
         let g = net.generation;
@@ -206,6 +206,10 @@ fn heal(net: &mut Net) {
             }
         }
         net.settle(400);
+        // A transport that lost bytes but lives on stalls until a timer
+        // fires (keepalive, idle timeout): let time pass as it would.
+        net.tick(Duration::from_secs(1));
+        net.timers();
     }
     net.server_read();
     net.client_read();
@@ -307,6 +311,21 @@ mod tests {
             assert!(out.resumes >= 1, "{out:?}");
             assert!(out.rekeys >= 1, "{out:?}");
         }
+    }
+
+    /// Found by the fuzzer (fuzz/regressions/structured/
+    /// lost-tail-stalls-without-time): the tail of the server's last frame
+    /// is lost while the transport lives on; the client waits for the rest
+    /// of that frame, the server for an ACK. Only time (keepalive, idle
+    /// timeout) ends the stall, so the heal lets time pass; then the data
+    /// arrives by a resume.
+    #[test]
+    fn a_lost_tail_is_recovered_once_time_passes() {
+        let ops = [Op::ServerWrite(16_841), Op::Lose { up: false, n: 1188 }];
+        let out = run(&plan(47, 2, &ops));
+        assert!(out.delivery_checked, "{out:?}");
+        assert_eq!(out.down, (16_841, 16_841), "{out:?}");
+        assert!(out.resumes >= 1, "{out:?}");
     }
 
     #[test]
