@@ -452,15 +452,14 @@ impl Script {
 
     /// Both sides transmit into their pipes; the direction the fuzzer does
     /// not control is delivered at once, unharmed (unless `all`: then both).
+    ///
+    /// Output is collected even from a side whose transport just ended
+    /// (see [`Script::deliver`]).
     fn pump(&mut self, all: bool) {
-        if self.client_alive {
-            let up = self.p.client_output();
-            self.p.c2s.extend_from_slice(&up);
-        }
-        if self.server_alive {
-            let down = self.p.server_output();
-            self.p.s2c.extend_from_slice(&down);
-        }
+        let up = self.p.client_output();
+        self.p.c2s.extend_from_slice(&up);
+        let down = self.p.server_output();
+        self.p.s2c.extend_from_slice(&down);
         if all || self.hostile == Hostile::Down {
             self.deliver(Hostile::Up, usize::MAX);
         }
@@ -477,7 +476,12 @@ impl Script {
         }
     }
 
-    /// Hand up to `n` bytes of the `dir` pipe to their receiver.
+    /// Hand up to `n` bytes of the `dir` pipe to their receiver. When the
+    /// receiver ends its transport, its last words (a resume rejection)
+    /// are flushed into the other pipe, as a driver does before closing.
+    /// (They were dropped once, and a client whose session had expired on
+    /// the server never heard so: fuzz/regressions/server_input/
+    /// script-server-expired-client-idle.)
     fn deliver(&mut self, dir: Hostile, n: usize) {
         let n = n.min(self.pipe(dir).len());
         if n == 0 {
@@ -489,11 +493,20 @@ impl Script {
             Hostile::Down if self.client_alive => {
                 self.client_alive =
                     client_feed(&mut self.p.client, now, &chunk, &mut self.out.down.1);
+                if !self.client_alive {
+                    let last = self.p.client_output();
+                    self.p.c2s.extend_from_slice(&last);
+                }
             }
             Hostile::Up if self.server_alive => {
                 let tid = self.p.tid.expect("transport");
                 self.server_alive =
                     server_feed(&mut self.p.server, tid, now, &chunk, &mut self.out.up.1);
+                if !self.server_alive {
+                    // A driver flushes a rejection before closing.
+                    let last = self.p.server_output();
+                    self.p.s2c.extend_from_slice(&last);
+                }
             }
             _ => {}
         }
