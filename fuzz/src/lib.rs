@@ -354,6 +354,9 @@ pub fn client_flush(client: &mut Client<ChaCha20Rng>, now: Instant) {
     while client.poll_event().is_some() {}
 }
 
+/// Bytes either application of a [`script`] writes at most.
+pub const SCRIPT_WRITE_CAP: u64 = 16 * 1024;
+
 /// What a [`script`] run did, for the harness's own tests.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ScriptOutcome {
@@ -528,8 +531,12 @@ impl Script {
         let h = self.hostile;
         match input.byte() % 9 {
             0 => {
-                // The server's application writes.
-                let mut chunk = vec![0u8; 1 + input.byte() as usize * 16];
+                // The server's application writes (at most
+                // `SCRIPT_WRITE_CAP` bytes in all: volume costs speed and
+                // finds nothing that a few frames do not).
+                let n = 1 + input.byte() as usize * 16;
+                let n = n.min((SCRIPT_WRITE_CAP.saturating_sub(self.out.down.0)) as usize);
+                let mut chunk = vec![0u8; n];
                 pattern(DOWN, self.out.down.0, &mut chunk);
                 if let Ok(k) = self.p.server.send(self.sid, &chunk) {
                     self.out.down.0 += k as u64;
@@ -563,8 +570,10 @@ impl Script {
                 pipe.drain(..n);
             }
             5 => {
-                // The client's application writes.
-                let mut chunk = vec![0u8; 1 + input.byte() as usize * 16];
+                // The client's application writes (capped as above).
+                let n = 1 + input.byte() as usize * 16;
+                let n = n.min((SCRIPT_WRITE_CAP.saturating_sub(self.out.up.0)) as usize);
+                let mut chunk = vec![0u8; n];
                 pattern(UP, self.out.up.0, &mut chunk);
                 if let Ok(k) = self.p.client.send(&chunk) {
                     self.out.up.0 += k as u64;
@@ -601,9 +610,21 @@ impl Script {
     /// written byte arrived or the session ended.
     fn heal(&mut self) {
         let mut fresh = false;
+        // Iterations without a byte delivered: after 10 the clock moves in
+        // 1 s steps (timers: keepalive, idle timeout, handshake timeout);
+        // after 60 (about 50 s without progress) the heal gives up.
+        let (mut stalled, mut last) = (0, (self.out.up.1, self.out.down.1));
         for _ in 0..400 {
             self.read_all();
             if self.out.up.1 == self.out.up.0 && self.out.down.1 == self.out.down.0 {
+                break;
+            }
+            if (self.out.up.1, self.out.down.1) == last {
+                stalled += 1;
+            } else {
+                (stalled, last) = (0, (self.out.up.1, self.out.down.1));
+            }
+            if stalled > 60 {
                 break;
             }
             if self.p.client.is_closed() {
@@ -615,7 +636,8 @@ impl Script {
                 }
                 fresh = true;
             }
-            self.p.tick(Duration::from_millis(5));
+            let step = if stalled > 10 { 1000 } else { 5 };
+            self.p.tick(Duration::from_millis(step));
             self.p.client.handle_timeout(self.p.now());
             self.p.server.handle_timeout(self.p.now());
             self.pump(true);
@@ -648,7 +670,7 @@ pub fn script(seed: u64, sel: u8, hostile: Hostile, input: &mut Input<'_>) -> Sc
         buf: vec![0u8; 8192],
     };
     let mut ops = 0;
-    while !input.is_empty() && ops < 256 {
+    while !input.is_empty() && ops < 128 {
         ops += 1;
         if !s.op(input) {
             break;

@@ -28,12 +28,18 @@ use relink::{AbortCode, CloseReason, Duration, Event, ServerEvent};
 
 use crate::{allow_forgery, configs, Net};
 
+/// Bytes either application writes at most (volume costs speed and finds
+/// nothing that a few frames do not).
+pub const WRITE_CAP: u64 = 32 * 1024;
+
 /// One operation of a [`Plan`].
 #[derive(Arbitrary, Debug, Clone, Copy)]
 pub enum Op {
-    /// The client's application writes `n % 20_000` bytes.
+    /// The client's application writes `n % 20_000` bytes (at most
+    /// [`WRITE_CAP`] in all).
     ClientWrite(u16),
-    /// The server's application writes `n % 20_000` bytes.
+    /// The server's application writes `n % 20_000` bytes (at most
+    /// [`WRITE_CAP`] in all).
     ServerWrite(u16),
     /// `1 + n % 32` harness steps of 1 ms.
     Steps(u8),
@@ -123,10 +129,12 @@ pub struct Outcome {
 fn apply(net: &mut Net, op: Op) {
     match op {
         Op::ClientWrite(n) => {
-            net.client_write(usize::from(n % 20_000));
+            let room = WRITE_CAP.saturating_sub(net.up_written());
+            net.client_write(usize::from(n % 20_000).min(room as usize));
         }
         Op::ServerWrite(n) => {
-            net.server_write(usize::from(n % 20_000));
+            let room = WRITE_CAP.saturating_sub(net.down[&net.generation].written);
+            net.server_write(usize::from(n % 20_000).min(room as usize));
         }
         Op::Steps(n) => {
             for _ in 0..=(n % 32) {
