@@ -78,7 +78,15 @@ pub fn server_input(data: &[u8]) -> u64 {
         }
     }
     let _ = server.poll_timeout();
-    assert!(server.session_count() <= 1);
+    // The setup's session, plus one the fuzzer may complete on a fresh
+    // transport (scenario 2; with forgery a zero ClientConfirm passes:
+    // fuzz/regressions/server_input/forged-second-session-on-new-transport).
+    let most = if mode % 5 == 2 { 2 } else { 1 };
+    assert!(
+        server.session_count() <= most,
+        "{} sessions",
+        server.session_count()
+    );
     rx_offset
 }
 
