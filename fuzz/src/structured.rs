@@ -255,7 +255,7 @@ pub fn run(plan: &Plan) -> Outcome {
     }
     for e in &net.sev {
         match e {
-            ServerEvent::Closed { reason, .. } => out.server_end = Some(reason.clone()),
+            ServerEvent::Closed { reason, .. } => out.server_end = Some(*reason),
             ServerEvent::SessionExpired { .. } => out.server_end = Some(CloseReason::Expired),
             ServerEvent::Rekeyed { .. } => out.rekeys += 1,
             _ => {}
