@@ -8,6 +8,7 @@
 //! RELINK_BENCH_QUICK=1 cargo bench --bench compare
 //! RELINK_BENCH_PROFILE=small cargo bench --bench compare   # one loop, for perf
 //! cargo bench --bench compare -- --issue11  # only the rekey and credential rows
+//! cargo bench --bench compare -- --issue13  # only the admission (denial of service) rows
 //! ```
 //!
 //! Every figure of a row is measured side by side: the samples of the
@@ -237,7 +238,7 @@ fn main() {
     let quick = args.iter().any(|a| a == "--quick")
         || std::env::var("RELINK_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
     if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("usage: cargo bench --bench compare [-- [--quick] [--issue11]]");
+        println!("usage: cargo bench --bench compare [-- [--quick] [--issue11] [--issue13]]");
         return;
     }
     if let Ok(case) = std::env::var("RELINK_BENCH_PROFILE") {
@@ -259,6 +260,10 @@ fn main() {
 
     if args.iter().any(|a| a == "--issue11") {
         issue11_only(&sz, quick, started);
+        return;
+    }
+    if args.iter().any(|a| a == "--issue13") {
+        issue13_only(&sz, quick, started);
         return;
     }
 
@@ -712,6 +717,7 @@ fn main() {
 
     rekey_rows(&sz, &mut rows, &mut targets);
     credential_rows(&sz, &mut rows);
+    admission_rows(&sz, &mut rows, &mut targets);
 
     println!();
     print_table(&rows);
@@ -756,6 +762,81 @@ fn issue11_only(sz: &Sizes, quick: bool, started: StdInstant) {
         println!("  [{verdict}] {}", t.what);
     }
     println!("total time {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// `-- --issue13`: only the admission rows (issue 13), their own table.
+fn issue13_only(sz: &Sizes, quick: bool, started: StdInstant) {
+    let (mut rows, mut targets) = (Vec::new(), Vec::new());
+    admission_rows(sz, &mut rows, &mut targets);
+    println!();
+    print_table(&rows);
+    println!();
+    println!("targets:");
+    for t in &targets {
+        let verdict = match (quick, t.pass) {
+            (true, _) => "n/a (quick)",
+            (false, true) => "PASS",
+            (false, false) => "MISS",
+        };
+        println!("  [{verdict}] {}", t.what);
+    }
+    println!("total time {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// Admission (issue 13, PROTOCOL.md 3.7 and §9 "Denial of service"): the
+/// server's CPU per input from a sender that holds no key, against a full
+/// handshake's server side, all interleaved in the same run.
+fn admission_rows(sz: &Sizes, rows: &mut Vec<Row>, targets: &mut Vec<Target>) {
+    let us = |rate: f64| 1e6 / rate;
+    let n = sz.handshakes;
+    let mut full = relink_side::Handshakes::new(41, false);
+    let mut adm = relink_side::Admission::new(42, n as usize);
+    let mut adm2 = relink_side::Admission::new(43, 1);
+    let mut adm3 = relink_side::Admission::new(44, 1);
+    let mut adm4 = relink_side::Admission::new(45, 1);
+    let r = {
+        let mut runners: Vec<Runner<'_>> = vec![
+            Box::new(|| full.server_only(n)),
+            Box::new(|| adm2.bogus_hellos(n, true)),
+            Box::new(|| adm3.bogus_hellos(n, false)),
+            Box::new(|| adm4.bogus_resumes(n)),
+            Box::new(|| adm.bogus_frames()),
+        ];
+        interleaved(sz.samples, &mut runners)
+    };
+    let (full, cookie, no_cookie, resume, frame) = (r[0], r[1], r[2], r[3], r[4]);
+    // Rates are per second: the cost ratio is the inverse ratio of rates.
+    let ratio = full / cookie;
+    rows.push(Row {
+        case: "admission: server CPU per bogus hello, cookie on (ratio to a full handshake)".into(),
+        unit: "µs",
+        vals: [Some(us(cookie)), None, None, None, None],
+        ratios: format!(
+            "{:.4} of a full handshake's server side ({:.1} µs); without load {:.1} µs ({:.2})",
+            ratio,
+            us(full),
+            us(no_cookie),
+            full / no_cookie
+        ),
+    });
+    rows.push(Row {
+        case: "admission: server CPU per bogus resume request / bogus 1 KiB frame".into(),
+        unit: "µs",
+        vals: [Some(us(resume)), None, None, None, None],
+        ratios: format!(
+            "resume (unknown id) {:.2} µs, frame with a bad tag {:.2} µs",
+            us(resume),
+            us(frame)
+        ),
+    });
+    let pass = ratio <= 0.05;
+    targets.push(Target {
+        what: format!(
+            "server CPU per bogus hello with the cookie on ≤ 0.05 of a full handshake (got {:.4})",
+            ratio
+        ),
+        pass,
+    });
 }
 
 /// Rekey (issue 11): what one exchange costs each side, and bulk transfer

@@ -79,13 +79,22 @@ fn serve(listener: TcpListener, shared: Arc<Shared>) {
     });
     for socket in listener.incoming() {
         let Ok(socket) = socket else { continue };
-        let accepted = shared.endpoint.lock().unwrap().accept(now());
+        // With the peer's address the endpoint applies its per-source
+        // limits and binds cookies to it (PROTOCOL.md 3.7).
+        let peer = socket.peer_addr();
+        let accepted = match &peer {
+            Ok(p) => shared.endpoint.lock().unwrap().accept_from(now(), p.ip()),
+            Err(_) => shared.endpoint.lock().unwrap().accept(now()),
+        };
         match accepted {
             Ok(t) => {
                 let s = shared.clone();
                 std::thread::spawn(move || reader(socket, t, s));
             }
-            Err(e) => eprintln!("[acceptor] refused: {e}"),
+            Err(e) => match peer {
+                Ok(p) => eprintln!("[acceptor] refused {p}: {e}"),
+                Err(_) => eprintln!("[acceptor] refused: {e}"),
+            },
         }
     }
 }

@@ -1452,9 +1452,21 @@ fn server_accept(shared: Arc<ServerShared>, listener: TcpListener) {
             return;
         }
         let now = shared.now();
-        let Ok(tid) = ep.endpoint.accept(now) else {
-            let _ = sock.shutdown(Shutdown::Both);
-            continue;
+        let accepted = match peer {
+            Some(p) => ep.endpoint.accept_from(now, p.ip()),
+            None => ep.endpoint.accept(now),
+        };
+        let tid = match accepted {
+            Ok(tid) => tid,
+            Err(e) => {
+                shared
+                    .stats
+                    .transports_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                crate::driver::log_refused(peer, &e);
+                let _ = sock.shutdown(Shutdown::Both);
+                continue;
+            }
         };
         shared.stats.transports.fetch_add(1, Ordering::Relaxed);
         let link = Arc::new(Link {

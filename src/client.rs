@@ -31,9 +31,10 @@ use crate::stream::{Gate, Stream, StreamEvent, StreamLimits};
 use crate::time::{Duration, Instant};
 use crate::timer::{Timer, TimerTable};
 use crate::wire::{
-    resume_response_len, server_hello_len, AbortCode, AuthenticatedReject, HandshakeStatus,
-    HelloStale, ResumeRequest, ResumeResponse, ResumeStatus, UnknownSessionReject, HELLO_STALE_LEN,
-    RESUME_REQUEST_LEN, RESUME_RESPONSE_LEN, SERVER_HELLO_LEN, TAG_LEN, VERSION,
+    hello_with_cookie, resume_response_len, server_hello_len, AbortCode, AuthenticatedReject,
+    HandshakeStatus, HelloCookie, HelloStale, ResumeRequest, ResumeResponse, ResumeStatus,
+    UnknownSessionReject, HELLO_COOKIE_LEN, HELLO_STALE_LEN, RESUME_REQUEST_LEN,
+    RESUME_RESPONSE_LEN, SERVER_HELLO_LEN, TAG_LEN, VERSION,
 };
 use crate::MIN_TRANSMIT_BUFFER;
 
@@ -60,6 +61,9 @@ enum Phase {
         reply: [u8; SERVER_HELLO_LEN],
         have: usize,
         deadline: Instant,
+        /// The hello was repeated with a cookie on this transport
+        /// (PROTOCOL.md 3.7).
+        cookie_sent: bool,
     },
     /// ResumeRequest sent, waiting for the response.
     Resume {
@@ -197,6 +201,7 @@ impl<R: CryptoRng> Client<R> {
                 reply: [0; SERVER_HELLO_LEN],
                 have: 0,
                 deadline,
+                cookie_sent: false,
             };
             return Ok(());
         };
@@ -313,9 +318,31 @@ impl<R: CryptoRng> Client<R> {
     }
 
     fn finish_hello(&mut self, now: Instant) -> Result<(), Error> {
-        let Phase::Hello { hs, reply, .. } = &self.phase else {
+        let Phase::Hello {
+            hs,
+            reply,
+            have,
+            cookie_sent,
+            ..
+        } = &mut self.phase
+        else {
             return Err(Error::InvalidState);
         };
+        if reply[1] == HandshakeStatus::Cookie.to_byte() && !*cookie_sent {
+            // The server is under load: the same hello again, with its
+            // cookie, on this transport (PROTOCOL.md 3.7). A second cookie
+            // answer ends the transport below (retryable).
+            let answer = HelloCookie::decode(&reply[..HELLO_COOKIE_LEN]);
+            let cookie = match answer {
+                Ok(a) => a.cookie,
+                Err(e) => return Err(self.fail_transport(e.into())),
+            };
+            let again = hello_with_cookie(hs.hello(), &cookie);
+            *have = 0;
+            *cookie_sent = true;
+            self.set_control(&again);
+            return Ok(());
+        }
         if reply[1] != HandshakeStatus::Ok.to_byte() {
             let status = HandshakeStatus::from_byte(reply[1]).map_err(Error::from)?;
             let e = Error::HandshakeRejected(status);

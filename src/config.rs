@@ -92,6 +92,28 @@ pub struct Config {
     /// Server: most transports that have not yet completed a handshake or resume.
     /// Default: 1,000.
     pub max_pending_transports: usize,
+    /// Server: most handshakes in progress per source (an IPv4 address or
+    /// an IPv6 /64, PROTOCOL.md 3.7), counted twice over: transports of the
+    /// source not yet past their handshake or resume (a new one beyond the
+    /// limit is refused with [`crate::Error::SourceLimit`]), and sessions
+    /// whose ServerHello went to the source and whose ClientConfirm has not
+    /// arrived (a new hello beyond the limit evicts the oldest of them that
+    /// has no transport, else it is answered Busy). Keeps one source from
+    /// filling `max_pending_transports` or `max_sessions` for everyone.
+    /// Honest clients finish a handshake in one round trip, so even a large
+    /// NAT rarely has many in progress at once. Applies to transports the
+    /// driver registered with [`crate::Endpoint::accept_from`].
+    /// Default: 32.
+    pub max_handshakes_per_source: usize,
+    /// Server: the load at which ClientHellos must carry a cookie
+    /// (PROTOCOL.md 3.7): once this many transports are pending
+    /// ([`crate::Endpoint::pending_transports`], the new one included), a
+    /// hello without a valid cookie is answered with one — a MAC, no key
+    /// computation, no random draw, no state — and the client repeats it
+    /// with the cookie on the same transport (one more round trip). 0: always;
+    /// `usize::MAX`: never.
+    /// Default: 256.
+    pub cookie_threshold: usize,
     /// Whether this side starts rekey exchanges by its policy
     /// (`rekey_after_bytes`, `rekey_after_time`) and, on the server, orders
     /// them at the hard limits (PROTOCOL.md 4.7). With `false` a side still
@@ -177,6 +199,8 @@ impl Default for Config {
             max_unauthenticated_rejections: 3,
             max_sessions: 10_000,
             max_pending_transports: 1_000,
+            max_handshakes_per_source: 32,
+            cookie_threshold: 256,
             rekey: true,
             rekey_after_bytes: 1 << 30,
             rekey_after_time: Duration::from_secs(600),
@@ -212,6 +236,7 @@ impl Config {
         self.max_auth_failures = self.max_auth_failures.max(1);
         self.max_unauthenticated_rejections = self.max_unauthenticated_rejections.max(1);
         self.hello_cache = self.hello_cache.max(1);
+        self.max_handshakes_per_source = self.max_handshakes_per_source.max(1);
         self.key_lifetime_bytes = self.key_lifetime_bytes.max(1);
         self.rekey_after_bytes = self.rekey_after_bytes.clamp(1, self.key_lifetime_bytes);
         self.rekey_after_time = self.rekey_after_time.min(self.key_lifetime);
@@ -241,6 +266,8 @@ impl core::fmt::Debug for Config {
             )
             .field("max_sessions", &self.max_sessions)
             .field("max_pending_transports", &self.max_pending_transports)
+            .field("max_handshakes_per_source", &self.max_handshakes_per_source)
+            .field("cookie_threshold", &self.cookie_threshold)
             .field("rekey", &self.rekey)
             .field("rekey_after_bytes", &self.rekey_after_bytes)
             .field("rekey_after_time", &self.rekey_after_time)

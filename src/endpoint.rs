@@ -35,8 +35,10 @@
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::sync::Arc;
+use core::net::IpAddr;
 use rand_core::CryptoRng;
 
+use crate::admission::{address_bytes, CookieKeys, SourceKey, Sources};
 use crate::config::Config;
 use crate::connection::{Connection, EndpointEvent, Rejection, Shared};
 use crate::credential::CredentialKeys;
@@ -51,9 +53,10 @@ use crate::resume::{
 };
 use crate::time::{Duration, Instant};
 use crate::wire::{
-    client_first_len, ClientHello, HandshakeStatus, HelloStale, ResumeRequest, ResumeStatus,
-    UnknownSessionReject, CLIENT_CONFIRM_LEN, CLIENT_HELLO_LEN, RESUME_REQUEST_LEN,
-    SERVER_HELLO_LEN, SH_FLAG_CLIENT_AUTH, TAG_LEN, TAG_NEW, VERSION,
+    client_first_len, split_hello_cookie, ClientHello, HandshakeStatus, HelloCookie, HelloStale,
+    ResumeRequest, ResumeStatus, UnknownSessionReject, CLIENT_CONFIRM_LEN, CLIENT_HELLO_LEN,
+    COOKIE_LEN, RESUME_REQUEST_LEN, SERVER_HELLO_LEN, SH_FLAG_CLIENT_AUTH, TAG_LEN, TAG_NEW,
+    TAG_NEW_COOKIE, VERSION,
 };
 use crate::MIN_TRANSMIT_BUFFER;
 
@@ -114,6 +117,13 @@ struct Pending {
     control_sent: usize,
     /// Handshake/resume deadline (in the index while not ended).
     deadline: Instant,
+    /// The source it counts against (`accept_from`), if known.
+    source: Option<SourceKey>,
+    /// The peer address a cookie is bound to (zero if unknown).
+    address: [u8; 16],
+    /// A cookie was sent on this transport: a second hello without a valid
+    /// one ends it.
+    cookie_sent: bool,
 }
 
 impl Pending {
@@ -139,6 +149,8 @@ struct Handshake {
     transport: Option<TransportId>,
     /// Expiry while it has no transport (in the index).
     expires: Option<Instant>,
+    /// The source its hello came from, if known.
+    source: Option<SourceKey>,
 }
 
 impl Handshake {
@@ -300,6 +312,15 @@ pub struct Endpoint<R: CryptoRng> {
     reset_secret: Option<Secret>,
     /// The hellos seen within the freshness window.
     hellos: HelloCache,
+    /// Handshakes in progress per source.
+    sources: Sources,
+    /// The cookie keys (drawn the first time the endpoint is under load).
+    cookies: Option<CookieKeys>,
+    /// Cookie answers sent.
+    cookies_sent: u64,
+    /// Transports refused by `max_handshakes_per_source`, and hellos
+    /// answered Busy by it.
+    source_refusals: u64,
 }
 
 impl<R: CryptoRng> core::fmt::Debug for Endpoint<R> {
@@ -329,6 +350,10 @@ impl<R: CryptoRng> Endpoint<R> {
             ended: 0,
             events: VecDeque::new(),
             hellos: HelloCache::default(),
+            sources: Sources::default(),
+            cookies: None,
+            cookies_sent: 0,
+            source_refusals: 0,
         }
     }
 
@@ -337,13 +362,39 @@ impl<R: CryptoRng> Endpoint<R> {
         &self.shared.config
     }
 
-    /// Register a newly accepted transport (its handshake deadline enters
-    /// the index: re-read [`poll_timeout`](Self::poll_timeout)). Fails with
+    /// Register a newly accepted transport whose peer address is unknown
+    /// (its handshake deadline enters the index: re-read
+    /// [`poll_timeout`](Self::poll_timeout)). Fails with
     /// [`Error::TooManyTransports`] when `max_pending_transports` transports
-    /// are still pending (not yet authenticated): close it then.
+    /// are still pending (not yet authenticated): close it then. Such a
+    /// transport counts against no source and its cookies are bound to no
+    /// address: drivers that know the peer call
+    /// [`accept_from`](Self::accept_from).
     pub fn accept(&mut self, now: Instant) -> Result<TransportId, Error> {
+        self.register(now, None)
+    }
+
+    /// Register a newly accepted transport from `peer` (the IP address of
+    /// the TCP peer; the port plays no part). Like [`accept`](Self::accept),
+    /// and fails with [`Error::SourceLimit`] when the peer's source (its
+    /// IPv4 address or IPv6 /64) already has
+    /// `Config::max_handshakes_per_source` transports pending: close it
+    /// then (PROTOCOL.md 3.7). Cookies the transport gets are bound to
+    /// `peer`.
+    pub fn accept_from(&mut self, now: Instant, peer: IpAddr) -> Result<TransportId, Error> {
+        self.register(now, Some(peer))
+    }
+
+    fn register(&mut self, now: Instant, peer: Option<IpAddr>) -> Result<TransportId, Error> {
         if self.pending >= self.shared.config.max_pending_transports {
             return Err(Error::TooManyTransports);
+        }
+        let source = peer.map(SourceKey::of);
+        if source.is_some_and(|k| {
+            self.sources.transports(k) >= self.shared.config.max_handshakes_per_source
+        }) {
+            self.source_refusals += 1;
+            return Err(Error::SourceLimit);
         }
         self.next_transport += 1;
         let id = TransportId(self.next_transport);
@@ -359,10 +410,14 @@ impl<R: CryptoRng> Endpoint<R> {
                 control_len: 0,
                 control_sent: 0,
                 deadline,
+                source,
+                address: address_bytes(peer),
+                cookie_sent: false,
             }),
         );
         self.deadlines.insert((deadline, Deadline::Transport(id)));
         self.pending += 1;
+        self.sources.add_transport(source);
         Ok(id)
     }
 
@@ -375,6 +430,7 @@ impl<R: CryptoRng> Endpoint<R> {
         };
         if !matches!(t.phase, Phase::Ended) {
             self.pending -= 1;
+            self.sources.remove_transport(t.source);
             self.deadlines
                 .remove(&(t.deadline, Deadline::Transport(transport)));
         }
@@ -440,7 +496,13 @@ impl<R: CryptoRng> Endpoint<R> {
                     if msg[0] == TAG_NEW {
                         let mut hello = [0u8; CLIENT_HELLO_LEN];
                         hello.copy_from_slice(&msg[..CLIENT_HELLO_LEN]);
-                        self.on_client_hello(transport, now, &hello)?;
+                        self.on_client_hello(transport, now, &hello, None)?;
+                    } else if msg[0] == TAG_NEW_COOKIE {
+                        let (hello, cookie) = match split_hello_cookie(&msg[..len]) {
+                            Ok(h) => h,
+                            Err(e) => return Err(self.end_transport(transport, e.into())),
+                        };
+                        self.on_client_hello(transport, now, &hello, Some(cookie))?;
                     } else {
                         return self.on_resume_request(transport, now, consumed, msg);
                     }
@@ -465,15 +527,58 @@ impl<R: CryptoRng> Endpoint<R> {
         transport: TransportId,
         now: Instant,
         hello: &[u8; CLIENT_HELLO_LEN],
+        cookie: Option<[u8; COOKIE_LEN]>,
     ) -> Result<(), Error> {
         // The cheap checks, in this order, all before any key computation or
-        // random draw (PROTOCOL.md 3.3): version (checked by the caller),
-        // flags, time window, replay cache, capacity. A replayed or stale
-        // hello thus never evicts a genuine unconfirmed session.
+        // random draw (PROTOCOL.md 3.3, 3.7): version (checked by the
+        // caller), flags, cookie (under load), time window, replay cache,
+        // the source's and the server's capacity. A replayed or stale hello
+        // thus never evicts a genuine unconfirmed session.
         let ch = match ClientHello::decode(hello) {
             Ok(ch) => ch,
             Err(_) => return Err(self.reject_hello(transport, HandshakeStatus::Malformed)),
         };
+        let (source, address, cookie_sent) = match self.transports.get(&transport) {
+            Some(t) => (t.source, t.address, t.cookie_sent),
+            None => return Err(Error::UnknownTransport),
+        };
+        if self.pending >= self.shared.config.cookie_threshold {
+            let rng = &mut self.rng;
+            let keys = self.cookies.get_or_insert_with(|| {
+                let mut base = [0u8; 32];
+                rng.fill_bytes(&mut base);
+                let k = CookieKeys::new(base);
+                zeroize::Zeroize::zeroize(&mut base);
+                k
+            });
+            let valid = cookie.is_some_and(|c| keys.check(now, &address, &ch.ephemeral, &c));
+            if !valid {
+                let answer = HelloCookie {
+                    cookie: keys.make(now, &address, &ch.ephemeral),
+                }
+                .encode();
+                self.cookies_sent += 1;
+                let t = self
+                    .transports
+                    .get_mut(&transport)
+                    .ok_or(Error::UnknownTransport)?;
+                t.set_control(&answer);
+                if cookie_sent {
+                    // One cookie round per transport: the client had its
+                    // chance (its hello came back without a valid cookie).
+                    let e = Error::HandshakeRejected(HandshakeStatus::Cookie);
+                    return Err(self.end_transport(transport, e));
+                }
+                t.cookie_sent = true;
+                // Back to waiting for a first message: the endpoint keeps
+                // nothing of this hello.
+                t.phase = Phase::First {
+                    buf: [0; RESUME_REQUEST_LEN],
+                    have: 0,
+                };
+                return Ok(());
+            }
+        }
         let wall = self.shared.config.wall_now(now).as_micros();
         let window = self.shared.config.freshness_window.as_micros();
         let ahead = window.min(HELLO_MAX_AHEAD.as_micros());
@@ -502,8 +607,19 @@ impl<R: CryptoRng> Endpoint<R> {
         {
             return Err(self.reject_hello(transport, HandshakeStatus::Replayed));
         }
+        // One source holds at most `max_handshakes_per_source` unconfirmed
+        // sessions: its oldest without a transport makes room, else Busy.
+        if let Some(k) = source {
+            if self.sources.unconfirmed(k) >= self.shared.config.max_handshakes_per_source
+                && !self.evict_unconfirmed(Some(k))
+            {
+                self.source_refusals += 1;
+                return Err(self.reject_hello(transport, HandshakeStatus::Busy));
+            }
+        }
         // Unconfirmed sessions count: the cap holds at every moment.
-        if self.session_count() >= self.shared.config.max_sessions && !self.evict_unconfirmed() {
+        if self.session_count() >= self.shared.config.max_sessions && !self.evict_unconfirmed(None)
+        {
             return Err(self.reject_hello(transport, HandshakeStatus::Busy));
         }
         let mut random = ServerRandom {
@@ -562,8 +678,10 @@ impl<R: CryptoRng> Endpoint<R> {
                 expected_confirm: hs.expected_confirm,
                 transport: Some(transport),
                 expires: None,
+                source,
             }),
         );
+        self.sources.add_unconfirmed(source);
         Ok(())
     }
 
@@ -639,6 +757,7 @@ impl<R: CryptoRng> Endpoint<R> {
         now: Instant,
     ) -> Result<Box<Connection>, Error> {
         let hs = self.handshakes.remove(&sid).ok_or(Error::UnknownSession)?;
+        self.sources.remove_unconfirmed(hs.source);
         if let Some(at) = hs.expires {
             self.deadlines.remove(&(at, Deadline::Handshake(sid)));
         }
@@ -712,6 +831,7 @@ impl<R: CryptoRng> Endpoint<R> {
             if let Some(ot) = self.transports.get_mut(&old) {
                 if !matches!(ot.phase, Phase::Ended) {
                     self.pending -= 1;
+                    self.sources.remove_transport(ot.source);
                     self.deadlines
                         .remove(&(ot.deadline, Deadline::Transport(old)));
                 }
@@ -775,6 +895,7 @@ impl<R: CryptoRng> Endpoint<R> {
         if let Some(t) = self.transports.remove(&transport) {
             if !matches!(t.phase, Phase::Ended) {
                 self.pending -= 1;
+                self.sources.remove_transport(t.source);
                 self.deadlines
                     .remove(&(t.deadline, Deadline::Transport(transport)));
             }
@@ -786,6 +907,7 @@ impl<R: CryptoRng> Endpoint<R> {
         if let Some(t) = self.transports.get_mut(&transport) {
             if !matches!(t.phase, Phase::Ended) {
                 self.pending -= 1;
+                self.sources.remove_transport(t.source);
                 self.deadlines
                     .remove(&(t.deadline, Deadline::Transport(transport)));
             }
@@ -811,15 +933,15 @@ impl<R: CryptoRng> Endpoint<R> {
         }
     }
 
-    /// Free the oldest unconfirmed session that has no transport (no
-    /// application has seen it; its client, if genuine, learns "unknown
-    /// session" on its next resume and reports its in-doubt bytes). Returns
-    /// whether one was freed.
-    fn evict_unconfirmed(&mut self) -> bool {
+    /// Free the oldest unconfirmed session that has no transport (of
+    /// `source`, if given) — no application has seen it; its client, if
+    /// genuine, learns "unknown session" on its next resume and reports its
+    /// in-doubt bytes. Returns whether one was freed.
+    fn evict_unconfirmed(&mut self, source: Option<SourceKey>) -> bool {
         let victim = self
             .handshakes
             .iter()
-            .find(|(_, hs)| hs.transport.is_none())
+            .find(|(_, hs)| hs.transport.is_none() && (source.is_none() || hs.source == source))
             .map(|(sid, _)| *sid);
         let Some(sid) = victim else {
             return false;
@@ -830,6 +952,7 @@ impl<R: CryptoRng> Endpoint<R> {
 
     fn drop_handshake(&mut self, sid: SessionId) {
         if let Some(hs) = self.handshakes.remove(&sid) {
+            self.sources.remove_unconfirmed(hs.source);
             self.routes.remove(&hs.conn_id);
             if let Some(at) = hs.expires {
                 self.deadlines.remove(&(at, Deadline::Handshake(sid)));
@@ -922,6 +1045,7 @@ impl<R: CryptoRng> Endpoint<R> {
                     if let Some(t) = self.transports.get_mut(&tid) {
                         if !matches!(t.phase, Phase::Ended) {
                             self.pending -= 1;
+                            self.sources.remove_transport(t.source);
                             t.phase = Phase::Ended;
                             self.events.push_back(ServerEvent::CloseTransport {
                                 transport: tid,
@@ -991,6 +1115,25 @@ impl<R: CryptoRng> Endpoint<R> {
     /// Transports that have not completed a handshake or resume.
     pub fn pending_transports(&self) -> usize {
         self.pending
+    }
+
+    /// Sources (IPv4 addresses, IPv6 /64s) with a transport or an
+    /// unconfirmed session in progress (PROTOCOL.md 3.7).
+    pub fn active_sources(&self) -> usize {
+        self.sources.len()
+    }
+
+    /// Cookie answers sent to hellos since the endpoint was created
+    /// (PROTOCOL.md 3.7).
+    pub fn cookies_sent(&self) -> u64 {
+        self.cookies_sent
+    }
+
+    /// Transports refused and hellos answered Busy because their source
+    /// was at `Config::max_handshakes_per_source`, since the endpoint was
+    /// created.
+    pub fn source_refusals(&self) -> u64 {
+        self.source_refusals
     }
 
     /// A rejection for a resume routed to a session that has since gone

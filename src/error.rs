@@ -73,6 +73,10 @@ pub enum Error {
     UnknownSession,
     /// The server's table of pending transports is full.
     TooManyTransports,
+    /// The transport's source (IPv4 address or IPv6 /64) already has
+    /// `Config::max_handshakes_per_source` transports in progress
+    /// (PROTOCOL.md 3.7): close it.
+    SourceLimit,
     /// The transport has already been ended; drop it.
     TransportEnded,
     /// Nothing arrived on the transport within the idle timeout, or the
@@ -144,6 +148,10 @@ impl fmt::Display for Error {
             Error::UnknownTransport => write!(f, "unknown transport"),
             Error::UnknownSession => write!(f, "unknown session"),
             Error::TooManyTransports => write!(f, "too many pending transports"),
+            Error::SourceLimit => write!(
+                f,
+                "too many handshakes in progress from this source address"
+            ),
             Error::TransportEnded => write!(f, "transport ended"),
             Error::TimedOut => write!(f, "timed out"),
             Error::WouldBlock => write!(f, "no data available yet"),

@@ -65,6 +65,10 @@ pub mod context {
     pub const TOKEN_ENC: &str = "relink v2 2026-12 token encryption";
     /// A token's MAC key, from the token key and its nonce.
     pub const TOKEN_MAC: &str = "relink v2 2026-12 token mac";
+
+    // Admission control (version 2, PROTOCOL.md 3.7).
+    /// The cookie key of one period, from the endpoint's cookie base.
+    pub const COOKIE_KEY: &str = "relink v2 2026-12 cookie key";
 }
 
 /// Direction byte mixed into every frame MAC.

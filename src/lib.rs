@@ -133,6 +133,7 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+mod admission;
 mod client;
 mod config;
 pub mod connection;
@@ -160,6 +161,7 @@ pub mod blocking;
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub mod tokio;
 
+pub use admission::COOKIE_PERIOD;
 pub use client::Client;
 pub use config::Config;
 pub use connection::{Connection, EndpointEvent, Rejection};

@@ -109,6 +109,17 @@ impl<R: CryptoRng> Server<R> {
         self.endpoint.accept(now)
     }
 
+    /// Register a newly accepted transport from `peer`: like
+    /// [`accept`](Self::accept), with the per-source limit and cookie
+    /// binding of [`Endpoint::accept_from`].
+    pub fn accept_from(
+        &mut self,
+        now: Instant,
+        peer: core::net::IpAddr,
+    ) -> Result<TransportId, Error> {
+        self.endpoint.accept_from(now, peer)
+    }
+
     /// The driver lost `transport` (EOF, error, or it closed it after a
     /// `CloseTransport` event). Its session, if any, waits to be resumed.
     pub fn transport_lost(&mut self, transport: TransportId, now: Instant) {

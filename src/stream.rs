@@ -750,9 +750,13 @@ impl Stream {
         if peer_read < self.tx_acked || peer_read > self.write_end() {
             return Err(ProtocolError::BadAck.into());
         }
+        // The switch point is a data offset; a read count that includes our
+        // CLOSE (`tx_written + 1`) counts as `tx_written` there: a marker
+        // written after the CLOSE sits at `S = tx_written`, and the peer may
+        // have read the CLOSE under the old epoch (PROTOCOL.md 7.8 rule 1).
         let tx_switched = match &self.keys {
             Some(ring) => ring
-                .check_attach(peer_rx, peer_read)
+                .check_attach(peer_rx, peer_read.min(self.tx_written))
                 .map_err(|_| Error::from(ProtocolError::BadAck))?,
             None => true,
         };

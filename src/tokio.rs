@@ -1574,16 +1574,22 @@ where
             return Err(SessionError::Shutdown.to_io());
         }
         let now = inner.clock.now();
-        match ep.endpoint.accept(now) {
+        let accepted = match peer {
+            Some(p) => ep.endpoint.accept_from(now, p.ip()),
+            None => ep.endpoint.accept(now),
+        };
+        match accepted {
             Ok(tid) => {
                 add(&inner.stats.transports, 1);
                 ep.transports.insert(tid, None);
                 ep.settle(&inner.stats, inner.progress.as_ref());
                 tid
             }
-            Err(_) => {
+            Err(e) => {
                 add(&inner.stats.transports_refused, 1);
-                // Too many pending transports: refuse this one, keep serving.
+                crate::driver::log_refused(peer, &e);
+                // Too many pending transports (in all, or from this
+                // source): refuse this one, keep serving.
                 drop(ep);
                 drop(transport);
                 return Ok(());

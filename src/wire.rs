@@ -10,6 +10,10 @@ pub const VERSION: u8 = 2;
 pub const TAG_NEW: u8 = 0x00;
 /// First byte of a transport that resumes a session.
 pub const TAG_RESUME: u8 = 0xFF;
+/// First byte of a ClientHello that carries a cookie (PROTOCOL.md 3.7).
+pub const TAG_NEW_COOKIE: u8 = 0x01;
+/// Length of a cookie (PROTOCOL.md 3.7).
+pub const COOKIE_LEN: usize = 16;
 /// Length of a MAC tag on the wire.
 pub const TAG_LEN: usize = 16;
 /// Largest DATA payload any peer may send.
@@ -21,6 +25,9 @@ pub const FRAME_OVERHEAD: usize = FRAME_HEADER_LEN + TAG_LEN;
 
 /// ClientHello length: tag, version, flags, ephemeral key, time.
 pub const CLIENT_HELLO_LEN: usize = 1 + 1 + 1 + 32 + 8;
+/// Length of a ClientHello with a cookie: the hello (tag `0x01`) then the
+/// cookie (PROTOCOL.md 3.7).
+pub const CLIENT_HELLO_COOKIE_LEN: usize = CLIENT_HELLO_LEN + COOKIE_LEN;
 /// ServerHello (accepted) length: version, status, ephemeral key,
 /// challenge, server time, resume timeout, flags, encrypted connection id,
 /// encrypted reset token, confirm.
@@ -41,6 +48,9 @@ pub const REJECT_LEN: usize = 2;
 /// Length of the hello rejection Stale: version, status 5, the server's
 /// clock (µs) for the client's next hello (PROTOCOL.md 3.2).
 pub const HELLO_STALE_LEN: usize = 2 + 8;
+/// Length of the Cookie answer to a hello (`version ‖ 07 ‖ cookie`,
+/// PROTOCOL.md 3.7).
+pub const HELLO_COOKIE_LEN: usize = 2 + COOKIE_LEN;
 /// Length of an "unknown session" answer: version, status, the session's
 /// reset token (PROTOCOL.md 3.6).
 pub const REJECT_TOKEN_LEN: usize = 2 + TAG_LEN;
@@ -105,6 +115,12 @@ pub enum HandshakeStatus {
     /// The hello was seen before within the window (a replay). Retry with a
     /// new hello.
     Replayed,
+    /// The server is under load and wants the hello again with the cookie
+    /// this answer carries ([`HelloCookie`], PROTOCOL.md 3.7). The client
+    /// core repeats its hello on the same transport by itself; the status
+    /// reaches the application only when a hello that carried a cookie got
+    /// another (retry on a new transport).
+    Cookie,
 }
 
 impl HandshakeStatus {
@@ -118,6 +134,7 @@ impl HandshakeStatus {
             HandshakeStatus::Malformed => 4,
             HandshakeStatus::Stale => 5,
             HandshakeStatus::Replayed => 6,
+            HandshakeStatus::Cookie => 7,
         }
     }
     /// Parse a wire value.
@@ -130,6 +147,7 @@ impl HandshakeStatus {
             4 => HandshakeStatus::Malformed,
             5 => HandshakeStatus::Stale,
             6 => HandshakeStatus::Replayed,
+            7 => HandshakeStatus::Cookie,
             _ => return Err(ProtocolError::UnknownStatus(b)),
         })
     }
@@ -137,11 +155,14 @@ impl HandshakeStatus {
 
 impl HandshakeStatus {
     /// Whether the client retries at once with a new hello (Busy, Stale,
-    /// Replayed); the other rejections end the client for good.
+    /// Replayed, Cookie); the other rejections end the client for good.
     pub fn is_retryable(self) -> bool {
         matches!(
             self,
-            HandshakeStatus::Busy | HandshakeStatus::Stale | HandshakeStatus::Replayed
+            HandshakeStatus::Busy
+                | HandshakeStatus::Stale
+                | HandshakeStatus::Replayed
+                | HandshakeStatus::Cookie
         )
     }
 }
@@ -231,6 +252,9 @@ impl core::fmt::Display for HandshakeStatus {
                 "stale: the hello's time is outside the server's window (clocks apart)"
             }
             HandshakeStatus::Replayed => "replayed: the server saw this hello before",
+            HandshakeStatus::Cookie => {
+                "the server is under load and did not accept the hello's cookie"
+            }
         })
     }
 }
@@ -844,6 +868,67 @@ impl HelloStale {
     }
 }
 
+/// The hello answer Cookie (`version ‖ 07 ‖ cookie`, PROTOCOL.md 3.7):
+/// the server is under load; the client sends its hello again, unchanged
+/// but for the tag (`0x01`), followed by this cookie. Unauthenticated, and
+/// opaque to the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HelloCookie {
+    /// The cookie to echo.
+    pub cookie: [u8; COOKIE_LEN],
+}
+
+impl HelloCookie {
+    /// Encode.
+    pub fn encode(&self) -> [u8; HELLO_COOKIE_LEN] {
+        let mut o = [0u8; HELLO_COOKIE_LEN];
+        o[0] = VERSION;
+        o[1] = HandshakeStatus::Cookie.to_byte();
+        o[2..].copy_from_slice(&self.cookie);
+        o
+    }
+    /// Decode (version 2, status Cookie).
+    pub fn decode(b: &[u8]) -> Result<Self, ProtocolError> {
+        let b = exact::<HELLO_COOKIE_LEN>(b)?;
+        if b[0] != VERSION {
+            return Err(ProtocolError::UnsupportedVersion(b[0]));
+        }
+        if b[1] != HandshakeStatus::Cookie.to_byte() {
+            return Err(ProtocolError::UnknownStatus(b[1]));
+        }
+        Ok(HelloCookie {
+            cookie: arr(&b[2..]),
+        })
+    }
+}
+
+/// A ClientHello with a cookie (PROTOCOL.md 3.7): `hello` with its tag
+/// set to [`TAG_NEW_COOKIE`], then `cookie`.
+pub fn hello_with_cookie(
+    hello: &[u8; CLIENT_HELLO_LEN],
+    cookie: &[u8; COOKIE_LEN],
+) -> [u8; CLIENT_HELLO_COOKIE_LEN] {
+    let mut o = [0u8; CLIENT_HELLO_COOKIE_LEN];
+    o[..CLIENT_HELLO_LEN].copy_from_slice(hello);
+    o[0] = TAG_NEW_COOKIE;
+    o[CLIENT_HELLO_LEN..].copy_from_slice(cookie);
+    o
+}
+
+/// Split a ClientHello with a cookie into the plain hello (tag
+/// [`TAG_NEW`]: the bytes the handshake transcript covers) and the cookie.
+pub fn split_hello_cookie(
+    b: &[u8],
+) -> Result<([u8; CLIENT_HELLO_LEN], [u8; COOKIE_LEN]), ProtocolError> {
+    let b = exact::<CLIENT_HELLO_COOKIE_LEN>(b)?;
+    if b[0] != TAG_NEW_COOKIE {
+        return Err(ProtocolError::UnknownTag(b[0]));
+    }
+    let mut hello: [u8; CLIENT_HELLO_LEN] = arr(&b[..CLIENT_HELLO_LEN]);
+    hello[0] = TAG_NEW;
+    Ok((hello, arr(&b[CLIENT_HELLO_LEN..])))
+}
+
 /// ResumeRequest: the first message of a transport that resumes a session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ResumeRequest {
@@ -1032,6 +1117,7 @@ pub fn server_hello_len(version: u8, status: u8) -> Result<usize, ProtocolError>
     Ok(match HandshakeStatus::from_byte(status)? {
         HandshakeStatus::Ok => SERVER_HELLO_LEN,
         HandshakeStatus::Stale => HELLO_STALE_LEN,
+        HandshakeStatus::Cookie => HELLO_COOKIE_LEN,
         _ => REJECT_LEN,
     })
 }
@@ -1059,6 +1145,7 @@ pub fn resume_response_len(version: u8, status: u8) -> Result<usize, ProtocolErr
 pub fn client_first_len(tag: u8, version: u8) -> Result<Option<usize>, ProtocolError> {
     let len = match tag {
         TAG_NEW => CLIENT_HELLO_LEN,
+        TAG_NEW_COOKIE => CLIENT_HELLO_COOKIE_LEN,
         TAG_RESUME => RESUME_REQUEST_LEN,
         other => return Err(ProtocolError::UnknownTag(other)),
     };

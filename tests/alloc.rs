@@ -536,3 +536,86 @@ fn idle_session_memory_within_1_125_kib() {
         m.buffers
     );
 }
+
+/// Issue 13: the endpoint's memory under a flood from one source is
+/// bounded by its per-source limits. 10,000 transports from 10.0.0.1 in
+/// 10 s, each sending a hello (echoing the cookie when the server asks for
+/// one) and then either holding its transport until the server times it
+/// out or dropping it at once after the ServerHello (leaving an unconfirmed
+/// session behind). The server's live heap above its empty state stays under
+/// 64 KiB plus 96 B per remembered hello (documented in docs/PERFORMANCE.md
+/// "Admission"): at most `max_handshakes_per_source` (32) pending
+/// transports and as many unconfirmed sessions, plus the replay cache's
+/// entries of the hellos served (measured ≈ 78 B each; the cache holds at
+/// most `hello_cache` of them, 65,536 by default: ≈ 5 MiB at worst, for
+/// every source together).
+#[test]
+fn flood_from_one_source_memory_is_bounded() {
+    for (cookie_threshold, hold) in [(256, true), (0, true), (256, false), (0, false)] {
+        let cfg = Config {
+            cookie_threshold,
+            ..Config::default()
+        };
+        let base = live();
+        let mut server = Server::new(cfg, rng(91));
+        let empty = live() - base;
+        let mut r = rng(92);
+        let mut wire = vec![0u8; 4096];
+        let src = std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1));
+        let mut now = Instant::from_micros(1_000_000_000);
+        let mut held = Vec::new();
+        let mut peak = 0i64;
+        for _ in 0..10_000 {
+            now = now.saturating_add(Duration::from_millis(1));
+            server.handle_timeout(now);
+            while server.poll_event().is_some() {}
+            held.retain(|&t| {
+                let ended = server.transport_ended(t);
+                if ended {
+                    server.transport_lost(t, now);
+                }
+                !ended
+            });
+            let Ok(t) = server.accept_from(now, src) else {
+                continue;
+            };
+            let mut ephemeral = [0u8; 32];
+            r.fill_bytes(&mut ephemeral);
+            let hello = relink::wire::ClientHello {
+                version: relink::wire::VERSION,
+                flags: 0,
+                ephemeral,
+                time: now.as_micros(),
+            }
+            .encode();
+            if server.handle_input(t, now, &hello).is_ok() {
+                let k = server.poll_transmit(t, now, &mut wire).expect("tx");
+                if wire[1] == relink::HandshakeStatus::Cookie.to_byte() {
+                    let cookie: [u8; 16] = wire[2..k].try_into().expect("cookie");
+                    let again = relink::wire::hello_with_cookie(&hello, &cookie);
+                    let _ = server.handle_input(t, now, &again);
+                    let _ = server.poll_transmit(t, now, &mut wire);
+                }
+            }
+            if hold {
+                held.push(t);
+            } else {
+                server.transport_lost(t, now);
+            }
+            while server.poll_event().is_some() {}
+            peak = peak.max(live() - base - empty);
+            assert!(server.pending_transports() <= 32);
+            assert!(server.endpoint().handshake_count() <= 32);
+        }
+        eprintln!(
+            "flood (cookie_threshold {cookie_threshold}, hold {hold}): peak {peak} B above the empty endpoint ({empty} B), {} hellos remembered",
+            server.endpoint().remembered_hellos()
+        );
+        let remembered = server.endpoint().remembered_hellos() as i64;
+        assert!(
+            peak < 64 * 1024 + 96 * remembered,
+            "peak {peak} B with {remembered} hellos remembered"
+        );
+        drop(server);
+    }
+}

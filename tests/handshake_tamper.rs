@@ -312,6 +312,15 @@ fn client_hello_flip(keys: Keys, bit: usize) {
         client_closed: false,
     };
     let expected = match byte {
+        // The tag 0x00 becomes 0x01, a hello with a cookie (PROTOCOL.md
+        // 3.7): the server waits for the 16 cookie bytes that never come,
+        // and the client's handshake times out.
+        0 if mask == relink::wire::TAG_NEW_COOKIE => Outcome {
+            server: Ok(CLIENT_HELLO_LEN),
+            reply: Reply::Nothing,
+            client: Error::TimedOut,
+            client_closed: false,
+        },
         // The tag 0x00 becomes an unknown tag: no answer at all.
         0 => Outcome {
             server: Err(ProtocolError::UnknownTag(mask).into()),

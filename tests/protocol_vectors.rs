@@ -1248,6 +1248,47 @@ fn run_api_fresh(v: &Vectors) -> Vec<(String, Vec<u8>)> {
     ]
 }
 
+/// The cookie scenario (10.13) through the public API: a server under
+/// load answers the hello with a cookie bound to the peer's address, drawing
+/// only its cookie base; the client repeats its hello with the cookie.
+fn run_api_cookie(v: &Vectors) -> Vec<(String, Vec<u8>)> {
+    let (crng, ctaken) = ScriptedRng::new(v.bytes("cookie_client_ephemeral_secret"));
+    let (srng, staken) = ScriptedRng::new(v.bytes("cookie_base"));
+    let mut client = Client::new(
+        Config {
+            wall_clock: Some(std::sync::Arc::new(FixedWallClock(
+                v.int("cookie_client_wall_clock"),
+            ))),
+            ..Config::default()
+        },
+        crng,
+    );
+    let mut server = Server::new(
+        Config {
+            cookie_threshold: 0,
+            ..Config::default()
+        },
+        srng,
+    );
+    let now = v.at("t_cookie_server");
+    let peer: [u8; 16] = v.arr("cookie_peer_address");
+    let peer = std::net::IpAddr::V6(std::net::Ipv6Addr::from(peer));
+    let t = server.accept_from(now, peer).unwrap();
+    client.new_transport(now).unwrap();
+    let hello = cpoll(&mut client, now);
+    assert_eq!(server.handle_input(t, now, &hello), Ok(hello.len()));
+    let answer = spoll(&mut server, t, now);
+    assert_eq!(staken.get(), 32, "the cookie base, nothing else");
+    assert_eq!(client.handle_input(now, &answer), Ok(answer.len()));
+    let again = cpoll(&mut client, now);
+    assert_eq!(ctaken.get(), 32, "one ephemeral key for both hellos");
+    vec![
+        ("cookie_client_hello".into(), hello),
+        ("cookie_answer".into(), answer),
+        ("cookie_client_hello_2".into(), again),
+    ]
+}
+
 // ---------------------------------------------------------------------------
 // The specification, implemented independently of the crate
 // ---------------------------------------------------------------------------
@@ -1259,7 +1300,7 @@ mod spec {
     pub const VERSION: u8 = 2;
 
     /// BLAKE3 `derive_key` contexts: (name in the document, string).
-    pub const CONTEXTS: [(&str, &str); 19] = [
+    pub const CONTEXTS: [(&str, &str); 20] = [
         ("HANDSHAKE", "relink v1 2026-11 handshake secret"),
         ("CONN_ID_MASK", "relink v1 2026-11 connection id mask"),
         ("RESET_SECRET", "relink v1 2026-11 reset secret"),
@@ -1279,6 +1320,7 @@ mod spec {
         ("TOKEN_KEY", "relink v2 2026-12 token key"),
         ("TOKEN_ENC", "relink v2 2026-12 token encryption"),
         ("TOKEN_MAC", "relink v2 2026-12 token mac"),
+        ("COOKIE_KEY", "relink v2 2026-12 cookie key"),
     ];
 
     /// The first draws of a connection's random generator seeded with
@@ -2118,7 +2160,29 @@ fn check_spec(v: &Vectors) -> Result<(), String> {
     )?;
     check_pinned(v, &pinned)?;
     check_rekey(v, &hs)?;
-    check_fresh(v)
+    check_fresh(v)?;
+    check_cookie(v)
+}
+
+/// The cookie scenario (10.13), from its inputs (PROTOCOL.md 3.7).
+fn check_cookie(v: &Vectors) -> Result<(), String> {
+    let secret: [u8; 32] = v.arr("cookie_client_ephemeral_secret");
+    let hello = spec::client_hello(secret, false, v.int("cookie_client_wall_clock"));
+    expect_bytes(v, "cookie_client_hello", &hello)?;
+    let period = v.int("t_cookie_server") / 120_000_000;
+    let mut material = v.bytes("cookie_base");
+    material.extend(period.to_le_bytes());
+    let key = spec::derive("COOKIE_KEY", &material);
+    let mut input = v.bytes("cookie_peer_address");
+    input.extend(spec::public(secret));
+    let cookie = spec::mac16(&key, &input);
+    let mut answer = vec![spec::VERSION, 7];
+    answer.extend(cookie);
+    expect_bytes(v, "cookie_answer", &answer)?;
+    let mut again = vec![0x01];
+    again.extend(&hello[1..]);
+    again.extend(cookie);
+    expect_bytes(v, "cookie_client_hello_2", &again)
 }
 
 /// The freshness scenario (10.10), from its inputs.
@@ -2469,12 +2533,15 @@ fn check_api(v: &Vectors) -> Result<(), String> {
         .chain(run_api_pinned(v))
         .chain(run_api_fresh(v))
         .chain(run_api_cred(v))
-        .chain(run_api_rekey(v));
+        .chain(run_api_rekey(v))
+        .chain(run_api_cookie(v));
     for (name, bytes) in all {
         expect_bytes(v, &name, &bytes)?;
         seen.insert(name);
     }
-    ensure(seen.len() == 39 + 15, || format!("api produced {seen:?}"))
+    ensure(seen.len() == 39 + 15 + 3, || {
+        format!("api produced {seen:?}")
+    })
 }
 
 fn check_all(v: &Vectors) -> Result<(), String> {
@@ -2627,6 +2694,15 @@ fn generator_inputs() -> Vectors {
     b("cred_server_challenge", seq(0x91, 16));
     b("cred_server_conn_rng_seed", seq(0xa1, 32));
     b("rekey_client_secret", seq(0x90, 32));
+    b("cookie_base", seq(0xb1, 32));
+    b("cookie_client_ephemeral_secret", seq(0xc1, 32));
+    b(
+        "cookie_peer_address",
+        std::net::Ipv4Addr::new(192, 0, 2, 7)
+            .to_ipv6_mapped()
+            .octets()
+            .to_vec(),
+    );
     let mut i = |name: &str, x: u64| v.map.insert(name.into(), Val::Int(x));
     // Server clock: µs since the Unix epoch. Client clock: its own origin.
     // One-way delay 20 ms; the two clocks differ by a constant.
@@ -2700,6 +2776,10 @@ fn generator_inputs() -> Vectors {
     i("t_server_rekey_resume", s0 + 420_000);
     i("t_client_rekey_resumed", 1_440_000);
     i("t_server_rekey_resumed", s0 + 460_000);
+    // The cookie scenario (10.13): the server's clock, the client's wall
+    // clock 30 ms behind it.
+    i("t_cookie_server", s0 + 300_000_000);
+    i("cookie_client_wall_clock", s0 + 300_000_000 - 30_000);
     for (name, s) in spec::CONTEXTS {
         v.map
             .insert(format!("context.{name}"), Val::Text(s.to_string()));
@@ -2810,6 +2890,7 @@ fn print_vectors() {
         .chain(run_api_fresh(&v))
         .chain(run_api_cred(&v))
         .chain(run_api_rekey(&v))
+        .chain(run_api_cookie(&v))
         .collect();
     for (name, b) in api {
         v.map.insert(name, Val::Bytes(b));
@@ -2857,6 +2938,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "context.TOKEN_KEY",
             "context.TOKEN_ENC",
             "context.TOKEN_MAC",
+            "context.COOKIE_KEY",
         ],
     ),
     (
@@ -3145,6 +3227,21 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "cred_other_server_static_secret",
             "cred_other_token_key",
             "cred_token_expired_at",
+        ],
+    ),
+    (
+        "10.13 Cookie",
+        &[
+            "# inputs: random values (scripted RNGs), the peer's address, clocks (µs)",
+            "cookie_base",
+            "cookie_client_ephemeral_secret",
+            "cookie_peer_address",
+            "cookie_client_wall_clock",
+            "t_cookie_server",
+            "# the hello, the server's Cookie answer, the hello again with the cookie",
+            "cookie_client_hello",
+            "cookie_answer",
+            "cookie_client_hello_2",
         ],
     ),
 ];

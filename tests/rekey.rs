@@ -801,3 +801,74 @@ fn without_rekey_the_byte_limit_refuses_more_data() {
     assert_eq!(n.client.send(&[1; 600]), Ok(400));
     assert_eq!(n.client.send(&[1; 1]), Err(relink::Error::KeyLimitReached));
 }
+
+/// Issue 13 soak finding: a side that closed its stream and then writes its
+/// switch marker (at `S = written`, after its CLOSE, PROTOCOL.md 6.8 rule 8)
+/// loses the marker in a break. The peer has read the CLOSE — its read
+/// count is `written + 1` — under the old epoch. The resume must go on (the
+/// marker is re-sent at `S`), not end DataUnavailable as a read count "past
+/// the switch point" did (PROTOCOL.md 7.8 rule 1 counts the CLOSE as
+/// `written`). Both roles of the closed side, both initiators.
+#[test]
+fn marker_after_close_lost_in_a_break_resumes() {
+    for (server_closes, closed_side_starts) in
+        [(true, false), (true, true), (false, false), (false, true)]
+    {
+        let what = format!("server_closes={server_closes} closed_side_starts={closed_side_starts}");
+        let mut n = Net::new(12, no_policy(), no_policy());
+        let sid = n.handshake();
+        n.client_write(5_000);
+        n.server_write(5_000);
+        if server_closes {
+            n.server.close(sid).unwrap();
+        } else {
+            n.client.close();
+        }
+        n.settle(200);
+        // The closed side's marker (REPLY or SWITCH) is the last thing it
+        // writes on this transport: drop everything it writes from now on.
+        if closed_side_starts == server_closes {
+            n.server.request_rekey(sid).unwrap();
+        } else {
+            n.client.request_rekey().unwrap();
+        }
+        // The INIT goes out (when the closed side starts, it is the last
+        // frame of that side that arrives).
+        n.transmit();
+        if server_closes {
+            n.s2c_limit = Some(n.s2c_pushed);
+        } else {
+            n.c2s_blackhole = true;
+        }
+        n.settle(200);
+        assert!(!n.ended, "{what}: {:?}", n.cev);
+        // The closed side wrote its marker: it sends under epoch 1.
+        let closed_tx = if server_closes {
+            server_epochs(&n, sid).tx[0]
+        } else {
+            n.client.key_epochs().expect("keys").tx[0]
+        };
+        assert_eq!(closed_tx, Some(1), "{what}: the closed side switched");
+        n.brk();
+        n.open_transport();
+        n.settle(400);
+        assert!(
+            !n.cev.iter().any(|e| matches!(
+                e,
+                Event::Closed {
+                    reason: CloseReason::DataUnavailable
+                }
+            )),
+            "{what}: {:?}",
+            n.cev
+        );
+        assert!(
+            !n.client.is_closed() || n.client.close_reason() == Some(CloseReason::Clean),
+            "{what}: {:?}",
+            n.client.close_reason()
+        );
+        assert_streams_exact(&n);
+        assert_eq!(n.client.epoch(), 1, "{what}");
+        assert_eq!(n.server.epoch(sid), Some(1), "{what}");
+    }
+}

@@ -43,6 +43,11 @@ enum Op {
     ServerOrder,
     /// Both clocks advance (ms); timers run.
     Advance(u16),
+    /// One side closes its stream (`true`: the client); only the first
+    /// close of a case is carried out, so the session stays half open and
+    /// keeps rekeying (PROTOCOL.md 6.8 rule 8; a marker written after the
+    /// CLOSE, lost in a break, is the issue 13 soak finding).
+    Close(bool),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -57,6 +62,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Op::ServerRekey),
         1 => Just(Op::ServerOrder),
         2 => (1u16..5000).prop_map(Op::Advance),
+        1 => any::<bool>().prop_map(Op::Close),
     ]
 }
 
@@ -96,7 +102,7 @@ fn idle(e: u32) -> KeyEpochs {
 
 proptest! {
     #![proptest_config(PtConfig {
-        cases: 32,
+        cases: 64,
         rng_seed: RngSeed::Fixed(0x0011_4E4E),
         failure_persistence: None,
         ..PtConfig::default()
@@ -118,6 +124,7 @@ proptest! {
         let _ = n.server.take_keystream_log(sid);
         let mut up: BTreeMap<([u8; 8], u64), u8> = BTreeMap::new();
         let mut down: BTreeMap<([u8; 8], u64), u8> = BTreeMap::new();
+        let mut closed = false;
         for op in ops {
             match op {
                 Op::SendClient(k) => {
@@ -167,6 +174,15 @@ proptest! {
                     n.tick(Duration::from_millis(u64::from(ms)));
                     n.timers();
                 }
+                Op::Close(client) if !closed => {
+                    closed = true;
+                    if client {
+                        n.client.close();
+                    } else {
+                        let _ = n.server.close(sid);
+                    }
+                }
+                Op::Close(_) => {}
             }
             check_log(&mut up, n.client.take_keystream_log())?;
             check_log(&mut down, n.server.take_keystream_log(sid).unwrap_or_default())?;

@@ -24,6 +24,9 @@ fn server_config(pinned: Option<&StaticKeypair>) -> Config {
         server_static: pinned.cloned(),
         max_sessions: usize::MAX,
         max_pending_transports: usize::MAX,
+        // The handshake figures keep hundreds of handshakes in progress at
+        // once: no cookie round (the admission rows measure it).
+        cookie_threshold: usize::MAX,
         ..Config::default()
     }
 }
@@ -864,6 +867,152 @@ impl Rekeys {
         RekeyCost {
             client: Sample { units, secs: cs },
             server: Sample { units, secs: ss },
+        }
+    }
+}
+
+/// What the server spends on input from a sender that holds no key
+/// (issue 13; PROTOCOL.md §9 "Denial of service"): only the server's
+/// calls are timed (thread CPU time), from `accept_from` to
+/// `transport_lost`, one transport per input.
+pub struct Admission {
+    seed: u64,
+    wire: Vec<u8>,
+    /// Established sessions for the bogus-frame figure.
+    clients: Vec<Client<ChaCha20Rng>>,
+    server: Server<ChaCha20Rng>,
+    tids: Vec<TransportId>,
+    now: Instant,
+}
+
+/// A distinct IPv4 source per index (no per-source limit is reached).
+fn source(i: u64) -> std::net::IpAddr {
+    std::net::IpAddr::V4(std::net::Ipv4Addr::from(
+        0x0a00_0000 | (i as u32 & 0x00ff_ffff),
+    ))
+}
+
+impl Admission {
+    /// `sessions`: established sessions that receive the bogus frames.
+    pub fn new(seed: u64, sessions: usize) -> Admission {
+        let r = Resumes::new(seed, sessions);
+        Admission {
+            seed,
+            wire: vec![0u8; WIRE],
+            clients: r.clients,
+            server: r.server,
+            tids: r.tids,
+            now: r.now,
+        }
+    }
+
+    /// `n` ClientHellos with random keys (never echoed, never confirmed),
+    /// the server under load (`cookie`: `cookie_threshold = 0`) or not.
+    pub fn bogus_hellos(&mut self, n: u64, cookie: bool) -> Sample {
+        use rand_core::Rng;
+        self.seed += 1;
+        let cfg = Config {
+            cookie_threshold: if cookie { 0 } else { usize::MAX },
+            ..server_config(None)
+        };
+        let mut server = Server::new(cfg, rng(self.seed));
+        let now = Instant::from_micros(1_000_000_000);
+        let mut r = rng(self.seed ^ 0xbad);
+        let hellos: Vec<[u8; relink::wire::CLIENT_HELLO_LEN]> = (0..n)
+            .map(|_| {
+                let mut ephemeral = [0u8; 32];
+                r.fill_bytes(&mut ephemeral);
+                relink::wire::ClientHello {
+                    version: relink::wire::VERSION,
+                    flags: 0,
+                    ephemeral,
+                    time: now.as_micros(),
+                }
+                .encode()
+            })
+            .collect();
+        let wire = &mut self.wire;
+        let s = Sample::time(|| {
+            for (i, h) in hellos.iter().enumerate() {
+                let tid = server.accept_from(now, source(i as u64)).expect("accept");
+                let _ = server.handle_input(tid, now, h);
+                let k = server.poll_transmit(tid, now, wire).expect("tx");
+                assert!(k == relink::wire::HELLO_COOKIE_LEN || !cookie);
+                server.transport_lost(tid, now);
+                while server.poll_event().is_some() {}
+            }
+            n
+        });
+        drop(server);
+        s
+    }
+
+    /// `n` ResumeRequests for connection ids the server does not hold.
+    pub fn bogus_resumes(&mut self, n: u64) -> Sample {
+        use rand_core::Rng;
+        self.seed += 1;
+        let mut server = Server::new(server_config(None), rng(self.seed));
+        let now = Instant::from_micros(1_000_000_000);
+        let mut r = rng(self.seed ^ 0xbad);
+        let reqs: Vec<[u8; relink::wire::RESUME_REQUEST_LEN]> = (0..n)
+            .map(|_| {
+                let mut b = [0u8; relink::wire::RESUME_REQUEST_LEN];
+                r.fill_bytes(&mut b);
+                b[0] = relink::wire::TAG_RESUME;
+                b[1] = relink::wire::VERSION;
+                b
+            })
+            .collect();
+        let wire = &mut self.wire;
+        Sample::time(|| {
+            for (i, q) in reqs.iter().enumerate() {
+                let tid = server.accept_from(now, source(i as u64)).expect("accept");
+                assert!(server.handle_input(tid, now, q).is_err());
+                let _ = server.poll_transmit(tid, now, wire).expect("tx");
+                server.transport_lost(tid, now);
+                while server.poll_event().is_some() {}
+            }
+            n
+        })
+    }
+
+    /// One 1 KiB DATA frame with a wrong tag on each session's transport
+    /// (its transport ends; the sessions are resumed, untimed, first).
+    pub fn bogus_frames(&mut self) -> Sample {
+        self.now = self.now.saturating_add(Duration::from_micros(10));
+        let now = self.now;
+        let wire = &mut self.wire;
+        for (client, tid) in self.clients.iter_mut().zip(self.tids.iter_mut()) {
+            client.transport_lost(now);
+            self.server.transport_lost(*tid, now);
+            *tid = self.server.accept(now).expect("accept");
+            client.new_transport(now).expect("new_transport");
+            let k = client.poll_transmit(now, wire).expect("tx");
+            assert_eq!(
+                self.server.handle_input(*tid, now, &wire[..k]).expect("rx"),
+                k
+            );
+            let m = self.server.poll_transmit(*tid, now, wire).expect("tx");
+            assert_eq!(client.handle_input(now, &wire[..m]).expect("rx"), m);
+            while client.poll_event().is_some() {}
+            while self.server.poll_event().is_some() {}
+        }
+        let mut frame = vec![0u8; FRAME_OVERHEAD + 1024];
+        let h = FrameHeader {
+            frame_type: FrameType::Data,
+            len: 1024,
+        };
+        frame[..FRAME_HEADER_LEN].copy_from_slice(&h.encode());
+        let n = self.tids.len() as u64;
+        let t = crate::cpu_secs();
+        for tid in &self.tids {
+            assert!(self.server.handle_input(*tid, now, &frame).is_err());
+        }
+        let secs = crate::cpu_secs() - t;
+        while self.server.poll_event().is_some() {}
+        Sample {
+            units: n as f64,
+            secs,
         }
     }
 }

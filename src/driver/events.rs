@@ -130,7 +130,9 @@ impl ClientStats {
 pub struct ServerStats {
     /// Transports accepted.
     pub transports: u64,
-    /// Transports refused because too many were pending.
+    /// Transports refused at accept: too many were pending, in all
+    /// (`Config::max_pending_transports`) or from their source
+    /// (`Config::max_handshakes_per_source`, PROTOCOL.md 3.7).
     pub transports_refused: u64,
     /// Sessions established by a handshake.
     pub sessions: u64,
@@ -387,5 +389,16 @@ pub(crate) fn log_abandoned_hello(peer: Option<SocketAddr>, key: Option<&[u8; 32
             server_key = %key,
             "handshake abandoned right after our ServerHello (WARN rate-limited)"
         ),
+    }
+}
+
+/// A transport refused before its first byte was read: the endpoint's
+/// table of pending transports is full, or its source is at
+/// `Config::max_handshakes_per_source` (PROTOCOL.md 3.7). Debug level: a
+/// flood would otherwise flood the log too.
+pub(crate) fn log_refused(peer: Option<SocketAddr>, error: &crate::Error) {
+    match peer {
+        Some(p) => tracing::debug!(peer = %p, error = %error, "transport refused"),
+        None => tracing::debug!(error = %error, "transport refused"),
     }
 }

@@ -119,6 +119,8 @@ pub(crate) use events::add;
 #[cfg(feature = "std")]
 pub(crate) use events::log_abandoned_hello;
 #[cfg(feature = "std")]
+pub(crate) use events::log_refused;
+#[cfg(feature = "std")]
 pub use events::{ClientStats, Progress, ServerStats};
 #[cfg(feature = "std")]
 pub(crate) use events::{ProgressFn, ServerCounters};

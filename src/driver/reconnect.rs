@@ -353,7 +353,9 @@ pub(crate) fn first_transport_failure(
     );
     let t = std::time::Duration::from(config.handshake_timeout);
     Some(match cause {
-        Some(Error::HandshakeRejected(HandshakeStatus::Busy)) => return None,
+        Some(Error::HandshakeRejected(HandshakeStatus::Busy | HandshakeStatus::Cookie)) => {
+            return None
+        }
         Some(e @ Error::HandshakeRejected(HandshakeStatus::NoStaticKey)) => {
             match &config.pinned_server_key {
                 Some(key) => (
