@@ -4,7 +4,7 @@
 use relink::{CloseReason, Config, Duration};
 use relink_test_support::harness::Net;
 
-/// Found by the `structured` target (fuzz/open-bugs/structured/
+/// Found by the `structured` target (fuzz/regressions/structured/
 /// data-unavailable-after-close-and-half-open). The client closes its
 /// stream, resumes a few times, reads all 10,944 bytes the server writes;
 /// then the server's clock alone jumps 1,837 s (the client sleeps: past
@@ -14,10 +14,10 @@ use relink_test_support::harness::Net;
 /// client's `attach` refuses the server's (read count, receive epoch) and
 /// ends the session `DataUnavailable`, although no byte was lost.
 ///
-/// Not fixed yet (core, src/stream.rs `attach` / src/rekey.rs
-/// `check_attach`, or the server's resume answer): ignored until then.
+/// The same core bug as the soak's (a read count that includes the
+/// client's CLOSE judged against a switch point, PROTOCOL.md 7.8 rule 1),
+/// fixed on main in 7302c45; this failed before.
 #[test]
-#[ignore = "open core bug found by fuzzing: DataUnavailable after a lost server REKEY_INIT and half-open transports"]
 fn no_data_unavailable_after_a_lost_rekey_init_and_half_open_transports() {
     let mut net = Net::new(73, Config::default(), Config::default());
     // as relink_fuzz::structured::run starts: connected, confirm delivered

@@ -1,6 +1,6 @@
 //! Encode → decode round trips of every wire message and frame payload
 //! (handshake, resume, rejections, and the frame payloads of version 2:
-//! ServerHello flags, HelloStale, ACK, PING/CLOSE/ABORT stamps, REKEY_INIT,
+//! ServerHello flags, HelloStale, HelloCookie and the hello with a cookie, ACK, PING/CLOSE/ABORT stamps, REKEY_INIT,
 //! REKEY_REPLY, REKEY_SWITCH, CREDENTIAL, ACCEPT, and frame headers), built
 //! by `arbitrary` from the input; and decode → encode on raw bytes: a
 //! message that decodes must encode back to exactly the same bytes.
@@ -9,10 +9,12 @@
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use relink::wire::{
-    AbortFrame, AcceptFrame, AckFrame, AuthenticatedReject, ClientHello, CredentialFrame,
-    FrameHeader, FrameType, HelloStale, RekeyInit, RekeyReply, RekeySwitch, ResumeRequest,
-    ResumeResponse, ResumeStatus, ServerHello, StampFrame, UnknownSessionReject, FLAG_PINNED,
-    MAX_CREDENTIAL_LEN, MAX_FRAME_PAYLOAD, MAX_TOKEN_LEN, SH_FLAGS_KNOWN, TAG_LEN, VERSION,
+    client_first_len, hello_with_cookie, split_hello_cookie, AbortFrame, AcceptFrame, AckFrame,
+    AuthenticatedReject, ClientHello, CredentialFrame, FrameHeader, FrameType, HelloCookie,
+    HelloStale, RekeyInit, RekeyReply, RekeySwitch, ResumeRequest, ResumeResponse, ResumeStatus,
+    ServerHello, StampFrame, UnknownSessionReject, CLIENT_HELLO_COOKIE_LEN, COOKIE_LEN,
+    FLAG_PINNED, MAX_CREDENTIAL_LEN, MAX_FRAME_PAYLOAD, MAX_TOKEN_LEN, SH_FLAGS_KNOWN, TAG_LEN,
+    VERSION,
 };
 use relink::AbortCode;
 
@@ -35,6 +37,13 @@ enum Msg {
         confirm: [u8; TAG_LEN],
     },
     HelloStale(u64),
+    HelloCookie([u8; COOKIE_LEN]),
+    HelloWithCookie {
+        pinned: bool,
+        ephemeral: [u8; 32],
+        time: u64,
+        cookie: [u8; COOKIE_LEN],
+    },
     ResumeRequest {
         version: u8,
         conn_id: u64,
@@ -151,6 +160,30 @@ fn roundtrip(m: Msg) {
         Msg::HelloStale(server_time) => {
             let r = HelloStale { server_time };
             assert_eq!(HelloStale::decode(&r.encode()), Ok(r));
+        }
+        Msg::HelloCookie(cookie) => {
+            let c = HelloCookie { cookie };
+            assert_eq!(HelloCookie::decode(&c.encode()), Ok(c));
+        }
+        Msg::HelloWithCookie {
+            pinned,
+            ephemeral,
+            time,
+            cookie,
+        } => {
+            let h = ClientHello {
+                version: VERSION,
+                flags: if pinned { FLAG_PINNED } else { 0 },
+                ephemeral,
+                time,
+            }
+            .encode();
+            let with = hello_with_cookie(&h, &cookie);
+            assert_eq!(split_hello_cookie(&with), Ok((h, cookie)));
+            assert_eq!(
+                client_first_len(with[0], with[1]),
+                Ok(Some(CLIENT_HELLO_COOKIE_LEN))
+            );
         }
         Msg::ResumeRequest {
             version,
@@ -333,7 +366,7 @@ fn decode_encode(which: u8, b: &[u8]) {
     fn same(b: &[u8], enc: &[u8]) {
         assert_eq!(enc, b, "encode(decode(x)) != x");
     }
-    match which % 16 {
+    match which % 18 {
         0 => {
             if let Ok(m) = ClientHello::decode(b) {
                 same(b, &m.encode());
@@ -411,6 +444,16 @@ fn decode_encode(which: u8, b: &[u8]) {
                 let mut out = vec![0u8; m.len()];
                 assert_eq!(m.encode_into(&mut out), Ok(b.len()));
                 same(b, &out);
+            }
+        }
+        15 => {
+            if let Ok(m) = HelloCookie::decode(b) {
+                same(b, &m.encode());
+            }
+        }
+        16 => {
+            if let Ok((hello, cookie)) = split_hello_cookie(b) {
+                same(b, &hello_with_cookie(&hello, &cookie));
             }
         }
         _ => {

@@ -12,7 +12,9 @@
 //! client-to-server pipe (the input is then a list of operations: genuine
 //! traffic, resumes, injected, flipped and dropped bytes, followed by a
 //! check that everything written arrives). `mode / 5` picks the
-//! configuration.
+//! configuration; scenario 0 with `mode / 5 >= 3` registers the transport
+//! with `accept_from` (a source address) and demands a cookie for every
+//! hello (admission control, PROTOCOL.md 3.7).
 //!
 //! In the fuzzing build, scenarios 0 to 3 let forged frames pass (an
 //! all-zero tag, plaintext body: see `relink_fuzz::allow_forgery`), so the

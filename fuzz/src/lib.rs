@@ -749,16 +749,7 @@ mod tests {
     #[test]
     fn regressions_replay() {
         let n = replay_dir("regressions");
-        assert!(n >= 4, "{n} reproducers");
-    }
-
-    /// The reproducers of open core bugs (`fuzz/open-bugs/`, see
-    /// tests/fuzz_regressions.rs of the main crate): move them to
-    /// `fuzz/regressions/` once fixed.
-    #[test]
-    #[ignore = "open core bugs found by fuzzing"]
-    fn open_bugs_replay() {
-        assert!(replay_dir("open-bugs") >= 2);
+        assert!(n >= 6, "{n} reproducers");
     }
 
     #[test]

@@ -122,7 +122,7 @@ pub fn all() -> Vec<Seed> {
         })
     };
     let seed = 3u8;
-    for mode in 0..15u8 {
+    for mode in 0..16u8 {
         if mode % 5 == 4 {
             continue;
         }
@@ -246,7 +246,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(deep, 2 * (12 + 6));
+        assert_eq!(deep, 2 * (13 + 6));
         for t in [
             "client_hello",
             "server_hello",

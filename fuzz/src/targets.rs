@@ -10,11 +10,26 @@ use crate::{
 
 /// The server's setup for scenario `mode % 5` with configuration
 /// `mode / 5` (see the `server_input` target): the pair the seeds are
-/// recorded on, its transport at the server, and the time.
+/// recorded on, its transport at the server, and the time. Scenario 0
+/// with `mode / 5 >= 3` registers the transport with `accept_from` and
+/// demands a cookie for every hello (`cookie_threshold` 0).
 pub fn server_setup(mode: u8, seed: u64) -> Net {
     let sel = mode / 5;
     let (c, s) = configs(sel);
     match mode % 5 {
+        0 if sel >= 3 => {
+            // Admission control: the transport registered with its source
+            // address, every hello answered with a cookie first, at most
+            // two handshakes in progress per source.
+            let mut s = s;
+            s.cookie_threshold = 0;
+            s.max_handshakes_per_source = 2;
+            let mut p = Net::pair(seed, c, s);
+            assert!(p.client.new_transport(p.cnow).is_ok(), "new_transport");
+            let peer = std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7));
+            p.tid = Some(p.server.accept_from(p.snow, peer).expect("accept_from"));
+            p
+        }
         0 => {
             let mut p = Net::pair(seed, c, s);
             p.open_transport();
