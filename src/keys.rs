@@ -4,7 +4,33 @@
 //! secrets and the handshake transcript (BLAKE3 `derive_key`, one context
 //! string per key), the ChaCha20 keystream addressed by stream offset, and
 //! the BLAKE3 keyed MAC over frames. Secrets are zeroized on drop and never
-//! appear in `Debug` output.
+//! appear in `Debug` output. Every X25519 operation of the crate goes
+//! through [`x25519_public`] and [`x25519`] here, and every tag comparison
+//! through [`tags_equal`].
+//!
+//! # Fuzzing build (`cfg(fuzzing)`)
+//!
+//! `cargo fuzz` compiles with `--cfg fuzzing`; only then (never in a normal
+//! build: the cfg is not a feature and nothing else sets it) three
+//! shortcuts let the fuzzer past the cryptography, as rustls's fuzzing
+//! crypto provider does (the module `fuzzing`, re-exported as
+//! `relink::fuzzing` in that build only):
+//! - **zero tags pass**: [`tags_equal`] also accepts an all-zero tag (frame
+//!   MACs, confirms, resume MACs, reset tokens, token MACs, admission
+//!   cookies) while `fuzzing::set_zero_tags_accepted` is on (the default).
+//!   A genuine tag still verifies and a corrupted genuine tag still fails,
+//!   so targets that check "nothing unauthenticated is delivered" turn the
+//!   bypass off;
+//! - **identity stream cipher**: frame bodies are sent in plaintext, so the
+//!   fuzzer writes frame contents directly;
+//! - **cheap Diffie-Hellman**: the public key is the clamped secret and
+//!   `dh(a, B) = clamp(a) XOR B` (commutative, so genuine handshakes and
+//!   rekeys still agree); an all-zero peer key gives the all-zero,
+//!   non-contributory result that X25519 gives for low-order points, so the
+//!   weak-key refusals stay reachable. The state-machine targets run
+//!   thousands of executions per second instead of hundreds.
+//!
+//! `tests/fuzzing_build.rs` checks that the normal build has none of them.
 
 use alloc::boxed::Box;
 use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
@@ -179,7 +205,7 @@ pub(crate) fn truncate(h: &blake3::Hash) -> [u8; TAG_LEN] {
 }
 
 /// Constant-time tag comparison. (Fuzzing build: an all-zero `a` or `b`
-/// also passes while [`fuzzing::set_zero_tags_accepted`] is on; see the
+/// also passes while `fuzzing::set_zero_tags_accepted` is on; see the
 /// module docs.)
 pub(crate) fn tags_equal(a: &[u8; TAG_LEN], b: &[u8; TAG_LEN]) -> bool {
     #[cfg(fuzzing)]
