@@ -16,7 +16,7 @@
 //! master = derive_key(MASTER, prk || th3)
 //! ```
 
-use x25519_dalek::{PublicKey, StaticSecret};
+use x25519_dalek::StaticSecret;
 use zeroize::Zeroize;
 
 use crate::credential::CredentialKeys;
@@ -54,11 +54,7 @@ const CONFIRM_AT: usize = TOKEN_AT + TAG_LEN;
 
 /// X25519 with the all-zero (non-contributory) result rejected.
 fn dh(secret: &StaticSecret, peer: &[u8; 32]) -> Result<[u8; 32], Error> {
-    let shared = secret.diffie_hellman(&PublicKey::from(*peer));
-    if !shared.was_contributory() {
-        return Err(ProtocolError::WeakKey.into());
-    }
-    Ok(shared.to_bytes())
+    crate::keys::x25519(secret, peer).ok_or_else(|| ProtocolError::WeakKey.into())
 }
 
 fn non_zero(x: [u8; 32]) -> Result<[u8; 32], Error> {
@@ -164,7 +160,7 @@ impl ClientHandshake {
         let hello = ClientHello {
             version: VERSION,
             flags: if pinned.is_some() { FLAG_PINNED } else { 0 },
-            ephemeral: PublicKey::from(&ephemeral).to_bytes(),
+            ephemeral: crate::keys::x25519_public(&ephemeral),
             time,
         }
         .encode();
@@ -268,7 +264,7 @@ pub(crate) fn server_respond(
         None
     };
     let mut sh = ServerHello {
-        ephemeral: PublicKey::from(&eph).to_bytes(),
+        ephemeral: crate::keys::x25519_public(&eph),
         challenge: random.challenge,
         server_time,
         resume_timeout,

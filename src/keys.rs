@@ -4,14 +4,42 @@
 //! secrets and the handshake transcript (BLAKE3 `derive_key`, one context
 //! string per key), the ChaCha20 keystream addressed by stream offset, and
 //! the BLAKE3 keyed MAC over frames. Secrets are zeroized on drop and never
-//! appear in `Debug` output.
+//! appear in `Debug` output. Every X25519 operation of the crate goes
+//! through [`x25519_public`] and [`x25519`] here, and every tag comparison
+//! through [`tags_equal`].
+//!
+//! # Fuzzing build (`cfg(fuzzing)`)
+//!
+//! `cargo fuzz` compiles with `--cfg fuzzing`; only then (never in a normal
+//! build: the cfg is not a feature and nothing else sets it) three
+//! shortcuts let the fuzzer past the cryptography, as rustls's fuzzing
+//! crypto provider does (the module `fuzzing`, re-exported as
+//! `relink::fuzzing` in that build only):
+//! - **zero tags pass**: [`tags_equal`] also accepts an all-zero tag (frame
+//!   MACs, confirms, resume MACs, reset tokens, token MACs, admission
+//!   cookies) while `fuzzing::set_zero_tags_accepted` is on (the default).
+//!   A genuine tag still verifies and a corrupted genuine tag still fails,
+//!   so targets that check "nothing unauthenticated is delivered" turn the
+//!   bypass off;
+//! - **identity stream cipher**: frame bodies are sent in plaintext, so the
+//!   fuzzer writes frame contents directly;
+//! - **cheap Diffie-Hellman**: the public key is the clamped secret and
+//!   `dh(a, B) = clamp(a) XOR B` (commutative, so genuine handshakes and
+//!   rekeys still agree); an all-zero peer key gives the all-zero,
+//!   non-contributory result that X25519 gives for low-order points, so the
+//!   weak-key refusals stay reachable. The state-machine targets run
+//!   thousands of executions per second instead of hundreds.
+//!
+//! `tests/fuzzing_build.rs` checks that the normal build has none of them.
 
 use alloc::boxed::Box;
 use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
 use chacha20::ChaCha20;
 use core::fmt;
 use rand_core::CryptoRng;
-use x25519_dalek::{PublicKey, StaticSecret};
+#[cfg(not(fuzzing))]
+use x25519_dalek::PublicKey;
+use x25519_dalek::StaticSecret;
 use zeroize::Zeroize;
 
 use crate::wire::{FRAME_HEADER_LEN, TAG_LEN};
@@ -97,7 +125,7 @@ impl StaticKeypair {
     /// Rebuild a key pair from its 32 secret bytes.
     pub fn from_secret_bytes(bytes: [u8; 32]) -> Self {
         let secret = StaticSecret::from(bytes);
-        let public = PublicKey::from(&secret).to_bytes();
+        let public = x25519_public(&secret);
         StaticKeypair { secret, public }
     }
     /// The public key clients pin.
@@ -117,10 +145,9 @@ impl StaticKeypair {
         bytes.zeroize();
         s
     }
+    /// X25519 with this key; all-zero when non-contributory.
     pub(crate) fn diffie_hellman(&self, peer: &[u8; 32]) -> [u8; 32] {
-        self.secret
-            .diffie_hellman(&PublicKey::from(*peer))
-            .to_bytes()
+        x25519(&self.secret, peer).unwrap_or([0u8; 32])
     }
 }
 
@@ -177,9 +204,80 @@ pub(crate) fn truncate(h: &blake3::Hash) -> [u8; TAG_LEN] {
     t
 }
 
-/// Constant-time tag comparison.
+/// Constant-time tag comparison. (Fuzzing build: an all-zero `a` or `b`
+/// also passes while `fuzzing::set_zero_tags_accepted` is on; see the
+/// module docs.)
 pub(crate) fn tags_equal(a: &[u8; TAG_LEN], b: &[u8; TAG_LEN]) -> bool {
+    #[cfg(fuzzing)]
+    if fuzzing::zero_tags_accepted() && (*a == [0u8; TAG_LEN] || *b == [0u8; TAG_LEN]) {
+        return true;
+    }
     constant_time_eq::constant_time_eq_16(a, b)
+}
+
+/// The X25519 public key of `secret`. (Fuzzing build: the clamped secret
+/// bytes; see the module docs.)
+pub(crate) fn x25519_public(secret: &StaticSecret) -> [u8; 32] {
+    #[cfg(fuzzing)]
+    return fuzzing::clamp(secret.to_bytes());
+    #[cfg(not(fuzzing))]
+    PublicKey::from(secret).to_bytes()
+}
+
+/// X25519 of `secret` and the peer's public key, or `None` when the result
+/// is all-zero (non-contributory: a low-order peer key). (Fuzzing build:
+/// `clamp(secret) XOR peer`, `None` for an all-zero peer key; see the
+/// module docs.)
+pub(crate) fn x25519(secret: &StaticSecret, peer: &[u8; 32]) -> Option<[u8; 32]> {
+    #[cfg(fuzzing)]
+    return fuzzing::dh(secret.to_bytes(), peer);
+    #[cfg(not(fuzzing))]
+    {
+        let shared = secret.diffie_hellman(&PublicKey::from(*peer));
+        shared.was_contributory().then(|| shared.to_bytes())
+    }
+}
+
+/// The shortcuts of the fuzzing build (`--cfg fuzzing`, set by
+/// `cargo fuzz`; absent from every normal build). See the module docs of
+/// `keys` for what they replace. The crate re-exports this module as
+/// `relink::fuzzing` in that build only.
+#[cfg(fuzzing)]
+pub mod fuzzing {
+    use core::sync::atomic::{AtomicBool, Ordering};
+
+    static ZERO_TAGS: AtomicBool = AtomicBool::new(true);
+
+    /// Whether an all-zero tag passes every tag check (on by default in the
+    /// fuzzing build). Targets that check that nothing unauthenticated is
+    /// delivered turn it off; a genuine tag passes either way.
+    pub fn set_zero_tags_accepted(on: bool) {
+        ZERO_TAGS.store(on, Ordering::Relaxed);
+    }
+
+    /// See [`set_zero_tags_accepted`].
+    pub fn zero_tags_accepted() -> bool {
+        ZERO_TAGS.load(Ordering::Relaxed)
+    }
+
+    /// X25519's clamping of a secret scalar (the stand-in public key).
+    pub(crate) fn clamp(mut k: [u8; 32]) -> [u8; 32] {
+        k[0] &= 248;
+        k[31] &= 127;
+        k[31] |= 64;
+        k
+    }
+
+    /// The stand-in DH: `clamp(secret) XOR peer`; `None` for an all-zero
+    /// peer key (as X25519 for a low-order point) or an all-zero result.
+    pub(crate) fn dh(secret: [u8; 32], peer: &[u8; 32]) -> Option<[u8; 32]> {
+        if *peer == [0u8; 32] {
+            return None;
+        }
+        let mut out = clamp(secret);
+        out.iter_mut().zip(peer).for_each(|(o, p)| *o ^= p);
+        (out != [0u8; 32]).then_some(out)
+    }
 }
 
 /// Encryption and MAC keys of one direction.
@@ -221,6 +319,7 @@ impl fmt::Debug for KeystreamCache {
 }
 
 /// XOR the keystream at stream offset `offset` into `buf`.
+#[cfg_attr(fuzzing, allow(dead_code))]
 fn xor_keystream(enc: &Secret, offset: u64, buf: &mut [u8]) {
     let mut done = 0usize;
     while done < buf.len() {
@@ -233,6 +332,7 @@ fn xor_keystream(enc: &Secret, offset: u64, buf: &mut [u8]) {
 }
 
 /// A cipher positioned at `offset` and how many bytes remain in its segment.
+#[cfg_attr(fuzzing, allow(dead_code))]
 fn cipher_at(enc: &Secret, offset: u64) -> (ChaCha20, u64) {
     let segment = offset >> SEGMENT_BITS;
     let pos = offset & ((1u64 << SEGMENT_BITS) - 1);
@@ -279,10 +379,13 @@ impl DirectionKeys {
     /// byte `o mod 2^32` of nonce `o >> 32`, so a keystream byte is only
     /// ever reused for the very same plaintext byte (a resend).
     pub(crate) fn apply_keystream(&mut self, offset: u64, buf: &mut [u8]) {
+        #[cfg(fuzzing)]
+        let _ = (offset, buf); // identity cipher (module docs)
+        #[cfg(not(fuzzing))]
         match self.cached_keystream(offset, buf.len()) {
             Some(ks) => buf.iter_mut().zip(ks).for_each(|(b, k)| *b ^= k),
             None => xor_keystream(&self.enc, offset, buf),
-        }
+        };
     }
 
     /// Like [`Self::apply_keystream`] but reads `input` and writes `output`
@@ -290,6 +393,18 @@ impl DirectionKeys {
     pub(crate) fn apply_keystream_b2b(&mut self, offset: u64, input: &[u8], output: &mut [u8]) {
         debug_assert_eq!(input.len(), output.len());
         let len = input.len().min(output.len());
+        #[cfg(fuzzing)]
+        {
+            // identity cipher (module docs)
+            let _ = offset;
+            output[..len].copy_from_slice(&input[..len]);
+        }
+        #[cfg(not(fuzzing))]
+        self.keystream_b2b(offset, input, output, len);
+    }
+
+    #[cfg(not(fuzzing))]
+    fn keystream_b2b(&mut self, offset: u64, input: &[u8], output: &mut [u8], len: usize) {
         if let Some(ks) = self.cached_keystream(offset, len) {
             for ((o, i), k) in output.iter_mut().zip(input).zip(ks) {
                 *o = i ^ k;
@@ -308,6 +423,7 @@ impl DirectionKeys {
 
     /// Keystream bytes `[offset, offset + len)` from the cache, refilled
     /// from `offset` when they are not in it; `None` for large frames.
+    #[cfg_attr(fuzzing, allow(dead_code))]
     fn cached_keystream(&mut self, offset: u64, len: usize) -> Option<&[u8]> {
         if len > SMALL_FRAME {
             return None;

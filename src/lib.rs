@@ -171,6 +171,10 @@ pub use endpoint::{Dispatch, Endpoint, HELLO_MAX_AHEAD};
 pub use error::{Error, ProtocolError};
 pub use event::{ByteRange, CloseReason, Event, ServerEvent};
 pub use ids::{SessionId, TransportId};
+/// The fuzzing build's shortcuts (`--cfg fuzzing`, set by `cargo fuzz`
+/// only): zero tags pass, identity stream cipher, cheap Diffie-Hellman.
+#[cfg(fuzzing)]
+pub use keys::fuzzing;
 pub use keys::StaticKeypair;
 #[cfg(feature = "test-hooks")]
 #[doc(hidden)]

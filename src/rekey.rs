@@ -15,7 +15,7 @@
 //! keys and one resume key.
 
 use alloc::boxed::Box;
-use x25519_dalek::{PublicKey, StaticSecret};
+use x25519_dalek::StaticSecret;
 
 use crate::keys::{rekey_transcript, Chain, DirectionKeys, Secret, SessionKeys, StaticKeypair};
 
@@ -119,7 +119,7 @@ impl Eph {
         (env.fill)(&mut bytes);
         let secret = StaticSecret::from(bytes);
         zeroize::Zeroize::zeroize(&mut bytes);
-        let public = PublicKey::from(&secret).to_bytes();
+        let public = crate::keys::x25519_public(&secret);
         (Eph(secret), public)
     }
 }
@@ -455,7 +455,7 @@ impl KeyRing {
     ) -> Result<Received, Violation> {
         let (eph, public) = match eph {
             Some(e) => {
-                let p = PublicKey::from(&e.0).to_bytes();
+                let p = crate::keys::x25519_public(&e.0);
                 (e, p)
             }
             None => Eph::generate(env),
@@ -664,11 +664,7 @@ fn split(side: Side, c2s: DirectionKeys, s2c: DirectionKeys) -> (DirectionKeys, 
 
 /// X25519 with the all-zero (non-contributory) result refused.
 fn dh(secret: &StaticSecret, peer: &[u8; 32]) -> Result<[u8; 32], Violation> {
-    let shared = secret.diffie_hellman(&PublicKey::from(*peer));
-    if !shared.was_contributory() {
-        return Err(Violation);
-    }
-    Ok(shared.to_bytes())
+    crate::keys::x25519(secret, peer).ok_or(Violation)
 }
 
 /// The epochs whose keys one side holds (test hook, feature `test-hooks`):

@@ -1,11 +1,15 @@
-//! `ClientHello::decode` and `client_first_len` on arbitrary bytes, checked
+//! `ClientHello::decode`, `split_hello_cookie` and `client_first_len` on
+//! arbitrary bytes, checked
 //! against the layout (tag 0x00, version, flags, 32-byte key, time 8 = 43
 //! bytes)
 //! written out here, plus encode/decode round trips.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use relink::wire::{client_first_len, ClientHello, CLIENT_HELLO_LEN, FLAG_PINNED, VERSION};
+use relink::wire::{
+    client_first_len, hello_with_cookie, split_hello_cookie, ClientHello, CLIENT_HELLO_LEN,
+    FLAG_PINNED, VERSION,
+};
 
 fuzz_target!(|data: &[u8]| {
     let expect_ok = data.len() == 43 && data[0] == 0x00 && data[2] & !0x01 == 0;
@@ -28,6 +32,7 @@ fuzz_target!(|data: &[u8]| {
     if let [tag, version, ..] = *data {
         let expect = match tag {
             0x00 => Some(43),
+            0x01 => Some(59), // with a cookie (PROTOCOL.md 3.7)
             0xFF => Some(62),
             _ => None,
         };
@@ -52,5 +57,22 @@ fuzz_target!(|data: &[u8]| {
             })),
         };
         assert_eq!(ClientHello::decode(&h.encode()), Ok(h));
+        // The same hello with a cookie from the input splits back.
+        let cookie: [u8; 16] = core::array::from_fn(|i| data.get(43 + i).copied().unwrap_or(0));
+        let with = hello_with_cookie(&h.encode(), &cookie);
+        assert_eq!(with[0], 0x01);
+        assert_eq!(split_hello_cookie(&with), Ok((h.encode(), cookie)));
+    }
+    // A hello with a cookie: 59 bytes, tag 0x01; the plain hello gets tag 0.
+    let cookie_ok = data.len() == 59 && data[0] == 0x01;
+    match split_hello_cookie(data) {
+        Ok((hello, cookie)) => {
+            assert!(cookie_ok, "accepted invalid hello with cookie {data:?}");
+            assert_eq!(hello[0], 0x00);
+            assert_eq!(&hello[1..], &data[1..43]);
+            assert_eq!(&cookie[..], &data[43..]);
+            assert_eq!(&hello_with_cookie(&hello, &cookie)[..], data);
+        }
+        Err(_) => assert!(!cookie_ok, "rejected valid hello with cookie {data:?}"),
     }
 });

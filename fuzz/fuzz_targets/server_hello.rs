@@ -1,12 +1,13 @@
 //! `ServerHello::decode` and `server_hello_len` on arbitrary bytes, checked
 //! against the layout (version 2, status 0, key 32, challenge 16, time 8,
 //! resume timeout 8, flags 1 (only bit 0 known), conn id 8, reset token 16,
-//! confirm 16 = 107 bytes; a Stale rejection is 10 bytes) written out here,
+//! confirm 16 = 107 bytes; a Stale rejection is 10 bytes, a Cookie answer
+//! 18) written out here,
 //! plus round trips.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use relink::wire::{server_hello_len, HandshakeStatus, HelloStale, ServerHello};
+use relink::wire::{server_hello_len, HandshakeStatus, HelloCookie, HelloStale, ServerHello};
 
 fuzz_target!(|data: &[u8]| {
     let expect_ok = data.len() == 107 && data[0] == 2 && data[1] == 0 && data[66] & !0x01 == 0;
@@ -29,12 +30,13 @@ fuzz_target!(|data: &[u8]| {
         Err(_) => assert!(!expect_ok, "rejected valid ServerHello {data:?}"),
     }
     if let [version, status, ..] = *data {
-        // Statuses 0..=6 exist; 0 (accepted) is followed by the full hello,
-        // Stale (5) by the server's time, the other rejections are just
-        // version and status.
-        let expect = (version == 2 && status <= 6).then_some(match status {
+        // Statuses 0..=7 exist; 0 (accepted) is followed by the full hello,
+        // Stale (5) by the server's time, Cookie (7) by the cookie, the
+        // other rejections are just version and status.
+        let expect = (version == 2 && status <= 7).then_some(match status {
             0 => 107,
             5 => 10,
+            7 => 18,
             _ => 2,
         });
         assert_eq!(server_hello_len(version, status).ok(), expect);
@@ -72,5 +74,15 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(r.server_time, u64::from_le_bytes(time));
         }
         Err(_) => assert!(!stale_ok, "rejected valid Stale answer {data:?}"),
+    }
+    // The Cookie answer: decoded exactly when its layout fits.
+    let cookie_ok = data.len() == 18 && data[0] == 2 && data[1] == 7;
+    match HelloCookie::decode(data) {
+        Ok(c) => {
+            assert!(cookie_ok, "accepted invalid Cookie answer {data:?}");
+            assert_eq!(&c.encode()[..], data);
+            assert_eq!(&c.cookie[..], &data[2..]);
+        }
+        Err(_) => assert!(!cookie_ok, "rejected valid Cookie answer {data:?}"),
     }
 });
