@@ -657,8 +657,15 @@ mod tcp {
             .build()?;
         let exe = std::env::current_exe()?;
         rt.block_on(async move {
+            // Every client of the child process comes from 127.0.0.1: one
+            // source (PROTOCOL.md 3.7). Its limits are at most half of the
+            // tables, so the tables are doubled and the source may use that.
             let config = Config {
-                max_sessions: clients + 16,
+                max_sessions: 2 * (clients + 16),
+                max_pending_transports: 2 * (clients + 16),
+                max_handshakes_per_source: usize::MAX,
+                max_sessions_per_source: usize::MAX,
+                cookie_threshold: usize::MAX,
                 ..Config::default()
             };
             let server = relink::tokio::Listener::bind("127.0.0.1:0", config).await?;
