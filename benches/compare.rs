@@ -743,17 +743,13 @@ fn main() {
     println!("total time {:.1} s", started.elapsed().as_secs_f64());
 }
 
-/// `-- --issue11`: only the rows of issue 11 (credentials, rekey), their
-/// own table.
-fn issue11_only(sz: &Sizes, quick: bool, started: StdInstant) {
-    let (mut rows, mut targets) = (Vec::new(), Vec::new());
-    rekey_rows(sz, &mut rows, &mut targets);
-    credential_rows(sz, &mut rows);
+/// The table and the targets of a `-- --issueN` run.
+fn print_section(rows: &[Row], targets: &[Target], quick: bool, started: StdInstant) {
     println!();
-    print_table(&rows);
+    print_table(rows);
     println!();
     println!("targets:");
-    for t in &targets {
+    for t in targets {
         let verdict = match (quick, t.pass) {
             (true, _) => "n/a (quick)",
             (false, true) => "PASS",
@@ -764,23 +760,20 @@ fn issue11_only(sz: &Sizes, quick: bool, started: StdInstant) {
     println!("total time {:.1} s", started.elapsed().as_secs_f64());
 }
 
+/// `-- --issue11`: only the rows of issue 11 (credentials, rekey), their
+/// own table.
+fn issue11_only(sz: &Sizes, quick: bool, started: StdInstant) {
+    let (mut rows, mut targets) = (Vec::new(), Vec::new());
+    rekey_rows(sz, &mut rows, &mut targets);
+    credential_rows(sz, &mut rows);
+    print_section(&rows, &targets, quick, started);
+}
+
 /// `-- --issue13`: only the admission rows (issue 13), their own table.
 fn issue13_only(sz: &Sizes, quick: bool, started: StdInstant) {
     let (mut rows, mut targets) = (Vec::new(), Vec::new());
     admission_rows(sz, &mut rows, &mut targets);
-    println!();
-    print_table(&rows);
-    println!();
-    println!("targets:");
-    for t in &targets {
-        let verdict = match (quick, t.pass) {
-            (true, _) => "n/a (quick)",
-            (false, true) => "PASS",
-            (false, false) => "MISS",
-        };
-        println!("  [{verdict}] {}", t.what);
-    }
-    println!("total time {:.1} s", started.elapsed().as_secs_f64());
+    print_section(&rows, &targets, quick, started);
 }
 
 /// Admission (issue 13, PROTOCOL.md 3.7 and §9 "Denial of service"): the

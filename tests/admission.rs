@@ -8,111 +8,14 @@
 mod common;
 mod support_c;
 
-use std::net::{IpAddr, Ipv4Addr};
-use std::sync::Arc;
+use std::net::IpAddr;
 
-use rand_core::Rng;
 use relink::wire::{
-    ClientHello, CLIENT_HELLO_COOKIE_LEN, CLIENT_HELLO_LEN, HELLO_COOKIE_LEN, TAG_NEW,
-    TAG_NEW_COOKIE, VERSION,
+    CLIENT_HELLO_COOKIE_LEN, CLIENT_HELLO_LEN, HELLO_COOKIE_LEN, TAG_NEW, TAG_NEW_COOKIE, VERSION,
 };
-use relink::{
-    Client, Config, Duration, Error, HandshakeStatus, Instant, Server, SessionId, TransportId,
-    COOKIE_PERIOD,
-};
-use support_c::{client_recv_all, client_tx, server_recv_all, server_tx, ManualWall, TestServer};
-
-const T0: u64 = 1_800_000_000_000_000;
-
-fn ip(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(a, b, c, d))
-}
-
-/// A server and the wall clock it shares with its clients (set to `now`).
-fn server(cfg: Config) -> (TestServer, Arc<ManualWall>) {
-    let wall = ManualWall::new(T0);
-    let s = Server::new(support_c::wall_config(&wall, cfg), common::rng(1));
-    (s, wall)
-}
-
-fn client(wall: &Arc<ManualWall>, seed: u64) -> support_c::TestClient {
-    Client::new(
-        support_c::wall_config(wall, Config::default()),
-        common::rng(seed),
-    )
-}
-
-fn at(wall: &Arc<ManualWall>, now: Instant) -> Instant {
-    wall.set(T0 + now.as_micros());
-    now
-}
-
-/// A hello with a random ephemeral key, stamped with the wall clock.
-fn bogus_hello(wall: &Arc<ManualWall>, rng: &mut chacha20::ChaCha20Rng) -> Vec<u8> {
-    let mut ephemeral = [0u8; 32];
-    rng.fill_bytes(&mut ephemeral);
-    ClientHello {
-        version: VERSION,
-        flags: 0,
-        ephemeral,
-        time: wall.get(),
-    }
-    .encode()
-    .to_vec()
-}
-
-/// Run a client's handshake on a new transport from `src` until both sides
-/// are attached; the server's session, or what stopped it.
-fn connect(
-    s: &mut TestServer,
-    c: &mut support_c::TestClient,
-    src: IpAddr,
-    now: Instant,
-) -> Result<(TransportId, SessionId), Error> {
-    let t = s.accept_from(now, src)?;
-    c.new_transport(now).expect("new_transport");
-    for _ in 0..8 {
-        let out = client_tx(c, now);
-        if !out.is_empty() {
-            if let Err(e) = s.handle_input(t, now, &out) {
-                let answer = server_tx(s, t, now);
-                let _ = c.handle_input(now, &answer);
-                s.transport_lost(t, now);
-                return Err(e);
-            }
-        }
-        let back = server_tx(s, t, now);
-        if !back.is_empty() {
-            c.handle_input(now, &back)?;
-        }
-        if let (Some(sid), true) = (s.session_of(t), c.is_connected()) {
-            return Ok((t, sid));
-        }
-    }
-    Err(Error::TimedOut)
-}
-
-/// Bytes written on each side arrive on the other.
-fn exchange(s: &mut TestServer, c: &mut support_c::TestClient, t: TransportId, sid: SessionId) {
-    let now = Instant::from_micros(0);
-    assert_eq!(c.send(b"up, exactly").unwrap(), 11);
-    assert_eq!(s.send(sid, b"down, exactly").unwrap(), 13);
-    for _ in 0..4 {
-        let out = client_tx(c, now);
-        s.handle_input(t, now, &out).unwrap();
-        let back = server_tx(s, t, now);
-        c.handle_input(now, &back).unwrap();
-    }
-    assert_eq!(server_recv_all(s, sid), b"up, exactly");
-    assert_eq!(client_recv_all(c), b"down, exactly");
-}
-
-fn always_cookie() -> Config {
-    Config {
-        cookie_threshold: 0,
-        ..Config::default()
-    }
-}
+use relink::{Config, Duration, Error, HandshakeStatus, Instant, TransportId, COOKIE_PERIOD};
+use support_c::admission::{always_cookie, at, bogus_hello, client, connect, exchange, ip, server};
+use support_c::{client_tx, server_tx, TestServer};
 
 /// Under load the server answers the hello with `02 07 cookie`; the client
 /// core repeats the same hello (tag 0x01) with the cookie on the same

@@ -13,116 +13,17 @@ mod common;
 mod support_c;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::Arc;
 
-use rand_core::Rng;
 use relink::wire::{
-    hello_with_cookie, ClientHello, CLIENT_HELLO_COOKIE_LEN, HELLO_COOKIE_LEN, TAG_NEW_COOKIE,
-    VERSION,
+    hello_with_cookie, CLIENT_HELLO_COOKIE_LEN, HELLO_COOKIE_LEN, TAG_NEW_COOKIE, VERSION,
 };
 use relink::{
-    Client, Config, Duration, Error, HandshakeStatus, Instant, Server, SessionId, TransportId,
-    COOKIE_PERIOD,
+    Client, Config, Duration, Error, HandshakeStatus, Instant, TransportId, COOKIE_PERIOD,
 };
-use support_c::{client_recv_all, client_tx, server_recv_all, server_tx, ManualWall, TestServer};
-
-const T0: u64 = 1_800_000_000_000_000;
-
-fn ip(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(a, b, c, d))
-}
-
-fn server(cfg: Config) -> (TestServer, Arc<ManualWall>) {
-    let wall = ManualWall::new(T0);
-    let s = Server::new(support_c::wall_config(&wall, cfg), common::rng(1));
-    (s, wall)
-}
-
-fn client(wall: &Arc<ManualWall>, seed: u64) -> support_c::TestClient {
-    Client::new(
-        support_c::wall_config(wall, Config::default()),
-        common::rng(seed),
-    )
-}
-
-fn at(wall: &Arc<ManualWall>, now: Instant) -> Instant {
-    wall.set(T0 + now.as_micros());
-    now
-}
-
-fn hello_with(wall: &Arc<ManualWall>, rng: &mut chacha20::ChaCha20Rng, flags: u8) -> Vec<u8> {
-    let mut ephemeral = [0u8; 32];
-    rng.fill_bytes(&mut ephemeral);
-    ClientHello {
-        version: VERSION,
-        flags,
-        ephemeral,
-        time: wall.get(),
-    }
-    .encode()
-    .to_vec()
-}
-
-fn bogus_hello(wall: &Arc<ManualWall>, rng: &mut chacha20::ChaCha20Rng) -> Vec<u8> {
-    hello_with(wall, rng, 0)
-}
-
-fn always_cookie() -> Config {
-    Config {
-        cookie_threshold: 0,
-        ..Config::default()
-    }
-}
-
-/// Run a client's handshake (or resume) on a new transport from `src`
-/// until both sides are attached.
-fn connect(
-    s: &mut TestServer,
-    c: &mut support_c::TestClient,
-    src: IpAddr,
-    now: Instant,
-) -> Result<(TransportId, SessionId), Error> {
-    let t = s.accept_from(now, src)?;
-    c.new_transport(now).expect("new_transport");
-    for _ in 0..8 {
-        let out = client_tx(c, now);
-        if !out.is_empty() {
-            if let Err(e) = s.handle_input(t, now, &out) {
-                let answer = server_tx(s, t, now);
-                let _ = c.handle_input(now, &answer);
-                s.transport_lost(t, now);
-                c.transport_lost(now);
-                return Err(e);
-            }
-        }
-        let back = server_tx(s, t, now);
-        if !back.is_empty() {
-            if let Err(e) = c.handle_input(now, &back) {
-                s.transport_lost(t, now);
-                c.transport_lost(now);
-                return Err(e);
-            }
-        }
-        if let (Some(sid), true) = (s.session_of(t), c.is_connected()) {
-            return Ok((t, sid));
-        }
-    }
-    Err(Error::TimedOut)
-}
-
-fn exchange(s: &mut TestServer, c: &mut support_c::TestClient, t: TransportId, sid: SessionId) {
-    let now = Instant::from_micros(0);
-    assert_eq!(c.send(b"up").unwrap(), 2);
-    assert_eq!(s.send(sid, b"down").unwrap(), 4);
-    for _ in 0..4 {
-        let out = client_tx(c, now);
-        s.handle_input(t, now, &out).unwrap();
-        let back = server_tx(s, t, now);
-        c.handle_input(now, &back).unwrap();
-    }
-    assert_eq!(server_recv_all(s, sid), b"up");
-    assert_eq!(client_recv_all(c), b"down");
-}
+use support_c::admission::{
+    always_cookie, at, bogus_hello, client, connect, exchange, hello_with, ip, server, T0,
+};
+use support_c::{client_tx, server_tx, ManualWall, TestServer};
 
 /// Nothing in progress is left: no pending transport, no source entry, and
 /// the source may again open `max_handshakes_per_source` transports.

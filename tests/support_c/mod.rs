@@ -245,3 +245,119 @@ pub fn stale_answer(server_time: u64) -> Vec<u8> {
     v.extend(server_time.to_le_bytes());
     v
 }
+
+// ----- admission control (PROTOCOL.md 3.7): tests/admission.rs, tests/review13.rs
+
+/// Helpers of the admission tests: a server and clients sharing a manual
+/// wall clock, hellos by hand, a handshake from a given source address.
+pub mod admission {
+    use super::*;
+    use rand_core::Rng;
+    use relink::wire::{ClientHello, VERSION};
+    use relink::Config;
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::sync::Arc;
+
+    /// The wall clock's origin of the admission tests (µs since the Unix epoch).
+    pub const T0: u64 = 1_800_000_000_000_000;
+
+    pub fn ip(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+    }
+
+    pub fn server(cfg: Config) -> (TestServer, Arc<ManualWall>) {
+        let wall = ManualWall::new(T0);
+        let s = Server::new(wall_config(&wall, cfg), crate::common::rng(1));
+        (s, wall)
+    }
+
+    pub fn client(wall: &Arc<ManualWall>, seed: u64) -> TestClient {
+        Client::new(
+            wall_config(wall, Config::default()),
+            crate::common::rng(seed),
+        )
+    }
+
+    pub fn at(wall: &Arc<ManualWall>, now: Instant) -> Instant {
+        wall.set(T0 + now.as_micros());
+        now
+    }
+
+    pub fn hello_with(
+        wall: &Arc<ManualWall>,
+        rng: &mut chacha20::ChaCha20Rng,
+        flags: u8,
+    ) -> Vec<u8> {
+        let mut ephemeral = [0u8; 32];
+        rng.fill_bytes(&mut ephemeral);
+        ClientHello {
+            version: VERSION,
+            flags,
+            ephemeral,
+            time: wall.get(),
+        }
+        .encode()
+        .to_vec()
+    }
+
+    pub fn bogus_hello(wall: &Arc<ManualWall>, rng: &mut chacha20::ChaCha20Rng) -> Vec<u8> {
+        hello_with(wall, rng, 0)
+    }
+
+    /// Run a client's handshake (or resume) on a new transport from `src`
+    /// until both sides are attached.
+    pub fn connect(
+        s: &mut TestServer,
+        c: &mut TestClient,
+        src: IpAddr,
+        now: Instant,
+    ) -> Result<(TransportId, SessionId), Error> {
+        let t = s.accept_from(now, src)?;
+        c.new_transport(now).expect("new_transport");
+        for _ in 0..8 {
+            let out = client_tx(c, now);
+            if !out.is_empty() {
+                if let Err(e) = s.handle_input(t, now, &out) {
+                    let answer = server_tx(s, t, now);
+                    let _ = c.handle_input(now, &answer);
+                    s.transport_lost(t, now);
+                    c.transport_lost(now);
+                    return Err(e);
+                }
+            }
+            let back = server_tx(s, t, now);
+            if !back.is_empty() {
+                if let Err(e) = c.handle_input(now, &back) {
+                    s.transport_lost(t, now);
+                    c.transport_lost(now);
+                    return Err(e);
+                }
+            }
+            if let (Some(sid), true) = (s.session_of(t), c.is_connected()) {
+                return Ok((t, sid));
+            }
+        }
+        Err(Error::TimedOut)
+    }
+
+    pub fn exchange(s: &mut TestServer, c: &mut TestClient, t: TransportId, sid: SessionId) {
+        let now = Instant::from_micros(0);
+        assert_eq!(c.send(b"up").unwrap(), 2);
+        assert_eq!(s.send(sid, b"down").unwrap(), 4);
+        for _ in 0..4 {
+            let out = client_tx(c, now);
+            s.handle_input(t, now, &out).unwrap();
+            let back = server_tx(s, t, now);
+            c.handle_input(now, &back).unwrap();
+        }
+        assert_eq!(server_recv_all(s, sid), b"up");
+        assert_eq!(client_recv_all(c), b"down");
+    }
+
+    pub fn always_cookie() -> Config {
+        Config {
+            cookie_threshold: 0,
+            ..Config::default()
+        }
+    }
+}
