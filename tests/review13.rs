@@ -724,8 +724,8 @@ fn state_per_bogus_input_is_bounded() {
 
 /// The order of the checks under load is that of 3.3 (version, flags, then
 /// the cookie): a 0x01 hello with unknown flag bits and a wrong cookie is
-/// answered Malformed without a cookie round. (3.7 says "the server then
-/// checks the cookie first": true only among the checks after the flags.)
+/// answered Malformed without a cookie round, as 3.7 says (it said "the
+/// cookie first" at the review; the text was corrected).
 #[test]
 fn under_load_flags_are_checked_before_the_cookie() {
     let (mut s, wall) = server(always_cookie());
