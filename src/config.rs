@@ -5,6 +5,7 @@ use alloc::sync::Arc;
 
 use crate::credential::Credential;
 use crate::keys::StaticKeypair;
+use crate::routing::RoutableId;
 use crate::time::{Duration, Instant, UnixTime, WallClock};
 use crate::wire::MAX_FRAME_PAYLOAD;
 
@@ -191,6 +192,13 @@ pub struct Config {
     /// `CloseReason::Error(Error::TooLong)`. Server: unused.
     /// Default: none.
     pub credential: Option<Credential>,
+    /// Server: the server id (and config rotation) written into every
+    /// connection id it issues, so that a load balancer in front of
+    /// several servers sends each resume to the server that holds its
+    /// session (PROTOCOL.md 3.8, [`crate::routing`]). `None`: connection
+    /// ids are random. Client: unused.
+    /// Default: none.
+    pub routable_id: Option<RoutableId>,
 }
 
 impl Default for Config {
@@ -226,6 +234,7 @@ impl Default for Config {
             wall_clock: None,
             client_auth: false,
             credential: None,
+            routable_id: None,
         }
     }
 }
@@ -303,6 +312,7 @@ impl core::fmt::Debug for Config {
             .field("wall_clock", &self.wall_clock.is_some())
             .field("client_auth", &self.client_auth)
             .field("credential", &self.credential)
+            .field("routable_id", &self.routable_id)
             .finish()
     }
 }

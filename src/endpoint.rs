@@ -323,6 +323,15 @@ pub struct Endpoint<R: CryptoRng> {
     /// Transports refused by `max_handshakes_per_source`, and hellos
     /// answered Busy by it.
     source_refusals: u64,
+    /// Taken out of service ([`Endpoint::drain`]): new sessions are
+    /// answered Busy.
+    draining: bool,
+    /// Resume requests handed to (or confirming) a session.
+    resumes_routed: u64,
+    /// Resume requests answered UnknownSession.
+    unknown_session_answers: u64,
+    /// Of those, the ones whose connection id carries another server id.
+    misrouted_resumes: u64,
 }
 
 impl<R: CryptoRng> core::fmt::Debug for Endpoint<R> {
@@ -357,6 +366,10 @@ impl<R: CryptoRng> Endpoint<R> {
             cookies: None,
             cookies_sent: 0,
             source_refusals: 0,
+            draining: false,
+            resumes_routed: 0,
+            unknown_session_answers: 0,
+            misrouted_resumes: 0,
         }
     }
 
@@ -545,6 +558,12 @@ impl<R: CryptoRng> Endpoint<R> {
             Some(t) => (t.source, t.address, t.cookie_sent),
             None => return Err(Error::UnknownTransport),
         };
+        // Taken out of service: no new session (PROTOCOL.md 3.8). Busy
+        // makes the client try a new transport, which the balancer sends
+        // to another server.
+        if self.draining {
+            return Err(self.reject_hello(transport, HandshakeStatus::Busy));
+        }
         if self.pending >= self.shared.config.cookie_threshold {
             let rng = &mut self.rng;
             let keys = self.cookies.get_or_insert_with(|| {
@@ -712,7 +731,12 @@ impl<R: CryptoRng> Endpoint<R> {
 
     fn fresh_conn_id(&mut self) -> u64 {
         loop {
-            let id = self.rng.next_u64();
+            let random = self.rng.next_u64();
+            let id = self
+                .shared
+                .config
+                .routable_id
+                .map_or(random, |r| r.generate(random));
             if id != 0 && !self.routes.contains_key(&id) {
                 return id;
             }
@@ -797,10 +821,20 @@ impl<R: CryptoRng> Endpoint<R> {
             Err(e) => return Err(self.end_transport(transport, e.into())),
         };
         let Some(&sid) = self.routes.get(&req.conn_id) else {
+            self.unknown_session_answers += 1;
+            if self
+                .shared
+                .config
+                .routable_id
+                .is_some_and(|r| !r.owns(req.conn_id))
+            {
+                self.misrouted_resumes += 1;
+            }
             return Err(self.reject_unknown(transport, req.conn_id));
         };
         let Some(hs) = self.handshakes.get(&sid) else {
             // A confirmed session: its connection decides.
+            self.resumes_routed += 1;
             self.release_transport(transport);
             return Ok(Dispatch::Resume {
                 consumed,
@@ -859,6 +893,7 @@ impl<R: CryptoRng> Endpoint<R> {
             }
         }
         self.release_transport(transport);
+        self.resumes_routed += 1;
         let mut connection = self.confirm(sid, None, now)?;
         connection.announce(transport);
         // The same wall reading as the check above: a second reading could
@@ -1122,6 +1157,45 @@ impl<R: CryptoRng> Endpoint<R> {
     /// The connection id of an unconfirmed session.
     pub fn handshake_conn_id(&self, session: SessionId) -> Option<u64> {
         self.handshakes.get(&session).map(|h| h.conn_id)
+    }
+
+    /// Take the endpoint out of service (a graceful drain, PROTOCOL.md
+    /// 3.8): from now on every new-session ClientHello is answered Busy
+    /// (the client retries on a new transport, which a load balancer sends
+    /// to another server), while resume requests are served as before, so
+    /// the sessions it holds can finish. Irreversible. The driver decides
+    /// when to stop: when [`Endpoint::session_count`] and its own
+    /// connections reach zero, or at a deadline (ending the rest with
+    /// `AbortCode::SHUTTING_DOWN`).
+    pub fn drain(&mut self) {
+        self.draining = true;
+    }
+
+    /// Whether [`Endpoint::drain`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.draining
+    }
+
+    /// Resume requests handed to a session ([`Dispatch::Resume`], or a
+    /// resume that confirmed a session whose ClientConfirm was lost).
+    /// Behind a load balancer, every resume should land on its server.
+    pub fn resumes_routed(&self) -> u64 {
+        self.resumes_routed
+    }
+
+    /// Resume requests the endpoint answered UnknownSession (the session
+    /// expired, was freed, or lives on another server). Replies a driver
+    /// writes itself with [`Endpoint::unknown_session`] are not counted.
+    pub fn unknown_session_answers(&self) -> u64 {
+        self.unknown_session_answers
+    }
+
+    /// Of [`Endpoint::unknown_session_answers`], those whose connection id
+    /// carries another server id than `Config::routable_id` (0 without
+    /// one): resumes a load balancer sent to the wrong server, or sent
+    /// elsewhere because their server was down.
+    pub fn misrouted_resumes(&self) -> u64 {
+        self.misrouted_resumes
     }
 
     /// The session that owns `conn_id`, if routable.

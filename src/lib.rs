@@ -147,6 +147,7 @@ mod ids;
 mod keys;
 mod rekey;
 mod resume;
+pub mod routing;
 pub mod server;
 mod stream;
 pub mod time;
@@ -179,6 +180,7 @@ pub use keys::StaticKeypair;
 #[cfg(feature = "test-hooks")]
 #[doc(hidden)]
 pub use rekey::KeyEpochs;
+pub use routing::{RoutableId, RoutableIdError};
 pub use server::Server;
 #[cfg(feature = "std")]
 #[cfg_attr(docsrs, doc(cfg(feature = "std")))]

@@ -488,6 +488,30 @@ impl<R: CryptoRng> Server<R> {
         self.connections.len() + self.endpoint.handshake_count()
     }
 
+    /// Take the server out of service ([`Endpoint::drain`]): new sessions
+    /// are answered Busy, the existing ones resume and finish as before.
+    pub fn drain(&mut self) {
+        self.endpoint.drain();
+    }
+
+    /// Whether [`Server::drain`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.endpoint.is_draining()
+    }
+
+    /// The endpoint's routing counters: resume requests routed to a
+    /// session, answered UnknownSession, and of those the ones carrying
+    /// another server id ([`Endpoint::resumes_routed`],
+    /// [`Endpoint::unknown_session_answers`],
+    /// [`Endpoint::misrouted_resumes`]).
+    pub fn routing_counters(&self) -> (u64, u64, u64) {
+        (
+            self.endpoint.resumes_routed(),
+            self.endpoint.unknown_session_answers(),
+            self.endpoint.misrouted_resumes(),
+        )
+    }
+
     /// Number of transports that have not completed a handshake or resume.
     pub fn pending_transports(&self) -> usize {
         self.endpoint.pending_transports()

@@ -312,6 +312,9 @@ impl AbortCode {
     /// An authenticated frame broke a rule of the protocol (wrong direction,
     /// a frame out of sequence).
     pub const PROTOCOL_VIOLATION: AbortCode = AbortCode(9);
+    /// The server was taken out of service and its drain deadline passed
+    /// with the session still open (PROTOCOL.md 3.8).
+    pub const SHUTTING_DOWN: AbortCode = AbortCode(10);
     /// The first code free for applications.
     pub const APPLICATION_MIN: u32 = 0x100;
 }
@@ -329,6 +332,7 @@ impl core::fmt::Display for AbortCode {
             AbortCode::TOKEN_EXPIRED => "token expired",
             AbortCode::KEY_EXPIRED => "key expired",
             AbortCode::PROTOCOL_VIOLATION => "protocol violation",
+            AbortCode::SHUTTING_DOWN => "the server is shutting down (drain deadline passed)",
             _ => return write!(f, "application code {}", self.0),
         };
         write!(f, "{name} (code {})", self.0)
