@@ -114,7 +114,7 @@ fn owner(net: &Net) -> usize {
 
 fn closed_reason(net: &Net) -> Option<CloseReason> {
     net.cev.iter().find_map(|e| match e {
-        relink::Event::Closed { reason } => Some(reason.clone()),
+        relink::Event::Closed { reason } => Some(*reason),
         _ => None,
     })
 }
