@@ -1,0 +1,1121 @@
+//! Sharded endpoint (issue 14): does one endpoint per core (each owning the
+//! sessions whose connection id carries its shard, [`relink::RoutableId`])
+//! serve many cores better than one endpoint behind one lock?
+//!
+//! ```text
+//! cargo bench --bench shard --features tokio              # full suite (about 1 min)
+//! cargo bench --bench shard --features tokio -- --quick   # tiny sizes (CI: checks it runs)
+//! RELINK_BENCH_QUICK=1 cargo bench --bench shard --features tokio
+//! ```
+//!
+//! Without `--features tokio` the loopback TCP case is skipped.
+//!
+//! Cases (`docs/PERFORMANCE.md`, "Sharded endpoint (issue 14)", explains
+//! them and records a run), each in three layouts measured side by side
+//! (samples interleaved, medians):
+//!
+//! - **one**: 1 thread, 1 [`relink::Endpoint`];
+//! - **shared**: 2 threads, 1 endpoint behind one `Mutex`, as the drivers
+//!   keep it (every endpoint call under the lock; the [`relink::Connection`]
+//!   work of a session outside it);
+//! - **sharded**: 2 threads, 2 endpoints (one per thread, each behind its
+//!   own, uncontended `Mutex`), endpoint `k` configured with server id `k`
+//!   ([`relink::Config::routable_id`], 1 byte): its sessions' connection ids
+//!   carry `k`, and every resume request is checked to carry the shard of
+//!   the thread that serves it (what an in-process router would read).
+//!
+//! 1. **Handshakes in memory**: full handshakes (hello, ServerHello,
+//!    ClientConfirm, the connection's first output). *Server side*: in
+//!    phases, the clients' work untimed (hellos, then confirmations), the
+//!    server's timed (wall clock from the start to the end of the slowest
+//!    thread); *both sides*: each thread runs fresh clients one after the
+//!    other against its endpoint.
+//! 2. **Resumes in memory**: established sessions (owned by the thread that
+//!    handshook them) resumed on a new transport: the old transport lost,
+//!    a new one accepted, the request routed by the endpoint
+//!    ([`relink::Dispatch::Resume`]), `Connection::handle_resume` and its
+//!    response outside the endpoint lock. Server side alone and both sides.
+//! 3. **Loopback TCP** with the tokio driver: a client process (this binary
+//!    re-executed with `--tcp-client`) runs handshakes (connect, drop) as
+//!    fast as it can against one `relink::tokio::Listener` on a runtime
+//!    with 1 or 2 worker threads, or against 2 listeners (one per thread,
+//!    each on a current-thread runtime, the client alternating between
+//!    them as a balancer would). Handshakes the server accepted per second
+//!    and the CPU time of each process.
+//!
+//! Lock statistics (time waiting for and holding the endpoint lock) are
+//! taken in every layout, so that the instrumentation costs each the same.
+
+use std::sync::{Barrier, Mutex, MutexGuard, PoisonError};
+use std::time::Instant as StdInstant;
+
+use chacha20::ChaCha20Rng;
+use relink::routing::server_id_of;
+use relink::wire::{FRAME_OVERHEAD, MAX_FRAME_PAYLOAD, RESUME_REQUEST_LEN};
+use relink::{
+    Client, Config, Connection, Dispatch, Duration, Endpoint, Event, Instant, RoutableId,
+    ServerEvent, TransportId,
+};
+use relink_test_support::harness::rng;
+
+#[path = "shared/measure.rs"]
+#[allow(dead_code)] // allocations(), live_bytes(): used by the other benches
+mod measure;
+use measure::cpu_secs as thread_cpu_secs;
+
+// ----- sizes -----------------------------------------------------------------------
+
+/// How much work each case does; `--quick` shrinks everything.
+#[derive(Clone, Copy, Debug)]
+struct Sizes {
+    /// Handshakes per thread per sample.
+    handshakes: usize,
+    /// Established sessions per thread for the resume case.
+    resume_sessions: usize,
+    /// Samples per layout (after one warm-up round), medians reported.
+    samples: usize,
+    /// Handshakes per TCP run.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    tcp_handshakes: usize,
+    /// Concurrent clients of the TCP client process.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    tcp_concurrency: usize,
+    /// TCP runs per layout (median reported).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    tcp_samples: usize,
+}
+
+impl Sizes {
+    fn full() -> Sizes {
+        Sizes {
+            handshakes: 1_000,
+            resume_sessions: 2_000,
+            samples: 9,
+            tcp_handshakes: 8_000,
+            tcp_concurrency: 32,
+            tcp_samples: 3,
+        }
+    }
+    fn quick() -> Sizes {
+        Sizes {
+            handshakes: 20,
+            resume_sessions: 50,
+            samples: 2,
+            tcp_handshakes: 100,
+            tcp_concurrency: 8,
+            tcp_samples: 1,
+        }
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+// ----- layouts ---------------------------------------------------------------------
+
+/// Threads and endpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layout {
+    /// 1 thread, 1 endpoint.
+    One,
+    /// 2 threads, 1 endpoint behind one lock.
+    Shared,
+    /// 2 threads, 1 endpoint each.
+    Sharded,
+}
+
+impl Layout {
+    const ALL: [Layout; 3] = [Layout::One, Layout::Shared, Layout::Sharded];
+
+    fn threads(self) -> usize {
+        match self {
+            Layout::One => 1,
+            Layout::Shared | Layout::Sharded => 2,
+        }
+    }
+
+    fn endpoints(self) -> usize {
+        match self {
+            Layout::Sharded => 2,
+            Layout::One | Layout::Shared => 1,
+        }
+    }
+
+    /// The endpoint (= shard = server id) thread `t` uses.
+    fn endpoint_of(self, t: usize) -> usize {
+        match self {
+            Layout::Sharded => t,
+            Layout::One | Layout::Shared => 0,
+        }
+    }
+}
+
+/// Transmit buffer: one maximum DATA frame plus an ACK frame.
+const WIRE: usize = FRAME_OVERHEAD + MAX_FRAME_PAYLOAD + FRAME_OVERHEAD + 8;
+
+/// Bytes of the server id in the connection ids (one byte: up to 256
+/// shards).
+const SHARD_ID_LEN: usize = 1;
+
+/// Endpoint `shard`'s configuration: no cap on sessions or pending
+/// transports, its shard as the server id of its connection ids.
+fn shard_config(shard: usize) -> Config {
+    Config {
+        max_sessions: usize::MAX,
+        max_pending_transports: usize::MAX,
+        routable_id: Some(RoutableId::new(shard as u32, SHARD_ID_LEN).expect("server id")),
+        ..Config::default()
+    }
+}
+
+type Ep = Endpoint<ChaCha20Rng>;
+
+/// The endpoints of a layout, each behind its lock.
+fn endpoints(layout: Layout, seed: u64) -> Vec<Mutex<Ep>> {
+    (0..layout.endpoints())
+        .map(|k| Mutex::new(Endpoint::new(shard_config(k), rng(seed + k as u64))))
+        .collect()
+}
+
+/// Time spent waiting for and holding the endpoint lock, in seconds.
+#[derive(Clone, Copy, Debug, Default)]
+struct LockTimes {
+    wait: f64,
+    held: f64,
+}
+
+impl LockTimes {
+    fn add(&mut self, o: LockTimes) {
+        self.wait += o.wait;
+        self.held += o.held;
+    }
+}
+
+/// Run `f` on the endpoint under its lock, as the drivers do; the time
+/// waited for the lock and held is added to `times`.
+fn locked<R>(ep: &Mutex<Ep>, times: &mut LockTimes, f: impl FnOnce(&mut Ep) -> R) -> R {
+    let t0 = StdInstant::now();
+    let mut guard: MutexGuard<'_, Ep> = ep.lock().unwrap_or_else(PoisonError::into_inner);
+    let t1 = StdInstant::now();
+    let r = f(&mut guard);
+    let t2 = StdInstant::now();
+    drop(guard);
+    times.wait += (t1 - t0).as_secs_f64();
+    times.held += (t2 - t1).as_secs_f64();
+    r
+}
+
+/// What one thread reports of one sample.
+#[derive(Clone, Copy, Debug, Default)]
+struct ThreadOut {
+    lock: LockTimes,
+    /// The thread's CPU time in the timed phases.
+    cpu: f64,
+    /// Start and end of each timed phase (read by the thread itself: the
+    /// coordinating thread may not run when the barrier opens).
+    spans: [Option<(StdInstant, StdInstant)>; 2],
+}
+
+impl ThreadOut {
+    /// Start timed phase `k`: wait for the other threads, then read the
+    /// clocks.
+    fn start(&mut self, k: usize, barrier: &Barrier) -> f64 {
+        barrier.wait();
+        let t = StdInstant::now();
+        self.spans[k] = Some((t, t));
+        thread_cpu_secs()
+    }
+
+    /// End timed phase `k` (started at CPU time `cpu`), then wait for the
+    /// other threads.
+    fn end(&mut self, k: usize, cpu: f64, barrier: &Barrier) {
+        self.cpu += thread_cpu_secs() - cpu;
+        if let Some((_, end)) = &mut self.spans[k] {
+            *end = StdInstant::now();
+        }
+        barrier.wait();
+    }
+}
+
+/// One sample of a layout: the timed wall clock, and its threads summed.
+#[derive(Clone, Copy, Debug, Default)]
+struct Sample {
+    /// Operations (handshakes, resumes) of all threads.
+    ops: usize,
+    wall: f64,
+    lock: LockTimes,
+    cpu: f64,
+}
+
+/// Run `work(thread, barrier)` on the layout's threads, each of which
+/// brackets its timed phases with [`ThreadOut::start`] and
+/// [`ThreadOut::end`]. The wall clock of a phase runs from the first
+/// thread's start to the last thread's end.
+fn run_threads<F>(layout: Layout, ops: usize, work: F) -> Sample
+where
+    F: Fn(usize, &Barrier) -> ThreadOut + Sync,
+{
+    let n = layout.threads();
+    let barrier = Barrier::new(n);
+    let outs: Vec<ThreadOut> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .map(|t| {
+                let (work, barrier) = (&work, &barrier);
+                s.spawn(move || work(t, barrier))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("bench thread"))
+            .collect()
+    });
+    let mut s = Sample {
+        ops,
+        ..Sample::default()
+    };
+    for k in 0..2 {
+        let spans: Vec<(StdInstant, StdInstant)> = outs.iter().filter_map(|o| o.spans[k]).collect();
+        if let (Some(a), Some(b)) = (
+            spans.iter().map(|x| x.0).min(),
+            spans.iter().map(|x| x.1).max(),
+        ) {
+            s.wall += (b - a).as_secs_f64();
+        }
+    }
+    for o in &outs {
+        s.lock.add(o.lock);
+        s.cpu += o.cpu;
+    }
+    s
+}
+
+/// The median sample of each layout (by throughput).
+fn medians(samples: &[Vec<Sample>; 3]) -> [Sample; 3] {
+    [0, 1, 2].map(|k| {
+        let v = &samples[k];
+        let m = median(v.iter().map(|s| s.ops as f64 / s.wall).collect());
+        *v.iter()
+            .min_by(|a, b| {
+                let da = (a.ops as f64 / a.wall - m).abs();
+                let db = (b.ops as f64 / b.wall - m).abs();
+                da.partial_cmp(&db).expect("no NaN")
+            })
+            .expect("a sample")
+    })
+}
+
+// ----- 1: handshakes ---------------------------------------------------------------
+
+/// Unique client seeds: no two hellos of one endpoint may share an
+/// ephemeral key (the second would be refused as a replay).
+fn client_seed(layout: Layout, sample: usize, thread: usize, i: usize) -> u64 {
+    (layout as u64) << 56 | (sample as u64) << 40 | (thread as u64) << 32 | i as u64
+}
+
+/// The endpoint's answer to a whole hello: still pending (ServerHello
+/// queued).
+fn expect_pending(d: Dispatch, len: usize) {
+    match d {
+        Dispatch::Pending(k) => assert_eq!(k, len, "hello consumed"),
+        other => panic!("unexpected dispatch after a hello: {other:?}"),
+    }
+}
+
+/// The endpoint's answer to a whole ClientConfirm: the new connection.
+fn expect_connection(d: Dispatch, len: usize) -> Box<Connection> {
+    match d {
+        Dispatch::NewConnection {
+            consumed,
+            connection,
+        } => {
+            assert_eq!(consumed, len, "confirm consumed");
+            connection
+        }
+        other => panic!("unexpected dispatch after a confirm: {other:?}"),
+    }
+}
+
+/// The connection's work after the handover, outside the endpoint lock:
+/// its events (HandshakeDone) and its first output (a PING). Checks the
+/// connection id carries `shard`.
+fn settle_new(
+    conn: &mut Connection,
+    tid: TransportId,
+    now: Instant,
+    shard: usize,
+    wire: &mut [u8],
+) {
+    assert_eq!(
+        server_id_of(conn.conn_id(), SHARD_ID_LEN).1,
+        shard as u32,
+        "the conn id carries its shard"
+    );
+    let mut done = false;
+    while let Some(e) = conn.poll_event() {
+        done |= matches!(e, ServerEvent::HandshakeDone { .. });
+    }
+    assert!(done, "handshake done");
+    conn.poll_transmit(tid, now, wire).expect("first output");
+}
+
+/// Server side of `n` handshakes per thread, in phases (two timed).
+fn handshakes_server(layout: Layout, eps: &[Mutex<Ep>], n: usize, sample: usize) -> Sample {
+    let now = Instant::from_micros(1_000_000 + sample as u64);
+    run_threads(layout, n * layout.threads(), |t, barrier| {
+        let shard = layout.endpoint_of(t);
+        let ep = &eps[shard];
+        let mut wire = vec![0u8; WIRE];
+        let mut clients: Vec<Client<ChaCha20Rng>> = (0..n)
+            .map(|i| Client::new(Config::default(), rng(client_seed(layout, sample, t, i))))
+            .collect();
+        let mut msgs: Vec<Vec<u8>> = clients
+            .iter_mut()
+            .map(|c| {
+                c.new_transport(now).expect("new_transport");
+                let k = c.poll_transmit(now, &mut wire).expect("hello");
+                wire[..k].to_vec()
+            })
+            .collect();
+        let mut tids = Vec::with_capacity(n);
+        let mut out = ThreadOut::default();
+        // timed: accept, hello, ServerHello
+        let cpu = out.start(0, barrier);
+        for m in msgs.iter_mut() {
+            let (tid, k) = locked(ep, &mut out.lock, |ep| {
+                let tid = ep.accept(now).expect("accept");
+                expect_pending(ep.handle_input(tid, now, m).expect("hello"), m.len());
+                let k = ep.poll_transmit(tid, &mut wire).expect("ServerHello");
+                while ep.poll_event().is_some() {}
+                (tid, k)
+            });
+            m.clear();
+            m.extend_from_slice(&wire[..k]);
+            tids.push(tid);
+        }
+        out.end(0, cpu, barrier);
+        // untimed: the clients confirm
+        for (c, m) in clients.iter_mut().zip(msgs.iter_mut()) {
+            assert_eq!(c.handle_input(now, m).expect("ServerHello"), m.len());
+            let k = c.poll_transmit(now, &mut wire).expect("confirm");
+            m.clear();
+            m.extend_from_slice(&wire[..k]);
+        }
+        let mut conns = Vec::with_capacity(n);
+        // timed: confirm, the connection's first steps
+        let cpu = out.start(1, barrier);
+        for (&tid, m) in tids.iter().zip(msgs.iter()) {
+            let mut conn = locked(ep, &mut out.lock, |ep| {
+                let c = expect_connection(ep.handle_input(tid, now, m).expect("confirm"), m.len());
+                while ep.poll_event().is_some() {}
+                c
+            });
+            settle_new(&mut conn, tid, now, shard, &mut wire);
+            conns.push(conn);
+        }
+        out.end(1, cpu, barrier);
+        for c in clients.iter_mut() {
+            while c.poll_event().is_some() {}
+            assert!(c.is_connected(), "client connected");
+        }
+        out
+    })
+}
+
+/// Both sides of `n` handshakes per thread, one after the other.
+fn handshakes_both(layout: Layout, eps: &[Mutex<Ep>], n: usize, sample: usize) -> Sample {
+    // other seeds than the server-side samples (same endpoints)
+    let sample = sample + 1_000;
+    let now = Instant::from_micros(1_000_000 + sample as u64);
+    run_threads(layout, n * layout.threads(), |t, barrier| {
+        let shard = layout.endpoint_of(t);
+        let ep = &eps[shard];
+        let mut wire = vec![0u8; WIRE];
+        let mut out = ThreadOut::default();
+        let mut conns = Vec::with_capacity(n);
+        let cpu = out.start(0, barrier);
+        for i in 0..n {
+            let mut c = Client::new(Config::default(), rng(client_seed(layout, sample, t, i)));
+            c.new_transport(now).expect("new_transport");
+            let k = c.poll_transmit(now, &mut wire).expect("hello");
+            let hello = wire[..k].to_vec();
+            let (tid, k) = locked(ep, &mut out.lock, |ep| {
+                let tid = ep.accept(now).expect("accept");
+                expect_pending(ep.handle_input(tid, now, &hello).expect("hello"), k);
+                let k = ep.poll_transmit(tid, &mut wire).expect("ServerHello");
+                while ep.poll_event().is_some() {}
+                (tid, k)
+            });
+            assert_eq!(c.handle_input(now, &wire[..k]).expect("ServerHello"), k);
+            let k = c.poll_transmit(now, &mut wire).expect("confirm");
+            let confirm = wire[..k].to_vec();
+            let mut conn = locked(ep, &mut out.lock, |ep| {
+                let c = expect_connection(ep.handle_input(tid, now, &confirm).expect("confirm"), k);
+                while ep.poll_event().is_some() {}
+                c
+            });
+            settle_new(&mut conn, tid, now, shard, &mut wire);
+            let m = conn.poll_transmit(tid, now, &mut wire).expect("tx");
+            assert_eq!(c.handle_input(now, &wire[..m]).expect("rx"), m);
+            while c.poll_event().is_some() {}
+            assert!(c.is_connected(), "client connected");
+            conns.push(conn);
+        }
+        out.end(0, cpu, barrier);
+        out
+    })
+}
+
+// ----- 2: resumes ------------------------------------------------------------------
+
+/// An established session: the client, the server's connection, its
+/// transport.
+struct Session {
+    client: Client<ChaCha20Rng>,
+    conn: Box<Connection>,
+    tid: TransportId,
+}
+
+/// A layout's endpoints and, per thread, the sessions it owns.
+struct ResumeBed {
+    layout: Layout,
+    eps: Vec<Mutex<Ep>>,
+    sessions: Vec<Vec<Session>>,
+    now: Instant,
+}
+
+impl ResumeBed {
+    fn new(layout: Layout, n: usize, seed: u64) -> ResumeBed {
+        let eps = endpoints(layout, seed);
+        let now = Instant::from_micros(1_000_000);
+        let mut wire = vec![0u8; WIRE];
+        let sessions = (0..layout.threads())
+            .map(|t| {
+                let shard = layout.endpoint_of(t);
+                let mut ep = eps[shard].lock().expect("endpoint");
+                (0..n)
+                    .map(|i| {
+                        let mut client = Client::new(
+                            Config::default(),
+                            rng(client_seed(layout, 2_000, t, i) ^ seed),
+                        );
+                        let tid = ep.accept(now).expect("accept");
+                        client.new_transport(now).expect("new_transport");
+                        let k = client.poll_transmit(now, &mut wire).expect("hello");
+                        expect_pending(ep.handle_input(tid, now, &wire[..k]).expect("hello"), k);
+                        let k = ep.poll_transmit(tid, &mut wire).expect("ServerHello");
+                        client.handle_input(now, &wire[..k]).expect("ServerHello");
+                        let k = client.poll_transmit(now, &mut wire).expect("confirm");
+                        let mut conn = expect_connection(
+                            ep.handle_input(tid, now, &wire[..k]).expect("confirm"),
+                            k,
+                        );
+                        while ep.poll_event().is_some() {}
+                        settle_new(&mut conn, tid, now, shard, &mut wire);
+                        let m = conn.poll_transmit(tid, now, &mut wire).expect("tx");
+                        client.handle_input(now, &wire[..m]).expect("rx");
+                        while client.poll_event().is_some() {}
+                        assert!(client.is_connected());
+                        Session { client, conn, tid }
+                    })
+                    .collect()
+            })
+            .collect();
+        ResumeBed {
+            layout,
+            eps,
+            sessions,
+            now,
+        }
+    }
+
+    /// Resume every session once; `both`: the clients' work is timed too,
+    /// else only the server's (the clients write their requests before and
+    /// read the responses after).
+    fn sample(&mut self, both: bool) -> Sample {
+        self.now = self.now.saturating_add(Duration::from_micros(10));
+        let (layout, now, eps) = (self.layout, self.now, &self.eps);
+        let n = self.sessions.iter().map(Vec::len).sum();
+        let per: Vec<Mutex<&mut Vec<Session>>> = self.sessions.iter_mut().map(Mutex::new).collect();
+        run_threads(layout, n, |t, barrier| {
+            let shard = layout.endpoint_of(t);
+            let ep = &eps[shard];
+            let mut sessions = per[t].lock().expect("sessions");
+            let mut wire = vec![0u8; WIRE];
+            let mut out = ThreadOut::default();
+            let client_request = |s: &mut Session, wire: &mut [u8]| {
+                s.client.transport_lost(now);
+                s.client.new_transport(now).expect("new_transport");
+                let k = s.client.poll_transmit(now, wire).expect("request");
+                assert_eq!(k, RESUME_REQUEST_LEN);
+                let mut req = [0u8; RESUME_REQUEST_LEN];
+                req.copy_from_slice(&wire[..k]);
+                req
+            };
+            let client_response = |s: &mut Session, resp: &[u8]| {
+                assert_eq!(
+                    s.client.handle_input(now, resp).expect("response"),
+                    resp.len()
+                );
+                let mut resumed = false;
+                while let Some(e) = s.client.poll_event() {
+                    resumed |= matches!(e, Event::Resumed { .. });
+                }
+                assert!(resumed && s.client.is_connected(), "client resumed");
+            };
+            let mut reqs: Vec<[u8; RESUME_REQUEST_LEN]> = if both {
+                Vec::new()
+            } else {
+                sessions
+                    .iter_mut()
+                    .map(|s| client_request(s, &mut wire))
+                    .collect()
+            };
+            let mut resps: Vec<Vec<u8>> = Vec::with_capacity(if both { 0 } else { reqs.len() });
+            let cpu = out.start(0, barrier);
+            for (i, s) in sessions.iter_mut().enumerate() {
+                let req = if both {
+                    client_request(s, &mut wire)
+                } else {
+                    reqs[i]
+                };
+                // The old transport broke (under the session's own lock in
+                // a driver).
+                s.conn.transport_lost(s.tid, now);
+                while s.conn.poll_event().is_some() {}
+                // The in-process router: the shard is in the conn id.
+                let cid = u64::from_le_bytes(req[2..10].try_into().expect("8 bytes"));
+                assert_eq!(server_id_of(cid, SHARD_ID_LEN).1, shard as u32, "routed");
+                let (tid, request) = locked(ep, &mut out.lock, |ep| {
+                    let tid = ep.accept(now).expect("accept");
+                    let routed = match ep.handle_input(tid, now, &req).expect("request") {
+                        Dispatch::Resume {
+                            consumed,
+                            session,
+                            request,
+                        } => {
+                            assert_eq!(consumed, RESUME_REQUEST_LEN);
+                            assert_eq!(session, s.conn.session(), "routed to its session");
+                            request
+                        }
+                        other => panic!("unexpected dispatch after a request: {other:?}"),
+                    };
+                    while ep.poll_event().is_some() {}
+                    (tid, routed)
+                });
+                // The session's work, outside the endpoint lock.
+                s.conn.handle_resume(tid, now, &request).expect("resume");
+                s.tid = tid;
+                let k = s.conn.poll_transmit(tid, now, &mut wire).expect("response");
+                let mut resumed = false;
+                while let Some(e) = s.conn.poll_event() {
+                    resumed |= matches!(e, ServerEvent::Resumed { .. });
+                }
+                assert!(resumed, "server resumed");
+                let mut ev = Vec::new();
+                while let Some(e) = s.conn.poll_endpoint_event() {
+                    ev.push(e);
+                }
+                if !ev.is_empty() {
+                    locked(ep, &mut out.lock, |ep| {
+                        ev.into_iter().for_each(|e| ep.handle_event(e))
+                    });
+                }
+                if both {
+                    client_response(s, &wire[..k]);
+                } else {
+                    resps.push(wire[..k].to_vec());
+                }
+            }
+            out.end(0, cpu, barrier);
+            for (s, r) in sessions.iter_mut().zip(resps.iter()) {
+                client_response(s, r);
+            }
+            reqs.clear();
+            out
+        })
+    }
+}
+
+// ----- in-memory cases, side by side ----------------------------------------------------
+
+/// The medians of the four in-memory rows, per layout.
+struct MemFigures {
+    hs_server: [Sample; 3],
+    hs_both: [Sample; 3],
+    resume_server: [Sample; 3],
+    resume_both: [Sample; 3],
+}
+
+fn memory_cases(sz: &Sizes) -> MemFigures {
+    let eps: Vec<Vec<Mutex<Ep>>> = Layout::ALL
+        .iter()
+        .map(|&l| endpoints(l, 10 + 10 * l as u64))
+        .collect();
+    let t = StdInstant::now();
+    let mut beds: Vec<ResumeBed> = Layout::ALL
+        .iter()
+        .map(|&l| ResumeBed::new(l, sz.resume_sessions, 100 + l as u64))
+        .collect();
+    println!(
+        "  resume beds ({} sessions per thread) set up in {:.1} s",
+        sz.resume_sessions,
+        t.elapsed().as_secs_f64()
+    );
+    let mut hs_server: [Vec<Sample>; 3] = Default::default();
+    let mut hs_both: [Vec<Sample>; 3] = Default::default();
+    let mut resume_server: [Vec<Sample>; 3] = Default::default();
+    let mut resume_both: [Vec<Sample>; 3] = Default::default();
+    // one warm-up round, then sample s of every layout and row, s + 1, ...
+    for s in 0..=sz.samples {
+        for (k, &l) in Layout::ALL.iter().enumerate() {
+            let a = handshakes_server(l, &eps[k], sz.handshakes, s);
+            let b = handshakes_both(l, &eps[k], sz.handshakes, s);
+            let c = beds[k].sample(false);
+            let d = beds[k].sample(true);
+            if s > 0 {
+                hs_server[k].push(a);
+                hs_both[k].push(b);
+                resume_server[k].push(c);
+                resume_both[k].push(d);
+            }
+        }
+    }
+    MemFigures {
+        hs_server: medians(&hs_server),
+        hs_both: medians(&hs_both),
+        resume_server: medians(&resume_server),
+        resume_both: medians(&resume_both),
+    }
+}
+
+// ----- 3: loopback TCP with the tokio driver ---------------------------------------
+
+/// How the TCP server is laid out.
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+#[derive(Clone, Copy, Debug)]
+enum TcpLayout {
+    /// One listener on a multi-thread runtime with this many workers.
+    Single(usize),
+    /// This many listeners, each on a current-thread runtime of its own
+    /// thread, its shard as its server id.
+    Sharded(usize),
+}
+
+/// One run of the TCP case.
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+#[derive(Clone, Copy, Debug, Default)]
+struct TcpRun {
+    /// Handshakes the server accepted per second (first to last accept).
+    per_sec: f64,
+    /// Server process CPU seconds per wall second (1.0 = one core busy).
+    server_cores: f64,
+    /// Server CPU µs per handshake.
+    server_us: f64,
+    /// Client process CPU seconds per wall second, whole run.
+    client_cores: f64,
+}
+
+#[cfg(feature = "tokio")]
+mod tcp {
+    use super::{median, shard_config, Sizes, TcpLayout, TcpRun};
+    use relink::{Backoff, Config};
+    use std::io;
+    use std::net::SocketAddr;
+    use std::process::{Command, Stdio};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, OnceLock};
+    use std::time::Instant as StdInstant;
+
+    /// CPU time (user + system) of this whole process in seconds, from
+    /// `/proc/self/stat` (ticks of 1/100 s); `None` without `/proc`.
+    fn process_cpu_secs() -> Option<f64> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        Some((utime + stime) as f64 / 100.0)
+    }
+
+    /// A listener's configuration: every client comes from 127.0.0.1 (one
+    /// source), so the per-source limits are lifted; sessions dropped by
+    /// both sides leave quickly, the tables are large anyway.
+    fn config(shard: usize) -> Config {
+        Config {
+            max_sessions: 1 << 20,
+            max_pending_transports: 1 << 16,
+            max_handshakes_per_source: usize::MAX,
+            max_sessions_per_source: usize::MAX,
+            cookie_threshold: usize::MAX,
+            ..shard_config(shard)
+        }
+    }
+
+    /// What the accept loops share.
+    struct Count {
+        accepted: AtomicUsize,
+        target: usize,
+        first: OnceLock<StdInstant>,
+        last: OnceLock<StdInstant>,
+    }
+
+    /// Accept (and drop) sessions until `target` were accepted by all
+    /// listeners together.
+    async fn accept_loop(listener: relink::tokio::Listener, count: Arc<Count>) {
+        let tick = std::time::Duration::from_millis(50);
+        while count.accepted.load(Ordering::SeqCst) < count.target {
+            let Ok(r) = tokio::time::timeout(tick, listener.accept()).await else {
+                continue;
+            };
+            let stream = r.expect("accept");
+            count.first.get_or_init(StdInstant::now);
+            if count.accepted.fetch_add(1, Ordering::SeqCst) + 1 == count.target {
+                count.last.get_or_init(StdInstant::now);
+            }
+            drop(stream);
+        }
+    }
+
+    fn runtime(workers: usize) -> io::Result<tokio::runtime::Runtime> {
+        if workers == 0 {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        } else {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(workers)
+                .enable_all()
+                .build()
+        }
+    }
+
+    /// One run: the server laid out as `layout`, the clients in a child
+    /// process.
+    fn run(layout: TcpLayout, sz: &Sizes) -> io::Result<TcpRun> {
+        let count = Arc::new(Count {
+            accepted: AtomicUsize::new(0),
+            target: sz.tcp_handshakes,
+            first: OnceLock::new(),
+            last: OnceLock::new(),
+        });
+        // (runtime workers, shard) of each listener
+        let listeners: Vec<(usize, usize)> = match layout {
+            TcpLayout::Single(w) => vec![(w, 0)],
+            TcpLayout::Sharded(n) => (0..n).map(|k| (0, k)).collect(),
+        };
+        let (tx, rx) = std::sync::mpsc::channel::<io::Result<SocketAddr>>();
+        let cpu0 = process_cpu_secs();
+        let threads: Vec<_> = listeners
+            .into_iter()
+            .map(|(workers, shard)| {
+                let (tx, count) = (tx.clone(), count.clone());
+                std::thread::spawn(move || -> io::Result<()> {
+                    let rt = runtime(workers)?;
+                    rt.block_on(async move {
+                        let l = match relink::tokio::Listener::bind("127.0.0.1:0", config(shard))
+                            .await
+                        {
+                            Ok(l) => l,
+                            Err(e) => {
+                                let _ = tx.send(Err(io::Error::new(e.kind(), e.to_string())));
+                                return Err(e);
+                            }
+                        };
+                        let _ = tx.send(l.local_addr());
+                        accept_loop(l, count).await;
+                        Ok(())
+                    })
+                })
+            })
+            .collect();
+        drop(tx);
+        let mut addrs = Vec::new();
+        for r in rx.iter().take(threads.len()) {
+            addrs.push(r?.to_string());
+        }
+        let mut child = Command::new(std::env::current_exe()?)
+            .arg("--tcp-client")
+            .arg(addrs.join(","))
+            .arg(sz.tcp_handshakes.to_string())
+            .arg(sz.tcp_concurrency.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        // The client process exits when this pipe closes.
+        let lifeline = child.stdin.take();
+        for t in threads {
+            t.join()
+                .map_err(|_| io::Error::other("listener thread"))??;
+        }
+        let cpu = process_cpu_secs()
+            .zip(cpu0)
+            .map_or(f64::NAN, |(b, a)| b - a);
+        let out = child.wait_with_output()?;
+        drop(lifeline);
+        if !out.status.success() {
+            return Err(io::Error::other(format!("client process: {}", out.status)));
+        }
+        let client = parse_client_report(&String::from_utf8_lossy(&out.stdout));
+        let first = *count.first.get().expect("a session was accepted");
+        let last = *count.last.get().expect("all sessions were accepted");
+        let wall = (last - first).as_secs_f64();
+        let n = sz.tcp_handshakes as f64;
+        Ok(TcpRun {
+            per_sec: n / wall,
+            server_cores: cpu / wall,
+            server_us: cpu / n * 1e6,
+            client_cores: client.map_or(f64::NAN, |(c, w)| c / w),
+        })
+    }
+
+    /// `cpu <secs> wall <secs>` printed by the client process.
+    fn parse_client_report(text: &str) -> Option<(f64, f64)> {
+        let line = text.lines().find(|l| l.starts_with("cpu "))?;
+        let w: Vec<&str> = line.split_whitespace().collect();
+        Some((w.get(1)?.parse().ok()?, w.get(3)?.parse().ok()?))
+    }
+
+    /// The client process: `total` handshakes (connect, drop) by
+    /// `concurrency` tasks, alternating over the comma-separated addresses.
+    pub fn client_main(args: &[String]) -> io::Result<()> {
+        let addrs: Vec<SocketAddr> = args[0]
+            .split(',')
+            .map(|a| a.parse().map_err(io::Error::other))
+            .collect::<io::Result<_>>()?;
+        let total: usize = args[1].parse().map_err(io::Error::other)?;
+        let concurrency: usize = args[2].parse().map_err(io::Error::other)?;
+        // the parent's lifeline (our stdin): end at once when it closes
+        std::thread::spawn(|| {
+            let mut sink = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+            std::process::exit(2);
+        });
+        let t0 = StdInstant::now();
+        let cpu0 = process_cpu_secs();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        let next = Arc::new(AtomicUsize::new(0));
+        rt.block_on(async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            for _ in 0..concurrency {
+                let (next, addrs) = (next.clone(), addrs.clone());
+                tasks.spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::SeqCst);
+                        if i >= total {
+                            return io::Result::Ok(());
+                        }
+                        let addr = addrs[i % addrs.len()];
+                        let s = relink::tokio::ClientStream::connect_with(
+                            Config::default(),
+                            Backoff::default(),
+                            move || async move {
+                                let s = tokio::net::TcpStream::connect(addr).await?;
+                                s.set_nodelay(true)?;
+                                io::Result::Ok(s)
+                            },
+                        )
+                        .await?;
+                        drop(s);
+                    }
+                });
+            }
+            while let Some(r) = tasks.join_next().await {
+                r.map_err(io::Error::other)??;
+            }
+            io::Result::Ok(())
+        })?;
+        let cpu = process_cpu_secs()
+            .zip(cpu0)
+            .map_or(f64::NAN, |(b, a)| b - a);
+        println!("cpu {cpu:.3} wall {:.3}", t0.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// The layouts, runs interleaved; the median run (by rate) of each.
+    pub fn case(sz: &Sizes, layouts: &[TcpLayout]) -> io::Result<Vec<TcpRun>> {
+        let mut runs: Vec<Vec<TcpRun>> = vec![Vec::new(); layouts.len()];
+        for _ in 0..sz.tcp_samples {
+            for (k, &l) in layouts.iter().enumerate() {
+                runs[k].push(run(l, sz)?);
+            }
+        }
+        Ok(runs
+            .into_iter()
+            .map(|mut v| {
+                let m = median(v.iter().map(|r| r.per_sec).collect());
+                v.sort_by(|a, b| {
+                    (a.per_sec - m)
+                        .abs()
+                        .partial_cmp(&(b.per_sec - m).abs())
+                        .expect("no NaN")
+                });
+                v[0]
+            })
+            .collect())
+    }
+}
+
+// ----- main --------------------------------------------------------------------
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "--tcp-client") {
+        #[cfg(feature = "tokio")]
+        if let Err(e) = tcp::client_main(&args[1..]) {
+            eprintln!("tcp client: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("usage: cargo bench --bench shard --features tokio [-- --quick]");
+        return;
+    }
+    let quick = args.iter().any(|a| a == "--quick")
+        || std::env::var("RELINK_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+    let sz = if quick { Sizes::quick() } else { Sizes::full() };
+    let started = StdInstant::now();
+    println!(
+        "relink sharded-endpoint benchmark, issue 14 ({})",
+        if quick {
+            "quick mode: tiny sizes, the figures mean nothing"
+        } else {
+            "full mode"
+        }
+    );
+    println!("built with --cfg chacha20_avx512: {}", avx512_cfg());
+    println!(
+        "cores: {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!("in memory ...");
+    let mem = memory_cases(&sz);
+    let tcp_layouts = [
+        TcpLayout::Single(1),
+        TcpLayout::Single(2),
+        TcpLayout::Sharded(2),
+    ];
+    println!("loopback TCP ...");
+    #[cfg(feature = "tokio")]
+    let tcp: Option<Vec<TcpRun>> = Some(tcp::case(&sz, &tcp_layouts).expect("TCP case"));
+    #[cfg(not(feature = "tokio"))]
+    let tcp: Option<Vec<TcpRun>> = None;
+
+    let rate = |s: &Sample| s.ops as f64 / s.wall / 1e3;
+    println!();
+    println!(
+        "| in memory [k/s, wall clock] | 1 thread, 1 endpoint | 2 threads, 1 shared endpoint | 2 threads, 2 endpoints (sharded) | shared / one | sharded / one | sharded / shared |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let rows = [
+        ("handshakes, server side", &mem.hs_server),
+        ("handshakes, both sides", &mem.hs_both),
+        ("resumes, server side", &mem.resume_server),
+        ("resumes, both sides", &mem.resume_both),
+    ];
+    for (name, s) in rows {
+        let [a, b, c] = [rate(&s[0]), rate(&s[1]), rate(&s[2])];
+        println!(
+            "| {name} | {a:.1} | {b:.1} | {c:.1} | {:.2}× | {:.2}× | {:.2}× |",
+            b / a,
+            c / a,
+            c / b
+        );
+    }
+    println!();
+    println!(
+        "| lock and CPU, per operation and per sample | 1 thread, 1 endpoint | 2 threads, 1 shared endpoint | 2 threads, 2 endpoints (sharded) |"
+    );
+    println!("|---|---:|---:|---:|");
+    for (name, s) in rows {
+        let held = |x: &Sample| x.lock.held / x.ops as f64 * 1e6;
+        let wait = |x: &Sample| x.lock.wait / x.ops as f64 * 1e6;
+        let busy = |x: &Sample| x.lock.held / x.wall * 100.0;
+        let cores = |x: &Sample| x.cpu / x.wall;
+        let cell = |x: &Sample| {
+            format!(
+                "held {:.2} µs, wait {:.2} µs, lock busy {:.0} %, {:.2} cores",
+                held(x),
+                wait(x),
+                busy(x),
+                cores(x)
+            )
+        };
+        println!(
+            "| {name} | {} | {} | {} |",
+            cell(&s[0]),
+            cell(&s[1]),
+            cell(&s[2])
+        );
+    }
+    let held_hs = mem.hs_server[0].lock.held / mem.hs_server[0].ops as f64;
+    let held_resume = mem.resume_server[0].lock.held / mem.resume_server[0].ops as f64;
+    println!();
+    println!(
+        "endpoint lock held per handshake (1 thread): {:.1} µs: one endpoint's ceiling {:.1} k handshakes/s per node, whatever its cores",
+        held_hs * 1e6,
+        1e-3 / held_hs
+    );
+    println!(
+        "endpoint lock held per resume (1 thread): {:.2} µs: ceiling {:.0} k resumes/s per node",
+        held_resume * 1e6,
+        1e-3 / held_resume
+    );
+    match tcp {
+        Some(runs) => {
+            println!();
+            println!("| loopback TCP, tokio driver, client process: {} handshakes, {} at a time (connect, drop) | handshakes/s | server CPU [cores] | server CPU per handshake [µs] | client process [cores] |", sz.tcp_handshakes, sz.tcp_concurrency);
+            println!("|---|---:|---:|---:|---:|");
+            for (l, r) in tcp_layouts.iter().zip(runs.iter()) {
+                let name = match l {
+                    TcpLayout::Single(1) => "1 listener, 1 worker thread".to_string(),
+                    TcpLayout::Single(w) => format!("1 listener, {w} worker threads"),
+                    TcpLayout::Sharded(n) => {
+                        format!("{n} listeners (sharded), 1 current-thread runtime each")
+                    }
+                };
+                println!(
+                    "| {name} | {:.0} | {:.2} | {:.0} | {:.2} |",
+                    r.per_sec, r.server_cores, r.server_us, r.client_cores
+                );
+            }
+            println!(
+                "| 1 listener, 2 workers / 1 worker | {:.2}× | | | |",
+                runs[1].per_sec / runs[0].per_sec
+            );
+            println!(
+                "| sharded / 1 listener with 2 workers | {:.2}× | | | |",
+                runs[2].per_sec / runs[1].per_sec
+            );
+        }
+        None => {
+            println!();
+            println!("loopback TCP case skipped: build with --features tokio");
+        }
+    }
+    println!();
+    println!(
+        "in memory: medians of {} samples ({} handshakes per thread, {} sessions per thread \
+         resumed once), samples of the layouts interleaved; TCP: median of {} runs",
+        sz.samples, sz.handshakes, sz.resume_sessions, sz.tcp_samples
+    );
+    println!("total time {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// Whether the build set `RUSTFLAGS='--cfg chacha20_avx512'`.
+#[allow(unexpected_cfgs)]
+fn avx512_cfg() -> bool {
+    cfg!(chacha20_avx512)
+}
