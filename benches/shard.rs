@@ -54,7 +54,7 @@ use relink::routing::server_id_of;
 use relink::wire::{FRAME_OVERHEAD, MAX_FRAME_PAYLOAD, RESUME_REQUEST_LEN};
 use relink::{
     Client, Config, Connection, Dispatch, Duration, Endpoint, Event, Instant, RoutableId,
-    ServerEvent, TransportId,
+    ServerEvent, StaticKeypair, TransportId,
 };
 use relink_test_support::harness::rng;
 
@@ -168,11 +168,14 @@ const WIRE: usize = FRAME_OVERHEAD + MAX_FRAME_PAYLOAD + FRAME_OVERHEAD + 8;
 const SHARD_ID_LEN: usize = 1;
 
 /// Endpoint `shard`'s configuration: no cap on sessions or pending
-/// transports, its shard as the server id of its connection ids.
+/// transports, no cookie round (the server-side phases keep a thousand
+/// handshakes in progress), its shard as the server id of its connection
+/// ids.
 fn shard_config(shard: usize) -> Config {
     Config {
         max_sessions: usize::MAX,
         max_pending_transports: usize::MAX,
+        cookie_threshold: usize::MAX,
         routable_id: Some(RoutableId::new(shard as u32, SHARD_ID_LEN).expect("server id")),
         ..Config::default()
     }
@@ -180,11 +183,26 @@ fn shard_config(shard: usize) -> Config {
 
 type Ep = Endpoint<ChaCha20Rng>;
 
-/// The endpoints of a layout, each behind its lock.
-fn endpoints(layout: Layout, seed: u64) -> Vec<Mutex<Ep>> {
+/// The endpoints of a layout, each behind its lock; with the static key
+/// `key` if given.
+fn endpoints(layout: Layout, seed: u64, key: Option<&StaticKeypair>) -> Vec<Mutex<Ep>> {
     (0..layout.endpoints())
-        .map(|k| Mutex::new(Endpoint::new(shard_config(k), rng(seed + k as u64))))
+        .map(|k| {
+            let cfg = Config {
+                server_static: key.cloned(),
+                ..shard_config(k)
+            };
+            Mutex::new(Endpoint::new(cfg, rng(seed + k as u64)))
+        })
         .collect()
+}
+
+/// The clients' configuration: pinning `key` if given.
+fn client_config(key: Option<&StaticKeypair>) -> Config {
+    Config {
+        pinned_server_key: key.map(StaticKeypair::public_key),
+        ..Config::default()
+    }
 }
 
 /// Time spent waiting for and holding the endpoint lock, in seconds.
@@ -218,7 +236,8 @@ fn locked<R>(ep: &Mutex<Ep>, times: &mut LockTimes, f: impl FnOnce(&mut Ep) -> R
 /// What one thread reports of one sample.
 #[derive(Clone, Copy, Debug, Default)]
 struct ThreadOut {
-    lock: LockTimes,
+    /// By timed phase.
+    lock: [LockTimes; 2],
     /// The thread's CPU time in the timed phases.
     cpu: f64,
     /// Start and end of each timed phase (read by the thread itself: the
@@ -253,8 +272,23 @@ struct Sample {
     /// Operations (handshakes, resumes) of all threads.
     ops: usize,
     wall: f64,
-    lock: LockTimes,
+    /// By timed phase, all threads.
+    lock: [LockTimes; 2],
     cpu: f64,
+}
+
+impl Sample {
+    /// Operations per second (k/s).
+    fn rate(&self) -> f64 {
+        self.ops as f64 / self.wall / 1e3
+    }
+
+    /// Lock time of all phases.
+    fn lock(&self) -> LockTimes {
+        let mut l = self.lock[0];
+        l.add(self.lock[1]);
+        l
+    }
 }
 
 /// Run `work(thread, barrier)` on the layout's threads, each of which
@@ -293,7 +327,8 @@ where
         }
     }
     for o in &outs {
-        s.lock.add(o.lock);
+        s.lock[0].add(o.lock[0]);
+        s.lock[1].add(o.lock[1]);
         s.cpu += o.cpu;
     }
     s
@@ -368,15 +403,22 @@ fn settle_new(
     conn.poll_transmit(tid, now, wire).expect("first output");
 }
 
-/// Server side of `n` handshakes per thread, in phases (two timed).
-fn handshakes_server(layout: Layout, eps: &[Mutex<Ep>], n: usize, sample: usize) -> Sample {
+/// Server side of `n` handshakes per thread, in phases (two timed), by
+/// clients of configuration `ccfg`.
+fn handshakes_server(
+    layout: Layout,
+    eps: &[Mutex<Ep>],
+    n: usize,
+    sample: usize,
+    ccfg: &Config,
+) -> Sample {
     let now = Instant::from_micros(1_000_000 + sample as u64);
     run_threads(layout, n * layout.threads(), |t, barrier| {
         let shard = layout.endpoint_of(t);
         let ep = &eps[shard];
         let mut wire = vec![0u8; WIRE];
         let mut clients: Vec<Client<ChaCha20Rng>> = (0..n)
-            .map(|i| Client::new(Config::default(), rng(client_seed(layout, sample, t, i))))
+            .map(|i| Client::new(ccfg.clone(), rng(client_seed(layout, sample, t, i))))
             .collect();
         let mut msgs: Vec<Vec<u8>> = clients
             .iter_mut()
@@ -391,7 +433,7 @@ fn handshakes_server(layout: Layout, eps: &[Mutex<Ep>], n: usize, sample: usize)
         // timed: accept, hello, ServerHello
         let cpu = out.start(0, barrier);
         for m in msgs.iter_mut() {
-            let (tid, k) = locked(ep, &mut out.lock, |ep| {
+            let (tid, k) = locked(ep, &mut out.lock[0], |ep| {
                 let tid = ep.accept(now).expect("accept");
                 expect_pending(ep.handle_input(tid, now, m).expect("hello"), m.len());
                 let k = ep.poll_transmit(tid, &mut wire).expect("ServerHello");
@@ -414,7 +456,7 @@ fn handshakes_server(layout: Layout, eps: &[Mutex<Ep>], n: usize, sample: usize)
         // timed: confirm, the connection's first steps
         let cpu = out.start(1, barrier);
         for (&tid, m) in tids.iter().zip(msgs.iter()) {
-            let mut conn = locked(ep, &mut out.lock, |ep| {
+            let mut conn = locked(ep, &mut out.lock[1], |ep| {
                 let c = expect_connection(ep.handle_input(tid, now, m).expect("confirm"), m.len());
                 while ep.poll_event().is_some() {}
                 c
@@ -448,7 +490,7 @@ fn handshakes_both(layout: Layout, eps: &[Mutex<Ep>], n: usize, sample: usize) -
             c.new_transport(now).expect("new_transport");
             let k = c.poll_transmit(now, &mut wire).expect("hello");
             let hello = wire[..k].to_vec();
-            let (tid, k) = locked(ep, &mut out.lock, |ep| {
+            let (tid, k) = locked(ep, &mut out.lock[0], |ep| {
                 let tid = ep.accept(now).expect("accept");
                 expect_pending(ep.handle_input(tid, now, &hello).expect("hello"), k);
                 let k = ep.poll_transmit(tid, &mut wire).expect("ServerHello");
@@ -458,7 +500,7 @@ fn handshakes_both(layout: Layout, eps: &[Mutex<Ep>], n: usize, sample: usize) -
             assert_eq!(c.handle_input(now, &wire[..k]).expect("ServerHello"), k);
             let k = c.poll_transmit(now, &mut wire).expect("confirm");
             let confirm = wire[..k].to_vec();
-            let mut conn = locked(ep, &mut out.lock, |ep| {
+            let mut conn = locked(ep, &mut out.lock[0], |ep| {
                 let c = expect_connection(ep.handle_input(tid, now, &confirm).expect("confirm"), k);
                 while ep.poll_event().is_some() {}
                 c
@@ -495,7 +537,7 @@ struct ResumeBed {
 
 impl ResumeBed {
     fn new(layout: Layout, n: usize, seed: u64) -> ResumeBed {
-        let eps = endpoints(layout, seed);
+        let eps = endpoints(layout, seed, None);
         let now = Instant::from_micros(1_000_000);
         let mut wire = vec![0u8; WIRE];
         let sessions = (0..layout.threads())
@@ -595,7 +637,7 @@ impl ResumeBed {
                 // The in-process router: the shard is in the conn id.
                 let cid = u64::from_le_bytes(req[2..10].try_into().expect("8 bytes"));
                 assert_eq!(server_id_of(cid, SHARD_ID_LEN).1, shard as u32, "routed");
-                let (tid, request) = locked(ep, &mut out.lock, |ep| {
+                let (tid, request) = locked(ep, &mut out.lock[0], |ep| {
                     let tid = ep.accept(now).expect("accept");
                     let routed = match ep.handle_input(tid, now, &req).expect("request") {
                         Dispatch::Resume {
@@ -626,7 +668,7 @@ impl ResumeBed {
                     ev.push(e);
                 }
                 if !ev.is_empty() {
-                    locked(ep, &mut out.lock, |ep| {
+                    locked(ep, &mut out.lock[0], |ep| {
                         ev.into_iter().for_each(|e| ep.handle_event(e))
                     });
                 }
@@ -648,18 +690,53 @@ impl ResumeBed {
 
 // ----- in-memory cases, side by side ----------------------------------------------------
 
-/// The medians of the four in-memory rows, per layout.
+/// The medians of the in-memory rows, per layout.
 struct MemFigures {
     hs_server: [Sample; 3],
+    hs_pinned: [Sample; 3],
     hs_both: [Sample; 3],
     resume_server: [Sample; 3],
     resume_both: [Sample; 3],
+    /// X25519 on one thread: µs per key generation, per DH.
+    keygen_us: f64,
+    dh_us: f64,
+}
+
+/// `n` X25519 key generations and `n` DHs on this thread (as the server's
+/// half of a handshake does them): CPU µs per key generation, per DH.
+fn x25519_costs(n: u32) -> (f64, f64) {
+    use std::hint::black_box;
+    use x25519_dalek::{PublicKey, StaticSecret};
+    let mut seed = [7u8; 32];
+    let t = thread_cpu_secs();
+    for i in 0..n {
+        seed[..4].copy_from_slice(&i.to_le_bytes());
+        black_box(PublicKey::from(&StaticSecret::from(black_box(seed))));
+    }
+    let keygen = (thread_cpu_secs() - t) / f64::from(n) * 1e6;
+    let s = StaticSecret::from([9u8; 32]);
+    let mut peer = PublicKey::from(&StaticSecret::from([5u8; 32])).to_bytes();
+    let t = thread_cpu_secs();
+    for _ in 0..n {
+        let shared = s.diffie_hellman(&PublicKey::from(black_box(peer)));
+        peer[0] ^= shared.as_bytes()[0] & 1;
+    }
+    black_box(peer);
+    let dh = (thread_cpu_secs() - t) / f64::from(n) * 1e6;
+    (keygen, dh)
 }
 
 fn memory_cases(sz: &Sizes) -> MemFigures {
+    let key = StaticKeypair::generate(&mut rng(0x5747));
+    let anon = client_config(None);
+    let pinned = client_config(Some(&key));
     let eps: Vec<Vec<Mutex<Ep>>> = Layout::ALL
         .iter()
-        .map(|&l| endpoints(l, 10 + 10 * l as u64))
+        .map(|&l| endpoints(l, 10 + 10 * l as u64, None))
+        .collect();
+    let eps_pinned: Vec<Vec<Mutex<Ep>>> = Layout::ALL
+        .iter()
+        .map(|&l| endpoints(l, 50 + 10 * l as u64, Some(&key)))
         .collect();
     let t = StdInstant::now();
     let mut beds: Vec<ResumeBed> = Layout::ALL
@@ -671,30 +748,37 @@ fn memory_cases(sz: &Sizes) -> MemFigures {
         sz.resume_sessions,
         t.elapsed().as_secs_f64()
     );
-    let mut hs_server: [Vec<Sample>; 3] = Default::default();
-    let mut hs_both: [Vec<Sample>; 3] = Default::default();
-    let mut resume_server: [Vec<Sample>; 3] = Default::default();
-    let mut resume_both: [Vec<Sample>; 3] = Default::default();
+    let mut rows: [[Vec<Sample>; 3]; 5] = Default::default();
+    let mut x25519 = (Vec::new(), Vec::new());
     // one warm-up round, then sample s of every layout and row, s + 1, ...
     for s in 0..=sz.samples {
+        let (kg, dh) = x25519_costs(if sz.samples > 2 { 1_000 } else { 20 });
+        x25519.0.push(kg);
+        x25519.1.push(dh);
         for (k, &l) in Layout::ALL.iter().enumerate() {
-            let a = handshakes_server(l, &eps[k], sz.handshakes, s);
-            let b = handshakes_both(l, &eps[k], sz.handshakes, s);
-            let c = beds[k].sample(false);
-            let d = beds[k].sample(true);
+            let got = [
+                handshakes_server(l, &eps[k], sz.handshakes, s, &anon),
+                handshakes_server(l, &eps_pinned[k], sz.handshakes, s, &pinned),
+                handshakes_both(l, &eps[k], sz.handshakes, s),
+                beds[k].sample(false),
+                beds[k].sample(true),
+            ];
             if s > 0 {
-                hs_server[k].push(a);
-                hs_both[k].push(b);
-                resume_server[k].push(c);
-                resume_both[k].push(d);
+                for (row, x) in rows.iter_mut().zip(got) {
+                    row[k].push(x);
+                }
             }
         }
     }
+    let [hs_server, hs_pinned, hs_both, resume_server, resume_both] = rows.map(|r| medians(&r));
     MemFigures {
-        hs_server: medians(&hs_server),
-        hs_both: medians(&hs_both),
-        resume_server: medians(&resume_server),
-        resume_both: medians(&resume_both),
+        hs_server,
+        hs_pinned,
+        hs_both,
+        resume_server,
+        resume_both,
+        keygen_us: median(x25519.0),
+        dh_us: median(x25519.1),
     }
 }
 
@@ -1013,7 +1097,6 @@ fn main() {
     #[cfg(not(feature = "tokio"))]
     let tcp: Option<Vec<TcpRun>> = None;
 
-    let rate = |s: &Sample| s.ops as f64 / s.wall / 1e3;
     println!();
     println!(
         "| in memory [k/s, wall clock] | 1 thread, 1 endpoint | 2 threads, 1 shared endpoint | 2 threads, 2 endpoints (sharded) | shared / one | sharded / one | sharded / shared |"
@@ -1021,12 +1104,13 @@ fn main() {
     println!("|---|---:|---:|---:|---:|---:|---:|");
     let rows = [
         ("handshakes, server side", &mem.hs_server),
+        ("handshakes, server side, pinned key", &mem.hs_pinned),
         ("handshakes, both sides", &mem.hs_both),
         ("resumes, server side", &mem.resume_server),
         ("resumes, both sides", &mem.resume_both),
     ];
     for (name, s) in rows {
-        let [a, b, c] = [rate(&s[0]), rate(&s[1]), rate(&s[2])];
+        let [a, b, c] = [s[0].rate(), s[1].rate(), s[2].rate()];
         println!(
             "| {name} | {a:.1} | {b:.1} | {c:.1} | {:.2}× | {:.2}× | {:.2}× |",
             b / a,
@@ -1036,21 +1120,17 @@ fn main() {
     }
     println!();
     println!(
-        "| lock and CPU, per operation and per sample | 1 thread, 1 endpoint | 2 threads, 1 shared endpoint | 2 threads, 2 endpoints (sharded) |"
+        "| endpoint lock per operation; CPU of the threads | 1 thread, 1 endpoint | 2 threads, 1 shared endpoint | 2 threads, 2 endpoints (sharded) |"
     );
     println!("|---|---:|---:|---:|");
     for (name, s) in rows {
-        let held = |x: &Sample| x.lock.held / x.ops as f64 * 1e6;
-        let wait = |x: &Sample| x.lock.wait / x.ops as f64 * 1e6;
-        let busy = |x: &Sample| x.lock.held / x.wall * 100.0;
-        let cores = |x: &Sample| x.cpu / x.wall;
         let cell = |x: &Sample| {
+            let l = x.lock();
             format!(
-                "held {:.2} µs, wait {:.2} µs, lock busy {:.0} %, {:.2} cores",
-                held(x),
-                wait(x),
-                busy(x),
-                cores(x)
+                "held {:.2} µs, waited {:.2} µs; cores {:.2}",
+                l.held / x.ops as f64 * 1e6,
+                l.wait / x.ops as f64 * 1e6,
+                x.cpu / x.wall
             )
         };
         println!(
@@ -1060,18 +1140,30 @@ fn main() {
             cell(&s[2])
         );
     }
-    let held_hs = mem.hs_server[0].lock.held / mem.hs_server[0].ops as f64;
-    let held_resume = mem.resume_server[0].lock.held / mem.resume_server[0].ops as f64;
+    let one = |s: &Sample, phase: usize| s.lock[phase].held / s.ops as f64 * 1e6;
+    let (hs, pin, res) = (&mem.hs_server[0], &mem.hs_pinned[0], &mem.resume_server[0]);
     println!();
     println!(
-        "endpoint lock held per handshake (1 thread): {:.1} µs: one endpoint's ceiling {:.1} k handshakes/s per node, whatever its cores",
-        held_hs * 1e6,
-        1e-3 / held_hs
+        "X25519 on one thread: key generation {:.1} µs, DH {:.1} µs",
+        mem.keygen_us, mem.dh_us
     );
+    for (name, s, dh) in [("anonymous", hs, 1.0), ("pinned", pin, 2.0)] {
+        let (hello, confirm) = (one(s, 0), one(s, 1));
+        let x = mem.keygen_us + dh * mem.dh_us;
+        println!(
+            "endpoint lock held per {name} handshake (1 thread): {:.1} µs (hello {:.1}, of which X25519 ~{:.1}; confirm {:.1}): \
+             one endpoint's ceiling {:.1} k handshakes/s per process, whatever its cores",
+            hello + confirm,
+            hello,
+            x,
+            confirm,
+            1e3 / (hello + confirm)
+        );
+    }
     println!(
-        "endpoint lock held per resume (1 thread): {:.2} µs: ceiling {:.0} k resumes/s per node",
-        held_resume * 1e6,
-        1e-3 / held_resume
+        "endpoint lock held per resume (1 thread): {:.2} µs: ceiling {:.0} k resumes/s per process",
+        one(res, 0),
+        1e3 / one(res, 0)
     );
     match tcp {
         Some(runs) => {
