@@ -72,6 +72,8 @@ struct Sizes {
     handshakes: usize,
     /// Established sessions per thread for the resume case.
     resume_sessions: usize,
+    /// Times each session is resumed per sample.
+    resume_rounds: usize,
     /// Samples per layout (after one warm-up round), medians reported.
     samples: usize,
     /// Handshakes per TCP run.
@@ -90,6 +92,7 @@ impl Sizes {
         Sizes {
             handshakes: 1_000,
             resume_sessions: 500,
+            resume_rounds: 10,
             samples: 9,
             tcp_handshakes: 8_000,
             tcp_concurrency: 32,
@@ -100,6 +103,7 @@ impl Sizes {
         Sizes {
             handshakes: 20,
             resume_sessions: 50,
+            resume_rounds: 2,
             samples: 2,
             tcp_handshakes: 100,
             tcp_concurrency: 8,
@@ -234,32 +238,32 @@ fn locked<R>(ep: &Mutex<Ep>, times: &mut LockTimes, f: impl FnOnce(&mut Ep) -> R
 }
 
 /// What one thread reports of one sample.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct ThreadOut {
-    /// By timed phase.
+    /// By kind of timed phase (handshakes: 0 hello, 1 confirm).
     lock: [LockTimes; 2],
-    /// The thread's CPU time in each timed phase.
+    /// The thread's CPU time, by kind of timed phase.
     cpu: [f64; 2],
-    /// Start and end of each timed phase (read by the thread itself: the
-    /// coordinating thread may not run when the barrier opens).
-    spans: [Option<(StdInstant, StdInstant)>; 2],
+    /// Start and end of each timed phase, in order (read by the thread
+    /// itself: the coordinating thread may not run when the barrier opens).
+    spans: Vec<(StdInstant, StdInstant)>,
 }
 
 impl ThreadOut {
-    /// Start timed phase `k`: wait for the other threads, then read the
-    /// clocks.
-    fn start(&mut self, k: usize, barrier: &Barrier) -> f64 {
+    /// Start the next timed phase: wait for the other threads, then read
+    /// the clocks.
+    fn start(&mut self, barrier: &Barrier) -> f64 {
         barrier.wait();
         let t = StdInstant::now();
-        self.spans[k] = Some((t, t));
+        self.spans.push((t, t));
         thread_cpu_secs()
     }
 
-    /// End timed phase `k` (started at CPU time `cpu`), then wait for the
-    /// other threads.
+    /// End the timed phase (of kind `k`, started at CPU time `cpu`), then
+    /// wait for the other threads.
     fn end(&mut self, k: usize, cpu: f64, barrier: &Barrier) {
         self.cpu[k] += thread_cpu_secs() - cpu;
-        if let Some((_, end)) = &mut self.spans[k] {
+        if let Some((_, end)) = self.spans.last_mut() {
             *end = StdInstant::now();
         }
         barrier.wait();
@@ -318,8 +322,12 @@ where
         ops,
         ..Sample::default()
     };
-    for k in 0..2 {
-        let spans: Vec<(StdInstant, StdInstant)> = outs.iter().filter_map(|o| o.spans[k]).collect();
+    let phases = outs.iter().map(|o| o.spans.len()).max().unwrap_or(0);
+    for k in 0..phases {
+        let spans: Vec<(StdInstant, StdInstant)> = outs
+            .iter()
+            .filter_map(|o| o.spans.get(k).copied())
+            .collect();
         if let (Some(a), Some(b)) = (
             spans.iter().map(|x| x.0).min(),
             spans.iter().map(|x| x.1).max(),
@@ -433,7 +441,7 @@ fn handshakes_server(
         let mut tids = Vec::with_capacity(n);
         let mut out = ThreadOut::default();
         // timed: accept, hello, ServerHello
-        let cpu = out.start(0, barrier);
+        let cpu = out.start(barrier);
         for m in msgs.iter_mut() {
             let (tid, k) = locked(ep, &mut out.lock[0], |ep| {
                 let tid = ep.accept(now).expect("accept");
@@ -456,7 +464,7 @@ fn handshakes_server(
         }
         let mut conns = Vec::with_capacity(n);
         // timed: confirm, the connection's first steps
-        let cpu = out.start(1, barrier);
+        let cpu = out.start(barrier);
         for (&tid, m) in tids.iter().zip(msgs.iter()) {
             let mut conn = locked(ep, &mut out.lock[1], |ep| {
                 let c = expect_connection(ep.handle_input(tid, now, m).expect("confirm"), m.len());
@@ -486,7 +494,7 @@ fn handshakes_both(layout: Layout, eps: &[Mutex<Ep>], n: usize, sample: usize) -
         let mut wire = vec![0u8; WIRE];
         let mut out = ThreadOut::default();
         let mut conns = Vec::with_capacity(n);
-        let cpu = out.start(0, barrier);
+        let cpu = out.start(barrier);
         for i in 0..n {
             let mut c = Client::new(Config::default(), rng(client_seed(layout, sample, t, i)));
             c.new_transport(now).expect("new_transport");
@@ -582,13 +590,15 @@ impl ResumeBed {
         }
     }
 
-    /// Resume every session once; `both`: the clients' work is timed too,
-    /// else only the server's (the clients write their requests before and
-    /// read the responses after).
-    fn sample(&mut self, both: bool) -> Sample {
-        self.now = self.now.saturating_add(Duration::from_micros(10));
-        let (layout, now, eps) = (self.layout, self.now, &self.eps);
-        let n = self.sessions.iter().map(Vec::len).sum();
+    /// Resume every session `rounds` times; `both`: the clients' work is
+    /// timed too, else only the server's (the clients write their requests
+    /// before each round and read the responses after it).
+    fn sample(&mut self, both: bool, rounds: usize) -> Sample {
+        let (layout, base, eps) = (self.layout, self.now, &self.eps);
+        self.now = self
+            .now
+            .saturating_add(Duration::from_micros(rounds as u64 + 10));
+        let n = self.sessions.iter().map(Vec::len).sum::<usize>() * rounds;
         let per: Vec<Mutex<&mut Vec<Session>>> = self.sessions.iter_mut().map(Mutex::new).collect();
         run_threads(layout, n, |t, barrier| {
             let shard = layout.endpoint_of(t);
@@ -596,98 +606,121 @@ impl ResumeBed {
             let mut sessions = per[t].lock().expect("sessions");
             let mut wire = vec![0u8; WIRE];
             let mut out = ThreadOut::default();
-            let client_request = |s: &mut Session, wire: &mut [u8]| {
-                s.client.transport_lost(now);
-                s.client.new_transport(now).expect("new_transport");
-                let k = s.client.poll_transmit(now, wire).expect("request");
-                assert_eq!(k, RESUME_REQUEST_LEN);
-                let mut req = [0u8; RESUME_REQUEST_LEN];
-                req.copy_from_slice(&wire[..k]);
-                req
-            };
-            let client_response = |s: &mut Session, resp: &[u8]| {
-                assert_eq!(
-                    s.client.handle_input(now, resp).expect("response"),
-                    resp.len()
-                );
-                let mut resumed = false;
-                while let Some(e) = s.client.poll_event() {
-                    resumed |= matches!(e, Event::Resumed { .. });
+            let mut reqs: Vec<[u8; RESUME_REQUEST_LEN]> = Vec::with_capacity(sessions.len());
+            let mut resps: Vec<Vec<u8>> = Vec::with_capacity(sessions.len());
+            for r in 0..rounds {
+                let now = base.saturating_add(Duration::from_micros(r as u64));
+                reqs.clear();
+                resps.clear();
+                if !both {
+                    for s in sessions.iter_mut() {
+                        reqs.push(client_request(s, now, &mut wire));
+                    }
                 }
-                assert!(resumed && s.client.is_connected(), "client resumed");
-            };
-            let mut reqs: Vec<[u8; RESUME_REQUEST_LEN]> = if both {
-                Vec::new()
-            } else {
-                sessions
-                    .iter_mut()
-                    .map(|s| client_request(s, &mut wire))
-                    .collect()
-            };
-            let mut resps: Vec<Vec<u8>> = Vec::with_capacity(if both { 0 } else { reqs.len() });
-            let cpu = out.start(0, barrier);
-            for (i, s) in sessions.iter_mut().enumerate() {
-                let req = if both {
-                    client_request(s, &mut wire)
-                } else {
-                    reqs[i]
-                };
-                // The old transport broke (under the session's own lock in
-                // a driver).
-                s.conn.transport_lost(s.tid, now);
-                while s.conn.poll_event().is_some() {}
-                // The in-process router: the shard is in the conn id.
-                let cid = u64::from_le_bytes(req[2..10].try_into().expect("8 bytes"));
-                assert_eq!(server_id_of(cid, SHARD_ID_LEN).1, shard as u32, "routed");
-                let (tid, request) = locked(ep, &mut out.lock[0], |ep| {
-                    let tid = ep.accept(now).expect("accept");
-                    let routed = match ep.handle_input(tid, now, &req).expect("request") {
-                        Dispatch::Resume {
-                            consumed,
-                            session,
-                            request,
-                        } => {
-                            assert_eq!(consumed, RESUME_REQUEST_LEN);
-                            assert_eq!(session, s.conn.session(), "routed to its session");
-                            request
-                        }
-                        other => panic!("unexpected dispatch after a request: {other:?}"),
+                let cpu = out.start(barrier);
+                for (i, s) in sessions.iter_mut().enumerate() {
+                    let req = if both {
+                        client_request(s, now, &mut wire)
+                    } else {
+                        reqs[i]
                     };
-                    while ep.poll_event().is_some() {}
-                    (tid, routed)
-                });
-                // The session's work, outside the endpoint lock.
-                s.conn.handle_resume(tid, now, &request).expect("resume");
-                s.tid = tid;
-                let k = s.conn.poll_transmit(tid, now, &mut wire).expect("response");
-                let mut resumed = false;
-                while let Some(e) = s.conn.poll_event() {
-                    resumed |= matches!(e, ServerEvent::Resumed { .. });
+                    let k = server_resume(s, ep, shard, now, &req, &mut wire, &mut out.lock[0]);
+                    if both {
+                        client_response(s, now, &wire[..k]);
+                    } else {
+                        resps.push(wire[..k].to_vec());
+                    }
                 }
-                assert!(resumed, "server resumed");
-                let mut ev = Vec::new();
-                while let Some(e) = s.conn.poll_endpoint_event() {
-                    ev.push(e);
-                }
-                if !ev.is_empty() {
-                    locked(ep, &mut out.lock[0], |ep| {
-                        ev.into_iter().for_each(|e| ep.handle_event(e))
-                    });
-                }
-                if both {
-                    client_response(s, &wire[..k]);
-                } else {
-                    resps.push(wire[..k].to_vec());
+                out.end(0, cpu, barrier);
+                for (s, r) in sessions.iter_mut().zip(resps.iter()) {
+                    client_response(s, now, r);
                 }
             }
-            out.end(0, cpu, barrier);
-            for (s, r) in sessions.iter_mut().zip(resps.iter()) {
-                client_response(s, r);
-            }
-            reqs.clear();
             out
         })
     }
+}
+
+/// The client's transport broke: it opens a new one and writes its
+/// resume request.
+fn client_request(s: &mut Session, now: Instant, wire: &mut [u8]) -> [u8; RESUME_REQUEST_LEN] {
+    s.client.transport_lost(now);
+    s.client.new_transport(now).expect("new_transport");
+    let k = s.client.poll_transmit(now, wire).expect("request");
+    assert_eq!(k, RESUME_REQUEST_LEN);
+    let mut req = [0u8; RESUME_REQUEST_LEN];
+    req.copy_from_slice(&wire[..k]);
+    req
+}
+
+/// The client reads the server's response: resumed.
+fn client_response(s: &mut Session, now: Instant, resp: &[u8]) {
+    assert_eq!(
+        s.client.handle_input(now, resp).expect("response"),
+        resp.len()
+    );
+    let mut resumed = false;
+    while let Some(e) = s.client.poll_event() {
+        resumed |= matches!(e, Event::Resumed { .. });
+    }
+    assert!(resumed && s.client.is_connected(), "client resumed");
+}
+
+/// The server's side of a resume of `s` with request `req`: the old
+/// transport lost, a new one accepted and the request routed by the
+/// endpoint under its lock, then the connection's work outside it. The
+/// response is in `wire`; returns its length.
+fn server_resume(
+    s: &mut Session,
+    ep: &Mutex<Ep>,
+    shard: usize,
+    now: Instant,
+    req: &[u8; RESUME_REQUEST_LEN],
+    wire: &mut [u8],
+    lock: &mut LockTimes,
+) -> usize {
+    // The old transport broke (under the session's own lock in a driver).
+    s.conn.transport_lost(s.tid, now);
+    while s.conn.poll_event().is_some() {}
+    // The in-process router: the shard is in the conn id.
+    let cid = u64::from_le_bytes(req[2..10].try_into().expect("8 bytes"));
+    assert_eq!(server_id_of(cid, SHARD_ID_LEN).1, shard as u32, "routed");
+    let (tid, request) = locked(ep, lock, |ep| {
+        let tid = ep.accept(now).expect("accept");
+        let routed = match ep.handle_input(tid, now, req).expect("request") {
+            Dispatch::Resume {
+                consumed,
+                session,
+                request,
+            } => {
+                assert_eq!(consumed, RESUME_REQUEST_LEN);
+                assert_eq!(session, s.conn.session(), "routed to its session");
+                request
+            }
+            other => panic!("unexpected dispatch after a request: {other:?}"),
+        };
+        while ep.poll_event().is_some() {}
+        (tid, routed)
+    });
+    // The session's work, outside the endpoint lock.
+    s.conn.handle_resume(tid, now, &request).expect("resume");
+    s.tid = tid;
+    let k = s.conn.poll_transmit(tid, now, wire).expect("response");
+    let mut resumed = false;
+    while let Some(e) = s.conn.poll_event() {
+        resumed |= matches!(e, ServerEvent::Resumed { .. });
+    }
+    assert!(resumed, "server resumed");
+    let mut events = Vec::new();
+    while let Some(e) = s.conn.poll_endpoint_event() {
+        events.push(e);
+    }
+    if !events.is_empty() {
+        locked(ep, lock, |ep| {
+            events.into_iter().for_each(|e| ep.handle_event(e))
+        });
+    }
+    k
 }
 
 // ----- in-memory cases, side by side ----------------------------------------------------
@@ -762,8 +795,8 @@ fn memory_cases(sz: &Sizes) -> MemFigures {
                 handshakes_server(l, &eps[k], sz.handshakes, s, &anon),
                 handshakes_server(l, &eps_pinned[k], sz.handshakes, s, &pinned),
                 handshakes_both(l, &eps[k], sz.handshakes, s),
-                beds[k].sample(false),
-                beds[k].sample(true),
+                beds[k].sample(false, sz.resume_rounds),
+                beds[k].sample(true, sz.resume_rounds),
             ];
             if s > 0 {
                 for (row, x) in rows.iter_mut().zip(got) {
@@ -1213,8 +1246,8 @@ fn main() {
     println!();
     println!(
         "in memory: medians of {} samples ({} handshakes per thread, {} sessions per thread \
-         resumed once), samples of the layouts interleaved; TCP: median of {} runs",
-        sz.samples, sz.handshakes, sz.resume_sessions, sz.tcp_samples
+         resumed {} times), samples of the layouts interleaved; TCP: median of {} runs",
+        sz.samples, sz.handshakes, sz.resume_sessions, sz.resume_rounds, sz.tcp_samples
     );
     println!("total time {:.1} s", started.elapsed().as_secs_f64());
 }
