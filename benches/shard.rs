@@ -3,7 +3,7 @@
 //! serve many cores better than one endpoint behind one lock?
 //!
 //! ```text
-//! cargo bench --bench shard --features tokio              # full suite (about 1 min)
+//! cargo bench --bench shard --features tokio              # full suite (about 40 s)
 //! cargo bench --bench shard --features tokio -- --quick   # tiny sizes (CI: checks it runs)
 //! RELINK_BENCH_QUICK=1 cargo bench --bench shard --features tokio
 //! ```
