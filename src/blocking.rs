@@ -1371,13 +1371,35 @@ impl Listener {
         ep.sessions.len() + ep.endpoint.handshake_count()
     }
 
+    /// Sessions not over yet (neither ended cleanly, nor aborted and
+    /// answered, nor expired), and handshakes in progress: what a drain
+    /// waits for (see the [driver docs](crate::driver#drain)). Unlike
+    /// [`Listener::session_count`] it does not count finished sessions the
+    /// core keeps resumable for `Config::resume_timeout` (in case a
+    /// client's last acknowledgement was lost in a cut).
+    pub fn active_session_count(&self) -> usize {
+        let (sessions, handshakes) = {
+            let ep = lock(&self.shared.ep);
+            let s: Vec<_> = ep.sessions.values().cloned().collect();
+            (s, ep.endpoint.handshake_count())
+        };
+        let live = sessions
+            .iter()
+            .filter(|s| {
+                let st = s.lock();
+                st.conn.is_some() && st.info.end.is_none()
+            })
+            .count();
+        live + handshakes
+    }
+
     /// Take the listener out of service, for a graceful drain (see the
     /// [driver docs](crate::driver#drain)): from now on every new session a
     /// client asks for is answered Busy (the client retries on a new
     /// transport, which a load balancer sends to another server), while
     /// the sessions it holds go on and resume as before; the listener keeps
     /// accepting transports for them. Irreversible; calling it again does
-    /// nothing. Watch [`Listener::session_count`] reach 0, or end the rest
+    /// nothing. Watch [`Listener::active_session_count`] reach 0, or end the rest
     /// with [`Listener::abort_all`] at a deadline. Keep the listener alive
     /// meanwhile: dropping it ends every session at once.
     pub fn drain(&self) {
@@ -2382,7 +2404,15 @@ fn abort_server(shared: &ServerShared, sess: &Arc<SessionShared>, code: AbortCod
     let st2 = &mut *st;
     let live = st2.conn.is_some();
     let aborted = st2.info.abort(st2.conn.as_deref_mut(), code) && live;
-    after(shared, sess, &mut st, shared.now(), None);
+    let now = shared.now();
+    if aborted {
+        // `abort` has no clock: start the wait for the client's answer now
+        // (a detached session would otherwise wait for its expiry).
+        if let Some(c) = st.conn.as_mut() {
+            c.handle_timeout(now);
+        }
+    }
+    after(shared, sess, &mut st, now, None);
     unlock(shared, sess, st);
     sess.cond.notify_all();
     aborted

@@ -1676,13 +1676,35 @@ impl Listener {
         ep.sessions.len() + ep.endpoint.handshake_count()
     }
 
+    /// Sessions not over yet (neither ended cleanly, nor aborted and
+    /// answered, nor expired), and handshakes in progress: what a drain
+    /// waits for (see the [driver docs](crate::driver#drain)). Unlike
+    /// [`Listener::session_count`] it does not count finished sessions the
+    /// core keeps resumable for `Config::resume_timeout` (in case a
+    /// client's last acknowledgement was lost in a cut).
+    pub fn active_session_count(&self) -> usize {
+        let (sessions, handshakes) = {
+            let ep = lock(&self.inner.ep);
+            let s: std::vec::Vec<_> = ep.sessions.values().cloned().collect();
+            (s, ep.endpoint.handshake_count())
+        };
+        let live = sessions
+            .iter()
+            .filter(|s| {
+                let st = lock(&s.state);
+                !st.gone && st.info.end.is_none()
+            })
+            .count();
+        live + handshakes
+    }
+
     /// Take the listener out of service, for a graceful drain (see the
     /// [driver docs](crate::driver#drain)): from now on every new session a
     /// client asks for is answered Busy (the client retries on a new
     /// transport, which a load balancer sends to another server), while
     /// the sessions it holds go on and resume as before; the listener keeps
     /// accepting transports for them. Irreversible; calling it again does
-    /// nothing. Watch [`Listener::session_count`] reach 0, or end the rest
+    /// nothing. Watch [`Listener::active_session_count`] reach 0, or end the rest
     /// with [`Listener::abort_all`] at a deadline.
     pub fn drain(&self) {
         let mut ep = lock(&self.inner.ep);
@@ -2242,6 +2264,11 @@ fn abort_server(inner: &Inner, sess: &Arc<SessionShared>, code: AbortCode) -> bo
     with_session(inner, sess, |st| {
         let gone = st.gone;
         let aborted = st.info.abort((!gone).then_some(&mut *st.conn), code) && !gone;
+        if aborted {
+            // `abort` has no clock: start the wait for the client's answer
+            // now (a detached session would otherwise wait for its expiry).
+            st.conn.handle_timeout(inner.clock.now());
+        }
         st.wake_all();
         st.wake_transport();
         aborted

@@ -11,8 +11,8 @@
 //! `wait_for_server`, `connect_timeout`, `on_progress`, `connect`,
 //! `connect_with`), `ClientStream` (with `token`), `ListenerBuilder` (`new`,
 //! `on_progress`, `authenticate`, `proxy_protocol`, `bind`), `Listener`
-//! (`bind`, `local_addr`, `accept`, `stats`, `session_count`, `drain`,
-//! `is_draining`, `abort_all`), `ServerStream` and `AbortHandle`; and they
+//! (`bind`, `local_addr`, `accept`, `stats`, `session_count`,
+//! `active_session_count`, `drain`, `is_draining`, `abort_all`), `ServerStream` and `AbortHandle`; and they
 //! re-export the types of this module.
 //!
 //! # Drain
@@ -23,8 +23,16 @@
 //!    server); the listener keeps accepting transports, so the sessions it
 //!    holds resume after a cut and finish as usual. `accept` still yields
 //!    sessions whose handshake had started before.
-//! 2. Watch `Listener::session_count()` fall to 0 (sessions leave it once
-//!    ended and read to the end).
+//! 2. Watch `Listener::active_session_count()` fall to 0 (sessions leave
+//!    it once they ended: both sides closed and acknowledged, or aborted
+//!    and answered, or expired). `Listener::session_count()` falls to 0
+//!    later: the core keeps a finished session resumable for
+//!    `Config::resume_timeout`, in case the client's last acknowledgement
+//!    was lost in a cut. A drain need not wait that long: every byte was
+//!    delivered; only a client whose last acknowledgement is lost in a cut
+//!    within the moment before the server stops finds its session unknown
+//!    when it resumes (its `close` then fails although its data arrived).
+//!    A short grace after the last end narrows that window.
 //! 3. At the deadline, `Listener::abort_all(AbortCode::SHUTTING_DOWN)`:
 //!    attached clients get the ABORT at once (their calls fail with
 //!    [`std::io::ErrorKind::ConnectionReset`] and
@@ -32,7 +40,8 @@
 //!    session keeps its ABORT for its client's resume until the wait for
 //!    the answer (`Config::idle_timeout`) runs out, then ends. Keep the
 //!    listener a moment longer (until `session_count()` is 0, or a grace
-//!    period) so that the ABORTs reach the clients; dropping it ends
+//!    period; `active_session_count()` falls as the answers arrive) so
+//!    that the ABORTs reach the clients; dropping it ends
 //!    whatever is left without telling anyone, and the clients of those
 //!    sessions learn it on their next resume (an unknown session, from
 //!    whichever server the balancer picks).
