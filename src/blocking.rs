@@ -1372,11 +1372,13 @@ impl Listener {
     }
 
     /// Sessions not over yet (neither ended cleanly, nor aborted and
-    /// answered, nor expired), and handshakes in progress: what a drain
-    /// waits for (see the [driver docs](crate::driver#drain)). Unlike
-    /// [`Listener::session_count`] it does not count finished sessions the
-    /// core keeps resumable for `Config::resume_timeout` (in case a
-    /// client's last acknowledgement was lost in a cut).
+    /// answered, nor expired) or still attached to a transport, and
+    /// handshakes in progress: what a drain waits for (see the
+    /// [driver docs](crate::driver#drain)). Unlike
+    /// [`Listener::session_count`] it does not count finished, detached
+    /// sessions, which the core keeps resumable for
+    /// `Config::resume_timeout` (in case a client's last acknowledgement
+    /// was lost in a cut).
     pub fn active_session_count(&self) -> usize {
         let (sessions, handshakes) = {
             let ep = lock(&self.shared.ep);
@@ -1387,7 +1389,9 @@ impl Listener {
             .iter()
             .filter(|s| {
                 let st = s.lock();
-                st.conn.is_some() && st.info.end.is_none()
+                st.conn
+                    .as_ref()
+                    .is_some_and(|c| st.info.end.is_none() || c.transport().is_some())
             })
             .count();
         live + handshakes

@@ -1677,11 +1677,13 @@ impl Listener {
     }
 
     /// Sessions not over yet (neither ended cleanly, nor aborted and
-    /// answered, nor expired), and handshakes in progress: what a drain
-    /// waits for (see the [driver docs](crate::driver#drain)). Unlike
-    /// [`Listener::session_count`] it does not count finished sessions the
-    /// core keeps resumable for `Config::resume_timeout` (in case a
-    /// client's last acknowledgement was lost in a cut).
+    /// answered, nor expired) or still attached to a transport, and
+    /// handshakes in progress: what a drain waits for (see the
+    /// [driver docs](crate::driver#drain)). Unlike
+    /// [`Listener::session_count`] it does not count finished, detached
+    /// sessions, which the core keeps resumable for
+    /// `Config::resume_timeout` (in case a client's last acknowledgement
+    /// was lost in a cut).
     pub fn active_session_count(&self) -> usize {
         let (sessions, handshakes) = {
             let ep = lock(&self.inner.ep);
@@ -1692,7 +1694,7 @@ impl Listener {
             .iter()
             .filter(|s| {
                 let st = lock(&s.state);
-                !st.gone && st.info.end.is_none()
+                !st.gone && (st.info.end.is_none() || st.conn.transport().is_some())
             })
             .count();
         live + handshakes

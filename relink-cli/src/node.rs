@@ -129,7 +129,7 @@ pub struct Drainable {
 const ABORT_GRACE: StdDuration = StdDuration::from_secs(2);
 /// After the last session ended: a moment for a last acknowledgement lost
 /// in a cut to be asked for again (a resume) before the node is gone.
-const END_GRACE: StdDuration = StdDuration::from_millis(500);
+const END_GRACE: StdDuration = StdDuration::from_secs(2);
 
 /// Drain (on this thread): refuse new sessions, wait until the running
 /// ones ended or `timeout` passed, then abort the rest with SHUTTING_DOWN

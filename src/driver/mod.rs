@@ -24,8 +24,8 @@
 //!    holds resume after a cut and finish as usual. `accept` still yields
 //!    sessions whose handshake had started before.
 //! 2. Watch `Listener::active_session_count()` fall to 0 (sessions leave
-//!    it once they ended: both sides closed and acknowledged, or aborted
-//!    and answered, or expired). `Listener::session_count()` falls to 0
+//!    it once they ended, both sides closed and acknowledged, or aborted
+//!    and answered, or expired, and their last transport is gone). `Listener::session_count()` falls to 0
 //!    later: the core keeps a finished session resumable for
 //!    `Config::resume_timeout`, in case the client's last acknowledgement
 //!    was lost in a cut. A drain need not wait that long: every byte was
