@@ -1532,13 +1532,7 @@ fn server_accept(shared: Arc<ServerShared>, listener: TcpListener) {
         // slow peer must not hold up the accept loop), at most
         // `max_pending_transports` at a time.
         let Some(waiting) = ProxyWaiting::enter(&shared) else {
-            refuse_proxy(
-                &shared,
-                &sock,
-                peer,
-                &driver::proxy::ProxyError::TooLong(0),
-                true,
-            );
+            refuse_proxy(&shared, &sock, peer, None);
             continue;
         };
         let s = shared.clone();
@@ -1553,7 +1547,7 @@ fn server_accept(shared: Arc<ServerShared>, listener: TcpListener) {
                     Ok(source) => {
                         register_transport(&s, sock, source.or(peer));
                     }
-                    Err(e) => refuse_proxy(&s, &sock, peer, &e, false),
+                    Err(e) => refuse_proxy(&s, &sock, peer, Some(&e)),
                 }
             });
         if spawned.is_err() {
@@ -1595,24 +1589,22 @@ impl Drop for ProxyWaiting {
     }
 }
 
-/// Close a transport refused for its PROXY header (or, `full`, because
-/// too many headers are being read): counted and logged (DEBUG, naming
-/// the TCP peer).
+/// Close a transport refused for its PROXY header `e` (`None`: because
+/// too many headers are being read already): counted and logged (DEBUG,
+/// naming the TCP peer).
 fn refuse_proxy(
     shared: &ServerShared,
     sock: &TcpStream,
     peer: Option<SocketAddr>,
-    e: &driver::proxy::ProxyError,
-    full: bool,
+    e: Option<&driver::proxy::ProxyError>,
 ) {
     shared
         .stats
         .transports_refused
         .fetch_add(1, Ordering::Relaxed);
-    if full {
-        crate::driver::log_refused(peer, &Error::TooManyTransports);
-    } else {
-        driver::proxy::log_refused(peer, e);
+    match e {
+        Some(e) => driver::proxy::log_refused(peer, e),
+        None => crate::driver::log_refused(peer, &Error::TooManyTransports),
     }
     let _ = sock.shutdown(Shutdown::Both);
 }

@@ -300,3 +300,75 @@ fn the_server_id_is_in_every_connection_id_and_a_lost_node_ends_the_client_typed
     assert_eq!(field("unknown_session"), field("misrouted"), "{summary}");
     drop(stdin);
 }
+
+/// `--proxy-protocol`: a connection that starts with a PROXY v2 header is
+/// served (the logs name the client address it carries), one without is
+/// closed and counted refused in the summary.
+#[test]
+fn proxy_protocol_reads_the_balancer_s_header() {
+    let (mut l, addr, llog, out) = listen(&["--proxy-protocol", "-v"]);
+    // Without a header: refused, connect cannot open a session (exit 3).
+    let plain = relink()
+        .args(["--idle-ms", "3000", "connect", &addr.to_string()])
+        .args(["--max-attempts", "1"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        plain.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&plain.stderr)
+    );
+    // A "balancer" that sends the header first.
+    let lb = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let lb_addr = lb.local_addr().unwrap();
+    thread::spawn(move || {
+        for c in lb.incoming() {
+            let Ok(c) = c else { continue };
+            thread::spawn(move || {
+                let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+                    return;
+                };
+                let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+                h.extend([0x21, 0x11, 0, 12, 198, 51, 100, 23, 127, 0, 0, 1]);
+                h.extend(5555u16.to_be_bytes());
+                h.extend(addr.port().to_be_bytes());
+                if s.write_all(&h).is_err() {
+                    return;
+                }
+                let pipe = |mut r: std::net::TcpStream, mut w: std::net::TcpStream| {
+                    thread::spawn(move || {
+                        let _ = std::io::copy(&mut r, &mut w);
+                        let _ = w.shutdown(std::net::Shutdown::Write);
+                    })
+                };
+                pipe(c.try_clone().unwrap(), s.try_clone().unwrap());
+                pipe(s, c);
+            });
+        }
+    });
+    let (mut c, clog) = connect(lb_addr);
+    let mut stdin = c.0.stdin.take().unwrap();
+    stdin.write_all(b"through the balancer\n").unwrap();
+    drop(stdin);
+    let cs = wait_exit(&mut c, Duration::from_secs(20)).expect("connect hangs");
+    assert_eq!(cs.code(), Some(0), "connect: {}", clog.text());
+    assert!(
+        llog.wait_for(
+            &["session established", "peer=198.51.100.23:5555"],
+            Duration::from_secs(5)
+        )
+        .is_some(),
+        "the log does not name the client: {}",
+        llog.text()
+    );
+    sigterm(&l);
+    wait_exit(&mut l, Duration::from_secs(10)).expect("listen does not exit");
+    assert_eq!(out.join().unwrap(), b"through the balancer\n".to_vec());
+    let summary = llog
+        .wait_for(&["relink: node summary:"], Duration::from_secs(2))
+        .unwrap_or_else(|| panic!("no summary: {}", llog.text()));
+    assert!(summary.contains(" sessions=1 "), "{summary}");
+    assert!(!summary.contains(" refused=0 "), "{summary}");
+}

@@ -132,6 +132,8 @@
 //! | INFO | `session resumed` | `session`, `peer`, `detached_ms` (ms without a transport), `resent` (bytes this side resent) |
 //! | INFO | `session ended` | `session`, `cause` |
 //! | INFO | `connect attempt failed` (each address a TCP `connect` tried; the caller gets the error too) | `addr`, `error` |
+//! | INFO | `draining: new sessions are refused` (server, `Listener::drain`) | `sessions` (sessions held then) |
+//! | DEBUG | `transport refused` (server: admission limits, or a missing or bad PROXY header with `proxy_protocol`) | `peer` (the TCP peer), `error` |
 //! | WARN | `handshake abandoned right after our ServerHello; the client may pin a different server key` (server; at most one line per 10 s per process, the others at DEBUG) | `peer`, `server_key` (first 8 hex digits of our public key), `suppressed` (lines not logged since the last one) |
 
 mod reconnect;
