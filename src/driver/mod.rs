@@ -278,7 +278,9 @@ macro_rules! listener_builder_common {
             /// bytes, complete within `Config::handshake_timeout`) is closed
             /// and counted in [`ServerStats::transports_refused`]. Only for
             /// listeners that every client reaches through the balancer:
-            /// the header is trusted as it comes. Default: off.
+            /// the header is trusted as it comes. Transports an application
+            /// hands over itself (tokio's `Listener::serve_transport` and
+            /// `serve_transport_from`) are not affected. Default: off.
             pub fn proxy_protocol(mut self, on: bool) -> Self {
                 self.proxy_protocol = on;
                 self
