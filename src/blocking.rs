@@ -1378,7 +1378,9 @@ impl Listener {
     /// [`Listener::session_count`] it does not count finished, detached
     /// sessions, which the core keeps resumable for
     /// `Config::resume_timeout` (in case a client's last acknowledgement
-    /// was lost in a cut).
+    /// was lost in a cut), nor detached sessions in which every byte both
+    /// ways was delivered and only the client's acknowledgement of our
+    /// CLOSE is missing (the client, done, may never come back for it).
     pub fn active_session_count(&self) -> usize {
         let (sessions, handshakes) = {
             let ep = lock(&self.shared.ep);
@@ -1389,9 +1391,7 @@ impl Listener {
             .iter()
             .filter(|s| {
                 let st = s.lock();
-                st.conn
-                    .as_ref()
-                    .is_some_and(|c| st.info.end.is_none() || c.transport().is_some())
+                !st.info.settled(st.conn.as_deref())
             })
             .count();
         live + handshakes

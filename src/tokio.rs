@@ -1683,7 +1683,9 @@ impl Listener {
     /// [`Listener::session_count`] it does not count finished, detached
     /// sessions, which the core keeps resumable for
     /// `Config::resume_timeout` (in case a client's last acknowledgement
-    /// was lost in a cut).
+    /// was lost in a cut), nor detached sessions in which every byte both
+    /// ways was delivered and only the client's acknowledgement of our
+    /// CLOSE is missing (the client, done, may never come back for it).
     pub fn active_session_count(&self) -> usize {
         let (sessions, handshakes) = {
             let ep = lock(&self.inner.ep);
@@ -1694,7 +1696,7 @@ impl Listener {
             .iter()
             .filter(|s| {
                 let st = lock(&s.state);
-                !st.gone && (st.info.end.is_none() || st.conn.transport().is_some())
+                !st.info.settled((!st.gone).then_some(&*st.conn))
             })
             .count();
         live + handshakes

@@ -79,6 +79,78 @@ fn redirect(first: SocketAddr, then: SocketAddr, attempts: &Arc<AtomicUsize>) ->
     }
 }
 
+/// A one-connection TCP forwarder to `target` whose client→server
+/// direction can be turned into a black hole (bytes read and dropped), and
+/// which can cut the connection.
+struct Forwarder {
+    addr: SocketAddr,
+    blackhole: Arc<std::sync::atomic::AtomicBool>,
+    socks: Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Forwarder {
+    fn start(target: SocketAddr) -> Forwarder {
+        use std::net::{TcpListener, TcpStream};
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let blackhole = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let socks = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (bh, ss) = (blackhole.clone(), socks.clone());
+        thread::spawn(move || {
+            for c in l.incoming() {
+                let Ok(c) = c else { continue };
+                let Ok(s) = TcpStream::connect(target) else {
+                    continue;
+                };
+                ss.lock()
+                    .unwrap()
+                    .extend([c.try_clone().unwrap(), s.try_clone().unwrap()]);
+                let pipe =
+                    |mut r: TcpStream,
+                     mut w: TcpStream,
+                     hole: Option<Arc<std::sync::atomic::AtomicBool>>| {
+                        thread::spawn(move || {
+                            let mut buf = [0u8; 16 * 1024];
+                            while let Ok(n) = r.read(&mut buf) {
+                                if n == 0 {
+                                    break;
+                                }
+                                if hole.as_ref().is_some_and(|h| h.load(Ordering::SeqCst)) {
+                                    continue;
+                                }
+                                if w.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                            let _ = w.shutdown(std::net::Shutdown::Both);
+                        })
+                    };
+                pipe(
+                    c.try_clone().unwrap(),
+                    s.try_clone().unwrap(),
+                    Some(bh.clone()),
+                );
+                pipe(s, c, None);
+            }
+        });
+        Forwarder {
+            addr,
+            blackhole,
+            socks,
+        }
+    }
+
+    fn blackhole(&self) {
+        self.blackhole.store(true, Ordering::SeqCst);
+    }
+
+    fn cut(&self) {
+        for s in self.socks.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
 mod on_blocking {
     use super::*;
     use relink::blocking::{ClientBuilder, Listener};
@@ -187,6 +259,50 @@ mod on_blocking {
         eventually(StdDuration::from_secs(10), "both sessions are gone", || {
             a.active_session_count() == 0
         });
+    }
+
+    /// The client is done (it read our CLOSE, its own was acknowledged) but
+    /// its acknowledgement of our CLOSE was lost, and then its transport:
+    /// it never resumes. Every byte was delivered both ways, so the drain
+    /// does not wait for it (the core would keep it until resume_timeout).
+    #[test]
+    fn a_session_missing_only_the_ack_of_our_close_does_not_hold_the_drain() {
+        let a = Listener::bind("127.0.0.1:0", cfg()).unwrap();
+        let fwd = Forwarder::start(a.local_addr());
+        let client = ClientBuilder::new(cfg())
+            .backoff(backoff())
+            .connect(fwd.addr)
+            .unwrap();
+        let server = a.accept().unwrap();
+        (&client).write_all(b"request").unwrap();
+        client.shutdown_write().unwrap();
+        let mut got = Vec::new();
+        (&server).read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"request");
+        (&server).write_all(b"reply").unwrap();
+        (&server).flush().unwrap(); // acknowledged
+        a.drain();
+        assert_eq!(a.active_session_count(), 1);
+        // From now on nothing of the client reaches the server.
+        fwd.blackhole();
+        let closing = thread::spawn(move || server.shutdown_write());
+        let mut reply = Vec::new();
+        (&client).read_to_end(&mut reply).unwrap();
+        assert_eq!(reply, b"reply");
+        client.close().unwrap(); // done for the client
+        fwd.cut();
+        eventually(
+            StdDuration::from_secs(10),
+            "the session no longer counts",
+            || a.active_session_count() == 0,
+        );
+        assert_eq!(a.session_count(), 1, "the core still holds it");
+        drop(client);
+        drop(a);
+        assert!(
+            closing.join().unwrap().is_err(),
+            "our CLOSE was never acknowledged"
+        );
     }
 }
 
@@ -312,5 +428,48 @@ mod on_tokio {
             a.active_session_count() == 0
         })
         .await;
+    }
+
+    #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_missing_only_the_ack_of_our_close_does_not_hold_the_drain() {
+        let a = Listener::bind("127.0.0.1:0", cfg()).await.unwrap();
+        let fwd = Forwarder::start(a.local_addr().unwrap());
+        let mut client = ClientBuilder::new(cfg())
+            .backoff(backoff())
+            .connect(fwd.addr)
+            .await
+            .unwrap();
+        let mut server = a.accept().await.unwrap();
+        client.write_all(b"request").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"request");
+        server.write_all(b"reply").await.unwrap();
+        server.flush().await.unwrap();
+        a.drain();
+        assert_eq!(a.active_session_count(), 1);
+        fwd.blackhole();
+        let closing = ::tokio::spawn(async move {
+            let r = server.shutdown().await;
+            (r, server)
+        });
+        let mut reply = Vec::new();
+        client.read_to_end(&mut reply).await.unwrap();
+        assert_eq!(reply, b"reply");
+        client.close().await.unwrap();
+        fwd.cut();
+        eventually_async(
+            StdDuration::from_secs(10),
+            "the session no longer counts",
+            || a.active_session_count() == 0,
+        )
+        .await;
+        assert_eq!(a.session_count(), 1, "the core still holds it");
+        assert!(
+            !closing.is_finished(),
+            "our CLOSE was acknowledged after all"
+        );
+        closing.abort();
     }
 }

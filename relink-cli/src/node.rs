@@ -127,8 +127,9 @@ pub struct Drainable {
 /// How long the ABORTs sent at the deadline may take to be acknowledged
 /// before the process exits anyway.
 const ABORT_GRACE: StdDuration = StdDuration::from_secs(2);
-/// After the last session ended: a moment for a last acknowledgement lost
-/// in a cut to be asked for again (a resume) before the node is gone.
+/// How long no session may be active before the drain is over: a client
+/// whose last frame was lost in a cut resumes within it (its first
+/// reconnect is immediate), and counts again.
 const END_GRACE: StdDuration = StdDuration::from_secs(2);
 
 /// Drain (on this thread): refuse new sessions, wait until the running
@@ -144,12 +145,18 @@ pub fn drain(d: &Drainable, timeout: Duration, which: &str) -> u64 {
         timeout.as_secs_f64()
     ));
     let end = Instant::now() + timeout;
-    while (d.active)() > 0 && Instant::now() < end {
+    // Done once nothing was active for END_GRACE in a row (a client that
+    // missed our last frame comes back within it, and counts again).
+    let mut quiet_since: Option<Instant> = None;
+    while Instant::now() < end {
+        if (d.active)() > 0 {
+            quiet_since = None;
+        } else if quiet_since.get_or_insert_with(Instant::now).elapsed() >= END_GRACE {
+            return 0;
+        }
         std::thread::sleep(StdDuration::from_millis(20));
     }
-    let left = (d.active)();
-    if left == 0 {
-        std::thread::sleep(END_GRACE);
+    if (d.active)() == 0 {
         return 0;
     }
     let aborted = (d.abort_all)(AbortCode::SHUTTING_DOWN) as u64;

@@ -25,7 +25,11 @@
 //!    sessions whose handshake had started before.
 //! 2. Watch `Listener::active_session_count()` fall to 0 (sessions leave
 //!    it once they ended, both sides closed and acknowledged, or aborted
-//!    and answered, or expired, and their last transport is gone). `Listener::session_count()` falls to 0
+//!    and answered, or expired, and their last transport is gone; or, with
+//!    no transport, when every byte both ways was delivered and only the
+//!    client's acknowledgement of our CLOSE is missing: a client that is
+//!    done never comes back for it, one that is not resumes at once and
+//!    counts again, so wait until it stayed 0 for a moment). `Listener::session_count()` falls to 0
 //!    later: the core keeps a finished session resumable for
 //!    `Config::resume_timeout`, in case the client's last acknowledgement
 //!    was lost in a cut. A drain need not wait that long: every byte was
