@@ -19,7 +19,8 @@ pub const INTERRUPTED: i32 = 130;
 /// `relink --help` ends with this.
 pub const EXIT_STATUS_HELP: &str = "\
 Exit status:
-  0    clean end (connect: all data acknowledged, session closed)
+  0    clean end (connect: all data acknowledged, session closed; a server
+       with --drain-timeout: every session ended before the deadline)
   1    other failure: a key, credential or token file, an address to bind,
        stdin or stdout
   2    usage error: bad flags or arguments (e.g. a malformed --server-key)
@@ -28,8 +29,10 @@ Exit status:
        refused the credential or token
   4    the session was lost once open: expired, aborted or reset by the peer;
        connect exits at once, even while stdin is still open
-       (listen: a session failed)
-  130  interrupted (SIGINT, SIGTERM): the sessions were aborted first";
+       (listen: a session failed; --drain-timeout: sessions were aborted
+       at the deadline)
+  130  interrupted (SIGINT, SIGTERM; with --drain-timeout a second SIGTERM):
+       the sessions were aborted first";
 
 /// An error with its exit status (see `status`); a plain `io::Error` exits
 /// with `FAILURE`.

@@ -163,6 +163,31 @@ impl SessionSlot {
         ch
     }
 
+    /// Whether a drain may stop waiting for the session (see
+    /// `Listener::active_session_count`): it is over or freed, or every
+    /// byte both ways is through and only the acknowledgement of our CLOSE
+    /// is missing, and no transport carries it. The latter happens when the
+    /// client, done (it verified our CLOSE, its own was acknowledged), had
+    /// its last ACK cut: it never resumes, and the core would keep the
+    /// session open until `resume_timeout`. Leaving such a session loses
+    /// nothing: the client holds every byte we wrote, the application every
+    /// byte it wrote. A client that did miss our CLOSE resumes (its read
+    /// has not ended), which attaches a transport again.
+    pub(crate) fn settled(&self, conn: Option<&Connection>) -> bool {
+        let Some(c) = conn else {
+            return true;
+        };
+        if c.transport().is_some() {
+            return false;
+        }
+        self.end.is_some()
+            || (self.aborted.is_none()
+                && self.peer_closed
+                && self.close_requested
+                && c.unacked() == 0
+                && c.readable() == 0)
+    }
+
     /// Time since authenticated input from the client last arrived (as of
     /// the last drain); `None` before the first.
     pub(crate) fn last_received(&self) -> Option<std::time::Duration> {
@@ -204,14 +229,17 @@ impl SessionSlot {
         }
     }
 
-    /// `abort(code)`: once, while the session lives.
-    pub(crate) fn abort(&mut self, conn: Option<&mut Connection>, code: AbortCode) {
+    /// `abort(code)`: once, while the session lives. Whether this call
+    /// aborted it.
+    pub(crate) fn abort(&mut self, conn: Option<&mut Connection>, code: AbortCode) -> bool {
         if self.end.is_none() && self.aborted.is_none() {
             self.aborted = Some(code);
             if let Some(c) = conn {
                 c.abort(code);
             }
+            return true;
         }
+        false
     }
 
     /// The stream is dropped: abort with [`AbortCode::DROPPED`] unless the
