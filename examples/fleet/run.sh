@@ -152,7 +152,7 @@ EOF
 stat_of() {
     admin "show stat" | awk -F, -v srv="$1" -v col="$2" '
         NR == 1 { sub(/^# /, ""); for (i = 1; i <= NF; i++) h[$i] = i; next }
-        $1 == "nodes" && $2 == srv { print $(h[col]) }'
+        $1 == "relink_nodes" && $2 == srv { print $(h[col]) }'
 }
 
 # --- the fleet key and what the CLI can do --------------------------------
@@ -339,8 +339,8 @@ scenario_drain() {
     start_clients $s --mark-at 30
     wait_mark $s 600 || { finish_clients $s || true; stop_fleet $s; fail $s "no 30% mark"; return; }
     local pid=${NODE_PID[2]}
-    say "[$s] 30% echoed: HAProxy: set server nodes/node2 state drain; SIGTERM node 2 (pid $pid)"
-    admin "set server nodes/node2 state drain" >/dev/null
+    say "[$s] 30% echoed: HAProxy: set server relink_nodes/node2 state drain; SIGTERM node 2 (pid $pid)"
+    admin "set server relink_nodes/node2 state drain" >/dev/null
     [ "$HAS_DRAIN" = 1 ] ||
         say "[$s] WARNING: relink serve-forward has no --drain-timeout: SIGTERM aborts its sessions"
     local td=$SECONDS
