@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The fleet script: three relink nodes behind HAProxy on loopback, clients
-# through a cutting relay (docs/DEPLOYMENT.md, "Fleet script").
+# through a cutting relay (examples/fleet/README.md explains it and the
+# HAProxy configuration line by line).
 #
 #   examples/fleet/run.sh                 # 50 clients x 8 MiB, scenarios normal, kill, drain
 #   examples/fleet/run.sh --quick         # 10 clients x 1 MiB at 0.25 MiB/s each (CI)
 #   examples/fleet/run.sh --scenarios normal,drain --clients 20 --mib 4 --keep
+#   examples/fleet/run.sh --quick --debug # dev profile (FLEET_PROFILE=dev): reuses `cargo test`'s build
 #
 # It installs HAProxy (apt-get) when missing, builds the release `relink`
 # CLI and the `fleet_clients` example, generates a fleet key, and per
@@ -39,6 +41,7 @@ KEEP=0
 SEED=${FLEET_SEED:-1}
 DRAIN_TIMEOUT=60
 RATE=0
+PROFILE=${FLEET_PROFILE:-release}
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) CLIENTS=10; MIB=1; RATE=0.25 ;;
@@ -49,7 +52,8 @@ while [ $# -gt 0 ]; do
         --rate) RATE=$2; shift ;;
         --seed) SEED=$2; shift ;;
         --keep) KEEP=1 ;;
-        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+        --debug) PROFILE=dev ;;
+        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -74,12 +78,17 @@ need_apt haproxy haproxy
 command -v python3 >/dev/null 2>&1 || need_apt socat socat
 say "$(haproxy -v 2>&1 | head -1)"
 
-say "building the release relink CLI and the fleet_clients example"
-(cd "$ROOT" && cargo build --quiet --release -p relink-cli &&
-    cargo build --quiet --release --features tokio --example fleet_clients)
+case "$PROFILE" in
+    release) PROFILE_DIR=release ;;
+    dev) PROFILE_DIR=debug ;;
+    *) die "FLEET_PROFILE: release or dev, not $PROFILE" ;;
+esac
+say "building the relink CLI and the fleet_clients example (profile $PROFILE)"
+(cd "$ROOT" && cargo build --quiet --profile "$PROFILE" -p relink-cli &&
+    cargo build --quiet --profile "$PROFILE" --features tokio --example fleet_clients)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-RELINK="$TARGET_DIR/release/relink"
-CLIENTS_BIN="$TARGET_DIR/release/examples/fleet_clients"
+RELINK="$TARGET_DIR/$PROFILE_DIR/relink"
+CLIENTS_BIN="$TARGET_DIR/$PROFILE_DIR/examples/fleet_clients"
 
 TMP=$(mktemp -d /tmp/relink-fleet.XXXXXX)
 PIDS=()
@@ -295,7 +304,7 @@ wait_mark() {
     return 1
 }
 
-total() { grep -o " $2=[0-9.]*" "$TMP/$1/clients.out" | tail -1 | cut -d= -f2; }
+total() { { grep -o " $2=[0-9.]*" "$TMP/$1/clients.out" || true; } | tail -1 | cut -d= -f2; }
 
 FAILED=()
 pass() { say "[$1] PASS ($(( SECONDS - $2 )) s)"; }
