@@ -257,8 +257,13 @@ stop_fleet() {
     for k in 1 2 3; do
         local pid=${NODE_PID[$k]}
         if kill -0 "$pid" 2>/dev/null; then
+            # With --drain-timeout the first SIGTERM drains (the clients are
+            # gone: it ends at once), a second one aborts.
             kill -TERM "$pid" 2>/dev/null || true
-            timeout 5 tail --pid="$pid" -f /dev/null || kill -KILL "$pid" 2>/dev/null || true
+            if ! timeout 5 tail --pid="$pid" -f /dev/null; then
+                kill -TERM "$pid" 2>/dev/null || true
+                timeout 2 tail --pid="$pid" -f /dev/null || kill -KILL "$pid" 2>/dev/null || true
+            fi
             wait "$pid" 2>/dev/null || true
         fi
         forget "$pid"
@@ -268,9 +273,28 @@ stop_fleet() {
     forget "$HAPROXY_PID"
     for k in 1 2 3; do
         local line
-        line=$(grep -E 'summary|sessions.*resumes' "$dir/node$k.log" | tail -1 || true)
+        line=$(grep 'node summary:' "$dir/node$k.log" | tail -1 || true)
         printf 'run.sh: [%s] node %d: %s\n' "$1" "$k" "${line:-(no summary line in node$k.log)}"
     done
+}
+
+# Field $3 of node $2's summary line in scenario $1 (empty without one):
+# `relink: node summary: server_id=1 sessions=12 resumes=340 unknown_session=0 ...`.
+node_field() {
+    { grep 'node summary:' "$TMP/$1/node$2.log" || true; } | tail -1 |
+        { grep -o " $3=[0-9a-z]*" || true; } | cut -d= -f2
+}
+
+# The sum of field $2 over the three nodes' summary lines of scenario $1
+# ("" when a node printed none).
+nodes_sum() {
+    local k v sum=0
+    for k in 1 2 3; do
+        v=$(node_field "$1" "$k" "$2")
+        [ -n "$v" ] || { echo ""; return; }
+        sum=$((sum + v))
+    done
+    echo "$sum"
 }
 
 # Run the clients (extra arguments are passed on) in the background,
@@ -318,6 +342,18 @@ scenario_normal() {
     report_nodes $s
     stop_fleet $s
     [ "$rc" = 0 ] || { fail $s "the clients exited $rc"; return; }
+    local unknown misrouted resumes
+    unknown=$(nodes_sum $s unknown_session)
+    misrouted=$(nodes_sum $s misrouted)
+    resumes=$(nodes_sum $s resumes)
+    if [ -z "$unknown" ]; then
+        say "[$s] (no node summary lines: the nodes' counters are not checked)"
+    else
+        say "[$s] nodes: $resumes resumes served, $unknown unknown-session answers, $misrouted misrouted"
+        [ "$unknown" = 0 ] && [ "$misrouted" = 0 ] ||
+            { fail $s "a resume reached another node than its own"; return; }
+        [ "$resumes" -gt 0 ] || { fail $s "no resume at all: the relay did not cut"; return; }
+    fi
     pass $s $t0
 }
 
@@ -339,6 +375,14 @@ scenario_kill() {
     say "[$s] $lost session(s) ended with SessionUnknown, $reopened reopened"
     [ "${lost:-0}" -gt 0 ] || { fail $s "no session of node 3 ended with the typed error"; return; }
     [ "$lost" = "$reopened" ] || { fail $s "$lost lost but $reopened reopened"; return; }
+    local u1 u2
+    u1=$(node_field $s 1 unknown_session)
+    u2=$(node_field $s 2 unknown_session)
+    if [ -n "$u1" ] && [ -n "$u2" ]; then
+        say "[$s] unknown-session answers: node 1 $u1, node 2 $u2 (node 3's resumes, redispatched)"
+        [ $((u1 + u2)) -ge "$lost" ] ||
+            { fail $s "fewer unknown-session answers than sessions lost"; return; }
+    fi
     pass $s $t0
 }
 
