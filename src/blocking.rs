@@ -893,6 +893,8 @@ pub struct ListenerBuilder {
     config: Config,
     progress: Option<ProgressFn>,
     authenticate: Option<AuthFn>,
+    /// Every transport starts with a PROXY v2 header.
+    proxy_protocol: bool,
 }
 
 driver::listener_builder_common!();
@@ -906,7 +908,13 @@ impl ListenerBuilder {
         if config.wall_clock.is_none() {
             config.wall_clock = Some(Arc::new(crate::SystemWallClock));
         }
+        let proxy = self.proxy_protocol.then(|| ProxyGate {
+            timeout: config.handshake_timeout.into(),
+            max_waiting: config.max_pending_transports,
+            waiting: std::sync::atomic::AtomicUsize::new(0),
+        });
         let shared = Arc::new(ServerShared {
+            proxy,
             ep: Mutex::new(EndpointState {
                 endpoint: Endpoint::new(config, os_rng()),
                 links: HashMap::new(),
@@ -954,6 +962,8 @@ impl ListenerBuilder {
 /// session ([`SessionShared`]), and `timers`; see the module docs for the
 /// rule that orders them.
 struct ServerShared {
+    /// `ListenerBuilder::proxy_protocol`: how transports' headers are read.
+    proxy: Option<ProxyGate>,
     ep: Mutex<EndpointState>,
     /// `Listener::accept` waits here for the accept queue.
     incoming_cond: Condvar,
@@ -1281,6 +1291,7 @@ fn drain_endpoint(ep: &mut EndpointState) -> Vec<ServerEvent> {
 /// After any endpoint call, with its lock held: tell the timer thread the
 /// endpoint's next deadline.
 fn sync_endpoint_timer(shared: &ServerShared, ep: &EndpointState) {
+    shared.stats.sync_routing(&ep.endpoint);
     let next = ep.endpoint.poll_timeout();
     let mut t = lock(&shared.timers);
     if t.endpoint == next {
@@ -1358,6 +1369,77 @@ impl Listener {
     pub fn session_count(&self) -> usize {
         let ep = lock(&self.shared.ep);
         ep.sessions.len() + ep.endpoint.handshake_count()
+    }
+
+    /// Sessions not over yet (neither ended cleanly, nor aborted and
+    /// answered, nor expired) or still attached to a transport, and
+    /// handshakes in progress: what a drain waits for (see the
+    /// [driver docs](crate::driver#drain)). Unlike
+    /// [`Listener::session_count`] it does not count finished, detached
+    /// sessions, which the core keeps resumable for
+    /// `Config::resume_timeout` (in case a client's last acknowledgement
+    /// was lost in a cut).
+    pub fn active_session_count(&self) -> usize {
+        let (sessions, handshakes) = {
+            let ep = lock(&self.shared.ep);
+            let s: Vec<_> = ep.sessions.values().cloned().collect();
+            (s, ep.endpoint.handshake_count())
+        };
+        let live = sessions
+            .iter()
+            .filter(|s| {
+                let st = s.lock();
+                st.conn
+                    .as_ref()
+                    .is_some_and(|c| st.info.end.is_none() || c.transport().is_some())
+            })
+            .count();
+        live + handshakes
+    }
+
+    /// Take the listener out of service, for a graceful drain (see the
+    /// [driver docs](crate::driver#drain)): from now on every new session a
+    /// client asks for is answered Busy (the client retries on a new
+    /// transport, which a load balancer sends to another server), while
+    /// the sessions it holds go on and resume as before; the listener keeps
+    /// accepting transports for them. Irreversible; calling it again does
+    /// nothing. Watch [`Listener::active_session_count`] reach 0, or end the rest
+    /// with [`Listener::abort_all`] at a deadline. Keep the listener alive
+    /// meanwhile: dropping it ends every session at once.
+    pub fn drain(&self) {
+        let mut ep = lock(&self.shared.ep);
+        if !ep.endpoint.is_draining() {
+            ep.endpoint.drain();
+            tracing::info!(
+                sessions = ep.sessions.len(),
+                "draining: new sessions are refused"
+            );
+        }
+    }
+
+    /// Whether [`Listener::drain`] was called.
+    pub fn is_draining(&self) -> bool {
+        lock(&self.shared.ep).endpoint.is_draining()
+    }
+
+    /// Abort every session the listener holds with `code` (at a drain's
+    /// deadline: [`AbortCode::SHUTTING_DOWN`]), including sessions not
+    /// yet taken by [`Listener::accept`] and detached ones: an attached
+    /// client gets the ABORT at once; a detached one when it resumes within
+    /// the wait for the ABORT's answer (`Config::idle_timeout`), after which
+    /// the session ends anyway. Their streams' calls fail with
+    /// [`io::ErrorKind::ConnectionAborted`]. Returns how many sessions this
+    /// call aborted (not those already over or aborted). Handshakes still
+    /// in progress are not sessions yet: they complete or time out
+    /// (`Config::handshake_timeout`); after [`Listener::drain`] no new one
+    /// starts. Returns at once; the listener keeps serving the aborted
+    /// sessions until their clients acknowledged.
+    pub fn abort_all(&self, code: AbortCode) -> usize {
+        let sessions: Vec<_> = lock(&self.shared.ep).sessions.values().cloned().collect();
+        sessions
+            .iter()
+            .filter(|s| abort_server(&self.shared, s, code))
+            .count()
     }
 }
 
@@ -1440,78 +1522,216 @@ fn server_accept(shared: Arc<ServerShared>, listener: TcpListener) {
         };
         let _ = sock.set_nodelay(true);
         let peer = sock.peer_addr().ok();
-        let handles = (|| {
-            sock.set_write_timeout(Some(WRITE_CHECK))?;
-            Ok::<_, io::Error>((sock.try_clone()?, sock.try_clone()?))
-        })();
-        let Ok((reader, control)) = handles else {
+        if shared.proxy.is_none() {
+            if !register_transport(&shared, sock, peer) {
+                return;
+            }
+            continue;
+        }
+        // Behind a balancer: the header is read on a thread of its own (a
+        // slow peer must not hold up the accept loop), at most
+        // `max_pending_transports` at a time.
+        let Some(waiting) = ProxyWaiting::enter(&shared) else {
+            refuse_proxy(
+                &shared,
+                &sock,
+                peer,
+                &driver::proxy::ProxyError::TooLong(0),
+                true,
+            );
             continue;
         };
-        let mut ep = lock(&shared.ep);
-        if shared.stopping() {
-            return;
-        }
-        let now = shared.now();
-        let accepted = match peer {
-            Some(p) => ep.endpoint.accept_from(now, p.ip()),
-            None => ep.endpoint.accept(now),
-        };
-        let tid = match accepted {
-            Ok(tid) => tid,
-            Err(e) => {
-                shared
-                    .stats
-                    .transports_refused
-                    .fetch_add(1, Ordering::Relaxed);
-                crate::driver::log_refused(peer, &e);
-                let _ = sock.shutdown(Shutdown::Both);
-                continue;
-            }
-        };
-        shared.stats.transports.fetch_add(1, Ordering::Relaxed);
-        let link = Arc::new(Link {
-            id: tid,
-            socket: control,
-            peer,
-            lost: AtomicBool::new(false),
-            ending: AtomicBool::new(false),
-            cond: Condvar::new(),
-        });
-        ep.links.insert(
-            tid,
-            LinkEntry {
-                link: link.clone(),
-                owner: Owner::Endpoint,
-            },
-        );
-        sync_endpoint_timer(&shared, &ep);
-        drop(ep);
-        let (s, l) = (shared.clone(), link.clone());
-        let r = thread::Builder::new()
-            .name("relink-server-rx".into())
-            .spawn(move || server_reader(s, l, reader));
-        let (s, l) = (shared.clone(), link.clone());
-        let w = thread::Builder::new()
-            .name("relink-server-tx".into())
-            .spawn(move || server_writer(s, l, sock));
-        if r.is_err() || w.is_err() {
-            link.lost.store(true, Ordering::SeqCst);
-            let _ = link.socket.shutdown(Shutdown::Both);
-            let mut ep = lock(&shared.ep);
-            if w.is_err() {
-                // Nobody else will tell the endpoint.
-                ep.links.remove(&tid);
-                ep.endpoint.transport_lost(tid, shared.now());
-                let events = drain_endpoint(&mut ep);
-                sync_endpoint_timer(&shared, &ep);
-                drop(ep);
-                report_all(&shared, events);
-            } else {
-                drop(ep);
-            }
-            link.cond.notify_all();
+        let s = shared.clone();
+        let spawned = thread::Builder::new()
+            .name("relink-proxy".into())
+            .spawn(move || {
+                let Some(gate) = &s.proxy else { return };
+                let mut sock = sock;
+                let r = read_proxy_header(&mut sock, gate.timeout);
+                drop(waiting);
+                match r {
+                    Ok(source) => {
+                        register_transport(&s, sock, source.or(peer));
+                    }
+                    Err(e) => refuse_proxy(&s, &sock, peer, &e, false),
+                }
+            });
+        if spawned.is_err() {
+            // The closure (and the socket, and the slot) was dropped.
+            shared
+                .stats
+                .transports_refused
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// `ListenerBuilder::proxy_protocol`: how long a transport's header may
+/// take, and how many may be read at once.
+struct ProxyGate {
+    timeout: StdDuration,
+    max_waiting: usize,
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+/// A transport whose PROXY header is being read (counted in
+/// `ProxyGate::waiting` while it lives).
+struct ProxyWaiting(Arc<ServerShared>);
+
+impl ProxyWaiting {
+    fn enter(shared: &Arc<ServerShared>) -> Option<ProxyWaiting> {
+        let gate = shared.proxy.as_ref()?;
+        let n = gate.waiting.fetch_add(1, Ordering::SeqCst);
+        let me = ProxyWaiting(shared.clone());
+        (n < gate.max_waiting).then_some(me)
+    }
+}
+
+impl Drop for ProxyWaiting {
+    fn drop(&mut self) {
+        if let Some(gate) = &self.0.proxy {
+            gate.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Close a transport refused for its PROXY header (or, `full`, because
+/// too many headers are being read): counted and logged (DEBUG, naming
+/// the TCP peer).
+fn refuse_proxy(
+    shared: &ServerShared,
+    sock: &TcpStream,
+    peer: Option<SocketAddr>,
+    e: &driver::proxy::ProxyError,
+    full: bool,
+) {
+    shared
+        .stats
+        .transports_refused
+        .fetch_add(1, Ordering::Relaxed);
+    if full {
+        crate::driver::log_refused(peer, &Error::TooManyTransports);
+    } else {
+        driver::proxy::log_refused(peer, e);
+    }
+    let _ = sock.shutdown(Shutdown::Both);
+}
+
+/// Read exactly one PROXY v2 header from `sock`, within `timeout` in all:
+/// the source it names (`None`: the real peer counts).
+fn read_proxy_header(
+    sock: &mut TcpStream,
+    timeout: StdDuration,
+) -> Result<Option<SocketAddr>, driver::proxy::ProxyError> {
+    use driver::proxy::{self, ProxyError, FIXED_LEN};
+    let deadline = StdInstant::now() + timeout;
+    let mut read_exact = |buf: &mut [u8], before: usize| -> Result<(), ProxyError> {
+        let mut n = 0;
+        while n < buf.len() {
+            let left = deadline.saturating_duration_since(StdInstant::now());
+            if left.is_zero() {
+                return Err(ProxyError::TimedOut);
+            }
+            sock.set_read_timeout(Some(left)).map_err(ProxyError::Io)?;
+            match sock.read(&mut buf[n..]) {
+                Ok(0) => return Err(ProxyError::Eof(before + n)),
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_timeout(&e) => return Err(ProxyError::TimedOut),
+                Err(e) => return Err(ProxyError::Io(e)),
+            }
+        }
+        Ok(())
+    };
+    let mut fixed = [0u8; FIXED_LEN];
+    read_exact(&mut fixed, 0)?;
+    let len = proxy::header_len(&fixed)?;
+    let mut header = vec![0u8; len];
+    header[..FIXED_LEN].copy_from_slice(&fixed);
+    read_exact(&mut header[FIXED_LEN..], FIXED_LEN)?;
+    sock.set_read_timeout(None).map_err(ProxyError::Io)?;
+    proxy::parse(&header)
+}
+
+/// Hand an accepted transport (from `peer`) to the endpoint and start its
+/// reader and writer threads. `false` once the listener is stopping.
+fn register_transport(
+    shared: &Arc<ServerShared>,
+    sock: TcpStream,
+    peer: Option<SocketAddr>,
+) -> bool {
+    let handles = (|| {
+        sock.set_write_timeout(Some(WRITE_CHECK))?;
+        Ok::<_, io::Error>((sock.try_clone()?, sock.try_clone()?))
+    })();
+    let Ok((reader, control)) = handles else {
+        return true;
+    };
+    let mut ep = lock(&shared.ep);
+    if shared.stopping() {
+        return false;
+    }
+    let now = shared.now();
+    let accepted = match peer {
+        Some(p) => ep.endpoint.accept_from(now, p.ip()),
+        None => ep.endpoint.accept(now),
+    };
+    let tid = match accepted {
+        Ok(tid) => tid,
+        Err(e) => {
+            shared
+                .stats
+                .transports_refused
+                .fetch_add(1, Ordering::Relaxed);
+            crate::driver::log_refused(peer, &e);
+            let _ = sock.shutdown(Shutdown::Both);
+            return true;
+        }
+    };
+    shared.stats.transports.fetch_add(1, Ordering::Relaxed);
+    let link = Arc::new(Link {
+        id: tid,
+        socket: control,
+        peer,
+        lost: AtomicBool::new(false),
+        ending: AtomicBool::new(false),
+        cond: Condvar::new(),
+    });
+    ep.links.insert(
+        tid,
+        LinkEntry {
+            link: link.clone(),
+            owner: Owner::Endpoint,
+        },
+    );
+    sync_endpoint_timer(shared, &ep);
+    drop(ep);
+    let (s, l) = (shared.clone(), link.clone());
+    let r = thread::Builder::new()
+        .name("relink-server-rx".into())
+        .spawn(move || server_reader(s, l, reader));
+    let (s, l) = (shared.clone(), link.clone());
+    let w = thread::Builder::new()
+        .name("relink-server-tx".into())
+        .spawn(move || server_writer(s, l, sock));
+    if r.is_err() || w.is_err() {
+        link.lost.store(true, Ordering::SeqCst);
+        let _ = link.socket.shutdown(Shutdown::Both);
+        let mut ep = lock(&shared.ep);
+        if w.is_err() {
+            // Nobody else will tell the endpoint.
+            ep.links.remove(&tid);
+            ep.endpoint.transport_lost(tid, shared.now());
+            let events = drain_endpoint(&mut ep);
+            sync_endpoint_timer(shared, &ep);
+            drop(ep);
+            report_all(shared, events);
+        } else {
+            drop(ep);
+        }
+        link.cond.notify_all();
+    }
+    true
 }
 
 /// The timer thread: sleeps until the first deadline of the index (the
@@ -2182,13 +2402,24 @@ impl Drop for ServerStream {
     }
 }
 
-fn abort_server(shared: &ServerShared, sess: &Arc<SessionShared>, code: AbortCode) {
+/// Abort a session with `code`; whether this call aborted a live session.
+fn abort_server(shared: &ServerShared, sess: &Arc<SessionShared>, code: AbortCode) -> bool {
     let mut st = sess.lock();
     let st2 = &mut *st;
-    st2.info.abort(st2.conn.as_deref_mut(), code);
-    after(shared, sess, &mut st, shared.now(), None);
+    let live = st2.conn.is_some();
+    let aborted = st2.info.abort(st2.conn.as_deref_mut(), code) && live;
+    let now = shared.now();
+    if aborted {
+        // `abort` has no clock: start the wait for the client's answer now
+        // (a detached session would otherwise wait for its expiry).
+        if let Some(c) = st.conn.as_mut() {
+            c.handle_timeout(now);
+        }
+    }
+    after(shared, sess, &mut st, now, None);
     unlock(shared, sess, st);
     sess.cond.notify_all();
+    aborted
 }
 
 fn wait_server_closed(
@@ -2244,7 +2475,9 @@ impl AbortHandle {
     pub fn abort(&self, code: AbortCode) {
         match &self.0 {
             HandleInner::Client(s) => abort_client(s, code),
-            HandleInner::Server(s, sess) => abort_server(s, sess, code),
+            HandleInner::Server(s, sess) => {
+                abort_server(s, sess, code);
+            }
         }
     }
 

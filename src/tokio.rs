@@ -1185,6 +1185,7 @@ impl EndpointState {
     /// After any endpoint call: count and route its events, and wake the
     /// endpoint timer if its next deadline moved earlier.
     fn settle(&mut self, stats: &ServerCounters, progress: Option<&ProgressFn>) {
+        stats.sync_routing(&self.endpoint);
         while let Some(e) = self.endpoint.poll_event() {
             stats.count(&e);
             if let ServerEvent::CloseTransport { transport, .. } = e {
@@ -1411,6 +1412,8 @@ pub struct ListenerBuilder {
     config: Config,
     progress: Option<ProgressFn>,
     authenticate: Option<AuthFn>,
+    /// Every TCP transport starts with a PROXY v2 header.
+    proxy_protocol: bool,
 }
 
 driver::listener_builder_common!();
@@ -1455,14 +1458,43 @@ impl ListenerBuilder {
     /// Listen for TCP connections on `addr`.
     pub async fn bind<A: ToSocketAddrs>(self, addr: A) -> io::Result<Listener> {
         let listener = TcpListener::bind(addr).await?;
+        let proxy = self.proxy_protocol.then(|| {
+            (
+                std::time::Duration::from(self.config.handshake_timeout),
+                self.config.max_pending_transports,
+            )
+        });
         let mut server = self.build();
         server.local_addr = Some(listener.local_addr()?);
         let inner = server.inner.clone();
+        let waiting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         server.tasks.push(::tokio::spawn(async move {
             loop {
                 match listener.accept().await {
                     Ok((sock, peer)) => {
                         let _ = sock.set_nodelay(true);
+                        if let Some((timeout, max)) = proxy {
+                            // The header is read by a task of its own (a
+                            // slow peer must not hold up the accept loop),
+                            // at most `max_pending_transports` at a time.
+                            if inner.stopped() {
+                                return;
+                            }
+                            let slot = ProxyWaiting::enter(&waiting, max);
+                            let inner = inner.clone();
+                            ::tokio::spawn(async move {
+                                let Some(_slot) = slot else {
+                                    add(&inner.stats.transports_refused, 1);
+                                    driver::log_refused(
+                                        Some(peer),
+                                        &crate::Error::TooManyTransports,
+                                    );
+                                    return;
+                                };
+                                serve_proxied(&inner, sock, peer, timeout).await;
+                            });
+                            continue;
+                        }
                         if serve(&inner, sock, Some(peer)).is_err() {
                             return;
                         }
@@ -1474,6 +1506,80 @@ impl ListenerBuilder {
         }));
         Ok(server)
     }
+}
+
+/// A transport whose PROXY header is being read (counted while it lives).
+struct ProxyWaiting(Arc<std::sync::atomic::AtomicUsize>);
+
+impl ProxyWaiting {
+    fn enter(n: &Arc<std::sync::atomic::AtomicUsize>, max: usize) -> Option<ProxyWaiting> {
+        let before = n.fetch_add(1, Ordering::SeqCst);
+        let me = ProxyWaiting(n.clone());
+        (before < max).then_some(me)
+    }
+}
+
+impl Drop for ProxyWaiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Read the PROXY v2 header of `sock` (from the balancer at `peer`)
+/// within `timeout`, then serve it as a transport from the source the
+/// header names; a transport without a valid header is closed, counted
+/// as refused and logged (DEBUG).
+async fn serve_proxied(
+    inner: &Arc<Inner>,
+    mut sock: TcpStream,
+    peer: SocketAddr,
+    timeout: std::time::Duration,
+) {
+    use driver::proxy::ProxyError;
+    let r = match ::tokio::time::timeout(timeout, read_proxy_header(&mut sock)).await {
+        Ok(r) => r,
+        Err(_) => Err(ProxyError::TimedOut),
+    };
+    match r {
+        Ok(source) => {
+            let _ = serve(inner, sock, Some(source.unwrap_or(peer)));
+        }
+        Err(e) => {
+            add(&inner.stats.transports_refused, 1);
+            driver::proxy::log_refused(Some(peer), &e);
+            drop(sock);
+        }
+    }
+}
+
+/// Read exactly one PROXY v2 header: the source it names (`None`: the
+/// real peer counts).
+async fn read_proxy_header(
+    sock: &mut TcpStream,
+) -> Result<Option<SocketAddr>, driver::proxy::ProxyError> {
+    use ::tokio::io::AsyncReadExt;
+    use driver::proxy::{self, ProxyError, FIXED_LEN};
+    let eof = |before: usize, e: io::Error| match e.kind() {
+        io::ErrorKind::UnexpectedEof => ProxyError::Eof(before),
+        _ => ProxyError::Io(e),
+    };
+    let mut fixed = [0u8; FIXED_LEN];
+    // Counts what arrived before an early EOF for the message.
+    let mut n = 0;
+    while n < FIXED_LEN {
+        match sock.read(&mut fixed[n..]).await {
+            Ok(0) => return Err(ProxyError::Eof(n)),
+            Ok(k) => n += k,
+            Err(e) => return Err(eof(n, e)),
+        }
+    }
+    let len = proxy::header_len(&fixed)?;
+    let mut header = std::vec![0u8; len];
+    header[..FIXED_LEN].copy_from_slice(&fixed);
+    sock.read_exact(&mut header[FIXED_LEN..])
+        .await
+        .map_err(|e| eof(FIXED_LEN, e))?;
+    proxy::parse(&header)
 }
 
 /// A relink server over tokio: accepts transports, lets the core route
@@ -1568,6 +1674,74 @@ impl Listener {
     pub fn session_count(&self) -> usize {
         let ep = lock(&self.inner.ep);
         ep.sessions.len() + ep.endpoint.handshake_count()
+    }
+
+    /// Sessions not over yet (neither ended cleanly, nor aborted and
+    /// answered, nor expired) or still attached to a transport, and
+    /// handshakes in progress: what a drain waits for (see the
+    /// [driver docs](crate::driver#drain)). Unlike
+    /// [`Listener::session_count`] it does not count finished, detached
+    /// sessions, which the core keeps resumable for
+    /// `Config::resume_timeout` (in case a client's last acknowledgement
+    /// was lost in a cut).
+    pub fn active_session_count(&self) -> usize {
+        let (sessions, handshakes) = {
+            let ep = lock(&self.inner.ep);
+            let s: std::vec::Vec<_> = ep.sessions.values().cloned().collect();
+            (s, ep.endpoint.handshake_count())
+        };
+        let live = sessions
+            .iter()
+            .filter(|s| {
+                let st = lock(&s.state);
+                !st.gone && (st.info.end.is_none() || st.conn.transport().is_some())
+            })
+            .count();
+        live + handshakes
+    }
+
+    /// Take the listener out of service, for a graceful drain (see the
+    /// [driver docs](crate::driver#drain)): from now on every new session a
+    /// client asks for is answered Busy (the client retries on a new
+    /// transport, which a load balancer sends to another server), while
+    /// the sessions it holds go on and resume as before; the listener keeps
+    /// accepting transports for them. Irreversible; calling it again does
+    /// nothing. Watch [`Listener::active_session_count`] reach 0, or end the rest
+    /// with [`Listener::abort_all`] at a deadline.
+    pub fn drain(&self) {
+        let mut ep = lock(&self.inner.ep);
+        if !ep.endpoint.is_draining() {
+            ep.endpoint.drain();
+            tracing::info!(
+                sessions = ep.sessions.len(),
+                "draining: new sessions are refused"
+            );
+        }
+    }
+
+    /// Whether [`Listener::drain`] was called.
+    pub fn is_draining(&self) -> bool {
+        lock(&self.inner.ep).endpoint.is_draining()
+    }
+
+    /// Abort every session the listener holds with `code` (at a drain's
+    /// deadline: [`AbortCode::SHUTTING_DOWN`]), including sessions not
+    /// yet taken by [`Listener::accept`] and detached ones: an attached
+    /// client gets the ABORT at once; a detached one when it resumes within
+    /// the wait for the ABORT's answer (`Config::idle_timeout`), after which
+    /// the session ends anyway. Their streams' calls fail with
+    /// [`io::ErrorKind::ConnectionAborted`]. Returns how many sessions this
+    /// call aborted (not those already over or aborted). Handshakes still
+    /// in progress are not sessions yet: they complete or time out
+    /// (`Config::handshake_timeout`); after [`Listener::drain`] no new one
+    /// starts. Returns at once; the listener keeps serving the aborted
+    /// sessions until their clients acknowledged.
+    pub fn abort_all(&self, code: AbortCode) -> usize {
+        let sessions: std::vec::Vec<_> = lock(&self.inner.ep).sessions.values().cloned().collect();
+        sessions
+            .iter()
+            .filter(|s| abort_server(&self.inner, s, code))
+            .count()
     }
 }
 
@@ -2087,13 +2261,20 @@ fn with_session<R>(
     r
 }
 
-fn abort_server(inner: &Inner, sess: &Arc<SessionShared>, code: AbortCode) {
+/// Abort a session with `code`; whether this call aborted a live session.
+fn abort_server(inner: &Inner, sess: &Arc<SessionShared>, code: AbortCode) -> bool {
     with_session(inner, sess, |st| {
         let gone = st.gone;
-        st.info.abort((!gone).then_some(&mut *st.conn), code);
+        let aborted = st.info.abort((!gone).then_some(&mut *st.conn), code) && !gone;
+        if aborted {
+            // `abort` has no clock: start the wait for the client's answer
+            // now (a detached session would otherwise wait for its expiry).
+            st.conn.handle_timeout(inner.clock.now());
+        }
         st.wake_all();
         st.wake_transport();
-    });
+        aborted
+    })
 }
 
 impl ServerStream {
@@ -2306,7 +2487,9 @@ impl AbortHandle {
     pub fn abort(&self, code: AbortCode) {
         match &self.0 {
             HandleInner::Client(s) => abort_client(s, code),
-            HandleInner::Server(inner, sess) => abort_server(inner, sess, code),
+            HandleInner::Server(inner, sess) => {
+                abort_server(inner, sess, code);
+            }
         }
     }
 }

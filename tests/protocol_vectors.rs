@@ -1289,6 +1289,56 @@ fn run_api_cookie(v: &Vectors) -> Vec<(String, Vec<u8>)> {
     ]
 }
 
+/// The routable connection id scenario (10.14): the handshake of 10.4 on a
+/// server with a routable id; its ServerHello carries (masked) the id the
+/// layout of 3.8 makes of the drawn `server_conn_id`, and the client's
+/// ResumeRequest after a break starts with the bytes a balancer routes by.
+fn run_api_routable(v: &Vectors) -> Vec<(String, Vec<u8>)> {
+    let (crng, _) = ScriptedRng::new(v.bytes("client_ephemeral_secret"));
+    let mut sbytes = v.bytes("server_ephemeral_secret");
+    sbytes.extend(v.bytes("server_challenge"));
+    sbytes.extend(v.int("server_conn_id").to_le_bytes());
+    sbytes.extend(v.bytes("server_conn_rng_seed"));
+    let (srng, _) = ScriptedRng::new(sbytes);
+    let routable = relink::RoutableId::new(
+        u32::try_from(v.int("routable_server_id")).unwrap(),
+        usize::try_from(v.int("routable_server_id_len")).unwrap(),
+    )
+    .unwrap()
+    .with_rotation(u8::try_from(v.int("routable_rotation")).unwrap())
+    .unwrap();
+    let mut client = Client::new(client_config(v, Config::default()), crng);
+    let mut server = Server::new(
+        Config {
+            routable_id: Some(routable),
+            ..Config::default()
+        },
+        srng,
+    );
+    let tid = server.accept(v.at("t_server_hello")).unwrap();
+    client.new_transport(v.at("t_client_hello")).unwrap();
+    let ch = cpoll(&mut client, v.at("t_client_hello"));
+    assert_eq!(
+        server.handle_input(tid, v.at("t_server_hello"), &ch),
+        Ok(ch.len())
+    );
+    let sh = spoll(&mut server, tid, v.at("t_server_hello"));
+    assert_eq!(
+        client.handle_input(v.at("t_client_confirm"), &sh),
+        Ok(sh.len())
+    );
+    let conn_id = client.conn_id().expect("handshake done");
+    assert!(routable.owns(conn_id));
+    client.transport_lost(v.at("t_client_confirm"));
+    client.new_transport(v.at("t_client_resume")).unwrap();
+    let req = cpoll(&mut client, v.at("t_client_resume"));
+    vec![
+        ("routable_server_hello".into(), sh),
+        ("routable_conn_id".into(), conn_id.to_le_bytes().to_vec()),
+        ("routable_resume_prefix".into(), req[..4].to_vec()),
+    ]
+}
+
 // ---------------------------------------------------------------------------
 // The specification, implemented independently of the crate
 // ---------------------------------------------------------------------------
@@ -2161,7 +2211,31 @@ fn check_spec(v: &Vectors) -> Result<(), String> {
     check_pinned(v, &pinned)?;
     check_rekey(v, &hs)?;
     check_fresh(v)?;
-    check_cookie(v)
+    check_cookie(v)?;
+    check_routable(v)
+}
+
+/// The routable connection id scenario (10.14), from its inputs
+/// (PROTOCOL.md 3.8): the layout applied to the drawn `server_conn_id`,
+/// the ServerHello of 10.4 with that id masked in (its confirm recomputed),
+/// and the first 4 bytes of a ResumeRequest.
+fn check_routable(v: &Vectors) -> Result<(), String> {
+    let len = v.int("routable_server_id_len") as usize;
+    let id = v.int("routable_server_id");
+    let mut cid = v.int("server_conn_id").to_le_bytes();
+    cid[0] = ((v.int("routable_rotation") as u8) << 5) | (cid[0] & 0x1f);
+    for i in 0..len {
+        cid[1 + i] = (id >> (8 * (len - 1 - i))) as u8;
+    }
+    expect_bytes(v, "routable_conn_id", &cid)?;
+    let hs = spec::handshake(&spec::HandshakeInputs {
+        conn_id: u64::from_le_bytes(cid),
+        ..anon_inputs(v)
+    });
+    expect_bytes(v, "routable_server_hello", &hs.server_hello)?;
+    let mut prefix = vec![0xFF, spec::VERSION];
+    prefix.extend(&cid[..2]);
+    expect_bytes(v, "routable_resume_prefix", &prefix)
 }
 
 /// The cookie scenario (10.13), from its inputs (PROTOCOL.md 3.7).
@@ -2535,12 +2609,13 @@ fn check_api(v: &Vectors) -> Result<(), String> {
         .chain(run_api_fresh(v))
         .chain(run_api_cred(v))
         .chain(run_api_rekey(v))
-        .chain(run_api_cookie(v));
+        .chain(run_api_cookie(v))
+        .chain(run_api_routable(v));
     for (name, bytes) in all {
         expect_bytes(v, &name, &bytes)?;
         seen.insert(name);
     }
-    ensure(seen.len() == 39 + 15 + 3, || {
+    ensure(seen.len() == 39 + 15 + 3 + 3, || {
         format!("api produced {seen:?}")
     })
 }
@@ -2781,6 +2856,11 @@ fn generator_inputs() -> Vectors {
     // clock 30 ms behind it.
     i("t_cookie_server", s0 + 300_000_000);
     i("cookie_client_wall_clock", s0 + 300_000_000 - 30_000);
+    // The routable connection id scenario (10.14): server id 2 of one
+    // byte, config rotation 1.
+    i("routable_server_id", 2);
+    i("routable_server_id_len", 1);
+    i("routable_rotation", 1);
     for (name, s) in spec::CONTEXTS {
         v.map
             .insert(format!("context.{name}"), Val::Text(s.to_string()));
@@ -2892,6 +2972,7 @@ fn print_vectors() {
         .chain(run_api_cred(&v))
         .chain(run_api_rekey(&v))
         .chain(run_api_cookie(&v))
+        .chain(run_api_routable(&v))
         .collect();
     for (name, b) in api {
         v.map.insert(name, Val::Bytes(b));
@@ -3243,6 +3324,19 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "cookie_client_hello",
             "cookie_answer",
             "cookie_client_hello_2",
+        ],
+    ),
+    (
+        "10.14 Routable connection id",
+        &[
+            "# inputs: the handshake of 10.4 (same random values and clocks); the fleet's layout",
+            "routable_server_id",
+            "routable_server_id_len",
+            "routable_rotation",
+            "# the connection id (wire order), the ServerHello, a ResumeRequest's first 4 bytes",
+            "routable_conn_id",
+            "routable_server_hello",
+            "routable_resume_prefix",
         ],
     ),
 ];

@@ -31,6 +31,7 @@ use clap::{Parser, Subcommand};
 mod credentials;
 mod keys;
 mod log;
+mod node;
 mod progress;
 mod signals;
 mod status;
@@ -145,6 +146,8 @@ enum Command {
         idle: Idle,
         #[command(flatten)]
         auth: ServerAuth,
+        #[command(flatten)]
+        fleet: node::Fleet,
     },
     /// Send stdin to the server at ADDR until EOF, close cleanly once
     /// everything is acknowledged and exit 0; the server's data goes to
@@ -218,6 +221,8 @@ enum Command {
         idle: Idle,
         #[command(flatten)]
         auth: ServerAuth,
+        #[command(flatten)]
+        fleet: node::Fleet,
     },
 }
 
@@ -294,6 +299,7 @@ fn main() -> ExitCode {
             resume,
             idle,
             auth,
+            fleet,
         } => listen(
             &cli.opts(*idle, None),
             addr,
@@ -301,6 +307,7 @@ fn main() -> ExitCode {
             *sessions,
             *resume,
             auth,
+            fleet,
         ),
         Command::Connect {
             addr,
@@ -335,6 +342,7 @@ fn main() -> ExitCode {
             resume,
             idle,
             auth,
+            fleet,
         } => serve_forward(
             &cli.opts(*idle, None),
             addr,
@@ -342,6 +350,7 @@ fn main() -> ExitCode {
             key.as_ref(),
             *resume,
             auth,
+            fleet,
         ),
     };
     match r {
@@ -467,8 +476,11 @@ fn bind_logged(
     addr: &str,
     progress: impl Fn(&relink::blocking::Progress) + Send + Sync + 'static,
     auth: Option<Authenticate>,
+    proxy_protocol: bool,
 ) -> io::Result<relink::blocking::Listener> {
-    let mut builder = ListenerBuilder::new(cfg).on_progress(progress);
+    let mut builder = ListenerBuilder::new(cfg)
+        .on_progress(progress)
+        .proxy_protocol(proxy_protocol);
     if let Some(f) = auth {
         builder = builder.authenticate(f);
     }
@@ -574,6 +586,45 @@ fn peer_of(session: &ServerStream) -> String {
         .map_or_else(|| "an unknown address".to_string(), |a| a.to_string())
 }
 
+/// `listen --drain-timeout`: what the first SIGTERM runs (on a thread of
+/// its own): drain `listener` (once bound, into `slot`), then print the
+/// summary and exit: 0 when every session ended cleanly, 4 when some were
+/// aborted at the deadline or failed (`failed`).
+fn listen_drain(
+    timeout: Option<Duration>,
+    slot: &Arc<std::sync::OnceLock<Arc<relink::blocking::Listener>>>,
+    failed: &Arc<std::sync::atomic::AtomicU64>,
+) -> Option<Box<dyn FnOnce() + Send>> {
+    let (slot, failed) = (slot.clone(), failed.clone());
+    let timeout = timeout?;
+    Some(Box::new(move || {
+        let aborted = match slot.get() {
+            Some(l) => {
+                let (a, b, c) = (l.clone(), l.clone(), l.clone());
+                node::drain(
+                    &node::Drainable {
+                        drain: Box::new(move || a.drain()),
+                        active: Box::new(move || b.active_session_count()),
+                        abort_all: Box::new(move |code| c.abort_all(code)),
+                    },
+                    timeout,
+                    "SIGTERM",
+                )
+            }
+            None => 0,
+        };
+        log::end_status();
+        node::print_summary();
+        let clean = aborted == 0 && failed.load(std::sync::atomic::Ordering::SeqCst) == 0;
+        std::process::exit(if clean {
+            0
+        } else {
+            status::SESSION_LOST.into()
+        });
+    }))
+}
+
+#[allow(clippy::too_many_arguments)]
 fn listen(
     cli: &Opts,
     addr: &str,
@@ -581,18 +632,33 @@ fn listen(
     sessions: u64,
     resume: ResumeTimeout,
     auth: &ServerAuth,
+    fleet: &node::Fleet,
 ) -> io::Result<()> {
-    let interrupts = Interrupts::install()?;
-    let cfg = server_config(cli, key, resume)?;
+    let slot = Arc::new(std::sync::OnceLock::new());
+    let failed_total = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let interrupts =
+        Interrupts::install_draining(listen_drain(fleet.drain_timeout, &slot, &failed_total))?;
+    let mut cfg = server_config(cli, key, resume)?;
+    fleet.configure(&mut cfg);
     let (authenticate, warning) = server_auth(cli, auth, key)?;
     let track = Arc::new(Track::default());
     track.set_verbose(cli.verbose);
-    let listener = bind_logged(
+    let listener = Arc::new(bind_logged(
         cfg.clone(),
         addr,
         progress::events(track.clone(), None),
         authenticate,
-    )?;
+        fleet.proxy_protocol,
+    )?);
+    let _ = slot.set(listener.clone());
+    let (l, server_id) = (listener.clone(), fleet.server_id);
+    node::set_summary(move || {
+        node::summary(
+            server_id,
+            &l.stats(),
+            node::ABORTED_AT_DRAIN.load(std::sync::atomic::Ordering::SeqCst),
+        )
+    });
     log::say(format!("listening on {}", listener.local_addr()));
     announce_server_key(&cfg);
     if let Some(w) = warning {
@@ -655,12 +721,15 @@ fn listen(
                 Err(RecvError::Session(e)) => {
                     // One client's failure ends its session, not the listener.
                     failed += 1;
+                    failed_total.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     tracing::error!(session = %id, %peer, "session failed: {e}");
                 }
             }
         }
         Ok(())
     })?;
+    log::end_status();
+    node::print_summary();
     if failed > 0 {
         return Err(coded(
             status::SESSION_LOST,
@@ -841,6 +910,7 @@ fn forward(
     )
 }
 
+#[allow(clippy::too_many_arguments)]
 fn serve_forward(
     cli: &Opts,
     addr: &str,
@@ -848,8 +918,10 @@ fn serve_forward(
     key: Option<&PathBuf>,
     resume: ResumeTimeout,
     auth: &ServerAuth,
+    fleet: &node::Fleet,
 ) -> io::Result<()> {
-    let cfg = server_config(cli, key, resume)?;
+    let mut cfg = server_config(cli, key, resume)?;
+    fleet.configure(&mut cfg);
     let (authenticate, warning) = server_auth(cli, auth, key)?;
     let bind = listen_addr(addr);
     tunnel::serve_forward(
@@ -858,6 +930,7 @@ fn serve_forward(
             addr: &bind,
             target,
             authenticate,
+            fleet: *fleet,
         },
         |bound| {
             log::say(format!("listening on {bound}"));

@@ -1,4 +1,6 @@
 //! SIGINT and SIGTERM: abort the sessions, let the peers know, exit 130.
+//! A server with `--drain-timeout` drains on the first SIGTERM instead
+//! (see `node`); a second signal aborts as usual.
 
 use std::collections::HashMap;
 use std::io;
@@ -48,6 +50,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Interrupts {
     /// Take over SIGINT and SIGTERM (installed before this returns).
     pub fn install() -> io::Result<Interrupts> {
+        Interrupts::install_draining(None)
+    }
+
+    /// [`Interrupts::install`], where the first SIGTERM runs `on_term` on
+    /// a thread of its own instead (a drain, which ends the process
+    /// itself) when it is given; the next signal aborts.
+    pub fn install_draining(on_term: Option<Box<dyn FnOnce() + Send>>) -> io::Result<Interrupts> {
         let me = Interrupts::default();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -66,12 +75,25 @@ impl Interrupts {
             .name("relink-signals".into())
             .spawn(move || {
                 #[cfg(unix)]
-                let which = rt.block_on(async {
-                    tokio::select! {
-                        _ = int.recv() => "SIGINT",
-                        _ = term.recv() => "SIGTERM",
+                let which = {
+                    let mut on_term = on_term;
+                    loop {
+                        let which = rt.block_on(async {
+                            tokio::select! {
+                                _ = int.recv() => "SIGINT",
+                                _ = term.recv() => "SIGTERM",
+                            }
+                        });
+                        match on_term.take() {
+                            Some(f) if which == "SIGTERM" => {
+                                let _ = thread::Builder::new().name("relink-drain".into()).spawn(f);
+                            }
+                            _ => break which,
+                        }
                     }
-                });
+                };
+                #[cfg(not(unix))]
+                drop(on_term);
                 #[cfg(not(unix))]
                 let which = rt.block_on(async {
                     let _ = tokio::signal::ctrl_c().await;
@@ -91,6 +113,7 @@ impl Interrupts {
                 }
                 // The last line: no status line under it, none drawn after.
                 log::end_status();
+                crate::node::print_summary();
                 log::say(format!(
                     "relink: {which}: aborted {} session(s) ({acked} acknowledged by the peer)",
                     handles.len()

@@ -92,6 +92,9 @@ pub struct ServeForward<'a> {
     pub target: &'a str,
     /// The decision on clients (`--credentials`), if any.
     pub authenticate: Option<crate::Authenticate>,
+    /// `--server-id` (already in `config`), `--proxy-protocol`,
+    /// `--drain-timeout`.
+    pub fleet: crate::node::Fleet,
 }
 
 /// The runtime every tunnel runs on.
@@ -138,7 +141,7 @@ pub fn forward(f: Forward<'_>, announce: impl FnOnce(SocketAddr)) -> io::Result<
     rt.block_on(async move {
         // Before the address is announced: a client told where to connect
         // may send a signal at once.
-        let tunnels = Tunnels::install()?;
+        let tunnels = Tunnels::install(None)?;
         let listener = TcpListener::bind(f.local)
             .await
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", f.local)))?;
@@ -204,15 +207,25 @@ pub fn serve_forward(s: ServeForward<'_>, announce: impl FnOnce(SocketAddr)) -> 
     let target = resolve(s.target)?;
     let rt = runtime()?;
     rt.block_on(async move {
-        let tunnels = Tunnels::install()?;
-        let mut builder = ListenerBuilder::new(s.config);
+        let slot = Arc::new(std::sync::OnceLock::new());
+        let tunnels = Tunnels::install(drain_on_term(s.fleet.drain_timeout, &slot))?;
+        let mut builder = ListenerBuilder::new(s.config).proxy_protocol(s.fleet.proxy_protocol);
         if let Some(f) = s.authenticate {
             builder = builder.authenticate(f);
         }
-        let server = builder
-            .bind(s.addr)
-            .await
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", s.addr)))?;
+        let server =
+            Arc::new(builder.bind(s.addr).await.map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot listen on {}: {e}", s.addr))
+            })?);
+        let _ = slot.set(server.clone());
+        let (l, server_id) = (server.clone(), s.fleet.server_id);
+        crate::node::set_summary(move || {
+            crate::node::summary(
+                server_id,
+                &l.stats(),
+                crate::node::ABORTED_AT_DRAIN.load(Ordering::SeqCst),
+            )
+        });
         announce(server.local_addr()?);
         let target_name: Arc<str> = s.target.into();
         loop {
@@ -248,6 +261,42 @@ pub fn serve_forward(s: ServeForward<'_>, announce: impl FnOnce(SocketAddr)) -> 
             tokio::spawn(task.instrument(span));
         }
     })
+}
+
+/// `serve-forward --drain-timeout`: what the first SIGTERM runs (on a
+/// thread of its own): drain the listener (once bound, into `slot`), then
+/// print the summary and exit: 0 when every session ended by itself, 4
+/// when some were aborted at the deadline.
+fn drain_on_term(
+    timeout: Option<relink::Duration>,
+    slot: &Arc<std::sync::OnceLock<Arc<relink::tokio::Listener>>>,
+) -> Option<Box<dyn FnOnce() + Send>> {
+    let slot = slot.clone();
+    let timeout = timeout?;
+    Some(Box::new(move || {
+        let aborted = match slot.get() {
+            Some(l) => {
+                let (a, b, c) = (l.clone(), l.clone(), l.clone());
+                crate::node::drain(
+                    &crate::node::Drainable {
+                        drain: Box::new(move || a.drain()),
+                        active: Box::new(move || b.active_session_count()),
+                        abort_all: Box::new(move |code| c.abort_all(code)),
+                    },
+                    timeout,
+                    "SIGTERM",
+                )
+            }
+            None => 0,
+        };
+        log::end_status();
+        crate::node::print_summary();
+        std::process::exit(if aborted == 0 {
+            0
+        } else {
+            status::SESSION_LOST.into()
+        });
+    }))
 }
 
 /// Log a failed `accept` on `local`, once per `throttle`'s period at most
@@ -349,8 +398,10 @@ struct Tunnels {
 }
 
 impl Tunnels {
-    /// Take over SIGINT and SIGTERM (a task of the current runtime).
-    fn install() -> io::Result<Tunnels> {
+    /// Take over SIGINT and SIGTERM (a task of the current runtime). With
+    /// `on_term`, the first SIGTERM runs it on a thread of its own instead
+    /// (a drain, which ends the process itself); the next signal aborts.
+    fn install(on_term: Option<Box<dyn FnOnce() + Send>>) -> io::Result<Tunnels> {
         let (tx, rx) = watch::channel(false);
         let me = Tunnels {
             interrupt: rx,
@@ -368,10 +419,25 @@ impl Tunnels {
         let (live, acked) = (me.live.clone(), me.acked.clone());
         tokio::spawn(async move {
             #[cfg(unix)]
-            let which = tokio::select! {
-                _ = int.recv() => "SIGINT",
-                _ = term.recv() => "SIGTERM",
+            let which = {
+                let mut on_term = on_term;
+                loop {
+                    let which = tokio::select! {
+                        _ = int.recv() => "SIGINT",
+                        _ = term.recv() => "SIGTERM",
+                    };
+                    match on_term.take() {
+                        Some(f) if which == "SIGTERM" => {
+                            let _ = std::thread::Builder::new()
+                                .name("relink-drain".into())
+                                .spawn(f);
+                        }
+                        _ => break which,
+                    }
+                }
             };
+            #[cfg(not(unix))]
+            drop(on_term);
             #[cfg(not(unix))]
             let which = {
                 let _ = tokio::signal::ctrl_c().await;
@@ -384,6 +450,7 @@ impl Tunnels {
                 tokio::time::sleep(StdDuration::from_millis(5)).await;
             }
             log::end_status();
+            crate::node::print_summary();
             log::say(format!(
                 "relink: {which}: aborted {n} session(s) ({} acknowledged by the peer)",
                 acked.load(Ordering::SeqCst)

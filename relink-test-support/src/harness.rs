@@ -226,6 +226,12 @@ pub struct Net {
     pub stale: Vec<(TransportId, Vec<u8>)>,
     /// Broken invariants (duplicates, gaps, foreign bytes).
     pub violations: Vec<String>,
+    /// A fleet ([`Net::fleet`]): the nodes other than the current one
+    /// (`server`), by node number; `None` at the current node's place and
+    /// at a node that was taken away ([`Net::remove_node`]).
+    pub parked: Vec<Option<TestServer>>,
+    /// A fleet: the current node's number.
+    pub node: usize,
     client_seed: u64,
     server_seed: u64,
     buf: Vec<u8>,
@@ -298,6 +304,8 @@ impl Net {
             client_reads: true,
             stale: Vec::new(),
             violations: Vec::new(),
+            parked: Vec::new(),
+            node: 0,
             client_seed,
             server_seed,
             buf: vec![0; 64 * 1024],
@@ -367,6 +375,100 @@ impl Net {
     /// [`Net::open`], which must succeed.
     pub fn open_transport(&mut self) {
         assert!(self.open(), "new_transport refused: {:?}", self.cev);
+    }
+
+    /// A fleet of servers ("nodes") behind a load balancer that the test
+    /// plays ([`Net::open_routed`]): node `i` runs `nodes[i]` (each its own
+    /// `Config::routable_id`, typically the same static key), with its own
+    /// seeded RNG; node 0 is current. In a fleet the *incarnation* of a
+    /// session log is its node number (do not mix with
+    /// [`Net::restart_server`]); only the current node's timers run.
+    pub fn fleet(seed: u64, ccfg: Config, nodes: &[Config]) -> Net {
+        assert!(!nodes.is_empty(), "a fleet needs a node");
+        let mut net = Net::new(seed, ccfg, nodes[0].clone());
+        net.parked = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, cfg)| {
+                (i > 0).then(|| Server::new(cfg.clone(), rng(mix(seed ^ ((i as u64) << 8)))))
+            })
+            .collect();
+        net
+    }
+
+    /// Make node `i` current (the server the transport reaches). Panics if
+    /// it was removed.
+    pub fn switch_node(&mut self, i: usize) {
+        if i == self.node {
+            return;
+        }
+        let next = self.parked[i].take().expect("node was removed");
+        let prev = std::mem::replace(&mut self.server, next);
+        self.parked[self.node] = Some(prev);
+        self.node = i;
+        self.incarnation = i as u64;
+        self.drain();
+    }
+
+    /// Node `i` is gone for good (killed): its sessions with it. It must
+    /// not be the current node.
+    pub fn remove_node(&mut self, i: usize) {
+        assert_ne!(i, self.node, "switch away from a node before removing it");
+        self.parked[i] = None;
+    }
+
+    /// Whether node `i` is still there.
+    pub fn has_node(&self, i: usize) -> bool {
+        i == self.node || self.parked.get(i).is_some_and(Option::is_some)
+    }
+
+    /// Node `i`'s server (current or parked). Panics if it was removed.
+    pub fn node_server(&self, i: usize) -> &TestServer {
+        if i == self.node {
+            &self.server
+        } else {
+            self.parked[i].as_ref().expect("node was removed")
+        }
+    }
+
+    /// Node `i`'s server, mutable (current or parked).
+    pub fn node_server_mut(&mut self, i: usize) -> &mut TestServer {
+        if i == self.node {
+            &mut self.server
+        } else {
+            self.parked[i].as_mut().expect("node was removed")
+        }
+    }
+
+    /// A new transport through the load balancer: the client starts a
+    /// handshake or resume, `route` sees the first bytes of its stream (as
+    /// a layer-4 balancer inspecting them would) and names the node, which
+    /// becomes current and accepts the transport. False when the client
+    /// refused (its session is over).
+    pub fn open_routed(&mut self, route: &mut dyn FnMut(&[u8]) -> usize) -> bool {
+        self.c2s.clear();
+        self.s2c.clear();
+        self.s2c_pushed = 0;
+        self.ended = false;
+        self.attempts += 1;
+        if self.client.new_transport(self.cnow).is_err() {
+            self.drain();
+            return false;
+        }
+        loop {
+            let n = self
+                .client
+                .poll_transmit(self.cnow, &mut self.buf)
+                .expect("client poll_transmit");
+            if n == 0 {
+                break;
+            }
+            self.c2s.extend_from_slice(&self.buf[..n]);
+        }
+        let node = route(&self.c2s);
+        self.switch_node(node);
+        self.tid = Some(self.server.accept(self.snow).expect("server accept"));
+        true
     }
 
     /// The client opens a transport the server never sees (refused

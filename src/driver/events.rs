@@ -154,6 +154,15 @@ pub struct ServerStats {
     pub epoch: u32,
     /// Completed rekey exchanges, all sessions (`ServerEvent::Rekeyed`).
     pub rekeys: u64,
+    /// Resume requests answered "unknown session" (the session expired,
+    /// was freed, or lives on another server;
+    /// [`Endpoint::unknown_session_answers`](crate::Endpoint::unknown_session_answers)).
+    pub unknown_session_answers: u64,
+    /// Of those, the ones whose connection id carries another server id
+    /// than this listener's `Config::routable_id`: resumes a load balancer
+    /// sent to the wrong node (0 without a routable id;
+    /// [`Endpoint::misrouted_resumes`](crate::Endpoint::misrouted_resumes)).
+    pub misrouted_resumes: u64,
 }
 
 /// [`ServerStats`] counted with atomics, outside any lock.
@@ -171,6 +180,8 @@ pub(crate) struct ServerCounters {
     expired: AtomicU64,
     epoch: AtomicU64,
     rekeys: AtomicU64,
+    unknown_session_answers: AtomicU64,
+    misrouted_resumes: AtomicU64,
 }
 
 /// Add `n` to a counter.
@@ -194,7 +205,17 @@ impl ServerCounters {
             expired: g(&self.expired),
             epoch: u32::try_from(g(&self.epoch)).unwrap_or(u32::MAX),
             rekeys: g(&self.rekeys),
+            unknown_session_answers: g(&self.unknown_session_answers),
+            misrouted_resumes: g(&self.misrouted_resumes),
         }
+    }
+
+    /// Copy the endpoint's routing counters (after an endpoint call, with
+    /// its lock held), so that `stats` reads them without that lock.
+    pub(crate) fn sync_routing<R: rand_core::CryptoRng>(&self, ep: &crate::Endpoint<R>) {
+        let s = |c: &AtomicU64, v: u64| c.store(v, Ordering::Relaxed);
+        s(&self.unknown_session_answers, ep.unknown_session_answers());
+        s(&self.misrouted_resumes, ep.misrouted_resumes());
     }
 
     /// Count a core event (of the endpoint or of a session).

@@ -10,9 +10,52 @@
 //! Both drivers have the same names: `ClientBuilder` (`new`, `backoff`,
 //! `wait_for_server`, `connect_timeout`, `on_progress`, `connect`,
 //! `connect_with`), `ClientStream` (with `token`), `ListenerBuilder` (`new`,
-//! `on_progress`, `authenticate`, `bind`), `Listener` (`bind`, `local_addr`, `accept`,
-//! `stats`, `session_count`), `ServerStream` and `AbortHandle`; and they
+//! `on_progress`, `authenticate`, `proxy_protocol`, `bind`), `Listener`
+//! (`bind`, `local_addr`, `accept`, `stats`, `session_count`,
+//! `active_session_count`, `drain`, `is_draining`, `abort_all`), `ServerStream` and `AbortHandle`; and they
 //! re-export the types of this module.
+//!
+//! # Drain
+//! Taking a server out of service without losing data (PROTOCOL.md 3.8),
+//! the same in both drivers:
+//! 1. `Listener::drain()`: new sessions are answered Busy (their clients
+//!    retry on a new transport, which a load balancer sends to another
+//!    server); the listener keeps accepting transports, so the sessions it
+//!    holds resume after a cut and finish as usual. `accept` still yields
+//!    sessions whose handshake had started before.
+//! 2. Watch `Listener::active_session_count()` fall to 0 (sessions leave
+//!    it once they ended, both sides closed and acknowledged, or aborted
+//!    and answered, or expired, and their last transport is gone). `Listener::session_count()` falls to 0
+//!    later: the core keeps a finished session resumable for
+//!    `Config::resume_timeout`, in case the client's last acknowledgement
+//!    was lost in a cut. A drain need not wait that long: every byte was
+//!    delivered; only a client whose last acknowledgement is lost in a cut
+//!    within the moment before the server stops finds its session unknown
+//!    when it resumes (its `close` then fails although its data arrived).
+//!    A short grace after the last end narrows that window.
+//! 3. At the deadline, `Listener::abort_all(AbortCode::SHUTTING_DOWN)`:
+//!    attached clients get the ABORT at once (their calls fail with
+//!    [`std::io::ErrorKind::ConnectionReset`] and
+//!    [`SessionError::abort_code`] says `SHUTTING_DOWN`); a detached
+//!    session keeps its ABORT for its client's resume until the wait for
+//!    the answer (`Config::idle_timeout`) runs out, then ends. Keep the
+//!    listener a moment longer (until `session_count()` is 0, or a grace
+//!    period; `active_session_count()` falls as the answers arrive) so
+//!    that the ABORTs reach the clients; dropping it ends
+//!    whatever is left without telling anyone, and the clients of those
+//!    sessions learn it on their next resume (an unknown session, from
+//!    whichever server the balancer picks).
+//!
+//! [`ServerStats`] counts, per node, what a fleet operator watches:
+//! `sessions`, `resumes`, `unknown_session_answers` and
+//! `misrouted_resumes` (resumes the balancer sent to the wrong node).
+//!
+//! # Behind a load balancer
+//! `ListenerBuilder::proxy_protocol(true)` reads a PROXY protocol v2
+//! header (HAProxy's `send-proxy-v2`) at the start of each TCP transport
+//! and counts the transport against the client address it names rather
+//! than the balancer's (see `ListenerBuilder::proxy_protocol` for the
+//! rules).
 //!
 //! # Semantics
 //! The same in both drivers, following the conventions of `TcpStream`
@@ -104,6 +147,8 @@ mod error;
 #[cfg(feature = "std")]
 mod events;
 #[cfg(feature = "std")]
+pub(crate) mod proxy;
+#[cfg(feature = "std")]
 mod server;
 
 #[cfg(feature = "std")]
@@ -124,6 +169,8 @@ pub(crate) use events::log_refused;
 pub use events::{ClientStats, Progress, ServerStats};
 #[cfg(feature = "std")]
 pub(crate) use events::{ProgressFn, ServerCounters};
+#[cfg(feature = "std")]
+pub use proxy::MAX_HEADER_LEN as MAX_PROXY_HEADER_LEN;
 #[cfg(feature = "std")]
 pub(crate) use reconnect::{connect_error, default_connect_timeout, resolve_now, DriverClock};
 #[cfg(feature = "std")]
@@ -192,7 +239,7 @@ macro_rules! client_builder_common {
 pub(crate) use client_builder_common;
 
 /// The builder methods and `Debug` both drivers' `ListenerBuilder`s share
-/// (fields `config`, `progress`, `authenticate`).
+/// (fields `config`, `progress`, `authenticate`, `proxy_protocol`).
 #[cfg(feature = "std")]
 macro_rules! listener_builder_common {
     () => {
@@ -200,6 +247,7 @@ macro_rules! listener_builder_common {
             fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
                 f.debug_struct("ListenerBuilder")
                     .field("config", &self.config)
+                    .field("proxy_protocol", &self.proxy_protocol)
                     .finish_non_exhaustive()
             }
         }
@@ -211,7 +259,27 @@ macro_rules! listener_builder_common {
                     config,
                     progress: None,
                     authenticate: None,
+                    proxy_protocol: false,
                 }
+            }
+
+            /// Expect a PROXY protocol v2 header (HAProxy's `send-proxy-v2`)
+            /// at the start of every accepted TCP transport, for a listener
+            /// behind a load balancer: the per-source limits
+            /// (`Config::max_handshakes_per_source`,
+            /// `Config::max_sessions_per_source`, PROTOCOL.md 3.7) then count
+            /// the client address the header carries instead of the
+            /// balancer's, and logs and `peer_addr` name it. A LOCAL header
+            /// (health checks) counts the real peer. A transport without a
+            /// valid header (binary v2, at most
+            /// [`MAX_PROXY_HEADER_LEN`](crate::driver::MAX_PROXY_HEADER_LEN)
+            /// bytes, complete within `Config::handshake_timeout`) is closed
+            /// and counted in [`ServerStats::transports_refused`]. Only for
+            /// listeners that every client reaches through the balancer:
+            /// the header is trusted as it comes. Default: off.
+            pub fn proxy_protocol(mut self, on: bool) -> Self {
+                self.proxy_protocol = on;
+                self
             }
 
             /// Decide on every client before data flows (PROTOCOL.md 6.9):

@@ -204,14 +204,17 @@ impl SessionSlot {
         }
     }
 
-    /// `abort(code)`: once, while the session lives.
-    pub(crate) fn abort(&mut self, conn: Option<&mut Connection>, code: AbortCode) {
+    /// `abort(code)`: once, while the session lives. Whether this call
+    /// aborted it.
+    pub(crate) fn abort(&mut self, conn: Option<&mut Connection>, code: AbortCode) -> bool {
         if self.end.is_none() && self.aborted.is_none() {
             self.aborted = Some(code);
             if let Some(c) = conn {
                 c.abort(code);
             }
+            return true;
         }
+        false
     }
 
     /// The stream is dropped: abort with [`AbortCode::DROPPED`] unless the
