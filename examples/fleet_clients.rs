@@ -95,6 +95,11 @@ struct RunArgs {
     /// Sessions of node K may end with `SessionUnknown` (K was killed).
     #[arg(long, value_name = "K")]
     expect_lost: Option<u32>,
+    /// No session may start on node K (it is drained or dead: the balancer
+    /// must send new sessions elsewhere). Reopened sessions never may on
+    /// the `--expect-lost` node.
+    #[arg(long, value_name = "K")]
+    avoid_node: Option<u32>,
     /// A client whose session ended with a typed error opens a new session
     /// and runs a fresh transfer (new data; the in-doubt bytes are not
     /// resent).
@@ -576,6 +581,7 @@ fn summarize(a: &RunArgs, reports: &[Report], bytes: u64, secs: f64, cuts: u64) 
     let mut unexpected = 0u64;
     let mut in_doubt = 0u64;
     let mut slowest_end = 0f64;
+    let mut on_avoided = 0u64;
     let mut verified = 0u64;
     let mut resumes = 0u64;
     let mut transports = 0u64;
@@ -586,6 +592,18 @@ fn summarize(a: &RunArgs, reports: &[Report], bytes: u64, secs: f64, cuts: u64) 
         let node = per_node.entry(node_name(r.node)).or_default();
         node.0 += 1;
         node.1 += r.resumes;
+        let forbidden = r.node.is_some()
+            && (r.node == a.avoid_node || (r.attempt > 0 && r.node == a.expect_lost));
+        if forbidden {
+            println!(
+                "fleet: client {} session {} started on node {}, which it must avoid",
+                r.client,
+                r.attempt,
+                node_name(r.node)
+            );
+            on_avoided += 1;
+            unexpected += 1;
+        }
         match &r.outcome {
             Outcome::Ok => {
                 ok += 1;
@@ -639,7 +657,7 @@ fn summarize(a: &RunArgs, reports: &[Report], bytes: u64, secs: f64, cuts: u64) 
         );
     }
     println!(
-        "fleet: totals: clients={} sessions={} ok={ok} session_unknown={unknown} other_errors={other} unexpected={unexpected} reopened={reopened} unfinished={unfinished} resumes={resumes} transports={transports} relay_cuts={cuts} verified_mib={:.1} in_doubt_bytes={in_doubt} slowest_end_secs={slowest_end:.2} secs={secs:.1}",
+        "fleet: totals: clients={} sessions={} ok={ok} session_unknown={unknown} other_errors={other} unexpected={unexpected} on_avoided_node={on_avoided} reopened={reopened} unfinished={unfinished} resumes={resumes} transports={transports} relay_cuts={cuts} verified_mib={:.1} in_doubt_bytes={in_doubt} slowest_end_secs={slowest_end:.2} secs={secs:.1}",
         a.clients,
         reports.len(),
         verified as f64 / (1024.0 * 1024.0),
