@@ -193,6 +193,12 @@ struct Report {
     client: u32,
     attempt: u32,
     node: Option<u32>,
+    /// The session's connection id (as the nodes' logs print it: 16 hex
+    /// digits).
+    conn_id: Option<u64>,
+    /// When it ended, in seconds since the Unix epoch (to find it in the
+    /// nodes' logs).
+    ended_at: f64,
     outcome: Outcome,
     resumes: u64,
     transports: u64,
@@ -376,6 +382,8 @@ async fn session(
         client: 0,
         attempt: 0,
         node: None,
+        conn_id: None,
+        ended_at: 0.0,
         outcome: Outcome::Ok,
         resumes: 0,
         transports: 0,
@@ -392,8 +400,9 @@ async fn session(
             return report;
         }
     };
-    report.node = stream
-        .conn_id()
+    report.conn_id = stream.conn_id();
+    report.node = report
+        .conn_id
         .map(|id| relink::routing::server_id_of(id, id_len).1);
     let monitor = stream.monitor();
     let verified = AtomicU64::new(0);
@@ -410,6 +419,9 @@ async fn session(
         Err(_) => Outcome::Hang { verified },
         Ok(o) => o,
     };
+    report.ended_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
     report
 }
 
@@ -539,12 +551,15 @@ fn node_name(n: Option<u32>) -> String {
 
 fn print_report(r: &Report, quiet: bool) {
     let head = format!(
-        "fleet: client {} session {} node {} ({:.1} s, {} resumes)",
+        "fleet: client {} session {} node {} id {} ({:.1} s, {} resumes, ended at {:.3})",
         r.client,
         r.attempt,
         node_name(r.node),
+        r.conn_id
+            .map_or_else(|| "-".into(), |id| format!("{id:016x}")),
         r.secs,
-        r.resumes
+        r.resumes,
+        r.ended_at,
     );
     match &r.outcome {
         Outcome::Ok => {

@@ -5,7 +5,7 @@
 #
 #   examples/fleet/run.sh                 # 50 clients x 8 MiB, scenarios normal, kill, drain
 #   examples/fleet/run.sh --quick         # 10 clients x 1 MiB at 0.25 MiB/s each (CI)
-#   examples/fleet/run.sh --scenarios normal,drain --clients 20 --mib 4 --keep
+#   examples/fleet/run.sh --scenarios normal,drain --clients 20 --mib 4 --keep --all-sessions
 #   examples/fleet/run.sh --quick --debug # dev profile (FLEET_PROFILE=dev): reuses `cargo test`'s build
 #
 # It installs HAProxy (apt-get) when missing, builds the release `relink`
@@ -42,7 +42,7 @@ SEED=${FLEET_SEED:-1}
 DRAIN_TIMEOUT=20
 RATE=0
 PROFILE=${FLEET_PROFILE:-release}
-NODE_VERBOSE=
+ALL_SESSIONS=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) CLIENTS=10; MIB=1; RATE=0.25 ;;
@@ -54,7 +54,7 @@ while [ $# -gt 0 ]; do
         --seed) SEED=$2; shift ;;
         --keep) KEEP=1 ;;
         --debug) PROFILE=dev ;;
-        --verbose-nodes) NODE_VERBOSE=-v ;;
+        --all-sessions) ALL_SESSIONS=1 ;;
         -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -208,7 +208,9 @@ start_fleet() {
     local dir="$TMP/$1" k
     mkdir -p "$dir"
     for k in 1 2 3; do
-        local args=($NODE_VERBOSE serve-forward 127.0.0.1:0 "$ECHO" --key "$TMP/fleet.key" "${NODE_FLAGS[@]}")
+        # -v: a log line per session, resume and lost transport (the node
+        # logs are kept on failure and with --keep).
+        local args=(-v serve-forward 127.0.0.1:0 "$ECHO" --key "$TMP/fleet.key" "${NODE_FLAGS[@]}")
         [ "$ROUTABLE" = 1 ] && args+=(--server-id "$k")
         [ "$HAS_DRAIN" = 1 ] && args+=(--drain-timeout "$DRAIN_TIMEOUT")
         "$RELINK" "${args[@]}" 2>"$dir/node$k.log" &
@@ -301,7 +303,7 @@ start_clients() {
     local dir="$TMP/$1"
     shift
     "$CLIENTS_BIN" run --target "$FRONT" --server-key "$PUBKEY" --clients "$CLIENTS" \
-        --mib "$MIB" --cut-ms "$CUT_MS" --rate "$RATE" --seed "$SEED" --quiet "$@" >"$dir/clients.out" 2>&1 &
+        --mib "$MIB" --cut-ms "$CUT_MS" --rate "$RATE" --seed "$SEED" "$@" >"$dir/clients.out" 2>&1 &
     CL_PID=$!
     PIDS+=($!)
 }
@@ -311,7 +313,12 @@ finish_clients() {
     local dir="$TMP/$1" rc=0
     wait "$CL_PID" || rc=$?
     forget "$CL_PID"
-    sed "s/^/run.sh: [$1] /" "$dir/clients.out"
+    # Sessions that ended ok only with --all-sessions.
+    if [ "$ALL_SESSIONS" = 1 ]; then
+        sed "s/^/run.sh: [$1] /" "$dir/clients.out"
+    else
+        { grep -v ': ok$' "$dir/clients.out" || true; } | sed "s/^/run.sh: [$1] /"
+    fi
     return "$rc"
 }
 
@@ -400,14 +407,14 @@ scenario_drain() {
     # land on node 2.
     local late_rc=0
     "$CLIENTS_BIN" run --target "$FRONT" --server-key "$PUBKEY" --clients 6 --mib 1 \
-        --cut-ms "$CUT_MS" --seed $((SEED + 1000)) --avoid-node 2 --quiet \
+        --cut-ms "$CUT_MS" --seed $((SEED + 1000)) --avoid-node 2 \
         >"$TMP/$s/late.out" 2>&1 &
     local late=$!
     PIDS+=($late)
     finish_clients $s || rc=$?
     wait "$late" || late_rc=$?
     forget "$late"
-    sed "s/^/run.sh: [$s] late: /" "$TMP/$s/late.out"
+    { grep -v ': ok$' "$TMP/$s/late.out" || true; } | sed "s/^/run.sh: [$s] late: /"
     # The node exits once its sessions ended (at the latest at its deadline).
     if ! timeout $((DRAIN_TIMEOUT + 15)) tail --pid="$pid" -f /dev/null; then
         say "[$s] node 2 still running $((DRAIN_TIMEOUT + 15)) s after the clients ended: SIGKILL"
@@ -423,7 +430,13 @@ scenario_drain() {
     if [ "$node_rc" != 0 ]; then
         local aborted
         aborted=$(node_field $s 2 aborted_at_drain)
-        fail $s "the drained node exited $node_rc: it aborted ${aborted:-?} session(s) at its drain deadline ($DRAIN_TIMEOUT s) although every client finished exact (a session whose client ended cleanly but whose last ACK, of the node's CLOSE, was cut stays open on the node: PROTOCOL.md 6.4, clean end at expiry)"
+        # Which sessions, and how their clients saw them end.
+        local id
+        for id in $(grep 'shutting down' "$TMP/$s/node2.log" | grep -o 'session=[0-9a-f]*' | cut -d= -f2 | sort -u); do
+            say "[$s] aborted at the deadline: session $id; its client: $(grep -h " id $id " "$TMP/$s/clients.out" | sed 's/^fleet: //' || echo '(not found)')"
+            say "[$s]   node 2's last line about it before the drain: $(grep "session=$id" "$TMP/$s/node2.log" | grep -v 'shutting down' | tail -1 | cut -c1-160)"
+        done
+        fail $s "the drained node exited $node_rc: it aborted ${aborted:-?} session(s) at its drain deadline ($DRAIN_TIMEOUT s) although every client finished exact"
         return
     fi
     pass $s $t0
