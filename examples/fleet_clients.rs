@@ -23,16 +23,21 @@
 //! session ended with a typed error opens a new session and runs a fresh
 //! transfer (new data; the in-doubt bytes are never resent).
 //!
-//! Output: one line per session (`fleet: client C session S node K: ok` /
-//! `error ...`), a `fleet: mark: ...` line when `--mark-at` percent of all
-//! bytes were echoed (the script kills or drains a node then), and a final
-//! `fleet: totals: key=value ...` line. The node of a session is the server
-//! id its connection id carries (`relink::routing::server_id_of`).
+//! Output: one line per session (`fleet: client C session S node K id
+//! CONN_ID (...): ok`, or `typed error REASON, in doubt [a, b) ...`, `WRONG
+//! BYTE at offset N`, `HANG ...`), a `fleet: mark: ...` line when
+//! `--mark-at` percent of all bytes were echoed (the script kills or
+//! drains a node then), per-node counts and a final `fleet: totals:
+//! key=value ...` line. The node of a session is the server id its
+//! connection id carries (`relink::routing::server_id_of`); the id is
+//! printed as the nodes' logs print it.
 //!
 //! Exit status: 0 when every outcome was expected: every session ok, or
-//! (`--expect-lost K`) a session of node K ended with `SessionUnknown`;
-//! 1 otherwise (a wrong byte, another error, a session of another node
-//! lost, a session that did not end within `--timeout-secs`).
+//! (`--expect-lost K`) a session of node K ended with `SessionUnknown`,
+//! and (`--reopen`) every client's last session ended ok; 1 otherwise (a
+//! wrong byte, another error, a session of another node lost, a session
+//! that did not end within `--timeout-secs`, a session on the
+//! `--avoid-node`, a reopened session on the lost node).
 
 use std::io;
 use std::process::ExitCode;

@@ -9,7 +9,7 @@
 #   examples/fleet/run.sh --quick --debug # dev profile (FLEET_PROFILE=dev): reuses `cargo test`'s build
 #
 # It installs HAProxy (apt-get) when missing, builds the release `relink`
-# CLI and the `fleet_clients` example, generates a fleet key, and per
+# CLI and the `fleet_clients` example (the dev profile with --debug), generates a fleet key, and per
 # scenario starts three nodes (`relink serve-forward`, one server id each,
 # forwarding every session to an echo service) and HAProxy in a temporary
 # directory, runs the clients, prints per node what the node and HAProxy
@@ -26,7 +26,12 @@
 #           live node and runs a fresh transfer
 #   drain   node 2 is drained at 30% (HAProxy `set server ... state drain`,
 #           then SIGTERM to the node, which runs with --drain-timeout): its
-#           sessions finish with exact data and the node exits 0 once empty
+#           sessions finish with exact data and the node exits 0 once empty;
+#           6 late clients started after the drain must avoid node 2
+#
+# Options: --clients N, --mib M, --rate MIB_PER_S (per session, 0 = no
+# limit), --cut-ms LO-HI, --seed S, --scenarios LIST, --keep (keep the
+# logs), --all-sessions (print sessions that ended ok too), --debug.
 
 set -euo pipefail
 
@@ -55,7 +60,7 @@ while [ $# -gt 0 ]; do
         --keep) KEEP=1 ;;
         --debug) PROFILE=dev ;;
         --all-sessions) ALL_SESSIONS=1 ;;
-        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
