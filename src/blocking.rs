@@ -1378,9 +1378,11 @@ impl Listener {
     /// [`Listener::session_count`] it does not count finished, detached
     /// sessions, which the core keeps resumable for
     /// `Config::resume_timeout` (in case a client's last acknowledgement
-    /// was lost in a cut), nor detached sessions in which every byte both
-    /// ways was delivered and only the client's acknowledgement of our
-    /// CLOSE is missing (the client, done, may never come back for it).
+    /// was lost in a cut), nor detached sessions closed both ways (the
+    /// client's CLOSE verified and read, ours requested) whose client may
+    /// never come back: it has everything, even when its last
+    /// acknowledgement was cut ([`Listener::unconfirmed_sessions`] names
+    /// those whose acknowledgement is missing).
     pub fn active_session_count(&self) -> usize {
         let (sessions, handshakes) = {
             let ep = lock(&self.shared.ep);
@@ -1395,6 +1397,28 @@ impl Listener {
             })
             .count();
         live + handshakes
+    }
+
+    /// The sessions a drain does not wait for although part of what this
+    /// side wrote is unacknowledged: closed both ways, detached, and the
+    /// client's last acknowledgement missing (a cut took it from a client
+    /// that has everything and will not come back, or the client is about
+    /// to resume). For each, its connection id and the bytes not
+    /// acknowledged (plus the CLOSE): what a drain that ends now cannot
+    /// confirm. The client holds them, or reports the session lost when
+    /// it comes back to a node without it (PROTOCOL.md 3.8).
+    pub fn unconfirmed_sessions(&self) -> Vec<(u64, usize)> {
+        let sessions: Vec<_> = lock(&self.shared.ep).sessions.values().cloned().collect();
+        sessions
+            .iter()
+            .filter_map(|s| {
+                let st = s.lock();
+                let conn = st.conn.as_deref();
+                st.info
+                    .unconfirmed(conn)
+                    .map(|n| (conn.map_or(0, |c| c.conn_id()), n))
+            })
+            .collect()
     }
 
     /// Take the listener out of service, for a graceful drain (see the

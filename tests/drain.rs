@@ -304,6 +304,51 @@ mod on_blocking {
             "our CLOSE was never acknowledged"
         );
     }
+
+    /// As above, but the cut also took the client's acknowledgement of our
+    /// last bytes: the client has them and is done, the server cannot
+    /// know. The drain does not wait for the session either (nothing can
+    /// make progress but a client that comes back), and names it among
+    /// the unconfirmed sessions with the bytes it cannot confirm.
+    #[test]
+    fn a_closed_session_whose_last_ack_was_cut_is_reported_unconfirmed() {
+        let a = Listener::bind("127.0.0.1:0", cfg()).unwrap();
+        let fwd = Forwarder::start(a.local_addr());
+        let client = ClientBuilder::new(cfg())
+            .backoff(backoff())
+            .connect(fwd.addr)
+            .unwrap();
+        let server = a.accept().unwrap();
+        (&client).write_all(b"request").unwrap();
+        client.shutdown_write().unwrap();
+        let mut got = Vec::new();
+        (&server).read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"request");
+        a.drain();
+        assert!(a.unconfirmed_sessions().is_empty());
+        // From now on nothing of the client reaches the server: not its
+        // acknowledgement of the reply either.
+        fwd.blackhole();
+        (&server).write_all(b"reply").unwrap();
+        let closing = thread::spawn(move || server.shutdown_write());
+        let mut reply = Vec::new();
+        (&client).read_to_end(&mut reply).unwrap();
+        assert_eq!(reply, b"reply");
+        client.close().unwrap(); // done for the client
+        fwd.cut();
+        eventually(
+            StdDuration::from_secs(10),
+            "the session no longer counts",
+            || a.active_session_count() == 0,
+        );
+        let left = a.unconfirmed_sessions();
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert_eq!(left[0].1, b"reply".len(), "the bytes it cannot confirm");
+        assert_eq!(a.session_count(), 1, "the core still holds it");
+        drop(client);
+        drop(a);
+        assert!(closing.join().unwrap().is_err());
+    }
 }
 
 mod on_tokio {

@@ -5,7 +5,7 @@
 //! on stderr when it exits:
 //!
 //! ```text
-//! relink: node summary: server_id=1 sessions=12 resumes=340 unknown_session=0 misrouted=0 refused=0 aborted_at_drain=0
+//! relink: node summary: server_id=1 sessions=12 resumes=340 unknown_session=0 misrouted=0 refused=0 aborted_at_drain=0 unconfirmed_at_drain=0
 //! ```
 //!
 //! `server_id` is `none` without `--server-id`; `sessions` counts sessions
@@ -14,7 +14,11 @@
 //! of them carrying another node's server id (the balancer sent them to
 //! the wrong node), `refused` transports refused at accept (admission
 //! limits, missing PROXY header), `aborted_at_drain` sessions aborted with
-//! SHUTTING_DOWN at the drain's deadline. Every value is a decimal integer
+//! SHUTTING_DOWN at the drain's deadline, `unconfirmed_at_drain` sessions
+//! closed both ways that the drain left with part of what the node wrote
+//! unacknowledged (the client's last ACK was cut: it has the bytes and
+//! ended cleanly, or it reports the session lost when it comes back; each
+//! is logged with its connection id and byte count). Every value is a decimal integer
 //! (but `server_id=none`), in this order, `key=value` separated by single
 //! spaces.
 
@@ -81,12 +85,13 @@ fn parse_server_id(s: &str) -> Result<RoutableId, String> {
 pub fn summary(server_id: Option<RoutableId>, st: &ServerStats, aborted_at_drain: u64) -> String {
     let id = server_id.map_or_else(|| "none".to_string(), |r| r.server_id().to_string());
     format!(
-        "relink: node summary: server_id={id} sessions={} resumes={} unknown_session={} misrouted={} refused={} aborted_at_drain={aborted_at_drain}",
+        "relink: node summary: server_id={id} sessions={} resumes={} unknown_session={} misrouted={} refused={} aborted_at_drain={aborted_at_drain} unconfirmed_at_drain={}",
         st.sessions,
         st.resumes,
         st.unknown_session_answers,
         st.misrouted_resumes,
         st.transports_refused,
+        UNCONFIRMED_AT_DRAIN.load(Ordering::SeqCst),
     )
 }
 
@@ -97,6 +102,8 @@ static SUMMARY: Mutex<Option<SummaryFn>> = Mutex::new(None);
 static PRINTED: AtomicBool = AtomicBool::new(false);
 /// Sessions aborted at the drain's deadline.
 pub static ABORTED_AT_DRAIN: AtomicU64 = AtomicU64::new(0);
+/// Sessions the drain left closed both ways but not fully acknowledged.
+pub static UNCONFIRMED_AT_DRAIN: AtomicU64 = AtomicU64::new(0);
 
 /// The running server's summary: `f` reads its counters.
 pub fn set_summary(f: impl Fn() -> String + Send + 'static) {
@@ -122,6 +129,9 @@ pub struct Drainable {
     pub active: Box<dyn Fn() -> usize + Send>,
     /// Abort every session with a code; how many.
     pub abort_all: Box<dyn Fn(AbortCode) -> usize + Send>,
+    /// Sessions closed both ways, detached, with bytes of ours not
+    /// acknowledged: (connection id, bytes).
+    pub unconfirmed: Box<dyn Fn() -> Vec<(u64, usize)> + Send>,
 }
 
 /// How long the ABORTs sent at the deadline may take to be acknowledged
@@ -152,11 +162,13 @@ pub fn drain(d: &Drainable, timeout: Duration, which: &str) -> u64 {
         if (d.active)() > 0 {
             quiet_since = None;
         } else if quiet_since.get_or_insert_with(Instant::now).elapsed() >= END_GRACE {
+            report_unconfirmed(d);
             return 0;
         }
         std::thread::sleep(StdDuration::from_millis(20));
     }
     if (d.active)() == 0 {
+        report_unconfirmed(d);
         return 0;
     }
     let aborted = (d.abort_all)(AbortCode::SHUTTING_DOWN) as u64;
@@ -169,6 +181,18 @@ pub fn drain(d: &Drainable, timeout: Duration, which: &str) -> u64 {
         std::thread::sleep(StdDuration::from_millis(20));
     }
     aborted
+}
+
+/// Log each session the drain leaves closed but not fully acknowledged,
+/// and count them for the summary line.
+fn report_unconfirmed(d: &Drainable) {
+    let left = (d.unconfirmed)();
+    for (conn_id, bytes) in &left {
+        log::say(format!(
+            "relink: drain: session {conn_id:016x} closed both ways; its client did not acknowledge our last {bytes} byte(s) and our CLOSE (its last ACK was cut): it holds them and ended cleanly, or it reports the session lost"
+        ));
+    }
+    UNCONFIRMED_AT_DRAIN.fetch_add(left.len() as u64, Ordering::SeqCst);
 }
 
 #[cfg(test)]
@@ -199,7 +223,7 @@ mod tests {
         let id = RoutableId::new(1, 1).ok();
         assert_eq!(
             summary(id, &st, 5),
-            "relink: node summary: server_id=1 sessions=12 resumes=340 unknown_session=2 misrouted=1 refused=4 aborted_at_drain=5"
+            "relink: node summary: server_id=1 sessions=12 resumes=340 unknown_session=2 misrouted=1 refused=4 aborted_at_drain=5 unconfirmed_at_drain=0"
         );
         assert!(summary(None, &st, 0).contains("server_id=none "));
     }

@@ -276,12 +276,13 @@ fn drain_on_term(
     Some(Box::new(move || {
         let aborted = match slot.get() {
             Some(l) => {
-                let (a, b, c) = (l.clone(), l.clone(), l.clone());
+                let (a, b, c, d) = (l.clone(), l.clone(), l.clone(), l.clone());
                 crate::node::drain(
                     &crate::node::Drainable {
                         drain: Box::new(move || a.drain()),
                         active: Box::new(move || b.active_session_count()),
                         abort_all: Box::new(move |code| c.abort_all(code)),
+                        unconfirmed: Box::new(move || d.unconfirmed_sessions()),
                     },
                     timeout,
                     "SIGTERM",

@@ -164,15 +164,15 @@ impl SessionSlot {
     }
 
     /// Whether a drain may stop waiting for the session (see
-    /// `Listener::active_session_count`): it is over or freed, or every
-    /// byte both ways is through and only the acknowledgement of our CLOSE
-    /// is missing, and no transport carries it. The latter happens when the
-    /// client, done (it verified our CLOSE, its own was acknowledged), had
-    /// its last ACK cut: it never resumes, and the core would keep the
-    /// session open until `resume_timeout`. Leaving such a session loses
-    /// nothing: the client holds every byte we wrote, the application every
-    /// byte it wrote. A client that did miss our CLOSE resumes (its read
-    /// has not ended), which attaches a transport again.
+    /// `Listener::active_session_count`): it is over or freed, or both
+    /// sides closed it and no transport carries it: the client's CLOSE
+    /// was verified and read, our CLOSE was requested. Such a session can
+    /// make no more progress unless its client comes back: a client that
+    /// has everything (it verified our CLOSE, its own was acknowledged)
+    /// never does, even when its last ACK was cut and part of what we
+    /// wrote is still unacknowledged here ([`Self::unconfirmed`]); a
+    /// client that misses something resumes at once, which attaches a
+    /// transport and makes the session active again.
     pub(crate) fn settled(&self, conn: Option<&Connection>) -> bool {
         let Some(c) = conn else {
             return true;
@@ -184,8 +184,16 @@ impl SessionSlot {
             || (self.aborted.is_none()
                 && self.peer_closed
                 && self.close_requested
-                && c.unacked() == 0
                 && c.readable() == 0)
+    }
+
+    /// Of the [`Self::settled`] sessions, one closed both ways whose
+    /// client has not acknowledged everything we wrote (a cut took its
+    /// last ACK, or it is about to resume): the bytes we cannot confirm,
+    /// and our CLOSE. `None` when there is nothing unconfirmed.
+    pub(crate) fn unconfirmed(&self, conn: Option<&Connection>) -> Option<usize> {
+        let c = conn?;
+        (self.end.is_none() && self.settled(conn) && !c.close_acked()).then(|| c.unacked())
     }
 
     /// Time since authenticated input from the client last arrived (as of
