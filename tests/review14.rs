@@ -105,6 +105,66 @@ fn unknown_session_from_a_node_with_another_key_does_not_end_a_pinning_client() 
     net.assert_no_violations();
 }
 
+/// Finding (high). Every node of the fleet derives its reset secret from
+/// the one shared static key, so *any* node hands out the valid reset
+/// token of *any* connection id it does not hold, to anyone who sends a
+/// ResumeRequest carrying it (no authentication needed; the id travels in
+/// clear in every ResumeRequest). PROTOCOL.md 4.6 says exactly this must
+/// not happen ("a deployment where several servers share one static key
+/// must give each server its own reset secret, or a server would reveal
+/// the token of a session that lives on another server and end it"), but
+/// the fleet shipped with a shared one. Attack: an observer copies a live
+/// session's id, gets its token from another node (directly, or through
+/// HAProxy by sending fewer than 4 bytes until `inspect-delay` expires,
+/// which balances the connection freely), then answers the victim's next
+/// resume with `02 02 || token`: the pinning client trusts it and ends a
+/// session its node still holds. An on-path attacker could otherwise
+/// only delay it until `resume_timeout`.
+#[test]
+#[ignore = "finding: a non-owner node reveals a live session's valid reset token; a forged UnknownSession then ends the pinned session at once (PROTOCOL.md 4.6 forbids the shared reset secret)"]
+fn another_node_must_not_reveal_the_reset_token_of_a_live_session() {
+    let key = StaticKeypair::from_secret_bytes([0x5A; 32]);
+    let ccfg = Config {
+        pinned_server_key: Some(key.public_key()),
+        ..Config::default()
+    };
+    let nodes = [node_cfg(&key, 1, 1), node_cfg(&key, 2, 1)];
+    let mut net = Net::fleet(0x1407, ccfg, &nodes);
+    assert!(connect_via(&mut net, &mut |_| 0));
+    let sid = net.current_session().unwrap();
+    net.client_write(10_000);
+    net.settle(100);
+    // The attacker, who saw the connection id in a ResumeRequest, asks
+    // node 1 about it.
+    let cid = net.client.conn_id().unwrap();
+    let mut req = [0u8; 62];
+    req[0] = 0xFF;
+    req[1] = 2;
+    req[2..10].copy_from_slice(&cid.to_le_bytes());
+    let answer = {
+        let other = net.node_server_mut(1);
+        let t = other.accept(T0).unwrap();
+        assert!(other.handle_input(t, T0, &req).is_err());
+        let mut out = [0u8; 1024];
+        let n = other.poll_transmit(t, T0, &mut out).unwrap();
+        out[..n].to_vec()
+    };
+    assert_eq!(&answer[..2], &[2, 2], "UnknownSession with a token");
+    // The victim's transport breaks; the attacker answers its resume.
+    net.brk();
+    let (sent, _) = net.forged_answer(&answer).expect("the client resumes");
+    assert_eq!(&sent[2..10], &cid.to_le_bytes(), "the id travels in clear");
+    assert!(
+        net.node_server(0).has_session(sid),
+        "node 0 holds the session"
+    );
+    assert_eq!(
+        closed_reason(&net),
+        None,
+        "a forged answer ended a live pinned session at once"
+    );
+}
+
 /// Finding (low, documentation). With server ids of more than one byte,
 /// docs/DEPLOYMENT.md changes the `use-server` test to
 /// `req.payload(3,L)` but keeps `tcp-request content accept if
