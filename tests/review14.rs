@@ -505,6 +505,50 @@ mod on_tokio {
         });
     }
 
+    /// Confirmation. A client behind the balancer cannot choose its source:
+    /// a second PROXY header after the balancer's is not read as a header
+    /// but as the transport's first relink bytes, refused (tag 0x0D), and
+    /// the connection is closed without a session.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_second_proxy_header_is_relink_input_and_refused() {
+        let l = ListenerBuilder::new(dcfg())
+            .proxy_protocol(true)
+            .bind("127.0.0.1:0")
+            .await
+            .unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::task::block_in_place(|| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            let mut bytes = proxy_header(SocketAddr::from(([10, 2, 2, 2], 2)));
+            bytes.extend(proxy_header(SocketAddr::from(([10, 3, 3, 3], 3))));
+            s.write_all(&bytes).unwrap();
+            s.set_read_timeout(Some(StdDuration::from_secs(3))).unwrap();
+            let mut buf = [0u8; 256];
+            let mut total = 0;
+            loop {
+                match std::io::Read::read(&mut s, &mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => total += n,
+                    Err(e) => {
+                        assert!(
+                            !matches!(
+                                e.kind(),
+                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                            ),
+                            "not closed: {e}"
+                        );
+                        break;
+                    }
+                }
+            }
+            assert!(total <= 16, "a short rejection at most, got {total} bytes");
+            let st = l.stats();
+            assert_eq!(st.transports, 1, "admitted once, from the first header");
+            assert_eq!(st.sessions, 0, "{st:?}");
+            assert_eq!(l.session_count(), 0);
+        });
+    }
+
     /// Confirmation. Slow headers hold at most `max_pending_transports`
     /// slots, each for at most the handshake timeout: once they time out a
     /// well-formed transport is admitted again.
