@@ -549,6 +549,51 @@ mod on_tokio {
         });
     }
 
+    /// Confirmation of a conservative choice (note, low). A handshake
+    /// answered before the drain whose transport broke before the
+    /// ClientConfirm stays "active" (its client may believe it is connected
+    /// and resume) for `resume_timeout`, and `abort_all` does not end it:
+    /// the drain then runs to its deadline, and the CLI reports
+    /// `aborted_at_drain=0` and exits 0. Anyone can leave such handshakes
+    /// (up to the admission limits) just before a drain to make it last
+    /// its whole deadline.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_abandoned_handshake_holds_the_drain_until_its_deadline() {
+        let l = ListenerBuilder::new(dcfg())
+            .bind("127.0.0.1:0")
+            .await
+            .unwrap();
+        let addr = l.local_addr().unwrap();
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as u64;
+        let mut core = relink::Client::new(
+            Config {
+                wall_clock: wall_at(wall),
+                ..Config::default()
+            },
+            rng(0x1408),
+        );
+        core.new_transport(T0).unwrap();
+        let mut hello = vec![0u8; 4096];
+        let n = core.poll_transmit(T0, &mut hello).unwrap();
+        hello.truncate(n);
+        tokio::task::block_in_place(|| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(&hello).unwrap();
+            let mut sh = [0u8; 107];
+            std::io::Read::read_exact(&mut s, &mut sh).expect("a ServerHello");
+            drop(s);
+            l.drain();
+            thread::sleep(StdDuration::from_millis(500));
+            assert_eq!(l.active_session_count(), 1, "the handshake holds the drain");
+            assert_eq!(l.abort_all(AbortCode::SHUTTING_DOWN), 0);
+            thread::sleep(StdDuration::from_millis(300));
+            assert_eq!(l.active_session_count(), 1, "abort_all leaves it");
+        });
+    }
+
     /// Confirmation. Slow headers hold at most `max_pending_transports`
     /// slots, each for at most the handshake timeout: once they time out a
     /// well-formed transport is admitted again.
