@@ -919,11 +919,27 @@ impl<R: CryptoRng> Endpoint<R> {
             .map_or([0; TAG_LEN], |s| s.reset_token(conn_id))
     }
 
-    /// Answer "unknown session" with the connection's reset token, which a
-    /// pinning client checks (PROTOCOL.md 3.6), and end the transport.
+    /// The token an UnknownSession answer for `conn_id` carries
+    /// (PROTOCOL.md 3.8, 4.6): the reset token when this endpoint issued
+    /// the id, or could have (it has no routable id, or the id carries its
+    /// server id and rotation); 16 zero bytes, which no pinning client
+    /// accepts, for an id another node of the fleet issued. Every node
+    /// holds the fleet's static key and could compute any id's token, but
+    /// only the owner knows that the session is gone: another node
+    /// revealing it would let anyone end a live session on its owner.
+    fn unknown_session_token(&self, conn_id: u64) -> [u8; TAG_LEN] {
+        match self.shared.config.routable_id {
+            Some(r) if !r.owns(conn_id) => [0; TAG_LEN],
+            _ => self.reset_token(conn_id),
+        }
+    }
+
+    /// Answer "unknown session" (with the reset token if this endpoint
+    /// owns the id, [`Self::unknown_session_token`]), which a pinning
+    /// client checks (PROTOCOL.md 3.6), and end the transport.
     fn reject_unknown(&mut self, transport: TransportId, conn_id: u64) -> Error {
         let reply = UnknownSessionReject {
-            reset_token: self.reset_token(conn_id),
+            reset_token: self.unknown_session_token(conn_id),
         }
         .encode();
         self.reject(
@@ -1183,9 +1199,11 @@ impl<R: CryptoRng> Endpoint<R> {
         self.resumes_routed
     }
 
-    /// Resume requests the endpoint answered UnknownSession (the session
-    /// expired, was freed, or lives on another server). Replies a driver
-    /// writes itself with [`Endpoint::unknown_session`] are not counted.
+    /// Resume requests answered UnknownSession (the session expired, was
+    /// freed, or lives on another server), replies a driver writes itself
+    /// with [`Endpoint::unknown_session`] included (a resume routed to a
+    /// session that went away before the driver handed it over; it also
+    /// counts in [`Endpoint::resumes_routed`]).
     pub fn unknown_session_answers(&self) -> u64 {
         self.unknown_session_answers
     }
@@ -1247,11 +1265,13 @@ impl<R: CryptoRng> Endpoint<R> {
 
     /// A rejection for a resume routed to a session that has since gone
     /// (the driver found no connection for it): "unknown session" with the
-    /// reset token.
-    pub fn unknown_session(&self, request: &[u8; RESUME_REQUEST_LEN]) -> Rejection {
+    /// reset token (the id is this endpoint's own: it was routed here).
+    /// Counted in [`Endpoint::unknown_session_answers`].
+    pub fn unknown_session(&mut self, request: &[u8; RESUME_REQUEST_LEN]) -> Rejection {
         let conn_id = ResumeRequest::decode(request).map_or(0, |r| r.conn_id);
+        self.unknown_session_answers += 1;
         let reply = UnknownSessionReject {
-            reset_token: self.reset_token(conn_id),
+            reset_token: self.unknown_session_token(conn_id),
         }
         .encode();
         Rejection::new(Error::ResumeRejected(ResumeStatus::UnknownSession), &reply)

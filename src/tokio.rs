@@ -1677,8 +1677,9 @@ impl Listener {
     }
 
     /// Sessions not over yet (neither ended cleanly, nor aborted and
-    /// answered, nor expired) or still attached to a transport, and
-    /// handshakes in progress: what a drain waits for (see the
+    /// answered, nor expired), still attached to a transport, or holding
+    /// received bytes the application has not read (unless it dropped the
+    /// stream), and handshakes in progress: what a drain waits for (see the
     /// [driver docs](crate::driver#drain)). Unlike
     /// [`Listener::session_count`] it does not count finished, detached
     /// sessions, which the core keeps resumable for

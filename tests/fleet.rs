@@ -173,19 +173,21 @@ fn every_resume_lands_on_its_node() {
 }
 
 /// A balancer that sends a resume to a node that does not hold its
-/// session: that node answers UnknownSession at once with the session's
-/// reset token (it holds the fleet key), and the pinning client ends the
-/// session there (reason `SessionUnknown`) and reports the bytes whose
-/// delivery is unknown; nothing is duplicated. The node counts it as
-/// misrouted.
+/// session: that node answers UnknownSession at once, but without the
+/// session's reset token (16 zero bytes: the id is another node's, and only
+/// the owner may authenticate the end of its session, PROTOCOL.md 3.8,
+/// 4.6). The pinning client does not end the session on it: the answer
+/// costs one transport, and the next one, routed right, resumes the session
+/// byte-exact. The wrong node counts it as misrouted.
 #[test]
-fn a_resume_at_the_wrong_node_is_unknown_session_at_once() {
+fn a_resume_at_the_wrong_node_is_unauthenticated_and_the_session_goes_on() {
     let (ccfg, nodes) = fleet_configs();
     let mut net = Net::fleet(15, ccfg, &nodes);
     let mut lb = Balancer::new();
     let (ok, node) = connect_routed(&mut net, &mut lb);
     assert!(ok);
     net.client_write(50_000);
+    net.server_write(20_000);
     net.step();
     net.brk();
     let wrong = (node + 1) % NODES;
@@ -195,30 +197,72 @@ fn a_resume_at_the_wrong_node_is_unknown_session_at_once() {
     assert_eq!(at, wrong);
     assert_eq!(
         closed_reason(&net),
-        Some(CloseReason::SessionUnknown),
-        "one authenticated answer ends the session: {:?}",
+        None,
+        "an UnknownSession from a node that does not own the id ended the session: {:?}",
         net.cev
     );
-    let doubt = net
-        .client
-        .in_doubt()
-        .expect("the in-doubt range is reported");
-    assert_eq!(doubt.end, net.up_written());
-    assert_eq!(
-        net.attempts, 2,
-        "no retry after an authenticated UnknownSession"
-    );
+    assert!(!net.client.is_closed());
     assert_eq!(net.node_server(wrong).routing_counters(), (0, 1, 1));
+    lb.misroute = None;
+    let (ok, at) = connect_routed(&mut net, &mut lb);
+    assert!(ok && at == node, "{:?}", net.cev);
+    net.settle(500);
+    assert_eq!(net.up_read(), 50_000);
+    assert_eq!(net.down[&0].read, 20_000);
     net.assert_no_violations();
 }
 
-/// A node is killed: the balancer marks it down and sends its clients'
-/// resumes to a live node, which answers UnknownSession: each of them ends
-/// with the typed error at the first attempt (no hang); the clients of the
-/// other nodes go on, exact; a client can open a new session (on request)
-/// and it lands on a live node.
+/// The answer of a node that does not own a connection id carries no
+/// token, for any id of any other node (and any rotation other than its
+/// own), so nobody can obtain a live session's reset token by sending its
+/// id to another node; the owner's answer (a session it no longer holds)
+/// carries the token the client holds from its ServerHello.
 #[test]
-fn node_loss_ends_its_sessions_with_the_typed_error() {
+fn only_the_owning_node_reveals_a_reset_token() {
+    let (ccfg, nodes) = fleet_configs();
+    let mut net = Net::fleet(17, ccfg, &nodes);
+    let mut lb = Balancer::new();
+    let (ok, node) = connect_routed(&mut net, &mut lb);
+    assert!(ok);
+    let cid = net.client.conn_id().unwrap();
+    let ask = |net: &mut Net, i: usize, cid: u64| -> Vec<u8> {
+        let mut req = [0u8; 62];
+        req[0] = 0xFF;
+        req[1] = 2;
+        req[2..10].copy_from_slice(&cid.to_le_bytes());
+        let s = net.node_server_mut(i);
+        let t = s.accept(T0).unwrap();
+        assert!(s.handle_input(t, T0, &req).is_err());
+        let mut out = [0u8; 1024];
+        let n = s.poll_transmit(t, T0, &mut out).unwrap();
+        out[..n].to_vec()
+    };
+    for i in (0..NODES).filter(|&i| i != node) {
+        let answer = ask(&mut net, i, cid);
+        assert_eq!(answer, [&[2u8, 2][..], &[0; 16]].concat(), "node {i}");
+    }
+    // Another rotation of the owner's own server id is not the owner's.
+    let other_rotation = (cid & !0xE0) | (((cid & 0xE0) + 0x20) & 0xE0);
+    let answer = ask(&mut net, node, other_rotation);
+    assert_eq!(&answer[2..], &[0; 16]);
+    // The owner, asked about an id of its own it does not hold: the token.
+    let unheld = cid ^ 0x00FF_0000_0000_0000;
+    let answer = ask(&mut net, node, unheld);
+    assert_eq!(&answer[..2], &[2, 2]);
+    assert_ne!(&answer[2..], &[0; 16], "the owner authenticates its answer");
+    assert_eq!(net.node_server(node).routing_counters().2, 1);
+}
+
+/// A node is killed while one of its clients is between transports: the
+/// balancer marks it down and sends the client's resumes to a live node,
+/// whose UnknownSession is not authenticated (not the owner), so the client
+/// keeps trying; the node's process is restarted with the same key and
+/// server id, the next resume reaches it, and its authenticated
+/// UnknownSession ends the session at once with the typed error and the
+/// in-doubt range. The application then opens a new session (on request),
+/// which lands on a live node.
+#[test]
+fn a_restarted_node_ends_its_lost_sessions_with_the_typed_error() {
     let (ccfg, nodes) = fleet_configs();
     let mut net = Net::fleet(16, ccfg, &nodes);
     let mut lb = Balancer::new();
@@ -236,23 +280,84 @@ fn node_loss_ends_its_sessions_with_the_typed_error() {
     net.switch_node(1);
     net.remove_node(victim);
     lb.up[victim] = false;
+    for _ in 0..3 {
+        let (ok, at) = connect_routed(&mut net, &mut lb);
+        assert!(!ok);
+        assert_ne!(at, victim);
+        assert_eq!(closed_reason(&net), None, "{:?}", net.cev);
+    }
+    // The supervisor restarts it: same key, same server id, no session.
+    net.restart_node(victim, nodes[victim].clone());
+    lb.up[victim] = true;
+    let attempts = net.attempts;
     let (ok, at) = connect_routed(&mut net, &mut lb);
     assert!(!ok);
-    assert_ne!(at, victim);
+    assert_eq!(at, victim);
     assert_eq!(closed_reason(&net), Some(CloseReason::SessionUnknown));
+    assert_eq!(net.attempts, attempts + 1, "ended at its first answer");
     let doubt = net.client.in_doubt().expect("in-doubt range");
     assert!(doubt.start >= 30_000 && doubt.end == 40_000, "{doubt:?}");
     // The application asks for a new session: a live node serves it.
+    net.switch_node(1);
     net.new_client();
     let (ok, node) = connect_routed(&mut net, &mut lb);
     assert!(ok, "{:?}", net.cev);
-    assert!(node != victim && net.has_node(node));
+    assert!(net.has_node(node));
     net.client_write(40_000);
     net.server_write(40_000);
     net.brk();
     assert!(connect_routed(&mut net, &mut lb).0);
     net.settle(500);
     assert_eq!(net.up_read(), net.up_written());
+    net.assert_no_violations();
+}
+
+/// A node gone for good: the client of a lost session hears only
+/// unauthenticated UnknownSession answers from the other nodes, which do
+/// not end it (an attacker could forge them), and gives the session up at
+/// its deadline (last authenticated contact + the advertised
+/// `resume_timeout` + its own `idle_timeout`, PROTOCOL.md 7.6) with reason
+/// `Expired` and the in-doubt range: bounded, typed, nothing duplicated.
+#[test]
+fn a_node_gone_for_good_ends_its_sessions_at_the_give_up_deadline() {
+    let (ccfg, nodes) = fleet_configs();
+    let half = relink::Duration::from_micros(nodes[0].resume_timeout.as_micros() / 2);
+    let idle_timeout = Config::default().idle_timeout;
+    let mut net = Net::fleet(18, ccfg, &nodes);
+    let mut lb = Balancer::new();
+    let (ok, victim) = connect_routed(&mut net, &mut lb);
+    assert!(ok && victim == 0);
+    net.client_write(25_000);
+    for _ in 0..50 {
+        net.step();
+    }
+    net.client_write(5_000);
+    net.step();
+    net.brk();
+    net.switch_node(2);
+    net.remove_node(victim);
+    lb.up[victim] = false;
+    // Retries inside the deadline: the session lives on.
+    let (ok, _) = connect_routed(&mut net, &mut lb);
+    assert!(!ok);
+    net.tick_client(half);
+    let (ok, _) = connect_routed(&mut net, &mut lb);
+    assert!(!ok);
+    assert_eq!(closed_reason(&net), None, "{:?}", net.cev);
+    // Past the deadline, one more unanswered attempt ends it.
+    net.tick_client(relink::Duration::from_micros(
+        half.as_micros() + idle_timeout.as_micros() + 1_000_000,
+    ));
+    let (ok, _) = connect_routed(&mut net, &mut lb);
+    assert!(!ok);
+    assert_eq!(
+        closed_reason(&net),
+        Some(CloseReason::Expired),
+        "{:?}",
+        net.cev
+    );
+    let doubt = net.client.in_doubt().expect("in-doubt range");
+    assert!(doubt.start >= 25_000 && doubt.end == 30_000, "{doubt:?}");
     net.assert_no_violations();
 }
 

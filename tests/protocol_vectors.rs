@@ -1332,10 +1332,34 @@ fn run_api_routable(v: &Vectors) -> Vec<(String, Vec<u8>)> {
     client.transport_lost(v.at("t_client_confirm"));
     client.new_transport(v.at("t_client_resume")).unwrap();
     let req = cpoll(&mut client, v.at("t_client_resume"));
+    // Two nodes of a fleet sharing the static key of 10.8, holding no
+    // session, answer that request: the owner (server id 2, rotation 1)
+    // with the reset token, a node with server id 3 with zeros.
+    let answer = |server_id: u32| {
+        let id = relink::RoutableId::new(server_id, routable.len())
+            .unwrap()
+            .with_rotation(u8::try_from(v.int("routable_rotation")).unwrap())
+            .unwrap();
+        let mut node = Server::new(
+            Config {
+                server_static: Some(StaticKeypair::from_secret_bytes(
+                    v.arr("pinned_server_static_secret"),
+                )),
+                routable_id: Some(id),
+                ..Config::default()
+            },
+            ScriptedRng::new(Vec::new()).0,
+        );
+        let t = node.accept(v.at("t_server_hello")).unwrap();
+        assert!(node.handle_input(t, v.at("t_server_hello"), &req).is_err());
+        spoll(&mut node, t, v.at("t_server_hello"))
+    };
     vec![
         ("routable_server_hello".into(), sh),
         ("routable_conn_id".into(), conn_id.to_le_bytes().to_vec()),
         ("routable_resume_prefix".into(), req[..4].to_vec()),
+        ("routable_reject_owner".into(), answer(2)),
+        ("routable_reject_other".into(), answer(3)),
     ]
 }
 
@@ -2235,7 +2259,14 @@ fn check_routable(v: &Vectors) -> Result<(), String> {
     expect_bytes(v, "routable_server_hello", &hs.server_hello)?;
     let mut prefix = vec![0xFF, spec::VERSION];
     prefix.extend(&cid[..2]);
-    expect_bytes(v, "routable_resume_prefix", &prefix)
+    expect_bytes(v, "routable_resume_prefix", &prefix)?;
+    let secret = v.arr("pinned_server_static_secret");
+    let mut owner = vec![spec::VERSION, 2];
+    owner.extend(spec::reset_token(Some(&secret), u64::from_le_bytes(cid)));
+    expect_bytes(v, "routable_reject_owner", &owner)?;
+    let mut other = vec![spec::VERSION, 2];
+    other.extend([0u8; 16]);
+    expect_bytes(v, "routable_reject_other", &other)
 }
 
 /// The cookie scenario (10.13), from its inputs (PROTOCOL.md 3.7).
@@ -2615,7 +2646,7 @@ fn check_api(v: &Vectors) -> Result<(), String> {
         expect_bytes(v, &name, &bytes)?;
         seen.insert(name);
     }
-    ensure(seen.len() == 39 + 15 + 3 + 3, || {
+    ensure(seen.len() == 39 + 15 + 3 + 5, || {
         format!("api produced {seen:?}")
     })
 }
@@ -3337,6 +3368,10 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "routable_conn_id",
             "routable_server_hello",
             "routable_resume_prefix",
+            "# UnknownSession from two nodes sharing the static key of 10.8 (pinned_server_static_secret):",
+            "# the owner (server id 2, rotation 1) and a node with server id 3",
+            "routable_reject_owner",
+            "routable_reject_other",
         ],
     ),
 ];

@@ -1,7 +1,8 @@
 //! Adversarial review of the fleet work (issue 14): routable connection
 //! ids, UnknownSession across nodes, drain, PROXY protocol v2. One test per
-//! finding; a test that demonstrates a real bug is `#[ignore]`d with the
-//! finding in its reason, so that the suite stays green until it is fixed.
+//! finding. The findings (a non-owner node revealing a reset token, the
+//! balancer's accept rule for ids of more than one byte, a drain ending
+//! with acknowledged bytes unread) are fixed; their tests failed before.
 //! Protocol cases run on the in-memory harness (deterministic, seeded);
 //! driver cases on loopback.
 
@@ -121,7 +122,6 @@ fn unknown_session_from_a_node_with_another_key_does_not_end_a_pinning_client() 
 /// session its node still holds. An on-path attacker could otherwise
 /// only delay it until `resume_timeout`.
 #[test]
-#[ignore = "finding: a non-owner node reveals a live session's valid reset token; a forged UnknownSession then ends the pinned session at once (PROTOCOL.md 4.6 forbids the shared reset secret)"]
 fn another_node_must_not_reveal_the_reset_token_of_a_live_session() {
     let key = StaticKeypair::from_secret_bytes([0x5A; 32]);
     let ccfg = Config {
@@ -165,20 +165,17 @@ fn another_node_must_not_reveal_the_reset_token_of_a_live_session() {
     );
 }
 
-/// Finding (low, documentation). With server ids of more than one byte,
-/// docs/DEPLOYMENT.md changes the `use-server` test to
-/// `req.payload(3,L)` but keeps `tcp-request content accept if
+/// Finding (low, documentation; fixed). With server ids of more than one
+/// byte, docs/DEPLOYMENT.md changed the `use-server` test to
+/// `req.payload(3,L)` but kept `tcp-request content accept if
 /// { req.len ge 4 }`: HAProxy then decides as soon as 4 bytes arrived, when
-/// only the first server-id byte is there. A ResumeRequest whose first
-/// segment is 4 bytes (a relay, a middlebox, a small MSS) cannot match any
-/// node's rule, is balanced round robin, reaches a node that holds the
-/// fleet key and is answered UnknownSession with a valid token: the
-/// pinning client's healthy session ends at once. The accept condition
-/// must be `req.len ge 3+L`. The test plays that balancer (it sees the
-/// first 4 bytes only) with 2-byte ids: the resume must still reach its
-/// node.
+/// only the first server-id byte is there, and a ResumeRequest whose first
+/// segment is 4 bytes (a relay, a middlebox, a small MSS) is balanced round
+/// robin to a node that does not hold it. The accept condition must be
+/// `req.len ge 3+L` (PROTOCOL.md 3.8, DEPLOYMENT.md). The test plays that
+/// balancer with 2-byte ids, deciding once `3+L` bytes are there although
+/// they arrive in segments of 4 and 1: every resume reaches its node.
 #[test]
-#[ignore = "finding: DEPLOYMENT.md keeps `req.len ge 4` for L > 1; a 4-byte first segment misroutes the resume and ends the session"]
 fn a_two_byte_server_id_needs_more_than_four_bytes_before_the_balancer_decides() {
     let key = StaticKeypair::from_secret_bytes([0x5A; 32]);
     let ccfg = Config {
@@ -189,12 +186,12 @@ fn a_two_byte_server_id_needs_more_than_four_bytes_before_the_balancer_decides()
     let nodes = [node_cfg(&key, 0x0101, 2), node_cfg(&key, 0x0102, 2)];
     let mut net = Net::fleet(0x1402, ccfg, &nodes);
     let mut rr = 0usize;
-    // HAProxy with `accept if { req.len ge 4 }` and
-    // `use-server nodeK if { req.payload(0,1) -m bin FF } { req.payload(3,2) -m bin 01 0K }`,
-    // deciding on a first segment of 4 bytes.
+    // HAProxy with `accept if { req.len ge 5 }` (3+L) and
+    // `use-server nodeK if { req.payload(0,1) -m bin FF } { req.payload(3,2) -m bin 01 0K }`.
     let mut haproxy = |first: &[u8]| -> usize {
-        // What the balancer holds when the accept rule fires.
-        let seen = &first[..first.len().min(4)];
+        // What the balancer holds when the accept rule fires: the first
+        // segment (4 bytes) is not enough, it waits for the next one.
+        let seen = &first[..first.len().min(3 + 2)];
         // `req.payload(3,2)` fails on fewer than 5 bytes: no rule matches.
         if let (Some(&0xFF), Some(id)) = (seen.first(), seen.get(3..5)) {
             let id = u16::from_be_bytes([id[0], id[1]]);
@@ -428,7 +425,6 @@ mod on_tokio {
     /// finish and leave, and expects the drain to keep waiting while the
     /// bytes are unread.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "finding: active_session_count is 0 while a cleanly ended session still holds acknowledged, unread bytes; a drain (the CLI exits) loses them silently"]
     async fn a_drain_waits_for_acknowledged_bytes_the_application_has_not_read() {
         let l = ListenerBuilder::new(dcfg())
             .bind("127.0.0.1:0")
@@ -661,7 +657,6 @@ mod on_blocking {
     /// listen` reads to EOF before it closes, so it is not exposed; the
     /// tokio `serve-forward` is.)
     #[test]
-    #[ignore = "finding: blocking Listener::active_session_count is 0 while acknowledged bytes are unread"]
     fn a_drain_waits_for_acknowledged_bytes_the_application_has_not_read() {
         let l = ListenerBuilder::new(dcfg()).bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr();

@@ -417,6 +417,16 @@ impl Net {
         self.parked[i] = None;
     }
 
+    /// Node `i`, removed ([`Net::remove_node`]), comes back as a new
+    /// process with `cfg` (typically its old configuration: the same
+    /// static key and server id) and a fresh RNG; it holds no session.
+    /// It must not be the current node.
+    pub fn restart_node(&mut self, i: usize, cfg: Config) {
+        assert_ne!(i, self.node, "switch away from a node before restarting it");
+        self.server_seed = mix(self.server_seed);
+        self.parked[i] = Some(Server::new(cfg, rng(self.server_seed)));
+    }
+
     /// Whether node `i` is still there.
     pub fn has_node(&self, i: usize) -> bool {
         i == self.node || self.parked.get(i).is_some_and(Option::is_some)

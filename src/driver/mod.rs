@@ -23,7 +23,9 @@
 //!    server); the listener keeps accepting transports, so the sessions it
 //!    holds resume after a cut and finish as usual. `accept` still yields
 //!    sessions whose handshake had started before.
-//! 2. Watch `Listener::active_session_count()` fall to 0 (sessions leave
+//! 2. Watch `Listener::active_session_count()` fall to 0 (a session that
+//!    still holds received bytes the application has not read stays in
+//!    it: its client was told they arrived; otherwise sessions leave
 //!    it once they ended, both sides closed and acknowledged, or aborted
 //!    and answered, or expired, and their last transport is gone; or, with
 //!    no transport, when every byte both ways was delivered and only the

@@ -164,7 +164,8 @@ impl SessionSlot {
     }
 
     /// Whether a drain may stop waiting for the session (see
-    /// `Listener::active_session_count`): it is over or freed, or both
+    /// `Listener::active_session_count`): the application read every byte
+    /// the session received, and it is over or freed, or both
     /// sides closed it and no transport carries it: the client's CLOSE
     /// was verified and read, our CLOSE was requested. Such a session can
     /// make no more progress unless its client comes back: a client that
@@ -180,11 +181,14 @@ impl SessionSlot {
         if c.transport().is_some() {
             return false;
         }
-        self.end.is_some()
-            || (self.aborted.is_none()
-                && self.peer_closed
-                && self.close_requested
-                && c.readable() == 0)
+        // Bytes the session verified (and acknowledged: its client was
+        // told they arrived) that the application has not read yet hold
+        // the drain, whether the session ended or not: exiting now would
+        // lose them. (Once the application dropped its stream nobody will
+        // read them.)
+        (c.readable() == 0 || self.dropped)
+            && (self.end.is_some()
+                || (self.aborted.is_none() && self.peer_closed && self.close_requested))
     }
 
     /// Of the [`Self::settled`] sessions, one closed both ways whose
