@@ -430,7 +430,8 @@ fn send_and_wait_close(addr: std::net::SocketAddr, bytes: &[u8]) -> std::net::So
 /// says so at WARN, naming the peer, instead of only counting it refused.
 #[test]
 fn a_missing_proxy_header_is_logged_naming_the_peer() {
-    let (mut l, addr, llog, _out) = listen(&["--proxy-protocol"]);
+    // -vv: the DEBUG line of the health check's refusal below.
+    let (mut l, addr, llog, _out) = listen(&["--proxy-protocol", "-vv"]);
     // What a relink client sends first: a tag byte, not the signature.
     let me = send_and_wait_close(addr, &[0u8; 64]);
     let line = llog
@@ -444,8 +445,14 @@ fn a_missing_proxy_header_is_logged_naming_the_peer() {
         "names the peer {me}: {line}"
     );
     assert!(line.contains("send-proxy-v2"), "names the fix: {line}");
-    // A TCP health check (connect, close without a byte) is no mismatch.
+    // A TCP health check (connect, close without a byte) is no mismatch:
+    // refused at DEBUG only.
     drop(std::net::TcpStream::connect(addr).unwrap());
+    llog.wait_for(
+        &["transport refused", "closed after 0 bytes"],
+        Duration::from_secs(10),
+    )
+    .unwrap_or_else(|| panic!("the health check was not refused: {}", llog.text()));
     sigterm(&l);
     wait_exit(&mut l, Duration::from_secs(10)).expect("listen does not exit");
     let summary = llog
