@@ -73,7 +73,7 @@ while [ $# -gt 0 ]; do
         --keep) KEEP=1 ;;
         --debug) PROFILE=dev ;;
         --all-sessions) ALL_SESSIONS=1 ;;
-        -h|--help) sed -n '2,50p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,47p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
