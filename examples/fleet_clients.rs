@@ -24,20 +24,24 @@
 //! transfer (new data; the in-doubt bytes are never resent).
 //!
 //! Output: one line per session (`fleet: client C session S node K id
-//! CONN_ID (...): ok`, or `typed error REASON, in doubt [a, b) ...`, `WRONG
-//! BYTE at offset N`, `HANG ...`), a `fleet: mark: ...` line when
-//! `--mark-at` percent of all bytes were echoed (the script kills or
-//! drains a node then), per-node counts and a final `fleet: totals:
-//! key=value ...` line. The node of a session is the server id its
-//! connection id carries (`relink::routing::server_id_of`); the id is
-//! printed as the nodes' logs print it.
+//! CONN_ID (...): ok`, or `typed error REASON, in doubt [a, b) ...` /
+//! `nothing in doubt`, `WRONG BYTE at offset N`, `HANG ...`), a `fleet:
+//! mark: ...` line when `--mark-at` percent of all bytes were echoed (the
+//! script kills or drains a node then), per-node counts and a final
+//! `fleet: totals: key=value ...` line. Times are seconds since
+//! `--epoch-zero` (the script's scenario start; default: the clients'
+//! start). The node of a session is the server id its connection id
+//! carries (`relink::routing::server_id_of`), which is the node that
+//! issued it; the id is printed as the nodes' logs print it.
 //!
 //! Exit status: 0 when every outcome was expected: every session ok, or
-//! (`--expect-lost K`) a session of node K ended with `SessionUnknown`,
-//! and (`--reopen`) every client's last session ended ok; 1 otherwise (a
-//! wrong byte, another error, a session of another node lost, a session
-//! that did not end within `--timeout-secs`, a session on the
-//! `--avoid-node`, a reopened session on the lost node).
+//! (`--expect-lost K`) a session of node K ended with `SessionUnknown` or
+//! `Expired` (within `--lost-within` seconds of the mark when given), and
+//! (`--reopen`) every client's last session ended ok; 1 otherwise (a
+//! wrong byte, another error, a session of another node lost, a lost
+//! session that ended too late, a session that did not end within
+//! `--timeout-secs`, a session on the `--avoid-node`, a reopened session
+//! on the lost node unless `--node-returns`).
 
 use std::io;
 use std::process::ExitCode;
@@ -97,9 +101,22 @@ struct RunArgs {
     /// `--server-id-len`).
     #[arg(long, default_value_t = 1)]
     id_len: usize,
-    /// Sessions of node K may end with `SessionUnknown` (K was killed).
+    /// Sessions of node K may end with `SessionUnknown` or `Expired` (K
+    /// was killed).
     #[arg(long, value_name = "K")]
     expect_lost: Option<u32>,
+    /// The `--expect-lost` node comes back (restarted with the same server
+    /// id and key): reopened sessions may land on it.
+    #[arg(long)]
+    node_returns: bool,
+    /// Each lost session (`--expect-lost`) must end within SECS of the
+    /// `--mark-at` mark (0: not checked).
+    #[arg(long, value_name = "SECS", default_value_t = 0.0)]
+    lost_within: f64,
+    /// Report times as seconds since this Unix time (seconds, fractions
+    /// allowed; the script's scenario start). Default: the clients' start.
+    #[arg(long, value_name = "UNIX_SECS")]
+    epoch_zero: Option<f64>,
     /// No session may start on node K (it is drained or dead: the balancer
     /// must send new sessions elsewhere). Reopened sessions never may on
     /// the `--expect-lost` node.
@@ -201,8 +218,7 @@ struct Report {
     /// The session's connection id (as the nodes' logs print it: 16 hex
     /// digits).
     conn_id: Option<u64>,
-    /// When it ended, in seconds since the Unix epoch (to find it in the
-    /// nodes' logs).
+    /// When it ended, in seconds since the clock's zero ([`Clock`]).
     ended_at: f64,
     outcome: Outcome,
     resumes: u64,
@@ -215,6 +231,35 @@ struct Report {
 struct Progress {
     echoed: AtomicU64,
     marked: AtomicBool,
+    /// When the mark was printed: milliseconds since the clock's zero.
+    mark_ms: AtomicU64,
+}
+
+/// The times the output reports: seconds since `--epoch-zero` (a Unix
+/// time), or since the clients' start.
+#[derive(Clone, Copy)]
+struct Clock {
+    /// The clients' start.
+    start: StdInstant,
+    /// Seconds from the zero to `start`.
+    offset: f64,
+}
+
+impl Clock {
+    fn new(epoch_zero: Option<f64>) -> Clock {
+        let unix_now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        Clock {
+            start: StdInstant::now(),
+            offset: epoch_zero.map_or(0.0, |z| (unix_now - z).max(0.0)),
+        }
+    }
+
+    /// Seconds since the zero.
+    fn now(&self) -> f64 {
+        self.offset + self.start.elapsed().as_secs_f64()
+    }
 }
 
 #[tokio::main]
@@ -304,7 +349,8 @@ async fn run(a: RunArgs) -> io::Result<ExitCode> {
     };
     let progress = Arc::new(Progress::default());
     let whole = bytes * u64::from(a.clients);
-    let start = StdInstant::now();
+    let clock = Clock::new(a.epoch_zero);
+    let start = clock.start;
     println!(
         "fleet: {} clients x {:.2} MiB each way through relay {via} (cuts {}) to {target}{}",
         a.clients,
@@ -329,8 +375,15 @@ async fn run(a: RunArgs) -> io::Result<ExitCode> {
             loop {
                 let data = Data(seed ^ (u64::from(c) << 32) ^ (u64::from(attempt) << 16));
                 let t0 = StdInstant::now();
-                let report =
-                    session(config.clone(), via, data, limits, id_len, &progress, mark).await;
+                let report = session(
+                    config.clone(),
+                    via,
+                    data,
+                    limits,
+                    id_len,
+                    (&progress, mark, clock),
+                )
+                .await;
                 let report = Report {
                     client: c,
                     attempt,
@@ -358,7 +411,18 @@ async fn run(a: RunArgs) -> io::Result<ExitCode> {
     let secs = start.elapsed().as_secs_f64();
     let relay_stats = relay.stats();
     drop(relay);
-    Ok(summarize(&a, &reports, bytes, secs, relay_stats.cuts))
+    let mark_at = progress
+        .marked
+        .load(Ordering::Relaxed)
+        .then(|| progress.mark_ms.load(Ordering::Relaxed) as f64 / 1000.0);
+    Ok(summarize(
+        &a,
+        &reports,
+        bytes,
+        secs,
+        relay_stats.cuts,
+        mark_at,
+    ))
 }
 
 /// What one session streams, how fast, and how long it may take.
@@ -373,16 +437,17 @@ struct Limits {
 }
 
 /// One session: connect through the relay at `via`, stream
-/// `limits.bytes` of `data` while verifying the echo, close.
+/// `limits.bytes` of `data` while verifying the echo, close. `shared`: the
+/// progress counters, the mark (bytes) and the clock.
 async fn session(
     config: Config,
     via: std::net::SocketAddr,
     data: Data,
     limits: Limits,
     id_len: usize,
-    progress: &Progress,
-    mark: Option<u64>,
+    shared: (&Progress, Option<u64>, Clock),
 ) -> Report {
+    let (progress, mark, clock) = shared;
     let mut report = Report {
         client: 0,
         attempt: 0,
@@ -413,7 +478,7 @@ async fn session(
     let verified = AtomicU64::new(0);
     let r = tokio::time::timeout(
         limits.timeout,
-        transfer(stream, data, limits, &verified, progress, mark),
+        transfer(stream, data, limits, &verified, (progress, mark, clock)),
     )
     .await;
     let st = monitor.stats();
@@ -424,9 +489,7 @@ async fn session(
         Err(_) => Outcome::Hang { verified },
         Ok(o) => o,
     };
-    report.ended_at = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
+    report.ended_at = clock.now();
     report
 }
 
@@ -437,9 +500,9 @@ async fn transfer(
     data: Data,
     limits: Limits,
     verified: &AtomicU64,
-    progress: &Progress,
-    mark: Option<u64>,
+    shared: (&Progress, Option<u64>, Clock),
 ) -> Outcome {
+    let (progress, mark, clock) = shared;
     let bytes = limits.bytes;
     let t0 = StdInstant::now();
     // Milliseconds since t0 when the last echoed byte arrived.
@@ -483,8 +546,12 @@ async fn transfer(
             let before = progress.echoed.fetch_add(n as u64, Ordering::Relaxed);
             if let Some(m) = mark {
                 if before + n as u64 >= m && !progress.marked.swap(true, Ordering::Relaxed) {
+                    let t = clock.now();
+                    progress
+                        .mark_ms
+                        .store((t * 1000.0) as u64, Ordering::Relaxed);
                     println!(
-                        "fleet: mark: {} MiB echoed",
+                        "fleet: mark: {} MiB echoed at {t:.2} s",
                         (before + n as u64) / (1024 * 1024)
                     );
                 }
@@ -556,7 +623,7 @@ fn node_name(n: Option<u32>) -> String {
 
 fn print_report(r: &Report, quiet: bool) {
     let head = format!(
-        "fleet: client {} session {} node {} id {} ({:.1} s, {} resumes, ended at {:.3})",
+        "fleet: client {} session {} node {} id {} ({:.1} s, {} resumes, ended at {:.2} s)",
         r.client,
         r.attempt,
         node_name(r.node),
@@ -579,9 +646,13 @@ fn print_report(r: &Report, quiet: bool) {
             after_last,
             message,
         } => println!(
-            "{head}: typed error {}, in doubt {}, {verified} echoed bytes verified, ended {after_last:.2} s after the last one ({message})",
+            "{head}: typed error {}, {}, {verified} echoed bytes verified, ended {after_last:.2} s after the last one ({message})",
             reason_name(reason),
-            in_doubt.map_or_else(|| "unknown".into(), |d| d.to_string()),
+            match in_doubt {
+                None => "in doubt: unknown".to_string(),
+                Some(d) if d.is_empty() => "nothing in doubt".to_string(),
+                Some(d) => format!("in doubt {d}"),
+            },
         ),
         Outcome::Corrupt { offset } => println!("{head}: WRONG BYTE at offset {offset}"),
         Outcome::Open(e) => println!("{head}: could not open: {e}"),
@@ -593,10 +664,21 @@ fn print_report(r: &Report, quiet: bool) {
 }
 
 /// Print the totals; the exit status says whether every outcome was
-/// expected.
-fn summarize(a: &RunArgs, reports: &[Report], bytes: u64, secs: f64, cuts: u64) -> ExitCode {
+/// expected. `mark_at`: when the mark was printed (seconds, the clock of
+/// the output), if it was.
+fn summarize(
+    a: &RunArgs,
+    reports: &[Report],
+    bytes: u64,
+    secs: f64,
+    cuts: u64,
+    mark_at: Option<f64>,
+) -> ExitCode {
     let mut ok = 0u64;
     let mut unknown = 0u64;
+    let mut expired = 0u64;
+    // The latest end of a lost session after the mark (seconds).
+    let mut lost_after_mark = 0f64;
     let mut other = 0u64;
     let mut unexpected = 0u64;
     let mut in_doubt = 0u64;
@@ -613,7 +695,8 @@ fn summarize(a: &RunArgs, reports: &[Report], bytes: u64, secs: f64, cuts: u64) 
         node.0 += 1;
         node.1 += r.resumes;
         let forbidden = r.node.is_some()
-            && (r.node == a.avoid_node || (r.attempt > 0 && r.node == a.expect_lost));
+            && (r.node == a.avoid_node
+                || (r.attempt > 0 && r.node == a.expect_lost && !a.node_returns));
         if forbidden {
             println!(
                 "fleet: client {} session {} started on node {}, which it must avoid",
@@ -640,13 +723,25 @@ fn summarize(a: &RunArgs, reports: &[Report], bytes: u64, secs: f64, cuts: u64) 
                 slowest_end = slowest_end.max(*after_last);
                 in_doubt += d.map_or(0, |d| d.len());
                 node.2 += 1;
-                let expected = *reason == CloseReason::SessionUnknown
-                    && a.expect_lost.is_some()
-                    && r.node == a.expect_lost;
-                if *reason == CloseReason::SessionUnknown {
-                    unknown += 1;
-                } else {
-                    other += 1;
+                let lost = matches!(reason, CloseReason::SessionUnknown | CloseReason::Expired);
+                let mut expected = lost && a.expect_lost.is_some() && r.node == a.expect_lost;
+                match reason {
+                    CloseReason::SessionUnknown => unknown += 1,
+                    CloseReason::Expired => expired += 1,
+                    _ => other += 1,
+                }
+                if expected {
+                    if let Some(m) = mark_at {
+                        let after = r.ended_at - m;
+                        lost_after_mark = lost_after_mark.max(after);
+                        if a.lost_within > 0.0 && after > a.lost_within {
+                            println!(
+                                "fleet: client {} session {} ended {after:.2} s after the mark: later than --lost-within {}",
+                                r.client, r.attempt, a.lost_within
+                            );
+                            expected = false;
+                        }
+                    }
                 }
                 unexpected += u64::from(!expected);
             }
@@ -673,11 +768,11 @@ fn summarize(a: &RunArgs, reports: &[Report], bytes: u64, secs: f64, cuts: u64) 
     let reopened = reports.iter().filter(|r| r.attempt > 0).count();
     for (node, (sessions, res, ended)) in &per_node {
         println!(
-            "fleet: node {node} (by connection id): {sessions} sessions, {res} resumes, {ended} ended with an error"
+            "fleet: node {node} (the server id in the sessions' connection ids): {sessions} sessions, {res} resumes, {ended} ended with an error"
         );
     }
     println!(
-        "fleet: totals: clients={} sessions={} ok={ok} session_unknown={unknown} other_errors={other} unexpected={unexpected} on_avoided_node={on_avoided} reopened={reopened} unfinished={unfinished} resumes={resumes} transports={transports} relay_cuts={cuts} verified_mib={:.1} in_doubt_bytes={in_doubt} slowest_end_secs={slowest_end:.2} secs={secs:.1}",
+        "fleet: totals: clients={} sessions={} ok={ok} session_unknown={unknown} expired={expired} other_errors={other} unexpected={unexpected} on_avoided_node={on_avoided} reopened={reopened} unfinished={unfinished} resumes={resumes} transports={transports} relay_cuts={cuts} verified_mib={:.1} in_doubt_bytes={in_doubt} slowest_end_secs={slowest_end:.2} lost_after_mark_secs={lost_after_mark:.2} secs={secs:.1}",
         a.clients,
         reports.len(),
         verified as f64 / (1024.0 * 1024.0),

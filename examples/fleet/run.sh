@@ -6,7 +6,8 @@
 #   examples/fleet/run.sh                 # 50 clients x 8 MiB, scenarios normal, kill, drain
 #   examples/fleet/run.sh --quick         # 10 clients x 1 MiB at 0.25 MiB/s each (CI)
 #   examples/fleet/run.sh --scenarios normal,drain --clients 20 --mib 4 --keep --all-sessions
-#   examples/fleet/run.sh --quick --debug # dev profile (FLEET_PROFILE=dev): reuses `cargo test`'s build
+#   examples/fleet/run.sh --quick --debug # dev profile (FLEET_PROFILE=dev): reuses the build
+#                                         # of `cargo test` (a cold release build takes minutes)
 #
 # It installs HAProxy (apt-get) when missing, builds the release `relink`
 # CLI and the `fleet_clients` example (the dev profile with --debug), generates a fleet key, and per
@@ -14,16 +15,28 @@
 # forwarding every session to an echo service) and HAProxy in a temporary
 # directory, runs the clients, prints per node what the node and HAProxy
 # counted, and stops everything it started (also on failure or Ctrl-C).
-# Exit status 0 when every scenario passed.
+# Times are seconds since the scenario's start. Exit status 0 when every
+# scenario passed.
 #
 # Scenarios:
 #   normal  every resume lands on its own node (no node answers an unknown
 #           session), every byte echoed exactly, 0 failures
-#   kill    node 3 is killed (SIGKILL) when 30% of the bytes were echoed:
-#           its clients end with the typed error SessionUnknown (in bounded
-#           time, nothing duplicated), the others finish exactly; with
-#           --reopen (always on here) each of them opens a new session on a
-#           live node and runs a fresh transfer
+#   kill    node 3 is killed (SIGKILL) when 30% of the bytes were echoed and
+#           restarted 2 s later with the same key, --server-id 3 and address
+#           (as systemd's Restart=always would). Meanwhile nodes 1/2 answer
+#           its clients' resumes with unauthenticated UnknownSessions (a node
+#           does not vouch for another node's sessions), which the clients
+#           do not believe: they keep retrying. The restarted node 3 owns
+#           their ids and answers with the valid reset token: each ends at
+#           once with the typed error SessionUnknown and its in-doubt range
+#           (within 30 s of the kill, nothing duplicated); the others finish
+#           exactly; with --reopen (always on here) each lost one opens a
+#           new session on a live node and runs a fresh transfer
+#   loss    (not in the default list) node 3 is killed at 30% and never
+#           comes back; the nodes run with --resume-timeout 10: its clients
+#           end with the typed error Expired at their give-up deadline (last
+#           contact + the node's resume timeout + their idle timeout, 15 s:
+#           checked within 45 s of the kill), then reopen as in kill
 #   drain   node 2 is drained at 30% (HAProxy `set server ... state drain`,
 #           then SIGTERM to the node, which runs with --drain-timeout): its
 #           sessions finish with exact data and the node exits 0 once empty;
@@ -60,7 +73,7 @@ while [ $# -gt 0 ]; do
         --keep) KEEP=1 ;;
         --debug) PROFILE=dev ;;
         --all-sessions) ALL_SESSIONS=1 ;;
-        -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,47p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -213,20 +226,35 @@ say "echo service on $ECHO"
 
 NODE_PID=()
 NODE_ADDR=()
+# Extra flags of every node of the current scenario (e.g. --resume-timeout).
+SCENARIO_FLAGS=()
+
+# The time now, in seconds since the scenario's start T0 (a Unix time).
+T0=0
+now_rel() { awk -v a="$(date +%s.%N)" -v b="$T0" 'BEGIN { printf "%.2f", a - b }'; }
+
+# Start node $2 of scenario $1 listening on $3 (127.0.0.1:0: a free
+# port), its log appended to node$2.log; sets NODE_PID[$2].
+start_node() {
+    local dir="$TMP/$1" k=$2
+    # -v: a log line per session, resume and lost transport (the node
+    # logs are kept on failure and with --keep).
+    local args=(-v serve-forward "$3" "$ECHO" --key "$TMP/fleet.key" "${NODE_FLAGS[@]}")
+    [ "$ROUTABLE" = 1 ] && args+=(--server-id "$k")
+    [ "$HAS_DRAIN" = 1 ] && args+=(--drain-timeout "$DRAIN_TIMEOUT")
+    args+=("${SCENARIO_FLAGS[@]}")
+    "$RELINK" "${args[@]}" 2>>"$dir/node$k.log" &
+    NODE_PID[$k]=$!
+    PIDS+=($!)
+}
 
 # Start three nodes and HAProxy for scenario $1; sets FRONT, SOCK.
 start_fleet() {
     local dir="$TMP/$1" k
     mkdir -p "$dir"
+    T0=$(date +%s.%N)
     for k in 1 2 3; do
-        # -v: a log line per session, resume and lost transport (the node
-        # logs are kept on failure and with --keep).
-        local args=(-v serve-forward 127.0.0.1:0 "$ECHO" --key "$TMP/fleet.key" "${NODE_FLAGS[@]}")
-        [ "$ROUTABLE" = 1 ] && args+=(--server-id "$k")
-        [ "$HAS_DRAIN" = 1 ] && args+=(--drain-timeout "$DRAIN_TIMEOUT")
-        "$RELINK" "${args[@]}" 2>"$dir/node$k.log" &
-        NODE_PID[$k]=$!
-        PIDS+=($!)
+        start_node "$1" "$k" 127.0.0.1:0
     done
     for k in 1 2 3; do
         NODE_ADDR[$k]=$(listening_addr "$dir/node$k.log" 10) ||
@@ -314,7 +342,8 @@ start_clients() {
     local dir="$TMP/$1"
     shift
     "$CLIENTS_BIN" run --target "$FRONT" --server-key "$PUBKEY" --clients "$CLIENTS" \
-        --mib "$MIB" --cut-ms "$CUT_MS" --rate "$RATE" --seed "$SEED" "$@" >"$dir/clients.out" 2>&1 &
+        --mib "$MIB" --cut-ms "$CUT_MS" --rate "$RATE" --seed "$SEED" --epoch-zero "$T0" \
+        "$@" >"$dir/clients.out" 2>&1 &
     CL_PID=$!
     PIDS+=($!)
 }
@@ -352,6 +381,7 @@ fail() { say "[$1] FAIL: $2"; FAILED+=("$1"); }
 
 scenario_normal() {
     local s=normal t0=$SECONDS rc=0
+    SCENARIO_FLAGS=()
     start_fleet $s
     start_clients $s
     finish_clients $s || rc=$?
@@ -373,42 +403,92 @@ scenario_normal() {
     pass $s $t0
 }
 
-scenario_kill() {
-    local s=kill t0=$SECONDS rc=0
+# How long node 3 stays dead in the kill scenario before it is restarted.
+RESTART_AFTER=2
+# The bound on a lost session's end after the kill: kill (restart: the
+# restarted node answers at once, plus the client's backoff, at most 5 s)
+# and loss (resume timeout 10 s + client idle timeout 15 s + backoff).
+KILL_WITHIN=30
+LOSS_WITHIN=45
+
+# kill (node 3 restarted) and loss (node 3 gone for good): $1 = the
+# scenario, $2 = 1 to restart node 3.
+node3_lost() {
+    local s=$1 restart=$2 t0=$SECONDS rc=0 within=$KILL_WITHIN reason=SessionUnknown
+    local extra=(--node-returns)
+    SCENARIO_FLAGS=()
+    if [ "$restart" = 0 ]; then
+        within=$LOSS_WITHIN
+        reason=Expired
+        extra=()
+        SCENARIO_FLAGS=(--resume-timeout 10)
+    fi
     start_fleet $s
-    start_clients $s --mark-at 30 --expect-lost 3 --reopen
+    start_clients $s --mark-at 30 --expect-lost 3 --reopen --lost-within "$within" "${extra[@]}"
     wait_mark $s 600 || { finish_clients $s || true; stop_fleet $s; fail $s "no 30% mark"; return; }
-    say "[$s] 30% echoed: SIGKILL node 3 (pid ${NODE_PID[3]})"
+    say "[$s] 30% echoed: SIGKILL node 3 (pid ${NODE_PID[3]}) at $(now_rel) s"
     kill -KILL "${NODE_PID[3]}"
     wait "${NODE_PID[3]}" 2>/dev/null || true
+    forget "${NODE_PID[3]}"
+    if [ "$restart" = 1 ]; then
+        sleep "$RESTART_AFTER"
+        echo "run.sh: --- node 3 restarted at $(now_rel) s ---" >>"$TMP/$s/node3.log"
+        start_node $s 3 "${NODE_ADDR[3]}"
+        # Its second `listening on` line (the log is appended to).
+        local i
+        for ((i = 0; i < 100; i++)); do
+            [ "$(grep -c 'listening on ' "$TMP/$s/node3.log")" -ge 2 ] && break
+            kill -0 "${NODE_PID[3]}" 2>/dev/null || break
+            sleep 0.05
+        done
+        [ "$(grep -c 'listening on ' "$TMP/$s/node3.log")" -ge 2 ] ||
+            say "[$s] WARNING: the restarted node 3 does not listen on ${NODE_ADDR[3]} ($TMP/$s/node3.log)"
+        say "[$s] node 3 restarted (pid ${NODE_PID[3]}, --server-id 3, same key and address ${NODE_ADDR[3]}) at $(now_rel) s"
+    fi
     finish_clients $s || rc=$?
     report_nodes $s
     stop_fleet $s
     [ "$rc" = 0 ] || { fail $s "the clients exited $rc"; return; }
-    local lost reopened
-    lost=$(total $s session_unknown)
+    local unknown expired lost reopened after
+    unknown=$(total $s session_unknown)
+    expired=$(total $s expired)
     reopened=$(total $s reopened)
-    say "[$s] $lost session(s) ended with SessionUnknown, $reopened reopened"
-    [ "${lost:-0}" -gt 0 ] || { fail $s "no session of node 3 ended with the typed error"; return; }
+    after=$(total $s lost_after_mark_secs)
+    if [ "$restart" = 1 ]; then lost=$unknown; else lost=$expired; fi
+    say "[$s] ${unknown:-0} session(s) ended with SessionUnknown, ${expired:-0} with Expired, $reopened reopened; the last lost one ended ${after:-?} s after the mark (bound $within s)"
+    [ "${lost:-0}" -gt 0 ] || { fail $s "no session of node 3 ended with the typed error $reason"; return; }
+    [ $((unknown + expired)) = "$lost" ] ||
+        { fail $s "sessions of node 3 ended with another reason than $reason"; return; }
     [ "$lost" = "$reopened" ] || { fail $s "$lost lost but $reopened reopened"; return; }
-    local u1 u2
+    local u1 u2 u3 m3
     u1=$(node_field $s 1 unknown_session)
     u2=$(node_field $s 2 unknown_session)
     if [ -n "$u1" ] && [ -n "$u2" ]; then
-        say "[$s] unknown-session answers: node 1 $u1, node 2 $u2 (node 3's resumes, redispatched)"
-        [ $((u1 + u2)) -ge "$lost" ] ||
-            { fail $s "fewer unknown-session answers than sessions lost"; return; }
+        say "[$s] unknown-session answers of nodes 1/2 (unauthenticated: node 3's ids, redispatched while it was down): $u1 and $u2"
+    fi
+    if [ "$restart" = 1 ]; then
+        u3=$(node_field $s 3 unknown_session)
+        m3=$(node_field $s 3 misrouted)
+        if [ -n "$u3" ]; then
+            say "[$s] the restarted node 3 answered $u3 resume(s) of its old sessions (authenticated; misrouted $m3)"
+            [ "$u3" -ge "$lost" ] ||
+                { fail $s "the restarted node 3 answered fewer resumes ($u3) than sessions lost ($lost)"; return; }
+        fi
     fi
     pass $s $t0
 }
 
+scenario_kill() { node3_lost kill 1; }
+scenario_loss() { node3_lost loss 0; }
+
 scenario_drain() {
     local s=drain t0=$SECONDS rc=0 node_rc=0
+    SCENARIO_FLAGS=()
     start_fleet $s
     start_clients $s --mark-at 30
     wait_mark $s 600 || { finish_clients $s || true; stop_fleet $s; fail $s "no 30% mark"; return; }
     local pid=${NODE_PID[2]}
-    say "[$s] 30% echoed: HAProxy: set server relink_nodes/node2 state drain; SIGTERM node 2 (pid $pid)"
+    say "[$s] 30% echoed: HAProxy: set server relink_nodes/node2 state drain; SIGTERM node 2 (pid $pid) at $(now_rel) s"
     admin "set server relink_nodes/node2 state drain" >/dev/null
     [ "$HAS_DRAIN" = 1 ] ||
         say "[$s] WARNING: relink serve-forward has no --drain-timeout: SIGTERM aborts its sessions"
@@ -418,7 +498,7 @@ scenario_drain() {
     # land on node 2.
     local late_rc=0
     "$CLIENTS_BIN" run --target "$FRONT" --server-key "$PUBKEY" --clients 6 --mib 1 \
-        --cut-ms "$CUT_MS" --seed $((SEED + 1000)) --avoid-node 2 \
+        --cut-ms "$CUT_MS" --seed $((SEED + 1000)) --avoid-node 2 --epoch-zero "$T0" \
         >"$TMP/$s/late.out" 2>&1 &
     local late=$!
     PIDS+=($late)
@@ -470,7 +550,7 @@ scenario_drain() {
 IFS=, read -ra LIST <<<"$SCENARIOS"
 for s in "${LIST[@]}"; do
     case "$s" in
-        normal|kill|drain) "scenario_$s" ;;
+        normal|kill|loss|drain) "scenario_$s" ;;
         *) die "unknown scenario $s" ;;
     esac
 done

@@ -353,15 +353,19 @@ fn main() -> ExitCode {
             fleet,
         ),
     };
+    // A server's node summary (`node`) is its last line, whatever the
+    // exit path (nothing when no server listened).
     match r {
         Ok(()) => {
             log::end_status();
+            node::print_summary();
             ExitCode::SUCCESS
         }
         Err(e) => {
             let_the_interrupt_finish();
             log::end_status();
             log::say(format!("relink: {e}"));
+            node::print_summary();
             ExitCode::from(exit_status(&e))
         }
     }
@@ -729,8 +733,8 @@ fn listen(
         }
         Ok(())
     })?;
+    // `main` prints the node summary, after the error if there is one.
     log::end_status();
-    node::print_summary();
     if failed > 0 {
         return Err(coded(
             status::SESSION_LOST,

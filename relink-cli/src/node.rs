@@ -2,7 +2,8 @@
 //! (`listen`, `serve-forward`): the flags (`--server-id`,
 //! `--proxy-protocol`, `--drain-timeout`), the graceful drain that SIGTERM
 //! starts with `--drain-timeout`, and the one summary line the node prints
-//! on stderr when it exits:
+//! on stderr when it exits, as its last line whatever the exit path (a
+//! drain, SIGINT or SIGTERM aborting, an error):
 //!
 //! ```text
 //! relink: node summary: server_id=1 sessions=12 resumes=340 unknown_session=0 misrouted=0 refused=0 aborted_at_drain=0 unconfirmed_at_drain=0
@@ -27,7 +28,7 @@ use std::sync::Mutex;
 use std::time::{Duration as StdDuration, Instant};
 
 use relink::driver::ServerStats;
-use relink::{AbortCode, Config, Duration, RoutableId};
+use relink::{AbortCode, Config, Duration, RoutableId, RoutableIdError};
 
 use crate::log;
 
@@ -36,9 +37,10 @@ use crate::log;
 pub struct Fleet {
     /// This node's server id, written into every connection id it issues
     /// so that a load balancer sends each resume to the node holding its
-    /// session (see docs/DEPLOYMENT.md): ID in decimal, LEN its length in
-    /// bytes, 1 to 4 (default 1): e.g. `3` or `70000/3`. Every node behind
-    /// one balancer uses the same LEN and its own ID.
+    /// session (see docs/DEPLOYMENT.md): ID in decimal, from 1 (1 to 255
+    /// with the default LEN 1), LEN its length in bytes, 1 to 4: e.g. `3`,
+    /// `300/2` or `70000/3`. Every node behind one balancer uses the same
+    /// LEN and its own ID.
     #[arg(long, value_name = "ID[/LEN]", value_parser = parse_server_id)]
     pub server_id: Option<RoutableId>,
     /// Every connection starts with a PROXY protocol v2 header (HAProxy's
@@ -78,7 +80,25 @@ fn parse_server_id(s: &str) -> Result<RoutableId, String> {
         .trim()
         .parse()
         .map_err(|_| format!("{s:?}: the length is not a number of bytes (1 to 4)"))?;
-    RoutableId::new(id, len).map_err(|e| format!("{s:?}: {e}"))
+    if id == 0 {
+        // The library takes 0, but fleets (and the HAProxy rules of
+        // docs/DEPLOYMENT.md) number their nodes from 1.
+        return Err(format!(
+            "{s:?}: server ids start at 1 (number the nodes of a fleet 1, 2, 3, ...)"
+        ));
+    }
+    RoutableId::new(id, len).map_err(|e| match e {
+        RoutableIdError::TooLarge { .. } => {
+            // The shortest length that holds the id.
+            let fits = (1..=4usize)
+                .find(|&l| l == 4 || id >> (8 * l) == 0)
+                .unwrap_or(4);
+            format!(
+                "{s:?}: {e}; use `{id}/{fits}`, a {fits}-byte server id (every node of the fleet then gives /{fits}, and the balancer's rules test {fits} bytes: docs/DEPLOYMENT.md)"
+            )
+        }
+        _ => format!("{s:?}: {e}"),
+    })
 }
 
 /// The summary line (see the module docs).
@@ -205,9 +225,15 @@ mod tests {
         assert_eq!((r.server_id(), r.len()), (3, 1));
         let r = parse_server_id("70000/3").unwrap();
         assert_eq!((r.server_id(), r.len()), (70000, 3));
-        for bad in ["256", "1/5", "1/0", "x", "1/y", "-1"] {
+        for bad in ["256", "1/5", "1/0", "x", "1/y", "-1", "0", "0/2"] {
             assert!(parse_server_id(bad).is_err(), "{bad}");
         }
+        // Too large for its length: the error names the length that fits.
+        let e = parse_server_id("300").unwrap_err();
+        assert!(e.contains("`300/2`"), "{e}");
+        let e = parse_server_id("70000/2").unwrap_err();
+        assert!(e.contains("`70000/3`"), "{e}");
+        assert!(parse_server_id("0").unwrap_err().contains("start at 1"));
     }
 
     #[test]

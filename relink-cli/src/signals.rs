@@ -111,13 +111,14 @@ impl Interrupts {
                         acked += 1;
                     }
                 }
-                // The last line: no status line under it, none drawn after.
+                // No status line under these, none drawn after; a node's
+                // summary is the last line on every exit path.
                 log::end_status();
-                crate::node::print_summary();
                 log::say(format!(
                     "relink: {which}: aborted {} session(s) ({acked} acknowledged by the peer)",
                     handles.len()
                 ));
+                crate::node::print_summary();
                 std::process::exit(status::INTERRUPTED);
             })?;
         Ok(me)

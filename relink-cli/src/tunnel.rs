@@ -451,11 +451,12 @@ impl Tunnels {
                 tokio::time::sleep(StdDuration::from_millis(5)).await;
             }
             log::end_status();
-            crate::node::print_summary();
             log::say(format!(
                 "relink: {which}: aborted {n} session(s) ({} acknowledged by the peer)",
                 acked.load(Ordering::SeqCst)
             ));
+            // The node's summary is its last line on every exit path.
+            crate::node::print_summary();
             std::process::exit(status::INTERRUPTED);
         });
         Ok(me)

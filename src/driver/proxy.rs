@@ -19,7 +19,20 @@
 //! - no header, a malformed one, one too long or too slow: the transport
 //!   is closed before the endpoint sees it, counted in
 //!   `ServerStats::transports_refused`, and logged at DEBUG (`transport
-//!   refused`, `peer` = the TCP peer, `error` = why).
+//!   refused`, `peer` = the TCP peer, `error` = why). Bytes that are not a
+//!   PROXY header, or a malformed or oversized one, are what a
+//!   misconfigured balancer (no `send-proxy-v2`) or a client connecting
+//!   to the node directly sends: those are also logged at WARN, naming the
+//!   TCP peer, at most one such line per [`WARN_EVERY`] (the others stay
+//!   DEBUG lines, counted in the next WARN's `suppressed` field). A peer
+//!   that closes without a byte (a TCP health check) or stays silent is
+//!   DEBUG only.
+//!
+//! The other mismatch, a balancer sending PROXY headers to a listener
+//! without `proxy_protocol`: the endpoint sees the header as a malformed
+//! first message. [`looks_like_header`] recognises it from the
+//! transport's first bytes, and [`log_unexpected_header`] says so (WARN,
+//! rate-limited the same way), so that the drivers can name the fix.
 
 use core::fmt;
 use std::net::SocketAddr;
@@ -129,11 +142,106 @@ pub(crate) fn parse(header: &[u8]) -> Result<Option<SocketAddr>, ProxyError> {
     }
 }
 
-/// A transport refused for its PROXY header (see the module docs).
+/// At most one WARN about a PROXY protocol mismatch per this interval,
+/// process-wide: anyone reaching the port can trigger one per connection.
+pub(crate) const WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// When the last mismatch WARN was logged, and how many were suppressed
+/// since.
+static MISMATCH_WARN: std::sync::Mutex<(Option<std::time::Instant>, u64)> =
+    std::sync::Mutex::new((None, 0));
+
+/// `Some(suppressed)` when a mismatch WARN may be logged now (and how many
+/// were suppressed since the last one), `None` when the WARN is
+/// rate-limited away.
+fn warn_allowed() -> Option<u64> {
+    let mut g = MISMATCH_WARN.lock().unwrap_or_else(|e| e.into_inner());
+    let now = std::time::Instant::now();
+    match g.0 {
+        Some(last) if now.saturating_duration_since(last) < WARN_EVERY => {
+            g.1 += 1;
+            None
+        }
+        _ => {
+            let n = g.1;
+            *g = (Some(now), 0);
+            Some(n)
+        }
+    }
+}
+
+/// The peer for a message: its address, or "a peer" when unknown.
+struct Peer(Option<SocketAddr>);
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(p) => write!(f, "{p}"),
+            None => f.write_str("a peer of unknown address"),
+        }
+    }
+}
+
+/// A transport refused for its PROXY header (see the module docs): DEBUG,
+/// and a rate-limited WARN when the peer sent bytes that are no valid
+/// header (a balancer without `send-proxy-v2`, a client connecting
+/// directly).
 pub(crate) fn log_refused(peer: Option<SocketAddr>, error: &ProxyError) {
+    let mismatch = matches!(
+        error,
+        ProxyError::NoHeader | ProxyError::Malformed(_) | ProxyError::TooLong(_)
+    );
+    if let Some(suppressed) = mismatch.then(warn_allowed).flatten() {
+        let why = match error {
+            ProxyError::NoHeader => std::format!(
+                "expected a PROXY protocol v2 header from {} (is the balancer configured with send-proxy-v2? a client connecting to the node directly, bypassing the balancer, is refused too)",
+                Peer(peer)
+            ),
+            _ => std::format!(
+                "refused the PROXY protocol header of {}: {error} (the balancer must send send-proxy-v2 headers)",
+                Peer(peer)
+            ),
+        };
+        tracing::warn!(peer = %Peer(peer), suppressed, "{why}; connection closed");
+        return;
+    }
     match peer {
         Some(p) => tracing::debug!(peer = %p, error = %error, "transport refused"),
         None => tracing::debug!(error = %error, "transport refused"),
+    }
+}
+
+/// Whether `first`, the first bytes a transport carried, look like a
+/// PROXY protocol header: the v2 signature (`\r\n\r\n\0\r\nQUIT\n`, or
+/// its first two bytes or more when fewer arrived), or the text of v1
+/// (`PROXY `). Never a relink first message, whose first byte is a tag
+/// (0x00, 0x01 or 0xFF).
+#[allow(dead_code)] // called by the drivers on a malformed first message
+pub(crate) fn looks_like_header(first: &[u8]) -> bool {
+    let v2 = first.len() >= 2 && {
+        let n = first.len().min(SIGNATURE.len());
+        first[..n] == SIGNATURE[..n]
+    };
+    let v1 = first.len() >= 6 && &first[..6] == b"PROXY ";
+    v2 || v1
+}
+
+/// A transport of a listener without `proxy_protocol` that started with a
+/// PROXY protocol header ([`looks_like_header`]): a WARN naming the peer
+/// (the balancer) and the fix, rate-limited as the module docs say.
+#[allow(dead_code)] // called by the drivers on a malformed first message
+pub(crate) fn log_unexpected_header(peer: Option<SocketAddr>) {
+    match warn_allowed() {
+        Some(suppressed) => tracing::warn!(
+            peer = %Peer(peer),
+            suppressed,
+            "{} sent a PROXY protocol header; start the node with --proxy-protocol (ListenerBuilder::proxy_protocol), or remove send-proxy-v2 from the balancer; connection closed",
+            Peer(peer)
+        ),
+        None => tracing::debug!(
+            peer = %Peer(peer),
+            "transport refused: it starts with a PROXY protocol header (WARN rate-limited)"
+        ),
     }
 }
 
@@ -157,6 +265,26 @@ mod tests {
         assert_eq!(parse(&v4(0, 1)).unwrap(), None);
         // UDP is no transport of ours.
         assert!(matches!(parse(&v4(1, 2)), Err(ProxyError::Malformed(_))));
+    }
+
+    #[test]
+    fn a_proxy_header_is_recognised_from_its_first_bytes() {
+        let h = v4(1, 1);
+        for n in [2, 5, 12, h.len()] {
+            assert!(looks_like_header(&h[..n]), "{n} bytes");
+        }
+        assert!(looks_like_header(b"PROXY TCP4 10.0.0.1 10.0.0.2 1 2\r\n"));
+        // Too few bytes to tell, or relink's own first messages.
+        assert!(!looks_like_header(&h[..1]));
+        for tag in [0x00u8, 0x01, 0xFF] {
+            let mut m = std::vec![tag, 1];
+            m.extend_from_slice(&h);
+            assert!(!looks_like_header(&m), "tag {tag:#x}");
+        }
+        // Differs within the signature.
+        let mut bad = h.clone();
+        bad[7] = b'X';
+        assert!(!looks_like_header(&bad));
     }
 
     #[test]
