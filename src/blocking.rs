@@ -1615,7 +1615,7 @@ impl Drop for ProxyWaiting {
 }
 
 /// Close a transport refused for its PROXY header `e` (`None`: because
-/// too many headers are being read already): counted and logged (DEBUG,
+/// too many headers are being read already): counted and logged (WARN for bytes that are not a PROXY header, rate-limited; DEBUG otherwise,
 /// naming the TCP peer).
 fn refuse_proxy(
     shared: &ServerShared,
@@ -1861,7 +1861,14 @@ fn endpoint_input(shared: &ServerShared, link: &Arc<Link>, input: &[u8]) -> Endp
         let r = ep.endpoint.handle_input(tid, now, &input[off..]);
         events.append(&mut drain_endpoint(&mut ep));
         match r {
-            Err(_) => break EndpointStep::Finished,
+            Err(_) => {
+                // A balancer sending PROXY headers to a listener without
+                // `proxy_protocol`: say so (WARN, rate-limited).
+                if off == 0 && driver::proxy::looks_like_header(input) {
+                    driver::proxy::log_unexpected_header(link.peer);
+                }
+                break EndpointStep::Finished;
+            }
             Ok(Dispatch::Pending(n)) => {
                 off += n;
                 if off >= input.len() || n == 0 {

@@ -1528,7 +1528,7 @@ impl Drop for ProxyWaiting {
 /// Read the PROXY v2 header of `sock` (from the balancer at `peer`)
 /// within `timeout`, then serve it as a transport from the source the
 /// header names; a transport without a valid header is closed, counted
-/// as refused and logged (DEBUG).
+/// as refused and logged (WARN for bytes that are not a PROXY header, rate-limited; DEBUG for a peer that sent nothing).
 async fn serve_proxied(
     inner: &Arc<Inner>,
     mut sock: TcpStream,
@@ -1900,7 +1900,14 @@ fn endpoint_step<T: AsyncRead + AsyncWrite + Unpin>(
                     None => Handover::Refused(ep.endpoint.unknown_session(&request)),
                 });
             }
-            Err(_) => io.core_ended = true,
+            Err(_) => {
+                // A balancer sending PROXY headers to a listener without
+                // `proxy_protocol`: say so (WARN, rate-limited).
+                if driver::proxy::looks_like_header(io.input()) {
+                    driver::proxy::log_unexpected_header(peer);
+                }
+                io.core_ended = true;
+            }
         }
     }
     if handover.is_none() {

@@ -471,7 +471,6 @@ fn a_missing_proxy_header_is_logged_naming_the_peer() {
 /// without `--proxy-protocol`. The node says so at WARN, naming the peer
 /// and the flag.
 #[test]
-#[ignore = "needs the drivers to call driver::proxy::log_unexpected_header on a malformed first message (src/tokio.rs, src/blocking.rs: the lead's files)"]
 fn an_unexpected_proxy_header_is_logged_naming_the_peer_and_the_flag() {
     let mut header = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
     header.extend([0x21, 0x11, 0, 12, 198, 51, 100, 23, 127, 0, 0, 1]);

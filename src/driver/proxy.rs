@@ -216,7 +216,6 @@ pub(crate) fn log_refused(peer: Option<SocketAddr>, error: &ProxyError) {
 /// its first two bytes or more when fewer arrived), or the text of v1
 /// (`PROXY `). Never a relink first message, whose first byte is a tag
 /// (0x00, 0x01 or 0xFF).
-#[allow(dead_code)] // called by the drivers on a malformed first message
 pub(crate) fn looks_like_header(first: &[u8]) -> bool {
     let v2 = first.len() >= 2 && {
         let n = first.len().min(SIGNATURE.len());
@@ -229,7 +228,6 @@ pub(crate) fn looks_like_header(first: &[u8]) -> bool {
 /// A transport of a listener without `proxy_protocol` that started with a
 /// PROXY protocol header ([`looks_like_header`]): a WARN naming the peer
 /// (the balancer) and the fix, rate-limited as the module docs say.
-#[allow(dead_code)] // called by the drivers on a malformed first message
 pub(crate) fn log_unexpected_header(peer: Option<SocketAddr>) {
     match warn_allowed() {
         Some(suppressed) => tracing::warn!(

@@ -313,10 +313,10 @@ pub(crate) fn short_fingerprint(key: &[u8; 32]) -> std::string::String {
 pub(crate) fn unanswered_text(peer: Option<std::net::SocketAddr>) -> std::string::String {
     match peer {
         Some(a) => std::format!(
-            "the server at {a} closed the connection without answering the relink handshake; is it a relink server (or one refusing this address: too many handshakes in progress from it, Config::max_handshakes_per_source)?"
+            "the server at {a} closed the connection without answering the relink handshake; is it a relink server (or one refusing this address: too many handshakes in progress from it, Config::max_handshakes_per_source; or a PROXY protocol mismatch between a load balancer and the node: see the node's log)?"
         ),
         None => std::string::String::from(
-            "the server closed the connection without answering the relink handshake; is it a relink server (or one refusing this address: too many handshakes in progress from it, Config::max_handshakes_per_source)?",
+            "the server closed the connection without answering the relink handshake; is it a relink server (or one refusing this address: too many handshakes in progress from it, Config::max_handshakes_per_source; or a PROXY protocol mismatch between a load balancer and the node: see the node's log)?",
         ),
     }
 }
