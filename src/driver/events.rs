@@ -370,24 +370,33 @@ pub(crate) fn log_connect_failed(addr: &dyn fmt::Display, error: &dyn fmt::Displ
 /// the rate it connects, so unlimited lines would let it flood the logs.
 const ABANDONED_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// When the last `handshake abandoned` WARN was logged, and how many were
-/// suppressed since.
-static ABANDONED_WARN: std::sync::Mutex<(Option<std::time::Instant>, u64)> =
-    std::sync::Mutex::new((None, 0));
+/// The `handshake abandoned` WARNs' rate limit.
+static ABANDONED_WARN: WarnLimit = WarnLimit::new(ABANDONED_WARN_EVERY);
 
-/// `handshake abandoned after ServerHello` (server), rate-limited to one
-/// WARN per [`ABANDONED_WARN_EVERY`]; the others are DEBUG lines, counted
-/// in the next WARN's `suppressed` field.
-pub(crate) fn log_abandoned_hello(peer: Option<SocketAddr>, key: Option<&[u8; 32]>) {
-    let key = key.map_or_else(
-        || String::from("none (no static key)"),
-        super::reconnect::short_fingerprint,
-    );
-    let suppressed = {
-        let mut g = ABANDONED_WARN.lock().unwrap_or_else(|e| e.into_inner());
+/// A process-wide rate limit for a WARN that anyone reaching the port can
+/// trigger: at most one per `every`; the ones in between are counted and
+/// reported with the next.
+pub(crate) struct WarnLimit {
+    every: std::time::Duration,
+    /// When the last WARN was logged, and how many were suppressed since.
+    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl WarnLimit {
+    pub(crate) const fn new(every: std::time::Duration) -> WarnLimit {
+        WarnLimit {
+            every,
+            state: std::sync::Mutex::new((None, 0)),
+        }
+    }
+
+    /// `Some(suppressed)` when the WARN may be logged now (and how many
+    /// were suppressed since the last one), `None` when it is limited away.
+    pub(crate) fn allow(&self) -> Option<u64> {
+        let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let now = std::time::Instant::now();
         match g.0 {
-            Some(last) if now.saturating_duration_since(last) < ABANDONED_WARN_EVERY => {
+            Some(last) if now.saturating_duration_since(last) < self.every => {
                 g.1 += 1;
                 None
             }
@@ -397,7 +406,18 @@ pub(crate) fn log_abandoned_hello(peer: Option<SocketAddr>, key: Option<&[u8; 32
                 Some(n)
             }
         }
-    };
+    }
+}
+
+/// `handshake abandoned after ServerHello` (server), rate-limited to one
+/// WARN per [`ABANDONED_WARN_EVERY`]; the others are DEBUG lines, counted
+/// in the next WARN's `suppressed` field.
+pub(crate) fn log_abandoned_hello(peer: Option<SocketAddr>, key: Option<&[u8; 32]>) {
+    let key = key.map_or_else(
+        || String::from("none (no static key)"),
+        super::reconnect::short_fingerprint,
+    );
+    let suppressed = ABANDONED_WARN.allow();
     match suppressed {
         Some(n) => tracing::warn!(
             peer = %PeerDisplay(peer),

@@ -146,29 +146,8 @@ pub(crate) fn parse(header: &[u8]) -> Result<Option<SocketAddr>, ProxyError> {
 /// process-wide: anyone reaching the port can trigger one per connection.
 pub(crate) const WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// When the last mismatch WARN was logged, and how many were suppressed
-/// since.
-static MISMATCH_WARN: std::sync::Mutex<(Option<std::time::Instant>, u64)> =
-    std::sync::Mutex::new((None, 0));
-
-/// `Some(suppressed)` when a mismatch WARN may be logged now (and how many
-/// were suppressed since the last one), `None` when the WARN is
-/// rate-limited away.
-fn warn_allowed() -> Option<u64> {
-    let mut g = MISMATCH_WARN.lock().unwrap_or_else(|e| e.into_inner());
-    let now = std::time::Instant::now();
-    match g.0 {
-        Some(last) if now.saturating_duration_since(last) < WARN_EVERY => {
-            g.1 += 1;
-            None
-        }
-        _ => {
-            let n = g.1;
-            *g = (Some(now), 0);
-            Some(n)
-        }
-    }
-}
+/// The mismatch WARNs' rate limit.
+static MISMATCH_WARN: super::events::WarnLimit = super::events::WarnLimit::new(WARN_EVERY);
 
 /// The peer for a message: its address, or "a peer" when unknown.
 struct Peer(Option<SocketAddr>);
@@ -191,7 +170,7 @@ pub(crate) fn log_refused(peer: Option<SocketAddr>, error: &ProxyError) {
         error,
         ProxyError::NoHeader | ProxyError::Malformed(_) | ProxyError::TooLong(_)
     );
-    if let Some(suppressed) = mismatch.then(warn_allowed).flatten() {
+    if let Some(suppressed) = mismatch.then(|| MISMATCH_WARN.allow()).flatten() {
         let why = match error {
             ProxyError::NoHeader => std::format!(
                 "expected a PROXY protocol v2 header from {} (is the balancer configured with send-proxy-v2? a client connecting to the node directly, bypassing the balancer, is refused too)",
@@ -229,7 +208,7 @@ pub(crate) fn looks_like_header(first: &[u8]) -> bool {
 /// PROXY protocol header ([`looks_like_header`]): a WARN naming the peer
 /// (the balancer) and the fix, rate-limited as the module docs say.
 pub(crate) fn log_unexpected_header(peer: Option<SocketAddr>) {
-    match warn_allowed() {
+    match MISMATCH_WARN.allow() {
         Some(suppressed) => tracing::warn!(
             peer = %Peer(peer),
             suppressed,
